@@ -1,0 +1,526 @@
+//! The immutable name table: built once from entries, then only read.
+//!
+//! Lookup rules (see ARCHITECTURE.md, "Name table"):
+//! - forms of an entry: its hostname and `alt_hosts`; for a Kubernetes
+//!   service of the cluster domain also `name.namespace.svc`, `name.namespace`,
+//!   and the bare `name` when the service is in the proxy's own namespace;
+//! - wildcard hosts `*.d` match any name below `d`, the most specific wins;
+//! - a query `X.s`, with `s` any search-list domain, answers as `X` does
+//!   (Istio handles only the first search domain, via CNAMEs to names other
+//!   resolvers cannot resolve: istio/istio#35421, #57276);
+//! - order: exact forms of the full name, then of each search-stripped name
+//!   in search-list order, then wildcards likewise. An exact name always
+//!   beats a wildcard;
+//! - collisions (two entries claiming one name) go to the best of: stronger
+//!   form (hostname/alt host > `name.ns.svc` > `name.ns` > `name`), Kubernetes
+//!   registry before others, smaller canonical hostname, smaller hostname as
+//!   given. Istio's result depends on Go map order; this never does.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use super::entry::{label, registry_rank, NameConfig, NameEntry, ValidConfig};
+use super::hostname::{normalize_table_name, QueryName};
+use super::index::Index;
+use crate::error::{Error, Result};
+
+/// The form of a name under which a query matched its entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Form {
+    /// The entry's own hostname.
+    Hostname = 0,
+    /// One of the entry's `alt_hosts`.
+    AltHost = 1,
+    /// `name.namespace.svc` of a Kubernetes service.
+    NameNamespaceSvc = 2,
+    /// `name.namespace` of a Kubernetes service.
+    NameNamespace = 3,
+    /// Bare `name` of a Kubernetes service in the proxy's namespace.
+    ShortName = 4,
+    /// Below a wildcard host `*.domain`.
+    Wildcard = 5,
+}
+
+impl Form {
+    pub(crate) fn from_bits(b: u32) -> Form {
+        match b {
+            0 => Form::Hostname,
+            1 => Form::AltHost,
+            2 => Form::NameNamespaceSvc,
+            3 => Form::NameNamespace,
+            4 => Form::ShortName,
+            _ => Form::Wildcard,
+        }
+    }
+
+    /// Collision strength: lower wins.
+    fn strength(self) -> u8 {
+        match self {
+            Form::Hostname | Form::AltHost | Form::Wildcard => 0,
+            Form::NameNamespaceSvc => 1,
+            Form::NameNamespace => 2,
+            Form::ShortName => 3,
+        }
+    }
+
+    /// A stable lower-case name, shared by every interface.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Form::Hostname => "hostname",
+            Form::AltHost => "alt_host",
+            Form::NameNamespaceSvc => "name.namespace.svc",
+            Form::NameNamespace => "name.namespace",
+            Form::ShortName => "name",
+            Form::Wildcard => "wildcard",
+        }
+    }
+}
+
+/// One entry in the snapshot. 24 bytes; strings live in the arena.
+#[derive(Clone, Copy, Debug)]
+struct Rec {
+    name_off: u32,
+    /// Where `shortname` then `.namespace` start (see `meta`).
+    meta_off: u32,
+    v4_start: u32,
+    v6_start: u32,
+    n4: u16,
+    n6: u16,
+    name_len: u8,
+    registry: u8,
+    short_len: u8,
+    ns_len: u8,
+}
+
+/// A successful lookup: the entry's canonical name and addresses, borrowed
+/// from the table (and, for wildcard matches, from the query).
+#[derive(Debug, Clone, Copy)]
+pub struct Hit<'a> {
+    /// The canonical hostname: the entry's hostname, or for a wildcard match
+    /// the (search-stripped) query name itself, never a literal `*`.
+    pub canonical: &'a str,
+    /// The form that matched.
+    pub form: Form,
+    /// Index into the search list of the domain stripped from the query, if any.
+    pub search_index: Option<usize>,
+    pub ipv4: &'a [Ipv4Addr],
+    pub ipv6: &'a [Ipv6Addr],
+    /// Position of the entry in iteration order.
+    pub entry: usize,
+}
+
+/// One entry as seen by iteration.
+#[derive(Debug, Clone, Copy)]
+pub struct EntryView<'a> {
+    pub hostname: &'a str,
+    pub registry: &'a str,
+    pub shortname: &'a str,
+    pub namespace: &'a str,
+    pub ipv4: &'a [Ipv4Addr],
+    pub ipv6: &'a [Ipv6Addr],
+}
+
+/// An immutable name table snapshot. Build with [`NameTable::build`]; share
+/// with `Arc` and publish with [`super::LiveNameTable`].
+pub struct NameTable {
+    config: ValidConfig,
+    arena: Box<str>,
+    recs: Box<[Rec]>,
+    v4: Box<[Ipv4Addr]>,
+    v6: Box<[Ipv6Addr]>,
+    registries: Box<[Box<str>]>,
+    exact: Index,
+    wild: Index,
+    skipped: usize,
+}
+
+impl std::fmt::Debug for NameTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NameTable").field("entries", &self.recs.len()).field("config", &self.config).finish()
+    }
+}
+
+/// An entry after validation, before it is laid out.
+struct Prepared<'e> {
+    src: &'e NameEntry,
+    hostname: String,
+    v4: Vec<Ipv4Addr>,
+    v6: Vec<Ipv6Addr>,
+    shortname: String,
+    namespace: String,
+    /// Whether the Kubernetes short forms apply.
+    k8s_forms: bool,
+    alt_hosts: Vec<String>,
+}
+
+fn prepare<'e>(i: usize, e: &'e NameEntry, cfg: &ValidConfig) -> Result<Prepared<'e>> {
+    let who = || if e.hostname.is_empty() { format!("#{i}") } else { e.hostname.clone() };
+    let hostname = normalize_table_name(&e.hostname, true).map_err(|r| Error::entry(who(), "hostname", r))?;
+    let wildcard = hostname.starts_with("*.");
+    let (mut v4, mut v6) = (Vec::new(), Vec::new());
+    for (j, ip) in e.ips.iter().enumerate() {
+        match ip.trim().parse::<IpAddr>() {
+            Ok(IpAddr::V4(a)) if !v4.contains(&a) => v4.push(a),
+            Ok(IpAddr::V6(a)) if !v6.contains(&a) => v6.push(a),
+            Ok(_) => {} // duplicate address: answered once
+            Err(_) => {
+                return Err(Error::entry(who(), format!("ips[{j}]"), format!("{ip:?} is not an IPv4 or IPv6 address")))
+            }
+        }
+    }
+    if v4.len() > u16::MAX as usize || v6.len() > u16::MAX as usize {
+        return Err(Error::entry(who(), "ips", "more than 65535 addresses of one family"));
+    }
+    let shortname = if e.shortname.is_empty() {
+        String::new()
+    } else {
+        normalize_table_name(&e.shortname, false).map_err(|r| Error::entry(who(), "shortname", r))?
+    };
+    let namespace = if e.namespace.is_empty() {
+        String::new()
+    } else {
+        label(&e.namespace).map_err(|r| Error::entry(who(), "namespace", r))?
+    };
+    let k8s_forms = e.is_kubernetes()
+        && !wildcard
+        && !shortname.is_empty()
+        && !namespace.is_empty()
+        && hostname.ends_with(&cfg.svc_suffix);
+    if k8s_forms && shortname.len() + namespace.len() + 5 > 255 {
+        return Err(Error::entry(who(), "shortname", "name.namespace.svc would exceed 255 characters"));
+    }
+    let mut alt_hosts = Vec::with_capacity(e.alt_hosts.len());
+    for (j, a) in e.alt_hosts.iter().enumerate() {
+        alt_hosts.push(normalize_table_name(a, true).map_err(|r| Error::entry(who(), format!("alt_hosts[{j}]"), r))?);
+    }
+    Ok(Prepared { src: e, hostname, v4, v6, shortname, namespace, k8s_forms, alt_hosts })
+}
+
+/// Whether the hostname starts with `shortname.namespace.svc.`, so the short
+/// forms can point into it.
+fn forms_inside_hostname(p: &Prepared) -> bool {
+    let (h, s, n) = (p.hostname.as_str(), p.shortname.as_str(), p.namespace.as_str());
+    let form_len = s.len() + 1 + n.len() + 4;
+    h.len() > form_len
+        && h.as_bytes()[form_len] == b'.'
+        && h.starts_with(s)
+        && h[s.len()..].starts_with('.')
+        && h[s.len() + 1..].starts_with(n)
+        && h[s.len() + 1 + n.len()..].starts_with(".svc")
+}
+
+/// Per-entry rank data used to settle collisions.
+struct RankKey<'e> {
+    registry: u8,
+    original: &'e str,
+}
+
+impl NameTable {
+    /// Builds a snapshot. Entries without any address are left out (their
+    /// names are then forwarded upstream, as in Istio); any invalid entry
+    /// fails the whole build with an error naming it, so a table already
+    /// serving elsewhere is never replaced by a partial one.
+    pub fn build(entries: &[NameEntry], config: &NameConfig) -> Result<NameTable> {
+        let cfg = config.validate()?;
+        let mut prepared = Vec::with_capacity(entries.len());
+        let mut skipped = 0usize;
+        let mut keys = 0usize;
+        let mut wild_keys = 0usize;
+        let mut arena_len = 0usize;
+        for (i, e) in entries.iter().enumerate() {
+            let p = prepare(i, e, &cfg)?;
+            if p.v4.is_empty() && p.v6.is_empty() {
+                skipped += 1;
+                continue;
+            }
+            for name in std::iter::once(&p.hostname).chain(&p.alt_hosts) {
+                if name.starts_with("*.") {
+                    wild_keys += 1;
+                } else {
+                    keys += 1;
+                }
+                arena_len += name.len();
+            }
+            if p.k8s_forms {
+                keys += 2 + usize::from(p.namespace == cfg.namespace);
+            }
+            arena_len += p.shortname.len() + p.namespace.len() + 5;
+            prepared.push(p);
+        }
+        if prepared.len() > u32::MAX as usize / 2 || arena_len > u32::MAX as usize {
+            return Err(Error::entry("*", "table", "too many entries"));
+        }
+
+        let seed = random_seed();
+        let mut arena = String::with_capacity(arena_len);
+        let mut recs = Vec::with_capacity(prepared.len());
+        let mut v4 = Vec::new();
+        let mut v6 = Vec::new();
+        let mut registries: Vec<Box<str>> = Vec::new();
+        let mut ranks: Vec<RankKey> = Vec::with_capacity(prepared.len());
+        let mut exact = Index::with_capacity(keys, seed);
+        let mut wild = Index::with_capacity(wild_keys, seed ^ 0x9E37_79B9_7F4A_7C15);
+
+        for p in &prepared {
+            let id = recs.len() as u32;
+            let registry = match registries.iter().position(|r| **r == *p.src.registry) {
+                Some(r) => r,
+                None => {
+                    if registries.len() == u8::MAX as usize {
+                        return Err(Error::entry(&p.src.hostname, "registry", "more than 255 distinct registries"));
+                    }
+                    registries.push(p.src.registry.as_str().into());
+                    registries.len() - 1
+                }
+            };
+            let name_off = arena.len() as u32;
+            arena.push_str(&p.hostname);
+            // `shortname.namespace.svc` is usually the start of the hostname
+            // itself; then the short forms cost no bytes at all.
+            let meta_off = if (p.shortname.is_empty() && p.namespace.is_empty()) || forms_inside_hostname(p) {
+                name_off
+            } else {
+                let off = arena.len() as u32;
+                arena.push_str(&p.shortname);
+                if !p.shortname.is_empty() && !p.namespace.is_empty() {
+                    arena.push('.');
+                }
+                arena.push_str(&p.namespace);
+                if p.k8s_forms {
+                    arena.push_str(".svc");
+                }
+                off
+            };
+            recs.push(Rec {
+                name_off,
+                meta_off,
+                v4_start: v4.len() as u32,
+                v6_start: v6.len() as u32,
+                n4: p.v4.len() as u16,
+                n6: p.v6.len() as u16,
+                name_len: p.hostname.len() as u8,
+                registry: registry as u8,
+                short_len: p.shortname.len() as u8,
+                ns_len: p.namespace.len() as u8,
+            });
+            v4.extend_from_slice(&p.v4);
+            v6.extend_from_slice(&p.v6);
+            ranks.push(RankKey { registry: registry_rank(p.src.is_kubernetes()), original: &p.src.hostname });
+
+            // The keys of this entry: (arena offset, length, form).
+            let mut add = |off: u32, len: usize, form: Form, arena: &str| -> Result<()> {
+                let key = &arena.as_bytes()[off as usize..off as usize + len];
+                let (index, key, off) =
+                    if key.starts_with(b"*.") { (&mut wild, &key[2..], off + 2) } else { (&mut exact, key, off) };
+                let recs = &recs;
+                let ranks = &ranks;
+                index.insert(key, off, id, form, arena.as_bytes(), |old, old_form| {
+                    prefer_new(recs, ranks, arena, (id, form), (old, old_form))
+                })
+            };
+            add(name_off, p.hostname.len(), Form::Hostname, &arena)?;
+            for a in &p.alt_hosts {
+                let off = arena.len() as u32;
+                arena.push_str(a);
+                add(off, a.len(), Form::AltHost, &arena)?;
+            }
+            if p.k8s_forms {
+                let sn = p.shortname.len() + 1 + p.namespace.len();
+                add(meta_off, sn + 4, Form::NameNamespaceSvc, &arena)?;
+                add(meta_off, sn, Form::NameNamespace, &arena)?;
+                if p.namespace == cfg.namespace {
+                    add(meta_off, p.shortname.len(), Form::ShortName, &arena)?;
+                }
+            }
+        }
+        Ok(NameTable {
+            config: cfg,
+            arena: arena.into_boxed_str(),
+            recs: recs.into_boxed_slice(),
+            v4: v4.into_boxed_slice(),
+            v6: v6.into_boxed_slice(),
+            registries: registries.into_boxed_slice(),
+            exact,
+            wild,
+            skipped,
+        })
+    }
+
+    /// Looks a normalised query name up (see the module docs for the rules).
+    #[inline]
+    pub fn lookup<'a>(&'a self, q: &'a QueryName) -> Option<Hit<'a>> {
+        let name = q.as_bytes();
+        if let Some(h) = self.exact_hit(name, None) {
+            return Some(h);
+        }
+        for (i, s) in self.config.search.iter().enumerate() {
+            if let Some(x) = strip_suffix_domain(name, s.as_bytes()) {
+                if let Some(h) = self.exact_hit(x, Some(i)) {
+                    return Some(h);
+                }
+            }
+        }
+        if self.wild.capacity() == 0 {
+            return None;
+        }
+        if let Some(h) = self.wildcard_hit(q, name.len(), None) {
+            return Some(h);
+        }
+        for (i, s) in self.config.search.iter().enumerate() {
+            if let Some(x) = strip_suffix_domain(name, s.as_bytes()) {
+                if let Some(h) = self.wildcard_hit(q, x.len(), Some(i)) {
+                    return Some(h);
+                }
+            }
+        }
+        None
+    }
+
+    /// Looks up a name given as text or wire bytes in any case, with or
+    /// without the trailing dot, and hands the hit to `f`.
+    pub fn lookup_with<R>(&self, name: &[u8], f: impl FnOnce(Option<Hit<'_>>) -> R) -> R {
+        match QueryName::new(name) {
+            Some(q) => f(self.lookup(&q)),
+            None => f(None),
+        }
+    }
+
+    #[inline]
+    fn exact_hit<'a>(&'a self, key: &[u8], search_index: Option<usize>) -> Option<Hit<'a>> {
+        let found = self.exact.get(key, self.arena.as_bytes())?;
+        let r = &self.recs[found.entry as usize];
+        Some(self.hit(found.entry, r, self.name_of(r), found.form, search_index))
+    }
+
+    /// Tries the wildcard keys for `q[..len]`, most specific (longest suffix) first.
+    fn wildcard_hit<'a>(&'a self, q: &'a QueryName, len: usize, search_index: Option<usize>) -> Option<Hit<'a>> {
+        let name = &q.as_bytes()[..len];
+        let canonical = &q.as_str()[..len];
+        for (i, &b) in name.iter().enumerate() {
+            if b != b'.' {
+                continue;
+            }
+            if let Some(found) = self.wild.get(&name[i + 1..], self.arena.as_bytes()) {
+                let r = &self.recs[found.entry as usize];
+                return Some(self.hit(found.entry, r, canonical, Form::Wildcard, search_index));
+            }
+        }
+        None
+    }
+
+    #[inline]
+    fn hit<'a>(&'a self, entry: u32, r: &Rec, canonical: &'a str, form: Form, search_index: Option<usize>) -> Hit<'a> {
+        Hit {
+            canonical,
+            form,
+            search_index,
+            ipv4: &self.v4[r.v4_start as usize..r.v4_start as usize + r.n4 as usize],
+            ipv6: &self.v6[r.v6_start as usize..r.v6_start as usize + r.n6 as usize],
+            entry: entry as usize,
+        }
+    }
+
+    fn name_of(&self, r: &Rec) -> &str {
+        &self.arena[r.name_off as usize..r.name_off as usize + r.name_len as usize]
+    }
+
+    fn view(&self, r: &Rec) -> EntryView<'_> {
+        let s = r.meta_off as usize;
+        let shortname = &self.arena[s..s + r.short_len as usize];
+        let ns_start = s + r.short_len as usize + usize::from(r.short_len > 0 && r.ns_len > 0);
+        EntryView {
+            hostname: self.name_of(r),
+            registry: &self.registries[r.registry as usize],
+            shortname,
+            namespace: &self.arena[ns_start..ns_start + r.ns_len as usize],
+            ipv4: &self.v4[r.v4_start as usize..r.v4_start as usize + r.n4 as usize],
+            ipv6: &self.v6[r.v6_start as usize..r.v6_start as usize + r.n6 as usize],
+        }
+    }
+
+    /// The entry at position `i` in iteration order.
+    pub fn entry(&self, i: usize) -> Option<EntryView<'_>> {
+        self.recs.get(i).map(|r| self.view(r))
+    }
+
+    /// All entries, in input order.
+    pub fn entries(&self) -> impl ExactSizeIterator<Item = EntryView<'_>> + '_ {
+        self.recs.iter().map(|r| self.view(r))
+    }
+
+    /// Number of entries (hostnames with at least one address).
+    pub fn len(&self) -> usize {
+        self.recs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.recs.is_empty()
+    }
+
+    /// Entries left out because they had no address.
+    pub fn skipped(&self) -> usize {
+        self.skipped
+    }
+
+    /// The proxy namespace, domain and search list the table was built for.
+    pub fn namespace(&self) -> &str {
+        &self.config.namespace
+    }
+
+    pub fn domain(&self) -> &str {
+        &self.config.domain
+    }
+
+    pub fn search(&self) -> &[String] {
+        &self.config.search
+    }
+
+    /// Heap bytes held by the snapshot, and of those the bytes of the names
+    /// themselves (the arena).
+    pub fn heap_bytes(&self) -> (usize, usize) {
+        let names = self.arena.len();
+        let total = names
+            + self.recs.len() * std::mem::size_of::<Rec>()
+            + self.v4.len() * 4
+            + self.v6.len() * 16
+            + self.exact.heap_bytes()
+            + self.wild.heap_bytes()
+            + self.registries.iter().map(|r| r.len() + 16).sum::<usize>();
+        (total, names)
+    }
+}
+
+/// Settles a collision between the entry being inserted and the one holding
+/// the key. Lower (strength, registry rank, canonical name, name as given) wins.
+fn prefer_new(recs: &[Rec], ranks: &[RankKey], arena: &str, new: (u32, Form), old: (u32, Form)) -> Result<bool> {
+    let name = |id: u32| {
+        let r = &recs[id as usize];
+        &arena[r.name_off as usize..r.name_off as usize + r.name_len as usize]
+    };
+    let key = |(id, form): (u32, Form)| {
+        let rk = &ranks[id as usize];
+        (form.strength(), rk.registry, name(id), rk.original)
+    };
+    let (kn, ko) = (key(new), key(old));
+    if kn == ko && new.0 != old.0 && new.1 == Form::Hostname && old.1 == Form::Hostname {
+        return Err(Error::entry(ranks[new.0 as usize].original, "hostname", "duplicate entry for this hostname"));
+    }
+    Ok(kn < ko)
+}
+
+/// `name` minus `.domain` at its end, if it ends so and something is left.
+#[inline]
+fn strip_suffix_domain<'n>(name: &'n [u8], domain: &[u8]) -> Option<&'n [u8]> {
+    let rest = name.strip_suffix(domain)?;
+    let rest = rest.strip_suffix(b".")?;
+    (!rest.is_empty()).then_some(rest)
+}
+
+/// A per-table seed for the index hash, from the OS-randomised std hasher
+/// state, so probe sequences differ per process and per table.
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0x5eed);
+    h.finish()
+}

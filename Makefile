@@ -1,0 +1,90 @@
+# pymesh: one entry point for building, linting, testing and benchmarking.
+# `make help` lists the targets. CI runs `make test` (see .ci/run).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+CARGO ?= cargo
+NATIVE := native
+BUILD_DIR ?= build
+export CARGO_TERM_COLOR ?= never
+
+.PHONY: help deps build up lint fmt header stubs test test-rust test-python test-c fuzz-build wheel wheel-check \
+	bench bench-short clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(VENV)/.deps: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "maturin>=1.7,<2" PyYAML pytest hypothesis pytest-benchmark protobuf grpcio-tools \
+		ruff mypy types-PyYAML
+	touch $@
+
+deps: $(VENV)/.deps ## create .venv with the build, test and lint tools
+
+build: deps ## build the native extension (release) and install pymesh into .venv (editable)
+	$(BIN)/maturin develop --release --quiet
+
+up: build ## run pymesh's main job on its embedded default (the example name table)
+	$(BIN)/pymesh up
+
+fmt: ## format Rust and Python sources
+	cd $(NATIVE) && $(CARGO) fmt --all
+	$(BIN)/ruff format pymesh tests benchmarks
+	$(BIN)/ruff check --fix pymesh tests benchmarks
+
+header: ## regenerate native/include/pymesh.h with cbindgen
+	cd $(NATIVE) && PYMESH_BLESS_HEADER=1 $(CARGO) test -q -p pymesh-capi header_is_up_to_date
+
+stubs: build ## check pymesh/_native.pyi against the built module (mypy stubtest)
+	$(BIN)/python -m mypy.stubtest pymesh._native --mypy-config-file pyproject.toml
+
+lint: build ## clippy (warnings are errors), rustfmt, ruff, mypy, stubtest
+	cd $(NATIVE) && $(CARGO) fmt --all --check
+	cd $(NATIVE) && $(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(BIN)/ruff check pymesh tests benchmarks
+	$(BIN)/ruff format --check pymesh tests benchmarks
+	$(BIN)/mypy
+	$(BIN)/python -m mypy.stubtest pymesh._native --mypy-config-file pyproject.toml
+
+test-rust: ## Rust unit, conformance and header tests; benches compiled and run once
+	cd $(NATIVE) && $(CARGO) test --workspace --release
+	cd $(NATIVE) && PYMESH_BENCH_SHORT=1 $(CARGO) test --release --benches
+
+test-python: build ## the Python suite (conformance, API, properties, CLI)
+	$(BIN)/pytest -q tests
+
+test-c: ## build the C library through cargo and run the C consumers with ctest
+	cmake -S . -B $(BUILD_DIR) -G Ninja -DCMAKE_BUILD_TYPE=Release
+	cmake --build $(BUILD_DIR)
+	ctest --test-dir $(BUILD_DIR) --output-on-failure
+
+fuzz-build: ## compile the cargo-fuzz targets (stable toolchain)
+	$(CARGO) build --manifest-path $(NATIVE)/fuzz/Cargo.toml --release
+
+wheel: deps ## build the abi3 wheel into dist/
+	$(BIN)/pip wheel -q --no-deps -w dist .
+
+wheel-check: wheel ## the wheel is abi3 and installs and runs in a fresh venv without a Rust toolchain
+	scripts/wheel-check.sh dist
+
+bench-short: build ## benchmarks in short mode (CI)
+	cd $(NATIVE) && PYMESH_BENCH_SHORT=1 $(CARGO) bench --bench names
+	PYMESH_BENCH_SHORT=1 $(BIN)/pytest -q benchmarks --benchmark-columns=median,ops --benchmark-sort=name
+
+bench: build ## full benchmarks (criterion + pytest-benchmark); takes minutes
+	cd $(NATIVE) && $(CARGO) bench --bench names
+	$(BIN)/pytest -q benchmarks --benchmark-columns=min,median,max,ops --benchmark-sort=name
+
+test: lint test-rust test-python test-c fuzz-build wheel-check bench-short ## the whole suite: lint, Rust, Python, C, fuzz build, wheel, short benches
+	@echo "make test: all suites passed"
+
+clean: ## remove build outputs
+	rm -rf $(BUILD_DIR) dist $(NATIVE)/target $(NATIVE)/fuzz/target pymesh/*.so

@@ -1,0 +1,102 @@
+"""The ``pymesh`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from importlib import resources
+
+from pymesh._native import NameTable, PymeshError
+from pymesh.dnsproxy.answers import QTYPES, answer
+from pymesh.names import DEFAULT_DOMAIN, load_name_table
+
+# The embedded default: the example mesh a VM in namespace "default" sees.
+DEFAULT_NAMESPACE = "default"
+DEFAULT_SEARCH = ("default.svc.cluster.local", "svc.cluster.local", "cluster.local")
+EXAMPLE_QUERIES = (
+    ("product", "A"),
+    ("product.default", "A"),
+    ("reviews.bookinfo", "AAAA"),
+    ("reviews.bookinfo.default.svc.cluster.local", "A"),
+    ("mysql-0.mysql.db", "A"),
+    ("api.payments.example.com", "AAAA"),
+    ("build.corp.example.com", "A"),
+    ("product.default.svc.cluster.local", "AAAA"),
+    ("www.example.org", "A"),
+)
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_UNKNOWN = 2  # like getent: the name is not known
+
+
+def _example_table() -> NameTable:
+    with resources.as_file(resources.files("pymesh") / "examples" / "nametable.json") as path:
+        return load_name_table(path, namespace=DEFAULT_NAMESPACE, search=DEFAULT_SEARCH)
+
+
+def cmd_dns_lookup(args: argparse.Namespace) -> int:
+    table = load_name_table(args.table, namespace=args.namespace, domain=args.domain, search=args.search)
+    ans = answer(table, args.name, args.type)
+    print(json.dumps(ans.to_json(), indent=2) if args.json else ans.to_text())
+    return EXIT_OK if ans.known else EXIT_UNKNOWN
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    table = _example_table()
+    print(f"pymesh {_version()}: local mesh on the embedded default")
+    print(
+        f"  name table: {len(table)} names (examples/nametable.json) for a proxy in namespace "
+        f"{table.namespace!r}, search {' '.join(table.search)}"
+    )
+    queries = [(n, args.type) for n in args.names] if args.names else list(EXAMPLE_QUERIES)
+    for name, qtype in queries:
+        print()
+        print(answer(table, name, qtype).to_text())
+    return EXIT_OK
+
+
+def _version() -> str:
+    from pymesh import __version__
+
+    return __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pymesh", description="A service mesh for VMs and bare-metal hosts.")
+    p.add_argument("--version", action="version", version=f"pymesh {_version()}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run the local mesh on the embedded default and show it working")
+    up.add_argument("names", nargs="*", help="names to look up (default: a tour of the example table)")
+    up.add_argument("--type", default="A", choices=QTYPES, type=str.upper)
+    up.set_defaults(func=cmd_up)
+
+    dns = sub.add_parser("dns", help="the DNS proxy and its name table")
+    dns_sub = dns.add_subparsers(dest="dns_command", required=True)
+    lk = dns_sub.add_parser("lookup", help="print what a DNS client would be answered for NAME")
+    lk.add_argument("--table", required=True, help="name table file (NDS proto3 JSON, or YAML)")
+    lk.add_argument("--namespace", default=DEFAULT_NAMESPACE, help="the proxy's namespace (default: %(default)s)")
+    lk.add_argument("--domain", default=DEFAULT_DOMAIN, help="cluster domain (default: %(default)s)")
+    lk.add_argument("--search", default="", help='resolv.conf search list, space-separated ("s1 s2")')
+    lk.add_argument("--type", default="A", choices=QTYPES, type=str.upper)
+    lk.add_argument("--json", action="store_true", help="print the answer as JSON")
+    lk.add_argument("name")
+    lk.set_defaults(func=cmd_dns_lookup)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        rc: int = args.func(args)
+    except PymeshError as e:
+        print(f"pymesh: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Protocol messages pymesh speaks that no installed package provides."""

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Checks the built wheel is a single abi3 wheel that installs and runs in a
+# fresh virtualenv, with no Rust toolchain on PATH (as on a VM).
+set -euo pipefail
+dist=${1:-dist}
+shopt -s nullglob
+wheels=("$dist"/pymesh-*.whl)
+[ ${#wheels[@]} -ge 1 ] || { echo "no pymesh wheel in $dist" >&2; exit 1; }
+wheel=$(ls -t "${wheels[@]}" | head -n1)
+case "$wheel" in
+  *-cp310-abi3-*.whl) ;;
+  *) echo "wheel is not abi3 for cp310+: $wheel" >&2; exit 1 ;;
+esac
+venv=$(mktemp -d)
+trap 'rm -rf "$venv"' EXIT
+python3 -m venv "$venv"
+"$venv/bin/pip" install -q "$wheel"
+unzip -l "$wheel" | grep -q 'pymesh/_native.pyi'
+unzip -l "$wheel" | grep -q 'pymesh/py.typed'
+unzip -l "$wheel" | grep -q 'pymesh/examples/nametable.json'
+# No cargo or rustc reachable: the installed wheel must not need them.
+env -i PATH=/usr/bin:/bin HOME="$venv" "$venv/bin/pymesh" up product >"$venv/out.txt"
+grep -q '10.96.0.20' "$venv/out.txt"
+echo "wheel ok: $(basename "$wheel")"

@@ -1,1 +1,54 @@
-//! placeholder
+//! The C ABI of pymesh's native core (`libpymesh`, header
+//! `native/include/pymesh.h`, generated from this crate by `build.rs`).
+//!
+//! A thin layer: it checks and converts C arguments (`args`), delegates to
+//! `pymesh-core`, and converts results (`answer`) and errors (`error`) back.
+//! Every exported function body runs under `error::boundary` (or
+//! `error::guard` for functions that cannot fail), so a panic never unwinds
+//! into C and each core error is converted to a status code in one place.
+//!
+//! Conventions shared by every function (repeated in the header's preamble):
+//! all symbols start with `pymesh_`; handles are opaque and freed by their
+//! NULL-safe `_free` function; a function that can fail returns a
+//! `pymesh_status` and takes a last `char **error_message` that, when not
+//! NULL, receives NULL on success or a message the caller frees with
+//! `pymesh_string_free`; borrowed arguments are only read during the call.
+
+// cbindgen writes the header's functions in the order it meets these
+// modules, so they are listed in reading order for a C programmer (and a
+// comment on each keeps rustfmt from sorting them).
+// Status codes, messages, the panic boundary.
+mod error;
+// Lookup results.
+mod answer;
+// Argument checks and the configuration.
+mod args;
+// Snapshots.
+mod table;
+// Building entry by entry.
+mod builder;
+// The atomically swapped table.
+mod live;
+
+pub use answer::{
+    pymesh_ip, pymesh_name_answer, pymesh_name_form, pymesh_name_form_str, PYMESH_IPV4, PYMESH_IPV6,
+    PYMESH_NAME_BUF_LEN,
+};
+pub use args::pymesh_name_config;
+pub use builder::{
+    pymesh_name_table_builder, pymesh_name_table_builder_add, pymesh_name_table_builder_build,
+    pymesh_name_table_builder_free, pymesh_name_table_builder_new,
+};
+pub use error::{pymesh_status, pymesh_status_str, pymesh_string_free};
+pub use live::{
+    pymesh_live_name_table, pymesh_live_name_table_free, pymesh_live_name_table_generation,
+    pymesh_live_name_table_lookup, pymesh_live_name_table_new, pymesh_live_name_table_store,
+};
+pub use table::{
+    pymesh_name_table, pymesh_name_table_entry_hostname, pymesh_name_table_free, pymesh_name_table_from_file,
+    pymesh_name_table_from_json, pymesh_name_table_from_nds, pymesh_name_table_from_yaml, pymesh_name_table_len,
+    pymesh_name_table_lookup,
+};
+
+#[cfg(test)]
+mod tests;

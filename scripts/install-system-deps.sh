@@ -1,20 +1,35 @@
 #!/usr/bin/env bash
-# Installs the system packages pymesh's tests use, when they are missing.
+# Installs the system packages pymesh's tests use, when they are missing:
+# build tools, real DNS clients and servers (dig, unbound, dnsmasq, dnsperf),
+# a TCP proxy baseline (haproxy) and packet capture/netfilter tools.
 # Needs root (apt-get) only when something is missing.
 set -euo pipefail
 need=()
-for pair in cmake:cmake ninja:ninja-build gcc:gcc unzip:unzip; do
-  cmd=${pair%%:*} pkg=${pair#*:}
-  command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
-done
+check() { command -v "$1" >/dev/null 2>&1 || need+=("$2"); }
+check cmake cmake
+check ninja ninja-build
+check gcc gcc
+check unzip unzip
+check ip iproute2
+check dig dnsutils
+check unbound unbound
+check dnsmasq dnsmasq-base
+check dnsperf dnsperf
+check haproxy haproxy
+check iptables iptables
+check nft nftables
+check tcpdump tcpdump
+check taskset util-linux
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq "${need[@]}"
+  apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
 for tool in cargo rustc; do
   command -v "$tool" >/dev/null 2>&1 || { echo "missing $tool: install Rust with rustup" >&2; exit 1; }
 done
-rustup component list --installed 2>/dev/null | grep -q clippy || rustup component add clippy rustfmt || true
+for comp in clippy rustfmt; do
+  rustup component list --installed 2>/dev/null | grep -q "^$comp" || rustup component add "$comp"
+done

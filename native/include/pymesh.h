@@ -44,6 +44,17 @@
 #define PYMESH_IPV6 6
 
 /**
+ * The TTL pymesh gives local answers unless told otherwise (Istio's 30 s).
+ */
+#define PYMESH_DNS_DEFAULT_TTL 30
+
+/**
+ * The smallest `out_cap` `pymesh_dns_answer` accepts: every reply over UDP
+ * may be 512 bytes (RFC 1035 §4.2.1).
+ */
+#define PYMESH_DNS_MIN_OUT 512
+
+/**
  * What an exported function reports.
  *
  * `PYMESH_OK` and `PYMESH_NOT_FOUND` are outcomes, not errors: no message is
@@ -551,6 +562,45 @@ enum pymesh_status pymesh_live_name_table_lookup(const struct pymesh_live_name_t
                                                  struct pymesh_ip *addrs,
                                                  size_t addrs_cap,
                                                  char **error_message);
+
+/**
+ * Answers one DNS query packet (`query`, `query_len` bytes as received) from
+ * `table`, writing the reply into `out` (`out_cap` bytes, at least
+ * `PYMESH_DNS_MIN_OUT`; 65535 is always enough).
+ *
+ * `tcp` is 0 for a query that came over UDP (the reply is truncated, with
+ * TC set, to 512 bytes or the client's EDNS0 size) or 1 for TCP (up to
+ * 65535, without the 2-byte length prefix). `ttl` is the TTL of local
+ * records (`PYMESH_DNS_DEFAULT_TTL` for Istio's).
+ *
+ * Returns:
+ * - `PYMESH_OK` with `*out_len > 0`: send those bytes back to the client
+ *   (an answer, NODATA with SOA, or FORMERR/NOTIMP/BADVERS for a malformed
+ *   query, never larger than the client allows);
+ * - `PYMESH_OK` with `*out_len == 0`: send nothing (a runt packet or a
+ *   response, RFC 5452 §9.1);
+ * - `PYMESH_NOT_FOUND` (`*out_len == 0`): not a name of the table, or a
+ *   query type the table cannot answer: forward the query upstream;
+ * - `PYMESH_ERR_INVALID_ARGUMENT` (NULL pointers, `out_cap` too small,
+ *   `tcp` not 0 or 1), `PYMESH_ERR_PANIC`.
+ *
+ * Malformed packets are not errors: they get their RFC answer or none.
+ *
+ * # Safety
+ *
+ * `table` is NULL or a live table; `query` is readable for `query_len`
+ * bytes; `out` is writable for `out_cap` bytes; `out_len` is NULL or
+ * writable; `error_message` is NULL or writable.
+ */
+enum pymesh_status pymesh_dns_answer(const struct pymesh_name_table *table,
+                                     const uint8_t *query,
+                                     size_t query_len,
+                                     int32_t tcp,
+                                     uint32_t ttl,
+                                     uint8_t *out,
+                                     size_t out_cap,
+                                     size_t *out_len,
+                                     char **error_message);
 
 #ifdef __cplusplus
 }  // extern "C"

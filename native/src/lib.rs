@@ -7,6 +7,7 @@
 //! Tables are built off the hot path into immutable snapshots and published
 //! with one atomic swap ([`names::LiveNameTable`]); the serving path only reads.
 
+pub mod dns;
 pub mod error;
 pub mod names;
 

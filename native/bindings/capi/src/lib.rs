@@ -29,6 +29,8 @@ mod table;
 mod builder;
 // The atomically swapped table.
 mod live;
+// Answering DNS query packets.
+mod dns;
 
 pub use answer::{
     pymesh_ip, pymesh_name_answer, pymesh_name_form, pymesh_name_form_str, PYMESH_IPV4, PYMESH_IPV6,
@@ -39,6 +41,7 @@ pub use builder::{
     pymesh_name_table_builder, pymesh_name_table_builder_add, pymesh_name_table_builder_build,
     pymesh_name_table_builder_free, pymesh_name_table_builder_new,
 };
+pub use dns::{pymesh_dns_answer, PYMESH_DNS_DEFAULT_TTL, PYMESH_DNS_MIN_OUT};
 pub use error::{pymesh_status, pymesh_status_str, pymesh_string_free};
 pub use live::{
     pymesh_live_name_table, pymesh_live_name_table_free, pymesh_live_name_table_generation,

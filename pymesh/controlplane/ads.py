@@ -1,0 +1,430 @@
+"""The gRPC Aggregated Discovery Service: state-of-the-world and delta.
+
+Protocol handling (shared/reference/envoy-lb-and-xds.md §B):
+- The first request of a stream must carry the node (a health report that
+  arrives first is dropped, as istiod drops it); the node is parsed like
+  istiod parses it and the connect hook runs before anything is answered
+  (auto-registration; an error fails the stream with its gRPC code).
+- Per connection and type: the last nonce sent, the snapshot version the
+  connection holds, the last ACKed version and the last NACK. A request
+  whose nonce is not the last one sent is stale and not answered (SotW);
+  an ``error_detail`` is a NACK: logged with its detail, nothing is resent,
+  so the client stays on its last good version. Delta applies subscription
+  changes even from stale requests, as the spec requires.
+- ``istio.v1.HealthInformation`` requests go to the health hook and are
+  never answered.
+- Pushes: a new snapshot is compared, per (type, view), with the previous
+  one; a connection gets a response only if a resource it subscribes to
+  changed (LDS/CDS/NDS: the full set; EDS/RDS: only the changed ones).
+  Every connection is always at the latest snapshot after a push (either
+  sent or, when unaffected, advanced without sending), so one diff per
+  view is enough.
+
+``strategy="naive"`` turns all of this off — every change regenerates every
+subscribed type per connection and resends it — and exists as the baseline
+for benchmarks/controlplane_bench.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import grpc
+from envoy.service.discovery.v3 import discovery_pb2
+
+from pymesh.controlplane.errors import ControlPlaneError, NodeError, RegistrationError
+from pymesh.controlplane.node import Proxy, parse_node
+from pymesh.controlplane.snapshot import (
+    FULL_STATE,
+    HEALTH,
+    SHORT,
+    WILDCARD_TYPES,
+    XDS_TYPES,
+    Encoded,
+    Snapshot,
+    delta_response,
+    encode,
+    generate,
+    sotw_response,
+    view_key,
+)
+
+log = logging.getLogger("pymesh.controlplane")
+
+SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+
+
+class Hooks(Protocol):
+    async def on_connect(self, conn: Connection) -> None: ...
+    async def on_disconnect(self, conn: Connection) -> None: ...
+    async def on_health(self, conn: Connection, healthy: bool, message: str) -> None: ...
+
+
+@dataclass
+class Watch:
+    names: set[str] | None  # None: wildcard
+    nonce: str = ""
+    version: int = -1  # snapshot version the connection holds for this type
+    acked: str = ""  # last ACKed version_info
+    nack: str = ""  # last NACK's error message ("" after an ACK)
+    known: set[str] = field(default_factory=set)  # delta: names the client holds
+
+
+@dataclass(frozen=True)
+class Nack:
+    conn_id: int
+    node_id: str
+    type_url: str
+    version: str
+    nonce: str
+    message: str
+
+
+class Connection:
+    """One ADS stream."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, peer: str, delta: bool) -> None:
+        self.id = next(self._ids)
+        self.peer = peer
+        self.delta = delta
+        self.proxy: Proxy | None = None
+        self.connected_at = time.time()
+        self.watches: dict[str, Watch] = {}
+        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._nonces = itertools.count(1)
+        self.abort: tuple[grpc.StatusCode, str] | None = None
+        self.attrs: dict[str, Any] = {}  # for hooks (e.g. the registration key)
+
+    def next_nonce(self) -> str:
+        return f"{self.id}.{next(self._nonces)}"
+
+    def __repr__(self) -> str:
+        node = self.proxy.node_id if self.proxy else "?"
+        return f"<connection {self.id} {node} from {self.peer}>"
+
+
+_CODES = {
+    "FAILED_PRECONDITION": grpc.StatusCode.FAILED_PRECONDITION,
+    "INVALID_ARGUMENT": grpc.StatusCode.INVALID_ARGUMENT,
+    "PERMISSION_DENIED": grpc.StatusCode.PERMISSION_DENIED,
+    "NOT_FOUND": grpc.StatusCode.NOT_FOUND,
+    "UNAVAILABLE": grpc.StatusCode.UNAVAILABLE,
+}
+
+
+class AdsServer:
+    def __init__(self, snapshot: Snapshot, hooks: Hooks, *, strategy: str = "incremental") -> None:
+        if strategy not in ("incremental", "naive"):
+            raise ControlPlaneError(f"unknown push strategy {strategy!r}")
+        self.snapshot = snapshot
+        self.hooks = hooks
+        self.naive = strategy == "naive"
+        self.connections: dict[int, Connection] = {}
+        self.nacks: list[Nack] = []
+        self.stats = {"responses": 0, "pushes": 0, "push_rounds": 0, "nacks": 0, "acks": 0}
+        self.on_nack: Callable[[Nack], Awaitable[None] | None] | None = None
+
+    # --- gRPC plumbing --------------------------------------------------------------
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        ident: Callable[[bytes], bytes] = lambda b: b  # noqa: E731 - responses are pre-encoded bytes
+        return grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                    self._sotw_stream,
+                    request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
+                    response_serializer=ident,
+                ),
+                "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                    self._delta_stream,
+                    request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
+                    response_serializer=ident,
+                ),
+            },
+        )
+
+    async def _sotw_stream(self, requests: AsyncIterator[Any], context: Any) -> None:
+        await self._serve(Connection(context.peer(), delta=False), requests, context)
+
+    async def _delta_stream(self, requests: AsyncIterator[Any], context: Any) -> None:
+        await self._serve(Connection(context.peer(), delta=True), requests, context)
+
+    async def _serve(self, conn: Connection, requests: AsyncIterator[Any], context: Any) -> None:
+        reader = asyncio.ensure_future(self._read(conn, requests))
+        try:
+            while True:
+                item = await conn.queue.get()
+                if item is None:
+                    break
+                await context.write(item)
+        finally:
+            reader.cancel()
+            await self._close(conn)
+        if conn.abort is not None:
+            await context.abort(*conn.abort)
+
+    async def _read(self, conn: Connection, requests: AsyncIterator[Any]) -> None:
+        try:
+            async for req in requests:
+                if conn.proxy is None:
+                    if req.type_url == HEALTH:
+                        log.warning("%r: health report before the node is known; dropped", conn)
+                        continue
+                    await self._open(conn, req)
+                    if conn.abort is not None:
+                        return
+                if conn.delta:
+                    await self._on_delta(conn, req)
+                else:
+                    await self._on_sotw(conn, req)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # a bug must fail this stream, not the server
+            log.exception("%r: request handling failed", conn)
+            conn.abort = (grpc.StatusCode.INTERNAL, f"pymesh control plane: {e}")
+        finally:
+            conn.queue.put_nowait(None)
+
+    async def _open(self, conn: Connection, req: Any) -> None:
+        if not req.HasField("node") or not req.node.id:
+            conn.abort = (grpc.StatusCode.INVALID_ARGUMENT, "the first request of a stream must carry the node")
+            return
+        try:
+            conn.proxy = parse_node(req.node)
+            await self.hooks.on_connect(conn)
+        except NodeError as e:
+            conn.abort = (grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            conn.proxy = None
+            return
+        except RegistrationError as e:
+            log.warning("%r rejected: %s", conn, e)
+            conn.abort = (_CODES.get(e.code, grpc.StatusCode.FAILED_PRECONDITION), str(e))
+            conn.proxy = None
+            return
+        self.connections[conn.id] = conn
+        log.info("%r connected (%s)", conn, "delta" if conn.delta else "sotw")
+
+    async def _close(self, conn: Connection) -> None:
+        if self.connections.pop(conn.id, None) is not None:
+            log.info("%r disconnected", conn)
+            try:
+                await self.hooks.on_disconnect(conn)
+            except Exception:
+                log.exception("%r: disconnect hook failed", conn)
+
+    # --- resources ----------------------------------------------------------------
+
+    def _current(self, conn: Connection, type_url: str) -> dict[str, Encoded] | Any:
+        assert conn.proxy is not None
+        if self.naive:
+            key = view_key(type_url, conn.proxy)
+            return {n: encode(type_url, n, m) for n, m in generate(self.snapshot.registry, type_url, key).items()}
+        return self.snapshot.for_proxy(type_url, conn.proxy)
+
+    @staticmethod
+    def _select(resources: Any, names: set[str] | None) -> list[Encoded]:
+        if names is None:
+            return list(resources.values())
+        return [resources[n] for n in sorted(names) if n in resources]
+
+    def _send(self, conn: Connection, data: bytes) -> None:
+        conn.queue.put_nowait(data)
+        self.stats["responses"] += 1
+
+    def _nack(self, conn: Connection, type_url: str, version: str, nonce: str, message: str) -> None:
+        assert conn.proxy is not None
+        n = Nack(conn.id, conn.proxy.node_id, type_url, version, nonce, message)
+        self.nacks.append(n)
+        del self.nacks[:-100]
+        self.stats["nacks"] += 1
+        log.warning(
+            "NACK from %s for %s (staying on version %r, nonce %s): %s",
+            conn.proxy.node_id,
+            SHORT.get(type_url, type_url),
+            version,
+            nonce,
+            message,
+        )
+        if self.on_nack is not None:
+            self.on_nack(n)
+
+    # --- state of the world -------------------------------------------------------
+
+    async def _on_sotw(self, conn: Connection, req: Any) -> None:
+        t = req.type_url
+        if t == HEALTH:
+            healthy = not req.HasField("error_detail")
+            await self.hooks.on_health(conn, healthy, "" if healthy else req.error_detail.message)
+            return
+        if t not in XDS_TYPES:
+            log.debug("%r: unsupported type %s ignored", conn, t)
+            return
+        w = conn.watches.get(t)
+        names = set(req.resource_names)
+        wildcard = "*" in names or (not names and t in WILDCARD_TYPES and (w is None or w.names is None))
+        requested: set[str] | None = None if wildcard else names - {"*"}
+        if req.response_nonce:
+            if w is None or req.response_nonce != w.nonce:
+                log.debug("%r: stale nonce %s for %s ignored", conn, req.response_nonce, SHORT[t])
+                return
+            if req.HasField("error_detail"):
+                w.nack = req.error_detail.message
+                self._nack(conn, t, req.version_info, req.response_nonce, req.error_detail.message)
+                return
+            w.acked = req.version_info
+            w.nack = ""
+            self.stats["acks"] += 1
+            if requested == w.names:
+                return  # a plain ACK
+            w.names = requested
+        else:
+            w = Watch(names=requested)
+            conn.watches[t] = w
+        self._respond_sotw(conn, t, w, None)
+
+    def _respond_sotw(self, conn: Connection, t: str, w: Watch, only: list[Encoded] | None) -> None:
+        items = only if only is not None else self._select(self._current(conn, t), w.names)
+        w.nonce = conn.next_nonce()
+        w.version = self.snapshot.version
+        self._send(conn, sotw_response(t, str(self.snapshot.version), w.nonce, items))
+
+    # --- delta --------------------------------------------------------------------
+
+    async def _on_delta(self, conn: Connection, req: Any) -> None:
+        t = req.type_url
+        if t == HEALTH:
+            healthy = not req.HasField("error_detail")
+            await self.hooks.on_health(conn, healthy, "" if healthy else req.error_detail.message)
+            return
+        if t not in XDS_TYPES:
+            return
+        w = conn.watches.get(t)
+        first = w is None
+        if w is None:
+            w = Watch(names=set())
+            conn.watches[t] = w
+        if req.response_nonce and req.response_nonce == w.nonce:
+            if req.HasField("error_detail"):
+                w.nack = req.error_detail.message
+                self._nack(conn, t, "", req.response_nonce, req.error_detail.message)
+            else:
+                w.nack = ""
+                self.stats["acks"] += 1
+        # Subscription changes apply even with a stale nonce (xDS spec, delta).
+        subscribe = set(req.resource_names_subscribe)
+        unsubscribe = set(req.resource_names_unsubscribe)
+        if not first and not subscribe and not unsubscribe:
+            return
+        if first and not subscribe and t in WILDCARD_TYPES:
+            subscribe = {"*"}
+        added: set[str] = set()
+        if "*" in subscribe:
+            if w.names is not None:
+                added = {"*"}
+            w.names = None
+            subscribe.discard("*")
+        if "*" in unsubscribe and w.names is None:
+            w.names = set(w.known)
+            unsubscribe.discard("*")
+        if w.names is not None:
+            added |= subscribe - w.names
+            w.names |= subscribe
+            w.names -= unsubscribe
+        else:
+            added |= subscribe
+        w.known -= unsubscribe
+        resources = self._current(conn, t)
+        initial = dict(req.initial_resource_versions) if first else {}
+        if "*" in added or first:
+            candidates = set(resources) if w.names is None else set(w.names)
+        else:
+            candidates = added
+        items = [
+            resources[n]
+            for n in sorted(candidates)
+            if n in resources and initial.get(n) != resources[n].version and n not in (w.known - added)
+        ]
+        # Explicitly subscribed names that do not exist are reported as removed ("does not exist").
+        missing = sorted(n for n in candidates if n not in resources and w.names is not None)
+        w.known |= {e.name for e in items} | {n for n in initial if n in resources}
+        w.version = self.snapshot.version
+        if items or missing or first:
+            w.nonce = conn.next_nonce()
+            self._send(conn, delta_response(t, str(self.snapshot.version), w.nonce, items, missing))
+
+    # --- pushes -------------------------------------------------------------------
+
+    def push(self, snapshot: Snapshot) -> int:
+        """Publishes ``snapshot`` and sends what changed to the connections it
+        concerns. Returns the number of responses queued. Synchronous: no
+        request is processed between the swap and the last queued response,
+        so every connection ends at the new version."""
+        old, self.snapshot = self.snapshot, snapshot
+        self.stats["push_rounds"] += 1
+        sent = 0
+        for conn in list(self.connections.values()):
+            if conn.proxy is None:
+                continue
+            for t, w in conn.watches.items():
+                if self.naive:
+                    if conn.delta:
+                        items = self._select(self._current(conn, t), w.names)
+                        w.nonce = conn.next_nonce()
+                        self._send(conn, delta_response(t, str(snapshot.version), w.nonce, items, []))
+                    else:
+                        self._respond_sotw(conn, t, w, None)
+                    sent += 1
+                    continue
+                key = view_key(t, conn.proxy)
+                if w.version != old.version:
+                    # Not at the previous snapshot (cannot happen through push(); kept for safety): full resend.
+                    if conn.delta:
+                        w.version = snapshot.version
+                        continue
+                    self._respond_sotw(conn, t, w, None)
+                    sent += 1
+                    continue
+                d = snapshot.diff(old, t, key)
+                if conn.delta:
+                    sent += self._push_delta(conn, t, w, d.changed, d.removed)
+                    continue
+                if w.names is None:
+                    affected = bool(d)
+                else:
+                    affected = bool(w.names & d.changed) or (t in FULL_STATE and bool(w.names & d.removed))
+                if not affected:
+                    w.version = snapshot.version
+                    continue
+                if t in FULL_STATE:
+                    self._respond_sotw(conn, t, w, None)
+                else:
+                    resources = snapshot.for_proxy(t, conn.proxy)
+                    names = d.changed if w.names is None else (w.names & d.changed)
+                    self._respond_sotw(conn, t, w, [resources[n] for n in sorted(names)])
+                sent += 1
+        self.stats["pushes"] += sent
+        return sent
+
+    def _push_delta(self, conn: Connection, t: str, w: Watch, changed: frozenset[str], removed: frozenset[str]) -> int:
+        assert conn.proxy is not None
+        names = changed if w.names is None else (changed & w.names)
+        gone = sorted(removed & w.known)
+        w.version = self.snapshot.version
+        if not names and not gone:
+            return 0
+        resources = self.snapshot.for_proxy(t, conn.proxy)
+        items = [resources[n] for n in sorted(names)]
+        w.known |= names
+        w.known -= set(gone)
+        w.nonce = conn.next_nonce()
+        self._send(conn, delta_response(t, str(self.snapshot.version), w.nonce, items, gone))
+        return 1

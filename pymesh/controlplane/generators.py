@@ -1,0 +1,397 @@
+"""CDS, EDS, LDS and RDS resources from a registry snapshot.
+
+The shapes are the ones gRPC's own xDS client accepts (verified in
+shared/reference/envoy-lb-and-xds.md §C.2), as istiod generates them for
+``GENERATOR=grpc``:
+
+- Listener ``<host>:<port>`` with an ``api_listener`` holding an
+  HttpConnectionManager whose RDS config source is ADS and whose last (only)
+  HTTP filter is the router.
+- RouteConfiguration ``<host>:<port>``: one virtual host for the service's
+  names, one prefix route to the cluster (with the DestinationRule's hash
+  policy when it asks for consistent hashing).
+- Cluster ``outbound|<port>|<subset>|<host>`` (Istio's naming), type EDS
+  over ADS, EDS service name = cluster name; policy from the
+  DestinationRule.
+- ClusterLoadAssignment: endpoints grouped by locality, every locality with
+  a ``load_balancing_weight`` (gRPC silently drops localities without one),
+  no duplicate addresses (gRPC NACKs them), priorities without gaps.
+
+Policy per client type: gRPC NACKs ``LEAST_REQUEST``, ``RANDOM`` and
+``MAGLEV``, so for ``grpc`` those become ``ROUND_ROBIN`` (and Maglev
+consistent hashing becomes ``RING_HASH``); Envoy-type proxies get them as
+configured. ``PASSTHROUGH`` (original destination) is served as
+``ROUND_ROBIN`` by both: pymesh has no original-destination clusters yet.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from envoy.config.cluster.v3 import cluster_pb2, outlier_detection_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, health_check_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.config.listener.v3 import api_listener_pb2, listener_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
+
+from pymesh.controlplane.registry import Endpoint, Registry, ServiceModel
+from pymesh.controlplane.resources import DestinationRule, TrafficPolicy
+
+log = logging.getLogger("pymesh.controlplane")
+
+LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
+ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+ROUTER_FILTER = "envoy.filters.http.router"
+GRPC = "grpc"
+
+
+def cluster_name(host: str, port: int, subset: str = "") -> str:
+    return f"outbound|{port}|{subset}|{host}"
+
+
+def parse_cluster_name(name: str) -> tuple[str, int, str] | None:
+    parts = name.split("|")
+    if len(parts) != 4 or parts[0] != "outbound" or not parts[1].isdigit():
+        return None
+    return parts[3], int(parts[1]), parts[2]
+
+
+def _ads() -> Any:
+    return config_source_pb2.ConfigSource(
+        ads=config_source_pb2.AggregatedConfigSource(), resource_api_version=config_source_pb2.ApiVersion.V3
+    )
+
+
+def _pack(msg: Any) -> Any:
+    a = any_pb2.Any()
+    a.Pack(msg)
+    return a
+
+
+def _duration(seconds: float) -> Any:
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(round(seconds * 1e9))
+    return d
+
+
+# --- LDS / RDS --------------------------------------------------------------------------
+
+
+def _routable(svc: ServiceModel) -> bool:
+    # gRPC (and our API listeners) need an HTTP/2-capable TCP port; UDP ports get nothing.
+    return svc.resolution != "Passthrough" or svc.registry == "Kubernetes"
+
+
+def listeners(registry: Registry) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    router = hcm_pb2.HttpFilter(name=ROUTER_FILTER, typed_config=_pack(router_pb2.Router()))
+    for svc in registry.services:
+        if not _routable(svc):
+            continue
+        for p in svc.ports:
+            if p.protocol == "UDP":
+                continue
+            name = f"{svc.hostname}:{p.number}"
+            hcm = hcm_pb2.HttpConnectionManager(
+                stat_prefix=name,
+                rds=hcm_pb2.Rds(config_source=_ads(), route_config_name=name),
+                http_filters=[router],
+            )
+            out[name] = listener_pb2.Listener(
+                name=name, api_listener=api_listener_pb2.ApiListener(api_listener=_pack(hcm))
+            )
+    return out
+
+
+def _short_names(svc: ServiceModel, domain: str) -> list[str]:
+    if svc.registry != "Kubernetes":
+        return [svc.hostname]
+    return [
+        svc.hostname,
+        f"{svc.name}.{svc.namespace}.svc",
+        f"{svc.name}.{svc.namespace}",
+        svc.name,
+    ]
+
+
+def _hash_policies(policy: TrafficPolicy | None) -> list[Any]:
+    if policy is None or policy.consistent_hash is None:
+        return []
+    ch = policy.consistent_hash
+    hp = route_components_pb2.RouteAction.HashPolicy
+    if ch.get("httpHeaderName"):
+        return [hp(header=hp.Header(header_name=str(ch["httpHeaderName"])))]
+    if ch.get("useSourceIp"):
+        return [hp(connection_properties=hp.ConnectionProperties(source_ip=True))]
+    if ch.get("httpQueryParameterName"):
+        return [hp(query_parameter=hp.QueryParameter(name=str(ch["httpQueryParameterName"])))]
+    cookie = ch.get("httpCookie")
+    if isinstance(cookie, Mapping):
+        c = hp.Cookie(name=str(cookie.get("name", "")), path=str(cookie.get("path", "")))
+        return [hp(cookie=c)]
+    return []
+
+
+def routes(registry: Registry) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for svc in registry.services:
+        if not _routable(svc):
+            continue
+        dr = registry.destination_rule(svc.hostname)
+        hashing = _hash_policies(dr.policy if dr else None)
+        for p in svc.ports:
+            if p.protocol == "UDP":
+                continue
+            name = f"{svc.hostname}:{p.number}"
+            domains = []
+            for n in _short_names(svc, registry.domain):
+                domains += [n, f"{n}:{p.number}"]
+            route = route_components_pb2.Route(
+                match=route_components_pb2.RouteMatch(prefix=""),
+                route=route_components_pb2.RouteAction(
+                    cluster=cluster_name(svc.hostname, p.number), hash_policy=hashing
+                ),
+            )
+            vh = route_components_pb2.VirtualHost(name=name, domains=domains, routes=[route])
+            out[name] = route_pb2.RouteConfiguration(name=name, virtual_hosts=[vh])
+    return out
+
+
+# --- CDS ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Lb:
+    policy: int
+    ring_min: int = 0
+
+
+def _lb(policy: TrafficPolicy | None, generator: str) -> _Lb:
+    C = cluster_pb2.Cluster
+    if policy is None:
+        return _Lb(C.ROUND_ROBIN)
+    if policy.consistent_hash is not None:
+        ch = policy.consistent_hash
+        ring_raw = ch.get("ringHash")
+        ring: Mapping[str, Any] = ring_raw if isinstance(ring_raw, Mapping) else {}
+        ring_min = int(ring.get("minimumRingSize", 0) or ch.get("minimumRingSize", 0) or 0)
+        if ch.get("maglev") is not None and generator != GRPC:
+            return _Lb(C.MAGLEV)
+        return _Lb(C.RING_HASH, ring_min)
+    simple = policy.simple
+    if simple in ("LEAST_REQUEST", "LEAST_CONN"):
+        return _Lb(C.ROUND_ROBIN if generator == GRPC else C.LEAST_REQUEST)
+    if simple == "RANDOM":
+        return _Lb(C.ROUND_ROBIN if generator == GRPC else C.RANDOM)
+    return _Lb(C.ROUND_ROBIN)
+
+
+def _outlier(policy: TrafficPolicy | None) -> Any:
+    od = policy.outlier if policy else None
+    if od is None:
+        return None
+    msg = outlier_detection_pb2.OutlierDetection()
+    if od.consecutive_5xx is not None:
+        msg.consecutive_5xx.value = od.consecutive_5xx
+        msg.enforcing_consecutive_5xx.value = 100 if od.consecutive_5xx > 0 else 0
+    if od.consecutive_gateway_errors is not None:
+        msg.consecutive_gateway_failure.value = od.consecutive_gateway_errors
+        msg.enforcing_consecutive_gateway_failure.value = 100 if od.consecutive_gateway_errors > 0 else 0
+    if od.interval is not None:
+        msg.interval.CopyFrom(_duration(od.interval))
+    if od.base_ejection_time is not None:
+        msg.base_ejection_time.CopyFrom(_duration(od.base_ejection_time))
+    if od.max_ejection_percent is not None:
+        msg.max_ejection_percent.value = od.max_ejection_percent
+    return msg
+
+
+def _merge(base: TrafficPolicy | None, over: TrafficPolicy | None) -> TrafficPolicy | None:
+    """A subset's policy overrides the rule's field by field (Istio's
+    ``MergeTrafficPolicy`` at the granularity we model)."""
+    if over is None:
+        return base
+    if base is None:
+        return over
+    lb_set = bool(over.simple or over.consistent_hash is not None)
+    return TrafficPolicy(
+        simple=over.simple if lb_set else base.simple,
+        consistent_hash=over.consistent_hash if lb_set else base.consistent_hash,
+        locality=over.locality if over.locality is not None else base.locality,
+        outlier=over.outlier if over.outlier is not None else base.outlier,
+    )
+
+
+def _cluster(name: str, policy: TrafficPolicy | None, generator: str, dns_host: str = "", dns_port: int = 0) -> Any:
+    lb = _lb(policy, generator)
+    c = cluster_pb2.Cluster(name=name, lb_policy=lb.policy)
+    c.connect_timeout.CopyFrom(_duration(10.0))
+    if dns_host:
+        # gRPC (A37) and Envoy resolve DNS ServiceEntries themselves.
+        c.type = cluster_pb2.Cluster.LOGICAL_DNS
+        ep = endpoint_components_pb2.LbEndpoint(
+            endpoint=endpoint_components_pb2.Endpoint(
+                address=address_pb2.Address(
+                    socket_address=address_pb2.SocketAddress(address=dns_host, port_value=dns_port)
+                )
+            )
+        )
+        c.load_assignment.CopyFrom(
+            endpoint_pb2.ClusterLoadAssignment(
+                cluster_name=name, endpoints=[endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=[ep])]
+            )
+        )
+    else:
+        c.type = cluster_pb2.Cluster.EDS
+        c.eds_cluster_config.eds_config.CopyFrom(_ads())
+        c.eds_cluster_config.service_name = name
+    if lb.policy == cluster_pb2.Cluster.RING_HASH and lb.ring_min:
+        c.ring_hash_lb_config.minimum_ring_size.value = lb.ring_min
+    od = _outlier(policy)
+    if od is not None:
+        c.outlier_detection.CopyFrom(od)
+    return c
+
+
+def clusters(registry: Registry, generator: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for svc in registry.services:
+        if not _routable(svc):
+            continue
+        dr = registry.destination_rule(svc.hostname)
+        base = dr.policy if dr else None
+        for p in svc.ports:
+            if p.protocol == "UDP":
+                continue
+            dns_host = ""
+            if svc.resolution in ("DNS", "DNS_ROUND_ROBIN", "DYNAMIC_DNS"):
+                eps = registry.endpoints.get((svc.hostname, p.number), ())
+                if eps and not any(_is_ip(e.address) for e in eps):
+                    dns_host = eps[0].address  # LOGICAL_DNS takes one name
+            dns_port = 0
+            if dns_host:
+                dns_port = registry.endpoints[(svc.hostname, p.number)][0].port
+            name = cluster_name(svc.hostname, p.number)
+            out[name] = _cluster(name, base, generator, dns_host, dns_port)
+            for subset in dr.subsets if dr else ():
+                sname = cluster_name(svc.hostname, p.number, subset.name)
+                out[sname] = _cluster(sname, _merge(base, subset.policy), generator, dns_host, dns_port)
+    return out
+
+
+# --- EDS ------------------------------------------------------------------------------
+
+
+def _is_ip(a: str) -> bool:
+    from pymesh.controlplane.validation import is_ip
+
+    return is_ip(a)
+
+
+@dataclass(frozen=True)
+class EdsView:
+    """What of a proxy shapes its endpoints: its network (endpoints of other
+    networks are not reachable without gateways, which pymesh does not have
+    yet) and its locality (failover priorities)."""
+
+    network: str = ""
+    locality: str = ""
+
+
+def _visible(ep: Endpoint, view: EdsView) -> bool:
+    # Istio keeps cross-network endpoints when no gateway exists (§6); two VMs
+    # with the same IP in different networks would then be a duplicate
+    # address, which gRPC NACKs. pymesh has no network gateways yet, so an
+    # endpoint in another network is unreachable and dropped.
+    return not (view.network and ep.network and ep.network != view.network)
+
+
+def _priority(ep_locality: str, proxy_locality: str) -> int:
+    """Istio's locality failover without explicit ``failover`` rules: 0 =
+    same region/zone/subzone, 1 = same region/zone, 2 = same region, 3 = other."""
+    mine = proxy_locality.split("/")
+    theirs = ep_locality.split("/")
+    same = 0
+    for a, b in zip(mine[:3], theirs[:3], strict=False):
+        if a != b or not a:
+            break
+        same += 1
+    return 3 - same
+
+
+def _locality_msg(locality: str) -> Any:
+    parts = [*locality.split("/"), "", "", ""][:3]
+    return base_pb2.Locality(region=parts[0], zone=parts[1], sub_zone=parts[2])
+
+
+def load_assignment(
+    name: str, eps: Sequence[Endpoint], view: EdsView, policy: TrafficPolicy | None, subset_labels: Mapping[str, str]
+) -> Any:
+    failover = bool(policy and policy.outlier is not None and view.locality)
+    if policy is not None and policy.locality is not None and policy.locality.get("enabled") is False:
+        failover = False
+    groups: dict[tuple[int, str], list[Endpoint]] = {}
+    seen: set[tuple[str, int]] = set()
+    for ep in eps:
+        if not _visible(ep, view) or not _is_ip(ep.address):
+            continue
+        if any(ep.labels.get(k) != val for k, val in subset_labels.items()):
+            continue
+        key = (ep.address, ep.port)
+        if key in seen:
+            continue  # gRPC NACKs duplicate addresses; the first by kind/namespace/name wins
+        seen.add(key)
+        prio = _priority(ep.locality, view.locality) if failover else 0
+        groups.setdefault((prio, ep.locality), []).append(ep)
+    # gRPC rejects priority gaps: renumber the priorities that exist densely.
+    dense = {p: i for i, p in enumerate(sorted({p for p, _ in groups}))}
+    cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
+    for (prio, loc), members in sorted(groups.items()):
+        lle = cla.endpoints.add(locality=_locality_msg(loc), priority=dense[prio])
+        lle.load_balancing_weight.value = sum(m.weight for m in members)
+        for m in members:
+            lb = lle.lb_endpoints.add(health_status=health_check_pb2.HEALTHY)
+            lb.endpoint.address.socket_address.address = m.address
+            lb.endpoint.address.socket_address.port_value = m.port
+            lb.load_balancing_weight.value = m.weight
+            if m.tls_mode != "disabled":
+                md = struct_pb2.Struct()
+                md.update({"tlsMode": m.tls_mode})
+                lb.metadata.filter_metadata["envoy.transport_socket_match"].CopyFrom(md)
+            istio = struct_pb2.Struct()
+            istio.update({"workload": f"{m.name};{m.namespace};;;"})
+            lb.metadata.filter_metadata["istio"].CopyFrom(istio)
+    return cla
+
+
+def endpoints(registry: Registry, view: EdsView) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for svc in registry.services:
+        if not _routable(svc):
+            continue
+        dr: DestinationRule | None = registry.destination_rule(svc.hostname)
+        base = dr.policy if dr else None
+        for p in svc.ports:
+            if p.protocol == "UDP":
+                continue
+            eps = registry.endpoints.get((svc.hostname, p.number), ())
+            if eps and not any(_is_ip(e.address) for e in eps):
+                continue  # LOGICAL_DNS cluster: no EDS
+            name = cluster_name(svc.hostname, p.number)
+            out[name] = load_assignment(name, eps, view, base, {})
+            for subset in dr.subsets if dr else ():
+                sname = cluster_name(svc.hostname, p.number, subset.name)
+                out[sname] = load_assignment(sname, eps, view, _merge(base, subset.policy), subset.labels)
+    return out
+
+
+def wrapped_uint(value: int) -> Any:
+    return wrappers_pb2.UInt32Value(value=value)

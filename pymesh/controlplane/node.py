@@ -1,0 +1,152 @@
+"""The proxy behind an xDS stream: its node ID and metadata, parsed as
+istiod parses them (``ParseServiceNodeWithMetadata`` in
+pilot/pkg/model/context.go; keys of ``NodeMetadata`` in pkg/model/proxy.go).
+
+Node ID: ``<type>~<ip>~<id>~<dns-domain>``, exactly four parts; the type is
+``sidecar``, ``router``, ``waypoint`` or ``ztunnel``. For a VM the id is
+``<name>.<namespace>`` and the domain ``<namespace>.svc.cluster.local``.
+Metadata keys are the ``ISTIO_META_<KEY>`` environment names without the
+prefix; several are strings for legacy reasons (booleans as ``"true"``,
+``POD_PORTS`` and ``PROXY_CONFIG`` possibly as JSON text).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf import json_format
+
+from pymesh.controlplane.errors import NodeError
+
+NODE_TYPES = ("sidecar", "router", "waypoint", "ztunnel")
+
+
+def _truthy(value: Any) -> bool:
+    return value is True or (isinstance(value, str) and value.lower() in ("true", "1", "yes"))
+
+
+def _json_field(value: Any, key: str) -> Any:
+    if isinstance(value, str) and value:
+        try:
+            return json.loads(value)
+        except ValueError:
+            raise NodeError(f"node metadata {key}: not valid JSON") from None
+    return value
+
+
+@dataclass(frozen=True)
+class Proxy:
+    """What the control plane needs to know about one connected proxy."""
+
+    node_id: str
+    type: str
+    ip_addresses: tuple[str, ...]
+    id: str  # "<name>.<namespace>"
+    dns_domain: str
+    namespace: str
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
+    locality: str = ""  # region/zone/subzone, "" when the node carries none
+    has_locality: bool = False
+    user_agent: str = ""
+
+    @property
+    def network(self) -> str:
+        return str(self.metadata.get("NETWORK") or "")
+
+    @property
+    def cluster_id(self) -> str:
+        return str(self.metadata.get("CLUSTER_ID") or "")
+
+    @property
+    def generator(self) -> str:
+        """``grpc`` for proxyless gRPC clients (Istio's ``GENERATOR=grpc``,
+        also inferred from a gRPC user agent so a plain gRPC bootstrap works),
+        else ``envoy``."""
+        gen = str(self.metadata.get("GENERATOR") or "")
+        if gen:
+            return gen.lower()
+        return "grpc" if self.user_agent.lower().startswith("grpc") else "envoy"
+
+    @property
+    def auto_register_group(self) -> str:
+        return str(self.metadata.get("AUTO_REGISTER_GROUP") or "")
+
+    @property
+    def workload_entry(self) -> str:
+        return str(self.metadata.get("WORKLOAD_ENTRY") or "")
+
+    @property
+    def dns_capture(self) -> bool:
+        return _truthy(self.metadata.get("DNS_CAPTURE"))
+
+    @property
+    def dns_auto_allocate(self) -> bool:
+        return _truthy(self.metadata.get("DNS_AUTO_ALLOCATE"))
+
+    @property
+    def proxy_config(self) -> Mapping[str, Any]:
+        pc = self.metadata.get("PROXY_CONFIG")
+        return pc if isinstance(pc, Mapping) else {}
+
+    @property
+    def ip_families(self) -> frozenset[int]:
+        return frozenset(ipaddress.ip_address(a).version for a in self.ip_addresses)
+
+
+def parse_node(node: Any) -> Proxy:
+    """Parses an ``envoy.config.core.v3.Node``; raises :class:`NodeError`
+    naming what is wrong (the stream is then failed with INVALID_ARGUMENT)."""
+    node_id = node.id
+    parts = node_id.split("~")
+    if len(parts) != 4:
+        raise NodeError(f"node id {node_id!r}: expected <type>~<ip>~<id>~<domain> (4 parts separated by '~')")
+    ntype, ip, pid, domain = parts
+    if ntype not in NODE_TYPES:
+        raise NodeError(f"node id {node_id!r}: unknown proxy type {ntype!r} (one of {', '.join(NODE_TYPES)})")
+    md: dict[str, Any] = json_format.MessageToDict(node.metadata) if node.HasField("metadata") else {}
+    for key in ("PROXY_CONFIG", "LABELS", "POD_PORTS"):
+        if key in md:
+            md[key] = _json_field(md[key], key)
+    # INSTANCE_IPS (comma-joined) takes precedence over the IP in the id.
+    ips_raw = str(md.get("INSTANCE_IPS") or "") or ip
+    ips: list[str] = []
+    for a in ips_raw.split(","):
+        a = a.strip()
+        if not a:
+            continue
+        try:
+            ips.append(str(ipaddress.ip_address(a)))
+        except ValueError:
+            raise NodeError(f"node {node_id!r}: {a!r} is not an IP address (INSTANCE_IPS / node id)") from None
+    namespace = str(md.get("NAMESPACE") or "")
+    if not namespace:
+        # istiod falls back to the id's "<name>.<namespace>" suffix, then the domain's first label.
+        if "." in pid:
+            namespace = pid.split(".", 1)[1]
+        elif domain:
+            namespace = domain.split(".", 1)[0]
+    labels = md.get("LABELS")
+    label_map = {str(k): str(v) for k, v in labels.items()} if isinstance(labels, Mapping) else {}
+    has_loc = node.HasField("locality")
+    loc = ""
+    if has_loc:
+        loc = "/".join(p for p in (node.locality.region, node.locality.zone, node.locality.sub_zone))
+        loc = loc.rstrip("/")
+    return Proxy(
+        node_id=node_id,
+        type=ntype,
+        ip_addresses=tuple(ips),
+        id=pid,
+        dns_domain=domain,
+        namespace=namespace,
+        metadata=md,
+        labels=label_map,
+        locality=loc,
+        has_locality=has_loc,
+        user_agent=node.user_agent_name,
+    )

@@ -1,0 +1,401 @@
+"""Service association: which workloads back which service port.
+
+Built from the configured objects plus the registered WorkloadEntries into
+one immutable :class:`Registry` snapshot (a new one per change; generators
+and connections read a snapshot and never see a half-applied change).
+
+Rules (shared/reference/istio-vm-workloads.md §4):
+- A Kubernetes Service with a selector selects ready pods in its namespace
+  and, when not headless, WorkloadEntries in its namespace that have at
+  least one label and an IP address (§4.3). Endpoint port for an entry:
+  ``ports[<service port name>]`` else the numeric targetPort; a named
+  targetPort maps through ``ports[<targetPort>]`` and the entry is skipped
+  for that port when it lacks it. Pods map named targetPorts through their
+  container ports.
+- A ServiceEntry's ``workloadSelector`` selects entries and pods in its
+  namespace (FQDN/unix entries only for DNS resolution); its inline
+  ``endpoints`` otherwise. Port: ``ports[<SE port name>]`` > targetPort >
+  number (§4.2).
+- An entry with ``proxy.istio.io/health-checks-enabled: "true"`` is an
+  endpoint only while its ``Healthy`` condition is ``True`` (§3.5; a missing
+  condition counts as unhealthy).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from pymesh.controlplane import vips as vipmod
+from pymesh.controlplane.resources import (
+    DestinationRule,
+    Object,
+    Pod,
+    Service,
+    ServiceEntry,
+    WorkloadEntry,
+    WorkloadEntrySpec,
+    WorkloadGroup,
+)
+from pymesh.controlplane.validation import is_ip
+
+log = logging.getLogger("pymesh.controlplane")
+
+HEALTH_CHECKS_ANNOTATION = "proxy.istio.io/health-checks-enabled"
+AUTO_GROUP_ANNOTATION = "istio.io/autoRegistrationGroup"
+TLS_MODE_LABEL = "security.istio.io/tlsMode"
+NETWORK_LABEL = "topology.istio.io/network"
+LOCALITY_LABEL = "topology.istio.io/locality"
+DEFAULT_DOMAIN = "cluster.local"
+DEFAULT_TRUST_DOMAIN = "cluster.local"
+
+
+@dataclass(frozen=True)
+class Port:
+    name: str
+    number: int
+    protocol: str
+
+
+@dataclass(frozen=True)
+class ServiceModel:
+    """One hostname the mesh knows, with its addresses and ports."""
+
+    hostname: str
+    namespace: str
+    name: str  # Service name, or the ServiceEntry's name
+    registry: str  # "Kubernetes" | "External" (the NDS registry values)
+    addresses: tuple[str, ...]  # ClusterIPs / ServiceEntry addresses
+    auto_addresses: tuple[str, ...]  # auto-allocated VIPs (v4, v6)
+    resolution: str  # ClientSideLB | Passthrough | DNS | DNS_ROUND_ROBIN | DYNAMIC_DNS
+    ports: tuple[Port, ...]
+    external: bool = False
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    address: str
+    port: int
+    labels: Mapping[str, str]
+    locality: str
+    network: str
+    weight: int
+    service_account: str  # SPIFFE URI, "" when none
+    tls_mode: str  # "istio" | "disabled"
+    kind: str  # "Pod" | "WorkloadEntry" | "ServiceEntry"
+    namespace: str
+    name: str
+    hostname: str = ""  # pod hostname for headless per-pod names
+    subdomain: str = ""
+
+
+@dataclass(frozen=True)
+class Registry:
+    services: tuple[ServiceModel, ...]
+    by_host: Mapping[str, ServiceModel]
+    endpoints: Mapping[tuple[str, int], tuple[Endpoint, ...]]  # (hostname, service port) -> endpoints
+    destination_rules: Mapping[str, DestinationRule]  # exact hostname -> rule
+    wildcard_rules: tuple[tuple[str, DestinationRule], ...]  # ("*.suffix", rule), most specific first
+    groups: Mapping[tuple[str, str], WorkloadGroup] = field(default_factory=dict)
+    domain: str = DEFAULT_DOMAIN
+
+    def destination_rule(self, host: str) -> DestinationRule | None:
+        rule = self.destination_rules.get(host)
+        if rule is not None:
+            return rule
+        for pattern, r in self.wildcard_rules:
+            if pattern == "*" or host.endswith(pattern[1:]):
+                return r
+        return None
+
+
+def health_excluded(entry: WorkloadEntry) -> bool:
+    """§3.5: health-checked entries serve only while Healthy is True."""
+    flag = entry.meta.annotations.get(HEALTH_CHECKS_ANNOTATION)
+    if flag is None or flag.lower() not in ("true", "1"):
+        return False
+    cond = entry.condition("Healthy")
+    return cond is None or str(cond.get("status")) != "True"
+
+
+def _spiffe(ns: str, sa: str, trust_domain: str) -> str:
+    return f"spiffe://{trust_domain}/ns/{ns}/sa/{sa}" if sa else ""
+
+
+def _locality(spec_locality: str, labels: Mapping[str, str]) -> str:
+    if spec_locality:
+        return spec_locality
+    loc = labels.get(LOCALITY_LABEL) or labels.get("istio-locality") or ""
+    return loc.replace(".", "/")
+
+
+def _selects(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    return all(labels.get(k) == val for k, val in selector.items())
+
+
+@dataclass(frozen=True)
+class _Workload:
+    """A pod or WorkloadEntry as a workload instance (§4.1)."""
+
+    kind: str
+    namespace: str
+    name: str
+    address: str
+    labels: Mapping[str, str]
+    ports: Mapping[str, int]  # entry port map / pod named container ports
+    locality: str
+    network: str
+    weight: int
+    service_account: str
+    tls_mode: str
+    hostname: str = ""
+    subdomain: str = ""
+
+    @property
+    def dns_only(self) -> bool:
+        return not is_ip(self.address)
+
+
+def _entry_workload(ns: str, name: str, spec: WorkloadEntrySpec, kind: str, trust_domain: str) -> _Workload:
+    labels = dict(spec.labels)
+    tls = labels.get(TLS_MODE_LABEL) or ("istio" if spec.service_account else "disabled")
+    if spec.network and NETWORK_LABEL not in labels:
+        labels[NETWORK_LABEL] = spec.network
+    return _Workload(
+        kind=kind,
+        namespace=ns,
+        name=name,
+        address=spec.address,
+        labels=labels,
+        ports=spec.ports,
+        locality=_locality(spec.locality, spec.labels),
+        network=spec.network,
+        weight=spec.weight or 1,
+        service_account=_spiffe(ns, spec.service_account, trust_domain),
+        tls_mode=tls,
+    )
+
+
+def _pod_workload(pod: Pod, trust_domain: str) -> _Workload:
+    labels = pod.meta.labels
+    return _Workload(
+        kind="Pod",
+        namespace=pod.meta.namespace,
+        name=pod.meta.name,
+        address=pod.ip,
+        labels=labels,
+        ports=pod.container_ports,
+        locality=_locality("", labels),
+        network=labels.get(NETWORK_LABEL, ""),
+        weight=1,
+        service_account=_spiffe(pod.meta.namespace, pod.service_account, trust_domain),
+        tls_mode=labels.get(TLS_MODE_LABEL, "istio"),
+        hostname=pod.hostname,
+        subdomain=pod.subdomain,
+    )
+
+
+def _endpoint(w: _Workload, port: int) -> Endpoint:
+    return Endpoint(
+        address=w.address,
+        port=port,
+        labels=w.labels,
+        locality=w.locality,
+        network=w.network,
+        weight=w.weight,
+        service_account=w.service_account,
+        tls_mode=w.tls_mode,
+        kind=w.kind,
+        namespace=w.namespace,
+        name=w.name,
+        hostname=w.hostname,
+        subdomain=w.subdomain,
+    )
+
+
+def _sort_key(w: _Workload) -> tuple[str, str, str]:
+    # §4.2: selected workloads are ordered by kind, namespace, name.
+    return (w.kind, w.namespace, w.name)
+
+
+def build_registry(
+    objects: Iterable[Object],
+    registered: Iterable[WorkloadEntry] = (),
+    *,
+    vips: vipmod.VipAllocator | None = None,
+    domain: str = DEFAULT_DOMAIN,
+    trust_domain: str = DEFAULT_TRUST_DOMAIN,
+) -> Registry:
+    """Associates services with workloads. ``registered`` entries (auto
+    registration) join the configured ones; the same name in both keeps the
+    configured one. ``vips`` provides (and records) auto-allocated VIPs."""
+    services: list[Service] = []
+    pods: list[Pod] = []
+    entries: dict[tuple[str, str], WorkloadEntry] = {}
+    service_entries: list[ServiceEntry] = []
+    rules: list[DestinationRule] = []
+    groups: dict[tuple[str, str], WorkloadGroup] = {}
+    for o in objects:
+        t = o.typed
+        if isinstance(t, Service):
+            services.append(t)
+        elif isinstance(t, Pod):
+            pods.append(t)
+        elif isinstance(t, WorkloadEntry):
+            entries[(t.meta.namespace, t.meta.name)] = t
+        elif isinstance(t, ServiceEntry):
+            service_entries.append(t)
+        elif isinstance(t, DestinationRule):
+            rules.append(t)
+        elif isinstance(t, WorkloadGroup):
+            groups[(t.meta.namespace, t.meta.name)] = t
+    for r in registered:
+        entries.setdefault((r.meta.namespace, r.meta.name), r)
+
+    workloads: list[_Workload] = []
+    for e in entries.values():
+        if health_excluded(e):
+            continue
+        workloads.append(_entry_workload(e.meta.namespace, e.meta.name, e.spec, "WorkloadEntry", trust_domain))
+    entry_workloads = sorted(workloads, key=_sort_key)
+    ready_pods = sorted((_pod_workload(p, trust_domain) for p in pods if p.ip and p.ready), key=_sort_key)
+    all_pods = {(p.meta.namespace, p.meta.name): p for p in pods}
+
+    models: dict[str, ServiceModel] = {}
+    endpoints: dict[tuple[str, int], tuple[Endpoint, ...]] = {}
+
+    for svc in sorted(services, key=lambda s: (s.meta.namespace, s.meta.name)):
+        host = f"{svc.meta.name}.{svc.meta.namespace}.svc.{domain}"
+        model = ServiceModel(
+            hostname=host,
+            namespace=svc.meta.namespace,
+            name=svc.meta.name,
+            registry="Kubernetes",
+            addresses=svc.cluster_ips,
+            auto_addresses=(),
+            resolution="Passthrough" if svc.headless else "ClientSideLB",
+            ports=tuple(Port(p.name, p.port, p.protocol) for p in svc.ports),
+        )
+        models[host] = model
+        if svc.selector is None:
+            continue
+        ns = svc.meta.namespace
+        for sp in svc.ports:
+            eps: list[Endpoint] = []
+            for w in ready_pods:
+                if w.namespace != ns or not _selects(svc.selector, w.labels):
+                    continue
+                pod = all_pods[(w.namespace, w.name)]
+                target = sp.target_port if isinstance(sp.target_port, int) else pod.container_ports.get(sp.target_port)
+                if target is not None:
+                    eps.append(_endpoint(w, target))
+            if not svc.headless:
+                for w in entry_workloads:
+                    # §4.3: same namespace, at least one label, an IP address.
+                    if w.namespace != ns or not w.labels or w.dns_only or not _selects(svc.selector, w.labels):
+                        continue
+                    if isinstance(sp.target_port, int):
+                        port = w.ports.get(sp.name, sp.target_port) if sp.name else sp.target_port
+                    else:
+                        got = w.ports.get(sp.target_port)
+                        if got is None:
+                            continue  # a named targetPort the entry does not map: skipped for this port
+                        port = got
+                    eps.append(_endpoint(w, port))
+            endpoints[(host, sp.port)] = tuple(eps)
+
+    auto_hosts = [h for se in service_entries for h in se.hosts if vipmod.wants_vip(se, h)]
+    if vips is not None:
+        vips.allocate(auto_hosts)
+    for se in sorted(service_entries, key=lambda s: (s.meta.namespace, s.meta.name)):
+        ns = se.meta.namespace
+        selected: list[_Workload] = []
+        if se.workload_selector is not None:
+            dns = se.resolution in ("DNS", "DNS_ROUND_ROBIN")
+            for w in [*ready_pods, *entry_workloads]:
+                if w.namespace == ns and _selects(se.workload_selector, w.labels) and (dns or not w.dns_only):
+                    selected.append(w)
+            selected.sort(key=_sort_key)
+        else:
+            for i, spec in enumerate(se.endpoints):
+                selected.append(_entry_workload(ns, f"{se.meta.name}-{i}", spec, "ServiceEntry", trust_domain))
+        for host in se.hosts:
+            if host in models:
+                existing = models[host]
+                if existing.registry == "Kubernetes":
+                    continue  # a Kubernetes Service wins over a ServiceEntry for the same host
+                log.warning("ServiceEntry %s/%s: host %s already defined; first one kept", ns, se.meta.name, host)
+                continue
+            pair = vips.get(host) if vips is not None and vipmod.wants_vip(se, host) else None
+            models[host] = ServiceModel(
+                hostname=host,
+                namespace=ns,
+                name=se.meta.name,
+                registry="External",
+                addresses=tuple(a for a in se.addresses),
+                auto_addresses=pair or (),
+                resolution="Passthrough" if se.resolution == "NONE" else se.resolution,
+                ports=tuple(Port(p.name, p.number, p.protocol) for p in se.ports),
+                external=se.location == "MESH_EXTERNAL",
+            )
+            if se.resolution == "NONE":
+                continue
+            for p in se.ports:
+                eps = []
+                for w in selected:
+                    if w.address.startswith("unix://"):
+                        port = 0
+                    else:
+                        port = w.ports.get(p.name) or p.target_port or p.number
+                    eps.append(_endpoint(w, port))
+                if not eps and se.resolution in ("DNS", "DNS_ROUND_ROBIN") and not host.startswith("*"):
+                    # A DNS ServiceEntry without endpoints resolves its own host.
+                    eps.append(
+                        Endpoint(
+                            host,
+                            p.target_port or p.number,
+                            {},
+                            "",
+                            "",
+                            1,
+                            "",
+                            "disabled",
+                            "ServiceEntry",
+                            ns,
+                            se.meta.name,
+                        )
+                    )
+                endpoints[(host, p.number)] = tuple(eps)
+
+    exact: dict[str, DestinationRule] = {}
+    wild: list[tuple[str, DestinationRule]] = []
+    for dr in sorted(rules, key=lambda r: (r.meta.namespace, r.meta.name)):
+        host = dr.host
+        if "." not in host and not host.startswith("*"):
+            host = f"{host}.{dr.meta.namespace}.svc.{domain}"  # short names are relative to the rule's namespace
+        rule_svc = models.get(host)
+        if host.startswith("*"):
+            wild.append((host, dr))
+        elif host in exact:
+            # Istio prefers the rule in the service's own namespace.
+            if rule_svc is not None and dr.meta.namespace == rule_svc.namespace != exact[host].meta.namespace:
+                exact[host] = dr
+        else:
+            exact[host] = dr
+    wild.sort(key=lambda p: -len(p[0]))
+    ordered = tuple(sorted(models.values(), key=lambda m: m.hostname))
+    return Registry(
+        services=ordered,
+        by_host={m.hostname: m for m in ordered},
+        endpoints=endpoints,
+        destination_rules=exact,
+        wildcard_rules=tuple(wild),
+        groups=groups,
+        domain=domain,
+    )
+
+
+def family(address: str) -> int:
+    return ipaddress.ip_address(address).version

@@ -1,0 +1,154 @@
+"""Immutable push snapshots and their pre-encoded xDS resources.
+
+A :class:`Snapshot` is built once per (debounced) change from the registry.
+The resources a proxy receives depend only on a small *view* of the proxy
+(its client type for CDS, network and locality for EDS, DNS capture and IP
+families for NDS; nothing for LDS/RDS), so each (type, view) is generated
+once per snapshot and shared by every connection with that view — where a
+naive server regenerates per connection (istiod caches the same way, keyed
+by the parts of the proxy a generator reads).
+
+Each resource is kept encoded: the ``Any`` bytes, a content hash (the delta
+``Resource.version``; stable across restarts since it is content-derived)
+and the wire bytes of a ``DiscoveryResponse`` / ``DeltaDiscoveryResponse``
+holding only that resource. Protobuf messages concatenate (repeated fields
+append, scalars take the last value), so a response for a connection is a
+header plus a join of these byte strings plus its nonce: no message is
+built or serialised per connection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf import any_pb2
+
+from pymesh.controlplane import generators as gen
+from pymesh.controlplane.nametable import NdsView, build_name_table
+from pymesh.controlplane.node import Proxy
+from pymesh.controlplane.registry import Registry
+from pymesh.proto.nds import TYPE_URL as NDS
+
+LDS = gen.LISTENER
+RDS = gen.ROUTE
+CDS = gen.CLUSTER
+EDS = gen.ENDPOINT
+HEALTH = "type.googleapis.com/istio.v1.HealthInformation"
+XDS_TYPES = (LDS, RDS, CDS, EDS, NDS)
+# SotW: a response of these types must carry every subscribed resource (LDS
+# and CDS per the xDS spec; NDS is a singleton table).
+FULL_STATE = frozenset((LDS, CDS, NDS))
+# Types where a first request naming nothing means "everything" (legacy wildcard).
+WILDCARD_TYPES = FULL_STATE
+SHORT = {LDS: "LDS", RDS: "RDS", CDS: "CDS", EDS: "EDS", NDS: "NDS", HEALTH: "HEALTH"}
+
+
+@dataclass(frozen=True)
+class Encoded:
+    name: str
+    version: str  # content hash
+    sotw: bytes  # DiscoveryResponse{resources: [any]} wire bytes
+    delta: bytes  # DeltaDiscoveryResponse{resources: [Resource{name, version, any}]} wire bytes
+
+
+def encode(type_url: str, name: str, msg: Any) -> Encoded:
+    value = msg.SerializeToString(deterministic=True)
+    version = hashlib.blake2b(value, digest_size=8).hexdigest()
+    a = any_pb2.Any(type_url=type_url, value=value)
+    sotw = discovery_pb2.DiscoveryResponse(resources=[a]).SerializeToString()
+    res = discovery_pb2.Resource(name=name, version=version, resource=a)
+    delta = discovery_pb2.DeltaDiscoveryResponse(resources=[res]).SerializeToString()
+    return Encoded(name, version, sotw, delta)
+
+
+def view_key(type_url: str, proxy: Proxy) -> Hashable:
+    if type_url == CDS:
+        return proxy.generator
+    if type_url == EDS:
+        return gen.EdsView(network=proxy.network, locality=proxy.locality)
+    if type_url == NDS:
+        return NdsView(dns_capture=proxy.dns_capture, families=proxy.ip_families, network=proxy.network)
+    return None
+
+
+def generate(registry: Registry, type_url: str, key: Hashable) -> dict[str, Any]:
+    """The resources of one type for one view, as messages by name."""
+    if type_url == LDS:
+        return gen.listeners(registry)
+    if type_url == RDS:
+        return gen.routes(registry)
+    if type_url == CDS:
+        assert isinstance(key, str)
+        return gen.clusters(registry, key)
+    if type_url == EDS:
+        assert isinstance(key, gen.EdsView)
+        return gen.endpoints(registry, key)
+    if type_url == NDS:
+        assert isinstance(key, NdsView)
+        return {"": build_name_table(registry, key)}
+    return {}
+
+
+@dataclass(frozen=True)
+class Diff:
+    changed: frozenset[str]  # added or modified
+    removed: frozenset[str]
+
+    def __bool__(self) -> bool:
+        return bool(self.changed or self.removed)
+
+
+class Snapshot:
+    """One version of everything the control plane serves. Immutable once
+    published; the memo tables only ever gain entries computed from the
+    immutable registry, so concurrent readers see the same values."""
+
+    def __init__(self, version: int, registry: Registry) -> None:
+        self.version = version
+        self.registry = registry
+        self._resources: dict[tuple[str, Hashable], Mapping[str, Encoded]] = {}
+        self._diffs: dict[tuple[str, Hashable, int], Diff] = {}
+
+    def resources(self, type_url: str, key: Hashable) -> Mapping[str, Encoded]:
+        got = self._resources.get((type_url, key))
+        if got is None:
+            msgs = generate(self.registry, type_url, key)
+            got = {name: encode(type_url, name, m) for name, m in sorted(msgs.items())}
+            self._resources[(type_url, key)] = got
+        return got
+
+    def for_proxy(self, type_url: str, proxy: Proxy) -> Mapping[str, Encoded]:
+        return self.resources(type_url, view_key(type_url, proxy))
+
+    def diff(self, older: Snapshot, type_url: str, key: Hashable) -> Diff:
+        memo = (type_url, key, older.version)
+        got = self._diffs.get(memo)
+        if got is None:
+            new = self.resources(type_url, key)
+            old = older.resources(type_url, key)
+            changed = frozenset(n for n, e in new.items() if (o := old.get(n)) is None or o.version != e.version)
+            removed = frozenset(n for n in old if n not in new)
+            got = Diff(changed, removed)
+            self._diffs[memo] = got
+        return got
+
+    def has_view(self, type_url: str, key: Hashable) -> bool:
+        return (type_url, key) in self._resources
+
+
+def sotw_response(type_url: str, version: str, nonce: str, items: list[Encoded]) -> bytes:
+    head = discovery_pb2.DiscoveryResponse(version_info=version, type_url=type_url).SerializeToString()
+    tail = discovery_pb2.DiscoveryResponse(nonce=nonce).SerializeToString()
+    return b"".join([head, *(e.sotw for e in items), tail])
+
+
+def delta_response(type_url: str, version: str, nonce: str, items: list[Encoded], removed: list[str]) -> bytes:
+    head = discovery_pb2.DeltaDiscoveryResponse(
+        system_version_info=version, type_url=type_url, removed_resources=removed
+    ).SerializeToString()
+    tail = discovery_pb2.DeltaDiscoveryResponse(nonce=nonce).SerializeToString()
+    return b"".join([head, *(e.delta for e in items), tail])

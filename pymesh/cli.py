@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     lk.add_argument("--json", action="store_true", help="print the answer as JSON")
     lk.add_argument("name")
     lk.set_defaults(func=cmd_dns_lookup)
+
+    from pymesh.controlplane.cli import add_commands as add_controlplane_commands
+
+    add_controlplane_commands(sub)  # `controlplane` and `get`
     return p
 
 

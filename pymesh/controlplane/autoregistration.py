@@ -54,6 +54,8 @@ CONNECTED_AT = "istio.io/connectedAt"
 DISCONNECTED_AT = "istio.io/disconnectedAt"
 DEFAULT_GRACE_PERIOD = 10.0
 API_VERSION = "networking.istio.io/v1"
+# Timestamps round-trip through RFC3339 at microsecond precision; compare with slack.
+TIME_SLACK = 1e-3
 
 
 def entry_name(group: str, ip: str, network: str) -> str:
@@ -194,7 +196,7 @@ class Registrations:
         ann = doc["metadata"].setdefault("annotations", {})
         # §2.6: skip when this connection is older than the recorded one.
         recorded = healthmod.parse_rfc3339(ann.get(CONNECTED_AT, "")) or 0.0
-        if conn.connected_at >= recorded:
+        if conn.connected_at >= recorded - TIME_SLACK:
             ann[CONTROLLER_ANNOTATION] = self.instance_id
             ann[CONNECTED_AT] = healthmod.rfc3339(conn.connected_at)
             ann.pop(DISCONNECTED_AT, None)
@@ -248,7 +250,7 @@ class Registrations:
             doc = copy.deepcopy(doc)
             ann = doc["metadata"].setdefault("annotations", {})
             recorded = healthmod.parse_rfc3339(ann.get(CONNECTED_AT, "")) or 0.0
-            if recorded > conn.connected_at or ann.get(CONTROLLER_ANNOTATION) != self.instance_id:
+            if recorded > conn.connected_at + TIME_SLACK or ann.get(CONTROLLER_ANNOTATION) != self.instance_id:
                 return  # a newer connection (or another instance) owns it now
             ann.pop(CONNECTED_AT, None)
             ann[DISCONNECTED_AT] = healthmod.rfc3339(now)

@@ -1,0 +1,232 @@
+"""``pymesh controlplane`` and ``pymesh get``.
+
+``pymesh get`` reads the control plane's data directory (never the config
+files): it shows what the running (or last running) control plane holds —
+configured objects, registered WorkloadEntries with their connection
+annotations and Healthy condition, ServiceEntry VIPs as ``status.addresses``
+(where Istio records them) — formatted as kubectl prints them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+
+from pymesh.controlplane.autoregistration import CONNECTED_AT, DEFAULT_GRACE_PERIOD, DISCONNECTED_AT
+from pymesh.controlplane.errors import ControlPlaneError
+from pymesh.controlplane.health import parse_rfc3339
+from pymesh.controlplane.resources import KINDS, STORAGE_VERSION, kind_of
+from pymesh.controlplane.server import DEFAULT_XDS_LISTEN, ControlPlane
+from pymesh.controlplane.store import Store, default_data_dir
+
+
+def cmd_controlplane(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    cp = ControlPlane(
+        args.config,
+        xds_listen=args.xds_listen,
+        data_dir=args.data_dir,
+        grace_period=args.grace_period,
+        debounce=args.debounce,
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    cp.start()
+    # The bound port on stdout (one line) so scripts using port 0 can find it.
+    print(f"xds {cp.listen[0]}:{cp.port}", flush=True)
+    for e in cp.errors:
+        print(f"pymesh: rejected: {e}", file=sys.stderr, flush=True)
+    try:
+        stop.wait()
+    finally:
+        cp.stop()
+    return 0
+
+
+def _age(ts: str | None) -> str:
+    t = parse_rfc3339(ts) if ts else None
+    if t is None:
+        return "-"
+    s = max(0, int(time.time() - t))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= size:
+            return f"{s // size}{unit}"
+    return f"{s}s"
+
+
+def _collect(store: Store, kind: str) -> list[dict[str, Any]]:
+    overlays = store.overlays()
+    vips = store.vips()
+    out: list[dict[str, Any]] = []
+    for k, ns, name, _source, body in store.configured():
+        if k != kind:
+            continue
+        doc = copy.deepcopy(body)
+        ov = overlays.get((k, ns, name))
+        md = doc.setdefault("metadata", {})
+        md.setdefault("namespace", ns)
+        if ov:
+            md["annotations"] = {**(md.get("annotations") or {}), **ov.get("annotations", {})}
+            if "status" in ov:
+                doc["status"] = ov["status"]
+        if kind == "ServiceEntry":
+            addrs = [
+                {"value": a, "host": h}
+                for h in (doc.get("spec") or {}).get("hosts") or []
+                if h in vips and not (doc.get("spec") or {}).get("addresses")
+                for a in vips[h]
+            ]
+            if addrs:
+                doc.setdefault("status", {})["addresses"] = addrs
+        out.append(doc)
+    if kind == "WorkloadEntry":
+        configured = {(d["metadata"]["namespace"], d["metadata"]["name"]) for d in out}
+        for doc in store.registered():
+            md = doc["metadata"]
+            if (md["namespace"], md["name"]) not in configured:
+                out.append(doc)
+    out.sort(key=lambda d: (d["metadata"].get("namespace", ""), d["metadata"].get("name", "")))
+    return out
+
+
+def _healthy(doc: Mapping[str, Any]) -> str:
+    for c in (doc.get("status") or {}).get("conditions") or []:
+        if c.get("type") == "Healthy":
+            return str(c.get("status"))
+    return "-"
+
+
+def _row(kind: str, doc: Mapping[str, Any]) -> list[str]:
+    md, spec = doc["metadata"], doc.get("spec") or {}
+    age = _age(md.get("creationTimestamp"))
+    if kind == "WorkloadEntry":
+        ann = md.get("annotations") or {}
+        state = "Connected" if CONNECTED_AT in ann else ("Disconnected" if DISCONNECTED_AT in ann else "-")
+        return [md["name"], spec.get("address", ""), spec.get("network", "") or "-", _healthy(doc), state, age]
+    if kind == "Service":
+        ports = ",".join(f"{p.get('port')}/{p.get('protocol', 'TCP')}" for p in spec.get("ports") or [])
+        return [
+            md["name"],
+            spec.get("type", "ClusterIP"),
+            str(spec.get("clusterIP") or "<none>"),
+            ports or "<none>",
+            age,
+        ]
+    if kind == "Pod":
+        st = doc.get("status") or {}
+        return [md["name"], st.get("phase", "-"), st.get("podIP", "-"), age]
+    if kind == "ServiceEntry":
+        addrs = [a["value"] for a in (doc.get("status") or {}).get("addresses", [])] or spec.get("addresses") or []
+        return [
+            md["name"],
+            ",".join(spec.get("hosts") or []),
+            ",".join(addrs) or "-",
+            spec.get("location", "MESH_EXTERNAL"),
+            spec.get("resolution", "NONE"),
+            age,
+        ]
+    if kind == "DestinationRule":
+        return [md["name"], str(spec.get("host", "")), age]
+    return [md["name"], age]
+
+
+HEADERS = {
+    "WorkloadEntry": ["NAME", "ADDRESS", "NETWORK", "HEALTHY", "CONNECTION", "AGE"],
+    "Service": ["NAME", "TYPE", "CLUSTER-IP", "PORT(S)", "AGE"],
+    "Pod": ["NAME", "STATUS", "IP", "AGE"],
+    "ServiceEntry": ["NAME", "HOSTS", "ADDRESSES", "LOCATION", "RESOLUTION", "AGE"],
+    "DestinationRule": ["NAME", "HOST", "AGE"],
+    "WorkloadGroup": ["NAME", "AGE"],
+}
+
+
+def _table(kind: str, docs: list[dict[str, Any]], all_namespaces: bool) -> str:
+    header = HEADERS[kind]
+    rows = [_row(kind, d) for d in docs]
+    if all_namespaces:
+        header = ["NAMESPACE", *header]
+        rows = [[d["metadata"].get("namespace", ""), *r] for d, r in zip(docs, rows, strict=True)]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
+    return "\n".join(
+        "   ".join(str(x).ljust(w) for x, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]
+    )
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    kind = kind_of(args.kind)
+    if kind is None:
+        known = ", ".join(sorted(p for _, p, _ in KINDS.values()))
+        raise ControlPlaneError(f'the server doesn\'t have a resource type "{args.kind}" (known: {known})')
+    store = Store(args.data_dir, readonly=True)
+    try:
+        docs = _collect(store, kind)
+        rejected = store.rejected()
+    finally:
+        store.close()
+    if not args.all_namespaces:
+        docs = [d for d in docs if d["metadata"].get("namespace", "default") == args.namespace]
+    if args.name:
+        docs = [d for d in docs if d["metadata"]["name"] == args.name]
+        if not docs:
+            print(f'Error from server (NotFound): {KINDS[kind][1]} "{args.name}" not found', file=sys.stderr)
+            return 1
+    for d in docs:
+        d.setdefault("apiVersion", STORAGE_VERSION[kind])
+        d.setdefault("kind", kind)
+    for m in rejected:
+        print(f"warning: rejected by the control plane: {m}", file=sys.stderr)
+    single = args.name is not None
+    body: Any = docs[0] if single else {"apiVersion": "v1", "kind": "List", "items": docs, "metadata": {}}
+    if args.output == "json":
+        print(json.dumps(body, indent=4, sort_keys=True))
+    elif args.output == "yaml":
+        print(yaml.safe_dump(body, sort_keys=True, default_flow_style=False), end="")
+    elif not docs:
+        where = "any namespace" if args.all_namespaces else f"{args.namespace} namespace"
+        print(f"No resources found in {where}.", file=sys.stderr)
+    else:
+        print(_table(kind, docs, args.all_namespaces))
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    """Adds ``controlplane`` and ``get`` to the ``pymesh`` parser."""
+    data_help = f"the control plane's data directory (default: {default_data_dir()}; $PYMESH_DATA_DIR overrides)"
+    cp = sub.add_parser("controlplane", help="run the control plane: config directory in, xDS (ADS) out")
+    cp.add_argument("--config", required=True, help="directory (or file) of Kubernetes-style YAML, watched for changes")
+    cp.add_argument("--xds-listen", default=DEFAULT_XDS_LISTEN, help="ADDR:PORT for gRPC ADS (default: %(default)s)")
+    cp.add_argument("--data-dir", default=None, help=data_help)
+    cp.add_argument(
+        "--grace-period",
+        type=float,
+        default=DEFAULT_GRACE_PERIOD,
+        help="seconds a disconnected auto-registered entry survives (default: %(default)s)",
+    )
+    cp.add_argument("--debounce", type=float, default=0.1, help="seconds of quiet before a push (default: %(default)s)")
+    cp.add_argument("-v", "--verbose", action="store_true")
+    cp.set_defaults(func=cmd_controlplane)
+
+    get = sub.add_parser("get", help="show what the control plane holds, as kubectl would")
+    get.add_argument("kind", help="workloadentries (we), workloadgroups (wg), serviceentries (se), destinationrules "
+                     "(dr), services (svc), pods (po)")  # fmt: skip
+    get.add_argument("name", nargs="?", default=None)
+    get.add_argument("-n", "--namespace", default="default")
+    get.add_argument("-A", "--all-namespaces", action="store_true")
+    get.add_argument("-o", "--output", choices=("yaml", "json", "table"), default="table")
+    get.add_argument("--data-dir", default=None, help=data_help)
+    get.set_defaults(func=cmd_get)

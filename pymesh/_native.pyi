@@ -7,6 +7,7 @@ from typing import Any, final
 __version__: str
 __all__ = [
     "ConfigError",
+    "DnsServer",
     "FileError",
     "InvalidEntryError",
     "LiveNameTable",
@@ -16,6 +17,7 @@ __all__ = [
     "ParseError",
     "PymeshError",
     "__version__",
+    "dns_answer",
 ]
 
 class PymeshError(Exception):
@@ -99,3 +101,50 @@ class LiveNameTable:
     def generation(self) -> int: ...
     def lookup(self, name: str) -> NameMatch | None: ...
     def lookup_many(self, names: Sequence[str], qtype: str = "A") -> list[tuple[str, ...] | None]: ...
+
+@final
+class DnsServer:
+    def __new__(
+        cls,
+        *,
+        listen: Sequence[str] = ...,
+        upstreams: Sequence[str] = ...,
+        workers: int = 0,
+        ttl: int = 30,
+        zones: Sequence[str] = ...,
+        cache_size: int = 10000,
+        cache_bytes: int = ...,
+        timeout: float = 1.0,
+        hedge_delay: float = 0.15,
+        tcp_idle_timeout: float = 10.0,
+        tcp_read_timeout: float = 2.0,
+    ) -> DnsServer: ...
+    def start(self) -> list[str]: ...
+    def stop(self) -> None: ...
+    def swap_table(self, table: NameTable) -> int: ...
+    def reconfigure(
+        self,
+        *,
+        upstreams: Sequence[str] | None = None,
+        ttl: int | None = None,
+        zones: Sequence[str] | None = None,
+        timeout: float | None = None,
+        hedge_delay: float | None = None,
+    ) -> None: ...
+    def stats(self) -> dict[str, Any]: ...
+    def metrics_text(self) -> str: ...
+    @property
+    def addresses(self) -> list[str]: ...
+    @property
+    def running(self) -> bool: ...
+    @property
+    def generation(self) -> int: ...
+
+def dns_answer(
+    table: NameTable | None,
+    packet: bytes,
+    *,
+    tcp: bool = False,
+    ttl: int = 30,
+    zones: Sequence[str] = ...,
+) -> bytes | None: ...

@@ -58,6 +58,37 @@ def cmd_up(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_dns_serve(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from pymesh.dnsproxy.server import DEFAULT_LISTEN, DnsProxy, TableSource
+
+    search = tuple(args.search.split()) if args.search else ()
+    source = TableSource(args.table, namespace=args.namespace, domain=args.domain, search=search)
+    proxy = DnsProxy(
+        source,
+        listen=args.listen or DEFAULT_LISTEN,
+        upstreams=args.upstream,
+        workers=args.workers,
+        ttl=args.ttl,
+        zones=args.zone,
+        cache_size=args.cache_size,
+        timeout=args.timeout,
+    )
+    addrs = proxy.start()
+    print(f"pymesh dns: serving {', '.join(addrs)} (udp+tcp), upstreams {proxy.server.stats()['upstreams']!r}")
+    if args.metrics:
+        print(f"pymesh dns: metrics on http://{proxy.serve_metrics(args.metrics)}/metrics")
+    sys.stdout.flush()
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    done.wait()
+    proxy.stop()
+    return EXIT_OK
+
+
 def _version() -> str:
     from pymesh import __version__
 
@@ -85,6 +116,35 @@ def build_parser() -> argparse.ArgumentParser:
     lk.add_argument("--json", action="store_true", help="print the answer as JSON")
     lk.add_argument("name")
     lk.set_defaults(func=cmd_dns_lookup)
+    sv = dns_sub.add_parser("serve", help="serve DNS: names of the table locally, the rest forwarded upstream")
+    sv.add_argument("--table", required=True, help="name table file, reloaded when it changes")
+    sv.add_argument(
+        "--listen",
+        action="append",
+        metavar="ADDR:PORT",
+        help="UDP+TCP listen address (repeatable; default 127.0.0.1:15053 and [::1]:15053)",
+    )
+    sv.add_argument(
+        "--upstream",
+        action="append",
+        metavar="ADDR:PORT",
+        help="upstream resolver (repeatable; default: the nameservers of /etc/resolv.conf)",
+    )
+    sv.add_argument("--namespace", default=DEFAULT_NAMESPACE, help="the proxy's namespace (default: %(default)s)")
+    sv.add_argument("--domain", default=DEFAULT_DOMAIN, help="cluster domain (default: %(default)s)")
+    sv.add_argument("--search", default="", help='resolv.conf search list, space-separated ("s1 s2")')
+    sv.add_argument("--cache-size", type=int, default=10_000, help="cached answers, 0 turns the cache off")
+    sv.add_argument("--ttl", type=int, default=30, help="TTL of local answers in seconds (default: %(default)s)")
+    sv.add_argument(
+        "--zone",
+        action="append",
+        default=[],
+        help="authoritative zone: unknown names below it get NXDOMAIN locally (repeatable)",
+    )
+    sv.add_argument("--workers", type=int, default=0, help="UDP workers per address (default: one per core)")
+    sv.add_argument("--timeout", type=float, default=1.0, help="per-attempt upstream timeout in seconds")
+    sv.add_argument("--metrics", metavar="ADDR:PORT", help="serve Prometheus metrics on http://ADDR:PORT/metrics")
+    sv.set_defaults(func=cmd_dns_serve)
 
     from pymesh.controlplane.cli import add_commands as add_controlplane_commands
 

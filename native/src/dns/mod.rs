@@ -3,12 +3,25 @@
 //!
 //! - `wire`: hostile-input parsing into validated types, a compressing writer;
 //! - `table`: a name table plus the indexes DNS needs, swapped atomically;
-//! - `answer`: local answers straight into the caller's buffer.
+//! - `answer`: local answers straight into the caller's buffer;
+//! - `cache`: forwarded answers, positive and negative (RFC 2308);
+//! - `upstream`: hedged, health-ordered, spoof-resistant forwarding;
+//! - `forward`: cache + coalescing + upstreams, as one reply function;
+//! - `metrics`: counters, Prometheus text with Istio's names;
+//! - `server`: UDP workers (SO_REUSEPORT, recvmmsg/sendmmsg) and TCP.
 
 pub mod answer;
+pub mod cache;
+pub mod forward;
+pub mod metrics;
+pub mod server;
 pub mod table;
+pub mod upstream;
 pub mod wire;
 
 pub use answer::{answer_packet, answer_query, AnswerConfig, Decision, Outcome, Transport, DEFAULT_TTL};
+pub use metrics::Stats;
+pub use server::{Server, ServerConfig, DEFAULT_PORT};
 pub use table::{AnswerSource, DnsSnapshot, DnsTable, LiveDnsTable};
+pub use upstream::{ServerState, UpstreamConfig};
 pub use wire::{parse_message, parse_query, Message, NameBuf, Query, Record, WireError};

@@ -5,6 +5,7 @@
 use pyo3::prelude::*;
 
 mod convert;
+mod dns;
 mod errors;
 mod names;
 
@@ -13,5 +14,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     errors::register(m)?;
     names::register(m)?;
+    dns::register(m)?;
     Ok(())
 }

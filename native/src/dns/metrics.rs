@@ -1,0 +1,239 @@
+//! Counters of the DNS proxy, rendered as Prometheus text.
+//!
+//! Istio's four metrics keep their exported names and meaning (reference
+//! §6, `pkg/dns/client/monitoring.go`) so existing dashboards keep working:
+//! `istio_agent_dns_requests_total` (every query reaching the handler),
+//! `istio_agent_dns_upstream_requests_total` (once per query sent upstream),
+//! `istio_agent_dns_upstream_failures_total` (once per query when every
+//! upstream attempt failed) and `istio_agent_dns_upstream_request_duration_seconds`
+//! (the whole upstream phase, same buckets). What Istio lacks (#33222,
+//! #58806) is added under `pymesh_dns_*`: outcome, query type, rcode, spoofed
+//! answers dropped, cache size.
+//!
+//! Plain relaxed atomics: the counters are independent, a scrape may see
+//! one a query ahead of another, which Prometheus tolerates.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use super::answer::Outcome;
+
+/// Query types counted separately; the rest is `other`.
+const QTYPES: [(u16, &str); 12] = [
+    (1, "A"),
+    (28, "AAAA"),
+    (12, "PTR"),
+    (33, "SRV"),
+    (16, "TXT"),
+    (15, "MX"),
+    (5, "CNAME"),
+    (6, "SOA"),
+    (2, "NS"),
+    (64, "SVCB"),
+    (65, "HTTPS"),
+    (255, "ANY"),
+];
+const RCODES: [&str; 11] = [
+    "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "YXDOMAIN", "YXRRSET", "NXRRSET", "NOTAUTH",
+    "NOTZONE",
+];
+/// Istio's histogram buckets, in seconds.
+const BUCKETS: [f64; 6] = [0.001, 0.005, 0.01, 0.1, 1.0, 5.0];
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    requests: AtomicU64,
+    upstream_requests: AtomicU64,
+    upstream_failures: AtomicU64,
+    outcomes: [AtomicU64; Outcome::ALL.len()],
+    qtypes: [AtomicU64; QTYPES.len() + 1],
+    rcodes: [AtomicU64; RCODES.len() + 2],
+    buckets: [AtomicU64; BUCKETS.len()],
+    duration_count: AtomicU64,
+    duration_sum_ns: AtomicU64,
+    upstream_attempts: AtomicU64,
+    tcp_retries: AtomicU64,
+    hedged: AtomicU64,
+    coalesced: AtomicU64,
+}
+
+fn qtype_slot(qtype: u16) -> usize {
+    QTYPES.iter().position(|&(t, _)| t == qtype).unwrap_or(QTYPES.len())
+}
+
+fn rcode_slot(rcode: u16) -> usize {
+    match rcode {
+        0..=10 => rcode as usize,
+        16 => RCODES.len(), // BADVERS
+        _ => RCODES.len() + 1,
+    }
+}
+
+/// A copy of the counters, for `stats()`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub requests: u64,
+    pub upstream_requests: u64,
+    pub upstream_failures: u64,
+    pub upstream_attempts: u64,
+    pub tcp_retries: u64,
+    pub hedged: u64,
+    pub coalesced: u64,
+    pub outcomes: Vec<(&'static str, u64)>,
+    pub qtypes: Vec<(&'static str, u64)>,
+    pub rcodes: Vec<(&'static str, u64)>,
+}
+
+impl Metrics {
+    /// One query answered (or not) by the server.
+    #[inline]
+    pub fn query(&self, outcome: Outcome, qtype: u16, rcode: u16) {
+        self.requests.fetch_add(1, Relaxed);
+        self.outcomes[outcome as usize].fetch_add(1, Relaxed);
+        self.qtypes[qtype_slot(qtype)].fetch_add(1, Relaxed);
+        if !matches!(outcome, Outcome::Dropped) {
+            self.rcodes[rcode_slot(rcode)].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// A packet that never was a query we answer: runt or a response (not an Istio request).
+    pub fn dropped(&self) {
+        self.outcomes[Outcome::Dropped as usize].fetch_add(1, Relaxed);
+    }
+
+    /// An upstream answer that did not match what we asked.
+    pub fn spoof(&self) {
+        self.outcomes[Outcome::DroppedSpoof as usize].fetch_add(1, Relaxed);
+    }
+
+    /// A query entering the upstream phase (Istio: once per query).
+    pub fn upstream_request(&self) {
+        self.upstream_requests.fetch_add(1, Relaxed);
+    }
+
+    /// The upstream phase ended; `failed` when every attempt failed.
+    pub fn upstream_done(&self, took: Duration, failed: bool) {
+        if failed {
+            self.upstream_failures.fetch_add(1, Relaxed);
+        }
+        let s = took.as_secs_f64();
+        for (b, le) in self.buckets.iter().zip(BUCKETS) {
+            if s <= le {
+                b.fetch_add(1, Relaxed);
+            }
+        }
+        self.duration_count.fetch_add(1, Relaxed);
+        self.duration_sum_ns.fetch_add(took.as_nanos().min(u64::MAX as u128) as u64, Relaxed);
+    }
+
+    pub fn attempt(&self) {
+        self.upstream_attempts.fetch_add(1, Relaxed);
+    }
+
+    pub fn tcp_retry(&self) {
+        self.tcp_retries.fetch_add(1, Relaxed);
+    }
+
+    pub fn hedge(&self) {
+        self.hedged.fetch_add(1, Relaxed);
+    }
+
+    pub fn coalesce(&self) {
+        self.coalesced.fetch_add(1, Relaxed);
+    }
+
+    pub fn stats(&self) -> Stats {
+        let g = |a: &AtomicU64| a.load(Relaxed);
+        Stats {
+            requests: g(&self.requests),
+            upstream_requests: g(&self.upstream_requests),
+            upstream_failures: g(&self.upstream_failures),
+            upstream_attempts: g(&self.upstream_attempts),
+            tcp_retries: g(&self.tcp_retries),
+            hedged: g(&self.hedged),
+            coalesced: g(&self.coalesced),
+            outcomes: Outcome::ALL.iter().map(|o| (o.as_str(), g(&self.outcomes[*o as usize]))).collect(),
+            qtypes: QTYPES.iter().map(|q| q.1).chain(["other"]).zip(self.qtypes.iter().map(g)).collect(),
+            rcodes: RCODES.iter().copied().chain(["BADVERS", "other"]).zip(self.rcodes.iter().map(g)).collect(),
+        }
+    }
+
+    /// The Prometheus text exposition (format 0.0.4). `cache_entries` is
+    /// reported as a gauge.
+    pub fn render(&self, cache_entries: usize) -> String {
+        let s = self.stats();
+        let mut o = String::with_capacity(4096);
+        let counter = |o: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        };
+        counter(&mut o, "istio_agent_dns_requests_total", "Total number of DNS requests.", s.requests);
+        counter(
+            &mut o,
+            "istio_agent_dns_upstream_requests_total",
+            "Total number of DNS requests forwarded to upstream.",
+            s.upstream_requests,
+        );
+        counter(
+            &mut o,
+            "istio_agent_dns_upstream_failures_total",
+            "Total number of DNS failures forwarding to upstream.",
+            s.upstream_failures,
+        );
+        let h = "istio_agent_dns_upstream_request_duration_seconds";
+        let _ = writeln!(o, "# HELP {h} Total time in seconds Istio takes to get DNS response from upstream.");
+        let _ = writeln!(o, "# TYPE {h} histogram");
+        for (b, le) in self.buckets.iter().zip(BUCKETS) {
+            let _ = writeln!(o, "{h}_bucket{{le=\"{le}\"}} {}", b.load(Relaxed));
+        }
+        let count = self.duration_count.load(Relaxed);
+        let sum = self.duration_sum_ns.load(Relaxed) as f64 / 1e9;
+        let _ = writeln!(o, "{h}_bucket{{le=\"+Inf\"}} {count}\n{h}_sum {sum}\n{h}_count {count}");
+        let labeled = |o: &mut String, name: &str, help: &str, label: &str, rows: &[(&str, u64)]| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (k, v) in rows {
+                let _ = writeln!(o, "{name}{{{label}=\"{k}\"}} {v}");
+            }
+        };
+        labeled(&mut o, "pymesh_dns_queries_total", "DNS queries by outcome.", "outcome", &s.outcomes);
+        labeled(&mut o, "pymesh_dns_queries_by_type_total", "DNS queries by query type.", "qtype", &s.qtypes);
+        labeled(&mut o, "pymesh_dns_responses_total", "DNS responses by rcode.", "rcode", &s.rcodes);
+        counter(&mut o, "pymesh_dns_upstream_attempts_total", "Queries sent to upstream servers.", s.upstream_attempts);
+        counter(
+            &mut o,
+            "pymesh_dns_upstream_tcp_retries_total",
+            "Truncated upstream answers retried over TCP.",
+            s.tcp_retries,
+        );
+        counter(&mut o, "pymesh_dns_upstream_hedged_total", "Hedged queries sent to a second upstream.", s.hedged);
+        counter(&mut o, "pymesh_dns_coalesced_total", "Queries that joined an identical one in flight.", s.coalesced);
+        let _ = writeln!(
+            o,
+            "# HELP pymesh_dns_cache_entries Answers in the cache.\n# TYPE pymesh_dns_cache_entries gauge\npymesh_dns_cache_entries {cache_entries}"
+        );
+        o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_istio_names_and_counts() {
+        let m = Metrics::default();
+        m.query(Outcome::Local, 1, 0);
+        m.query(Outcome::NoData, 28, 0);
+        m.query(Outcome::Forwarded, 16, 3);
+        m.upstream_request();
+        m.upstream_done(Duration::from_millis(3), false);
+        let t = m.render(0);
+        assert!(t.contains("\nistio_agent_dns_requests_total 3\n"), "{t}");
+        assert!(t.contains("\nistio_agent_dns_upstream_requests_total 1\n"));
+        assert!(t.contains("istio_agent_dns_upstream_request_duration_seconds_bucket{le=\"0.001\"} 0\n"));
+        assert!(t.contains("istio_agent_dns_upstream_request_duration_seconds_bucket{le=\"0.005\"} 1\n"));
+        assert!(t.contains("pymesh_dns_queries_total{outcome=\"nodata\"} 1\n"));
+        assert!(t.contains("pymesh_dns_queries_by_type_total{qtype=\"TXT\"} 1\n"));
+        assert!(t.contains("pymesh_dns_responses_total{rcode=\"NXDOMAIN\"} 1\n"));
+    }
+}

@@ -1,0 +1,317 @@
+//! Forwarding to upstream resolvers: resilient, and strict about what it
+//! accepts.
+//!
+//! Istio's behaviour and what goes wrong with it (reference §4.3, §7):
+//! it forwards the client's message verbatim with a 512-byte receive buffer
+//! (answers above 512 bytes become SERVFAIL, #61371), never retries over TCP,
+//! tries servers one after another with 5 s timeouts (#53414) and keeps no
+//! health. Here:
+//! - the upstream query carries our own EDNS0 (1232 bytes) and is read into
+//!   a 64 KiB buffer; a truncated answer is retried over TCP (RFC 7766 §5);
+//! - every attempt has its own timeout (default 1 s, well below a stub
+//!   resolver's 5 s); servers are ordered healthy first, then by smoothed
+//!   RTT; after a hedge delay the next server is asked too, and the first
+//!   good answer wins; SERVFAIL only when every server failed;
+//! - anti-spoofing (RFC 5452): a fresh socket (random source port) and a
+//!   random ID per attempt; an answer counts only if it comes from the server
+//!   asked, with our ID and exactly our question, letter case included
+//!   (the case we sent is the client's, so mixed-case clients get 0x20
+//!   protection). Anything else is dropped, counted, and the attempt keeps
+//!   waiting for the real answer.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::task::JoinSet;
+
+use super::metrics::Metrics;
+use super::wire::{flag, parse_message, rcode, write_upstream_query, Message, Query, MAX_MESSAGE};
+
+/// Failures in a row after which a server is put last for a while.
+const UNHEALTHY_AFTER: u32 = 3;
+/// How long an unhealthy server stays at the back of the line.
+const PENALTY: Duration = Duration::from_secs(5);
+
+/// Forwarding settings.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub servers: Vec<SocketAddr>,
+    /// Timeout of one attempt on one server.
+    pub attempt_timeout: Duration,
+    /// After this long without an answer, the next server is asked as well.
+    pub hedge_delay: Duration,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            servers: Vec::new(),
+            attempt_timeout: Duration::from_secs(1),
+            hedge_delay: Duration::from_millis(150),
+        }
+    }
+}
+
+/// A server and what we learned about it.
+#[derive(Debug)]
+struct Server {
+    addr: SocketAddr,
+    /// Smoothed RTT in microseconds (RFC 6298 style, alpha 1/8); 0 = unknown.
+    srtt_us: AtomicU32,
+    fails: AtomicU32,
+    /// Milliseconds since `epoch` until which the server counts as unhealthy.
+    down_until_ms: AtomicU64,
+}
+
+/// Health and order of one server, for stats.
+#[derive(Debug, Clone)]
+pub struct ServerState {
+    pub addr: SocketAddr,
+    pub srtt: Duration,
+    pub consecutive_failures: u32,
+    pub healthy: bool,
+}
+
+/// Why one attempt failed.
+#[derive(Debug)]
+enum AttemptError {
+    Timeout,
+    Io,
+    /// A well-formed answer we do not pass on (SERVFAIL, REFUSED, ...); kept
+    /// in case every server fails, then the client gets SERVFAIL anyway.
+    Rcode,
+}
+
+#[derive(Debug)]
+pub struct Upstreams {
+    servers: Vec<Server>,
+    cfg: UpstreamConfig,
+    epoch: Instant,
+    metrics: Arc<Metrics>,
+}
+
+/// A random 16-bit ID from the OS CSPRNG (RFC 5452 §9.2).
+fn random_id() -> u16 {
+    let mut b = [0u8; 2];
+    if getrandom::fill(&mut b).is_err() {
+        // No entropy source: fall back to the clock's low bits (never
+        // happens on Linux; the source port is still random).
+        let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
+        return (n ^ (n >> 16)) as u16;
+    }
+    u16::from_ne_bytes(b)
+}
+
+impl Upstreams {
+    pub fn new(cfg: UpstreamConfig, metrics: Arc<Metrics>) -> Upstreams {
+        let servers = cfg
+            .servers
+            .iter()
+            .map(|&addr| Server {
+                addr,
+                srtt_us: AtomicU32::new(0),
+                fails: AtomicU32::new(0),
+                down_until_ms: AtomicU64::new(0),
+            })
+            .collect();
+        Upstreams { servers, cfg, epoch: Instant::now(), metrics }
+    }
+
+    pub fn config(&self) -> &UpstreamConfig {
+        &self.cfg
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn healthy(&self, s: &Server) -> bool {
+        s.down_until_ms.load(Relaxed) <= self.now_ms()
+    }
+
+    /// Servers in the order they are tried: healthy first, then by smoothed
+    /// RTT (unknown counts as fast, so new servers get tried), then config order.
+    fn order(&self) -> Vec<usize> {
+        let mut idx: Vec<usize> = (0..self.servers.len()).collect();
+        idx.sort_by_key(|&i| {
+            let s = &self.servers[i];
+            (!self.healthy(s), s.srtt_us.load(Relaxed), i)
+        });
+        idx
+    }
+
+    pub fn states(&self) -> Vec<ServerState> {
+        self.servers
+            .iter()
+            .map(|s| ServerState {
+                addr: s.addr,
+                srtt: Duration::from_micros(s.srtt_us.load(Relaxed) as u64),
+                consecutive_failures: s.fails.load(Relaxed),
+                healthy: self.healthy(s),
+            })
+            .collect()
+    }
+
+    fn success(&self, s: &Server, rtt: Duration) {
+        let sample = rtt.as_micros().min(u32::MAX as u128) as u32;
+        let old = s.srtt_us.load(Relaxed);
+        let new = if old == 0 { sample } else { old - old / 8 + sample / 8 };
+        s.srtt_us.store(new.max(1), Relaxed);
+        s.fails.store(0, Relaxed);
+        s.down_until_ms.store(0, Relaxed);
+    }
+
+    fn failure(&self, s: &Server) {
+        let f = s.fails.fetch_add(1, Relaxed) + 1;
+        if f >= UNHEALTHY_AFTER {
+            s.down_until_ms.store(self.now_ms() + PENALTY.as_millis() as u64, Relaxed);
+        }
+        // A timeout is at least as slow as the timeout: make it rank late.
+        let t = self.cfg.attempt_timeout.as_micros().min(u32::MAX as u128) as u32;
+        let old = s.srtt_us.load(Relaxed);
+        s.srtt_us.store(if old == 0 { t } else { old - old / 8 + t / 8 }.max(1), Relaxed);
+    }
+
+    /// Resolves `q` upstream: the first good answer of the hedged attempts,
+    /// or `None` when every server failed (the caller answers SERVFAIL).
+    pub async fn resolve(self: &Arc<Self>, q: &Query) -> Option<Message> {
+        let order = self.order();
+        if order.is_empty() {
+            return None;
+        }
+        let q = Arc::new(q.clone());
+        let mut set = JoinSet::new();
+        let mut next = 0usize;
+        let spawn = |set: &mut JoinSet<(usize, Result<Message, AttemptError>)>, i: usize| {
+            let me = self.clone();
+            let q = q.clone();
+            set.spawn(async move {
+                let r = me.attempt(i, &q).await;
+                (i, r)
+            });
+        };
+        spawn(&mut set, order[next]);
+        next += 1;
+        loop {
+            let hedge = tokio::time::sleep(self.cfg.hedge_delay);
+            tokio::select! {
+                done = set.join_next() => {
+                    match done {
+                        Some(Ok((_, Ok(m)))) => return Some(m),
+                        Some(Ok((_, Err(_)))) | Some(Err(_)) => {
+                            // Failed fast: ask the next server right away.
+                            if next < order.len() {
+                                spawn(&mut set, order[next]);
+                                next += 1;
+                            } else if set.is_empty() {
+                                return None;
+                            }
+                        }
+                        None => return None,
+                    }
+                }
+                _ = hedge, if next < order.len() => {
+                    self.metrics.hedge();
+                    spawn(&mut set, order[next]);
+                    next += 1;
+                }
+            }
+        }
+    }
+
+    async fn attempt(&self, i: usize, q: &Query) -> Result<Message, AttemptError> {
+        let s = &self.servers[i];
+        self.metrics.attempt();
+        let start = Instant::now();
+        let r = match tokio::time::timeout(self.cfg.attempt_timeout, self.exchange(s.addr, q)).await {
+            Ok(r) => r,
+            Err(_) => Err(AttemptError::Timeout),
+        };
+        match &r {
+            Ok(_) => self.success(s, start.elapsed()),
+            Err(AttemptError::Rcode) => self.success(s, start.elapsed()),
+            Err(_) => self.failure(s),
+        }
+        r
+    }
+
+    async fn exchange(&self, addr: SocketAddr, q: &Query) -> Result<Message, AttemptError> {
+        let m = self.exchange_udp(addr, q).await?;
+        let m = if m.flags & flag::TC != 0 {
+            // RFC 7766 §5: a truncated UDP answer is retried over TCP.
+            self.metrics.tcp_retry();
+            self.exchange_tcp(addr, q).await?
+        } else {
+            m
+        };
+        match m.rcode() {
+            rcode::NOERROR | rcode::NXDOMAIN => Ok(m),
+            _ => Err(AttemptError::Rcode),
+        }
+    }
+
+    /// Whether `m` answers exactly what we sent: ID, QR, and the question
+    /// byte for byte (so the letter case too).
+    fn matches(m: &Message, id: u16, q: &Query) -> bool {
+        m.id == id
+            && m.flags & flag::QR != 0
+            && m.question
+                .as_ref()
+                .is_some_and(|(n, t, c)| n.as_wire() == q.qname.as_wire() && *t == q.qtype && *c == q.qclass)
+    }
+
+    async fn exchange_udp(&self, addr: SocketAddr, q: &Query) -> Result<Message, AttemptError> {
+        let bind: SocketAddr = match addr.ip() {
+            IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+            IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+        };
+        // A fresh socket per attempt: the kernel picks a random ephemeral port.
+        let sock = UdpSocket::bind(bind).await.map_err(|_| AttemptError::Io)?;
+        let id = random_id();
+        let mut out = [0u8; 512];
+        let n = write_upstream_query(id, q, &mut out);
+        if n == 0 {
+            return Err(AttemptError::Io);
+        }
+        sock.send_to(&out[..n], addr).await.map_err(|_| AttemptError::Io)?;
+        let mut buf = vec![0u8; MAX_MESSAGE];
+        loop {
+            let (len, from) = sock.recv_from(&mut buf).await.map_err(|_| AttemptError::Io)?;
+            if from != addr {
+                self.metrics.spoof();
+                continue;
+            }
+            match parse_message(&buf[..len]) {
+                Ok(m) if Self::matches(&m, id, q) => return Ok(m),
+                // Wrong ID, question or case, or garbage: not our answer.
+                _ => self.metrics.spoof(),
+            }
+        }
+    }
+
+    async fn exchange_tcp(&self, addr: SocketAddr, q: &Query) -> Result<Message, AttemptError> {
+        let mut s = TcpStream::connect(addr).await.map_err(|_| AttemptError::Io)?;
+        let id = random_id();
+        let mut out = [0u8; 514];
+        let n = write_upstream_query(id, q, &mut out[2..]);
+        if n == 0 {
+            return Err(AttemptError::Io);
+        }
+        out[..2].copy_from_slice(&(n as u16).to_be_bytes());
+        s.write_all(&out[..n + 2]).await.map_err(|_| AttemptError::Io)?;
+        let len = s.read_u16().await.map_err(|_| AttemptError::Io)? as usize;
+        let mut buf = vec![0u8; len];
+        s.read_exact(&mut buf).await.map_err(|_| AttemptError::Io)?;
+        match parse_message(&buf) {
+            Ok(m) if Self::matches(&m, id, q) => Ok(m),
+            _ => {
+                self.metrics.spoof();
+                Err(AttemptError::Io)
+            }
+        }
+    }
+}

@@ -228,13 +228,19 @@ def bootstrap(xds_port: int, *, network: str = "") -> str:
     )
 
 
-def xds_calls(xds_port: int, target: str, calls: int, *, timeout: float = 60.0, network: str = "") -> dict[str, Any]:
+def xds_calls(
+    xds_port: int, target: str, calls: int, *, timeout: float = 60.0, network: str = "", metadata: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """Runs gRPC's xDS client in a subprocess against ``target``; returns
     ``{"counts": {backend: n}, "errors": [...]}``."""
     env = dict(os.environ, GRPC_XDS_BOOTSTRAP_CONFIG=bootstrap(xds_port, network=network))
     env.pop("GRPC_XDS_BOOTSTRAP", None)
     out = subprocess.run(
-        [sys.executable, str(XDS_CLIENT), target, str(calls)], env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, str(XDS_CLIENT), target, str(calls), *metadata],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     if out.returncode != 0:
         raise AssertionError(f"xDS client failed ({out.returncode}): {out.stderr[-3000:]}")

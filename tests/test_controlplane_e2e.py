@@ -67,3 +67,33 @@ def test_vm_registers_and_grpc_xds_client_reaches_pod_and_vm(mesh: tuple[Control
         stream.close()
         pod.stop()
         vm.stop()
+
+
+def test_destination_rule_consistent_hash_pins_a_user_to_one_backend(mesh: tuple[ControlPlane, int]) -> None:
+    cp, port = mesh
+    (cp.config_dir / "external.yaml").write_text(
+        (cp.config_dir / "external.yaml")
+        .read_text()
+        .replace("simple: ROUND_ROBIN", "consistentHash: {httpHeaderName: x-user, ringHash: {minimumRingSize: 1024}}")
+    )
+    cp.reload()
+    assert not cp.errors
+    pod, vm = Backend(POD_IP, port, "pod"), Backend(VM_IP, port, "vm")
+    stream = AdsStream(cp.port, vm_node(VM_IP))
+    try:
+        stream.send(CDS)
+        stream.ack(stream.recv())
+        cp.flush()
+        target = f"product.default.svc.cluster.local:{port}"
+        landed = set()
+        for user in [f"user-{i}" for i in range(12)]:
+            result = xds_calls(cp.port, target, 8, metadata=(f"x-user={user}",))
+            assert result["errors"] == []
+            # gRPC's ring hash over the header: every call of one user on one backend.
+            assert len(result["counts"]) == 1, (user, result)
+            landed |= set(result["counts"])
+        assert landed == {"pod", "vm"}  # and the users spread over both (all on one: p = 2^-11)
+    finally:
+        stream.close()
+        pod.stop()
+        vm.stop()

@@ -16,6 +16,18 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// A cluster of the load-balancing table (an Envoy `Cluster` resource) is
+    /// invalid, unsupported or contradictory. Reported as an invalid entry: a
+    /// cluster is an entry of the cluster table.
+    #[error("cluster {cluster:?}: {field}: {reason}")]
+    InvalidCluster {
+        /// The cluster's name, or its position (`#3`) if it has none.
+        cluster: String,
+        /// The offending field as a proto3 JSON path, e.g. `load_assignment.endpoints[0].priority`.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The configuration the table is built for (namespace, domain, search list) is invalid.
     #[error("config: {field}: {reason}")]
     InvalidConfig { field: String, reason: String },
@@ -45,6 +57,10 @@ impl Error {
         Error::InvalidEntry { entry: entry.to_string(), field: field.to_string(), reason: reason.to_string() }
     }
 
+    pub(crate) fn cluster(cluster: impl fmt::Display, field: impl fmt::Display, reason: impl fmt::Display) -> Self {
+        Error::InvalidCluster { cluster: cluster.to_string(), field: field.to_string(), reason: reason.to_string() }
+    }
+
     pub(crate) fn config(field: impl fmt::Display, reason: impl fmt::Display) -> Self {
         Error::InvalidConfig { field: field.to_string(), reason: reason.to_string() }
     }
@@ -56,7 +72,7 @@ impl Error {
     /// The kind of this error, for mapping to codes or exception classes.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::InvalidEntry { .. } => ErrorKind::InvalidEntry,
+            Error::InvalidEntry { .. } | Error::InvalidCluster { .. } => ErrorKind::InvalidEntry,
             Error::InvalidConfig { .. } => ErrorKind::InvalidConfig,
             Error::Parse { .. } => ErrorKind::Parse,
             Error::Io { .. } => ErrorKind::Io,

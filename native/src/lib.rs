@@ -9,6 +9,7 @@
 
 pub mod dns;
 pub mod error;
+pub mod lb;
 pub mod names;
 
 pub use error::{Error, Result};

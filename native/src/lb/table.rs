@@ -1,0 +1,286 @@
+//! The cluster table: every cluster by name, each a [`LiveCluster`] whose
+//! current snapshot is swapped atomically. Writers (set clusters, outcomes
+//! that eject, health-check changes, time) build new snapshots off the pick
+//! path; pickers do two atomic loads and read.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::{ArcSwap, Guard};
+
+use super::cluster::{effective_health, ClusterSnapshot, ClusterSpec};
+use super::failover::{self, LocalityFailover};
+use super::outlier::{Detector, Outcome};
+use super::rng::{mix64, Rng};
+use super::state::EndpointState;
+
+/// One cluster: its validated input, its endpoints' live state, the snapshot
+/// serving now, and its outlier detector.
+#[derive(Debug)]
+pub struct LiveCluster {
+    spec: Arc<ClusterSpec>,
+    states: Arc<[Arc<EndpointState>]>,
+    index: HashMap<SocketAddr, u32>,
+    current: ArcSwap<ClusterSnapshot>,
+    detector: Option<Mutex<Detector>>,
+    seed: u64,
+    rebuilds: AtomicU64,
+}
+
+/// A reader's hold on one cluster snapshot.
+pub type ClusterGuard = Guard<Arc<ClusterSnapshot>>;
+
+impl LiveCluster {
+    fn new(spec: ClusterSpec, previous: Option<&LiveCluster>, now: u64, seed: u64) -> LiveCluster {
+        let spec = Arc::new(spec);
+        // Endpoints that stay (same address:port) keep their state: active
+        // requests, counters, ejection.
+        let states: Arc<[Arc<EndpointState>]> = spec
+            .endpoints
+            .iter()
+            .map(|e| {
+                previous
+                    .and_then(|p| p.index.get(&e.address).map(|&i| p.states[i as usize].clone()))
+                    .unwrap_or_default()
+            })
+            .collect();
+        let index = spec.endpoints.iter().enumerate().map(|(i, e)| (e.address, i as u32)).collect();
+        let detector = spec.config.outlier.map(|cfg| {
+            // A detector whose configuration is unchanged keeps its clock.
+            match previous.and_then(|p| p.detector.as_ref()).map(|d| d.lock().unwrap_or_else(|e| e.into_inner())) {
+                Some(d) if d.cfg == cfg => {
+                    let mut nd = Detector::new(cfg, now, mix64(seed));
+                    nd.clone_clock_from(&d);
+                    Mutex::new(nd)
+                }
+                _ => Mutex::new(Detector::new(cfg, now, mix64(seed))),
+            }
+        });
+        if spec.config.outlier.is_none() {
+            // Without outlier detection nothing is ejected: clear any
+            // ejection carried over from a config that had it.
+            for s in states.iter().filter(|s| s.is_ejected()) {
+                Detector::uneject(s, now);
+            }
+        }
+        let snap = ClusterSnapshot::build(spec.clone(), states.clone(), seed);
+        LiveCluster {
+            spec,
+            states,
+            index,
+            current: ArcSwap::from_pointee(snap),
+            detector,
+            seed,
+            rebuilds: AtomicU64::new(0),
+        }
+    }
+
+    /// The snapshot serving now (one atomic load).
+    #[inline]
+    pub fn snapshot(&self) -> ClusterGuard {
+        self.current.load()
+    }
+
+    pub fn spec(&self) -> &Arc<ClusterSpec> {
+        &self.spec
+    }
+
+    /// The endpoint index of `addr`.
+    pub fn endpoint_index(&self, addr: &SocketAddr) -> Option<usize> {
+        self.index.get(addr).map(|&i| i as usize)
+    }
+
+    pub fn state(&self, i: usize) -> &Arc<EndpointState> {
+        &self.states[i]
+    }
+
+    /// How many times health changes rebuilt the snapshot.
+    pub fn rebuilds(&self) -> u64 {
+        self.rebuilds.load(Ordering::Relaxed)
+    }
+
+    /// Rebuilds the snapshot when effective health differs from the one serving.
+    fn refresh(&self) {
+        let cur = self.current.load();
+        let stale = self
+            .spec
+            .endpoints
+            .iter()
+            .zip(self.states.iter())
+            .enumerate()
+            .any(|(i, (e, s))| cur.health(i) != effective_health(e, s));
+        if stale {
+            let n = self.rebuilds.fetch_add(1, Ordering::Relaxed) + 1;
+            let snap = ClusterSnapshot::build(self.spec.clone(), self.states.clone(), mix64(self.seed ^ n));
+            self.current.store(Arc::new(snap));
+        }
+    }
+
+    /// Records an outcome for endpoint `i` (and, if `finished`, ends one
+    /// active request). Returns whether health changed (a new snapshot).
+    pub fn report(&self, i: usize, outcome: Outcome, finished: bool, now: u64) -> bool {
+        if finished {
+            self.states[i].request_finished();
+        }
+        let Some(d) = &self.detector else { return false };
+        let changed = d.lock().unwrap_or_else(|e| e.into_inner()).report(&self.states, i, outcome, now);
+        if changed {
+            self.refresh();
+        }
+        changed
+    }
+
+    /// Advances time: runs a due outlier-detection sweep (returns ejected
+    /// hosts whose time ran out). Returns whether health changed.
+    pub fn tick(&self, now: u64) -> bool {
+        let Some(d) = &self.detector else { return false };
+        let changed = d.lock().unwrap_or_else(|e| e.into_inner()).sweep(&self.states, now);
+        if changed {
+            self.refresh();
+        }
+        changed
+    }
+
+    /// The caller's active health check result for endpoint `i`. A passing
+    /// check also returns an ejected host early
+    /// (`successful_active_health_check_uneject_host`, default true).
+    pub fn set_health_check(&self, i: usize, healthy: bool, now: u64) {
+        let s = &self.states[i];
+        s.hc_failed.store(!healthy, Ordering::Release);
+        if healthy && s.is_ejected() {
+            if let Some(d) = &self.detector {
+                let d = d.lock().unwrap_or_else(|e| e.into_inner());
+                if d.cfg.successful_active_health_check_uneject_host {
+                    Detector::uneject(s, now);
+                }
+            }
+        }
+        self.refresh();
+    }
+}
+
+/// A pick named a cluster the table does not have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnknownCluster;
+
+type ClusterMap = HashMap<String, Arc<LiveCluster>>;
+
+/// Every cluster by name, swapped as a whole.
+#[derive(Debug)]
+pub struct LbTable {
+    clusters: ArcSwap<ClusterMap>,
+    writer: Mutex<()>,
+    seed: u64,
+    generation: AtomicU64,
+    failover: Option<LocalityFailover>,
+}
+
+impl LbTable {
+    /// An empty table. `seed` fixes every random choice of snapshots built
+    /// from it (round-robin starts, outlier enforcement); `failover` is the
+    /// proxy's locality for Istio locality failover.
+    pub fn new(seed: Option<u64>, failover: Option<LocalityFailover>) -> LbTable {
+        LbTable {
+            clusters: ArcSwap::from_pointee(HashMap::new()),
+            writer: Mutex::new(()),
+            seed: seed.unwrap_or_else(|| Rng::from_entropy().next_u64()),
+            generation: AtomicU64::new(0),
+            failover,
+        }
+    }
+
+    /// Replaces the whole set of clusters (CDS state-of-the-world: a cluster
+    /// not listed is removed). Endpoint state carries over for endpoints that
+    /// stay. Returns the new generation. Specs are already validated, so
+    /// this cannot fail; a parse error never reaches it, and the serving
+    /// table stays as it was.
+    pub fn set_clusters(&self, specs: Vec<ClusterSpec>, now: u64) -> u64 {
+        let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.clusters.load_full();
+        let gen = self.generation.load(Ordering::Acquire) + 1;
+        let mut map = HashMap::with_capacity(specs.len());
+        for mut spec in specs {
+            if let Some(f) = &self.failover {
+                failover::apply(&mut spec, f);
+            }
+            let seed = mix64(self.seed ^ mix64(gen) ^ xxhash_rust::xxh64::xxh64(spec.name.as_bytes(), 0));
+            let prev = old.get(&spec.name).map(Arc::as_ref);
+            let name = spec.name.clone();
+            map.insert(name, Arc::new(LiveCluster::new(spec, prev, now, seed)));
+        }
+        self.clusters.store(Arc::new(map));
+        self.generation.store(gen, Ordering::Release);
+        gen
+    }
+
+    /// Adds or replaces some clusters, keeping the others (incremental CDS / EDS).
+    pub fn upsert_clusters(&self, specs: Vec<ClusterSpec>, now: u64) -> u64 {
+        let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.clusters.load_full();
+        let gen = self.generation.load(Ordering::Acquire) + 1;
+        let mut map: ClusterMap = (*old).clone();
+        for mut spec in specs {
+            if let Some(f) = &self.failover {
+                failover::apply(&mut spec, f);
+            }
+            let seed = mix64(self.seed ^ mix64(gen) ^ xxhash_rust::xxh64::xxh64(spec.name.as_bytes(), 0));
+            let prev = old.get(&spec.name).map(Arc::as_ref);
+            let name = spec.name.clone();
+            map.insert(name, Arc::new(LiveCluster::new(spec, prev, now, seed)));
+        }
+        self.clusters.store(Arc::new(map));
+        self.generation.store(gen, Ordering::Release);
+        gen
+    }
+
+    /// Removes clusters by name; returns how many existed.
+    pub fn remove_clusters(&self, names: &[&str]) -> usize {
+        let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map: ClusterMap = (*self.clusters.load_full()).clone();
+        let n = names.iter().filter(|n| map.remove(**n).is_some()).count();
+        self.clusters.store(Arc::new(map));
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        n
+    }
+
+    /// The cluster named `name`.
+    #[inline]
+    pub fn cluster(&self, name: &str) -> Option<Arc<LiveCluster>> {
+        self.clusters.load().get(name).cloned()
+    }
+
+    /// Picks an endpoint of `name`: `Ok(None)` when the cluster has no
+    /// endpoint that may take the request ("no healthy upstream").
+    pub fn pick(&self, name: &str, hash: Option<u64>, rng: &mut Rng) -> Result<Option<SocketAddr>, UnknownCluster> {
+        let map = self.clusters.load();
+        let c = map.get(name).ok_or(UnknownCluster)?;
+        let snap = c.current.load();
+        Ok(snap.pick(hash, rng).map(|i| snap.endpoints()[i].address))
+    }
+
+    /// Cluster names, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.clusters.load().keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    pub fn len(&self) -> usize {
+        self.clusters.load().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Runs due outlier sweeps of every cluster; returns how many changed health.
+    pub fn tick(&self, now: u64) -> usize {
+        self.clusters.load().values().filter(|c| c.tick(now)).count()
+    }
+}

@@ -165,6 +165,18 @@ impl Upstreams {
         s.down_until_ms.store(0, Relaxed);
     }
 
+    /// An attempt cancelled because another server answered first: it took
+    /// at least `elapsed`, which is a sample too (else a server that always
+    /// loses the race would keep an unknown, i.e. fast-looking, RTT).
+    fn lost_race(&self, s: &Server, elapsed: Duration) {
+        let sample = elapsed.as_micros().min(u32::MAX as u128) as u32;
+        let old = s.srtt_us.load(Relaxed);
+        if sample > old {
+            let new = if old == 0 { sample } else { old - old / 8 + sample / 8 };
+            s.srtt_us.store(new.max(1), Relaxed);
+        }
+    }
+
     fn failure(&self, s: &Server) {
         let f = s.fails.fetch_add(1, Relaxed) + 1;
         if f >= UNHEALTHY_AFTER {
@@ -186,6 +198,9 @@ impl Upstreams {
         let q = Arc::new(q.clone());
         let mut set = JoinSet::new();
         let mut next = 0usize;
+        // Attempts still running and when they started, to time the ones
+        // that lose the race.
+        let mut running: Vec<(usize, Instant)> = Vec::with_capacity(order.len());
         let spawn = |set: &mut JoinSet<(usize, Result<Message, AttemptError>)>, i: usize| {
             let me = self.clone();
             let q = q.clone();
@@ -193,30 +208,44 @@ impl Upstreams {
                 let r = me.attempt(i, &q).await;
                 (i, r)
             });
+            (i, Instant::now())
         };
-        spawn(&mut set, order[next]);
+        running.push(spawn(&mut set, order[next]));
         next += 1;
         loop {
             let hedge = tokio::time::sleep(self.cfg.hedge_delay);
             tokio::select! {
                 done = set.join_next() => {
                     match done {
-                        Some(Ok((_, Ok(m)))) => return Some(m),
-                        Some(Ok((_, Err(_)))) | Some(Err(_)) => {
+                        Some(Ok((won, Ok(m)))) => {
+                            for &(i, t) in running.iter().filter(|(i, _)| *i != won) {
+                                self.lost_race(&self.servers[i], t.elapsed());
+                            }
+                            return Some(m);
+                        }
+                        Some(Ok((failed, Err(_)))) => {
+                            running.retain(|(i, _)| *i != failed);
                             // Failed fast: ask the next server right away.
                             if next < order.len() {
-                                spawn(&mut set, order[next]);
+                                running.push(spawn(&mut set, order[next]));
                                 next += 1;
                             } else if set.is_empty() {
                                 return None;
                             }
                         }
+                        // A panicked attempt task: counts as failed.
+                        Some(Err(_)) if next < order.len() => {
+                            running.push(spawn(&mut set, order[next]));
+                            next += 1;
+                        }
+                        Some(Err(_)) if set.is_empty() => return None,
+                        Some(Err(_)) => {}
                         None => return None,
                     }
                 }
                 _ = hedge, if next < order.len() => {
                     self.metrics.hedge();
-                    spawn(&mut set, order[next]);
+                    running.push(spawn(&mut set, order[next]));
                     next += 1;
                 }
             }

@@ -38,7 +38,7 @@ SHORT_NAME = "name"
 WILDCARD = "wildcard"
 
 # Collision strength of a form (Form::strength): lower wins.
-_STRENGTH = {HOSTNAME: 0, ALT_HOST: 0, WILDCARD: 0, NAME_NAMESPACE_SVC: 1, NAME_NAMESPACE: 2, SHORT_NAME: 3}
+_STRENGTH = {HOSTNAME: 0, WILDCARD: 0, ALT_HOST: 1, NAME_NAMESPACE_SVC: 2, NAME_NAMESPACE: 3, SHORT_NAME: 4}
 
 # What Rust's str::trim removes (the Unicode White_Space property); Python's
 # str.strip() would also remove U+001C..U+001F, which Rust keeps.
@@ -326,14 +326,30 @@ class OracleNameTable:
         self._config = cfg
         # First pass: validate every entry, so an invalid one anywhere fails
         # the build before any collision is settled (as table.rs does).
-        prepared: list[_Prepared] = []
+        valid: list[_Prepared] = []
         self._skipped = 0
         for i, e in enumerate(entries):
             p = _prepare(i, e, cfg)
             if not p.v4 and not p.v6:
                 self._skipped += 1  # no address: forwarded upstream, as in Istio
                 continue
-            prepared.append(p)
+            valid.append(p)
+
+        # One entry per hostname: of several spellings of one name, the best by
+        # (Kubernetes first, hostname as given) is kept whole, the rest left out.
+        best: dict[str, int] = {}
+        for i, p in enumerate(valid):
+            j = best.get(p.hostname)
+            if j is None:
+                best[p.hostname] = i
+                continue
+            if valid[j].original == p.original:
+                raise _entry_error(p.original, "hostname", "duplicate entry for this hostname")
+            if _host_rank(p) < _host_rank(valid[j]):
+                best[p.hostname] = i
+        kept = set(best.values())
+        prepared = [p for i, p in enumerate(valid) if i in kept]
+        self._skipped += len(valid) - len(prepared)
 
         # Second pass: insert each entry's keys in table.rs order.
         exact: dict[str, _Holder] = {}
@@ -356,14 +372,15 @@ class OracleNameTable:
                 index, k = (wild, key[2:]) if key.startswith("*.") else (exact, key)
                 new: _Holder = (eid, form, (_STRENGTH[form], rank, p.hostname, p.original))
                 old = index.get(k)
-                if old is None or _prefer_new(new, old, p.original):
+                if old is None or _prefer_new(new, old):
                     index[k] = new
 
-        def answer(eid: int, form: str) -> _Answer:
+        def answer(key: str, eid: int, form: str) -> _Answer:
             p = prepared[eid]
-            return (p.hostname, form, p.v4, p.v6)
+            # An alt host of a wildcard entry answers under its own name.
+            return (key if p.hostname.startswith("*.") else p.hostname, form, p.v4, p.v6)
 
-        self._exact: dict[str, _Answer] = {k: answer(eid, form) for k, (eid, form, _) in exact.items()}
+        self._exact: dict[str, _Answer] = {k: answer(k, eid, form) for k, (eid, form, _) in exact.items()}
         self._wild: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             k: (prepared[eid].v4, prepared[eid].v6) for k, (eid, _, _) in wild.items()
         }
@@ -432,14 +449,15 @@ class OracleNameTable:
         return None
 
 
-def _prefer_new(new: _Holder, old: _Holder, original: str) -> bool:
+def _prefer_new(new: _Holder, old: _Holder) -> bool:
     """table.rs prefer_new: lower (form strength, registry rank, canonical
-    hostname, hostname as given) wins; on a tie the key stays with its holder,
-    except that two entries with the identical hostname are an error."""
-    (new_id, new_form, new_key), (old_id, old_form, old_key) = new, old
-    if new_key == old_key and new_id != old_id and new_form == HOSTNAME and old_form == HOSTNAME:
-        raise _entry_error(original, "hostname", "duplicate entry for this hostname")
-    return new_key < old_key
+    hostname, hostname as given) wins; on a tie the key stays with its holder."""
+    return new[2] < old[2]
+
+
+def _host_rank(p: _Prepared) -> tuple[int, str]:
+    """table.rs host_rank: which of two entries for one hostname is kept."""
+    return (0 if p.registry == REGISTRY_KUBERNETES else 1, p.original)
 
 
 # -- documents (load.rs) ------------------------------------------------------

@@ -139,12 +139,13 @@ fn check(table: &NameTable, again: &NameTable, included: &[&NameEntry], query: &
         assert!(q.as_str().ends_with(&format!(".{domain}")), "{query:?}: search index {i} ({domain}) does not match");
     }
 
-    if h.form == Form::Wildcard {
-        // Wildcards answer with the (search-stripped) query name itself.
-        let stripped = match h.search_index {
-            None => q.as_str().to_string(),
-            Some(i) => q.as_str().strip_suffix(&format!(".{}", table.search()[i])).unwrap_or_default().to_string(),
-        };
+    let stripped = match h.search_index {
+        None => q.as_str().to_string(),
+        Some(i) => q.as_str().strip_suffix(&format!(".{}", table.search()[i])).unwrap_or_default().to_string(),
+    };
+    if h.form == Form::Wildcard || e.hostname.trim_start().starts_with("*.") {
+        // Wildcards, and alt hosts of wildcard entries, answer with the
+        // (search-stripped) query name itself: never a literal '*'.
         assert_eq!(canonical, stripped, "{query:?}: wildcard canonical is not the query");
         return;
     }
@@ -167,9 +168,18 @@ fuzz_target!(|data: &[u8]| {
     let (config, entries, extra) = parse(&text);
     let Ok(table) = NameTable::build(&entries, &config) else { return };
     let again = NameTable::build(&entries, &config).expect("second build of a valid input failed");
-    // Entries without addresses are left out; entry indices count the rest.
-    let included: Vec<&NameEntry> =
+    // Entries without addresses are left out, and so is every entry but the
+    // best (Kubernetes first, then hostname as given) of those spelling one
+    // hostname; entry indices count the rest, in input order.
+    let with_addrs: Vec<&NameEntry> =
         entries.iter().filter(|e| e.ips.iter().any(|ip| ip.trim().parse::<IpAddr>().is_ok())).collect();
+    let host = |e: &NameEntry| normalize_table_name(&e.hostname, true).expect("built table had an invalid hostname");
+    let rank = |e: &NameEntry| (u8::from(e.registry != "Kubernetes"), e.hostname.clone());
+    let included: Vec<&NameEntry> = with_addrs
+        .iter()
+        .filter(|e| with_addrs.iter().filter(|o| host(o) == host(e)).all(|o| rank(e) <= rank(o)))
+        .copied()
+        .collect();
     assert_eq!(table.len(), included.len());
     assert_eq!(table.skipped(), entries.len() - included.len());
     for query in derive_queries(&entries, table.search(), extra) {

@@ -16,6 +16,7 @@
 //!   registry before others, smaller canonical hostname, smaller hostname as
 //!   given. Istio's result depends on Go map order; this never does.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::entry::{label, registry_rank, NameConfig, NameEntry, ValidConfig};
@@ -56,10 +57,11 @@ impl Form {
     /// Collision strength: lower wins.
     fn strength(self) -> u8 {
         match self {
-            Form::Hostname | Form::AltHost | Form::Wildcard => 0,
-            Form::NameNamespaceSvc => 1,
-            Form::NameNamespace => 2,
-            Form::ShortName => 3,
+            Form::Hostname | Form::Wildcard => 0,
+            Form::AltHost => 1,
+            Form::NameNamespaceSvc => 2,
+            Form::NameNamespace => 3,
+            Form::ShortName => 4,
         }
     }
 
@@ -209,6 +211,12 @@ fn forms_inside_hostname(p: &Prepared) -> bool {
         && h[s.len() + 1 + n.len()..].starts_with(".svc")
 }
 
+/// Which of two entries for one hostname is kept: Kubernetes first, then the
+/// smaller hostname as given.
+fn host_rank<'p>(p: &'p Prepared) -> (u8, &'p str) {
+    (registry_rank(p.src.is_kubernetes()), p.src.hostname.as_str())
+}
+
 /// Per-entry rank data used to settle collisions.
 struct RankKey<'e> {
     registry: u8,
@@ -227,9 +235,39 @@ impl NameTable {
         let mut keys = 0usize;
         let mut wild_keys = 0usize;
         let mut arena_len = 0usize;
+        let mut valid = Vec::with_capacity(entries.len());
         for (i, e) in entries.iter().enumerate() {
             let p = prepare(i, e, &cfg)?;
             if p.v4.is_empty() && p.v6.is_empty() {
+                skipped += 1;
+                continue;
+            }
+            valid.push(p);
+        }
+        // One entry per hostname: when several spell the same name (case, a
+        // trailing dot), the best by (Kubernetes first, name as given) is kept
+        // whole and the others are left out whole, so every name an entry
+        // answers for leads back to that same entry.
+        let mut winner: HashMap<&str, usize> = HashMap::with_capacity(valid.len());
+        let mut shadowed = vec![false; valid.len()];
+        for (i, p) in valid.iter().enumerate() {
+            let Some(&j) = winner.get(p.hostname.as_str()) else {
+                winner.insert(&p.hostname, i);
+                continue;
+            };
+            let (a, b) = (&valid[j], p);
+            if a.src.hostname == b.src.hostname {
+                return Err(Error::entry(&b.src.hostname, "hostname", "duplicate entry for this hostname"));
+            }
+            if host_rank(b) < host_rank(a) {
+                shadowed[j] = true;
+                winner.insert(&p.hostname, i);
+            } else {
+                shadowed[i] = true;
+            }
+        }
+        for (p, shadowed) in valid.iter().zip(shadowed) {
+            if shadowed {
                 skipped += 1;
                 continue;
             }
@@ -247,6 +285,7 @@ impl NameTable {
             arena_len += p.shortname.len() + p.namespace.len() + 5;
             prepared.push(p);
         }
+        drop(winner);
         if prepared.len() > u32::MAX as usize / 2 || arena_len > u32::MAX as usize {
             return Err(Error::entry("*", "table", "too many entries"));
         }
@@ -349,12 +388,12 @@ impl NameTable {
     /// Looks a normalised query name up (see the module docs for the rules).
     #[inline]
     pub fn lookup<'a>(&'a self, q: &'a QueryName) -> Option<Hit<'a>> {
-        let name = q.as_bytes();
+        let name = q.as_str();
         if let Some(h) = self.exact_hit(name, None) {
             return Some(h);
         }
         for (i, s) in self.config.search.iter().enumerate() {
-            if let Some(x) = strip_suffix_domain(name, s.as_bytes()) {
+            if let Some(x) = strip_suffix_domain(name, s) {
                 if let Some(h) = self.exact_hit(x, Some(i)) {
                     return Some(h);
                 }
@@ -363,12 +402,12 @@ impl NameTable {
         if self.wild.capacity() == 0 {
             return None;
         }
-        if let Some(h) = self.wildcard_hit(q, name.len(), None) {
+        if let Some(h) = self.wildcard_hit(name, None) {
             return Some(h);
         }
         for (i, s) in self.config.search.iter().enumerate() {
-            if let Some(x) = strip_suffix_domain(name, s.as_bytes()) {
-                if let Some(h) = self.wildcard_hit(q, x.len(), Some(i)) {
+            if let Some(x) = strip_suffix_domain(name, s) {
+                if let Some(h) = self.wildcard_hit(x, Some(i)) {
                     return Some(h);
                 }
             }
@@ -386,23 +425,25 @@ impl NameTable {
     }
 
     #[inline]
-    fn exact_hit<'a>(&'a self, key: &[u8], search_index: Option<usize>) -> Option<Hit<'a>> {
-        let found = self.exact.get(key, self.arena.as_bytes())?;
+    fn exact_hit<'a>(&'a self, key: &'a str, search_index: Option<usize>) -> Option<Hit<'a>> {
+        let found = self.exact.get(key.as_bytes(), self.arena.as_bytes())?;
         let r = &self.recs[found.entry as usize];
-        Some(self.hit(found.entry, r, self.name_of(r), found.form, search_index))
+        let name = self.name_of(r);
+        // An alt host of a wildcard entry answers under its own name: a
+        // literal `*` never reaches an answer (istio/istio#47264, #61732).
+        let canonical = if name.starts_with("*.") { key } else { name };
+        Some(self.hit(found.entry, r, canonical, found.form, search_index))
     }
 
-    /// Tries the wildcard keys for `q[..len]`, most specific (longest suffix) first.
-    fn wildcard_hit<'a>(&'a self, q: &'a QueryName, len: usize, search_index: Option<usize>) -> Option<Hit<'a>> {
-        let name = &q.as_bytes()[..len];
-        let canonical = &q.as_str()[..len];
-        for (i, &b) in name.iter().enumerate() {
+    /// Tries the wildcard keys for `name`, most specific (longest suffix) first.
+    fn wildcard_hit<'a>(&'a self, name: &'a str, search_index: Option<usize>) -> Option<Hit<'a>> {
+        for (i, b) in name.bytes().enumerate() {
             if b != b'.' {
                 continue;
             }
-            if let Some(found) = self.wild.get(&name[i + 1..], self.arena.as_bytes()) {
+            if let Some(found) = self.wild.get(&name.as_bytes()[i + 1..], self.arena.as_bytes()) {
                 let r = &self.recs[found.entry as usize];
-                return Some(self.hit(found.entry, r, canonical, Form::Wildcard, search_index));
+                return Some(self.hit(found.entry, r, name, Form::Wildcard, search_index));
             }
         }
         None
@@ -501,18 +542,14 @@ fn prefer_new(recs: &[Rec], ranks: &[RankKey], arena: &str, new: (u32, Form), ol
         let rk = &ranks[id as usize];
         (form.strength(), rk.registry, name(id), rk.original)
     };
-    let (kn, ko) = (key(new), key(old));
-    if kn == ko && new.0 != old.0 && new.1 == Form::Hostname && old.1 == Form::Hostname {
-        return Err(Error::entry(ranks[new.0 as usize].original, "hostname", "duplicate entry for this hostname"));
-    }
-    Ok(kn < ko)
+    Ok(key(new) < key(old))
 }
 
 /// `name` minus `.domain` at its end, if it ends so and something is left.
 #[inline]
-fn strip_suffix_domain<'n>(name: &'n [u8], domain: &[u8]) -> Option<&'n [u8]> {
+fn strip_suffix_domain<'n>(name: &'n str, domain: &str) -> Option<&'n str> {
     let rest = name.strip_suffix(domain)?;
-    let rest = rest.strip_suffix(b".")?;
+    let rest = rest.strip_suffix('.')?;
     (!rest.is_empty()).then_some(rest)
 }
 

@@ -10,8 +10,18 @@ use pyo3::prelude::*;
 use pymesh_core::error::{Error, ErrorKind};
 
 create_exception!(pymesh._native, PymeshError, PyException, "Base class of every error pymesh raises.");
-create_exception!(pymesh._native, InvalidEntryError, PymeshError, "A table entry is invalid; the message names it and the field.");
-create_exception!(pymesh._native, ConfigError, PymeshError, "A configuration value (namespace, domain, search list, ...) is invalid.");
+create_exception!(
+    pymesh._native,
+    InvalidEntryError,
+    PymeshError,
+    "A table entry is invalid; the message names it and the field."
+);
+create_exception!(
+    pymesh._native,
+    ConfigError,
+    PymeshError,
+    "A configuration value (namespace, domain, search list, ...) is invalid."
+);
 create_exception!(pymesh._native, ParseError, PymeshError, "A document (JSON, YAML, protobuf) could not be decoded.");
 create_exception!(pymesh._native, FileError, PymeshError, "A file could not be read.");
 

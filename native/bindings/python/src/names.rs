@@ -252,7 +252,9 @@ impl NameTable {
         } else if message.hasattr("type_url")? && message.hasattr("value")? {
             let url: String = message.getattr("type_url")?.extract()?;
             if url != NDS_TYPE_URL {
-                return Err(ParseError::new_err(format!("NDS NameTable: Any has type {url:?}, expected {NDS_TYPE_URL:?}")));
+                return Err(ParseError::new_err(format!(
+                    "NDS NameTable: Any has type {url:?}, expected {NDS_TYPE_URL:?}"
+                )));
             }
             message.getattr("value")?.extract()?
         } else if message.hasattr("SerializeToString")? {
@@ -275,7 +277,12 @@ impl NameTable {
     /// Looks many names up at once; for each, None (unknown) or the tuple of
     /// addresses of `qtype` (an empty tuple is NODATA).
     #[pyo3(signature = (names, qtype = "A"))]
-    fn lookup_many<'py>(&self, py: Python<'py>, names: &Bound<'py, PyAny>, qtype: &str) -> PyResult<Bound<'py, PyList>> {
+    fn lookup_many<'py>(
+        &self,
+        py: Python<'py>,
+        names: &Bound<'py, PyAny>,
+        qtype: &str,
+    ) -> PyResult<Bound<'py, PyList>> {
         lookup_batch(py, &self.inner, names, family(qtype)?)
     }
 
@@ -320,7 +327,12 @@ impl NameTable {
     }
 
     fn __repr__(&self) -> String {
-        format!("NameTable({} entries, namespace={:?}, domain={:?})", self.inner.len(), self.inner.namespace(), self.inner.domain())
+        format!(
+            "NameTable({} entries, namespace={:?}, domain={:?})",
+            self.inner.len(),
+            self.inner.namespace(),
+            self.inner.domain()
+        )
     }
 }
 
@@ -404,7 +416,12 @@ impl LiveNameTable {
 
     /// Like `NameTable.lookup_many`, all answers from one snapshot.
     #[pyo3(signature = (names, qtype = "A"))]
-    fn lookup_many<'py>(&self, py: Python<'py>, names: &Bound<'py, PyAny>, qtype: &str) -> PyResult<Bound<'py, PyList>> {
+    fn lookup_many<'py>(
+        &self,
+        py: Python<'py>,
+        names: &Bound<'py, PyAny>,
+        qtype: &str,
+    ) -> PyResult<Bound<'py, PyList>> {
         let fam = family(qtype)?;
         match self.inner.load().as_ref() {
             Some(t) => lookup_batch(py, t, names, fam),

@@ -11,10 +11,16 @@
 //! - order: exact forms of the full name, then of each search-stripped name
 //!   in search-list order, then wildcards likewise. An exact name always
 //!   beats a wildcard;
+//! - one entry per hostname: of entries spelling the same name (letter case,
+//!   trailing dot), the Kubernetes one, else the smallest as given, is kept
+//!   and the others are left out whole (istiod: a Service beats a
+//!   ServiceEntry decorating its host);
 //! - collisions (two entries claiming one name) go to the best of: stronger
-//!   form (hostname/alt host > `name.ns.svc` > `name.ns` > `name`), Kubernetes
-//!   registry before others, smaller canonical hostname, smaller hostname as
-//!   given. Istio's result depends on Go map order; this never does.
+//!   form (hostname > alt host > `name.ns.svc` > `name.ns` > `name`),
+//!   Kubernetes registry before others, smaller canonical hostname, smaller
+//!   hostname as given. Istio's result depends on Go map order; this never does;
+//! - an alt host of a wildcard entry answers under the queried name, like a
+//!   wildcard match: no answer ever carries a literal `*`.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

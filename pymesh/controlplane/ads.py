@@ -73,6 +73,7 @@ class Watch:
     version: int = -1  # snapshot version the connection holds for this type
     acked: str = ""  # last ACKed version_info
     nack: str = ""  # last NACK's error message ("" after an ACK)
+    answered: str = ""  # nonce of the last response the client ACKed or NACKed
     known: set[str] = field(default_factory=set)  # delta: names the client holds
 
 
@@ -131,6 +132,13 @@ class AdsServer:
         self.nacks: list[Nack] = []
         self.stats = {"responses": 0, "pushes": 0, "push_rounds": 0, "nacks": 0, "acks": 0}
         self.on_nack: Callable[[Nack], Awaitable[None] | None] | None = None
+        self.last_answer = 0.0  # time.monotonic() of the last ACK/NACK received
+
+    def unanswered(self) -> int:
+        """Responses not yet ACKed or NACKed (the last one per connection and type)."""
+        return sum(
+            1 for c in self.connections.values() for w in c.watches.values() if w.nonce and w.nonce != w.answered
+        )
 
     # --- gRPC plumbing --------------------------------------------------------------
 
@@ -276,6 +284,8 @@ class AdsServer:
             if w is None or req.response_nonce != w.nonce:
                 log.debug("%r: stale nonce %s for %s ignored", conn, req.response_nonce, SHORT[t])
                 return
+            w.answered = req.response_nonce
+            self.last_answer = time.monotonic()
             if req.HasField("error_detail"):
                 w.nack = req.error_detail.message
                 self._nack(conn, t, req.version_info, req.response_nonce, req.error_detail.message)
@@ -292,7 +302,14 @@ class AdsServer:
         self._respond_sotw(conn, t, w, None)
 
     def _respond_sotw(self, conn: Connection, t: str, w: Watch, only: list[Encoded] | None) -> None:
-        items = only if only is not None else self._select(self._current(conn, t), w.names)
+        items: list[Encoded] | bytes
+        if only is not None:
+            items = only
+        elif w.names is None and not self.naive:
+            assert conn.proxy is not None
+            items = self.snapshot.sotw_body(t, view_key(t, conn.proxy))
+        else:
+            items = self._select(self._current(conn, t), w.names)
         w.nonce = conn.next_nonce()
         w.version = self.snapshot.version
         self._send(conn, sotw_response(t, str(self.snapshot.version), w.nonce, items))
@@ -313,6 +330,8 @@ class AdsServer:
             w = Watch(names=set())
             conn.watches[t] = w
         if req.response_nonce and req.response_nonce == w.nonce:
+            w.answered = req.response_nonce
+            self.last_answer = time.monotonic()
             if req.HasField("error_detail"):
                 w.nack = req.error_detail.message
                 self._nack(conn, t, "", req.response_nonce, req.error_detail.message)
@@ -368,6 +387,7 @@ class AdsServer:
         concerns. Returns the number of responses queued. Synchronous: no
         request is processed between the swap and the last queued response,
         so every connection ends at the new version."""
+        started = time.monotonic()
         old, self.snapshot = self.snapshot, snapshot
         self.stats["push_rounds"] += 1
         sent = 0
@@ -412,6 +432,7 @@ class AdsServer:
                     self._respond_sotw(conn, t, w, [resources[n] for n in sorted(names)])
                 sent += 1
         self.stats["pushes"] += sent
+        self.stats["last_push_ms"] = round((time.monotonic() - started) * 1000)
         return sent
 
     def _push_delta(self, conn: Connection, t: str, w: Watch, changed: frozenset[str], removed: frozenset[str]) -> int:

@@ -95,7 +95,8 @@ class Proxy:
 
     @property
     def ip_families(self) -> frozenset[int]:
-        return frozenset(ipaddress.ip_address(a).version for a in self.ip_addresses)
+        # Textual form is normalised by parse_node: IPv6 has ':', IPv4 never.
+        return frozenset(6 if ":" in a else 4 for a in self.ip_addresses)
 
 
 def parse_node(node: Any) -> Proxy:

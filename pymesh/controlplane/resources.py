@@ -26,6 +26,8 @@ from pymesh.controlplane.errors import ValidationError
 ISTIO_GROUP = "networking.istio.io"
 ISTIO_VERSIONS = ("v1", "v1beta1", "v1alpha3")
 YAML_SUFFIXES = (".yaml", ".yml", ".json")
+# libyaml's loader when PyYAML was built with it (same safe subset, ~10x faster).
+_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 # Kinds: canonical name -> (accepted apiVersions, plural, short names).
 KINDS: dict[str, tuple[tuple[str, ...], str, tuple[str, ...]]] = {
@@ -637,7 +639,7 @@ def load_documents(text: str, source: str, result: LoadResult) -> None:
     error rejects the whole file, since nothing after it can be trusted to be
     what the author meant."""
     try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+        docs = [d for d in yaml.load_all(text, Loader=_LOADER) if d is not None]
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -655,22 +657,43 @@ def load_documents(text: str, source: str, result: LoadResult) -> None:
                 result.errors.append(e)
 
 
-def load_path(path: str | os.PathLike[str]) -> LoadResult:
+FileCache = dict[str, tuple[tuple[int, int], LoadResult]]
+
+
+def load_path(path: str | os.PathLike[str], cache: FileCache | None = None) -> LoadResult:
     """Loads every YAML/JSON file under ``path`` (a file or a directory,
     recursively, in sorted order). Duplicates (same kind, namespace, name)
-    are rejected after the first, naming both files."""
+    are rejected after the first, naming both files. With ``cache`` (path ->
+    ((mtime_ns, size), result)), files that did not change are not parsed
+    again: a watcher reloading a large config pays only for what changed."""
     result = LoadResult()
     root = Path(path)
     if not root.exists():
         result.errors.append(ValidationError("no such file or directory", file=str(root)))
         return result
+    live: set[str] = set()
     for f in _yaml_files(root):
+        name = str(f)
+        live.add(name)
         try:
-            text = f.read_text(encoding="utf-8")
+            st = f.stat()
+            stamp = (st.st_mtime_ns, st.st_size)
+            hit = cache.get(name) if cache is not None else None
+            if hit is not None and hit[0] == stamp:
+                part = hit[1]
+            else:
+                part = LoadResult()
+                load_documents(f.read_text(encoding="utf-8"), name, part)
+                if cache is not None:
+                    cache[name] = (stamp, part)
         except (OSError, UnicodeDecodeError) as e:
-            result.errors.append(ValidationError(f"cannot read: {e}", file=str(f)))
+            result.errors.append(ValidationError(f"cannot read: {e}", file=name))
             continue
-        load_documents(text, str(f), result)
+        result.objects.extend(part.objects)
+        result.errors.extend(part.errors)
+    if cache is not None:
+        for gone in set(cache) - live:
+            del cache[gone]
     seen: dict[tuple[str, str, str], Object] = {}
     unique: list[Object] = []
     for o in result.objects:

@@ -36,7 +36,7 @@ from pymesh.controlplane.ads import AdsServer
 from pymesh.controlplane.autoregistration import DEFAULT_GRACE_PERIOD, Registrations
 from pymesh.controlplane.errors import ControlPlaneError, ValidationError
 from pymesh.controlplane.registry import DEFAULT_DOMAIN, build_registry
-from pymesh.controlplane.resources import YAML_SUFFIXES, Object, WorkloadEntry, load_path
+from pymesh.controlplane.resources import YAML_SUFFIXES, FileCache, Object, WorkloadEntry, load_path
 from pymesh.controlplane.snapshot import Snapshot
 from pymesh.controlplane.store import Store
 from pymesh.controlplane.vips import VipAllocator
@@ -79,6 +79,7 @@ class ControlPlane:
         self.instance_id = instance_id or f"pymesh-{socket.gethostname()}"
         self.store = Store(data_dir) if persist else None
         self._objects: dict[tuple[str, str, str], Object] = {}
+        self._file_cache: FileCache = {}
         self.errors: list[ValidationError] = []
         self._fingerprint: tuple[tuple[str, int, int], ...] = ()
         self.vips = VipAllocator(self.store.vips() if self.store else None)
@@ -197,7 +198,7 @@ class ControlPlane:
     def _reload(self) -> None:
         """Reads the config directory; keeps last-good objects for rejected ones."""
         self._fingerprint = self._scan()
-        result = load_path(self.config_dir)
+        result = load_path(self.config_dir, self._file_cache)
         fresh = {o.key: o for o in result.objects}
         broken_files = {
             e.file for e in result.errors if e.reason.startswith("invalid YAML") or e.reason.startswith("cannot read")
@@ -288,7 +289,13 @@ class ControlPlane:
         self._dirty_since = None
         snap = self._build()
         sent = self.ads.push(snap)
-        log.info("push v%d (%s): %d responses", snap.version, ", ".join(sorted(set(reasons))) or "-", sent)
+        log.info(
+            "push v%d (%s): %d responses queued in %d ms",
+            snap.version,
+            ", ".join(sorted(set(reasons))) or "-",
+            sent,
+            self.ads.stats["last_push_ms"],
+        )
         with self.pushed:
             self.pushed.notify_all()
 

@@ -9,13 +9,17 @@ from pymesh._native import (
     ConfigError,
     FileError,
     InvalidEntryError,
+    LbTable,
     LiveNameTable,
     NameMatch,
     NameTable,
     ParseError,
     PymeshError,
+    RedirectTable,
+    UnknownClusterError,
     __version__,
 )
+from pymesh.lbtable import load_clusters, load_redirect_table
 from pymesh.names import DEFAULT_DOMAIN, ResolvConf, load_name_table, read_resolv_conf
 
 __all__ = [
@@ -23,13 +27,18 @@ __all__ = [
     "ConfigError",
     "FileError",
     "InvalidEntryError",
+    "LbTable",
     "LiveNameTable",
     "NameMatch",
     "NameTable",
     "ParseError",
     "PymeshError",
+    "RedirectTable",
     "ResolvConf",
+    "UnknownClusterError",
     "__version__",
+    "load_clusters",
     "load_name_table",
+    "load_redirect_table",
     "read_resolv_conf",
 ]

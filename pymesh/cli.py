@@ -149,6 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     from pymesh.controlplane.cli import add_commands as add_controlplane_commands
 
     add_controlplane_commands(sub)  # `controlplane` and `get`
+
+    from pymesh.lbtable.cli import add_commands as add_lb_commands
+
+    add_lb_commands(sub)  # `lb pick`
     return p
 
 

@@ -7,6 +7,7 @@ use pyo3::prelude::*;
 mod convert;
 mod dns;
 mod errors;
+mod lb;
 mod names;
 
 #[pymodule]
@@ -14,6 +15,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     errors::register(m)?;
     names::register(m)?;
+    lb::register(m)?;
     dns::register(m)?;
     Ok(())
 }

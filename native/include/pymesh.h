@@ -55,6 +55,11 @@
 #define PYMESH_DNS_MIN_OUT 512
 
 /**
+ * Size of `pymesh_lb_endpoint.text`: the longest `[IPv6]:port` plus the NUL.
+ */
+#define PYMESH_LB_ADDR_LEN 64
+
+/**
  * What an exported function reports.
  *
  * `PYMESH_OK` and `PYMESH_NOT_FOUND` are outcomes, not errors: no message is
@@ -137,6 +142,54 @@ typedef enum pymesh_name_form {
 } pymesh_name_form;
 
 /**
+ * What happened to a request, for `pymesh_lb_report`.
+ */
+typedef enum pymesh_lb_outcome {
+    /**
+     * An HTTP response; its status is the `http_status` argument (5xx are
+     * errors; 502-504 also gateway errors).
+     */
+    PYMESH_LB_HTTP = 0,
+    /**
+     * The connection could not be established.
+     */
+    PYMESH_LB_CONNECT_FAILURE = 1,
+    /**
+     * The request timed out.
+     */
+    PYMESH_LB_TIMEOUT = 2,
+    /**
+     * The connection was established.
+     */
+    PYMESH_LB_CONNECT_SUCCESS = 3,
+} pymesh_lb_outcome;
+
+/**
+ * A redirection verdict.
+ */
+typedef enum pymesh_redirect_verdict {
+    /**
+     * A service VIP:port: the cluster's name was written.
+     */
+    PYMESH_REDIRECT_CLUSTER = 0,
+    /**
+     * Captured but no service: Istio's PassthroughCluster.
+     */
+    PYMESH_REDIRECT_PASSTHROUGH = 1,
+    /**
+     * Not captured (excluded port or range, loopback, not included).
+     */
+    PYMESH_REDIRECT_BYPASS = 2,
+} pymesh_redirect_verdict;
+
+/**
+ * A cluster table (opaque): Envoy clusters, their endpoints' live state,
+ * and the snapshots picks read. Picks from several threads at once are
+ * safe; so are loads, reports and ticks, which swap snapshots atomically.
+ */
+typedef struct pymesh_lb_table pymesh_lb_table;
+
+/**
  * The snapshot serving now, swapped atomically (opaque).
  *
  * Created by `pymesh_live_name_table_new`, owned by the caller, released
@@ -165,6 +218,11 @@ typedef struct pymesh_name_table pymesh_name_table;
  * from one thread at a time.
  */
 typedef struct pymesh_name_table_builder pymesh_name_table_builder;
+
+/**
+ * A redirection table (opaque, immutable; safe to share between threads).
+ */
+typedef struct pymesh_redirect_table pymesh_redirect_table;
 
 /**
  * The configuration a table is built for: the serving proxy's namespace,
@@ -243,6 +301,26 @@ typedef struct pymesh_ip {
      */
     uint8_t bytes[16];
 } pymesh_ip;
+
+/**
+ * The endpoint a pick chose.
+ */
+typedef struct pymesh_lb_endpoint {
+    struct pymesh_ip address;
+    uint16_t port;
+    /**
+     * The endpoint's priority (after Istio locality failover, if configured).
+     */
+    uint32_t priority;
+    /**
+     * Its `load_balancing_weight`.
+     */
+    uint32_t weight;
+    /**
+     * `address:port` (`[v6]:port`), NUL-terminated.
+     */
+    char text[PYMESH_LB_ADDR_LEN];
+} pymesh_lb_endpoint;
 
 #ifdef __cplusplus
 extern "C" {
@@ -601,6 +679,212 @@ enum pymesh_status pymesh_dns_answer(const struct pymesh_name_table *table,
                                      size_t out_cap,
                                      size_t *out_len,
                                      char **error_message);
+
+/**
+ * Creates an empty cluster table. With `seeded`, `seed` fixes every random
+ * choice (round-robin starts, picks, outlier enforcement) for reproducible
+ * runs; otherwise they are random.
+ *
+ * # Safety
+ *
+ * `out` is valid for writing a pointer; `error_message` is NULL or valid for writing one.
+ */
+enum pymesh_status pymesh_lb_table_new(uint64_t seed,
+                                       bool seeded,
+                                       struct pymesh_lb_table **out,
+                                       char **error_message);
+
+/**
+ * Frees a cluster table; NULL is ignored.
+ *
+ * # Safety
+ *
+ * `table` is NULL or a table from `pymesh_lb_table_new` not freed yet.
+ */
+void pymesh_lb_table_free(struct pymesh_lb_table *table);
+
+/**
+ * Replaces the table's clusters with the Envoy `Cluster` resources in
+ * `text` (proto3 JSON, or YAML when `yaml`): a list of clusters, one
+ * cluster, `{"clusters": [...]}` or an Envoy bootstrap. Endpoints that stay
+ * keep their live state. On any error (`PYMESH_ERR_INVALID_ENTRY` naming
+ * the cluster and field, or `PYMESH_ERR_PARSE`) the table is unchanged.
+ * `now_ms` is the current time on the caller's monotonic clock.
+ *
+ * # Safety
+ *
+ * `table` is a live table; `text` is valid for reading `text_len` bytes
+ * (NULL only with length 0); `error_message` as usual.
+ */
+enum pymesh_status pymesh_lb_table_load(struct pymesh_lb_table *table,
+                                        const char *text,
+                                        size_t text_len,
+                                        bool yaml,
+                                        uint64_t now_ms,
+                                        char **error_message);
+
+/**
+ * Like `pymesh_lb_table_load`, from a file (YAML for .yaml/.yml, JSON otherwise).
+ *
+ * # Safety
+ *
+ * `table` is a live table; `path` a NUL-terminated string; `error_message` as usual.
+ */
+enum pymesh_status pymesh_lb_table_load_file(struct pymesh_lb_table *table,
+                                             const char *path,
+                                             uint64_t now_ms,
+                                             char **error_message);
+
+/**
+ * The number of clusters (0 for NULL).
+ *
+ * # Safety
+ *
+ * `table` is NULL or a live table.
+ */
+size_t pymesh_lb_table_len(const struct pymesh_lb_table *table);
+
+/**
+ * Picks an endpoint of `cluster` into `*out`. `hash_key` (`hash_key_len`
+ * bytes; NULL for none) is the request's key for RING_HASH and MAGLEV
+ * (hashed with xxHash64 like Envoy); other policies ignore it.
+ *
+ * Returns `PYMESH_OK`, or `PYMESH_NOT_FOUND` (no message) when no endpoint
+ * may take the request ("no healthy upstream"). An unknown cluster is
+ * `PYMESH_ERR_INVALID_ARGUMENT`. Allocates nothing.
+ *
+ * # Safety
+ *
+ * `table` is a live table; `cluster` a NUL-terminated string; `hash_key`
+ * NULL or valid for `hash_key_len` bytes; `out` valid for writing;
+ * `error_message` as usual.
+ */
+enum pymesh_status pymesh_lb_pick(const struct pymesh_lb_table *table,
+                                  const char *cluster_name,
+                                  const uint8_t *hash_key,
+                                  size_t hash_key_len,
+                                  struct pymesh_lb_endpoint *out,
+                                  char **error_message);
+
+/**
+ * A request to `endpoint` ("ip:port") of `cluster` started (LEAST_REQUEST
+ * counts requests in flight; end it with `pymesh_lb_report(.., finished = true, ..)`).
+ *
+ * # Safety
+ *
+ * `table` live; `cluster`, `endpoint` NUL-terminated; `error_message` as usual.
+ */
+enum pymesh_status pymesh_lb_request_started(const struct pymesh_lb_table *table,
+                                             const char *cluster_name,
+                                             const char *endpoint,
+                                             char **error_message);
+
+/**
+ * Reports a request's outcome to outlier detection (and, with `finished`,
+ * ends one request in flight). `*health_changed` (if not NULL) is set to
+ * whether an endpoint was ejected or returned, i.e. a new snapshot serves.
+ *
+ * # Safety
+ *
+ * As for `pymesh_lb_request_started`; `health_changed` NULL or writable.
+ */
+enum pymesh_status pymesh_lb_report(const struct pymesh_lb_table *table,
+                                    const char *cluster_name,
+                                    const char *endpoint,
+                                    enum pymesh_lb_outcome outcome,
+                                    uint16_t http_status,
+                                    bool finished,
+                                    uint64_t now_ms,
+                                    bool *health_changed,
+                                    char **error_message);
+
+/**
+ * The caller's active health check result for an endpoint.
+ *
+ * # Safety
+ *
+ * As for `pymesh_lb_request_started`.
+ */
+enum pymesh_status pymesh_lb_set_health_check(const struct pymesh_lb_table *table,
+                                              const char *cluster_name,
+                                              const char *endpoint,
+                                              bool healthy,
+                                              uint64_t now_ms,
+                                              char **error_message);
+
+/**
+ * Advances time to `now_ms`: runs due outlier-detection sweeps. Returns
+ * how many clusters changed health (0 for NULL).
+ *
+ * # Safety
+ *
+ * `table` is NULL or a live table.
+ */
+size_t pymesh_lb_tick(const struct pymesh_lb_table *table, uint64_t now_ms);
+
+/**
+ * Writes a cluster's priority loads: per priority, the percent of requests
+ * for its healthy and degraded hosts and whether it is in panic. `*count`
+ * receives the number of priorities; `PYMESH_ERR_BUFFER_TOO_SMALL` when it
+ * exceeds `capacity` (nothing written then).
+ *
+ * # Safety
+ *
+ * `table` live; `cluster` NUL-terminated; `healthy`, `degraded`, `panic`
+ * valid for `capacity` elements (NULL only with capacity 0); `count` writable.
+ */
+enum pymesh_status pymesh_lb_priority_load(const struct pymesh_lb_table *table,
+                                           const char *cluster_name,
+                                           uint32_t *healthy,
+                                           uint32_t *degraded,
+                                           bool *panic,
+                                           size_t capacity,
+                                           size_t *count,
+                                           char **error_message);
+
+/**
+ * Builds a redirection table from JSON (or YAML) text:
+ * `{"services": [{"address", "port", "cluster"}], "include_ip_ranges",
+ * "exclude_ip_ranges", "exclude_ports"}`.
+ *
+ * # Safety
+ *
+ * `text` valid for `text_len` bytes; `out` writable; `error_message` as usual.
+ */
+enum pymesh_status pymesh_redirect_table_from_json(const char *text,
+                                                   size_t text_len,
+                                                   bool yaml,
+                                                   struct pymesh_redirect_table **out,
+                                                   char **error_message);
+
+/**
+ * Frees a redirection table; NULL is ignored.
+ *
+ * # Safety
+ *
+ * `table` is NULL or from `pymesh_redirect_table_from_json`, not freed yet.
+ */
+void pymesh_redirect_table_free(struct pymesh_redirect_table *table);
+
+/**
+ * Classifies an original destination. On `PYMESH_REDIRECT_CLUSTER` the
+ * cluster's name is written to `cluster_buf` (NUL-terminated;
+ * `PYMESH_ERR_BUFFER_TOO_SMALL` if it does not fit in `cluster_cap`,
+ * `cluster_buf` may be NULL when `cluster_cap` is 0 and the name is not
+ * wanted). Allocates nothing.
+ *
+ * # Safety
+ *
+ * `table` live; `address` readable; `verdict` writable; `cluster_buf`
+ * valid for `cluster_cap` bytes; `error_message` as usual.
+ */
+enum pymesh_status pymesh_redirect_classify(const struct pymesh_redirect_table *table,
+                                            const struct pymesh_ip *address,
+                                            uint16_t port,
+                                            enum pymesh_redirect_verdict *verdict,
+                                            char *cluster_buf,
+                                            size_t cluster_cap,
+                                            char **error_message);
 
 #ifdef __cplusplus
 }  // extern "C"

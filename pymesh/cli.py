@@ -153,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     from pymesh.lbtable.cli import add_commands as add_lb_commands
 
     add_lb_commands(sub)  # `lb pick`
+
+    from pymesh.agent.cli import add_commands as add_agent_commands
+
+    add_agent_commands(sub)  # `agent`
     return p
 
 

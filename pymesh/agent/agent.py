@@ -1,0 +1,557 @@
+"""The VM agent: joins the mesh from Istio's VM files and keeps the local
+tables (names, clusters, redirection) in step with the control plane.
+
+    from pymesh.agent import Agent, AgentOptions, load_bootstrap
+    agent = Agent(load_bootstrap("vm-files/"), AgentOptions(dns_listen=["127.0.0.1:15053"]))
+    agent.start()
+    ...
+    agent.stop()
+
+What it runs (each part configurable, nothing bound to fixed ports):
+- an ADS client to the control plane (``discoveryAddress``, its host
+  resolved through the ``hosts`` file) subscribing CDS, EDS (the EDS
+  clusters' service names) and NDS; each push is validated by building the
+  native table, then ACKed, or NACKed with the error while the last good
+  table keeps serving;
+- the DNS proxy (native serving loop) on ``dns_listen``, answering from the
+  NDS table, forwarding the rest to the resolv.conf name servers; it runs
+  when the node captures DNS (``ISTIO_META_DNS_CAPTURE=true``) unless
+  ``dns_enabled`` says otherwise;
+- the readiness probe from mesh.yaml, its transitions reported as
+  ``istio.v1.HealthInformation`` on the stream (re-sent on every new
+  stream and every ``health_resend_interval`` seconds);
+- the last good CDS/EDS/NDS persisted in ``state_dir`` and loaded at start,
+  so DNS and routing serve at once — before the first push, and across a
+  restart while the control plane is unreachable.
+
+The interface for the outbound proxy and the capture side
+-----------------------------------------------------------
+- ``agent.lb``: one live :class:`pymesh.LbTable` for the agent's lifetime.
+  Every accepted CDS/EDS push reloads it atomically (``replace=True``), so
+  the proxy keeps the reference and calls ``pick(cluster, hash_key)``,
+  ``request_started``, ``report(cluster, endpoint, outcome)`` on it. The
+  agent calls ``lb.tick()`` once a second (outlier ejection timers).
+- ``agent.redirect``: the current :class:`pymesh.RedirectTable` (immutable;
+  replaced by one attribute store when clusters or names change). Read it
+  once per connection: ``classify(ip, port)`` → ``("cluster", name)``,
+  ``("passthrough", None)`` or ``("bypass", None)``. It maps every VIP the
+  NDS table gives a service host to ``outbound|<port>||<host>``; its
+  include/exclude ranges and excluded ports are cluster.env's
+  ``ISTIO_SERVICE_CIDR`` (``*`` when empty), ``ISTIO_SERVICE_EXCLUDE_CIDR``
+  and ``ISTIO_LOCAL_OUTBOUND_PORTS_EXCLUDE``.
+- ``agent.logical_dns``: ``{cluster: (host, port)}`` for LOGICAL_DNS
+  clusters (DNS ServiceEntries), which the lbtable does not hold: connect
+  to ``host:port`` by name.
+- ``agent.tables``: all of the above as one immutable :class:`Tables`
+  snapshot with a generation number; ``agent.on_update(cb)`` calls
+  ``cb(tables)`` (in the xDS thread; keep it short) after every change.
+- ``agent.route(ip, port, hash_key=None)``: classify + pick in one call.
+- ``agent.capture``: the :class:`CaptureSettings` from cluster.env
+  (istio-iptables' variables) for the rules, plus ``agent.options.dns_listen``
+  for the DNS redirect target.
+
+Clusters whose EDS has not arrived yet are served with no endpoints (no
+warming): the control plane answers the EDS subscription in the same
+round trip.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pymesh._native import LbTable, NameTable, PymeshError, RedirectTable
+from pymesh.agent.bootstrap import Bootstrap, CaptureSettings, capture_settings, truthy
+from pymesh.agent.errors import XdsClientError
+from pymesh.agent.node import NodeInfo, build_node
+from pymesh.agent.persist import CDS, EDS, NDS, StateDir, default_state_dir
+from pymesh.agent.probes import Prober
+from pymesh.agent.xds_client import XdsClient
+from pymesh.names import DEFAULT_DOMAIN, read_resolv_conf
+
+log = logging.getLogger("pymesh.agent")
+
+DEFAULT_DNS_LISTEN = ("127.0.0.1:15053",)
+# Cluster types the lbtable serves (endpoints are IPs); others are DNS-resolved by the proxy.
+LB_TYPES = ("STATIC", "EDS", None)
+
+
+@dataclass
+class AgentOptions:
+    dns_listen: Sequence[str] = DEFAULT_DNS_LISTEN
+    dns_upstreams: Sequence[str] | None = None  # None: the resolv.conf name servers
+    dns_enabled: bool | None = None  # None: the node's DNS_CAPTURE
+    dns_workers: int = 0
+    dns_ttl: int = 30
+    dns_timeout: float = 1.0
+    resolv_conf: str = "/etc/resolv.conf"
+    domain: str = DEFAULT_DOMAIN
+    state_dir: str | None = None  # None: default_state_dir()
+    persist: bool = True
+    xds_address: str | None = None  # overrides discoveryAddress (+ hosts)
+    backoff_base: float = 0.5
+    backoff_max: float = 30.0
+    probe: bool = True
+    health_resend_interval: float = 60.0
+    instance_ip: str | None = None
+    extra_ips: Sequence[str] | None = None  # None: the host's addresses
+    pod_name: str | None = None
+    namespace: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    lb_seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Tables:
+    """What the data path reads, as of one change."""
+
+    generation: int
+    lb: LbTable
+    redirect: RedirectTable
+    names: NameTable | None
+    logical_dns: dict[str, tuple[str, int]]
+
+
+@dataclass(frozen=True)
+class Route:
+    verdict: str  # "cluster", "passthrough", "bypass"
+    cluster: str | None = None
+    endpoint: str | None = None  # "ip:port"; None when the cluster has no endpoint to take it
+
+
+def _unpack(any_msg: Any, type_url: str, cls: Any) -> Any:
+    if any_msg.type_url != type_url:
+        raise XdsClientError(f"resource of type {any_msg.type_url!r} in a {type_url} response")
+    msg = cls()
+    try:
+        msg.ParseFromString(any_msg.value)
+    except Exception as e:
+        raise XdsClientError(f"{type_url.rsplit('.', 1)[-1]} does not decode: {e}") from e
+    return msg
+
+
+def _to_dict(msg: Any) -> dict[str, Any]:
+    from google.protobuf import json_format
+
+    d: dict[str, Any] = json_format.MessageToDict(msg, preserving_proto_field_name=True)
+    return d
+
+
+class Agent:
+    def __init__(self, bootstrap: Bootstrap, options: AgentOptions | None = None) -> None:
+        self.bootstrap = bootstrap
+        self.options = options or AgentOptions()
+        o = self.options
+        self.node: NodeInfo = build_node(
+            bootstrap,
+            instance_ip=o.instance_ip,
+            extra_ips=o.extra_ips,
+            pod_name=o.pod_name,
+            namespace=o.namespace,
+            domain=o.domain,
+            metadata=o.metadata,
+        )
+        self.capture: CaptureSettings = capture_settings(bootstrap)
+        self.target = o.xds_address or bootstrap.control_plane_target()
+        self.dns_enabled = o.dns_enabled if o.dns_enabled is not None else self.node.dns_capture
+        resolv = read_resolv_conf(o.resolv_conf)
+        self.search = resolv.search
+        listen = list(o.dns_listen)
+        if o.dns_upstreams is not None:
+            self.upstreams = list(o.dns_upstreams)
+        else:
+            self.upstreams = [
+                f"[{ns}]:53" if ":" in ns else f"{ns}:53" for ns in resolv.nameservers if f"{ns}:53" not in listen
+            ]
+        self.state = StateDir(o.state_dir or default_state_dir()) if o.persist else None
+
+        self.lb = LbTable(seed=o.lb_seed)
+        self.names: NameTable | None = None
+        self.redirect = RedirectTable.from_dict(self._redirect_doc([]))
+        self.logical_dns: dict[str, tuple[str, int]] = {}
+        self.tables = Tables(0, self.lb, self.redirect, None, {})
+        # Last good resources (protobuf Any by name) and their dict forms.
+        self._cds: dict[str, Any] = {}
+        self._eds: dict[str, Any] = {}
+        self._nds: Any = None
+        self._clusters: dict[str, dict[str, Any]] = {}
+        self._cla: dict[str, dict[str, Any]] = {}
+        self._versions: dict[str, str] = {}
+        self._apply_lock = threading.Lock()
+        self._callbacks: list[Callable[[Tables], None]] = []
+        self.loaded_from_disk: list[str] = []
+        self.health: tuple[bool, str] | None = None
+
+        self.dns: Any = None  # pymesh.dnsproxy.DnsProxy when running
+        self.client: XdsClient | None = None
+        self.prober: Prober | None = None
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
+        self.started = False
+
+    # --- what it would do ----------------------------------------------------------------
+
+    def plan(self) -> dict[str, Any]:
+        """What the agent configures, as data (``pymesh agent --dry-run``)."""
+        b = self.bootstrap
+        probe = b.readiness_probe
+        return {
+            "node": {
+                "id": self.node.id,
+                "ip": self.node.ip,
+                "ips": list(self.node.ips),
+                "namespace": self.node.namespace,
+                "metadata": self.node.metadata,
+            },
+            "control_plane": {
+                "discovery_address": b.discovery_address,
+                "target": self.target,
+                "transport": "plaintext",
+                "subscriptions": ["CDS", "EDS", "NDS"],
+            },
+            "dns": {
+                "enabled": self.dns_enabled,
+                "listen": list(self.options.dns_listen),
+                "upstreams": self.upstreams,
+                "search": list(self.search),
+                "namespace": self.node.namespace,
+                "domain": self.options.domain,
+            },
+            "capture": self.capture.as_dict(),
+            "probe": (probe.as_dict() | {"default_host": self._probe_host()}) if probe and self.options.probe else None,
+            "state_dir": str(self.state.path) if self.state else None,
+            "files": {
+                "cluster_env": b.paths.cluster_env,
+                "mesh": b.paths.mesh,
+                "root_cert": b.paths.root_cert if b.root_cert is not None else None,
+                "token": b.paths.token if b.token is not None else None,
+                "hosts": b.paths.hosts,
+            },
+            "token": {"subject": b.token.subject, "expires": b.token.expires} if b.token else None,
+            "notes": list(b.notes),
+        }
+
+    def _probe_host(self) -> str:
+        # Istio: the first proxy IP, or localhost when asked to (§1.2 "default host").
+        if truthy(self.bootstrap.get("REWRITE_PROBE_LEGACY_LOCALHOST_DESTINATION")) or not self.node.ip:
+            return "localhost"
+        return self.node.ip
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> Agent:
+        if self.started:
+            return self
+        self._stop.clear()
+        self._load_persisted()
+        if self.dns_enabled:
+            from pymesh.dnsproxy.server import DnsProxy
+
+            self.dns = DnsProxy(
+                None,
+                listen=list(self.options.dns_listen),
+                upstreams=self.upstreams,
+                workers=self.options.dns_workers,
+                ttl=self.options.dns_ttl,
+                timeout=self.options.dns_timeout,
+            )
+            if self.names is not None:
+                self.dns.server.swap_table(self.names)
+            addrs = self.dns.start()
+            log.info("DNS proxy on %s, upstreams %s", ", ".join(addrs), self.upstreams)
+        subs: dict[str, set[str] | None] = {CDS: None, EDS: self._eds_names(), NDS: None}
+        self.client = XdsClient(
+            self.target,
+            self.node.to_proto(),
+            {CDS: self._on_cds, EDS: self._on_eds, NDS: self._on_nds},
+            subscriptions=subs,
+            versions=dict(self._versions),
+            backoff_base=self.options.backoff_base,
+            backoff_max=self.options.backoff_max,
+            on_state=self._on_xds_state,
+        )
+        if self.health is not None:
+            self.client.send_health(*self.health)
+        self.client.start()
+        probe = self.bootstrap.readiness_probe
+        if probe is not None and self.options.probe:
+            self.prober = Prober(
+                probe, self._on_health, default_host=self._probe_host(), local_ips=self.node.ips
+            ).start()
+        self._ticker = threading.Thread(target=self._tick, name="pymesh-agent-tick", daemon=True)
+        self._ticker.start()
+        self.started = True
+        log.info("agent %s started; control plane %s", self.node.id, self.target)
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.prober is not None:
+            self.prober.stop()
+            self.prober = None
+        if self.client is not None:
+            self.client.stop()
+            self.client = None
+        if self.dns is not None:
+            self.dns.stop()
+            self.dns = None
+        if self._ticker is not None:
+            self._ticker.join(5)
+            self._ticker = None
+        self.started = False
+
+    def __enter__(self) -> Agent:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _tick(self) -> None:
+        last_health = time.monotonic()
+        while not self._stop.wait(1.0):
+            try:
+                self.lb.tick()
+            except PymeshError:
+                log.exception("lbtable tick failed")
+            iv = self.options.health_resend_interval
+            if iv > 0 and time.monotonic() - last_health >= iv and self.client is not None:
+                self.client.resend_health()
+                last_health = time.monotonic()
+
+    def _on_xds_state(self, state: str, detail: str) -> None:
+        if state == "connected":
+            log.info("connected to the control plane at %s", detail)
+        elif state == "backoff":
+            log.warning("control plane unreachable (%s); serving the last good tables", detail)
+
+    def _on_health(self, healthy: bool, message: str) -> None:
+        self.health = (healthy, message)
+        if self.client is not None:
+            self.client.send_health(healthy, message)
+
+    # --- the interface for the data path ---------------------------------------------------
+
+    def on_update(self, callback: Callable[[Tables], None]) -> None:
+        """Calls ``callback(tables)`` after every change (and once now)."""
+        self._callbacks.append(callback)
+        callback(self.tables)
+
+    def route(self, address: str, port: int, hash_key: str | bytes | None = None) -> Route:
+        """Where a captured connection to ``address:port`` goes."""
+        verdict, cluster = self.redirect.classify(address, port)
+        if verdict != "cluster" or cluster is None:
+            return Route(verdict)
+        if cluster in self.logical_dns:
+            host, p = self.logical_dns[cluster]
+            return Route("cluster", cluster, f"{host}:{p}")
+        try:
+            return Route("cluster", cluster, self.lb.pick(cluster, hash_key))
+        except PymeshError:
+            return Route("cluster", cluster, None)
+
+    def status(self) -> dict[str, Any]:
+        c = self.client
+        return {
+            "node": self.node.id,
+            "control_plane": self.target,
+            "xds": c.state if c else "stopped",
+            "last_error": c.last_error if c else "",
+            "versions": dict(c.versions) if c else dict(self._versions),
+            "stats": dict(c.stats) if c else {},
+            "last_nack": c.last_nack if c else None,
+            "clusters": len(self._clusters),
+            "endpoints": sum(len(self.lb.endpoints(n)) for n in self.lb.clusters()),
+            "names": len(self.names) if self.names is not None else 0,
+            "generation": self.tables.generation,
+            "health": self.health,
+            "loaded_from_disk": list(self.loaded_from_disk),
+            "dns": self.dns.server.addresses if self.dns is not None else [],
+        }
+
+    # --- applying pushes -------------------------------------------------------------------
+
+    def _eds_names(self) -> set[str]:
+        out = set()
+        for name, c in self._clusters.items():
+            if c.get("type") in ("EDS", 3):
+                out.add(str((c.get("eds_cluster_config") or {}).get("service_name") or name))
+        return out
+
+    def _lb_input(self, clusters: dict[str, dict[str, Any]], cla: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+        out = []
+        for name, c in sorted(clusters.items()):
+            if c.get("type") not in LB_TYPES:
+                continue
+            if c.get("type") == "EDS":
+                svc = str((c.get("eds_cluster_config") or {}).get("service_name") or name)
+                a = cla.get(svc)
+                c = dict(c)
+                if a is not None:
+                    c["load_assignment"] = a
+                else:
+                    c.pop("load_assignment", None)
+            out.append(c)
+        return out
+
+    def _on_cds(self, type_url: str, resources: list[Any], version: str, *, persist: bool = True) -> None:
+        from envoy.config.cluster.v3 import cluster_pb2
+
+        clusters: dict[str, dict[str, Any]] = {}
+        anys: dict[str, Any] = {}
+        logical: dict[str, tuple[str, int]] = {}
+        for i, a in enumerate(resources):
+            msg = _unpack(a, CDS, cluster_pb2.Cluster)
+            if not msg.name:
+                raise XdsClientError(f"clusters[{i}]: no name")
+            if msg.name in clusters:
+                raise XdsClientError(f"cluster {msg.name!r} appears twice")
+            d = _to_dict(msg)
+            ctype = d.get("type")
+            if ctype not in LB_TYPES:
+                if ctype in ("LOGICAL_DNS", "STRICT_DNS"):
+                    try:
+                        sa = d["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"][
+                            "socket_address"
+                        ]
+                        logical[msg.name] = (str(sa["address"]), int(sa.get("port_value", 0)))
+                    except (KeyError, IndexError, TypeError, ValueError):
+                        raise XdsClientError(f"cluster {msg.name!r}: {ctype} without an endpoint address") from None
+                else:
+                    log.warning("cluster %s: type %s not served by the lbtable; left out", msg.name, ctype)
+            clusters[msg.name] = d
+            anys[msg.name] = a
+        with self._apply_lock:
+            cla = {k: v for k, v in self._cla.items()}
+            # The lbtable validates everything (policy, outlier, endpoints) and
+            # swaps atomically; an error leaves the serving table unchanged.
+            self.lb.load(self._lb_input(clusters, cla), replace=True)
+            self._clusters, self._cds, self.logical_dns = clusters, anys, logical
+            self._versions[CDS] = version
+            wanted = self._eds_names()
+            # Forget endpoints of clusters that are gone (EDS deletion is implicit, §B.2).
+            self._cla = {k: v for k, v in self._cla.items() if k in wanted}
+            self._eds = {k: v for k, v in self._eds.items() if k in wanted}
+            self._rebuild_redirect()
+            self._publish()
+        if self.client is not None:
+            self.client.subscribe(EDS, wanted)
+        if persist:
+            self._save(CDS, version, list(anys.values()))
+            self._save(EDS, self._versions.get(EDS, ""), list(self._eds.values()))
+
+    def _on_eds(self, type_url: str, resources: list[Any], version: str, *, persist: bool = True) -> None:
+        from envoy.config.endpoint.v3 import endpoint_pb2
+
+        incoming: dict[str, dict[str, Any]] = {}
+        anys: dict[str, Any] = {}
+        for i, a in enumerate(resources):
+            msg = _unpack(a, EDS, endpoint_pb2.ClusterLoadAssignment)
+            if not msg.cluster_name:
+                raise XdsClientError(f"load assignment [{i}]: no cluster_name")
+            if msg.cluster_name in incoming:
+                raise XdsClientError(f"load assignment {msg.cluster_name!r} appears twice")
+            incoming[msg.cluster_name] = _to_dict(msg)
+            anys[msg.cluster_name] = a
+        with self._apply_lock:
+            cla = {**self._cla, **incoming}
+            self.lb.load(self._lb_input(self._clusters, cla), replace=True)
+            self._cla = cla
+            self._eds = {**self._eds, **anys}
+            self._versions[EDS] = version
+            self._publish()
+        if persist:
+            self._save(EDS, version, list(self._eds.values()))
+
+    def _on_nds(self, type_url: str, resources: list[Any], version: str, *, persist: bool = True) -> None:
+        if not resources:
+            return  # istio-agent ignores an empty NDS response and keeps its table
+        if len(resources) != 1:
+            raise XdsClientError(f"NDS response with {len(resources)} tables (expected one)")
+        table = NameTable.from_nds(
+            resources[0], namespace=self.node.namespace, domain=self.options.domain, search=list(self.search)
+        )
+        with self._apply_lock:
+            self.names = table
+            self._nds = resources[0]
+            self._versions[NDS] = version
+            if self.dns is not None:
+                self.dns.server.swap_table(table)
+            self._rebuild_redirect()
+            self._publish()
+        if persist:
+            self._save(NDS, version, resources)
+
+    def _redirect_doc(self, services: list[dict[str, Any]]) -> dict[str, Any]:
+        cap = self.capture
+        return {
+            "services": services,
+            "include_ip_ranges": list(cap.outbound_cidrs) or ["*"],
+            "exclude_ip_ranges": list(cap.exclude_cidrs),
+            "exclude_ports": list(cap.exclude_outbound_ports),
+        }
+
+    def _rebuild_redirect(self) -> None:
+        from pymesh.controlplane.generators import parse_cluster_name
+
+        services: list[dict[str, Any]] = []
+        seen: dict[tuple[str, int], str] = {}
+        names = self.names
+        for cname in sorted(self._clusters):
+            parsed = parse_cluster_name(cname)
+            if parsed is None or names is None:
+                continue
+            host, port, subset = parsed
+            if subset:
+                continue  # subsets are chosen by routes, never by destination
+            m = names.lookup(host)
+            if m is None:
+                continue
+            for ip in (*m.ipv4, *m.ipv6):
+                key = (ip, port)
+                if key in seen:
+                    if seen[key] != cname:
+                        log.warning("%s:%d is a VIP of %s and %s; the first wins", ip, port, seen[key], cname)
+                    continue
+                seen[key] = cname
+                services.append({"address": ip, "port": port, "cluster": cname})
+        self.redirect = RedirectTable.from_dict(self._redirect_doc(services))
+
+    def _publish(self) -> None:
+        self.tables = Tables(self.tables.generation + 1, self.lb, self.redirect, self.names, dict(self.logical_dns))
+        for cb in list(self._callbacks):
+            try:
+                cb(self.tables)
+            except Exception:
+                log.exception("table update callback failed")
+
+    # --- persistence -----------------------------------------------------------------------
+
+    def _save(self, type_url: str, version: str, resources: list[Any]) -> None:
+        if self.state is None:
+            return
+        try:
+            self.state.save(type_url, version, resources)
+        except PymeshError as e:
+            log.error("%s", e)
+
+    def _load_persisted(self) -> None:
+        if self.state is None:
+            return
+        for t, apply in ((NDS, self._on_nds), (CDS, self._on_cds), (EDS, self._on_eds)):
+            msg = self.state.load(t)
+            if msg is None:
+                continue
+            try:
+                apply(t, list(msg.resources), msg.version_info, persist=False)
+            except Exception as e:
+                log.warning(
+                    "saved %s state in %s not usable (%s); waiting for the control plane", t, self.state.path, e
+                )
+                continue
+            self.loaded_from_disk.append(t.rsplit(".", 1)[-1])
+        if self.loaded_from_disk:
+            log.info("serving saved tables from %s: %s", self.state.path, ", ".join(self.loaded_from_disk))

@@ -1,0 +1,157 @@
+"""``pymesh agent``: run the VM agent from Istio's VM files.
+
+    pymesh agent [--config-dir DIR] [flags] [--dry-run [--output yaml|json]]
+
+Without ``--config-dir`` the files are read where Istio's VM guide installs
+them (see :mod:`pymesh.agent.bootstrap`). The process environment counts
+as istio-start.sh's would (cluster.env wins over it). ``--dry-run`` prints
+what would be configured — node id and metadata, control-plane address,
+DNS listen addresses and upstreams, capture settings, probe, state
+directory — and exits. Running, it prints one line per step on stdout and
+stops cleanly on SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from typing import Any
+
+import yaml
+
+from pymesh.agent.agent import DEFAULT_DNS_LISTEN, Agent, AgentOptions
+from pymesh.agent.bootstrap import load_bootstrap
+
+
+def _options(args: argparse.Namespace) -> AgentOptions:
+    return AgentOptions(
+        dns_listen=args.dns_listen or list(DEFAULT_DNS_LISTEN),
+        dns_upstreams=args.dns_upstream,
+        dns_enabled=args.dns,
+        dns_workers=args.dns_workers,
+        resolv_conf=args.resolv_conf,
+        state_dir=args.state_dir,
+        persist=not args.no_persist,
+        xds_address=args.xds_address,
+        backoff_max=args.backoff_max,
+        probe=not args.no_probe,
+        instance_ip=args.instance_ip,
+        pod_name=args.pod_name,
+        namespace=args.namespace,
+    )
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    b = load_bootstrap(
+        args.config_dir,
+        cluster_env=args.cluster_env,
+        mesh=args.mesh_config,
+        root_cert=args.root_cert,
+        token=args.token,
+        hosts=args.hosts,
+        environ=os.environ,
+        discovery_address=args.discovery_address,
+    )
+    agent = Agent(b, _options(args))
+    if args.dry_run:
+        plan = agent.plan()
+        if args.output == "json":
+            print(json.dumps(plan, indent=2, sort_keys=False))
+        else:
+            print(yaml.safe_dump(plan, sort_keys=False, default_flow_style=False), end="")
+        return 0
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+
+    def say(line: str) -> None:
+        print(f"pymesh agent: {line}", flush=True)
+
+    for note in b.notes:
+        say(note)
+    say(f"node {agent.node.id}")
+    say(f"control plane {agent.target} (discoveryAddress {b.discovery_address}, plaintext)")
+    agent.start()
+    if agent.loaded_from_disk:
+        say(
+            f"serving saved tables ({', '.join(agent.loaded_from_disk)}) from {agent.state.path if agent.state else ''}"
+        )
+    if agent.dns is not None:
+        say(f"DNS on {', '.join(agent.dns.server.addresses)}, upstreams {', '.join(agent.upstreams) or '(none)'}")
+    if agent.prober is not None:
+        say(f"readiness probe {agent.prober.spec.kind} every {agent.prober.spec.period:g}s")
+    seen: dict[str, Any] = {}
+
+    def report(tables: Any) -> None:
+        c = agent.client
+        state = c.state if c else "stopped"
+        if seen.get("state") != state:
+            seen["state"] = state
+            say(f"xDS {state}" + (f" ({c.last_error})" if c and state == "backoff" else ""))
+        counts = (len(tables.names) if tables.names is not None else 0, len(tables.lb), len(tables.redirect))
+        if seen.get("counts") != counts:
+            seen["counts"] = counts
+            say(f"tables: {counts[0]} names, {counts[1]} clusters, {counts[2]} service VIP:ports")
+
+    agent.on_update(report)
+    try:
+        while not stop.wait(0.5):
+            report(agent.tables)
+            if agent.health is not None and seen.get("health") != agent.health:
+                seen["health"] = agent.health
+                ok, msg = agent.health
+                say("probe: healthy" if ok else f"probe: unhealthy ({msg})")
+    finally:
+        agent.stop()
+        say("stopped")
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    p = sub.add_parser("agent", help="run the VM agent (join the mesh from Istio's VM files)")
+    p.add_argument("--config-dir", metavar="DIR", help="the five files istioctl writes (cluster.env, mesh.yaml, ...)")
+    p.add_argument("--cluster-env", metavar="FILE", help="default /var/lib/istio/envoy/cluster.env")
+    p.add_argument("--mesh-config", metavar="FILE", help="default /etc/istio/config/mesh")
+    p.add_argument("--root-cert", metavar="FILE", help="default /etc/certs/root-cert.pem")
+    p.add_argument("--token", metavar="FILE", help="default /var/run/secrets/tokens/istio-token")
+    p.add_argument("--hosts", metavar="FILE", help="default /etc/hosts")
+    p.add_argument("--discovery-address", metavar="HOST:PORT", help="override mesh.yaml's discoveryAddress")
+    p.add_argument("--xds-address", metavar="ADDR:PORT", help="connect here, bypassing discoveryAddress and hosts")
+    p.add_argument(
+        "--dns-listen",
+        action="append",
+        metavar="ADDR:PORT",
+        help="DNS proxy listen address (repeatable; default 127.0.0.1:15053)",
+    )
+    p.add_argument(
+        "--dns-upstream",
+        action="append",
+        metavar="ADDR:PORT",
+        help="upstream resolver (repeatable; default: the resolv.conf name servers)",
+    )
+    dns = p.add_mutually_exclusive_group()
+    dns.add_argument("--dns", dest="dns", action="store_true", default=None, help="run the DNS proxy")
+    dns.add_argument("--no-dns", dest="dns", action="store_false", help="do not run the DNS proxy")
+    p.add_argument("--dns-workers", type=int, default=0, help="UDP workers per address (default: one per core)")
+    p.add_argument("--resolv-conf", default="/etc/resolv.conf", help="default %(default)s")
+    p.add_argument("--state-dir", metavar="DIR", help="where the last good tables are kept")
+    p.add_argument("--no-persist", action="store_true", help="do not save or load tables")
+    p.add_argument("--backoff-max", type=float, default=30.0, help="longest reconnect wait, seconds")
+    p.add_argument("--no-probe", action="store_true", help="do not run mesh.yaml's readinessProbe")
+    p.add_argument("--instance-ip", help="the workload's IP (default ISTIO_SVC_IP, else the host's first)")
+    p.add_argument("--pod-name", help="the id's name part (default POD_NAME, else hostname -s)")
+    p.add_argument("--namespace", help="default POD_NAMESPACE, else ISTIO_NAMESPACE, else default")
+    p.add_argument("--dry-run", action="store_true", help="print what would be configured and exit")
+    p.add_argument("--output", "-o", choices=("yaml", "json"), default="yaml", help="--dry-run format")
+    p.add_argument("--verbose", "-v", action="store_true")
+    p.set_defaults(func=cmd_agent)

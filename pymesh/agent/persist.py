@@ -1,0 +1,108 @@
+"""The last good xDS state on disk, so DNS and routing serve across an agent
+restart while the control plane is unreachable.
+
+One file per type (``cds.pb``, ``eds.pb``, ``nds.pb``) holding a
+``DiscoveryResponse`` with every resource the agent holds of that type
+(for EDS the merged set, not the last partial push) and the version that
+was ACKed. Written atomically: a temporary file in the same directory,
+fsync, rename over the old one, fsync of the directory — a crash leaves
+either the old or the new state, never a torn one. A file that does not
+parse is logged and ignored (the agent then waits for the control plane).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from pymesh.agent.errors import StateError
+
+log = logging.getLogger("pymesh.agent")
+
+CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+EDS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+NDS = "type.googleapis.com/istio.networking.nds.v1.NameTable"
+FILES = {CDS: "cds.pb", EDS: "eds.pb", NDS: "nds.pb"}
+
+
+def default_state_dir() -> str:
+    """``$PYMESH_AGENT_STATE_DIR``, else ``/var/lib/pymesh/agent`` as root,
+    else ``$XDG_STATE_HOME/pymesh/agent`` (``~/.local/state/pymesh/agent``)."""
+    env = os.environ.get("PYMESH_AGENT_STATE_DIR")
+    if env:
+        return env
+    if os.geteuid() == 0:
+        return "/var/lib/pymesh/agent"
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "pymesh", "agent")
+
+
+class StateDir:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.writes = 0
+
+    def save(self, type_url: str, version: str, resources: Iterable[Any]) -> None:
+        """Writes the resources (``google.protobuf.Any``) of one type."""
+        from envoy.service.discovery.v3 import discovery_pb2
+
+        msg = discovery_pb2.DiscoveryResponse(version_info=version, type_url=type_url, resources=list(resources))
+        data = msg.SerializeToString()
+        name = FILES[type_url]
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=self.path)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, self.path / name)
+            except BaseException:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+                raise
+            dfd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError as e:
+            raise StateError(f"{self.path / name}: cannot write the state: {e.strerror or e}") from e
+        self.writes += 1
+
+    def load(self, type_url: str) -> Any | None:
+        """The saved ``DiscoveryResponse`` of one type, or None."""
+        from envoy.service.discovery.v3 import discovery_pb2
+        from google.protobuf.message import DecodeError
+
+        p = self.path / FILES[type_url]
+        try:
+            data = p.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            log.warning("%s: cannot read the saved state: %s", p, e.strerror)
+            return None
+        try:
+            msg = discovery_pb2.DiscoveryResponse.FromString(data)
+        except DecodeError as e:
+            log.warning("%s: saved state does not parse (%s); ignored", p, e)
+            return None
+        if msg.type_url != type_url or any(r.type_url != type_url for r in msg.resources):
+            log.warning("%s: saved state holds another type; ignored", p)
+            return None
+        return msg
+
+    def clear(self) -> None:
+        for name in FILES.values():
+            try:
+                (self.path / name).unlink()
+            except FileNotFoundError:
+                pass

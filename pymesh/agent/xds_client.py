@@ -1,0 +1,286 @@
+"""An ADS state-of-the-world client over grpcio (plaintext; TLS comes with
+the security work).
+
+Protocol (shared/reference/envoy-lb-and-xds.md §B.2-B.3):
+- One stream at a time. Its first request carries the node; then one
+  request per subscribed type, each with the last version this client
+  applied (the version is a property of the resources, not the stream).
+- Each response goes to the type's handler (run in this client's thread,
+  off every serving path; the handlers build native tables, which release
+  the GIL). Success: ACK = same type, ``response_nonce``, the new
+  ``version_info``. A handler exception: NACK = ``error_detail`` with the
+  error text and ``version_info`` = the last good version; the handler
+  must have left the serving tables untouched.
+- Subscriptions change with :meth:`subscribe` (e.g. the EDS names after a
+  CDS push): the full desired name set, with the type's latest nonce.
+- ``istio.v1.HealthInformation``: :meth:`send_health` sends a request of
+  that type (healthy: no ``error_detail``; unhealthy: code 13 and the probe
+  message) and remembers it; the remembered state is re-sent on every new
+  stream after the subscriptions (never as the first request, which istiod
+  drops) — so a report lost with a stream is repeated (istio/istio#29741).
+- Reconnects: exponential backoff with jitter — the n-th consecutive failed
+  attempt waits a random time in [d/2, d], d = min(max, base * 2^n); a
+  stream that delivered a response resets n.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from pymesh.agent.persist import CDS, EDS, NDS
+
+log = logging.getLogger("pymesh.agent.xds")
+
+HEALTH = "type.googleapis.com/istio.v1.HealthInformation"
+SHORT = {CDS: "CDS", EDS: "EDS", NDS: "NDS", HEALTH: "HEALTH"}
+# google.rpc.Code INTERNAL: what Envoy and istio-agent put in NACKs and unhealthy reports.
+CODE_INTERNAL = 13
+
+# (type_url, resources as google.protobuf.Any, version_info) -> None; raise to NACK.
+Handler = Callable[[str, list[Any], str], None]
+
+
+class XdsClient:
+    def __init__(
+        self,
+        target: str,
+        node: Any,
+        handlers: Mapping[str, Handler],
+        *,
+        subscriptions: Mapping[str, Iterable[str] | None] | None = None,
+        versions: Mapping[str, str] | None = None,
+        backoff_base: float = 0.5,
+        backoff_max: float = 30.0,
+        on_state: Callable[[str, str], None] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.target = target
+        self.node = node
+        self.handlers = dict(handlers)
+        # None = wildcard. Order of the dict = order of the first requests.
+        self._subs: dict[str, set[str] | None] = {}
+        for t, names in (subscriptions or {t: None for t in handlers}).items():
+            self._subs[t] = None if names is None else set(names)
+        self.versions: dict[str, str] = dict(versions or {})
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.on_state = on_state
+        self._rng = rng or random.Random()
+        self._lock = threading.Lock()
+        self._q: queue.Queue[Any] | None = None  # requests of the current stream
+        self._nonces: dict[str, str] = {}
+        self._health: tuple[bool, str] | None = None
+        self._stop = threading.Event()
+        self._call: Any = None
+        self._thread: threading.Thread | None = None
+        self.state = "idle"
+        self.last_error = ""
+        self.attempt = 0  # consecutive failed attempts
+        self.stats = {"streams": 0, "responses": 0, "acks": 0, "nacks": 0, "failures": 0, "health_reports": 0}
+        self.last_nack: tuple[str, str] | None = None  # (type, message)
+        self.next_retry: float | None = None  # seconds of the current backoff wait
+        self.waits: list[float] = []  # the last backoff waits, oldest first (status, tests)
+
+    # --- public ------------------------------------------------------------------------
+
+    def start(self) -> XdsClient:
+        self._thread = threading.Thread(target=self._run, name="pymesh-agent-xds", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._lock:
+            call, q = self._call, self._q
+        if q is not None:
+            q.put(None)
+        if call is not None:
+            call.cancel()
+        if self._thread is not None:
+            self._thread.join(10)
+            self._thread = None
+        self._set_state("stopped", "")
+
+    @property
+    def connected(self) -> bool:
+        return self.state == "connected"
+
+    def subscribe(self, type_url: str, names: Iterable[str] | None) -> None:
+        """Sets the type's wanted names (None: wildcard) and, if they changed
+        and a stream is up, tells the server."""
+        new = None if names is None else set(names)
+        with self._lock:
+            if type_url in self._subs and self._subs[type_url] == new:
+                return
+            self._subs[type_url] = new
+            if self._q is not None:
+                self._q.put(self._request(type_url))
+
+    def send_health(self, healthy: bool, message: str = "") -> None:
+        """Reports health now if a stream is up; remembered for every new stream."""
+        with self._lock:
+            self._health = (healthy, message)
+            if self._q is not None:
+                self._q.put(self._health_request())
+                self.stats["health_reports"] += 1
+
+    def resend_health(self) -> None:
+        with self._lock:
+            if self._health is not None and self._q is not None:
+                self._q.put(self._health_request())
+                self.stats["health_reports"] += 1
+
+    # --- requests ----------------------------------------------------------------------
+
+    def _request(self, type_url: str, *, nonce: str | None = None, error: str | None = None) -> Any:
+        from envoy.service.discovery.v3 import discovery_pb2
+
+        names = self._subs.get(type_url)
+        req = discovery_pb2.DiscoveryRequest(
+            type_url=type_url,
+            version_info=self.versions.get(type_url, ""),
+            response_nonce=self._nonces.get(type_url, "") if nonce is None else nonce,
+            resource_names=sorted(names) if names is not None else [],
+        )
+        if error is not None:
+            req.error_detail.code = CODE_INTERNAL
+            req.error_detail.message = error
+        return req
+
+    def _health_request(self) -> Any:
+        from envoy.service.discovery.v3 import discovery_pb2
+
+        assert self._health is not None
+        req = discovery_pb2.DiscoveryRequest(type_url=HEALTH)
+        healthy, message = self._health
+        if not healthy:
+            req.error_detail.code = CODE_INTERNAL
+            req.error_detail.message = message or "unhealthy"
+        return req
+
+    # --- the stream loop ---------------------------------------------------------------
+
+    def _set_state(self, state: str, detail: str) -> None:
+        if state == self.state:
+            return
+        self.state = state
+        if self.on_state is not None:
+            try:
+                self.on_state(state, detail)
+            except Exception:
+                log.exception("xDS state handler failed")
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            got_response = self._stream_once()
+            if self._stop.is_set():
+                break
+            if got_response:
+                self.attempt = 0
+            delay = min(self.backoff_max, self.backoff_base * (2**self.attempt))
+            wait = self._rng.uniform(delay / 2, delay)
+            self.attempt += 1
+            self.stats["failures"] += 1
+            self.next_retry = wait
+            self.waits = [*self.waits[-19:], wait]
+            self._set_state("backoff", self.last_error)
+            log.info("xDS stream to %s ended (%s); retrying in %.2fs", self.target, self.last_error, wait)
+            if self._stop.wait(wait):
+                break
+            self.next_retry = None
+
+    def _stream_once(self) -> bool:
+        import grpc
+        from envoy.service.discovery.v3 import ads_pb2_grpc
+
+        self._set_state("connecting", self.target)
+        channel = grpc.insecure_channel(
+            self.target,
+            options=[
+                ("grpc.keepalive_time_ms", 30_000),
+                ("grpc.keepalive_timeout_ms", 10_000),
+                ("grpc.max_receive_message_length", 64 << 20),
+            ],
+        )
+        q: queue.Queue[Any] = queue.Queue()
+        got = False
+        try:
+            stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+            with self._lock:
+                self._nonces = {}
+                first = True
+                for t, names in self._subs.items():
+                    if names is not None and not names:
+                        continue  # nothing wanted yet (EDS before CDS): ask when there is
+                    req = self._request(t, nonce="")
+                    if first:
+                        req.node.CopyFrom(self.node)
+                        first = False
+                    q.put(req)
+                if self._health is not None:
+                    # After the subscriptions, never first: istiod drops a first-request report.
+                    q.put(self._health_request())
+                    self.stats["health_reports"] += 1
+                call = stub.StreamAggregatedResources(iter(q.get, None))
+                self._call, self._q = call, q
+            if self._stop.is_set():
+                call.cancel()
+            self.stats["streams"] += 1
+            for resp in call:
+                if not got:
+                    got = True
+                    self._set_state("connected", self.target)
+                self._on_response(resp, q)
+            self.last_error = "stream closed by the server"
+        except grpc.RpcError as e:
+            code = e.code() if hasattr(e, "code") else None
+            details = e.details() if hasattr(e, "details") else str(e)
+            self.last_error = f"{getattr(code, 'name', code)}: {details}"
+        except Exception as e:  # never let the client thread die
+            log.exception("xDS stream failed")
+            self.last_error = f"{type(e).__name__}: {e}"
+        finally:
+            with self._lock:
+                self._call, self._q = None, None
+            q.put(None)
+            channel.close()
+        return got
+
+    def _on_response(self, resp: Any, q: queue.Queue[Any]) -> None:
+        t = resp.type_url
+        self.stats["responses"] += 1
+        handler = self.handlers.get(t)
+        error: str | None = None
+        if handler is not None:
+            started = time.monotonic()
+            try:
+                handler(t, list(resp.resources), resp.version_info)
+            except Exception as e:  # any failure to apply is a NACK, with its text
+                error = str(e) or type(e).__name__
+            took = (time.monotonic() - started) * 1000
+            log.debug(
+                "%s v%s: %d resources applied in %.1f ms", SHORT.get(t, t), resp.version_info, len(resp.resources), took
+            )
+        with self._lock:
+            self._nonces[t] = resp.nonce
+            if error is None:
+                self.versions[t] = resp.version_info
+                self.stats["acks"] += 1
+                q.put(self._request(t))
+            else:
+                self.stats["nacks"] += 1
+                self.last_nack = (t, error)
+                log.warning(
+                    "NACK %s version %s (keeping %r): %s",
+                    SHORT.get(t, t),
+                    resp.version_info,
+                    self.versions.get(t, ""),
+                    error,
+                )
+                q.put(self._request(t, error=error))

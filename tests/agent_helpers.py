@@ -1,0 +1,207 @@
+"""Real parts for the agent tests: VM bootstrap files shaped like istioctl's,
+an embedded control plane on a fixed loopback port, DNS queries over UDP,
+and a scripted ADS server (a real gRPC peer that sends exactly the pushes a
+test needs, e.g. a malformed one, and records every request)."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import dns.message
+import dns.query
+import dns.rdatatype
+import grpc
+from envoy.service.discovery.v3 import discovery_pb2
+
+from pymesh.agent import Agent, AgentOptions, load_bootstrap
+
+VM_IP = "127.0.0.3"
+POD_IP = "127.0.0.2"
+PRODUCT = "product.default.svc.cluster.local"
+
+
+def write_vm_files(
+    directory: Path,
+    cp_port: int,
+    *,
+    probe: Mapping[str, Any] | None = None,
+    group: str = "product-vm",
+    ip: str = VM_IP,
+    extra_env: Mapping[str, str] | None = None,
+) -> Path:
+    """The five files of ``istioctl x workload entry configure`` (reference
+    §5.3), pointing at ``istiod.istio-system.svc:<cp_port>`` with the hosts
+    file mapping that name to loopback."""
+    import json
+
+    import yaml
+
+    directory.mkdir(parents=True, exist_ok=True)
+    env = {
+        "CANONICAL_REVISION": "latest",
+        "CANONICAL_SERVICE": "product",
+        "ISTIO_INBOUND_PORTS": "*",
+        "ISTIO_LOCAL_EXCLUDE_PORTS": "22,15090,15021,15020",
+        "ISTIO_METAJSON_LABELS": json.dumps({"app": "product", "version": "vm"}, separators=(",", ":")),
+        "ISTIO_META_CLUSTER_ID": "Kubernetes",
+        "ISTIO_META_DNS_CAPTURE": "true",
+        "ISTIO_META_MESH_ID": "",
+        "ISTIO_META_NETWORK": "",
+        "ISTIO_META_WORKLOAD_NAME": group,
+        "ISTIO_NAMESPACE": "default",
+        "ISTIO_SERVICE": f"{group}.default",
+        "ISTIO_SERVICE_CIDR": "*",
+        "ISTIO_SVC_IP": ip,
+        "POD_NAMESPACE": "default",
+        "SERVICE_ACCOUNT": "product",
+        "TRUST_DOMAIN": "cluster.local",
+    }
+    if group:
+        env["ISTIO_META_AUTO_REGISTER_GROUP"] = group
+    env.update(extra_env or {})
+    (directory / "cluster.env").write_text("".join(f"{k}='{v}'\n" for k, v in sorted(env.items())))
+    md = {k: v for k, v in env.items() if k.startswith(("ISTIO_META", "CANONICAL", "POD_", "SERVICE_", "TRUST"))}
+    default_config: dict[str, Any] = {
+        "discoveryAddress": f"istiod.istio-system.svc:{cp_port}",
+        "proxyMetadata": md,
+    }
+    if probe is not None:
+        default_config["readinessProbe"] = dict(probe)
+    (directory / "mesh.yaml").write_text(yaml.safe_dump({"defaultConfig": default_config}))
+    (directory / "hosts").write_text("127.0.0.1 istiod.istio-system.svc\n")
+    (directory / "root-cert.pem").write_text(ROOT_CERT)
+    (directory / "istio-token").write_text(TOKEN)
+    return directory
+
+
+# A self-signed certificate's PEM shape (the agent checks structure, not trust, until TLS).
+ROOT_CERT = """-----BEGIN CERTIFICATE-----
+MIIBszCCAVmgAwIBAgIUQ2h5c2ljYWxseSBhIHRlc3QgY2VydGlmaWNhdGUwCgYI
+KoZIzj0EAwIwEzERMA8GA1UEAwwIcm9vdC1jYTAeFw0yNjAxMDEwMDAwMDBaFw0z
+NjAxMDEwMDAwMDBaMBMxETAPBgNVBAMMCHJvb3QtY2EwWTATBgcqhkjOPQIBBggq
+-----END CERTIFICATE-----
+"""
+# {"alg":"RS256"} . {"aud":["istio-ca"],"exp":1893456000,"sub":"system:serviceaccount:default:product"} . sig
+TOKEN = (
+    "eyJhbGciOiJSUzI1NiJ9."
+    "eyJhdWQiOlsiaXN0aW8tY2EiXSwiZXhwIjoxODkzNDU2MDAwLCJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6ZGVmYXVsdDpwcm9kdWN0In0."
+    "c2lnbmF0dXJl\n"
+)
+
+
+def make_agent(vm_dir: Path, state_dir: Path, dns_port: int, **options: Any) -> Agent:
+    opts = AgentOptions(
+        dns_listen=[f"127.0.0.1:{dns_port}"],
+        dns_upstreams=[],
+        dns_workers=1,
+        resolv_conf=str(vm_dir / "resolv.conf"),
+        state_dir=str(state_dir),
+        extra_ips=[],
+        pod_name="vm-1",
+        backoff_base=0.05,
+        backoff_max=0.3,
+        **options,
+    )
+    return Agent(load_bootstrap(vm_dir), opts)
+
+
+def resolve(port: int, name: str, qtype: str = "A", timeout: float = 2.0) -> tuple[str, list[str]]:
+    """(rcode name, addresses) of a UDP query to 127.0.0.1:port."""
+    q = dns.message.make_query(name, qtype)
+    r = dns.query.udp(q, "127.0.0.1", port=port, timeout=timeout)
+    addrs = [str(rd) for rrset in r.answer for rd in rrset if rrset.rdtype == dns.rdatatype.from_text(qtype)]
+    return dns.rcode.to_text(r.rcode()), addrs
+
+
+def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = predicate()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(interval)
+
+
+class ScriptedAds:
+    """An ADS server whose responses the test sends with :meth:`push`; every
+    request received is in ``requests`` (a queue of DiscoveryRequest)."""
+
+    SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.requests: queue.Queue[Any] = queue.Queue()
+        self._out: queue.Queue[Any] = queue.Queue()
+        self._nonce = 0
+        self._backlog: list[Any] = []  # requests received but not yet asked for, in order
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        handler = grpc.method_handlers_generic_handler(
+            self.SERVICE,
+            {
+                "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                    self._stream,
+                    request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
+                    response_serializer=discovery_pb2.DiscoveryResponse.SerializeToString,
+                )
+            },
+        )
+        self.server.add_generic_rpc_handlers((handler,))
+        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        self.server.start()
+
+    def _stream(self, requests: Iterator[Any], context: Any) -> Iterator[Any]:
+        def read() -> None:
+            try:
+                for r in requests:
+                    self.requests.put(r)
+            except grpc.RpcError:
+                pass  # the client went away
+
+        threading.Thread(target=read, daemon=True).start()
+        while context.is_active():
+            try:
+                item = self._out.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            yield item
+
+    def push(self, type_url: str, version: str, resources: list[Any]) -> str:
+        self._nonce += 1
+        nonce = f"n{self._nonce}"
+        self._out.put(
+            discovery_pb2.DiscoveryResponse(type_url=type_url, version_info=version, nonce=nonce, resources=resources)
+        )
+        return nonce
+
+    def request(self, type_url: str, *, nonce: str | None = None, timeout: float = 10.0) -> Any:
+        """The next request of ``type_url`` (answering ``nonce`` when given)."""
+
+        def match(r: Any) -> bool:
+            return bool(r.type_url == type_url and (nonce is None or r.response_nonce == nonce))
+
+        for i, r in enumerate(self._backlog):
+            if match(r):
+                del self._backlog[i]
+                return r
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no {type_url} request (nonce {nonce}) within {timeout}s")
+            try:
+                r = self.requests.get(timeout=left)
+            except queue.Empty:
+                continue
+            if match(r):
+                return r
+            self._backlog.append(r)
+
+    def stop(self) -> None:
+        self.server.stop(0)

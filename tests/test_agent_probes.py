@@ -1,0 +1,326 @@
+"""Readiness probes of each kind against real local servers (HTTP, HTTPS,
+TCP, exec, gRPC health), and the transition state machine with its timing
+fields."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from agent_helpers import wait_until
+from cp_helpers import free_port
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+from pymesh.agent import Probe, Prober, parse_probe
+from pymesh.agent.probes import decode_health_response, encode_health_request
+
+
+class Http:
+    """An HTTP(S) server whose status code the test sets; records each request."""
+
+    def __init__(self, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None) -> None:
+        self.status = 200
+        self.requests: list[dict[str, Any]] = []
+        outer = self
+
+        class H(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                outer.requests.append(
+                    {"path": self.path, "headers": dict(self.headers.items()), "client": self.client_address[0]}
+                )
+                self.send_response(outer.status)
+                if 300 <= outer.status < 400:
+                    self.send_header("Location", "/elsewhere")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer((host, 0), H)
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def http() -> Iterator[Http]:
+    s = Http()
+    yield s
+    s.stop()
+
+
+def check(probe: dict[str, Any], host: str = "127.0.0.1", local_ips: tuple[str, ...] = ()) -> tuple[bool, str]:
+    return Probe(parse_probe(probe), default_host=host, local_ips=local_ips).check()
+
+
+def test_http_probe_status_codes_headers_and_source(http: Http) -> None:
+    probe = {
+        "httpGet": {
+            "port": http.port,
+            "path": "health/ready",
+            "httpHeaders": [{"name": "X-Probe", "value": "1"}, {"name": "X-Probe", "value": "2"}],
+        }
+    }
+    assert check(probe) == (True, "")
+    req = http.requests[-1]
+    assert req["path"] == "/health/ready"
+    assert req["headers"]["User-Agent"] == "istio-probe/1.0" and req["headers"]["Connection"] == "close"
+    assert req["headers"]["Host"] == f"127.0.0.1:{http.port}"
+    # A loopback destination is probed from 127.0.0.6, which istio-iptables returns before the inbound redirect.
+    assert req["client"] == "127.0.0.6"
+    http.status = 302
+    assert check(probe)[0] is True  # 3xx is healthy (not followed)
+    http.status = 503
+    ok, msg = check(probe)
+    assert not ok and "503" in msg and "[200,400)" in msg
+    http.status = 200
+    custom = {"httpGet": {"port": http.port, "httpHeaders": [{"name": "Host", "value": "app.local"}]}}
+    custom["httpGet"]["httpHeaders"].append({"name": "User-Agent", "value": "mine"})
+    assert check(custom)[0]
+    assert http.requests[-1]["headers"]["Host"] == "app.local"
+    assert http.requests[-1]["headers"]["User-Agent"] == "mine"
+
+
+def test_http_probe_of_a_remote_address_is_not_bound_to_127_0_0_6() -> None:
+    # 127.0.0.1 counts as remote when the probe is told the VM's IPs are others and it is not loopback:
+    # use the host's real address if it has one.
+    addrs = [a for a in socket.gethostbyname_ex(socket.gethostname())[2] if not a.startswith("127.")]
+    if not addrs:
+        pytest.skip("no non-loopback address")
+    s = Http(host=addrs[0])
+    try:
+        assert check({"httpGet": {"port": s.port}}, host=addrs[0])[0]
+        assert s.requests[-1]["client"] != "127.0.0.6"
+        assert check({"httpGet": {"port": s.port}}, host=addrs[0], local_ips=(addrs[0],))[0]
+        assert s.requests[-1]["client"] == "127.0.0.6"  # the VM's own IP: bound like loopback
+    finally:
+        s.stop()
+
+
+def test_http_probe_connect_refused_and_timeout() -> None:
+    ok, msg = check({"httpGet": {"port": free_port("127.0.0.1")}})
+    assert not ok and "refused" in msg.lower()
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)  # accepts the connection, never answers
+    try:
+        started = time.monotonic()
+        ok, msg = check({"httpGet": {"port": silent.getsockname()[1]}, "timeoutSeconds": 0.3})
+        assert not ok and "timed out" in msg.lower() and time.monotonic() - started < 2
+    finally:
+        silent.close()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
+def test_https_probe_skips_verification(tmp_path: Path) -> None:
+    key, cert = tmp_path / "k.pem", tmp_path / "c.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert)),
+            *("-days", "1", "-subj", "/CN=untrusted"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    s = Http(tls=ctx)
+    try:
+        assert check({"httpGet": {"port": s.port, "scheme": "HTTPS"}}) == (True, "")
+        assert s.requests[-1]["headers"]["User-Agent"] == "istio-probe/1.0"
+        ok, _ = check({"httpGet": {"port": s.port, "scheme": "HTTP"}})
+        assert not ok  # plain HTTP to a TLS port fails
+    finally:
+        s.stop()
+
+
+def test_tcp_probe() -> None:
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(4)
+    port = lsock.getsockname()[1]
+    assert check({"tcpSocket": {"port": port}}) == (True, "")
+    conn, peer = lsock.accept()
+    assert peer[0] == "127.0.0.6"
+    conn.close()
+    lsock.close()
+    ok, msg = check({"tcpSocket": {"port": port}})
+    assert not ok and "refused" in msg.lower()
+    # host overrides the default host
+    assert not check({"tcpSocket": {"port": port, "host": "127.0.0.1"}}, host="127.0.0.99")[0]
+
+
+def test_exec_probe() -> None:
+    assert check({"exec": {"command": ["/bin/true"]}}) == (True, "")
+    ok, msg = check({"exec": {"command": ["/bin/false"]}})
+    assert not ok and "exited with status 1" in msg
+    ok, msg = check({"exec": {"command": ["/bin/sh", "-c", "echo broken >&2; exit 3"]}})
+    assert not ok and "status 3: broken" in msg
+    started = time.monotonic()
+    ok, msg = check({"exec": {"command": ["/bin/sleep", "10"]}, "timeoutSeconds": 0.2})
+    assert not ok and "timed out" in msg and time.monotonic() - started < 2
+    ok, msg = check({"exec": {"command": ["/nonexistent/probe"]}})
+    assert not ok and "could not run" in msg
+
+
+# --- gRPC health: messages built from a descriptor here, independent of the agent's encoder.
+
+
+def _health_messages() -> tuple[Any, Any]:
+    fd = descriptor_pb2.FileDescriptorProto(name="test/health.proto", package="grpc.health.v1", syntax="proto3")
+    req = fd.message_type.add(name="HealthCheckRequest")
+    req.field.add(name="service", number=1, type=9, label=1)
+    resp = fd.message_type.add(name="HealthCheckResponse")
+    enum = resp.enum_type.add(name="ServingStatus")
+    for i, n in enumerate(("UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN")):
+        enum.value.add(name=n, number=i)
+    resp.field.add(
+        name="status", number=1, type=14, label=1, type_name=".grpc.health.v1.HealthCheckResponse.ServingStatus"
+    )
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(fd)
+    classes = message_factory.GetMessages([fd], pool=pool)
+    return classes["grpc.health.v1.HealthCheckRequest"], classes["grpc.health.v1.HealthCheckResponse"]
+
+
+Req, Resp = _health_messages()
+
+
+class HealthServer:
+    """A gRPC server with the standard health service (statuses by service name)."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.status: dict[str, int] = {"": 1}
+        self.user_agents: list[str] = []
+
+        def check(request: Any, context: Any) -> Any:
+            self.user_agents.append(dict(context.invocation_metadata()).get("user-agent", ""))
+            if request.service not in self.status:
+                context.abort(grpc.StatusCode.NOT_FOUND, "unknown service")
+            return Resp(status=self.status[request.service])
+
+        handler = grpc.method_handlers_generic_handler(
+            "grpc.health.v1.Health",
+            {
+                "Check": grpc.unary_unary_rpc_method_handler(
+                    check, request_deserializer=Req.FromString, response_serializer=Resp.SerializeToString
+                )
+            },
+        )
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        self.server.add_generic_rpc_handlers((handler,))
+        self.port = self.server.add_insecure_port(f"{host}:0")
+        self.server.start()
+
+    def stop(self) -> None:
+        self.server.stop(0)
+
+
+def test_health_wire_encoding_matches_protobuf() -> None:
+    for service in ("", "a", "x" * 200, "grpc.health.v1.Health"):
+        assert encode_health_request(service) == Req(service=service).SerializeToString()
+        assert Req.FromString(encode_health_request(service)).service == service
+    for status in range(4):
+        assert decode_health_response(Resp(status=status).SerializeToString()) == status
+    with pytest.raises(ValueError):
+        decode_health_response(b"\x08")  # truncated varint
+
+
+def test_grpc_probe_against_the_standard_health_service() -> None:
+    s = HealthServer()
+    try:
+        s.status.update({"product": 1, "draining": 2})
+        assert check({"grpc": {"port": s.port}}) == (True, "")
+        assert check({"grpc": {"port": s.port, "service": "product"}}) == (True, "")
+        assert any(ua.startswith("istio-probe/1.0") for ua in s.user_agents)
+        ok, msg = check({"grpc": {"port": s.port, "service": "draining"}})
+        assert not ok and "NOT_SERVING" in msg
+        ok, msg = check({"grpc": {"port": s.port, "service": "nope"}})
+        assert not ok and "NOT_FOUND" in msg
+    finally:
+        s.stop()
+    ok, msg = check({"grpc": {"port": s.port}, "timeoutSeconds": 0.5})
+    assert not ok and ("UNAVAILABLE" in msg or "DEADLINE_EXCEEDED" in msg)
+
+
+def test_grpc_probe_of_a_server_without_health_service() -> None:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        ok, msg = check({"grpc": {"port": port}})
+        assert not ok and "UNIMPLEMENTED" in msg
+    finally:
+        server.stop(0)
+
+
+# --- the state machine and timing ------------------------------------------------------------
+
+
+def test_thresholds_emit_only_transitions() -> None:
+    events: list[tuple[bool, str]] = []
+    spec = parse_probe({"exec": {"command": ["x"]}, "successThreshold": 2, "failureThreshold": 3})
+    p = Prober(spec, lambda ok, msg: events.append((ok, msg)))
+    for ok in (True, False, True, True, True, False, False, True, False, False, False, False):
+        p.record(ok, "" if ok else "bad")
+    # healthy after 2 in a row; the single failure after it does not count; unhealthy after 3 in a row.
+    assert events == [(True, ""), (False, "bad")]
+    p.record(True, "")
+    assert events[-1] == (False, "bad")  # one success below successThreshold 2
+    p.record(True, "")
+    assert events[-1] == (True, "")
+
+
+def test_first_report_may_be_unhealthy() -> None:
+    events: list[bool] = []
+    p = Prober(parse_probe({"exec": {"command": ["x"]}}), lambda ok, msg: events.append(ok))
+    p.record(False, "no")
+    assert events == [False]
+
+
+def test_prober_timing_initial_delay_and_period() -> None:
+    events: list[tuple[float, bool]] = []
+    started = time.monotonic()
+    spec = parse_probe({"exec": {"command": ["/bin/true"]}, "initialDelaySeconds": 0.4, "periodSeconds": 0.1})
+    p = Prober(spec, lambda ok, msg: events.append((time.monotonic() - started, ok))).start()
+    try:
+        wait_until(lambda: p.attempts >= 4, timeout=5)
+    finally:
+        p.stop()
+    assert events[0][1] is True and events[0][0] >= 0.4
+    assert len(events) == 1  # no repeats while the state holds
+
+
+def test_prober_follows_a_real_listener() -> None:
+    lsock = socket.socket()
+    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(64)
+    port = lsock.getsockname()[1]
+    events: list[bool] = []
+    spec = parse_probe({"tcpSocket": {"port": port}, "periodSeconds": 0.05, "failureThreshold": 2})
+    p = Prober(spec, lambda ok, msg: events.append(ok), default_host="127.0.0.1").start()
+    try:
+        wait_until(lambda: events == [True])
+        lsock.close()
+        wait_until(lambda: events == [True, False])
+        assert p.failures >= 2
+    finally:
+        p.stop()

@@ -1,0 +1,235 @@
+"""The agent's ADS client against a scripted ADS server (a real gRPC peer):
+the requests on the wire, ACK and NACK shapes, a rejected push of each type
+leaving the serving tables as they were, health reports after the
+subscriptions, and reconnect backoff with jitter."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from agent_helpers import ScriptedAds, make_agent, resolve, wait_until, write_vm_files
+from cp_helpers import free_port
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import config_source_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from google.protobuf import any_pb2
+
+from pymesh.agent import XdsClient
+from pymesh.agent.persist import CDS, EDS, NDS
+from pymesh.agent.xds_client import HEALTH
+from pymesh.proto.nds import TYPE_URL as NDS_TYPE
+from pymesh.proto.nds import NameTable
+
+HOST = "product.default.svc.cluster.local"
+C1 = f"outbound|8080||{HOST}"
+
+
+def pack(msg: Any, type_url: str | None = None) -> Any:
+    a = any_pb2.Any()
+    a.Pack(msg)
+    if type_url:
+        a.type_url = type_url
+    return a
+
+
+def eds_cluster(name: str, **kw: Any) -> Any:
+    c = cluster_pb2.Cluster(name=name, type=cluster_pb2.Cluster.EDS, **kw)
+    c.eds_cluster_config.eds_config.ads.SetInParent()
+    c.eds_cluster_config.eds_config.resource_api_version = config_source_pb2.ApiVersion.V3
+    c.eds_cluster_config.service_name = name
+    return c
+
+
+def cla(name: str, *addrs: str) -> Any:
+    m = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
+    group = m.endpoints.add()
+    group.load_balancing_weight.value = 1
+    for a in addrs:
+        ep = group.lb_endpoints.add()
+        ep.endpoint.address.socket_address.address = a
+        ep.endpoint.address.socket_address.port_value = 8080
+    return m
+
+
+def name_table(ip: str) -> Any:
+    t = NameTable()
+    info = t.table[HOST]
+    info.ips.append(ip)
+    info.registry = "Kubernetes"
+    info.shortname = "product"
+    info.namespace = "default"
+    return t
+
+
+@pytest.fixture
+def ads() -> Iterator[ScriptedAds]:
+    s = ScriptedAds()
+    yield s
+    s.stop()
+
+
+def addresses(agent: Any) -> list[str]:
+    return sorted(e["address"] for e in agent.lb.endpoints(C1))
+
+
+def test_acks_nacks_and_last_good_tables(ads: ScriptedAds, tmp_path: Path) -> None:
+    probe = {"exec": {"command": ["/bin/true"]}, "periodSeconds": 30}
+    vm = write_vm_files(tmp_path / "vm", ads.port, probe=probe)
+    dport = free_port("127.0.0.1")
+    agent = make_agent(vm, tmp_path / "state", dport)
+    with agent:
+        first = ads.request(CDS)
+        assert first.node.id == "sidecar~127.0.0.3~vm-1.default~default.svc.cluster.local"
+        md = first.node.metadata.fields
+        assert md["AUTO_REGISTER_GROUP"].string_value == "product-vm"
+        assert md["DNS_CAPTURE"].string_value == "true"
+        assert md["NAMESPACE"].string_value == "default"
+        assert md["INSTANCE_IPS"].string_value == "127.0.0.3"
+        assert md["LABELS"].struct_value.fields["app"].string_value == "product"
+        assert "readinessProbe" in md["PROXY_CONFIG"].struct_value.fields
+        assert list(first.resource_names) == []  # CDS wildcard
+        assert list(ads.request(NDS).resource_names) == []
+        # The probe's report comes after the subscriptions (istiod drops a first-request report).
+        health = ads.request(HEALTH)
+        assert not health.HasField("error_detail") and not health.HasField("node")
+
+        # v1: good CDS, EDS, NDS -> ACKs; the EDS subscription names the cluster.
+        n = ads.push(CDS, "1", [pack(eds_cluster(C1))])
+        ack = ads.request(CDS, nonce=n)
+        assert ack.version_info == "1" and not ack.HasField("error_detail")
+        sub = ads.request(EDS)
+        assert list(sub.resource_names) == [C1]
+        n = ads.push(EDS, "1", [pack(cla(C1, "10.0.0.1", "10.0.0.2"))])
+        assert ads.request(EDS, nonce=n).version_info == "1"
+        n = ads.push(NDS_TYPE, "1", [pack(name_table("10.96.0.20"), NDS_TYPE)])
+        assert ads.request(NDS, nonce=n).version_info == "1"
+        assert addresses(agent) == ["10.0.0.1:8080", "10.0.0.2:8080"]
+        assert resolve(dport, HOST)[1] == ["10.96.0.20"]
+        assert agent.route("10.96.0.20", 8080).cluster == C1
+
+        # v2: a cluster the lbtable rejects -> NACK with the error, version stays "1".
+        bad = eds_cluster(C1, lb_policy=cluster_pb2.Cluster.ROUND_ROBIN)
+        bad.ring_hash_lb_config.minimum_ring_size.value = 1024
+        n = ads.push(CDS, "2", [pack(bad)])
+        nack = ads.request(CDS, nonce=n)
+        assert nack.version_info == "1"
+        assert nack.error_detail.code == 13 and "ring_hash_lb_config" in nack.error_detail.message
+        assert C1 in nack.error_detail.message  # names the cluster
+        assert addresses(agent) == ["10.0.0.1:8080", "10.0.0.2:8080"]
+
+        # v2 EDS with an endpoint that is no IP -> NACK, endpoints unchanged.
+        n = ads.push(EDS, "2", [pack(cla(C1, "10.0.0.9", "db.example"))])
+        nack = ads.request(EDS, nonce=n)
+        assert nack.version_info == "1" and "db.example" in nack.error_detail.message
+        assert addresses(agent) == ["10.0.0.1:8080", "10.0.0.2:8080"]
+
+        # v2 NDS that does not decode -> NACK, DNS answers from the last good table.
+        garbage = any_pb2.Any(type_url=NDS_TYPE, value=b"\x0a\xff\xff\xff")
+        n = ads.push(NDS_TYPE, "2", [garbage])
+        nack = ads.request(NDS, nonce=n)
+        assert nack.version_info == "1" and nack.error_detail.message
+        assert resolve(dport, HOST)[1] == ["10.96.0.20"]
+        # Two tables in one NDS response: NACK.
+        n = ads.push(NDS_TYPE, "3", [pack(name_table("10.96.0.21"), NDS_TYPE)] * 2)
+        assert "2 tables" in ads.request(NDS, nonce=n).error_detail.message
+
+        # A resource of the wrong type in a CDS response: NACK.
+        n = ads.push(CDS, "3", [pack(cla(C1, "10.0.0.1"))])
+        assert "ClusterLoadAssignment" in ads.request(CDS, nonce=n).error_detail.message
+
+        # v4: good again -> ACK "4"; the saved state is the last good one.
+        n = ads.push(EDS, "4", [pack(cla(C1, "10.0.0.3"))])
+        assert ads.request(EDS, nonce=n).version_info == "4"
+        assert addresses(agent) == ["10.0.0.3:8080"]
+        st = agent.status()
+        assert st["stats"]["nacks"] == 5 and st["versions"][CDS] == "1" and st["versions"][EDS] == "4"
+
+        # Removing the cluster unsubscribes its EDS and forgets its endpoints.
+        n = ads.push(CDS, "5", [])
+        assert ads.request(CDS, nonce=n).version_info == "5"
+        assert list(ads.request(EDS).resource_names) == []
+        assert agent.lb.clusters() == []
+        assert agent.route("10.96.0.20", 8080).verdict == "passthrough"
+
+
+def test_saved_state_is_the_last_good_one(ads: ScriptedAds, tmp_path: Path) -> None:
+    vm = write_vm_files(tmp_path / "vm", ads.port)
+    state = tmp_path / "state"
+    agent = make_agent(vm, state, free_port("127.0.0.1"))
+    with agent:
+        ads.request(CDS)
+        ads.request(CDS, nonce=ads.push(CDS, "1", [pack(eds_cluster(C1))]))
+        ads.request(EDS, nonce=ads.push(EDS, "1", [pack(cla(C1, "10.0.0.1"))]))
+        ads.request(EDS, nonce=ads.push(EDS, "2", [pack(cla(C1, "not-an-ip"))]))  # NACKed
+    ads.stop()  # the control plane is gone for the restart
+    again = make_agent(vm, state, free_port("127.0.0.1"))
+    with again:
+        assert again.loaded_from_disk == ["Cluster", "ClusterLoadAssignment"]
+        assert addresses(again) == ["10.0.0.1:8080"]
+        assert again.status()["versions"][EDS] == "1"
+
+
+def test_corrupt_saved_state_is_ignored(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "cds.pb").write_bytes(b"\xff\xff\xff garbage")
+    port = free_port("127.0.0.1")  # nothing listens: the agent starts anyway
+    vm = write_vm_files(tmp_path / "vm", port)
+    agent = make_agent(vm, state, free_port("127.0.0.1"))
+    with agent:
+        assert agent.loaded_from_disk == []
+        assert agent.lb.clusters() == []
+        wait_until(lambda: agent.status()["xds"] == "backoff")
+
+
+def test_reconnect_backoff_is_exponential_with_jitter(tmp_path: Path) -> None:
+    from envoy.config.core.v3 import base_pb2
+
+    port = free_port("127.0.0.1")  # nothing listens
+    client = XdsClient(
+        f"127.0.0.1:{port}",
+        base_pb2.Node(id="sidecar~127.0.0.9~x.default~default.svc.cluster.local"),
+        {},
+        subscriptions={CDS: None},
+        backoff_base=0.01,
+        backoff_max=0.16,
+        rng=random.Random(7),
+    ).start()
+    try:
+        wait_until(lambda: len(client.waits) >= 8, timeout=10)
+    finally:
+        client.stop()
+    waits = client.waits[:8]
+    for n, w in enumerate(waits):
+        d = min(0.16, 0.01 * 2**n)
+        assert d / 2 <= w <= d, (n, w)
+    assert len(set(waits[5:])) == len(waits[5:])  # jittered, not a fixed cap
+    assert client.state == "stopped"
+
+
+def test_stream_reset_resets_backoff_and_resubscribes(ads: ScriptedAds, tmp_path: Path) -> None:
+    vm = write_vm_files(tmp_path / "vm", ads.port)
+    agent = make_agent(vm, tmp_path / "state", free_port("127.0.0.1"))
+    with agent:
+        ads.request(CDS)
+        ads.request(CDS, nonce=ads.push(CDS, "7", [pack(eds_cluster(C1))]))
+        ads.request(EDS)
+        port = ads.port
+        ads.stop()
+        wait_until(lambda: agent.status()["xds"] == "backoff")
+        time.sleep(0.3)
+        # A new server on the same port: the agent comes back with its versions and EDS names.
+        again = ScriptedAds(port=port)
+        assert again.port == port
+        try:
+            first = again.request(CDS)
+            assert first.version_info == "7" and first.HasField("node")
+            eds = again.request(EDS)
+            assert list(eds.resource_names) == [C1] and eds.response_nonce == ""
+        finally:
+            again.stop()

@@ -15,6 +15,7 @@ __all__ = [
     "NameMatch",
     "NameTable",
     "NameTableIter",
+    "OutboundProxy",
     "ParseError",
     "PymeshError",
     "RedirectTable",
@@ -23,6 +24,7 @@ __all__ = [
     "dns_answer",
     "lb_hash_key",
     "lb_priority_load",
+    "original_destination",
 ]
 
 class PymeshError(Exception):
@@ -201,3 +203,31 @@ def lb_priority_load(
     counts: Sequence[tuple[int, int, int]], *, overprovisioning_factor: int = 140, panic_threshold: int = 50
 ) -> dict[str, list[Any]]: ...
 def lb_hash_key(key: str | bytes) -> int: ...
+
+@final
+class OutboundProxy:
+    def __new__(
+        cls,
+        redirect: RedirectTable,
+        lb: LbTable,
+        *,
+        listen: Sequence[str] = ...,
+        connect_timeout: float = 10.0,
+        connect_attempts: int = 3,
+        max_connections: int = 4096,
+        mark: int | None = None,
+        pipe_size: int = ...,
+        seed: int | None = None,
+    ) -> OutboundProxy: ...
+    def start(self) -> list[str]: ...
+    def stop(self, grace: float = 1.0) -> None: ...
+    def swap_tables(self, *, redirect: RedirectTable | None = None, lb: LbTable | None = None) -> None: ...
+    @property
+    def tables(self) -> tuple[RedirectTable, LbTable]: ...
+    def stats(self) -> dict[str, int]: ...
+    @property
+    def addresses(self) -> list[str]: ...
+    @property
+    def running(self) -> bool: ...
+
+def original_destination(fd: int, ipv6: bool) -> str: ...

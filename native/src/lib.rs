@@ -11,5 +11,6 @@ pub mod dns;
 pub mod error;
 pub mod lb;
 pub mod names;
+pub mod relay;
 
 pub use error::{Error, Result};

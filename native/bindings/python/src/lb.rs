@@ -126,7 +126,7 @@ fn locality_of(v: &Bound<'_, PyAny>) -> PyResult<core::Locality> {
 #[pyclass(frozen, module = "pymesh._native")]
 #[derive(Debug)]
 pub struct LbTable {
-    inner: core::LbTable,
+    pub(crate) inner: core::LbTable,
     rng: Mutex<Rng>,
 }
 
@@ -469,7 +469,7 @@ fn lb_hash_key(key: &Bound<'_, PyAny>) -> PyResult<u64> {
 #[pyclass(frozen, module = "pymesh._native")]
 #[derive(Debug)]
 pub struct RedirectTable {
-    inner: core::RedirectTable,
+    pub(crate) inner: core::RedirectTable,
 }
 
 #[pymethods]

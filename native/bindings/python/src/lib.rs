@@ -9,6 +9,7 @@ mod dns;
 mod errors;
 mod lb;
 mod names;
+mod relay;
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -17,5 +18,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     names::register(m)?;
     lb::register(m)?;
     dns::register(m)?;
+    relay::register(m)?;
     Ok(())
 }

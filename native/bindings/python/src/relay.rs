@@ -1,0 +1,208 @@
+//! The outbound proxy for Python: `OutboundProxy` (start, stop, swap tables,
+//! stats). It serves from the very `LbTable` and `RedirectTable` objects the
+//! caller holds (both are frozen, so the native threads read them without
+//! the GIL), so outcomes the proxy reports are visible through the caller's
+//! `LbTable`, and clusters loaded into it serve at once.
+
+use std::time::Duration;
+
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use pymesh_core::lb as core_lb;
+use pymesh_core::relay::{self as core, LbSource, RedirectSource, RelayConfig, Routes};
+
+use crate::errors::{to_py, ConfigError};
+use crate::lb::{LbTable, RedirectTable};
+
+/// A Python `LbTable` as the core's table source.
+#[derive(Debug)]
+struct PyLb(Py<LbTable>);
+
+impl LbSource for PyLb {
+    fn lb(&self) -> &core_lb::LbTable {
+        &self.0.get().inner
+    }
+}
+
+#[derive(Debug)]
+struct PyRedirect(Py<RedirectTable>);
+
+impl RedirectSource for PyRedirect {
+    fn redirect(&self) -> &core_lb::RedirectTable {
+        &self.0.get().inner
+    }
+}
+
+fn seconds(field: &str, v: f64) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(v)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| ConfigError::new_err(format!("{field}: {v} is not a positive duration in seconds")))
+}
+
+/// The outbound proxy on 15001 (see `pymesh.relay`).
+#[pyclass(frozen, module = "pymesh._native")]
+#[derive(Debug)]
+pub struct OutboundProxy {
+    inner: core::Relay,
+    tables: std::sync::Mutex<(Py<RedirectTable>, Py<LbTable>)>,
+}
+
+#[pymethods]
+impl OutboundProxy {
+    #[new]
+    #[pyo3(signature = (
+        redirect,
+        lb,
+        *,
+        listen = vec!["127.0.0.1:15001".to_owned(), "[::1]:15001".to_owned()],
+        connect_timeout = 10.0,
+        connect_attempts = 3,
+        max_connections = 4096,
+        mark = None,
+        pipe_size = 1 << 18,
+        seed = None,
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        redirect: Py<RedirectTable>,
+        lb: Py<LbTable>,
+        listen: Vec<String>,
+        connect_timeout: f64,
+        connect_attempts: u32,
+        max_connections: usize,
+        mark: Option<u32>,
+        pipe_size: usize,
+        seed: Option<u64>,
+    ) -> PyResult<OutboundProxy> {
+        let listen = listen
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                s.parse().map_err(|_| {
+                    ConfigError::new_err(format!(
+                        "listen[{i}]: {s:?} is not an address ADDR:PORT (IPv6 as [ADDR]:PORT)"
+                    ))
+                })
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        let cfg = RelayConfig {
+            listen,
+            connect_timeout: seconds("connect_timeout", connect_timeout)?,
+            connect_attempts,
+            max_connections,
+            mark,
+            pipe_size,
+            seed,
+        };
+        let routes = Routes {
+            redirect: std::sync::Arc::new(PyRedirect(redirect.clone_ref(py))),
+            lb: std::sync::Arc::new(PyLb(lb.clone_ref(py))),
+        };
+        Ok(OutboundProxy {
+            inner: core::Relay::new(cfg, routes).map_err(to_py)?,
+            tables: std::sync::Mutex::new((redirect, lb)),
+        })
+    }
+
+    /// Binds the listeners and starts serving; returns the bound addresses.
+    fn start(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        let a = py.detach(|| self.inner.start()).map_err(to_py)?;
+        Ok(a.iter().map(ToString::to_string).collect())
+    }
+
+    /// Stops accepting, resets open connections and waits up to `grace`
+    /// seconds for them to end (idempotent).
+    #[pyo3(signature = (grace = 1.0))]
+    fn stop(&self, py: Python<'_>, grace: f64) -> PyResult<()> {
+        let g = Duration::try_from_secs_f64(grace)
+            .map_err(|_| ConfigError::new_err(format!("grace: {grace} is not a duration in seconds")))?;
+        py.detach(|| self.inner.stop(g));
+        Ok(())
+    }
+
+    /// Serves new connections from other tables (either may be left None
+    /// to keep the current one). Connections already open keep theirs.
+    #[pyo3(signature = (*, redirect = None, lb = None))]
+    fn swap_tables(&self, py: Python<'_>, redirect: Option<Py<RedirectTable>>, lb: Option<Py<LbTable>>) {
+        let mut t = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = redirect {
+            t.0 = r;
+        }
+        if let Some(l) = lb {
+            t.1 = l;
+        }
+        let routes = Routes {
+            redirect: std::sync::Arc::new(PyRedirect(t.0.clone_ref(py))),
+            lb: std::sync::Arc::new(PyLb(t.1.clone_ref(py))),
+        };
+        self.inner.swap_routes(routes);
+    }
+
+    /// The tables serving now: (redirect, lb).
+    #[getter]
+    fn tables(&self, py: Python<'_>) -> (Py<RedirectTable>, Py<LbTable>) {
+        let t = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        (t.0.clone_ref(py), t.1.clone_ref(py))
+    }
+
+    /// Counters (connections by route, connect attempts and failures,
+    /// bytes each way, resets).
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.inner.stats();
+        let d = PyDict::new(py);
+        for (k, v) in [
+            ("accepted", s.accepted),
+            ("active", s.active),
+            ("cluster", s.cluster),
+            ("passthrough", s.passthrough),
+            ("bypass", s.bypass),
+            ("connect_attempts", s.connect_attempts),
+            ("connect_failures", s.connect_failures),
+            ("retries", s.retries),
+            ("no_healthy_upstream", s.no_healthy_upstream),
+            ("unknown_cluster", s.unknown_cluster),
+            ("no_original_dst", s.no_original_dst),
+            ("upstream_failed", s.upstream_failed),
+            ("overflow", s.overflow),
+            ("bytes_sent", s.bytes_sent),
+            ("bytes_received", s.bytes_received),
+            ("resets", s.resets),
+        ] {
+            d.set_item(k, v)?;
+        }
+        Ok(d)
+    }
+
+    /// The bound listen addresses (empty when stopped).
+    #[getter]
+    fn addresses(&self) -> Vec<String> {
+        self.inner.local_addrs().iter().map(ToString::to_string).collect()
+    }
+
+    #[getter]
+    fn running(&self) -> bool {
+        self.inner.is_running()
+    }
+
+    fn __repr__(&self) -> String {
+        format!("OutboundProxy(running={}, addresses={:?})", self.inner.is_running(), self.addresses())
+    }
+}
+
+/// The original destination of a connected socket's redirected connection
+/// ("ip:port"), read with SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST.
+#[pyfunction]
+fn original_destination(fd: i32, ipv6: bool) -> PyResult<String> {
+    core::original_destination(fd, ipv6)
+        .map(|a| a.to_string())
+        .map_err(|e| crate::errors::PymeshError::new_err(format!("original destination of fd {fd}: {e}")))
+}
+
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<OutboundProxy>()?;
+    m.add_function(wrap_pyfunction!(original_destination, m)?)?;
+    Ok(())
+}

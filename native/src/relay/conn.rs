@@ -1,0 +1,277 @@
+//! The acceptor loop and the life of one connection: original destination,
+//! classification, endpoint pick with connect retries and outlier reports,
+//! then the two pumps.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
+
+use super::orig_dst::original_destination;
+use super::splice::{pump, End, Pipe};
+use super::{monotonic_ms, Routes, Shared};
+use crate::lb::{Outcome, Rng, Verdict};
+
+/// Stack of connection threads: the pumps need little, and small stacks
+/// keep many connections cheap in address space.
+const CONN_STACK: usize = 128 * 1024;
+
+/// Outlier-detection sweeps (ejected endpoints coming back) run at least
+/// this often even when no outcome is reported.
+const TICK_EVERY_MS: u64 = 1000;
+
+pub(crate) fn accept_loop(shared: Arc<Shared>, listeners: Vec<(TcpListener, SocketAddr)>, wake: RawFd) {
+    let mut fds: Vec<libc::pollfd> =
+        listeners.iter().map(|(l, _)| libc::pollfd { fd: l.as_raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
+    fds.push(libc::pollfd { fd: wake, events: libc::POLLIN, revents: 0 });
+    let mut next_id: u64 = 0;
+    let mut last_tick = monotonic_ms();
+    loop {
+        // SAFETY: `fds` is a valid array of `fds.len()` pollfd structs.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, TICK_EVERY_MS as libc::c_int) };
+        if shared.stopping.load(Ordering::SeqCst) || fds.last().is_some_and(|f| f.revents != 0) {
+            return;
+        }
+        let now = monotonic_ms();
+        if now.saturating_sub(last_tick) >= TICK_EVERY_MS {
+            last_tick = now;
+            shared.routes.load().lb.lb().tick(now);
+        }
+        if r <= 0 {
+            continue;
+        }
+        for (i, (l, _)) in listeners.iter().enumerate() {
+            if fds[i].revents == 0 {
+                continue;
+            }
+            loop {
+                let stream = match l.accept() {
+                    Ok((s, _)) => s,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    // EMFILE and friends: stop draining this round rather than spin.
+                    Err(_) => break,
+                };
+                let c = &shared.counters;
+                c.accepted.fetch_add(1, Ordering::Relaxed);
+                if c.active.load(Ordering::Acquire) as usize >= shared.cfg.max_connections {
+                    c.overflow.fetch_add(1, Ordering::Relaxed);
+                    reset(&stream);
+                    continue;
+                }
+                c.active.fetch_add(1, Ordering::AcqRel);
+                next_id += 1;
+                let id = next_id;
+                let sh = shared.clone();
+                let spawned =
+                    std::thread::Builder::new().name("pymesh-relay".into()).stack_size(CONN_STACK).spawn(move || {
+                        let _active = Active(&sh.counters.active);
+                        serve(&sh, stream, id);
+                    });
+                if spawned.is_err() {
+                    c.active.fetch_sub(1, Ordering::AcqRel);
+                    c.overflow.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+/// Decrements the active-connection count when a connection thread ends.
+struct Active<'a>(&'a AtomicU64);
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Closes with RST (SO_LINGER 0) instead of FIN, so the peer sees an error,
+/// not an empty reply.
+fn reset(s: &TcpStream) {
+    let _ = SockRef::from(s).set_linger(Some(Duration::ZERO));
+}
+
+fn connect(addr: SocketAddr, shared: &Shared) -> std::io::Result<TcpStream> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if let Some(m) = shared.cfg.mark {
+        s.set_mark(m)?;
+    }
+    s.set_tcp_nodelay(true)?;
+    s.connect_timeout(&addr.into(), shared.cfg.connect_timeout)?;
+    Ok(s.into())
+}
+
+fn serve(shared: &Shared, client: TcpStream, id: u64) {
+    let c = &shared.counters;
+    let _ = client.set_nodelay(true);
+    let local = client.local_addr().ok();
+    let v6 = local.is_some_and(|a| a.is_ipv6());
+    let orig = match original_destination(client.as_raw_fd(), v6) {
+        // Not redirected to us, or redirected to our own listener: relaying
+        // would loop back into the proxy.
+        Ok(o) if Some(o) != local && !shared.listen.lock().unwrap_or_else(|e| e.into_inner()).contains(&o) => o,
+        _ => {
+            c.no_original_dst.fetch_add(1, Ordering::Relaxed);
+            reset(&client);
+            return;
+        }
+    };
+    let routes: Arc<Routes> = shared.routes.load_full();
+    let redirect = routes.redirect.redirect();
+    let verdict = redirect.classify(orig.ip(), orig.port());
+    let Verdict::Cluster(_) = verdict else {
+        let counter = if verdict == Verdict::Bypass { &c.bypass } else { &c.passthrough };
+        counter.fetch_add(1, Ordering::Relaxed);
+        c.connect_attempts.fetch_add(1, Ordering::Relaxed);
+        match connect(orig, shared) {
+            Ok(up) => relay(shared, client, up, id),
+            Err(_) => {
+                c.connect_failures.fetch_add(1, Ordering::Relaxed);
+                c.upstream_failed.fetch_add(1, Ordering::Relaxed);
+                reset(&client);
+            }
+        }
+        return;
+    };
+    let name = redirect.cluster_name(verdict).unwrap_or_default();
+    let Some(cluster) = routes.lb.lb().cluster(name) else {
+        c.unknown_cluster.fetch_add(1, Ordering::Relaxed);
+        reset(&client);
+        return;
+    };
+    c.cluster.fetch_add(1, Ordering::Relaxed);
+    let mut rng = Rng::new(shared.seed ^ id.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    for attempt in 0..shared.cfg.connect_attempts {
+        // A fresh snapshot per attempt: a failure may just have ejected the
+        // endpoint. Like Envoy's `previous_hosts` retry predicate, re-pick a
+        // few times to avoid an endpoint that already failed.
+        let snap = cluster.snapshot();
+        let mut pick = None;
+        for _ in 0..3 {
+            pick = snap.pick(None, &mut rng);
+            match pick {
+                Some(i) if tried.contains(&snap.endpoints()[i].address) => continue,
+                _ => break,
+            }
+        }
+        let Some(i) = pick else {
+            c.no_healthy_upstream.fetch_add(1, Ordering::Relaxed);
+            reset(&client);
+            return;
+        };
+        let addr = snap.endpoints()[i].address;
+        let index = cluster.endpoint_index(&addr).unwrap_or(i);
+        if attempt > 0 {
+            c.retries.fetch_add(1, Ordering::Relaxed);
+        }
+        c.connect_attempts.fetch_add(1, Ordering::Relaxed);
+        match connect(addr, shared) {
+            Ok(up) => {
+                cluster.report(index, Outcome::ConnectSuccess, false, monotonic_ms());
+                // The connection is the endpoint's active request (LEAST_REQUEST).
+                let state = cluster.state(index).clone();
+                state.request_started();
+                relay(shared, client, up, id);
+                state.request_finished();
+                return;
+            }
+            Err(_) => {
+                c.connect_failures.fetch_add(1, Ordering::Relaxed);
+                cluster.report(index, Outcome::ConnectFailure, false, monotonic_ms());
+                tried.push(addr);
+            }
+        }
+    }
+    c.upstream_failed.fetch_add(1, Ordering::Relaxed);
+    reset(&client);
+}
+
+/// Removes a connection from the open set when its relay ends.
+struct Registered<'a>(&'a Shared, u64);
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.0.open.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.1);
+    }
+}
+
+fn relay(shared: &Shared, client: TcpStream, upstream: TcpStream, id: u64) {
+    let c = &shared.counters;
+    let (cfd, ufd) = (client.as_raw_fd(), upstream.as_raw_fd());
+    {
+        let mut open = shared.open.lock().unwrap_or_else(|e| e.into_inner());
+        if shared.stopping.load(Ordering::SeqCst) {
+            reset(&client);
+            return;
+        }
+        open.insert(id, [cfd, ufd]);
+    }
+    let registered = Registered(shared, id);
+    let (p_up, p_down) = match (Pipe::new(shared.cfg.pipe_size), Pipe::new(shared.cfg.pipe_size)) {
+        (Ok(a), Ok(b)) => (a, b),
+        _ => {
+            reset(&client);
+            reset(&upstream);
+            drop(registered);
+            return;
+        }
+    };
+    // Either pump ending in an error shuts both sockets down, which wakes
+    // the other pump out of its blocking splice.
+    let both_down = || {
+        // SAFETY: both descriptors are open until this function returns.
+        unsafe {
+            libc::shutdown(cfd, libc::SHUT_RDWR);
+            libc::shutdown(ufd, libc::SHUT_RDWR);
+        }
+    };
+    let down = std::thread::scope(|s| {
+        let h = std::thread::Builder::new().stack_size(CONN_STACK).spawn_scoped(s, || {
+            let end = pump(ufd, cfd, &p_down, &c.bytes_received);
+            match end {
+                // Upstream finished sending: pass the FIN on (half-close).
+                // SAFETY: descriptor open for the scope.
+                End::Eof => unsafe { libc::shutdown(cfd, libc::SHUT_WR) },
+                End::Error => {
+                    both_down();
+                    0
+                }
+            };
+            end
+        });
+        let Ok(h) = h else {
+            both_down();
+            return End::Error;
+        };
+        let up = pump(cfd, ufd, &p_up, &c.bytes_sent);
+        match up {
+            // SAFETY: descriptor open for the scope.
+            End::Eof => unsafe { libc::shutdown(ufd, libc::SHUT_WR) },
+            End::Error => {
+                both_down();
+                0
+            }
+        };
+        let down = h.join().unwrap_or(End::Error);
+        if up == End::Error || down == End::Error {
+            End::Error
+        } else {
+            End::Eof
+        }
+    });
+    if down == End::Error {
+        c.resets.fetch_add(1, Ordering::Relaxed);
+        reset(&client);
+        reset(&upstream);
+    }
+    // Unregister before the descriptors close, so `stop` never shuts down a
+    // reused descriptor number.
+    drop(registered);
+    drop(client);
+    drop(upstream);
+}

@@ -1,0 +1,62 @@
+"""The outbound proxy on 15001 (native; see ``native/src/relay``).
+
+Connections the capture rules redirected are classified by their original
+destination with a ``RedirectTable``; a service's connections go to an
+endpoint its ``LbTable`` cluster picks (connect failures are reported to
+outlier detection and another endpoint is tried), anything else passes
+through to where it was going. Bytes are relayed with ``splice(2)``. The
+serving threads are native and never take the GIL.
+
+The proxy serves from the table objects it is given: clusters loaded into
+the same ``LbTable`` later serve at once, outcomes it reports show in that
+table's ``endpoints()``; ``swap_tables`` replaces either table for new
+connections. Its own upstream connections must not be captured again: run
+it as the capture's ``proxy_uid``, or give both the same ``mark``.
+
+Example::
+
+    from pymesh.capture import CaptureConfig, redirect_table
+    from pymesh.lbtable import LbTable
+    from pymesh.relay import start_outbound_proxy
+
+    cfg = CaptureConfig(proxy_uid=os.getuid())
+    lb = LbTable()
+    lb.load(clusters)
+    proxy = start_outbound_proxy(lb, redirect_table(cfg, services))
+    ...
+    proxy.stop()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pymesh._native import LbTable, OutboundProxy, RedirectTable, original_destination
+
+__all__ = ["OutboundProxy", "original_destination", "start_outbound_proxy"]
+
+
+def start_outbound_proxy(
+    lb: LbTable,
+    redirect: RedirectTable,
+    *,
+    listen: Sequence[str] = ("127.0.0.1:15001", "[::1]:15001"),
+    connect_timeout: float = 10.0,
+    connect_attempts: int = 3,
+    max_connections: int = 4096,
+    mark: int | None = None,
+    seed: int | None = None,
+) -> OutboundProxy:
+    """Creates and starts an ``OutboundProxy``; see the class for the settings."""
+    proxy = OutboundProxy(
+        redirect,
+        lb,
+        listen=list(listen),
+        connect_timeout=connect_timeout,
+        connect_attempts=connect_attempts,
+        max_connections=max_connections,
+        mark=mark,
+        seed=seed,
+    )
+    proxy.start()
+    return proxy

@@ -1,0 +1,211 @@
+"""A two-namespace lab for the capture and relay tests: a "vm" namespace
+(where rules are installed and clients run) linked by a veth pair to a
+"net" namespace holding the servers.
+
+    vm  veth 10.77.0.2/24  fd77::2/64   default routes via the net side
+    net veth 10.77.0.1/24  fd77::1/64   + extra addresses on its loopback
+
+Needs root and iproute2. Missing tools or privileges fail the test with a
+clear message: nothing here is skipped silently.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+PEER = str(Path(__file__).resolve().parent / "netns_peer.py")
+ROOT = str(Path(__file__).resolve().parent.parent)
+VM4, NET4 = "10.77.0.2", "10.77.0.1"
+VM6, NET6 = "fd77::2", "fd77::1"
+# Extra server addresses in the net namespace (on its loopback, routed via the veth).
+EXTRA4 = ["10.78.0.1", "10.78.0.2", "10.78.0.3", "10.79.0.1"]
+EXTRA6 = ["fd78::1", "fd78::2"]
+APP_UID = 4242
+PROXY_UID = 1337
+
+
+def require_root_tools(*tools: str) -> None:
+    """Fails (never skips) when the test cannot run here."""
+    if os.geteuid() != 0:
+        pytest.fail("network-namespace tests need root (CI runs them as root)")
+    missing = [t for t in ("ip", "setpriv", *tools) if shutil.which(t) is None]
+    if missing:
+        pytest.fail(f"missing tools {missing}: run scripts/install-system-deps.sh")
+
+
+def sh(*cmd: str, check: bool = True, input: str | None = None, timeout: float = 30) -> str:
+    p = subprocess.run(cmd, capture_output=True, text=True, input=input, timeout=timeout, check=False)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({p.returncode}): {p.stderr.strip()}")
+    return p.stdout
+
+
+class Lab:
+    def __init__(self) -> None:
+        tag = uuid.uuid4().hex[:6]
+        self.vm = f"pmvm{tag}"
+        self.net = f"pmnet{tag}"
+        self.procs: list[subprocess.Popen[str]] = []
+        self.env = {**os.environ, "PYTHONPATH": ROOT}
+
+    def setup(self) -> None:
+        vm, net = self.vm, self.net
+        sh("ip", "netns", "add", vm)
+        sh("ip", "netns", "add", net)
+        sh("ip", "link", "add", "v" + vm[2:], "netns", vm, "type", "veth", "peer", "name", "v" + net[2:], "netns", net)
+        for ns, dev, a4, a6 in ((vm, "v" + vm[2:], VM4, VM6), (net, "v" + net[2:], NET4, NET6)):
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+            sh("ip", "-n", ns, "addr", "add", f"{a4}/24", "dev", dev)
+            sh("ip", "-n", ns, "addr", "add", f"{a6}/64", "dev", dev, "nodad")
+            sh("ip", "-n", ns, "link", "set", dev, "up")
+        sh("ip", "-n", vm, "route", "add", "default", "via", NET4)
+        sh("ip", "-n", vm, "-6", "route", "add", "default", "via", NET6)
+        for a in EXTRA4:
+            sh("ip", "-n", net, "addr", "add", f"{a}/32", "dev", "lo")
+        for a in EXTRA6:
+            sh("ip", "-n", net, "addr", "add", f"{a}/128", "dev", "lo", "nodad")
+
+    def teardown(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait(timeout=10)
+        for ns in (self.vm, self.net):
+            subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
+
+    # --- running things in a namespace --------------------------------------------
+
+    def cmd(self, ns: str, *argv: str, uid: int | None = None) -> list[str]:
+        prefix = ["ip", "netns", "exec", ns]
+        if uid is not None:
+            prefix += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+        return [*prefix, *argv]
+
+    def run(self, ns: str, *argv: str, uid: int | None = None, input: str | None = None) -> str:
+        p = subprocess.run(
+            self.cmd(ns, *argv, uid=uid), capture_output=True, text=True, input=input, timeout=60, env=self.env
+        )
+        if p.returncode != 0:
+            raise AssertionError(f"{' '.join(argv)} in {ns} failed ({p.returncode}): {p.stderr.strip()}")
+        return p.stdout
+
+    def peer(self, ns: str, *args: str, uid: int | None = None) -> dict[str, Any]:
+        out = self.run(ns, sys.executable, PEER, *args, uid=uid)
+        result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+        return result
+
+    def start(self, ns: str, *args: str, uid: int | None = None) -> subprocess.Popen[str]:
+        """Starts a long-running peer; returns once it printed its first line."""
+        p = subprocess.Popen(
+            self.cmd(ns, sys.executable, PEER, *args, uid=uid),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self.env,
+        )
+        self.procs.append(p)
+        assert p.stdout is not None
+        line = p.stdout.readline()
+        if not line:
+            err = p.stderr.read() if p.stderr else ""
+            raise AssertionError(f"peer {args[:2]} in {ns} did not start: {err}")
+        p.first_line = line  # type: ignore[attr-defined]
+        return p
+
+    def serve(self, ns: str, tag: str, specs: Sequence[str], uid: int | None = None) -> subprocess.Popen[str]:
+        return self.start(ns, "serve", tag, *specs, uid=uid)
+
+    def tcp(self, host: str, port: int, uid: int = APP_UID) -> str:
+        r = self.peer(self.vm, "tcp", host, str(port), uid=uid)
+        return str(r.get("reply", r.get("error")))
+
+    def udp(self, host: str, port: int, uid: int = APP_UID) -> str:
+        return str(self.peer(self.vm, "udp", host, str(port), uid=uid)["reply"])
+
+    def ruleset(self) -> str:
+        return self.run(self.vm, "nft", "-s", "list", "ruleset")  # -s: without counter values
+
+    def ruleset_without_empty_chains(self) -> str:
+        return Lab.strip_empty(self.ruleset())
+
+    @staticmethod
+    def strip_empty(ruleset: str) -> str:
+        """An nft ruleset without base chains that hold no rule and accept
+        (what iptables-nft leaves after its last rule is deleted: iptables
+        has no command to delete a built-in chain) and tables left empty."""
+        lines = ruleset.splitlines()
+        out: list[str] = []
+        i = 0
+        while i < len(lines):
+            ln = lines[i]
+            if ln.strip().startswith("chain ") and i + 2 < len(lines):
+                body = lines[i + 1].strip()
+                if body.startswith("type ") and body.endswith("policy accept;") and lines[i + 2].strip() == "}":
+                    i += 3
+                    continue
+            out.append(ln)
+            i += 1
+        text = "\n".join(x for x in out if x.strip())
+        # Tables with nothing left.
+        return re.sub(r"table \S+ \S+ \{\n\}\n?", "", text + "\n")
+
+    def iptables_save(self) -> str:
+        """iptables-save + ip6tables-save without comments and counters, and
+        without tables that hold nothing (no rules, no chains of their own,
+        all policies ACCEPT): iptables cannot delete a table once it is
+        loaded, and an empty one changes nothing."""
+        out = []
+        for tool in ("iptables-save", "ip6tables-save"):
+            table: list[str] = []
+            for ln in self.run(self.vm, tool).splitlines():
+                if ln.startswith("#"):
+                    continue
+                if ln.startswith("*"):
+                    table = [ln]
+                elif ln == "COMMIT":
+                    meaningful = [x for x in table[1:] if not (x.startswith(":") and x.split()[1] == "ACCEPT")]
+                    if meaningful:
+                        out += [*table, ln]
+                else:
+                    table.append(ln.rsplit(" [", 1)[0] if ln.startswith(":") else ln)
+        return "\n".join(out)
+
+    def capture(self, backend: str, action: str = "install", **cfg: Any) -> dict[str, Any] | None:
+        path = Path("/tmp") / f"{self.vm}-capture.json"
+        path.write_text(json.dumps({"backend": backend, **cfg}))
+        out = self.run(self.vm, sys.executable, PEER, "capture", str(path), action)
+        return json.loads(out) if out.strip() else None
+
+
+def wait_for(pred: Any, timeout: float = 5.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return
+        time.sleep(0.02)
+    raise AssertionError("condition not met in time")
+
+
+@contextmanager
+def lab() -> Iterator[Lab]:
+    require_root_tools()
+    lb = Lab()
+    try:
+        lb.setup()
+        yield lb
+    finally:
+        lb.teardown()

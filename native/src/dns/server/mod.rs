@@ -83,7 +83,15 @@ pub(crate) struct Shared {
     pub(crate) forwarder: Forwarder,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) stop: AtomicBool,
+    /// Forwarded UDP queries in flight, bounded by `MAX_UDP_FORWARDS` so a
+    /// flood of distinct unknown names cannot grow memory without bound.
+    pub(crate) udp_forwards: std::sync::atomic::AtomicUsize,
 }
+
+/// Forwarded UDP queries in flight at most; beyond, queries are dropped (the
+/// client retries). Each costs a task and a socket for at most the attempt
+/// timeouts.
+pub(crate) const MAX_UDP_FORWARDS: usize = 4096;
 
 /// A running server's threads and sockets.
 #[derive(Debug)]
@@ -169,6 +177,7 @@ impl Server {
             forwarder: Forwarder::new(cfg.upstream.clone(), cfg.cache_entries, cfg.cache_bytes, metrics.clone()),
             metrics,
             stop: AtomicBool::new(false),
+            udp_forwards: std::sync::atomic::AtomicUsize::new(0),
         });
         Ok(Server { cfg: Mutex::new(cfg), shared, running: Mutex::new(None) })
     }
@@ -222,6 +231,8 @@ impl Server {
             .build()
             .map_err(|e| io_err("tokio runtime", e))?;
         self.shared.stop.store(false, Ordering::Release);
+        // Tasks cut off by a previous stop never decremented it.
+        self.shared.udp_forwards.store(0, Ordering::Release);
         let mut udp = Vec::new();
         let mut addrs = Vec::new();
         for (socks, tcp, addr) in bound {

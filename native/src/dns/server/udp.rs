@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use tokio::runtime::Handle;
 
-use super::Shared;
+use super::{Shared, MAX_UDP_FORWARDS};
 use crate::dns::answer::{answer_packet, Decision, Outcome, Transport};
 use crate::dns::wire::Query;
 
@@ -39,10 +39,16 @@ fn forward(
         return Some(n);
     }
     let client = client?;
+    if shared.udp_forwards.fetch_add(1, Ordering::AcqRel) >= MAX_UDP_FORWARDS {
+        shared.udp_forwards.fetch_sub(1, Ordering::AcqRel);
+        shared.metrics.dropped();
+        return None;
+    }
     let shared = shared.clone();
     let sock = sock.clone();
     rt.spawn(async move {
         let (reply, outcome, rcode) = shared.forwarder.reply(&q, Transport::Udp).await;
+        shared.udp_forwards.fetch_sub(1, Ordering::AcqRel);
         shared.metrics.query(outcome, q.qtype, rcode);
         if !reply.is_empty() {
             let _ = sock.send_to(&reply, client);

@@ -11,6 +11,9 @@ Subcommands:
                          byte count and SHA-256, closes. Prints "ready".
   tcp HOST PORT          connect, print the first line (or the error).
   udp HOST PORT          one datagram, print the reply (or "timeout").
+  tcpmany HOST PORT N    N connections: counts of each reply's first word.
+  upload HOST PORT SIZE  SIZE bytes to a sink, half-close, its checksum.
+  echo HOST PORT SIZE    SIZE bytes through an echo server, both ways.
   relay CONFIG.json      run an OutboundProxy; stdin commands: "stats", "quit".
   capture CONFIG.json    install (argv[3] == "install") or remove capture rules.
 """
@@ -128,6 +131,63 @@ def udp(host: str, port: int) -> None:
             print(json.dumps({"reply": "timeout"}))
 
 
+def tcp_many(host: str, port: int, n: int) -> None:
+    """n connections; counts of the first word of each reply."""
+    counts: dict[str, int] = {}
+    for _ in range(n):
+        try:
+            with socket.create_connection((host, port), timeout=5) as s:
+                word = (s.makefile("rb").readline().decode().split() or ["eof"])[0]
+        except OSError as e:
+            word = type(e).__name__
+        counts[word] = counts.get(word, 0) + 1
+    print(json.dumps(counts))
+
+
+def _payload(size: int) -> bytes:
+    # Deterministic, incompressible-looking bytes.
+    out = bytearray()
+    block = hashlib.sha256(b"pymesh").digest()
+    while len(out) < size:
+        block = hashlib.sha256(block).digest()
+        out += block * 128
+    return bytes(out[:size])
+
+
+def upload(host: str, port: int, size: int) -> None:
+    """Sends size bytes, half-closes, reads the sink's "count sha256" reply."""
+    data = _payload(size)
+    with socket.create_connection((host, port), timeout=30) as s:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        reply = s.makefile("rb").readline().decode().split()
+    print(json.dumps({"sent": size, "sha256": hashlib.sha256(data).hexdigest(), "reply": reply}))
+
+
+def echo(host: str, port: int, size: int) -> None:
+    """Sends size bytes to an echo server while reading them back; after the
+    last byte, half-closes and reads to EOF. Reports what came back."""
+    data = _payload(size)
+    with socket.create_connection((host, port), timeout=30) as s:
+        f = s.makefile("rb")
+        header = f.readline().decode().strip()
+
+        def send() -> None:
+            s.sendall(data)
+            s.shutdown(socket.SHUT_WR)
+
+        t = threading.Thread(target=send)
+        t.start()
+        h = hashlib.sha256()
+        n = 0
+        while chunk := f.read1(1 << 20):
+            h.update(chunk)
+            n += len(chunk)
+        t.join()
+    ok = n == size and h.hexdigest() == hashlib.sha256(data).hexdigest()
+    print(json.dumps({"header": header, "received": n, "intact": ok}))
+
+
 def relay(path: str) -> None:
     from pymesh.lbtable import LbTable, RedirectTable
     from pymesh.relay import OutboundProxy
@@ -170,6 +230,12 @@ if __name__ == "__main__":
         tcp(args[0], int(args[1]))
     elif cmd == "udp":
         udp(args[0], int(args[1]))
+    elif cmd == "tcpmany":
+        tcp_many(args[0], int(args[1]), int(args[2]))
+    elif cmd == "upload":
+        upload(args[0], int(args[1]), int(args[2]))
+    elif cmd == "echo":
+        echo(args[0], int(args[1]), int(args[2]))
     elif cmd == "relay":
         relay(args[0])
     elif cmd == "capture":

@@ -1,0 +1,171 @@
+"""The outbound proxy end to end in network namespaces: an app's TCP is
+redirected by real nftables rules to the proxy (running as the proxy uid
+the rules exclude), which reads the original destination, routes service
+VIPs to cluster endpoints by policy, passes everything else through, retries
+and reports connect failures, and relays large streams intact with
+half-close. Runs as root; fails loudly without netns or nft."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from netns_lab import APP_UID, EXTRA4, EXTRA6, PROXY_UID, Lab, lab, require_root_tools
+
+VIP4, VIP6 = "10.96.0.10", "fd96::10"
+BAD_VIP = "10.96.0.11"
+CLUSTER = "outbound|80||svc.default.svc.cluster.local"
+BAD = "outbound|80||flaky.default.svc.cluster.local"
+
+
+def ep(addr: str, port: int, weight: int = 1) -> dict[str, Any]:
+    return {
+        "endpoint": {"address": {"socket_address": {"address": addr, "port_value": port}}},
+        "load_balancing_weight": weight,
+    }
+
+
+def cluster(name: str, eps: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "lb_policy": "ROUND_ROBIN",
+        "load_assignment": {"endpoints": [{"lb_endpoints": eps}]},
+        **extra,
+    }
+
+
+CONFIG: dict[str, Any] = {
+    "seed": 7,
+    "clusters": [
+        # Weighted round robin 1:3 (Envoy's EDF scheduler).
+        cluster(CLUSTER, [ep(EXTRA4[0], 8080, 1), ep(EXTRA4[1], 8080, 3)]),
+        # One endpoint refuses connections; outlier detection ejects it after
+        # two consecutive local-origin failures (mapped to 503, Envoy's default).
+        cluster(
+            BAD,
+            [ep(EXTRA4[2], 8081), ep(EXTRA4[0], 8080)],
+            outlier_detection={"consecutive_5xx": 2, "max_ejection_percent": 100, "interval": "60s"},
+        ),
+    ],
+    "redirect": {
+        "services": [
+            {"address": VIP4, "port": 80, "cluster": CLUSTER},
+            {"address": VIP6, "port": 80, "cluster": CLUSTER},
+            {"address": VIP4, "port": 9000, "cluster": "sink"},
+            {"address": BAD_VIP, "port": 80, "cluster": BAD},
+        ],
+        "include_ip_ranges": ["*"],
+    },
+    "options": {"listen": ["127.0.0.1:15001", "[::1]:15001"], "connect_timeout": 2.0},
+}
+CONFIG["clusters"].append(cluster("sink", [ep(EXTRA4[0], 9000)]))
+
+
+class Proxy:
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+
+    def stats(self) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("stats\n")
+        self.proc.stdin.flush()
+        result: dict[str, Any] = json.loads(self.proc.stdout.readline())
+        return result
+
+
+@pytest.fixture(scope="module")
+def mesh() -> Iterator[tuple[Lab, Proxy]]:
+    require_root_tools("nft")
+    with lab() as lb:
+        lb.serve(lb.net, "ep1", [f"tcp:{EXTRA4[0]}:8080", f"sink:{EXTRA4[0]}:9000"])
+        lb.serve(lb.net, "ep2", [f"tcp:{EXTRA4[1]}:8080"])
+        lb.serve(lb.net, "direct", [f"tcp:{EXTRA4[3]}:80", f"tcp:[{EXTRA6[0]}]:80"])
+        lb.capture("nftables", proxy_uid=PROXY_UID, name="pmrelay")
+        path = Path("/tmp") / f"{lb.vm}-relay.json"
+        path.write_text(json.dumps(CONFIG))
+        proc = lb.start(lb.vm, "relay", str(path), uid=PROXY_UID)
+        assert json.loads(proc.first_line)["addresses"] == ["127.0.0.1:15001", "[::1]:15001"]  # type: ignore[attr-defined]
+        yield lb, Proxy(proc)
+
+
+def test_service_connections_follow_the_cluster_policy(mesh: tuple[Lab, Proxy]) -> None:
+    lb, proxy = mesh
+    before = proxy.stats()["stats"]
+    counts = lb.peer(lb.vm, "tcpmany", VIP4, "80", "200", uid=APP_UID)
+    # Weights 1:3 under weighted round robin: exact proportions per cycle.
+    assert counts == {"ep1": 50, "ep2": 150}
+    after = proxy.stats()["stats"]
+    assert after["cluster"] - before["cluster"] == 200
+    assert after["connect_failures"] == before["connect_failures"]
+
+
+def test_ipv6_service_vip(mesh: tuple[Lab, Proxy]) -> None:
+    lb, _ = mesh
+    counts = lb.peer(lb.vm, "tcpmany", VIP6, "80", "8", uid=APP_UID)
+    assert counts == {"ep1": 2, "ep2": 6}
+
+
+def test_unknown_destinations_pass_through_where_they_were_going(mesh: tuple[Lab, Proxy]) -> None:
+    lb, proxy = mesh
+    before = proxy.stats()["stats"]["passthrough"]
+    # The server sees a plain connection (no redirect on its side): the proxy
+    # connected to the original destination, and was not captured itself.
+    assert lb.tcp(EXTRA4[3], 80) == f"direct {EXTRA4[3]}:80 -"
+    assert lb.tcp(EXTRA6[0], 80) == f"direct {EXTRA6[0]}:80 -"
+    assert proxy.stats()["stats"]["passthrough"] - before == 2
+    # A passthrough destination that refuses: the app sees the connection fail.
+    r = lb.peer(lb.vm, "tcp", EXTRA4[3], "81", uid=APP_UID)
+    assert r.get("error") in ("ConnectionResetError",) or r.get("reply") == "eof", r
+
+
+def test_connect_failures_are_retried_reported_and_eject(mesh: tuple[Lab, Proxy]) -> None:
+    lb, proxy = mesh
+    before = proxy.stats()["stats"]
+    counts = lb.peer(lb.vm, "tcpmany", BAD_VIP, "80", "10", uid=APP_UID)
+    # Every connection still reaches the healthy endpoint: a refused connect
+    # is retried on another endpoint.
+    assert counts == {"ep1": 10}
+    s = proxy.stats()
+    st = s["stats"]
+    assert st["connect_failures"] - before["connect_failures"] >= 2
+    assert st["retries"] - before["retries"] == st["connect_failures"] - before["connect_failures"]
+    eps = {e["address"]: e for e in s["endpoints"][BAD]}
+    # Two consecutive failures ejected it: later connections no longer try it.
+    assert eps[f"{EXTRA4[2]}:8081"]["ejected"] and eps[f"{EXTRA4[2]}:8081"]["ejections"] == 1
+    assert not eps[f"{EXTRA4[0]}:8080"]["ejected"]
+    assert st["connect_failures"] - before["connect_failures"] == 2
+
+
+def test_large_upload_with_half_close_arrives_intact(mesh: tuple[Lab, Proxy]) -> None:
+    lb, _ = mesh
+    size = 48 << 20
+    r = lb.peer(lb.vm, "upload", VIP4, "9000", str(size), uid=APP_UID)
+    # The sink replies after our FIN: the proxy passed the half-close on and
+    # kept relaying the other direction.
+    assert r["reply"] == [str(size), r["sha256"]]
+
+
+def test_large_echo_both_directions_arrives_intact(mesh: tuple[Lab, Proxy]) -> None:
+    lb, proxy = mesh
+    r = lb.peer(lb.vm, "echo", VIP4, "80", str(24 << 20), uid=APP_UID)
+    assert r["intact"] and r["header"].split()[0] in ("ep1", "ep2")
+    st = proxy.stats()["stats"]
+    assert st["bytes_sent"] >= 24 << 20 and st["bytes_received"] >= 24 << 20
+
+
+def test_connections_end_cleanly_and_nothing_leaks(mesh: tuple[Lab, Proxy]) -> None:
+    lb, proxy = mesh
+    lb.peer(lb.vm, "tcpmany", VIP4, "80", "20", uid=APP_UID)
+    import time
+
+    deadline = time.monotonic() + 5
+    while proxy.stats()["stats"]["active"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    s = proxy.stats()
+    assert s["stats"]["active"] == 0
+    # LEAST_REQUEST's active-request counts return to zero with the connections.
+    assert all(e["active_requests"] == 0 for eps in s["endpoints"].values() for e in eps)

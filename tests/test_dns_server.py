@@ -278,3 +278,30 @@ def test_default_listeners_both_loopbacks(family: str) -> None:
         assert addresses(query(addr, "product")) == ["10.96.0.20"]
     finally:
         s.stop()
+
+
+def test_reconfigure_while_serving_and_config_errors() -> None:
+    from pymesh import ConfigError, PymeshError
+    from pymesh.dnsproxy import DnsServer
+
+    with proxy(make_table()) as (server, addr):
+        assert query(addr, "product").answer[0].ttl == 30
+        server.reconfigure(ttl=7, zones=["svc.cluster.local"])
+        assert query(addr, "product").answer[0].ttl == 7
+        assert rcode_of(query(addr, "nope.default.svc.cluster.local")) == "NXDOMAIN"
+        server.reconfigure(zones=[])
+        assert rcode_of(query(addr, "nope.default.svc.cluster.local")) == "SERVFAIL"  # forwarded, no upstream
+        with pytest.raises(ConfigError, match=r"upstreams\[0\]"):
+            server.reconfigure(upstreams=["not an address"])
+        stats = server.stats()
+        assert stats["outcomes"]["local"] == 2 and stats["qtypes"]["A"] == 4 and stats["rcodes"]["NXDOMAIN"] == 1
+    with pytest.raises(ConfigError, match=r"listen\[0\]"):
+        DnsServer(listen=["127.0.0.1"])
+    with pytest.raises(ConfigError, match="zones"):
+        DnsServer(zones=["a..b"])
+    # A port already taken: the error names the address, nothing is left running.
+    with proxy(make_table()) as (_, addr):
+        s = DnsServer(listen=[addr], workers=1)
+        with pytest.raises(PymeshError, match=addr.split(":")[0]):
+            s.start()
+        assert not s.running

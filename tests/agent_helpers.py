@@ -130,6 +130,40 @@ def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.05) ->
         time.sleep(interval)
 
 
+class TcpApp:
+    """A TCP server on ``host:port`` that accepts and closes connections (a
+    listener that never accepts would fill its backlog under a fast probe)."""
+
+    def __init__(self, host: str, port: int = 0) -> None:
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, port))
+        self.sock.listen(64)
+        self.port = int(self.sock.getsockname()[1])
+        self.peers: list[str] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, peer = self.sock.accept()
+            except OSError:
+                return
+            self.peers.append(peer[0])
+            conn.close()
+
+    def close(self) -> None:
+        import socket
+
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+
 class ScriptedAds:
     """An ADS server whose responses the test sends with :meth:`push`; every
     request received is in ``requests`` (a queue of DiscoveryRequest)."""

@@ -5,13 +5,12 @@ agent restart from persisted tables) until it comes back."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_helpers import PRODUCT, VM_IP, make_agent, resolve, wait_until, write_vm_files
+from agent_helpers import PRODUCT, VM_IP, TcpApp, make_agent, resolve, wait_until, write_vm_files
 from cp_helpers import example_config, free_port
 
 from pymesh.controlplane import ControlPlane
@@ -90,10 +89,7 @@ def test_probe_moves_the_vm_endpoint_in_and_out(cp: ControlPlane, tmp_path: Path
     vm = write_vm_files(tmp_path / "vm", cp.port, probe=probe)
     agent = make_agent(vm, tmp_path / "state", free_port("127.0.0.1"))
     name = cluster(svc_port)
-    app = socket.socket()
-    app.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    app.bind((VM_IP, probe_port))
-    app.listen(16)
+    app = TcpApp(VM_IP, probe_port)
     with agent:
         entry = wait_until(lambda: cp.registered_entry("default", ENTRY))
         assert entry["metadata"]["annotations"]["proxy.istio.io/health-checks-enabled"] == "true"
@@ -107,10 +103,7 @@ def test_probe_moves_the_vm_endpoint_in_and_out(cp: ControlPlane, tmp_path: Path
         cond = cp.registered_entry("default", ENTRY)["status"]["conditions"][0]  # type: ignore[index]
         assert cond["status"] == "False" and "refused" in cond["message"].lower()
 
-        app = socket.socket()
-        app.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        app.bind((VM_IP, probe_port))
-        app.listen(16)
+        app = TcpApp(VM_IP, probe_port)
         wait_until(lambda: f"{VM_IP}:{svc_port}" in addresses(agent, name))
     app.close()
 

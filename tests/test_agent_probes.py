@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 import pytest
-from agent_helpers import wait_until
+from agent_helpers import TcpApp, wait_until
 from cp_helpers import free_port
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
@@ -309,17 +309,15 @@ def test_prober_timing_initial_delay_and_period() -> None:
 
 
 def test_prober_follows_a_real_listener() -> None:
-    lsock = socket.socket()
-    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    lsock.bind(("127.0.0.1", 0))
-    lsock.listen(64)
-    port = lsock.getsockname()[1]
+    app = TcpApp("127.0.0.1")
+    port = app.port
     events: list[bool] = []
     spec = parse_probe({"tcpSocket": {"port": port}, "periodSeconds": 0.05, "failureThreshold": 2})
     p = Prober(spec, lambda ok, msg: events.append(ok), default_host="127.0.0.1").start()
     try:
         wait_until(lambda: events == [True])
-        lsock.close()
+        assert wait_until(lambda: app.peers)[0] == "127.0.0.6"
+        app.close()
         wait_until(lambda: events == [True, False])
         assert p.failures >= 2
     finally:

@@ -10,6 +10,7 @@ use tokio::runtime::Handle;
 
 use super::{Shared, MAX_UDP_FORWARDS};
 use crate::dns::answer::{answer_packet, Decision, Outcome, Transport};
+use crate::dns::metrics::LocalCounts;
 use crate::dns::wire::Query;
 
 /// Datagrams per `recvmmsg`/`sendmmsg` call.
@@ -33,15 +34,16 @@ fn forward(
     q: Box<Query>,
     client: Option<SocketAddr>,
     out: &mut [u8],
+    counts: &mut LocalCounts,
 ) -> Option<usize> {
     if let Some(n) = shared.forwarder.cached_reply(&q, Transport::Udp, out) {
-        shared.metrics.query(Outcome::CacheHit, q.qtype, u16::from_be_bytes([out[2], out[3]]) & 0xF);
+        counts.query(Outcome::CacheHit, q.qtype, u16::from_be_bytes([out[2], out[3]]) & 0xF);
         return Some(n);
     }
     let client = client?;
     if shared.udp_forwards.fetch_add(1, Ordering::AcqRel) >= MAX_UDP_FORWARDS {
         shared.udp_forwards.fetch_sub(1, Ordering::AcqRel);
-        shared.metrics.dropped();
+        counts.dropped();
         return None;
     }
     let shared = shared.clone();
@@ -71,7 +73,9 @@ pub(super) fn worker(sock: Arc<UdpSocket>, shared: Arc<Shared>, rt: Handle) {
     let mut rmsg: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; BATCH];
     let mut wmsg: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; BATCH];
     let mut rotation = 0u32;
+    let mut counts = LocalCounts::default();
     while !shared.stop.load(Ordering::Acquire) {
+        shared.metrics.flush(&mut counts);
         for i in 0..BATCH {
             riov[i] = libc::iovec { iov_base: rbufs[i * RECV_BUF..].as_mut_ptr().cast(), iov_len: RECV_BUF };
             let h = &mut rmsg[i].msg_hdr;
@@ -98,7 +102,7 @@ pub(super) fn worker(sock: Arc<UdpSocket>, shared: Arc<Shared>, rt: Handle) {
         for i in 0..n as usize {
             let len = rmsg[i].msg_len as usize;
             if rmsg[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
-                shared.metrics.dropped();
+                counts.dropped();
                 continue;
             }
             rotation = rotation.wrapping_add(1);
@@ -106,14 +110,14 @@ pub(super) fn worker(sock: Arc<UdpSocket>, shared: Arc<Shared>, rt: Handle) {
             let out = &mut wbufs[nsend * SEND_BUF..(nsend + 1) * SEND_BUF];
             let reply = match answer_packet(snap.as_deref(), &cfg, packet, Transport::Udp, rotation, out) {
                 Decision::Reply { len, outcome, qtype, rcode } => {
-                    shared.metrics.query(outcome, qtype, rcode);
+                    counts.query(outcome, qtype, rcode);
                     Some(len)
                 }
                 Decision::Drop => {
-                    shared.metrics.dropped();
+                    counts.dropped();
                     None
                 }
-                Decision::Forward(q) => forward(&shared, &rt, &sock, q, sockaddr(&names[i]), out),
+                Decision::Forward(q) => forward(&shared, &rt, &sock, q, sockaddr(&names[i]), out, &mut counts),
             };
             if let Some(len) = reply {
                 wiov[nsend] = libc::iovec { iov_base: out.as_mut_ptr().cast(), iov_len: len };
@@ -140,6 +144,7 @@ pub(super) fn worker(sock: Arc<UdpSocket>, shared: Arc<Shared>, rt: Handle) {
                 sent += r as usize;
             }
         }
+        shared.metrics.flush(&mut counts);
     }
 }
 
@@ -170,21 +175,23 @@ pub(super) fn worker(sock: Arc<UdpSocket>, shared: Arc<Shared>, rt: Handle) {
     let mut rbuf = vec![0u8; RECV_BUF];
     let mut wbuf = vec![0u8; SEND_BUF];
     let mut rotation = 0u32;
+    let mut counts = LocalCounts::default();
     while !shared.stop.load(Ordering::Acquire) {
+        shared.metrics.flush(&mut counts);
         let Ok((len, from)) = sock.recv_from(&mut rbuf) else { continue };
         rotation = rotation.wrapping_add(1);
         let snap = shared.table.load();
         let cfg = shared.answer.load();
         let reply = match answer_packet(snap.as_deref(), &cfg, &rbuf[..len], Transport::Udp, rotation, &mut wbuf) {
             Decision::Reply { len, outcome, qtype, rcode } => {
-                shared.metrics.query(outcome, qtype, rcode);
+                counts.query(outcome, qtype, rcode);
                 Some(len)
             }
             Decision::Drop => {
-                shared.metrics.dropped();
+                counts.dropped();
                 None
             }
-            Decision::Forward(q) => forward(&shared, &rt, &sock, q, Some(from), &mut wbuf),
+            Decision::Forward(q) => forward(&shared, &rt, &sock, q, Some(from), &mut wbuf, &mut counts),
         };
         if let Some(n) = reply {
             let _ = sock.send_to(&wbuf[..n], from);

@@ -21,6 +21,7 @@ Two implementations, each in a fresh child process of this script:
 - ``incremental`` (pymesh): resources generated once per snapshot and
   client view, pre-encoded, pushed only to connections whose subscribed
   resources changed;
+- the same with delta ADS agents (``pymesh delta`` column);
 - ``naive`` (baseline): every change regenerates every subscribed type for
   every connection and resends it (what a control plane without a cache or
   push targeting does). Its cost grows with agents x mesh size, so in full
@@ -96,10 +97,10 @@ def wait_converged(cp: Any, since: float, timeout: float = 600.0) -> float:
         time.sleep(0.005)
 
 
-def one(strategy: str, services: int, agents: int, eds: int) -> dict[str, Any]:
+def one(strategy: str, services: int, agents: int, eds: int, delta: bool = False) -> dict[str, Any]:
     from pymesh.controlplane import ControlPlane
 
-    out: dict[str, Any] = {"strategy": strategy, "services": services, "agents": agents}
+    out: dict[str, Any] = {"strategy": strategy, "services": services, "agents": agents, "delta": delta}
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "mesh"
         write_mesh(cfg, services)
@@ -118,7 +119,8 @@ def one(strategy: str, services: int, agents: int, eds: int) -> dict[str, Any]:
         gc.collect()
         out["rss_mesh_mb"] = rss_mb() - base
         proc = subprocess.Popen(
-            [sys.executable, str(HERE / "cp_agents.py"), str(cp.port), str(agents), str(services), str(eds)],
+            [sys.executable, str(HERE / "cp_agents.py"), str(cp.port), str(agents), str(services), str(eds)]
+            + (["delta"] if delta else []),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -164,26 +166,31 @@ def main() -> int:
     )
     p.add_argument("--eds", type=int, default=20, help="EDS clusters per agent (default: %(default)s)")
     p.add_argument("--one", help=argparse.SUPPRESS)
+    p.add_argument("--delta", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     a = p.parse_args()
     services = a.services or (100 if a.short else 1000)
     agents = a.agents or (200 if a.short else 2000)
     if a.one:
-        print(json.dumps(one(a.one, services, agents, min(a.eds, services))))
+        print(json.dumps(one(a.one, services, agents, min(a.eds, services), a.delta)))
         return 0
     base_agents = a.baseline_agents or (agents if a.short else min(agents, 200))
     results = []
-    for strategy, n in (("incremental", agents), ("naive", base_agents)):
+    for strategy, n, delta in (
+        ("incremental", agents, False),
+        ("naive", base_agents, False),
+        ("incremental", agents, True),
+    ):
         cmd = [sys.executable, __file__, "--one", strategy, "--services", str(services), "--agents", str(n)]
-        cmd += ["--eds", str(a.eds)]
+        cmd += ["--eds", str(a.eds)] + (["--delta"] if delta else [])
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
         if r.returncode != 0:
             print(r.stderr[-4000:], file=sys.stderr)
             return 1
         results.append(json.loads(r.stdout.strip().splitlines()[-1]))
-    inc, naive = results
+    inc, naive, inc_delta = results
     if a.json:
-        print(json.dumps({"incremental": inc, "naive": naive}, indent=2))
+        print(json.dumps({"incremental": inc, "naive": naive, "incremental_delta": inc_delta}, indent=2))
         return 0
     print(f"control plane: {services} services (2 pods each), ADS agents on loopback (CDS + NDS + {a.eds} EDS each)\n")
     rows = [
@@ -198,12 +205,14 @@ def main() -> int:
         ("  responses sent", "new-service_responses", "{:.0f}"),
         ("  server time to queue them, ms", "new-service_queue_ms", "{:.0f}"),
     ]
-    print(f"{'':36}{'pymesh (incremental)':>22}{'naive baseline':>18}{'naive/pymesh per agent':>26}")
+    print(f"{'':36}{'pymesh SotW':>14}{'naive SotW':>14}{'naive/pymesh':>14}{'pymesh delta':>14}")
+    print(f"{'':36}{'':>14}{'(baseline)':>14}{'per agent':>14}")
     for title, key, fmt in rows:
         ratio = ""
         if key.endswith("_s") and inc[key] > 0:
             ratio = f"{(naive[key] / naive['agents']) / (inc[key] / inc['agents']):.1f}x"
-        print(f"{title:36}{fmt.format(inc[key]):>22}{fmt.format(naive[key]):>18}{ratio:>26}")
+        cells = (fmt.format(inc[key]), fmt.format(naive[key]), ratio, fmt.format(inc_delta[key]))
+        print(f"{title:36}" + "".join(f"{c:>14}" for c in cells))
     return 0
 
 

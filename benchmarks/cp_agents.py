@@ -1,9 +1,9 @@
 """Simulated VM agents for benchmarks/controlplane_bench.py: COUNT ADS
-streams (SotW), each on its own TCP connection, each subscribing like an
+streams (SotW or delta), each on its own TCP connection, each subscribing like an
 istio-agent sidecar scoped to a few services: CDS (wildcard), NDS, and EDS
 for EDS_PER_AGENT clusters; every response is ACKed at once.
 
-    cp_agents.py PORT COUNT SERVICES EDS_PER_AGENT
+    cp_agents.py PORT COUNT SERVICES EDS_PER_AGENT [sotw|delta]
 
 Prints ``ready`` once every agent has ACKed its first CDS, NDS and EDS
 response, then runs until stdin closes."""
@@ -22,7 +22,8 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, st
 CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 EDS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 NDS = "type.googleapis.com/istio.networking.nds.v1.NameTable"
-METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
+SOTW = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
+DELTA = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources"
 
 
 def _header_class() -> object:
@@ -47,13 +48,12 @@ def cluster(i: int) -> str:
 
 
 async def agent(
-    i: int, port: int, services: int, eds: int, ready: asyncio.Event, counter: list[int], total: int
+    i: int, port: int, services: int, eds: int, delta: bool, ready: asyncio.Event, counter: list[int], total: int
 ) -> None:
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
+    request: Any = discovery_pb2.DeltaDiscoveryRequest if delta else discovery_pb2.DiscoveryRequest
     call = channel.stream_stream(
-        METHOD,
-        request_serializer=discovery_pb2.DiscoveryRequest.SerializeToString,
-        response_deserializer=HEADER.FromString,
+        DELTA if delta else SOTW, request_serializer=request.SerializeToString, response_deserializer=HEADER.FromString
     )()
     md = struct_pb2.Struct()
     md.update({"NAMESPACE": "bench", "DNS_CAPTURE": "true", "INSTANCE_IPS": f"10.200.{i // 250}.{i % 250 + 1}"})
@@ -61,22 +61,25 @@ async def agent(
         id=f"sidecar~10.200.{i // 250}.{i % 250 + 1}~agent-{i}.bench~bench.svc.cluster.local", metadata=md
     )
     names = {EDS: [cluster((i * 7 + k) % services) for k in range(eds)], CDS: [], NDS: []}
-    await call.write(discovery_pb2.DiscoveryRequest(type_url=CDS, node=node))
-    await call.write(discovery_pb2.DiscoveryRequest(type_url=NDS))
-    await call.write(discovery_pb2.DiscoveryRequest(type_url=EDS, resource_names=names[EDS]))
+    if delta:
+        await call.write(request(type_url=CDS, node=node, resource_names_subscribe=["*"]))
+        await call.write(request(type_url=NDS, resource_names_subscribe=["*"]))
+        await call.write(request(type_url=EDS, resource_names_subscribe=names[EDS]))
+    else:
+        await call.write(request(type_url=CDS, node=node))
+        await call.write(request(type_url=NDS))
+        await call.write(request(type_url=EDS, resource_names=names[EDS]))
     first = {CDS, NDS, EDS}
     while True:
         r = await call.read()
         if r is grpc.aio.EOF:
             return
-        await call.write(
-            discovery_pb2.DiscoveryRequest(
-                type_url=r.type_url,
-                version_info=r.version_info,
-                response_nonce=r.nonce,
-                resource_names=names[r.type_url],
-            )
-        )
+        if delta:
+            await call.write(request(type_url=r.type_url, response_nonce=r.nonce))
+        else:
+            ack = request(type_url=r.type_url, version_info=r.version_info, response_nonce=r.nonce)
+            ack.resource_names.extend(names[r.type_url])
+            await call.write(ack)
         if first:
             first.discard(r.type_url)
             if not first:
@@ -87,11 +90,12 @@ async def agent(
 
 async def main() -> None:
     port, count, services, eds = (int(a) for a in sys.argv[1:5])
+    delta = sys.argv[5:6] == ["delta"]
     ready = asyncio.Event()
     counter = [0]
     tasks = []
     for i in range(count):
-        tasks.append(asyncio.ensure_future(agent(i, port, services, eds, ready, counter, count)))
+        tasks.append(asyncio.ensure_future(agent(i, port, services, eds, delta, ready, counter, count)))
         if i % 50 == 49:
             await asyncio.sleep(0.05)  # connect in waves, as a fleet would
     await ready.wait()

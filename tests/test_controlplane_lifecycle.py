@@ -275,3 +275,47 @@ def test_two_vms_with_one_ip_in_two_networks(cp: ControlPlane) -> None:
     wait_until(lambda: cp.registered_entry("default", f"product-vm-{ip}-net1") is None, timeout=5)
     assert cp.registered_entry("default", f"product-vm-{ip}-net2") is not None
     b.close()
+
+
+PRECREATED = """apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata:
+  name: legacy-vm
+  namespace: default
+  annotations: {proxy.istio.io/health-checks-enabled: "true"}
+spec: {address: 127.0.0.5, labels: {app: product}, ports: {grpc: 18080}}
+"""
+
+
+def test_health_checked_precreated_entry_via_workload_entry_metadata(cp: ControlPlane, cfg: Path, data: Path) -> None:
+    (cfg / "legacy.yaml").write_text(PRECREATED)
+    cp.reload()
+    w, first = watcher(cp)
+    assert eds_addresses(first) == ["127.0.0.2"]  # no Healthy condition yet: excluded
+    vm = AdsStream(cp.port, vm_node("127.0.0.5", group="", name="legacy", extra={"WORKLOAD_ENTRY": "legacy-vm"}))
+    vm.send(CDS)
+    vm.ack(vm.recv())
+    vm.health(True)
+    r = w.recv()
+    assert eds_addresses(r) == ["127.0.0.2", "127.0.0.5"]
+    w.ack(r, (CLUSTER,))
+    out = subprocess.run(
+        [*pymesh_cli(), "get", "we", "legacy-vm", "-o", "json", "--data-dir", str(data)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    doc = json.loads(out.stdout)
+    assert doc["status"]["conditions"][0]["status"] == "True"
+    assert doc["metadata"]["annotations"]["istio.io/workloadController"] == cp.instance_id
+    # Disconnected past the grace period: the Healthy condition is removed, the endpoint goes.
+    vm.close()
+    r = w.recv(timeout=5)
+    assert eds_addresses(r) == ["127.0.0.2"]
+    w.close()
+    # A WORKLOAD_ENTRY that does not exist fails the stream.
+    bad = AdsStream(cp.port, vm_node("127.0.0.6", group="", name="x", extra={"WORKLOAD_ENTRY": "nope"}))
+    bad.send(CDS)
+    err = bad.wait_closed()
+    assert err is not None and err.code() == grpc.StatusCode.NOT_FOUND
+    bad.close()

@@ -310,3 +310,46 @@ def test_pushes_go_only_to_affected_connections(cp: ControlPlane) -> None:
     assert cp.ads.stats["pushes"] - before == 2
     for s in (eds_watch, nds_watch, lds_watch):
         s.close()
+
+
+def test_undecodable_requests_fail_only_their_stream(cp: ControlPlane) -> None:
+    import grpc
+
+    channel = grpc.insecure_channel(f"127.0.0.1:{cp.port}")
+    call = channel.stream_stream(
+        "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources",
+        request_serializer=lambda b: b,
+        response_deserializer=lambda b: b,
+    )
+    with pytest.raises(grpc.RpcError) as info:
+        list(call(iter([b"\xff\xff\xff\xff garbage"]), timeout=10))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    channel.close()
+    # The server keeps serving everyone else.
+    s = AdsStream(cp.port, vm_node("127.0.0.9", group="", name="after"))
+    s.send(CDS)
+    assert len(s.recv().resources) >= 2
+    s.close()
+
+
+def test_first_request_without_node_is_rejected(cp: ControlPlane) -> None:
+    import grpc
+
+    s = AdsStream(cp.port, base_pb2.Node())
+    s.send(CDS)
+    err = s.wait_closed()
+    assert err is not None and err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "must carry the node" in str(err.details())
+    s.close()
+
+
+def test_istio_meta_environment_names_are_accepted() -> None:
+    p = parse_node(
+        _node(
+            "sidecar~10.0.0.9~vm-1.ns1~ns1.svc.cluster.local",
+            ISTIO_META_AUTO_REGISTER_GROUP="grp",
+            ISTIO_META_NETWORK="n1",
+            ISTIO_METAJSON_LABELS='{"app": "x"}',
+        )
+    )
+    assert (p.auto_register_group, p.network, p.labels) == ("grp", "n1", {"app": "x"})

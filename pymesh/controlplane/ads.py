@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf.message import DecodeError
 
 from pymesh.controlplane.errors import ControlPlaneError, NodeError, RegistrationError
 from pymesh.controlplane.node import Proxy, parse_node
@@ -196,6 +197,9 @@ class AdsServer:
                     await self._on_sotw(conn, req)
         except asyncio.CancelledError:
             raise
+        except DecodeError as e:  # hostile or broken client: its stream fails, nothing else
+            log.warning("%r: undecodable request: %s", conn, e)
+            conn.abort = (grpc.StatusCode.INVALID_ARGUMENT, f"undecodable request: {e}")
         except Exception as e:  # a bug must fail this stream, not the server
             log.exception("%r: request handling failed", conn)
             conn.abort = (grpc.StatusCode.INTERNAL, f"pymesh control plane: {e}")

@@ -109,7 +109,19 @@ def parse_node(node: Any) -> Proxy:
     ntype, ip, pid, domain = parts
     if ntype not in NODE_TYPES:
         raise NodeError(f"node id {node_id!r}: unknown proxy type {ntype!r} (one of {', '.join(NODE_TYPES)})")
-    md: dict[str, Any] = json_format.MessageToDict(node.metadata) if node.HasField("metadata") else {}
+    raw: dict[str, Any] = json_format.MessageToDict(node.metadata) if node.HasField("metadata") else {}
+    # istio-agent strips ISTIO_META_ (string) and ISTIO_METAJSON_ (JSON) from
+    # its environment when it builds the node; a hand-written bootstrap may
+    # carry the environment names as they are, so accept both.
+    md: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key.startswith("ISTIO_METAJSON_"):
+            md.setdefault(key[len("ISTIO_METAJSON_") :], _json_field(value, key))
+        elif key.startswith("ISTIO_META_"):
+            md.setdefault(key[len("ISTIO_META_") :], value)
+    for key, value in raw.items():
+        if not key.startswith("ISTIO_META"):
+            md[key] = value
     for key in ("PROXY_CONFIG", "LABELS", "POD_PORTS"):
         if key in md:
             md[key] = _json_field(md[key], key)

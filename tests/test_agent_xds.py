@@ -233,3 +233,39 @@ def test_stream_reset_resets_backoff_and_resubscribes(ads: ScriptedAds, tmp_path
             assert list(eds.resource_names) == [C1] and eds.response_nonce == ""
         finally:
             again.stop()
+
+
+def test_health_is_resent_periodically_without_transitions(ads: ScriptedAds, tmp_path: Path) -> None:
+    probe = {"exec": {"command": ["/bin/false"]}, "periodSeconds": 30}
+    vm = write_vm_files(tmp_path / "vm", ads.port, probe=probe)
+    agent = make_agent(vm, tmp_path / "state", free_port("127.0.0.1"), health_resend_interval=0.2)
+    with agent:
+        reports = [ads.request(HEALTH, timeout=5) for _ in range(4)]
+        assert agent.prober is not None and agent.prober.attempts == 1
+    assert all(r.error_detail.code == 13 and "exited with status 1" in r.error_detail.message for r in reports)
+
+
+def test_update_callbacks_and_a_custom_redirect_builder(ads: ScriptedAds, tmp_path: Path) -> None:
+    from pymesh import RedirectTable
+
+    seen: list[Any] = []
+
+    def builder(services: list[dict[str, Any]]) -> Any:
+        # What the capture side does: its own include/exclude settings around the agent's VIP list.
+        return RedirectTable.from_dict({"services": services, "exclude_ip_ranges": ["10.96.0.0/16"]})
+
+    vm = write_vm_files(tmp_path / "vm", ads.port)
+    agent = make_agent(vm, tmp_path / "state", free_port("127.0.0.1"), redirect_builder=builder)
+    agent.on_update(seen.append)
+    assert seen[0].generation == 0 and seen[0].services == ()
+    with agent:
+        ads.request(CDS)
+        ads.request(CDS, nonce=ads.push(CDS, "1", [pack(eds_cluster(C1))]))
+        ads.request(NDS, nonce=ads.push(NDS_TYPE, "1", [pack(name_table("10.97.0.20"), NDS_TYPE)]))
+        wait_until(lambda: seen[-1].services)
+        t = seen[-1]
+        assert t.services == ({"address": "10.97.0.20", "port": 8080, "cluster": C1},)
+        assert t.redirect.classify("10.97.0.20", 8080) == ("cluster", C1)
+        assert t.redirect.classify("10.96.0.1", 443) == ("bypass", None)  # the builder's exclusion
+        assert t.lb is agent.lb and [x.generation for x in seen] == sorted({x.generation for x in seen})
+        assert agent.environment()["ISTIO_SERVICE_CIDR"] == "*"

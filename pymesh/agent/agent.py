@@ -42,6 +42,10 @@ The interface for the outbound proxy and the capture side
 - ``agent.logical_dns``: ``{cluster: (host, port)}`` for LOGICAL_DNS
   clusters (DNS ServiceEntries), which the lbtable does not hold: connect
   to ``host:port`` by name.
+- ``agent.services``: the ``{"address", "port", "cluster"}`` list the
+  redirection table is built from (``AgentOptions.redirect_builder`` builds
+  it another way, e.g. with ``pymesh.capture.redirect_table``), and
+  ``agent.environment()`` the effective cluster.env environment.
 - ``agent.tables``: all of the above as one immutable :class:`Tables`
   snapshot with a generation number; ``agent.on_update(cb)`` calls
   ``cb(tables)`` (in the xDS thread; keep it short) after every change.
@@ -103,6 +107,11 @@ class AgentOptions:
     namespace: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     lb_seed: int | None = None
+    # Builds the redirection table from the service VIP:port list; the default
+    # uses cluster.env's capture variables. The capture side passes
+    # ``lambda services: pymesh.capture.redirect_table(config, services)`` so the
+    # proxy and the kernel rules agree on what is captured.
+    redirect_builder: Callable[[list[dict[str, Any]]], RedirectTable] | None = None
 
 
 @dataclass(frozen=True)
@@ -114,6 +123,7 @@ class Tables:
     redirect: RedirectTable
     names: NameTable | None
     logical_dns: dict[str, tuple[str, int]]
+    services: tuple[dict[str, Any], ...] = ()  # {"address", "port", "cluster"}: what ``redirect`` maps
 
 
 @dataclass(frozen=True)
@@ -171,7 +181,8 @@ class Agent:
 
         self.lb = LbTable(seed=o.lb_seed)
         self.names: NameTable | None = None
-        self.redirect = RedirectTable.from_dict(self._redirect_doc([]))
+        self.services: list[dict[str, Any]] = []
+        self.redirect = self._build_redirect([])
         self.logical_dns: dict[str, tuple[str, int]] = {}
         self.tables = Tables(0, self.lb, self.redirect, None, {})
         # Last good resources (protobuf Any by name) and their dict forms.
@@ -234,6 +245,11 @@ class Agent:
             "token": {"subject": b.token.subject, "expires": b.token.expires} if b.token else None,
             "notes": list(b.notes),
         }
+
+    def environment(self) -> dict[str, str]:
+        """The effective environment (mesh.yaml proxyMetadata < process env <
+        cluster.env): what ``pymesh.capture.CaptureConfig.from_env`` reads."""
+        return {k: v.value for k, v in self.bootstrap.env.items()}
 
     def _probe_host(self) -> str:
         # Istio: the first proxy IP, or localhost when asked to (§1.2 "default host").
@@ -312,12 +328,13 @@ class Agent:
 
     def _tick(self) -> None:
         last_health = time.monotonic()
-        while not self._stop.wait(1.0):
+        iv = self.options.health_resend_interval
+        step = min(1.0, iv) if iv > 0 else 1.0
+        while not self._stop.wait(step):
             try:
                 self.lb.tick()
             except PymeshError:
                 log.exception("lbtable tick failed")
-            iv = self.options.health_resend_interval
             if iv > 0 and time.monotonic() - last_health >= iv and self.client is not None:
                 self.client.resend_health()
                 last_health = time.monotonic()
@@ -518,10 +535,23 @@ class Agent:
                     continue
                 seen[key] = cname
                 services.append({"address": ip, "port": port, "cluster": cname})
-        self.redirect = RedirectTable.from_dict(self._redirect_doc(services))
+        self.services = services
+        self.redirect = self._build_redirect(services)
+
+    def _build_redirect(self, services: list[dict[str, Any]]) -> RedirectTable:
+        if self.options.redirect_builder is not None:
+            return self.options.redirect_builder(services)
+        return RedirectTable.from_dict(self._redirect_doc(services))
 
     def _publish(self) -> None:
-        self.tables = Tables(self.tables.generation + 1, self.lb, self.redirect, self.names, dict(self.logical_dns))
+        self.tables = Tables(
+            self.tables.generation + 1,
+            self.lb,
+            self.redirect,
+            self.names,
+            dict(self.logical_dns),
+            tuple(self.services),
+        )
         for cb in list(self._callbacks):
             try:
                 cb(self.tables)

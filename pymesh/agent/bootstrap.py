@@ -175,15 +175,18 @@ def parse_cluster_env(text: str, file: str = "cluster.env") -> dict[str, EnvValu
     double quotes, backslash escapes, ``export`` prefix, comments and blank
     lines); the last assignment of a key wins."""
     out: dict[str, EnvValue] = {}
-    for lineno, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
+    # Lines end at "\n" only and blanks are space/tab (sh's IFS), not every
+    # Unicode line break or space str.splitlines()/str.strip() know.
+    for lineno, raw in enumerate(text.split("\n"), 1):
+        line = raw.strip(" \t\r")
         if not line or line.startswith("#"):
             continue
         if line.startswith("export ") or line.startswith("export\t"):
-            line = line[7:].lstrip()
+            line = line[7:].lstrip(" \t")
         key, eq, value = line.partition("=")
         if not eq:
-            raise BootstrapError("expected KEY=value", file=file, line=lineno, key=key.split()[0] if key else "")
+            words = key.split()
+            raise BootstrapError("expected KEY=value", file=file, line=lineno, key=words[0] if words else "")
         if not _KEY.match(key):
             raise BootstrapError(f"{key!r} is not a shell variable name", file=file, line=lineno, key=key)
         try:

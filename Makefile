@@ -78,6 +78,7 @@ wheel-check: wheel ## the wheel is abi3 and installs and runs in a fresh venv wi
 bench-short: build ## benchmarks in short mode (CI)
 	cd $(NATIVE) && PYMESH_BENCH_SHORT=1 $(CARGO) bench --bench names
 	$(BIN)/python benchmarks/dns_bench.py --short
+	PYMESH_BENCH_SHORT=1 $(BIN)/python benchmarks/relay_bench.py
 	PYMESH_BENCH_SHORT=1 $(BIN)/pytest -q benchmarks --benchmark-columns=median,ops --benchmark-sort=name
 
 bench: build ## full benchmarks (criterion + pytest-benchmark); takes minutes

@@ -157,6 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     from pymesh.agent.cli import add_commands as add_agent_commands
 
     add_agent_commands(sub)  # `agent`
+
+    from pymesh.capture.cli import add_commands as add_capture_commands
+
+    add_capture_commands(sub)  # `capture show|install|remove`
     return p
 
 

@@ -6,10 +6,12 @@ test needs, e.g. a malformed one, and records every request)."""
 from __future__ import annotations
 
 import queue
+import ssl
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from concurrent import futures
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ import dns.query
 import dns.rdatatype
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from pymesh.agent import Agent, AgentOptions, load_bootstrap
 
@@ -162,6 +165,92 @@ class TcpApp:
         except OSError:
             pass
         self.sock.close()
+
+
+class Http:
+    """An HTTP(S) server whose status code the test sets; records each request."""
+
+    def __init__(self, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None) -> None:
+        self.status = 200
+        self.requests: list[dict[str, Any]] = []
+        outer = self
+
+        class H(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                outer.requests.append(
+                    {"path": self.path, "headers": dict(self.headers.items()), "client": self.client_address[0]}
+                )
+                self.send_response(outer.status)
+                if 300 <= outer.status < 400:
+                    self.send_header("Location", "/elsewhere")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer((host, 0), H)
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+# --- gRPC health: messages built from a descriptor here, independent of the agent's encoder.
+
+
+def _health_messages() -> tuple[Any, Any]:
+    fd = descriptor_pb2.FileDescriptorProto(name="test/health.proto", package="grpc.health.v1", syntax="proto3")
+    req = fd.message_type.add(name="HealthCheckRequest")
+    req.field.add(name="service", number=1, type=9, label=1)
+    resp = fd.message_type.add(name="HealthCheckResponse")
+    enum = resp.enum_type.add(name="ServingStatus")
+    for i, n in enumerate(("UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN")):
+        enum.value.add(name=n, number=i)
+    resp.field.add(
+        name="status", number=1, type=14, label=1, type_name=".grpc.health.v1.HealthCheckResponse.ServingStatus"
+    )
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(fd)
+    classes = message_factory.GetMessages([fd], pool=pool)
+    return classes["grpc.health.v1.HealthCheckRequest"], classes["grpc.health.v1.HealthCheckResponse"]
+
+
+Req, Resp = _health_messages()
+
+
+class HealthServer:
+    """A gRPC server with the standard health service (statuses by service name)."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.status: dict[str, int] = {"": 1}
+        self.user_agents: list[str] = []
+
+        def check(request: Any, context: Any) -> Any:
+            self.user_agents.append(dict(context.invocation_metadata()).get("user-agent", ""))
+            if request.service not in self.status:
+                context.abort(grpc.StatusCode.NOT_FOUND, "unknown service")
+            return Resp(status=self.status[request.service])
+
+        handler = grpc.method_handlers_generic_handler(
+            "grpc.health.v1.Health",
+            {
+                "Check": grpc.unary_unary_rpc_method_handler(
+                    check, request_deserializer=Req.FromString, response_serializer=Resp.SerializeToString
+                )
+            },
+        )
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        self.server.add_generic_rpc_handlers((handler,))
+        self.port = self.server.add_insecure_port(f"{host}:0")
+        self.server.start()
+
+    def stop(self) -> None:
+        self.server.stop(0)
 
 
 class ScriptedAds:

@@ -10,7 +10,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_helpers import PRODUCT, VM_IP, TcpApp, make_agent, resolve, wait_until, write_vm_files
+from agent_helpers import (
+    PRODUCT,
+    VM_IP,
+    HealthServer,
+    Http,
+    TcpApp,
+    make_agent,
+    resolve,
+    wait_until,
+    write_vm_files,
+)
 from cp_helpers import example_config, free_port
 
 from pymesh.controlplane import ControlPlane
@@ -83,29 +93,80 @@ def test_agent_registers_serves_dns_and_picks_real_endpoints(cp: ControlPlane, t
     wait_until(lambda: cp.registered_entry("default", ENTRY) is None, timeout=10)
 
 
-def test_probe_moves_the_vm_endpoint_in_and_out(cp: ControlPlane, tmp_path: Path, svc_port: int) -> None:
-    probe_port = free_port(VM_IP)
-    probe = {"tcpSocket": {"port": probe_port}, "periodSeconds": 0.1, "timeoutSeconds": 0.5}
-    vm = write_vm_files(tmp_path / "vm", cp.port, probe=probe)
+class App:
+    """The VM's application for one probe kind, switchable healthy/unhealthy."""
+
+    def __init__(self, kind: str, tmp: Path) -> None:
+        self.kind = kind
+        self.flag = tmp / "healthy"
+        self.tcp: TcpApp | None = None
+        self.http: Http | None = None
+        self.grpc: HealthServer | None = None
+        if kind == "tcpSocket":
+            self.port = free_port(VM_IP)
+            self.tcp = TcpApp(VM_IP, self.port)
+        elif kind == "httpGet":
+            self.http = Http(VM_IP)
+            self.port = self.http.port
+        elif kind == "grpc":
+            self.grpc = HealthServer(VM_IP)
+            self.port = self.grpc.port
+        else:
+            self.port = 0
+            self.flag.touch()
+
+    def probe(self) -> dict[str, Any]:
+        timing = {"periodSeconds": 0.1, "timeoutSeconds": 0.5}
+        if self.kind == "exec":
+            return {"exec": {"command": ["/bin/test", "-e", str(self.flag)]}, **timing}
+        if self.kind == "httpGet":
+            return {"httpGet": {"port": self.port, "path": "/ready"}, **timing}
+        return {self.kind: {"port": self.port}, **timing}
+
+    def set(self, healthy: bool) -> None:
+        if self.tcp is not None and not healthy:
+            self.tcp.close()
+        elif self.tcp is not None:
+            self.tcp = TcpApp(VM_IP, self.port)
+        elif self.http is not None:
+            self.http.status = 200 if healthy else 503
+        elif self.grpc is not None:
+            self.grpc.status[""] = 1 if healthy else 2
+        elif healthy:
+            self.flag.touch()
+        else:
+            self.flag.unlink()
+
+    def stop(self) -> None:
+        for s in (self.tcp, self.http, self.grpc):
+            if s is not None:
+                s.close() if isinstance(s, TcpApp) else s.stop()
+
+
+@pytest.mark.parametrize("kind", ["httpGet", "tcpSocket", "exec", "grpc"])
+def test_probe_moves_the_vm_endpoint_in_and_out(cp: ControlPlane, tmp_path: Path, svc_port: int, kind: str) -> None:
+    app = App(kind, tmp_path)
+    vm = write_vm_files(tmp_path / "vm", cp.port, probe=app.probe())
     agent = make_agent(vm, tmp_path / "state", free_port("127.0.0.1"))
     name = cluster(svc_port)
-    app = TcpApp(VM_IP, probe_port)
-    with agent:
-        entry = wait_until(lambda: cp.registered_entry("default", ENTRY))
-        assert entry["metadata"]["annotations"]["proxy.istio.io/health-checks-enabled"] == "true"
-        # Healthy: the control plane adds the VM, and the agent's own EDS follows.
-        wait_until(lambda: f"{VM_IP}:{svc_port}" in addresses(agent, name))
-        cond = cp.registered_entry("default", ENTRY)["status"]["conditions"][0]  # type: ignore[index]
-        assert cond["type"] == "Healthy" and cond["status"] == "True"
+    try:
+        with agent:
+            entry = wait_until(lambda: cp.registered_entry("default", ENTRY))
+            assert entry["metadata"]["annotations"]["proxy.istio.io/health-checks-enabled"] == "true"
+            # Healthy: the control plane adds the VM, and the agent's own EDS follows.
+            wait_until(lambda: f"{VM_IP}:{svc_port}" in addresses(agent, name))
+            cond = cp.registered_entry("default", ENTRY)["status"]["conditions"][0]  # type: ignore[index]
+            assert cond["type"] == "Healthy" and cond["status"] == "True"
 
-        app.close()  # the app stops listening: connect refused
-        wait_until(lambda: addresses(agent, name) == [f"127.0.0.2:{svc_port}"])
-        cond = cp.registered_entry("default", ENTRY)["status"]["conditions"][0]  # type: ignore[index]
-        assert cond["status"] == "False" and "refused" in cond["message"].lower()
+            app.set(False)
+            wait_until(lambda: addresses(agent, name) == [f"127.0.0.2:{svc_port}"])
+            cond = cp.registered_entry("default", ENTRY)["status"]["conditions"][0]  # type: ignore[index]
+            assert cond["status"] == "False" and cond["message"]
 
-        app = TcpApp(VM_IP, probe_port)
-        wait_until(lambda: f"{VM_IP}:{svc_port}" in addresses(agent, name))
-    app.close()
+            app.set(True)
+            wait_until(lambda: f"{VM_IP}:{svc_port}" in addresses(agent, name))
+    finally:
+        app.stop()
 
 
 def test_health_is_resent_on_a_new_stream(cfg: Path, tmp_path: Path, svc_port: int) -> None:

@@ -58,6 +58,8 @@ def cluster(port: int) -> str:
 
 
 def addresses(agent: object, name: str) -> list[str]:
+    if name not in agent.lb:  # type: ignore[attr-defined]
+        return []
     return sorted(e["address"] for e in agent.lb.endpoints(name))  # type: ignore[attr-defined]
 
 
@@ -228,4 +230,44 @@ def test_control_plane_down_dns_and_routing_keep_serving_across_agent_restart(
         assert resolve(dport, PRODUCT) == ("NOERROR", ["10.96.0.20"])
     finally:
         agent.stop()
+        cp.stop()
+
+
+def test_health_checks_a_pre_created_entry(cfg: Path, tmp_path: Path, svc_port: int) -> None:
+    """Istio's undocumented health-only mode (reference §2.2, §7.4) as a
+    first-class one: ISTIO_META_WORKLOAD_ENTRY names a configured entry and
+    the probe drives its endpoint, with no auto-registration."""
+    ip = "127.0.0.4"
+    (cfg / "static-vm.yaml").write_text(
+        f"""apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata:
+  name: vm-static
+  namespace: default
+  annotations:
+    proxy.istio.io/health-checks-enabled: "true"
+spec:
+  address: {ip}
+  labels:
+    app: product
+  ports:
+    grpc: {svc_port}
+"""
+    )
+    cp = start_cp(cfg, tmp_path / "cp")
+    flag = tmp_path / "ok"
+    flag.touch()
+    probe = {"exec": {"command": ["/bin/test", "-e", str(flag)]}, "periodSeconds": 0.1}
+    vm = write_vm_files(
+        tmp_path / "vm", cp.port, probe=probe, group="", ip=ip, extra_env={"ISTIO_META_WORKLOAD_ENTRY": "vm-static"}
+    )
+    agent = make_agent(vm, tmp_path / "state", free_port("127.0.0.1"))
+    name = cluster(svc_port)
+    try:
+        with agent:
+            wait_until(lambda: f"{ip}:{svc_port}" in addresses(agent, name))
+            flag.unlink()
+            wait_until(lambda: f"{ip}:{svc_port}" not in addresses(agent, name))
+            assert cp.registered_entry("default", f"product-vm-{ip}") is None  # nothing was registered
+    finally:
         cp.stop()

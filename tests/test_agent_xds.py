@@ -269,3 +269,25 @@ def test_update_callbacks_and_a_custom_redirect_builder(ads: ScriptedAds, tmp_pa
         assert t.redirect.classify("10.96.0.1", 443) == ("bypass", None)  # the builder's exclusion
         assert t.lb is agent.lb and [x.generation for x in seen] == sorted({x.generation for x in seen})
         assert agent.environment()["ISTIO_SERVICE_CIDR"] == "*"
+
+
+def test_an_eds_push_leaves_other_clusters_and_endpoint_state_alone(ads: ScriptedAds, tmp_path: Path) -> None:
+    c2 = "outbound|9090||other.default.svc.cluster.local"
+    vm = write_vm_files(tmp_path / "vm", ads.port)
+    agent = make_agent(vm, tmp_path / "state", free_port("127.0.0.1"))
+    with agent:
+        ads.request(CDS)
+        ads.request(CDS, nonce=ads.push(CDS, "1", [pack(eds_cluster(C1)), pack(eds_cluster(c2))]))
+        assert sorted(ads.request(EDS).resource_names) == sorted([C1, c2])
+        ads.request(EDS, nonce=ads.push(EDS, "1", [pack(cla(C1, "10.0.0.1")), pack(cla(c2, "10.0.1.1"))]))
+        agent.lb.request_started(c2, "10.0.1.1:8080")
+        agent.lb.request_started(C1, "10.0.0.1:8080")
+        before = agent.lb.generation
+        ads.request(EDS, nonce=ads.push(EDS, "2", [pack(cla(C1, "10.0.0.1", "10.0.0.5"))]))
+        assert agent.lb.generation == before + 1
+        assert addresses(agent) == ["10.0.0.1:8080", "10.0.0.5:8080"]
+        assert [e["address"] for e in agent.lb.endpoints(c2)] == ["10.0.1.1:8080"]
+        # In-flight requests survive: on the untouched cluster and on the endpoint that stayed.
+        assert agent.lb.endpoints(c2)[0]["active_requests"] == 1
+        kept = {e["address"]: e["active_requests"] for e in agent.lb.endpoints(C1)}
+        assert kept == {"10.0.0.1:8080": 1, "10.0.0.5:8080": 0}

@@ -475,7 +475,15 @@ class Agent:
             anys[msg.cluster_name] = a
         with self._apply_lock:
             cla = {**self._cla, **incoming}
-            self.lb.load(self._lb_input(self._clusters, cla), replace=True)
+            # Only the clusters whose assignment came are rebuilt (an upsert);
+            # the others keep their snapshots, round-robin positions and all.
+            touched = {
+                n: c
+                for n, c in self._clusters.items()
+                if str((c.get("eds_cluster_config") or {}).get("service_name") or n) in incoming
+            }
+            if touched:
+                self.lb.load(self._lb_input(touched, cla), replace=False)
             self._cla = cla
             self._eds = {**self._eds, **anys}
             self._versions[EDS] = version

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+import urllib.request
 from importlib import resources
 from pathlib import Path
 
@@ -32,6 +33,8 @@ def test_agent_command_runs_reports_steps_and_stops_on_sigterm(tmp_path: Path) -
     dport = free_port("127.0.0.1")
     cmd = [sys.executable, "-m", "pymesh", "agent", "--config-dir", str(vm), "--dns-listen", f"127.0.0.1:{dport}"]
     cmd += ["--state-dir", str(tmp_path / "state"), "--pod-name", "vm-1", "--resolv-conf", str(tmp_path / "none")]
+    sport = free_port("127.0.0.1")
+    cmd += ["--status-listen", f"127.0.0.1:{sport}"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout or ()], daemon=True).start()
@@ -49,6 +52,9 @@ def test_agent_command_runs_reports_steps_and_stops_on_sigterm(tmp_path: Path) -
         assert saw(f"DNS on 127.0.0.1:{dport}")
         assert cp.registered_entry("default", f"product-vm-{VM_IP}") is not None
         assert resolve(dport, PRODUCT) == ("NOERROR", ["10.96.0.20"])
+        assert saw(f"status on http://127.0.0.1:{sport}/healthz/ready")
+        with urllib.request.urlopen(f"http://127.0.0.1:{sport}/healthz/ready", timeout=5) as r:
+            assert r.status == 200
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
         wait_until(lambda: saw("pymesh agent: stopped"), timeout=5)

@@ -291,3 +291,44 @@ def test_an_eds_push_leaves_other_clusters_and_endpoint_state_alone(ads: Scripte
         assert agent.lb.endpoints(c2)[0]["active_requests"] == 1
         kept = {e["address"]: e["active_requests"] for e in agent.lb.endpoints(C1)}
         assert kept == {"10.0.0.1:8080": 1, "10.0.0.5:8080": 0}
+
+
+def test_status_port(ads: ScriptedAds, tmp_path: Path) -> None:
+    import json
+    import urllib.error
+    import urllib.request
+
+    sport = free_port("127.0.0.1")
+    vm = write_vm_files(tmp_path / "vm", ads.port)
+    agent = make_agent(vm, tmp_path / "state", free_port("127.0.0.1"), status_listen=f"127.0.0.1:{sport}")
+
+    def get(path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{sport}{path}", timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    with agent:
+        assert agent.status()["status"] == f"127.0.0.1:{sport}"
+        code, body = get("/healthz/ready")
+        assert code == 503 and "no clusters" in body
+        ads.request(CDS)
+        ads.request(CDS, nonce=ads.push(CDS, "1", [pack(eds_cluster(C1))]))
+        ads.request(EDS, nonce=ads.push(EDS, "1", [pack(cla(C1, "10.0.0.1"))]))
+        ads.request(NDS, nonce=ads.push(NDS_TYPE, "1", [pack(name_table("10.96.0.20"), NDS_TYPE)]))
+        ads.request(NDS, nonce=ads.push(NDS_TYPE, "2", [any_pb2.Any(type_url=NDS_TYPE, value=b"\xff")]))  # NACK
+        assert get("/healthz/ready") == (200, "ready")
+        ndsz = json.loads(get("/debug/ndsz")[1])
+        assert ndsz == [{"hostname": HOST, "ips": ["10.96.0.20"], "registry": "Kubernetes", "shortname": "product",
+                         "namespace": "default"}]  # fmt: skip
+        clusters = json.loads(get("/debug/clusters")[1])
+        assert [e["address"] for e in clusters[C1]] == ["10.0.0.1:8080"]
+        assert json.loads(get("/debug/status")[1])["versions"][NDS] == "1"
+        code, text = get("/metrics")
+        assert code == 200 and "pymesh_agent_xds_connected 1" in text and "pymesh_agent_xds_nacks_total 1" in text
+        assert "pymesh_agent_endpoints 1" in text and "istio_agent_dns" in text
+        assert get("/nope")[0] == 404
+    # Stopped: the port is closed.
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{sport}/healthz/ready", timeout=2)

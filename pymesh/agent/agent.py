@@ -112,6 +112,8 @@ class AgentOptions:
     # ``lambda services: pymesh.capture.redirect_table(config, services)`` so the
     # proxy and the kernel rules agree on what is captured.
     redirect_builder: Callable[[list[dict[str, Any]]], RedirectTable] | None = None
+    # istio-agent's status port (15020): /healthz/ready, /debug/ndsz, /metrics... None: off.
+    status_listen: str | None = None
 
 
 @dataclass(frozen=True)
@@ -198,6 +200,7 @@ class Agent:
         self.health: tuple[bool, str] | None = None
 
         self.dns: Any = None  # pymesh.dnsproxy.DnsProxy when running
+        self.status_server: Any = None  # pymesh.agent.status.StatusServer when running
         self.client: XdsClient | None = None
         self.prober: Prober | None = None
         self._stop = threading.Event()
@@ -235,6 +238,7 @@ class Agent:
             "capture": self.capture.as_dict(),
             "probe": (probe.as_dict() | {"default_host": self._probe_host()}) if probe and self.options.probe else None,
             "state_dir": str(self.state.path) if self.state else None,
+            "status_listen": self.options.status_listen,
             "files": {
                 "cluster_env": b.paths.cluster_env,
                 "mesh": b.paths.mesh,
@@ -300,12 +304,24 @@ class Agent:
             ).start()
         self._ticker = threading.Thread(target=self._tick, name="pymesh-agent-tick", daemon=True)
         self._ticker.start()
+        if self.options.status_listen:
+            from pymesh.agent.status import StatusServer
+
+            try:
+                self.status_server = StatusServer(self, self.options.status_listen)
+            except PymeshError:
+                self.started = True
+                self.stop()
+                raise
         self.started = True
         log.info("agent %s started; control plane %s", self.node.id, self.target)
         return self
 
     def stop(self) -> None:
         self._stop.set()
+        if self.status_server is not None:
+            self.status_server.stop()
+            self.status_server = None
         if self.prober is not None:
             self.prober.stop()
             self.prober = None
@@ -387,6 +403,7 @@ class Agent:
             "health": self.health,
             "loaded_from_disk": list(self.loaded_from_disk),
             "dns": self.dns.server.addresses if self.dns is not None else [],
+            "status": self.status_server.address if self.status_server is not None else None,
         }
 
     # --- applying pushes -------------------------------------------------------------------

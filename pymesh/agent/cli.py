@@ -43,6 +43,7 @@ def _options(args: argparse.Namespace) -> AgentOptions:
         instance_ip=args.instance_ip,
         pod_name=args.pod_name,
         namespace=args.namespace,
+        status_listen=args.status_listen or None,
     )
 
 
@@ -88,6 +89,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
         )
     if agent.dns is not None:
         say(f"DNS on {', '.join(agent.dns.server.addresses)}, upstreams {', '.join(agent.upstreams) or '(none)'}")
+    if agent.status_server is not None:
+        say(f"status on http://{agent.status_server.address}/healthz/ready")
     if agent.prober is not None:
         say(f"readiness probe {agent.prober.spec.kind} every {agent.prober.spec.period:g}s")
     seen: dict[str, Any] = {}
@@ -151,6 +154,12 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--instance-ip", help="the workload's IP (default ISTIO_SVC_IP, else the host's first)")
     p.add_argument("--pod-name", help="the id's name part (default POD_NAME, else hostname -s)")
     p.add_argument("--namespace", help="default POD_NAMESPACE, else ISTIO_NAMESPACE, else default")
+    p.add_argument(
+        "--status-listen",
+        default="127.0.0.1:15020",
+        metavar="ADDR:PORT",
+        help="status port: /healthz/ready, /debug/ndsz, /debug/clusters, /metrics (default %(default)s; '' = off)",
+    )
     p.add_argument("--dry-run", action="store_true", help="print what would be configured and exit")
     p.add_argument("--output", "-o", choices=("yaml", "json"), default="yaml", help="--dry-run format")
     p.add_argument("--verbose", "-v", action="store_true")

@@ -271,3 +271,14 @@ spec:
             assert cp.registered_entry("default", f"product-vm-{ip}") is None  # nothing was registered
     finally:
         cp.stop()
+
+
+def test_unknown_group_is_reported_and_retried(cp: ControlPlane, tmp_path: Path) -> None:
+    vm = write_vm_files(tmp_path / "vm", cp.port, group="no-such-group")
+    agent = make_agent(vm, tmp_path / "state", free_port("127.0.0.1"))
+    with agent:
+        wait_until(lambda: agent.client is not None and len(agent.client.waits) >= 2)
+        st = agent.status()
+        assert st["xds"] in ("backoff", "connecting")
+        assert "FAILED_PRECONDITION" in st["last_error"] and "no-such-group" in st["last_error"]
+        assert cp.registered_entry("default", "no-such-group-127.0.0.3") is None

@@ -65,7 +65,9 @@ def test_http_probe_status_codes_headers_and_source(http: Http) -> None:
 def test_http_probe_of_a_remote_address_is_not_bound_to_127_0_0_6() -> None:
     # 127.0.0.1 counts as remote when the probe is told the VM's IPs are others and it is not loopback:
     # use the host's real address if it has one.
-    addrs = [a for a in socket.gethostbyname_ex(socket.gethostname())[2] if not a.startswith("127.")]
+    from pymesh.agent.node import host_ips
+
+    addrs = [a for a in host_ips() if ":" not in a]
     if not addrs:
         pytest.skip("no non-loopback address")
     s = Http(host=addrs[0])

@@ -79,11 +79,13 @@ bench-short: build ## benchmarks in short mode (CI)
 	cd $(NATIVE) && PYMESH_BENCH_SHORT=1 $(CARGO) bench --bench names
 	$(BIN)/python benchmarks/dns_bench.py --short
 	PYMESH_BENCH_SHORT=1 $(BIN)/python benchmarks/relay_bench.py
+	$(BIN)/python benchmarks/controlplane_bench.py --short
 	PYMESH_BENCH_SHORT=1 $(BIN)/pytest -q benchmarks --benchmark-columns=median,ops --benchmark-sort=name
 
 bench: build ## full benchmarks (criterion + pytest-benchmark); takes minutes
 	cd $(NATIVE) && $(CARGO) bench --bench names
 	$(BIN)/pytest -q benchmarks --benchmark-columns=min,median,max,ops --benchmark-sort=name
+	$(BIN)/python benchmarks/controlplane_bench.py
 
 test: lint test-rust test-python test-c fuzz-build wheel-check bench-short ## the whole suite: lint, Rust, Python, C, fuzz build, wheel, short benches
 	@echo "make test: all suites passed"

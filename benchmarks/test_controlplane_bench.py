@@ -103,3 +103,6 @@ def test_push_convergence_script_runs() -> None:
     assert 0 < inc["endpoints_responses"] < naive["endpoints_responses"] == 3 * 30
     # A new service changes CDS and NDS for every agent, and nothing in their EDS.
     assert inc["new-service_responses"] == 2 * 30
+    delta = r["incremental_delta"]
+    assert delta["delta"] and delta["new-service_responses"] == 2 * 30
+    assert delta["endpoints_responses"] == inc["endpoints_responses"]

@@ -356,7 +356,9 @@ class AdsServer:
             w.names = None
             subscribe.discard("*")
         if "*" in unsubscribe and w.names is None:
-            w.names = set(w.known)
+            # Leaving the wildcard: the client holds everything it was sent; keep that explicitly.
+            w.names = set(self._current(conn, t))
+            w.known = set(w.names)
             unsubscribe.discard("*")
         if w.names is not None:
             added |= subscribe - w.names
@@ -378,7 +380,10 @@ class AdsServer:
         ]
         # Explicitly subscribed names that do not exist are reported as removed ("does not exist").
         missing = sorted(n for n in candidates if n not in resources and w.names is not None)
-        w.known |= {e.name for e in items} | {n for n in initial if n in resources}
+        if w.names is not None:
+            # A wildcard watch tracks no names: the client holds every resource of its version
+            # (saves a set of ~1,000 names per agent at 1,000 services).
+            w.known |= {e.name for e in items} | {n for n in initial if n in resources}
         w.version = self.snapshot.version
         if items or missing or first:
             w.nonce = conn.next_nonce()
@@ -442,14 +447,15 @@ class AdsServer:
     def _push_delta(self, conn: Connection, t: str, w: Watch, changed: frozenset[str], removed: frozenset[str]) -> int:
         assert conn.proxy is not None
         names = changed if w.names is None else (changed & w.names)
-        gone = sorted(removed & w.known)
+        gone = sorted(removed if w.names is None else (removed & w.known))
         w.version = self.snapshot.version
         if not names and not gone:
             return 0
         resources = self.snapshot.for_proxy(t, conn.proxy)
         items = [resources[n] for n in sorted(names)]
-        w.known |= names
-        w.known -= set(gone)
+        if w.names is not None:
+            w.known |= names
+            w.known -= set(gone)
         w.nonce = conn.next_nonce()
         self._send(conn, delta_response(t, str(self.snapshot.version), w.nonce, items, gone))
         return 1

@@ -560,8 +560,15 @@ class Agent:
                     continue
                 seen[key] = cname
                 services.append({"address": ip, "port": port, "cluster": cname})
-        self.services = services
-        self.redirect = self._build_redirect(services)
+        try:
+            redirect = self._build_redirect(services)
+        except Exception as e:
+            # The tables this push changed are already serving; a redirection
+            # table that cannot be built keeps the previous one (logged), it
+            # does not turn an applied push into a NACK.
+            log.error("redirection table not rebuilt, keeping the previous one: %s", e)
+            return
+        self.services, self.redirect = services, redirect
 
     def _build_redirect(self, services: list[dict[str, Any]]) -> RedirectTable:
         if self.options.redirect_builder is not None:

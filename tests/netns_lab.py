@@ -78,6 +78,12 @@ class Lab:
         for a in EXTRA6:
             sh("ip", "-n", net, "addr", "add", f"{a}/128", "dev", "lo", "nodad")
 
+    def etc(self, ns: str, name: str, text: str) -> None:
+        """A file `ip netns exec` mounts over /etc/NAME in namespace `ns`."""
+        d = Path("/etc/netns") / ns
+        d.mkdir(parents=True, exist_ok=True)
+        (d / name).write_text(text)
+
     def teardown(self) -> None:
         for p in self.procs:
             if p.poll() is None:
@@ -85,6 +91,7 @@ class Lab:
             p.wait(timeout=10)
         for ns in (self.vm, self.net):
             subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
+            shutil.rmtree(Path("/etc/netns") / ns, ignore_errors=True)
 
     # --- running things in a namespace --------------------------------------------
 

@@ -196,7 +196,8 @@ def relay(path: str) -> None:
         cfg = json.load(f)
     lb = LbTable(seed=cfg.get("seed", 1))
     lb.load(cfg["clusters"])
-    proxy = OutboundProxy(RedirectTable.from_dict(cfg["redirect"]), lb, **cfg.get("options", {}))
+    logical = {k: tuple(v) for k, v in cfg.get("logical_dns", {}).items()}
+    proxy = OutboundProxy(RedirectTable.from_dict(cfg["redirect"]), lb, logical_dns=logical, **cfg.get("options", {}))
     print(json.dumps({"addresses": proxy.start()}), flush=True)
     for line in sys.stdin:
         cmd = line.strip()

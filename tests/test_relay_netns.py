@@ -57,12 +57,17 @@ CONFIG: dict[str, Any] = {
             {"address": VIP6, "port": 80, "cluster": CLUSTER},
             {"address": VIP4, "port": 9000, "cluster": "sink"},
             {"address": BAD_VIP, "port": 80, "cluster": BAD},
+            {"address": VIP4, "port": 9001, "cluster": "outbound|9001||missing"},
         ],
         "include_ip_ranges": ["*"],
     },
     "options": {"listen": ["127.0.0.1:15001", "[::1]:15001"], "connect_timeout": 2.0},
 }
 CONFIG["clusters"].append(cluster("sink", [ep(EXTRA4[0], 9000)]))
+# A DNS ServiceEntry's LOGICAL_DNS cluster: resolved by name per connection.
+EXT_VIP, EXT = "10.96.0.12", "outbound|80||ext.example.com"
+CONFIG["redirect"]["services"].append({"address": EXT_VIP, "port": 80, "cluster": EXT})
+CONFIG["logical_dns"] = {EXT: ["ext.example.com", 8080]}
 
 
 class Proxy:
@@ -84,6 +89,7 @@ def mesh() -> Iterator[tuple[Lab, Proxy]]:
         lb.serve(lb.net, "ep1", [f"tcp:{EXTRA4[0]}:8080", f"sink:{EXTRA4[0]}:9000"])
         lb.serve(lb.net, "ep2", [f"tcp:{EXTRA4[1]}:8080"])
         lb.serve(lb.net, "direct", [f"tcp:{EXTRA4[3]}:80", f"tcp:[{EXTRA6[0]}]:80"])
+        lb.etc(lb.vm, "hosts", f"127.0.0.1 localhost\n{EXTRA4[1]} ext.example.com\n")
         lb.capture("nftables", proxy_uid=PROXY_UID, name="pmrelay")
         path = Path("/tmp") / f"{lb.vm}-relay.json"
         path.write_text(json.dumps(CONFIG))
@@ -169,3 +175,20 @@ def test_connections_end_cleanly_and_nothing_leaks(mesh: tuple[Lab, Proxy]) -> N
     assert s["stats"]["active"] == 0
     # LEAST_REQUEST's active-request counts return to zero with the connections.
     assert all(e["active_requests"] == 0 for eps in s["endpoints"].values() for e in eps)
+
+
+def test_logical_dns_clusters_connect_to_the_resolved_host(mesh: tuple[Lab, Proxy]) -> None:
+    lb, proxy = mesh
+    before = proxy.stats()["stats"]["cluster"]
+    # ext.example.com resolves (the namespace's /etc/hosts) to ep2's address.
+    assert lb.tcp(EXT_VIP, 80).startswith(f"ep2 {EXTRA4[1]}:8080")
+    assert proxy.stats()["stats"]["cluster"] - before == 1
+
+
+def test_a_service_whose_cluster_is_unknown_is_refused(mesh: tuple[Lab, Proxy]) -> None:
+    lb, proxy = mesh
+    before = proxy.stats()["stats"]["unknown_cluster"]
+    # VIP:9001 names a cluster the table lacks.
+    r = lb.peer(lb.vm, "tcp", VIP4, "9001", uid=APP_UID)
+    assert r.get("error") == "ConnectionResetError" or r.get("reply") == "eof", r
+    assert proxy.stats()["stats"]["unknown_cluster"] - before == 1

@@ -29,7 +29,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from pymesh._native import LbTable, OutboundProxy, RedirectTable, original_destination
 
@@ -46,8 +46,12 @@ def start_outbound_proxy(
     max_connections: int = 4096,
     mark: int | None = None,
     seed: int | None = None,
+    logical_dns: Mapping[str, tuple[str, int]] | None = None,
 ) -> OutboundProxy:
-    """Creates and starts an ``OutboundProxy``; see the class for the settings."""
+    """Creates and starts an ``OutboundProxy``; see the class for the settings.
+    ``logical_dns`` maps LOGICAL_DNS clusters (which the ``LbTable`` does not
+    hold; the agent's ``agent.logical_dns``) to the (host, port) to resolve
+    and connect to."""
     proxy = OutboundProxy(
         redirect,
         lb,
@@ -57,6 +61,7 @@ def start_outbound_proxy(
         max_connections=max_connections,
         mark=mark,
         seed=seed,
+        logical_dns=logical_dns,
     )
     proxy.start()
     return proxy

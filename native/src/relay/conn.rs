@@ -52,8 +52,11 @@ pub(crate) fn accept_loop(shared: Arc<Shared>, listeners: Vec<(TcpListener, Sock
                     Ok((s, _)) => s,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    // EMFILE and friends: stop draining this round rather than spin.
-                    Err(_) => break,
+                    // EMFILE and friends: back off a little rather than spin.
+                    Err(_) => {
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                        break;
+                    }
                 };
                 let c = &shared.counters;
                 c.accepted.fetch_add(1, Ordering::Relaxed);
@@ -139,8 +142,13 @@ fn serve(shared: &Shared, client: TcpStream, id: u64) {
     };
     let name = redirect.cluster_name(verdict).unwrap_or_default();
     let Some(cluster) = routes.lb.lb().cluster(name) else {
-        c.unknown_cluster.fetch_add(1, Ordering::Relaxed);
-        reset(&client);
+        match routes.logical_dns.get(name) {
+            Some((host, port)) => logical_dns(shared, client, host, *port, id),
+            None => {
+                c.unknown_cluster.fetch_add(1, Ordering::Relaxed);
+                reset(&client);
+            }
+        }
         return;
     };
     c.cluster.fetch_add(1, Ordering::Relaxed);
@@ -184,6 +192,38 @@ fn serve(shared: &Shared, client: TcpStream, id: u64) {
                 c.connect_failures.fetch_add(1, Ordering::Relaxed);
                 cluster.report(index, Outcome::ConnectFailure, false, monotonic_ms());
                 tried.push(addr);
+            }
+        }
+    }
+    c.upstream_failed.fetch_add(1, Ordering::Relaxed);
+    reset(&client);
+}
+
+/// A LOGICAL_DNS cluster: resolve the host now (this thread may block; it
+/// serves only this connection) and try its addresses in order, up to
+/// `connect_attempts`. There is no endpoint state to report outcomes to.
+fn logical_dns(shared: &Shared, client: TcpStream, host: &str, port: u16, id: u64) {
+    use std::net::ToSocketAddrs;
+    let c = &shared.counters;
+    c.cluster.fetch_add(1, Ordering::Relaxed);
+    let addrs: Vec<SocketAddr> = match (host, port).to_socket_addrs() {
+        Ok(a) => a.take(shared.cfg.connect_attempts as usize).collect(),
+        Err(_) => Vec::new(),
+    };
+    if addrs.is_empty() {
+        c.no_healthy_upstream.fetch_add(1, Ordering::Relaxed);
+        reset(&client);
+        return;
+    }
+    for (attempt, addr) in addrs.into_iter().enumerate() {
+        if attempt > 0 {
+            c.retries.fetch_add(1, Ordering::Relaxed);
+        }
+        c.connect_attempts.fetch_add(1, Ordering::Relaxed);
+        match connect(addr, shared) {
+            Ok(up) => return relay(shared, client, up, id),
+            Err(_) => {
+                c.connect_failures.fetch_add(1, Ordering::Relaxed);
             }
         }
     }

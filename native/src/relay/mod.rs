@@ -96,6 +96,17 @@ impl LbSource for LbTable {
 pub struct Routes {
     pub redirect: Arc<dyn RedirectSource>,
     pub lb: Arc<dyn LbSource>,
+    /// LOGICAL_DNS clusters (DNS ServiceEntries), which the lbtable does not
+    /// hold: cluster name -> (host, port), resolved when a connection
+    /// arrives, like Envoy's logical DNS cluster connecting to the address
+    /// its latest resolution gave.
+    pub logical_dns: Arc<HashMap<String, (String, u16)>>,
+}
+
+impl Routes {
+    pub fn new(redirect: Arc<dyn RedirectSource>, lb: Arc<dyn LbSource>) -> Routes {
+        Routes { redirect, lb, logical_dns: Arc::default() }
+    }
 }
 
 /// Everything a relay is started with.

@@ -82,7 +82,7 @@ fn pump_reports_an_error_when_the_destination_resets() {
 
 fn routes() -> Routes {
     let redirect = RedirectTable::build(&[], &Capture::default()).unwrap();
-    Routes { redirect: Arc::new(redirect), lb: Arc::new(LbTable::new(Some(1), None)) }
+    Routes::new(Arc::new(redirect), Arc::new(LbTable::new(Some(1), None)))
 }
 
 fn cfg(listen: &str) -> RelayConfig {

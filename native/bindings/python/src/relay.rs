@@ -4,6 +4,8 @@
 //! the GIL), so outcomes the proxy reports are visible through the caller's
 //! `LbTable`, and clusters loaded into it serve at once.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use pyo3::prelude::*;
@@ -47,6 +49,7 @@ fn seconds(field: &str, v: f64) -> PyResult<Duration> {
 pub struct OutboundProxy {
     inner: core::Relay,
     tables: std::sync::Mutex<(Py<RedirectTable>, Py<LbTable>)>,
+    logical_dns: std::sync::Mutex<Arc<HashMap<String, (String, u16)>>>,
 }
 
 #[pymethods]
@@ -63,6 +66,7 @@ impl OutboundProxy {
         mark = None,
         pipe_size = 1 << 18,
         seed = None,
+        logical_dns = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -76,6 +80,7 @@ impl OutboundProxy {
         mark: Option<u32>,
         pipe_size: usize,
         seed: Option<u64>,
+        logical_dns: Option<HashMap<String, (String, u16)>>,
     ) -> PyResult<OutboundProxy> {
         let listen = listen
             .iter()
@@ -97,13 +102,16 @@ impl OutboundProxy {
             pipe_size,
             seed,
         };
+        let logical = Arc::new(logical_dns.unwrap_or_default());
         let routes = Routes {
-            redirect: std::sync::Arc::new(PyRedirect(redirect.clone_ref(py))),
-            lb: std::sync::Arc::new(PyLb(lb.clone_ref(py))),
+            redirect: Arc::new(PyRedirect(redirect.clone_ref(py))),
+            lb: Arc::new(PyLb(lb.clone_ref(py))),
+            logical_dns: logical.clone(),
         };
         Ok(OutboundProxy {
             inner: core::Relay::new(cfg, routes).map_err(to_py)?,
             tables: std::sync::Mutex::new((redirect, lb)),
+            logical_dns: std::sync::Mutex::new(logical),
         })
     }
 
@@ -123,20 +131,33 @@ impl OutboundProxy {
         Ok(())
     }
 
-    /// Serves new connections from other tables (either may be left None
-    /// to keep the current one). Connections already open keep theirs.
-    #[pyo3(signature = (*, redirect = None, lb = None))]
-    fn swap_tables(&self, py: Python<'_>, redirect: Option<Py<RedirectTable>>, lb: Option<Py<LbTable>>) {
+    /// Serves new connections from other tables (any may be left None to
+    /// keep the current one). `logical_dns` maps LOGICAL_DNS cluster names
+    /// to (host, port), resolved per connection. Connections already open
+    /// keep theirs.
+    #[pyo3(signature = (*, redirect = None, lb = None, logical_dns = None))]
+    fn swap_tables(
+        &self,
+        py: Python<'_>,
+        redirect: Option<Py<RedirectTable>>,
+        lb: Option<Py<LbTable>>,
+        logical_dns: Option<HashMap<String, (String, u16)>>,
+    ) {
         let mut t = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        let mut l = self.logical_dns.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(r) = redirect {
             t.0 = r;
         }
-        if let Some(l) = lb {
-            t.1 = l;
+        if let Some(x) = lb {
+            t.1 = x;
+        }
+        if let Some(d) = logical_dns {
+            *l = Arc::new(d);
         }
         let routes = Routes {
-            redirect: std::sync::Arc::new(PyRedirect(t.0.clone_ref(py))),
-            lb: std::sync::Arc::new(PyLb(t.1.clone_ref(py))),
+            redirect: Arc::new(PyRedirect(t.0.clone_ref(py))),
+            lb: Arc::new(PyLb(t.1.clone_ref(py))),
+            logical_dns: l.clone(),
         };
         self.inner.swap_routes(routes);
     }

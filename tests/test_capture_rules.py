@@ -17,7 +17,8 @@ BACKENDS = ["nftables", "iptables"]
 SETTINGS: dict[str, Any] = {
     "proxy_uid": PROXY_UID,
     "redirect_dns": True,
-    "dns_servers": [NET4, NET6],
+    # 127.0.0.53: a loopback resolver, as systemd-resolved hosts have.
+    "dns_servers": [NET4, NET6, "127.0.0.53"],
     "outbound_exclude": ["10.79.0.0/16"],
     "outbound_exclude_ports": [22],
     "inbound_ports": "*",
@@ -48,7 +49,14 @@ def captured(request: pytest.FixtureRequest) -> Iterator[tuple[Lab, str]]:
         lb.serve(
             lb.vm,
             "proxy",
-            ["tcp:127.0.0.1:15001", "tcp:[::1]:15001", "udp:127.0.0.1:15053", "udp:[::1]:15053", "tcp:0.0.0.0:15006"],
+            [
+                "tcp:127.0.0.1:15001",
+                "tcp:[::1]:15001",
+                "udp:127.0.0.1:15053",
+                "udp:[::1]:15053",
+                "tcp:127.0.0.1:15053",
+                "tcp:0.0.0.0:15006",
+            ],
             # The agent's replies must come from the proxy uid: the raw rules
             # put them in conntrack zone 2, where the app's redirected query is.
             uid=PROXY_UID,
@@ -89,6 +97,20 @@ def test_dns_to_the_resolv_conf_nameservers_lands_on_15053(captured: tuple[Lab, 
     assert r6 == {"reply": "proxy ::1:15053", "from": f"{NET6}:53"}
     # DNS to an address that is not a nameserver is left alone.
     assert lb.udp(EXTRA4[1], 53) == f"server {EXTRA4[1]}:53"
+
+
+def test_tcp_dns_and_a_loopback_resolver_are_captured(captured: tuple[Lab, str]) -> None:
+    lb, _ = captured
+    assert lb.tcp(NET4, 53) == f"proxy 127.0.0.1:15053 {NET4}:53"
+    # Loopback TCP from apps is normally left alone, but not DNS (Istio's
+    # `! --dport 53` exception), so a local resolver like 127.0.0.53 is caught.
+    assert lb.tcp("127.0.0.53", 53) == "proxy 127.0.0.1:15053 127.0.0.53:53"
+    assert lb.peer(lb.vm, "udp", "127.0.0.53", "53", uid=APP_UID) == {
+        "reply": "proxy 127.0.0.1:15053",
+        "from": "127.0.0.53:53",
+    }
+    # Other loopback TCP from apps is not captured: nothing listens on 127.0.0.1:8081.
+    assert lb.tcp("127.0.0.1", 8081) == "ConnectionRefusedError"
 
 
 def test_inbound_tcp_lands_on_15006_except_excluded_ports(captured: tuple[Lab, str]) -> None:

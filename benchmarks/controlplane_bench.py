@@ -129,7 +129,7 @@ def one(strategy: str, services: int, agents: int, eds: int, delta: bool = False
             t = time.monotonic()
             assert proc.stdout is not None
             if proc.stdout.readline().strip() != "ready":
-                raise RuntimeError("agents failed to start")
+                raise RuntimeError("agents failed to start (see their stderr)")
             wait_converged(cp, t)
             out["connect_all_s"] = time.monotonic() - t
             gc.collect()

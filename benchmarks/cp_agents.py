@@ -52,9 +52,10 @@ async def agent(
 ) -> None:
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
     request: Any = discovery_pb2.DeltaDiscoveryRequest if delta else discovery_pb2.DiscoveryRequest
+    # wait_for_ready: a fleet connecting at once may find the listen backlog full; retry, do not fail.
     call = channel.stream_stream(
         DELTA if delta else SOTW, request_serializer=request.SerializeToString, response_deserializer=HEADER.FromString
-    )()
+    )(wait_for_ready=True)
     md = struct_pb2.Struct()
     md.update({"NAMESPACE": "bench", "DNS_CAPTURE": "true", "INSTANCE_IPS": f"10.200.{i // 250}.{i % 250 + 1}"})
     node = base_pb2.Node(
@@ -94,8 +95,16 @@ async def main() -> None:
     ready = asyncio.Event()
     counter = [0]
     tasks = []
+
+    async def supervised(i: int) -> None:
+        try:
+            await agent(i, port, services, eds, delta, ready, counter, count)
+        except Exception as e:  # a lost agent would leave the benchmark waiting: say so and stop
+            print(f"agent {i} failed: {e!r}", file=sys.stderr, flush=True)
+            print("failed", flush=True)
+
     for i in range(count):
-        tasks.append(asyncio.ensure_future(agent(i, port, services, eds, delta, ready, counter, count)))
+        tasks.append(asyncio.ensure_future(supervised(i)))
         if i % 50 == 49:
             await asyncio.sleep(0.05)  # connect in waves, as a fleet would
     await ready.wait()

@@ -319,3 +319,22 @@ def test_health_checked_precreated_entry_via_workload_entry_metadata(cp: Control
     err = bad.wait_closed()
     assert err is not None and err.code() == grpc.StatusCode.NOT_FOUND
     bad.close()
+
+
+def test_group_deletion_removes_its_entries_and_recreation_registers_connected_vms(cp: ControlPlane, cfg: Path) -> None:
+    vm = connect(cp)
+    uid = cp.registered_entry("default", ENTRY)["metadata"]["uid"]  # type: ignore[index]
+    product = (cfg / "product.yaml").read_text()
+    head, sep, _group = product.partition("---\napiVersion: networking.istio.io/v1\nkind: WorkloadGroup")
+    assert sep
+    (cfg / "product.yaml").write_text(head)
+    cp.reload()
+    assert cp.registered_entry("default", ENTRY) is None  # owner gone: garbage-collected
+    (cfg / "product.yaml").write_text(product)
+    cp.reload()
+    # The VM stayed connected: registered again when the group came back (istio/istio PR #44709).
+    entry = cp.registered_entry("default", ENTRY)
+    assert entry is not None and entry["metadata"]["uid"] != uid
+    assert "istio.io/connectedAt" in entry["metadata"]["annotations"]
+    vm.close()
+    wait_until(lambda: cp.registered_entry("default", ENTRY) is None, timeout=5)

@@ -100,6 +100,7 @@ class Registrations:
         self.overlays: dict[tuple[str, str, str], dict[str, Any]] = {}
         self._parsed: dict[tuple[str, str], WorkloadEntry] = {}
         self._conns: dict[tuple[str, ...], set[int]] = {}
+        self._live: dict[int, Connection] = {}  # auto-registering connections, for re-registration
         self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
         if store is not None:
             for doc in store.registered():
@@ -204,6 +205,7 @@ class Registrations:
         self._put(doc)
         conn_key = ("auto", network, ip, group_name, ns)
         self._conns.setdefault(conn_key, set()).add(conn.id)
+        self._live[conn.id] = conn
         conn.attrs["entry"] = key
         conn.attrs["conn_key"] = conn_key
         self._changed(f"registered {ns}/{name}")
@@ -238,6 +240,7 @@ class Registrations:
             return
         ids = self._conns.get(conn_key, set())
         ids.discard(conn.id)
+        self._live.pop(conn.id, None)
         if ids:
             return  # another stream of the same workload is still up
         self._conns.pop(conn_key, None)
@@ -342,6 +345,34 @@ class Registrations:
         self.overlays[okey] = ov
         if self.store is not None:
             self.store.put_overlay(*okey, ov)
+
+    def groups_changed(self, exists: Callable[[str, str], bool]) -> None:
+        """After a config reload. Entries owned by a WorkloadGroup that no
+        longer exists are deleted (Kubernetes' owner-reference GC does this
+        for istiod); connected VMs stay connected and are registered again
+        when their group comes back (istio/istio PR #44709)."""
+        for key, doc in list(self.entries.items()):
+            owners = doc["metadata"].get("ownerReferences") or []
+            group = next((o.get("name") for o in owners if o.get("kind") == "WorkloadGroup"), None)
+            if group is not None and not exists(key[0], group):
+                self._cancel_cleanup(key)
+                del self.entries[key]
+                self._parsed.pop(key, None)
+                if self.store is not None:
+                    self.store.delete_registered(*key)
+                log.info("WorkloadEntry %s/%s removed: its WorkloadGroup %s is gone", key[0], key[1], group)
+                self._changed(f"group {key[0]}/{group} deleted")
+        for conn in list(self._live.values()):
+            entry_key = conn.attrs.get("entry")
+            proxy = conn.proxy
+            if entry_key is None or entry_key in self.entries or proxy is None:
+                continue
+            if exists(proxy.namespace, proxy.auto_register_group):
+                self._conns.get(conn.attrs["conn_key"], set()).discard(conn.id)
+                try:
+                    self._register(conn)
+                except RegistrationError as e:
+                    log.warning("%r: re-registration failed: %s", conn, e)
 
     def connection_count(self) -> int:
         return sum(len(s) for s in self._conns.values())

@@ -227,7 +227,11 @@ class ControlPlane:
             if self._scan() != self._fingerprint:
                 log.info("config changed under %s; reloading", self.config_dir)
                 self._reload()
-                self._mark_dirty("config")
+                self._after_reload()
+
+    def _after_reload(self) -> None:
+        self.registrations.groups_changed(lambda ns, name: ("WorkloadGroup", ns, name) in self._objects)
+        self._mark_dirty("config")
 
     def reload(self, wait: bool = True) -> int:
         """Re-reads the config now (what the watcher does on a change) and,
@@ -235,7 +239,7 @@ class ControlPlane:
 
         def run() -> int:
             self._reload()
-            self._mark_dirty("config")
+            self._after_reload()
             if wait:
                 self._flush()
             return self.ads.snapshot.version

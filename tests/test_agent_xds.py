@@ -332,3 +332,27 @@ def test_status_port(ads: ScriptedAds, tmp_path: Path) -> None:
     # Stopped: the port is closed.
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{sport}/healthz/ready", timeout=2)
+
+
+def test_unchanged_resources_are_acked_without_rebuilding(ads: ScriptedAds, tmp_path: Path) -> None:
+    c2 = "outbound|9090||other.default.svc.cluster.local"
+    vm = write_vm_files(tmp_path / "vm", ads.port)
+    agent = make_agent(vm, tmp_path / "state", free_port("127.0.0.1"))
+    with agent:
+        ads.request(CDS)
+        ads.request(CDS, nonce=ads.push(CDS, "1", [pack(eds_cluster(C1)), pack(eds_cluster(c2))]))
+        ads.request(EDS, nonce=ads.push(EDS, "1", [pack(cla(C1, "10.0.0.1")), pack(cla(c2, "10.0.1.1"))]))
+        gen, tables_gen = agent.lb.generation, agent.tables.generation
+        # The same state again (what a reconnect brings): ACKed, nothing rebuilt or republished.
+        assert (
+            ads.request(CDS, nonce=ads.push(CDS, "2", [pack(eds_cluster(C1)), pack(eds_cluster(c2))])).version_info
+            == "2"
+        )
+        assert ads.request(EDS, nonce=ads.push(EDS, "2", [pack(cla(C1, "10.0.0.1"))])).version_info == "2"
+        assert (agent.lb.generation, agent.tables.generation) == (gen, tables_gen)
+        # One cluster changes: one upsert; one disappears: one removal.
+        changed = eds_cluster(C1, lb_policy=cluster_pb2.Cluster.RANDOM)
+        assert ads.request(CDS, nonce=ads.push(CDS, "3", [pack(changed)])).version_info == "3"
+        assert agent.lb.clusters() == [C1] and agent.lb.cluster_info(C1)["policy"] == "RANDOM"
+        assert agent.lb.generation == gen + 2
+        assert addresses(agent) == ["10.0.0.1:8080"]  # its endpoints carried over

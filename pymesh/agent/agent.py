@@ -437,13 +437,19 @@ class Agent:
         clusters: dict[str, dict[str, Any]] = {}
         anys: dict[str, Any] = {}
         logical: dict[str, tuple[str, int]] = {}
+        changed: set[str] = set()
         for i, a in enumerate(resources):
             msg = _unpack(a, CDS, cluster_pb2.Cluster)
             if not msg.name:
                 raise XdsClientError(f"clusters[{i}]: no name")
             if msg.name in clusters:
                 raise XdsClientError(f"cluster {msg.name!r} appears twice")
-            d = _to_dict(msg)
+            old = self._cds.get(msg.name)
+            if old is not None and old.value == a.value and msg.name in self._clusters:
+                d = self._clusters[msg.name]  # same bytes: no conversion, no rebuild
+            else:
+                d = _to_dict(msg)
+                changed.add(msg.name)
             ctype = d.get("type")
             if ctype not in LB_TYPES:
                 if ctype in ("LOGICAL_DNS", "STRICT_DNS"):
@@ -454,23 +460,31 @@ class Agent:
                         logical[msg.name] = (str(sa["address"]), int(sa.get("port_value", 0)))
                     except (KeyError, IndexError, TypeError, ValueError):
                         raise XdsClientError(f"cluster {msg.name!r}: {ctype} without an endpoint address") from None
-                else:
+                elif msg.name in changed:
                     log.warning("cluster %s: type %s not served by the lbtable; left out", msg.name, ctype)
             clusters[msg.name] = d
             anys[msg.name] = a
         with self._apply_lock:
-            cla = {k: v for k, v in self._cla.items()}
-            # The lbtable validates everything (policy, outlier, endpoints) and
-            # swaps atomically; an error leaves the serving table unchanged.
-            self.lb.load(self._lb_input(clusters, cla), replace=True)
+            # SotW CDS carries every cluster; only the new and changed ones are
+            # built (one upsert: the lbtable validates them all first and swaps
+            # atomically, so an error leaves the serving table unchanged), then
+            # the clusters no longer served are removed.
+            upsert = self._lb_input({n: clusters[n] for n in changed}, self._cla)
+            if upsert:
+                self.lb.load(upsert, replace=False)
+            served = {n for n, c in clusters.items() if c.get("type") in LB_TYPES}
+            gone = [n for n in self.lb.clusters() if n not in served]
+            if gone:
+                self.lb.remove(gone)
             self._clusters, self._cds, self.logical_dns = clusters, anys, logical
             self._versions[CDS] = version
             wanted = self._eds_names()
             # Forget endpoints of clusters that are gone (EDS deletion is implicit, §B.2).
             self._cla = {k: v for k, v in self._cla.items() if k in wanted}
             self._eds = {k: v for k, v in self._eds.items() if k in wanted}
-            self._rebuild_redirect()
-            self._publish()
+            if changed or gone:
+                self._rebuild_redirect()
+                self._publish()
         if self.client is not None:
             self.client.subscribe(EDS, wanted)
         if persist:
@@ -486,10 +500,13 @@ class Agent:
             msg = _unpack(a, EDS, endpoint_pb2.ClusterLoadAssignment)
             if not msg.cluster_name:
                 raise XdsClientError(f"load assignment [{i}]: no cluster_name")
-            if msg.cluster_name in incoming:
+            if msg.cluster_name in incoming or msg.cluster_name in anys:
                 raise XdsClientError(f"load assignment {msg.cluster_name!r} appears twice")
-            incoming[msg.cluster_name] = _to_dict(msg)
             anys[msg.cluster_name] = a
+            old = self._eds.get(msg.cluster_name)
+            if old is not None and old.value == a.value and msg.cluster_name in self._cla:
+                continue  # unchanged (e.g. the full set again after a reconnect): nothing to rebuild
+            incoming[msg.cluster_name] = _to_dict(msg)
         with self._apply_lock:
             cla = {**self._cla, **incoming}
             # Only the clusters whose assignment came are rebuilt (an upsert);
@@ -504,8 +521,9 @@ class Agent:
             self._cla = cla
             self._eds = {**self._eds, **anys}
             self._versions[EDS] = version
-            self._publish()
-        if persist:
+            if touched:
+                self._publish()
+        if persist and incoming:
             self._save(EDS, version, list(self._eds.values()))
 
     def _on_nds(self, type_url: str, resources: list[Any], version: str, *, persist: bool = True) -> None:

@@ -22,6 +22,8 @@ as istiod's ``pilot/pkg/autoregistration`` does it
   proxy's namespace (missing: the stream fails with NOT_FOUND); the control
   plane writes the same connect annotations and the health condition as an
   overlay kept in the store (the config file is never rewritten).
+- Group deleted: its entries are removed (the owner-reference GC istiod
+  relies on); connected VMs are registered again when it returns (PR #44709).
 - Restart: registered entries are reloaded from the store; an entry that was
   connected when the previous process stopped is taken as disconnected at
   start-up, so its VM has one grace period to reconnect.

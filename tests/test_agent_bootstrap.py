@@ -345,3 +345,13 @@ def test_cli_reports_a_bad_file_and_exits_1(vmdir: Path) -> None:
 def test_options_are_plain_data() -> None:
     o = AgentOptions(dns_listen=["127.0.0.1:0"])
     assert o.dns_listen == ["127.0.0.1:0"] and o.state_dir is None
+
+
+def test_an_expired_token_is_noted(vmdir: Path) -> None:
+    import base64
+
+    claims = base64.urlsafe_b64encode(b'{"exp":1000000000,"sub":"x"}').decode().rstrip("=")
+    (vmdir / "istio-token").write_text(f"eyJhbGciOiJSUzI1NiJ9.{claims}.c2ln")
+    b = load_bootstrap(vmdir)
+    assert b.token is not None and b.token.expires == 1e9
+    assert b.notes == [f"{vmdir / 'istio-token'}: the token expired at 2001-09-09T01:46:40Z"]

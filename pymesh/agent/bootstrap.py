@@ -37,6 +37,7 @@ import json
 import os
 import re
 import shlex
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -465,6 +466,11 @@ def load_bootstrap(
         parse_pem_certs(root_text, paths.root_cert)
     tok_text = need(paths.token, "no token (plaintext xDS needs none)", False)
     tok = parse_token(tok_text, paths.token) if tok_text is not None and tok_text.strip() else None
+    if tok is not None and tok.expires is not None and tok.expires < time.time():
+        # Not fatal while xDS is plaintext; with the CA it will be (reference §5.5, §7.6).
+        notes.append(
+            f"{paths.token}: the token expired at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(tok.expires))}"
+        )
 
     hosts_text = need(paths.hosts, "no host overrides", False)
     host_entries = parse_hosts(hosts_text, paths.hosts) if hosts_text is not None else []

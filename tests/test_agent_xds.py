@@ -356,3 +356,24 @@ def test_unchanged_resources_are_acked_without_rebuilding(ads: ScriptedAds, tmp_
         assert agent.lb.clusters() == [C1] and agent.lb.cluster_info(C1)["policy"] == "RANDOM"
         assert agent.lb.generation == gen + 2
         assert addresses(agent) == ["10.0.0.1:8080"]  # its endpoints carried over
+
+
+def test_attached_outbound_proxy_follows_the_tables(ads: ScriptedAds, tmp_path: Path) -> None:
+    from pymesh.relay import start_outbound_proxy
+
+    vm = write_vm_files(tmp_path / "vm", ads.port)
+    agent = make_agent(vm, tmp_path / "state", free_port("127.0.0.1"))
+    proxy = start_outbound_proxy(agent.lb, agent.redirect, listen=["127.0.0.1:0"])
+    try:
+        agent.attach(proxy)
+        with agent:
+            ads.request(CDS)
+            ads.request(CDS, nonce=ads.push(CDS, "1", [pack(eds_cluster(C1))]))
+            ads.request(EDS, nonce=ads.push(EDS, "1", [pack(cla(C1, "10.0.0.1"))]))
+            assert proxy.tables[0].classify("10.96.0.20", 8080) == ("passthrough", None)  # no names yet
+            ads.request(NDS, nonce=ads.push(NDS_TYPE, "1", [pack(name_table("10.96.0.20"), NDS_TYPE)]))
+            redirect, lb = proxy.tables
+            assert redirect.classify("10.96.0.20", 8080) == ("cluster", C1)
+            assert lb.pick(C1) == "10.0.0.1:8080"
+    finally:
+        proxy.stop()

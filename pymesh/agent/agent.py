@@ -50,6 +50,8 @@ The interface for the outbound proxy and the capture side
   snapshot with a generation number; ``agent.on_update(cb)`` calls
   ``cb(tables)`` (in the xDS thread; keep it short) after every change.
 - ``agent.route(ip, port, hash_key=None)``: classify + pick in one call.
+- ``agent.attach(proxy)``: keeps a ``pymesh.relay.OutboundProxy`` on the
+  current tables (``swap_tables`` after every change).
 - ``agent.capture``: the :class:`CaptureSettings` from cluster.env
   (istio-iptables' variables) for the rules, plus ``agent.options.dns_listen``
   for the DNS redirect target.
@@ -372,6 +374,16 @@ class Agent:
         """Calls ``callback(tables)`` after every change (and once now)."""
         self._callbacks.append(callback)
         callback(self.tables)
+
+    def attach(self, proxy: Any) -> None:
+        """Keeps an outbound proxy (``pymesh.relay.OutboundProxy``, or anything
+        with its ``swap_tables(redirect=, lb=, logical_dns=)``) serving this
+        agent's tables: swapped now and after every change."""
+
+        def update(t: Tables) -> None:
+            proxy.swap_tables(redirect=t.redirect, lb=t.lb, logical_dns=t.logical_dns)
+
+        self.on_update(update)
 
     def route(self, address: str, port: int, hash_key: str | bytes | None = None) -> Route:
         """Where a captured connection to ``address:port`` goes."""

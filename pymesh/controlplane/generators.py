@@ -59,7 +59,7 @@ def cluster_name(host: str, port: int, subset: str = "") -> str:
 
 def parse_cluster_name(name: str) -> tuple[str, int, str] | None:
     parts = name.split("|")
-    if len(parts) != 4 or parts[0] != "outbound" or not parts[1].isdigit():
+    if len(parts) != 4 or parts[0] != "outbound" or not (parts[1].isascii() and parts[1].isdigit()):
         return None
     return parts[3], int(parts[1]), parts[2]
 

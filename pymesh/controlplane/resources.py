@@ -250,7 +250,7 @@ def parse_service(doc: Mapping[str, Any]) -> Service:
         number = v.port(pm.get("port"), f"{f}.port")
         tp_raw = pm.get("targetPort", number)
         target: int | str
-        if isinstance(tp_raw, str) and not tp_raw.isdigit():
+        if isinstance(tp_raw, str) and not (tp_raw.isascii() and tp_raw.isdigit()):
             target = v.iana_port_name(tp_raw, f"{f}.targetPort")
         else:
             target = v.port(int(tp_raw) if isinstance(tp_raw, str) else tp_raw, f"{f}.targetPort")
@@ -521,12 +521,14 @@ def _traffic_policy(raw: Any, f: str) -> TrafficPolicy | None:
             raise v.fail(lf, "distribute and failover are mutually exclusive")
         for i, fo in enumerate(v.sequence(locality.get("failover"), f"{lf}.failover")):
             fm = v.mapping(fo, f"{lf}.failover[{i}]")
-            src, dst = fm.get("from"), fm.get("to")
+            src = v.string(fm.get("from"), f"{lf}.failover[{i}].from")
+            dst = v.string(fm.get("to"), f"{lf}.failover[{i}].to")
             if not src or not dst or src == dst:
                 raise v.fail(f"{lf}.failover[{i}]", "from and to are required and must differ")
         for i, d in enumerate(v.sequence(locality.get("distribute"), f"{lf}.distribute")):
             to = v.mapping(v.mapping(d, f"{lf}.distribute[{i}]").get("to"), f"{lf}.distribute[{i}].to")
-            if sum(int(w) for w in to.values()) != 100:
+            weights = [v.integer(w, f"{lf}.distribute[{i}].to[{k}]", minimum=0, maximum=100) for k, w in to.items()]
+            if sum(weights) != 100:
                 raise v.fail(f"{lf}.distribute[{i}].to", "weights must sum to 100")
     od = tp.get("outlierDetection")
     outlier = None

@@ -49,7 +49,7 @@ DEFAULT_XDS_LISTEN = "127.0.0.1:15010"
 
 def _split_listen(addr: str) -> tuple[str, int]:
     host, sep, port = addr.rpartition(":")
-    if not sep or not port.isdigit() or not host:
+    if not sep or not (port.isascii() and port.isdigit()) or not host:
         raise ControlPlaneError(f"--xds-listen {addr!r}: expected ADDRESS:PORT")
     return host.strip("[]"), int(port)
 

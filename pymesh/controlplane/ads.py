@@ -433,7 +433,14 @@ class AdsServer:
                 if not affected:
                     w.version = snapshot.version
                     continue
-                if t in FULL_STATE:
+                if t in FULL_STATE and w.names is None:
+                    # Identical bytes for every wildcard connection of this view, nonce included:
+                    # a nonce need only be unique within its stream, and a push happens once per
+                    # snapshot version and type ("p<version>" never collides with "<conn>.<n>").
+                    w.nonce = f"p{snapshot.version}"
+                    w.version = snapshot.version
+                    self._send(conn, snapshot.shared_push(t, key, w.nonce))
+                elif t in FULL_STATE:
                     self._respond_sotw(conn, t, w, None)
                 else:
                     resources = snapshot.for_proxy(t, conn.proxy)

@@ -113,6 +113,7 @@ class Snapshot:
         self._resources: dict[tuple[str, Hashable], Mapping[str, Encoded]] = {}
         self._diffs: dict[tuple[str, Hashable, int], Diff] = {}
         self._bodies: dict[tuple[str, Hashable], bytes] = {}
+        self._pushes: dict[tuple[str, Hashable, str], bytes] = {}
 
     def resources(self, type_url: str, key: Hashable) -> Mapping[str, Encoded]:
         got = self._resources.get((type_url, key))
@@ -145,6 +146,16 @@ class Snapshot:
             body = b"".join(e.sotw for e in self.resources(type_url, key).values())
             self._bodies[(type_url, key)] = body
         return body
+
+    def shared_push(self, type_url: str, key: Hashable, nonce: str) -> bytes:
+        """The whole SotW response for every wildcard subscriber of (type,
+        view) in a push: built once, the same bytes object queued to each."""
+        memo = (type_url, key, nonce)
+        got = self._pushes.get(memo)
+        if got is None:
+            got = sotw_response(type_url, str(self.version), nonce, self.sotw_body(type_url, key))
+            self._pushes[memo] = got
+        return got
 
     def has_view(self, type_url: str, key: Hashable) -> bool:
         return (type_url, key) in self._resources

@@ -259,7 +259,8 @@ class ScriptedAds:
 
     SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, delta: bool = False) -> None:
+        self.delta = delta
         self.requests: queue.Queue[Any] = queue.Queue()
         self._out: queue.Queue[Any] = queue.Queue()
         self._nonce = 0
@@ -272,7 +273,12 @@ class ScriptedAds:
                     self._stream,
                     request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
                     response_serializer=discovery_pb2.DiscoveryResponse.SerializeToString,
-                )
+                ),
+                "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                    self._stream,
+                    request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
+                    response_serializer=discovery_pb2.DeltaDiscoveryResponse.SerializeToString,
+                ),
             },
         )
         self.server.add_generic_rpc_handlers((handler,))
@@ -300,6 +306,25 @@ class ScriptedAds:
         nonce = f"n{self._nonce}"
         self._out.put(
             discovery_pb2.DiscoveryResponse(type_url=type_url, version_info=version, nonce=nonce, resources=resources)
+        )
+        return nonce
+
+    def push_delta(
+        self, type_url: str, version: str, resources: Mapping[str, Any], removed: tuple[str, ...] = ()
+    ) -> str:
+        """A DeltaDiscoveryResponse: ``resources`` by name (each an Any), ``removed`` names."""
+        self._nonce += 1
+        nonce = f"n{self._nonce}"
+        self._out.put(
+            discovery_pb2.DeltaDiscoveryResponse(
+                type_url=type_url,
+                system_version_info=version,
+                nonce=nonce,
+                resources=[
+                    discovery_pb2.Resource(name=n, version=f"{version}-{n}", resource=a) for n, a in resources.items()
+                ],
+                removed_resources=list(removed),
+            )
         )
         return nonce
 

@@ -28,6 +28,21 @@ from pymesh.controlplane import ControlPlane
 ENTRY = f"product-vm-{VM_IP}"
 
 
+DELTA = False
+
+
+@pytest.fixture(params=["sotw", "delta"], autouse=True)
+def xds_variant(request: pytest.FixtureRequest) -> str:
+    """Every test runs with both ADS variants the control plane serves."""
+    global DELTA
+    DELTA = request.param == "delta"
+    return str(request.param)
+
+
+def agent_for(vm: Path, state: Path, dns_port: int, **options: Any) -> Any:
+    return make_agent(vm, state, dns_port, xds_delta=DELTA, **options)
+
+
 @pytest.fixture
 def svc_port() -> int:
     return free_port("127.0.0.2", VM_IP)
@@ -66,7 +81,7 @@ def addresses(agent: object, name: str) -> list[str]:
 def test_agent_registers_serves_dns_and_picks_real_endpoints(cp: ControlPlane, tmp_path: Path, svc_port: int) -> None:
     vm = write_vm_files(tmp_path / "vm", cp.port)
     dport = free_port("127.0.0.1")
-    agent = make_agent(vm, tmp_path / "state", dport)
+    agent = agent_for(vm, tmp_path / "state", dport)
     assert agent.target == f"127.0.0.1:{cp.port}"  # discoveryAddress resolved through the hosts file
     with agent:
         entry = wait_until(lambda: cp.registered_entry("default", ENTRY))
@@ -91,6 +106,9 @@ def test_agent_registers_serves_dns_and_picks_real_endpoints(cp: ControlPlane, t
         assert agent.route("127.0.0.1", svc_port).verdict == "bypass"
         st = agent.status()
         assert st["xds"] == "connected" and st["stats"]["nacks"] == 0
+        conns = cp.call_soon(lambda: [c.delta for c in cp.ads.connections.values()])
+        assert conns == [DELTA]  # the variant under test is what went over the wire
+        assert cp.ads.stats["nacks"] == 0
     # Disconnected: the control plane removes the entry after its grace period.
     wait_until(lambda: cp.registered_entry("default", ENTRY) is None, timeout=10)
 
@@ -149,7 +167,7 @@ class App:
 def test_probe_moves_the_vm_endpoint_in_and_out(cp: ControlPlane, tmp_path: Path, svc_port: int, kind: str) -> None:
     app = App(kind, tmp_path)
     vm = write_vm_files(tmp_path / "vm", cp.port, probe=app.probe())
-    agent = make_agent(vm, tmp_path / "state", free_port("127.0.0.1"))
+    agent = agent_for(vm, tmp_path / "state", free_port("127.0.0.1"))
     name = cluster(svc_port)
     try:
         with agent:
@@ -179,7 +197,7 @@ def test_health_is_resent_on_a_new_stream(cfg: Path, tmp_path: Path, svc_port: i
     cp = start_cp(cfg, tmp_path / "cp1", port)
     probe = {"exec": {"command": ["/bin/true"]}, "periodSeconds": 30}
     vm = write_vm_files(tmp_path / "vm", port, probe=probe)
-    agent = make_agent(vm, tmp_path / "state", free_port("127.0.0.1"))
+    agent = agent_for(vm, tmp_path / "state", free_port("127.0.0.1"))
     try:
         with agent:
             wait_until(lambda: (cp.registered_entry("default", ENTRY) or {}).get("status"))
@@ -201,7 +219,7 @@ def test_control_plane_down_dns_and_routing_keep_serving_across_agent_restart(
     dport = free_port("127.0.0.1")
     state = tmp_path / "state"
     name = cluster(svc_port)
-    agent = make_agent(vm, state, dport)
+    agent = agent_for(vm, state, dport)
     agent.start()
     try:
         wait_until(lambda: resolve(dport, PRODUCT)[1] == ["10.96.0.20"])
@@ -213,7 +231,7 @@ def test_control_plane_down_dns_and_routing_keep_serving_across_agent_restart(
         assert agent.route("10.96.0.20", svc_port).endpoint is not None
 
         agent.stop()  # and the agent restarts while it is down
-        agent = make_agent(vm, state, dport)
+        agent = agent_for(vm, state, dport)
         agent.start()
         assert sorted(agent.loaded_from_disk) == ["Cluster", "ClusterLoadAssignment", "NameTable"]
         assert resolve(dport, PRODUCT) == ("NOERROR", ["10.96.0.20"])
@@ -261,7 +279,7 @@ spec:
     vm = write_vm_files(
         tmp_path / "vm", cp.port, probe=probe, group="", ip=ip, extra_env={"ISTIO_META_WORKLOAD_ENTRY": "vm-static"}
     )
-    agent = make_agent(vm, tmp_path / "state", free_port("127.0.0.1"))
+    agent = agent_for(vm, tmp_path / "state", free_port("127.0.0.1"))
     name = cluster(svc_port)
     try:
         with agent:
@@ -275,7 +293,7 @@ spec:
 
 def test_unknown_group_is_reported_and_retried(cp: ControlPlane, tmp_path: Path) -> None:
     vm = write_vm_files(tmp_path / "vm", cp.port, group="no-such-group")
-    agent = make_agent(vm, tmp_path / "state", free_port("127.0.0.1"))
+    agent = agent_for(vm, tmp_path / "state", free_port("127.0.0.1"))
     with agent:
         wait_until(lambda: agent.client is not None and len(agent.client.waits) >= 2)
         st = agent.status()

@@ -377,3 +377,56 @@ def test_attached_outbound_proxy_follows_the_tables(ads: ScriptedAds, tmp_path: 
             assert lb.pick(C1) == "10.0.0.1:8080"
     finally:
         proxy.stop()
+
+
+def test_delta_subscriptions_acks_nacks_and_removals(tmp_path: Path) -> None:
+    ads = ScriptedAds(delta=True)
+    vm = write_vm_files(tmp_path / "vm", ads.port)
+    dport = free_port("127.0.0.1")
+    agent = make_agent(vm, tmp_path / "state", dport, xds_delta=True)
+    try:
+        with agent:
+            first = ads.request(CDS)
+            assert first.HasField("node") and list(first.resource_names_subscribe) == ["*"]
+            assert list(ads.request(NDS).resource_names_subscribe) == ["*"]
+            n = ads.push_delta(CDS, "1", {C1: pack(eds_cluster(C1))})
+            ack = ads.request(CDS, nonce=n)
+            assert not ack.HasField("error_detail")
+            sub = ads.request(EDS)
+            assert list(sub.resource_names_subscribe) == [C1] and not sub.response_nonce
+            n = ads.push_delta(EDS, "1", {C1: pack(cla(C1, "10.0.0.1"))})
+            assert not ads.request(EDS, nonce=n).HasField("error_detail")
+            n = ads.push_delta(NDS_TYPE, "1", {"": pack(name_table("10.96.0.20"), NDS_TYPE)})
+            assert not ads.request(NDS, nonce=n).HasField("error_detail")
+            assert addresses(agent) == ["10.0.0.1:8080"] and resolve(dport, HOST)[1] == ["10.96.0.20"]
+
+            # A bad assignment: NACK; the held state and the tables stay.
+            n = ads.push_delta(EDS, "2", {C1: pack(cla(C1, "bad-ip"))})
+            nack = ads.request(EDS, nonce=n)
+            assert nack.error_detail.code == 13 and "bad-ip" in nack.error_detail.message
+            assert addresses(agent) == ["10.0.0.1:8080"]
+
+            # A second cluster arrives incrementally: the first is kept (delta adds, SotW would replace).
+            c2 = "outbound|9090||other.default.svc.cluster.local"
+            ads.request(CDS, nonce=ads.push_delta(CDS, "3", {c2: pack(eds_cluster(c2))}))
+            sub = ads.request(EDS)
+            assert list(sub.resource_names_subscribe) == [c2] and not sub.resource_names_unsubscribe
+            assert sorted(agent.lb.clusters()) == sorted([C1, c2])
+
+            # Removal: the first cluster goes, its EDS is unsubscribed.
+            ads.request(CDS, nonce=ads.push_delta(CDS, "4", {}, removed=(C1,)))
+            unsub = ads.request(EDS)
+            assert list(unsub.resource_names_unsubscribe) == [C1]
+            assert agent.lb.clusters() == [c2]
+            assert agent.route("10.96.0.20", 8080).verdict == "passthrough"
+
+            # A new stream names what the agent holds, so the server can skip resending it.
+            port = ads.port
+            ads.stop()
+            ads = ScriptedAds(port=port, delta=True)
+            again = ads.request(CDS)
+            assert again.HasField("node") and dict(again.initial_resource_versions) == {c2: f"3-{c2}"}
+            eds = ads.request(EDS)
+            assert list(eds.resource_names_subscribe) == [c2] and dict(eds.initial_resource_versions) == {}
+    finally:
+        ads.stop()

@@ -99,6 +99,7 @@ class AgentOptions:
     state_dir: str | None = None  # None: default_state_dir()
     persist: bool = True
     xds_address: str | None = None  # overrides discoveryAddress (+ hosts)
+    xds_delta: bool = False  # incremental ADS instead of state-of-the-world
     backoff_base: float = 0.5
     backoff_max: float = 30.0
     probe: bool = True
@@ -227,6 +228,7 @@ class Agent:
                 "discovery_address": b.discovery_address,
                 "target": self.target,
                 "transport": "plaintext",
+                "variant": "delta" if self.options.xds_delta else "sotw",
                 "subscriptions": ["CDS", "EDS", "NDS"],
             },
             "dns": {
@@ -295,6 +297,7 @@ class Agent:
             backoff_base=self.options.backoff_base,
             backoff_max=self.options.backoff_max,
             on_state=self._on_xds_state,
+            delta=self.options.xds_delta,
         )
         if self.health is not None:
             self.client.send_health(*self.health)

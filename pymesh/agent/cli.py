@@ -39,6 +39,7 @@ def _options(args: argparse.Namespace) -> AgentOptions:
         persist=not args.no_persist,
         xds_address=args.xds_address,
         backoff_max=args.backoff_max,
+        xds_delta=args.delta,
         probe=not args.no_probe,
         instance_ip=args.instance_ip,
         pod_name=args.pod_name,
@@ -149,6 +150,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--resolv-conf", default="/etc/resolv.conf", help="default %(default)s")
     p.add_argument("--state-dir", metavar="DIR", help="where the last good tables are kept")
     p.add_argument("--no-persist", action="store_true", help="do not save or load tables")
+    p.add_argument("--delta", action="store_true", help="use incremental (delta) ADS instead of state-of-the-world")
     p.add_argument("--backoff-max", type=float, default=30.0, help="longest reconnect wait, seconds")
     p.add_argument("--no-probe", action="store_true", help="do not run mesh.yaml's readinessProbe")
     p.add_argument("--instance-ip", help="the workload's IP (default ISTIO_SVC_IP, else the host's first)")

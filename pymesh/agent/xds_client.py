@@ -18,6 +18,13 @@ Protocol (shared/reference/envoy-lb-and-xds.md §B.2-B.3):
   message) and remembers it; the remembered state is re-sent on every new
   stream after the subscriptions (never as the first request, which istiod
   drops) — so a report lost with a stream is repeated (istio/istio#29741).
+- ``delta=True`` speaks incremental ADS instead (``DeltaAggregatedResources``,
+  what newer istio-agents use): subscriptions as ``resource_names_subscribe`` /
+  ``_unsubscribe`` (``*`` for wildcard), the held resources' versions as
+  ``initial_resource_versions`` on a new stream, and each response merged
+  (``resources`` replaced, ``removed_resources`` dropped) into the held state
+  before the handler sees the type's whole state — so handlers are the same
+  for both variants. A NACK leaves the held state as it was.
 - Reconnects: exponential backoff with jitter — the n-th consecutive failed
   attempt waits a random time in [d/2, d], d = min(max, base * 2^n); a
   stream that delivered a response resets n.
@@ -59,6 +66,7 @@ class XdsClient:
         backoff_max: float = 30.0,
         on_state: Callable[[str, str], None] | None = None,
         rng: random.Random | None = None,
+        delta: bool = False,
     ) -> None:
         self.target = target
         self.node = node
@@ -68,6 +76,9 @@ class XdsClient:
         for t, names in (subscriptions or {t: None for t in handlers}).items():
             self._subs[t] = None if names is None else set(names)
         self.versions: dict[str, str] = dict(versions or {})
+        self.delta = delta
+        # delta: the resources held per type (name -> envoy Resource), across streams.
+        self._held: dict[str, dict[str, Any]] = {}
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.on_state = on_state
@@ -118,8 +129,28 @@ class XdsClient:
         with self._lock:
             if type_url in self._subs and self._subs[type_url] == new:
                 return
+            old = self._subs.get(type_url, set())
             self._subs[type_url] = new
-            if self._q is not None:
+            if new is not None and type_url in self._held:
+                # Unsubscribed names are no longer held (nor claimed on the next stream).
+                self._held[type_url] = {n: r for n, r in self._held[type_url].items() if n in new}
+            if self._q is None:
+                return
+            if self.delta:
+                from envoy.service.discovery.v3 import discovery_pb2
+
+                if new is None:
+                    add, drop = ["*"], []
+                elif old is None:
+                    add, drop = sorted(new), ["*"]
+                else:
+                    add, drop = sorted(new - old), sorted(old - new)
+                self._q.put(
+                    discovery_pb2.DeltaDiscoveryRequest(
+                        type_url=type_url, resource_names_subscribe=add, resource_names_unsubscribe=drop
+                    )
+                )
+            else:
                 self._q.put(self._request(type_url))
 
     def send_health(self, healthy: bool, message: str = "") -> None:
@@ -153,11 +184,25 @@ class XdsClient:
             req.error_detail.message = error
         return req
 
+    def _delta_request(self, type_url: str, *, first: bool = False, nonce: str = "", error: str | None = None) -> Any:
+        from envoy.service.discovery.v3 import discovery_pb2
+
+        req = discovery_pb2.DeltaDiscoveryRequest(type_url=type_url, response_nonce=nonce)
+        if first:
+            names = self._subs.get(type_url)
+            req.resource_names_subscribe.extend(["*"] if names is None else sorted(names))
+            for name, res in self._held.get(type_url, {}).items():
+                req.initial_resource_versions[name] = res.version
+        if error is not None:
+            req.error_detail.code = CODE_INTERNAL
+            req.error_detail.message = error
+        return req
+
     def _health_request(self) -> Any:
         from envoy.service.discovery.v3 import discovery_pb2
 
         assert self._health is not None
-        req = discovery_pb2.DiscoveryRequest(type_url=HEALTH)
+        req = (discovery_pb2.DeltaDiscoveryRequest if self.delta else discovery_pb2.DiscoveryRequest)(type_url=HEALTH)
         healthy, message = self._health
         if not healthy:
             req.error_detail.code = CODE_INTERNAL
@@ -218,7 +263,7 @@ class XdsClient:
                 for t, names in self._subs.items():
                     if names is not None and not names:
                         continue  # nothing wanted yet (EDS before CDS): ask when there is
-                    req = self._request(t, nonce="")
+                    req = self._delta_request(t, first=True) if self.delta else self._request(t, nonce="")
                     if first:
                         req.node.CopyFrom(self.node)
                         first = False
@@ -227,7 +272,8 @@ class XdsClient:
                     # After the subscriptions, never first: istiod drops a first-request report.
                     q.put(self._health_request())
                     self.stats["health_reports"] += 1
-                call = stub.StreamAggregatedResources(iter(q.get, None))
+                rpc = stub.DeltaAggregatedResources if self.delta else stub.StreamAggregatedResources
+                call = rpc(iter(q.get, None))
                 self._call, self._q = call, q
             if self._stop.is_set():
                 call.cancel()
@@ -257,30 +303,42 @@ class XdsClient:
         self.stats["responses"] += 1
         handler = self.handlers.get(t)
         error: str | None = None
+        held: dict[str, Any] = {}
+        if self.delta:
+            version = resp.system_version_info
+            held = dict(self._held.get(t, {}))
+            for r in resp.resources:
+                held[r.name] = r
+            for name in resp.removed_resources:
+                held.pop(name, None)
+            resources = [held[n].resource for n in sorted(held) if held[n].HasField("resource")]
+        else:
+            version = resp.version_info
+            resources = list(resp.resources)
         if handler is not None:
             started = time.monotonic()
             try:
-                handler(t, list(resp.resources), resp.version_info)
+                handler(t, resources, version)
             except Exception as e:  # any failure to apply is a NACK, with its text
                 error = str(e) or type(e).__name__
             took = (time.monotonic() - started) * 1000
-            log.debug(
-                "%s v%s: %d resources applied in %.1f ms", SHORT.get(t, t), resp.version_info, len(resp.resources), took
-            )
+            log.debug("%s v%s: %d resources in %.1f ms", SHORT.get(t, t), version, len(resources), took)
         with self._lock:
             self._nonces[t] = resp.nonce
             if error is None:
-                self.versions[t] = resp.version_info
+                self.versions[t] = version
                 self.stats["acks"] += 1
-                q.put(self._request(t))
+                if self.delta:
+                    self._held[t] = held
+                    q.put(self._delta_request(t, nonce=resp.nonce))
+                else:
+                    q.put(self._request(t))
             else:
                 self.stats["nacks"] += 1
                 self.last_nack = (t, error)
-                log.warning(
-                    "NACK %s version %s (keeping %r): %s",
-                    SHORT.get(t, t),
-                    resp.version_info,
-                    self.versions.get(t, ""),
-                    error,
-                )
-                q.put(self._request(t, error=error))
+                kept = self.versions.get(t, "")
+                log.warning("NACK %s version %s (keeping %r): %s", SHORT.get(t, t), version, kept, error)
+                if self.delta:
+                    q.put(self._delta_request(t, nonce=resp.nonce, error=error))
+                else:
+                    q.put(self._request(t, error=error))

@@ -47,10 +47,10 @@ pub use dns::{pymesh_dns_answer, PYMESH_DNS_DEFAULT_TTL, PYMESH_DNS_MIN_OUT};
 pub use error::{pymesh_status, pymesh_status_str, pymesh_string_free};
 pub use lb::{
     pymesh_lb_endpoint, pymesh_lb_outcome, pymesh_lb_pick, pymesh_lb_priority_load, pymesh_lb_report,
-    pymesh_lb_request_started, pymesh_lb_set_health_check, pymesh_lb_table, pymesh_lb_table_free,
-    pymesh_lb_table_len, pymesh_lb_table_load, pymesh_lb_table_load_file, pymesh_lb_table_new, pymesh_lb_tick,
-    pymesh_redirect_classify, pymesh_redirect_table, pymesh_redirect_table_free, pymesh_redirect_table_from_json,
-    pymesh_redirect_verdict, PYMESH_LB_ADDR_LEN,
+    pymesh_lb_request_started, pymesh_lb_set_health_check, pymesh_lb_table, pymesh_lb_table_free, pymesh_lb_table_len,
+    pymesh_lb_table_load, pymesh_lb_table_load_file, pymesh_lb_table_new, pymesh_lb_tick, pymesh_redirect_classify,
+    pymesh_redirect_table, pymesh_redirect_table_free, pymesh_redirect_table_from_json, pymesh_redirect_verdict,
+    PYMESH_LB_ADDR_LEN,
 };
 pub use live::{
     pymesh_live_name_table, pymesh_live_name_table_free, pymesh_live_name_table_generation,

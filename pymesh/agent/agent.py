@@ -254,6 +254,12 @@ class Agent:
             "notes": list(b.notes),
         }
 
+    @property
+    def synced(self) -> bool:
+        """A cluster set has been applied (from the control plane or the saved
+        state), possibly empty: the data path has what it needs."""
+        return CDS in self._versions
+
     def environment(self) -> dict[str, str]:
         """The effective environment (mesh.yaml proxyMetadata < process env <
         cluster.env): what ``pymesh.capture.CaptureConfig.from_env`` reads."""

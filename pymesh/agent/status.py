@@ -1,7 +1,7 @@
 """The agent's local status port (istio-agent's 15020, localhost only).
 
-- ``GET /healthz/ready``: 200 once the agent has clusters to route with
-  (from the control plane or the saved state) and its DNS proxy runs when
+- ``GET /healthz/ready``: 200 once the agent holds a cluster set to route
+  with (a CDS push applied, from the control plane or the saved state) and its DNS proxy runs when
   enabled; 503 with the reason otherwise. Istio answers this for Envoy's
   readiness; here it says the data path has tables.
 - ``GET /debug/ndsz``: the name table as JSON (istio-agent's debug view).
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 
 def ready(agent: Agent) -> tuple[bool, str]:
-    if not agent.lb.clusters():
+    if not agent.synced:
         return False, "no clusters yet (no push from the control plane and no saved state)"
     if agent.dns_enabled and (agent.dns is None or not agent.dns.server.running):
         return False, "DNS proxy not running"

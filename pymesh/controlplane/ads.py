@@ -436,8 +436,8 @@ class AdsServer:
                 if t in FULL_STATE and w.names is None:
                     # Identical bytes for every wildcard connection of this view, nonce included:
                     # a nonce need only be unique within its stream, and a push happens once per
-                    # snapshot version and type ("p<version>" never collides with "<conn>.<n>").
-                    w.nonce = f"p{snapshot.version}"
+                    # snapshot version and type ("p<version>.<type>" never collides with "<conn>.<n>").
+                    w.nonce = f"p{snapshot.version}.{SHORT[t]}"
                     w.version = snapshot.version
                     self._send(conn, snapshot.shared_push(t, key, w.nonce))
                 elif t in FULL_STATE:

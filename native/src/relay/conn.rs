@@ -15,10 +15,6 @@ use super::splice::{pump, End, Pipe};
 use super::{monotonic_ms, Routes, Shared};
 use crate::lb::{Outcome, Rng, Verdict};
 
-/// Stack of connection threads: the pumps need little, and small stacks
-/// keep many connections cheap in address space.
-const CONN_STACK: usize = 128 * 1024;
-
 /// Outlier-detection sweeps (ejected endpoints coming back) run at least
 /// this often even when no outcome is reported.
 const TICK_EVERY_MS: u64 = 1000;
@@ -69,11 +65,10 @@ pub(crate) fn accept_loop(shared: Arc<Shared>, listeners: Vec<(TcpListener, Sock
                 next_id += 1;
                 let id = next_id;
                 let sh = shared.clone();
-                let spawned =
-                    std::thread::Builder::new().name("pymesh-relay".into()).stack_size(CONN_STACK).spawn(move || {
-                        let _active = Active(&sh.counters.active);
-                        serve(&sh, stream, id);
-                    });
+                let spawned = shared.pool.execute(move || {
+                    let _active = Active(&sh.counters.active);
+                    serve(&sh, stream, id);
+                });
                 if spawned.is_err() {
                     c.active.fetch_sub(1, Ordering::AcqRel);
                     c.overflow.fetch_add(1, Ordering::Relaxed);
@@ -108,7 +103,7 @@ fn connect(addr: SocketAddr, shared: &Shared) -> std::io::Result<TcpStream> {
     Ok(s.into())
 }
 
-fn serve(shared: &Shared, client: TcpStream, id: u64) {
+fn serve(shared: &Arc<Shared>, client: TcpStream, id: u64) {
     let c = &shared.counters;
     let _ = client.set_nodelay(true);
     let local = client.local_addr().ok();
@@ -202,7 +197,7 @@ fn serve(shared: &Shared, client: TcpStream, id: u64) {
 /// A LOGICAL_DNS cluster: resolve the host now (this thread may block; it
 /// serves only this connection) and try its addresses in order, up to
 /// `connect_attempts`. There is no endpoint state to report outcomes to.
-fn logical_dns(shared: &Shared, client: TcpStream, host: &str, port: u16, id: u64) {
+fn logical_dns(shared: &Arc<Shared>, client: TcpStream, host: &str, port: u16, id: u64) {
     use std::net::ToSocketAddrs;
     let c = &shared.counters;
     c.cluster.fetch_add(1, Ordering::Relaxed);
@@ -240,7 +235,7 @@ impl Drop for Registered<'_> {
     }
 }
 
-fn relay(shared: &Shared, client: TcpStream, upstream: TcpStream, id: u64) {
+fn relay(shared: &Arc<Shared>, client: TcpStream, upstream: TcpStream, id: u64) {
     let c = &shared.counters;
     let (cfd, ufd) = (client.as_raw_fd(), upstream.as_raw_fd());
     {
@@ -270,40 +265,46 @@ fn relay(shared: &Shared, client: TcpStream, upstream: TcpStream, id: u64) {
             libc::shutdown(ufd, libc::SHUT_RDWR);
         }
     };
-    let down = std::thread::scope(|s| {
-        let h = std::thread::Builder::new().stack_size(CONN_STACK).spawn_scoped(s, || {
-            let end = pump(ufd, cfd, &p_down, &c.bytes_received);
+    // The upstream -> client direction runs on a pool thread; this thread
+    // waits for it before closing the descriptors it uses.
+    let (done_tx, done_rx) = std::sync::mpsc::sync_channel::<End>(1);
+    let sh = shared.clone();
+    let job = move || {
+        let end = pump(ufd, cfd, &p_down, &sh.counters.bytes_received);
+        // SAFETY: the descriptors stay open until `relay` has received `end`.
+        unsafe {
             match end {
                 // Upstream finished sending: pass the FIN on (half-close).
-                // SAFETY: descriptor open for the scope.
-                End::Eof => unsafe { libc::shutdown(cfd, libc::SHUT_WR) },
+                End::Eof => libc::shutdown(cfd, libc::SHUT_WR),
                 End::Error => {
-                    both_down();
-                    0
+                    libc::shutdown(cfd, libc::SHUT_RDWR);
+                    libc::shutdown(ufd, libc::SHUT_RDWR)
                 }
             };
-            end
-        });
-        let Ok(h) = h else {
-            both_down();
-            return End::Error;
-        };
+        }
+        let _ = done_tx.send(end);
+    };
+    let down = if shared.pool.execute(job).is_err() {
+        both_down();
+        End::Error
+    } else {
         let up = pump(cfd, ufd, &p_up, &c.bytes_sent);
         match up {
-            // SAFETY: descriptor open for the scope.
+            // SAFETY: descriptor open until this function returns.
             End::Eof => unsafe { libc::shutdown(ufd, libc::SHUT_WR) },
             End::Error => {
                 both_down();
                 0
             }
         };
-        let down = h.join().unwrap_or(End::Error);
+        // A job that died without sending counts as an error.
+        let down = done_rx.recv().unwrap_or(End::Error);
         if up == End::Error || down == End::Error {
             End::Error
         } else {
             End::Eof
         }
-    });
+    };
     if down == End::Error {
         c.resets.fetch_add(1, Ordering::Relaxed);
         reset(&client);

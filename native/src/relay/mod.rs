@@ -40,13 +40,16 @@
 //! and one pipe per direction per connection; `max_connections` bounds
 //! it. A VM's outbound proxy carries the VM's own connections — hundreds,
 //! not the hundreds of thousands of an edge proxy — so this trade favours
-//! latency. None of these threads ever takes the Python GIL.
+//! latency. Threads come from a pool of parked threads ([`pool`]), so a
+//! new connection wakes two threads rather than creating them. None of
+//! these threads ever takes the Python GIL.
 //!
 //! Tables are swapped atomically ([`Relay::swap_routes`]); a connection
 //! classifies and picks from the snapshot it loaded when it arrived.
 
 mod conn;
 mod orig_dst;
+mod pool;
 mod splice;
 
 use std::collections::HashMap;
@@ -215,7 +218,16 @@ pub(crate) struct Shared {
     pub(crate) stopping: AtomicBool,
     pub(crate) listen: Mutex<Vec<SocketAddr>>,
     pub(crate) seed: u64,
+    pub(crate) pool: pool::Pool,
 }
+
+/// Stack of connection threads: the pumps need little, and small stacks
+/// keep many connections cheap in address space; getaddrinfo (LOGICAL_DNS)
+/// is the deepest caller.
+const CONN_STACK: usize = 256 * 1024;
+
+/// Parked connection threads exit after this long without work.
+const KEEP_IDLE: Duration = Duration::from_secs(30);
 
 #[derive(Debug)]
 struct Running {
@@ -278,6 +290,7 @@ impl Relay {
                 stopping: AtomicBool::new(false),
                 listen: Mutex::new(Vec::new()),
                 seed,
+                pool: pool::Pool::new(CONN_STACK, KEEP_IDLE),
             }),
             running: Mutex::new(None),
         })

@@ -144,3 +144,45 @@ fn invalid_settings_are_errors_naming_the_field() {
     let e = relay.start().unwrap_err().to_string();
     assert!(e.contains("listen[0]"), "{e}");
 }
+
+#[test]
+fn the_pool_reuses_parked_threads_and_runs_every_job() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let pool = super::pool::Pool::new(64 * 1024, Duration::from_secs(5));
+    let done = Arc::new(AtomicUsize::new(0));
+    let ids = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    for n in 1..=50 {
+        let (d, i) = (done.clone(), ids.clone());
+        pool.execute(move || {
+            i.lock().unwrap().insert(std::thread::current().id());
+            d.fetch_add(1, Ordering::SeqCst);
+        })
+        .unwrap();
+        // Sequential jobs: each finds the previous job's thread parked.
+        while done.load(Ordering::SeqCst) < n || pool.idle() == 0 {
+            std::thread::yield_now();
+        }
+    }
+    assert_eq!(done.load(Ordering::SeqCst), 50);
+    assert_eq!(ids.lock().unwrap().len(), 1, "one thread served every sequential job");
+    // Concurrent jobs that block get a thread each.
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let rx = Arc::new(std::sync::Mutex::new(rx));
+    let started = Arc::new(AtomicUsize::new(0));
+    for _ in 0..4 {
+        let (r, s) = (rx.clone(), started.clone());
+        pool.execute(move || {
+            s.fetch_add(1, Ordering::SeqCst);
+            let _ = r.lock().unwrap().recv();
+        })
+        .unwrap();
+    }
+    let t0 = std::time::Instant::now();
+    while started.load(Ordering::SeqCst) < 4 {
+        assert!(t0.elapsed() < Duration::from_secs(5), "a job was left waiting for a busy thread");
+        std::thread::yield_now();
+    }
+    for _ in 0..4 {
+        tx.send(()).unwrap();
+    }
+}

@@ -170,6 +170,28 @@ def test_capture_all_dns_captures_any_address() -> None:
         assert lb.udp(EXTRA4[1], 53) == "proxy 127.0.0.1:15053"
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_outbound_ports_capture_those_ports_beyond_the_included_cidrs(backend: str) -> None:
+    require_root_tools("nft" if backend == "nftables" else "iptables")
+    with lab() as lb:
+        lb.serve(lb.net, "server", [f"tcp:{EXTRA4[0]}:8080", f"tcp:{EXTRA4[0]}:9090", f"tcp:{EXTRA4[3]}:8080"])
+        lb.serve(lb.vm, "proxy", ["tcp:127.0.0.1:15001"], uid=PROXY_UID)
+        lb.capture(
+            backend,
+            **{
+                **SETTINGS,
+                "outbound_include": ["10.99.0.0/16"],
+                "outbound_ports": [8080],
+                "redirect_dns": False,
+                "inbound_ports": [],
+                "ipv6": False,
+            },
+        )
+        assert lb.tcp(EXTRA4[0], 8080).startswith("proxy")  # a listed port
+        assert lb.tcp(EXTRA4[0], 9090).startswith("server")  # neither port nor CIDR
+        assert lb.tcp(EXTRA4[3], 8080).startswith("server")  # excluded CIDR still wins
+
+
 def test_mark_excludes_marked_traffic() -> None:
     require_root_tools("nft")
     with lab() as lb:

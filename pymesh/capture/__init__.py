@@ -122,7 +122,9 @@ def redirect_table(config: CaptureConfig, services: Iterable[Mapping[str, Any]] 
     """The outbound proxy's redirection table for these capture settings:
     ``services`` are ``{"address", "port", "cluster"}`` (a service VIP:port
     and its cluster); include/exclude CIDRs and ports are the config's."""
-    include = ["*"] if config.outbound_include == "*" else list(config.outbound_include)
+    # With outbound_ports any address may be captured (on those ports); the
+    # kernel decides what reaches the proxy, so the table includes everything.
+    include = ["*"] if config.outbound_include == "*" or config.outbound_ports else list(config.outbound_include)
     return RedirectTable.from_dict(
         {
             "services": [dict(s) for s in services],

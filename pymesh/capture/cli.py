@@ -31,6 +31,7 @@ def _config(args: argparse.Namespace) -> CaptureConfig:
         "outbound_include",
         "outbound_exclude",
         "outbound_exclude_ports",
+        "outbound_ports",
         "inbound_ports",
         "inbound_exclude_ports",
         "dns_servers",
@@ -86,6 +87,7 @@ def _settings(p: argparse.ArgumentParser) -> None:
     p.add_argument("-i", "--outbound-include", help="CIDRs to capture, comma-separated, or '*' (default '*')")
     p.add_argument("-x", "--outbound-exclude", help="CIDRs never captured, comma-separated")
     p.add_argument("-o", "--outbound-exclude-ports", help="destination ports never captured, comma-separated")
+    p.add_argument("-q", "--outbound-ports", help="also capture these destination ports to any address")
     p.add_argument("-b", "--inbound-ports", help="inbound ports to capture, comma-separated, or '*'")
     p.add_argument("-d", "--inbound-exclude-ports", help="with -b '*': ports left alone (e.g. 22)")
     p.add_argument("--redirect-dns", action="store_true", help="capture DNS to the resolv.conf nameservers")

@@ -95,7 +95,9 @@ class CaptureConfig:
     ``redirect_dns`` is on; ``capture_all_dns`` captures port 53 to any
     address instead. ``outbound_include``: CIDRs whose TCP goes to
     ``outbound_port`` (``"*"``: everything; empty: no outbound capture);
-    ``outbound_exclude`` and ``outbound_exclude_ports`` are never captured.
+    ``outbound_exclude`` and ``outbound_exclude_ports`` are never captured;
+    ``outbound_ports`` (istio-iptables ``-q``) are captured to any address
+    not excluded, in addition to the included CIDRs.
     ``inbound_ports``: ``"*"`` or ports whose incoming TCP goes to
     ``inbound_port`` (empty: no inbound capture); with ``"*"``,
     ``inbound_exclude_ports`` are left alone (ssh!). ``mark``: packets
@@ -117,6 +119,7 @@ class CaptureConfig:
     outbound_include: tuple[str, ...] | Literal["*"] = "*"
     outbound_exclude: tuple[str, ...] = ()
     outbound_exclude_ports: tuple[int, ...] = ()
+    outbound_ports: tuple[int, ...] = ()
     inbound_ports: tuple[int, ...] | Literal["*"] = ()
     inbound_exclude_ports: tuple[int, ...] = ()
     mark: int | None = None
@@ -139,6 +142,7 @@ class CaptureConfig:
             raise CaptureError("outbound_exclude: '*' is not allowed (set outbound_include to () instead)")
         s(self, "outbound_exclude", exclude)
         s(self, "outbound_exclude_ports", _ports("outbound_exclude_ports", self.outbound_exclude_ports))
+        s(self, "outbound_ports", _ports("outbound_ports", self.outbound_ports))
         s(self, "inbound_ports", _ports("inbound_ports", self.inbound_ports, star=True))
         s(self, "inbound_exclude_ports", _ports("inbound_exclude_ports", self.inbound_exclude_ports))
         dns4: list[str] = []
@@ -171,7 +175,7 @@ class CaptureConfig:
 
     @property
     def outbound_enabled(self) -> bool:
-        return self.outbound_include == "*" or bool(self.outbound_include)
+        return self.outbound_include == "*" or bool(self.outbound_include) or bool(self.outbound_ports)
 
     def dns_servers_of(self, version: int) -> tuple[str, ...]:
         return self._dns4 if version == 4 else self._dns6
@@ -190,6 +194,7 @@ class CaptureConfig:
         PROXY_GID, INBOUND_CAPTURE_PORT, INBOUND_TUNNEL_PORT,
         ISTIO_INBOUND_PORTS, ISTIO_LOCAL_EXCLUDE_PORTS, ISTIO_SERVICE_CIDR,
         ISTIO_SERVICE_EXCLUDE_CIDR, ISTIO_LOCAL_OUTBOUND_PORTS_EXCLUDE,
+        ISTIO_OUTBOUND_PORTS,
         REDIRECT_DNS or ISTIO_META_DNS_CAPTURE, CAPTURE_ALL_DNS. Keyword
         arguments override. DNS servers come from resolv.conf unless given.
         """
@@ -218,6 +223,8 @@ class CaptureConfig:
             kw["outbound_exclude"] = e["ISTIO_SERVICE_EXCLUDE_CIDR"]
         if "ISTIO_LOCAL_OUTBOUND_PORTS_EXCLUDE" in e:
             kw["outbound_exclude_ports"] = e["ISTIO_LOCAL_OUTBOUND_PORTS_EXCLUDE"]
+        if "ISTIO_OUTBOUND_PORTS" in e:
+            kw["outbound_ports"] = e["ISTIO_OUTBOUND_PORTS"]
         dns = e.get("REDIRECT_DNS", e.get("ISTIO_META_DNS_CAPTURE", "")).strip().lower() in truthy
         kw["redirect_dns"] = dns
         kw["capture_all_dns"] = e.get("CAPTURE_ALL_DNS", "").strip().lower() in truthy

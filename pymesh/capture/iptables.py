@@ -85,6 +85,8 @@ def _rules(cfg: CaptureConfig, v: int) -> dict[str, _Table]:
     out.append(f"-d {lo4} -j RETURN")
     if cfg.outbound_enabled:
         out += [f"-d {c} -j RETURN" for c in cfg.networks(cfg.outbound_exclude, v)]
+        # istio-iptables -q: these ports to any address not excluded.
+        out += [f"-p tcp --dport {port} -j {redirect}" for port in cfg.outbound_ports]
         if cfg.outbound_include == "*":
             out.append(f"-j {redirect}")
         else:

@@ -85,6 +85,9 @@ def _nat_output(cfg: CaptureConfig) -> list[str]:
             ex = cfg.networks(cfg.outbound_exclude, v)
             if ex:
                 r.append(f"{fam} daddr {_set(ex)} return")
+            if cfg.outbound_ports:
+                # istio-iptables -q: these ports to any address not excluded.
+                r.append(f"meta nfproto {'ipv4' if v == 4 else 'ipv6'} tcp dport {_set(cfg.outbound_ports)} {to}")
             if cfg.outbound_include == "*":
                 r.append(f"meta nfproto {'ipv4' if v == 4 else 'ipv6'} meta l4proto tcp {to}")
             else:

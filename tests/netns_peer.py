@@ -14,6 +14,7 @@ Subcommands:
   tcpmany HOST PORT N    N connections: counts of each reply's first word.
   upload HOST PORT SIZE  SIZE bytes to a sink, half-close, its checksum.
   echo HOST PORT SIZE    SIZE bytes through an echo server, both ways.
+  hold HOST PORT         connect; after a line on stdin, is it still open?
   relay CONFIG.json      run an OutboundProxy; stdin commands: "stats", "quit".
   capture CONFIG.json    install (argv[3] == "install") or remove capture rules.
 """
@@ -188,6 +189,21 @@ def echo(host: str, port: int, size: int) -> None:
     print(json.dumps({"header": header, "received": n, "intact": ok}))
 
 
+def hold(host: str, port: int) -> None:
+    """Connects, prints the header, waits for a line on stdin, then reports
+    whether the connection is still usable (echo) or was ended."""
+    with socket.create_connection((host, port), timeout=5) as s:
+        f = s.makefile("rb")
+        print(json.dumps({"header": f.readline().decode().strip()}), flush=True)
+        sys.stdin.readline()
+        try:
+            s.sendall(b"ping\n")
+            line = f.readline().decode().strip()
+            print(json.dumps({"after": line or "eof"}), flush=True)
+        except OSError as e:
+            print(json.dumps({"after": type(e).__name__}), flush=True)
+
+
 def relay(path: str) -> None:
     from pymesh.lbtable import LbTable, RedirectTable
     from pymesh.relay import OutboundProxy
@@ -237,6 +253,8 @@ if __name__ == "__main__":
         upload(args[0], int(args[1]), int(args[2]))
     elif cmd == "echo":
         echo(args[0], int(args[1]), int(args[2]))
+    elif cmd == "hold":
+        hold(args[0], int(args[1]))
     elif cmd == "relay":
         relay(args[0])
     elif cmd == "capture":

@@ -192,3 +192,29 @@ def test_a_service_whose_cluster_is_unknown_is_refused(mesh: tuple[Lab, Proxy]) 
     r = lb.peer(lb.vm, "tcp", VIP4, "9001", uid=APP_UID)
     assert r.get("error") == "ConnectionResetError" or r.get("reply") == "eof", r
     assert proxy.stats()["stats"]["unknown_cluster"] - before == 1
+
+
+def test_stop_ends_open_connections_and_a_restart_serves_again() -> None:
+    require_root_tools("nft")
+    with lab() as lb:
+        lb.serve(lb.net, "ep1", [f"tcp:{EXTRA4[0]}:8080"])
+        lb.serve(lb.net, "ep2", [f"tcp:{EXTRA4[1]}:8080"])
+        lb.capture("nftables", proxy_uid=PROXY_UID, name="pmrelay", ipv6=False)
+        path = Path("/tmp") / f"{lb.vm}-relay.json"
+        path.write_text(json.dumps({**CONFIG, "logical_dns": {}}))
+        relay = lb.start(lb.vm, "relay", str(path), uid=PROXY_UID)
+        client = lb.start(lb.vm, "hold", VIP4, "80", uid=APP_UID)
+        assert json.loads(client.first_line)["header"].startswith("ep")  # type: ignore[attr-defined]
+        assert relay.stdin is not None and relay.stdout is not None
+        relay.stdin.write("quit\n")
+        relay.stdin.flush()
+        assert json.loads(relay.stdout.readline()) == {"stopped": True}
+        assert client.stdin is not None and client.stdout is not None
+        client.stdin.write("go\n")
+        client.stdin.flush()
+        # The relayed connection was reset by stop, not left half-alive.
+        assert json.loads(client.stdout.readline())["after"] in ("eof", "ConnectionResetError", "BrokenPipeError")
+        relay.wait(timeout=10)
+        # The listeners are released: a new proxy binds the same ports and serves.
+        lb.start(lb.vm, "relay", str(path), uid=PROXY_UID)
+        assert lb.tcp(VIP4, 80).startswith("ep")

@@ -117,6 +117,16 @@ class AgentOptions:
     redirect_builder: Callable[[list[dict[str, Any]]], RedirectTable] | None = None
     # istio-agent's status port (15020): /healthz/ready, /debug/ndsz, /metrics... None: off.
     status_listen: str | None = None
+    # The data path in the agent's process (pymesh.relay / pymesh.capture), both off by default:
+    # the outbound proxy on these addresses (e.g. 127.0.0.1:15001), serving the agent's tables;
+    outbound_listen: Sequence[str] = ()
+    # and the capture rules ("auto", "nftables", "iptables") from cluster.env's istio-iptables
+    # variables, installed at start and removed at stop, never capturing ``proxy_uid`` (None:
+    # the agent's own user), DNS redirected to the first dns_listen port, outbound to the proxy's;
+    # no inbound capture (no inbound listener on 15006 yet).
+    capture: str | None = None
+    capture_name: str = "pymesh"
+    proxy_uid: int | None = None
 
 
 @dataclass(frozen=True)
@@ -184,6 +194,7 @@ class Agent:
             ]
         self.state = StateDir(o.state_dir or default_state_dir()) if o.persist else None
 
+        self.capture_config: Any = self._capture_config() if o.capture else None
         self.lb = LbTable(seed=o.lb_seed)
         self.names: NameTable | None = None
         self.services: list[dict[str, Any]] = []
@@ -204,6 +215,8 @@ class Agent:
 
         self.dns: Any = None  # pymesh.dnsproxy.DnsProxy when running
         self.status_server: Any = None  # pymesh.agent.status.StatusServer when running
+        self.proxy: Any = None  # pymesh.relay.OutboundProxy when outbound_listen is set
+        self.capture_rules: Any = None  # pymesh.capture.Capture while installed
         self.client: XdsClient | None = None
         self.prober: Prober | None = None
         self._stop = threading.Event()
@@ -239,7 +252,12 @@ class Agent:
                 "namespace": self.node.namespace,
                 "domain": self.options.domain,
             },
-            "capture": self.capture.as_dict(),
+            "capture": self.capture.as_dict()
+            | {
+                "install": self.options.capture or None,
+                "proxy_uid": self.capture_config.proxy_uid if self.capture_config is not None else None,
+            },
+            "outbound_listen": list(self.options.outbound_listen),
             "probe": (probe.as_dict() | {"default_host": self._probe_host()}) if probe and self.options.probe else None,
             "state_dir": str(self.state.path) if self.state else None,
             "status_listen": self.options.status_listen,
@@ -293,6 +311,12 @@ class Agent:
                 self.dns.server.swap_table(self.names)
             addrs = self.dns.start()
             log.info("DNS proxy on %s, upstreams %s", ", ".join(addrs), self.upstreams)
+        try:
+            self._start_data_path()
+        except BaseException:
+            self.started = True
+            self.stop()
+            raise
         subs: dict[str, set[str] | None] = {CDS: None, EDS: self._eds_names(), NDS: None}
         self.client = XdsClient(
             self.target,
@@ -339,6 +363,16 @@ class Agent:
         if self.client is not None:
             self.client.stop()
             self.client = None
+        if self.capture_rules is not None:
+            # Rules first: nothing may be redirected to a proxy that is going away.
+            try:
+                self.capture_rules.remove()
+            except PymeshError as e:
+                log.error("capture rules not removed: %s", e)
+            self.capture_rules = None
+        if self.proxy is not None:
+            self.proxy.stop()
+            self.proxy = None
         if self.dns is not None:
             self.dns.stop()
             self.dns = None
@@ -346,6 +380,50 @@ class Agent:
             self._ticker.join(5)
             self._ticker = None
         self.started = False
+
+    def _capture_config(self) -> Any:
+        import os
+
+        from pymesh.capture import CaptureConfig
+
+        def port_of(addrs: Sequence[str], default: int) -> int:
+            for a in addrs:
+                p = a.rpartition(":")[2]
+                if p.isdigit() and int(p) > 0:
+                    return int(p)
+            return default
+
+        o = self.options
+        return CaptureConfig.from_env(
+            self.environment(),
+            proxy_uid=os.getuid() if o.proxy_uid is None else o.proxy_uid,
+            dns_port=port_of(o.dns_listen, 15053),
+            outbound_port=port_of(o.outbound_listen, 15001),
+            dns_servers=read_resolv_conf(o.resolv_conf).nameservers,
+            redirect_dns=bool(self.dns_enabled and self.capture.dns),
+            # Inbound capture sends connections to 15006, including the proxy's own
+            # to this VM's IP (istio-iptables' lo rule); pymesh has no inbound
+            # listener yet, so the agent installs outbound and DNS capture only.
+            inbound_ports=(),
+            name=o.capture_name,
+        )
+
+    def _start_data_path(self) -> None:
+        if self.options.outbound_listen:
+            from pymesh.relay import start_outbound_proxy
+
+            self.proxy = start_outbound_proxy(
+                self.lb, self.redirect, listen=list(self.options.outbound_listen), logical_dns=self.logical_dns
+            )
+            log.info("outbound proxy on %s", ", ".join(self.proxy.addresses))
+        if self.capture_config is not None:
+            from pymesh.capture import Capture
+
+            self.capture_rules = Capture(self.capture_config, backend=self.options.capture or "auto")  # type: ignore[arg-type]
+            self.capture_rules.install()
+            log.info(
+                "capture rules installed (%s, table/chains %r)", self.capture_rules.backend, self.options.capture_name
+            )
 
     def __enter__(self) -> Agent:
         return self.start()
@@ -612,6 +690,11 @@ class Agent:
     def _build_redirect(self, services: list[dict[str, Any]]) -> RedirectTable:
         if self.options.redirect_builder is not None:
             return self.options.redirect_builder(services)
+        if self.capture_config is not None:
+            from pymesh.capture import redirect_table
+
+            # The kernel rules and the proxy agree on what is captured.
+            return redirect_table(self.capture_config, services)
         return RedirectTable.from_dict(self._redirect_doc(services))
 
     def _publish(self) -> None:
@@ -623,6 +706,9 @@ class Agent:
             dict(self.logical_dns),
             tuple(self.services),
         )
+        if self.proxy is not None:
+            t = self.tables
+            self.proxy.swap_tables(redirect=t.redirect, lb=t.lb, logical_dns=t.logical_dns)
         for cb in list(self._callbacks):
             try:
                 cb(self.tables)

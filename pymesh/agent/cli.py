@@ -45,6 +45,9 @@ def _options(args: argparse.Namespace) -> AgentOptions:
         pod_name=args.pod_name,
         namespace=args.namespace,
         status_listen=args.status_listen or None,
+        outbound_listen=args.outbound_listen or (),
+        capture=args.capture,
+        proxy_uid=args.proxy_uid,
     )
 
 
@@ -90,6 +93,10 @@ def cmd_agent(args: argparse.Namespace) -> int:
         )
     if agent.dns is not None:
         say(f"DNS on {', '.join(agent.dns.server.addresses)}, upstreams {', '.join(agent.upstreams) or '(none)'}")
+    if agent.proxy is not None:
+        say(f"outbound proxy on {', '.join(agent.proxy.addresses)}")
+    if agent.capture_rules is not None:
+        say(f"capture rules installed ({agent.capture_rules.backend})")
     if agent.status_server is not None:
         say(f"status on http://{agent.status_server.address}/healthz/ready")
     if agent.prober is not None:
@@ -162,6 +169,18 @@ def add_commands(sub: Any) -> None:
         metavar="ADDR:PORT",
         help="status port: /healthz/ready, /debug/ndsz, /debug/clusters, /metrics (default %(default)s; '' = off)",
     )
+    p.add_argument(
+        "--outbound-listen",
+        action="append",
+        metavar="ADDR:PORT",
+        help="run the outbound proxy here on the agent's tables (repeatable; e.g. 127.0.0.1:15001)",
+    )
+    p.add_argument(
+        "--capture",
+        choices=("auto", "nftables", "iptables"),
+        help="install istio-iptables-style capture rules from cluster.env (removed on stop)",
+    )
+    p.add_argument("--proxy-uid", type=int, help="user whose traffic is never captured (default: the agent's own)")
     p.add_argument("--dry-run", action="store_true", help="print what would be configured and exit")
     p.add_argument("--output", "-o", choices=("yaml", "json"), default="yaml", help="--dry-run format")
     p.add_argument("--verbose", "-v", action="store_true")

@@ -1,0 +1,161 @@
+"""The agent with its data path in network namespaces: the control plane and
+a pod backend in a "net" namespace, `pymesh agent --capture nftables
+--outbound-listen ...` as root in a "vm" namespace, and an application user
+there whose DNS and TCP are captured: the resolv.conf nameserver answers
+mesh names, the service VIP reaches the pod and the VM's own registered
+workload, and stopping the agent removes its rules.
+
+Needs root, iproute2 and nft (fails, never skips, without them)."""
+
+from __future__ import annotations
+
+import queue
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from agent_helpers import wait_until, write_vm_files
+from netns_lab import APP_UID, EXTRA4, NET4, VM4, lab, require_root_tools
+
+SVC_PORT = 18080
+XDS_PORT = 15010
+POD_IP = EXTRA4[0]
+
+
+def mesh_config(d: Path) -> Path:
+    d.mkdir(parents=True)
+    (d / "product.yaml").write_text(
+        f"""apiVersion: v1
+kind: Service
+metadata: {{name: product, namespace: default}}
+spec:
+  clusterIP: 10.96.0.20
+  selector: {{app: product}}
+  ports: [{{name: grpc, port: {SVC_PORT}, targetPort: {SVC_PORT}}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: product-pod-0, namespace: default, labels: {{app: product}}}}
+spec: {{containers: [{{name: product, ports: [{{name: grpc, containerPort: {SVC_PORT}}}]}}]}}
+status:
+  phase: Running
+  podIP: {POD_IP}
+  conditions: [{{type: Ready, status: "True"}}]
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadGroup
+metadata: {{name: product-vm, namespace: default}}
+spec:
+  metadata: {{labels: {{app: product}}}}
+  template: {{ports: {{grpc: {SVC_PORT}}}}}
+"""
+    )
+    return d
+
+
+class Lines:
+    """A process's stdout lines, readable with a timeout."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.q: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=lambda: [self.q.put(x) for x in proc.stdout or ()], daemon=True).start()
+
+    def saw(self, text: str) -> bool:
+        while not self.q.empty():
+            self.seen.append(self.q.get())
+        return any(text in x for x in self.seen)
+
+
+def test_agent_captures_dns_and_routes_the_vip_to_pod_and_vm(tmp_path: Path) -> None:
+    require_root_tools("nft", "dig", "getent")
+    with lab() as lb:
+        lb.etc(lb.vm, "resolv.conf", f"nameserver {NET4}\nsearch default.svc.cluster.local svc.cluster.local\n")
+        lb.serve(lb.net, "pod", [f"tcp:{POD_IP}:{SVC_PORT}"])
+        lb.serve(lb.vm, "vm", [f"tcp:{VM4}:{SVC_PORT}"])
+        cp_argv = [sys.executable, "-m", "pymesh", "controlplane", "--config", str(mesh_config(tmp_path / "mesh"))]
+        cp_argv += ["--xds-listen", f"{NET4}:{XDS_PORT}", "--data-dir", str(tmp_path / "cp")]
+        cp = subprocess.Popen(
+            lb.cmd(lb.net, *cp_argv),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=lb.env,
+        )
+        lb.procs.append(cp)
+        assert cp.stdout is not None and cp.stdout.readline().startswith("xds ")
+
+        vm = write_vm_files(tmp_path / "vm", XDS_PORT, ip=VM4)
+        (vm / "hosts").write_text(f"{NET4} istiod.istio-system.svc\n")
+        argv = [sys.executable, "-m", "pymesh", "agent", "--config-dir", str(vm), "--capture", "nftables"]
+        argv += ["--outbound-listen", "127.0.0.1:15001", "--dns-listen", "127.0.0.1:15053", "--no-probe"]
+        argv += ["--status-listen", "127.0.0.1:15020", "--state-dir", str(tmp_path / "state"), "--pod-name", "vm-1"]
+        agent = subprocess.Popen(
+            lb.cmd(lb.vm, *argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=lb.env
+        )
+        lb.procs.append(agent)
+        out = Lines(agent)
+        try:
+            try:
+                wait_until(lambda: out.saw("tables: 1 names, 1 clusters, 1 service"), timeout=20)
+            except AssertionError:
+                agent.kill()
+                raise AssertionError(f"agent output: {out.seen}\n{agent.stderr.read()[-3000:]}") from None  # type: ignore[union-attr]
+            assert out.saw("capture rules installed (nftables)") and out.saw("outbound proxy on 127.0.0.1:15001")
+            assert "pymesh" in lb.ruleset()
+            ruleset_chains = lb.ruleset().count("chain ")
+
+            # DNS to the resolv.conf nameserver (in the other namespace) is captured and answered here.
+            dig = lb.run(
+                lb.vm, "dig", "+short", "+timeout=2", "+tries=1", "product.default.svc.cluster.local", uid=APP_UID
+            )
+            assert dig.split() == ["10.96.0.20"]
+            assert lb.run(lb.vm, "getent", "hosts", "product", uid=APP_UID).split()[0] == "10.96.0.20"  # search list
+
+            # The VIP reaches the pod (other namespace) and the VM's own registered workload.
+            counts: dict[str, Any] = {}
+
+            def both() -> bool:
+                counts.clear()
+                counts.update(lb.peer(lb.vm, "tcpmany", "10.96.0.20", str(SVC_PORT), "40", uid=APP_UID))
+                return set(counts) == {"pod", "vm"}
+
+            try:
+                wait_until(both, timeout=15)
+            except AssertionError:
+                fetch = "import urllib.request as u; print(u.urlopen('http://127.0.0.1:15020/debug/clusters').read().decode())"
+                clusters = lb.run(lb.vm, sys.executable, "-c", fetch)
+                raise AssertionError(f"replies {counts}; clusters {clusters}") from None
+            # Round robin over two equally weighted endpoints: an even split.
+            assert counts == {"pod": 20, "vm": 20}
+
+            # The control plane dies, then the agent crashes and restarts while it is down:
+            # DNS and routing serve from the saved tables; the rules are reinstalled, not doubled.
+            cp.kill()
+            cp.wait(10)
+            agent.kill()
+            agent.wait(10)
+            assert "pymesh" in lb.ruleset()  # a crash leaves the rules
+            agent = subprocess.Popen(
+                lb.cmd(lb.vm, *argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=lb.env
+            )
+            lb.procs.append(agent)
+            out = Lines(agent)
+            wait_until(lambda: out.saw("serving saved tables"), timeout=20)
+            wait_until(lambda: out.saw("xDS backoff"), timeout=20)
+            assert lb.ruleset().count("chain ") == ruleset_chains
+            assert both() and counts == {"pod": 20, "vm": 20}
+            # Istio's agent answers the bare service name in the VM's own namespace.
+            dig = lb.run(lb.vm, "dig", "+short", "+timeout=2", "+tries=1", "product", uid=APP_UID)
+            assert dig.split() == ["10.96.0.20"]
+            assert lb.run(lb.vm, "getent", "hosts", "product.default", uid=APP_UID).split()[0] == "10.96.0.20"
+        finally:
+            agent.send_signal(signal.SIGTERM)
+            rc = agent.wait(15)
+        err = agent.stderr.read() if agent.stderr else ""
+        assert rc == 0, err[-2000:]
+        assert out.saw("pymesh agent: stopped")
+        assert "pymesh" not in lb.ruleset()  # exactly what it added is gone

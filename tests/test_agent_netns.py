@@ -1,6 +1,7 @@
 """The agent with its data path in network namespaces: the control plane and
 a pod backend in a "net" namespace, `pymesh agent --capture nftables
---outbound-listen ...` as root in a "vm" namespace, and an application user
+--outbound-listen ...` in a "vm" namespace as its own user (with
+CAP_NET_ADMIN only), and an application user
 there whose DNS and TCP are captured: the resolv.conf nameserver answers
 mesh names, the service VIP reaches the pod and the VM's own registered
 workload, and stopping the agent removes its rules.
@@ -10,15 +11,19 @@ Needs root, iproute2 and nft (fails, never skips, without them)."""
 from __future__ import annotations
 
 import queue
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from agent_helpers import wait_until, write_vm_files
-from netns_lab import APP_UID, EXTRA4, NET4, VM4, lab, require_root_tools
+from netns_lab import APP_UID, EXTRA4, NET4, PROXY_UID, VM4, lab, require_root_tools
 
 SVC_PORT = 18080
 XDS_PORT = 15010
@@ -56,6 +61,15 @@ spec:
     return d
 
 
+def as_agent_user(cmd: list[str]) -> list[str]:
+    """``ip netns exec NS ARGV`` run as the agent's own user (PROXY_UID) with
+    the one capability installing rules needs, as pymesh-agent.service does."""
+    caps = "+net_admin"
+    priv = ["setpriv", f"--reuid={PROXY_UID}", f"--regid={PROXY_UID}", "--clear-groups"]
+    priv += [f"--inh-caps={caps}", f"--ambient-caps={caps}"]
+    return [*cmd[:4], *priv, *cmd[4:]]
+
+
 class Lines:
     """A process's stdout lines, readable with a timeout."""
 
@@ -70,7 +84,17 @@ class Lines:
         return any(text in x for x in self.seen)
 
 
-def test_agent_captures_dns_and_routes_the_vip_to_pod_and_vm(tmp_path: Path) -> None:
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory the agent's own user can read (pytest's tmp_path is root-only)."""
+    d = Path(tempfile.mkdtemp(prefix="pymesh-agent-netns-"))
+    d.chmod(0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_agent_captures_dns_and_routes_the_vip_to_pod_and_vm(shared_dir: Path) -> None:
+    tmp_path = shared_dir
     require_root_tools("nft", "dig", "getent")
     with lab() as lb:
         lb.etc(lb.vm, "resolv.conf", f"nameserver {NET4}\nsearch default.svc.cluster.local svc.cluster.local\n")
@@ -93,8 +117,11 @@ def test_agent_captures_dns_and_routes_the_vip_to_pod_and_vm(tmp_path: Path) -> 
         argv = [sys.executable, "-m", "pymesh", "agent", "--config-dir", str(vm), "--capture", "nftables"]
         argv += ["--outbound-listen", "127.0.0.1:15001", "--dns-listen", "127.0.0.1:15053", "--no-probe"]
         argv += ["--status-listen", "127.0.0.1:15020", "--state-dir", str(tmp_path / "state"), "--pod-name", "vm-1"]
+        state = tmp_path / "state"
+        state.mkdir(mode=0o777)
+        state.chmod(0o777)
         agent = subprocess.Popen(
-            lb.cmd(lb.vm, *argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=lb.env
+            as_agent_user(lb.cmd(lb.vm, *argv)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=lb.env
         )
         lb.procs.append(agent)
         out = Lines(agent)
@@ -140,7 +167,11 @@ def test_agent_captures_dns_and_routes_the_vip_to_pod_and_vm(tmp_path: Path) -> 
             agent.wait(10)
             assert "pymesh" in lb.ruleset()  # a crash leaves the rules
             agent = subprocess.Popen(
-                lb.cmd(lb.vm, *argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=lb.env
+                as_agent_user(lb.cmd(lb.vm, *argv)),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=lb.env,
             )
             lb.procs.append(agent)
             out = Lines(agent)

@@ -357,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--short", action="store_true", help="CI smoke run: 1 s loads")
     p.add_argument("--seconds", type=float, default=10.0, help="length of each loaded run")
+    p.add_argument("--rounds", type=int, default=2, help="rounds over all servers; the report shows medians")
     p.add_argument("--server-cpus", default="1")
     p.add_argument("--client-cpus", default="0")
     p.add_argument("--workers", type=int, default=1, help="pymesh UDP workers")
@@ -372,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dns_bench: skipped, missing {', '.join(missing)}")
         return 0
     if args.short:
-        args.seconds = 1.0
+        args.seconds, args.rounds = 1.0, 1
     ncpu = os.cpu_count() or 1
     if max(cpu_list(args.server_cpus) + cpu_list(args.client_cpus)) >= ncpu:
         args.server_cpus, args.client_cpus = "0", "0"
@@ -394,29 +395,32 @@ def main(argv: list[str] | None = None) -> int:
             servers.append(unbound_server(tmp, table, "127.0.0.4", args.unbound_threads))
         if "dnsmasq" in only:
             servers.append(dnsmasq_server(tmp, table, "127.0.0.5"))
-        for s in servers:
-            s.start(args.server_cpus)
-            try:
-                check_semantics(s, table)
-                dnsperf(s, qfile, min(2.0, args.seconds), args.clients, args.outstanding, args.client_cpus, 1)
-                runs.append(measure(s, "found", qfile, args.seconds, args))
-                runs.append(measure(s, "lat", qfile, max(1.0, args.seconds / 2), args, lat=True))
-            finally:
-                s.stop()
-        if "pymesh" in only:
-            # Forwarded names answered from pymesh's cache: upstream unbound on
-            # the client's core (it only sees the warm-up), pymesh on the server core.
-            up = unbound_server(tmp, table, "127.0.0.6", 1, ext=True)
-            up.start(args.client_cpus)
-            pm = pymesh_server(tmp, table, "127.0.0.7", args.workers, f"{up.host}:{up.port}")
-            pm.name = "pymesh-cache"
-            try:
-                pm.start(args.server_cpus)
-                dnsperf(pm, xfile, min(2.0, args.seconds), args.clients, args.outstanding, args.client_cpus, 1)
-                runs.append(measure(pm, "cache-hit", xfile, args.seconds, args))
-            finally:
-                pm.stop()
-                up.stop()
+        # Rounds: every server once per round, so a noisy minute hits all of
+        # them; the report takes the median of the rounds.
+        for _ in range(args.rounds):
+            for s in servers:
+                s.start(args.server_cpus)
+                try:
+                    check_semantics(s, table)
+                    dnsperf(s, qfile, min(2.0, args.seconds), args.clients, args.outstanding, args.client_cpus, 1)
+                    runs.append(measure(s, "found", qfile, args.seconds, args))
+                    runs.append(measure(s, "lat", qfile, max(1.0, args.seconds / 2), args, lat=True))
+                finally:
+                    s.stop()
+            if "pymesh" in only:
+                # Forwarded names answered from pymesh's cache: upstream unbound on
+                # the client's core (it only sees the warm-up), pymesh on the server core.
+                up = unbound_server(tmp, table, "127.0.0.6", 1, ext=True)
+                up.start(args.client_cpus)
+                pm = pymesh_server(tmp, table, "127.0.0.7", args.workers, f"{up.host}:{up.port}")
+                pm.name = "pymesh-cache"
+                try:
+                    pm.start(args.server_cpus)
+                    dnsperf(pm, xfile, min(2.0, args.seconds), args.clients, args.outstanding, args.client_cpus, 1)
+                    runs.append(measure(pm, "cache-hit", xfile, args.seconds, args))
+                finally:
+                    pm.stop()
+                    up.stop()
     report(runs)
     if args.json:
         Path(args.json).write_text(json.dumps([asdict(r) for r in runs], indent=2))
@@ -424,7 +428,39 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if lost and not args.short else 0
 
 
-def report(runs: list[Run]) -> None:
+def median_runs(runs: list[Run]) -> list[Run]:
+    """One row per (server, load): the median of its rounds, field by field."""
+    groups: dict[tuple[str, str], list[Run]] = {}
+    for r in runs:
+        groups.setdefault((r.server, r.load), []).append(r)
+    out = []
+    for (server, load), rs in groups.items():
+
+        def med(f: str, rs: list[Run] = rs) -> float:
+            v = sorted(float(getattr(r, f)) for r in rs)
+            return (v[(len(v) - 1) // 2] + v[len(v) // 2]) / 2
+
+        out.append(
+            Run(
+                server=server,
+                load=load,
+                qps=med("qps"),
+                completed=int(med("completed")),
+                lost=max(r.lost for r in rs),
+                avg_latency_ms=med("avg_latency_ms"),
+                us_per_query=med("us_per_query"),
+                core_us_per_query=med("core_us_per_query"),
+                proc_us_per_query=med("proc_us_per_query"),
+                rcodes=rs[0].rcodes,
+            )
+        )
+    return out
+
+
+def report(all_runs: list[Run]) -> None:
+    runs = median_runs(all_runs)
+    rounds = max(sum(1 for r in all_runs if (r.server, r.load) == (x.server, x.load)) for x in runs) if runs else 0
+    print(f"\n(median of {rounds} round(s); lost = the worst round)")
     by = {(r.server, r.load): r for r in runs}
     echo = by.get(("echo-c", "found"))
     print()

@@ -24,7 +24,7 @@ PORT = 18080
 VM_IP = "127.0.0.3"
 ENTRY = f"product-vm-{VM_IP}"
 CLUSTER = f"outbound|{PORT}||product.default.svc.cluster.local"
-GRACE = 1.0
+GRACE = 2.0  # short for tests, long enough for a loaded CI machine to reconnect within it
 
 
 @pytest.fixture
@@ -101,7 +101,7 @@ def test_reconnect_within_grace_keeps_the_entry_and_it_goes_after_grace(cp: Cont
 
     gone_at = time.monotonic()
     s2.close()
-    wait_until(lambda: cp.registered_entry("default", ENTRY) is None, timeout=5)
+    wait_until(lambda: cp.registered_entry("default", ENTRY) is None, timeout=10)
     assert time.monotonic() - gone_at >= GRACE * 0.9
     # A reconnect after the grace period registers a new entry.
     s3 = connect(cp)
@@ -116,7 +116,7 @@ def test_two_streams_of_one_vm_keep_the_entry_until_the_last_closes(cp: ControlP
     time.sleep(GRACE * 1.5)
     assert "istio.io/connectedAt" in annotations(cp)
     b.close()
-    wait_until(lambda: cp.registered_entry("default", ENTRY) is None, timeout=5)
+    wait_until(lambda: cp.registered_entry("default", ENTRY) is None, timeout=10)
 
 
 def test_restart_keeps_registered_entries_and_a_returning_vm_keeps_its_entry(cfg: Path, data: Path) -> None:
@@ -126,7 +126,8 @@ def test_restart_keeps_registered_entries_and_a_returning_vm_keeps_its_entry(cfg
     cp1.stop()
     s.close()
 
-    cp2 = start(cfg, data)
+    # A longer grace period here: `pymesh get` (a subprocess) must run inside it on a loaded machine.
+    cp2 = start(cfg, data, grace=3.0)
     try:
         entry = cp2.registered_entry("default", ENTRY)
         assert entry is not None and entry["metadata"]["uid"] == uid
@@ -143,7 +144,7 @@ def test_restart_keeps_registered_entries_and_a_returning_vm_keeps_its_entry(cfg
         assert [i["metadata"]["name"] for i in items] == [ENTRY]
         assert items[0]["spec"]["address"] == VM_IP
         s = connect(cp2)  # within the grace period after the restart
-        time.sleep(GRACE * 1.5)
+        time.sleep(3.0 * 1.2)
         entry = cp2.registered_entry("default", ENTRY)
         assert entry is not None and entry["metadata"]["uid"] == uid
         s.close()
@@ -154,7 +155,7 @@ def test_restart_keeps_registered_entries_and_a_returning_vm_keeps_its_entry(cfg
     cp3 = start(cfg, data)
     try:
         assert cp3.registered_entry("default", ENTRY) is not None
-        wait_until(lambda: cp3.registered_entry("default", ENTRY) is None, timeout=5)
+        wait_until(lambda: cp3.registered_entry("default", ENTRY) is None, timeout=10)
     finally:
         cp3.stop()
 
@@ -272,7 +273,7 @@ def test_two_vms_with_one_ip_in_two_networks(cp: ControlPlane) -> None:
         assert vms == [f"product-vm-{ip}-{net};default;;;"]
         w.close()
     a.close()
-    wait_until(lambda: cp.registered_entry("default", f"product-vm-{ip}-net1") is None, timeout=5)
+    wait_until(lambda: cp.registered_entry("default", f"product-vm-{ip}-net1") is None, timeout=10)
     assert cp.registered_entry("default", f"product-vm-{ip}-net2") is not None
     b.close()
 
@@ -310,7 +311,7 @@ def test_health_checked_precreated_entry_via_workload_entry_metadata(cp: Control
     assert doc["metadata"]["annotations"]["istio.io/workloadController"] == cp.instance_id
     # Disconnected past the grace period: the Healthy condition is removed, the endpoint goes.
     vm.close()
-    r = w.recv(timeout=5)
+    r = w.recv(timeout=10)
     assert eds_addresses(r) == ["127.0.0.2"]
     w.close()
     # A WORKLOAD_ENTRY that does not exist fails the stream.
@@ -337,4 +338,4 @@ def test_group_deletion_removes_its_entries_and_recreation_registers_connected_v
     assert entry is not None and entry["metadata"]["uid"] != uid
     assert "istio.io/connectedAt" in entry["metadata"]["annotations"]
     vm.close()
-    wait_until(lambda: cp.registered_entry("default", ENTRY) is None, timeout=5)
+    wait_until(lambda: cp.registered_entry("default", ENTRY) is None, timeout=10)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections import Counter
 
 import grpc
@@ -20,6 +21,13 @@ def main() -> int:
     errors: list[str] = []
     with grpc.insecure_channel(f"xds:///{target}") as channel:
         who = channel.unary_unary("/pymesh.test.Echo/Who")
+        # One uncounted call resolves the xDS config; round robin then connects every
+        # endpoint's subchannel, so a short pause lets the counted calls see them all.
+        try:
+            who(b"", timeout=20, wait_for_ready=True, metadata=metadata)
+        except grpc.RpcError as e:
+            errors.append(f"{e.code().name}: {e.details()}")
+        time.sleep(0.3)
         for _ in range(calls):
             try:
                 counts[who(b"", timeout=20, wait_for_ready=True, metadata=metadata).decode()] += 1

@@ -9,6 +9,8 @@ Embed it with :class:`ControlPlane`; run it with ``pymesh controlplane``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from pymesh.controlplane.errors import (
     ControlPlaneError,
     NodeError,
@@ -16,8 +18,21 @@ from pymesh.controlplane.errors import (
     StoreError,
     ValidationError,
 )
-from pymesh.controlplane.server import ControlPlane
 from pymesh.controlplane.store import default_data_dir
+
+if TYPE_CHECKING:
+    from pymesh.controlplane.server import ControlPlane
+
+
+def __getattr__(name: str) -> Any:
+    # ControlPlane (and with it gRPC) loads on first use, so `pymesh` commands
+    # that only build the CLI parser do not pay for it.
+    if name == "ControlPlane":
+        from pymesh.controlplane.server import ControlPlane
+
+        return ControlPlane
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ControlPlane",

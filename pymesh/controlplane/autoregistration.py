@@ -43,6 +43,7 @@ from typing import Any
 
 from pymesh.controlplane import health as healthmod
 from pymesh.controlplane.ads import Connection
+from pymesh.controlplane.defaults import DEFAULT_GRACE_PERIOD
 from pymesh.controlplane.errors import RegistrationError, ValidationError
 from pymesh.controlplane.node import Proxy
 from pymesh.controlplane.registry import AUTO_GROUP_ANNOTATION, HEALTH_CHECKS_ANNOTATION
@@ -54,7 +55,6 @@ log = logging.getLogger("pymesh.controlplane")
 CONTROLLER_ANNOTATION = "istio.io/workloadController"
 CONNECTED_AT = "istio.io/connectedAt"
 DISCONNECTED_AT = "istio.io/disconnectedAt"
-DEFAULT_GRACE_PERIOD = 10.0
 API_VERSION = "networking.istio.io/v1"
 # Timestamps round-trip through RFC3339 at microsecond precision; compare with slack.
 TIME_SLACK = 1e-3

@@ -20,17 +20,19 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-import yaml
-
-from pymesh.controlplane.autoregistration import CONNECTED_AT, DEFAULT_GRACE_PERIOD, DISCONNECTED_AT
+from pymesh.controlplane.defaults import DEFAULT_DEBOUNCE, DEFAULT_GRACE_PERIOD, DEFAULT_XDS_LISTEN
 from pymesh.controlplane.errors import ControlPlaneError
-from pymesh.controlplane.health import parse_rfc3339
-from pymesh.controlplane.resources import KINDS, STORAGE_VERSION, kind_of
-from pymesh.controlplane.server import DEFAULT_XDS_LISTEN, ControlPlane
 from pymesh.controlplane.store import Store, default_data_dir
+
+# Not imported here: the server (gRPC) and the resource model (YAML) load
+# when a control-plane command runs, so every other `pymesh` command starts fast.
+CONNECTED_AT = "istio.io/connectedAt"
+DISCONNECTED_AT = "istio.io/disconnectedAt"
 
 
 def cmd_controlplane(args: argparse.Namespace) -> int:
+    from pymesh.controlplane.server import ControlPlane
+
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -59,6 +61,8 @@ def cmd_controlplane(args: argparse.Namespace) -> int:
 
 
 def _age(ts: str | None) -> str:
+    from pymesh.controlplane.health import parse_rfc3339
+
     t = parse_rfc3339(ts) if ts else None
     if t is None:
         return "-"
@@ -168,6 +172,10 @@ def _table(kind: str, docs: list[dict[str, Any]], all_namespaces: bool) -> str:
 
 
 def cmd_get(args: argparse.Namespace) -> int:
+    import yaml
+
+    from pymesh.controlplane.resources import KINDS, STORAGE_VERSION, kind_of
+
     kind = kind_of(args.kind)
     if kind is None:
         known = ", ".join(sorted(p for _, p, _ in KINDS.values()))
@@ -217,7 +225,9 @@ def add_commands(sub: Any) -> None:
         default=DEFAULT_GRACE_PERIOD,
         help="seconds a disconnected auto-registered entry survives (default: %(default)s)",
     )
-    cp.add_argument("--debounce", type=float, default=0.1, help="seconds of quiet before a push (default: %(default)s)")
+    cp.add_argument(
+        "--debounce", type=float, default=DEFAULT_DEBOUNCE, help="seconds of quiet before a push (default: %(default)s)"
+    )
     cp.add_argument("-v", "--verbose", action="store_true")
     cp.set_defaults(func=cmd_controlplane)
 

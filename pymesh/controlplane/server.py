@@ -33,7 +33,8 @@ from typing import Any, TypeVar
 import grpc
 
 from pymesh.controlplane.ads import AdsServer
-from pymesh.controlplane.autoregistration import DEFAULT_GRACE_PERIOD, Registrations
+from pymesh.controlplane.autoregistration import Registrations
+from pymesh.controlplane.defaults import DEFAULT_DEBOUNCE, DEFAULT_GRACE_PERIOD, DEFAULT_XDS_LISTEN
 from pymesh.controlplane.errors import ControlPlaneError, ValidationError
 from pymesh.controlplane.registry import DEFAULT_DOMAIN, build_registry
 from pymesh.controlplane.resources import YAML_SUFFIXES, FileCache, Object, WorkloadEntry, load_path
@@ -43,8 +44,6 @@ from pymesh.controlplane.vips import VipAllocator
 
 log = logging.getLogger("pymesh.controlplane")
 T = TypeVar("T")
-
-DEFAULT_XDS_LISTEN = "127.0.0.1:15010"
 
 
 def _split_listen(addr: str) -> tuple[str, int]:
@@ -63,7 +62,7 @@ class ControlPlane:
         data_dir: str | os.PathLike[str] | None = None,
         persist: bool = True,
         grace_period: float = DEFAULT_GRACE_PERIOD,
-        debounce: float = 0.1,
+        debounce: float = DEFAULT_DEBOUNCE,
         max_delay: float = 1.0,
         watch_interval: float = 0.5,
         domain: str = DEFAULT_DOMAIN,

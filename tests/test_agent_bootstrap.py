@@ -6,6 +6,7 @@ capture settings, and bad files rejected with file, line and key."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -327,8 +328,14 @@ def test_dry_run_prints_the_plan(tmp_path: Path) -> None:
     assert plan["probe"]["default_host"] == "127.0.0.3"
     assert plan["state_dir"] == "/nonexist"
     assert not Path("/nonexist").exists()  # a dry run writes nothing
-    js = subprocess.run([*cmd, "-o", "json"], capture_output=True, text=True)
-    assert json.loads(js.stdout)["node"]["metadata"]["DNS_CAPTURE"] == "true"
+    assert plan["capture"]["install"] is None and plan["outbound_listen"] == []
+    js = subprocess.run([*cmd, "-o", "json", "--capture", "nftables", "--outbound-listen", "127.0.0.1:15001"],
+                        capture_output=True, text=True)  # fmt: skip
+    assert js.returncode == 0, js.stderr
+    full = json.loads(js.stdout)
+    assert full["node"]["metadata"]["DNS_CAPTURE"] == "true"
+    assert full["capture"]["install"] == "nftables" and full["outbound_listen"] == ["127.0.0.1:15001"]
+    assert full["capture"]["proxy_uid"] == os.getuid()  # the agent's own user is never captured
 
 
 def test_cli_reports_a_bad_file_and_exits_1(vmdir: Path) -> None:

@@ -11,6 +11,7 @@ Needs root, iproute2 and nft (fails, never skips, without them)."""
 from __future__ import annotations
 
 import queue
+import re
 import shutil
 import signal
 import subprocess
@@ -70,6 +71,12 @@ def as_agent_user(cmd: list[str]) -> list[str]:
     return [*cmd[:4], *priv, *cmd[4:]]
 
 
+def fetch_status(lb: Any, path: str) -> str:
+    """GET the agent's status port inside the vm namespace."""
+    code = f"import urllib.request as u; print(u.urlopen('http://127.0.0.1:15020{path}', timeout=5).read().decode())"
+    return str(lb.run(lb.vm, sys.executable, "-c", code))
+
+
 class Lines:
     """A process's stdout lines, readable with a timeout."""
 
@@ -100,6 +107,13 @@ def test_agent_captures_dns_and_routes_the_vip_to_pod_and_vm(shared_dir: Path) -
         lb.etc(lb.vm, "resolv.conf", f"nameserver {NET4}\nsearch default.svc.cluster.local svc.cluster.local\n")
         lb.serve(lb.net, "pod", [f"tcp:{POD_IP}:{SVC_PORT}"])
         lb.serve(lb.vm, "vm", [f"tcp:{VM4}:{SVC_PORT}"])
+        # The cluster network's resolver (the VM's resolv.conf nameserver) knows one external name.
+        (tmp_path / "upstream-hosts").write_text("192.0.2.99 www.external.test\n")
+        dns_argv = ["dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", "--pid-file=", "--user=root"]
+        dns_argv += [f"--addn-hosts={tmp_path / 'upstream-hosts'}", f"--listen-address={NET4}", "--bind-interfaces"]
+        dns_argv += ["--port=53", "--local=/external.test/"]
+        dnsmasq = subprocess.Popen(lb.cmd(lb.net, *dns_argv), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        lb.procs.append(dnsmasq)
         cp_argv = [sys.executable, "-m", "pymesh", "controlplane", "--config", str(mesh_config(tmp_path / "mesh"))]
         cp_argv += ["--xds-listen", f"{NET4}:{XDS_PORT}", "--data-dir", str(tmp_path / "cp")]
         cp = subprocess.Popen(
@@ -141,6 +155,12 @@ def test_agent_captures_dns_and_routes_the_vip_to_pod_and_vm(shared_dir: Path) -
             )
             assert dig.split() == ["10.96.0.20"]
             assert lb.run(lb.vm, "getent", "hosts", "product", uid=APP_UID).split()[0] == "10.96.0.20"  # search list
+            # Other names: captured too, forwarded by the agent (not captured again) to the real resolver.
+            ext = lb.run(lb.vm, "dig", "+short", "+timeout=2", "+tries=2", "www.external.test", uid=APP_UID)
+            assert ext.split() == ["192.0.2.99"]
+            metrics = fetch_status(lb, "/metrics")
+            upstream = re.search(r"^istio_agent_dns_upstream_requests_total\S* (\d+)", metrics, re.M)
+            assert upstream is not None and int(upstream.group(1)) >= 1, metrics
 
             # The VIP reaches the pod (other namespace) and the VM's own registered workload.
             counts: dict[str, Any] = {}
@@ -153,8 +173,7 @@ def test_agent_captures_dns_and_routes_the_vip_to_pod_and_vm(shared_dir: Path) -
             try:
                 wait_until(both, timeout=15)
             except AssertionError:
-                fetch = "import urllib.request as u; print(u.urlopen('http://127.0.0.1:15020/debug/clusters').read().decode())"
-                clusters = lb.run(lb.vm, sys.executable, "-c", fetch)
+                clusters = fetch_status(lb, "/debug/clusters")
                 raise AssertionError(f"replies {counts}; clusters {clusters}") from None
             # Round robin over two equally weighted endpoints: an even split.
             assert counts == {"pod": 20, "vm": 20}

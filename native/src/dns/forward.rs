@@ -68,6 +68,13 @@ impl Forwarder {
         self.cache.as_ref().map_or(0, Cache::bytes)
     }
 
+    /// Stores an answer for `q` as if an upstream had given it (benchmarks, tests).
+    pub fn insert_for_test(&self, q: &Query, m: Arc<Message>) {
+        if let Some(c) = &self.cache {
+            c.insert(CacheKey::of(q), m, Instant::now());
+        }
+    }
+
     /// Answers from the cache into `out` if it can; the length written.
     /// Called on the UDP fast path, so no await and no allocation.
     pub fn cached_reply(&self, q: &Query, transport: Transport, out: &mut [u8]) -> Option<usize> {

@@ -22,13 +22,19 @@ What it runs (each part configurable, nothing bound to fixed ports):
   stream and every ``health_resend_interval`` seconds);
 - the last good CDS/EDS/NDS persisted in ``state_dir`` and loaded at start,
   so DNS and routing serve at once — before the first push, and across a
-  restart while the control plane is unreachable.
+  restart while the control plane is unreachable;
+- optionally the status port (``status_listen``, see :mod:`.status`) and the
+  data path itself: the outbound proxy (``outbound_listen``) kept on these
+  tables and the capture rules (``capture``) installed at start and removed
+  at stop.
 
 The interface for the outbound proxy and the capture side
 -----------------------------------------------------------
 - ``agent.lb``: one live :class:`pymesh.LbTable` for the agent's lifetime.
-  Every accepted CDS/EDS push reloads it atomically (``replace=True``), so
-  the proxy keeps the reference and calls ``pick(cluster, hash_key)``,
+  An accepted push rebuilds the clusters it changed (one atomic upsert,
+  endpoint state carried over) and removes the ones gone; unchanged
+  resources cost nothing. The proxy keeps the reference and calls
+  ``pick(cluster, hash_key)``,
   ``request_started``, ``report(cluster, endpoint, outcome)`` on it. The
   agent calls ``lb.tick()`` once a second (outlier ejection timers).
 - ``agent.redirect``: the current :class:`pymesh.RedirectTable` (immutable;

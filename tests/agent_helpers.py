@@ -99,19 +99,19 @@ TOKEN = (
 
 
 def make_agent(vm_dir: Path, state_dir: Path, dns_port: int, **options: Any) -> Agent:
-    opts = AgentOptions(
-        dns_listen=[f"127.0.0.1:{dns_port}"],
-        dns_upstreams=[],
-        dns_workers=1,
-        resolv_conf=str(vm_dir / "resolv.conf"),
-        state_dir=str(state_dir),
-        extra_ips=[],
-        pod_name="vm-1",
-        backoff_base=0.05,
-        backoff_max=0.3,
-        **options,
-    )
-    return Agent(load_bootstrap(vm_dir), opts)
+    settings: dict[str, Any] = {
+        "dns_listen": [f"127.0.0.1:{dns_port}"],
+        "dns_upstreams": [],
+        "dns_workers": 1,
+        "resolv_conf": str(vm_dir / "resolv.conf"),
+        "state_dir": str(state_dir),
+        "extra_ips": [],
+        "pod_name": "vm-1",
+        "backoff_base": 0.05,
+        "backoff_max": 0.3,
+    }
+    settings.update(options)
+    return Agent(load_bootstrap(vm_dir), AgentOptions(**settings))
 
 
 def resolve(port: int, name: str, qtype: str = "A", timeout: float = 2.0) -> tuple[str, list[str]]:

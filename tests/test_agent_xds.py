@@ -430,3 +430,18 @@ def test_delta_subscriptions_acks_nacks_and_removals(tmp_path: Path) -> None:
             assert list(eds.resource_names_subscribe) == [c2] and dict(eds.initial_resource_versions) == {}
     finally:
         ads.stop()
+
+
+def test_saved_state_of_another_node_or_control_plane_is_not_served(ads: ScriptedAds, tmp_path: Path) -> None:
+    vm = write_vm_files(tmp_path / "vm", ads.port)
+    state = tmp_path / "state"
+    with make_agent(vm, state, free_port("127.0.0.1")) as agent:
+        ads.request(CDS)
+        ads.request(CDS, nonce=ads.push(CDS, "1", [pack(eds_cluster(C1))]))
+        assert agent.lb.clusters() == [C1]
+    ads.stop()
+    # Same files, same state dir, another node name: the saved tables are someone else's.
+    other = make_agent(vm, state, free_port("127.0.0.1"), pod_name="vm-2")
+    with other:
+        assert other.loaded_from_disk == [] and other.lb.clusters() == []
+    assert not (state / "cds.pb").exists()  # discarded, never mixed with vm-2's own

@@ -217,6 +217,7 @@ class Agent:
         self._apply_lock = threading.Lock()
         self._callbacks: list[Callable[[Tables], None]] = []
         self.loaded_from_disk: list[str] = []
+        self._identity_saved = False
         self.health: tuple[bool, str] | None = None
 
         self.dns: Any = None  # pymesh.dnsproxy.DnsProxy when running
@@ -727,12 +728,28 @@ class Agent:
         if self.state is None:
             return
         try:
+            if not self._identity_saved:
+                self.state.save_identity(self._identity())
+                self._identity_saved = True
             self.state.save(type_url, version, resources)
         except PymeshError as e:
             log.error("%s", e)
 
+    def _identity(self) -> dict[str, str]:
+        return {"node": self.node.id, "control_plane": self.target}
+
     def _load_persisted(self) -> None:
         if self.state is None:
+            return
+        saved = self.state.identity()
+        if saved is not None and saved != self._identity():
+            log.warning(
+                "saved state in %s belongs to %s; discarded (this agent is %s)",
+                self.state.path,
+                saved,
+                self._identity(),
+            )
+            self.state.clear()  # never mixed with this agent's own state later
             return
         for t, apply in ((NDS, self._on_nds), (CDS, self._on_cds), (EDS, self._on_eds)):
             msg = self.state.load(t)

@@ -7,11 +7,13 @@ One file per type (``cds.pb``, ``eds.pb``, ``nds.pb``) holding a
 was ACKed. Written atomically: a temporary file in the same directory,
 fsync, rename over the old one, fsync of the directory — a crash leaves
 either the old or the new state, never a torn one. A file that does not
-parse is logged and ignored (the agent then waits for the control plane).
+parse is logged and ignored (the agent then waits for the control plane),
+and so is state another node or control plane saved (``identity.json``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -27,6 +29,7 @@ CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 EDS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 NDS = "type.googleapis.com/istio.networking.nds.v1.NameTable"
 FILES = {CDS: "cds.pb", EDS: "eds.pb", NDS: "nds.pb"}
+IDENTITY = "identity.json"
 
 
 def default_state_dir() -> str:
@@ -51,8 +54,21 @@ class StateDir:
         from envoy.service.discovery.v3 import discovery_pb2
 
         msg = discovery_pb2.DiscoveryResponse(version_info=version, type_url=type_url, resources=list(resources))
-        data = msg.SerializeToString()
-        name = FILES[type_url]
+        self._write(FILES[type_url], msg.SerializeToString())
+
+    def save_identity(self, identity: dict[str, str]) -> None:
+        """Records whose state this is (node id, control plane): state saved
+        for another node or mesh is not served after a reconfiguration."""
+        self._write(IDENTITY, json.dumps(identity, sort_keys=True).encode())
+
+    def identity(self) -> dict[str, str] | None:
+        try:
+            data = json.loads((self.path / IDENTITY).read_text())
+        except (OSError, ValueError):
+            return None
+        return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else None
+
+    def _write(self, name: str, data: bytes) -> None:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=self.path)
@@ -101,7 +117,7 @@ class StateDir:
         return msg
 
     def clear(self) -> None:
-        for name in FILES.values():
+        for name in (*FILES.values(), IDENTITY):
             try:
                 (self.path / name).unlink()
             except FileNotFoundError:

@@ -736,7 +736,9 @@ class Agent:
             log.error("%s", e)
 
     def _identity(self) -> dict[str, str]:
-        return {"node": self.node.id, "control_plane": self.target}
+        # The discovery address as configured (a name), not the IP the hosts file
+        # gives it today: a new gateway IP is the same mesh.
+        return {"node": self.node.id, "control_plane": self.options.xds_address or self.bootstrap.discovery_address}
 
     def _load_persisted(self) -> None:
         if self.state is None:

@@ -61,9 +61,13 @@ CONFIG: dict[str, Any] = {
         ],
         "include_ip_ranges": ["*"],
     },
-    "options": {"listen": ["127.0.0.1:15001", "[::1]:15001"], "connect_timeout": 2.0},
+    "options": {"listen": ["127.0.0.1:15001", "[::1]:15001"], "connect_timeout": 1.0},
 }
 CONFIG["clusters"].append(cluster("sink", [ep(EXTRA4[0], 9000)]))
+# An endpoint whose SYNs are dropped (nothing routes 10.78.0.9): connects time out.
+SLOW_VIP, SLOW = "10.96.0.13", "outbound|80||slow.default.svc.cluster.local"
+CONFIG["clusters"].append(cluster(SLOW, [ep("10.78.0.9", 8080), ep(EXTRA4[1], 8080)]))
+CONFIG["redirect"]["services"].append({"address": SLOW_VIP, "port": 80, "cluster": SLOW})
 # A DNS ServiceEntry's LOGICAL_DNS cluster: resolved by name per connection.
 EXT_VIP, EXT = "10.96.0.12", "outbound|80||ext.example.com"
 CONFIG["redirect"]["services"].append({"address": EXT_VIP, "port": 80, "cluster": EXT})
@@ -144,6 +148,18 @@ def test_connect_failures_are_retried_reported_and_eject(mesh: tuple[Lab, Proxy]
     assert eps[f"{EXTRA4[2]}:8081"]["ejected"] and eps[f"{EXTRA4[2]}:8081"]["ejections"] == 1
     assert not eps[f"{EXTRA4[0]}:8080"]["ejected"]
     assert st["connect_failures"] - before["connect_failures"] == 2
+
+
+def test_connect_timeouts_are_reported_as_timeouts_and_retried(mesh: tuple[Lab, Proxy]) -> None:
+    lb, proxy = mesh
+    before = proxy.stats()["stats"]
+    # Round robin alternates, so one of two connections tries the dropped endpoint first.
+    counts = lb.peer(lb.vm, "tcpmany", SLOW_VIP, "80", "2", uid=APP_UID)
+    assert counts == {"ep2": 2}
+    st = proxy.stats()["stats"]
+    assert st["connect_timeouts"] - before["connect_timeouts"] == 1
+    assert st["connect_failures"] - before["connect_failures"] == 1
+    assert st["retries"] - before["retries"] == 1
 
 
 def test_large_upload_with_half_close_arrives_intact(mesh: tuple[Lab, Proxy]) -> None:

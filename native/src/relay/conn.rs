@@ -183,9 +183,18 @@ fn serve(shared: &Arc<Shared>, client: TcpStream, id: u64) {
                 state.request_finished();
                 return;
             }
-            Err(_) => {
+            Err(e) => {
                 c.connect_failures.fetch_add(1, Ordering::Relaxed);
-                cluster.report(index, Outcome::ConnectFailure, false, monotonic_ms());
+                // Envoy tells a connect timeout (LocalOriginTimeout, 504 when
+                // local-origin errors are not split) from a refused or
+                // unreachable connect (LocalOriginConnectFailed, 503).
+                let outcome = if e.kind() == std::io::ErrorKind::TimedOut {
+                    c.connect_timeouts.fetch_add(1, Ordering::Relaxed);
+                    Outcome::Timeout
+                } else {
+                    Outcome::ConnectFailure
+                };
+                cluster.report(index, outcome, false, monotonic_ms());
                 tried.push(addr);
             }
         }

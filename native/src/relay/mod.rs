@@ -160,6 +160,7 @@ pub(crate) struct Counters {
     pub(crate) bypass: AtomicU64,
     pub(crate) connect_attempts: AtomicU64,
     pub(crate) connect_failures: AtomicU64,
+    pub(crate) connect_timeouts: AtomicU64,
     pub(crate) retries: AtomicU64,
     pub(crate) no_healthy_upstream: AtomicU64,
     pub(crate) unknown_cluster: AtomicU64,
@@ -185,7 +186,10 @@ pub struct RelayStats {
     /// Connections the table says are not captured (still passed through).
     pub bypass: u64,
     pub connect_attempts: u64,
+    /// Failed connect attempts, timeouts included.
     pub connect_failures: u64,
+    /// Connect attempts that timed out (`connect_timeout`).
+    pub connect_timeouts: u64,
     /// Attempts after a failed one.
     pub retries: u64,
     /// Connections closed because no endpoint could take them.
@@ -395,6 +399,7 @@ impl Relay {
             bypass: g(&c.bypass),
             connect_attempts: g(&c.connect_attempts),
             connect_failures: g(&c.connect_failures),
+            connect_timeouts: g(&c.connect_timeouts),
             retries: g(&c.retries),
             no_healthy_upstream: g(&c.no_healthy_upstream),
             unknown_cluster: g(&c.unknown_cluster),

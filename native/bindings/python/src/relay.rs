@@ -182,6 +182,7 @@ impl OutboundProxy {
             ("bypass", s.bypass),
             ("connect_attempts", s.connect_attempts),
             ("connect_failures", s.connect_failures),
+            ("connect_timeouts", s.connect_timeouts),
             ("retries", s.retries),
             ("no_healthy_upstream", s.no_healthy_upstream),
             ("unknown_cluster", s.unknown_cluster),

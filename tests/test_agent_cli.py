@@ -120,3 +120,19 @@ def test_any_file_content_gives_a_bootstrap_error_or_a_bootstrap(name: str, text
             capture_settings(load_bootstrap(vm))
         except BootstrapError as e:
             assert str(e).startswith(str(vm / name)) or str(e).startswith(str(vm / "cluster.env"))
+
+
+def test_default_dns_listeners_follow_the_host() -> None:
+    import socket
+
+    from pymesh.agent.agent import default_dns_listen
+
+    got = default_dns_listen(5353)
+    assert got[0] == "127.0.0.1:5353"
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+        v6 = True
+    except OSError:
+        v6 = False
+    assert got[1:] == (["[::1]:5353"] if v6 else [])

@@ -88,6 +88,23 @@ from pymesh.names import DEFAULT_DOMAIN, read_resolv_conf
 log = logging.getLogger("pymesh.agent")
 
 DEFAULT_DNS_LISTEN = ("127.0.0.1:15053",)
+
+
+def default_dns_listen(port: int = 15053) -> list[str]:
+    """istio-agent's DNS listeners: 127.0.0.1 and, where the host has IPv6
+    loopback, [::1] (captured queries to IPv6 name servers land there)."""
+    import socket
+
+    out = [f"127.0.0.1:{port}"]
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+        out.append(f"[::1]:{port}")
+    except OSError:
+        pass
+    return out
+
+
 # Cluster types the lbtable serves (endpoints are IPs); others are DNS-resolved by the proxy.
 LB_TYPES = ("STATIC", "EDS", None)
 

@@ -24,13 +24,13 @@ from typing import Any
 
 import yaml
 
-from pymesh.agent.agent import DEFAULT_DNS_LISTEN, Agent, AgentOptions
+from pymesh.agent.agent import Agent, AgentOptions, default_dns_listen
 from pymesh.agent.bootstrap import load_bootstrap
 
 
 def _options(args: argparse.Namespace) -> AgentOptions:
     return AgentOptions(
-        dns_listen=args.dns_listen or list(DEFAULT_DNS_LISTEN),
+        dns_listen=args.dns_listen or default_dns_listen(),
         dns_upstreams=args.dns_upstream,
         dns_enabled=args.dns,
         dns_workers=args.dns_workers,
@@ -142,7 +142,7 @@ def add_commands(sub: Any) -> None:
         "--dns-listen",
         action="append",
         metavar="ADDR:PORT",
-        help="DNS proxy listen address (repeatable; default 127.0.0.1:15053)",
+        help="DNS proxy listen address (repeatable; default 127.0.0.1:15053 and [::1]:15053 where IPv6 is up)",
     )
     p.add_argument(
         "--dns-upstream",

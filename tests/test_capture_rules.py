@@ -5,6 +5,7 @@ fails loudly (never skips) without netns, nft or iptables."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -204,7 +205,7 @@ def test_mark_excludes_marked_traffic() -> None:
             "import socket;s=socket.socket();s.setsockopt(socket.SOL_SOCKET,36,0x539);"
             f"s.connect(('{EXTRA4[0]}',8080));print(s.recv(100).decode())"
         )
-        out = lb.run(lb.vm, "python3", "-c", code)
+        out = lb.run(lb.vm, sys.executable, "-c", code)
         assert out.startswith(f"server {EXTRA4[0]}:8080")
 
 

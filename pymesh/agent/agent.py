@@ -509,6 +509,17 @@ class Agent:
         except PymeshError:
             return Route("cluster", cluster, None)
 
+    def endpoints(self) -> dict[str, list[dict[str, Any]]]:
+        """Every cluster's endpoints as the lbtable sees them (a cluster removed
+        by a push while this runs is left out)."""
+        out = {}
+        for name in self.lb.clusters():
+            try:
+                out[name] = self.lb.endpoints(name)
+            except PymeshError:
+                continue
+        return out
+
     def status(self) -> dict[str, Any]:
         c = self.client
         return {
@@ -520,7 +531,7 @@ class Agent:
             "stats": dict(c.stats) if c else {},
             "last_nack": c.last_nack if c else None,
             "clusters": len(self._clusters),
-            "endpoints": sum(len(self.lb.endpoints(n)) for n in self.lb.clusters()),
+            "endpoints": sum(len(eps) for eps in self.endpoints().values()),
             "names": len(self.names) if self.names is not None else 0,
             "generation": self.tables.generation,
             "health": self.health,

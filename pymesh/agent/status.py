@@ -82,7 +82,7 @@ class StatusServer:
                     names = agent.names
                     body = json.dumps(list(names) if names is not None else [], indent=1).encode()
                 elif path == "/debug/clusters":
-                    data: dict[str, Any] = {c: agent.lb.endpoints(c) for c in agent.lb.clusters()}
+                    data: dict[str, Any] = agent.endpoints()
                     body = json.dumps(data, indent=1).encode()
                 elif path == "/debug/status":
                     body = json.dumps(agent.status(), indent=1, default=str).encode()

@@ -23,7 +23,7 @@ help: ## list the targets
 $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q "maturin>=1.7,<2" PyYAML pytest hypothesis pytest-benchmark protobuf grpcio-tools grpcio xds-protos dnspython \
+	$(BIN)/pip install -q "maturin>=1.7,<2" PyYAML pytest hypothesis pytest-benchmark protobuf grpcio-tools grpcio xds-protos dnspython "cryptography>=42" \
 		ruff mypy types-PyYAML
 	touch $@
 

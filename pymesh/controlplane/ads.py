@@ -39,6 +39,7 @@ import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf.message import DecodeError
 
+from pymesh._native import PymeshError
 from pymesh.controlplane.errors import ControlPlaneError, NodeError, RegistrationError
 from pymesh.controlplane.node import Proxy, parse_node
 from pymesh.controlplane.snapshot import (
@@ -119,6 +120,7 @@ _CODES = {
     "PERMISSION_DENIED": grpc.StatusCode.PERMISSION_DENIED,
     "NOT_FOUND": grpc.StatusCode.NOT_FOUND,
     "UNAVAILABLE": grpc.StatusCode.UNAVAILABLE,
+    "UNAUTHENTICATED": grpc.StatusCode.UNAUTHENTICATED,
 }
 
 
@@ -134,6 +136,14 @@ class AdsServer:
         self.stats = {"responses": 0, "pushes": 0, "push_rounds": 0, "nacks": 0, "acks": 0}
         self.on_nack: Callable[[Nack], Awaitable[None] | None] | None = None
         self.last_answer = 0.0  # time.monotonic() of the last ACK/NACK received
+        # Security hooks (pymesh.security.server; None: no checks, plaintext dev mode).
+        # ``authenticate(conn, context)`` runs when a stream opens and records the caller's
+        # authenticated identities in ``conn.attrs``; it raises a PymeshError with a ``code``
+        # (gRPC status name) to reject the stream. ``authorize(conn)`` runs once the node is
+        # parsed and before registration (istiod's xDS authorization, pilot/pkg/xds/auth.go);
+        # it raises RegistrationError to reject it.
+        self.authenticate: Callable[[Connection, Any], None] | None = None
+        self.authorize: Callable[[Connection], None] | None = None
 
     def unanswered(self) -> int:
         """Responses not yet ACKed or NACKed (the last one per connection and type)."""
@@ -168,6 +178,14 @@ class AdsServer:
         await self._serve(Connection(context.peer(), delta=True), requests, context)
 
     async def _serve(self, conn: Connection, requests: AsyncIterator[Any], context: Any) -> None:
+        if self.authenticate is not None:
+            try:
+                self.authenticate(conn, context)
+            except PymeshError as e:
+                log.warning("stream from %s rejected: %s", conn.peer, e)
+                code = _CODES.get(getattr(e, "code", ""), grpc.StatusCode.UNAUTHENTICATED)
+                await context.abort(code, str(e))
+                return
         reader = asyncio.ensure_future(self._read(conn, requests))
         try:
             while True:
@@ -212,6 +230,8 @@ class AdsServer:
             return
         try:
             conn.proxy = parse_node(req.node)
+            if self.authorize is not None:
+                self.authorize(conn)
             await self.hooks.on_connect(conn)
         except NodeError as e:
             conn.abort = (grpc.StatusCode.INVALID_ARGUMENT, str(e))

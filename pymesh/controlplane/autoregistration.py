@@ -28,7 +28,10 @@ as istiod's ``pilot/pkg/autoregistration`` does it
   connected when the previous process stopped is taken as disconnected at
   start-up, so its VM has one grace period to reconnect.
 
-Not done (pymesh has no CA yet): the identity checks of §2.5.
+- Identity (§2.5, when the control plane runs with pymesh.security): the
+  stream's verified identity must be in the group's (entry's) namespace and,
+  when the template names a service account, be that account; otherwise the
+  stream fails with PERMISSION_DENIED and no entry is created.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from pymesh._native import PymeshError
 from pymesh.controlplane import health as healthmod
 from pymesh.controlplane.ads import Connection
 from pymesh.controlplane.defaults import DEFAULT_GRACE_PERIOD
@@ -186,6 +190,7 @@ class Registrations:
             )
         group = group_obj.typed
         assert isinstance(group, WorkloadGroup)
+        _check_identity(conn, ns, group.template.service_account, f"WorkloadGroup {ns}/{group_name}")
         ip = proxy.ip_addresses[0]
         network = proxy.network
         name = entry_name(group_name, ip, network)
@@ -221,6 +226,9 @@ class Registrations:
             raise RegistrationError(
                 f"cannot find WorkloadEntry {ns}/{name} (named by the proxy's WORKLOAD_ENTRY)", code="NOT_FOUND"
             )
+        if obj is not None:
+            assert isinstance(obj.typed, WorkloadEntry)
+            _check_identity(conn, ns, obj.typed.spec.service_account, f"WorkloadEntry {ns}/{name}")
         if obj is None:
             return  # a registered entry named explicitly: nothing more to track
         if HEALTH_CHECKS_ANNOTATION not in obj.typed.meta.annotations:
@@ -378,6 +386,22 @@ class Registrations:
 
     def connection_count(self) -> int:
         return sum(len(s) for s in self._conns.values())
+
+
+def _check_identity(conn: Connection, namespace: str, service_account: str, what: str) -> None:
+    """§2.5 ``ensureProxyCanControlEntry`` on streams the security layer
+    authenticated (``conn.attrs["identity"]``, set by pymesh.security.server);
+    plaintext dev streams carry none and are not checked. Refused before any
+    entry is created or touched."""
+    ident = conn.attrs.get("identity")
+    if ident is None:
+        return
+    from pymesh.security.identity import check_entry
+
+    try:
+        check_entry(ident, namespace, service_account, what)
+    except PymeshError as e:
+        raise RegistrationError(str(e), code="PERMISSION_DENIED") from e
 
 
 def build_entry(group_obj: Object, group: WorkloadGroup, name: str, proxy: Proxy, now: float) -> dict[str, Any]:

@@ -68,6 +68,8 @@ class ControlPlane:
         domain: str = DEFAULT_DOMAIN,
         instance_id: str | None = None,
         strategy: str = "incremental",
+        security: Any = None,
+        plaintext: bool = True,
     ) -> None:
         self.config_dir = Path(config_dir)
         self.listen = _split_listen(xds_listen)
@@ -92,6 +94,18 @@ class ControlPlane:
         )
         self._version = 0
         self.ads = AdsServer(self._build(), self.registrations, strategy=strategy)
+        # pymesh.security.server.SecurityOptions: the CA, the TLS port (15012) and the identity
+        # checks. ``plaintext`` keeps the unauthenticated ``xds_listen`` listener too (tests, dev).
+        self.security: Any = None
+        self.plaintext = plaintext or security is None
+        self.secure_port = 0
+        if security is not None:
+            from pymesh.controlplane.store import default_data_dir
+            from pymesh.security.server import MeshSecurity
+
+            sec_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+            self.security = MeshSecurity(sec_dir, security, allow_plaintext=plaintext)
+            self.security.install(self.ads)
         self._loop = asyncio.new_event_loop()
         self._thread: threading.Thread | None = None
         self._server: Any = None
@@ -123,14 +137,21 @@ class ControlPlane:
             ]
         )
         server.add_generic_rpc_handlers((self.ads.handler(),))
+        if self.security is not None:
+            server.add_generic_rpc_handlers((self.security.handler(),))
         host, port = self.listen
         target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        bound = server.add_insecure_port(target)
-        if bound == 0:
-            raise ControlPlaneError(f"cannot listen on {target}")
-        self.port = bound
+        if self.plaintext:
+            bound = server.add_insecure_port(target)
+            if bound == 0:
+                raise ControlPlaneError(f"cannot listen on {target}")
+            self.port = bound
+        internal = server.add_insecure_port("127.0.0.1:0") if self.security is not None else 0
         await server.start()
         self._server = server
+        if self.security is not None:
+            # The TLS port's connections reach gRPC through this loopback listener.
+            self.secure_port = await self.security.start(("127.0.0.1", internal))
         if self.watch_interval > 0:
             self._watch_task = asyncio.ensure_future(self._watch())
 
@@ -153,6 +174,8 @@ class ControlPlane:
             self._flush_handle.cancel()
         for t in list(self.registrations._timers.values()):
             t.cancel()
+        if self.security is not None:
+            await self.security.stop()
         if self._server is not None:
             await self._server.stop(grace)
 

@@ -1,0 +1,235 @@
+"""The agent's side: its workload certificate, from the first CSR (with the
+istio-token) to renewals (with the certificate itself), and the gRPC channel
+credentials that verify the control plane.
+
+As istio-agent does it (shared/reference/istio-vm-workloads.md §5.5):
+- the control plane is verified against ``root-cert.pem`` with the host of
+  ``discoveryAddress`` (``istiod.istio-system.svc``) as TLS server name, so a
+  gateway or ``hosts`` entry may route the connection anywhere but nothing
+  without a certificate from the mesh root can answer it;
+- a fresh EC P-256 key and CSR per request; ``validity_duration`` = the
+  requested lifetime; ``authorization: Bearer <token>`` and ``ClusterID``
+  only when no valid certificate is held;
+- ``cert-chain.pem``, ``key.pem`` and ``root-cert.pem`` are written atomically
+  (0600) to a persistent directory (Istio's OUTPUT_CERTS, ``/etc/certs``) —
+  pymesh keeps them in the agent's state directory, not in ``/var/run``, so a
+  reboot keeps the identity (peer-systems.md §7, istio/istio#27691);
+- while the held certificate is unexpired it authenticates renewals (mTLS)
+  and xDS; renewal happens at half its life; an expired or unreadable one
+  falls back to the token ("cert expired, using token instead").
+Rotation never touches an open connection: credentials are read when a
+channel is made.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+
+from pymesh.security.ca import key_pem, load_certs, make_csr, new_key, spiffe_ids
+from pymesh.security.errors import AuthError, SecurityError
+from pymesh.security.files import private_dir, write_private
+
+log = logging.getLogger("pymesh.security")
+
+DEFAULT_SERVER_NAME = "istiod.istio-system.svc"
+# istio-agent's SECRET_GRACE_PERIOD_RATIO: renew when half the lifetime is left.
+RENEW_RATIO = 0.5
+
+
+@dataclass(frozen=True)
+class Held:
+    chain: bytes
+    key: bytes
+    not_before: float
+    not_after: float
+    spiffe_id: str
+
+    def valid(self, now: float | None = None) -> bool:
+        t = time.time() if now is None else now
+        return self.not_before - 300 <= t < self.not_after
+
+
+class WorkloadCerts:
+    def __init__(
+        self,
+        target: str,
+        root_pem: str,
+        cert_dir: str | Path,
+        *,
+        server_name: str = DEFAULT_SERVER_NAME,
+        token: Callable[[], str | None] = lambda: None,
+        cluster_id: str = "",
+        ttl: float = 24 * 3600.0,
+        timeout: float = 10.0,
+    ) -> None:
+        if not root_pem:
+            raise SecurityError("TLS to the control plane needs root-cert.pem (the mesh root)")
+        load_certs(root_pem.encode(), "root-cert.pem")
+        self.target = target
+        self.root_pem = root_pem.encode()
+        self.dir = private_dir(Path(cert_dir))
+        self.server_name = server_name
+        self._token = token
+        self.cluster_id = cluster_id
+        self.ttl = ttl
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self.held: Held | None = self._load()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.renewals = 0
+        self.last_error = ""
+        self.on_renew: Callable[[Held], None] | None = None
+
+    # --- files ----------------------------------------------------------------------------
+
+    def _load(self) -> Held | None:
+        try:
+            chain = (self.dir / "cert-chain.pem").read_bytes()
+            key = (self.dir / "key.pem").read_bytes()
+        except OSError:
+            return None
+        try:
+            return _held(chain, key)
+        except SecurityError as e:
+            log.warning("%s: held certificate unreadable (%s); the token will be used", self.dir, e)
+            return None
+
+    def _store(self, chain: list[str], key: bytes) -> Held:
+        data = "".join(c if c.endswith("\n") else c + "\n" for c in chain).encode()
+        held = _held(data, key)
+        # The key before the chain: a crash in between leaves a chain whose key is
+        # missing or old, which _load() rejects (and the token path recovers).
+        write_private(self.dir / "key.pem", key)
+        write_private(self.dir / "cert-chain.pem", data)
+        write_private(self.dir / "root-cert.pem", chain[-1].encode())
+        return held
+
+    # --- gRPC credentials -----------------------------------------------------------------
+
+    def options(self) -> list[tuple[str, Any]]:
+        return [("grpc.ssl_target_name_override", self.server_name), ("grpc.default_authority", self.server_name)]
+
+    def credentials(self, with_cert: bool = True) -> Any:
+        import grpc
+
+        h = self.held if with_cert else None
+        if h is not None and h.valid():
+            return grpc.ssl_channel_credentials(self.root_pem, h.key, h.chain)
+        return grpc.ssl_channel_credentials(self.root_pem)
+
+    def channel(self, target: str | None = None, options: list[tuple[str, Any]] | None = None) -> Any:
+        """An mTLS channel (server-only TLS while no certificate is held); gets the first certificate if needed."""
+        import grpc
+
+        if self.held is None or not self.held.valid():
+            self.fetch()
+        return grpc.secure_channel(
+            target or self.target, self.credentials(), options=[*(options or []), *self.options()]
+        )
+
+    # --- the CA call ------------------------------------------------------------------------
+
+    def fetch(self) -> Held:
+        """One CreateCertificate: with the held certificate when it is valid, else with the token."""
+        import grpc
+
+        from pymesh.proto import ca as ca_pb
+
+        with self._lock:
+            held = self.held
+            use_cert = held is not None and held.valid()
+            metadata: list[tuple[str, str]] = []
+            if not use_cert:
+                tok = self._token()
+                if not tok:
+                    raise AuthError("no valid certificate held and no istio-token to get one with")
+                if held is not None:
+                    log.info("certificate expired, using the token instead")
+                metadata.append(("authorization", f"Bearer {tok}"))
+                if self.cluster_id:
+                    metadata.append(("clusterid", self.cluster_id))
+            key = new_key("ec")
+            req = ca_pb.IstioCertificateRequest(csr=make_csr(key).decode(), validity_duration=int(self.ttl))
+            req.metadata.update({"CertSigner": ""})
+            with grpc.secure_channel(self.target, self.credentials(use_cert), options=self.options()) as ch:
+                call = ch.unary_unary(
+                    ca_pb.METHOD,
+                    request_serializer=lambda m: m.SerializeToString(),
+                    response_deserializer=ca_pb.IstioCertificateResponse.FromString,
+                )
+                try:
+                    resp = call(req, timeout=self.timeout, metadata=metadata)
+                except grpc.RpcError as e:
+                    code = e.code().name if hasattr(e, "code") else "UNKNOWN"
+                    raise AuthError(f"CreateCertificate at {self.target}: {code}: {e.details()}", code=code) from e
+            chain = list(resp.cert_chain)
+            if len(chain) < 2:  # istio-agent: a chain without its root is rejected
+                raise AuthError(f"CreateCertificate returned {len(chain)} certificate(s); leaf..root expected")
+            if load_certs(chain[-1].encode(), "returned root")[0] not in load_certs(self.root_pem, "root-cert.pem"):
+                raise AuthError("CreateCertificate returned a chain that does not end at root-cert.pem")
+            self.held = self._store(chain, key_pem(key))
+            log.info("certificate for %s until %s", self.held.spiffe_id, time.ctime(self.held.not_after))
+            return self.held
+
+    # --- renewal ------------------------------------------------------------------------------
+
+    def renew_at(self) -> float:
+        h = self.held
+        if h is None:
+            return time.time()
+        return h.not_before + (h.not_after - h.not_before) * RENEW_RATIO
+
+    def start(self) -> WorkloadCerts:
+        self._thread = threading.Thread(target=self._run, name="pymesh-agent-certs", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+            self._thread = None
+
+    def _run(self) -> None:
+        backoff = 1.0
+        while not self._stop.is_set():
+            wait = self.renew_at() - time.time()
+            if wait > 0 and self._stop.wait(min(wait, 60.0)):
+                return
+            if self.renew_at() > time.time():
+                continue
+            try:
+                h = self.fetch()
+                self.renewals += 1
+                self.last_error = ""
+                backoff = 1.0
+                if self.on_renew is not None:
+                    self.on_renew(h)
+            except SecurityError as e:
+                self.last_error = str(e)
+                log.warning("certificate renewal failed (retry in %.0fs): %s", backoff, e)
+                if self._stop.wait(backoff):
+                    return
+                backoff = min(backoff * 2, 60.0)
+
+
+def _held(chain: bytes, key: bytes) -> Held:
+    certs = load_certs(chain, "cert-chain.pem")
+    leaf: x509.Certificate = certs[0]
+    ids = spiffe_ids(leaf)
+    return Held(
+        chain,
+        key,
+        leaf.not_valid_before_utc.timestamp(),
+        leaf.not_valid_after_utc.timestamp(),
+        ids[0] if ids else "",
+    )

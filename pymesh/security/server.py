@@ -1,0 +1,245 @@
+"""The control plane's security: the CA service, the TLS port (15012) and the
+identity checks on xDS streams.
+
+- ``istio.v1.auth.IstioCertificateService/CreateCertificate`` (grpcio generic
+  handler on the control plane's server): the caller is authenticated by its
+  current certificate (mTLS on the secure port; istio-agent renews this way)
+  or by ``authorization: Bearer <istio-token>`` (a token from ``pymesh token
+  create``). The certificate's identity is the caller's; the CSR's SANs are
+  ignored. ``ImpersonatedIdentity`` (for trusted node agents) is refused.
+- xDS streams arriving through the secure port carry the identities of the
+  client certificate (and with ``xds_auth="token"`` also of a bearer token);
+  without one the stream is refused (UNAUTHENTICATED). Once the node is
+  parsed, the first identity whose namespace is the proxy's (and whose
+  account is the node's ``SERVICE_ACCOUNT`` when it sets one) becomes the
+  stream's verified identity — what node metadata claims is checked against
+  it, never trusted instead (pilot/pkg/xds/auth.go).
+- The plaintext listener (``allow_plaintext``; 15010 in Istio) is for tests
+  and development: its streams are not authenticated, as on istiod's 15010.
+- The serving certificate (``istiod.istio-system.svc`` and the listen host)
+  is issued by the CA and renewed at half its life; handshakes after the
+  renewal see the new one, open connections are untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from pymesh.controlplane.errors import RegistrationError
+from pymesh.proto import ca as ca_pb
+from pymesh.security.ca import DEFAULT_CERT_TTL, ISTIOD_NAMES, MAX_CERT_TTL, CertificateAuthority
+from pymesh.security.errors import AuthError, SecurityError
+from pymesh.security.files import private_dir, write_private
+from pymesh.security.identity import DEFAULT_TRUST_DOMAIN, Identity, parse_spiffe, verify_proxy
+from pymesh.security.tlsfront import Peer, TlsFront, server_context
+from pymesh.security.tokens import DEFAULT_AUDIENCE, TokenAuthority
+
+log = logging.getLogger("pymesh.security")
+
+DEFAULT_SECURE_LISTEN = "0.0.0.0:15012"
+
+
+@dataclass
+class SecurityOptions:
+    secure_listen: str = DEFAULT_SECURE_LISTEN
+    trust_domain: str = DEFAULT_TRUST_DOMAIN
+    plugin_ca_dir: str | None = None  # Istio's cacerts layout, copied into <data>/ca
+    cert_ttl: float = DEFAULT_CERT_TTL  # default workload certificate lifetime
+    max_cert_ttl: float = MAX_CERT_TTL
+    server_cert_ttl: float = DEFAULT_CERT_TTL
+    server_names: tuple[str, ...] = ISTIOD_NAMES
+    # "mtls": xDS on the secure port needs a client certificate; "token": a bearer token also does.
+    xds_auth: str = "mtls"
+    audience: str = DEFAULT_AUDIENCE
+
+
+def _split(addr: str) -> tuple[str, int]:
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise SecurityError(f"secure listen address {addr!r}: expected ADDRESS:PORT")
+    return host.strip("[]"), int(port)
+
+
+class MeshSecurity:
+    def __init__(
+        self, data_dir: str | os.PathLike[str], options: SecurityOptions, *, allow_plaintext: bool = False
+    ) -> None:
+        if options.xds_auth not in ("mtls", "token"):
+            raise SecurityError(f"xds_auth {options.xds_auth!r}: expected mtls or token")
+        self.options = options
+        self.allow_plaintext = allow_plaintext
+        self.dir = Path(data_dir)
+        self.ca = CertificateAuthority(
+            self.dir / "ca",
+            trust_domain=options.trust_domain,
+            plugin_dir=options.plugin_ca_dir,
+            default_ttl=options.cert_ttl,
+            max_ttl=options.max_cert_ttl,
+        )
+        self.tokens = TokenAuthority(self.dir / "tokens", trust_domain=options.trust_domain)
+        self.listen = _split(options.secure_listen)
+        self.front: TlsFront | None = None
+        self._renew: asyncio.TimerHandle | None = None
+        self.stats = {"issued": 0, "refused": 0, "server_cert_renewals": 0}
+
+    # --- lifecycle (on the control plane's loop) ------------------------------------------
+
+    def _server_cert(self) -> tuple[Path, Path, float]:
+        tls = private_dir(self.dir / "tls")
+        host = self.listen[0]
+        ips = [] if host in ("0.0.0.0", "::", "") else [host]
+        issued, key = self.ca.issue_server(self.options.server_names, ips, ttl=self.options.server_cert_ttl)
+        write_private(tls / "key.pem", key)
+        write_private(tls / "cert-chain.pem", "".join(issued.chain).encode())
+        return tls / "cert-chain.pem", tls / "key.pem", issued.not_after
+
+    async def start(self, backend: tuple[str, int]) -> int:
+        cert, key, until = self._server_cert()
+        ctx = server_context(cert, key, self.ca.root_pem)
+        self.front = TlsFront(self.listen[0], self.listen[1], backend, ctx)
+        port = await self.front.start()
+        self._schedule_renewal(until)
+        return port
+
+    def _schedule_renewal(self, until: float) -> None:
+        # At half its life, as istio-agent renews workload certificates.
+        delay = max(1.0, (until - time.time()) / 2)
+        self._renew = asyncio.get_running_loop().call_later(delay, self._renew_server_cert)
+
+    def _renew_server_cert(self) -> None:
+        assert self.front is not None
+        try:
+            cert, key, until = self._server_cert()
+            self.front.reload(cert, key)
+            self.stats["server_cert_renewals"] += 1
+            log.info("control plane serving certificate renewed")
+        except SecurityError as e:
+            log.error("serving certificate renewal failed (retrying in 10s): %s", e)
+            self._renew = asyncio.get_running_loop().call_later(10.0, self._renew_server_cert)
+            return
+        self._schedule_renewal(until)
+
+    async def stop(self) -> None:
+        if self._renew is not None:
+            self._renew.cancel()
+        if self.front is not None:
+            await self.front.stop()
+
+    def install(self, ads: Any) -> None:
+        ads.authenticate = self.authenticate_stream
+        ads.authorize = self.authorize_stream
+
+    # --- authentication ------------------------------------------------------------------
+
+    def _peer(self, context: Any) -> Peer | None:
+        return self.front.lookup(context.peer()) if self.front is not None else None
+
+    def _cert_identities(self, peer: Peer) -> list[Identity]:
+        out = []
+        for uri in peer.spiffe_ids:
+            try:
+                ident = parse_spiffe(uri)
+            except AuthError:
+                continue
+            if ident.trust_domain == self.options.trust_domain:
+                out.append(ident)
+        return out
+
+    def _token_identity(self, context: Any) -> Identity | None:
+        for key, value in context.invocation_metadata() or ():
+            if key.lower() == "authorization":
+                scheme, _, token = str(value).partition(" ")
+                if scheme.lower() != "bearer" or not token:
+                    raise AuthError("authorization metadata is not 'Bearer <token>'")
+                try:
+                    return self.tokens.verify(token, audience=self.options.audience)
+                except SecurityError as e:
+                    raise AuthError(f"bearer token refused: {e}") from e
+        return None
+
+    def authenticate_stream(self, conn: Any, context: Any) -> None:
+        peer = self._peer(context)
+        if peer is None:
+            if self.allow_plaintext:
+                return  # the plaintext dev listener: unauthenticated, as istiod's 15010
+            raise AuthError("connect through the control plane's TLS port")
+        conn.attrs["tls_peer"] = peer.address
+        ids = self._cert_identities(peer)
+        if not ids and self.options.xds_auth == "token":
+            tok = self._token_identity(context)
+            ids = [tok] if tok is not None else []
+        if not ids:
+            need = "a client certificate from the mesh CA" + (
+                " or a bearer token" if self.options.xds_auth == "token" else " (mTLS is required for xDS)"
+            )
+            raise AuthError(f"xDS from {peer.address} refused: no authenticated identity; present {need}")
+        conn.attrs["identities"] = ids
+
+    def authorize_stream(self, conn: Any) -> None:
+        ids = conn.attrs.get("identities")
+        if ids is None:
+            return
+        proxy = conn.proxy
+        try:
+            conn.attrs["identity"] = verify_proxy(
+                ids, proxy.namespace, str(proxy.metadata.get("SERVICE_ACCOUNT") or "")
+            )
+        except AuthError as e:
+            raise RegistrationError(str(e), code="PERMISSION_DENIED") from e
+
+    # --- the CA service --------------------------------------------------------------------
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(
+            ca_pb.SERVICE,
+            {
+                "CreateCertificate": grpc.unary_unary_rpc_method_handler(
+                    self._create_certificate,
+                    request_deserializer=ca_pb.IstioCertificateRequest.FromString,
+                    response_serializer=lambda m: m.SerializeToString(),
+                )
+            },
+        )
+
+    def caller(self, context: Any) -> Identity:
+        """The CA caller's identity: its certificate first (renewal), else its token."""
+        peer = self._peer(context)
+        if peer is not None:
+            ids = self._cert_identities(peer)
+            if ids:
+                return ids[0]
+        tok = self._token_identity(context)
+        if tok is not None:
+            return tok
+        raise AuthError("no credentials: present a mesh certificate (mTLS) or 'authorization: Bearer <istio-token>'")
+
+    async def _create_certificate(self, request: Any, context: Any) -> Any:
+        try:
+            ident = self.caller(context)
+            md = request.metadata.fields if request.HasField("metadata") else {}
+            if "ImpersonatedIdentity" in md and md["ImpersonatedIdentity"].string_value:
+                raise AuthError("ImpersonatedIdentity is not allowed for this caller", code="PERMISSION_DENIED")
+            if not request.csr:
+                raise AuthError("csr is empty", code="INVALID_ARGUMENT")
+            issued = self.ca.sign_csr(request.csr, ident, float(request.validity_duration))
+        except AuthError as e:
+            self.stats["refused"] += 1
+            log.warning("CreateCertificate from %s refused: %s", context.peer(), e)
+            code = getattr(grpc.StatusCode, e.code, grpc.StatusCode.UNAUTHENTICATED)
+            await context.abort(code, str(e))
+            raise AssertionError("unreachable") from None
+        except SecurityError as e:
+            self.stats["refused"] += 1
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            raise AssertionError("unreachable") from None
+        self.stats["issued"] += 1
+        log.info("issued a certificate for %s until %.0f", ident.uri, issued.not_after)
+        return ca_pb.IstioCertificateResponse(cert_chain=list(issued.chain))

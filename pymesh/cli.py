@@ -161,6 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     from pymesh.capture.cli import add_commands as add_capture_commands
 
     add_capture_commands(sub)  # `capture show|install|remove`
+
+    from pymesh.security.cli import add_commands as add_security_commands
+
+    add_security_commands(sub)  # `token create`, `ca root-cert`
     return p
 
 

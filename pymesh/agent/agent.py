@@ -150,6 +150,12 @@ class AgentOptions:
     capture: str | None = None
     capture_name: str = "pymesh"
     proxy_uid: int | None = None
+    # Control-plane transport (pymesh.security.agent): "MUTUAL_TLS" or "NONE"; None: mesh.yaml's
+    # defaultConfig.controlPlaneAuthPolicy (NONE when unset). Certificates are kept in cert_dir
+    # (None: OUTPUT_CERTS, else <state_dir>/certs), requested for cert_ttl seconds (None: SECRET_TTL, 24h).
+    control_plane_auth: str | None = None
+    cert_dir: str | None = None
+    cert_ttl: float | None = None
 
 
 @dataclass(frozen=True)
@@ -242,6 +248,10 @@ class Agent:
         self.proxy: Any = None  # pymesh.relay.OutboundProxy when outbound_listen is set
         self.capture_rules: Any = None  # pymesh.capture.Capture while installed
         self.client: XdsClient | None = None
+        from pymesh.security.agent import auth_mode
+
+        self.control_plane_auth = auth_mode(bootstrap, o.control_plane_auth)
+        self.certs: Any = None  # pymesh.security.client.WorkloadCerts with MUTUAL_TLS
         self.prober: Prober | None = None
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
@@ -264,7 +274,7 @@ class Agent:
             "control_plane": {
                 "discovery_address": b.discovery_address,
                 "target": self.target,
-                "transport": "plaintext",
+                "transport": "mtls" if self.control_plane_auth == "MUTUAL_TLS" else "plaintext",
                 "variant": "delta" if self.options.xds_delta else "sotw",
                 "subscriptions": ["CDS", "EDS", "NDS"],
             },
@@ -355,6 +365,10 @@ class Agent:
         )
         if self.health is not None:
             self.client.send_health(*self.health)
+        if self.control_plane_auth == "MUTUAL_TLS":
+            from pymesh.security.agent import attach_tls
+
+            self.certs = attach_tls(self, self.client)
         self.client.start()
         probe = self.bootstrap.readiness_probe
         if probe is not None and self.options.probe:
@@ -387,6 +401,9 @@ class Agent:
         if self.client is not None:
             self.client.stop()
             self.client = None
+        if self.certs is not None:
+            self.certs.stop()
+            self.certs = None
         if self.capture_rules is not None:
             # Rules first: nothing may be redirected to a proxy that is going away.
             try:

@@ -48,6 +48,9 @@ def _options(args: argparse.Namespace) -> AgentOptions:
         outbound_listen=args.outbound_listen or (),
         capture=args.capture,
         proxy_uid=args.proxy_uid,
+        control_plane_auth=args.control_plane_auth,
+        cert_dir=args.cert_dir,
+        cert_ttl=args.cert_ttl,
     )
 
 
@@ -85,7 +88,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
     for note in b.notes:
         say(note)
     say(f"node {agent.node.id}")
-    say(f"control plane {agent.target} (discoveryAddress {b.discovery_address}, plaintext)")
+    transport = "mTLS" if agent.control_plane_auth == "MUTUAL_TLS" else "plaintext"
+    say(f"control plane {agent.target} (discoveryAddress {b.discovery_address}, {transport})")
     agent.start()
     if agent.loaded_from_disk:
         say(
@@ -181,6 +185,14 @@ def add_commands(sub: Any) -> None:
         help="install istio-iptables-style capture rules from cluster.env (removed on stop)",
     )
     p.add_argument("--proxy-uid", type=int, help="user whose traffic is never captured (default: the agent's own)")
+    p.add_argument(
+        "--control-plane-auth",
+        type=str.upper,
+        choices=("MUTUAL_TLS", "NONE"),
+        help="TLS to the control plane (default: mesh.yaml's controlPlaneAuthPolicy, else NONE)",
+    )
+    p.add_argument("--cert-dir", metavar="DIR", help="where the workload certificate is kept (default <state>/certs)")
+    p.add_argument("--cert-ttl", type=float, metavar="SECONDS", help="requested certificate lifetime (default 86400)")
     p.add_argument("--dry-run", action="store_true", help="print what would be configured and exit")
     p.add_argument("--output", "-o", choices=("yaml", "json"), default="yaml", help="--dry-run format")
     p.add_argument("--verbose", "-v", action="store_true")

@@ -1,5 +1,5 @@
-"""An ADS state-of-the-world client over grpcio (plaintext; TLS comes with
-the security work).
+"""An ADS state-of-the-world client over grpcio (plaintext, or mTLS through
+``channel_factory`` set by pymesh.security.agent).
 
 Protocol (shared/reference/envoy-lb-and-xds.md §B.2-B.3):
 - One stream at a time. Its first request carries the node; then one
@@ -97,6 +97,10 @@ class XdsClient:
         self.last_nack: tuple[str, str] | None = None  # (type, message)
         self.next_retry: float | None = None  # seconds of the current backoff wait
         self.waits: list[float] = []  # the last backoff waits, oldest first (status, tests)
+        # (target, options) -> grpc.Channel for each new stream; None: plaintext. pymesh.security
+        # sets an mTLS one, which reads the current certificate per stream (rotation never
+        # touches an open stream).
+        self.channel_factory: Callable[[str, list[tuple[str, Any]]], Any] | None = None
 
     # --- public ------------------------------------------------------------------------
 
@@ -245,14 +249,19 @@ class XdsClient:
         from envoy.service.discovery.v3 import ads_pb2_grpc
 
         self._set_state("connecting", self.target)
-        channel = grpc.insecure_channel(
-            self.target,
-            options=[
-                ("grpc.keepalive_time_ms", 30_000),
-                ("grpc.keepalive_timeout_ms", 10_000),
-                ("grpc.max_receive_message_length", 64 << 20),
-            ],
-        )
+        options = [
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.max_receive_message_length", 64 << 20),
+        ]
+        if self.channel_factory is None:
+            channel = grpc.insecure_channel(self.target, options=options)
+        else:
+            try:
+                channel = self.channel_factory(self.target, options)
+            except Exception as e:  # no certificate yet (CA unreachable, token refused): back off, retry
+                self.last_error = f"{type(e).__name__}: {e}"
+                return False
         q: queue.Queue[Any] = queue.Queue()
         got = False
         try:

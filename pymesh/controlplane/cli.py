@@ -38,19 +38,27 @@ def cmd_controlplane(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    from pymesh.security.cli import security_options
+
+    security = security_options(args)
     cp = ControlPlane(
         args.config,
-        xds_listen=args.xds_listen,
+        xds_listen=args.xds_listen or DEFAULT_XDS_LISTEN,
         data_dir=args.data_dir,
         grace_period=args.grace_period,
         debounce=args.debounce,
+        security=security,
+        plaintext=args.xds_listen is not None or security is None,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     cp.start()
     # The bound port on stdout (one line) so scripts using port 0 can find it.
-    print(f"xds {cp.listen[0]}:{cp.port}", flush=True)
+    if cp.plaintext:
+        print(f"xds {cp.listen[0]}:{cp.port}", flush=True)
+    if cp.security is not None:
+        print(f"xds-tls {cp.security.listen[0]}:{cp.secure_port}", flush=True)
     for e in cp.errors:
         print(f"pymesh: rejected: {e}", file=sys.stderr, flush=True)
     try:
@@ -217,7 +225,11 @@ def add_commands(sub: Any) -> None:
     data_help = f"the control plane's data directory (default: {default_data_dir()}; $PYMESH_DATA_DIR overrides)"
     cp = sub.add_parser("controlplane", help="run the control plane: config directory in, xDS (ADS) out")
     cp.add_argument("--config", required=True, help="directory (or file) of Kubernetes-style YAML, watched for changes")
-    cp.add_argument("--xds-listen", default=DEFAULT_XDS_LISTEN, help="ADDR:PORT for gRPC ADS (default: %(default)s)")
+    cp.add_argument(
+        "--xds-listen",
+        default=None,
+        help=f"ADDR:PORT for plaintext, unauthenticated gRPC ADS (tests, dev; e.g. {DEFAULT_XDS_LISTEN})",
+    )
     cp.add_argument("--data-dir", default=None, help=data_help)
     cp.add_argument(
         "--grace-period",
@@ -229,6 +241,9 @@ def add_commands(sub: Any) -> None:
         "--debounce", type=float, default=DEFAULT_DEBOUNCE, help="seconds of quiet before a push (default: %(default)s)"
     )
     cp.add_argument("-v", "--verbose", action="store_true")
+    from pymesh.security.cli import add_controlplane_flags
+
+    add_controlplane_flags(cp)  # --secure-listen, --trust-domain, --plugin-ca, --cert-ttl, --xds-auth
     cp.set_defaults(func=cmd_controlplane)
 
     get = sub.add_parser("get", help="show what the control plane holds, as kubectl would")

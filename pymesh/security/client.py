@@ -81,7 +81,7 @@ class WorkloadCerts:
         self.cluster_id = cluster_id
         self.ttl = ttl
         self.timeout = timeout
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self.held: Held | None = self._load()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -130,8 +130,9 @@ class WorkloadCerts:
         """An mTLS channel (server-only TLS while no certificate is held); gets the first certificate if needed."""
         import grpc
 
-        if self.held is None or not self.held.valid():
-            self.fetch()
+        with self._lock:  # one CSR even when the renewal thread is at it too
+            if self.held is None or not self.held.valid():
+                self.fetch()
         return grpc.secure_channel(
             target or self.target, self.credentials(), options=[*(options or []), *self.options()]
         )

@@ -1,0 +1,78 @@
+"""The VM agent with MUTUAL_TLS to a control plane on its TLS port: its first
+certificate from the istio-token, xDS over mTLS and auto-registration, a
+"reboot" without the token keeping the identity, and a man in the middle
+(another CA under istiod's name) getting nothing."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from agent_helpers import make_agent, write_vm_files
+from cp_helpers import free_port, wait_until
+from sec_helpers import secure_cp
+
+from pymesh.controlplane import ControlPlane
+
+ENTRY = "product-vm-127.0.0.3"
+
+
+def vm_files(tmp: Path, cp: ControlPlane, token: str, root: str) -> Path:
+    d = write_vm_files(tmp / "vm", cp.secure_port)
+    (d / "root-cert.pem").write_text(root)
+    (d / "istio-token").write_text(token + "\n")
+    (d / "resolv.conf").write_text("")
+    return d
+
+
+def test_agent_joins_over_mtls_and_keeps_its_identity_without_the_token(tmp_path: Path) -> None:
+    cp = secure_cp(tmp_path)
+    try:
+        vm = vm_files(tmp_path, cp, cp.security.tokens.create("default", "product"), cp.security.ca.root_pem)
+        agent = make_agent(vm, tmp_path / "state", free_port("127.0.0.1"), control_plane_auth="MUTUAL_TLS")
+        assert agent.plan()["control_plane"]["transport"] == "mtls"
+        agent.start()
+        try:
+            wait_until(lambda: agent.client is not None and agent.client.connected and agent.synced, timeout=20)
+            assert cp.registered_entry("default", ENTRY) is not None
+            certs = tmp_path / "state" / "certs"
+            assert {p.name for p in certs.iterdir()} >= {"cert-chain.pem", "key.pem", "root-cert.pem"}
+            assert agent.certs.held.spiffe_id == "spiffe://cluster.local/ns/default/sa/product"
+        finally:
+            agent.stop()
+        # Reboot: /var/run is gone, so is the token; the persistent certificate is enough.
+        (vm / "istio-token").unlink()
+        issued = cp.security.stats["issued"]
+        again = make_agent(vm, tmp_path / "state", free_port("127.0.0.1"), control_plane_auth="MUTUAL_TLS")
+        again.start()
+        try:
+            wait_until(lambda: again.client is not None and again.client.connected, timeout=20)
+            assert cp.registered_entry("default", ENTRY) is not None
+            assert cp.security.stats["issued"] == issued  # no new token-based issuance was needed
+        finally:
+            again.stop()
+    finally:
+        cp.stop()
+
+
+def test_agent_refuses_a_control_plane_signed_by_another_root(tmp_path: Path) -> None:
+    cp = secure_cp(tmp_path)
+    mitm = secure_cp(tmp_path, "mitm")
+    try:
+        # The hosts file sends istiod.istio-system.svc to the impostor's port.
+        vm = vm_files(tmp_path, mitm, cp.security.tokens.create("default", "product"), cp.security.ca.root_pem)
+        agent = make_agent(vm, tmp_path / "state", free_port("127.0.0.1"), control_plane_auth="MUTUAL_TLS")
+        agent.start()
+        try:
+            wait_until(lambda: agent.client is not None and agent.client.stats["failures"] >= 2, timeout=20)
+            assert not agent.client.connected
+            assert "UNAVAILABLE" in agent.client.last_error
+            assert mitm.security.stats["issued"] == 0 and mitm.security.stats["refused"] == 0
+            assert mitm.call_soon(lambda: len(mitm.ads.connections)) == 0
+            assert not (tmp_path / "state" / "certs" / "cert-chain.pem").exists()
+        finally:
+            agent.stop()
+    finally:
+        mitm.stop()
+        cp.stop()
+        shutil.rmtree(tmp_path / "vm", ignore_errors=True)

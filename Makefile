@@ -77,6 +77,7 @@ wheel-check: wheel ## the wheel is abi3 and installs and runs in a fresh venv wi
 
 bench-short: build ## benchmarks in short mode (CI)
 	cd $(NATIVE) && PYMESH_BENCH_SHORT=1 $(CARGO) bench --bench names
+	cd $(NATIVE) && PYMESH_BENCH_SHORT=1 $(CARGO) bench --bench lb
 	$(BIN)/python benchmarks/dns_bench.py --short
 	PYMESH_BENCH_SHORT=1 $(BIN)/python benchmarks/relay_bench.py
 	$(BIN)/python benchmarks/controlplane_bench.py --short
@@ -84,6 +85,7 @@ bench-short: build ## benchmarks in short mode (CI)
 
 bench: build ## full benchmarks (criterion + pytest-benchmark); takes minutes
 	cd $(NATIVE) && $(CARGO) bench --bench names
+	cd $(NATIVE) && $(CARGO) bench --bench lb
 	$(BIN)/pytest -q benchmarks --benchmark-columns=min,median,max,ops --benchmark-sort=name
 	$(BIN)/python benchmarks/controlplane_bench.py
 

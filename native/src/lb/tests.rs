@@ -204,21 +204,31 @@ fn hash_policies_same_key_same_endpoint_across_rebuilds() {
 }
 
 /// Share of keys that move when one of 100 endpoints is removed, over the
-/// optimum (1/100). Envoy measures the same; Maglev moves more than ring
-/// hash by design (its docs: about twice as many keys).
+/// optimum (1/100), averaged over removing each of 10 different endpoints
+/// (which endpoint goes changes the figure: ring hash moves exactly the
+/// removed endpoint's keys, whose share varies with its arcs). Envoy measures
+/// the same; Maglev moves more than ring hash by design (about twice as many
+/// keys, its docs say). Envoy's default ring (1024 entries) keeps 11 entries
+/// per host for both 100 and 99 hosts, so the other hosts' arcs stay put;
+/// a 64k ring would add entries to every host (656 -> 662) and move ~0.9%
+/// more keys, as it does in Envoy.
 pub(crate) fn disruption(policy: &str, keys: usize) -> f64 {
     let eps: Vec<Value> = (0..100).map(|i| ep(&format!("10.2.{}.{}:80", i / 200, i % 200 + 1), 1)).collect();
-    let fewer: Vec<Value> = eps.iter().enumerate().filter(|(i, _)| *i != 37).map(|(_, e)| e.clone()).collect();
-    let t1 = table(json!([cluster("c", policy, vec![group(0, eps)])]), 1);
-    let t2 = table(json!([cluster("c", policy, vec![group(0, fewer)])]), 1);
-    let mut moved = 0;
-    for k in 0..keys {
-        let h = hash_key(format!("key-{k}").as_bytes());
-        if t1.pick("c", Some(h), &mut Rng::new(0)).unwrap() != t2.pick("c", Some(h), &mut Rng::new(0)).unwrap() {
-            moved += 1;
-        }
+    let t1 = table(json!([cluster("c", policy, vec![group(0, eps.clone())])]), 1);
+    let hashes: Vec<u64> = (0..keys).map(|k| hash_key(format!("key-{k}").as_bytes())).collect();
+    let before: Vec<_> = hashes.iter().map(|&h| t1.pick("c", Some(h), &mut Rng::new(0)).unwrap()).collect();
+    let mut total = 0.0;
+    for removed in (0..100).step_by(10) {
+        let fewer: Vec<Value> = eps.iter().enumerate().filter(|(i, _)| *i != removed).map(|(_, e)| e.clone()).collect();
+        let t2 = table(json!([cluster("c", policy, vec![group(0, fewer)])]), 1);
+        let moved = hashes
+            .iter()
+            .zip(&before)
+            .filter(|(&h, b)| t2.pick("c", Some(h), &mut Rng::new(0)).unwrap() != **b)
+            .count();
+        total += (moved as f64 / keys as f64) / (1.0 / 100.0);
     }
-    (moved as f64 / keys as f64) / (1.0 / 100.0)
+    total / 10.0
 }
 
 #[test]

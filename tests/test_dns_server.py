@@ -305,3 +305,17 @@ def test_reconfigure_while_serving_and_config_errors() -> None:
         with pytest.raises(PymeshError, match=addr.split(":")[0]):
             s.start()
         assert not s.running
+
+
+def test_stop_and_start_again_keeps_the_table() -> None:
+    from pymesh.dnsproxy import DnsServer
+
+    s = DnsServer(listen=["127.0.0.1:0"], workers=1)
+    s.swap_table(make_table())
+    for _ in range(2):
+        addr = s.start()[0]
+        assert s.start() == [addr]  # idempotent while running
+        assert addresses(query(addr, "product")) == ["10.96.0.20"]
+        s.stop()
+        assert not s.running and s.addresses == []
+    s.stop()  # idempotent

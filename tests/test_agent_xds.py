@@ -262,6 +262,11 @@ def test_update_callbacks_and_a_custom_redirect_builder(ads: ScriptedAds, tmp_pa
         ads.request(CDS)
         ads.request(CDS, nonce=ads.push(CDS, "1", [pack(eds_cluster(C1))]))
         ads.request(NDS, nonce=ads.push(NDS_TYPE, "1", [pack(name_table("10.97.0.20"), NDS_TYPE)]))
+        # Warming: the new cluster has no endpoints yet, so its VIP passes through.
+        assert agent.status()["warming"] == [C1] and C1 not in agent.lb
+        assert seen[-1].services == () and seen[-1].redirect.classify("10.97.0.20", 8080) == ("passthrough", None)
+        ads.request(EDS, nonce=ads.push(EDS, "1", [pack(cla(C1, "10.0.0.1"))]))
+        assert agent.status()["warming"] == []
         wait_until(lambda: seen[-1].services)
         t = seen[-1]
         assert t.services == ({"address": "10.97.0.20", "port": 8080, "cluster": C1},)
@@ -411,6 +416,8 @@ def test_delta_subscriptions_acks_nacks_and_removals(tmp_path: Path) -> None:
             ads.request(CDS, nonce=ads.push_delta(CDS, "3", {c2: pack(eds_cluster(c2))}))
             sub = ads.request(EDS)
             assert list(sub.resource_names_subscribe) == [c2] and not sub.resource_names_unsubscribe
+            assert agent.lb.clusters() == [C1]  # c2 warms until its endpoints arrive
+            ads.request(EDS, nonce=ads.push_delta(EDS, "3", {c2: pack(cla(c2, "10.0.1.1"))}))
             assert sorted(agent.lb.clusters()) == sorted([C1, c2])
 
             # Removal: the first cluster goes, its EDS is unsubscribed.
@@ -427,7 +434,8 @@ def test_delta_subscriptions_acks_nacks_and_removals(tmp_path: Path) -> None:
             again = ads.request(CDS)
             assert again.HasField("node") and dict(again.initial_resource_versions) == {c2: f"3-{c2}"}
             eds = ads.request(EDS)
-            assert list(eds.resource_names_subscribe) == [c2] and dict(eds.initial_resource_versions) == {}
+            assert list(eds.resource_names_subscribe) == [c2]
+            assert dict(eds.initial_resource_versions) == {c2: f"3-{c2}"}  # C1's was dropped with its unsubscribe
     finally:
         ads.stop()
 
@@ -438,6 +446,7 @@ def test_saved_state_of_another_node_or_control_plane_is_not_served(ads: Scripte
     with make_agent(vm, state, free_port("127.0.0.1")) as agent:
         ads.request(CDS)
         ads.request(CDS, nonce=ads.push(CDS, "1", [pack(eds_cluster(C1))]))
+        ads.request(EDS, nonce=ads.push(EDS, "1", [pack(cla(C1, "10.0.0.1"))]))
         assert agent.lb.clusters() == [C1]
     ads.stop()
     # Same files, same state dir, another node name: the saved tables are someone else's.
@@ -445,3 +454,29 @@ def test_saved_state_of_another_node_or_control_plane_is_not_served(ads: Scripte
     with other:
         assert other.loaded_from_disk == [] and other.lb.clusters() == []
     assert not (state / "cds.pb").exists()  # discarded, never mixed with vm-2's own
+
+
+def test_warming_cluster_without_endpoints_joins_after_the_timeout(ads: ScriptedAds, tmp_path: Path) -> None:
+    vm = write_vm_files(tmp_path / "vm", ads.port)
+    agent = make_agent(vm, tmp_path / "state", free_port("127.0.0.1"), warm_timeout=0.3)
+    with agent:
+        ads.request(CDS)
+        ads.request(CDS, nonce=ads.push(CDS, "1", [pack(eds_cluster(C1))]))
+        ads.request(EDS, nonce=ads.push(EDS, "1", [pack(cla(C1, "10.0.0.1"))]))
+        ads.request(NDS, nonce=ads.push(NDS_TYPE, "1", [pack(name_table("10.96.0.20"), NDS_TYPE)]))
+        # A changed definition of a cluster with endpoints: no warming, applied at once.
+        changed = eds_cluster(C1, lb_policy=cluster_pb2.Cluster.RANDOM)
+        c3 = "outbound|7070||product.default.svc.cluster.local"
+        ads.request(CDS, nonce=ads.push(CDS, "2", [pack(changed), pack(eds_cluster(c3))]))
+        assert agent.lb.cluster_info(C1)["policy"] == "RANDOM" and agent.status()["warming"] == [c3]
+        assert agent.route("10.96.0.20", 7070).verdict == "passthrough"
+        # Its EDS never comes: after warm_timeout it serves, with no endpoint to pick.
+        wait_until(lambda: c3 in agent.lb, timeout=5)
+        assert agent.status()["warming"] == [] and agent.lb.endpoints(c3) == []
+        r = agent.route("10.96.0.20", 7070)
+        assert (r.verdict, r.cluster, r.endpoint) == ("cluster", c3, None)
+        # A bad new cluster is still rejected at CDS time, although it would warm.
+        bad = eds_cluster("outbound|6060||x.default.svc.cluster.local", lb_policy=cluster_pb2.Cluster.ROUND_ROBIN)
+        bad.maglev_lb_config.table_size.value = 65537
+        nack = ads.request(CDS, nonce=ads.push(CDS, "3", [pack(changed), pack(eds_cluster(c3)), pack(bad)]))
+        assert "maglev_lb_config" in nack.error_detail.message and agent.status()["warming"] == []

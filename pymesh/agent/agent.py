@@ -62,9 +62,10 @@ The interface for the outbound proxy and the capture side
   (istio-iptables' variables) for the rules, plus ``agent.options.dns_listen``
   for the DNS redirect target.
 
-Clusters whose EDS has not arrived yet are served with no endpoints (no
-warming): the control plane answers the EDS subscription in the same
-round trip.
+Warming: a new EDS cluster joins the lbtable and the redirection table when
+its endpoints arrive (its VIPs pass through until then), or after
+``warm_timeout`` seconds with none; a changed one keeps its previous version
+serving meanwhile, as Envoy does.
 """
 
 from __future__ import annotations
@@ -133,6 +134,10 @@ class AgentOptions:
     namespace: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     lb_seed: int | None = None
+    # Envoy's cluster warming: a new EDS cluster joins the lbtable (and the
+    # redirection table) when its endpoints arrive, or after this many seconds
+    # without them (Envoy's initial_fetch_timeout default), then with none.
+    warm_timeout: float = 15.0
     # Builds the redirection table from the service VIP:port list; the default
     # uses cluster.env's capture variables. The capture side passes
     # ``lambda services: pymesh.capture.redirect_table(config, services)`` so the
@@ -241,6 +246,7 @@ class Agent:
         self._callbacks: list[Callable[[Tables], None]] = []
         self.loaded_from_disk: list[str] = []
         self._identity_saved = False
+        self._warming: dict[str, float] = {}  # cluster -> monotonic deadline
         self.health: tuple[bool, str] | None = None
 
         self.dns: Any = None  # pymesh.dnsproxy.DnsProxy when running
@@ -481,9 +487,30 @@ class Agent:
                 self.lb.tick()
             except PymeshError:
                 log.exception("lbtable tick failed")
+            if self._warming:
+                self._expire_warming(time.monotonic())
             if iv > 0 and time.monotonic() - last_health >= iv and self.client is not None:
                 self.client.resend_health()
                 last_health = time.monotonic()
+
+    def _expire_warming(self, now: float) -> None:
+        with self._apply_lock:
+            expired = {n: self._clusters[n] for n, t in self._warming.items() if t <= now and n in self._clusters}
+            if not expired:
+                return
+            log.warning(
+                "no endpoints for %s within %gs; serving without endpoints",
+                ", ".join(sorted(expired)),
+                self.options.warm_timeout,
+            )
+            try:
+                self.lb.load(self._lb_input(expired, self._cla), replace=False)
+            except PymeshError as e:  # validated at CDS time; kept out rather than crash the ticker
+                log.error("warming clusters not added: %s", e)
+            for n in expired:
+                self._warming.pop(n, None)
+            self._rebuild_redirect()
+            self._publish()
 
     def _on_xds_state(self, state: str, detail: str) -> None:
         if state == "connected":
@@ -551,6 +578,7 @@ class Agent:
             "endpoints": sum(len(eps) for eps in self.endpoints().values()),
             "names": len(self.names) if self.names is not None else 0,
             "generation": self.tables.generation,
+            "warming": sorted(self._warming),
             "health": self.health,
             "loaded_from_disk": list(self.loaded_from_disk),
             "dns": self.dns.server.addresses if self.dns is not None else [],
@@ -559,12 +587,13 @@ class Agent:
 
     # --- applying pushes -------------------------------------------------------------------
 
+    @staticmethod
+    def _svc(name: str, cluster: dict[str, Any]) -> str:
+        """The EDS resource name of a cluster: its service_name, else its name."""
+        return str((cluster.get("eds_cluster_config") or {}).get("service_name") or name)
+
     def _eds_names(self) -> set[str]:
-        out = set()
-        for name, c in self._clusters.items():
-            if c.get("type") in ("EDS", 3):
-                out.add(str((c.get("eds_cluster_config") or {}).get("service_name") or name))
-        return out
+        return {self._svc(n, c) for n, c in self._clusters.items() if c.get("type") in ("EDS", 3)}
 
     def _lb_input(self, clusters: dict[str, dict[str, Any]], cla: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         out = []
@@ -616,11 +645,20 @@ class Agent:
             clusters[msg.name] = d
             anys[msg.name] = a
         with self._apply_lock:
+            # Warming (Envoy's make-before-break, reference §B.2): a changed EDS
+            # cluster whose endpoints are not known yet waits for its EDS (its
+            # previous version, if any, keeps serving). It is still validated
+            # now, on a scratch table, so a bad definition is this push's NACK.
+            warming = {
+                n for n in changed if clusters[n].get("type") == "EDS" and self._svc(n, clusters[n]) not in self._cla
+            }
+            if warming:
+                LbTable(seed=0).load(self._lb_input({n: clusters[n] for n in warming}, {}), replace=True)
             # SotW CDS carries every cluster; only the new and changed ones are
             # built (one upsert: the lbtable validates them all first and swaps
             # atomically, so an error leaves the serving table unchanged), then
             # the clusters no longer served are removed.
-            upsert = self._lb_input({n: clusters[n] for n in changed}, self._cla)
+            upsert = self._lb_input({n: clusters[n] for n in changed - warming}, self._cla)
             if upsert:
                 self.lb.load(upsert, replace=False)
             served = {n for n, c in clusters.items() if c.get("type") in LB_TYPES}
@@ -628,6 +666,12 @@ class Agent:
             if gone:
                 self.lb.remove(gone)
             self._clusters, self._cds, self.logical_dns = clusters, anys, logical
+            now = time.monotonic()
+            self._warming = {
+                n: self._warming.get(n, now + self.options.warm_timeout)
+                for n in warming | set(self._warming)
+                if n in clusters and n not in changed - warming
+            }
             self._versions[CDS] = version
             wanted = self._eds_names()
             # Forget endpoints of clusters that are gone (EDS deletion is implicit, §B.2).
@@ -662,16 +706,15 @@ class Agent:
             cla = {**self._cla, **incoming}
             # Only the clusters whose assignment came are rebuilt (an upsert);
             # the others keep their snapshots, round-robin positions and all.
-            touched = {
-                n: c
-                for n, c in self._clusters.items()
-                if str((c.get("eds_cluster_config") or {}).get("service_name") or n) in incoming
-            }
+            touched = {n: c for n, c in self._clusters.items() if self._svc(n, c) in incoming}
             if touched:
                 self.lb.load(self._lb_input(touched, cla), replace=False)
             self._cla = cla
             self._eds = {**self._eds, **anys}
             self._versions[EDS] = version
+            warmed = [n for n in touched if self._warming.pop(n, None) is not None]
+            if warmed:
+                self._rebuild_redirect()  # their VIPs now lead to them
             if touched:
                 self._publish()
         if persist and incoming:
@@ -718,6 +761,8 @@ class Agent:
             host, port, subset = parsed
             if subset:
                 continue  # subsets are chosen by routes, never by destination
+            if cname in self._warming and cname not in self.lb:
+                continue  # not serving yet: its VIPs pass through until its endpoints arrive
             m = names.lookup(host)
             if m is None:
                 continue

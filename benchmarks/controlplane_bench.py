@@ -185,7 +185,8 @@ def main() -> int:
         cmd += ["--eds", str(a.eds)] + (["--delta"] if delta else [])
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
         if r.returncode != 0:
-            print(r.stderr[-4000:], file=sys.stderr)
+            err = r.stderr
+            print(err if len(err) < 6000 else err[:3000] + "\n...\n" + err[-3000:], file=sys.stderr)
             return 1
         results.append(json.loads(r.stdout.strip().splitlines()[-1]))
     inc, naive, inc_delta = results

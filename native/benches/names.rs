@@ -1,5 +1,7 @@
-//! Name table benchmarks: build time, lookup latency per query form, lookup
-//! latency while tables are rebuilt and swapped, and memory per entry.
+//! Name table benchmarks: build time, lookup latency per query form (queries
+//! spread over the whole table, so cold at scale, and a hot set of 1,000
+//! names), batched lookups, lookup latency while tables are rebuilt and
+//! swapped, and memory per entry.
 //!
 //! The table looks like a real mesh: `svc-{i}.ns-{i % 100}.svc.cluster.local`
 //! Kubernetes services with one IPv4 address each (every 5th also IPv6), seen
@@ -24,6 +26,10 @@ use pymesh_core::names::{Hit, LiveNameTable, NameConfig, NameEntry, NameTable, Q
 const NAMESPACES: usize = 100;
 /// Table size of the rebuild benchmark.
 const REBUILD_N: usize = 100_000;
+/// Names queried by `lookup_hit_hot`.
+const HOT_SET: usize = 1_000;
+/// Names per `lookup_batch` call in `lookup_hit_batch`.
+const BATCH: usize = 64;
 
 /// Short mode: the CI-sized run, or a run-once test run (`--test`, or no
 /// `--bench` flag as under `cargo test --benches`, which is unoptimised).
@@ -178,6 +184,43 @@ fn bench_lookup(c: &mut Criterion) {
             });
             group.finish();
         }
+        // DNS traffic concentrates on few names: the same table, queried for
+        // a hot set of 1,000 of its names (the first of the permutation, so
+        // spread over the whole table), which then live in the CPU caches.
+        // The cold `lookup_hit` above is the worst case, this the common one.
+        let hot = Queries::new(&order[..HOT_SET.min(n)], |i| QUERY_SETS[0].1(i, n));
+        let mut group = c.benchmark_group("lookup_hit_hot");
+        group.throughput(Throughput::Elements(1));
+        group.bench_function(BenchmarkId::from_parameter(n), |b| {
+            let mut k = 0usize;
+            b.iter(|| {
+                let q = QueryName::new(hot.get(k)).expect("valid query");
+                k += 1;
+                black_box(answer(table.lookup(black_box(&q))));
+            })
+        });
+        group.finish();
+        // The many-names path (`lookup_many`): batches of BATCH queries of the
+        // cold set, built and looked up together. Time is per batch; divide
+        // by BATCH for a name (criterion's throughput shows names/s).
+        let mut group = c.benchmark_group("lookup_hit_batch");
+        group.throughput(Throughput::Elements(BATCH as u64));
+        let cold = Queries::new(&order, |i| QUERY_SETS[0].1(i, n));
+        group.bench_function(BenchmarkId::from_parameter(n), |b| {
+            let mut k = 0usize;
+            let mut batch = Vec::with_capacity(BATCH);
+            b.iter(|| {
+                batch.clear();
+                for _ in 0..BATCH {
+                    batch.push(QueryName::new(cold.get(k)).expect("valid query"));
+                    k += 1;
+                }
+                table.lookup_batch(black_box(&batch), |_, hit| {
+                    black_box(answer(hit));
+                });
+            })
+        });
+        group.finish();
     }
 }
 

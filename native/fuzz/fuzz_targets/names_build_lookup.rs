@@ -182,7 +182,20 @@ fuzz_target!(|data: &[u8]| {
         .collect();
     assert_eq!(table.len(), included.len());
     assert_eq!(table.skipped(), entries.len() - included.len());
-    for query in derive_queries(&entries, table.search(), extra) {
-        check(&table, &again, &included, &query);
+    let queries = derive_queries(&entries, table.search(), extra);
+    for query in &queries {
+        check(&table, &again, &included, query);
     }
+    // The batched lookup answers exactly as one lookup per name, in order.
+    let names: Vec<QueryName> = queries.iter().filter_map(|q| QueryName::new(q.as_bytes())).collect();
+    let mut next = 0;
+    table.lookup_batch(&names, |i, hit| {
+        assert_eq!(i, next, "lookup_batch out of order");
+        next += 1;
+        let one = table.lookup(&names[i]);
+        let addrs = |h: &Hit<'_>| (h.ipv4.to_vec(), h.ipv6.to_vec());
+        assert_eq!(hit.as_ref().map(key), one.as_ref().map(key), "{:?}: batch and single lookup differ", names[i]);
+        assert_eq!(hit.as_ref().map(addrs), one.as_ref().map(addrs), "{:?}: batch addresses differ", names[i]);
+    });
+    assert_eq!(next, names.len(), "lookup_batch skipped names");
 });

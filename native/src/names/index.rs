@@ -7,7 +7,13 @@
 //! Linear probing at a load factor of at most 2/3; a position is derived from
 //! the low hash bits with a multiply (no power-of-two rounding), so memory
 //! follows the key count closely.
+//!
+//! The slot carries both the entry and the key's place on purpose: with them
+//! a hit's two reads after the slot (key bytes, entry record) are independent
+//! and their cache misses overlap. An 8-byte slot (tag, entry) would have to
+//! find the key through the record, one more miss in series.
 
+use super::huge;
 use super::table::Form;
 
 #[derive(Clone, Copy, Default)]
@@ -37,6 +43,25 @@ pub(crate) struct Found {
     pub form: Form,
 }
 
+/// Asks the CPU to start loading the cache line holding `x`. Only a hint:
+/// nothing is read, so any address would do; it never faults.
+#[inline]
+pub(crate) fn prefetch<T>(x: &T) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // SAFETY: `_mm_prefetch` needs SSE, which every x86_64 CPU has; it
+        // is a hint that neither reads nor writes memory visibly and never
+        // faults, and the pointer comes from a live reference anyway.
+        #[allow(unused_unsafe)]
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T0>((x as *const T).cast::<i8>())
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = x;
+}
+
 #[inline]
 fn hash(key: &[u8], seed: u64) -> u64 {
     xxhash_rust::xxh3::xxh3_64_with_seed(key, seed)
@@ -57,7 +82,10 @@ impl Index {
     /// probe sequences cannot be predicted from outside.
     pub fn with_capacity(keys: usize, seed: u64) -> Index {
         let cap = if keys == 0 { 0 } else { keys + keys / 2 + 1 };
-        Index { slots: vec![Slot::default(); cap].into_boxed_slice(), seed }
+        let mut slots = Vec::with_capacity(cap);
+        huge::advise(slots.as_ptr(), cap);
+        slots.resize(cap, Slot::default());
+        Index { slots: slots.into_boxed_slice(), seed }
     }
 
     pub fn capacity(&self) -> usize {
@@ -71,11 +99,55 @@ impl Index {
     /// Looks a normalised key up. `arena` is the table's name arena.
     #[inline]
     pub fn get(&self, key: &[u8], arena: &[u8]) -> Option<Found> {
+        self.get_hashed(self.hash(key), key, arena)
+    }
+
+    /// The hash `get_hashed` wants for `key`.
+    #[inline]
+    pub fn hash(&self, key: &[u8]) -> u64 {
+        hash(key, self.seed)
+    }
+
+    /// Starts loading the slot where the probe for hash `h` begins.
+    #[inline]
+    pub fn prefetch_home(&self, h: u64) {
+        if !self.slots.is_empty() {
+            prefetch(&self.slots[home(h, self.slots.len())]);
+        }
+    }
+
+    /// The first slot of the probe for (`h`, `len`) whose tag matches,
+    /// without comparing the key: `(entry, key_off)` to prefetch.
+    #[inline]
+    pub fn peek(&self, h: u64, len: usize) -> Option<(u32, u32)> {
+        let cap = self.slots.len();
+        if cap == 0 || len > LEN_MASK as usize {
+            return None;
+        }
+        let want = tag_of(h, len);
+        let mut i = home(h, cap);
+        loop {
+            let s = &self.slots[i];
+            if s.tag == 0 {
+                return None;
+            }
+            if s.tag & !FORM_MASK == want {
+                return Some((s.entry, s.key_off));
+            }
+            i += 1;
+            if i == cap {
+                i = 0;
+            }
+        }
+    }
+
+    /// `get` with the key's hash already computed.
+    #[inline]
+    pub fn get_hashed(&self, h: u64, key: &[u8], arena: &[u8]) -> Option<Found> {
         let cap = self.slots.len();
         if cap == 0 || key.len() > LEN_MASK as usize {
             return None;
         }
-        let h = hash(key, self.seed);
         let want = tag_of(h, key.len());
         let mut i = home(h, cap);
         loop {

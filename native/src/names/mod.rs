@@ -7,6 +7,7 @@
 
 mod entry;
 mod hostname;
+mod huge;
 mod index;
 mod live;
 mod load;

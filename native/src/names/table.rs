@@ -21,13 +21,20 @@
 //!   hostname as given. Istio's result depends on Go map order; this never does;
 //! - an alt host of a wildcard entry answers under the queried name, like a
 //!   wildcard match: no answer ever carries a literal `*`.
+//!
+//! Layout (ARCHITECTURE.md, "Tables"): names in one arena, a 32-byte record
+//! per entry with its single address of each family inline (see `Rec`),
+//! address arrays for entries with several, and the hash indexes of
+//! `index.rs`. A hit reads an index slot, then the key's bytes and the
+//! record side by side: two cache misses in series on a cold table.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::entry::{label, registry_rank, NameConfig, NameEntry, ValidConfig};
 use super::hostname::{normalize_table_name, QueryName};
-use super::index::Index;
+use super::huge;
+use super::index::{prefetch, Index};
 use crate::error::{Error, Result};
 
 /// The form of a name under which a query matched its entry.
@@ -84,20 +91,50 @@ impl Form {
     }
 }
 
-/// One entry in the snapshot. 24 bytes; strings live in the arena.
+/// Queries [`NameTable::lookup_batch`] has in flight at once: enough to
+/// keep the CPU's outstanding-miss slots busy, few enough that the lines
+/// prefetched for the first are still cached when it is finished.
+const BATCH: usize = 16;
+
+/// One entry in the snapshot: 32 bytes aligned to 32, so a lookup reads it
+/// from one cache line. Strings live in the arena.
+///
+/// An entry with one address of a family (nearly all of them) holds it
+/// inline: a hit then reads no address array, whose line would be one more
+/// cache miss after the record's (the record is found in parallel with the
+/// key's bytes, both from the index slot). An entry with several holds in
+/// that field the start of its run in the table's address array instead.
 #[derive(Clone, Copy, Debug)]
+#[repr(C, align(32))]
 struct Rec {
+    /// The IPv6 address if `n6 == 1`, else the start of the run in `v6`.
+    v6: Ipv6Addr,
+    /// The IPv4 address if `n4 == 1`, else the start of the run in `v4`.
+    v4: Ipv4Addr,
     name_off: u32,
-    /// Where `shortname` then `.namespace` start (see `meta`).
-    meta_off: u32,
-    v4_start: u32,
-    v6_start: u32,
     n4: u16,
     n6: u16,
     name_len: u8,
     registry: u8,
     short_len: u8,
     ns_len: u8,
+}
+
+impl Rec {
+    /// The field holding the IPv4 address or run start for `n` addresses.
+    fn v4_field(addrs: &[Ipv4Addr], run_start: usize) -> Ipv4Addr {
+        match addrs {
+            [a] => *a,
+            _ => Ipv4Addr::from(run_start as u32),
+        }
+    }
+
+    fn v6_field(addrs: &[Ipv6Addr], run_start: usize) -> Ipv6Addr {
+        match addrs {
+            [a] => *a,
+            _ => Ipv6Addr::from(run_start as u128),
+        }
+    }
 }
 
 /// A successful lookup: the entry's canonical name and addresses, borrowed
@@ -134,6 +171,9 @@ pub struct NameTable {
     config: ValidConfig,
     arena: Box<str>,
     recs: Box<[Rec]>,
+    /// Per entry, where `shortname` then `.namespace` start in the arena:
+    /// read only by iteration, so kept out of the records.
+    meta_offs: Box<[u32]>,
     v4: Box<[Ipv4Addr]>,
     v6: Box<[Ipv6Addr]>,
     registries: Box<[Box<str>]>,
@@ -217,6 +257,16 @@ fn forms_inside_hostname(p: &Prepared) -> bool {
         && h[s.len() + 1 + n.len()..].starts_with(".svc")
 }
 
+/// Arena bytes an entry needs beyond its hostname and alt hosts for
+/// `shortname.namespace.svc`: none when that is the start of the hostname.
+fn meta_len(p: &Prepared) -> usize {
+    if (p.shortname.is_empty() && p.namespace.is_empty()) || forms_inside_hostname(p) {
+        return 0;
+    }
+    let dot = usize::from(!p.shortname.is_empty() && !p.namespace.is_empty());
+    p.shortname.len() + dot + p.namespace.len() + if p.k8s_forms { 4 } else { 0 }
+}
+
 /// Which of two entries for one hostname is kept: Kubernetes first, then the
 /// smaller hostname as given.
 fn host_rank<'p>(p: &'p Prepared) -> (u8, &'p str) {
@@ -288,7 +338,7 @@ impl NameTable {
             if p.k8s_forms {
                 keys += 2 + usize::from(p.namespace == cfg.namespace);
             }
-            arena_len += p.shortname.len() + p.namespace.len() + 5;
+            arena_len += meta_len(p);
             prepared.push(p);
         }
         drop(winner);
@@ -297,8 +347,13 @@ impl NameTable {
         }
 
         let seed = random_seed();
+        // Sized exactly, so that they are never reallocated: the huge-page
+        // advice is given before their pages are first touched.
         let mut arena = String::with_capacity(arena_len);
+        huge::advise(arena.as_ptr(), arena.capacity());
         let mut recs = Vec::with_capacity(prepared.len());
+        huge::advise(recs.as_ptr(), recs.capacity());
+        let mut meta_offs = Vec::with_capacity(prepared.len());
         let mut v4 = Vec::new();
         let mut v6 = Vec::new();
         let mut registries: Vec<Box<str>> = Vec::new();
@@ -322,7 +377,7 @@ impl NameTable {
             arena.push_str(&p.hostname);
             // `shortname.namespace.svc` is usually the start of the hostname
             // itself; then the short forms cost no bytes at all.
-            let meta_off = if (p.shortname.is_empty() && p.namespace.is_empty()) || forms_inside_hostname(p) {
+            let meta_off = if meta_len(p) == 0 {
                 name_off
             } else {
                 let off = arena.len() as u32;
@@ -337,10 +392,9 @@ impl NameTable {
                 off
             };
             recs.push(Rec {
+                v6: Rec::v6_field(&p.v6, v6.len()),
+                v4: Rec::v4_field(&p.v4, v4.len()),
                 name_off,
-                meta_off,
-                v4_start: v4.len() as u32,
-                v6_start: v6.len() as u32,
                 n4: p.v4.len() as u16,
                 n6: p.v6.len() as u16,
                 name_len: p.hostname.len() as u8,
@@ -348,8 +402,14 @@ impl NameTable {
                 short_len: p.shortname.len() as u8,
                 ns_len: p.namespace.len() as u8,
             });
-            v4.extend_from_slice(&p.v4);
-            v6.extend_from_slice(&p.v6);
+            meta_offs.push(meta_off);
+            // Single addresses live in the record (see `Rec`).
+            if p.v4.len() > 1 {
+                v4.extend_from_slice(&p.v4);
+            }
+            if p.v6.len() > 1 {
+                v6.extend_from_slice(&p.v6);
+            }
             ranks.push(RankKey { registry: registry_rank(p.src.is_kubernetes()), original: &p.src.hostname });
 
             // The keys of this entry: (arena offset, length, form).
@@ -378,10 +438,12 @@ impl NameTable {
                 }
             }
         }
+        debug_assert_eq!(arena.len(), arena_len, "arena sized exactly");
         Ok(NameTable {
             config: cfg,
             arena: arena.into_boxed_str(),
             recs: recs.into_boxed_slice(),
+            meta_offs: meta_offs.into_boxed_slice(),
             v4: v4.into_boxed_slice(),
             v6: v6.into_boxed_slice(),
             registries: registries.into_boxed_slice(),
@@ -394,13 +456,54 @@ impl NameTable {
     /// Looks a normalised query name up (see the module docs for the rules).
     #[inline]
     pub fn lookup<'a>(&'a self, q: &'a QueryName) -> Option<Hit<'a>> {
-        let name = q.as_str();
-        if let Some(h) = self.exact_hit(name, None) {
+        // Exact keys are matched as bytes: the query is ASCII, and a hit's
+        // name comes from the table, so no UTF-8 check on the common path.
+        let bytes = q.as_bytes();
+        if let Some(h) = self.exact_hit(q, bytes, None) {
             return Some(h);
         }
+        self.lookup_past_exact(q)
+    }
+
+    /// Looks up many names: the result for each is the one [`lookup`]
+    /// (Self::lookup) gives, handed to `f` with the query's position, in
+    /// order. On tables larger than the CPU caches this is several times
+    /// faster than one by one: the index slots, then the records and names,
+    /// of a group of queries are requested from memory together, so their
+    /// cache misses overlap instead of following one another.
+    pub fn lookup_batch<'a>(&'a self, queries: &'a [QueryName], mut f: impl FnMut(usize, Option<Hit<'a>>)) {
+        for (c, chunk) in queries.chunks(BATCH).enumerate() {
+            let mut hashes = [0u64; BATCH];
+            for (h, q) in hashes.iter_mut().zip(chunk) {
+                *h = self.exact.hash(q.as_bytes());
+                self.exact.prefetch_home(*h);
+            }
+            for (&h, q) in hashes.iter().zip(chunk) {
+                if let Some((entry, key_off)) = self.exact.peek(h, q.as_bytes().len()) {
+                    if let Some(r) = self.recs.get(entry as usize) {
+                        prefetch(r);
+                    }
+                    if let Some(b) = self.arena.as_bytes().get(key_off as usize) {
+                        prefetch(b);
+                    }
+                }
+            }
+            for (i, (&h, q)) in hashes.iter().zip(chunk).enumerate() {
+                let hit = match self.exact_hit_hashed(q, q.as_bytes(), h, None) {
+                    Some(hit) => Some(hit),
+                    None => self.lookup_past_exact(q),
+                };
+                f(c * BATCH + i, hit);
+            }
+        }
+    }
+
+    /// The rest of a lookup once the query itself is no exact key.
+    fn lookup_past_exact<'a>(&'a self, q: &'a QueryName) -> Option<Hit<'a>> {
+        let bytes = q.as_bytes();
         for (i, s) in self.config.search.iter().enumerate() {
-            if let Some(x) = strip_suffix_domain(name, s) {
-                if let Some(h) = self.exact_hit(x, Some(i)) {
+            if let Some(x) = strip_suffix_domain(bytes, s.as_bytes()) {
+                if let Some(h) = self.exact_hit(q, x, Some(i)) {
                     return Some(h);
                 }
             }
@@ -408,12 +511,14 @@ impl NameTable {
         if self.wild.capacity() == 0 {
             return None;
         }
+        let name = q.as_str();
         if let Some(h) = self.wildcard_hit(name, None) {
             return Some(h);
         }
         for (i, s) in self.config.search.iter().enumerate() {
-            if let Some(x) = strip_suffix_domain(name, s) {
-                if let Some(h) = self.wildcard_hit(x, Some(i)) {
+            if let Some(x) = strip_suffix_domain(bytes, s.as_bytes()) {
+                // `x` is a prefix of the query: ASCII, so a char boundary.
+                if let Some(h) = self.wildcard_hit(&name[..x.len()], Some(i)) {
                     return Some(h);
                 }
             }
@@ -430,14 +535,26 @@ impl NameTable {
         }
     }
 
+    /// `key` is the query `q` or a prefix of it (a search domain stripped).
     #[inline]
-    fn exact_hit<'a>(&'a self, key: &'a str, search_index: Option<usize>) -> Option<Hit<'a>> {
-        let found = self.exact.get(key.as_bytes(), self.arena.as_bytes())?;
+    fn exact_hit<'a>(&'a self, q: &'a QueryName, key: &[u8], search_index: Option<usize>) -> Option<Hit<'a>> {
+        self.exact_hit_hashed(q, key, self.exact.hash(key), search_index)
+    }
+
+    #[inline]
+    fn exact_hit_hashed<'a>(
+        &'a self,
+        q: &'a QueryName,
+        key: &[u8],
+        h: u64,
+        search_index: Option<usize>,
+    ) -> Option<Hit<'a>> {
+        let found = self.exact.get_hashed(h, key, self.arena.as_bytes())?;
         let r = &self.recs[found.entry as usize];
         let name = self.name_of(r);
         // An alt host of a wildcard entry answers under its own name: a
         // literal `*` never reaches an answer (istio/istio#47264, #61732).
-        let canonical = if name.starts_with("*.") { key } else { name };
+        let canonical = if name.starts_with("*.") { &q.as_str()[..key.len()] } else { name };
         Some(self.hit(found.entry, r, canonical, found.form, search_index))
     }
 
@@ -456,14 +573,38 @@ impl NameTable {
     }
 
     #[inline]
-    fn hit<'a>(&'a self, entry: u32, r: &Rec, canonical: &'a str, form: Form, search_index: Option<usize>) -> Hit<'a> {
-        Hit {
-            canonical,
-            form,
-            search_index,
-            ipv4: &self.v4[r.v4_start as usize..r.v4_start as usize + r.n4 as usize],
-            ipv6: &self.v6[r.v6_start as usize..r.v6_start as usize + r.n6 as usize],
-            entry: entry as usize,
+    fn hit<'a>(
+        &'a self,
+        entry: u32,
+        r: &'a Rec,
+        canonical: &'a str,
+        form: Form,
+        search_index: Option<usize>,
+    ) -> Hit<'a> {
+        Hit { canonical, form, search_index, ipv4: self.ipv4_of(r), ipv6: self.ipv6_of(r), entry: entry as usize }
+    }
+
+    #[inline]
+    fn ipv4_of<'a>(&'a self, r: &'a Rec) -> &'a [Ipv4Addr] {
+        match r.n4 {
+            0 => &[],
+            1 => std::slice::from_ref(&r.v4),
+            n => {
+                let start = u32::from(r.v4) as usize;
+                &self.v4[start..start + n as usize]
+            }
+        }
+    }
+
+    #[inline]
+    fn ipv6_of<'a>(&'a self, r: &'a Rec) -> &'a [Ipv6Addr] {
+        match r.n6 {
+            0 => &[],
+            1 => std::slice::from_ref(&r.v6),
+            n => {
+                let start = u128::from(r.v6) as usize;
+                &self.v6[start..start + n as usize]
+            }
         }
     }
 
@@ -471,8 +612,8 @@ impl NameTable {
         &self.arena[r.name_off as usize..r.name_off as usize + r.name_len as usize]
     }
 
-    fn view(&self, r: &Rec) -> EntryView<'_> {
-        let s = r.meta_off as usize;
+    fn view<'a>(&'a self, r: &'a Rec, meta_off: u32) -> EntryView<'a> {
+        let s = meta_off as usize;
         let shortname = &self.arena[s..s + r.short_len as usize];
         let ns_start = s + r.short_len as usize + usize::from(r.short_len > 0 && r.ns_len > 0);
         EntryView {
@@ -480,19 +621,19 @@ impl NameTable {
             registry: &self.registries[r.registry as usize],
             shortname,
             namespace: &self.arena[ns_start..ns_start + r.ns_len as usize],
-            ipv4: &self.v4[r.v4_start as usize..r.v4_start as usize + r.n4 as usize],
-            ipv6: &self.v6[r.v6_start as usize..r.v6_start as usize + r.n6 as usize],
+            ipv4: self.ipv4_of(r),
+            ipv6: self.ipv6_of(r),
         }
     }
 
     /// The entry at position `i` in iteration order.
     pub fn entry(&self, i: usize) -> Option<EntryView<'_>> {
-        self.recs.get(i).map(|r| self.view(r))
+        Some(self.view(self.recs.get(i)?, self.meta_offs[i]))
     }
 
     /// All entries, in input order.
     pub fn entries(&self) -> impl ExactSizeIterator<Item = EntryView<'_>> + '_ {
-        self.recs.iter().map(|r| self.view(r))
+        self.recs.iter().zip(self.meta_offs.iter()).map(|(r, &m)| self.view(r, m))
     }
 
     /// Number of entries (hostnames with at least one address).
@@ -528,6 +669,7 @@ impl NameTable {
         let names = self.arena.len();
         let total = names
             + self.recs.len() * std::mem::size_of::<Rec>()
+            + self.meta_offs.len() * 4
             + self.v4.len() * 4
             + self.v6.len() * 16
             + self.exact.heap_bytes()
@@ -553,9 +695,9 @@ fn prefer_new(recs: &[Rec], ranks: &[RankKey], arena: &str, new: (u32, Form), ol
 
 /// `name` minus `.domain` at its end, if it ends so and something is left.
 #[inline]
-fn strip_suffix_domain<'n>(name: &'n str, domain: &str) -> Option<&'n str> {
+fn strip_suffix_domain<'n>(name: &'n [u8], domain: &[u8]) -> Option<&'n [u8]> {
     let rest = name.strip_suffix(domain)?;
-    let rest = rest.strip_suffix('.')?;
+    let rest = rest.strip_suffix(b".")?;
     (!rest.is_empty()).then_some(rest)
 }
 

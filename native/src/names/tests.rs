@@ -113,3 +113,56 @@ fn memory_per_entry_is_small() {
     // Slots for ~3 keys at <= 2/3 load, a 24-byte record and one IPv4 address.
     assert!(per_entry < 100, "{per_entry} bytes per entry beyond names");
 }
+
+#[test]
+fn lookup_batch_answers_as_single_lookups_in_order() {
+    // More names than one batch, every kind of query: each form, a search
+    // expansion, a wildcard, a miss, and entries with 0, 1 and 2 addresses
+    // of a family (one address lives in the record, several in the arrays).
+    let mut entries: Vec<NameEntry> = (0..100)
+        .map(|i| {
+            let ns = format!("ns-{}", i % 3);
+            let mut ips = vec![format!("10.0.0.{i}")];
+            if i % 4 == 0 {
+                ips.push(format!("fd00::{i:x}"));
+            }
+            if i % 5 == 0 {
+                ips.push(format!("10.0.1.{i}"));
+                ips.push(format!("fd00::1:{i:x}"));
+            }
+            NameEntry::kubernetes(format!("svc-{i}.{ns}.svc.cluster.local"), format!("svc-{i}"), ns, ips)
+        })
+        .collect();
+    entries.push(NameEntry { hostname: "*.wild.example".into(), ips: vec!["fd00::99".into()], ..NameEntry::default() });
+    let t = NameTable::build(&entries, &cfg("ns-1", &["ns-1.svc.cluster.local", "svc.cluster.local"])).unwrap();
+    let mut names = Vec::new();
+    for i in 0..110 {
+        let ns = i % 3;
+        for q in [
+            format!("svc-{i}.ns-{ns}.svc.cluster.local"),
+            format!("SVC-{i}.ns-{ns}."),
+            format!("svc-{i}"),
+            format!("svc-{i}.ns-{ns}.ns-1.svc.cluster.local"),
+            format!("a{i}.wild.example"),
+        ] {
+            names.push(QueryName::new(q.as_bytes()).unwrap());
+        }
+    }
+    let mut seen = 0;
+    let mut hits = 0;
+    t.lookup_batch(&names, |i, hit| {
+        assert_eq!(i, seen);
+        seen += 1;
+        let one = t.lookup(&names[i]);
+        let view =
+            |h: &Hit<'_>| (h.canonical.to_string(), h.form, h.search_index, h.entry, h.ipv4.to_vec(), h.ipv6.to_vec());
+        assert_eq!(hit.as_ref().map(view), one.as_ref().map(view), "{:?}", names[i]);
+        hits += usize::from(hit.is_some());
+    });
+    assert_eq!(seen, names.len());
+    // 100 services: 4 forms each except the bare name outside ns-1, and 110
+    // wildcard names; the 10 services past the table miss everywhere.
+    assert_eq!(hits, 100 * 3 + 33 + 110);
+    let multi = t.lookup_with(b"svc-20.ns-2.svc.cluster.local", |h| h.map(|h| (h.ipv4.len(), h.ipv6.len())));
+    assert_eq!(multi, Some((2, 2)));
+}

@@ -116,6 +116,9 @@ fn lookup_one(py: Python<'_>, t: &core::NameTable, name: &str) -> PyResult<Optio
     t.lookup_with(name.as_bytes(), |hit| hit.map(|h| NameMatch::from_hit(py, &h)).transpose())
 }
 
+/// Names looked up together by `lookup_many`: see `NameTable::lookup_batch`.
+const MANY_CHUNK: usize = 64;
+
 fn lookup_batch<'py>(
     py: Python<'py>,
     t: &core::NameTable,
@@ -123,25 +126,67 @@ fn lookup_batch<'py>(
     fam: Family,
 ) -> PyResult<Bound<'py, PyList>> {
     let out = PyList::empty(py);
-    let one = |item: Bound<'py, PyAny>| -> PyResult<Bound<'py, PyAny>> {
+    // Per chunk: every answer starts as None (also for names no table can
+    // hold); the valid names are looked up as one batch, whose cache misses
+    // overlap on large tables, and their answers filled in.
+    let mut answers: Vec<Bound<'py, PyAny>> = Vec::with_capacity(MANY_CHUNK);
+    let mut queries: Vec<core::QueryName> = Vec::with_capacity(MANY_CHUNK);
+    let mut slots: Vec<usize> = Vec::with_capacity(MANY_CHUNK);
+    let flush = |answers: &mut Vec<Bound<'py, PyAny>>,
+                 queries: &mut Vec<core::QueryName>,
+                 slots: &mut Vec<usize>|
+     -> PyResult<()> {
+        let mut err = None;
+        t.lookup_batch(queries, |i, hit| {
+            let Some(h) = hit else { return };
+            let tuple = match fam {
+                Family::V4 => v4_tuple(py, h.ipv4).map(|t| t.into_any()),
+                Family::V6 => v6_tuple(py, h.ipv6).map(|t| t.into_any()),
+            };
+            match tuple {
+                Ok(tuple) => answers[slots[i]] = tuple,
+                Err(e) => err = err.take().or(Some(e)),
+            }
+        });
+        if let Some(e) = err {
+            return Err(e);
+        }
+        for a in answers.drain(..) {
+            out.append(a)?;
+        }
+        queries.clear();
+        slots.clear();
+        Ok(())
+    };
+    let add = |item: Bound<'py, PyAny>,
+               answers: &mut Vec<Bound<'py, PyAny>>,
+               queries: &mut Vec<core::QueryName>,
+               slots: &mut Vec<usize>|
+     -> PyResult<()> {
         let s = item.cast::<PyString>().map_err(|_| PymeshError::new_err("names must be strings"))?;
-        t.lookup_with(s.to_str()?.as_bytes(), |hit| match hit {
-            None => Ok(py.None().into_bound(py)),
-            Some(h) => Ok(match fam {
-                Family::V4 => v4_tuple(py, h.ipv4)?.into_any(),
-                Family::V6 => v6_tuple(py, h.ipv6)?.into_any(),
-            }),
-        })
+        if let Some(q) = core::QueryName::new(s.to_str()?.as_bytes()) {
+            queries.push(q);
+            slots.push(answers.len());
+        }
+        answers.push(py.None().into_bound(py));
+        Ok(())
     };
     if let Ok(list) = names.cast::<PyList>() {
         for item in list.iter() {
-            out.append(one(item)?)?;
+            add(item, &mut answers, &mut queries, &mut slots)?;
+            if answers.len() == MANY_CHUNK {
+                flush(&mut answers, &mut queries, &mut slots)?;
+            }
         }
     } else {
         for item in names.try_iter()? {
-            out.append(one(item?)?)?;
+            add(item?, &mut answers, &mut queries, &mut slots)?;
+            if answers.len() == MANY_CHUNK {
+                flush(&mut answers, &mut queries, &mut slots)?;
+            }
         }
     }
+    flush(&mut answers, &mut queries, &mut slots)?;
     Ok(out)
 }
 

@@ -1,5 +1,6 @@
-"""An ADS state-of-the-world client over grpcio (plaintext, or mTLS through
-``channel_factory`` set by pymesh.security.agent).
+"""An ADS client over grpcio, state-of-the-world or (``delta=True``)
+incremental; plaintext, or mTLS through ``channel_factory`` set by
+pymesh.security.agent.
 
 Protocol (shared/reference/envoy-lb-and-xds.md §B.2-B.3):
 - One stream at a time. Its first request carries the node; then one

@@ -16,6 +16,7 @@ Subcommands:
   echo HOST PORT SIZE    SIZE bytes through an echo server, both ways.
   hold HOST PORT         connect; after a line on stdin, is it still open?
   relay CONFIG.json      run an OutboundProxy; stdin commands: "stats", "quit".
+  inbound ADDR:PORT      run the inbound passthrough; a stdin line prints stats.
   capture CONFIG.json    install (argv[3] == "install") or remove capture rules.
 """
 
@@ -226,6 +227,16 @@ def relay(path: str) -> None:
     print(json.dumps({"stopped": True}), flush=True)
 
 
+def inbound(listen: str) -> None:
+    from pymesh.relay import start_inbound_passthrough
+
+    proxy = start_inbound_passthrough(listen=[listen])
+    print(json.dumps({"addresses": proxy.addresses}), flush=True)
+    sys.stdin.readline()
+    print(json.dumps(proxy.stats()), flush=True)
+    proxy.stop()
+
+
 def capture(path: str, action: str) -> None:
     from pymesh.capture import Capture, CaptureConfig
 
@@ -257,6 +268,8 @@ if __name__ == "__main__":
         hold(args[0], int(args[1]))
     elif cmd == "relay":
         relay(args[0])
+    elif cmd == "inbound":
+        inbound(args[0])
     elif cmd == "capture":
         capture(args[0], args[1])
     else:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from netns_lab import APP_UID, EXTRA4, EXTRA6, PROXY_UID, Lab, lab, require_root_tools
+from netns_lab import APP_UID, EXTRA4, EXTRA6, PROXY_UID, VM4, Lab, lab, require_root_tools
 
 VIP4, VIP6 = "10.96.0.10", "fd96::10"
 BAD_VIP = "10.96.0.11"
@@ -234,3 +234,23 @@ def test_stop_ends_open_connections_and_a_restart_serves_again() -> None:
         # The listeners are released: a new proxy binds the same ports and serves.
         lb.start(lb.vm, "relay", str(path), uid=PROXY_UID)
         assert lb.tcp(VIP4, 80).startswith("ep")
+
+
+def test_inbound_passthrough_delivers_captured_inbound_connections_to_the_local_app() -> None:
+    require_root_tools("nft")
+    with lab() as lb:
+        lb.serve(lb.vm, "app", ["tcp:0.0.0.0:8000"], uid=APP_UID)
+        lb.capture(
+            "nftables", proxy_uid=PROXY_UID, name="pmin", inbound_ports="*", inbound_exclude_ports=[22], ipv6=False
+        )
+        # Captured to 15006 with nothing there: refused.
+        assert lb.peer(lb.net, "tcp", VM4, "8000") == {"error": "ConnectionRefusedError", "errno": 111}
+        proxy = lb.start(lb.vm, "inbound", "0.0.0.0:15006", uid=PROXY_UID)
+        # Through the passthrough to the app, whose address it was; the
+        # proxy's own connection (from 127.0.0.6) was not captured again.
+        assert lb.peer(lb.net, "tcp", VM4, "8000")["reply"].startswith(f"app {VM4}:8000")
+        assert proxy.stdin is not None and proxy.stdout is not None
+        proxy.stdin.write("stats\n")
+        proxy.stdin.flush()
+        st = json.loads(proxy.stdout.readline())
+        assert st["passthrough"] == 1 and st["cluster"] == 0 and st["connect_failures"] == 0

@@ -33,7 +33,7 @@ from collections.abc import Mapping, Sequence
 
 from pymesh._native import LbTable, OutboundProxy, RedirectTable, original_destination
 
-__all__ = ["OutboundProxy", "original_destination", "start_outbound_proxy"]
+__all__ = ["OutboundProxy", "original_destination", "start_inbound_passthrough", "start_outbound_proxy"]
 
 
 def start_outbound_proxy(
@@ -62,6 +62,35 @@ def start_outbound_proxy(
         mark=mark,
         seed=seed,
         logical_dns=logical_dns,
+    )
+    proxy.start()
+    return proxy
+
+
+def start_inbound_passthrough(
+    *,
+    listen: Sequence[str] = ("0.0.0.0:15006",),
+    connect_timeout: float = 10.0,
+    max_connections: int = 4096,
+    mark: int | None = None,
+) -> OutboundProxy:
+    """Starts a listener for inbound capture (``CaptureConfig.inbound_ports``):
+    each connection is passed to the local app it was addressed to, from
+    127.0.0.6 (which the capture rules return first, so it is not captured
+    again), like Istio's inbound passthrough in PERMISSIVE mode without
+    mTLS. REDIRECT in PREROUTING sends to the receiving interface's primary
+    address, hence the wildcard listener. IPv6 needs ``::6`` routed to lo."""
+    from pymesh.lbtable import LbTable, RedirectTable
+
+    proxy = OutboundProxy(
+        RedirectTable.from_dict({}),
+        LbTable(),
+        listen=list(listen),
+        connect_timeout=connect_timeout,
+        connect_attempts=1,
+        max_connections=max_connections,
+        mark=mark,
+        inbound=True,
     )
     proxy.start()
     return proxy

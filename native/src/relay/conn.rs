@@ -2,7 +2,7 @@
 //! classification, endpoint pick with connect retries and outlier reports,
 //! then the two pumps.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -93,10 +93,28 @@ fn reset(s: &TcpStream) {
     let _ = SockRef::from(s).set_linger(Some(Duration::ZERO));
 }
 
+/// Istio's inbound passthrough source addresses (`InboundPassthroughBindIpv4/6`):
+/// the capture rules return `-o lo -s 127.0.0.6` first, so the proxy's own
+/// connection to the local app is not redirected back to it.
+const INBOUND_SOURCE_V4: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 6);
+const INBOUND_SOURCE_V6: Ipv6Addr = Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6);
+
 fn connect(addr: SocketAddr, shared: &Shared) -> std::io::Result<TcpStream> {
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     if let Some(m) = shared.cfg.mark {
         s.set_mark(m)?;
+    }
+    if shared.cfg.inbound {
+        let src: SocketAddr = match addr {
+            SocketAddr::V4(_) => (INBOUND_SOURCE_V4, 0).into(),
+            SocketAddr::V6(_) => {
+                // ::6 is not an address of lo by default; free-bind lets the
+                // socket use it (replies need ::6 routed locally).
+                s.set_freebind_v6(true)?;
+                (INBOUND_SOURCE_V6, 0).into()
+            }
+        };
+        s.bind(&src.into())?;
     }
     s.set_tcp_nodelay(true)?;
     s.connect_timeout(&addr.into(), shared.cfg.connect_timeout)?;
@@ -120,7 +138,9 @@ fn serve(shared: &Arc<Shared>, client: TcpStream, id: u64) {
     };
     let routes: Arc<Routes> = shared.routes.load_full();
     let redirect = routes.redirect.redirect();
-    let verdict = redirect.classify(orig.ip(), orig.port());
+    // Inbound (15006): every connection goes to the local app it was for
+    // (Istio's InboundPassthroughCluster); no table applies.
+    let verdict = if shared.cfg.inbound { Verdict::Passthrough } else { redirect.classify(orig.ip(), orig.port()) };
     let Verdict::Cluster(_) = verdict else {
         let counter = if verdict == Verdict::Bypass { &c.bypass } else { &c.passthrough };
         counter.fetch_add(1, Ordering::Relaxed);

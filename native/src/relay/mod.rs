@@ -134,6 +134,10 @@ pub struct RelayConfig {
     pub pipe_size: usize,
     /// Seed of endpoint picks (reproducible tests); None: random.
     pub seed: Option<u64>,
+    /// Inbound mode (port 15006): pass every connection through to its
+    /// original destination (the local app) from 127.0.0.6 / ::6, as
+    /// Istio's inbound passthrough does, without consulting the tables.
+    pub inbound: bool,
 }
 
 impl Default for RelayConfig {
@@ -146,6 +150,7 @@ impl Default for RelayConfig {
             mark: None,
             pipe_size: 1 << 18,
             seed: None,
+            inbound: false,
         }
     }
 }

@@ -67,6 +67,7 @@ impl OutboundProxy {
         pipe_size = 1 << 18,
         seed = None,
         logical_dns = None,
+        inbound = false,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -81,6 +82,7 @@ impl OutboundProxy {
         pipe_size: usize,
         seed: Option<u64>,
         logical_dns: Option<HashMap<String, (String, u16)>>,
+        inbound: bool,
     ) -> PyResult<OutboundProxy> {
         let listen = listen
             .iter()
@@ -101,6 +103,7 @@ impl OutboundProxy {
             mark,
             pipe_size,
             seed,
+            inbound,
         };
         let logical = Arc::new(logical_dns.unwrap_or_default());
         let routes = Routes {

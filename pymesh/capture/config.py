@@ -116,6 +116,8 @@ class CaptureConfig:
     redirect_dns: bool = False
     capture_all_dns: bool = False
     dns_servers: tuple[str, ...] = ()
+    # istio-iptables defaults to "" (no outbound capture); istioctl writes
+    # ISTIO_SERVICE_CIDR='*' into a VM's cluster.env, so "*" is the default here.
     outbound_include: tuple[str, ...] | Literal["*"] = "*"
     outbound_exclude: tuple[str, ...] = ()
     outbound_exclude_ports: tuple[int, ...] = ()

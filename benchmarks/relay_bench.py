@@ -20,8 +20,11 @@ namespace as a separate process.
 
 Reported (medians of several trials): MB/s for one bulk stream, round-trip
 time of a 64-byte ping-pong on an open connection (added latency = median
-RTT minus the direct path's median RTT), and connections per second
-(connect, 1-byte request/response, close). Ratios against direct and
+RTT minus the direct path's median RTT), connections per second
+(connect, 1-byte request/response, close), and the proxy's own CPU time
+per GB relayed (pymesh's threads in this process, or the haproxy process):
+on a shared machine MB/s and RTT move with the neighbours' load, CPU per
+GB much less. Ratios against direct and
 haproxy are printed; targets from issue 6: >= 90% of direct throughput,
 >= haproxy's, <= 50 µs added median latency. The script reports, it does
 not assert: machine noise is not a test failure.
@@ -111,6 +114,7 @@ class Env:
         tag = uuid.uuid4().hex[:6]
         self.vm, self.net = f"pbvm{tag}", f"pbnet{tag}"
         self.procs: list[subprocess.Popen[str]] = []
+        self.haproxy_pid: int | None = None
         self.tmp = Path(tempfile.mkdtemp(prefix="relay-bench-"))
 
     def up(self) -> None:
@@ -163,6 +167,7 @@ class Env:
         # Started from this (vm-namespace) thread, so haproxy runs in the vm namespace.
         p = subprocess.Popen([exe, "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.procs.append(p)
+        self.haproxy_pid = p.pid
         for _ in range(200):
             try:
                 socket.create_connection(("127.0.0.1", HAPROXY + ECHO), timeout=1).close()
@@ -208,6 +213,29 @@ def start_proxy() -> Any:
 
 
 # --- measurements -------------------------------------------------------------------------
+
+
+def _ticks(stat: str) -> int:
+    # utime + stime (fields 14 and 15; the command name may hold spaces).
+    f = stat.rsplit(")", 1)[1].split()
+    return int(f[11]) + int(f[12])
+
+
+def proxy_cpu_seconds(haproxy_pid: int | None) -> float:
+    """CPU time of the proxy: pymesh's threads in this process (every thread
+    but the main one, which is the client), or the haproxy process."""
+    hz = os.sysconf("SC_CLK_TCK")
+    if haproxy_pid is not None:
+        return _ticks(Path(f"/proc/{haproxy_pid}/stat").read_text()) / hz
+    total = 0
+    for task in Path("/proc/self/task").iterdir():
+        if int(task.name) == os.getpid():
+            continue
+        try:
+            total += _ticks((task / "stat").read_text())
+        except OSError:  # a thread that just exited
+            pass
+    return total / hz
 
 
 def throughput(addr: tuple[str, int], seconds: float) -> float:
@@ -292,9 +320,16 @@ def main() -> int:
         tp: dict[str, list[float]] = {p: [] for p in paths}
         lat: dict[str, list[float]] = {p: [] for p in paths}
         cp: dict[str, list[float]] = {p: [] for p in paths}
+        cpu: dict[str, float] = {p: 0.0 for p in paths}
+        mbytes: dict[str, float] = {p: 0.0 for p in paths}
         for _ in range(trials):
             for p in paths:
+                pid = env.haproxy_pid if p == "haproxy" else None
+                c0 = proxy_cpu_seconds(pid) if p != "direct" else 0.0
+                t0 = time.perf_counter()
                 tp[p].append(throughput(at(p, SINK), secs))
+                mbytes[p] += tp[p][-1] * (time.perf_counter() - t0)
+                cpu[p] += (proxy_cpu_seconds(pid) - c0) if p != "direct" else 0.0
                 lat[p].append(latency(at(p, ECHO), rounds // trials))
                 cp[p].append(cps(at(p, CONN), secs))
         for p in paths:
@@ -302,6 +337,9 @@ def main() -> int:
                 "throughput_MBps": statistics.median(tp[p]),
                 "rtt_us": statistics.median(lat[p]),
                 "cps": statistics.median(cp[p]),
+                # The proxy's own CPU per GB relayed: unlike MB/s, little
+                # affected by what else the machine runs.
+                "proxy_cpu_ms_per_GB": 1e3 * cpu[p] / (mbytes[p] / 1e3) if mbytes[p] else 0.0,
             }
         stats = proxy.stats()
     finally:
@@ -310,11 +348,12 @@ def main() -> int:
         env.down()
     d = results["direct"]
     print(f"relay benchmark ({'short' if args.short else 'full'}; medians of {trials} trials)")
-    print(f"{'path':<9} {'MB/s':>9} {'vs direct':>9} {'RTT µs':>8} {'added µs':>9} {'conn/s':>8}")
+    print(f"{'path':<9} {'MB/s':>9} {'vs direct':>9} {'RTT µs':>8} {'added µs':>9} {'conn/s':>8} {'CPU ms/GB':>10}")
     for p, r in results.items():
         print(
             f"{p:<9} {r['throughput_MBps']:>9.0f} {r['throughput_MBps'] / d['throughput_MBps']:>9.2f} "
-            f"{r['rtt_us']:>8.1f} {r['rtt_us'] - d['rtt_us']:>9.1f} {r['cps']:>8.0f}"
+            f"{r['rtt_us']:>8.1f} {r['rtt_us'] - d['rtt_us']:>9.1f} {r['cps']:>8.0f} "
+            f"{r['proxy_cpu_ms_per_GB']:>10.0f}"
         )
     m = results["pymesh"]
     summary = {
@@ -327,6 +366,8 @@ def main() -> int:
         summary["throughput_vs_haproxy"] = m["throughput_MBps"] / h["throughput_MBps"]
         summary["haproxy_added_latency_us"] = h["rtt_us"] - d["rtt_us"]
         summary["cps_vs_haproxy"] = m["cps"] / h["cps"]
+        if m["proxy_cpu_ms_per_GB"]:
+            summary["haproxy_cpu_vs_pymesh"] = h["proxy_cpu_ms_per_GB"] / m["proxy_cpu_ms_per_GB"]
     print("ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in summary.items()))
     print(f"proxy counters: cluster {stats['cluster']}, resets {stats['resets']}, failures {stats['connect_failures']}")
     if args.json:

@@ -1,0 +1,317 @@
+"""Workload-to-workload mTLS as Istio sidecars speak it (Python ``ssl``; see
+benchmarks/mtls_bench.py for why it lives here for now).
+
+Wire conventions (Envoy/Istio ``ISTIO_MUTUAL``): TLS 1.2 or newer, both
+sides present their workload certificate, the peer is verified against the
+mesh root and then by its SPIFFE URI SAN (no host name check: workload
+certificates have no DNS names), ALPN offered by the client as Istio's
+sidecars do (``istio-peer-exchange``, ``istio`` for TCP; ``istio-http/1.0``,
+``istio-http/1.1``, ``istio-h2`` for HTTP), and the server's inbound filter
+chain accepting those values.
+
+- :class:`InboundMtls` (the 15006 listener): terminates mTLS and hands the
+  plaintext to the local application; a connection whose first byte is not
+  a TLS handshake record (0x16) is passed through as plaintext when
+  ``mode="PERMISSIVE"`` (Istio's PeerAuthentication default) and closed in
+  ``STRICT``. ``allowed`` restricts the peer identities (None: any identity
+  of the trust domain).
+- :class:`MtlsOriginator`: a local plaintext listener whose connections are
+  carried over mTLS to one endpoint, the endpoint's identity checked against
+  the service accounts it may have (the EDS endpoint's ``tlsMode: istio``).
+
+Both read the certificate files again for every new connection's context
+only when they changed (the agent rotates them), so rotation never touches an
+open connection. One event-loop thread each; the bytes cross Python.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import ssl
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+
+from cryptography import x509
+
+from pymesh.security.ca import spiffe_ids
+from pymesh.security.errors import AuthError, SecurityError
+
+log = logging.getLogger("pymesh.security")
+
+# What Istio sidecars offer (pilot/pkg/networking/core/cluster_tls.go: ALPNInMeshWithMxc / ALPNInMeshH2WithMxc).
+ALPN_TCP = ("istio-peer-exchange", "istio")
+ALPN_HTTP = ("istio-http/1.0", "istio-http/1.1", "istio-h2")
+# What an Istio inbound listener's mTLS filter chain matches on.
+ALPN_INBOUND = ("istio-peer-exchange", "istio", "istio-http/1.0", "istio-http/1.1", "istio-h2", "h2", "http/1.1")
+TLS_HANDSHAKE = 0x16
+BUF = 1 << 16
+
+
+class _Files:
+    """The workload cert files, reloaded into a fresh context when they change."""
+
+    def __init__(self, cert_dir: str | os.PathLike[str], server: bool, alpn: Iterable[str]) -> None:
+        self.dir = Path(cert_dir)
+        self.server = server
+        self.alpn = list(alpn)
+        self._stamp: tuple[int, ...] = ()
+        self._ctx: ssl.SSLContext | None = None
+        self._lock = threading.Lock()
+
+    def context(self) -> ssl.SSLContext:
+        files = [self.dir / f for f in ("cert-chain.pem", "key.pem", "root-cert.pem")]
+        try:
+            stamp = tuple(p.stat().st_mtime_ns for p in files)
+        except OSError as e:
+            raise SecurityError(f"{self.dir}: workload certificate files missing: {e}") from e
+        with self._lock:
+            if stamp != self._stamp or self._ctx is None:
+                ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if self.server else ssl.PROTOCOL_TLS_CLIENT)
+                ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+                ctx.check_hostname = False  # SPIFFE identities, checked after the handshake
+                ctx.verify_mode = ssl.CERT_REQUIRED
+                ctx.load_verify_locations(cafile=str(files[2]))
+                ctx.load_cert_chain(str(files[0]), str(files[1]))
+                if self.alpn:
+                    ctx.set_alpn_protocols(self.alpn)
+                self._ctx, self._stamp = ctx, stamp
+            return self._ctx
+
+
+def peer_identity(sslobj: ssl.SSLObject | ssl.SSLSocket | None) -> list[str]:
+    der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
+    return spiffe_ids(x509.load_der_x509_certificate(der)) if der else []
+
+
+def check_peer(ids: list[str], allowed: Iterable[str] | None, trust_domain: str) -> str:
+    """The peer's identity if it is allowed; AuthError naming it otherwise."""
+    allowed_set = set(allowed) if allowed is not None else None
+    for uri in ids:
+        if allowed_set is None and uri.startswith(f"spiffe://{trust_domain}/"):
+            return uri
+        if allowed_set is not None and uri in allowed_set:
+            return uri
+    want = ", ".join(sorted(allowed_set)) if allowed_set is not None else f"any identity of {trust_domain}"
+    raise AuthError(f"peer identity {', '.join(ids) or '(none)'} is not {want}", code="PERMISSION_DENIED")
+
+
+async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, stats: dict[str, int]) -> None:
+    try:
+        while data := await src.read(BUF):
+            stats["bytes"] += len(data)
+            dst.write(data)
+            await dst.drain()
+    except (ConnectionError, ssl.SSLError, OSError):
+        pass
+    finally:
+        with contextlib.suppress(Exception):
+            if dst.can_write_eof():
+                dst.write_eof()
+            else:
+                dst.close()
+
+
+async def _relay(
+    a: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+    b: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+    stats: dict[str, int],
+) -> None:
+    try:
+        await asyncio.gather(_pipe(a[0], b[1], stats), _pipe(b[0], a[1], stats))
+    except asyncio.CancelledError:
+        pass  # stop(): the connection goes with the listener
+    finally:
+        for w in (a[1], b[1]):
+            with contextlib.suppress(Exception):
+                w.close()
+
+
+class _LoopThread:
+    def __init__(self, name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self.server: asyncio.base_events.Server | None = None
+        self.stats = {"connections": 0, "refused": 0, "plaintext": 0, "bytes": 0}
+
+    def run(self, coro: object) -> object:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)  # type: ignore[arg-type]
+
+    def stop(self) -> None:
+        async def close() -> None:
+            if self.server is not None:
+                self.server.close()
+            for t in asyncio.all_tasks():
+                if t is not asyncio.current_task():
+                    t.cancel()
+
+        if self.thread.is_alive():
+            self.run(close())
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+
+
+class InboundMtls(_LoopThread):
+    def __init__(
+        self,
+        cert_dir: str | os.PathLike[str],
+        target: tuple[str, int],
+        *,
+        listen: tuple[str, int] = ("0.0.0.0", 15006),
+        mode: str = "STRICT",
+        allowed: Iterable[str] | None = None,
+        trust_domain: str = "cluster.local",
+    ) -> None:
+        super().__init__("pymesh-inbound-mtls")
+        if mode not in ("STRICT", "PERMISSIVE"):
+            raise SecurityError(f"mode {mode!r}: expected STRICT or PERMISSIVE")
+        self.files = _Files(cert_dir, True, ALPN_INBOUND)
+        self.files.context()  # fail now, not on the first connection
+        self.target = target
+        self.listen = listen
+        self.mode = mode
+        self.allowed = list(allowed) if allowed is not None else None
+        self.trust_domain = trust_domain
+        self.port = 0
+
+    def start(self) -> InboundMtls:
+        self.thread.start()
+        self.port = int(self.run(self._start()))  # type: ignore[call-overload]
+        return self
+
+    async def _start(self) -> int:
+        sock = socket.create_server(self.listen)
+        sock.setblocking(False)
+        self._lsock = sock
+        self._tasks: set[asyncio.Future[None]] = set()
+        self._accept_task = asyncio.ensure_future(self._accept_loop(sock))
+        return int(sock.getsockname()[1])
+
+    def stop(self) -> None:
+        super().stop()
+        with contextlib.suppress(Exception):
+            self._lsock.close()
+
+    async def _accept_loop(self, lsock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            conn, _ = await loop.sock_accept(lsock)
+            task = asyncio.ensure_future(self._serve(conn))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _peek(self, conn: socket.socket) -> int | None:
+        """The first byte, left in the socket (MSG_PEEK) for the TLS layer to read."""
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+
+        def readable() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        loop.add_reader(conn.fileno(), readable)
+        try:
+            await asyncio.wait_for(ready, 10)
+            data = conn.recv(1, socket.MSG_PEEK)
+        except (asyncio.TimeoutError, OSError):
+            return None
+        finally:
+            loop.remove_reader(conn.fileno())
+        return data[0] if data else None
+
+    async def _streams(
+        self, conn: socket.socket, ctx: ssl.SSLContext | None
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=BUF)
+        proto = asyncio.StreamReaderProtocol(reader)
+        kw = {"ssl": ctx, "ssl_handshake_timeout": 10.0} if ctx is not None else {}
+        transport, _ = await loop.connect_accepted_socket(lambda: proto, conn, **kw)  # type: ignore[arg-type]
+        return reader, asyncio.StreamWriter(transport, proto, reader, loop)
+
+    async def _serve(self, conn: socket.socket) -> None:
+        self.stats["connections"] += 1
+        # The first byte decides (Envoy's TLS inspector): a handshake record means TLS.
+        first = await self._peek(conn)
+        if first is None:
+            conn.close()
+            return
+        if first != TLS_HANDSHAKE:
+            if self.mode != "PERMISSIVE":
+                self.stats["refused"] += 1
+                log.warning("inbound: plaintext connection refused (STRICT mTLS)")
+                conn.close()
+                return
+            self.stats["plaintext"] += 1
+            down = await self._streams(conn, None)
+        else:
+            try:
+                down = await self._streams(conn, self.files.context())
+            except (ssl.SSLError, ConnectionError, OSError, asyncio.TimeoutError) as e:
+                self.stats["refused"] += 1
+                log.warning("inbound mTLS handshake failed: %s", e)
+                conn.close()
+                return
+            try:
+                ident = check_peer(peer_identity(down[1].get_extra_info("ssl_object")), self.allowed, self.trust_domain)
+            except AuthError as e:
+                self.stats["refused"] += 1
+                log.warning("inbound mTLS refused: %s", e)
+                down[1].close()
+                return
+            log.debug("inbound mTLS from %s", ident)
+        try:
+            up = await asyncio.open_connection(*self.target)
+        except OSError:
+            down[1].close()
+            return
+        await _relay(down, up, self.stats)
+
+
+class MtlsOriginator(_LoopThread):
+    """Plaintext in on ``listen``, mTLS out to ``endpoint`` whose identity must be in ``identities``."""
+
+    def __init__(
+        self,
+        cert_dir: str | os.PathLike[str],
+        endpoint: tuple[str, int],
+        identities: Iterable[str],
+        *,
+        listen: tuple[str, int] = ("127.0.0.1", 0),
+        alpn: Iterable[str] = ALPN_TCP,
+        trust_domain: str = "cluster.local",
+    ) -> None:
+        super().__init__("pymesh-outbound-mtls")
+        self.files = _Files(cert_dir, False, alpn)
+        self.files.context()
+        self.endpoint = endpoint
+        self.identities = list(identities)
+        self.listen = listen
+        self.trust_domain = trust_domain
+        self.port = 0
+
+    def start(self) -> MtlsOriginator:
+        self.thread.start()
+        self.port = int(self.run(self._start()))  # type: ignore[call-overload]
+        return self
+
+    async def _start(self) -> int:
+        self.server = await asyncio.start_server(self._accept, *self.listen)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.stats["connections"] += 1
+        try:
+            up = await asyncio.open_connection(*self.endpoint, ssl=self.files.context(), ssl_handshake_timeout=10)
+            ident = check_peer(peer_identity(up[1].get_extra_info("ssl_object")), self.identities, self.trust_domain)
+        except (ssl.SSLError, ConnectionError, OSError, AuthError, asyncio.TimeoutError) as e:
+            self.stats["refused"] += 1
+            log.warning("outbound mTLS to %s:%d refused: %s", *self.endpoint, e)
+            writer.close()
+            return
+        log.debug("outbound mTLS to %s", ident)
+        await _relay((reader, writer), up, self.stats)

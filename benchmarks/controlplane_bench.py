@@ -89,7 +89,7 @@ def wait_converged(cp: Any, since: float, timeout: float = 600.0) -> float:
     """Seconds from ``since`` to the last ACK, once nothing is unanswered."""
     deadline = time.monotonic() + timeout
     while True:
-        quiet = cp.call_soon(lambda: (cp.ads.unanswered(), cp.ads.last_answer))
+        quiet = cp.call_soon(lambda: (cp.ads.unanswered(), cp.ads.last_answer), timeout)
         if quiet[0] == 0:
             return max(0.0, quiet[1] - since)
         if time.monotonic() > deadline:
@@ -144,7 +144,7 @@ def one(strategy: str, services: int, agents: int, eds: int, delta: bool = False
                 before = cp.ads.stats["responses"]
                 t0 = time.monotonic()
                 change()
-                cp.reload(wait=True)
+                cp.reload(wait=True, timeout=1800)  # the naive baseline's push takes long
                 out[f"{label}_s"] = wait_converged(cp, t0)
                 out[f"{label}_responses"] = cp.ads.stats["responses"] - before
                 out[f"{label}_queue_ms"] = cp.ads.stats["last_push_ms"]

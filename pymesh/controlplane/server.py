@@ -255,7 +255,7 @@ class ControlPlane:
         self.registrations.groups_changed(lambda ns, name: ("WorkloadGroup", ns, name) in self._objects)
         self._mark_dirty("config")
 
-    def reload(self, wait: bool = True) -> int:
+    def reload(self, wait: bool = True, timeout: float = 30.0) -> int:
         """Re-reads the config now (what the watcher does on a change) and,
         with ``wait``, pushes at once; returns the snapshot version."""
 
@@ -266,7 +266,7 @@ class ControlPlane:
                 self._flush()
             return self.ads.snapshot.version
 
-        return self.call_soon(run)
+        return self.call_soon(run, timeout)
 
     def flush(self) -> int:
         """Pushes pending changes now; returns the current snapshot version."""

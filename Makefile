@@ -82,6 +82,7 @@ bench-short: build ## benchmarks in short mode (CI)
 	PYMESH_BENCH_SHORT=1 $(BIN)/python benchmarks/relay_bench.py
 	$(BIN)/python benchmarks/controlplane_bench.py --short
 	$(BIN)/python benchmarks/ca_bench.py --short
+	$(BIN)/python benchmarks/mtls_bench.py --short
 	PYMESH_BENCH_SHORT=1 $(BIN)/pytest -q benchmarks --benchmark-columns=median,ops --benchmark-sort=name
 
 bench: build ## full benchmarks (criterion + pytest-benchmark); takes minutes

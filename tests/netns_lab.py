@@ -92,6 +92,8 @@ class Lab:
         for ns in (self.vm, self.net):
             subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
             shutil.rmtree(Path("/etc/netns") / ns, ignore_errors=True)
+        for f in Path("/tmp").glob(f"{self.vm}-*.json"):
+            f.unlink(missing_ok=True)
 
     # --- running things in a namespace --------------------------------------------
 

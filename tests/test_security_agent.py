@@ -76,3 +76,54 @@ def test_agent_refuses_a_control_plane_signed_by_another_root(tmp_path: Path) ->
         mitm.stop()
         cp.stop()
         shutil.rmtree(tmp_path / "vm", ignore_errors=True)
+
+
+def test_vm_to_vm_over_mesh_certificates_through_the_agent_inbound_listener(tmp_path: Path) -> None:
+    """VM 1's agent holds product's certificate and terminates mTLS in front of
+    its app; VM 2 (another identity, its certificate from the same control
+    plane with its own token) originates mTLS checking it reaches product."""
+    import socket
+    import threading
+
+    from pymesh.security.agent import start_inbound
+    from pymesh.security.client import WorkloadCerts
+    from pymesh.security.datapath import MtlsOriginator
+
+    app = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        while True:
+            try:
+                c, _ = app.accept()
+            except OSError:
+                return
+            with c:
+                c.sendall(b"product says hi to " + c.recv(100))
+
+    threading.Thread(target=serve, daemon=True).start()
+    cp = secure_cp(tmp_path)
+    try:
+        vm = vm_files(tmp_path, cp, cp.security.tokens.create("default", "product"), cp.security.ca.root_pem)
+        agent = make_agent(vm, tmp_path / "state", free_port("127.0.0.1"), control_plane_auth="MUTUAL_TLS")
+        agent.start()
+        inbound = start_inbound(agent, f"127.0.0.1:0=127.0.0.1:{app.getsockname()[1]}")
+        token2 = cp.security.tokens.create("default", "reviews")
+        vm2 = WorkloadCerts(
+            f"127.0.0.1:{cp.secure_port}", cp.security.ca.root_pem, tmp_path / "vm2", token=lambda: token2
+        )
+        vm2.ensure()
+        out = MtlsOriginator(
+            vm2.dir, ("127.0.0.1", inbound.port), ["spiffe://cluster.local/ns/default/sa/product"]
+        ).start()
+        try:
+            with socket.create_connection(("127.0.0.1", out.port), timeout=10) as s:
+                s.sendall(b"reviews")
+                assert s.recv(100) == b"product says hi to reviews"
+            assert inbound.stats["refused"] == 0 and out.stats["refused"] == 0
+        finally:
+            out.stop()
+            inbound.stop()
+            agent.stop()
+    finally:
+        cp.stop()
+        app.close()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from agent_helpers import write_vm_files
-from cp_helpers import example_config, pymesh_cli, wait_until
+from cp_helpers import example_config, free_port, pymesh_cli, wait_until
 
 PORT = 18080
 
@@ -41,7 +41,7 @@ def controlplane(tmp_path: Path) -> Iterator[tuple[int, Path]]:
         proc.wait(10)
 
 
-def agent(tmp: Path, port: int, data: Path, sa: str) -> subprocess.Popen[str]:
+def agent(tmp: Path, port: int, data: Path, sa: str, *extra: str) -> subprocess.Popen[str]:
     vm = write_vm_files(tmp / f"vm-{sa}", port)
     (vm / "istio-token").write_text(
         run("token", "create", "-n", "default", "-s", sa, "--ttl", "10m", "--data-dir", str(data))
@@ -49,7 +49,8 @@ def agent(tmp: Path, port: int, data: Path, sa: str) -> subprocess.Popen[str]:
     (vm / "root-cert.pem").write_text(run("ca", "root-cert", "--data-dir", str(data)))
     return subprocess.Popen(
         [*pymesh_cli(), "agent", "--config-dir", str(vm), "--control-plane-auth", "MUTUAL_TLS", "--no-dns",
-         "--status-listen", "", "--state-dir", str(tmp / f"state-{sa}"), "--pod-name", "vm-1", "--backoff-max", "1"],
+         "--status-listen", "", "--state-dir", str(tmp / f"state-{sa}"), "--pod-name", "vm-1", "--backoff-max", "1",
+         *extra],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
 
@@ -74,7 +75,8 @@ def test_vm_joins_over_mtls_through_the_cli(controlplane: tuple[int, Path], tmp_
     finally:
         wrong.terminate()
         wrong.wait(10)
-    good = agent(tmp_path, port, data, "product")
+    inbound = free_port("127.0.0.1")
+    good = agent(tmp_path, port, data, "product", "--inbound-mtls", f"127.0.0.1:{inbound}=127.0.0.1:1")
     try:
         wait_until(lambda: "product-vm-127.0.0.3" in we(data), timeout=30)
         assert "Connected" in we(data)
@@ -82,3 +84,4 @@ def test_vm_joins_over_mtls_through_the_cli(controlplane: tuple[int, Path], tmp_
         good.terminate()
         out = good.communicate(timeout=10)[0]
     assert f"(discoveryAddress istiod.istio-system.svc:{port}, mTLS)" in out
+    assert f"inbound mTLS (STRICT) on 127.0.0.1:{inbound}" in out

@@ -103,6 +103,16 @@ def cmd_agent(args: argparse.Namespace) -> int:
         say(f"capture rules installed ({agent.capture_rules.backend})")
     if agent.status_server is not None:
         say(f"status on http://{agent.status_server.address}/healthz/ready")
+    inbound = None
+    if args.inbound_mtls:
+        from pymesh.security.agent import start_inbound
+
+        try:
+            inbound = start_inbound(agent, args.inbound_mtls, args.peer_authentication)
+        except BaseException:
+            agent.stop()
+            raise
+        say(f"inbound mTLS ({args.peer_authentication}) on {inbound.listen[0]}:{inbound.port}")
     if agent.prober is not None:
         say(f"readiness probe {agent.prober.spec.kind} every {agent.prober.spec.period:g}s")
     seen: dict[str, Any] = {}
@@ -127,6 +137,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
                 ok, msg = agent.health
                 say("probe: healthy" if ok else f"probe: unhealthy ({msg})")
     finally:
+        if inbound is not None:
+            inbound.stop()
         agent.stop()
         say("stopped")
     return 0
@@ -193,6 +205,17 @@ def add_commands(sub: Any) -> None:
     )
     p.add_argument("--cert-dir", metavar="DIR", help="where the workload certificate is kept (default <state>/certs)")
     p.add_argument("--cert-ttl", type=float, metavar="SECONDS", help="requested certificate lifetime (default 86400)")
+    p.add_argument(
+        "--inbound-mtls",
+        metavar="LISTEN=TARGET",
+        help="terminate workload mTLS on LISTEN (e.g. 0.0.0.0:15006) and hand plaintext to the app at TARGET",
+    )
+    p.add_argument(
+        "--peer-authentication",
+        choices=("STRICT", "PERMISSIVE"),
+        default="STRICT",
+        help="inbound: mTLS only (STRICT) or also plaintext (PERMISSIVE)",
+    )
     p.add_argument("--dry-run", action="store_true", help="print what would be configured and exit")
     p.add_argument("--output", "-o", choices=("yaml", "json"), default="yaml", help="--dry-run format")
     p.add_argument("--verbose", "-v", action="store_true")

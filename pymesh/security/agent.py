@@ -70,3 +70,35 @@ def attach_tls(agent: Any, client: Any) -> WorkloadCerts:
     certs.start()
     log.info("mTLS to the control plane as %s (certificates in %s)", server_name(b), cert_dir)
     return certs
+
+
+def split_addr(addr: str, what: str) -> tuple[str, int]:
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise SecurityError(f"{what} {addr!r}: expected ADDRESS:PORT")
+    return host.strip("[]"), int(port)
+
+
+def start_inbound(agent: Any, spec: str, mode: str = "STRICT") -> Any:
+    """The inbound mTLS listener (Istio's 15006) for ``LISTEN=TARGET``: mTLS
+    from mesh workloads terminated with the agent's own certificate (fetched
+    now if the agent holds none yet), plaintext handed to the local app at
+    TARGET. Rotation: the listener reloads the files the agent renews."""
+    from pymesh.security.datapath import InboundMtls
+
+    if agent.certs is None:
+        raise SecurityError("--inbound-mtls needs MUTUAL_TLS to the control plane (the workload certificate)")
+    listen, sep, target = spec.partition("=")
+    if not sep:
+        raise SecurityError(f"--inbound-mtls {spec!r}: expected LISTEN=TARGET, e.g. 0.0.0.0:15006=127.0.0.1:8080")
+    agent.certs.ensure()
+    td = agent.bootstrap.get("TRUST_DOMAIN") or "cluster.local"
+    inbound = InboundMtls(
+        agent.certs.dir,
+        split_addr(target, "inbound target"),
+        listen=split_addr(listen, "inbound listen"),
+        mode=mode,
+        trust_domain=td,
+    ).start()
+    log.info("inbound mTLS (%s) on %s:%d to %s", mode, inbound.listen[0], inbound.port, target)
+    return inbound

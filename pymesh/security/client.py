@@ -126,6 +126,13 @@ class WorkloadCerts:
             return grpc.ssl_channel_credentials(self.root_pem, h.key, h.chain)
         return grpc.ssl_channel_credentials(self.root_pem)
 
+    def ensure(self) -> Held:
+        """The held certificate, fetched first if there is none valid."""
+        with self._lock:
+            if self.held is None or not self.held.valid():
+                return self.fetch()
+            return self.held
+
     def channel(self, target: str | None = None, options: list[tuple[str, Any]] | None = None) -> Any:
         """An mTLS channel (server-only TLS while no certificate is held); gets the first certificate if needed."""
         import grpc

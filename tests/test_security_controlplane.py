@@ -195,3 +195,39 @@ def test_plaintext_dev_listener_stays_unauthenticated_when_asked_for(tmp_path: P
         s.close()
     finally:
         cp.stop()
+
+
+def test_token_mode_accepts_a_bearer_token_on_xds_and_still_checks_identity(tmp_path: Path) -> None:
+    cp = secure_cp(tmp_path, xds_auth="token")
+    try:
+        good = cp.security.tokens.create("default", "product")
+        s = Stream(
+            tls_channel(cp.secure_port, cp.security.ca.root_pem),
+            vm_node("127.0.0.3"),
+            metadata=(("authorization", f"Bearer {good}"),),
+        )
+        s.send(CDS)
+        assert s.recv().type_url == CDS
+        assert cp.registered_entry("default", ENTRY) is not None
+        s.close()
+        other = cp.security.tokens.create("other", "product")
+        s = Stream(
+            tls_channel(cp.secure_port, cp.security.ca.root_pem),
+            vm_node("127.0.0.4", name="vm-2"),
+            metadata=(("authorization", f"Bearer {other}"),),
+        )
+        s.send(CDS)
+        assert s.failure().code() == grpc.StatusCode.PERMISSION_DENIED
+        assert cp.registered_entry("default", "product-vm-127.0.0.4") is None
+        s.close()
+        s = Stream(
+            tls_channel(cp.secure_port, cp.security.ca.root_pem),
+            vm_node("127.0.0.5", name="vm-3"),
+            metadata=(("authorization", "Bearer not-a-token"),),
+        )
+        s.send(CDS)
+        err = s.failure()
+        assert err.code() == grpc.StatusCode.UNAUTHENTICATED and "bearer token refused" in (err.details() or "")
+        s.close()
+    finally:
+        cp.stop()

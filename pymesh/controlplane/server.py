@@ -124,7 +124,15 @@ class ControlPlane:
         self._thread = threading.Thread(target=self._loop.run_forever, name="pymesh-controlplane", daemon=True)
         self._thread.start()
         self._call(self._astart())
-        log.info("control plane serving xDS on %s:%d (config %s)", self.listen[0], self.port, self.config_dir)
+        if self.plaintext:
+            log.info("control plane serving xDS on %s:%d (config %s)", self.listen[0], self.port, self.config_dir)
+        if self.security is not None:
+            log.info(
+                "control plane serving xDS and the CA over TLS on %s:%d (config %s)",
+                self.security.listen[0],
+                self.secure_port,
+                self.config_dir,
+            )
         return self
 
     async def _astart(self) -> None:

@@ -32,7 +32,7 @@ deps: $(VENV)/.deps ## create .venv with the build, test and lint tools
 build: deps ## build the native extension (release) and install pymesh into .venv (editable)
 	$(BIN)/maturin develop --release --quiet
 
-up: build ## run pymesh's main job on its embedded default (the example name table)
+up: build ## run the whole local mesh on the embedded default (control plane, agent, DNS, pod + VM backends)
 	$(BIN)/pymesh up
 
 fmt: ## format Rust and Python sources

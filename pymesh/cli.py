@@ -6,35 +6,16 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from importlib import resources
 
-from pymesh._native import NameTable, PymeshError
+from pymesh._native import PymeshError
 from pymesh.dnsproxy.answers import QTYPES, answer
 from pymesh.names import DEFAULT_DOMAIN, load_name_table
 
-# The embedded default: the example mesh a VM in namespace "default" sees.
 DEFAULT_NAMESPACE = "default"
-DEFAULT_SEARCH = ("default.svc.cluster.local", "svc.cluster.local", "cluster.local")
-EXAMPLE_QUERIES = (
-    ("product", "A"),
-    ("product.default", "A"),
-    ("reviews.bookinfo", "AAAA"),
-    ("reviews.bookinfo.default.svc.cluster.local", "A"),
-    ("mysql-0.mysql.db", "A"),
-    ("api.payments.example.com", "AAAA"),
-    ("build.corp.example.com", "A"),
-    ("product.default.svc.cluster.local", "AAAA"),
-    ("www.example.org", "A"),
-)
 
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_UNKNOWN = 2  # like getent: the name is not known
-
-
-def _example_table() -> NameTable:
-    with resources.as_file(resources.files("pymesh") / "examples" / "nametable.json") as path:
-        return load_name_table(path, namespace=DEFAULT_NAMESPACE, search=DEFAULT_SEARCH)
 
 
 def cmd_dns_lookup(args: argparse.Namespace) -> int:
@@ -45,17 +26,9 @@ def cmd_dns_lookup(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    table = _example_table()
-    print(f"pymesh {_version()}: local mesh on the embedded default")
-    print(
-        f"  name table: {len(table)} names (examples/nametable.json) for a proxy in namespace "
-        f"{table.namespace!r}, search {' '.join(table.search)}"
-    )
-    queries = [(n, args.type) for n in args.names] if args.names else list(EXAMPLE_QUERIES)
-    for name, qtype in queries:
-        print()
-        print(answer(table, name, qtype).to_text())
-    return EXIT_OK
+    from pymesh.up import run
+
+    return run(args.names, args.type, requests=args.requests, hold=args.serve)
 
 
 def cmd_dns_serve(args: argparse.Namespace) -> int:
@@ -101,8 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="run the local mesh on the embedded default and show it working")
-    up.add_argument("names", nargs="*", help="names to look up (default: a tour of the example table)")
+    up.add_argument("names", nargs="*", help="names to ask the agent's DNS server (default: product's names)")
     up.add_argument("--type", default="A", choices=QTYPES, type=str.upper)
+    up.add_argument("--requests", type=int, default=30, help="requests to the product service (default: %(default)s)")
+    up.add_argument("--serve", action="store_true", help="keep the mesh up after the tour, until Ctrl-C")
     up.set_defaults(func=cmd_up)
 
     dns = sub.add_parser("dns", help="the DNS proxy and its name table")

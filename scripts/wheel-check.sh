@@ -18,7 +18,12 @@ python3 -m venv "$venv"
 unzip -l "$wheel" | grep -q 'pymesh/_native.pyi'
 unzip -l "$wheel" | grep -q 'pymesh/py.typed'
 unzip -l "$wheel" | grep -q 'pymesh/examples/nametable.json'
-# No cargo or rustc reachable: the installed wheel must not need them.
-env -i PATH=/usr/bin:/bin HOME="$venv" "$venv/bin/pymesh" up product >"$venv/out.txt"
-grep -q '10.96.0.20' "$venv/out.txt"
+unzip -l "$wheel" | grep -q 'pymesh/examples/mesh/product.yaml'
+# No cargo or rustc reachable: the installed wheel must not need them. `pymesh up` runs the
+# whole local mesh on loopback (ports picked at run time, no root, no network).
+env -i PATH=/usr/bin:/bin HOME="$venv" timeout 60 "$venv/bin/pymesh" up product >"$venv/out.txt"
+grep -q '^5\. registered: WorkloadEntry default/product-vm-127\.0\.0\.3 ' "$venv/out.txt"
+grep -q 'product\. 30 IN A 10\.96\.0\.20$' "$venv/out.txt"
+grep -q 'pod product-pod-0 (127\.0\.0\.2:' "$venv/out.txt"
+grep -q 'vm product-vm (127\.0\.0\.3:' "$venv/out.txt"
 echo "wheel ok: $(basename "$wheel")"

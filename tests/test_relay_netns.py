@@ -64,6 +64,10 @@ CONFIG: dict[str, Any] = {
     "options": {"listen": ["127.0.0.1:15001", "[::1]:15001"], "connect_timeout": 1.0},
 }
 CONFIG["clusters"].append(cluster("sink", [ep(EXTRA4[0], 9000)]))
+# Consistent hashing: a TCP connection's key is its source address.
+HASH_VIP, HASHED = "10.96.0.14", "outbound|80||sticky.default.svc.cluster.local"
+CONFIG["clusters"].append({**cluster(HASHED, [ep(EXTRA4[0], 8080), ep(EXTRA4[1], 8080)]), "lb_policy": "MAGLEV"})
+CONFIG["redirect"]["services"].append({"address": HASH_VIP, "port": 80, "cluster": HASHED})
 # An endpoint whose SYNs are dropped (nothing routes 10.78.0.9): connects time out.
 SLOW_VIP, SLOW = "10.96.0.13", "outbound|80||slow.default.svc.cluster.local"
 CONFIG["clusters"].append(cluster(SLOW, [ep("10.78.0.9", 8080), ep(EXTRA4[1], 8080)]))
@@ -160,6 +164,20 @@ def test_connect_timeouts_are_reported_as_timeouts_and_retried(mesh: tuple[Lab, 
     assert st["connect_timeouts"] - before["connect_timeouts"] == 1
     assert st["connect_failures"] - before["connect_failures"] == 1
     assert st["retries"] - before["retries"] == 1
+
+
+def test_hashing_policies_keep_a_client_on_one_endpoint(mesh: tuple[Lab, Proxy]) -> None:
+    from pymesh.lbtable import LbTable
+
+    lb, _ = mesh
+    counts = lb.peer(lb.vm, "tcpmany", HASH_VIP, "80", "30", uid=APP_UID)
+    # Random picks would split 30 connections over both endpoints.
+    assert len(counts) == 1, counts
+    # The same endpoint LbTable.pick gives for the client's address as key.
+    table = LbTable(seed=CONFIG["seed"])  # the proxy's table has this seed
+    table.load(CONFIG["clusters"])
+    want = {f"{EXTRA4[0]}:8080": "ep1", f"{EXTRA4[1]}:8080": "ep2"}[str(table.pick(HASHED, VM4))]
+    assert counts == {want: 30}
 
 
 def test_large_upload_with_half_close_arrives_intact(mesh: tuple[Lab, Proxy]) -> None:

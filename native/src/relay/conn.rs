@@ -13,7 +13,7 @@ use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use super::orig_dst::original_destination;
 use super::splice::{pump, End, Pipe};
 use super::{monotonic_ms, Routes, Shared};
-use crate::lb::{Outcome, Rng, Verdict};
+use crate::lb::{hash_key, Outcome, Rng, Verdict};
 
 /// Outlier-detection sweeps (ejected endpoints coming back) run at least
 /// this often even when no outcome is reported.
@@ -168,6 +168,15 @@ fn serve(shared: &Arc<Shared>, client: TcpStream, id: u64) {
     };
     c.cluster.fetch_add(1, Ordering::Relaxed);
     let mut rng = Rng::new(shared.seed ^ id.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    // RING_HASH / MAGLEV: a TCP connection's only key is its source
+    // (Istio's consistentHash.useSourceIp -> tcp_proxy hash_policy
+    // source_ip); the key is the address's text, as `LbTable.pick(cluster,
+    // hash_key="10.0.0.1")` takes it, so both give the same endpoint.
+    let hash = if cluster.spec().config.policy.is_hashing() {
+        client.peer_addr().ok().map(|a| hash_key(a.ip().to_string().as_bytes()))
+    } else {
+        None
+    };
     let mut tried: Vec<SocketAddr> = Vec::new();
     for attempt in 0..shared.cfg.connect_attempts {
         // A fresh snapshot per attempt: a failure may just have ejected the
@@ -175,8 +184,11 @@ fn serve(shared: &Arc<Shared>, client: TcpStream, id: u64) {
         // few times to avoid an endpoint that already failed.
         let snap = cluster.snapshot();
         let mut pick = None;
-        for _ in 0..3 {
-            pick = snap.pick(None, &mut rng);
+        for k in 0..3 {
+            // A hash always lands on the same endpoint: once it failed,
+            // re-pick at random (Envoy's retry host predicate does the same
+            // job by re-hashing).
+            pick = snap.pick(if k == 0 { hash } else { None }, &mut rng);
             match pick {
                 Some(i) if tried.contains(&snap.endpoints()[i].address) => continue,
                 _ => break,

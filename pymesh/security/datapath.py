@@ -12,8 +12,9 @@ So the decision: the data path's TLS belongs in the native relay (rustls,
 or kernel TLS so ``splice`` keeps working), and this module is the reference
 implementation of the wire conventions and the policy (identities, ALPN,
 STRICT/PERMISSIVE) that the native one must match and is tested against.
-rustls could not be added in this session (not in the offline crate cache,
-and the relay crate was being changed concurrently).
+rustls was not added in this session: it is not in the local crate cache
+(a new download and TLS dependency), and the relay crate was being changed
+by another engineer at the same time.
 
 Wire conventions (Envoy/Istio ``ISTIO_MUTUAL``): TLS 1.2 or newer, both
 sides present their workload certificate, the peer is verified against the

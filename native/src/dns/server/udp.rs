@@ -132,6 +132,9 @@ pub(super) fn worker(sock: Arc<UdpSocket>, shared: Arc<Shared>, rt: Handle) {
                 nsend += 1;
             }
         }
+        // Counted before the replies leave, so a client that got its answer
+        // sees it in the stats.
+        shared.metrics.flush(&mut counts);
         let mut sent = 0usize;
         while sent < nsend {
             // SAFETY: headers `sent..nsend` point at live buffers of this frame.
@@ -144,7 +147,6 @@ pub(super) fn worker(sock: Arc<UdpSocket>, shared: Arc<Shared>, rt: Handle) {
                 sent += r as usize;
             }
         }
-        shared.metrics.flush(&mut counts);
     }
 }
 
@@ -193,6 +195,7 @@ pub(super) fn worker(sock: Arc<UdpSocket>, shared: Arc<Shared>, rt: Handle) {
             }
             Decision::Forward(q) => forward(&shared, &rt, &sock, q, Some(from), &mut wbuf, &mut counts),
         };
+        shared.metrics.flush(&mut counts);
         if let Some(n) = reply {
             let _ = sock.send_to(&wbuf[..n], from);
         }

@@ -231,3 +231,51 @@ def test_token_mode_accepts_a_bearer_token_on_xds_and_still_checks_identity(tmp_
         s.close()
     finally:
         cp.stop()
+
+
+def test_root_change_the_agent_trusts_the_new_bundle_and_renews_at_once(tmp_path: Path) -> None:
+    """Root A → plug-in CA B whose root-cert.pem bundles B and A: a workload
+    holding an A certificate cannot verify the new control plane until its
+    root-cert.pem lists B; when it does, it renews at once (authenticated by
+    its A certificate, which the bundle still trusts) and then holds a B chain."""
+    from pymesh.security.ca import CertificateAuthority, load_certs
+
+    cp = secure_cp(tmp_path, "a")
+    root_file = tmp_path / "root-cert.pem"
+    root_file.write_text(cp.security.ca.root_pem)
+    old_root = cp.security.ca.root_pem
+    token = cp.security.tokens.create("default", "product")
+    wc = WorkloadCerts(
+        f"127.0.0.1:{cp.secure_port}",
+        old_root,
+        tmp_path / "certs",
+        token=lambda: token,
+        root_file=root_file,
+        root_check=0.1,
+    )
+    first = wc.fetch()
+    cp.stop()
+    b = CertificateAuthority(tmp_path / "b-src")
+    plug = tmp_path / "plugin"
+    plug.mkdir()
+    for f in ("ca-cert.pem", "ca-key.pem", "cert-chain.pem"):
+        (plug / f).write_bytes((tmp_path / "b-src" / f).read_bytes())
+    (plug / "root-cert.pem").write_text(b.root_pem + old_root)
+    cp = secure_cp(tmp_path, "a", plugin_ca_dir=str(plug))  # same data dir: same token key, new CA
+    try:
+        wc.target = f"127.0.0.1:{cp.secure_port}"
+        with pytest.raises(AuthError, match="UNAVAILABLE"):
+            wc.fetch()  # still trusting only A: the B-signed control plane is not believed
+        wc.start()
+        root_file.write_text(b.root_pem + old_root)
+        wait_until(lambda: wc.root_changes == 1 and wc.renewals >= 1, timeout=15)
+        assert wc.held is not None and wc.held.chain != first.chain
+        assert load_certs(wc.held.chain, "chain")[-1] == b.root
+        assert wc.held.spiffe_id == first.spiffe_id
+        s = Stream(wc.channel(), vm_node("127.0.0.3"))
+        s.send(CDS)
+        assert s.recv().type_url == CDS
+        s.close()
+        wc.stop()
+    finally:
+        cp.stop()

@@ -65,6 +65,7 @@ def attach_tls(agent: Any, client: Any) -> WorkloadCerts:
         token=token,
         cluster_id=str(agent.node.metadata.get("CLUSTER_ID") or ""),
         ttl=ttl,
+        root_file=b.paths.root_cert,
     )
     client.channel_factory = certs.channel
     certs.start()

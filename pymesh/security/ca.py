@@ -178,6 +178,10 @@ class CertificateAuthority:
             ordered = []
         self._chain_tail = tuple(cert_pem(c).decode() for c in [*ordered, self.root])
         self.root_pem = cert_pem(self.root).decode()
+        # Every root of root-cert.pem (during a root change: the new and the old one): what
+        # client certificates are verified against, so workloads holding a certificate from
+        # the previous root can still authenticate to renew.
+        self.trust_pem = "".join(cert_pem(c).decode() for c in roots)
         self._issuer = self.cert.subject
         self._aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key())
 

@@ -69,6 +69,8 @@ class WorkloadCerts:
         cluster_id: str = "",
         ttl: float = 24 * 3600.0,
         timeout: float = 10.0,
+        root_file: str | Path | None = None,
+        root_check: float = 5.0,
     ) -> None:
         if not root_pem:
             raise SecurityError("TLS to the control plane needs root-cert.pem (the mesh root)")
@@ -88,6 +90,12 @@ class WorkloadCerts:
         self.renewals = 0
         self.last_error = ""
         self.on_renew: Callable[[Held], None] | None = None
+        # Root change: root-cert.pem (the trust bundle) is re-read every ``root_check``
+        # seconds; when it changes the new bundle is trusted and the certificate renewed
+        # at once (authenticated by the held one), so it chains to the current root.
+        self.root_file = Path(root_file) if root_file is not None else None
+        self.root_check = root_check
+        self.root_changes = 0
 
     # --- files ----------------------------------------------------------------------------
 
@@ -211,9 +219,9 @@ class WorkloadCerts:
         backoff = 1.0
         while not self._stop.is_set():
             wait = self.renew_at() - time.time()
-            if wait > 0 and self._stop.wait(min(wait, 60.0)):
+            if wait > 0 and self._stop.wait(min(wait, self.root_check if self.root_file else 60.0)):
                 return
-            if self.renew_at() > time.time():
+            if self.renew_at() > time.time() and not self._root_changed():
                 continue
             try:
                 h = self.fetch()
@@ -228,6 +236,26 @@ class WorkloadCerts:
                 if self._stop.wait(backoff):
                     return
                 backoff = min(backoff * 2, 60.0)
+
+    def _root_changed(self) -> bool:
+        if self.root_file is None:
+            return False
+        try:
+            data = self.root_file.read_bytes()
+        except OSError:
+            return False
+        if data.strip() == self.root_pem.strip():
+            return False
+        try:
+            load_certs(data, str(self.root_file))
+        except SecurityError as e:
+            log.warning("%s changed but is not usable; keeping the previous roots: %s", self.root_file, e)
+            return False
+        with self._lock:
+            self.root_pem = data
+            self.root_changes += 1
+        log.info("%s changed: trusting the new roots and renewing the certificate", self.root_file)
+        return True
 
 
 def _held(chain: bytes, key: bytes) -> Held:

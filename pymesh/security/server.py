@@ -103,7 +103,7 @@ class MeshSecurity:
 
     async def start(self, backend: tuple[str, int]) -> int:
         cert, key, until = self._server_cert()
-        ctx = server_context(cert, key, self.ca.root_pem)
+        ctx = server_context(cert, key, self.ca.trust_pem)
         self.front = TlsFront(self.listen[0], self.listen[1], backend, ctx)
         port = await self.front.start()
         self._schedule_renewal(until)

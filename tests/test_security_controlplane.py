@@ -279,3 +279,19 @@ def test_root_change_the_agent_trusts_the_new_bundle_and_renews_at_once(tmp_path
         wc.stop()
     finally:
         cp.stop()
+
+
+def test_front_peer_lookup_is_by_address_and_port(cp: ControlPlane, tmp_path: Path) -> None:
+    """A local process connecting to the loopback listener from another address
+    with the same port number must not inherit a TLS peer's identity."""
+    wc = certs(cp, tmp_path, cp.security.tokens.create("default", "product"))
+    s = stream(cp, wc)
+    s.recv()
+    front = cp.security.front
+    ((host, port), peer) = next(iter(front.peers.items()))
+    assert peer.spiffe_ids == ("spiffe://cluster.local/ns/default/sa/product",)
+    assert front.lookup(f"ipv4:{host}:{port}") is peer
+    assert front.lookup(f"ipv4:127.0.0.2:{port}") is None
+    assert front.lookup(f"ipv6:[::1]:{port}") is None
+    assert front.lookup(f"unix:/tmp/x:{port}") is None
+    s.close()

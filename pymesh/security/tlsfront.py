@@ -60,7 +60,10 @@ class TlsFront:
         self.port = port
         self.backend = backend
         self.ctx = ctx
-        self.peers: dict[int, Peer] = {}  # local port of our backend connection -> the TLS peer
+        # (address, port) of our own end of the loopback connection -> the TLS peer. The address
+        # is part of the key: a local process connecting from 127.0.0.2:P must not pass for
+        # the front's 127.0.0.1:P.
+        self.peers: dict[tuple[str, int], Peer] = {}
         self._server: asyncio.base_events.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.stats = {"accepted": 0, "with_cert": 0, "handshake_failures": 0}
@@ -91,8 +94,12 @@ class TlsFront:
 
     def lookup(self, grpc_peer: str) -> Peer | None:
         """``context.peer()`` (``ipv4:127.0.0.1:PORT`` / ``ipv6:[::1]:PORT``) → the TLS peer."""
-        port = grpc_peer.rpartition(":")[2]
-        return self.peers.get(int(port)) if port.isdigit() else None
+        kind, _, rest = grpc_peer.partition(":")
+        if kind not in ("ipv4", "ipv6"):
+            return None
+        host, _, port = rest.rpartition(":")
+        host = host.strip("[]")
+        return self.peers.get((host, int(port))) if port.isdigit() else None
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -107,7 +114,7 @@ class TlsFront:
         if der:
             self.stats["with_cert"] += 1
             ids = tuple(spiffe_ids(x509.load_der_x509_certificate(der)))
-        local = 0
+        local: tuple[str, int] = ("", 0)
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.backend)
         except OSError as e:
@@ -116,7 +123,8 @@ class TlsFront:
             self._tasks.discard(task)
             return
         try:
-            local = up_writer.get_extra_info("sockname")[1]
+            name = up_writer.get_extra_info("sockname")
+            local = (str(name[0]), int(name[1]))
             self.peers[local] = Peer(addr, ids, bool(der))
             await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
         except asyncio.CancelledError:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -200,8 +201,6 @@ def test_large_echo_both_directions_arrives_intact(mesh: tuple[Lab, Proxy]) -> N
 def test_connections_end_cleanly_and_nothing_leaks(mesh: tuple[Lab, Proxy]) -> None:
     lb, proxy = mesh
     lb.peer(lb.vm, "tcpmany", VIP4, "80", "20", uid=APP_UID)
-    import time
-
     deadline = time.monotonic() + 5
     while proxy.stats()["stats"]["active"] and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -272,3 +271,24 @@ def test_inbound_passthrough_delivers_captured_inbound_connections_to_the_local_
         proxy.stdin.flush()
         st = json.loads(proxy.stdout.readline())
         assert st["passthrough"] == 1 and st["cluster"] == 0 and st["connect_failures"] == 0
+
+
+def test_idle_connections_are_closed_after_the_idle_timeout() -> None:
+    require_root_tools("nft")
+    with lab() as lb:
+        lb.serve(lb.net, "ep1", [f"tcp:{EXTRA4[0]}:8080"])
+        lb.serve(lb.net, "ep2", [f"tcp:{EXTRA4[1]}:8080"])
+        lb.capture("nftables", proxy_uid=PROXY_UID, name="pmidle", ipv6=False)
+        path = Path("/tmp") / f"{lb.vm}-relay.json"
+        cfg = {**CONFIG, "logical_dns": {}, "options": {**CONFIG["options"], "idle_timeout": 0.6}}
+        path.write_text(json.dumps(cfg))
+        relay = Proxy(lb.start(lb.vm, "relay", str(path), uid=PROXY_UID))
+        client = lb.start(lb.vm, "hold", VIP4, "80", uid=APP_UID)
+        assert json.loads(client.first_line)["header"].startswith("ep")  # type: ignore[attr-defined]
+        time.sleep(1.5)
+        st = relay.stats()["stats"]
+        assert st["idle_timeouts"] == 1 and st["active"] == 0 and st["resets"] == 0
+        assert client.stdin is not None and client.stdout is not None
+        client.stdin.write("go\n")
+        client.stdin.flush()
+        assert json.loads(client.stdout.readline())["after"] in ("eof", "ConnectionResetError", "BrokenPipeError")

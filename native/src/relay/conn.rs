@@ -11,7 +11,7 @@ use std::time::Duration;
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
 use super::orig_dst::original_destination;
-use super::splice::{pump, End, Pipe};
+use super::splice::{pump, End, IdleClock, Pipe};
 use super::{monotonic_ms, Routes, Shared};
 use crate::lb::{hash_key, Outcome, Rng, Verdict};
 
@@ -306,18 +306,26 @@ fn relay(shared: &Arc<Shared>, client: TcpStream, upstream: TcpStream, id: u64) 
             libc::shutdown(ufd, libc::SHUT_RDWR);
         }
     };
+    let idle = shared.cfg.idle_timeout.map(|t| {
+        // Wake blocked reads twice per timeout to look at the shared clock.
+        let wake = (t / 2).max(Duration::from_millis(10));
+        let _ = SockRef::from(&client).set_read_timeout(Some(wake));
+        let _ = SockRef::from(&upstream).set_read_timeout(Some(wake));
+        Arc::new(IdleClock { last_ms: AtomicU64::new(monotonic_ms()), timeout_ms: t.as_millis() as u64 })
+    });
     // The upstream -> client direction runs on a pool thread; this thread
     // waits for it before closing the descriptors it uses.
     let (done_tx, done_rx) = std::sync::mpsc::sync_channel::<End>(1);
     let sh = shared.clone();
+    let idle_down = idle.clone();
     let job = move || {
-        let end = pump(ufd, cfd, &p_down, &sh.counters.bytes_received);
+        let end = pump(ufd, cfd, &p_down, &sh.counters.bytes_received, idle_down.as_deref());
         // SAFETY: the descriptors stay open until `relay` has received `end`.
         unsafe {
             match end {
                 // Upstream finished sending: pass the FIN on (half-close).
                 End::Eof => libc::shutdown(cfd, libc::SHUT_WR),
-                End::Error => {
+                End::Error | End::Idle => {
                     libc::shutdown(cfd, libc::SHUT_RDWR);
                     libc::shutdown(ufd, libc::SHUT_RDWR)
                 }
@@ -329,11 +337,11 @@ fn relay(shared: &Arc<Shared>, client: TcpStream, upstream: TcpStream, id: u64) 
         both_down();
         End::Error
     } else {
-        let up = pump(cfd, ufd, &p_up, &c.bytes_sent);
+        let up = pump(cfd, ufd, &p_up, &c.bytes_sent, idle.as_deref());
         match up {
             // SAFETY: descriptor open until this function returns.
             End::Eof => unsafe { libc::shutdown(ufd, libc::SHUT_WR) },
-            End::Error => {
+            End::Error | End::Idle => {
                 both_down();
                 0
             }
@@ -342,10 +350,16 @@ fn relay(shared: &Arc<Shared>, client: TcpStream, upstream: TcpStream, id: u64) 
         let down = done_rx.recv().unwrap_or(End::Error);
         if up == End::Error || down == End::Error {
             End::Error
+        } else if up == End::Idle || down == End::Idle {
+            End::Idle
         } else {
             End::Eof
         }
     };
+    if down == End::Idle {
+        // Closed with FIN both ways (the shutdowns above), like Envoy's idle timeout.
+        c.idle_timeouts.fetch_add(1, Ordering::Relaxed);
+    }
     if down == End::Error {
         c.resets.fetch_add(1, Ordering::Relaxed);
         reset(&client);

@@ -134,6 +134,9 @@ pub struct RelayConfig {
     pub pipe_size: usize,
     /// Seed of endpoint picks (reproducible tests); None: random.
     pub seed: Option<u64>,
+    /// A connection with no bytes in either direction for this long is
+    /// closed (Envoy tcp_proxy `idle_timeout`, default 1 hour); None: never.
+    pub idle_timeout: Option<Duration>,
     /// Inbound mode (port 15006): pass every connection through to its
     /// original destination (the local app) from 127.0.0.6 / ::6, as
     /// Istio's inbound passthrough does, without consulting the tables.
@@ -150,6 +153,7 @@ impl Default for RelayConfig {
             mark: None,
             pipe_size: 1 << 18,
             seed: None,
+            idle_timeout: Some(Duration::from_secs(3600)),
             inbound: false,
         }
     }
@@ -175,6 +179,7 @@ pub(crate) struct Counters {
     pub(crate) bytes_sent: AtomicU64,
     pub(crate) bytes_received: AtomicU64,
     pub(crate) resets: AtomicU64,
+    pub(crate) idle_timeouts: AtomicU64,
 }
 
 /// A copy of the counters.
@@ -214,6 +219,8 @@ pub struct RelayStats {
     pub bytes_received: u64,
     /// Connections ended by a reset or error rather than two clean closes.
     pub resets: u64,
+    /// Connections closed by `idle_timeout`.
+    pub idle_timeouts: u64,
 }
 
 /// State shared by the acceptor and every connection thread.
@@ -414,6 +421,7 @@ impl Relay {
             bytes_sent: g(&c.bytes_sent),
             bytes_received: g(&c.bytes_received),
             resets: g(&c.resets),
+            idle_timeouts: g(&c.idle_timeouts),
         }
     }
 }

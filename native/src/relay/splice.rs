@@ -45,6 +45,17 @@ pub(crate) enum End {
     Eof,
     /// A read or write failed (reset, broken pipe, shutdown by `stop`).
     Error,
+    /// Neither direction moved a byte for the idle timeout.
+    Idle,
+}
+
+/// The idle clock a connection's two pumps share (Envoy tcp_proxy
+/// `idle_timeout`: no bytes in either direction). The sockets carry
+/// SO_RCVTIMEO, so a blocked splice wakes up to look at it.
+#[derive(Debug)]
+pub(crate) struct IdleClock {
+    pub(crate) last_ms: AtomicU64,
+    pub(crate) timeout_ms: u64,
 }
 
 fn retry<F: FnMut() -> isize>(mut f: F) -> io::Result<usize> {
@@ -62,7 +73,7 @@ fn retry<F: FnMut() -> isize>(mut f: F) -> io::Result<usize> {
 
 /// Moves bytes from `from` to `to` until end of stream or an error; both
 /// sockets are blocking. Counts delivered bytes into `bytes`.
-pub(crate) fn pump(from: RawFd, to: RawFd, pipe: &Pipe, bytes: &AtomicU64) -> End {
+pub(crate) fn pump(from: RawFd, to: RawFd, pipe: &Pipe, bytes: &AtomicU64, idle: Option<&IdleClock>) -> End {
     let (pr, pw) = (pipe.r.as_raw_fd(), pipe.w.as_raw_fd());
     loop {
         // SAFETY: plain descriptors; null offsets are required for sockets and pipes.
@@ -73,8 +84,18 @@ pub(crate) fn pump(from: RawFd, to: RawFd, pipe: &Pipe, bytes: &AtomicU64) -> En
             Ok(0) => return End::Eof,
             Ok(n) => n,
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return copy(from, to, bytes),
+            // SO_RCVTIMEO expired: idle only if the other direction was quiet too.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => match idle {
+                Some(c) if super::monotonic_ms().saturating_sub(c.last_ms.load(Ordering::Relaxed)) >= c.timeout_ms => {
+                    return End::Idle
+                }
+                _ => continue,
+            },
             Err(_) => return End::Error,
         };
+        if let Some(c) = idle {
+            c.last_ms.store(super::monotonic_ms(), Ordering::Relaxed);
+        }
         let mut left = n;
         while left > 0 {
             // No SPLICE_F_MORE: like MSG_MORE it would let the kernel hold a

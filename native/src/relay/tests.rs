@@ -42,7 +42,7 @@ fn pump_moves_a_large_stream_intact_and_reports_eof() {
     let (bf, cf) = (b.as_raw_fd(), c.as_raw_fd());
     let counted = bytes.clone();
     let pumper = std::thread::spawn(move || {
-        let end = pump(bf, cf, &pipe, &counted);
+        let end = pump(bf, cf, &pipe, &counted, None);
         c.shutdown(Shutdown::Write).unwrap();
         drop(b);
         end
@@ -74,7 +74,7 @@ fn pump_reports_an_error_when_the_destination_resets() {
         client
     });
     let pipe = Pipe::new(1 << 16).unwrap();
-    let end = pump(b.as_raw_fd(), c.as_raw_fd(), &pipe, &AtomicU64::new(0));
+    let end = pump(b.as_raw_fd(), c.as_raw_fd(), &pipe, &AtomicU64::new(0), None);
     assert_eq!(end, End::Error);
     drop(b);
     drop(w.join().unwrap());

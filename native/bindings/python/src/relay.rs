@@ -68,6 +68,7 @@ impl OutboundProxy {
         seed = None,
         logical_dns = None,
         inbound = false,
+        idle_timeout = Some(3600.0),
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -83,6 +84,7 @@ impl OutboundProxy {
         seed: Option<u64>,
         logical_dns: Option<HashMap<String, (String, u16)>>,
         inbound: bool,
+        idle_timeout: Option<f64>,
     ) -> PyResult<OutboundProxy> {
         let listen = listen
             .iter()
@@ -103,6 +105,7 @@ impl OutboundProxy {
             mark,
             pipe_size,
             seed,
+            idle_timeout: idle_timeout.map(|t| seconds("idle_timeout", t)).transpose()?,
             inbound,
         };
         let logical = Arc::new(logical_dns.unwrap_or_default());
@@ -195,6 +198,7 @@ impl OutboundProxy {
             ("bytes_sent", s.bytes_sent),
             ("bytes_received", s.bytes_received),
             ("resets", s.resets),
+            ("idle_timeouts", s.idle_timeouts),
         ] {
             d.set_item(k, v)?;
         }

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -198,6 +200,35 @@ class Lab:
         path.write_text(json.dumps({"backend": backend, **cfg}))
         out = self.run(self.vm, sys.executable, PEER, "capture", str(path), action)
         return json.loads(out) if out.strip() else None
+
+
+def as_agent_user(cmd: list[str]) -> list[str]:
+    """``ip netns exec NS ARGV`` run as the agent's own user (PROXY_UID) with
+    the one capability installing rules needs, as pymesh-agent.service does."""
+    caps = "+net_admin"
+    priv = ["setpriv", f"--reuid={PROXY_UID}", f"--regid={PROXY_UID}", "--clear-groups"]
+    priv += [f"--inh-caps={caps}", f"--ambient-caps={caps}"]
+    return [*cmd[:4], *priv, *cmd[4:]]
+
+
+def fetch_status(lb: Lab, path: str) -> str:
+    """GET the agent's status port (127.0.0.1:15020) inside the vm namespace."""
+    code = f"import urllib.request as u; print(u.urlopen('http://127.0.0.1:15020{path}', timeout=5).read().decode())"
+    return str(lb.run(lb.vm, sys.executable, "-c", code))
+
+
+class Lines:
+    """A process's stdout lines, readable with a timeout."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.q: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=lambda: [self.q.put(x) for x in proc.stdout or ()], daemon=True).start()
+
+    def saw(self, text: str) -> bool:
+        while not self.q.empty():
+            self.seen.append(self.q.get())
+        return any(text in x for x in self.seen)
 
 
 def wait_for(pred: Any, timeout: float = 5.0) -> None:

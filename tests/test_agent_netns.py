@@ -10,21 +10,19 @@ Needs root, iproute2 and nft (fails, never skips, without them)."""
 
 from __future__ import annotations
 
-import queue
 import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from agent_helpers import wait_until, write_vm_files
-from netns_lab import APP_UID, EXTRA4, NET4, PROXY_UID, VM4, lab, require_root_tools
+from netns_lab import APP_UID, EXTRA4, NET4, VM4, Lines, as_agent_user, fetch_status, lab, require_root_tools
 
 SVC_PORT = 18080
 XDS_PORT = 15010
@@ -60,35 +58,6 @@ spec:
 """
     )
     return d
-
-
-def as_agent_user(cmd: list[str]) -> list[str]:
-    """``ip netns exec NS ARGV`` run as the agent's own user (PROXY_UID) with
-    the one capability installing rules needs, as pymesh-agent.service does."""
-    caps = "+net_admin"
-    priv = ["setpriv", f"--reuid={PROXY_UID}", f"--regid={PROXY_UID}", "--clear-groups"]
-    priv += [f"--inh-caps={caps}", f"--ambient-caps={caps}"]
-    return [*cmd[:4], *priv, *cmd[4:]]
-
-
-def fetch_status(lb: Any, path: str) -> str:
-    """GET the agent's status port inside the vm namespace."""
-    code = f"import urllib.request as u; print(u.urlopen('http://127.0.0.1:15020{path}', timeout=5).read().decode())"
-    return str(lb.run(lb.vm, sys.executable, "-c", code))
-
-
-class Lines:
-    """A process's stdout lines, readable with a timeout."""
-
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self.q: queue.Queue[str] = queue.Queue()
-        self.seen: list[str] = []
-        threading.Thread(target=lambda: [self.q.put(x) for x in proc.stdout or ()], daemon=True).start()
-
-    def saw(self, text: str) -> bool:
-        while not self.q.empty():
-            self.seen.append(self.q.get())
-        return any(text in x for x in self.seen)
 
 
 @pytest.fixture

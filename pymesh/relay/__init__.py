@@ -47,6 +47,7 @@ def start_outbound_proxy(
     mark: int | None = None,
     seed: int | None = None,
     logical_dns: Mapping[str, tuple[str, int]] | None = None,
+    idle_timeout: float | None = 3600.0,
 ) -> OutboundProxy:
     """Creates and starts an ``OutboundProxy``; see the class for the settings.
     ``logical_dns`` maps LOGICAL_DNS clusters (which the ``LbTable`` does not
@@ -62,6 +63,7 @@ def start_outbound_proxy(
         mark=mark,
         seed=seed,
         logical_dns=logical_dns,
+        idle_timeout=idle_timeout,
     )
     proxy.start()
     return proxy

@@ -127,3 +127,24 @@ def test_vm_to_vm_over_mesh_certificates_through_the_agent_inbound_listener(tmp_
     finally:
         cp.stop()
         app.close()
+
+
+def test_agent_rotates_its_certificate_twice_on_one_stream(tmp_path: Path) -> None:
+    """A 4-second certificate (renewed at half life): two rotations, the xDS stream
+    opened with the first certificate is still the only one and still connected."""
+    cp = secure_cp(tmp_path, server_cert_ttl=4)
+    try:
+        vm = vm_files(tmp_path, cp, cp.security.tokens.create("default", "product"), cp.security.ca.root_pem)
+        agent = make_agent(vm, tmp_path / "state", free_port("127.0.0.1"), control_plane_auth="MUTUAL_TLS", cert_ttl=4)
+        agent.start()
+        try:
+            wait_until(lambda: agent.client is not None and agent.client.connected, timeout=20)
+            first = agent.certs.held.chain
+            wait_until(lambda: agent.certs.renewals >= 2 and cp.security.stats["server_cert_renewals"] >= 2, timeout=20)
+            assert agent.certs.held.chain != first
+            assert agent.client.connected and agent.client.stats["streams"] == 1
+            assert cp.call_soon(lambda: len(cp.ads.connections)) == 1
+        finally:
+            agent.stop()
+    finally:
+        cp.stop()

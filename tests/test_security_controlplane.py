@@ -295,3 +295,16 @@ def test_front_peer_lookup_is_by_address_and_port(cp: ControlPlane, tmp_path: Pa
     assert front.lookup(f"ipv6:[::1]:{port}") is None
     assert front.lookup(f"unix:/tmp/x:{port}") is None
     s.close()
+
+
+def test_a_key_that_does_not_match_the_held_certificate_falls_back_to_the_token(
+    cp: ControlPlane, tmp_path: Path
+) -> None:
+    from pymesh.security.ca import key_pem, new_key
+
+    token = cp.security.tokens.create("default", "product")
+    certs(cp, tmp_path, token, "c").fetch()
+    (tmp_path / "c" / "key.pem").write_bytes(key_pem(new_key()))  # e.g. a crash between the two writes
+    again = certs(cp, tmp_path, token, "c")
+    assert again.held is None  # not presented: it would fail the handshake
+    assert again.ensure().spiffe_id.endswith("/sa/product")  # recovered with the token

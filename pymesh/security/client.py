@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from pymesh.security.ca import key_pem, load_certs, make_csr, new_key, spiffe_ids
 from pymesh.security.errors import AuthError, SecurityError
@@ -51,6 +52,10 @@ class Held:
     not_before: float
     not_after: float
     spiffe_id: str
+    # When this agent got it (local clock; the file's mtime after a restart). Renewal is
+    # timed from here, not from notBefore, which CAs backdate for clock skew (pymesh by
+    # 60 s): with a 4 s certificate, "half of notBefore..notAfter" would already be past.
+    issued_at: float = 0.0
 
     def valid(self, now: float | None = None) -> bool:
         t = time.time() if now is None else now
@@ -106,14 +111,14 @@ class WorkloadCerts:
         except OSError:
             return None
         try:
-            return _held(chain, key)
-        except SecurityError as e:
+            return _held(chain, key, (self.dir / "cert-chain.pem").stat().st_mtime)
+        except (SecurityError, OSError) as e:
             log.warning("%s: held certificate unreadable (%s); the token will be used", self.dir, e)
             return None
 
     def _store(self, chain: list[str], key: bytes) -> Held:
         data = "".join(c if c.endswith("\n") else c + "\n" for c in chain).encode()
-        held = _held(data, key)
+        held = _held(data, key, time.time())
         # The key before the chain: a crash in between leaves a chain whose key is
         # missing or old, which _load() rejects (and the token path recovers).
         write_private(self.dir / "key.pem", key)
@@ -202,7 +207,8 @@ class WorkloadCerts:
         h = self.held
         if h is None:
             return time.time()
-        return h.not_before + (h.not_after - h.not_before) * RENEW_RATIO
+        start = min(max(h.not_before, h.issued_at), h.not_after)
+        return start + (h.not_after - start) * RENEW_RATIO
 
     def start(self) -> WorkloadCerts:
         self._thread = threading.Thread(target=self._run, name="pymesh-agent-certs", daemon=True)
@@ -224,8 +230,9 @@ class WorkloadCerts:
             if self.renew_at() > time.time() and not self._root_changed():
                 continue
             try:
+                had = self.held is not None
                 h = self.fetch()
-                self.renewals += 1
+                self.renewals += had  # the first certificate is not a renewal
                 self.last_error = ""
                 backoff = 1.0
                 if self.on_renew is not None:
@@ -258,9 +265,16 @@ class WorkloadCerts:
         return True
 
 
-def _held(chain: bytes, key: bytes) -> Held:
+def _held(chain: bytes, key: bytes, issued_at: float) -> Held:
     certs = load_certs(chain, "cert-chain.pem")
     leaf: x509.Certificate = certs[0]
+    try:
+        private = serialization.load_pem_private_key(key, password=None)
+    except (ValueError, TypeError) as e:
+        raise SecurityError(f"key.pem is not an unencrypted PEM private key: {e}") from e
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if private.public_key().public_bytes(*spki) != leaf.public_key().public_bytes(*spki):
+        raise SecurityError("key.pem does not belong to cert-chain.pem's certificate")
     ids = spiffe_ids(leaf)
     return Held(
         chain,
@@ -268,4 +282,5 @@ def _held(chain: bytes, key: bytes) -> Held:
         leaf.not_valid_before_utc.timestamp(),
         leaf.not_valid_after_utc.timestamp(),
         ids[0] if ids else "",
+        issued_at,
     )

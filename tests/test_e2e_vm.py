@@ -3,7 +3,7 @@
     "cluster" namespace (lab.net, 10.77.0.1): the control plane (pymesh
         controlplane, xDS on 10.77.0.1:15010), two pod backends (HTTP on
         10.78.0.1 and 10.78.0.2) and dnsmasq, the VM's resolv.conf name server
-    "vm" namespace (lab.vm, 10.77.0.2): `pymesh agent --capture nftables`
+    "vm" namespace (lab.vm, 10.77.0.2): `pymesh agent --capture nftables` (and iptables)
         as its own user (uid 1337, CAP_NET_ADMIN only, excluded from capture
         by uid), the VM's own workload (HTTP on 10.77.0.2) and the clients,
         run as an application user (uid 4242)
@@ -104,8 +104,8 @@ def shared_dir() -> Iterator[Path]:
 class Mesh:
     """The processes of the test, (re)started by name; all in ``lab.procs`` for teardown."""
 
-    def __init__(self, lb: Lab, d: Path) -> None:
-        self.lb, self.d = lb, d
+    def __init__(self, lb: Lab, d: Path, backend: str) -> None:
+        self.lb, self.d, self.backend = lb, d, backend
         self.cp_dir = d / "cp"
         self.failflag = d / "vm-probe-fails"
         self.cp: subprocess.Popen[str] | None = None
@@ -134,7 +134,7 @@ class Mesh:
 
     def start_agent(self) -> None:
         vm = self.d / "vm"
-        argv = [sys.executable, "-m", "pymesh", "agent", "--config-dir", str(vm), "--capture", "nftables"]
+        argv = [sys.executable, "-m", "pymesh", "agent", "--config-dir", str(vm), "--capture", self.backend]
         argv += ["--outbound-listen", "127.0.0.1:15001", "--dns-listen", "127.0.0.1:15053"]
         argv += ["--status-listen", "127.0.0.1:15020", "--state-dir", str(self.d / "state"), "--pod-name", "vm-1"]
         argv += ["--backoff-max", "1"]
@@ -202,12 +202,18 @@ def assert_thirds(counts: dict[str, int], n: int) -> None:
         assert abs(k - n / 3) <= n / 6, (tag, counts)
 
 
-def test_vm_joins_the_mesh_end_to_end(shared_dir: Path) -> None:
-    require_root_tools("nft", "dig", "getent", "dnsmasq")
+def rules(lb: Lab, backend: str) -> str:
+    """The vm namespace's capture rules, lower-cased (ours are named pymesh / PYMESH_*)."""
+    return (lb.ruleset() if backend == "nftables" else lb.iptables_save()).lower()
+
+
+@pytest.mark.parametrize("backend", ["nftables", "iptables"])
+def test_vm_joins_the_mesh_end_to_end(shared_dir: Path, backend: str) -> None:
+    require_root_tools("nft" if backend == "nftables" else "iptables", "dig", "getent", "dnsmasq")
     t0 = time.monotonic()
     with lab() as lb:
         d = shared_dir
-        m = Mesh(lb, d)
+        m = Mesh(lb, d, backend)
         search = "default.svc.cluster.local svc.cluster.local cluster.local"
         lb.etc(lb.vm, "resolv.conf", f"nameserver {NET4}\nsearch {search}\n")
         # The cluster network: two pods, a real resolver for external names, the control plane.
@@ -231,8 +237,9 @@ def test_vm_joins_the_mesh_end_to_end(shared_dir: Path) -> None:
         (d / "state").chmod(0o777)
         assert m.entry() is None
         m.start_agent()
-        m.saw("capture rules installed (nftables)")
+        m.saw(f"capture rules installed ({backend})")
         m.saw("outbound proxy on 127.0.0.1:15001")
+        assert "pymesh" in rules(lb, backend)
 
         # Registered when the agent starts, healthy once the probe passes.
         wait_until(m.entry, timeout=15)
@@ -270,10 +277,10 @@ def test_vm_joins_the_mesh_end_to_end(shared_dir: Path) -> None:
 
         # The agent restarts while the control plane is down: it serves its saved tables at once.
         m.stop_agent()
-        assert "pymesh" not in lb.ruleset()  # a clean stop removes its rules
+        assert "pymesh" not in rules(lb, backend)  # a clean stop removes its rules
         m.start_agent()
         m.saw("serving saved tables")
-        m.saw("capture rules installed (nftables)")
+        m.saw(f"capture rules installed ({backend})")
         assert m.dig("product") == [VIP]
         assert lb.run(lb.vm, "getent", "hosts", "product.default", uid=APP_UID).split()[0] == VIP
         assert_thirds(m.requests(30), 30)
@@ -295,7 +302,7 @@ def test_vm_joins_the_mesh_end_to_end(shared_dir: Path) -> None:
         # The agent stops: its entry is kept for the grace period, then deleted.
         m.stop_agent()
         stopped = time.monotonic()
-        assert "pymesh" not in lb.ruleset()
+        assert "pymesh" not in rules(lb, backend)
         wait_until(lambda: "istio.io/disconnectedAt" in ((m.entry() or {}).get("metadata", {}).get("annotations", {})))
         assert time.monotonic() - stopped < GRACE, "deleted before the grace period"
         wait_until(lambda: m.entry() is None, timeout=GRACE + 10)

@@ -98,8 +98,12 @@ class Workload:
 
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), options=[("grpc.so_reuseport", 0)])
         self.server.add_generic_rpc_handlers((Generic(),))
-        if self.server.add_insecure_port(self.address) == 0:
-            raise UpError(f"cannot listen on {self.address}")
+        try:
+            bound = self.server.add_insecure_port(self.address)
+        except RuntimeError as e:  # grpcio raises on a failed bind (older versions return 0)
+            raise UpError(f"{name}: cannot listen on {self.address}: {e}") from None
+        if bound == 0:
+            raise UpError(f"{name}: cannot listen on {self.address}")
         self.server.start()
 
     def stop(self) -> None:
@@ -336,7 +340,8 @@ def run(
     try:
         with stack, _quiet_logs():
             _run(st, stack, tmp, names, qtype, requests, hold)
-            st.step("stopping: agent, control plane, workloads; temp dir removed")
+            st.step("stopping: agent, control plane, workloads")
+        st.say(f"stopped; temp dir {'still there' if tmp.exists() else 'removed'}")
         st.say(f"done in {time.monotonic() - st.t0:.1f}s", indent="")
         return 0
     except KeyboardInterrupt:

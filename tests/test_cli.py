@@ -80,6 +80,7 @@ def test_up_runs_the_whole_local_mesh_and_stops_cleanly() -> None:
     assert _counts(out) == {"pod product-pod-0": 20, "vm product-vm": 20}, out
     tmp = re.search(r"VM files \(istioctl's five\): (\S+)/vm/", out)
     assert tmp is not None and not Path(tmp.group(1)).exists()
+    assert "   stopped; temp dir removed\n" in out
     assert r.stderr == ""
 
 

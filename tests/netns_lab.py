@@ -90,7 +90,10 @@ class Lab:
         for p in self.procs:
             if p.poll() is None:
                 p.kill()
-            p.wait(timeout=10)
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass  # the namespaces below are deleted regardless
         for ns in (self.vm, self.net):
             subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
             shutil.rmtree(Path("/etc/netns") / ns, ignore_errors=True)

@@ -62,7 +62,9 @@ CONFIG: dict[str, Any] = {
         ],
         "include_ip_ranges": ["*"],
     },
-    "options": {"listen": ["127.0.0.1:15001", "[::1]:15001"], "connect_timeout": 1.0},
+    # 2.5 s: above the 1 s SYN retransmission, so a first SYN lost while the
+    # veth's neighbours are resolved does not fail a connect.
+    "options": {"listen": ["127.0.0.1:15001", "[::1]:15001"], "connect_timeout": 2.5},
 }
 CONFIG["clusters"].append(cluster("sink", [ep(EXTRA4[0], 9000)]))
 # Consistent hashing: a TCP connection's key is its source address.

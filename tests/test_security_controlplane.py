@@ -308,3 +308,14 @@ def test_a_key_that_does_not_match_the_held_certificate_falls_back_to_the_token(
     again = certs(cp, tmp_path, token, "c")
     assert again.held is None  # not presented: it would fail the handshake
     assert again.ensure().spiffe_id.endswith("/sa/product")  # recovered with the token
+
+
+def test_a_token_request_for_another_cluster_is_refused(cp: ControlPlane, tmp_path: Path) -> None:
+    token = cp.security.tokens.create("default", "product")
+    wc = WorkloadCerts(
+        f"127.0.0.1:{cp.secure_port}", cp.security.ca.root_pem, tmp_path / "c", token=lambda: token, cluster_id="east"
+    )
+    with pytest.raises(AuthError, match="ClusterID 'east'"):
+        wc.fetch()
+    wc.cluster_id = "Kubernetes"
+    assert wc.fetch().spiffe_id.endswith("/sa/product")

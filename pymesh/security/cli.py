@@ -70,6 +70,9 @@ def add_controlplane_flags(p: Any) -> None:
     p.add_argument("--plugin-ca", metavar="DIR", help="Istio cacerts layout: ca-cert/ca-key/root-cert/cert-chain.pem")
     p.add_argument("--cert-ttl", default="24h", help="default workload certificate lifetime (default %(default)s)")
     p.add_argument(
+        "--cluster-id", default="Kubernetes", help="ClusterID token requests must name (default %(default)s)"
+    )
+    p.add_argument(
         "--xds-auth",
         choices=("mtls", "token"),
         default="mtls",
@@ -95,4 +98,5 @@ def security_options(args: argparse.Namespace) -> Any:
         cert_ttl=ttl,
         server_cert_ttl=max(ttl, 3600.0),
         xds_auth=args.xds_auth,
+        cluster_id=args.cluster_id,
     )

@@ -59,6 +59,10 @@ class SecurityOptions:
     # "mtls": xDS on the secure port needs a client certificate; "token": a bearer token also does.
     xds_auth: str = "mtls"
     audience: str = DEFAULT_AUDIENCE
+    # Istio's CLUSTER_ID (default "Kubernetes"): a token request's ClusterID header must name
+    # this cluster or be empty; istiod would send a remote cluster's token to that cluster's
+    # TokenReview, and pymesh knows no remote clusters.
+    cluster_id: str = "Kubernetes"
 
 
 def _split(addr: str) -> tuple[str, int]:
@@ -216,6 +220,12 @@ class MeshSecurity:
             ids = self._cert_identities(peer)
             if ids:
                 return ids[0]
+        for key, value in context.invocation_metadata() or ():
+            if key.lower() == "clusterid" and value and value != self.options.cluster_id:
+                raise AuthError(
+                    f"ClusterID {value!r}: this control plane is cluster {self.options.cluster_id!r} "
+                    "and verifies tokens of its own cluster only"
+                )
         tok = self._token_identity(context)
         if tok is not None:
             return tok

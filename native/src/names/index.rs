@@ -13,7 +13,6 @@
 //! and their cache misses overlap. An 8-byte slot (tag, entry) would have to
 //! find the key through the record, one more miss in series.
 
-use super::huge;
 use super::table::Form;
 
 #[derive(Clone, Copy, Default)]
@@ -82,10 +81,7 @@ impl Index {
     /// probe sequences cannot be predicted from outside.
     pub fn with_capacity(keys: usize, seed: u64) -> Index {
         let cap = if keys == 0 { 0 } else { keys + keys / 2 + 1 };
-        let mut slots = Vec::with_capacity(cap);
-        huge::advise(slots.as_ptr(), cap);
-        slots.resize(cap, Slot::default());
-        Index { slots: slots.into_boxed_slice(), seed }
+        Index { slots: vec![Slot::default(); cap].into_boxed_slice(), seed }
     }
 
     pub fn capacity(&self) -> usize {

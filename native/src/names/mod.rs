@@ -7,7 +7,6 @@
 
 mod entry;
 mod hostname;
-mod huge;
 mod index;
 mod live;
 mod load;

@@ -33,7 +33,6 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::entry::{label, registry_rank, NameConfig, NameEntry, ValidConfig};
 use super::hostname::{normalize_table_name, QueryName};
-use super::huge;
 use super::index::{prefetch, Index};
 use crate::error::{Error, Result};
 
@@ -347,12 +346,9 @@ impl NameTable {
         }
 
         let seed = random_seed();
-        // Sized exactly, so that they are never reallocated: the huge-page
-        // advice is given before their pages are first touched.
+        // Sized exactly: never reallocated (copied) while filled or boxed.
         let mut arena = String::with_capacity(arena_len);
-        huge::advise(arena.as_ptr(), arena.capacity());
         let mut recs = Vec::with_capacity(prepared.len());
-        huge::advise(recs.as_ptr(), recs.capacity());
         let mut meta_offs = Vec::with_capacity(prepared.len());
         let mut v4 = Vec::new();
         let mut v6 = Vec::new();

@@ -28,7 +28,7 @@ def cmd_dns_lookup(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     from pymesh.up import run
 
-    return run(args.names, args.type, requests=args.requests, hold=args.serve)
+    return run(args.names, args.type, requests=args.requests, hold=args.serve, capture=args.capture)
 
 
 def cmd_dns_serve(args: argparse.Namespace) -> int:
@@ -78,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--type", default="A", choices=QTYPES, type=str.upper)
     up.add_argument("--requests", type=int, default=30, help="requests to the product service (default: %(default)s)")
     up.add_argument("--serve", action="store_true", help="keep the mesh up after the tour, until Ctrl-C")
+    up.add_argument(
+        "--capture",
+        action="store_true",
+        help="root: the real data path (capture rules, outbound proxy) in a network namespace of its own",
+    )
     up.set_defaults(func=cmd_up)
 
     dns = sub.add_parser("dns", help="the DNS proxy and its name table")

@@ -24,17 +24,27 @@ What runs, all on loopback, unprivileged and on ports chosen at start:
    counted per backend;
 7. everything stopped and the temp dir removed (also on Ctrl-C).
 
-Capture rules and the outbound proxy need root and are not used here: the
-route each connection would take through 15001 is the same ``agent.route``.
+Capture rules and the outbound proxy need root and are not used by default:
+the route each connection would take through 15001 is the same
+``agent.route``. ``pymesh up --capture`` (root) runs the same in a private
+network namespace of its own (``unshare --net``, nothing on the host
+changes) with the real data path: the agent installs the capture rules and
+runs the outbound proxy on 127.0.0.1:15001, and a client process running as
+another user (uid 4242) asks the resolv.conf name server (10.99.0.53:53,
+captured to the agent's DNS) and connects to the VIP itself, each
+connection redirected to the proxy, which picks the endpoint.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import random
 import shutil
 import socket
 import struct
+import subprocess
 import sys
 import tempfile
 import threading
@@ -55,6 +65,11 @@ GET_METHOD = "/product.Product/Get"
 HEALTH_METHOD = "/grpc.health.v1.Health/Check"
 SERVING = b"\x08\x01"  # grpc.health.v1.HealthCheckResponse{status: SERVING}
 DEFAULT_NAMES = ("product.default.svc.cluster.local", "product", "api.payments.example.com")
+# --capture: the private namespace's resolv.conf name server (captured, never reached), the
+# application user whose traffic is captured, the marker of the re-executed child.
+NAMESERVER = "10.99.0.53"
+APP_UID = 4242
+NETNS_ENV = "PYMESH_UP_NETNS"
 
 
 class UpError(Exception):
@@ -328,9 +343,12 @@ def run(
     requests: int = 20,
     hold: bool = False,
     out: TextIO = sys.stdout,
+    capture: bool = False,
 ) -> int:
     from pymesh import __version__
 
+    if capture and os.environ.get(NETNS_ENV) != "1":
+        return _reexec_in_netns()
     st = Steps(out)
     restore = _interrupt_on_signals()
     st.say(f"pymesh {__version__}: the local mesh on the embedded default (Ctrl-C stops it cleanly)", indent="")
@@ -339,7 +357,7 @@ def run(
     stack.callback(shutil.rmtree, tmp, True)
     try:
         with stack, _quiet_logs():
-            _run(st, stack, tmp, names, qtype, requests, hold)
+            _run(st, stack, tmp, names, qtype, requests, hold, capture)
             st.step("stopping: agent, control plane, workloads")
         st.say(f"stopped; temp dir {'still there' if tmp.exists() else 'removed'}")
         st.say(f"done in {time.monotonic() - st.t0:.1f}s", indent="")
@@ -372,12 +390,53 @@ def _interrupt_on_signals() -> Callable[[], None]:
     return restore
 
 
+def _reexec_in_netns() -> int:
+    """Runs this command again in a new network namespace (root only), so the
+    capture rules never touch the host's traffic."""
+    if os.geteuid() != 0:
+        print("pymesh up: error: --capture needs root (it runs in a network namespace of its own)", file=sys.stderr)
+        return 1
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        print("pymesh up: error: --capture needs the unshare command (util-linux)", file=sys.stderr)
+        return 1
+    env = {**os.environ, NETNS_ENV: "1"}
+    os.execve(unshare, [unshare, "--net", "--", sys.executable, "-m", "pymesh", *sys.argv[1:]], env)
+
+
+def _netns_setup(st: Steps, tmp: Path) -> None:
+    """Loopback up, and a link with a default route so connections to VIPs
+    have a route to be captured from (nothing is at its other end)."""
+    for argv in (
+        ["ip", "link", "set", "lo", "up"],
+        ["ip", "link", "add", "pm0", "type", "veth", "peer", "name", "pm1"],  # veth: no dummy module needed
+        ["ip", "addr", "add", "10.99.0.1/24", "dev", "pm0"],
+        ["ip", "link", "set", "pm1", "up"],
+        ["ip", "link", "set", "pm0", "up"],
+        ["ip", "route", "add", "default", "dev", "pm0"],
+    ):
+        p = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if p.returncode != 0:
+            raise UpError(f"network namespace setup: {' '.join(argv)}: {p.stderr.strip()}")
+    tmp.chmod(0o755)  # the application user's client reads nothing here, but may need to traverse
+    st.step("network namespace: private (unshare --net): lo, pm0 10.99.0.1/24 (veth), default route via pm0")
+
+
 def _run(
-    st: Steps, stack: contextlib.ExitStack, tmp: Path, names: Sequence[str], qtype: str, requests: int, hold: bool
+    st: Steps,
+    stack: contextlib.ExitStack,
+    tmp: Path,
+    names: Sequence[str],
+    qtype: str,
+    requests: int,
+    hold: bool,
+    capture: bool = False,
 ) -> None:
     from pymesh.agent import Agent, AgentOptions, load_bootstrap
     from pymesh.controlplane import ControlPlane
 
+    if capture:
+        _netns_setup(st, tmp)
     port = _service_port()
     mesh = _example_mesh(tmp / "mesh", port)
     cp = ControlPlane(mesh, xds_listen="127.0.0.1:0", data_dir=tmp / "cp", grace_period=2, debounce=0.05)
@@ -400,6 +459,9 @@ def _run(
     group = next(o for o in objs if o.key == ("WorkloadGroup", "default", "product-vm"))
     probe = dict(group.raw.get("spec", {}).get("probe") or {})
     vm_dir = _vm_files(tmp / "vm", cp.port, probe)
+    if capture:
+        resolv = (vm_dir / "resolv.conf").read_text()
+        (vm_dir / "resolv.conf").write_text(f"nameserver {NAMESERVER}\n{resolv}")
     st.step(f"VM files (istioctl's five): {vm_dir}/{{cluster.env,mesh.yaml,hosts,root-cert.pem,istio-token}}")
     kind = next((k for k in ("grpc", "httpGet", "tcpSocket", "exec") if k in probe), "none")
     st.say(f"auto-register group product-vm, instance IP {VM_IP}, readiness probe {kind} from the WorkloadGroup")
@@ -416,12 +478,18 @@ def _run(
         pod_name="vm-1",
         backoff_base=0.1,
         backoff_max=1.0,
+        capture="auto" if capture else None,
+        outbound_listen=["127.0.0.1:15001"] if capture else (),
     )
     agent = Agent(load_bootstrap(vm_dir), opts)
     agent.start()
     stack.callback(agent.stop)
     st.step(f"agent: node {agent.node.id}")
     st.say(f"DNS proxy on 127.0.0.1:{dns_port} (udp+tcp); control plane {agent.target}")
+    if capture:
+        backend = agent.capture_rules.backend if agent.capture_rules is not None else "?"
+        st.say(f"capture rules installed ({backend}): DNS to {NAMESERVER}:53 and outbound TCP, not the agent's uid")
+        st.say(f"outbound proxy on {', '.join(agent.proxy.addresses) if agent.proxy else '?'}")
     entry_name = f"product-vm-{VM_IP}"
     entry = _wait(lambda: cp.registered_entry("default", entry_name), 10, f"WorkloadEntry {entry_name}")
     st.step(f"registered: WorkloadEntry default/{entry_name} (address {entry.get('spec', {}).get('address')})")
@@ -453,10 +521,18 @@ def _run(
     if vip is None:
         raise UpError(f"the agent's DNS did not answer {SERVICE}")
     st.step(f"requests: {requests} gRPC calls {GET_METHOD} to {SERVICE}:{port} (VIP {vip})")
-    st.say("each routed by the agent's tables (redirection table, then the cluster's load-balancing policy)")
-    counts = _send(agent, vip, port, requests)
+    if capture:
+        st.say(f"from a client running as uid {APP_UID}: it asks {NAMESERVER}:53 (captured) for {SERVICE},")
+        st.say("then connects to that VIP once per call; the rules redirect each connection to the outbound proxy")
+        counts = _send_captured(vip, port, requests)
+    else:
+        st.say("each routed by the agent's tables (redirection table, then the cluster's load-balancing policy)")
+        counts = _send(agent, vip, port, requests)
     for backend, n in sorted(counts.items()):
         st.say(f"{n:3d}  {backend}")
+    if capture and agent.proxy is not None:
+        ps = agent.proxy.stats()
+        st.say(f"outbound proxy: {ps['accepted']} connections accepted, {ps['cluster']} routed to a cluster")
     if hold:
         st.say(f"serving until Ctrl-C: dig @127.0.0.1 -p {dns_port} product.default.svc.cluster.local", indent="")
         threading.Event().wait()
@@ -487,3 +563,40 @@ def _send(agent: Any, vip: str, port: int, n: int) -> Counter[str]:
         for ch in channels.values():
             ch.close()
     return counts
+
+
+def _send_captured(vip: str, port: int, n: int) -> Counter[str]:
+    argv = ["setpriv", f"--reuid={APP_UID}", f"--regid={APP_UID}", "--clear-groups"]
+    argv += [sys.executable, "-m", "pymesh.up", "client", NAMESERVER, SERVICE, str(port), str(n)]
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False, cwd="/")
+    if p.returncode != 0:
+        raise UpError(f"the client (uid {APP_UID}) failed: {p.stderr.strip()[-500:]}")
+    got = json.loads(p.stdout.strip().splitlines()[-1])
+    if got["vip"] != vip:
+        raise UpError(f"the captured DNS answered {got['vip']!r}, the agent's DNS {vip!r}")
+    return Counter(got["counts"])
+
+
+def _client(nameserver: str, name: str, port: int, n: int) -> dict[str, Any]:
+    """The application side of ``--capture``: DNS to the resolv.conf name
+    server, then one connection (a new gRPC channel, its own subchannel) per
+    call to the answered VIP."""
+    import grpc
+
+    rcode, records = dns_query((nameserver, 53), name, "A")
+    vip = next((r.split()[-1] for r in records if " IN A " in r), None)
+    counts: Counter[str] = Counter()
+    for _ in range(n if vip else 0):
+        ch = grpc.insecure_channel(f"{vip}:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
+        try:
+            reply: bytes = ch.unary_unary(GET_METHOD)(b"", timeout=5)
+            counts[reply.decode()] += 1
+        except grpc.RpcError as e:
+            counts[f"failed: {e.code().name}"] += 1
+        finally:
+            ch.close()
+    return {"rcode": rcode, "vip": vip, "counts": counts}
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["client"]:
+    print(json.dumps(_client(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))))

@@ -62,7 +62,7 @@ def test_bad_table_is_a_clear_error(tmp_path: Path) -> None:
 
 def _counts(out: str) -> dict[str, int]:
     """The per-backend answer counts of step 7."""
-    tail = out.split("7. requests:", 1)[1].split("8. stopping", 1)[0]
+    tail = re.split(r"^\d+\. stopping", re.split(r"^\d+\. requests:", out, flags=re.M)[1], flags=re.M)[0]
     return {m.group(2): int(m.group(1)) for m in re.finditer(r"^\s+(\d+)  (\S+ \S+) \(", tail, re.M)}
 
 
@@ -140,3 +140,39 @@ def test_up_serve_keeps_dns_up_until_interrupted() -> None:
     tmp = re.search(r"VM files \(istioctl's five\): (\S+)/vm/", "".join(lines))
     assert tmp is not None and not Path(tmp.group(1)).exists()
     assert "Traceback" not in err
+
+
+def test_up_capture_takes_the_real_data_path_in_its_own_namespace() -> None:
+    """Root: capture rules and the outbound proxy, in a private network namespace."""
+    from netns_lab import require_root_tools
+
+    require_root_tools("unshare", "nft")
+    r = pymesh("up", "--capture", "--requests", "20")
+    assert r.returncode == 0, r.stderr + r.stdout
+    out = r.stdout
+    assert re.search(r"^   capture rules installed \((nftables|iptables)\)", out, re.M), out
+    assert "from a client running as uid 4242: it asks 10.99.0.53:53 (captured)" in out
+    assert _counts(out) == {"pod product-pod-0": 10, "vm product-vm": 10}, out
+    # Every call was a connection the rules sent to the proxy and the proxy routed.
+    m = re.search(r"outbound proxy: (\d+) connections accepted, (\d+) routed to a cluster", out)
+    assert m is not None and int(m.group(1)) >= 20 and int(m.group(2)) >= 20, out
+    # Nothing of it is left on the host.
+    assert "pymesh" not in subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True).stdout
+    r = subprocess.run(
+        [
+            "setpriv",
+            "--reuid=4242",
+            "--regid=4242",
+            "--clear-groups",
+            sys.executable,
+            "-m",
+            "pymesh",
+            "up",
+            "--capture",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
+    )
+    assert r.returncode == 1 and "--capture needs root" in r.stderr, r.stderr

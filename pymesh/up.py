@@ -418,7 +418,6 @@ def _netns_setup(st: Steps, tmp: Path) -> None:
         p = subprocess.run(argv, capture_output=True, text=True, check=False)
         if p.returncode != 0:
             raise UpError(f"network namespace setup: {' '.join(argv)}: {p.stderr.strip()}")
-    tmp.chmod(0o755)  # the application user's client reads nothing here, but may need to traverse
     st.step("network namespace: private (unshare --net): lo, pm0 10.99.0.1/24 (veth), default route via pm0")
 
 

@@ -44,7 +44,7 @@ XDS_PORT = 15010
 VIP = "10.96.0.20"
 PODS = {"pod-a": EXTRA4[0], "pod-b": EXTRA4[1]}
 ENTRY = f"product-vm-{VM4}"
-GRACE = 3.0
+GRACE = 4.0
 HTTP_PEER = str(Path(__file__).resolve().parent / "e2e_http.py")
 PROBE = {"httpGet": {"path": "/healthz", "port": SVC_PORT}, "periodSeconds": 1, "timeoutSeconds": 1}
 

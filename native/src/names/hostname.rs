@@ -72,23 +72,33 @@ impl QueryName {
     /// Returns `None` for names no table entry can ever match: empty,
     /// too long, empty or over-long labels, non-ASCII bytes, or a `*` (a
     /// literal wildcard is never answered: it would put `*` in an answer).
-    #[inline]
     pub fn new(raw: &[u8]) -> Option<QueryName> {
         let name = raw.strip_suffix(b".").unwrap_or(raw);
-        // Whole-slice checks (word-at-a-time in std) rather than one loop
-        // doing everything per byte: this runs for every DNS query.
-        if name.is_empty() || name.len() > MAX_NAME_LEN || !name.is_ascii() || name.contains(&b'*') {
-            return None;
-        }
-        // Every label 1..=63 characters: no leading dot, no two dots in a
-        // row, no second trailing dot (one was stripped above).
-        if name.split(|&b| b == b'.').any(|label| label.is_empty() || label.len() > MAX_LABEL_LEN) {
+        if name.is_empty() || name.len() > MAX_NAME_LEN {
             return None;
         }
         let mut buf = [0u8; MAX_NAME_LEN];
-        let dst = &mut buf[..name.len()];
-        dst.copy_from_slice(name);
-        dst.make_ascii_lowercase();
+        let mut label_len = 0usize;
+        for (dst, &b) in buf.iter_mut().zip(name) {
+            if b == b'.' {
+                if label_len == 0 {
+                    return None;
+                }
+                label_len = 0;
+            } else {
+                if !b.is_ascii() || b == b'*' {
+                    return None;
+                }
+                label_len += 1;
+                if label_len > MAX_LABEL_LEN {
+                    return None;
+                }
+            }
+            *dst = b.to_ascii_lowercase();
+        }
+        if label_len == 0 {
+            return None;
+        }
         Some(QueryName { buf, len: name.len() as u8 })
     }
 

@@ -151,10 +151,14 @@ class AgentOptions:
     # and the capture rules ("auto", "nftables", "iptables") from cluster.env's istio-iptables
     # variables, installed at start and removed at stop, never capturing ``proxy_uid`` (None:
     # the agent's own user), DNS redirected to the first dns_listen port, outbound to the proxy's;
-    # no inbound capture (no inbound listener on 15006 yet).
+    # inbound to ``inbound_port`` (None: cluster.env's INBOUND_CAPTURE_PORT, else 15006) where
+    # cluster.env's ISTIO_INBOUND_PORTS enables it, served by the inbound passthrough unless
+    # ``inbound_passthrough`` is off (another listener, e.g. inbound mTLS, takes that port).
     capture: str | None = None
     capture_name: str = "pymesh"
     proxy_uid: int | None = None
+    inbound_port: int | None = None
+    inbound_passthrough: bool = True
     # Control-plane transport (pymesh.security.agent): "MUTUAL_TLS" or "NONE"; None: mesh.yaml's
     # defaultConfig.controlPlaneAuthPolicy (NONE when unset). Certificates are kept in cert_dir
     # (None: OUTPUT_CERTS, else <state_dir>/certs), requested for cert_ttl seconds (None: SECRET_TTL, 24h).
@@ -252,6 +256,7 @@ class Agent:
         self.dns: Any = None  # pymesh.dnsproxy.DnsProxy when running
         self.status_server: Any = None  # pymesh.agent.status.StatusServer when running
         self.proxy: Any = None  # pymesh.relay.OutboundProxy when outbound_listen is set
+        self.inbound: Any = None  # pymesh.relay inbound passthrough while inbound capture is on
         self.capture_rules: Any = None  # pymesh.capture.Capture while installed
         self.client: XdsClient | None = None
         from pymesh.security.agent import auth_mode
@@ -417,6 +422,9 @@ class Agent:
             except PymeshError as e:
                 log.error("capture rules not removed: %s", e)
             self.capture_rules = None
+        if self.inbound is not None:
+            self.inbound.stop()
+            self.inbound = None
         if self.proxy is not None:
             self.proxy.stop()
             self.proxy = None
@@ -441,6 +449,11 @@ class Agent:
             return default
 
         o = self.options
+        extra: dict[str, object] = {} if o.inbound_port is None else {"inbound_port": o.inbound_port}
+        # Inbound capture (cluster.env's ISTIO_INBOUND_PORTS, as istioctl writes it) sends
+        # connections to inbound_port, including the proxy's own to this VM's IP (istio-iptables'
+        # lo rule, so the VM's own workload is reached through the inbound path as in Istio);
+        # the inbound passthrough started before the rules listens there, so they are not refused.
         return CaptureConfig.from_env(
             self.environment(),
             proxy_uid=os.getuid() if o.proxy_uid is None else o.proxy_uid,
@@ -448,12 +461,26 @@ class Agent:
             outbound_port=port_of(o.outbound_listen, 15001),
             dns_servers=read_resolv_conf(o.resolv_conf).nameservers,
             redirect_dns=bool(self.dns_enabled and self.capture.dns),
-            # Inbound capture sends connections to 15006, including the proxy's own
-            # to this VM's IP (istio-iptables' lo rule); pymesh has no inbound
-            # listener yet, so the agent installs outbound and DNS capture only.
-            inbound_ports=(),
             name=o.capture_name,
+            **extra,
         )
+
+    def _inbound_listen(self) -> list[str]:
+        # REDIRECT in PREROUTING delivers to the receiving interface's primary address: a
+        # wildcard listener. IPv6 only where ::6 is local (Istio adds it to lo), else the app's
+        # replies to ::6 would leave the host; such connections are refused rather than hung.
+        import socket
+
+        port = self.capture_config.inbound_port
+        listen = [f"0.0.0.0:{port}"]
+        if self.capture_config.ipv6 and socket.has_ipv6:
+            try:
+                with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+                    s.bind(("::6", 0))
+                listen.append(f"[::]:{port}")
+            except OSError:
+                pass
+        return listen
 
     def _start_data_path(self) -> None:
         if self.options.outbound_listen:
@@ -463,6 +490,12 @@ class Agent:
                 self.lb, self.redirect, listen=list(self.options.outbound_listen), logical_dns=self.logical_dns
             )
             log.info("outbound proxy on %s", ", ".join(self.proxy.addresses))
+        if self.capture_config is not None and self.capture_config.inbound_enabled and self.options.inbound_passthrough:
+            # Before the rules: a captured inbound connection never meets a closed port.
+            from pymesh.relay import start_inbound_passthrough
+
+            self.inbound = start_inbound_passthrough(listen=self._inbound_listen())
+            log.info("inbound passthrough on %s", ", ".join(self.inbound.addresses))
         if self.capture_config is not None:
             from pymesh.capture import Capture
 

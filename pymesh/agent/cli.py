@@ -48,6 +48,9 @@ def _options(args: argparse.Namespace) -> AgentOptions:
         outbound_listen=args.outbound_listen or (),
         capture=args.capture,
         proxy_uid=args.proxy_uid,
+        inbound_port=args.inbound_port,
+        # With --inbound-mtls its listener is the inbound one.
+        inbound_passthrough=not args.inbound_mtls,
         control_plane_auth=args.control_plane_auth,
         cert_dir=args.cert_dir,
         cert_ttl=args.cert_ttl,
@@ -99,6 +102,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
         say(f"DNS on {', '.join(agent.dns.server.addresses)}, upstreams {', '.join(agent.upstreams) or '(none)'}")
     if agent.proxy is not None:
         say(f"outbound proxy on {', '.join(agent.proxy.addresses)}")
+    if agent.inbound is not None:
+        say(f"inbound passthrough on {', '.join(agent.inbound.addresses)}")
     if agent.capture_rules is not None:
         say(f"capture rules installed ({agent.capture_rules.backend})")
     if agent.status_server is not None:
@@ -197,6 +202,12 @@ def add_commands(sub: Any) -> None:
         help="install istio-iptables-style capture rules from cluster.env (removed on stop)",
     )
     p.add_argument("--proxy-uid", type=int, help="user whose traffic is never captured (default: the agent's own)")
+    p.add_argument(
+        "--inbound-port",
+        type=int,
+        metavar="PORT",
+        help="inbound capture port where ISTIO_INBOUND_PORTS enables it (default INBOUND_CAPTURE_PORT, else 15006)",
+    )
     p.add_argument(
         "--control-plane-auth",
         type=str.upper,

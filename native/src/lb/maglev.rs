@@ -61,7 +61,11 @@ impl Maglev {
             .collect();
         let max_w = entries.iter().map(|e| e.weight).fold(0.0, f64::max);
         let mut occupied = vec![0u64; (m as usize).div_ceil(64)];
-        let mut slots = vec![0u32; m as usize];
+        // Written straight into the final table's width: no u32 table to
+        // allocate, fill and narrow afterwards (a 256 KiB round trip).
+        let small = n <= usize::from(u16::MAX) + 1;
+        let mut small_slots: Vec<u16> = if small { vec![0; m as usize] } else { Vec::new() };
+        let mut large_slots: Vec<u32> = if small { Vec::new() } else { vec![0; m as usize] };
         let mut filled = 0u64;
         // Below this many free slots the direct search beats walking.
         let switch_at = ((m / 4) as f64).sqrt() as u64;
@@ -123,7 +127,11 @@ impl Maglev {
                     }
                 };
                 occupied[(c >> 6) as usize] |= 1 << (c & 63);
-                slots[c as usize] = e.host;
+                if small {
+                    small_slots[c as usize] = e.host as u16;
+                } else {
+                    large_slots[c as usize] = e.host;
+                }
                 c += e.skip;
                 if c >= m {
                     c -= m;
@@ -136,11 +144,7 @@ impl Maglev {
             }
             iteration += 1;
         }
-        let table = if n <= usize::from(u16::MAX) + 1 {
-            Table::Small(slots.iter().map(|&h| h as u16).collect())
-        } else {
-            Table::Large(slots.into())
-        };
+        let table = if small { Table::Small(small_slots.into()) } else { Table::Large(large_slots.into()) };
         Maglev { table }
     }
 

@@ -3,11 +3,13 @@
 //! that eject, health-check changes, time) build new snapshots off the pick
 //! path; pickers do two atomic loads and read.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use arc_swap::cache::Cache;
 use arc_swap::{ArcSwap, Guard};
 
 use super::cluster::{effective_health, ClusterSnapshot, ClusterSpec};
@@ -165,12 +167,66 @@ impl LiveCluster {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UnknownCluster;
 
-type ClusterMap = HashMap<String, Arc<LiveCluster>>;
+type ClusterMap = HashMap<String, Arc<LiveCluster>, NameHash>;
+
+/// The cluster map's hasher: xxh3 of the name, seeded per table. SipHash
+/// (std's default) was most of a by-name pick's time for short names; xxh3
+/// hashes a short name in a few ns. The random per-table seed keeps the
+/// collision resistance that matters here: names come from the control
+/// plane, and an unknown seed means a config cannot be crafted to collide.
+#[derive(Debug, Clone, Copy)]
+struct NameHash(u64);
+
+impl std::hash::BuildHasher for NameHash {
+    type Hasher = NameHasher;
+
+    #[inline]
+    fn build_hasher(&self) -> NameHasher {
+        NameHasher(self.0)
+    }
+}
+
+/// `str`'s `Hash` writes the bytes then a 0xff terminator: the bytes go
+/// through xxh3 with the running state as seed, other writes are mixed in.
+struct NameHasher(u64);
+
+impl std::hash::Hasher for NameHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = xxhash_rust::xxh3::xxh3_64_with_seed(bytes, self.0);
+    }
+
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.0 = self.0.rotate_left(8) ^ u64::from(i);
+    }
+
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// A thread's cached handle on one table's cluster map.
+type MapCache = Cache<Arc<ArcSwap<ClusterMap>>, Arc<ClusterMap>>;
+
+thread_local! {
+    /// The map of the table this thread last picked from by name. A by-name
+    /// pick is two `ArcSwap` loads (map, then snapshot); each load and guard
+    /// drop is a pair of locked instructions, and together they were most of
+    /// the pick. The cache (arc_swap's `Cache`, the thread-local pattern its
+    /// docs give) revalidates with one plain atomic load, so a pick sees a
+    /// new map as soon as a plain load would. Only the map is cached: the
+    /// snapshot changes on health events and is always loaded fresh. The
+    /// cost: this thread keeps the last map it saw (and so a removed
+    /// cluster) alive until its next by-name pick.
+    static MAP_CACHE: RefCell<Option<MapCache>> = const { RefCell::new(None) };
+}
 
 /// Every cluster by name, swapped as a whole.
 #[derive(Debug)]
 pub struct LbTable {
-    clusters: ArcSwap<ClusterMap>,
+    clusters: Arc<ArcSwap<ClusterMap>>,
     writer: Mutex<()>,
     seed: u64,
     generation: AtomicU64,
@@ -182,10 +238,11 @@ impl LbTable {
     /// from it (round-robin starts, outlier enforcement); `failover` is the
     /// proxy's locality for Istio locality failover.
     pub fn new(seed: Option<u64>, failover: Option<LocalityFailover>) -> LbTable {
+        let seed = seed.unwrap_or_else(|| Rng::from_entropy().next_u64());
         LbTable {
-            clusters: ArcSwap::from_pointee(HashMap::new()),
+            clusters: Arc::new(ArcSwap::from_pointee(HashMap::with_hasher(NameHash(mix64(seed ^ 0x6e61_6d65))))),
             writer: Mutex::new(()),
-            seed: seed.unwrap_or_else(|| Rng::from_entropy().next_u64()),
+            seed,
             generation: AtomicU64::new(0),
             failover,
         }
@@ -200,7 +257,7 @@ impl LbTable {
         let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.clusters.load_full();
         let gen = self.generation.load(Ordering::Acquire) + 1;
-        let mut map = HashMap::with_capacity(specs.len());
+        let mut map = HashMap::with_capacity_and_hasher(specs.len(), *old.hasher());
         for mut spec in specs {
             if let Some(f) = &self.failover {
                 failover::apply(&mut spec, f);
@@ -254,7 +311,30 @@ impl LbTable {
     /// Picks an endpoint of `name`: `Ok(None)` when the cluster has no
     /// endpoint that may take the request ("no healthy upstream").
     pub fn pick(&self, name: &str, hash: Option<u64>, rng: &mut Rng) -> Result<Option<SocketAddr>, UnknownCluster> {
-        let map = self.clusters.load();
+        let cached = MAP_CACHE.try_with(|cell| {
+            // Not borrowable only if a pick re-entered (it cannot) or the
+            // thread is exiting: then take the uncached path.
+            let mut slot = cell.try_borrow_mut().ok()?;
+            let cache = match &mut *slot {
+                // Same address is the same table: the cache's Arc keeps it alive.
+                Some(c) if std::ptr::eq(c.arc_swap(), &*self.clusters) => c,
+                s => s.insert(Cache::new(Arc::clone(&self.clusters))),
+            };
+            Some(Self::pick_in(cache.load(), name, hash, rng))
+        });
+        match cached {
+            Ok(Some(r)) => r,
+            _ => Self::pick_in(&self.clusters.load(), name, hash, rng),
+        }
+    }
+
+    #[inline]
+    fn pick_in(
+        map: &ClusterMap,
+        name: &str,
+        hash: Option<u64>,
+        rng: &mut Rng,
+    ) -> Result<Option<SocketAddr>, UnknownCluster> {
         let c = map.get(name).ok_or(UnknownCluster)?;
         let snap = c.current.load();
         Ok(snap.pick(hash, rng).map(|i| snap.endpoints()[i].address))

@@ -631,3 +631,54 @@ fn parse_min_time() {
     }
     eprintln!("10k endpoints: serde_json {v:?}, walk {w:?}, both {p:?}");
 }
+
+/// By-name picks go through a per-thread cache of the last table's map: it
+/// must follow map swaps at once, tell tables apart when a thread alternates
+/// between them, and follow a snapshot rebuilt by a health change.
+#[test]
+fn pick_by_name_follows_map_swaps_tables_and_health() {
+    let one = |name: &str, addr: &str| {
+        clusters_from_value(&json!([cluster(name, "ROUND_ROBIN", vec![group(0, vec![ep(addr, 1)])])]), "test")
+            .expect("valid cluster")
+    };
+    let a: SocketAddr = "10.0.0.1:80".parse().unwrap();
+    let b: SocketAddr = "10.0.0.2:80".parse().unwrap();
+    let mut rng = Rng::new(1);
+    let t1 = LbTable::new(Some(1), None);
+    let t2 = LbTable::new(Some(2), None);
+    t1.set_clusters(one("c", "10.0.0.1:80"), 0);
+    t2.set_clusters(one("c", "10.0.0.2:80"), 0);
+    for _ in 0..3 {
+        assert_eq!(t1.pick("c", None, &mut rng), Ok(Some(a)));
+        assert_eq!(t2.pick("c", None, &mut rng), Ok(Some(b)));
+    }
+    // A new map replaces "c" with "d": the next pick sees it.
+    t1.set_clusters(one("d", "10.0.0.2:80"), 0);
+    assert_eq!(t1.pick("c", None, &mut rng), Err(UnknownCluster));
+    assert_eq!(t1.pick("d", None, &mut rng), Ok(Some(b)));
+    t1.upsert_clusters(one("c", "10.0.0.1:80"), 0);
+    assert_eq!(t1.pick("c", None, &mut rng), Ok(Some(a)));
+    assert_eq!(t1.remove_clusters(&["c"]), 1);
+    assert_eq!(t1.pick("c", None, &mut rng), Err(UnknownCluster));
+    // A failed active health check rebuilds the snapshot (not the map): of
+    // two hosts (50% healthy, not in panic) only the other one is picked.
+    let two = vec![group(0, vec![ep("10.0.0.1:80", 1), ep("10.0.0.2:80", 1)])];
+    t2.set_clusters(clusters_from_value(&json!([cluster("c", "ROUND_ROBIN", two)]), "test").expect("valid"), 0);
+    let c = t2.cluster("c").expect("cluster");
+    let picks = |rng: &mut Rng| (0..4).map(|_| t2.pick("c", None, rng).unwrap().unwrap()).collect::<Vec<_>>();
+    assert!(picks(&mut rng).contains(&a));
+    c.set_health_check(0, false, 0);
+    assert_eq!(picks(&mut rng), vec![b; 4]);
+    c.set_health_check(0, true, 0);
+    assert!(picks(&mut rng).contains(&a));
+    // A table made after the cached one is dropped is not mistaken for it.
+    drop(t1);
+    let t3 = LbTable::new(Some(3), None);
+    t3.set_clusters(one("d", "10.0.0.1:80"), 0);
+    assert_eq!(t3.pick("d", None, &mut rng), Ok(Some(a)));
+    // Other threads see the same tables.
+    std::thread::scope(|s| {
+        s.spawn(|| assert!(matches!(t2.pick("c", None, &mut Rng::new(5)), Ok(Some(x)) if x == a || x == b)));
+        s.spawn(|| assert_eq!(t3.pick("d", None, &mut Rng::new(6)), Ok(Some(a))));
+    });
+}

@@ -9,6 +9,19 @@ use pymesh_core::names::NameConfig;
 
 use crate::error::FfiError;
 
+/// Frees a handle pymesh handed out with `Box::into_raw`; NULL is ignored.
+/// The one body behind every `pymesh_*_free`.
+///
+/// # Safety
+///
+/// `p` is NULL or came from `Box::into_raw(Box<T>)` and was not freed yet.
+pub(crate) unsafe fn free_handle<T>(p: *mut T) {
+    if !p.is_null() {
+        // SAFETY: forwarded contract.
+        drop(unsafe { Box::from_raw(p) });
+    }
+}
+
 /// The configuration a table is built for: the serving proxy's namespace,
 /// cluster domain and DNS search list (`pymesh_core::names::NameConfig`).
 ///

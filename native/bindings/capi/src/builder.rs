@@ -36,10 +36,8 @@ pub extern "C" fn pymesh_name_table_builder_new() -> *mut pymesh_name_table_buil
 #[no_mangle]
 pub unsafe extern "C" fn pymesh_name_table_builder_free(builder: *mut pymesh_name_table_builder) {
     guard((), || {
-        if !builder.is_null() {
-            // SAFETY: created by Box::into_raw in `pymesh_name_table_builder_new`.
-            drop(unsafe { Box::from_raw(builder) });
-        }
+        // SAFETY: the function's contract is free_handle's.
+        unsafe { args::free_handle(builder) }
     })
 }
 

@@ -159,10 +159,8 @@ pub unsafe extern "C" fn pymesh_lb_table_new(
 #[no_mangle]
 pub unsafe extern "C" fn pymesh_lb_table_free(table: *mut pymesh_lb_table) {
     guard((), || {
-        if !table.is_null() {
-            // SAFETY: by the contract it came from Box::into_raw above.
-            drop(unsafe { Box::from_raw(table) });
-        }
+        // SAFETY: the function's contract is free_handle's.
+        unsafe { args::free_handle(table) }
     })
 }
 
@@ -507,10 +505,8 @@ pub unsafe extern "C" fn pymesh_redirect_table_from_json(
 #[no_mangle]
 pub unsafe extern "C" fn pymesh_redirect_table_free(table: *mut pymesh_redirect_table) {
     guard((), || {
-        if !table.is_null() {
-            // SAFETY: by the contract it came from Box::into_raw above.
-            drop(unsafe { Box::from_raw(table) });
-        }
+        // SAFETY: the function's contract is free_handle's.
+        unsafe { args::free_handle(table) }
     })
 }
 

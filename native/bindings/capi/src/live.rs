@@ -42,10 +42,8 @@ pub extern "C" fn pymesh_live_name_table_new() -> *mut pymesh_live_name_table {
 #[no_mangle]
 pub unsafe extern "C" fn pymesh_live_name_table_free(live: *mut pymesh_live_name_table) {
     guard((), || {
-        if !live.is_null() {
-            // SAFETY: created by Box::into_raw in `pymesh_live_name_table_new`.
-            drop(unsafe { Box::from_raw(live) });
-        }
+        // SAFETY: the function's contract is free_handle's.
+        unsafe { args::free_handle(live) }
     })
 }
 

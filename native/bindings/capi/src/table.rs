@@ -192,10 +192,8 @@ pub unsafe extern "C" fn pymesh_name_table_from_nds(
 #[no_mangle]
 pub unsafe extern "C" fn pymesh_name_table_free(table: *mut pymesh_name_table) {
     guard((), || {
-        if !table.is_null() {
-            // SAFETY: created by Box::into_raw in `build_into`, not yet freed.
-            drop(unsafe { Box::from_raw(table) });
-        }
+        // SAFETY: the function's contract is free_handle's.
+        unsafe { args::free_handle(table) }
     })
 }
 

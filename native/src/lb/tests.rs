@@ -682,3 +682,47 @@ fn pick_by_name_follows_map_swaps_tables_and_health() {
         s.spawn(|| assert_eq!(t3.pick("d", None, &mut Rng::new(6)), Ok(Some(a))));
     });
 }
+
+/// The per-thread snapshot cache across threads: a worker that picked
+/// (and so cached) before a swap on another thread must see the new
+/// table on its first pick after the swap, whether the swap replaced the
+/// map, rebuilt a snapshot (health) or only touched another cluster.
+#[test]
+fn cached_by_name_picks_see_swaps_made_by_other_threads() {
+    use std::sync::mpsc;
+    let spec = |addr: &str| {
+        let mut c = cluster("c", "ROUND_ROBIN", vec![group(0, vec![ep(addr, 1)])]);
+        c["common_lb_config"] = json!({"healthy_panic_threshold": {"value": 0}});
+        let other = cluster("other", "ROUND_ROBIN", vec![group(0, vec![ep("10.9.9.9:80", 1)])]);
+        clusters_from_value(&json!([c, other]), "test").expect("valid")
+    };
+    let t = LbTable::new(Some(4), None);
+    t.set_clusters(spec("10.0.0.1:80"), 0);
+    let (ask, asked) = mpsc::channel::<()>();
+    let (tell, told) = mpsc::channel::<Result<Option<SocketAddr>, UnknownCluster>>();
+    std::thread::scope(|s| {
+        let t = &t;
+        s.spawn(move || {
+            let mut rng = Rng::new(9);
+            // Each request: two picks (the second one reads the cache).
+            while asked.recv().is_ok() {
+                let _ = t.pick("c", None, &mut rng);
+                tell.send(t.pick("c", None, &mut rng)).expect("main waits");
+            }
+        });
+        let pick = || {
+            ask.send(()).expect("worker runs");
+            told.recv().expect("worker answers")
+        };
+        assert_eq!(pick(), Ok(Some(addr("10.0.0.1:80"))));
+        t.set_clusters(spec("10.0.0.2:80"), 0);
+        assert_eq!(pick(), Ok(Some(addr("10.0.0.2:80"))), "map swap");
+        t.cluster("c").expect("c").set_health_check(0, false, 0);
+        assert_eq!(pick(), Ok(None), "snapshot rebuilt: its only host failed (panic disabled)");
+        t.cluster("c").expect("c").set_health_check(0, true, 0);
+        assert_eq!(pick(), Ok(Some(addr("10.0.0.2:80"))), "and back");
+        t.remove_clusters(&["c"]);
+        assert_eq!(pick(), Err(UnknownCluster), "removed");
+        drop(ask);
+    });
+}

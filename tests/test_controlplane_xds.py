@@ -305,7 +305,7 @@ def test_pushes_go_only_to_affected_connections(cp: ControlPlane) -> None:
     r = nds_watch.recv()
     assert b"extra.default.svc.cluster.local" in r.resources[0].value
     r = lds_watch.recv()
-    assert len(r.resources) == 3  # SotW LDS: the full set
+    assert len(r.resources) == 4  # SotW LDS: the full set (3 API listeners + the sidecar's virtualInbound)
     assert eds_watch.no_response(0.3)
     assert cp.ads.stats["pushes"] - before == 2
     for s in (eds_watch, nds_watch, lds_watch):

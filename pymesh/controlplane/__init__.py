@@ -1,8 +1,9 @@
 """pymesh's control plane: Istio-style resources (Service, Pod,
-WorkloadGroup, WorkloadEntry, ServiceEntry, DestinationRule), service
-association, VM auto-registration and health, and an ADS server (SotW and
-delta) whose CDS/EDS/LDS/RDS gRPC's own xDS client consumes and whose NDS
-table the pymesh agent's DNS proxy loads.
+WorkloadGroup, WorkloadEntry, ServiceEntry, DestinationRule,
+PeerAuthentication), service association, VM auto-registration and
+health, and an ADS server (SotW and delta) whose CDS/EDS/LDS/RDS gRPC's
+own xDS client consumes, whose NDS table the pymesh agent's DNS proxy
+loads and whose ``virtualInbound`` listener carries a sidecar's mTLS mode.
 
 Embed it with :class:`ControlPlane`; run it with ``pymesh controlplane``.
 """

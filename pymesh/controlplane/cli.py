@@ -49,6 +49,7 @@ def cmd_controlplane(args: argparse.Namespace) -> int:
         debounce=args.debounce,
         security=security,
         plaintext=args.xds_listen is not None or security is None,
+        root_namespace=args.root_namespace,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -154,6 +155,8 @@ def _row(kind: str, doc: Mapping[str, Any]) -> list[str]:
         ]
     if kind == "DestinationRule":
         return [md["name"], str(spec.get("host", "")), age]
+    if kind == "PeerAuthentication":
+        return [md["name"], str((spec.get("mtls") or {}).get("mode") or "UNSET"), age]
     return [md["name"], age]
 
 
@@ -164,6 +167,7 @@ HEADERS = {
     "ServiceEntry": ["NAME", "HOSTS", "ADDRESSES", "LOCATION", "RESOLUTION", "AGE"],
     "DestinationRule": ["NAME", "HOST", "AGE"],
     "WorkloadGroup": ["NAME", "AGE"],
+    "PeerAuthentication": ["NAME", "MODE", "AGE"],
 }
 
 
@@ -240,6 +244,11 @@ def add_commands(sub: Any) -> None:
     cp.add_argument(
         "--debounce", type=float, default=DEFAULT_DEBOUNCE, help="seconds of quiet before a push (default: %(default)s)"
     )
+    cp.add_argument(
+        "--root-namespace",
+        default="istio-system",
+        help="meshConfig.rootNamespace: a PeerAuthentication here without selector is mesh-wide (default %(default)s)",
+    )
     cp.add_argument("-v", "--verbose", action="store_true")
     from pymesh.security.cli import add_controlplane_flags
 
@@ -248,7 +257,7 @@ def add_commands(sub: Any) -> None:
 
     get = sub.add_parser("get", help="show what the control plane holds, as kubectl would")
     get.add_argument("kind", help="workloadentries (we), workloadgroups (wg), serviceentries (se), destinationrules "
-                     "(dr), services (svc), pods (po)")  # fmt: skip
+                     "(dr), peerauthentications (pa), services (svc), pods (po)")  # fmt: skip
     get.add_argument("name", nargs="?", default=None)
     get.add_argument("-n", "--namespace", default="default")
     get.add_argument("-A", "--all-namespaces", action="store_true")

@@ -367,7 +367,13 @@ def load_assignment(
                 md.update({"tlsMode": m.tls_mode})
                 lb.metadata.filter_metadata["envoy.transport_socket_match"].CopyFrom(md)
             istio = struct_pb2.Struct()
-            istio.update({"workload": f"{m.name};{m.namespace};;;"})
+            fields = {"workload": f"{m.name};{m.namespace};;;"}
+            if m.service_account:
+                # The workload's identity (Pod serviceAccountName, WorkloadEntry serviceAccount) as a
+                # SPIFFE URI: the relay verifies the peer certificate of a tlsMode=istio endpoint
+                # against it (Istio checks the same SANs, carried in the cluster's TLS context).
+                fields["service_account"] = m.service_account
+            istio.update(fields)
             lb.metadata.filter_metadata["istio"].CopyFrom(istio)
     return cla
 

@@ -28,10 +28,12 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from pymesh.controlplane import peerauth
 from pymesh.controlplane import vips as vipmod
 from pymesh.controlplane.resources import (
     DestinationRule,
     Object,
+    PeerAuthentication,
     Pod,
     Service,
     ServiceEntry,
@@ -100,6 +102,13 @@ class Registry:
     wildcard_rules: tuple[tuple[str, DestinationRule], ...]  # ("*.suffix", rule), most specific first
     groups: Mapping[tuple[str, str], WorkloadGroup] = field(default_factory=dict)
     domain: str = DEFAULT_DOMAIN
+    # PeerAuthentications by namespace, oldest first (pymesh.controlplane.peerauth).
+    peer_authentications: Mapping[str, tuple[PeerAuthentication, ...]] = field(default_factory=dict)
+    root_namespace: str = "istio-system"
+
+    def peer_authentication(self, namespace: str, labels: Mapping[str, str]) -> str:
+        """The effective inbound mTLS mode of a workload: STRICT, PERMISSIVE or DISABLE."""
+        return peerauth.effective_mode(self.peer_authentications, self.root_namespace, namespace, labels).mode
 
     def destination_rule(self, host: str) -> DestinationRule | None:
         rule = self.destination_rules.get(host)
@@ -248,6 +257,7 @@ def build_registry(
     vips: vipmod.VipAllocator | None = None,
     domain: str = DEFAULT_DOMAIN,
     trust_domain: str = DEFAULT_TRUST_DOMAIN,
+    root_namespace: str = "istio-system",
 ) -> Registry:
     """Associates services with workloads. ``registered`` entries (auto
     registration) join the configured ones; the same name in both keeps the
@@ -258,6 +268,7 @@ def build_registry(
     service_entries: list[ServiceEntry] = []
     rules: list[DestinationRule] = []
     groups: dict[tuple[str, str], WorkloadGroup] = {}
+    peer_auth: list[PeerAuthentication] = []
     for o in objects:
         t = o.typed
         if isinstance(t, Service):
@@ -272,6 +283,8 @@ def build_registry(
             rules.append(t)
         elif isinstance(t, WorkloadGroup):
             groups[(t.meta.namespace, t.meta.name)] = t
+        elif isinstance(t, PeerAuthentication):
+            peer_auth.append(t)
     for r in registered:
         entries.setdefault((r.meta.namespace, r.meta.name), r)
 
@@ -405,6 +418,9 @@ def build_registry(
         else:
             exact[host] = dr
     wild.sort(key=lambda p: -len(p[0]))
+    pa_index = peerauth.index(peer_auth)
+    for name in peerauth.ignored(pa_index, root_namespace):
+        log.warning("PeerAuthentication %s: a workload selector in the root namespace is ignored (as in Istio)", name)
     ordered = tuple(sorted(models.values(), key=lambda m: m.hostname))
     return Registry(
         services=ordered,
@@ -414,6 +430,8 @@ def build_registry(
         wildcard_rules=tuple(wild),
         groups=groups,
         domain=domain,
+        peer_authentications=pa_index,
+        root_namespace=root_namespace,
     )
 
 

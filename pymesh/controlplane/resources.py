@@ -1,7 +1,8 @@
-"""The Kubernetes-style configuration model: Service and Pod (core/v1), and
+"""The Kubernetes-style configuration model: Service and Pod (core/v1),
 Istio's WorkloadGroup, WorkloadEntry, ServiceEntry and DestinationRule
 (``networking.istio.io`` v1, v1beta1, v1alpha3 — one schema served under
-three versions, as istio/api does since PR #3188).
+three versions, as istio/api does since PR #3188) and PeerAuthentication
+(``security.istio.io`` v1, v1beta1).
 
 Each kind is parsed into a frozen dataclass; parsing *is* validation: a bad
 field raises :class:`ValidationError` naming it. The original document is
@@ -25,6 +26,8 @@ from pymesh.controlplane.errors import ValidationError
 
 ISTIO_GROUP = "networking.istio.io"
 ISTIO_VERSIONS = ("v1", "v1beta1", "v1alpha3")
+SECURITY_GROUP = "security.istio.io"
+SECURITY_VERSIONS = ("v1", "v1beta1")
 YAML_SUFFIXES = (".yaml", ".yml", ".json")
 # libyaml's loader when PyYAML was built with it (same safe subset, ~10x faster).
 _LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -41,8 +44,14 @@ KINDS: dict[str, tuple[tuple[str, ...], str, tuple[str, ...]]] = {
         "destinationrules",
         ("dr", "destinationrule"),
     ),
+    "PeerAuthentication": (
+        tuple(f"{SECURITY_GROUP}/{x}" for x in SECURITY_VERSIONS),
+        "peerauthentications",
+        ("pa", "peerauthentication"),
+    ),
 }
-STORAGE_VERSION = {k: (vs[0] if k in ("Service", "Pod") else f"{ISTIO_GROUP}/v1") for k, (vs, _, _) in KINDS.items()}
+# The version `pymesh get` prints: each kind's first (newest) apiVersion.
+STORAGE_VERSION = {k: vs[0] for k, (vs, _, _) in KINDS.items()}
 
 
 def kind_of(name: str) -> str | None:
@@ -193,7 +202,23 @@ class DestinationRule:
     subsets: tuple[Subset, ...]
 
 
-Spec = Service | Pod | WorkloadGroup | WorkloadEntry | ServiceEntry | DestinationRule
+# PeerAuthentication's mtls.mode values (istio/api security/v1beta1/peer_authentication.proto).
+MTLS_MODES = ("UNSET", "DISABLE", "PERMISSIVE", "STRICT")
+
+
+@dataclass(frozen=True)
+class PeerAuthentication:
+    """``security.istio.io`` PeerAuthentication: the inbound mTLS mode of the
+    workloads it selects. No selector (or an empty one): the whole namespace,
+    or the whole mesh in the root namespace (pymesh.controlplane.peerauth)."""
+
+    meta: Meta
+    selector: Mapping[str, str] | None  # spec.selector.matchLabels; None or empty: namespace/mesh-wide
+    mode: str  # one of MTLS_MODES; UNSET inherits from the level above
+    created: float | None = None  # metadata.creationTimestamp (epoch seconds): Istio's oldest-wins tie-break
+
+
+Spec = Service | Pod | WorkloadGroup | WorkloadEntry | ServiceEntry | DestinationRule | PeerAuthentication
 
 
 @dataclass(frozen=True)
@@ -581,6 +606,47 @@ def parse_destination_rule(doc: Mapping[str, Any]) -> DestinationRule:
     )
 
 
+def _timestamp(value: Any, f: str) -> float | None:
+    import datetime
+
+    if value is None or value == "":
+        return None
+    if isinstance(value, datetime.datetime):  # YAML reads an unquoted RFC 3339 time as a datetime
+        dt = value if value.tzinfo else value.replace(tzinfo=datetime.timezone.utc)
+        return dt.timestamp()
+    if isinstance(value, str):
+        try:
+            return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            pass
+    raise v.fail(f, f"{value!r} is not an RFC 3339 time")
+
+
+def parse_peer_authentication(doc: Mapping[str, Any]) -> PeerAuthentication:
+    meta = _meta(doc, "PeerAuthentication")
+    created = _timestamp(
+        v.mapping(doc.get("metadata"), "metadata").get("creationTimestamp"), "metadata.creationTimestamp"
+    )
+    spec = v.mapping(doc.get("spec"), "spec")  # an empty spec is valid: mode UNSET
+    raw_sel = spec.get("selector")
+    selector = None
+    if raw_sel is not None:
+        selector = v.labels(v.mapping(raw_sel, "spec.selector").get("matchLabels"), "spec.selector.matchLabels")
+    mtls = v.mapping(spec.get("mtls"), "spec.mtls")
+    mode = v.one_of(mtls.get("mode"), "spec.mtls.mode", MTLS_MODES, default="UNSET")
+    if spec.get("portLevelMtls"):
+        # Not supported on purpose: a VM's inbound listener (the native relay on 15006)
+        # applies one mode to every port, so a per-port exception could only be ignored
+        # (failing open or closed without saying so). Rejecting names the object; the
+        # workload keeps the namespace/mesh mode, or this object's last good version.
+        raise v.fail(
+            "spec.portLevelMtls",
+            "not supported: pymesh applies one mTLS mode to all inbound ports of a workload "
+            "(use a workload-selector policy without portLevelMtls)",
+        )
+    return PeerAuthentication(meta=meta, selector=selector, mode=mode, created=created)
+
+
 PARSERS: dict[str, Callable[[Mapping[str, Any]], Spec]] = {
     "Service": parse_service,
     "Pod": parse_pod,
@@ -588,6 +654,7 @@ PARSERS: dict[str, Callable[[Mapping[str, Any]], Spec]] = {
     "WorkloadEntry": parse_workload_entry,
     "ServiceEntry": parse_service_entry,
     "DestinationRule": parse_destination_rule,
+    "PeerAuthentication": parse_peer_authentication,
 }
 
 

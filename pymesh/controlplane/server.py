@@ -36,7 +36,8 @@ from pymesh.controlplane.ads import AdsServer
 from pymesh.controlplane.autoregistration import Registrations
 from pymesh.controlplane.defaults import DEFAULT_DEBOUNCE, DEFAULT_GRACE_PERIOD, DEFAULT_XDS_LISTEN
 from pymesh.controlplane.errors import ControlPlaneError, ValidationError
-from pymesh.controlplane.registry import DEFAULT_DOMAIN, build_registry
+from pymesh.controlplane.peerauth import DEFAULT_ROOT_NAMESPACE
+from pymesh.controlplane.registry import DEFAULT_DOMAIN, DEFAULT_TRUST_DOMAIN, build_registry
 from pymesh.controlplane.resources import YAML_SUFFIXES, FileCache, Object, WorkloadEntry, load_path
 from pymesh.controlplane.snapshot import Snapshot
 from pymesh.controlplane.store import Store
@@ -70,10 +71,15 @@ class ControlPlane:
         strategy: str = "incremental",
         security: Any = None,
         plaintext: bool = True,
+        root_namespace: str = DEFAULT_ROOT_NAMESPACE,
     ) -> None:
         self.config_dir = Path(config_dir)
         self.listen = _split_listen(xds_listen)
         self.domain = domain
+        # meshConfig.rootNamespace: where a PeerAuthentication without selector is mesh-wide.
+        self.root_namespace = root_namespace
+        # Endpoint identities (EDS service_account) in the CA's trust domain.
+        self.trust_domain = str(getattr(security, "trust_domain", "") or DEFAULT_TRUST_DOMAIN)
         self.debounce = debounce
         self.max_delay = max_delay
         self.watch_interval = watch_interval
@@ -297,7 +303,12 @@ class ControlPlane:
     def _build(self) -> Snapshot:
         before = dict(self.vips.allocations)
         registry = build_registry(
-            self._configured_with_overlays(), self.registrations.registered(), vips=self.vips, domain=self.domain
+            self._configured_with_overlays(),
+            self.registrations.registered(),
+            vips=self.vips,
+            domain=self.domain,
+            trust_domain=self.trust_domain,
+            root_namespace=self.root_namespace,
         )
         if self.store is not None and len(self.vips.allocations) != len(before):
             self.store.add_vips({h: p for h, p in self.vips.allocations.items() if h not in before})

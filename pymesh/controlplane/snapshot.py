@@ -3,7 +3,8 @@
 A :class:`Snapshot` is built once per (debounced) change from the registry.
 The resources a proxy receives depend only on a small *view* of the proxy
 (its client type for CDS, network and locality for EDS, DNS capture and IP
-families for NDS; nothing for LDS/RDS), so each (type, view) is generated
+families for NDS, namespace and labels for a sidecar's LDS — its
+PeerAuthentication — and nothing for RDS), so each (type, view) is generated
 once per snapshot and shared by every connection with that view — where a
 naive server regenerates per connection (istiod caches the same way, keyed
 by the parts of the proxy a generator reads).
@@ -30,6 +31,7 @@ from google.protobuf import any_pb2
 from pymesh.controlplane import generators as gen
 from pymesh.controlplane.nametable import NdsView, build_name_table
 from pymesh.controlplane.node import Proxy
+from pymesh.controlplane.peerauth import VIRTUAL_INBOUND, PolicyView, virtual_inbound
 from pymesh.controlplane.registry import Registry
 from pymesh.proto.nds import TYPE_URL as NDS
 
@@ -72,12 +74,18 @@ def view_key(type_url: str, proxy: Proxy) -> Hashable:
         return gen.EdsView(network=proxy.network, locality=proxy.locality)
     if type_url == NDS:
         return NdsView(dns_capture=proxy.dns_capture, families=proxy.ip_families, network=proxy.network)
+    if type_url == LDS and proxy.type == "sidecar" and proxy.generator != gen.GRPC:
+        # Sidecars (the VM agent) also get the virtualInbound listener, which carries their
+        # PeerAuthentication mode; proxyless gRPC clients keep the shared API listeners.
+        return PolicyView.of(proxy.namespace, proxy.labels)
     return None
 
 
 def generate(registry: Registry, type_url: str, key: Hashable) -> dict[str, Any]:
     """The resources of one type for one view, as messages by name."""
     if type_url == LDS:
+        if isinstance(key, PolicyView):
+            return {**gen.listeners(registry), VIRTUAL_INBOUND: inbound_listener(registry, key)}
         return gen.listeners(registry)
     if type_url == RDS:
         return gen.routes(registry)
@@ -91,6 +99,10 @@ def generate(registry: Registry, type_url: str, key: Hashable) -> dict[str, Any]
         assert isinstance(key, NdsView)
         return {"": build_name_table(registry, key)}
     return {}
+
+
+def inbound_listener(registry: Registry, view: PolicyView) -> Any:
+    return virtual_inbound(registry.peer_authentication(view.namespace, dict(view.labels)))
 
 
 @dataclass(frozen=True)
@@ -117,6 +129,11 @@ class Snapshot:
 
     def resources(self, type_url: str, key: Hashable) -> Mapping[str, Encoded]:
         got = self._resources.get((type_url, key))
+        if got is None and isinstance(key, PolicyView):
+            # The API listeners are the same for every view: encoded once (view None), shared.
+            vi = encode(type_url, VIRTUAL_INBOUND, inbound_listener(self.registry, key))
+            got = dict(sorted({**self.resources(type_url, None), VIRTUAL_INBOUND: vi}.items()))
+            self._resources[(type_url, key)] = got
         if got is None:
             msgs = generate(self.registry, type_url, key)
             got = {name: encode(type_url, name, m) for name, m in sorted(msgs.items())}

@@ -13,6 +13,15 @@ table's ``endpoints()``; ``swap_tables`` replaces either table for new
 connections. Its own upstream connections must not be captured again: run
 it as the capture's ``proxy_uid``, or give both the same ``mark``.
 
+mTLS (Istio's ``ISTIO_MUTUAL``, rustls in the native relay): once
+``proxy.set_identity(cert_chain_pem, key_pem, roots_pem)`` is called, the
+outbound originates mTLS to endpoints whose EDS metadata says ``tlsMode:
+istio`` and checks their SPIFFE identity (a failed handshake is a connect
+failure: outlier detection, another endpoint), and the inbound passthrough
+terminates mTLS per ``set_peer_authentication("STRICT" | "PERMISSIVE" |
+"DISABLE")``. ``set_identity`` again rotates without touching open
+connections; ``tls_stats()`` counts handshakes and refusals.
+
 Example::
 
     from pymesh.capture import CaptureConfig, redirect_table
@@ -31,9 +40,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from pymesh._native import LbTable, OutboundProxy, RedirectTable, original_destination
+from pymesh._native import LbTable, OutboundProxy, RedirectTable, TlsConfigError, original_destination
 
-__all__ = ["OutboundProxy", "original_destination", "start_inbound_passthrough", "start_outbound_proxy"]
+__all__ = [
+    "OutboundProxy",
+    "TlsConfigError",
+    "original_destination",
+    "start_inbound_passthrough",
+    "start_outbound_proxy",
+]
 
 
 def start_outbound_proxy(
@@ -75,13 +90,17 @@ def start_inbound_passthrough(
     connect_timeout: float = 10.0,
     max_connections: int = 4096,
     mark: int | None = None,
+    peer_authentication: str = "PERMISSIVE",
+    idle_timeout: float | None = 3600.0,
 ) -> OutboundProxy:
     """Starts a listener for inbound capture (``CaptureConfig.inbound_ports``):
     each connection is passed to the local app it was addressed to, from
     127.0.0.6 (which the capture rules return first, so it is not captured
-    again), like Istio's inbound passthrough in PERMISSIVE mode without
-    mTLS. REDIRECT in PREROUTING sends to the receiving interface's primary
-    address, hence the wildcard listener. IPv6 needs ``::6`` routed to lo."""
+    again), like Istio's inbound passthrough. REDIRECT in PREROUTING sends to
+    the receiving interface's primary address, hence the wildcard listener.
+    IPv6 needs ``::6`` routed to lo. Without an identity this is plaintext
+    passthrough (``STRICT`` then refuses everything); after
+    ``set_identity`` mTLS is terminated per ``peer_authentication``."""
     from pymesh.lbtable import LbTable, RedirectTable
 
     proxy = OutboundProxy(
@@ -93,6 +112,8 @@ def start_inbound_passthrough(
         max_connections=max_connections,
         mark=mark,
         inbound=True,
+        idle_timeout=idle_timeout,
     )
+    proxy.set_peer_authentication(peer_authentication)
     proxy.start()
     return proxy

@@ -6,14 +6,17 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use rustls::Connection;
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
 use super::orig_dst::original_destination;
 use super::splice::{pump, End, IdleClock, Pipe};
+use super::tls::pump::{handshake, HandshakeError, Sides};
+use super::tls::{expected_identity, istio_sni, PeerAuthentication, TlsIdentity};
 use super::{monotonic_ms, Routes, Shared};
-use crate::lb::{hash_key, Outcome, Rng, Verdict};
+use crate::lb::{hash_key, Endpoint, Outcome, Rng, Verdict};
 
 /// Outlier-detection sweeps (ejected endpoints coming back) run at least
 /// this often even when no outcome is reported.
@@ -136,6 +139,13 @@ fn serve(shared: &Arc<Shared>, client: TcpStream, id: u64) {
             return;
         }
     };
+    if shared.cfg.inbound {
+        match inbound_policy(shared, &client) {
+            Inbound::Plaintext => {}
+            Inbound::Tls(identity) => return inbound_tls(shared, client, orig, &identity, id),
+            Inbound::Refused => return,
+        }
+    }
     let routes: Arc<Routes> = shared.routes.load_full();
     let redirect = routes.redirect.redirect();
     // Inbound (15006): every connection goes to the local app it was for
@@ -207,11 +217,38 @@ fn serve(shared: &Arc<Shared>, client: TcpStream, id: u64) {
         c.connect_attempts.fetch_add(1, Ordering::Relaxed);
         match connect(addr, shared) {
             Ok(up) => {
+                // Endpoints with a sidecar (tlsMode istio) get Istio mTLS
+                // when we hold an identity; a failed handshake is a failed
+                // connect, as in Envoy (the TLS transport socket's connect
+                // is part of the upstream connection), so it is reported to
+                // outlier detection and another endpoint is tried.
+                let ep = &snap.endpoints()[i];
+                let session = match tls_for(shared, ep) {
+                    None => None,
+                    Some(identity) => match originate(shared, &identity, &up, ep, name) {
+                        Ok(conn) => Some(conn),
+                        Err(e) => {
+                            c.connect_failures.fetch_add(1, Ordering::Relaxed);
+                            let outcome = if matches!(e, HandshakeError::Timeout) {
+                                c.connect_timeouts.fetch_add(1, Ordering::Relaxed);
+                                Outcome::Timeout
+                            } else {
+                                Outcome::ConnectFailure
+                            };
+                            cluster.report(index, outcome, false, monotonic_ms());
+                            tried.push(addr);
+                            continue;
+                        }
+                    },
+                };
                 cluster.report(index, Outcome::ConnectSuccess, false, monotonic_ms());
                 // The connection is the endpoint's active request (LEAST_REQUEST).
                 let state = cluster.state(index).clone();
                 state.request_started();
-                relay(shared, client, up, id);
+                match session {
+                    Some(conn) => relay_tls(shared, client, up, conn, true, id),
+                    None => relay(shared, client, up, id),
+                }
                 state.request_finished();
                 return;
             }
@@ -367,6 +404,236 @@ fn relay(shared: &Arc<Shared>, client: TcpStream, upstream: TcpStream, id: u64) 
     }
     // Unregister before the descriptors close, so `stop` never shuts down a
     // reused descriptor number.
+    drop(registered);
+    drop(client);
+    drop(upstream);
+}
+
+/// The identity to originate mTLS with to `ep`: only endpoints that take
+/// Istio mTLS (`tlsMode: istio`, set by istiod for workloads with a
+/// sidecar), and only while we hold an identity. Others stay plaintext on
+/// the splice path.
+fn tls_for(shared: &Shared, ep: &Endpoint) -> Option<Arc<TlsIdentity>> {
+    if ep.meta.tls_mode != "istio" {
+        return None;
+    }
+    shared.tls.identity()
+}
+
+/// The mTLS handshake to an endpoint, its identity checked against its
+/// EDS metadata, within the connect timeout.
+fn originate(
+    shared: &Shared,
+    identity: &TlsIdentity,
+    up: &TcpStream,
+    ep: &Endpoint,
+    cluster: &str,
+) -> Result<Connection, HandshakeError> {
+    let t = &shared.tls.counters;
+    let expect = expected_identity(&ep.meta.service_account, &ep.meta.workload, identity.trust_domain());
+    let sni = istio_sni(cluster);
+    let result = identity.client(expect, sni.as_deref(), ep.address.ip()).map_err(HandshakeError::Tls).and_then(|c| {
+        up.set_nonblocking(true).map_err(HandshakeError::Io)?;
+        let mut conn = Connection::Client(c);
+        handshake(&mut conn, up.as_raw_fd(), Instant::now() + shared.cfg.connect_timeout)?;
+        Ok(conn)
+    });
+    match &result {
+        Ok(_) => t.handshakes.fetch_add(1, Ordering::Relaxed),
+        Err(e) => {
+            if e.is_peer_rejected() {
+                t.peer_rejected.fetch_add(1, Ordering::Relaxed);
+            }
+            t.handshake_failures.fetch_add(1, Ordering::Relaxed)
+        }
+    };
+    result
+}
+
+/// How long the inbound waits for a client's first bytes to tell TLS from
+/// plaintext. Envoy's tls_inspector waits for the listener filter timeout;
+/// Istio's inbound then continues as plaintext
+/// (`continue_on_listener_filters_timeout`), which is what lets
+/// server-first protocols through in PERMISSIVE mode, after this delay.
+const DETECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+enum Inbound {
+    /// Pass the bytes through to the app as they are.
+    Plaintext,
+    /// Terminate mTLS with this identity.
+    Tls(Arc<TlsIdentity>),
+    /// Closed (STRICT plaintext, no identity for STRICT, or the client left).
+    Refused,
+}
+
+/// Istio's PeerAuthentication on the inbound listener. Without an identity
+/// PERMISSIVE is plain passthrough with no inspection (the relay as it was
+/// before mTLS); STRICT without one refuses everything (fail closed).
+fn inbound_policy(shared: &Shared, client: &TcpStream) -> Inbound {
+    let t = &shared.tls.counters;
+    let mode = shared.tls.peer_authentication();
+    let identity = shared.tls.identity();
+    if mode == PeerAuthentication::Disable || (identity.is_none() && mode == PeerAuthentication::Permissive) {
+        t.plaintext_passthrough.fetch_add(1, Ordering::Relaxed);
+        return Inbound::Plaintext;
+    }
+    match detect(client, DETECT_TIMEOUT) {
+        Detected::Closed => Inbound::Refused,
+        Detected::Tls => match identity {
+            Some(id) => Inbound::Tls(id),
+            None => {
+                t.plaintext_refused.fetch_add(1, Ordering::Relaxed);
+                reset(client);
+                Inbound::Refused
+            }
+        },
+        Detected::Plain if mode == PeerAuthentication::Permissive => {
+            t.plaintext_passthrough.fetch_add(1, Ordering::Relaxed);
+            Inbound::Plaintext
+        }
+        Detected::Plain => {
+            t.plaintext_refused.fetch_add(1, Ordering::Relaxed);
+            reset(client);
+            Inbound::Refused
+        }
+    }
+}
+
+enum Detected {
+    Tls,
+    Plain,
+    Closed,
+}
+
+/// Envoy's tls_inspector, reduced to what the decision needs: a TLS
+/// connection starts with a handshake record (content type 22, RFC 8446
+/// §5.1) of a 3.x record version holding a ClientHello (handshake type 1).
+/// The bytes are peeked, so the TLS layer or the app reads them all.
+fn detect(client: &TcpStream, timeout: Duration) -> Detected {
+    let fd = client.as_raw_fd();
+    let deadline = Instant::now() + timeout;
+    let mut buf = [0u8; 6];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Detected::Plain;
+        }
+        let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd.
+        let r = unsafe { libc::poll(&mut p, 1, left.as_millis().clamp(1, 60_000) as libc::c_int) };
+        if r == 0 {
+            return Detected::Plain;
+        }
+        // SAFETY: `buf` is writable for its length.
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+        if n == 0 {
+            return Detected::Closed;
+        }
+        if n < 0 {
+            match std::io::Error::last_os_error().kind() {
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => continue,
+                _ => return Detected::Closed,
+            }
+        }
+        let n = n as usize;
+        if buf[0] != 0x16 || (n >= 2 && buf[1] != 3) {
+            return Detected::Plain;
+        }
+        if n >= 6 {
+            return if buf[5] == 1 { Detected::Tls } else { Detected::Plain };
+        }
+        // Part of a record header: the rest is on its way.
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// The inbound mTLS side: handshake (the client's certificate and identity
+/// checked by the server config's verifier), then the app is connected to
+/// from 127.0.0.6 exactly as for plaintext, and the plaintext relayed.
+fn inbound_tls(shared: &Arc<Shared>, client: TcpStream, orig: SocketAddr, identity: &TlsIdentity, id: u64) {
+    let (c, t) = (&shared.counters, &shared.tls.counters);
+    let mut conn = match identity.server() {
+        Ok(s) => Connection::Server(s),
+        Err(_) => {
+            reset(&client);
+            return;
+        }
+    };
+    let done = client
+        .set_nonblocking(true)
+        .map_err(HandshakeError::Io)
+        .and_then(|_| handshake(&mut conn, client.as_raw_fd(), Instant::now() + shared.cfg.connect_timeout));
+    if let Err(e) = done {
+        t.handshake_failures.fetch_add(1, Ordering::Relaxed);
+        if e.is_peer_rejected() {
+            t.peer_rejected.fetch_add(1, Ordering::Relaxed);
+        }
+        // A plain close (not a reset), so the alert just sent is read.
+        return;
+    }
+    t.handshakes.fetch_add(1, Ordering::Relaxed);
+    c.passthrough.fetch_add(1, Ordering::Relaxed);
+    c.connect_attempts.fetch_add(1, Ordering::Relaxed);
+    match connect(orig, shared) {
+        Ok(up) => relay_tls(shared, client, up, conn, false, id),
+        Err(_) => {
+            c.connect_failures.fetch_add(1, Ordering::Relaxed);
+            c.upstream_failed.fetch_add(1, Ordering::Relaxed);
+            reset(&client);
+        }
+    }
+}
+
+/// Relays a connection one side of which is TLS (`tls_upstream`: the
+/// upstream, for outbound origination; else the client, inbound) on this
+/// one thread ([`super::tls::pump`]); counters and teardown as [`relay`].
+fn relay_tls(
+    shared: &Arc<Shared>,
+    client: TcpStream,
+    upstream: TcpStream,
+    mut conn: Connection,
+    tls_upstream: bool,
+    id: u64,
+) {
+    let c = &shared.counters;
+    let (cfd, ufd) = (client.as_raw_fd(), upstream.as_raw_fd());
+    {
+        let mut open = shared.open.lock().unwrap_or_else(|e| e.into_inner());
+        if shared.stopping.load(Ordering::SeqCst) {
+            reset(&client);
+            return;
+        }
+        open.insert(id, [cfd, ufd]);
+    }
+    let registered = Registered(shared, id);
+    let nonblocking = client.set_nonblocking(true).and_then(|_| upstream.set_nonblocking(true));
+    let end = if nonblocking.is_err() {
+        End::Error
+    } else {
+        // bytes_sent counts client -> upstream, bytes_received the reverse.
+        let sides = if tls_upstream {
+            Sides { tls: ufd, plain: cfd, to_tls: &c.bytes_sent, from_tls: &c.bytes_received }
+        } else {
+            Sides { tls: cfd, plain: ufd, to_tls: &c.bytes_received, from_tls: &c.bytes_sent }
+        };
+        super::tls::pump::pump(&mut conn, &sides, shared.cfg.idle_timeout)
+    };
+    match end {
+        End::Eof => {}
+        End::Idle => {
+            c.idle_timeouts.fetch_add(1, Ordering::Relaxed);
+            // SAFETY: both descriptors are open until the drops below.
+            unsafe {
+                libc::shutdown(cfd, libc::SHUT_RDWR);
+                libc::shutdown(ufd, libc::SHUT_RDWR);
+            }
+        }
+        End::Error => {
+            c.resets.fetch_add(1, Ordering::Relaxed);
+            reset(&client);
+            reset(&upstream);
+        }
+    }
     drop(registered);
     drop(client);
     drop(upstream);

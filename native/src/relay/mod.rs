@@ -51,6 +51,7 @@ mod conn;
 mod orig_dst;
 mod pool;
 mod splice;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
@@ -67,6 +68,7 @@ use crate::error::{Error, Result};
 use crate::lb::{LbTable, RedirectTable};
 
 pub use orig_dst::original_destination;
+pub use tls::{MeshTls, PeerAuthentication, TlsStats};
 
 /// Istio's outbound capture port (`--envoy-port`, `-p`).
 pub const DEFAULT_PORT: u16 = 15001;
@@ -235,6 +237,8 @@ pub(crate) struct Shared {
     pub(crate) listen: Mutex<Vec<SocketAddr>>,
     pub(crate) seed: u64,
     pub(crate) pool: pool::Pool,
+    /// Workload identity and inbound policy (mTLS); none set: plaintext.
+    pub(crate) tls: MeshTls,
 }
 
 /// Stack of connection threads: the pumps need little, and small stacks
@@ -307,6 +311,7 @@ impl Relay {
                 listen: Mutex::new(Vec::new()),
                 seed,
                 pool: pool::Pool::new(CONN_STACK, KEEP_IDLE),
+                tls: MeshTls::default(),
             }),
             running: Mutex::new(None),
         })
@@ -398,6 +403,12 @@ impl Relay {
 
     pub fn config(&self) -> &RelayConfig {
         &self.shared.cfg
+    }
+
+    /// The relay's mTLS state: set or clear the workload identity, the
+    /// inbound PeerAuthentication mode, read the TLS counters.
+    pub fn tls(&self) -> &MeshTls {
+        &self.shared.tls
     }
 
     pub fn stats(&self) -> RelayStats {

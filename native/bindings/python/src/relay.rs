@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyType};
 
 use pymesh_core::lb as core_lb;
 use pymesh_core::relay::{self as core, LbSource, RedirectSource, RelayConfig, Routes};
@@ -205,6 +206,75 @@ impl OutboundProxy {
         Ok(d)
     }
 
+    /// Sets the workload identity for mTLS (PEM: certificate chain leaf
+    /// first, private key, mesh roots); the trust domain defaults to the
+    /// one in the certificate's SPIFFE URI. New connections use it, open
+    /// ones keep their sessions. Invalid input raises `TlsConfigError` (a
+    /// `ConfigError` and a `ValueError`) naming what is wrong, and the
+    /// previous identity stays in use.
+    #[pyo3(signature = (cert_chain_pem, key_pem, roots_pem, trust_domain = None))]
+    fn set_identity(
+        &self,
+        py: Python<'_>,
+        cert_chain_pem: &str,
+        key_pem: &str,
+        roots_pem: &str,
+        trust_domain: Option<&str>,
+    ) -> PyResult<()> {
+        py.detach(|| self.inner.tls().set_identity(cert_chain_pem, key_pem, roots_pem, trust_domain))
+            .map_err(|e| tls_error(py, e.to_string()))
+    }
+
+    /// Drops the identity: new connections are plaintext again (inbound
+    /// STRICT then refuses everything).
+    fn clear_identity(&self) {
+        self.inner.tls().clear_identity();
+    }
+
+    /// The SPIFFE URI of the identity in use, or None.
+    #[getter]
+    fn identity(&self) -> Option<String> {
+        self.inner.tls().identity().map(|i| i.uri().to_owned())
+    }
+
+    /// Istio PeerAuthentication mode of the inbound listener: "STRICT",
+    /// "PERMISSIVE" (default) or "DISABLE"; applies to new connections.
+    fn set_peer_authentication(&self, py: Python<'_>, mode: &str) -> PyResult<()> {
+        let m = mode.parse::<core::PeerAuthentication>().map_err(|e| tls_error(py, e.to_string()))?;
+        self.inner.tls().set_peer_authentication(m);
+        Ok(())
+    }
+
+    #[getter]
+    fn peer_authentication(&self) -> &'static str {
+        self.inner.tls().peer_authentication().as_str()
+    }
+
+    /// Restricts the client identities the inbound accepts to these SPIFFE
+    /// URIs; None: any identity of the trust domain.
+    #[pyo3(signature = (identities))]
+    fn set_allowed_identities(&self, identities: Option<Vec<String>>) {
+        self.inner.tls().set_allowed_identities(identities);
+    }
+
+    /// TLS counters: handshakes, handshake_failures, peer_rejected,
+    /// plaintext_passthrough, plaintext_refused, identity_updates.
+    fn tls_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.inner.tls().stats();
+        let d = PyDict::new(py);
+        for (k, v) in [
+            ("handshakes", s.handshakes),
+            ("handshake_failures", s.handshake_failures),
+            ("peer_rejected", s.peer_rejected),
+            ("plaintext_passthrough", s.plaintext_passthrough),
+            ("plaintext_refused", s.plaintext_refused),
+            ("identity_updates", s.identity_updates),
+        ] {
+            d.set_item(k, v)?;
+        }
+        Ok(d)
+    }
+
     /// The bound listen addresses (empty when stopped).
     #[getter]
     fn addresses(&self) -> Vec<String> {
@@ -230,8 +300,34 @@ fn original_destination(fd: i32, ipv6: bool) -> PyResult<String> {
         .map_err(|e| crate::errors::PymeshError::new_err(format!("original destination of fd {fd}: {e}")))
 }
 
+/// `TlsConfigError(ConfigError, ValueError)`: a bad identity or mode is a
+/// configuration error of pymesh and, to callers validating input, a
+/// ValueError. Created once at import (two bases need a Python-level class).
+static TLS_CONFIG_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+
+fn tls_config_error(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
+    TLS_CONFIG_ERROR
+        .get_or_try_init(py, || {
+            let ns = PyDict::new(py);
+            ns.set_item("__module__", "pymesh._native")?;
+            ns.set_item("__doc__", "An mTLS identity or policy was refused; the message names the input.")?;
+            let bases = (py.get_type::<ConfigError>(), py.get_type::<pyo3::exceptions::PyValueError>());
+            let t = py.import("builtins")?.getattr("type")?.call1(("TlsConfigError", bases, ns))?;
+            Ok(t.cast_into::<PyType>()?.unbind())
+        })
+        .map(|t| t.bind(py))
+}
+
+fn tls_error(py: Python<'_>, msg: String) -> PyErr {
+    match tls_config_error(py) {
+        Ok(t) => PyErr::from_type(t.clone(), msg),
+        Err(e) => e,
+    }
+}
+
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<OutboundProxy>()?;
+    m.add("TlsConfigError", tls_config_error(m.py())?)?;
     m.add_function(wrap_pyfunction!(original_destination, m)?)?;
     Ok(())
 }

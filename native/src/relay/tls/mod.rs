@@ -1,0 +1,394 @@
+//! Workload mTLS in the relay, as Istio sidecars speak it (`ISTIO_MUTUAL`),
+//! with rustls in user space: kernel TLS (which would let `splice` keep
+//! working) needs the `tls` ULP, which these hosts lack.
+//!
+//! - [`MeshTls`] holds the workload identity (certificate chain, key, mesh
+//!   roots) parsed and validated once into rustls client and server configs,
+//!   published through an `ArcSwapOption`: [`MeshTls::set_identity`] swaps
+//!   them atomically, new connections use the new certificate, and an open
+//!   connection keeps the session it has (its rustls connection holds its
+//!   own `Arc` of the config it started with), so rotation never drops one.
+//!   A rejected identity publishes nothing; the previous one keeps serving.
+//! - Wire conventions (Envoy/Istio, and `pymesh/security/datapath.py`, the
+//!   reference implementation this one is tested against): TLS 1.2 or 1.3;
+//!   both sides present workload certificates; the peer is verified against
+//!   the mesh roots and then by its SPIFFE URI SAN, never by host name
+//!   ([`verify`]); the client offers ALPN `istio-peer-exchange`, `istio`
+//!   (pilot `cluster_tls.go`, ALPNInMeshWithMxc) and the server accepts those
+//!   and the HTTP ones; SNI `outbound_.<port>_.<subset>_.<host>` when the
+//!   cluster is known (Envoy's upstream SNI for Istio clusters).
+//! - [`PeerAuthentication`]: Istio's inbound mode, swapped atomically.
+//! - [`pump`]: the handshake and the record pump of one TLS connection.
+
+pub(crate) mod pump;
+pub mod verify;
+
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection};
+
+use crate::error::{Error, Result};
+pub use verify::{spiffe_ids, uri_sans, PeerIdentity};
+
+/// ALPN an Istio sidecar offers on in-mesh TCP (pilot `ALPNInMeshWithMxc`).
+pub const ALPN_TCP: [&str; 2] = ["istio-peer-exchange", "istio"];
+/// ALPN the inbound accepts: the TCP values, Istio's HTTP ones
+/// (`ALPNInMeshH2WithMxc`, `istio-http/1.x`) and plain h2 / http/1.1, like
+/// Istio's inbound mTLS filter chain and `datapath.ALPN_INBOUND`.
+pub const ALPN_INBOUND: [&str; 7] =
+    ["istio-peer-exchange", "istio", "istio-http/1.0", "istio-http/1.1", "istio-h2", "h2", "http/1.1"];
+
+/// Istio's PeerAuthentication mTLS mode for the inbound listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum PeerAuthentication {
+    /// mTLS only: plaintext connections are closed.
+    Strict = 0,
+    /// mTLS when the client starts TLS, plaintext otherwise (Istio's default).
+    Permissive = 1,
+    /// No TLS termination: every connection is passed through as is.
+    Disable = 2,
+}
+
+impl PeerAuthentication {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerAuthentication::Strict => "STRICT",
+            PeerAuthentication::Permissive => "PERMISSIVE",
+            PeerAuthentication::Disable => "DISABLE",
+        }
+    }
+
+    fn from_u8(v: u8) -> PeerAuthentication {
+        match v {
+            0 => PeerAuthentication::Strict,
+            2 => PeerAuthentication::Disable,
+            _ => PeerAuthentication::Permissive,
+        }
+    }
+}
+
+impl std::str::FromStr for PeerAuthentication {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "STRICT" => Ok(PeerAuthentication::Strict),
+            "PERMISSIVE" => Ok(PeerAuthentication::Permissive),
+            "DISABLE" => Ok(PeerAuthentication::Disable),
+            _ => Err(Error::config("peer_authentication", format!("{s:?} is not STRICT, PERMISSIVE or DISABLE"))),
+        }
+    }
+}
+
+/// The crypto provider: ring, with AES-128-GCM first. With AES-NI it is the
+/// fastest AEAD here and as strong as the mesh needs (Envoy's BoringSSL
+/// default order also prefers AES-128-GCM); the server picks by its own
+/// order, so an OpenSSL client preferring AES-256 still gets AES-128.
+fn provider() -> Arc<CryptoProvider> {
+    use rustls::crypto::ring::cipher_suite as cs;
+    let mut p = rustls::crypto::ring::default_provider();
+    p.cipher_suites = vec![
+        cs::TLS13_AES_128_GCM_SHA256,
+        cs::TLS13_AES_256_GCM_SHA384,
+        cs::TLS13_CHACHA20_POLY1305_SHA256,
+        cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+    ];
+    Arc::new(p)
+}
+
+fn bad(field: &str, reason: impl std::fmt::Display) -> Error {
+    Error::config(format!("tls identity: {field}"), reason)
+}
+
+/// One workload identity, validated and turned into rustls configs.
+#[derive(Debug)]
+pub struct TlsIdentity {
+    client: Arc<ClientConfig>,
+    server: Arc<ServerConfig>,
+    roots: Arc<RootCertStore>,
+    provider: Arc<CryptoProvider>,
+    trust_domain: String,
+    uri: String,
+}
+
+impl TlsIdentity {
+    /// Parses and checks the PEM inputs: the chain (leaf first) must have a
+    /// SPIFFE URI SAN and chain to one of the roots; the key (PKCS#8, SEC1
+    /// EC or PKCS#1 RSA) must be the leaf's. Errors name the input.
+    pub fn build(
+        chain_pem: &str,
+        key_pem: &str,
+        roots_pem: &str,
+        trust_domain: Option<&str>,
+        allowed: Arc<ArcSwap<Option<Vec<String>>>>,
+    ) -> Result<TlsIdentity> {
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| bad("cert_chain_pem", format!("not PEM certificates: {e}")))?;
+        if chain.is_empty() {
+            return Err(bad("cert_chain_pem", "no CERTIFICATE block"));
+        }
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+            .map_err(|e| bad("key_pem", format!("no private key (PKCS#8, SEC1 EC or PKCS#1 RSA PEM expected): {e}")))?;
+        let mut roots = RootCertStore::empty();
+        let mut n = 0usize;
+        for (i, der) in CertificateDer::pem_slice_iter(roots_pem.as_bytes()).enumerate() {
+            let der = der.map_err(|e| bad("roots_pem", format!("not PEM certificates: {e}")))?;
+            roots.add(der).map_err(|e| bad(&format!("roots_pem[{i}]"), format!("not a usable CA certificate: {e}")))?;
+            n += 1;
+        }
+        if n == 0 {
+            return Err(bad("roots_pem", "no CERTIFICATE block"));
+        }
+        let provider = provider();
+        let signing = provider
+            .key_provider
+            .load_private_key(key.clone_key())
+            .map_err(|e| bad("key_pem", format!("unsupported private key: {e}")))?;
+        CertifiedKey::new(chain.clone(), signing)
+            .keys_match()
+            .map_err(|_| bad("key_pem", "does not match the leaf certificate of cert_chain_pem"))?;
+        let ids = spiffe_ids(chain[0].as_ref());
+        let Some(uri) = ids.first().cloned() else {
+            return Err(bad("cert_chain_pem", "the leaf certificate has no spiffe:// URI SAN"));
+        };
+        let trust_domain = match trust_domain {
+            Some(td) if !td.is_empty() => td.to_owned(),
+            _ => uri["spiffe://".len()..].split('/').next().unwrap_or_default().to_owned(),
+        };
+        if trust_domain.is_empty() || trust_domain.contains(['/', ':']) {
+            return Err(bad("trust_domain", format!("{trust_domain:?} is not a trust domain name")));
+        }
+        // Our own chain must verify against the roots we hand peers' chains
+        // to: a mismatch (a root not yet distributed) would fail every
+        // handshake later; say so now instead.
+        let roots = Arc::new(roots);
+        let parsed = rustls::server::ParsedCertificate::try_from(&chain[0])
+            .map_err(|e| bad("cert_chain_pem", format!("leaf certificate: {e}")))?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &parsed,
+            &roots,
+            &chain[1..],
+            UnixTime::now(),
+            provider.signature_verification_algorithms.all,
+        )
+        .map_err(|e| bad("cert_chain_pem", format!("does not verify against roots_pem: {e}")))?;
+
+        let versions: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];
+        let client_verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+            .build()
+            .map_err(|e| bad("roots_pem", e))?;
+        let mut server = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(versions)
+            .map_err(|e| bad("protocol versions", e))?
+            .with_client_cert_verifier(Arc::new(verify::SpiffeClientVerifier {
+                inner: client_verifier,
+                trust_domain: trust_domain.clone(),
+                allowed,
+            }))
+            .with_single_cert(chain.clone(), key.clone_key())
+            .map_err(|e| bad("key_pem", e))?;
+        server.alpn_protocols = ALPN_INBOUND.iter().map(|a| a.as_bytes().to_vec()).collect();
+        server.ignore_client_order = true;
+        let mut client = ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(versions)
+            .map_err(|e| bad("protocol versions", e))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verify::SpiffeServerVerifier {
+                roots: roots.clone(),
+                provider: provider.clone(),
+                expect: PeerIdentity::TrustDomain(trust_domain.clone()),
+            }))
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| bad("key_pem", e))?;
+        client.alpn_protocols = ALPN_TCP.iter().map(|a| a.as_bytes().to_vec()).collect();
+        Ok(TlsIdentity { client: Arc::new(client), server: Arc::new(server), roots, provider, trust_domain, uri })
+    }
+
+    /// Our SPIFFE identity (the leaf's first `spiffe://` URI SAN).
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    /// A client connection to a peer that must have identity `expect`.
+    /// `sni`: a DNS name to send as SNI; None sends none (the address is
+    /// only a placeholder name, which rustls never puts in SNI).
+    pub fn client(
+        &self,
+        expect: PeerIdentity,
+        sni: Option<&str>,
+        addr: std::net::IpAddr,
+    ) -> std::result::Result<ClientConnection, rustls::Error> {
+        // A config per connection, sharing everything but the verifier (a
+        // few Arc clones; the session cache is shared too). The expected
+        // identity is part of the verifier, so a wrong peer fails the
+        // handshake itself, which the relay counts as a connect failure.
+        let mut cfg = (*self.client).clone();
+        cfg.dangerous().set_certificate_verifier(Arc::new(verify::SpiffeServerVerifier {
+            roots: self.roots.clone(),
+            provider: self.provider.clone(),
+            expect,
+        }));
+        let name = match sni.and_then(|s| ServerName::try_from(s.to_owned()).ok()) {
+            Some(n) => n,
+            None => ServerName::IpAddress(addr.into()),
+        };
+        ClientConnection::new(Arc::new(cfg), name)
+    }
+
+    /// A server connection (the inbound side).
+    pub fn server(&self) -> std::result::Result<ServerConnection, rustls::Error> {
+        ServerConnection::new(self.server.clone())
+    }
+}
+
+/// Counters of the TLS side of a relay.
+#[derive(Debug, Default)]
+pub(crate) struct TlsCounters {
+    pub(crate) handshakes: AtomicU64,
+    pub(crate) handshake_failures: AtomicU64,
+    pub(crate) peer_rejected: AtomicU64,
+    pub(crate) plaintext_passthrough: AtomicU64,
+    pub(crate) plaintext_refused: AtomicU64,
+    pub(crate) identity_updates: AtomicU64,
+}
+
+/// A copy of the TLS counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TlsStats {
+    /// Completed mTLS handshakes (either side).
+    pub handshakes: u64,
+    /// Handshakes that failed (peer identity, chain, protocol, timeout, EOF).
+    pub handshake_failures: u64,
+    /// Of those, peers whose certificate was refused (chain or identity).
+    pub peer_rejected: u64,
+    /// Inbound plaintext connections passed through (PERMISSIVE, DISABLE, no identity).
+    pub plaintext_passthrough: u64,
+    /// Inbound connections refused by STRICT (plaintext, or no identity to serve TLS with).
+    pub plaintext_refused: u64,
+    /// Identities published with `set_identity`.
+    pub identity_updates: u64,
+}
+
+/// The relay's TLS state: the identity, the inbound policy, counters.
+#[derive(Debug)]
+pub struct MeshTls {
+    identity: ArcSwapOption<TlsIdentity>,
+    mode: AtomicU8,
+    allowed: Arc<ArcSwap<Option<Vec<String>>>>,
+    pub(crate) counters: TlsCounters,
+}
+
+impl Default for MeshTls {
+    fn default() -> Self {
+        MeshTls {
+            identity: ArcSwapOption::empty(),
+            mode: AtomicU8::new(PeerAuthentication::Permissive as u8),
+            allowed: Arc::new(ArcSwap::from_pointee(None)),
+            counters: TlsCounters::default(),
+        }
+    }
+}
+
+impl MeshTls {
+    /// Validates and publishes a new identity (one atomic store). On error
+    /// nothing changes.
+    pub fn set_identity(
+        &self,
+        chain_pem: &str,
+        key_pem: &str,
+        roots_pem: &str,
+        trust_domain: Option<&str>,
+    ) -> Result<()> {
+        let id = TlsIdentity::build(chain_pem, key_pem, roots_pem, trust_domain, self.allowed.clone())?;
+        self.identity.store(Some(Arc::new(id)));
+        self.counters.identity_updates.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Back to plaintext for new connections (open ones keep their sessions).
+    pub fn clear_identity(&self) {
+        self.identity.store(None);
+    }
+
+    /// The identity new connections use.
+    pub fn identity(&self) -> Option<Arc<TlsIdentity>> {
+        self.identity.load_full()
+    }
+
+    pub fn set_peer_authentication(&self, mode: PeerAuthentication) {
+        self.mode.store(mode as u8, Ordering::Release);
+    }
+
+    pub fn peer_authentication(&self) -> PeerAuthentication {
+        PeerAuthentication::from_u8(self.mode.load(Ordering::Acquire))
+    }
+
+    /// Restricts the client identities the inbound accepts (exact SPIFFE
+    /// URIs); None: any identity of the trust domain. Applies to the next
+    /// handshake.
+    pub fn set_allowed_identities(&self, allowed: Option<Vec<String>>) {
+        self.allowed.store(Arc::new(allowed));
+    }
+
+    pub fn stats(&self) -> TlsStats {
+        let c = &self.counters;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        TlsStats {
+            handshakes: l(&c.handshakes),
+            handshake_failures: l(&c.handshake_failures),
+            peer_rejected: l(&c.peer_rejected),
+            plaintext_passthrough: l(&c.plaintext_passthrough),
+            plaintext_refused: l(&c.plaintext_refused),
+            identity_updates: l(&c.identity_updates),
+        }
+    }
+}
+
+/// Istio's upstream SNI for a cluster `outbound|<port>|<subset>|<host>`:
+/// `outbound_.<port>_.<subset>_.<host>` (pilot `BuildDNSSrvSubsetKey`).
+/// Other names (not an Istio outbound cluster): None.
+pub fn istio_sni(cluster: &str) -> Option<String> {
+    let mut it = cluster.split('|');
+    let (dir, port, subset, host) = (it.next()?, it.next()?, it.next()?, it.next()?);
+    if it.next().is_some() || dir != "outbound" || port.is_empty() || host.is_empty() {
+        return None;
+    }
+    Some(format!("outbound_.{port}_.{subset}_.{host}"))
+}
+
+/// The identity an endpoint must present, from its EDS metadata: a full
+/// `spiffe://` URI is used as is; a bare service account is
+/// `spiffe://<td>/ns/<ns>/sa/<sa>` with the namespace from the `workload`
+/// field ("name;namespace;..."); without one (or without a namespace) any
+/// identity of the trust domain is accepted.
+pub fn expected_identity(service_account: &str, workload: &str, trust_domain: &str) -> PeerIdentity {
+    if service_account.starts_with("spiffe://") {
+        return PeerIdentity::AnyOf(vec![service_account.to_owned()]);
+    }
+    let ns = workload.split(';').nth(1).unwrap_or_default();
+    if service_account.is_empty() || ns.is_empty() {
+        return PeerIdentity::TrustDomain(trust_domain.to_owned());
+    }
+    PeerIdentity::AnyOf(vec![format!("spiffe://{trust_domain}/ns/{ns}/sa/{service_account}")])
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,428 @@
+//! One TLS connection relayed to one plaintext socket, on one thread.
+//!
+//! `splice` cannot carry TLS (the bytes must pass through the cipher in user
+//! space, and kernel TLS is not available here), so a TLS connection gets
+//! its own loop: both sockets non-blocking, `poll(2)` over the two, and the
+//! rustls connection in between. One thread serves both directions because
+//! the rustls state is shared by them (a record read may produce a write:
+//! key updates, alerts); two threads would need a lock on every record.
+//!
+//! Buffers: socket reads take up to 256 KiB at once (many 16 KiB records
+//! per system call), plaintext goes into rustls in 256 KiB writes (it cuts
+//! them into records and encrypts into a buffer flushed with one `writev`).
+//!
+//! Half-close, as the splice pumps do it: the peer's `close_notify` (or a
+//! TCP FIN without it, which Envoy also treats as end of stream) becomes
+//! `shutdown(SHUT_WR)` on the plaintext socket once everything before it was
+//! delivered; end of stream from the plaintext side becomes our
+//! `close_notify` and then `shutdown(SHUT_WR)` on the TLS socket. TLS 1.3
+//! lets the other direction go on after a `close_notify` (RFC 8446 §6.1).
+
+use std::io::{self, Read, Write};
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rustls::Connection;
+
+use crate::relay::splice::End;
+
+const CHUNK: usize = 256 * 1024;
+
+/// A raw descriptor as `Read`/`Write`, for rustls's `read_tls`/`write_tls`.
+struct Fd(RawFd);
+
+fn cvt(n: isize) -> io::Result<usize> {
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+impl Read for Fd {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            // SAFETY: `buf` is writable for its length.
+            match cvt(unsafe { libc::read(self.0, buf.as_mut_ptr().cast(), buf.len()) }) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => return r,
+            }
+        }
+    }
+}
+
+impl Write for Fd {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        loop {
+            // SAFETY: `buf` is readable for its length. MSG_NOSIGNAL: a peer
+            // that went away is an EPIPE error here, not a SIGPIPE.
+            match cvt(unsafe { libc::send(self.0, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) }) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => return r,
+            }
+        }
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        let n = bufs.len().min(64);
+        // SAFETY: msghdr is plain data; all-zero is valid.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        // IoSlice is ABI-compatible with iovec on Unix.
+        msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+        msg.msg_iovlen = n as _;
+        loop {
+            // SAFETY: `msg` points at `n` valid iovecs borrowed from `bufs`.
+            match cvt(unsafe { libc::sendmsg(self.0, &msg, libc::MSG_NOSIGNAL) }) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => return r,
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn would_block(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
+}
+
+/// Waits for `events` on `fd` until `deadline`; false on timeout.
+fn wait(fd: RawFd, events: libc::c_short, deadline: Instant) -> bool {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return false;
+    }
+    let mut p = libc::pollfd { fd, events, revents: 0 };
+    let ms = left.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
+    // SAFETY: one valid pollfd.
+    let r = unsafe { libc::poll(&mut p, 1, ms) };
+    r != 0
+}
+
+/// Why a handshake failed.
+#[derive(Debug)]
+pub enum HandshakeError {
+    /// The TLS layer refused (the peer's certificate, its identity, the protocol).
+    Tls(rustls::Error),
+    /// The socket failed or closed before the handshake finished.
+    Io(io::Error),
+    /// Not finished by the deadline.
+    Timeout,
+}
+
+impl HandshakeError {
+    /// The peer's certificate (chain or identity) was what failed.
+    pub fn is_peer_rejected(&self) -> bool {
+        matches!(self, HandshakeError::Tls(rustls::Error::InvalidCertificate(_)))
+    }
+}
+
+impl std::fmt::Display for HandshakeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HandshakeError::Tls(e) => write!(f, "TLS: {e}"),
+            HandshakeError::Io(e) => write!(f, "I/O: {e}"),
+            HandshakeError::Timeout => f.write_str("timed out"),
+        }
+    }
+}
+
+/// Runs the handshake on the non-blocking socket `fd` until it completes,
+/// fails, or `deadline` passes. A fatal alert rustls produced is sent
+/// (best effort) before returning the error.
+pub fn handshake(conn: &mut Connection, fd: RawFd, deadline: Instant) -> Result<(), HandshakeError> {
+    let mut sock = Fd(fd);
+    while conn.is_handshaking() {
+        if conn.wants_write() {
+            match conn.write_tls(&mut sock) {
+                Ok(_) => continue,
+                Err(e) if would_block(&e) => {
+                    if !wait(fd, libc::POLLOUT, deadline) {
+                        return Err(HandshakeError::Timeout);
+                    }
+                    continue;
+                }
+                Err(e) => return Err(HandshakeError::Io(e)),
+            }
+        }
+        match conn.read_tls(&mut sock) {
+            Ok(0) => return Err(HandshakeError::Io(io::ErrorKind::UnexpectedEof.into())),
+            Ok(_) => {
+                if let Err(e) = conn.process_new_packets() {
+                    // The alert rustls queued tells the peer why.
+                    let _ = conn.write_tls(&mut sock);
+                    return Err(HandshakeError::Tls(e));
+                }
+            }
+            Err(e) if would_block(&e) => {
+                if !wait(fd, libc::POLLIN, deadline) {
+                    return Err(HandshakeError::Timeout);
+                }
+            }
+            Err(e) => return Err(HandshakeError::Io(e)),
+        }
+    }
+    // The last flight (a TLS 1.3 client's certificate and Finished, a
+    // server's tickets) is queued when the handshake state ends: send it now,
+    // so the peer's handshake completes without waiting for our first data.
+    while conn.wants_write() {
+        match conn.write_tls(&mut sock) {
+            Ok(_) => {}
+            Err(e) if would_block(&e) => {
+                if !wait(fd, libc::POLLOUT, deadline) {
+                    return Err(HandshakeError::Timeout);
+                }
+            }
+            Err(e) => return Err(HandshakeError::Io(e)),
+        }
+    }
+    Ok(())
+}
+
+/// A byte buffer with a consumed prefix.
+struct Buf {
+    data: Vec<u8>,
+    off: usize,
+    len: usize,
+}
+
+impl Buf {
+    fn new() -> Buf {
+        Buf { data: vec![0; CHUNK], off: 0, len: 0 }
+    }
+    fn is_empty(&self) -> bool {
+        self.off == self.len
+    }
+    fn pending(&self) -> &[u8] {
+        &self.data[self.off..self.len]
+    }
+    fn consume(&mut self, n: usize) {
+        self.off += n;
+        if self.off == self.len {
+            self.off = 0;
+            self.len = 0;
+        }
+    }
+    /// Free space at the end.
+    fn space(&mut self) -> &mut [u8] {
+        &mut self.data[self.len..]
+    }
+}
+
+/// The two sockets and the byte counters of one relayed TLS connection.
+#[derive(Debug)]
+pub struct Sides<'a> {
+    /// The socket carrying TLS.
+    pub tls: RawFd,
+    /// The socket carrying plaintext.
+    pub plain: RawFd,
+    /// Plaintext bytes delivered from the plaintext side into TLS.
+    pub to_tls: &'a AtomicU64,
+    /// Plaintext bytes delivered from TLS to the plaintext side.
+    pub from_tls: &'a AtomicU64,
+}
+
+/// Relays between a TLS connection (handshake done) and a plaintext socket
+/// until both directions ended (End::Eof), one failed (End::Error, the
+/// caller resets both sockets), or nothing moved for `idle` (End::Idle;
+/// close_notify has been queued and flushed as far as the socket took it).
+/// Both sockets must be non-blocking.
+pub fn pump(conn: &mut Connection, s: &Sides<'_>, idle: Option<Duration>) -> End {
+    let (mut tls, mut plain) = (Fd(s.tls), Fd(s.plain));
+    let mut p2t = Buf::new(); // plaintext read, not yet accepted by rustls
+    let mut t2p = Buf::new(); // plaintext decrypted, not yet written
+    let mut raw = Buf::new(); // TLS bytes read, not yet fed to rustls
+                              // Everything up to the limit is encrypted at once: one 256 KiB read
+                              // becomes 16 records in one flush.
+    conn.set_buffer_limit(Some(2 * CHUNK));
+    let (mut plain_eof, mut close_sent, mut tls_shut) = (false, false, false);
+    let (mut tls_eof, mut peer_done, mut plain_shut) = (false, false, false);
+    let mut last = Instant::now();
+    loop {
+        let mut moved = false;
+        // 1. Plaintext side -> rustls (one read, then as much as rustls takes).
+        if p2t.is_empty() && !plain_eof {
+            match plain.read(&mut p2t.data) {
+                Ok(0) => {
+                    plain_eof = true;
+                    moved = true;
+                }
+                Ok(n) => {
+                    p2t.off = 0;
+                    p2t.len = n;
+                    moved = true;
+                }
+                Err(e) if would_block(&e) => {}
+                Err(_) => return End::Error,
+            }
+        }
+        if !p2t.is_empty() {
+            match conn.writer().write(p2t.pending()) {
+                Ok(n) => {
+                    p2t.consume(n);
+                    s.to_tls.fetch_add(n as u64, Ordering::Relaxed);
+                    moved |= n > 0;
+                }
+                Err(_) => return End::Error,
+            }
+        }
+        if plain_eof && p2t.is_empty() && !close_sent {
+            conn.send_close_notify();
+            close_sent = true;
+        }
+        // 2. rustls -> TLS socket.
+        while conn.wants_write() {
+            match conn.write_tls(&mut tls) {
+                Ok(_) => moved = true,
+                Err(e) if would_block(&e) => break,
+                Err(_) => return End::Error,
+            }
+        }
+        if close_sent && !tls_shut && !conn.wants_write() {
+            // SAFETY: shutdown on a descriptor the caller keeps open.
+            unsafe { libc::shutdown(s.tls, libc::SHUT_WR) };
+            tls_shut = true;
+        }
+        // 3. Decrypted plaintext -> plaintext socket.
+        if !t2p.is_empty() {
+            match plain.write(t2p.pending()) {
+                Ok(n) => {
+                    t2p.consume(n);
+                    s.from_tls.fetch_add(n as u64, Ordering::Relaxed);
+                    moved |= n > 0;
+                }
+                Err(e) if would_block(&e) => {}
+                Err(_) => return End::Error,
+            }
+        }
+        // 4. rustls plaintext -> t2p, feeding it the TLS bytes read so far.
+        if !peer_done {
+            loop {
+                if t2p.space().is_empty() {
+                    break;
+                }
+                match conn.reader().read(t2p.space()) {
+                    Ok(0) => {
+                        peer_done = true; // close_notify
+                        break;
+                    }
+                    Ok(n) => {
+                        t2p.len += n;
+                        moved = true;
+                        continue;
+                    }
+                    Err(e) if would_block(&e) => {}
+                    // TCP FIN without close_notify: end of stream all the same.
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                        peer_done = true;
+                        break;
+                    }
+                    Err(_) => return End::Error,
+                }
+                if raw.is_empty() {
+                    if tls_eof {
+                        break;
+                    }
+                    match tls.read(&mut raw.data) {
+                        Ok(0) => {
+                            tls_eof = true;
+                            moved = true;
+                            // Tell rustls about the EOF; its reader then
+                            // reports close_notify or an unexpected EOF.
+                            let _ = conn.read_tls(&mut io::empty());
+                            if conn.process_new_packets().is_err() {
+                                let _ = conn.write_tls(&mut tls);
+                                return End::Error;
+                            }
+                            continue;
+                        }
+                        Ok(n) => {
+                            raw.off = 0;
+                            raw.len = n;
+                            moved = true;
+                        }
+                        Err(e) if would_block(&e) => break,
+                        Err(_) => return End::Error,
+                    }
+                }
+                let mut src = raw.pending();
+                let before = src.len();
+                match conn.read_tls(&mut src) {
+                    Ok(_) => {
+                        let used = before - src.len();
+                        raw.consume(used);
+                        if let Err(_e) = conn.process_new_packets() {
+                            let _ = conn.write_tls(&mut tls);
+                            return End::Error;
+                        }
+                    }
+                    // The received-plaintext buffer is full: drain it first
+                    // (the loop does, unless t2p is full too).
+                    Err(_) => {
+                        if t2p.space().is_empty() {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        if peer_done && t2p.is_empty() && !plain_shut {
+            // SAFETY: as above.
+            unsafe { libc::shutdown(s.plain, libc::SHUT_WR) };
+            plain_shut = true;
+            moved = true;
+        }
+        if plain_shut && tls_shut {
+            return End::Eof;
+        }
+        if moved {
+            last = Instant::now();
+            continue;
+        }
+        // Nothing moved: wait for what could unblock us. A side with no
+        // interest is left out (fd -1) so its HUP/ERR cannot spin the loop.
+        let mut fds =
+            [libc::pollfd { fd: s.tls, events: 0, revents: 0 }, libc::pollfd { fd: s.plain, events: 0, revents: 0 }];
+        if !tls_eof && raw.is_empty() && !peer_done {
+            fds[0].events |= libc::POLLIN;
+        }
+        if conn.wants_write() {
+            fds[0].events |= libc::POLLOUT;
+        }
+        if !plain_eof && p2t.is_empty() {
+            fds[1].events |= libc::POLLIN;
+        }
+        if !t2p.is_empty() {
+            fds[1].events |= libc::POLLOUT;
+        }
+        for f in fds.iter_mut() {
+            if f.events == 0 {
+                f.fd = -1;
+            }
+        }
+        if fds.iter().all(|f| f.fd < 0) {
+            // Nothing can make progress (should not happen): give up cleanly.
+            return End::Error;
+        }
+        let timeout = match idle {
+            Some(t) => {
+                let left = t.saturating_sub(last.elapsed());
+                if left.is_zero() {
+                    conn.send_close_notify();
+                    let _ = conn.write_tls(&mut tls);
+                    return End::Idle;
+                }
+                left.as_millis().clamp(1, i32::MAX as u128) as libc::c_int
+            }
+            None => -1,
+        };
+        // SAFETY: `fds` is a valid array of two pollfd structs.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) };
+        if r < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return End::Error;
+        }
+    }
+}

@@ -1,0 +1,326 @@
+//! The TLS layer over real loopback sockets: identities parsed and refused,
+//! handshakes between two of our own peers with SPIFFE checks, the record
+//! pump moving large streams with half-close, and rotation under an open
+//! connection. Certificates: `testdata/gen.sh` (mesh roots a and b).
+//! Relaying with captured connections (original destination) is tested in
+//! `tests/test_relay_mtls.py`, in a network namespace.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::Connection;
+
+use super::pump::{handshake, pump, HandshakeError, Sides};
+use super::*;
+use crate::relay::splice::End;
+
+const ROOT_A: &str = include_str!("testdata/a-root.pem");
+const ROOT_B: &str = include_str!("testdata/b-root.pem");
+const CLIENT: (&str, &str) = (include_str!("testdata/client.pem"), include_str!("testdata/client.key"));
+const CLIENT_SEC1: &str = include_str!("testdata/client.sec1.key");
+const PRODUCT: (&str, &str) = (include_str!("testdata/product.pem"), include_str!("testdata/product.key"));
+const REVIEWS_RSA: (&str, &str) = (include_str!("testdata/reviews.pem"), include_str!("testdata/reviews.key"));
+const INTRUDER: (&str, &str) = (include_str!("testdata/intruder.pem"), include_str!("testdata/intruder.key"));
+
+const SA_PRODUCT: &str = "spiffe://cluster.local/ns/default/sa/product";
+const SA_CLIENT: &str = "spiffe://cluster.local/ns/default/sa/client";
+
+fn mesh(id: (&str, &str), roots: &str) -> MeshTls {
+    let m = MeshTls::default();
+    m.set_identity(id.0, id.1, roots, None).unwrap();
+    m
+}
+
+fn pair() -> (TcpStream, TcpStream) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (b, _) = l.accept().unwrap();
+    (a, b)
+}
+
+/// Handshakes a client of `c` expecting `expect` with a server of `s`
+/// over loopback, on two threads; returns both results and the sockets.
+#[allow(clippy::type_complexity)]
+fn connect(
+    c: &MeshTls,
+    s: &MeshTls,
+    expect: PeerIdentity,
+) -> (Result<Connection, HandshakeError>, Result<Connection, HandshakeError>, TcpStream, TcpStream) {
+    let (a, b) = pair();
+    a.set_nonblocking(true).unwrap();
+    b.set_nonblocking(true).unwrap();
+    let mut server = Connection::Server(s.identity().unwrap().server().unwrap());
+    let bfd = b.as_raw_fd();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let srv = std::thread::spawn(move || handshake(&mut server, bfd, deadline).map(|_| server));
+    let mut client = Connection::Client(
+        c.identity()
+            .unwrap()
+            .client(expect, Some("outbound_.80_._.product.default.svc.cluster.local"), [127, 0, 0, 1].into())
+            .unwrap(),
+    );
+    let cr = handshake(&mut client, a.as_raw_fd(), deadline).map(|_| client);
+    // A refused client leaves the server waiting for bytes that never come.
+    if cr.is_err() {
+        let _ = a.shutdown(Shutdown::Both);
+    }
+    (cr, srv.join().unwrap(), a, b)
+}
+
+#[test]
+fn uri_sans_reads_the_spiffe_identity_and_survives_garbage() {
+    let der = |pem: &str| CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+    assert_eq!(spiffe_ids(der(PRODUCT.0).as_ref()), vec![SA_PRODUCT.to_owned()]);
+    assert!(spiffe_ids(der(ROOT_A).as_ref()).is_empty(), "a root has no URI SAN");
+    // Every truncation and a byte flipped anywhere: a list (maybe empty), never a panic.
+    let d = der(REVIEWS_RSA.0).as_ref().to_vec();
+    for n in 0..d.len() {
+        let _ = uri_sans(&d[..n]);
+        let mut m = d.clone();
+        m[n] ^= 0xff;
+        let _ = uri_sans(&m);
+    }
+    assert_eq!(uri_sans(&[]), Vec::<String>::new());
+}
+
+#[test]
+fn identities_are_validated_and_a_bad_one_leaves_the_old_one_serving() {
+    let m = mesh(PRODUCT, ROOT_A);
+    let id = m.identity().unwrap();
+    assert_eq!(id.uri(), SA_PRODUCT);
+    assert_eq!(id.trust_domain(), "cluster.local");
+    let err = |chain: &str, key: &str, roots: &str| m.set_identity(chain, key, roots, None).unwrap_err().to_string();
+    let e = err("not pem", PRODUCT.1, ROOT_A);
+    assert!(e.contains("cert_chain_pem") && e.contains("no CERTIFICATE"), "{e}");
+    let e = err(PRODUCT.0, "garbage", ROOT_A);
+    assert!(e.contains("key_pem") && e.contains("no private key"), "{e}");
+    let e = err(PRODUCT.0, CLIENT.1, ROOT_A);
+    assert!(e.contains("key_pem") && e.contains("does not match"), "{e}");
+    let e = err(PRODUCT.0, PRODUCT.1, "");
+    assert!(e.contains("roots_pem"), "{e}");
+    let e = err(INTRUDER.0, INTRUDER.1, ROOT_A);
+    assert!(e.contains("cert_chain_pem") && e.contains("does not verify against roots_pem"), "{e}");
+    let root_key_mismatch = err(ROOT_A, PRODUCT.1, ROOT_A);
+    assert!(root_key_mismatch.contains("key_pem"), "{root_key_mismatch}");
+    let e = m.set_identity(PRODUCT.0, PRODUCT.1, ROOT_A, Some("a/b")).unwrap_err().to_string();
+    assert!(e.contains("trust_domain"), "{e}");
+    // Nothing of the above replaced the identity.
+    assert!(Arc::ptr_eq(&m.identity().unwrap(), &id));
+    assert_eq!(m.stats().identity_updates, 1);
+    // SEC1 EC keys and PKCS#1 RSA keys are accepted too; two roots in one bundle.
+    m.set_identity(CLIENT.0, CLIENT_SEC1, ROOT_A, None).unwrap();
+    m.set_identity(REVIEWS_RSA.0, REVIEWS_RSA.1, &format!("{ROOT_B}{ROOT_A}"), Some("cluster.local")).unwrap();
+    assert_eq!(m.identity().unwrap().uri(), "spiffe://cluster.local/ns/default/sa/reviews");
+    m.clear_identity();
+    assert!(m.identity().is_none());
+}
+
+#[test]
+fn peer_authentication_parses_istio_modes() {
+    assert_eq!("STRICT".parse::<PeerAuthentication>().unwrap(), PeerAuthentication::Strict);
+    assert_eq!("PERMISSIVE".parse::<PeerAuthentication>().unwrap(), PeerAuthentication::Permissive);
+    assert_eq!("DISABLE".parse::<PeerAuthentication>().unwrap(), PeerAuthentication::Disable);
+    let e = "strict".parse::<PeerAuthentication>().unwrap_err().to_string();
+    assert!(e.contains("peer_authentication") && e.contains("\"strict\""), "{e}");
+    let m = MeshTls::default();
+    assert_eq!(m.peer_authentication(), PeerAuthentication::Permissive, "Istio's default");
+    m.set_peer_authentication(PeerAuthentication::Strict);
+    assert_eq!(m.peer_authentication(), PeerAuthentication::Strict);
+}
+
+#[test]
+fn sni_and_expected_identity_follow_istio() {
+    assert_eq!(
+        istio_sni("outbound|9080||reviews.default.svc.cluster.local").as_deref(),
+        Some("outbound_.9080_._.reviews.default.svc.cluster.local")
+    );
+    assert_eq!(istio_sni("outbound|80|v1|r.ns.svc").as_deref(), Some("outbound_.80_.v1_.r.ns.svc"));
+    assert_eq!(istio_sni("inbound|80||x"), None);
+    assert_eq!(istio_sni("plain"), None);
+    let td = "cluster.local";
+    assert_eq!(
+        expected_identity("spiffe://other/ns/a/sa/b", "", td),
+        PeerIdentity::AnyOf(vec!["spiffe://other/ns/a/sa/b".into()])
+    );
+    assert_eq!(
+        expected_identity("reviews", "reviews-v1;shop;reviews;v1;Kubernetes", td),
+        PeerIdentity::AnyOf(vec!["spiffe://cluster.local/ns/shop/sa/reviews".into()])
+    );
+    assert_eq!(expected_identity("", "x;shop", td), PeerIdentity::TrustDomain(td.into()));
+    assert_eq!(expected_identity("reviews", "", td), PeerIdentity::TrustDomain(td.into()));
+    let any = PeerIdentity::TrustDomain(td.into());
+    assert!(any.accepts([SA_PRODUCT].into_iter()));
+    assert!(!any.accepts(["spiffe://cluster.localx/ns/a/sa/b", "spiffe://evil/cluster.local/"].into_iter()));
+}
+
+#[test]
+fn handshake_checks_both_identities_and_negotiates_istio_alpn() {
+    let (client, server) = (mesh(CLIENT, ROOT_A), mesh(PRODUCT, ROOT_A));
+    let (c, s, _a, _b) = connect(&client, &server, PeerIdentity::AnyOf(vec![SA_PRODUCT.into()]));
+    let (c, s) = (c.unwrap(), s.unwrap());
+    assert_eq!(c.alpn_protocol(), Some(&b"istio-peer-exchange"[..]));
+    assert_eq!(c.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3));
+    assert_eq!(c.negotiated_cipher_suite().map(|s| s.suite()), Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256));
+    let peer = s.peer_certificates().unwrap();
+    assert_eq!(spiffe_ids(peer[0].as_ref()), vec![SA_CLIENT.to_owned()]);
+    let Connection::Server(sc) = &s else { unreachable!() };
+    assert_eq!(sc.server_name(), Some("outbound_.80_._.product.default.svc.cluster.local"));
+
+    // The endpoint is not who the EDS metadata says: the client refuses.
+    let want = PeerIdentity::AnyOf(vec!["spiffe://cluster.local/ns/default/sa/reviews".into()]);
+    let (c, _, _a, _b) = connect(&client, &server, want);
+    let e = c.unwrap_err();
+    assert!(e.is_peer_rejected(), "{e}");
+
+    // A server certificate from another CA with the right identity: refused by the chain check.
+    let intruder = MeshTls::default();
+    intruder.set_identity(INTRUDER.0, INTRUDER.1, ROOT_B, Some("cluster.local")).unwrap();
+    let (c, _, _a, _b) = connect(&client, &intruder, PeerIdentity::AnyOf(vec![SA_PRODUCT.into()]));
+    assert!(c.unwrap_err().is_peer_rejected());
+
+    // The server refuses a client from another CA (which itself trusts both
+    // CAs), and one outside its allowed list.
+    intruder.set_identity(INTRUDER.0, INTRUDER.1, &format!("{ROOT_B}{ROOT_A}"), None).unwrap();
+    let (c, s, _a, _b) = connect(&intruder, &server, PeerIdentity::TrustDomain("cluster.local".into()));
+    assert!(c.is_ok(), "TLS 1.3: the client finishes before the server's verdict");
+    assert!(s.unwrap_err().is_peer_rejected());
+    server.set_allowed_identities(Some(vec!["spiffe://cluster.local/ns/default/sa/reviews".into()]));
+    let (_, s, _a, _b) = connect(&client, &server, PeerIdentity::TrustDomain("cluster.local".into()));
+    assert!(s.unwrap_err().is_peer_rejected());
+    server.set_allowed_identities(Some(vec![SA_CLIENT.into()]));
+    let (_, s, _a, _b) = connect(&client, &server, PeerIdentity::TrustDomain("cluster.local".into()));
+    assert!(s.is_ok());
+}
+
+fn checksum(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+}
+
+/// app client -- plain -- [pump: client TLS] == TLS == [pump: server TLS] -- plain -- app server
+struct Chain {
+    app_client: TcpStream,
+    app_server: TcpStream,
+    pumps: Vec<std::thread::JoinHandle<End>>,
+    bytes: Arc<[AtomicU64; 4]>,
+}
+
+fn chain(client: &MeshTls, server: &MeshTls) -> Chain {
+    let (c, s, tls_a, tls_b) = connect(client, server, PeerIdentity::TrustDomain("cluster.local".into()));
+    let (c, s) = (c.unwrap(), s.unwrap());
+    let (app_client, plain_a) = pair();
+    let (plain_b, app_server) = pair();
+    plain_a.set_nonblocking(true).unwrap();
+    plain_b.set_nonblocking(true).unwrap();
+    let bytes: Arc<[AtomicU64; 4]> = Arc::new(Default::default());
+    let run = |mut conn: Connection, tls: TcpStream, plain: TcpStream, k: usize, bytes: Arc<[AtomicU64; 4]>| {
+        std::thread::spawn(move || {
+            let sides =
+                Sides { tls: tls.as_raw_fd(), plain: plain.as_raw_fd(), to_tls: &bytes[k], from_tls: &bytes[k + 1] };
+            let end = pump(&mut conn, &sides, Some(Duration::from_secs(20)));
+            drop((tls, plain));
+            end
+        })
+    };
+    let pumps = vec![run(c, tls_a, plain_a, 0, bytes.clone()), run(s, tls_b, plain_b, 2, bytes.clone())];
+    Chain { app_client, app_server, pumps, bytes }
+}
+
+#[test]
+fn pump_moves_large_streams_both_ways_with_half_close() {
+    let (client, server) = (mesh(CLIENT, ROOT_A), mesh(PRODUCT, ROOT_A));
+    let Chain { mut app_client, mut app_server, pumps, bytes } = chain(&client, &server);
+    let size = 24usize << 20;
+    let data: Vec<u8> = (0..size as u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let want = checksum(&data);
+    // The server echoes everything, then, after the client's FIN arrived
+    // (half-close passed through as close_notify), sends a trailer and closes.
+    let srv = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 16];
+        let mut n = 0usize;
+        loop {
+            let k = app_server.read(&mut buf).unwrap();
+            if k == 0 {
+                break;
+            }
+            app_server.write_all(&buf[..k]).unwrap();
+            n += k;
+        }
+        app_server.write_all(format!("got {n}").as_bytes()).unwrap();
+        app_server.shutdown(Shutdown::Write).unwrap();
+        n
+    });
+    let mut reader = app_client.try_clone().unwrap();
+    let rd = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        reader.read_to_end(&mut got).unwrap();
+        got
+    });
+    app_client.write_all(&data).unwrap();
+    app_client.shutdown(Shutdown::Write).unwrap();
+    let got = rd.join().unwrap();
+    assert_eq!(srv.join().unwrap(), size);
+    let trailer = format!("got {size}");
+    assert_eq!(got.len(), size + trailer.len());
+    assert_eq!(checksum(&got[..size]), want);
+    assert_eq!(&got[size..], trailer.as_bytes());
+    for p in pumps {
+        assert_eq!(p.join().unwrap(), End::Eof);
+    }
+    let b: Vec<u64> = bytes.iter().map(|a| a.load(std::sync::atomic::Ordering::Relaxed)).collect();
+    // client side: plain -> TLS = size; server side: TLS -> plain = size.
+    assert_eq!(b[0], size as u64);
+    assert_eq!(b[3], size as u64);
+    assert_eq!(b[1], (size + trailer.len()) as u64);
+}
+
+#[test]
+fn rotation_keeps_open_connections_and_new_ones_use_the_new_certificate() {
+    let (client, server) = (mesh(CLIENT, ROOT_A), mesh(PRODUCT, ROOT_A));
+    let Chain { mut app_client, mut app_server, pumps, .. } = chain(&client, &server);
+    let ping = |c: &mut TcpStream, s: &mut TcpStream, msg: &[u8]| {
+        c.write_all(msg).unwrap();
+        let mut buf = vec![0u8; msg.len()];
+        s.read_exact(&mut buf).unwrap();
+        assert_eq!(buf, msg);
+    };
+    ping(&mut app_client, &mut app_server, b"before");
+    // Two rotations on both sides (another identity, then back).
+    server.set_identity(REVIEWS_RSA.0, REVIEWS_RSA.1, ROOT_A, None).unwrap();
+    client.set_identity(CLIENT.0, CLIENT_SEC1, ROOT_A, None).unwrap();
+    ping(&mut app_client, &mut app_server, b"after one");
+    ping(&mut app_server, &mut app_client, b"and back");
+    // A new connection sees the new server identity.
+    let (c, _, _a, _b) = connect(&client, &server, PeerIdentity::TrustDomain("cluster.local".into()));
+    let c = c.unwrap();
+    let leaf = &c.peer_certificates().unwrap()[0];
+    assert_eq!(spiffe_ids(leaf.as_ref()), vec!["spiffe://cluster.local/ns/default/sa/reviews".to_owned()]);
+    server.set_identity(PRODUCT.0, PRODUCT.1, ROOT_A, None).unwrap();
+    ping(&mut app_client, &mut app_server, b"after two");
+    drop(app_client);
+    drop(app_server);
+    for p in pumps {
+        assert_ne!(p.join().unwrap(), End::Idle);
+    }
+}
+
+#[test]
+fn a_peer_that_resets_ends_the_pump_with_an_error() {
+    let (client, server) = (mesh(CLIENT, ROOT_A), mesh(PRODUCT, ROOT_A));
+    let Chain { app_client, app_server, pumps, .. } = chain(&client, &server);
+    socket2::SockRef::from(&app_server).set_linger(Some(Duration::ZERO)).unwrap();
+    drop(app_server);
+    // The client keeps writing into a path whose far end is gone.
+    let mut w = app_client;
+    let chunk = vec![1u8; 1 << 16];
+    for _ in 0..256 {
+        if w.write_all(&chunk).is_err() {
+            break;
+        }
+    }
+    let ends: Vec<End> = pumps.into_iter().map(|p| p.join().unwrap()).collect();
+    assert!(ends.contains(&End::Error), "{ends:?}");
+}

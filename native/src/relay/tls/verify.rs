@@ -1,0 +1,243 @@
+//! Peer verification as Istio's `ISTIO_MUTUAL` does it: the peer's chain
+//! must lead to the mesh roots, and its identity is the SPIFFE URI SAN of
+//! the leaf (`spiffe://<trust-domain>/ns/<ns>/sa/<sa>`). There is no host
+//! name check: workload certificates carry no DNS names, and Envoy's
+//! upstream validation context for Istio mTLS matches `match_subject_alt_names`
+//! against the URI SAN only (pilot `cluster_tls.go`).
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::ParsedCertificate;
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
+
+/// Which peer identities are acceptable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerIdentity {
+    /// Any identity of the trust domain (`spiffe://<td>/...`).
+    TrustDomain(String),
+    /// Exactly one of these URIs.
+    AnyOf(Vec<String>),
+}
+
+impl PeerIdentity {
+    /// True when one of the leaf's URIs is acceptable.
+    pub fn accepts<'a>(&self, mut uris: impl Iterator<Item = &'a str>) -> bool {
+        match self {
+            PeerIdentity::TrustDomain(td) => uris.any(|u| {
+                u.strip_prefix("spiffe://")
+                    .and_then(|rest| rest.strip_prefix(td.as_str()))
+                    .is_some_and(|rest| rest.starts_with('/'))
+            }),
+            PeerIdentity::AnyOf(list) => uris.any(|u| list.iter().any(|w| w == u)),
+        }
+    }
+}
+
+impl std::fmt::Display for PeerIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PeerIdentity::TrustDomain(td) => write!(f, "any identity of trust domain {td}"),
+            PeerIdentity::AnyOf(l) => write!(f, "{}", l.join(" or ")),
+        }
+    }
+}
+
+/// Reads one DER TLV at the start of `d`: (tag, contents, rest). Only
+/// definite lengths up to 4 bytes (DER); anything else is None.
+fn tlv(d: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, d) = d.split_first()?;
+    let (&l0, mut d) = d.split_first()?;
+    let len = if l0 < 0x80 {
+        usize::from(l0)
+    } else {
+        let n = usize::from(l0 & 0x7f);
+        if n == 0 || n > 4 || d.len() < n {
+            return None;
+        }
+        let len = d[..n].iter().fold(0usize, |a, &b| (a << 8) | usize::from(b));
+        d = &d[n..];
+        len
+    };
+    if d.len() < len {
+        return None;
+    }
+    Some((tag, &d[..len], &d[len..]))
+}
+
+/// subjectAltName, 2.5.29.17 (RFC 5280 §4.2.1.6).
+const OID_SAN: &[u8] = &[0x55, 0x1d, 0x11];
+
+/// The URI SANs (`[6] IA5String` GeneralNames) of a DER certificate.
+/// Hostile input: a malformed certificate gives an empty list, never a panic.
+pub fn uri_sans(cert: &[u8]) -> Vec<String> {
+    fn walk(cert: &[u8]) -> Option<Vec<String>> {
+        let (_, certificate, _) = tlv(cert).filter(|t| t.0 == 0x30)?;
+        let (_, mut tbs, _) = tlv(certificate).filter(|t| t.0 == 0x30)?;
+        // version [0] EXPLICIT (optional), serial, signature, issuer,
+        // validity, subject, subjectPublicKeyInfo, then optional [1], [2],
+        // and [3] EXPLICIT extensions.
+        let mut out = Vec::new();
+        while !tbs.is_empty() {
+            let (tag, body, rest) = tlv(tbs)?;
+            tbs = rest;
+            if tag != 0xa3 {
+                continue;
+            }
+            let (_, mut exts, _) = tlv(body).filter(|t| t.0 == 0x30)?;
+            while !exts.is_empty() {
+                let (_, mut ext, rest) = tlv(exts).filter(|t| t.0 == 0x30)?;
+                exts = rest;
+                let (_, oid, r) = tlv(ext).filter(|t| t.0 == 0x06)?;
+                ext = r;
+                if oid != OID_SAN {
+                    continue;
+                }
+                // critical BOOLEAN DEFAULT FALSE, then the OCTET STRING.
+                let (mut tag, mut value, r) = tlv(ext)?;
+                if tag == 0x01 {
+                    (tag, value, _) = tlv(r)?;
+                }
+                if tag != 0x04 {
+                    return None;
+                }
+                let (_, mut names, _) = tlv(value).filter(|t| t.0 == 0x30)?;
+                while !names.is_empty() {
+                    let (tag, name, rest) = tlv(names)?;
+                    names = rest;
+                    if tag == 0x86 {
+                        out.push(std::str::from_utf8(name).ok()?.to_owned());
+                    }
+                }
+            }
+        }
+        Some(out)
+    }
+    walk(cert).unwrap_or_default()
+}
+
+/// The `spiffe://` URIs of a DER certificate.
+pub fn spiffe_ids(cert: &[u8]) -> Vec<String> {
+    uri_sans(cert).into_iter().filter(|u| u.starts_with("spiffe://")).collect()
+}
+
+/// Chain verification against the mesh roots with webpki, then the SPIFFE
+/// identity; the server name the connection was made with is ignored.
+#[derive(Debug)]
+pub(crate) struct SpiffeServerVerifier {
+    pub(crate) roots: Arc<RootCertStore>,
+    pub(crate) provider: Arc<CryptoProvider>,
+    pub(crate) expect: PeerIdentity,
+}
+
+fn identity_ok(end_entity: &CertificateDer<'_>, expect: &PeerIdentity) -> Result<(), rustls::Error> {
+    let ids = spiffe_ids(end_entity.as_ref());
+    if expect.accepts(ids.iter().map(String::as_str)) {
+        Ok(())
+    } else {
+        // access_denied (RFC 8446 §6.2): a valid certificate of the wrong identity.
+        Err(rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure))
+    }
+}
+
+impl ServerCertVerifier for SpiffeServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let cert = ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &cert,
+            &self.roots,
+            intermediates,
+            now,
+            self.provider.signature_verification_algorithms.all,
+        )?;
+        identity_ok(end_entity, &self.expect)?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The inbound side: a client certificate is mandatory, must chain to the
+/// mesh roots (webpki, client-auth usage) and carry an allowed identity.
+/// `allowed` is shared with [`super::MeshTls`] so a policy change applies to
+/// the next handshake without rebuilding the identity.
+#[derive(Debug)]
+pub(crate) struct SpiffeClientVerifier {
+    pub(crate) inner: Arc<dyn ClientCertVerifier>,
+    pub(crate) trust_domain: String,
+    pub(crate) allowed: Arc<ArcSwap<Option<Vec<String>>>>,
+}
+
+impl ClientCertVerifier for SpiffeClientVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        let expect = match self.allowed.load().as_ref() {
+            Some(list) => PeerIdentity::AnyOf(list.clone()),
+            None => PeerIdentity::TrustDomain(self.trust_domain.clone()),
+        };
+        identity_ok(end_entity, &expect)?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}

@@ -66,6 +66,20 @@ Warming: a new EDS cluster joins the lbtable and the redirection table when
 its endpoints arrive (its VIPs pass through until then), or after
 ``warm_timeout`` seconds with none; a changed one keeps its previous version
 serving meanwhile, as Envoy does.
+
+Workload mTLS (issue 7): with MUTUAL_TLS to the control plane the agent holds
+the workload certificate (pymesh.security.client), and hands it — chain, key,
+the trusted roots and TRUST_DOMAIN — to the native outbound proxy and the
+inbound listener (``set_identity``) at start (a valid one kept on disk) and
+after every renewal or root change; a certificate the relay refuses is logged
+and the previous identity keeps serving. The outbound proxy then originates
+mTLS to endpoints whose EDS metadata says ``tlsMode: istio``. When the agent
+runs the inbound listener it subscribes to the control plane's
+``virtualInbound`` listener (LDS) and applies the PeerAuthentication mode its
+filter chains carry (``set_peer_authentication``: STRICT, PERMISSIVE or
+DISABLE), persisted like the other tables so a restart without the control
+plane keeps the policy; until a mode is known the listener runs Istio's
+default, PERMISSIVE.
 """
 
 from __future__ import annotations
@@ -81,7 +95,7 @@ from pymesh._native import LbTable, NameTable, PymeshError, RedirectTable
 from pymesh.agent.bootstrap import Bootstrap, CaptureSettings, capture_settings, truthy
 from pymesh.agent.errors import XdsClientError
 from pymesh.agent.node import NodeInfo, build_node
-from pymesh.agent.persist import CDS, EDS, NDS, StateDir, default_state_dir
+from pymesh.agent.persist import CDS, EDS, LDS, NDS, StateDir, default_state_dir
 from pymesh.agent.probes import Prober
 from pymesh.agent.xds_client import XdsClient
 from pymesh.names import DEFAULT_DOMAIN, read_resolv_conf
@@ -252,6 +266,12 @@ class Agent:
         self._identity_saved = False
         self._warming: dict[str, float] = {}  # cluster -> monotonic deadline
         self.health: tuple[bool, str] | None = None
+        # Inbound mTLS mode from the control plane's virtualInbound listener (None: none yet),
+        # and the SPIFFE identity the data path holds ("" : none).
+        self.peer_authentication: str | None = None
+        self._pa_applied = False
+        self._lds: Any = None
+        self.data_path_identity = ""
 
         self.dns: Any = None  # pymesh.dnsproxy.DnsProxy when running
         self.status_server: Any = None  # pymesh.agent.status.StatusServer when running
@@ -287,7 +307,7 @@ class Agent:
                 "target": self.target,
                 "transport": "mtls" if self.control_plane_auth == "MUTUAL_TLS" else "plaintext",
                 "variant": "delta" if self.options.xds_delta else "sotw",
-                "subscriptions": ["CDS", "EDS", "NDS"],
+                "subscriptions": ["CDS", "EDS", "NDS", "LDS virtualInbound"],
             },
             "dns": {
                 "enabled": self.dns_enabled,
@@ -362,11 +382,12 @@ class Agent:
             self.started = True
             self.stop()
             raise
-        subs: dict[str, set[str] | None] = {CDS: None, EDS: self._eds_names(), NDS: None}
+        # LDS: only the one listener that carries this workload's PeerAuthentication mode.
+        subs: dict[str, set[str] | None] = {CDS: None, EDS: self._eds_names(), NDS: None, LDS: {"virtualInbound"}}
         self.client = XdsClient(
             self.target,
             self.node.to_proto(),
-            {CDS: self._on_cds, EDS: self._on_eds, NDS: self._on_nds},
+            {CDS: self._on_cds, EDS: self._on_eds, NDS: self._on_nds, LDS: self._on_lds},
             subscriptions=subs,
             versions=dict(self._versions),
             backoff_base=self.options.backoff_base,
@@ -380,6 +401,10 @@ class Agent:
             from pymesh.security.agent import attach_tls
 
             self.certs = attach_tls(self, self.client)
+            self.certs.on_renew = self._apply_identity
+            held = self.certs.held
+            if held is not None and held.valid():
+                self._apply_identity(held)  # kept on disk: the data path has it before any CA call
         self.client.start()
         probe = self.bootstrap.readiness_probe
         if probe is not None and self.options.probe:
@@ -496,6 +521,8 @@ class Agent:
 
             self.inbound = start_inbound_passthrough(listen=self._inbound_listen())
             log.info("inbound passthrough on %s", ", ".join(self.inbound.addresses))
+            if self.peer_authentication is not None:
+                self._apply_peer_authentication(self.peer_authentication)  # the saved policy
         if self.capture_config is not None:
             from pymesh.capture import Capture
 
@@ -616,6 +643,8 @@ class Agent:
             "loaded_from_disk": list(self.loaded_from_disk),
             "dns": self.dns.server.addresses if self.dns is not None else [],
             "status": self.status_server.address if self.status_server is not None else None,
+            "peer_authentication": self.peer_authentication,
+            "identity": self.data_path_identity,
         }
 
     # --- applying pushes -------------------------------------------------------------------
@@ -772,6 +801,48 @@ class Agent:
         if persist:
             self._save(NDS, version, resources)
 
+    def _on_lds(self, type_url: str, resources: list[Any], version: str, *, persist: bool = True) -> None:
+        from pymesh.agent.mtls import inbound_mode
+
+        mode = inbound_mode(resources)
+        if mode is None:
+            return  # no virtualInbound (yet): the mode in force stays
+        with self._apply_lock:
+            if self.inbound is not None:
+                self._apply_peer_authentication(mode)
+            elif self.peer_authentication != mode:
+                log.info("PeerAuthentication %s (applied when the inbound listener starts)", mode)
+            self.peer_authentication = mode
+            self._lds = resources
+            self._versions[LDS] = version
+        if persist:
+            self._save(LDS, version, resources)
+
+    def _apply_peer_authentication(self, mode: str) -> None:
+        from pymesh.agent.mtls import set_peer_authentication
+
+        if not set_peer_authentication(self.inbound, mode):
+            return
+        if mode != self.peer_authentication or not self._pa_applied:
+            log.info("inbound peer authentication %s (from the control plane)", mode)
+            if mode == "STRICT" and not self.data_path_identity:
+                log.warning("STRICT without a workload certificate: inbound connections are refused until one is held")
+        self._pa_applied = True
+
+    def _apply_identity(self, held: Any) -> None:
+        """The workload certificate to the outbound proxy and the inbound listener."""
+        from pymesh.agent.mtls import set_identity
+
+        certs = self.certs
+        roots = certs.root_pem if certs is not None else held.chain
+        td = self.bootstrap.get("TRUST_DOMAIN") or "cluster.local"
+        targets = (("outbound proxy", self.proxy), ("inbound listener", self.inbound))
+        if not any(r is not None for _, r in targets):
+            return
+        if set_identity(targets, held.chain, held.key, roots, td):
+            log.info("data path mTLS identity %s (certificate until %s)", held.spiffe_id, time.ctime(held.not_after))
+            self.data_path_identity = held.spiffe_id
+
     def _redirect_doc(self, services: list[dict[str, Any]]) -> dict[str, Any]:
         cap = self.capture
         return {
@@ -876,7 +947,7 @@ class Agent:
             )
             self.state.clear()  # never mixed with this agent's own state later
             return
-        for t, apply in ((NDS, self._on_nds), (CDS, self._on_cds), (EDS, self._on_eds)):
+        for t, apply in ((NDS, self._on_nds), (CDS, self._on_cds), (EDS, self._on_eds), (LDS, self._on_lds)):
             msg = self.state.load(t)
             if msg is None:
                 continue

@@ -137,6 +137,12 @@ def cmd_agent(args: argparse.Namespace) -> int:
     try:
         while not stop.wait(0.5):
             report(agent.tables)
+            if agent.data_path_identity and seen.get("identity") != agent.data_path_identity:
+                seen["identity"] = agent.data_path_identity
+                say(f"mTLS identity {agent.data_path_identity}")
+            if agent.inbound is not None and agent.peer_authentication != seen.get("peer_authentication"):
+                seen["peer_authentication"] = agent.peer_authentication
+                say(f"inbound peer authentication {agent.peer_authentication}")
             if agent.health is not None and seen.get("health") != agent.health:
                 seen["health"] = agent.health
                 ok, msg = agent.health

@@ -1,7 +1,8 @@
 """The last good xDS state on disk, so DNS and routing serve across an agent
 restart while the control plane is unreachable.
 
-One file per type (``cds.pb``, ``eds.pb``, ``nds.pb``) holding a
+One file per type (``cds.pb``, ``eds.pb``, ``nds.pb``, ``lds.pb`` — the
+inbound listener that carries the PeerAuthentication mode) holding a
 ``DiscoveryResponse`` with every resource the agent holds of that type
 (for EDS the merged set, not the last partial push) and the version that
 was ACKed. Written atomically: a temporary file in the same directory,
@@ -28,7 +29,8 @@ log = logging.getLogger("pymesh.agent")
 CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 EDS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 NDS = "type.googleapis.com/istio.networking.nds.v1.NameTable"
-FILES = {CDS: "cds.pb", EDS: "eds.pb", NDS: "nds.pb"}
+LDS = "type.googleapis.com/envoy.config.listener.v3.Listener"
+FILES = {CDS: "cds.pb", EDS: "eds.pb", NDS: "nds.pb", LDS: "lds.pb"}
 IDENTITY = "identity.json"
 
 

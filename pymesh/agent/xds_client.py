@@ -41,12 +41,12 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from pymesh.agent.persist import CDS, EDS, NDS
+from pymesh.agent.persist import CDS, EDS, LDS, NDS
 
 log = logging.getLogger("pymesh.agent.xds")
 
 HEALTH = "type.googleapis.com/istio.v1.HealthInformation"
-SHORT = {CDS: "CDS", EDS: "EDS", NDS: "NDS", HEALTH: "HEALTH"}
+SHORT = {CDS: "CDS", EDS: "EDS", NDS: "NDS", LDS: "LDS", HEALTH: "HEALTH"}
 # google.rpc.Code INTERNAL: what Envoy and istio-agent put in NACKs and unhealthy reports.
 CODE_INTERNAL = 13
 

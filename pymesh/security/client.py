@@ -94,6 +94,8 @@ class WorkloadCerts:
         self._thread: threading.Thread | None = None
         self.renewals = 0
         self.last_error = ""
+        # Called with every certificate obtained (the first, renewals, after a root change),
+        # so the data path can take it (pymesh.agent hands it to the relay's set_identity).
         self.on_renew: Callable[[Held], None] | None = None
         # Root change: root-cert.pem (the trust bundle) is re-read every ``root_check``
         # seconds; when it changes the new bundle is trusted and the certificate renewed
@@ -199,6 +201,11 @@ class WorkloadCerts:
                 raise AuthError("CreateCertificate returned a chain that does not end at root-cert.pem")
             self.held = self._store(chain, key_pem(key))
             log.info("certificate for %s until %s", self.held.spiffe_id, time.ctime(self.held.not_after))
+            if self.on_renew is not None:
+                try:
+                    self.on_renew(self.held)
+                except Exception:  # the certificate is held and stored; a consumer's failure is its own
+                    log.exception("certificate consumer failed")
             return self.held
 
     # --- renewal ------------------------------------------------------------------------------
@@ -235,8 +242,7 @@ class WorkloadCerts:
                 self.renewals += had  # the first certificate is not a renewal
                 self.last_error = ""
                 backoff = 1.0
-                if self.on_renew is not None:
-                    self.on_renew(h)
+                log.debug("certificate renewed (%s)", h.spiffe_id)
             except SecurityError as e:
                 self.last_error = str(e)
                 log.warning("certificate renewal failed (retry in %.0fs): %s", backoff, e)

@@ -23,6 +23,35 @@ pub struct ClusterSpec {
     pub endpoints: Vec<Endpoint>,
 }
 
+/// A validated EDS `ClusterLoadAssignment`: new endpoints for a cluster the
+/// table already has (Envoy's EDS: the `Cluster` comes from CDS, its
+/// endpoints separately).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterAssignment {
+    /// `cluster_name`: the cluster these endpoints are for.
+    pub cluster: String,
+    /// `policy.overprovisioning_factor` if given.
+    pub overprovisioning_factor: Option<u32>,
+    pub groups: Vec<LocalityGroup>,
+    pub endpoints: Vec<Endpoint>,
+}
+
+impl ClusterSpec {
+    /// This cluster with `a`'s endpoints: the cluster's own settings, the
+    /// assignment's groups, endpoints and overprovisioning factor. Like
+    /// Envoy, an assignment without `policy.overprovisioning_factor` means
+    /// the default 140 (the factor belongs to each assignment, it is not
+    /// kept from the previous one).
+    pub fn with_assignment(&self, a: ClusterAssignment) -> ClusterSpec {
+        let mut config = self.config.clone();
+        config.overprovisioning_factor =
+            a.overprovisioning_factor.unwrap_or(ClusterConfig::default().overprovisioning_factor);
+        let mut spec = ClusterSpec { name: self.name.clone(), config, groups: a.groups, endpoints: a.endpoints };
+        super::parse::finish_hash_keys(&mut spec);
+        spec
+    }
+}
+
 /// An immutable, pickable view of one cluster.
 #[derive(Debug)]
 pub struct ClusterSnapshot {

@@ -1,6 +1,7 @@
 //! Endpoint selection (the lbtable) and redirection tables.
 //!
-//! Inputs are Envoy `Cluster` resources ([`parse`]); each cluster becomes an
+//! Inputs are Envoy `Cluster` resources ([`parse`]), and EDS
+//! `ClusterLoadAssignment`s for clusters already loaded ([`eds`]); each cluster becomes an
 //! immutable [`ClusterSnapshot`] (endpoints, effective health, priority loads
 //! and per-source pick structures) published through a [`LiveCluster`] in an
 //! [`LbTable`]. Policies follow Envoy: ROUND_ROBIN, LEAST_REQUEST, RANDOM,
@@ -15,6 +16,7 @@
 
 mod cluster;
 mod config;
+mod eds;
 mod endpoint;
 mod failover;
 mod maglev;
@@ -29,10 +31,11 @@ mod source;
 mod state;
 mod table;
 
-pub use cluster::{ClusterSnapshot, ClusterSpec};
+pub use cluster::{ClusterAssignment, ClusterSnapshot, ClusterSpec};
 pub use config::{
     is_prime, ClusterConfig, LeastRequestConfig, OutlierConfig, Policy, RingHashConfig, MAGLEV_DEFAULT_TABLE_SIZE,
 };
+pub use eds::{assignments_from_value, parse_assignments, read_assignments};
 pub use endpoint::{Endpoint, EndpointMeta, Health, HealthStatus, Locality, LocalityGroup};
 pub use failover::LocalityFailover;
 pub use outlier::Outcome;

@@ -18,7 +18,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde_json::{Map, Value};
 
-use super::cluster::ClusterSpec;
+use super::cluster::{ClusterAssignment, ClusterSpec};
 use super::config::{
     is_prime, ClusterConfig, LeastRequestConfig, OutlierConfig, Policy, RingHashConfig, MAGLEV_MAX_TABLE_SIZE,
     RING_SIZE_CAP,
@@ -433,7 +433,13 @@ pub fn cluster_from_value(v: &Value, pos: usize) -> Result<ClusterSpec> {
         cfg.outlier = Some(outlier_detection(&ctx, &Msg::new(&ctx, v, "outlier_detection")?)?);
     }
     let (groups, endpoints) = match m.get("load_assignment") {
-        Some(v) => load_assignment(&ctx, &mut cfg, &Msg::new(&ctx, v, "load_assignment")?)?,
+        Some(v) => {
+            let a = load_assignment(&ctx, &Msg::new(&ctx, v, "load_assignment")?)?;
+            if let Some(opf) = a.overprovisioning_factor {
+                cfg.overprovisioning_factor = opf;
+            }
+            (a.groups, a.endpoints)
+        }
         None => (Vec::new(), Vec::new()),
     };
     let mut spec = ClusterSpec { name: name.to_owned(), config: cfg, groups, endpoints };
@@ -575,11 +581,14 @@ fn outlier_detection(ctx: &Ctx<'_>, m: &Msg<'_>) -> Result<OutlierConfig> {
     Ok(c)
 }
 
-fn load_assignment(ctx: &Ctx<'_>, cfg: &mut ClusterConfig, m: &Msg<'_>) -> Result<(Vec<LocalityGroup>, Vec<Endpoint>)> {
-    m.check(ctx, &["cluster_name", "endpoints", "policy"], &[], &[("named_endpoints", "named endpoints")])?;
-    string(ctx, m, "cluster_name")?;
+/// One `ClusterLoadAssignment` (a cluster's `load_assignment`, or an EDS
+/// resource on its own), with field paths relative to `m`.
+fn load_assignment(ctx: &Ctx<'_>, m: &Msg<'_>) -> Result<ClusterAssignment> {
+    m.check(ctx, &["cluster_name", "endpoints", "policy"], &["@type"], &[("named_endpoints", "named endpoints")])?;
+    let cluster = string(ctx, m, "cluster_name")?.to_owned();
+    let mut overprovisioning_factor = None;
     if let Some(v) = m.get("policy") {
-        let p = Msg::new(ctx, v, "load_assignment.policy")?;
+        let p = Msg::new(ctx, v, &m.field_path("policy"))?;
         p.check(
             ctx,
             &["overprovisioning_factor"],
@@ -588,21 +597,21 @@ fn load_assignment(ctx: &Ctx<'_>, cfg: &mut ClusterConfig, m: &Msg<'_>) -> Resul
         )?;
         if let Some(n) = uint(ctx, &p, "overprovisioning_factor", u64::from(u32::MAX))? {
             if n == 0 {
-                return Err(ctx.err("load_assignment.policy.overprovisioning_factor", "must be positive"));
+                return Err(ctx.err(p.field_path("overprovisioning_factor"), "must be positive"));
             }
-            cfg.overprovisioning_factor = n as u32;
+            overprovisioning_factor = Some(n as u32);
         }
     }
     let mut groups: Vec<LocalityGroup> = Vec::new();
     let mut endpoints: Vec<Endpoint> = Vec::new();
     let mut seen: HashSet<SocketAddr> = HashSet::new();
     let list = match m.get("endpoints") {
-        None => return Ok((groups, endpoints)),
+        None => return Ok(ClusterAssignment { cluster, overprovisioning_factor, groups, endpoints }),
         Some(Value::Array(a)) => a,
-        Some(v) => return Err(ctx.err("load_assignment.endpoints", format!("expected a list, got {}", kind(v)))),
+        Some(v) => return Err(ctx.err(m.field_path("endpoints"), format!("expected a list, got {}", kind(v)))),
     };
     for (gi, g) in list.iter().enumerate() {
-        let gpath = format!("load_assignment.endpoints[{gi}]");
+        let gpath = m.field_path(&format!("endpoints[{gi}]"));
         let gm = Msg::new(ctx, g, &gpath)?;
         gm.check(
             ctx,
@@ -643,7 +652,26 @@ fn load_assignment(ctx: &Ctx<'_>, cfg: &mut ClusterConfig, m: &Msg<'_>) -> Resul
             endpoints.push(ep);
         }
     }
-    Ok((groups, endpoints))
+    Ok(ClusterAssignment { cluster, overprovisioning_factor, groups, endpoints })
+}
+
+/// Parses one EDS `ClusterLoadAssignment`; `pos` labels it in errors when
+/// it names no cluster. Endpoint hash keys stay unfilled (the `envoy.lb`
+/// `hash_key` only) until the cluster's settings are known
+/// ([`ClusterSpec::with_assignment`]).
+pub(super) fn assignment_from_value(v: &Value, pos: usize) -> Result<ClusterAssignment> {
+    let label = v
+        .as_object()
+        .and_then(|o| o.get("cluster_name").or_else(|| o.get("clusterName")))
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map_or_else(|| format!("#{pos}"), str::to_owned);
+    let ctx = Ctx { cluster: &label };
+    let a = load_assignment(&ctx, &Msg::new(&ctx, v, "")?)?;
+    if a.cluster.is_empty() {
+        return Err(ctx.err("cluster_name", "missing: an EDS assignment names the cluster it is for"));
+    }
+    Ok(a)
 }
 
 fn lb_endpoint(ctx: &Ctx<'_>, m: &Msg<'_>, group: u32, priority: u32) -> Result<Endpoint> {
@@ -745,7 +773,7 @@ fn metadata(ctx: &Ctx<'_>, m: &Msg<'_>) -> Result<(EndpointMeta, Option<String>)
 
 /// Fills each endpoint's hash key: `envoy.lb` `hash_key`, else the hostname
 /// with `use_hostname_for_hashing`, else the address (Envoy's `hashKey()`).
-fn finish_hash_keys(spec: &mut ClusterSpec) {
+pub(super) fn finish_hash_keys(spec: &mut ClusterSpec) {
     let use_host = spec.config.use_hostname_for_hashing;
     for e in &mut spec.endpoints {
         if !e.hash_key.is_empty() {

@@ -12,12 +12,13 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwap, Guard};
 
-use super::cluster::{effective_health, ClusterSnapshot, ClusterSpec};
+use super::cluster::{effective_health, ClusterAssignment, ClusterSnapshot, ClusterSpec};
 use super::endpoint::Endpoint;
 use super::failover::{self, LocalityFailover};
 use super::outlier::{Detector, Outcome};
 use super::rng::{mix64, Rng};
 use super::state::EndpointState;
+use crate::error::{Error, Result};
 
 /// One cluster: its validated input, its endpoints' live state, the snapshot
 /// serving now, and its outlier detector.
@@ -287,14 +288,10 @@ impl LbTable {
         let old = self.clusters.load_full();
         let gen = self.generation.load(Ordering::Acquire) + 1;
         let mut map = HashMap::with_capacity_and_hasher(specs.len(), *old.hasher());
-        for mut spec in specs {
-            if let Some(f) = &self.failover {
-                failover::apply(&mut spec, f);
-            }
-            let seed = mix64(self.seed ^ mix64(gen) ^ xxhash_rust::xxh64::xxh64(spec.name.as_bytes(), 0));
+        for spec in specs {
             let prev = old.get(&spec.name).map(Arc::as_ref);
-            let name = spec.name.clone();
-            map.insert(name, Arc::new(LiveCluster::new(spec, prev, now, seed, self.epoch.clone())));
+            let live = self.live(spec, prev, gen, now);
+            map.insert(live.spec.name.clone(), live);
         }
         self.publish(map);
         self.generation.store(gen, Ordering::Release);
@@ -307,18 +304,54 @@ impl LbTable {
         let old = self.clusters.load_full();
         let gen = self.generation.load(Ordering::Acquire) + 1;
         let mut map: ClusterMap = (*old).clone();
-        for mut spec in specs {
-            if let Some(f) = &self.failover {
-                failover::apply(&mut spec, f);
-            }
-            let seed = mix64(self.seed ^ mix64(gen) ^ xxhash_rust::xxh64::xxh64(spec.name.as_bytes(), 0));
+        for spec in specs {
             let prev = old.get(&spec.name).map(Arc::as_ref);
-            let name = spec.name.clone();
-            map.insert(name, Arc::new(LiveCluster::new(spec, prev, now, seed, self.epoch.clone())));
+            let live = self.live(spec, prev, gen, now);
+            map.insert(live.spec.name.clone(), live);
         }
         self.publish(map);
         self.generation.store(gen, Ordering::Release);
         gen
+    }
+
+    /// EDS: replaces the endpoints of clusters the table already has, each
+    /// from its `ClusterLoadAssignment`, keeping the clusters' settings and
+    /// the other clusters as they are. Endpoints that stay (same
+    /// `address:port`) keep their live state. One swap publishes all of
+    /// them. An assignment for a cluster the table does not have is an
+    /// error naming it (Envoy ignores EDS for unknown clusters; here the
+    /// caller learns of it), and then nothing changes. Returns the new
+    /// generation.
+    pub fn set_assignments(&self, assignments: Vec<ClusterAssignment>, now: u64) -> Result<u64> {
+        let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.clusters.load_full();
+        if let Some(a) = assignments.iter().find(|a| !old.contains_key(&a.cluster)) {
+            return Err(Error::cluster(
+                &a.cluster,
+                "cluster_name",
+                "no such cluster in the table (load the Cluster before its endpoints)",
+            ));
+        }
+        let gen = self.generation.load(Ordering::Acquire) + 1;
+        let mut map: ClusterMap = (*old).clone();
+        for a in assignments {
+            let prev = &old[&a.cluster];
+            let live = self.live(prev.spec.with_assignment(a), Some(prev), gen, now);
+            map.insert(live.spec.name.clone(), live);
+        }
+        self.publish(map);
+        self.generation.store(gen, Ordering::Release);
+        Ok(gen)
+    }
+
+    /// A cluster for `spec` in generation `gen`: Istio failover applied,
+    /// live state taken over from `prev`.
+    fn live(&self, mut spec: ClusterSpec, prev: Option<&LiveCluster>, gen: u64, now: u64) -> Arc<LiveCluster> {
+        if let Some(f) = &self.failover {
+            failover::apply(&mut spec, f);
+        }
+        let seed = mix64(self.seed ^ mix64(gen) ^ xxhash_rust::xxh64::xxh64(spec.name.as_bytes(), 0));
+        Arc::new(LiveCluster::new(spec, prev, now, seed, self.epoch.clone()))
     }
 
     /// Removes clusters by name; returns how many existed.

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use serde_json::{json, Value};
 
@@ -201,50 +202,6 @@ fn hash_policies_same_key_same_endpoint_across_rebuilds() {
             assert_eq!(a, b, "{policy} key {k}");
         }
     }
-}
-
-/// Share of keys that move when one of 100 endpoints is removed, over the
-/// optimum (1/100), averaged over removing each of 10 different endpoints
-/// (which endpoint goes changes the figure: ring hash moves exactly the
-/// removed endpoint's keys, whose share varies with its arcs). Envoy measures
-/// the same; Maglev moves more than ring hash by design (about twice as many
-/// keys, its docs say). Envoy's default ring (1024 entries) keeps 11 entries
-/// per host for both 100 and 99 hosts, so the other hosts' arcs stay put;
-/// a 64k ring would add entries to every host (656 -> 662) and move ~0.9%
-/// more keys, as it does in Envoy.
-pub(crate) fn disruption(policy: &str, keys: usize) -> f64 {
-    let eps: Vec<Value> = (0..100).map(|i| ep(&format!("10.2.{}.{}:80", i / 200, i % 200 + 1), 1)).collect();
-    let t1 = table(json!([cluster("c", policy, vec![group(0, eps.clone())])]), 1);
-    let hashes: Vec<u64> = (0..keys).map(|k| hash_key(format!("key-{k}").as_bytes())).collect();
-    let before: Vec<_> = hashes.iter().map(|&h| t1.pick("c", Some(h), &mut Rng::new(0)).unwrap()).collect();
-    let mut total = 0.0;
-    for removed in (0..100).step_by(10) {
-        let fewer: Vec<Value> = eps.iter().enumerate().filter(|(i, _)| *i != removed).map(|(_, e)| e.clone()).collect();
-        let t2 = table(json!([cluster("c", policy, vec![group(0, fewer)])]), 1);
-        let moved = hashes
-            .iter()
-            .zip(&before)
-            .filter(|(&h, b)| t2.pick("c", Some(h), &mut Rng::new(0)).unwrap() != **b)
-            .count();
-        total += (moved as f64 / keys as f64) / (1.0 / 100.0);
-    }
-    total / 10.0
-}
-
-#[test]
-fn consistent_hash_disruption_within_1_2x_of_optimum() {
-    let ring = disruption("RING_HASH", 100_000);
-    assert!((0.8..=1.2).contains(&ring), "ring hash moved {ring}x the optimum");
-}
-
-#[test]
-fn maglev_disruption_is_bounded_as_envoy_documents() {
-    // Maglev trades disruption for lookup speed: Envoy's docs say it moves
-    // about twice as many keys as ring hash when hosts are removed. Our
-    // tables are Envoy's (same keys, order and fill), so the figure is
-    // Envoy's too: about 1.5x the optimum for 1 of 100 hosts at M = 65537.
-    let maglev = disruption("MAGLEV", 100_000);
-    assert!((0.8..=2.0).contains(&maglev), "maglev moved {maglev}x the optimum");
 }
 
 #[test]
@@ -725,4 +682,280 @@ fn cached_by_name_picks_see_swaps_made_by_other_threads() {
         assert_eq!(pick(), Err(UnknownCluster), "removed");
         drop(ask);
     });
+}
+
+/// What one removal moved: all keys that changed endpoint, and those of
+/// them that were on an endpoint that stayed, each over the optimum (the
+/// removed endpoints' nominal share, `removed / n`: Envoy's
+/// `host_loss_over_N_optimal`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Moved {
+    pub(crate) ratio: f64,
+    pub(crate) from_staying: f64,
+}
+
+/// Envoy's HostLoss measurement (`ring_hash_lb_benchmark.cc`,
+/// `maglev_lb_benchmark.cc`): `n` hosts named like Envoy's
+/// (`10.0.x.y:6379`), the endpoint of every key in `hashes` before and
+/// after removing each set in `removals`. `extra` is merged into the
+/// cluster (ring or table size).
+pub(crate) fn host_loss(policy: &str, n: usize, extra: &Value, removals: &[Vec<usize>], hashes: &[u64]) -> Vec<Moved> {
+    let eps: Vec<Value> = (0..n).map(|i| ep(&format!("10.0.{}.{}:6379", i / 256, i % 256), 1)).collect();
+    let mk = |eps: Vec<Value>| {
+        let mut c = cluster("c", policy, vec![group(0, eps)]);
+        for (k, v) in extra.as_object().expect("object") {
+            c[k] = v.clone();
+        }
+        table(json!([c]), 1)
+    };
+    let full = mk(eps.clone());
+    let mut rng = Rng::new(0);
+    let before: Vec<SocketAddr> = hashes.iter().map(|&h| full.pick("c", Some(h), &mut rng).unwrap().unwrap()).collect();
+    removals
+        .iter()
+        .map(|gone| {
+            let kept: Vec<Value> =
+                eps.iter().enumerate().filter(|(i, _)| !gone.contains(i)).map(|(_, e)| e.clone()).collect();
+            let gone_addrs: Vec<SocketAddr> =
+                gone.iter().map(|&i| addr(&format!("10.0.{}.{}:6379", i / 256, i % 256))).collect();
+            let t = mk(kept);
+            let (mut moved, mut from_staying) = (0usize, 0usize);
+            for (&h, b) in hashes.iter().zip(&before) {
+                if t.pick("c", Some(h), &mut rng).unwrap().unwrap() != *b {
+                    moved += 1;
+                    from_staying += usize::from(!gone_addrs.contains(b));
+                }
+            }
+            let optimum = hashes.len() as f64 * gone.len() as f64 / n as f64;
+            Moved { ratio: moved as f64 / optimum, from_staying: from_staying as f64 / optimum }
+        })
+        .collect()
+}
+
+fn key_hashes(n: usize) -> Vec<u64> {
+    (0..n).map(|k| hash_key(format!("key-{k}").as_bytes())).collect()
+}
+
+/// Ring hash in the configuration Envoy's HostLoss benchmark measures: 500
+/// hosts, minimum ring 65,536 (132 entries per host with 500 hosts and
+/// with 499, so the hosts that stay keep their arcs). Envoy removes the
+/// last 1, 2 and 3 hosts: each within 1.2x of the optimum. Removing any
+/// other host moves only that host's keys as well (keys from hosts that
+/// stayed: at most 2% of the optimum, from Envoy's floating-point running
+/// totals); how many that is depends on the removed host's arcs, whose
+/// share varies about 1/sqrt(132) = 8.7% around 1/500 -- measured over
+/// every 25th host: 0.87x to 1.29x (host #400), mean 1.01x.
+#[test]
+fn ring_hash_disruption_in_envoys_host_loss_configuration() {
+    let cfg = json!({"ring_hash_lb_config": {"minimum_ring_size": 65536}});
+    let hashes = key_hashes(400_000);
+    let envoy = host_loss("RING_HASH", 500, &cfg, &[vec![499], vec![498, 499], vec![497, 498, 499]], &hashes);
+    for (lost, m) in envoy.iter().enumerate() {
+        assert!(m.ratio <= 1.2, "losing the last {} of 500 moved {:.3}x the optimum", lost + 1, m.ratio);
+    }
+    let spread: Vec<Vec<usize>> = (0..500).step_by(25).map(|i| vec![i]).collect();
+    let all = host_loss("RING_HASH", 500, &cfg, &spread, &hashes);
+    for (r, m) in spread.iter().zip(&all) {
+        assert!(m.from_staying <= 0.02, "removing #{}: {:.3}x moved from hosts that stayed", r[0], m.from_staying);
+        assert!(m.ratio <= 1.35, "removing #{}: {:.3}x", r[0], m.ratio);
+    }
+    let mean = all.iter().map(|m| m.ratio).sum::<f64>() / all.len() as f64;
+    assert!((0.9..=1.1).contains(&mean), "mean {mean:.3}x over {} removals", all.len());
+}
+
+/// Envoy's default ring (1,024 entries) for 100 hosts: 11 entries per host
+/// with 100 or 99 hosts, so again only the removed host's keys move, but
+/// 11 arcs vary a lot (1/sqrt(11) = 30%): the figure per removal spreads
+/// from 0.62x to 2.30x (mean 1.28x over every 5th host). Above 9,900
+/// entries a 100-host ring gives every host more entries when one goes
+/// (65,536: 656 -> 662 each), and the new entries move ~0.9% of all keys
+/// on top: ~1.9x, in Envoy as here. So the issue's 1.2x is met by ring
+/// hash where Envoy measures it (500 hosts, 64K), not at 100 hosts.
+#[test]
+fn ring_hash_default_ring_moves_only_the_removed_hosts_keys() {
+    let removals: Vec<Vec<usize>> = (0..100).step_by(5).map(|i| vec![i]).collect();
+    let hashes = key_hashes(200_000);
+    let moved = host_loss("RING_HASH", 100, &json!({}), &removals, &hashes);
+    for (r, m) in removals.iter().zip(&moved) {
+        // One entry of the ~1,089 changes hands besides: Envoy's
+        // floating-point running totals (11.000...02 per host) give a
+        // boundary entry to the next host (0.19x the optimum, measured).
+        assert!(m.from_staying <= 0.25, "removing #{}: {:.3}x moved from hosts that stayed", r[0], m.from_staying);
+        assert!(m.ratio <= 2.5, "removing #{}: {:.3}x", r[0], m.ratio);
+    }
+    let mean = moved.iter().map(|m| m.ratio).sum::<f64>() / moved.len() as f64;
+    assert!((0.8..=1.5).contains(&mean), "mean {mean:.3}x");
+}
+
+/// Maglev moves more than the removed host's keys by design: every host's
+/// permutation fills the removed host's slots, and the fill order shifts
+/// (Envoy's docs: about twice as many keys as ring hash; "a larger
+/// table_size reduces this"). Keys are every slot of the table (hash =
+/// slot), so the figures are exact. Our tables are Envoy's (same keys,
+/// order and fill, `maglev::tests::table_equals_envoys_literal_loop`, also
+/// at 655,373), so a mixed Envoy/pymesh mesh sends a key to the same host
+/// and these figures are Envoy's too:
+/// - default M = 65,537, 100 hosts: 1.5-1.7x per removal (asserted <= 2x);
+/// - M = 655,373 (a prime; 6,554 slots per host): 1.12-1.16x, within the
+///   issue's 1.2x for every removal;
+/// - Envoy's benchmark (500 hosts at 65,537: 131 slots per host): ~5.4x;
+///   at 655,373 ~2.2x. Maglev needs M >> 100 x hosts for 1.2x.
+#[test]
+fn maglev_disruption_per_removal_default_and_larger_table() {
+    let removals: Vec<Vec<usize>> = (0..100).step_by(10).map(|i| vec![i]).chain([vec![99]]).collect();
+    for (m, bound) in [(65_537u64, 2.0), (655_373, 1.2)] {
+        assert!(is_prime(m));
+        let slots: Vec<u64> = (0..m).collect();
+        let cfg = json!({"maglev_lb_config": {"table_size": m}});
+        for (r, x) in removals.iter().zip(host_loss("MAGLEV", 100, &cfg, &removals, &slots)) {
+            assert!(x.ratio <= bound, "M = {m}, removing #{}: {:.3}x the optimum", r[0], x.ratio);
+            assert!(x.ratio >= 1.0, "M = {m}: every key of the removed host must move ({:.3}x)", x.ratio);
+        }
+    }
+}
+
+fn assignment(name: &str, groups: Vec<Value>) -> Value {
+    json!({"cluster_name": name, "endpoints": groups})
+}
+
+/// EDS: an assignment replaces one cluster's endpoints; the cluster's
+/// settings, the other clusters and the live state of endpoints that stay
+/// are kept; the overprovisioning factor comes with each assignment.
+#[test]
+fn eds_assignment_swaps_endpoints_and_keeps_state_and_settings() {
+    let other = cluster("other", "MAGLEV", vec![group(0, vec![ep("10.8.0.1:80", 1)])]);
+    let t = table(json!([outlier_cluster(10, json!({})), other]), 1);
+    let other_before = t.cluster("other").expect("other");
+    let c = t.cluster("c").expect("c");
+    for i in 0..5 {
+        c.report(0, Outcome::Http(500), false, i);
+    }
+    assert!(c.state(0).is_ejected());
+    c.state(2).request_started();
+    let g = t.generation();
+    // .10 goes, .77 comes; the policy sets the overprovisioning factor.
+    let mut eps: Vec<Value> = (0..9).map(|i| ep(&format!("10.9.0.{}:80", i + 1), 1)).collect();
+    eps.push(ep("10.9.0.77:80", 1));
+    let mut a = assignment("c", vec![group(0, eps)]);
+    a["policy"] = json!({"overprovisioning_factor": 200});
+    let gen = t.set_assignments(assignments_from_value(&json!([a]), "eds").expect("valid"), 20).expect("known cluster");
+    assert_eq!(gen, g + 1);
+    assert_eq!(t.generation(), gen);
+    let c2 = t.cluster("c").expect("c");
+    let i = |a: &str| c2.endpoint_index(&addr(a));
+    assert_eq!(c2.spec().endpoints.len(), 10);
+    assert_eq!(i("10.9.0.10:80"), None);
+    assert!(c2.state(i("10.9.0.1:80").unwrap()).is_ejected(), "ejection carried over");
+    assert_eq!(c2.state(i("10.9.0.3:80").unwrap()).active_requests(), 1, "active requests carried over");
+    assert_eq!(c2.spec().config.overprovisioning_factor, 200);
+    assert_eq!(c2.spec().config.policy, Policy::RoundRobin);
+    assert!(c2.spec().config.outlier.is_some(), "the cluster's settings stay");
+    assert!(Arc::ptr_eq(&other_before, &t.cluster("other").expect("other")), "other clusters untouched");
+    let got = counts(&t, "c", 900, |_| None, 1);
+    assert_eq!(got.len(), 9, "9 healthy (one ejected), .77 among them: {got:?}");
+    assert!(got.contains_key(&addr("10.9.0.77:80")) && !got.contains_key(&addr("10.9.0.1:80")));
+    // The ejection runs its course on the new cluster.
+    assert!(t.cluster("c").expect("c").tick(40_000));
+    // Without a policy the factor is Envoy's default again, not the last one.
+    let a = assignment("c", vec![group(0, vec![ep("10.9.0.1:80", 1)])]);
+    t.set_assignments(assignments_from_value(&a, "eds").expect("valid"), 50_000).expect("known");
+    assert_eq!(t.cluster("c").expect("c").spec().config.overprovisioning_factor, 140);
+    assert_eq!(t.pick("c", None, &mut Rng::new(1)), Ok(Some(addr("10.9.0.1:80"))));
+}
+
+#[test]
+fn eds_rejects_unknown_clusters_and_bad_fields_and_keeps_the_table() {
+    let t = table(json!([cluster("c", "ROUND_ROBIN", vec![group(0, vec![ep("10.0.0.1:80", 1)])])]), 1);
+    let g = t.generation();
+    let good = assignment("c", vec![group(0, vec![ep("10.0.0.2:80", 1)])]);
+    let unknown = assignment("nope", vec![group(0, vec![ep("10.0.0.3:80", 1)])]);
+    // One unknown cluster in an update: nothing of it applies.
+    let e = t.set_assignments(assignments_from_value(&json!([good, unknown]), "eds").unwrap(), 0).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        r#"cluster "nope": cluster_name: no such cluster in the table (load the Cluster before its endpoints)"#
+    );
+    assert_eq!(t.generation(), g);
+    assert_eq!(t.pick("c", None, &mut Rng::new(1)), Ok(Some(addr("10.0.0.1:80"))));
+    let cases: Vec<(Value, &str)> = vec![
+        (
+            json!([{"cluster_name": "c", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "10.0.0.1"}}}}]}]}]),
+            r#"cluster "c": endpoints[0].lb_endpoints[0].endpoint.address.socket_address.port_value: missing"#,
+        ),
+        (json!([{"endpoints": []}]), r##"cluster "#0": cluster_name: missing"##),
+        (
+            json!([{"cluster_name": "c", "policy": {"overprovisioning_factor": 0}}]),
+            "policy.overprovisioning_factor: must be positive",
+        ),
+        (
+            json!([{"cluster_name": "c", "endpoints": [{"priority": 200}]}]),
+            "endpoints[0].priority: 200 is out of range",
+        ),
+        (json!([{"cluster_name": "c", "bogus": 1}]), r#"cluster "c": bogus: unknown field"#),
+        (json!([{"cluster_name": "c"}, {"cluster_name": "c"}]), "assigned twice"),
+        (
+            json!({"resources": [{"@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster", "name": "c"}]}),
+            "is not an envoy.config.endpoint.v3.ClusterLoadAssignment",
+        ),
+        (
+            json!([assignment("c", vec![group(0, vec![ep("10.0.0.1:80", 1), ep("10.0.0.1:80", 1)])])]),
+            "duplicate endpoint 10.0.0.1:80",
+        ),
+    ];
+    for (v, want) in cases {
+        let e = assignments_from_value(&v, "eds").expect_err(want).to_string();
+        assert!(e.contains(want), "{e:?} does not contain {want:?}");
+    }
+    assert_eq!(t.generation(), g);
+}
+
+/// The document forms (xDS response, camelCase, YAML) and the cluster's
+/// own hashing settings: an EDS-fed ring-hash cluster hashes like the same
+/// cluster loaded with its endpoints inline.
+#[test]
+fn eds_documents_and_hashing_match_an_inline_load_assignment() {
+    let eps: Vec<Value> = (1..=20)
+        .map(|i| {
+            let mut e = ep(&format!("10.1.0.{i}:8080"), 1);
+            e["endpoint"]["hostname"] = json!(format!("pod-{i}.example"));
+            e
+        })
+        .collect();
+    let mut inline = cluster("c", "RING_HASH", vec![group(0, eps.clone())]);
+    inline["common_lb_config"] = json!({"consistent_hashing_lb_config": {"use_hostname_for_hashing": true}});
+    let mut bare = inline.clone();
+    bare.as_object_mut().unwrap().remove("load_assignment");
+    let t_inline = table(json!([inline]), 1);
+    let t_eds = table(json!([bare]), 1);
+    assert_eq!(t_eds.pick("c", Some(1), &mut Rng::new(1)), Ok(None), "no endpoints before EDS");
+    let resp = json!({"resources": [{"@type": "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
+                                     "clusterName": "c", "endpoints": [{"lbEndpoints": eps}]}]});
+    t_eds.set_assignments(assignments_from_value(&resp, "eds").unwrap(), 0).unwrap();
+    assert_eq!(t_eds.cluster("c").unwrap().spec().endpoints[0].hash_key, "pod-1.example");
+    for k in 0..500u32 {
+        let h = hash_key(format!("user-{k}").as_bytes());
+        assert_eq!(t_eds.pick("c", Some(h), &mut Rng::new(1)), t_inline.pick("c", Some(h), &mut Rng::new(2)));
+    }
+    let y = "cluster_name: c\nendpoints:\n- lb_endpoints:\n  - endpoint: {address: {socket_address: {address: 10.1.0.99, port_value: 80}}}\n";
+    t_eds.set_assignments(parse_assignments(y, true, "eds.yaml").unwrap(), 0).unwrap();
+    assert_eq!(t_eds.pick("c", Some(7), &mut Rng::new(1)), Ok(Some(addr("10.1.0.99:80"))));
+}
+
+#[test]
+fn eds_assignments_are_reranked_by_locality_failover() {
+    let mk = |zone: &str, ip: &str| json!({"locality": {"region": "r1", "zone": zone}, "lb_endpoints": [ep(ip, 1)]});
+    let mut c = cluster("c", "ROUND_ROBIN", vec![]);
+    c["outlier_detection"] = json!({});
+    let f = LocalityFailover {
+        local: Locality { region: "r1".into(), zone: "z1".into(), ..Locality::default() },
+        failover: vec![],
+    };
+    let t = LbTable::new(Some(1), Some(f));
+    t.set_clusters(clusters_from_value(&json!([c]), "t").unwrap(), 0);
+    let a = assignment("c", vec![mk("z2", "10.0.0.2:80"), mk("z1", "10.0.0.1:80")]);
+    t.set_assignments(assignments_from_value(&a, "eds").unwrap(), 0).unwrap();
+    let snap = t.cluster("c").unwrap().snapshot();
+    let prio: HashMap<String, u32> = snap.endpoints().iter().map(|e| (e.address.to_string(), e.priority)).collect();
+    assert_eq!((prio["10.0.0.1:80"], prio["10.0.0.2:80"]), (0, 1), "same zone first");
+    assert_eq!(counts(&t, "c", 100, |_| None, 1).keys().collect::<Vec<_>>(), vec![&addr("10.0.0.1:80")]);
 }

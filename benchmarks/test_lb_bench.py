@@ -185,29 +185,96 @@ def test_classify(benchmark: Any, impl: str) -> None:
     assert len(out) == BATCH
 
 
-@pytest.mark.parametrize("policy", ["RING_HASH", "MAGLEV"])
-def test_disruption_one_of_100(policy: str) -> None:
-    """Not timed: keys moved when one of 100 endpoints is removed, over the optimum."""
-    full = LbTable(seed=1)
-    full.load([cluster(policy, 100)])
-    keys = [f"k{i}" for i in range(20_000)]
-    before = [full.pick("c", k) for k in keys]
-    ratios = []
-    for removed in range(0, 100, 10):
-        c = cluster(policy, 100)
-        del c["load_assignment"]["endpoints"][0]["lb_endpoints"][removed]
+def envoy_host(i: int) -> str:
+    """Hosts named like Envoy's HostLoss benchmark (`tcp://10.0.x.y:6379`)."""
+    return f"10.0.{i // 256}.{i % 256}:6379"
+
+
+# (policy, hosts, extra Cluster fields, bound per removal, bound on the mean)
+# on the exact figure (Maglev: every slot; ring hash: 200k uniform hashes).
+DISRUPTION: list[tuple[str, int, dict[str, Any], float, float]] = [
+    # Envoy's default ring: 11 entries per host, only the removed host's keys
+    # move but 11 arcs vary by 30%: 0.6x-2.3x per removal.
+    ("RING_HASH", 100, {}, 2.5, 1.5),
+    # Envoy's HostLoss configuration (500 hosts, min ring 64K): only the
+    # removed host's keys move; its arcs vary by 1/sqrt(132) = 8.7%. Envoy's
+    # own case (the last host) is checked against 1.2x below.
+    ("RING_HASH", 500, {"ring_hash_lb_config": {"minimum_ring_size": 65536}}, 1.35, 1.1),
+    # Maglev moves more than the removed host's keys; a larger (prime)
+    # table_size brings it within the issue's 1.2x.
+    ("MAGLEV", 100, {}, 2.0, 2.0),
+    ("MAGLEV", 100, {"maglev_lb_config": {"table_size": 655_373}}, 1.2, 1.2),
+]
+
+
+def _disruption_cluster(policy: str, hosts: list[str], extra: dict[str, Any]) -> dict[str, Any]:
+    eps = [
+        {"endpoint": {"address": {"socket_address": {"address": h.split(":")[0], "port_value": 6379}}}} for h in hosts
+    ]
+    return {"name": "c", "lb_policy": policy, "load_assignment": {"endpoints": [{"lb_endpoints": eps}]}, **extra}
+
+
+@pytest.mark.parametrize(("policy", "n", "extra", "bound", "mean_bound"), DISRUPTION)
+def test_disruption(policy: str, n: int, extra: dict[str, Any], bound: float, mean_bound: float) -> None:
+    """Not timed: keys moved when one of `n` endpoints is removed, over the
+    optimum (1/n, Envoy's host_loss_over_N_optimal), per removal. The
+    reference (tests/oracle_lb.py, pure Python) computes the exact figure
+    from its own tables; the native table answers every sampled key exactly
+    as the reference does (before and after each removal), so the figure is
+    the native table's too. Both are timed and printed side by side."""
+    import time
+
+    hosts = [envoy_host(i) for i in range(n)]
+    removals = [n - 1, *range(0, n, n // (4 if SHORT else 10))]
+    sample = [f"key-{k}" for k in range(5_000 if SHORT else 20_000)]
+    sample_h = [xxh64(k.encode()) for k in sample]
+    m = extra.get("maglev_lb_config", {}).get("table_size", 65537)
+    ring_min = extra.get("ring_hash_lb_config", {}).get("minimum_ring_size", 1024)
+    rnd = random.Random(7)
+    uniform = [rnd.getrandbits(64) for _ in range(200_000)] if policy == "RING_HASH" else []
+
+    def reference(hs: list[str]) -> tuple[list[str], list[str]]:
+        """(host of every exact key, host of every sampled key)."""
+        if policy == "MAGLEV":
+            t = maglev_table(hs, [1] * len(hs), m)
+            return [hs[i] for i in t], [hs[t[h % m]] for h in sample_h]
+        ring = RingHash(hs, [1] * len(hs), ring_min)
+        return [hs[ring.pick(h)] for h in uniform], [hs[ring.pick(h)] for h in sample_h]
+
+    def native(hs: list[str]) -> list[str | None]:
         t = LbTable(seed=1)
-        t.load([c])
-        after = [t.pick("c", k) for k in keys]
-        moved = [b for a, b in zip(after, before, strict=True) if a != b]
-        if policy == "RING_HASH":
-            # Nearly minimal: the removed endpoint's keys move (how many that
-            # is depends on its arcs: +-30% with Envoy's default 1,024-entry
-            # ring and 100 hosts), plus the odd entry that Envoy's
-            # floating-point running totals hand to a neighbour.
-            assert sum(m == addr(removed) for m in moved) >= 0.8 * len(moved)
-        ratios.append(len(moved) / len(keys) / 0.01)
-    mean = sum(ratios) / len(ratios)
-    print(f"\ndisruption {policy} 1 of 100: {mean:.2f}x the optimum (worst {max(ratios):.2f}x)")
-    # Maglev moves more than the minimum by design (Envoy's docs: about twice).
-    assert mean <= (1.5 if policy == "RING_HASH" else 2.0)
+        t.load([_disruption_cluster(policy, hs, extra)])
+        return [t.pick("c", k) for k in sample]
+
+    t_ref = t_nat = 0.0
+    start = time.perf_counter()
+    exact_before, ref_sample_before = reference(hosts)
+    t_ref += time.perf_counter() - start
+    start = time.perf_counter()
+    nat_before = native(hosts)
+    t_nat += time.perf_counter() - start
+    assert nat_before == ref_sample_before
+    exact, sampled = [], []
+    for r in removals:
+        fewer = hosts[:r] + hosts[r + 1 :]
+        start = time.perf_counter()
+        exact_after, ref_sample_after = reference(fewer)
+        t_ref += time.perf_counter() - start
+        start = time.perf_counter()
+        nat_after = native(fewer)
+        t_nat += time.perf_counter() - start
+        assert nat_after == ref_sample_after, f"native and reference tables differ after removing #{r}"
+        exact.append(sum(a != b for a, b in zip(exact_before, exact_after, strict=True)) / len(exact_before) * n)
+        sampled.append(sum(a != b for a, b in zip(nat_before, nat_after, strict=True)) / len(sample) * n)
+    mean = sum(exact) / len(exact)
+    label = f"{policy} {n} hosts {extra or 'defaults'}"
+    print(
+        f"\ndisruption {label}: removing the last host {exact[0]:.2f}x; one of {len(exact) - 1} spread hosts "
+        f"{min(exact[1:]):.2f}x-{max(exact[1:]):.2f}x, mean {mean:.2f}x the optimum (reference, exact; "
+        f"{t_ref:.2f} s) | native on {len(sample):,} keys: mean {sum(sampled) / len(sampled):.2f}x ({t_nat:.2f} s)"
+    )
+    for r, x in zip(removals, exact, strict=True):
+        assert x <= bound, f"{label}: removing #{r} moved {x:.3f}x the optimum"
+    assert mean <= mean_bound
+    if policy == "RING_HASH" and n == 500:
+        assert exact[0] <= 1.2, f"Envoy's HostLoss case (the last of 500 hosts): {exact[0]:.3f}x"

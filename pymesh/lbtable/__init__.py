@@ -5,7 +5,10 @@ Rust); this package loads what users already write into them: Envoy
 ``Cluster`` resources as files (JSON, or YAML), Python dicts, or the
 protobuf messages of the ``xds-protos`` package as an xDS client receives
 them (``Cluster``, a ``google.protobuf.Any`` wrapping one, a
-``DiscoveryResponse`` or an Envoy ``Bootstrap``).
+``DiscoveryResponse`` or an Envoy ``Bootstrap``). EDS updates
+(``ClusterLoadAssignment``, which an xDS client receives separately from
+the ``Cluster``) replace the endpoints of clusters already loaded:
+``load_assignments``.
 
 Every input goes through the same native parser: protobuf messages are
 converted with ``MessageToDict(preserving_proto_field_name=True)`` first,
@@ -34,18 +37,22 @@ from pymesh._native import (
 )
 
 __all__ = [
+    "ASSIGNMENT_TYPE_URL",
     "CLUSTER_TYPE_URL",
     "LbTable",
     "RedirectTable",
     "UnknownClusterError",
+    "assignments_from_protobuf",
     "clusters_from_protobuf",
     "lb_hash_key",
     "lb_priority_load",
+    "load_assignments",
     "load_clusters",
     "load_redirect_table",
 ]
 
 CLUSTER_TYPE_URL = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+ASSIGNMENT_TYPE_URL = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 
 Locality = Mapping[str, str]
 
@@ -54,17 +61,22 @@ def _is_message(obj: object) -> bool:
     return hasattr(obj, "DESCRIPTOR") and hasattr(obj, "SerializeToString")
 
 
-def _message_to_dict(msg: Any) -> dict[str, Any]:
+def _message_to_dict(msg: Any, type_url: str = CLUSTER_TYPE_URL) -> dict[str, Any]:
     from google.protobuf import json_format
 
     if msg.DESCRIPTOR.full_name == "google.protobuf.Any":
-        if msg.type_url != CLUSTER_TYPE_URL:
-            raise ParseError(f"protobuf Any: type {msg.type_url!r} is not {CLUSTER_TYPE_URL!r}")
-        from envoy.config.cluster.v3 import cluster_pb2
+        if msg.type_url != type_url:
+            raise ParseError(f"protobuf Any: type {msg.type_url!r} is not {type_url!r}")
+        if type_url == CLUSTER_TYPE_URL:
+            from envoy.config.cluster.v3 import cluster_pb2
 
-        cluster = cluster_pb2.Cluster()
-        msg.Unpack(cluster)
-        msg = cluster
+            inner: Any = cluster_pb2.Cluster()
+        else:
+            from envoy.config.endpoint.v3 import endpoint_pb2
+
+            inner = endpoint_pb2.ClusterLoadAssignment()
+        msg.Unpack(inner)
+        msg = inner
     d: dict[str, Any] = json_format.MessageToDict(msg, preserving_proto_field_name=True)
     return d
 
@@ -89,6 +101,52 @@ def clusters_from_protobuf(messages: Any) -> list[dict[str, Any]] | dict[str, An
             raise ParseError(f"clusters[{i}]: expected a protobuf message, got {type(m).__name__}")
         out.append(_message_to_dict(m))
     return out
+
+
+def assignments_from_protobuf(messages: Any) -> list[dict[str, Any]] | dict[str, Any]:
+    """Converts protobuf EDS input into the dicts ``LbTable.load_assignments`` takes.
+
+    Accepts one message or an iterable of them:
+    ``envoy.config.endpoint.v3.ClusterLoadAssignment``, a
+    ``google.protobuf.Any`` holding one, or a ``DiscoveryResponse`` (its
+    ``resources``, each checked to be a ``ClusterLoadAssignment``).
+    """
+    if _is_message(messages):
+        if messages.DESCRIPTOR.full_name == "envoy.service.discovery.v3.DiscoveryResponse":
+            return _message_to_dict(messages)
+        return [_message_to_dict(messages, ASSIGNMENT_TYPE_URL)]
+    out = []
+    for i, m in enumerate(messages):
+        if not _is_message(m):
+            raise ParseError(f"assignments[{i}]: expected a protobuf message, got {type(m).__name__}")
+        out.append(_message_to_dict(m, ASSIGNMENT_TYPE_URL))
+    return out
+
+
+def load_assignments(
+    source: str | os.PathLike[str] | Mapping[str, Any] | Iterable[Any] | Any,
+    *,
+    table: LbTable,
+    now: float | None = None,
+) -> int:
+    """EDS: replaces the endpoints of clusters already in ``table``.
+
+    ``source`` is a file path (JSON, or YAML for ``.yaml``/``.yml``),
+    Python data (a list of ``ClusterLoadAssignment`` dicts, one of them,
+    ``{"assignments": [...]}``, an xDS response dict), or protobuf messages
+    (see ``assignments_from_protobuf``). Each cluster keeps its settings and
+    its endpoints' live state for endpoints that stay. An assignment for a
+    cluster the table does not have, or an invalid field, raises a
+    ``pymesh.PymeshError`` naming the cluster and field, and the table is
+    unchanged. Returns the table's new generation.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        return table.load_assignments_file(os.fspath(source), now=now)
+    if _is_message(source) or (
+        isinstance(source, (list, tuple)) and len(source) > 0 and all(_is_message(m) for m in source)
+    ):
+        return table.load_assignments(assignments_from_protobuf(source), now=now)
+    return table.load_assignments(source, now=now)
 
 
 def load_clusters(

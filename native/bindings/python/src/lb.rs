@@ -146,6 +146,11 @@ impl LbTable {
         Ok((c, i))
     }
 
+    fn assign(&self, py: Python<'_>, a: Vec<core::ClusterAssignment>, now: Option<f64>) -> PyResult<u64> {
+        let now = now_ms(py, now)?;
+        py.detach(|| self.inner.set_assignments(a, now)).map_err(to_py)
+    }
+
     fn install(&self, py: Python<'_>, specs: Vec<core::ClusterSpec>, replace: bool, now: Option<f64>) -> PyResult<u64> {
         let now = now_ms(py, now)?;
         // Building tables (Maglev, rings) for a whole push is bulk work.
@@ -210,6 +215,35 @@ impl LbTable {
         self.install(py, specs, replace, now)
     }
 
+    /// EDS: replaces the endpoints of clusters already in the table with
+    /// Envoy `ClusterLoadAssignment`s given as Python data (a list of
+    /// assignment dicts, one assignment, `{"assignments": [...]}` or an xDS
+    /// response dict). Each cluster keeps its settings; endpoints that stay
+    /// keep their live state; other clusters are untouched. An assignment
+    /// for an unknown cluster, or any invalid field, raises and changes
+    /// nothing. Returns the table's new generation.
+    #[pyo3(signature = (assignments, *, now = None))]
+    fn load_assignments(&self, py: Python<'_>, assignments: &Bound<'_, PyAny>, now: Option<f64>) -> PyResult<u64> {
+        let v = to_json(assignments, 0)?;
+        let a = py.detach(|| core::assignments_from_value(&v, "<assignments>")).map_err(to_py)?;
+        self.assign(py, a, now)
+    }
+
+    /// Like `load_assignments`, from JSON (or YAML) text.
+    #[pyo3(signature = (text, *, yaml = false, now = None))]
+    fn load_assignments_json(&self, py: Python<'_>, text: &str, yaml: bool, now: Option<f64>) -> PyResult<u64> {
+        let a = py.detach(|| core::parse_assignments(text, yaml, "<string>")).map_err(to_py)?;
+        self.assign(py, a, now)
+    }
+
+    /// Like `load_assignments`, from a file (YAML for .yaml/.yml, JSON otherwise).
+    #[pyo3(signature = (path, *, now = None))]
+    fn load_assignments_file(&self, py: Python<'_>, path: std::path::PathBuf, now: Option<f64>) -> PyResult<u64> {
+        let path = path.to_string_lossy().into_owned();
+        let a = py.detach(|| core::read_assignments(&path)).map_err(to_py)?;
+        self.assign(py, a, now)
+    }
+
     /// Removes clusters by name; returns how many existed.
     fn remove(&self, names: Vec<String>) -> usize {
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
@@ -221,10 +255,10 @@ impl LbTable {
     #[pyo3(signature = (cluster, hash_key = None))]
     fn pick(&self, cluster: &str, hash_key: Option<&Bound<'_, PyAny>>) -> PyResult<Option<String>> {
         let h = hash_of(hash_key)?;
-        let c = self.cluster(cluster)?;
-        let snap = c.snapshot();
         let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(snap.pick(h, &mut rng).map(|i| snap.endpoints()[i].address.to_string()))
+        self.inner
+            .pick_with(cluster, h, &mut rng, |e| e.address.to_string())
+            .map_err(|_| UnknownClusterError::new_err(format!("no cluster {cluster:?}")))
     }
 
     /// Makes `count` picks and returns {"ip:port": picks}; picks that found

@@ -183,6 +183,40 @@ typedef enum pymesh_redirect_verdict {
 } pymesh_redirect_verdict;
 
 /**
+ * The health load balancing uses for an endpoint (Envoy's coarse health:
+ * EDS status, the caller's active health checks and outlier ejection).
+ */
+typedef enum pymesh_lb_health {
+    PYMESH_LB_HEALTHY = 0,
+    /**
+     * Takes load only when the healthy hosts cannot (Envoy's DEGRADED).
+     */
+    PYMESH_LB_DEGRADED = 1,
+    /**
+     * Picked only in panic.
+     */
+    PYMESH_LB_UNHEALTHY = 2,
+} pymesh_lb_health;
+
+/**
+ * An endpoint's EDS `health_status` as given, with Envoy's numbers
+ * (`envoy.config.core.v3.HealthStatus`).
+ */
+typedef enum pymesh_lb_health_status {
+    PYMESH_LB_STATUS_UNKNOWN = 0,
+    PYMESH_LB_STATUS_HEALTHY = 1,
+    PYMESH_LB_STATUS_UNHEALTHY = 2,
+    PYMESH_LB_STATUS_DRAINING = 3,
+    PYMESH_LB_STATUS_TIMEOUT = 4,
+    PYMESH_LB_STATUS_DEGRADED = 5,
+} pymesh_lb_health_status;
+
+/**
+ * A copy of a cluster's endpoints (opaque; free with `pymesh_lb_endpoint_list_free`).
+ */
+typedef struct pymesh_lb_endpoint_list pymesh_lb_endpoint_list;
+
+/**
  * A cluster table (opaque): Envoy clusters, their endpoints' live state,
  * and the snapshots picks read. Picks from several threads at once are
  * safe; so are loads, reports and ticks, which swap snapshots atomically.
@@ -303,6 +337,45 @@ typedef struct pymesh_ip {
 } pymesh_ip;
 
 /**
+ * The proxy's own locality and Istio's failover rules, for Istio locality
+ * failover (`pymesh_lb_table_new_failover`; Python's `LbTable(locality=,
+ * failover=)`): clusters with outlier detection rank their endpoints into
+ * priorities by closeness (pilot's `applyLocalityFailover`): same region,
+ * zone and sub-zone first, then same zone, same region, other regions,
+ * and regions other than a failover rule's target last.
+ *
+ * Every pointer is borrowed for the duration of the call only.
+ */
+typedef struct pymesh_lb_failover {
+    /**
+     * The proxy's region, NUL-terminated UTF-8; NULL means "".
+     */
+    const char *region;
+    /**
+     * The proxy's zone; NULL means "".
+     */
+    const char *zone;
+    /**
+     * The proxy's sub-zone; NULL means "".
+     */
+    const char *sub_zone;
+    /**
+     * Istio's `failover` rules: traffic from region `failover_from[i]`
+     * fails over to region `failover_to[i]` before any other region.
+     * `failover_len` strings each, none NULL; NULL when `failover_len` is 0.
+     */
+    const char *const *failover_from;
+    /**
+     * The target regions, as above.
+     */
+    const char *const *failover_to;
+    /**
+     * Number of rules.
+     */
+    size_t failover_len;
+} pymesh_lb_failover;
+
+/**
  * The endpoint a pick chose.
  */
 typedef struct pymesh_lb_endpoint {
@@ -321,6 +394,85 @@ typedef struct pymesh_lb_endpoint {
      */
     char text[PYMESH_LB_ADDR_LEN];
 } pymesh_lb_endpoint;
+
+/**
+ * One endpoint of a cluster, as `pymesh_lb_endpoints` saw it. String
+ * fields are NUL-terminated UTF-8 owned by the list (never NULL; "" when
+ * unset; cut at an embedded NUL).
+ */
+typedef struct pymesh_lb_endpoint_info {
+    struct pymesh_ip address;
+    uint16_t port;
+    /**
+     * `address:port` (`[v6]:port`), NUL-terminated.
+     */
+    char text[PYMESH_LB_ADDR_LEN];
+    /**
+     * Its `load_balancing_weight`.
+     */
+    uint32_t weight;
+    /**
+     * Its priority (after Istio locality failover, if configured).
+     */
+    uint32_t priority;
+    /**
+     * Its health for load balancing.
+     */
+    enum pymesh_lb_health health;
+    /**
+     * Its EDS `health_status` as given.
+     */
+    enum pymesh_lb_health_status health_status;
+    /**
+     * Its locality's region.
+     */
+    const char *region;
+    /**
+     * Its locality's zone.
+     */
+    const char *zone;
+    /**
+     * Its locality's sub-zone.
+     */
+    const char *sub_zone;
+    /**
+     * Its locality's `load_balancing_weight` (0 when unset).
+     */
+    uint32_t locality_weight;
+    /**
+     * Requests in flight (`pymesh_lb_request_started` minus finished reports).
+     */
+    uint32_t active_requests;
+    /**
+     * Ejected by outlier detection now.
+     */
+    bool ejected;
+    /**
+     * Times ejected over the endpoint's life.
+     */
+    uint64_t ejections;
+    /**
+     * The caller's last active health check failed.
+     */
+    bool health_check_failed;
+    /**
+     * `endpoint.hostname`.
+     */
+    const char *hostname;
+    /**
+     * Istio metadata: the transport socket match's `tlsMode` ("istio": the
+     * endpoint takes Istio mutual TLS; "" or "disabled": plain text).
+     */
+    const char *tls_mode;
+    /**
+     * Istio metadata: the endpoint's `network`.
+     */
+    const char *network;
+    /**
+     * Istio metadata: the `service_account` to verify (SPIFFE identity).
+     */
+    const char *service_account;
+} pymesh_lb_endpoint_info;
 
 #ifdef __cplusplus
 extern "C" {
@@ -695,6 +847,22 @@ enum pymesh_status pymesh_lb_table_new(uint64_t seed,
                                        char **error_message);
 
 /**
+ * Like `pymesh_lb_table_new`, for a proxy at a locality: with `failover`
+ * (NULL for none), clusters with outlier detection get Istio locality
+ * failover (see `pymesh_lb_failover`); Istio applies it only there, since
+ * without outlier detection a failed locality would never shed its load.
+ *
+ * # Safety
+ *
+ * As for `pymesh_lb_table_new`; `failover` is NULL or a valid `pymesh_lb_failover`.
+ */
+enum pymesh_status pymesh_lb_table_new_failover(uint64_t seed,
+                                                bool seeded,
+                                                const struct pymesh_lb_failover *failover,
+                                                struct pymesh_lb_table **out,
+                                                char **error_message);
+
+/**
  * Frees a cluster table; NULL is ignored.
  *
  * # Safety
@@ -734,6 +902,40 @@ enum pymesh_status pymesh_lb_table_load_file(struct pymesh_lb_table *table,
                                              const char *path,
                                              uint64_t now_ms,
                                              char **error_message);
+
+/**
+ * EDS: replaces the endpoints of clusters the table already has with the
+ * Envoy `ClusterLoadAssignment`s in `text` (proto3 JSON, or YAML when
+ * `yaml`): a list of them, one, `{"assignments": [...]}` or an xDS
+ * response. Each cluster keeps its settings; endpoints that stay keep
+ * their live state; other clusters are untouched. An assignment for a
+ * cluster the table does not have, or any invalid field, is
+ * `PYMESH_ERR_INVALID_ENTRY` naming the cluster and field (or
+ * `PYMESH_ERR_PARSE`), and then nothing changes.
+ *
+ * # Safety
+ *
+ * As for `pymesh_lb_table_load`.
+ */
+enum pymesh_status pymesh_lb_table_load_assignments(struct pymesh_lb_table *table,
+                                                    const char *text,
+                                                    size_t text_len,
+                                                    bool yaml,
+                                                    uint64_t now_ms,
+                                                    char **error_message);
+
+/**
+ * Like `pymesh_lb_table_load_assignments`, from a file (YAML for
+ * .yaml/.yml, JSON otherwise).
+ *
+ * # Safety
+ *
+ * As for `pymesh_lb_table_load_file`.
+ */
+enum pymesh_status pymesh_lb_table_load_assignments_file(struct pymesh_lb_table *table,
+                                                         const char *path,
+                                                         uint64_t now_ms,
+                                                         char **error_message);
 
 /**
  * The number of clusters (0 for NULL).
@@ -885,6 +1087,50 @@ enum pymesh_status pymesh_redirect_classify(const struct pymesh_redirect_table *
                                             char *cluster_buf,
                                             size_t cluster_cap,
                                             char **error_message);
+
+/**
+ * Copies the endpoints of `cluster`, in the order of its load assignment,
+ * into a new list `*out` (NULL on error). An unknown cluster is
+ * `PYMESH_ERR_INVALID_ARGUMENT`.
+ *
+ * # Safety
+ *
+ * `table` is a live table; `cluster` a NUL-terminated string; `out` valid
+ * for writing a pointer; `error_message` as usual.
+ */
+enum pymesh_status pymesh_lb_endpoints(const struct pymesh_lb_table *table,
+                                       const char *cluster_name,
+                                       struct pymesh_lb_endpoint_list **out,
+                                       char **error_message);
+
+/**
+ * The number of endpoints in a list (0 for NULL).
+ *
+ * # Safety
+ *
+ * `list` is NULL or a live list.
+ */
+size_t pymesh_lb_endpoint_list_len(const struct pymesh_lb_endpoint_list *list);
+
+/**
+ * Endpoint `index` of a list, or NULL when `list` is NULL or `index` is
+ * out of range. The pointer (and its strings) are valid until the list is freed.
+ *
+ * # Safety
+ *
+ * `list` is NULL or a live list.
+ */
+const struct pymesh_lb_endpoint_info *pymesh_lb_endpoint_list_get(const struct pymesh_lb_endpoint_list *list,
+                                                                  size_t index);
+
+/**
+ * Frees an endpoint list; NULL is ignored.
+ *
+ * # Safety
+ *
+ * `list` is NULL or from `pymesh_lb_endpoints`, not freed yet.
+ */
+void pymesh_lb_endpoint_list_free(struct pymesh_lb_endpoint_list *list);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -94,6 +94,38 @@ pub(crate) unsafe fn bytes<'a>(p: *const u8, len: usize, what: &str) -> Result<&
     Ok(unsafe { std::slice::from_raw_parts(p, len) })
 }
 
+/// A text buffer given as pointer and length (NULL allowed for length 0),
+/// as UTF-8.
+///
+/// # Safety
+///
+/// As for [`bytes`].
+pub(crate) unsafe fn text<'a>(p: *const c_char, len: usize, what: &str) -> Result<&'a str, FfiError> {
+    // SAFETY: forwarded contract.
+    utf8(unsafe { bytes(p.cast(), len, what) }?, what)
+}
+
+/// A required out-parameter: NULL is an error naming it.
+pub(crate) fn out_ptr<T>(p: *mut T, what: &str) -> Result<*mut T, FfiError> {
+    if p.is_null() {
+        Err(FfiError::invalid_argument(format!("{what} is NULL")))
+    } else {
+        Ok(p)
+    }
+}
+
+/// Writes an optional out-parameter: NULL means the caller does not want it.
+///
+/// # Safety
+///
+/// `p` is NULL or valid for writing a `T`.
+pub(crate) unsafe fn write_opt<T>(p: *mut T, v: T) {
+    if !p.is_null() {
+        // SAFETY: non-NULL and writable by the contract.
+        unsafe { p.write(v) }
+    }
+}
+
 /// An array of `n` required NUL-terminated UTF-8 strings, copied.
 ///
 /// # Safety

@@ -1,17 +1,23 @@
-//! The lbtable through the C ABI: a cluster table (load Envoy clusters,
-//! pick, report outcomes, advance time, inspect priority loads) and a
-//! redirection table (classify a destination). Same conventions as the
-//! name table: opaque handles with NULL-safe frees, a `pymesh_status` and an
-//! optional `char **error_message`, every body under the panic boundary,
-//! and picks and classifications that write into caller memory without
-//! allocating.
+//! The lbtable through the C ABI: a cluster table (load Envoy clusters and
+//! EDS assignments, pick, report outcomes, advance time, inspect priority
+//! loads; Istio locality failover) and a redirection table (classify a
+//! destination). Endpoint inspection is in `lb_inspect`. Same conventions
+//! as the name table: opaque handles with NULL-safe frees, a
+//! `pymesh_status` and an optional `char **error_message`, every body
+//! under the panic boundary, and picks and classifications that write into
+//! caller memory without allocating.
+//!
+//! The argument checks every per-cluster call starts with (table, cluster
+//! name, endpoint, required and optional out-parameters) are the helpers
+//! below and in `args`, so each function states only what is its own.
 
 use std::cell::RefCell;
 use std::ffi::c_char;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Mutex;
+use std::ptr;
+use std::sync::{Arc, Mutex};
 
-use pymesh_core::lb::{self as core, Outcome, Rng, Verdict};
+use pymesh_core::lb::{self as core, Locality, LocalityFailover, Outcome, Rng, Verdict};
 
 use crate::answer::{pymesh_ip, PYMESH_IPV4, PYMESH_IPV6};
 use crate::args;
@@ -104,7 +110,7 @@ fn ip_of(p: &pymesh_ip, what: &str) -> Result<IpAddr, FfiError> {
     }
 }
 
-fn ip_to_c(ip: IpAddr) -> pymesh_ip {
+pub(crate) fn ip_to_c(ip: IpAddr) -> pymesh_ip {
     match ip {
         IpAddr::V4(a) => {
             let mut bytes = [0u8; 16];
@@ -115,12 +121,61 @@ fn ip_to_c(ip: IpAddr) -> pymesh_ip {
     }
 }
 
-fn write_text(buf: &mut [c_char], s: &str) {
+pub(crate) fn write_text(buf: &mut [c_char], s: &str) {
     let n = s.len().min(buf.len() - 1);
     for (d, b) in buf.iter_mut().zip(s.as_bytes()[..n].iter()) {
         *d = *b as c_char;
     }
     buf[n] = 0;
+}
+
+/// The proxy's own locality and Istio's failover rules, for Istio locality
+/// failover (`pymesh_lb_table_new_failover`; Python's `LbTable(locality=,
+/// failover=)`): clusters with outlier detection rank their endpoints into
+/// priorities by closeness (pilot's `applyLocalityFailover`): same region,
+/// zone and sub-zone first, then same zone, same region, other regions,
+/// and regions other than a failover rule's target last.
+///
+/// Every pointer is borrowed for the duration of the call only.
+#[repr(C)]
+#[allow(non_camel_case_types)]
+#[derive(Debug, Clone, Copy)]
+pub struct pymesh_lb_failover {
+    /// The proxy's region, NUL-terminated UTF-8; NULL means "".
+    pub region: *const c_char,
+    /// The proxy's zone; NULL means "".
+    pub zone: *const c_char,
+    /// The proxy's sub-zone; NULL means "".
+    pub sub_zone: *const c_char,
+    /// Istio's `failover` rules: traffic from region `failover_from[i]`
+    /// fails over to region `failover_to[i]` before any other region.
+    /// `failover_len` strings each, none NULL; NULL when `failover_len` is 0.
+    pub failover_from: *const *const c_char,
+    /// The target regions, as above.
+    pub failover_to: *const *const c_char,
+    /// Number of rules.
+    pub failover_len: usize,
+}
+
+/// Converts a C failover configuration; NULL means none.
+///
+/// # Safety
+///
+/// `f` is NULL or points to a `pymesh_lb_failover` whose pointers obey the
+/// rules documented on its fields.
+unsafe fn failover_of(f: *const pymesh_lb_failover) -> Result<Option<LocalityFailover>, FfiError> {
+    // SAFETY: NULL or valid by the contract.
+    let Some(f) = (unsafe { f.as_ref() }) else { return Ok(None) };
+    // SAFETY (all below): the field contracts of `pymesh_lb_failover`.
+    let s = |p, what| unsafe { args::opt_c_str(p, what) }.map(|s| s.unwrap_or_default().to_owned());
+    let local = Locality {
+        region: s(f.region, "failover->region")?,
+        zone: s(f.zone, "failover->zone")?,
+        sub_zone: s(f.sub_zone, "failover->sub_zone")?,
+    };
+    let from = unsafe { args::c_str_array(f.failover_from, f.failover_len, "failover->failover_from") }?;
+    let to = unsafe { args::c_str_array(f.failover_to, f.failover_len, "failover->failover_to") }?;
+    Ok(Some(LocalityFailover { local, failover: from.into_iter().zip(to).collect() }))
 }
 
 /// Creates an empty cluster table. With `seeded`, `seed` fixes every random
@@ -137,12 +192,32 @@ pub unsafe extern "C" fn pymesh_lb_table_new(
     out: *mut *mut pymesh_lb_table,
     error_message: *mut *mut c_char,
 ) -> pymesh_status {
+    // SAFETY: forwarded contracts (no failover configuration).
+    unsafe { pymesh_lb_table_new_failover(seed, seeded, ptr::null(), out, error_message) }
+}
+
+/// Like `pymesh_lb_table_new`, for a proxy at a locality: with `failover`
+/// (NULL for none), clusters with outlier detection get Istio locality
+/// failover (see `pymesh_lb_failover`); Istio applies it only there, since
+/// without outlier detection a failed locality would never shed its load.
+///
+/// # Safety
+///
+/// As for `pymesh_lb_table_new`; `failover` is NULL or a valid `pymesh_lb_failover`.
+#[no_mangle]
+pub unsafe extern "C" fn pymesh_lb_table_new_failover(
+    seed: u64,
+    seeded: bool,
+    failover: *const pymesh_lb_failover,
+    out: *mut *mut pymesh_lb_table,
+    error_message: *mut *mut c_char,
+) -> pymesh_status {
     // SAFETY: forwarded contracts.
     unsafe {
         boundary(error_message, || {
             let out = args::out_handle(out, "out")?;
             let t = pymesh_lb_table {
-                inner: core::LbTable::new(seeded.then_some(seed), None),
+                inner: core::LbTable::new(seeded.then_some(seed), failover_of(failover)?),
                 seeded: seeded.then(|| Mutex::new(Rng::new(seed))),
             };
             out.write(Box::into_raw(Box::new(t)));
@@ -164,9 +239,33 @@ pub unsafe extern "C" fn pymesh_lb_table_free(table: *mut pymesh_lb_table) {
     })
 }
 
-fn load(t: &pymesh_lb_table, specs: Vec<core::ClusterSpec>, now_ms: u64) -> pymesh_status {
-    t.inner.set_clusters(specs, now_ms);
-    pymesh_status::PYMESH_OK
+/// What a load reads: a table and `text_len` bytes of UTF-8 text.
+///
+/// # Safety
+///
+/// `table` is NULL or live; `text` NULL (only with length 0) or readable.
+unsafe fn table_text<'a>(
+    table: *const pymesh_lb_table,
+    text: *const c_char,
+    text_len: usize,
+) -> Result<(&'a pymesh_lb_table, &'a str), FfiError> {
+    // SAFETY: forwarded contracts.
+    let t = unsafe { args::handle(table, "table") }?;
+    Ok((t, unsafe { args::text(text, text_len, "text") }?))
+}
+
+/// What a file load reads: a table and a path.
+///
+/// # Safety
+///
+/// `table` is NULL or live; `path` NULL or NUL-terminated.
+unsafe fn table_path<'a>(
+    table: *const pymesh_lb_table,
+    path: *const c_char,
+) -> Result<(&'a pymesh_lb_table, &'a str), FfiError> {
+    // SAFETY: forwarded contracts.
+    let t = unsafe { args::handle(table, "table") }?;
+    Ok((t, unsafe { args::c_str(path, "path") }?))
 }
 
 /// Replaces the table's clusters with the Envoy `Cluster` resources in
@@ -192,11 +291,9 @@ pub unsafe extern "C" fn pymesh_lb_table_load(
     // SAFETY: forwarded contracts.
     unsafe {
         boundary(error_message, || {
-            let t = args::handle(table, "table")?;
-            let bytes = args::bytes(text.cast(), text_len, "text")?;
-            let text = args::utf8(bytes, "text")?;
-            let specs = core::parse_clusters(text, yaml, "<text>")?;
-            Ok(load(t, specs, now_ms))
+            let (t, text) = table_text(table, text, text_len)?;
+            t.inner.set_clusters(core::parse_clusters(text, yaml, "<text>")?, now_ms);
+            Ok(pymesh_status::PYMESH_OK)
         })
     }
 }
@@ -216,10 +313,63 @@ pub unsafe extern "C" fn pymesh_lb_table_load_file(
     // SAFETY: forwarded contracts.
     unsafe {
         boundary(error_message, || {
-            let t = args::handle(table, "table")?;
-            let path = args::c_str(path, "path")?;
-            let specs = core::read_clusters(path)?;
-            Ok(load(t, specs, now_ms))
+            let (t, path) = table_path(table, path)?;
+            t.inner.set_clusters(core::read_clusters(path)?, now_ms);
+            Ok(pymesh_status::PYMESH_OK)
+        })
+    }
+}
+
+/// EDS: replaces the endpoints of clusters the table already has with the
+/// Envoy `ClusterLoadAssignment`s in `text` (proto3 JSON, or YAML when
+/// `yaml`): a list of them, one, `{"assignments": [...]}` or an xDS
+/// response. Each cluster keeps its settings; endpoints that stay keep
+/// their live state; other clusters are untouched. An assignment for a
+/// cluster the table does not have, or any invalid field, is
+/// `PYMESH_ERR_INVALID_ENTRY` naming the cluster and field (or
+/// `PYMESH_ERR_PARSE`), and then nothing changes.
+///
+/// # Safety
+///
+/// As for `pymesh_lb_table_load`.
+#[no_mangle]
+pub unsafe extern "C" fn pymesh_lb_table_load_assignments(
+    table: *mut pymesh_lb_table,
+    text: *const c_char,
+    text_len: usize,
+    yaml: bool,
+    now_ms: u64,
+    error_message: *mut *mut c_char,
+) -> pymesh_status {
+    // SAFETY: forwarded contracts.
+    unsafe {
+        boundary(error_message, || {
+            let (t, text) = table_text(table, text, text_len)?;
+            t.inner.set_assignments(core::parse_assignments(text, yaml, "<text>")?, now_ms)?;
+            Ok(pymesh_status::PYMESH_OK)
+        })
+    }
+}
+
+/// Like `pymesh_lb_table_load_assignments`, from a file (YAML for
+/// .yaml/.yml, JSON otherwise).
+///
+/// # Safety
+///
+/// As for `pymesh_lb_table_load_file`.
+#[no_mangle]
+pub unsafe extern "C" fn pymesh_lb_table_load_assignments_file(
+    table: *mut pymesh_lb_table,
+    path: *const c_char,
+    now_ms: u64,
+    error_message: *mut *mut c_char,
+) -> pymesh_status {
+    // SAFETY: forwarded contracts.
+    unsafe {
+        boundary(error_message, || {
+            let (t, path) = table_path(table, path)?;
+            t.inner.set_assignments(core::read_assignments(path)?, now_ms)?;
+            Ok(pymesh_status::PYMESH_OK)
         })
     }
 }
@@ -235,8 +385,52 @@ pub unsafe extern "C" fn pymesh_lb_table_len(table: *const pymesh_lb_table) -> u
     guard(0, || unsafe { table.as_ref() }.map_or(0, |t| t.inner.len()))
 }
 
-fn cluster(t: &pymesh_lb_table, name: &str) -> Result<std::sync::Arc<core::LiveCluster>, FfiError> {
-    t.inner.cluster(name).ok_or_else(|| FfiError::invalid_argument(format!("no cluster {name:?}")))
+fn unknown_cluster(name: &str) -> FfiError {
+    FfiError::invalid_argument(format!("no cluster {name:?}"))
+}
+
+/// The table and the cluster name every per-cluster call starts with.
+///
+/// # Safety
+///
+/// `table` is NULL or live; `cluster_name` NULL or NUL-terminated.
+unsafe fn named<'a>(
+    table: *const pymesh_lb_table,
+    cluster_name: *const c_char,
+) -> Result<(&'a pymesh_lb_table, &'a str), FfiError> {
+    // SAFETY: forwarded contracts.
+    let t = unsafe { args::handle(table, "table") }?;
+    Ok((t, unsafe { args::c_str(cluster_name, "cluster") }?))
+}
+
+/// The cluster `name` of `t`.
+fn find(t: &pymesh_lb_table, name: &str) -> Result<Arc<core::LiveCluster>, FfiError> {
+    t.inner.cluster(name).ok_or_else(|| unknown_cluster(name))
+}
+
+/// The named cluster of the table.
+///
+/// # Safety
+///
+/// As for [`named`].
+pub(crate) unsafe fn cluster_of(
+    table: *const pymesh_lb_table,
+    cluster_name: *const c_char,
+) -> Result<Arc<core::LiveCluster>, FfiError> {
+    // SAFETY: forwarded contracts.
+    let (t, name) = unsafe { named(table, cluster_name) }?;
+    find(t, name)
+}
+
+/// `address:port` (`[v6]:port`) as a C string in place, without allocating.
+pub(crate) fn address_text(addr: SocketAddr) -> [c_char; PYMESH_LB_ADDR_LEN] {
+    let mut buf = [0u8; PYMESH_LB_ADDR_LEN];
+    let mut cur = &mut buf[..];
+    let _ = std::io::Write::write_fmt(&mut cur, format_args!("{addr}"));
+    let len = PYMESH_LB_ADDR_LEN - cur.len();
+    let mut text = [0; PYMESH_LB_ADDR_LEN];
+    write_text(&mut text, std::str::from_utf8(&buf[..len]).unwrap_or_default());
+    text
 }
 
 /// Picks an endpoint of `cluster` into `*out`. `hash_key` (`hash_key_len`
@@ -264,55 +458,51 @@ pub unsafe extern "C" fn pymesh_lb_pick(
     // SAFETY: forwarded contracts.
     unsafe {
         boundary(error_message, || {
-            let t = args::handle(table, "table")?;
-            let name = args::c_str(cluster_name, "cluster")?;
-            if out.is_null() {
-                return Err(FfiError::invalid_argument("out is NULL"));
-            }
+            let (t, name) = named(table, cluster_name)?;
+            let out = args::out_ptr(out, "out")?;
             let hash = if hash_key.is_null() {
                 None
             } else {
                 Some(core::hash_key(args::bytes(hash_key, hash_key_len, "hash_key")?))
             };
-            let c = cluster(t, name)?;
-            let snap = c.snapshot();
-            let Some(i) = t.with_rng(|rng| snap.pick(hash, rng)) else {
-                return Ok(pymesh_status::PYMESH_NOT_FOUND);
-            };
-            let e = &snap.endpoints()[i];
-            let mut ep = pymesh_lb_endpoint {
-                address: ip_to_c(e.address.ip()),
-                port: e.address.port(),
-                priority: e.priority,
-                weight: e.weight,
-                text: [0; PYMESH_LB_ADDR_LEN],
-            };
-            let mut buf = [0u8; PYMESH_LB_ADDR_LEN];
-            let mut cur = &mut buf[..];
-            let _ = std::io::Write::write_fmt(&mut cur, format_args!("{}", e.address));
-            let len = PYMESH_LB_ADDR_LEN - cur.len();
-            write_text(&mut ep.text, std::str::from_utf8(&buf[..len]).unwrap_or_default());
-            out.write(ep);
-            Ok(pymesh_status::PYMESH_OK)
+            // The by-name pick reads the thread's snapshot cache (no
+            // reference counting); the endpoint is copied out as it is picked.
+            let picked = t.with_rng(|rng| {
+                t.inner.pick_with(name, hash, rng, |e| pymesh_lb_endpoint {
+                    address: ip_to_c(e.address.ip()),
+                    port: e.address.port(),
+                    priority: e.priority,
+                    weight: e.weight,
+                    text: address_text(e.address),
+                })
+            });
+            match picked.map_err(|_| unknown_cluster(name))? {
+                Some(ep) => {
+                    out.write(ep);
+                    Ok(pymesh_status::PYMESH_OK)
+                }
+                None => Ok(pymesh_status::PYMESH_NOT_FOUND),
+            }
         })
     }
 }
 
+/// The named cluster and the index of its endpoint `endpoint` ("ip:port").
+///
 /// # Safety
 ///
-/// As for the functions using it.
+/// As for [`named`]; `endpoint` NULL or NUL-terminated.
 unsafe fn endpoint_of(
     table: *const pymesh_lb_table,
     cluster_name: *const c_char,
     endpoint: *const c_char,
-) -> Result<(std::sync::Arc<core::LiveCluster>, usize), FfiError> {
+) -> Result<(Arc<core::LiveCluster>, usize), FfiError> {
     // SAFETY: forwarded contracts.
-    let t = unsafe { args::handle(table, "table") }?;
-    let name = unsafe { args::c_str(cluster_name, "cluster") }?;
+    let (t, name) = unsafe { named(table, cluster_name) }?;
     let ep = unsafe { args::c_str(endpoint, "endpoint") }?;
     let addr: SocketAddr =
         ep.parse().map_err(|_| FfiError::invalid_argument(format!("endpoint {ep:?} is not \"ip:port\"")))?;
-    let c = cluster(t, name)?;
+    let c = find(t, name)?;
     let i = c
         .endpoint_index(&addr)
         .ok_or_else(|| FfiError::invalid_argument(format!("cluster {name:?} has no endpoint {addr}")))?;
@@ -375,10 +565,7 @@ pub unsafe extern "C" fn pymesh_lb_report(
                 pymesh_lb_outcome::PYMESH_LB_CONNECT_SUCCESS => Outcome::ConnectSuccess,
             };
             let (c, i) = endpoint_of(table, cluster_name, endpoint)?;
-            let changed = c.report(i, o, finished, now_ms);
-            if !health_changed.is_null() {
-                health_changed.write(changed);
-            }
+            args::write_opt(health_changed, c.report(i, o, finished, now_ms));
             Ok(pymesh_status::PYMESH_OK)
         })
     }
@@ -444,12 +631,9 @@ pub unsafe extern "C" fn pymesh_lb_priority_load(
     // SAFETY: forwarded contracts.
     unsafe {
         boundary(error_message, || {
-            let t = args::handle(table, "table")?;
-            let name = args::c_str(cluster_name, "cluster")?;
-            if count.is_null() {
-                return Err(FfiError::invalid_argument("count is NULL"));
-            }
-            let c = cluster(t, name)?;
+            let (t, name) = named(table, cluster_name)?;
+            let count = args::out_ptr(count, "count")?;
+            let c = find(t, name)?;
             let snap = c.snapshot();
             let l = snap.priority_load();
             let n = l.healthy.len();
@@ -489,8 +673,7 @@ pub unsafe extern "C" fn pymesh_redirect_table_from_json(
     unsafe {
         boundary(error_message, || {
             let out = args::out_handle(out, "out")?;
-            let bytes = args::bytes(text.cast(), text_len, "text")?;
-            let inner = core::RedirectTable::parse(args::utf8(bytes, "text")?, yaml)?;
+            let inner = core::RedirectTable::parse(args::text(text, text_len, "text")?, yaml)?;
             out.write(Box::into_raw(Box::new(pymesh_redirect_table { inner })));
             Ok(pymesh_status::PYMESH_OK)
         })
@@ -535,9 +718,7 @@ pub unsafe extern "C" fn pymesh_redirect_classify(
         boundary(error_message, || {
             let t = args::handle(table, "table")?;
             let a = args::handle(address, "address")?;
-            if verdict.is_null() {
-                return Err(FfiError::invalid_argument("verdict is NULL"));
-            }
+            let verdict = args::out_ptr(verdict, "verdict")?;
             let ip = ip_of(a, "address")?;
             let v = t.inner.classify(ip, port);
             let cv = match v {

@@ -33,6 +33,8 @@ mod live;
 mod dns;
 // Endpoint selection and redirection (the lbtable).
 mod lb;
+// Inspecting a cluster's endpoints.
+mod lb_inspect;
 
 pub use answer::{
     pymesh_ip, pymesh_name_answer, pymesh_name_form, pymesh_name_form_str, PYMESH_IPV4, PYMESH_IPV6,
@@ -46,11 +48,16 @@ pub use builder::{
 pub use dns::{pymesh_dns_answer, PYMESH_DNS_DEFAULT_TTL, PYMESH_DNS_MIN_OUT};
 pub use error::{pymesh_status, pymesh_status_str, pymesh_string_free};
 pub use lb::{
-    pymesh_lb_endpoint, pymesh_lb_outcome, pymesh_lb_pick, pymesh_lb_priority_load, pymesh_lb_report,
-    pymesh_lb_request_started, pymesh_lb_set_health_check, pymesh_lb_table, pymesh_lb_table_free, pymesh_lb_table_len,
-    pymesh_lb_table_load, pymesh_lb_table_load_file, pymesh_lb_table_new, pymesh_lb_tick, pymesh_redirect_classify,
-    pymesh_redirect_table, pymesh_redirect_table_free, pymesh_redirect_table_from_json, pymesh_redirect_verdict,
-    PYMESH_LB_ADDR_LEN,
+    pymesh_lb_endpoint, pymesh_lb_failover, pymesh_lb_outcome, pymesh_lb_pick, pymesh_lb_priority_load,
+    pymesh_lb_report, pymesh_lb_request_started, pymesh_lb_set_health_check, pymesh_lb_table, pymesh_lb_table_free,
+    pymesh_lb_table_len, pymesh_lb_table_load, pymesh_lb_table_load_assignments, pymesh_lb_table_load_assignments_file,
+    pymesh_lb_table_load_file, pymesh_lb_table_new, pymesh_lb_table_new_failover, pymesh_lb_tick,
+    pymesh_redirect_classify, pymesh_redirect_table, pymesh_redirect_table_free, pymesh_redirect_table_from_json,
+    pymesh_redirect_verdict, PYMESH_LB_ADDR_LEN,
+};
+pub use lb_inspect::{
+    pymesh_lb_endpoint_info, pymesh_lb_endpoint_list, pymesh_lb_endpoint_list_free, pymesh_lb_endpoint_list_get,
+    pymesh_lb_endpoint_list_len, pymesh_lb_endpoints, pymesh_lb_health, pymesh_lb_health_status,
 };
 pub use live::{
     pymesh_live_name_table, pymesh_live_name_table_free, pymesh_live_name_table_generation,

@@ -14,7 +14,7 @@ use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use super::orig_dst::original_destination;
 use super::splice::{pump, End, IdleClock, Pipe};
 use super::tls::pump::{handshake, HandshakeError, Sides};
-use super::tls::{expected_identity, istio_sni, PeerAuthentication, TlsIdentity};
+use super::tls::{expected_identity, istio_sni, peer_matches, PeerAuthentication, TlsIdentity};
 use super::{monotonic_ms, Routes, Shared};
 use crate::lb::{hash_key, Endpoint, Outcome, Rng, Verdict};
 
@@ -432,14 +432,25 @@ fn originate(
     let t = &shared.tls.counters;
     let expect = expected_identity(&ep.meta.service_account, &ep.meta.workload, identity.trust_domain());
     let sni = istio_sni(cluster);
-    let result = identity.client(expect, sni.as_deref(), ep.address.ip()).map_err(HandshakeError::Tls).and_then(|c| {
-        up.set_nonblocking(true).map_err(HandshakeError::Io)?;
-        let mut conn = Connection::Client(c);
-        handshake(&mut conn, up.as_raw_fd(), Instant::now() + shared.cfg.connect_timeout)?;
-        Ok(conn)
-    });
+    let result =
+        identity.client(expect.clone(), sni.as_deref(), ep.address.ip()).map_err(HandshakeError::Tls).and_then(|c| {
+            up.set_nonblocking(true).map_err(HandshakeError::Io)?;
+            let mut conn = Connection::Client(c);
+            handshake(&mut conn, up.as_raw_fd(), Instant::now() + shared.cfg.connect_timeout)?;
+            if !peer_matches(&conn, &expect) {
+                return Err(HandshakeError::Tls(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::ApplicationVerificationFailure,
+                )));
+            }
+            Ok(conn)
+        });
     match &result {
-        Ok(_) => t.handshakes.fetch_add(1, Ordering::Relaxed),
+        Ok(conn) => {
+            if conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                t.resumed.fetch_add(1, Ordering::Relaxed);
+            }
+            t.handshakes.fetch_add(1, Ordering::Relaxed)
+        }
         Err(e) => {
             if e.is_peer_rejected() {
                 t.peer_rejected.fetch_add(1, Ordering::Relaxed);
@@ -562,7 +573,16 @@ fn inbound_tls(shared: &Arc<Shared>, client: TcpStream, orig: SocketAddr, identi
     let done = client
         .set_nonblocking(true)
         .map_err(HandshakeError::Io)
-        .and_then(|_| handshake(&mut conn, client.as_raw_fd(), Instant::now() + shared.cfg.connect_timeout));
+        .and_then(|_| handshake(&mut conn, client.as_raw_fd(), Instant::now() + shared.cfg.connect_timeout))
+        .and_then(|_| {
+            if peer_matches(&conn, &shared.tls.inbound_expect(identity)) {
+                Ok(())
+            } else {
+                Err(HandshakeError::Tls(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::ApplicationVerificationFailure,
+                )))
+            }
+        });
     if let Err(e) = done {
         t.handshake_failures.fetch_add(1, Ordering::Relaxed);
         if e.is_peer_rejected() {
@@ -572,6 +592,9 @@ fn inbound_tls(shared: &Arc<Shared>, client: TcpStream, orig: SocketAddr, identi
         return;
     }
     t.handshakes.fetch_add(1, Ordering::Relaxed);
+    if conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+        t.resumed.fetch_add(1, Ordering::Relaxed);
+    }
     c.passthrough.fetch_add(1, Ordering::Relaxed);
     c.connect_attempts.fetch_add(1, Ordering::Relaxed);
     match connect(orig, shared) {

@@ -258,7 +258,7 @@ impl OutboundProxy {
     }
 
     /// TLS counters: handshakes, handshake_failures, peer_rejected,
-    /// plaintext_passthrough, plaintext_refused, identity_updates.
+    /// plaintext_passthrough, plaintext_refused, identity_updates, resumed.
     fn tls_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let s = self.inner.tls().stats();
         let d = PyDict::new(py);
@@ -269,6 +269,7 @@ impl OutboundProxy {
             ("plaintext_passthrough", s.plaintext_passthrough),
             ("plaintext_refused", s.plaintext_refused),
             ("identity_updates", s.identity_updates),
+            ("resumed", s.resumed),
         ] {
             d.set_item(k, v)?;
         }

@@ -23,8 +23,9 @@
 pub(crate) mod pump;
 pub mod verify;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use rustls::crypto::CryptoProvider;
@@ -122,7 +123,17 @@ pub struct TlsIdentity {
     provider: Arc<CryptoProvider>,
     trust_domain: String,
     uri: String,
+    /// Client configs by expected peer identity (few: one per service
+    /// account). rustls resumes a session only with the verifier it was made
+    /// with (`compatible_config` compares the Arc), so keeping one config per
+    /// identity is what makes resumption (TLS 1.3 PSK) possible, as Envoy's
+    /// upstream TLS context does; the identity is re-checked after every
+    /// handshake anyway ([`peer_matches`]).
+    clients: Mutex<HashMap<PeerIdentity, Arc<ClientConfig>>>,
 }
+
+/// Client configs kept per identity before the cache starts over.
+const MAX_CLIENT_CONFIGS: usize = 256;
 
 impl TlsIdentity {
     /// Parses and checks the PEM inputs: the chain (leaf first) must have a
@@ -215,7 +226,15 @@ impl TlsIdentity {
             .with_client_auth_cert(chain, key)
             .map_err(|e| bad("key_pem", e))?;
         client.alpn_protocols = ALPN_TCP.iter().map(|a| a.as_bytes().to_vec()).collect();
-        Ok(TlsIdentity { client: Arc::new(client), server: Arc::new(server), roots, provider, trust_domain, uri })
+        Ok(TlsIdentity {
+            client: Arc::new(client),
+            server: Arc::new(server),
+            roots,
+            provider,
+            trust_domain,
+            uri,
+            clients: Mutex::default(),
+        })
     }
 
     /// Our SPIFFE identity (the leaf's first `spiffe://` URI SAN).
@@ -236,21 +255,34 @@ impl TlsIdentity {
         sni: Option<&str>,
         addr: std::net::IpAddr,
     ) -> std::result::Result<ClientConnection, rustls::Error> {
-        // A config per connection, sharing everything but the verifier (a
-        // few Arc clones; the session cache is shared too). The expected
-        // identity is part of the verifier, so a wrong peer fails the
-        // handshake itself, which the relay counts as a connect failure.
-        let mut cfg = (*self.client).clone();
-        cfg.dangerous().set_certificate_verifier(Arc::new(verify::SpiffeServerVerifier {
-            roots: self.roots.clone(),
-            provider: self.provider.clone(),
-            expect,
-        }));
+        // The expected identity is part of the verifier, so a wrong peer
+        // fails the handshake itself, which the relay counts as a connect
+        // failure. Configs share everything but the verifier (Arc clones;
+        // the session store too).
+        let cfg = {
+            let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(c) = clients.get(&expect) {
+                c.clone()
+            } else {
+                if clients.len() >= MAX_CLIENT_CONFIGS {
+                    clients.clear();
+                }
+                let mut cfg = (*self.client).clone();
+                cfg.dangerous().set_certificate_verifier(Arc::new(verify::SpiffeServerVerifier {
+                    roots: self.roots.clone(),
+                    provider: self.provider.clone(),
+                    expect: expect.clone(),
+                }));
+                let cfg = Arc::new(cfg);
+                clients.insert(expect, cfg.clone());
+                cfg
+            }
+        };
         let name = match sni.and_then(|s| ServerName::try_from(s.to_owned()).ok()) {
             Some(n) => n,
             None => ServerName::IpAddress(addr.into()),
         };
-        ClientConnection::new(Arc::new(cfg), name)
+        ClientConnection::new(cfg, name)
     }
 
     /// A server connection (the inbound side).
@@ -268,6 +300,7 @@ pub(crate) struct TlsCounters {
     pub(crate) plaintext_passthrough: AtomicU64,
     pub(crate) plaintext_refused: AtomicU64,
     pub(crate) identity_updates: AtomicU64,
+    pub(crate) resumed: AtomicU64,
 }
 
 /// A copy of the TLS counters.
@@ -285,6 +318,8 @@ pub struct TlsStats {
     pub plaintext_refused: u64,
     /// Identities published with `set_identity`.
     pub identity_updates: u64,
+    /// Of the handshakes, resumed sessions (TLS 1.3 PSK / 1.2 session ID).
+    pub resumed: u64,
 }
 
 /// The relay's TLS state: the identity, the inbound policy, counters.
@@ -348,6 +383,14 @@ impl MeshTls {
         self.allowed.store(Arc::new(allowed));
     }
 
+    /// The client identities the inbound accepts now.
+    pub fn inbound_expect(&self, identity: &TlsIdentity) -> PeerIdentity {
+        match self.allowed.load().as_ref() {
+            Some(list) => PeerIdentity::AnyOf(list.clone()),
+            None => PeerIdentity::TrustDomain(identity.trust_domain.clone()),
+        }
+    }
+
     pub fn stats(&self) -> TlsStats {
         let c = &self.counters;
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -358,8 +401,20 @@ impl MeshTls {
             plaintext_passthrough: l(&c.plaintext_passthrough),
             plaintext_refused: l(&c.plaintext_refused),
             identity_updates: l(&c.identity_updates),
+            resumed: l(&c.resumed),
         }
     }
+}
+
+/// Checks the peer of a finished handshake against `expect`. The verifiers
+/// did so for a full handshake; a resumed session skips them, and what it
+/// carries over is the certificate chain of the session's first handshake,
+/// so this check applies the identity wanted now (an endpoint's account or
+/// the inbound's allowed list may have changed since).
+pub(crate) fn peer_matches(conn: &rustls::Connection, expect: &PeerIdentity) -> bool {
+    let Some(leaf) = conn.peer_certificates().and_then(|c| c.first()) else { return false };
+    let ids = spiffe_ids(leaf.as_ref());
+    expect.accepts(ids.iter().map(String::as_str))
 }
 
 /// Istio's upstream SNI for a cluster `outbound|<port>|<subset>|<host>`:

@@ -324,3 +324,33 @@ fn a_peer_that_resets_ends_the_pump_with_an_error() {
     let ends: Vec<End> = pumps.into_iter().map(|p| p.join().unwrap()).collect();
     assert!(ends.contains(&End::Error), "{ends:?}");
 }
+
+#[test]
+fn sessions_resume_per_expected_identity_and_the_identity_is_checked_again() {
+    let (client, server) = (mesh(CLIENT, ROOT_A), mesh(PRODUCT, ROOT_A));
+    let want = PeerIdentity::AnyOf(vec![SA_PRODUCT.into()]);
+    let (c, s, a, _b) = connect(&client, &server, want.clone());
+    let (mut c, _s) = (c.unwrap(), s.unwrap());
+    assert_eq!(c.handshake_kind(), Some(rustls::HandshakeKind::Full));
+    // The server's tickets arrive after the handshake: read them.
+    c.set_buffer_limit(None);
+    let mut fd = a.try_clone().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while match &c {
+        Connection::Client(cc) => cc.tls13_tickets_received() == 0,
+        Connection::Server(_) => false,
+    } {
+        assert!(Instant::now() < deadline, "no session ticket");
+        if c.read_tls(&mut fd).is_ok() {
+            c.process_new_packets().unwrap();
+        }
+    }
+    let (c, s, _a, _b) = connect(&client, &server, want.clone());
+    let (c, s) = (c.unwrap(), s.unwrap());
+    assert_eq!(c.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
+    // A resumed session skipped the verifiers; the peer's chain came along.
+    assert!(peer_matches(&c, &want));
+    assert!(!peer_matches(&c, &PeerIdentity::AnyOf(vec!["spiffe://cluster.local/ns/default/sa/reviews".into()])));
+    assert!(peer_matches(&s, &PeerIdentity::AnyOf(vec![SA_CLIENT.into()])));
+    assert!(!peer_matches(&s, &PeerIdentity::TrustDomain("other.domain".into())));
+}

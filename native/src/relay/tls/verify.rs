@@ -16,7 +16,7 @@ use rustls::server::ParsedCertificate;
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
 
 /// Which peer identities are acceptable.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum PeerIdentity {
     /// Any identity of the trust domain (`spiffe://<td>/...`).
     TrustDomain(String),

@@ -1,0 +1,263 @@
+#!/usr/bin/env python3
+"""mTLS in the native relay against plaintext on the same path, in one run.
+
+The path (one private network namespace, loopback, real capture rules)::
+
+    client ──▶ VIP 127.1.0.x:80 ── nftables REDIRECT ──▶ native outbound 127.0.0.1:15001
+           ──(cluster pick)──▶ 127.0.0.3:5001 ── REDIRECT ──▶ native inbound 127.0.0.1:15006
+           ──(from 127.0.0.6)──▶ server 0.0.0.0:5001
+
+- ``native plaintext``: the endpoint has no ``tlsMode``: splice on both
+  hops (the inbound, PERMISSIVE with an identity set, peeks the first bytes
+  and passes plaintext on);
+- ``native mTLS``: the same endpoint with ``tlsMode: istio``: the outbound
+  originates Istio mTLS (rustls, AES-128-GCM), the inbound terminates it;
+- ``python mTLS`` (named baseline, pymesh.security.datapath, OpenSSL):
+  client → MtlsOriginator → mTLS → InboundMtls (STRICT) → the same server;
+- ``direct``: client → server, no relay (context only).
+
+The servers run in a separate process (no GIL shared with the client); the
+relays' threads are native. Reported, medians of several runs: MB/s of one
+bulk stream (8-byte length header, then the bytes; the server answers one
+byte when all arrived), connections per second (sequential: connect, 1-byte
+request, 1-byte answer, close), and the ratios mTLS / plaintext (issue 7's
+target: throughput >= 0.80). Nothing is asserted: 2 shared cores are noisy.
+
+Usage (root: it creates a network namespace):
+    .venv/bin/python benchmarks/relay_mtls_bench.py            # 256 MiB x 5, 300 connections x 5
+    .venv/bin/python benchmarks/relay_mtls_bench.py --short    # CI smoke run
+    .venv/bin/python benchmarks/relay_mtls_bench.py --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+CLONE_NEWNET = 0x40000000
+APP, PORT = "127.0.0.3", 5001
+VIP_PLAIN, VIP_MTLS = "127.1.0.1", "127.1.0.2"
+PY_INBOUND = ("127.0.0.4", 9443)
+RULES = f"""
+table ip pmbench {{
+  chain output {{
+    type nat hook output priority -100; policy accept;
+    ip daddr 127.1.0.0/16 tcp dport 80 redirect to :15001
+    ip saddr 127.0.0.6 return
+    ip daddr {APP} tcp dport {PORT} redirect to :15006
+  }}
+}}
+"""
+
+
+def serve() -> None:
+    """The server (run in the namespace as its own process): length-prefixed sink."""
+    srv = socket.create_server(("0.0.0.0", PORT), backlog=1024)
+
+    def one(c: socket.socket) -> None:
+        buf = bytearray(1 << 20)
+        with c, contextlib.suppress(OSError):
+            c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            hdr = c.recv(8, socket.MSG_WAITALL)
+            want = int.from_bytes(hdr, "big") if len(hdr) == 8 else 0
+            got = 0
+            while got < want and (k := c.recv_into(buf, min(len(buf), want - got))):
+                got += k
+            c.sendall(b"k")
+
+    def loop() -> None:
+        while True:
+            c, _ = srv.accept()
+            threading.Thread(target=one, args=(c,), daemon=True).start()
+
+    threading.Thread(target=loop, daemon=True).start()
+    print("ready", flush=True)
+    sys.stdin.read()
+
+
+def bulk(host: str, port: int, size: int) -> float:
+    chunk = memoryview(b"x" * (1 << 20))
+    with socket.create_connection((host, port)) as s:
+        started = time.perf_counter()
+        s.sendall(size.to_bytes(8, "big"))
+        left = size
+        while left > 0:
+            n = min(left, len(chunk))
+            s.sendall(chunk[:n])
+            left -= n
+        assert s.recv(1) == b"k", "the server did not get every byte"
+        return size / (time.perf_counter() - started) / 1e6
+
+
+def conns(host: str, port: int, n: int) -> float:
+    started = time.perf_counter()
+    for _ in range(n):
+        with socket.create_connection((host, port)) as s:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            s.sendall((1).to_bytes(8, "big") + b"x")
+            assert s.recv(1) == b"k"
+    return n / (time.perf_counter() - started)
+
+
+def cluster(name: str, meta: dict[str, Any] | None) -> dict[str, Any]:
+    ep: dict[str, Any] = {"endpoint": {"address": {"socket_address": {"address": APP, "port_value": PORT}}}}
+    if meta:
+        ep["metadata"] = {"filter_metadata": meta}
+    return {"name": name, "load_assignment": {"endpoints": [{"lb_endpoints": [ep]}]}}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--short", action="store_true")
+    ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--json", help="also write the figures here")
+    ap.add_argument("--runs", type=int, help="runs per path (default 5, short 3)")
+    ap.add_argument("--size-mib", type=int, help="bulk stream size (default 256, short 32)")
+    args = ap.parse_args()
+    if args.serve:
+        serve()
+        return 0
+    # The Python baseline's stop() cancels its tasks; asyncio would log each.
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    if os.geteuid() != 0:
+        print("relay_mtls_bench: needs root (network namespace)", file=sys.stderr)
+        return 1
+    size = (args.size_mib or (32 if args.short else 256)) << 20
+    runs = args.runs or (3 if args.short else 5)
+    n_conn = 40 if args.short else 300
+
+    from pymesh.lbtable import LbTable, RedirectTable
+    from pymesh.relay import OutboundProxy, start_inbound_passthrough
+    from pymesh.security.ca import CertificateAuthority, key_pem, make_csr, new_key
+    from pymesh.security.datapath import InboundMtls, MtlsOriginator
+    from pymesh.security.identity import identity
+
+    ns = f"pmtb{uuid.uuid4().hex[:6]}"
+    tmp = Path(tempfile.mkdtemp(prefix="relay-mtls-bench-"))
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
+        subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=RULES, text=True, check=True)
+        server = subprocess.Popen(
+            ["ip", "netns", "exec", ns, sys.executable, __file__, "--serve"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        procs.append(server)
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        # This thread, and every thread it starts (the relays'), joins the namespace.
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(f"/var/run/netns/{ns}", os.O_RDONLY)
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "setns")
+        os.close(fd)
+
+        ca = CertificateAuthority(tmp / "ca")
+
+        def workload(sa: str) -> tuple[Path, tuple[str, str, str]]:
+            key = new_key()
+            issued = ca.sign_csr(make_csr(key), identity("default", sa), 3600)
+            d = tmp / sa
+            d.mkdir()
+            (d / "key.pem").write_bytes(key_pem(key))
+            (d / "cert-chain.pem").write_text("".join(issued.chain))
+            (d / "root-cert.pem").write_text(ca.root_pem)
+            return d, ("".join(issued.chain), key_pem(key).decode(), ca.root_pem)
+
+        client_dir, client_id = workload("client")
+        server_dir, server_id = workload("server")
+        server_uri = "spiffe://cluster.local/ns/default/sa/server"
+        lb = LbTable(seed=1)
+        tls_meta = {"envoy.transport_socket_match": {"tlsMode": "istio"}, "istio": {"service_account": server_uri}}
+        lb.load([cluster("outbound|80||plain.bench", None), cluster("outbound|80||mtls.bench", tls_meta)])
+        redirect = RedirectTable.from_dict(
+            {
+                "services": [
+                    {"address": VIP_PLAIN, "port": 80, "cluster": "outbound|80||plain.bench"},
+                    {"address": VIP_MTLS, "port": 80, "cluster": "outbound|80||mtls.bench"},
+                ],
+                "include_ip_ranges": ["*"],
+            }
+        )
+        outbound = OutboundProxy(redirect, lb, listen=["127.0.0.1:15001"])
+        outbound.start()
+        inbound = start_inbound_passthrough(listen=["127.0.0.1:15006"])
+        outbound.set_identity(*client_id)
+        inbound.set_identity(*server_id)
+        # The Python baseline's inbound goes straight to the server's port on
+        # another address of lo (not captured).
+        py_in = InboundMtls(server_dir, ("127.0.0.9", PORT), listen=PY_INBOUND).start()
+        py_out = MtlsOriginator(client_dir, PY_INBOUND, [server_uri]).start()
+        paths: dict[str, tuple[str, int]] = {
+            "direct": ("127.0.0.9", PORT),
+            "native plaintext": (VIP_PLAIN, 80),
+            "native mTLS": (VIP_MTLS, 80),
+            "python mTLS": ("127.0.0.1", py_out.port),
+        }
+        results: dict[str, dict[str, float]] = {}
+        for host, port in paths.values():
+            bulk(host, port, 1 << 20)  # warm up (threads, session caches)
+            conns(host, port, 5)
+        # Interleaved rounds, so a noisy neighbour hits every path alike.
+        samples: dict[str, dict[str, list[float]]] = {n: {"mbps": [], "cps": []} for n in paths}
+        for _ in range(runs):
+            for name, (host, port) in paths.items():
+                samples[name]["mbps"].append(bulk(host, port, size))
+                samples[name]["cps"].append(conns(host, port, n_conn))
+        for name in paths:
+            results[name] = {k: statistics.median(v) for k, v in samples[name].items()}
+        tls_out, tls_in = outbound.tls_stats(), inbound.tls_stats()
+        py_in.stop()
+        py_out.stop()
+        outbound.stop()
+        inbound.stop()
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+        subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
+
+    print(f"client -> outbound -> inbound -> server; one bulk stream of {size >> 20} MiB and")
+    print(f"{n_conn} sequential connections per run, medians of {runs} interleaved runs")
+    print(f"{'path':<20}{'MB/s':>10}{'conn/s':>10}")
+    for name, r in results.items():
+        print(f"{name:<20}{r['mbps']:>10.0f}{r['cps']:>10.0f}")
+    plain, mtls, py = results["native plaintext"], results["native mTLS"], results["python mTLS"]
+    ratios = {
+        "mtls_over_plaintext_throughput": mtls["mbps"] / plain["mbps"],
+        "mtls_over_plaintext_conn_rate": mtls["cps"] / plain["cps"],
+        "native_over_python_mtls_throughput": mtls["mbps"] / py["mbps"],
+        "native_over_python_mtls_conn_rate": mtls["cps"] / py["cps"],
+    }
+    print(f"native mTLS / native plaintext throughput: {ratios['mtls_over_plaintext_throughput']:.2f} (target >= 0.80)")
+    print(f"native mTLS / native plaintext conn/s:     {ratios['mtls_over_plaintext_conn_rate']:.2f}")
+    print(f"native mTLS / python mTLS throughput:      {ratios['native_over_python_mtls_throughput']:.2f}")
+    print(f"native mTLS / python mTLS conn/s:          {ratios['native_over_python_mtls_conn_rate']:.2f}")
+    print(f"handshakes: outbound {tls_out['handshakes']} (resumed {tls_out['resumed']}, failed "
+          f"{tls_out['handshake_failures']}), inbound {tls_in['handshakes']} (resumed {tls_in['resumed']}, "
+          f"failed {tls_in['handshake_failures']})")  # fmt: skip
+    if args.json:
+        Path(args.json).write_text(json.dumps({"results": results, "ratios": ratios}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -38,7 +38,7 @@ def parse_cases() -> list[Case]:
             cases[-1].clusters = json.loads(rest)
         elif word == "redirect":
             cases[-1].redirect = json.loads(rest)
-        elif word in ("load", "pick", "error", "classify"):
+        elif word in ("load", "pick", "error", "classify", "assign"):
             cases[-1].checks.append((n, line))
         else:
             raise AssertionError(f"lb.cases:{n}: unknown directive {word!r}")
@@ -92,6 +92,14 @@ def test_case(case: Case) -> None:
     redirect = RedirectTable.from_dict(case.redirect) if case.redirect is not None else None
     by_name = {c["name"]: c for c in case.clusters or []}
     for n, line in case.checks:
+        if line.startswith("assign "):
+            assert table is not None
+            assignments = json.loads(line[len("assign ") :])
+            table.load_assignments(assignments)
+            # The oracle follows: each cluster now has the assignment's endpoints.
+            for a in assignments:
+                by_name[a["cluster_name"]] = {**by_name[a["cluster_name"]], "load_assignment": a}
+            continue
         lhs, _, rhs = line.partition(" -> ")
         words = lhs.split()
         if words[0] == "load":
@@ -131,4 +139,4 @@ def test_case(case: Case) -> None:
 
 def test_every_directive_kind_is_covered() -> None:
     kinds = {line.split()[0] for c in CASE_LIST for _, line in c.checks}
-    assert kinds == {"load", "pick", "error", "classify"}
+    assert kinds == {"load", "pick", "error", "classify", "assign"}

@@ -2,7 +2,7 @@
 //! Rust core. The Python (`tests/test_lb_conformance.py`) and C
 //! (`tests/c/lb_conformance.c`) drivers run the same list.
 
-use pymesh_core::lb::{clusters_from_value, LbTable, RedirectTable, Rng, Verdict};
+use pymesh_core::lb::{assignments_from_value, clusters_from_value, LbTable, RedirectTable, Rng, Verdict};
 use serde_json::Value;
 
 struct Case {
@@ -28,7 +28,9 @@ fn cases() -> Vec<Case> {
             "case" => out.push(Case { name: rest.into(), line: n, clusters: None, redirect: None, checks: vec![] }),
             "clusters" => out.last_mut().unwrap().clusters = Some(serde_json::from_str(rest).expect("clusters JSON")),
             "redirect" => out.last_mut().unwrap().redirect = Some(serde_json::from_str(rest).expect("redirect JSON")),
-            "load" | "pick" | "error" | "classify" => out.last_mut().unwrap().checks.push((n, line.to_owned())),
+            "load" | "pick" | "error" | "classify" | "assign" => {
+                out.last_mut().unwrap().checks.push((n, line.to_owned()))
+            }
             other => panic!("lb.cases:{n}: unknown directive {other:?}"),
         }
     }
@@ -64,6 +66,12 @@ fn lb_cases() {
         let redirect =
             case.redirect.as_ref().map(|r| RedirectTable::from_value(r).unwrap_or_else(|e| panic!("{ctx}: {e}")));
         for (n, line) in &case.checks {
+            if let Some(json) = line.strip_prefix("assign ") {
+                let v: Value = serde_json::from_str(json).expect("assign JSON");
+                let a = assignments_from_value(&v, "cases").unwrap_or_else(|e| panic!("lb.cases:{n}: {e}"));
+                table.as_ref().unwrap().set_assignments(a, 0).unwrap_or_else(|e| panic!("lb.cases:{n}: {e}"));
+                continue;
+            }
             let (lhs, rhs) = line.split_once(" -> ").unwrap_or_else(|| panic!("lb.cases:{n}: no ->"));
             let words: Vec<&str> = lhs.split_whitespace().collect();
             match words[0] {

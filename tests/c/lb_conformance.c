@@ -6,7 +6,8 @@
  *
  * Each case goes through the C ABI as an embedding proxy would use it: the
  * `clusters` JSON to pymesh_lb_table_load, `load` to pymesh_lb_priority_load,
- * `pick` to pymesh_lb_pick, `redirect` to pymesh_redirect_table_from_json,
+ * `pick` to pymesh_lb_pick, `assign` to pymesh_lb_table_load_assignments,
+ * `redirect` to pymesh_redirect_table_from_json,
  * `classify` to pymesh_redirect_classify.
  *
  * Prints one line per mismatch and "N passed, M failed"; exits non-zero on
@@ -196,6 +197,12 @@ static void run_file(char *text) {
         } else if (strncmp(line, "redirect ", 9) == 0) {
             const char *json = line + 9;
             pymesh_redirect_table_from_json(json, strlen(json), false, &st.redirect, &st.load_message);
+        } else if (strncmp(line, "assign ", 7) == 0) {
+            const char *json = line + 7;
+            char *err = NULL;
+            check(pymesh_lb_table_load_assignments(st.table, json, strlen(json), false, 0, &err) == PYMESH_OK, n,
+                  "assign", err);
+            pymesh_string_free(err);
         } else if (strncmp(line, "error ", 6) == 0) {
             st.error = line + 6;
         } else {

@@ -10,7 +10,10 @@
 //! - change health (the caller's active health check) of one endpoint;
 //! - pick (with or without a hash key);
 //! - report an outcome (HTTP status, connect failure, timeout) for one endpoint;
-//! - start a request; advance time.
+//! - start a request; advance time;
+//! - EDS: new endpoints for the cluster as a `ClusterLoadAssignment` (the
+//!   same generator's endpoints, with or without an overprovisioning
+//!   factor), or one for a cluster the table does not have.
 //!
 //! Invariants after every step:
 //! - a picked endpoint belongs to the cluster, and it is healthy or
@@ -19,12 +22,16 @@
 //! - priority loads add up to exactly 100;
 //! - a hashing policy answers the same key the same way twice;
 //! - an ejected endpoint's state agrees with the snapshot's health;
-//! - loads equal a recomputation from the snapshot's own health counts.
+//! - loads equal a recomputation from the snapshot's own health counts;
+//! - a by-name pick (the per-thread snapshot cache) answers a hash key as
+//!   the snapshot serving now does, whatever swapped since the last step;
+//! - an EDS update keeps the live state of endpoints that stay and the
+//!   cluster's settings; a rejected one changes nothing.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pymesh_core::lb::{clusters_from_value, hash_key, priority, Health, LbTable, Outcome, Rng};
+use pymesh_core::lb::{assignments_from_value, clusters_from_value, hash_key, priority, Health, LbTable, Outcome, Rng};
 use serde_json::{json, Value};
 
 struct Input<'a>(&'a [u8]);
@@ -105,6 +112,7 @@ fn check(t: &LbTable, now: u64, rng: &mut Rng) {
             );
             if snap.policy().is_hashing() {
                 assert_eq!(snap.pick(Some(h), rng), Some(i), "hash key answered differently");
+                assert_eq!(t.pick("c", Some(h), rng), Ok(Some(e.address)), "by-name pick read a stale snapshot");
             }
         }
     }
@@ -121,7 +129,7 @@ fuzz_target!(|data: &[u8]| {
         if steps > 200 {
             break;
         }
-        match op % 6 {
+        match op % 7 {
             0 => {
                 let Some(c) = cluster(&mut inp) else { break };
                 // Invalid input (duplicates) is rejected; the table stays.
@@ -169,6 +177,32 @@ fuzz_target!(|data: &[u8]| {
                     let n = c.spec().endpoints.len();
                     if n > 0 {
                         c.state(usize::from(i) % n).request_started();
+                    }
+                }
+            }
+            5 => {
+                let (Some(flags), Some(c)) = (inp.byte(), cluster(&mut inp)) else { break };
+                let Some(old) = t.cluster("c") else { continue };
+                let mut a = c["load_assignment"].clone();
+                a["cluster_name"] = json!(if flags & 1 == 0 { "c" } else { "other" });
+                if flags & 2 != 0 {
+                    a["policy"] = json!({"overprovisioning_factor": 100 + u32::from(flags >> 2)});
+                }
+                let before = t.generation();
+                match assignments_from_value(&a, "fuzz").map(|a| t.set_assignments(a, now)) {
+                    Ok(Ok(_)) => {
+                        let new = t.cluster("c").expect("still there");
+                        assert_eq!(new.spec().config.policy, old.spec().config.policy);
+                        assert_eq!(new.spec().config.outlier, old.spec().config.outlier);
+                        for (j, e) in old.spec().endpoints.iter().enumerate() {
+                            if let Some(k) = new.endpoint_index(&e.address) {
+                                assert!(std::sync::Arc::ptr_eq(old.state(j), new.state(k)), "state of {}", e.address);
+                            }
+                        }
+                    }
+                    _ => {
+                        assert_eq!(t.generation(), before, "a rejected update changed the table");
+                        assert!(std::sync::Arc::ptr_eq(&old, &t.cluster("c").expect("still there")));
                     }
                 }
             }

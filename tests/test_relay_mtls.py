@@ -492,3 +492,41 @@ def test_bad_pem_is_a_value_error_naming_it_and_the_old_identity_still_serves(me
     assert mesh.inbound.identity == PRODUCT
     assert served_serial(mesh.client) == p.serial
     assert mesh.inbound.tls_stats()["identity_updates"] == 1
+
+
+def test_stop_ends_open_tls_connections_and_idle_ones_time_out(
+    netns: str, ca: CertificateAuthority, tmp_path: Path
+) -> None:
+    with inside(netns):
+        apps = Apps()
+        lb = LbTable(seed=1)
+        lb.load(list(CLUSTERS.values()))
+        services = [{"address": vip, "port": 80, "cluster": c["name"]} for vip, c in CLUSTERS.items()]
+        redirect = RedirectTable.from_dict({"services": services, "include_ip_ranges": ["*"]})
+        outbound = OutboundProxy(redirect, lb, listen=["127.0.0.1:15001"], idle_timeout=0.5)
+        outbound.start()
+        inbound = start_inbound_passthrough(listen=["127.0.0.1:15006"])
+        outbound.set_identity(*workload(ca, tmp_path / "client", "client").args())
+        inbound.set_identity(*workload(ca, tmp_path / "product", "product").args())
+        try:
+            with socket.create_connection(("127.1.0.1", 80), timeout=10) as s:
+                s.sendall(b"x")
+                assert s.recv(1) == b"x"
+                time.sleep(1.2)
+                # Closed by the outbound's idle timeout (with close_notify to the inbound).
+                assert s.recv(1) == b""
+            st = outbound.stats()
+            assert st["idle_timeouts"] == 1 and st["resets"] == 0
+            with socket.create_connection(("127.1.0.1", 80), timeout=10) as s:
+                s.sendall(b"y")
+                assert s.recv(1) == b"y"
+                inbound.stop()  # resets its open connections, the TLS one included
+                try:
+                    assert s.recv(1) == b""
+                except ConnectionResetError:
+                    pass
+            assert inbound.stats()["active"] == 0
+        finally:
+            outbound.stop()
+            inbound.stop()
+            apps.close()

@@ -354,3 +354,22 @@ fn sessions_resume_per_expected_identity_and_the_identity_is_checked_again() {
     assert!(peer_matches(&s, &PeerIdentity::AnyOf(vec![SA_CLIENT.into()])));
     assert!(!peer_matches(&s, &PeerIdentity::TrustDomain("other.domain".into())));
 }
+
+#[test]
+fn an_idle_tls_connection_is_closed_after_the_idle_timeout() {
+    let (client, server) = (mesh(CLIENT, ROOT_A), mesh(PRODUCT, ROOT_A));
+    let (c, _s, tls_a, _tls_b) = connect(&client, &server, PeerIdentity::TrustDomain("cluster.local".into()));
+    let mut c = c.unwrap();
+    let (mut app, plain) = pair();
+    plain.set_nonblocking(true).unwrap();
+    let (to, from) = (AtomicU64::new(0), AtomicU64::new(0));
+    let sides = Sides { tls: tls_a.as_raw_fd(), plain: plain.as_raw_fd(), to_tls: &to, from_tls: &from };
+    let started = Instant::now();
+    assert_eq!(pump(&mut c, &sides, Some(Duration::from_millis(300))), End::Idle);
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(5), "{took:?}");
+    // The caller closes the plaintext side; the app sees the end.
+    drop(plain);
+    let mut buf = [0u8; 4];
+    assert_eq!(app.read(&mut buf).unwrap_or(0), 0);
+}

@@ -46,6 +46,19 @@
 //!
 //! Tables are swapped atomically ([`Relay::swap_routes`]); a connection
 //! classifies and picks from the snapshot it loaded when it arrived.
+//!
+//! # mTLS ([`tls`])
+//! With a workload identity set ([`Relay::tls`], `MeshTls::set_identity`),
+//! the outbound originates Istio mTLS to endpoints whose EDS metadata says
+//! `tlsMode: istio` (the handshake, with the endpoint's SPIFFE identity
+//! checked, is part of the connect: a failure is a connect failure for
+//! outlier detection and retries), and the inbound (`inbound: true`)
+//! terminates it per PeerAuthentication (STRICT / PERMISSIVE with TLS
+//! detection / DISABLE) before connecting to the app as for plaintext. A
+//! TLS connection cannot be spliced: it is served by one thread that polls
+//! both sockets and runs the records through rustls ([`tls::pump`]).
+//! Endpoints without `tlsMode: istio`, and everything when no identity is
+//! set, keep the splice path unchanged.
 
 mod conn;
 mod orig_dst;

@@ -359,13 +359,10 @@ pub fn pump(conn: &mut Connection, s: &Sides<'_>, idle: Option<Duration>) -> End
                             return End::Error;
                         }
                     }
-                    // The received-plaintext buffer is full: drain it first
-                    // (the loop does, unless t2p is full too).
-                    Err(_) => {
-                        if t2p.space().is_empty() {
-                            break;
-                        }
-                    }
+                    // The reader was just found empty, so this is not "received
+                    // plaintext full" but a deframing error: give up rather
+                    // than spin on bytes rustls refuses.
+                    Err(_) => return End::Error,
                 }
             }
         }

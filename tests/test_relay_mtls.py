@@ -85,10 +85,14 @@ CLUSTERS = {
     "127.1.0.1": cluster("outbound|80||echo.default.svc.cluster.local", [(APP, 8000, istio("product"))]),
     "127.1.0.2": cluster("outbound|80||sink.default.svc.cluster.local", [(APP, 8001, istio(PRODUCT))]),
     "127.1.0.3": cluster("outbound|80||py.default.svc.cluster.local", [(*PY_INBOUND, istio(""))]),
-    "127.1.0.4": cluster(
-        "outbound|80||wrong.default.svc.cluster.local",
-        [(WRONG_EP, 8000, istio("reviews")), (APP, 8000, istio("product"))],
-    ),
+    "127.1.0.4": {
+        **cluster(
+            "outbound|80||wrong.default.svc.cluster.local",
+            [(WRONG_EP, 8000, istio("reviews")), (APP, 8000, istio("product"))],
+        ),
+        # Two consecutive local-origin failures (503 to Envoy) eject.
+        "outlier_detection": {"consecutive_5xx": 2, "max_ejection_percent": 100, "interval": "60s"},
+    },
     "127.1.0.5": cluster("outbound|80||plain.default.svc.cluster.local", [(APP, 8000, {})]),
 }
 
@@ -369,24 +373,38 @@ def test_python_originator_to_the_native_inbound(mesh: Mesh) -> None:
 
 
 def test_an_endpoint_with_the_wrong_identity_is_a_connect_failure_and_another_is_tried(mesh: Mesh) -> None:
-    for i in range(4):
+    for i in range(6):
         assert exchange("127.1.0.4", 80, b"ping %d" % i) == b"ping %d" % i
     st, tls = mesh.outbound.stats(), mesh.outbound.tls_stats()
-    # Round robin sends about half the first attempts to the impostor; each
-    # is refused by the identity check and retried on the right endpoint.
-    assert st["connect_failures"] >= 1 and st["retries"] == st["connect_failures"]
-    assert tls["peer_rejected"] == st["connect_failures"] == tls["handshake_failures"]
+    # Round robin sends first attempts to the impostor too; each is refused
+    # by the identity check, reported to outlier detection as a connect
+    # failure and retried on the right endpoint, until the impostor is ejected.
+    assert st["connect_failures"] == 2 and st["retries"] == 2
+    assert tls["peer_rejected"] == 2 == tls["handshake_failures"]
     wait_idle(mesh)
     eps = {e["address"]: e for e in mesh.outbound.tables[1].endpoints("outbound|80||wrong.default.svc.cluster.local")}
-    assert eps[f"{APP}:8000"]["active_requests"] == 0
+    assert eps[f"{WRONG_EP}:8000"]["ejected"] and eps[f"{WRONG_EP}:8000"]["ejections"] == 1
+    assert not eps[f"{APP}:8000"]["ejected"] and eps[f"{APP}:8000"]["active_requests"] == 0
+    assert eps[f"{APP}:8000"]["tls_mode"] == "istio"
 
 
-def s_client(w: Workload | None, root: str, tmp: Path) -> str:
+def test_without_an_identity_tls_mode_istio_endpoints_get_plaintext(mesh: Mesh) -> None:
+    mesh.outbound.clear_identity()
+    assert mesh.outbound.identity is None
+    assert exchange("127.1.0.1", 80, b"plain again") == b"plain again"
+    assert mesh.outbound.tls_stats()["handshakes"] == 0
+    # The inbound (PERMISSIVE) saw plaintext and passed it on.
+    assert mesh.inbound.tls_stats()["plaintext_passthrough"] == 1
+    assert mesh.inbound.tls_stats()["handshakes"] == 0
+
+
+def s_client(w: Workload | None, root: str, tmp: Path, *extra: str) -> str:
     (tmp / "root.pem").write_text(root)
     args = ["openssl", "s_client", "-connect", f"{APP}:8000", "-CAfile", str(tmp / "root.pem"), "-quiet",
             "-alpn", "istio-peer-exchange,istio"]  # fmt: skip
     if w is not None:
         args += ["-cert", str(w.dir / "cert-chain.pem"), "-key", str(w.dir / "key.pem")]
+    args += extra
     p = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     assert p.stdin is not None and p.stdout is not None
     with contextlib.suppress(BrokenPipeError):
@@ -410,6 +428,7 @@ def test_openssl_s_client_with_a_wrong_identity_or_another_ca_is_refused(mesh: M
     mesh.inbound.set_allowed_identities([CLIENT])
     root = mesh.product.root
     assert "PING-THROUGH-MTLS" in s_client(mesh.client, root, mesh.tmp)
+    assert "PING-THROUGH-MTLS" in s_client(mesh.client, root, mesh.tmp, "-tls1_2"), "TLS 1.2 too"
     wrong = workload(mesh.ca, mesh.tmp / "intruder", "intruder")
     assert "PING-THROUGH-MTLS" not in s_client(wrong, root, mesh.tmp)
     foreign = CertificateAuthority(mesh.tmp / "foreign-ca")
@@ -417,7 +436,7 @@ def test_openssl_s_client_with_a_wrong_identity_or_another_ca_is_refused(mesh: M
     assert "PING-THROUGH-MTLS" not in s_client(impostor, root, mesh.tmp)
     assert "PING-THROUGH-MTLS" not in s_client(None, root, mesh.tmp)
     tls = mesh.inbound.tls_stats()
-    assert tls["handshakes"] == 1 and tls["handshake_failures"] == 3
+    assert tls["handshakes"] == 2 and tls["handshake_failures"] == 3
     assert tls["peer_rejected"] == 2  # the third sent no certificate at all
     mesh.inbound.set_allowed_identities(None)
     assert "PING-THROUGH-MTLS" in s_client(wrong, root, mesh.tmp), "any identity of the trust domain again"

@@ -304,6 +304,11 @@ def test_native_outbound_to_native_inbound_is_mtls_end_to_end(mesh: Mesh) -> Non
     st = mesh.outbound.stats()
     assert st["cluster"] == 2 and st["connect_failures"] == 0
     assert mesh.outbound.identity == CLIENT and mesh.inbound.identity == PRODUCT
+    # An Envoy-like client offering Istio's TCP ALPN gets `istio` (no
+    # metadata-exchange header expected before the payload).
+    with tls_client(mesh.client) as t:
+        assert t.selected_alpn_protocol() == "istio"
+        assert t.version() in ("TLSv1.3", "TLSv1.2")
 
 
 def test_large_transfer_and_half_close_through_two_tls_hops(mesh: Mesh) -> None:

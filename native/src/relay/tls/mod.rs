@@ -42,9 +42,15 @@ pub use verify::{spiffe_ids, uri_sans, PeerIdentity};
 pub const ALPN_TCP: [&str; 2] = ["istio-peer-exchange", "istio"];
 /// ALPN the inbound accepts: the TCP values, Istio's HTTP ones
 /// (`ALPNInMeshH2WithMxc`, `istio-http/1.x`) and plain h2 / http/1.1, like
-/// Istio's inbound mTLS filter chain and `datapath.ALPN_INBOUND`.
+/// Istio's inbound mTLS filter chain and `datapath.ALPN_INBOUND`. rustls
+/// picks by this order, and `istio` comes first on purpose: when
+/// `istio-peer-exchange` is negotiated, an Envoy client's MetadataExchange
+/// filter sends its peer-metadata header before the payload, which this
+/// relay would hand to the app; with `istio` it sends the payload directly.
+/// A client offering only protocols outside this list is refused
+/// (no_application_protocol, RFC 7301 §3.2).
 pub const ALPN_INBOUND: [&str; 7] =
-    ["istio-peer-exchange", "istio", "istio-http/1.0", "istio-http/1.1", "istio-h2", "h2", "http/1.1"];
+    ["istio", "istio-peer-exchange", "istio-http/1.0", "istio-http/1.1", "istio-h2", "h2", "http/1.1"];
 
 /// Istio's PeerAuthentication mTLS mode for the inbound listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -162,7 +162,8 @@ fn handshake_checks_both_identities_and_negotiates_istio_alpn() {
     let (client, server) = (mesh(CLIENT, ROOT_A), mesh(PRODUCT, ROOT_A));
     let (c, s, _a, _b) = connect(&client, &server, PeerIdentity::AnyOf(vec![SA_PRODUCT.into()]));
     let (c, s) = (c.unwrap(), s.unwrap());
-    assert_eq!(c.alpn_protocol(), Some(&b"istio-peer-exchange"[..]));
+    // Our inbound prefers `istio` (no metadata exchange header expected).
+    assert_eq!(c.alpn_protocol(), Some(&b"istio"[..]));
     assert_eq!(c.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3));
     assert_eq!(c.negotiated_cipher_suite().map(|s| s.suite()), Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256));
     let peer = s.peer_certificates().unwrap();

@@ -169,3 +169,34 @@ def test_locality_failover_applies_to_assignments() -> None:
     prio = {e["address"]: e["priority"] for e in t.endpoints("c")}
     assert prio == {"10.0.1.1:80": 0, "10.0.2.1:80": 1}
     assert t.pick_counts("c", 50) == {"10.0.1.1:80": 50}
+
+
+def test_discovery_response_from_the_wire_in_a_fresh_process() -> None:
+    """An xDS client holds a DiscoveryResponse decoded from bytes and may
+    never have imported the EDS module: its Any resources still resolve."""
+    import subprocess
+    import sys
+
+    from envoy.config.endpoint.v3 import endpoint_pb2
+    from envoy.service.discovery.v3 import discovery_pb2
+    from google.protobuf import any_pb2
+
+    cla = endpoint_pb2.ClusterLoadAssignment(cluster_name="c")
+    lb = cla.endpoints.add().lb_endpoints.add()
+    lb.endpoint.address.socket_address.address = "10.3.0.1"
+    lb.endpoint.address.socket_address.port_value = 80
+    a = any_pb2.Any()
+    a.Pack(cla)
+    wire = discovery_pb2.DiscoveryResponse(type_url=a.type_url, resources=[a]).SerializeToString()
+    code = (
+        "import sys\n"
+        "from envoy.service.discovery.v3 import discovery_pb2\n"
+        "from pymesh import load_clusters\n"
+        "from pymesh.lbtable import load_assignments\n"
+        "resp = discovery_pb2.DiscoveryResponse.FromString(sys.stdin.buffer.read())\n"
+        "t = load_clusters([{'name': 'c', 'type': 'EDS'}])\n"
+        "load_assignments(resp, table=t)\n"
+        "print(t.pick('c'))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], input=wire, capture_output=True, check=True, timeout=60)
+    assert out.stdout.decode().strip() == "10.3.0.1:80", out.stderr.decode()

@@ -113,6 +113,10 @@ def assignments_from_protobuf(messages: Any) -> list[dict[str, Any]] | dict[str,
     """
     if _is_message(messages):
         if messages.DESCRIPTOR.full_name == "envoy.service.discovery.v3.DiscoveryResponse":
+            # MessageToDict resolves the Any resources through the default
+            # descriptor pool: make sure the EDS type is registered in it.
+            from envoy.config.endpoint.v3 import endpoint_pb2  # noqa: F401
+
             return _message_to_dict(messages)
         return [_message_to_dict(messages, ASSIGNMENT_TYPE_URL)]
     out = []

@@ -554,3 +554,15 @@ def test_stop_ends_open_tls_connections_and_idle_ones_time_out(
             outbound.stop()
             inbound.stop()
             apps.close()
+
+
+def test_sessions_resume_and_resumption_can_be_turned_off(mesh: Mesh) -> None:
+    for _ in range(3):
+        assert exchange("127.1.0.1", 80, b"again") == b"again"
+    out, inn = mesh.outbound.tls_stats(), mesh.inbound.tls_stats()
+    # The first connection's tickets let the next two resume, on both sides.
+    assert out["handshakes"] == 3 and out["resumed"] == 2 and inn["resumed"] == 2
+    mesh.outbound.set_session_resumption(False)
+    for _ in range(2):
+        assert exchange("127.1.0.1", 80, b"full") == b"full"
+    assert mesh.outbound.tls_stats()["resumed"] == 2 and mesh.outbound.tls_stats()["handshakes"] == 5

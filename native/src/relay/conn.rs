@@ -432,8 +432,10 @@ fn originate(
     let t = &shared.tls.counters;
     let expect = expected_identity(&ep.meta.service_account, &ep.meta.workload, identity.trust_domain());
     let sni = istio_sni(cluster);
-    let result =
-        identity.client(expect.clone(), sni.as_deref(), ep.address.ip()).map_err(HandshakeError::Tls).and_then(|c| {
+    let result = identity
+        .client(expect.clone(), sni.as_deref(), ep.address.ip(), shared.tls.session_resumption())
+        .map_err(HandshakeError::Tls)
+        .and_then(|c| {
             up.set_nonblocking(true).map_err(HandshakeError::Io)?;
             let mut conn = Connection::Client(c);
             handshake(&mut conn, up.as_raw_fd(), Instant::now() + shared.cfg.connect_timeout)?;

@@ -250,6 +250,13 @@ impl OutboundProxy {
         self.inner.tls().peer_authentication().as_str()
     }
 
+    /// Whether mTLS connections this proxy originates resume TLS sessions
+    /// (default True, as Envoy's upstream TLS does; False: a full handshake
+    /// every time). The identity is checked after every handshake either way.
+    fn set_session_resumption(&self, enabled: bool) {
+        self.inner.tls().set_session_resumption(enabled);
+    }
+
     /// Restricts the client identities the inbound accepts to these SPIFFE
     /// URIs; None: any identity of the trust domain.
     #[pyo3(signature = (identities))]

@@ -24,7 +24,7 @@ pub(crate) mod pump;
 pub mod verify;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -135,7 +135,7 @@ pub struct TlsIdentity {
     /// identity is what makes resumption (TLS 1.3 PSK) possible, as Envoy's
     /// upstream TLS context does; the identity is re-checked after every
     /// handshake anyway ([`peer_matches`]).
-    clients: Mutex<HashMap<PeerIdentity, Arc<ClientConfig>>>,
+    clients: Mutex<HashMap<(PeerIdentity, bool), Arc<ClientConfig>>>,
 }
 
 /// Client configs kept per identity before the cache starts over.
@@ -255,11 +255,13 @@ impl TlsIdentity {
     /// A client connection to a peer that must have identity `expect`.
     /// `sni`: a DNS name to send as SNI; None sends none (the address is
     /// only a placeholder name, which rustls never puts in SNI).
+    /// `resume`: offer and keep session tickets (TLS 1.3 PSK resumption).
     pub fn client(
         &self,
         expect: PeerIdentity,
         sni: Option<&str>,
         addr: std::net::IpAddr,
+        resume: bool,
     ) -> std::result::Result<ClientConnection, rustls::Error> {
         // The expected identity is part of the verifier, so a wrong peer
         // fails the handshake itself, which the relay counts as a connect
@@ -267,7 +269,8 @@ impl TlsIdentity {
         // the session store too).
         let cfg = {
             let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(c) = clients.get(&expect) {
+            let key = (expect, resume);
+            if let Some(c) = clients.get(&key) {
                 c.clone()
             } else {
                 if clients.len() >= MAX_CLIENT_CONFIGS {
@@ -277,10 +280,13 @@ impl TlsIdentity {
                 cfg.dangerous().set_certificate_verifier(Arc::new(verify::SpiffeServerVerifier {
                     roots: self.roots.clone(),
                     provider: self.provider.clone(),
-                    expect: expect.clone(),
+                    expect: key.0.clone(),
                 }));
+                if !resume {
+                    cfg.resumption = rustls::client::Resumption::disabled();
+                }
                 let cfg = Arc::new(cfg);
-                clients.insert(expect, cfg.clone());
+                clients.insert(key, cfg.clone());
                 cfg
             }
         };
@@ -334,6 +340,7 @@ pub struct MeshTls {
     identity: ArcSwapOption<TlsIdentity>,
     mode: AtomicU8,
     allowed: Arc<ArcSwap<Option<Vec<String>>>>,
+    resumption: AtomicBool,
     pub(crate) counters: TlsCounters,
 }
 
@@ -343,6 +350,7 @@ impl Default for MeshTls {
             identity: ArcSwapOption::empty(),
             mode: AtomicU8::new(PeerAuthentication::Permissive as u8),
             allowed: Arc::new(ArcSwap::from_pointee(None)),
+            resumption: AtomicBool::new(true),
             counters: TlsCounters::default(),
         }
     }
@@ -387,6 +395,17 @@ impl MeshTls {
     /// handshake.
     pub fn set_allowed_identities(&self, allowed: Option<Vec<String>>) {
         self.allowed.store(Arc::new(allowed));
+    }
+
+    /// Whether originated connections resume TLS sessions (default on, as
+    /// Envoy's upstream TLS contexts do; off: a full handshake each time,
+    /// Envoy's `max_session_keys: 0`).
+    pub fn set_session_resumption(&self, enabled: bool) {
+        self.resumption.store(enabled, Ordering::Relaxed);
+    }
+
+    pub fn session_resumption(&self) -> bool {
+        self.resumption.load(Ordering::Relaxed)
     }
 
     /// The client identities the inbound accepts now.

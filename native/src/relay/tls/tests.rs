@@ -50,6 +50,16 @@ fn connect(
     s: &MeshTls,
     expect: PeerIdentity,
 ) -> (Result<Connection, HandshakeError>, Result<Connection, HandshakeError>, TcpStream, TcpStream) {
+    connect_with(c, s, expect, true)
+}
+
+#[allow(clippy::type_complexity)]
+fn connect_with(
+    c: &MeshTls,
+    s: &MeshTls,
+    expect: PeerIdentity,
+    resume: bool,
+) -> (Result<Connection, HandshakeError>, Result<Connection, HandshakeError>, TcpStream, TcpStream) {
     let (a, b) = pair();
     a.set_nonblocking(true).unwrap();
     b.set_nonblocking(true).unwrap();
@@ -60,7 +70,7 @@ fn connect(
     let mut client = Connection::Client(
         c.identity()
             .unwrap()
-            .client(expect, Some("outbound_.80_._.product.default.svc.cluster.local"), [127, 0, 0, 1].into())
+            .client(expect, Some("outbound_.80_._.product.default.svc.cluster.local"), [127, 0, 0, 1].into(), resume)
             .unwrap(),
     );
     let cr = handshake(&mut client, a.as_raw_fd(), deadline).map(|_| client);
@@ -354,6 +364,9 @@ fn sessions_resume_per_expected_identity_and_the_identity_is_checked_again() {
     assert!(!peer_matches(&c, &PeerIdentity::AnyOf(vec!["spiffe://cluster.local/ns/default/sa/reviews".into()])));
     assert!(peer_matches(&s, &PeerIdentity::AnyOf(vec![SA_CLIENT.into()])));
     assert!(!peer_matches(&s, &PeerIdentity::TrustDomain("other.domain".into())));
+    // Resumption off (Envoy's max_session_keys: 0): a full handshake.
+    let (c, _, _a, _b) = connect_with(&client, &server, want, false);
+    assert_eq!(c.unwrap().handshake_kind(), Some(rustls::HandshakeKind::Full));
 }
 
 #[test]

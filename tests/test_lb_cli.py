@@ -93,3 +93,41 @@ def test_errors_exit_1_with_a_message(clusters: Path, tmp_path: Path) -> None:
     r = pymesh("lb", "pick", "--clusters", str(bad), "--cluster", "x")
     assert r.returncode == 1
     assert 'cluster "x": maglev_lb_config.table_size: 4 is not a prime number' in r.stderr
+
+
+def test_assignments_replace_a_clusters_endpoints(clusters: Path, tmp_path: Path) -> None:
+    eds = tmp_path / "eds.json"
+    eds.write_text(
+        json.dumps(
+            {
+                "resources": [
+                    {
+                        "@type": "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
+                        "cluster_name": REVIEWS,
+                        "endpoints": [
+                            {
+                                "lb_endpoints": [
+                                    {
+                                        "endpoint": {
+                                            "address": {"socket_address": {"address": "10.9.9.9", "port_value": 80}}
+                                        }
+                                    }
+                                ]
+                            }
+                        ],
+                    }
+                ]
+            }
+        )
+    )
+    args = ("lb", "pick", "--clusters", str(clusters), "--assignments", str(eds), "--count", "4", "--json")
+    r = pymesh(*args, "--cluster", REVIEWS)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {"10.9.9.9:80": 4}
+    # Unassigned clusters keep their endpoints.
+    assert set(json.loads(pymesh(*args, "--cluster", "sessions").stdout)) <= {f"10.1.0.{i}:6379" for i in (1, 2, 3)}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("cluster_name: nope\nendpoints: []\n")
+    r = pymesh("lb", "pick", "--clusters", str(clusters), "--assignments", str(bad), "--cluster", REVIEWS)
+    assert r.returncode == 1
+    assert 'cluster "nope": cluster_name: no such cluster in the table' in r.stderr

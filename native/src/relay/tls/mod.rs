@@ -17,6 +17,9 @@
 //!   (pilot `cluster_tls.go`, ALPNInMeshWithMxc) and the server accepts those
 //!   and the HTTP ones; SNI `outbound_.<port>_.<subset>_.<host>` when the
 //!   cluster is known (Envoy's upstream SNI for Istio clusters).
+//! - Sessions resume (TLS 1.3 tickets) as Envoy's do, per expected peer
+//!   identity; every handshake, resumed or not, ends with the peer's
+//!   identity checked against what is wanted now ([`peer_matches`]).
 //! - [`PeerAuthentication`]: Istio's inbound mode, swapped atomically.
 //! - [`pump`]: the handshake and the record pump of one TLS connection.
 

@@ -611,7 +611,7 @@ fn inbound_tls(shared: &Arc<Shared>, client: TcpStream, orig: SocketAddr, identi
 
 /// Relays a connection one side of which is TLS (`tls_upstream`: the
 /// upstream, for outbound origination; else the client, inbound) on this
-/// one thread ([`super::tls::pump`]); counters and teardown as [`relay`].
+/// one thread (`super::tls::pump`); counters and teardown as [`relay`].
 fn relay_tls(
     shared: &Arc<Shared>,
     client: TcpStream,

@@ -56,7 +56,7 @@
 //! terminates it per PeerAuthentication (STRICT / PERMISSIVE with TLS
 //! detection / DISABLE) before connecting to the app as for plaintext. A
 //! TLS connection cannot be spliced: it is served by one thread that polls
-//! both sockets and runs the records through rustls ([`tls::pump`]).
+//! both sockets and runs the records through rustls (`tls::pump`).
 //! Endpoints without `tlsMode: istio`, and everything when no identity is
 //! set, keep the splice path unchanged.
 

@@ -19,9 +19,9 @@
 //!   cluster is known (Envoy's upstream SNI for Istio clusters).
 //! - Sessions resume (TLS 1.3 tickets) as Envoy's do, per expected peer
 //!   identity; every handshake, resumed or not, ends with the peer's
-//!   identity checked against what is wanted now ([`peer_matches`]).
+//!   identity checked against what is wanted now (`peer_matches`).
 //! - [`PeerAuthentication`]: Istio's inbound mode, swapped atomically.
-//! - [`pump`]: the handshake and the record pump of one TLS connection.
+//! - `pump`: the handshake and the record pump of one TLS connection.
 
 pub(crate) mod pump;
 pub mod verify;

@@ -19,6 +19,7 @@ check haproxy haproxy
 check iptables iptables
 check nft nftables
 check tcpdump tcpdump
+check openssl openssl
 check taskset util-linux
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then

@@ -6,9 +6,10 @@ Subcommands:
                                    or 503 while the file FAILFLAG exists (a
                                    probe the test can fail); any other path
                                    answers 200 with the body TAG. Prints "ready".
-  get HOST PORT N                  N requests ``GET /``, one connection each
-                                   (so each is routed anew); prints the JSON
-                                   counts of the bodies ("error: ..." for failures).
+  get HOST PORT N [PATH]           N requests ``GET PATH`` (default /), one
+                                   connection each (so each is routed anew);
+                                   prints the JSON counts of the bodies
+                                   ("error: ..." for failures).
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
-def serve(tag: str, addr: str, failflag: str | None) -> None:
-    host, port = addr.rsplit(":", 1)
+def handler(tag: str, failflag: str | None) -> type[BaseHTTPRequestHandler]:
+    """The request handler of :func:`serve` (also used in-process by e2e_mtls_peer.py)."""
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -40,18 +41,23 @@ def serve(tag: str, addr: str, failflag: str | None) -> None:
         def log_message(self, *_: object) -> None:
             pass
 
-    srv = ThreadingHTTPServer((host.strip("[]"), int(port)), Handler)
+    return Handler
+
+
+def serve(tag: str, addr: str, failflag: str | None) -> None:
+    host, port = addr.rsplit(":", 1)
+    srv = ThreadingHTTPServer((host.strip("[]"), int(port)), handler(tag, failflag))
     srv.daemon_threads = True
     print("ready", flush=True)
     srv.serve_forever()
 
 
-def get(host: str, port: int, n: int) -> None:
+def get(host: str, port: int, n: int, path: str = "/") -> None:
     counts: Counter[str] = Counter()
     for _ in range(n):
         c = http.client.HTTPConnection(host, port, timeout=5)
         try:
-            c.request("GET", "/", headers={"Connection": "close"})
+            c.request("GET", path, headers={"Connection": "close"})
             r = c.getresponse()
             counts[r.read().decode() if r.status == 200 else f"error: HTTP {r.status}"] += 1
         except OSError as e:
@@ -66,6 +72,6 @@ if __name__ == "__main__":
     if cmd == "serve":
         serve(args[0], args[1], args[2] if len(args) > 2 else None)
     elif cmd == "get":
-        get(args[0], int(args[1]), int(args[2]))
+        get(args[0], int(args[1]), int(args[2]), *args[3:4])
     else:
         sys.exit(f"unknown command {cmd!r}")

@@ -17,11 +17,18 @@ from agent_helpers import ScriptedAds, make_agent, wait_until, write_vm_files
 from cp_helpers import free_port
 from envoy.config.listener.v3.listener_pb2 import Listener
 from google.protobuf import any_pb2
+from sec_helpers import secure_cp
+from test_security_datapath import workload
 
 from pymesh.agent.errors import XdsClientError
 from pymesh.agent.mtls import LDS, inbound_mode, set_identity
 from pymesh.controlplane import ControlPlane
 from pymesh.controlplane.peerauth import virtual_inbound
+from pymesh.lbtable import LbTable, RedirectTable
+from pymesh.relay import start_outbound_proxy
+from pymesh.security.ca import CertificateAuthority
+
+PRODUCT = "spiffe://cluster.local/ns/default/sa/product"
 
 
 def pack(msg: Any) -> Any:
@@ -53,23 +60,25 @@ def test_unreadable_listeners_are_errors_for_a_nack() -> None:
         inbound_mode([pack(any_pb2.Any())])
 
 
-class Refusing:
-    """Stands in only for what this layer decides: a relay that refuses a certificate."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def set_identity(self, *args: Any) -> None:
-        self.calls += 1
-        raise ValueError("tls identity: cert_chain_pem: not PEM certificates")
-
-
-def test_a_refused_certificate_is_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
-    relay = Refusing()
-    with caplog.at_level(logging.ERROR, logger="pymesh.agent"):
-        ok = set_identity([("outbound proxy", relay), ("inbound listener", None)], b"x", b"y", b"z", "cluster.local")
-    assert ok is False and relay.calls == 1
-    assert "outbound proxy refused the workload certificate" in caplog.text
+def test_a_refused_certificate_is_logged_and_the_previous_identity_stays(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ca = CertificateAuthority(tmp_path / "ca")
+    good = workload(ca, tmp_path / "good", "product")
+    other = workload(CertificateAuthority(tmp_path / "other-ca"), tmp_path / "other", "product")
+    proxy = start_outbound_proxy(LbTable(), RedirectTable.from_dict({}), listen=["127.0.0.1:0"])
+    try:
+        files = [(good / f).read_bytes() for f in ("cert-chain.pem", "key.pem", "root-cert.pem")]
+        assert set_identity([("outbound proxy", proxy), ("inbound listener", None)], *files, "cluster.local")
+        assert proxy.identity == PRODUCT
+        bad = [(other / "cert-chain.pem").read_bytes(), (other / "key.pem").read_bytes(), files[2]]
+        with caplog.at_level(logging.ERROR, logger="pymesh.agent"):
+            assert not set_identity([("outbound proxy", proxy)], *bad, "cluster.local")  # not under our roots
+            assert not set_identity([("outbound proxy", proxy)], b"junk", b"junk", files[2], "cluster.local")
+        assert caplog.text.count("outbound proxy refused the workload certificate") == 2
+        assert proxy.identity == PRODUCT and proxy.tls_stats()["identity_updates"] == 1
+    finally:
+        proxy.stop()
 
 
 @pytest.fixture
@@ -140,3 +149,76 @@ def test_a_malformed_listener_is_nacked_and_the_mode_stays(tmp_path: Path) -> No
             assert agent.peer_authentication == "STRICT"
     finally:
         ads.stop()
+
+
+def test_the_agent_hands_its_certificate_to_the_relay_and_again_after_each_renewal(tmp_path: Path) -> None:
+    cp = secure_cp(tmp_path)
+    try:
+        vm = write_vm_files(tmp_path / "vm", cp.secure_port)
+        (vm / "root-cert.pem").write_text(cp.security.ca.root_pem)
+        (vm / "istio-token").write_text(cp.security.tokens.create("default", "product") + "\n")
+        (vm / "resolv.conf").write_text("")
+        agent = make_agent(
+            vm,
+            tmp_path / "state",
+            free_port("127.0.0.1"),
+            control_plane_auth="MUTUAL_TLS",
+            cert_ttl=4,
+            outbound_listen=["127.0.0.1:0"],
+        )
+        agent.start()
+        try:
+            wait_until(lambda: agent.proxy.identity == PRODUCT, timeout=20)  # the first, token-issued certificate
+            assert agent.data_path_identity == PRODUCT
+            first = agent.proxy.tls_stats()["identity_updates"]
+            wait_until(lambda: agent.certs.renewals >= 2, timeout=20)  # renewed at half of 4 s, twice
+            wait_until(lambda: agent.proxy.tls_stats()["identity_updates"] >= first + 2, timeout=5)
+            assert agent.proxy.identity == PRODUCT
+        finally:
+            agent.stop()
+        # Restart: the valid certificate on disk is on the data path before any CA call.
+        issued = cp.security.stats["issued"]
+        again = make_agent(
+            vm,
+            tmp_path / "state",
+            free_port("127.0.0.1"),
+            control_plane_auth="MUTUAL_TLS",
+            outbound_listen=["127.0.0.1:0"],
+        )
+        again.start()
+        try:
+            assert again.proxy.identity == PRODUCT and cp.security.stats["issued"] == issued
+        finally:
+            again.stop()
+    finally:
+        cp.stop()
+
+
+def test_a_certificate_on_disk_the_relay_refuses_does_not_stop_the_agent(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cp = secure_cp(tmp_path)
+    try:
+        vm = write_vm_files(tmp_path / "vm", cp.secure_port)
+        (vm / "root-cert.pem").write_text(cp.security.ca.root_pem)
+        (vm / "resolv.conf").write_text("")
+        # A well-formed certificate and key from another CA where the agent keeps its own.
+        certs = workload(CertificateAuthority(tmp_path / "other-ca"), tmp_path / "state" / "certs", "product")
+        certs.chmod(0o700)
+        agent = make_agent(
+            vm,
+            tmp_path / "state",
+            free_port("127.0.0.1"),
+            control_plane_auth="MUTUAL_TLS",
+            outbound_listen=["127.0.0.1:0"],
+        )
+        with caplog.at_level(logging.ERROR, logger="pymesh.agent"):
+            agent.start()
+        try:
+            assert "outbound proxy refused the workload certificate" in caplog.text
+            assert agent.proxy.identity is None and agent.data_path_identity == ""
+            assert agent.proxy.running and agent.started
+        finally:
+            agent.stop()
+    finally:
+        cp.stop()

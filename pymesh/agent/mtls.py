@@ -9,6 +9,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
+from pymesh._native import PymeshError
 from pymesh.agent.errors import XdsClientError
 from pymesh.controlplane.peerauth import VIRTUAL_INBOUND, mode_of_listener
 
@@ -49,7 +50,7 @@ def set_peer_authentication(listener: Any, mode: str) -> bool:
         return False
     try:
         listener.set_peer_authentication(mode)
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, PymeshError) as e:
         raise XdsClientError(f"inbound listener refused mode {mode!r}: {e}") from e
     return True
 
@@ -69,7 +70,7 @@ def set_identity(targets: Iterable[tuple[str, Any]], chain: bytes, key: bytes, r
             continue
         try:
             relay.set_identity(chain.decode(), key.decode(), roots.decode(), trust_domain)
-        except (ValueError, TypeError, UnicodeDecodeError) as e:
+        except (ValueError, TypeError, UnicodeDecodeError, PymeshError) as e:
             log.error("%s refused the workload certificate (keeping its previous identity): %s", name, e)
             ok = False
     return ok

@@ -14,7 +14,7 @@ use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use super::orig_dst::original_destination;
 use super::splice::{pump, End, IdleClock, Pipe};
 use super::tls::pump::{handshake, HandshakeError, Sides};
-use super::tls::{expected_identity, istio_sni, peer_matches, PeerAuthentication, TlsIdentity};
+use super::tls::{expected_identity, istio_sni, peer_matches, PeerAuthentication, PeerIdentity, TlsIdentity};
 use super::{monotonic_ms, Routes, Shared};
 use crate::lb::{hash_key, Endpoint, Outcome, Rng, Verdict};
 
@@ -124,6 +124,22 @@ fn connect(addr: SocketAddr, shared: &Shared) -> std::io::Result<TcpStream> {
     Ok(s.into())
 }
 
+/// One connect to where the connection was going (passthrough, bypass, the
+/// inbound app), counted; when it fails the client is reset and None.
+fn connect_direct(shared: &Shared, client: &TcpStream, orig: SocketAddr) -> Option<TcpStream> {
+    let c = &shared.counters;
+    c.connect_attempts.fetch_add(1, Ordering::Relaxed);
+    match connect(orig, shared) {
+        Ok(up) => Some(up),
+        Err(_) => {
+            c.connect_failures.fetch_add(1, Ordering::Relaxed);
+            c.upstream_failed.fetch_add(1, Ordering::Relaxed);
+            reset(client);
+            None
+        }
+    }
+}
+
 fn serve(shared: &Arc<Shared>, client: TcpStream, id: u64) {
     let c = &shared.counters;
     let _ = client.set_nodelay(true);
@@ -154,14 +170,8 @@ fn serve(shared: &Arc<Shared>, client: TcpStream, id: u64) {
     let Verdict::Cluster(_) = verdict else {
         let counter = if verdict == Verdict::Bypass { &c.bypass } else { &c.passthrough };
         counter.fetch_add(1, Ordering::Relaxed);
-        c.connect_attempts.fetch_add(1, Ordering::Relaxed);
-        match connect(orig, shared) {
-            Ok(up) => relay(shared, client, up, id),
-            Err(_) => {
-                c.connect_failures.fetch_add(1, Ordering::Relaxed);
-                c.upstream_failed.fetch_add(1, Ordering::Relaxed);
-                reset(&client);
-            }
+        if let Some(up) = connect_direct(shared, &client, orig) {
+            relay(shared, client, up, id);
         }
         return;
     };
@@ -307,6 +317,22 @@ fn logical_dns(shared: &Arc<Shared>, client: TcpStream, host: &str, port: u16, i
 /// Removes a connection from the open set when its relay ends.
 struct Registered<'a>(&'a Shared, u64);
 
+impl<'a> Registered<'a> {
+    /// Adds the connection's descriptors to the open set (which `stop`
+    /// shuts down); once the relay is stopping the client is reset instead
+    /// and None returned. Checked under the set's lock, so `stop` never
+    /// misses a connection registered concurrently.
+    fn open(shared: &'a Shared, id: u64, client: &TcpStream, fds: [RawFd; 2]) -> Option<Self> {
+        let mut open = shared.open.lock().unwrap_or_else(|e| e.into_inner());
+        if shared.stopping.load(Ordering::SeqCst) {
+            reset(client);
+            return None;
+        }
+        open.insert(id, fds);
+        Some(Registered(shared, id))
+    }
+}
+
 impl Drop for Registered<'_> {
     fn drop(&mut self) {
         self.0.open.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.1);
@@ -316,15 +342,7 @@ impl Drop for Registered<'_> {
 fn relay(shared: &Arc<Shared>, client: TcpStream, upstream: TcpStream, id: u64) {
     let c = &shared.counters;
     let (cfd, ufd) = (client.as_raw_fd(), upstream.as_raw_fd());
-    {
-        let mut open = shared.open.lock().unwrap_or_else(|e| e.into_inner());
-        if shared.stopping.load(Ordering::SeqCst) {
-            reset(&client);
-            return;
-        }
-        open.insert(id, [cfd, ufd]);
-    }
-    let registered = Registered(shared, id);
+    let Some(registered) = Registered::open(shared, id, &client, [cfd, ufd]) else { return };
     let (p_up, p_down) = match (Pipe::new(shared.cfg.pipe_size), Pipe::new(shared.cfg.pipe_size)) {
         (Ok(a), Ok(b)) => (a, b),
         _ => {
@@ -429,23 +447,35 @@ fn originate(
     ep: &Endpoint,
     cluster: &str,
 ) -> Result<Connection, HandshakeError> {
-    let t = &shared.tls.counters;
     let expect = expected_identity(&ep.meta.service_account, &ep.meta.workload, identity.trust_domain());
     let sni = istio_sni(cluster);
-    let result = identity
+    let conn = identity
         .client(expect.clone(), sni.as_deref(), ep.address.ip(), shared.tls.session_resumption())
-        .map_err(HandshakeError::Tls)
-        .and_then(|c| {
-            up.set_nonblocking(true).map_err(HandshakeError::Io)?;
-            let mut conn = Connection::Client(c);
-            handshake(&mut conn, up.as_raw_fd(), Instant::now() + shared.cfg.connect_timeout)?;
-            if !peer_matches(&conn, &expect) {
-                return Err(HandshakeError::Tls(rustls::Error::InvalidCertificate(
-                    rustls::CertificateError::ApplicationVerificationFailure,
-                )));
-            }
-            Ok(conn)
-        });
+        .map(Connection::Client)
+        .map_err(HandshakeError::Tls);
+    secure(shared, conn, up, &expect)
+}
+
+/// Runs `conn`'s handshake on `sock` within the connect timeout and checks
+/// the peer's SPIFFE identity again afterwards (a resumed session does not
+/// go through the verifier); the outcome is counted in the TLS counters.
+fn secure(
+    shared: &Shared,
+    conn: Result<Connection, HandshakeError>,
+    sock: &TcpStream,
+    expect: &PeerIdentity,
+) -> Result<Connection, HandshakeError> {
+    let t = &shared.tls.counters;
+    let result = conn.and_then(|mut conn| {
+        sock.set_nonblocking(true).map_err(HandshakeError::Io)?;
+        handshake(&mut conn, sock.as_raw_fd(), Instant::now() + shared.cfg.connect_timeout)?;
+        if !peer_matches(&conn, expect) {
+            return Err(HandshakeError::Tls(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            )));
+        }
+        Ok(conn)
+    });
     match &result {
         Ok(conn) => {
             if conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
@@ -564,48 +594,20 @@ fn detect(client: &TcpStream, timeout: Duration) -> Detected {
 /// checked by the server config's verifier), then the app is connected to
 /// from 127.0.0.6 exactly as for plaintext, and the plaintext relayed.
 fn inbound_tls(shared: &Arc<Shared>, client: TcpStream, orig: SocketAddr, identity: &TlsIdentity, id: u64) {
-    let (c, t) = (&shared.counters, &shared.tls.counters);
-    let mut conn = match identity.server() {
+    let server = match identity.server() {
         Ok(s) => Connection::Server(s),
         Err(_) => {
             reset(&client);
             return;
         }
     };
-    let done = client
-        .set_nonblocking(true)
-        .map_err(HandshakeError::Io)
-        .and_then(|_| handshake(&mut conn, client.as_raw_fd(), Instant::now() + shared.cfg.connect_timeout))
-        .and_then(|_| {
-            if peer_matches(&conn, &shared.tls.inbound_expect(identity)) {
-                Ok(())
-            } else {
-                Err(HandshakeError::Tls(rustls::Error::InvalidCertificate(
-                    rustls::CertificateError::ApplicationVerificationFailure,
-                )))
-            }
-        });
-    if let Err(e) = done {
-        t.handshake_failures.fetch_add(1, Ordering::Relaxed);
-        if e.is_peer_rejected() {
-            t.peer_rejected.fetch_add(1, Ordering::Relaxed);
-        }
+    let Ok(conn) = secure(shared, Ok(server), &client, &shared.tls.inbound_expect(identity)) else {
         // A plain close (not a reset), so the alert just sent is read.
         return;
-    }
-    t.handshakes.fetch_add(1, Ordering::Relaxed);
-    if conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
-        t.resumed.fetch_add(1, Ordering::Relaxed);
-    }
-    c.passthrough.fetch_add(1, Ordering::Relaxed);
-    c.connect_attempts.fetch_add(1, Ordering::Relaxed);
-    match connect(orig, shared) {
-        Ok(up) => relay_tls(shared, client, up, conn, false, id),
-        Err(_) => {
-            c.connect_failures.fetch_add(1, Ordering::Relaxed);
-            c.upstream_failed.fetch_add(1, Ordering::Relaxed);
-            reset(&client);
-        }
+    };
+    shared.counters.passthrough.fetch_add(1, Ordering::Relaxed);
+    if let Some(up) = connect_direct(shared, &client, orig) {
+        relay_tls(shared, client, up, conn, false, id);
     }
 }
 
@@ -622,15 +624,7 @@ fn relay_tls(
 ) {
     let c = &shared.counters;
     let (cfd, ufd) = (client.as_raw_fd(), upstream.as_raw_fd());
-    {
-        let mut open = shared.open.lock().unwrap_or_else(|e| e.into_inner());
-        if shared.stopping.load(Ordering::SeqCst) {
-            reset(&client);
-            return;
-        }
-        open.insert(id, [cfd, ufd]);
-    }
-    let registered = Registered(shared, id);
+    let Some(registered) = Registered::open(shared, id, &client, [cfd, ufd]) else { return };
     let nonblocking = client.set_nonblocking(true).and_then(|_| upstream.set_nonblocking(true));
     let end = if nonblocking.is_err() {
         End::Error

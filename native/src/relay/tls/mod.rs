@@ -413,10 +413,7 @@ impl MeshTls {
 
     /// The client identities the inbound accepts now.
     pub fn inbound_expect(&self, identity: &TlsIdentity) -> PeerIdentity {
-        match self.allowed.load().as_ref() {
-            Some(list) => PeerIdentity::AnyOf(list.clone()),
-            None => PeerIdentity::TrustDomain(identity.trust_domain.clone()),
-        }
+        verify::inbound_identity(&self.allowed, &identity.trust_domain)
     }
 
     pub fn stats(&self) -> TlsStats {

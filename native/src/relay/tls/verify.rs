@@ -188,6 +188,16 @@ impl ServerCertVerifier for SpiffeServerVerifier {
     }
 }
 
+/// The client identities the inbound accepts: the allowed list when one is
+/// set, else any identity of the trust domain. Read per handshake, so a
+/// policy change applies to the next one.
+pub(crate) fn inbound_identity(allowed: &ArcSwap<Option<Vec<String>>>, trust_domain: &str) -> PeerIdentity {
+    match allowed.load().as_ref() {
+        Some(list) => PeerIdentity::AnyOf(list.clone()),
+        None => PeerIdentity::TrustDomain(trust_domain.to_owned()),
+    }
+}
+
 /// The inbound side: a client certificate is mandatory, must chain to the
 /// mesh roots (webpki, client-auth usage) and carry an allowed identity.
 /// `allowed` is shared with [`super::MeshTls`] so a policy change applies to
@@ -211,11 +221,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         self.inner.verify_client_cert(end_entity, intermediates, now)?;
-        let expect = match self.allowed.load().as_ref() {
-            Some(list) => PeerIdentity::AnyOf(list.clone()),
-            None => PeerIdentity::TrustDomain(self.trust_domain.clone()),
-        };
-        identity_ok(end_entity, &expect)?;
+        identity_ok(end_entity, &inbound_identity(&self.allowed, &self.trust_domain))?;
         Ok(ClientCertVerified::assertion())
     }
 

@@ -118,10 +118,17 @@ class Mesh:
         self.lb.procs.append(p)
         assert p.stdout is not None and p.stdout.readline().strip() == "ready", f"HTTP server {tag} did not start"
 
+    # What a variant changes (test_e2e_vm_mtls.py): the control plane's
+    # listeners and the lines it prints once each is up, and agent flags.
+    cp_banners: tuple[str, ...] = ("xds ",)
+    agent_flags: tuple[str, ...] = ()
+
+    def cp_flags(self) -> list[str]:
+        return ["--xds-listen", f"{NET4}:{XDS_PORT}", "--grace-period", str(GRACE)]
+
     def start_cp(self) -> None:
-        argv = [sys.executable, "-m", "pymesh", "controlplane", "--config", str(self.d / "mesh")]
-        argv += ["--xds-listen", f"{NET4}:{XDS_PORT}", "--data-dir", str(self.cp_dir)]
-        argv += ["--grace-period", str(GRACE), "--debounce", "0.05"]
+        argv = [sys.executable, "-m", "pymesh", "controlplane", "--config", str(self.d / "mesh"), *self.cp_flags()]
+        argv += ["--data-dir", str(self.cp_dir), "--debounce", "0.05"]
         self.cp = subprocess.Popen(
             self.lb.cmd(self.lb.net, *argv),
             stdout=subprocess.PIPE,
@@ -130,14 +137,16 @@ class Mesh:
             env=self.lb.env,
         )
         self.lb.procs.append(self.cp)
-        assert self.cp.stdout is not None and self.cp.stdout.readline().startswith("xds ")
+        assert self.cp.stdout is not None
+        for banner in self.cp_banners:
+            assert self.cp.stdout.readline().startswith(banner)
 
     def start_agent(self) -> None:
         vm = self.d / "vm"
         argv = [sys.executable, "-m", "pymesh", "agent", "--config-dir", str(vm), "--capture", self.backend]
         argv += ["--outbound-listen", "127.0.0.1:15001", "--dns-listen", "127.0.0.1:15053"]
         argv += ["--status-listen", "127.0.0.1:15020", "--state-dir", str(self.d / "state"), "--pod-name", "vm-1"]
-        argv += ["--backoff-max", "1"]
+        argv += ["--backoff-max", "1", *self.agent_flags]
         self.agent = subprocess.Popen(
             as_agent_user(self.lb.cmd(self.lb.vm, *argv)),
             stdout=subprocess.PIPE,

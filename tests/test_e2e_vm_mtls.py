@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from agent_helpers import wait_until, write_vm_files
-from netns_lab import APP_UID, EXTRA4, NET4, VM4, Lab, Lines, as_agent_user, lab, require_root_tools
+from netns_lab import APP_UID, EXTRA4, NET4, VM4, Lab, lab, require_root_tools
 from test_e2e_vm import HTTP_PEER, PROBE, SVC_PORT, VIP, Mesh, assert_thirds, backends_are, shared_dir
 from test_security_datapath import workload
 
@@ -117,37 +117,11 @@ spec:
 class MtlsMesh(Mesh):
     """tests/test_e2e_vm.py's processes with the control plane's TLS port and the agent on MUTUAL_TLS."""
 
-    def start_cp(self) -> None:
-        argv = [sys.executable, "-m", "pymesh", "controlplane", "--config", str(self.d / "mesh")]
-        argv += ["--xds-listen", f"{NET4}:15010", "--secure-listen", f"{NET4}:{SECURE_PORT}"]
-        argv += ["--data-dir", str(self.cp_dir), "--debounce", "0.05"]
-        self.cp = subprocess.Popen(
-            self.lb.cmd(self.lb.net, *argv),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            env=self.lb.env,
-        )
-        self.lb.procs.append(self.cp)
-        assert self.cp.stdout is not None
-        assert self.cp.stdout.readline().startswith("xds ")
-        assert self.cp.stdout.readline().startswith("xds-tls ")
+    cp_banners = ("xds ", "xds-tls ")
+    agent_flags = ("--control-plane-auth", "MUTUAL_TLS")
 
-    def start_agent(self) -> None:
-        vm = self.d / "vm"
-        argv = [sys.executable, "-m", "pymesh", "agent", "--config-dir", str(vm), "--capture", self.backend]
-        argv += ["--outbound-listen", "127.0.0.1:15001", "--dns-listen", "127.0.0.1:15053"]
-        argv += ["--status-listen", "127.0.0.1:15020", "--state-dir", str(self.d / "state"), "--pod-name", "vm-1"]
-        argv += ["--backoff-max", "1", "--control-plane-auth", "MUTUAL_TLS"]
-        self.agent = subprocess.Popen(
-            as_agent_user(self.lb.cmd(self.lb.vm, *argv)),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=self.lb.env,
-        )
-        self.lb.procs.append(self.agent)
-        self.out = Lines(self.agent)
+    def cp_flags(self) -> list[str]:
+        return ["--xds-listen", f"{NET4}:15010", "--secure-listen", f"{NET4}:{SECURE_PORT}"]
 
     def requests(self, n: int, vip: str = VIP, path: str = f"/{MARKER}") -> dict[str, int]:
         """n HTTP requests from the VM's application user, each on its own connection, the marker in the path."""

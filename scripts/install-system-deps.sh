@@ -32,5 +32,5 @@ for tool in cargo rustc; do
   command -v "$tool" >/dev/null 2>&1 || { echo "missing $tool: install Rust with rustup" >&2; exit 1; }
 done
 for comp in clippy rustfmt; do
-  rustup component list --installed 2>/dev/null | grep -q "^$comp" || rustup component add "$comp"
+  grep -q "^$comp" <<<"$(rustup component list --installed 2>/dev/null)" || rustup component add "$comp"
 done

@@ -6,7 +6,8 @@ dist=${1:-dist}
 shopt -s nullglob
 wheels=("$dist"/pymesh-*.whl)
 [ ${#wheels[@]} -ge 1 ] || { echo "no pymesh wheel in $dist" >&2; exit 1; }
-wheel=$(ls -t "${wheels[@]}" | head -n1)
+newest=$(ls -t "${wheels[@]}")
+wheel=${newest%%$'\n'*}
 case "$wheel" in
   *-cp310-abi3-*.whl) ;;
   *) echo "wheel is not abi3 for cp310+: $wheel" >&2; exit 1 ;;
@@ -15,10 +16,13 @@ venv=$(mktemp -d)
 trap 'rm -rf "$venv"' EXIT
 python3 -m venv "$venv"
 "$venv/bin/pip" install -q "$wheel"
-unzip -l "$wheel" | grep -q 'pymesh/_native.pyi'
-unzip -l "$wheel" | grep -q 'pymesh/py.typed'
-unzip -l "$wheel" | grep -q 'pymesh/examples/nametable.json'
-unzip -l "$wheel" | grep -q 'pymesh/examples/mesh/product.yaml'
+# List once and search the saved listing: `unzip -l | grep -q` under pipefail fails with
+# SIGPIPE (exit 141) whenever grep exits on its match before unzip has written everything.
+listing=$(unzip -l "$wheel")
+for member in pymesh/_native.pyi pymesh/py.typed pymesh/examples/nametable.json \
+  pymesh/examples/mesh/product.yaml; do
+  grep -qF "$member" <<<"$listing" || { echo "wheel lacks $member: $wheel" >&2; exit 1; }
+done
 # No cargo or rustc reachable: the installed wheel must not need them. `pymesh up` runs the
 # whole local mesh on loopback (ports picked at run time, no root, no network).
 env -i PATH=/usr/bin:/bin HOME="$venv" timeout 60 "$venv/bin/pymesh" up product >"$venv/out.txt"

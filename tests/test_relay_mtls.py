@@ -195,6 +195,11 @@ class Apps:
 
     def close(self) -> None:
         for s in self.socks:
+            # shutdown wakes the thread blocked in accept(); close() alone
+            # would leave the socket listening in the reuse_port group,
+            # taking a share of the next test's connections.
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
             s.close()
 
 
@@ -403,10 +408,22 @@ def test_without_an_identity_tls_mode_istio_endpoints_get_plaintext(mesh: Mesh) 
     assert mesh.inbound.tls_stats()["handshakes"] == 0
 
 
-def s_client(w: Workload | None, root: str, tmp: Path, *extra: str) -> str:
+def s_client(
+    w: Workload | None,
+    root: str,
+    tmp: Path,
+    *extra: str,
+    alpn: str | None = "istio-peer-exchange,istio",
+    verbose: bool = False,
+) -> str:
+    """The echo of one line through openssl s_client (its stdout). `alpn`:
+    what it offers (None: no ALPN extension); `verbose`: its session report
+    (e.g. "ALPN protocol: ...") too, read until the echo arrives."""
     (tmp / "root.pem").write_text(root)
-    args = ["openssl", "s_client", "-connect", f"{APP}:8000", "-CAfile", str(tmp / "root.pem"), "-quiet",
-            "-alpn", "istio-peer-exchange,istio"]  # fmt: skip
+    args = ["openssl", "s_client", "-connect", f"{APP}:8000", "-CAfile", str(tmp / "root.pem")]
+    args += ["-nocommands"] if verbose else ["-quiet"]
+    if alpn is not None:
+        args += ["-alpn", alpn]
     if w is not None:
         args += ["-cert", str(w.dir / "cert-chain.pem"), "-key", str(w.dir / "key.pem")]
     args += extra
@@ -417,7 +434,8 @@ def s_client(w: Workload | None, root: str, tmp: Path, *extra: str) -> str:
         p.stdin.flush()
     out = b""
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and b"\n" not in out:
+    done = b"PING-THROUGH-MTLS\n" if verbose else b"\n"
+    while time.monotonic() < deadline and done not in out:
         if select.select([p.stdout], [], [], 0.2)[0]:
             chunk = os.read(p.stdout.fileno(), 4096)
             if not chunk:
@@ -445,6 +463,29 @@ def test_openssl_s_client_with_a_wrong_identity_or_another_ca_is_refused(mesh: M
     assert tls["peer_rejected"] == 2  # the third sent no certificate at all
     mesh.inbound.set_allowed_identities(None)
     assert "PING-THROUGH-MTLS" in s_client(wrong, root, mesh.tmp), "any identity of the trust domain again"
+
+
+def test_openssl_s_client_offering_only_unknown_alpn_gets_through_without_alpn(mesh: Mesh) -> None:
+    # Envoy's inbound answers an ALPN offer with none of its protocols by
+    # negotiating none (BoringSSL SSL_TLSEXT_ERR_NOACK), not with a
+    # no_application_protocol alert; STRICT, so the echo proves mTLS.
+    mesh.inbound.set_peer_authentication("STRICT")
+    root = mesh.product.root
+    for extra in [(), ("-tls1_2",)]:
+        out = s_client(mesh.client, root, mesh.tmp, *extra, alpn="foo", verbose=True)
+        assert "PING-THROUGH-MTLS" in out and "No ALPN negotiated" in out, out
+    out = s_client(mesh.client, root, mesh.tmp, alpn=None, verbose=True)
+    assert "PING-THROUGH-MTLS" in out and "No ALPN negotiated" in out, out
+    # One of ours among unknown ones is negotiated, by our order.
+    for offer in ["istio", "foo,istio-peer-exchange,istio"]:
+        out = s_client(mesh.client, root, mesh.tmp, alpn=offer, verbose=True)
+        assert "PING-THROUGH-MTLS" in out and "ALPN protocol: istio\n" in out, out
+    tls = mesh.inbound.tls_stats()
+    assert tls["handshakes"] == 5 and tls["handshake_failures"] == 0 and tls["plaintext_refused"] == 0
+    assert mesh.apps.peers == ["127.0.0.6"] * 5, (mesh.apps.peers, tls)
+    # Unknown ALPN relaxes nothing else: no client certificate is still refused.
+    assert "PING-THROUGH-MTLS" not in s_client(None, root, mesh.tmp, alpn="foo", verbose=True)
+    assert mesh.inbound.tls_stats()["handshake_failures"] == 1
 
 
 def test_peer_authentication_modes(mesh: Mesh) -> None:

@@ -453,22 +453,24 @@ fn originate(
         .client(expect.clone(), sni.as_deref(), ep.address.ip(), shared.tls.session_resumption())
         .map(Connection::Client)
         .map_err(HandshakeError::Tls);
-    secure(shared, conn, up, &expect)
+    secure(shared, conn, up, &expect, Instant::now() + shared.cfg.connect_timeout)
 }
 
-/// Runs `conn`'s handshake on `sock` within the connect timeout and checks
-/// the peer's SPIFFE identity again afterwards (a resumed session does not
-/// go through the verifier); the outcome is counted in the TLS counters.
+/// Runs `conn`'s handshake on `sock` until `deadline` (the connect timeout)
+/// and checks the peer's SPIFFE identity again afterwards (a resumed session
+/// does not go through the verifier); the outcome, a failure to set `conn`
+/// up included, is counted in the TLS counters.
 fn secure(
     shared: &Shared,
     conn: Result<Connection, HandshakeError>,
     sock: &TcpStream,
     expect: &PeerIdentity,
+    deadline: Instant,
 ) -> Result<Connection, HandshakeError> {
     let t = &shared.tls.counters;
     let result = conn.and_then(|mut conn| {
         sock.set_nonblocking(true).map_err(HandshakeError::Io)?;
-        handshake(&mut conn, sock.as_raw_fd(), Instant::now() + shared.cfg.connect_timeout)?;
+        handshake(&mut conn, sock.as_raw_fd(), deadline)?;
         if !peer_matches(&conn, expect) {
             return Err(HandshakeError::Tls(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::ApplicationVerificationFailure,
@@ -594,14 +596,17 @@ fn detect(client: &TcpStream, timeout: Duration) -> Detected {
 /// checked by the server config's verifier), then the app is connected to
 /// from 127.0.0.6 exactly as for plaintext, and the plaintext relayed.
 fn inbound_tls(shared: &Arc<Shared>, client: TcpStream, orig: SocketAddr, identity: &TlsIdentity, id: u64) {
-    let server = match identity.server() {
-        Ok(s) => Connection::Server(s),
-        Err(_) => {
-            reset(&client);
-            return;
-        }
-    };
-    let Ok(conn) = secure(shared, Ok(server), &client, &shared.tls.inbound_expect(identity)) else {
+    // The ClientHello is read first, for the config to pick by its ALPN
+    // (`TlsIdentity::inbound_config`); a malformed one fails here and is
+    // counted by `secure` like any failed handshake. One deadline covers it
+    // and the rest of the handshake.
+    let deadline = Instant::now() + shared.cfg.connect_timeout;
+    let server = client
+        .set_nonblocking(true)
+        .map_err(HandshakeError::Io)
+        .and_then(|()| identity.accept(client.as_raw_fd(), deadline))
+        .map(Connection::Server);
+    let Ok(conn) = secure(shared, server, &client, &shared.tls.inbound_expect(identity), deadline) else {
         // A plain close (not a reset), so the alert just sent is read.
         return;
     };

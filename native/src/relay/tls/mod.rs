@@ -14,9 +14,12 @@
 //!   both sides present workload certificates; the peer is verified against
 //!   the mesh roots and then by its SPIFFE URI SAN, never by host name
 //!   ([`verify`]); the client offers ALPN `istio-peer-exchange`, `istio`
-//!   (pilot `cluster_tls.go`, ALPNInMeshWithMxc) and the server accepts those
-//!   and the HTTP ones; SNI `outbound_.<port>_.<subset>_.<host>` when the
-//!   cluster is known (Envoy's upstream SNI for Istio clusters).
+//!   (pilot `cluster_tls.go`, ALPNInMeshWithMxc) and the server negotiates
+//!   those and the HTTP ones ([`ALPN_INBOUND`]); a client offering only other
+//!   protocols gets a handshake without ALPN, not a refusal, as from Envoy
+//!   (see [`TlsIdentity::inbound_config`]); SNI
+//!   `outbound_.<port>_.<subset>_.<host>` when the cluster is known (Envoy's
+//!   upstream SNI for Istio clusters).
 //! - Sessions resume (TLS 1.3 tickets) as Envoy's do, per expected peer
 //!   identity; every handshake, resumed or not, ends with the peer's
 //!   identity checked against what is wanted now (`peer_matches`).
@@ -50,8 +53,10 @@ pub const ALPN_TCP: [&str; 2] = ["istio-peer-exchange", "istio"];
 /// `istio-peer-exchange` is negotiated, an Envoy client's MetadataExchange
 /// filter sends its peer-metadata header before the payload, which this
 /// relay would hand to the app; with `istio` it sends the payload directly.
-/// A client offering only protocols outside this list is refused
-/// (no_application_protocol, RFC 7301 §3.2).
+/// A client offering only protocols outside this list is not refused with
+/// no_application_protocol (RFC 7301 §3.2's "SHALL", which rustls follows):
+/// the handshake completes with no ALPN selected, as Envoy's does
+/// ([`TlsIdentity::inbound_config`]).
 pub const ALPN_INBOUND: [&str; 7] =
     ["istio", "istio-peer-exchange", "istio-http/1.0", "istio-http/1.1", "istio-h2", "h2", "http/1.1"];
 
@@ -127,7 +132,12 @@ fn bad(field: &str, reason: impl std::fmt::Display) -> Error {
 #[derive(Debug)]
 pub struct TlsIdentity {
     client: Arc<ClientConfig>,
+    /// The inbound config negotiating [`ALPN_INBOUND`], and the same config
+    /// without ALPN (one clone: certificate, verifier and session cache are
+    /// shared), for clients offering none of ours. Both belong to this
+    /// identity, so one `set_identity` swaps the pair atomically.
     server: Arc<ServerConfig>,
+    server_no_alpn: Arc<ServerConfig>,
     roots: Arc<RootCertStore>,
     provider: Arc<CryptoProvider>,
     trust_domain: String,
@@ -221,8 +231,9 @@ impl TlsIdentity {
             }))
             .with_single_cert(chain.clone(), key.clone_key())
             .map_err(|e| bad("key_pem", e))?;
-        server.alpn_protocols = ALPN_INBOUND.iter().map(|a| a.as_bytes().to_vec()).collect();
         server.ignore_client_order = true;
+        let server_no_alpn = Arc::new(server.clone());
+        server.alpn_protocols = ALPN_INBOUND.iter().map(|a| a.as_bytes().to_vec()).collect();
         let mut client = ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(versions)
             .map_err(|e| bad("protocol versions", e))?
@@ -238,6 +249,7 @@ impl TlsIdentity {
         Ok(TlsIdentity {
             client: Arc::new(client),
             server: Arc::new(server),
+            server_no_alpn,
             roots,
             provider,
             trust_domain,
@@ -300,9 +312,37 @@ impl TlsIdentity {
         ClientConnection::new(cfg, name)
     }
 
-    /// A server connection (the inbound side).
-    pub fn server(&self) -> std::result::Result<ServerConnection, rustls::Error> {
-        ServerConnection::new(self.server.clone())
+    /// The inbound config for a ClientHello, by the ALPN it offers. rustls
+    /// refuses a client whose ALPN offer has none of the server's protocols
+    /// (no_application_protocol) and has no selection callback; Envoy's does
+    /// not: its `ServerContextImpl::alpnSelectCallback` answers
+    /// `SSL_TLSEXT_ERR_NOACK` when `SSL_select_next_proto` finds no match, and
+    /// BoringSSL then continues without ALPN (CPython's `ssl` answers NOACK
+    /// too, so `pymesh/security/datapath.py` always did this). So: an offer
+    /// with one of ours gets the config that negotiates by our order
+    /// (`istio` first); one without, or no offer at all, gets the config
+    /// without ALPN: no extension in the ServerHello, and the connection is
+    /// relayed as any other.
+    pub fn inbound_config(&self, hello: &rustls::server::ClientHello<'_>) -> Arc<ServerConfig> {
+        let ours = |p: &[u8]| self.server.alpn_protocols.iter().any(|a| a.as_slice() == p);
+        if hello.alpn().is_some_and(|mut offered| offered.any(ours)) {
+            self.server.clone()
+        } else {
+            self.server_no_alpn.clone()
+        }
+    }
+
+    /// The inbound side of a connection on the non-blocking socket `fd`:
+    /// reads the ClientHello, picks the config ([`Self::inbound_config`]) and
+    /// returns the server connection, its handshake under way (finish it
+    /// with `pump::handshake`). Failures (malformed ClientHello, EOF,
+    /// `deadline`) as `pump::handshake`'s.
+    pub fn accept(
+        &self,
+        fd: std::os::fd::RawFd,
+        deadline: std::time::Instant,
+    ) -> std::result::Result<ServerConnection, pump::HandshakeError> {
+        pump::accept(fd, deadline, |hello| self.inbound_config(hello))
     }
 }
 

@@ -21,9 +21,11 @@
 use std::io::{self, Read, Write};
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustls::Connection;
+use rustls::server::Acceptor;
+use rustls::{Connection, ServerConfig, ServerConnection};
 
 use crate::relay::splice::End;
 
@@ -128,6 +130,55 @@ impl std::fmt::Display for HandshakeError {
             HandshakeError::Timeout => f.write_str("timed out"),
         }
     }
+}
+
+/// Reads the ClientHello from the non-blocking socket `fd` (rustls's
+/// `Acceptor`) and continues the handshake with the server config `pick`
+/// chooses from it, so a config can depend on what the client offered
+/// (the inbound's ALPN, see `TlsIdentity::inbound_config`). A malformed
+/// ClientHello, or one the chosen config cannot serve, is a `Tls` error
+/// after the alert rustls produced was sent (best effort), like a failure
+/// in [`handshake`]; EOF, socket errors and `deadline` as there.
+pub fn accept(
+    fd: RawFd,
+    deadline: Instant,
+    pick: impl FnOnce(&rustls::server::ClientHello<'_>) -> Arc<ServerConfig>,
+) -> Result<ServerConnection, HandshakeError> {
+    let mut sock = Fd(fd);
+    let mut acceptor = Acceptor::default();
+    let accepted = loop {
+        match acceptor.read_tls(&mut sock) {
+            Ok(0) => return Err(HandshakeError::Io(io::ErrorKind::UnexpectedEof.into())),
+            Ok(_) => {}
+            Err(e) if would_block(&e) => {
+                if !wait(fd, libc::POLLIN, deadline) {
+                    return Err(HandshakeError::Timeout);
+                }
+                continue;
+            }
+            Err(e) => return Err(HandshakeError::Io(e)),
+        }
+        match acceptor.accept() {
+            Ok(Some(accepted)) => break accepted,
+            Ok(None) => {} // the ClientHello spans more records: read on
+            Err((e, mut alert)) => {
+                let _ = alert.write_all(&mut sock);
+                return Err(HandshakeError::Tls(e));
+            }
+        }
+    };
+    let config = pick(&accepted.client_hello());
+    let mut conn = accepted.into_connection(config).map_err(|(e, mut alert)| {
+        let _ = alert.write_all(&mut sock);
+        HandshakeError::Tls(e)
+    })?;
+    // Records that came with the ClientHello are buffered, not processed;
+    // do it now, or [`handshake`] would wait for bytes already here.
+    if let Err(e) = conn.process_new_packets() {
+        let _ = conn.write_tls(&mut sock);
+        return Err(HandshakeError::Tls(e));
+    }
+    Ok(conn)
 }
 
 /// Runs the handshake on the non-blocking socket `fd` until it completes,

@@ -60,19 +60,32 @@ fn connect_with(
     expect: PeerIdentity,
     resume: bool,
 ) -> (Result<Connection, HandshakeError>, Result<Connection, HandshakeError>, TcpStream, TcpStream) {
+    let client = c
+        .identity()
+        .unwrap()
+        .client(expect, Some("outbound_.80_._.product.default.svc.cluster.local"), [127, 0, 0, 1].into(), resume)
+        .unwrap();
+    handshake_with(client, s)
+}
+
+/// Handshakes `client` with the inbound side of `s` (ClientHello read
+/// first, config picked by it, as the relay's inbound does).
+#[allow(clippy::type_complexity)]
+fn handshake_with(
+    client: ClientConnection,
+    s: &MeshTls,
+) -> (Result<Connection, HandshakeError>, Result<Connection, HandshakeError>, TcpStream, TcpStream) {
     let (a, b) = pair();
     a.set_nonblocking(true).unwrap();
     b.set_nonblocking(true).unwrap();
-    let mut server = Connection::Server(s.identity().unwrap().server().unwrap());
+    let id = s.identity().unwrap();
     let bfd = b.as_raw_fd();
     let deadline = Instant::now() + Duration::from_secs(5);
-    let srv = std::thread::spawn(move || handshake(&mut server, bfd, deadline).map(|_| server));
-    let mut client = Connection::Client(
-        c.identity()
-            .unwrap()
-            .client(expect, Some("outbound_.80_._.product.default.svc.cluster.local"), [127, 0, 0, 1].into(), resume)
-            .unwrap(),
-    );
+    let srv = std::thread::spawn(move || {
+        let mut server = Connection::Server(id.accept(bfd, deadline)?);
+        handshake(&mut server, bfd, deadline).map(|_| server)
+    });
+    let mut client = Connection::Client(client);
     let cr = handshake(&mut client, a.as_raw_fd(), deadline).map(|_| client);
     // A refused client leaves the server waiting for bytes that never come.
     if cr.is_err() {
@@ -205,6 +218,115 @@ fn handshake_checks_both_identities_and_negotiates_istio_alpn() {
     server.set_allowed_identities(Some(vec![SA_CLIENT.into()]));
     let (_, s, _a, _b) = connect(&client, &server, PeerIdentity::TrustDomain("cluster.local".into()));
     assert!(s.is_ok());
+}
+
+/// A client of identity `client` (None: no certificate) trusting mesh root
+/// a, offering exactly `alpn` (empty: no ALPN extension) over `version`,
+/// without resumption so each handshake negotiates afresh.
+fn client_offering(
+    alpn: &[&str],
+    version: &'static rustls::SupportedProtocolVersion,
+    client: Option<(&str, &str)>,
+) -> ClientConnection {
+    let mut roots = RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(ROOT_A.as_bytes()).unwrap()).unwrap();
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verify::SpiffeServerVerifier {
+            roots: Arc::new(roots),
+            provider: provider(),
+            expect: PeerIdentity::AnyOf(vec![SA_PRODUCT.into()]),
+        }));
+    let mut cfg = match client {
+        Some((chain, key)) => {
+            let chain =
+                CertificateDer::pem_slice_iter(chain.as_bytes()).collect::<std::result::Result<_, _>>().unwrap();
+            builder.with_client_auth_cert(chain, PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap()).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
+    cfg.resumption = rustls::client::Resumption::disabled();
+    ClientConnection::new(Arc::new(cfg), ServerName::try_from("product.default.svc").unwrap()).unwrap()
+}
+
+#[test]
+fn inbound_alpn_is_negotiated_when_ours_is_offered_and_skipped_as_envoy_does_otherwise() {
+    let server = mesh(PRODUCT, ROOT_A);
+    let cases: [(&[&str], Option<&[u8]>); 6] = [
+        // Only unknown protocols: rustls alone would send no_application_protocol;
+        // Envoy (SSL_TLSEXT_ERR_NOACK) completes without ALPN, and so do we.
+        (&["foo"], None),
+        (&["foo", "bar/2"], None),
+        // One of ours among unknown ones: ours, by our order (`istio` first).
+        (&["foo", "istio"], Some(b"istio")),
+        (&["h2", "istio-peer-exchange", "istio"], Some(b"istio")),
+        (&["foo", "http/1.1"], Some(b"http/1.1")),
+        // No ALPN extension at all.
+        (&[], None),
+    ];
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        for (offer, want) in cases {
+            let (c, s, _a, _b) = handshake_with(client_offering(offer, version, Some(CLIENT)), &server);
+            let what = format!("{offer:?} over {:?}", version.version);
+            let c = c.unwrap_or_else(|e| panic!("{what}: client: {e}"));
+            let s = s.unwrap_or_else(|e| panic!("{what}: server: {e}"));
+            assert_eq!(c.protocol_version(), Some(version.version), "{what}");
+            assert_eq!(c.alpn_protocol(), want, "{what}: client side");
+            assert_eq!(s.alpn_protocol(), want, "{what}: server side");
+            // Still mutual TLS with the identity checks, ALPN or not.
+            assert!(peer_matches(&s, &PeerIdentity::AnyOf(vec![SA_CLIENT.into()])), "{what}");
+            assert!(peer_matches(&c, &PeerIdentity::AnyOf(vec![SA_PRODUCT.into()])), "{what}");
+        }
+    }
+    // Skipping ALPN relaxes nothing else: no client certificate is still refused.
+    let (_, s, _a, _b) = handshake_with(client_offering(&["foo"], &rustls::version::TLS13, None), &server);
+    assert!(s.is_err(), "no client certificate: refused whatever the ALPN");
+    // After a rotation both configs are the new identity's.
+    server.set_identity(REVIEWS_RSA.0, REVIEWS_RSA.1, ROOT_A, None).unwrap();
+    for offer in [&["foo"][..], &["istio"][..]] {
+        let conn = client_offering(offer, &rustls::version::TLS13, Some(CLIENT));
+        let (c, _, _a, _b) = handshake_with(conn, &server);
+        let e = c.unwrap_err();
+        assert!(e.is_peer_rejected(), "{offer:?}: the client wants product, the inbound is reviews now: {e}");
+    }
+}
+
+#[test]
+fn a_malformed_client_hello_fails_cleanly_with_an_alert() {
+    let server = mesh(PRODUCT, ROOT_A);
+    let id = server.identity().unwrap();
+    // A handshake record holding a ClientHello (what the PERMISSIVE
+    // detection lets through as TLS) whose body is garbage, and one cut
+    // short by EOF.
+    let bodies: [&[u8]; 2] = [&[0x16, 3, 1, 0, 8, 1, 0, 0, 4, 0xde, 0xad, 0xbe, 0xef], &[0x16, 3, 1, 0, 200, 1, 0, 0]];
+    for (i, body) in bodies.into_iter().enumerate() {
+        let (mut a, b) = pair();
+        b.set_nonblocking(true).unwrap();
+        a.write_all(body).unwrap();
+        if i == 1 {
+            a.shutdown(Shutdown::Write).unwrap();
+        }
+        let r = id.accept(b.as_raw_fd(), Instant::now() + Duration::from_secs(5));
+        match (i, r) {
+            (0, Err(HandshakeError::Tls(_))) => {
+                // The alert went out: a record of content type 21 (RFC 8446 §6).
+                let mut hdr = [0u8; 5];
+                a.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                a.read_exact(&mut hdr).unwrap();
+                assert_eq!(hdr[0], 0x15, "{hdr:?}");
+            }
+            (1, Err(HandshakeError::Io(e))) => assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof),
+            (i, r) => panic!("case {i}: {:?}", r.map(|_| ())),
+        }
+    }
+    // Nothing before the deadline: a timeout, not a hang.
+    let (_a, b) = pair();
+    b.set_nonblocking(true).unwrap();
+    let r = id.accept(b.as_raw_fd(), Instant::now() + Duration::from_millis(100));
+    assert!(matches!(r, Err(HandshakeError::Timeout)));
 }
 
 fn checksum(data: &[u8]) -> u64 {

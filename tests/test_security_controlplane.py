@@ -319,3 +319,20 @@ def test_a_token_request_for_another_cluster_is_refused(cp: ControlPlane, tmp_pa
         wc.fetch()
     wc.cluster_id = "Kubernetes"
     assert wc.fetch().spiffe_id.endswith("/sa/product")
+
+
+def test_stopping_the_control_plane_ends_its_tls_streams_at_once(tmp_path: Path) -> None:
+    """An embedded control plane's stop() closes the connections of its TLS port:
+    a graceful TLS close would never finish once its loop stops, and the agent
+    would sit on a dead stream until its keepalive timeout (~40 s) instead of
+    reconnecting to the restarted control plane (tests/test_agent_root_change.py)."""
+    cp = secure_cp(tmp_path)
+    try:
+        wc = certs(cp, tmp_path, cp.security.tokens.create("default", "product"))
+        s = stream(cp, wc)
+        assert s.recv().type_url == CDS
+    finally:
+        cp.stop()
+    err = s.failure(timeout=5)
+    assert err.code() == grpc.StatusCode.UNAVAILABLE
+    s.close()

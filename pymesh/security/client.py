@@ -125,7 +125,11 @@ class WorkloadCerts:
         # missing or old, which _load() rejects (and the token path recovers).
         write_private(self.dir / "key.pem", key)
         write_private(self.dir / "cert-chain.pem", data)
-        write_private(self.dir / "root-cert.pem", chain[-1].encode())
+        # The trust bundle, not only the root this chain ends at: during a root change the
+        # file holds the new and the old roots, and whatever verifies peers with this
+        # directory (the --inbound-mtls listener) must still accept workloads that have not
+        # renewed under the new root yet (fetch() checked that chain[-1] is one of them).
+        write_private(self.dir / "root-cert.pem", self.root_pem)
         return held
 
     # --- gRPC credentials -----------------------------------------------------------------

@@ -1,0 +1,362 @@
+"""A mesh root change on the VM's data path (issue 7: "certificates rotate
+before expiry (and after a root change) without dropping established
+connections"), with the real agent, the control plane's real CA and the
+native relay:
+
+    host loopback: the control plane (CA + TLS port) and the agent's
+        control-plane side (xDS, CreateCertificate), as in test_agent_mtls.py
+    a private network namespace: the agent's outbound relay (127.0.0.1:15001),
+        nftables REDIRECTing the service VIPs (127.1.0.0/16:18080) to it, and
+        two pods that speak STRICT mTLS (Python ssl, so another TLS stack than
+        the relay's rustls): "legacy" with a certificate from the first root,
+        trusting the old + new bundle; "fresh" with a certificate from the new
+        root, trusting only the new root
+
+The root change is done as an operator does it with this codebase: a new
+root and an intermediate under it are made outside the mesh and plugged in
+(Istio's cacerts layout, ``SecurityOptions.plugin_ca_dir`` / ``pymesh
+controlplane --plugin-ca``) with root-cert.pem holding the new root first
+and the old one after it (the trust bundle: workloads still holding a
+certificate from the old root can authenticate to renew); the control plane
+restarts on the same port with them, and the VM's root-cert.pem is replaced
+by the same bundle. The agent notices the new roots, renews at once and
+hands the new identity to the relay. Checked: the agent's ``root_changes``;
+the certificate the relay presents in a new handshake (serial, issuer = the
+new intermediate); the fresh pod refusing the VM before and accepting it
+after; the legacy pod (not renewed) still reached; a connection opened
+before the change still carrying data both ways on its first handshake;
+xDS back on the restarted control plane; and the agent's certificate
+directory keeping the whole bundle as root-cert.pem (what ``--inbound-mtls``
+verifies peers with).
+
+Needs root and nft (fails, never skips, without them)."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import datetime
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from agent_helpers import make_agent, wait_until, write_vm_files
+from cp_helpers import free_port
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import NameOID
+from test_e2e_vm import SVC_PORT
+from test_e2e_vm_mtls import pod_yaml, service_yaml
+from test_security_datapath import Echo, workload
+
+from pymesh.agent import Agent
+from pymesh.controlplane import ControlPlane
+from pymesh.security.ca import CertificateAuthority, SigningKey, cert_pem, key_pem, load_certs, new_key
+from pymesh.security.datapath import ALPN_TCP, InboundMtls
+from pymesh.security.server import SecurityOptions
+
+PRODUCT = "spiffe://cluster.local/ns/default/sa/product"
+PODS = {"legacy": ("127.0.0.21", "127.1.0.1"), "fresh": ("127.0.0.22", "127.1.0.2")}  # name: (pod IP, VIP)
+RULES = f"""
+table ip pmroot {{
+  chain output {{
+    type nat hook output priority -100; policy accept;
+    ip daddr 127.1.0.0/16 tcp dport {SVC_PORT} redirect to :15001
+  }}
+}}
+"""
+CLONE_NEWNET = 0x40000000
+
+
+# --- the namespace -----------------------------------------------------------------------
+
+
+def _setns(fd: int) -> None:
+    if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
+        raise OSError(ctypes.get_errno(), "setns")
+
+
+@contextlib.contextmanager
+def inside(name: str) -> Iterator[None]:
+    """This thread (and the threads and sockets it creates meanwhile) in namespace ``name``."""
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        _setns(target)
+        try:
+            yield
+        finally:
+            _setns(home)
+    finally:
+        os.close(home)
+        os.close(target)
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    if os.geteuid() != 0:
+        pytest.fail("the root change test runs the relay in a network namespace: it needs root (CI runs as root)")
+    if shutil.which("nft") is None or shutil.which("ip") is None:
+        pytest.fail("missing nft or ip: run scripts/install-system-deps.sh")
+    name = f"pmroot{uuid.uuid4().hex[:6]}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        subprocess.run(["ip", "netns", "exec", name, "nft", "-f", "-"], input=RULES, text=True, check=True)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+# --- the peers ----------------------------------------------------------------------------
+
+
+class Pod:
+    """A pod's sidecar inbound: STRICT mTLS on ``ip:SVC_PORT`` in namespace ``ns``
+    with the workload certificate in ``certs``, client certificates verified
+    against that directory's root-cert.pem only; echoes what it receives.
+    Records the leaf certificate of every client that completed a handshake
+    and counts the refused handshakes."""
+
+    def __init__(self, ns: str, certs: Path, ip: str) -> None:
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        self.ctx.verify_mode = ssl.CERT_REQUIRED
+        self.ctx.load_cert_chain(certs / "cert-chain.pem", certs / "key.pem")
+        self.ctx.load_verify_locations(cafile=str(certs / "root-cert.pem"))
+        self.ctx.set_alpn_protocols(list(ALPN_TCP))
+        with inside(ns):
+            self.sock = socket.create_server((ip, SVC_PORT))
+        self.clients: list[x509.Certificate] = []
+        self.refused = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        conn.settimeout(30)
+        try:
+            tls = self.ctx.wrap_socket(conn, server_side=True)
+        except (ssl.SSLError, OSError):
+            self.refused += 1
+            conn.close()
+            return
+        der = tls.getpeercert(binary_form=True)
+        assert der is not None
+        self.clients.append(x509.load_der_x509_certificate(der))
+        with tls:
+            try:
+                while data := tls.recv(65536):
+                    tls.sendall(data)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def exchange(conn: socket.socket, payload: bytes) -> bytes:
+    """Sends ``payload`` and reads until as many bytes came back (or the connection ended)."""
+    conn.sendall(payload)
+    out = b""
+    while len(out) < len(payload):
+        try:
+            data = conn.recv(65536)
+        except OSError:
+            break
+        if not data:
+            break
+        out += data
+    return out
+
+
+def once(ns: str, vip: str, payload: bytes) -> bytes:
+    """One connection to ``vip`` through the relay: what came back for ``payload``."""
+    with inside(ns):
+        conn = socket.create_connection((vip, SVC_PORT), timeout=10)
+    with conn:
+        return exchange(conn, payload)
+
+
+# --- the operator's new PKI ----------------------------------------------------------------
+
+
+def new_plugin_ca(d: Path, old_root_pem: str) -> tuple[x509.Certificate, x509.Certificate]:
+    """A new root and an intermediate signed by it, as files for ``--plugin-ca`` (Istio's
+    cacerts: ca-cert/ca-key = the intermediate, cert-chain = intermediate + root,
+    root-cert = the new root first, then the old one: the trust bundle of the change)."""
+
+    def ca_cert(name: str, key: SigningKey, issuer: x509.Name | None, signer: SigningKey) -> x509.Certificate:
+        now = datetime.datetime.now(datetime.timezone.utc)
+        subject = x509.Name(
+            [
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "cluster.local"),
+                x509.NameAttribute(NameOID.COMMON_NAME, name),
+            ]
+        )
+        return (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(issuer or subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(days=365))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .sign(signer, hashes.SHA256())
+        )
+
+    root_key, int_key = new_key(), new_key()
+    root = ca_cert("pymesh root 2", root_key, None, root_key)
+    intermediate = ca_cert("pymesh intermediate 2", int_key, root.subject, root_key)
+    d.mkdir(parents=True)
+    (d / "ca-cert.pem").write_bytes(cert_pem(intermediate))
+    (d / "ca-key.pem").write_bytes(key_pem(int_key))
+    (d / "cert-chain.pem").write_bytes(cert_pem(intermediate) + cert_pem(root))
+    (d / "root-cert.pem").write_bytes(cert_pem(root) + old_root_pem.encode())
+    return root, intermediate
+
+
+def start_cp(tmp: Path, port: int, plugin: Path | None = None) -> ControlPlane:
+    sec = SecurityOptions(secure_listen=f"127.0.0.1:{port}", plugin_ca_dir=str(plugin) if plugin else None)
+    return ControlPlane(
+        tmp / "mesh", xds_listen="127.0.0.1:0", data_dir=tmp / "cp-data", security=sec, plaintext=False, debounce=0.02
+    ).start()
+
+
+def leaf(agent: Agent) -> x509.Certificate:
+    return load_certs(agent.certs.held.chain, "held")[0]
+
+
+def test_a_root_change_reaches_the_relay_and_keeps_established_connections(tmp_path: Path, netns: str) -> None:
+    mesh = tmp_path / "mesh"
+    mesh.mkdir()
+    (mesh / "services.yaml").write_text(
+        "".join(service_yaml(name, vip) + pod_yaml(f"{name}-0", name, ip) for name, (ip, vip) in PODS.items())
+    )
+    port = free_port("127.0.0.1")
+    cp = start_cp(tmp_path, port)
+    old_ca = cp.security.ca
+    old_root = old_ca.root
+    new_root, intermediate = new_plugin_ca(tmp_path / "cacerts", old_ca.root_pem)
+    # The pods: legacy with a certificate from the first root, already trusting the bundle
+    # (roots are distributed before the switch); fresh with one from the operator's new CA.
+    new_ca = CertificateAuthority(tmp_path / "operator-ca", plugin_dir=tmp_path / "cacerts")
+    legacy_certs = workload(old_ca, tmp_path / "legacy", "product")
+    (legacy_certs / "root-cert.pem").write_bytes((tmp_path / "cacerts" / "root-cert.pem").read_bytes())
+    legacy = Pod(netns, legacy_certs, PODS["legacy"][0])
+    fresh_certs = workload(new_ca, tmp_path / "fresh", "product")
+    (fresh_certs / "root-cert.pem").write_bytes(cert_pem(new_root))  # the new root only
+    fresh = Pod(netns, fresh_certs, PODS["fresh"][0])
+
+    vm = write_vm_files(tmp_path / "vm", port, group="")
+    (vm / "root-cert.pem").write_text(old_ca.root_pem)
+    (vm / "istio-token").write_text(cp.security.tokens.create("default", "product") + "\n")
+    (vm / "resolv.conf").write_text("")
+    agent = make_agent(
+        vm,
+        tmp_path / "state",
+        free_port("127.0.0.1"),
+        control_plane_auth="MUTUAL_TLS",
+        outbound_listen=["127.0.0.1:15001"],
+    )
+    # The relay (its listener and its threads, so its upstream connections) in the namespace;
+    # the control-plane side (gRPC) stays on the host's loopback with the control plane.
+    start_data_path = agent._start_data_path
+
+    def data_path_in_netns() -> None:
+        with inside(netns):
+            start_data_path()
+
+    agent._start_data_path = data_path_in_netns  # type: ignore[method-assign]
+    agent.start()
+    held: socket.socket | None = None
+    try:
+        agent.certs.root_check = 0.2  # root-cert.pem re-read often (the default is 5 s)
+        wait_until(lambda: agent.proxy.identity == PRODUCT, timeout=20)
+        first = leaf(agent)
+        first.verify_directly_issued_by(old_root)
+
+        # 1. A long-lived connection over mTLS to the legacy pod, with the first root.
+        wait_until(lambda: once(netns, PODS["legacy"][1], b"warm-up") == b"warm-up", timeout=20)
+        with inside(netns):
+            held = socket.create_connection((PODS["legacy"][1], SVC_PORT), timeout=10)
+        assert exchange(held, b"before the change") == b"before the change"
+        handshakes = len(legacy.clients)
+        assert {c.serial_number for c in legacy.clients} == {first.serial_number}
+        # The fresh pod's certificate is from the new root, which the relay does not trust yet.
+        failures = agent.proxy.tls_stats()["handshake_failures"]
+        assert once(netns, PODS["fresh"][1], b"too early") == b""
+        assert agent.proxy.tls_stats()["handshake_failures"] > failures and not fresh.clients
+        updates = agent.proxy.tls_stats()["identity_updates"]
+
+        # 2. The root change: the control plane restarts on its port with the plugged-in CA,
+        #    then the VM's root-cert.pem becomes the bundle (new root, old root).
+        cp.stop()
+        cp = start_cp(tmp_path, port, tmp_path / "cacerts")
+        assert cp.security.ca.root == new_root
+        (vm / "root-cert.pem").write_text(cp.security.ca.trust_pem)
+
+        # 3. The agent counted it, renewed under the new root and gave the relay the new identity.
+        wait_until(lambda: agent.certs.root_changes == 1, timeout=15)
+        wait_until(lambda: agent.proxy.tls_stats()["identity_updates"] > updates, timeout=15)
+        now = leaf(agent)
+        now.verify_directly_issued_by(intermediate)
+        assert now.issuer == intermediate.subject and now.serial_number != first.serial_number
+        assert agent.proxy.identity == PRODUCT and agent.certs.root_changes == 1
+        # xDS is back too: the restarted control plane's certificate verifies under the bundle.
+        wait_until(lambda: cp.call_soon(lambda: len(cp.ads.connections)) == 1, timeout=15)
+
+        # A new handshake: the fresh pod, trusting only the new root, accepts the VM, and the
+        # certificate the relay presented is the renewed one (serial, issuer).
+        assert once(netns, PODS["fresh"][1], b"after the change") == b"after the change"
+        assert fresh.clients and fresh.clients[-1].serial_number == now.serial_number
+        assert fresh.clients[-1].issuer == intermediate.subject
+
+        # The established connection still carries data both ways, on its first handshake.
+        payload = os.urandom(16384)
+        assert exchange(held, payload) == payload
+        assert len(legacy.clients) == handshakes
+        # The old root stays trusted by the relay: a peer that has not renewed yet is reached.
+        assert once(netns, PODS["legacy"][1], b"not renewed yet") == b"not renewed yet"
+        assert len(legacy.clients) == handshakes + 1 and legacy.clients[-1].serial_number == now.serial_number
+
+        # The Python data path (`pymesh agent --inbound-mtls`) reads the agent's certificate
+        # directory: its root-cert.pem is the trust bundle too, so a peer still holding a
+        # certificate from the old root (and trusting the bundle) is accepted until it renews.
+        echo = Echo()
+        inbound = InboundMtls(agent.certs.dir, ("127.0.0.1", echo.server_address[1]), listen=("127.0.0.1", 0)).start()
+        try:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname = False  # SPIFFE identities have no host name
+            ctx.load_verify_locations(cadata=cp.security.ca.trust_pem)
+            ctx.load_cert_chain(tmp_path / "legacy" / "cert-chain.pem", tmp_path / "legacy" / "key.pem")
+            ctx.set_alpn_protocols(list(ALPN_TCP))
+            with ctx.wrap_socket(socket.create_connection(("127.0.0.1", inbound.port), timeout=10)) as tls:
+                assert exchange(tls, b"an old-root peer") == b"an old-root peer"
+        finally:
+            inbound.stop()
+            echo.shutdown()
+            echo.server_close()
+    finally:
+        if held is not None:
+            held.close()
+        agent.stop()
+        cp.stop()
+        legacy.close()
+        fresh.close()

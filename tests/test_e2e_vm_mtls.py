@@ -8,7 +8,7 @@
         service (10.78.0.3, ``security.istio.io/tlsMode: disabled``) and a pod
         whose certificate is not the identity its Pod declares (10.79.0.1)
     "vm" namespace (lab.vm, 10.77.0.2): `pymesh agent --capture nftables
-        --control-plane-auth MUTUAL_TLS` as uid 1337, its first certificate
+        --control-plane-auth MUTUAL_TLS` (and iptables) as uid 1337, its first certificate
         from an istio-token, then the native relay outbound (15001) and inbound
         (15006) with that certificate; the VM's app on 10.77.0.2:18080
 
@@ -24,7 +24,7 @@ an mTLS client with a mesh certificate gets through; ``openssl s_client`` with a
 certificate of the wrong trust domain (signed by the mesh root) or from another
 CA is refused by the VM's inbound, with a mesh certificate it gets the page.
 
-Needs root, iproute2, nft, tcpdump, openssl (fails, never skips, without them).
+Needs root, iproute2, nft (iptables for its variant), tcpdump, openssl (fails, never skips, without them).
 """
 
 from __future__ import annotations
@@ -37,9 +37,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 from agent_helpers import wait_until, write_vm_files
 from netns_lab import APP_UID, EXTRA4, NET4, VM4, Lab, lab, require_root_tools
-from test_e2e_vm import HTTP_PEER, PROBE, SVC_PORT, VIP, Mesh, assert_thirds, backends_are, shared_dir
+from test_e2e_vm import HTTP_PEER, PROBE, SVC_PORT, VIP, Mesh, assert_thirds, backends_are, rules, shared_dir
 from test_security_datapath import workload
 
 from pymesh.security.ca import CertificateAuthority, key_pem, make_csr, new_key
@@ -177,12 +178,13 @@ def packets(lb: Lab, pcap: Path, host: str) -> int:
     return len(out.splitlines())
 
 
-def test_vm_end_to_end_with_mtls(shared_dir: Path) -> None:
-    require_root_tools("nft", "tcpdump", "openssl")
+@pytest.mark.parametrize("backend", ["nftables", "iptables"])
+def test_vm_end_to_end_with_mtls(shared_dir: Path, backend: str) -> None:
+    require_root_tools("nft" if backend == "nftables" else "iptables", "tcpdump", "openssl")
     t0 = time.monotonic()
     with lab() as lb:
         d = shared_dir
-        m = MtlsMesh(lb, d, "nftables")
+        m = MtlsMesh(lb, d, backend)
         lb.etc(lb.vm, "resolv.conf", f"nameserver {NET4}\n")
         # The mesh CA and token keys live in the control plane's data directory (made here first,
         # as `pymesh token create --data-dir` would, so the test can issue the pods' certificates).
@@ -225,7 +227,7 @@ def test_vm_end_to_end_with_mtls(shared_dir: Path) -> None:
         assert dump.stderr is not None and "listening on" in dump.stderr.readline()
 
         m.start_agent()
-        m.saw("capture rules installed (nftables)")
+        m.saw(f"capture rules installed ({backend})")
         m.saw(f"mTLS identity {PRODUCT}")
         m.saw("inbound peer authentication PERMISSIVE")
         wait_until(lambda: m.healthy() is True, timeout=20)
@@ -268,6 +270,6 @@ def test_vm_end_to_end_with_mtls(shared_dir: Path) -> None:
         assert_thirds(m.requests(30), 30)
 
         m.stop_agent()
-        assert "pymesh" not in lb.ruleset().lower()
+        assert "pymesh" not in rules(lb, backend)
     assert not Path("/etc/netns", lb.vm).exists() and not Path(f"/run/netns/{lb.vm}").exists()
     assert time.monotonic() - t0 < 120

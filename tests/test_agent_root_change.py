@@ -5,12 +5,13 @@ native relay:
 
     host loopback: the control plane (CA + TLS port) and the agent's
         control-plane side (xDS, CreateCertificate), as in test_agent_mtls.py
-    a private network namespace: the agent's outbound relay (127.0.0.1:15001),
-        nftables REDIRECTing the service VIPs (127.1.0.0/16:18080) to it, and
-        two pods that speak STRICT mTLS (Python ssl, so another TLS stack than
-        the relay's rustls): "legacy" with a certificate from the first root,
-        trusting the old + new bundle; "fresh" with a certificate from the new
-        root, trusting only the new root
+    a private network namespace: the agent's outbound relay (127.0.0.1:15001)
+        and inbound listener (15006), nftables REDIRECTing the service VIPs
+        (127.1.0.0/16:18080) to the first and the VM's app (127.0.0.3:18080,
+        a plaintext echo) to the second, and two pods that speak STRICT mTLS
+        (Python ssl, so another TLS stack than the relay's rustls): "legacy"
+        with a certificate from the first root, trusting the old + new bundle;
+        "fresh" with a certificate from the new root, trusting only that root
 
 The root change is done as an operator does it with this codebase: a new
 root and an intermediate under it are made outside the mesh and plugged in
@@ -21,13 +22,14 @@ certificate from the old root can authenticate to renew); the control plane
 restarts on the same port with them, and the VM's root-cert.pem is replaced
 by the same bundle. The agent notices the new roots, renews at once and
 hands the new identity to the relay. Checked: the agent's ``root_changes``;
-the certificate the relay presents in a new handshake (serial, issuer = the
-new intermediate); the fresh pod refusing the VM before and accepting it
-after; the legacy pod (not renewed) still reached; a connection opened
-before the change still carrying data both ways on its first handshake;
-xDS back on the restarted control plane; and the agent's certificate
-directory keeping the whole bundle as root-cert.pem (what ``--inbound-mtls``
-verifies peers with).
+the certificate the relay serves (inbound) and presents (outbound) in new
+handshakes (serial, issuer = the new intermediate); peers trusting only the
+new root refusing the VM before and accepting it after, both ways; the
+legacy pod (not renewed) still reached; connections opened before the
+change (outbound and inbound) still carrying data both ways; xDS back on
+the restarted control plane; and the agent's certificate directory keeping
+the whole bundle as root-cert.pem (what ``--inbound-mtls`` verifies peers
+with).
 
 Needs root and nft (fails, never skips, without them)."""
 
@@ -58,17 +60,23 @@ from test_security_datapath import Echo, workload
 
 from pymesh.agent import Agent
 from pymesh.controlplane import ControlPlane
+from pymesh.relay import start_inbound_passthrough
 from pymesh.security.ca import CertificateAuthority, SigningKey, cert_pem, key_pem, load_certs, new_key
 from pymesh.security.datapath import ALPN_TCP, InboundMtls
 from pymesh.security.server import SecurityOptions
 
 PRODUCT = "spiffe://cluster.local/ns/default/sa/product"
 PODS = {"legacy": ("127.0.0.21", "127.1.0.1"), "fresh": ("127.0.0.22", "127.1.0.2")}  # name: (pod IP, VIP)
+VM_APP = ("127.0.0.3", SVC_PORT)  # the VM's own application, reached through the inbound listener
+# Outbound: the VIPs to the relay's 15001. Inbound: the VM's app port to 15006, except the
+# inbound listener's own connections to the app (from 127.0.0.6, as Istio's passthrough).
 RULES = f"""
 table ip pmroot {{
   chain output {{
     type nat hook output priority -100; policy accept;
     ip daddr 127.1.0.0/16 tcp dport {SVC_PORT} redirect to :15001
+    ip saddr 127.0.0.6 return
+    ip daddr {VM_APP[0]} tcp dport {SVC_PORT} redirect to :15006
   }}
 }}
 """
@@ -123,15 +131,17 @@ class Pod:
     with the workload certificate in ``certs``, client certificates verified
     against that directory's root-cert.pem only; echoes what it receives.
     Records the leaf certificate of every client that completed a handshake
-    and counts the refused handshakes."""
+    and counts the refused handshakes. Without ``certs``: a plaintext echo app."""
 
-    def __init__(self, ns: str, certs: Path, ip: str) -> None:
-        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        self.ctx.verify_mode = ssl.CERT_REQUIRED
-        self.ctx.load_cert_chain(certs / "cert-chain.pem", certs / "key.pem")
-        self.ctx.load_verify_locations(cafile=str(certs / "root-cert.pem"))
-        self.ctx.set_alpn_protocols(list(ALPN_TCP))
+    def __init__(self, ns: str, certs: Path | None, ip: str) -> None:
+        self.ctx: ssl.SSLContext | None = None
+        if certs is not None:
+            self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            self.ctx.verify_mode = ssl.CERT_REQUIRED
+            self.ctx.load_cert_chain(certs / "cert-chain.pem", certs / "key.pem")
+            self.ctx.load_verify_locations(cafile=str(certs / "root-cert.pem"))
+            self.ctx.set_alpn_protocols(list(ALPN_TCP))
         with inside(ns):
             self.sock = socket.create_server((ip, SVC_PORT))
         self.clients: list[x509.Certificate] = []
@@ -148,15 +158,17 @@ class Pod:
 
     def _serve(self, conn: socket.socket) -> None:
         conn.settimeout(30)
-        try:
-            tls = self.ctx.wrap_socket(conn, server_side=True)
-        except (ssl.SSLError, OSError):
-            self.refused += 1
-            conn.close()
-            return
-        der = tls.getpeercert(binary_form=True)
-        assert der is not None
-        self.clients.append(x509.load_der_x509_certificate(der))
+        tls = conn
+        if self.ctx is not None:
+            try:
+                tls = self.ctx.wrap_socket(conn, server_side=True)
+            except (ssl.SSLError, OSError):
+                self.refused += 1
+                conn.close()
+                return
+            der = tls.getpeercert(binary_form=True)
+            assert der is not None
+            self.clients.append(x509.load_der_x509_certificate(der))
         with tls:
             try:
                 while data := tls.recv(65536):
@@ -181,6 +193,25 @@ def exchange(conn: socket.socket, payload: bytes) -> bytes:
             break
         out += data
     return out
+
+
+def mtls(ns: str | None, certs: Path, addr: tuple[str, int]) -> ssl.SSLSocket:
+    """An mTLS connection as a mesh workload makes it, with the certificate in ``certs``,
+    the server verified against that directory's root-cert.pem (SPIFFE: no host name)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.load_verify_locations(cafile=str(certs / "root-cert.pem"))
+    ctx.load_cert_chain(certs / "cert-chain.pem", certs / "key.pem")
+    ctx.set_alpn_protocols(list(ALPN_TCP))
+    with inside(ns) if ns is not None else contextlib.nullcontext():
+        sock = socket.create_connection(addr, timeout=10)
+    return ctx.wrap_socket(sock)
+
+
+def served(tls: ssl.SSLSocket) -> x509.Certificate:
+    der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der)
 
 
 def once(ns: str, vip: str, payload: bytes) -> bytes:
@@ -263,6 +294,7 @@ def test_a_root_change_reaches_the_relay_and_keeps_established_connections(tmp_p
     fresh_certs = workload(new_ca, tmp_path / "fresh", "product")
     (fresh_certs / "root-cert.pem").write_bytes(cert_pem(new_root))  # the new root only
     fresh = Pod(netns, fresh_certs, PODS["fresh"][0])
+    app = Pod(netns, None, VM_APP[0])
 
     vm = write_vm_files(tmp_path / "vm", port, group="")
     (vm / "root-cert.pem").write_text(old_ca.root_pem)
@@ -275,17 +307,21 @@ def test_a_root_change_reaches_the_relay_and_keeps_established_connections(tmp_p
         control_plane_auth="MUTUAL_TLS",
         outbound_listen=["127.0.0.1:15001"],
     )
-    # The relay (its listener and its threads, so its upstream connections) in the namespace;
-    # the control-plane side (gRPC) stays on the host's loopback with the control plane.
+    # The relay (its listeners and threads, so its upstream connections too) in the namespace;
+    # the control-plane side (gRPC) stays on the host's loopback with the control plane. The
+    # inbound listener is started as the agent starts it with --capture, whose rules would
+    # exempt the agent's uid (root here, so this test's connections too): RULES stand in.
     start_data_path = agent._start_data_path
 
     def data_path_in_netns() -> None:
         with inside(netns):
             start_data_path()
+            agent.inbound = start_inbound_passthrough(listen=["0.0.0.0:15006"])
 
     agent._start_data_path = data_path_in_netns  # type: ignore[method-assign]
     agent.start()
     held: socket.socket | None = None
+    inbound_held: ssl.SSLSocket | None = None
     try:
         agent.certs.root_check = 0.2  # root-cert.pem re-read often (the default is 5 s)
         wait_until(lambda: agent.proxy.identity == PRODUCT, timeout=20)
@@ -299,6 +335,13 @@ def test_a_root_change_reaches_the_relay_and_keeps_established_connections(tmp_p
         assert exchange(held, b"before the change") == b"before the change"
         handshakes = len(legacy.clients)
         assert {c.serial_number for c in legacy.clients} == {first.serial_number}
+        # And one into the VM's app through the inbound listener, from a legacy peer.
+        inbound_held = mtls(netns, legacy_certs, VM_APP)
+        assert served(inbound_held).serial_number == first.serial_number
+        assert exchange(inbound_held, b"inbound before the change") == b"inbound before the change"
+        # A peer trusting only the new root does not accept the VM yet.
+        with pytest.raises(ssl.SSLCertVerificationError):
+            mtls(netns, fresh_certs, VM_APP)
         # The fresh pod's certificate is from the new root, which the relay does not trust yet.
         failures = agent.proxy.tls_stats()["handshake_failures"]
         assert once(netns, PODS["fresh"][1], b"too early") == b""
@@ -322,16 +365,21 @@ def test_a_root_change_reaches_the_relay_and_keeps_established_connections(tmp_p
         # xDS is back too: the restarted control plane's certificate verifies under the bundle.
         wait_until(lambda: cp.call_soon(lambda: len(cp.ads.connections)) == 1, timeout=15)
 
-        # A new handshake: the fresh pod, trusting only the new root, accepts the VM, and the
-        # certificate the relay presented is the renewed one (serial, issuer).
+        # New handshakes: a peer trusting only the new root accepts the VM's inbound, which
+        # serves the renewed certificate (serial, issuer); and the fresh pod accepts the
+        # VM's outbound, which presented the renewed certificate too.
+        with mtls(netns, fresh_certs, VM_APP) as tls:
+            assert served(tls).serial_number == now.serial_number and served(tls).issuer == intermediate.subject
+            assert exchange(tls, b"inbound after the change") == b"inbound after the change"
         assert once(netns, PODS["fresh"][1], b"after the change") == b"after the change"
         assert fresh.clients and fresh.clients[-1].serial_number == now.serial_number
         assert fresh.clients[-1].issuer == intermediate.subject
 
-        # The established connection still carries data both ways, on its first handshake.
+        # The established connections still carry data both ways, on their first handshakes.
         payload = os.urandom(16384)
         assert exchange(held, payload) == payload
         assert len(legacy.clients) == handshakes
+        assert exchange(inbound_held, payload) == payload
         # The old root stays trusted by the relay: a peer that has not renewed yet is reached.
         assert once(netns, PODS["legacy"][1], b"not renewed yet") == b"not renewed yet"
         assert len(legacy.clients) == handshakes + 1 and legacy.clients[-1].serial_number == now.serial_number
@@ -342,21 +390,17 @@ def test_a_root_change_reaches_the_relay_and_keeps_established_connections(tmp_p
         echo = Echo()
         inbound = InboundMtls(agent.certs.dir, ("127.0.0.1", echo.server_address[1]), listen=("127.0.0.1", 0)).start()
         try:
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            ctx.check_hostname = False  # SPIFFE identities have no host name
-            ctx.load_verify_locations(cadata=cp.security.ca.trust_pem)
-            ctx.load_cert_chain(tmp_path / "legacy" / "cert-chain.pem", tmp_path / "legacy" / "key.pem")
-            ctx.set_alpn_protocols(list(ALPN_TCP))
-            with ctx.wrap_socket(socket.create_connection(("127.0.0.1", inbound.port), timeout=10)) as tls:
+            with mtls(None, legacy_certs, ("127.0.0.1", inbound.port)) as tls:
                 assert exchange(tls, b"an old-root peer") == b"an old-root peer"
         finally:
             inbound.stop()
             echo.shutdown()
             echo.server_close()
     finally:
-        if held is not None:
-            held.close()
+        for conn in (held, inbound_held):
+            if conn is not None:
+                conn.close()
         agent.stop()
         cp.stop()
-        legacy.close()
-        fresh.close()
+        for pod in (legacy, fresh, app):
+            pod.close()

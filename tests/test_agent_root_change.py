@@ -36,7 +36,6 @@ Needs root and nft (fails, never skips, without them)."""
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import datetime
 import os
 import shutil
@@ -54,6 +53,7 @@ from cp_helpers import free_port
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
+from netns_lab import inside
 from test_e2e_vm import SVC_PORT
 from test_e2e_vm_mtls import pod_yaml, service_yaml
 from test_security_datapath import Echo, workload
@@ -80,31 +80,9 @@ table ip pmroot {{
   }}
 }}
 """
-CLONE_NEWNET = 0x40000000
 
 
 # --- the namespace -----------------------------------------------------------------------
-
-
-def _setns(fd: int) -> None:
-    if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
-        raise OSError(ctypes.get_errno(), "setns")
-
-
-@contextlib.contextmanager
-def inside(name: str) -> Iterator[None]:
-    """This thread (and the threads and sockets it creates meanwhile) in namespace ``name``."""
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        _setns(target)
-        try:
-            yield
-        finally:
-            _setns(home)
-    finally:
-        os.close(home)
-        os.close(target)
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ otherwise."""
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
 import os
 import select
@@ -33,6 +32,7 @@ from typing import Any
 
 import pytest
 from cryptography import x509
+from netns_lab import inside
 
 from pymesh.lbtable import LbTable, RedirectTable
 from pymesh.relay import OutboundProxy, TlsConfigError, start_inbound_passthrough
@@ -55,7 +55,6 @@ table ip pmmtls {
   }
 }
 """
-CLONE_NEWNET = 0x40000000
 
 
 def cluster(name: str, eps: list[tuple[str, int, dict[str, Any]]]) -> dict[str, Any]:
@@ -120,12 +119,6 @@ def workload(ca: CertificateAuthority, d: Path, sa: str, kind: str = "ec") -> Wo
     return Workload(d, "".join(issued.chain), key_pem(key).decode(), ca.root_pem, serial)
 
 
-def _setns(fd: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, CLONE_NEWNET) != 0:
-        raise OSError(ctypes.get_errno(), "setns")
-
-
 @pytest.fixture(scope="module")
 def netns() -> Iterator[str]:
     if os.geteuid() != 0:
@@ -140,22 +133,6 @@ def netns() -> Iterator[str]:
         yield name
     finally:
         subprocess.run(["ip", "netns", "del", name], check=False)
-
-
-@contextlib.contextmanager
-def inside(name: str) -> Iterator[None]:
-    """This thread (and the threads and sockets it creates) in namespace `name`."""
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(f"/var/run/netns/{name}", os.O_RDONLY)
-    try:
-        _setns(target)
-        try:
-            yield
-        finally:
-            _setns(home)
-    finally:
-        os.close(home)
-        os.close(target)
 
 
 class Apps:

@@ -281,3 +281,21 @@ def inside(name: str) -> Iterator[None]:
     finally:
         os.close(home)
         os.close(target)
+
+
+@contextmanager
+def nft_netns(prefix: str, rules: str, needs: str) -> Iterator[str]:
+    """A fresh network namespace ``<prefix><random>`` with loopback up and nftables ``rules``
+    loaded; deleted afterwards. ``needs`` says why the caller needs root (in the failure)."""
+    if os.geteuid() != 0:
+        pytest.fail(f"{needs}: it needs root (CI runs as root)")
+    if shutil.which("nft") is None or shutil.which("ip") is None:
+        pytest.fail("missing nft or ip: run scripts/install-system-deps.sh")
+    name = f"{prefix}{uuid.uuid4().hex[:6]}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        subprocess.run(["ip", "netns", "exec", name, "nft", "-f", "-"], input=rules, text=True, check=True)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)

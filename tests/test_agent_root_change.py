@@ -38,12 +38,9 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
-import shutil
 import socket
 import ssl
-import subprocess
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -53,7 +50,7 @@ from cp_helpers import free_port
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
-from netns_lab import inside
+from netns_lab import inside, nft_netns
 from test_e2e_vm import SVC_PORT
 from test_e2e_vm_mtls import pod_yaml, service_yaml
 from test_security_datapath import Echo, workload
@@ -87,18 +84,8 @@ table ip pmroot {{
 
 @pytest.fixture
 def netns() -> Iterator[str]:
-    if os.geteuid() != 0:
-        pytest.fail("the root change test runs the relay in a network namespace: it needs root (CI runs as root)")
-    if shutil.which("nft") is None or shutil.which("ip") is None:
-        pytest.fail("missing nft or ip: run scripts/install-system-deps.sh")
-    name = f"pmroot{uuid.uuid4().hex[:6]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
-        subprocess.run(["ip", "netns", "exec", name, "nft", "-f", "-"], input=RULES, text=True, check=True)
+    with nft_netns("pmroot", RULES, "the root change test runs the relay in a network namespace") as name:
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 # --- the peers ----------------------------------------------------------------------------

@@ -18,13 +18,11 @@ import contextlib
 import hashlib
 import os
 import select
-import shutil
 import socket
 import ssl
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +30,7 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from netns_lab import inside
+from netns_lab import inside, nft_netns
 
 from pymesh.lbtable import LbTable, RedirectTable
 from pymesh.relay import OutboundProxy, TlsConfigError, start_inbound_passthrough
@@ -121,18 +119,8 @@ def workload(ca: CertificateAuthority, d: Path, sa: str, kind: str = "ec") -> Wo
 
 @pytest.fixture(scope="module")
 def netns() -> Iterator[str]:
-    if os.geteuid() != 0:
-        pytest.fail("the relay mTLS tests capture in a network namespace: they need root (CI runs as root)")
-    if shutil.which("nft") is None or shutil.which("ip") is None:
-        pytest.fail("missing nft or ip: run scripts/install-system-deps.sh")
-    name = f"pmtls{uuid.uuid4().hex[:6]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
-        subprocess.run(["ip", "netns", "exec", name, "nft", "-f", "-"], input=RULES, text=True, check=True)
+    with nft_netns("pmtls", RULES, "the relay mTLS tests capture in a network namespace") as name:
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 class Apps:

@@ -261,23 +261,3 @@ mod tests {
         assert!(c.iter().all(|&x| x == 655 || x == 656), "{c:?}");
     }
 }
-
-#[cfg(test)]
-mod timing {
-    /// `cargo test --release -p pymesh-core maglev_min_time -- --ignored --nocapture`:
-    /// the fastest of many builds (robust to a busy machine).
-    #[test]
-    #[ignore]
-    fn maglev_min_time() {
-        let keys: Vec<String> = (0..100).map(|i| format!("10.0.0.{i}:6379")).collect();
-        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-        let w = vec![1.0; 100];
-        let mut best = std::time::Duration::MAX;
-        for _ in 0..300 {
-            let t = std::time::Instant::now();
-            std::hint::black_box(super::Maglev::build(&refs, &w, 65537));
-            best = best.min(t.elapsed());
-        }
-        eprintln!("maglev build 100 hosts: min {best:?}");
-    }
-}

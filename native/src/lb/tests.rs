@@ -566,29 +566,6 @@ fn redirection_classifies_like_istio_iptables() {
     }
 }
 
-/// `cargo test --release -p pymesh-core parse_min_time -- --ignored --nocapture`.
-#[test]
-#[ignore]
-fn parse_min_time() {
-    let eps: Vec<Value> =
-        (0..10_000).map(|i| ep(&format!("10.{}.{}.{}:80", i >> 16, (i >> 8) & 255, i & 255), 1)).collect();
-    let text = serde_json::to_string(&json!([cluster("c", "ROUND_ROBIN", vec![group(0, eps)])])).unwrap();
-    let (mut p, mut v, mut w) = (std::time::Duration::MAX, std::time::Duration::MAX, std::time::Duration::MAX);
-    for _ in 0..10 {
-        let t = std::time::Instant::now();
-        let val: Value = serde_json::from_str(&text).unwrap();
-        v = v.min(t.elapsed());
-        let t = std::time::Instant::now();
-        let specs = clusters_from_value(&val, "t").unwrap();
-        w = w.min(t.elapsed());
-        let t = std::time::Instant::now();
-        std::hint::black_box(parse_clusters(&text, false, "t").unwrap());
-        p = p.min(t.elapsed());
-        drop(specs);
-    }
-    eprintln!("10k endpoints: serde_json {v:?}, walk {w:?}, both {p:?}");
-}
-
 /// By-name picks go through a per-thread cache of the last table's map: it
 /// must follow map swaps at once, tell tables apart when a thread alternates
 /// between them, and follow a snapshot rebuilt by a health change.

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from agent_helpers import write_vm_files
 from cp_helpers import example_config
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
@@ -25,6 +26,18 @@ def secure_cp(tmp: Path, name: str = "cp", *, plaintext: bool = False, **opts: A
     return ControlPlane(
         cfg, xds_listen="127.0.0.1:0", data_dir=tmp / f"{name}-data", security=sec, plaintext=plaintext, debounce=0.02
     ).start()
+
+
+def secure_vm_files(directory: Path, cp_port: int, root: str, token: str | None = None, **opts: Any) -> Path:
+    """istioctl's VM files (``write_vm_files``) for a control plane's TLS port: its
+    ``root-cert.pem``, the bootstrap ``istio-token`` when given, and an empty resolv.conf (no
+    upstream resolver needed)."""
+    d = write_vm_files(directory, cp_port, **opts)
+    (d / "root-cert.pem").write_text(root)
+    if token is not None:
+        (d / "istio-token").write_text(token + "\n")
+    (d / "resolv.conf").write_text("")
+    return d
 
 
 def tls_channel(port: int, root_pem: str, key: bytes | None = None, chain: bytes | None = None) -> grpc.Channel:

@@ -17,7 +17,7 @@ from agent_helpers import ScriptedAds, make_agent, wait_until, write_vm_files
 from cp_helpers import free_port
 from envoy.config.listener.v3.listener_pb2 import Listener
 from google.protobuf import any_pb2
-from sec_helpers import secure_cp
+from sec_helpers import secure_cp, secure_vm_files
 from test_security_datapath import workload
 
 from pymesh.agent.errors import XdsClientError
@@ -154,10 +154,9 @@ def test_a_malformed_listener_is_nacked_and_the_mode_stays(tmp_path: Path) -> No
 def test_the_agent_hands_its_certificate_to_the_relay_and_again_after_each_renewal(tmp_path: Path) -> None:
     cp = secure_cp(tmp_path)
     try:
-        vm = write_vm_files(tmp_path / "vm", cp.secure_port)
-        (vm / "root-cert.pem").write_text(cp.security.ca.root_pem)
-        (vm / "istio-token").write_text(cp.security.tokens.create("default", "product") + "\n")
-        (vm / "resolv.conf").write_text("")
+        vm = secure_vm_files(
+            tmp_path / "vm", cp.secure_port, cp.security.ca.root_pem, cp.security.tokens.create("default", "product")
+        )
         agent = make_agent(
             vm,
             tmp_path / "state",
@@ -199,9 +198,7 @@ def test_a_certificate_on_disk_the_relay_refuses_does_not_stop_the_agent(
 ) -> None:
     cp = secure_cp(tmp_path)
     try:
-        vm = write_vm_files(tmp_path / "vm", cp.secure_port)
-        (vm / "root-cert.pem").write_text(cp.security.ca.root_pem)
-        (vm / "resolv.conf").write_text("")
+        vm = secure_vm_files(tmp_path / "vm", cp.secure_port, cp.security.ca.root_pem)
         # A well-formed certificate and key from another CA where the agent keeps its own.
         certs = workload(CertificateAuthority(tmp_path / "other-ca"), tmp_path / "state" / "certs", "product")
         certs.chmod(0o700)

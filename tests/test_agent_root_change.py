@@ -45,12 +45,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from agent_helpers import make_agent, wait_until, write_vm_files
+from agent_helpers import make_agent, wait_until
 from cp_helpers import free_port
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 from netns_lab import inside, nft_netns
+from sec_helpers import secure_vm_files
 from test_e2e_vm import SVC_PORT
 from test_e2e_vm_mtls import pod_yaml, service_yaml
 from test_security_datapath import Echo, workload
@@ -261,10 +262,9 @@ def test_a_root_change_reaches_the_relay_and_keeps_established_connections(tmp_p
     fresh = Pod(netns, fresh_certs, PODS["fresh"][0])
     app = Pod(netns, None, VM_APP[0])
 
-    vm = write_vm_files(tmp_path / "vm", port, group="")
-    (vm / "root-cert.pem").write_text(old_ca.root_pem)
-    (vm / "istio-token").write_text(cp.security.tokens.create("default", "product") + "\n")
-    (vm / "resolv.conf").write_text("")
+    vm = secure_vm_files(
+        tmp_path / "vm", port, old_ca.root_pem, cp.security.tokens.create("default", "product"), group=""
+    )
     agent = make_agent(
         vm,
         tmp_path / "state",

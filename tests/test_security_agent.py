@@ -8,27 +8,19 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from agent_helpers import make_agent, write_vm_files
+from agent_helpers import make_agent
 from cp_helpers import free_port, wait_until
-from sec_helpers import secure_cp
-
-from pymesh.controlplane import ControlPlane
+from sec_helpers import secure_cp, secure_vm_files
 
 ENTRY = "product-vm-127.0.0.3"
-
-
-def vm_files(tmp: Path, cp: ControlPlane, token: str, root: str) -> Path:
-    d = write_vm_files(tmp / "vm", cp.secure_port)
-    (d / "root-cert.pem").write_text(root)
-    (d / "istio-token").write_text(token + "\n")
-    (d / "resolv.conf").write_text("")
-    return d
 
 
 def test_agent_joins_over_mtls_and_keeps_its_identity_without_the_token(tmp_path: Path) -> None:
     cp = secure_cp(tmp_path)
     try:
-        vm = vm_files(tmp_path, cp, cp.security.tokens.create("default", "product"), cp.security.ca.root_pem)
+        vm = secure_vm_files(
+            tmp_path / "vm", cp.secure_port, cp.security.ca.root_pem, cp.security.tokens.create("default", "product")
+        )
         agent = make_agent(vm, tmp_path / "state", free_port("127.0.0.1"), control_plane_auth="MUTUAL_TLS")
         assert agent.plan()["control_plane"]["transport"] == "mtls"
         agent.start()
@@ -60,7 +52,9 @@ def test_agent_refuses_a_control_plane_signed_by_another_root(tmp_path: Path) ->
     mitm = secure_cp(tmp_path, "mitm")
     try:
         # The hosts file sends istiod.istio-system.svc to the impostor's port.
-        vm = vm_files(tmp_path, mitm, cp.security.tokens.create("default", "product"), cp.security.ca.root_pem)
+        vm = secure_vm_files(
+            tmp_path / "vm", mitm.secure_port, cp.security.ca.root_pem, cp.security.tokens.create("default", "product")
+        )
         agent = make_agent(vm, tmp_path / "state", free_port("127.0.0.1"), control_plane_auth="MUTUAL_TLS")
         agent.start()
         try:
@@ -103,7 +97,9 @@ def test_vm_to_vm_over_mesh_certificates_through_the_agent_inbound_listener(tmp_
     threading.Thread(target=serve, daemon=True).start()
     cp = secure_cp(tmp_path)
     try:
-        vm = vm_files(tmp_path, cp, cp.security.tokens.create("default", "product"), cp.security.ca.root_pem)
+        vm = secure_vm_files(
+            tmp_path / "vm", cp.secure_port, cp.security.ca.root_pem, cp.security.tokens.create("default", "product")
+        )
         agent = make_agent(vm, tmp_path / "state", free_port("127.0.0.1"), control_plane_auth="MUTUAL_TLS")
         agent.start()
         inbound = start_inbound(agent, f"127.0.0.1:0=127.0.0.1:{app.getsockname()[1]}")
@@ -134,7 +130,9 @@ def test_agent_rotates_its_certificate_twice_on_one_stream(tmp_path: Path) -> No
     opened with the first certificate is still the only one and still connected."""
     cp = secure_cp(tmp_path, server_cert_ttl=4)
     try:
-        vm = vm_files(tmp_path, cp, cp.security.tokens.create("default", "product"), cp.security.ca.root_pem)
+        vm = secure_vm_files(
+            tmp_path / "vm", cp.secure_port, cp.security.ca.root_pem, cp.security.tokens.create("default", "product")
+        )
         agent = make_agent(vm, tmp_path / "state", free_port("127.0.0.1"), control_plane_auth="MUTUAL_TLS", cert_ttl=4)
         agent.start()
         try:

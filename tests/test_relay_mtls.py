@@ -184,14 +184,19 @@ def ca(tmp_path_factory: pytest.TempPathFactory) -> CertificateAuthority:
     return CertificateAuthority(tmp_path_factory.mktemp("ca") / "ca")
 
 
+def tables() -> tuple[LbTable, RedirectTable]:
+    """The lbtable of CLUSTERS and the redirection of each VIP:80 to its cluster."""
+    lb = LbTable(seed=1)
+    lb.load(list(CLUSTERS.values()))
+    services = [{"address": vip, "port": 80, "cluster": c["name"]} for vip, c in CLUSTERS.items()]
+    return lb, RedirectTable.from_dict({"services": services, "include_ip_ranges": ["*"]})
+
+
 @pytest.fixture
 def mesh(netns: str, ca: CertificateAuthority, tmp_path: Path) -> Iterator[Mesh]:
     with inside(netns):
         apps = Apps()
-        lb = LbTable(seed=1)
-        lb.load(list(CLUSTERS.values()))
-        services = [{"address": vip, "port": 80, "cluster": c["name"]} for vip, c in CLUSTERS.items()]
-        redirect = RedirectTable.from_dict({"services": services, "include_ip_ranges": ["*"]})
+        lb, redirect = tables()
         outbound = OutboundProxy(redirect, lb, listen=["127.0.0.1:15001"], connect_timeout=3.0, seed=1)
         outbound.start()
         inbound = start_inbound_passthrough(listen=["127.0.0.1:15006"], connect_timeout=3.0)
@@ -529,10 +534,7 @@ def test_stop_ends_open_tls_connections_and_idle_ones_time_out(
 ) -> None:
     with inside(netns):
         apps = Apps()
-        lb = LbTable(seed=1)
-        lb.load(list(CLUSTERS.values()))
-        services = [{"address": vip, "port": 80, "cluster": c["name"]} for vip, c in CLUSTERS.items()]
-        redirect = RedirectTable.from_dict({"services": services, "include_ip_ranges": ["*"]})
+        lb, redirect = tables()
         outbound = OutboundProxy(redirect, lb, listen=["127.0.0.1:15001"], idle_timeout=0.5)
         outbound.start()
         inbound = start_inbound_passthrough(listen=["127.0.0.1:15006"])

@@ -72,13 +72,22 @@ spec:
   clusterIP: {VIP}
   selector: {{app: product}}
   ports: [{{name: http, port: {SVC_PORT}, targetPort: {SVC_PORT}}}]
-{pods}---
+{pods}{vm_group_yaml()}"""
+    )
+    return d
+
+
+def vm_group_yaml(service_account: str | None = None) -> str:
+    """The VM's WorkloadGroup (app: product, probed, with ``service_account`` when given) and
+    product's ROUND_ROBIN DestinationRule."""
+    sa = f"serviceAccount: {service_account}, " if service_account else ""
+    return f"""---
 apiVersion: networking.istio.io/v1
 kind: WorkloadGroup
 metadata: {{name: product-vm, namespace: default}}
 spec:
   metadata: {{labels: {{app: product}}}}
-  template: {{ports: {{http: {SVC_PORT}}}}}
+  template: {{{sa}ports: {{http: {SVC_PORT}}}}}
   probe: {json.dumps(PROBE)}
 ---
 apiVersion: networking.istio.io/v1
@@ -88,8 +97,6 @@ spec:
   host: product.default.svc.cluster.local
   trafficPolicy: {{loadBalancer: {{simple: ROUND_ROBIN}}}}
 """
-    )
-    return d
 
 
 @pytest.fixture

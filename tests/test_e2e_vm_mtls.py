@@ -40,7 +40,18 @@ from typing import Any
 import pytest
 from agent_helpers import wait_until, write_vm_files
 from netns_lab import APP_UID, EXTRA4, NET4, VM4, Lab, lab, require_root_tools
-from test_e2e_vm import HTTP_PEER, PROBE, SVC_PORT, VIP, Mesh, assert_thirds, backends_are, rules, shared_dir
+from test_e2e_vm import (
+    HTTP_PEER,
+    PROBE,
+    SVC_PORT,
+    VIP,
+    Mesh,
+    assert_thirds,
+    backends_are,
+    rules,
+    shared_dir,
+    vm_group_yaml,
+)
 from test_security_datapath import workload
 
 from pymesh.security.ca import CertificateAuthority, key_pem, make_csr, new_key
@@ -94,22 +105,7 @@ def mesh_config(d: Path) -> Path:
         pod_yaml("plain-0", "plain", PLAIN_POD, extra_labels=", security.istio.io/tlsMode: disabled"),
     ]
     docs += [service_yaml("guarded", GUARDED_VIP), pod_yaml("guarded-0", "guarded", GUARDED_POD)]
-    docs.append(f"""---
-apiVersion: networking.istio.io/v1
-kind: WorkloadGroup
-metadata: {{name: product-vm, namespace: default}}
-spec:
-  metadata: {{labels: {{app: product}}}}
-  template: {{serviceAccount: product, ports: {{http: {SVC_PORT}}}}}
-  probe: {json.dumps(PROBE)}
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {{name: product, namespace: default}}
-spec:
-  host: product.default.svc.cluster.local
-  trafficPolicy: {{loadBalancer: {{simple: ROUND_ROBIN}}}}
-""")
+    docs.append(vm_group_yaml(service_account="product"))
     (d / "services.yaml").write_text("".join(docs))
     (d / "mesh-policy.yaml").write_text(policy("istio-system", "PERMISSIVE"))
     return d

@@ -41,7 +41,7 @@ def _rsa_ca(dest: Path) -> Path:
     from cryptography.hazmat.primitives import hashes
     from cryptography.x509.oid import NameOID
 
-    from pymesh.security.ca import cert_pem, key_pem, new_key
+    from pymesh.mesh.pki import cert_pem, key_pem, new_key
 
     key = new_key("rsa")
     name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "rsa root")])
@@ -80,8 +80,9 @@ def main() -> int:
     n = args.n or (100 if args.short else 2000)
     n_cli = max(10, n // 20)
 
-    from pymesh.security.ca import CertificateAuthority, make_csr, new_key
-    from pymesh.security.identity import identity
+    from pymesh.controlplane.ca.ca import CertificateAuthority
+    from pymesh.mesh.identity import identity
+    from pymesh.mesh.pki import make_csr, new_key
 
     tmp = Path(tempfile.mkdtemp(prefix="ca-bench-"))
     csrs = [make_csr(new_key()) for _ in range(min(n, 200))]

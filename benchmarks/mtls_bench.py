@@ -10,7 +10,7 @@ Paths (loopback; a sink server counts bytes and answers one byte at the end):
 - ``python plaintext``: client → asyncio forwarder → InboundMtls (PERMISSIVE,
   plaintext passthrough) → sink — the relay code without TLS;
 - ``python mTLS``: client → MtlsOriginator → mTLS → InboundMtls (STRICT) → sink
-  (pymesh.security.datapath: Python ``ssl``, OpenSSL's AES-GCM);
+  (pymesh.relay.pytls: Python ``ssl``, OpenSSL's AES-GCM);
 - ``openssl speed``: ``openssl speed -evp aes-128-gcm`` at 16 KiB blocks,
   one core: the encryption ceiling any userspace TLS (rustls included)
   shares, since each byte is encrypted once and decrypted once.
@@ -66,7 +66,7 @@ class Forwarder:
     """The plaintext twin of MtlsOriginator: the same asyncio relay, no TLS."""
 
     def __init__(self, target: tuple[str, int]) -> None:
-        from pymesh.security.datapath import _relay
+        from pymesh.relay.pytls import _relay
 
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, daemon=True).start()
@@ -129,8 +129,8 @@ def main() -> int:
 
     from test_security_datapath import workload
 
-    from pymesh.security.ca import CertificateAuthority
-    from pymesh.security.datapath import InboundMtls, MtlsOriginator
+    from pymesh.controlplane.ca.ca import CertificateAuthority
+    from pymesh.relay.pytls import InboundMtls, MtlsOriginator
 
     tmp = Path(tempfile.mkdtemp(prefix="mtls-bench-"))
     ca = CertificateAuthority(tmp / "ca")

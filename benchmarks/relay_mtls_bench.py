@@ -16,7 +16,7 @@ The path (one private network namespace, loopback, real capture rules)::
 - ``native mTLS full``: the same with session resumption off: every
   connection pays two full handshakes (ECDHE + certificate signatures and
   chain checks on both sides);
-- ``python mTLS`` (named baseline, pymesh.security.datapath, OpenSSL):
+- ``python mTLS`` (named baseline, pymesh.relay.pytls, OpenSSL):
   client → MtlsOriginator → mTLS → InboundMtls (STRICT) → the same server;
 - ``direct``: client → server, no relay (context only).
 
@@ -146,11 +146,12 @@ def main() -> int:
     runs = args.runs or (3 if args.short else 5)
     n_conn = 40 if args.short else 300
 
+    from pymesh.controlplane.ca.ca import CertificateAuthority
     from pymesh.lbtable import LbTable, RedirectTable
+    from pymesh.mesh.identity import identity
+    from pymesh.mesh.pki import key_pem, make_csr, new_key
     from pymesh.relay import OutboundProxy, start_inbound_passthrough
-    from pymesh.security.ca import CertificateAuthority, key_pem, make_csr, new_key
-    from pymesh.security.datapath import InboundMtls, MtlsOriginator
-    from pymesh.security.identity import identity
+    from pymesh.relay.pytls import InboundMtls, MtlsOriginator
 
     ns = f"pmtb{uuid.uuid4().hex[:6]}"
     tmp = Path(tempfile.mkdtemp(prefix="relay-mtls-bench-"))

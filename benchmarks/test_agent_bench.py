@@ -26,7 +26,7 @@ from google.protobuf import json_format
 from test_agent_xds import cla, eds_cluster, pack
 
 from pymesh import LbTable
-from pymesh.agent.persist import CDS, EDS
+from pymesh.mesh.xds import CDS, EDS
 
 SIZES = [100, 1_000] if SHORT else [100, 1_000, 10_000]
 
@@ -71,8 +71,8 @@ def test_full_push(benchmark: Any, n: int, impl: str) -> None:
             return (agents[-1],), {}
 
         def run(a: Any) -> None:
-            a._on_cds(CDS, clusters, "1", persist=False)
-            a._on_eds(EDS, cla_s, "1", persist=False)
+            a.mesh.on_cds(CDS, clusters, "1", persist=False)
+            a.mesh.on_eds(EDS, cla_s, "1", persist=False)
 
         benchmark.pedantic(run, setup=fresh, rounds=3 if n >= 10_000 else 10)
         assert len(agents[-1].lb) == n and len(agents[-1].lb.endpoints(name(0))) == 2
@@ -89,15 +89,17 @@ def test_one_cluster_eds_update(benchmark: Any, n: int, impl: str) -> None:
     benchmark.group = f"one-cluster EDS update @ {n:>6,} clusters"
     clusters, cla_s = resources(n)
     a = agent()
-    a._on_cds(CDS, clusters, "1", persist=False)
-    a._on_eds(EDS, cla_s, "1", persist=False)
+    a.mesh.on_cds(CDS, clusters, "1", persist=False)
+    a.mesh.on_eds(EDS, cla_s, "1", persist=False)
     updates = [[pack(cla(name(7), "10.200.0.1"))], [pack(cla(name(7), "10.200.0.1", "10.200.0.2"))]]
     flip = iter(range(1 << 30))
     if impl == "agent":
         # Alternate two assignments: an unchanged one would be skipped, not rebuilt.
-        benchmark(lambda: a._on_eds(EDS, updates[next(flip) % 2], "2", persist=False))
+        benchmark(lambda: a.mesh.on_eds(EDS, updates[next(flip) % 2], "2", persist=False))
     else:
-        full = a._lb_input(a._clusters, {**a._cla, name(7): json_format.MessageToDict(cla(name(7), "10.200.0.1"))})
+        full = a.mesh._lb_input(
+            a.mesh.clusters, {**a.mesh.assignments, name(7): json_format.MessageToDict(cla(name(7), "10.200.0.1"))}
+        )
         benchmark(a.lb.load, full, replace=True)
     assert a.lb.endpoints(name(7))[0]["address"] == "10.200.0.1:8080"
 
@@ -109,8 +111,8 @@ def test_cds_push_one_changed(benchmark: Any, n: int, impl: str) -> None:
     benchmark.group = f"CDS push, 1 changed @ {n:>6,} clusters"
     clusters, cla_s = resources(n)
     a = agent()
-    a._on_cds(CDS, clusters, "1", persist=False)
-    a._on_eds(EDS, cla_s, "1", persist=False)
+    a.mesh.on_cds(CDS, clusters, "1", persist=False)
+    a.mesh.on_eds(EDS, cla_s, "1", persist=False)
     from envoy.config.cluster.v3 import cluster_pb2
 
     pushes = []
@@ -120,7 +122,7 @@ def test_cds_push_one_changed(benchmark: Any, n: int, impl: str) -> None:
         pushes.append(push)
     flip = iter(range(1 << 30))
     if impl == "agent":
-        benchmark(lambda: a._on_cds(CDS, pushes[next(flip) % 2], "2", persist=False))
+        benchmark(lambda: a.mesh.on_cds(CDS, pushes[next(flip) % 2], "2", persist=False))
     else:
-        benchmark(lambda: a.lb.load(a._lb_input(a._clusters, a._cla), replace=True))
+        benchmark(lambda: a.lb.load(a.mesh._lb_input(a.mesh.clusters, a.mesh.assignments), replace=True))
     assert len(a.lb) == n

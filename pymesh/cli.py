@@ -28,7 +28,7 @@ def cmd_dns_lookup(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     from pymesh.up import run
 
-    return run(args.names, args.type, requests=args.requests, hold=args.serve, capture=args.capture)
+    return run(args.names, args.type, requests=args.requests, hold=args.serve, in_process=args.in_process)
 
 
 def cmd_dns_serve(args: argparse.Namespace) -> int:
@@ -79,10 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--requests", type=int, default=30, help="requests to the product service (default: %(default)s)")
     up.add_argument("--serve", action="store_true", help="keep the mesh up after the tour, until Ctrl-C")
     up.add_argument(
-        "--capture",
+        "--in-process",
         action="store_true",
-        help="root: the real data path (capture rules, outbound proxy) in a network namespace of its own",
+        help="route in-process instead of the real data path (capture rules and the outbound proxy in a private "
+        "network namespace, the default: as root a network namespace, otherwise a user + network namespace)",
     )
+    up.add_argument("--capture", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for scripts
     up.set_defaults(func=cmd_up)
 
     dns = sub.add_parser("dns", help="the DNS proxy and its name table")
@@ -142,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_capture_commands(sub)  # `capture show|install|remove`
 
-    from pymesh.security.cli import add_commands as add_security_commands
+    from pymesh.controlplane.ca.cli import add_commands as add_security_commands
 
     add_security_commands(sub)  # `token create`, `ca root-cert`
     return p

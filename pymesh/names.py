@@ -11,8 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from pymesh._native import FileError, NameTable
+from pymesh.mesh.defaults import DEFAULT_DOMAIN
 
-DEFAULT_DOMAIN = "cluster.local"
+__all__ = ["DEFAULT_DOMAIN", "ResolvConf", "load_name_table", "read_resolv_conf"]
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-from pymesh.agent import Agent, AgentOptions, load_bootstrap
+from pymesh.agent import Agent, AgentOptions, bootstrap, load_bootstrap
 
 VM_IP = "127.0.0.3"
 POD_IP = "127.0.0.2"
@@ -38,14 +38,11 @@ def write_vm_files(
     ip: str = VM_IP,
     extra_env: Mapping[str, str] | None = None,
 ) -> Path:
-    """The five files of ``istioctl x workload entry configure`` (reference
-    §5.3), pointing at ``istiod.istio-system.svc:<cp_port>`` with the hosts
-    file mapping that name to loopback."""
+    """The five files of ``istioctl x workload entry configure``, pointing at
+    ``istiod.istio-system.svc:<cp_port>`` with the hosts file mapping that
+    name to loopback (pymesh.agent.bootstrap.write_vm_files)."""
     import json
 
-    import yaml
-
-    directory.mkdir(parents=True, exist_ok=True)
     env = {
         "CANONICAL_REVISION": "latest",
         "CANONICAL_SERVICE": "product",
@@ -68,19 +65,15 @@ def write_vm_files(
     if group:
         env["ISTIO_META_AUTO_REGISTER_GROUP"] = group
     env.update(extra_env or {})
-    (directory / "cluster.env").write_text("".join(f"{k}='{v}'\n" for k, v in sorted(env.items())))
-    md = {k: v for k, v in env.items() if k.startswith(("ISTIO_META", "CANONICAL", "POD_", "SERVICE_", "TRUST"))}
-    default_config: dict[str, Any] = {
-        "discoveryAddress": f"istiod.istio-system.svc:{cp_port}",
-        "proxyMetadata": md,
-    }
-    if probe is not None:
-        default_config["readinessProbe"] = dict(probe)
-    (directory / "mesh.yaml").write_text(yaml.safe_dump({"defaultConfig": default_config}))
-    (directory / "hosts").write_text("127.0.0.1 istiod.istio-system.svc\n")
-    (directory / "root-cert.pem").write_text(ROOT_CERT)
-    (directory / "istio-token").write_text(TOKEN)
-    return directory
+    return bootstrap.write_vm_files(
+        directory,
+        env,
+        discovery_address=f"istiod.istio-system.svc:{cp_port}",
+        probe=probe,
+        hosts={"istiod.istio-system.svc": "127.0.0.1"},
+        root_cert=ROOT_CERT,
+        token=TOKEN,
+    )
 
 
 # A self-signed certificate's PEM shape (the agent checks structure, not trust, until TLS).

@@ -30,7 +30,7 @@ def pod(cert_dir: str, tag: str, addr: str) -> None:
 
     from e2e_http import handler
 
-    from pymesh.security.datapath import InboundMtls
+    from pymesh.relay.pytls import InboundMtls
 
     host, port = addr.rsplit(":", 1)
     # The app in this process (a thread), so nothing outlives the peer when the test kills it.
@@ -44,7 +44,7 @@ def pod(cert_dir: str, tag: str, addr: str) -> None:
 
 
 def get(host: str, port: int, path: str, cert_dir: str | None, ident: str | None) -> dict[str, object]:
-    from pymesh.security.datapath import ALPN_TCP, check_peer, peer_identity
+    from pymesh.relay.pytls import ALPN_TCP, check_peer, peer_identity
 
     try:
         sock: socket.socket = socket.create_connection((host, port), timeout=10)

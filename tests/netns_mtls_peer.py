@@ -29,7 +29,7 @@ def exchange(port: int, payload: bytes, host: str = "127.0.0.1") -> bytes:
 def main() -> int:
     role = sys.argv[1]
     if role == "inbound":
-        from pymesh.security.datapath import InboundMtls
+        from pymesh.relay.pytls import InboundMtls
 
         cert_dir, host, port, mode = sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
         app = socket.create_server(("127.0.0.1", 0))
@@ -51,7 +51,7 @@ def main() -> int:
         while True:
             time.sleep(3600)
     if role == "client":
-        from pymesh.security.datapath import MtlsOriginator
+        from pymesh.relay.pytls import MtlsOriginator
 
         cert_dir, host, port, ident, payload = sys.argv[2:7]
         out = MtlsOriginator(cert_dir, (host, int(port)), [ident]).start()

@@ -14,7 +14,7 @@ from cp_helpers import example_config
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from pymesh.controlplane import ControlPlane
-from pymesh.security.server import SecurityOptions
+from pymesh.controlplane.ca.service import SecurityOptions
 
 PORT = 18080
 SERVER_NAME = "istiod.istio-system.svc"

@@ -16,14 +16,9 @@ import yaml
 from agent_helpers import ROOT_CERT, TOKEN, write_vm_files
 
 from pymesh import PymeshError
-from pymesh.agent import (
-    AgentOptions,
-    BootstrapError,
-    build_node,
-    capture_settings,
-    load_bootstrap,
-)
+from pymesh.agent import AgentOptions, BootstrapError, build_node, load_bootstrap
 from pymesh.agent.bootstrap import BootstrapPaths, parse_cluster_env, parse_hosts
+from pymesh.agent.config import capture_config
 
 # Shaped exactly like istioctl's output (istioctl/pkg/workload/testdata/vmconfig/ipv4):
 # sorted KEY='value' lines, every proxyMetadata key mirrored in mesh.yaml.
@@ -134,10 +129,11 @@ def test_node_id_and_metadata_like_istio_agent(vmdir: Path) -> None:
 
 
 def test_capture_settings_from_cluster_env(vmdir: Path) -> None:
-    c = capture_settings(load_bootstrap(vmdir))
-    assert c.outbound_cidrs == ("*",) and c.inbound_ports == ("*",)
-    assert c.exclude_inbound_ports == (22, 15090, 15021, 15020)
-    assert c.dns and not c.capture_all_dns and c.interception_mode == "REDIRECT"
+    # One reader of istio-iptables' variables (pymesh.capture.CaptureConfig.from_env).
+    c = capture_config(load_bootstrap(vmdir), AgentOptions(), True, ())
+    assert c.outbound_include == "*" and c.inbound_ports == "*"
+    assert set(c.inbound_exclude_ports) == {22, 15090, 15021, 15020}
+    assert c.redirect_dns and not c.capture_all_dns and c.interception_mode == "REDIRECT"
 
 
 @pytest.mark.parametrize(
@@ -259,7 +255,7 @@ def test_bad_values_name_their_key_and_line(vmdir: Path) -> None:
     (vmdir / "cluster.env").write_text("ISTIO_SVC_IP='10.0.0.300'\nISTIO_SERVICE_CIDR='10.0.0.0/8,nope'\n")
     b = load_bootstrap(vmdir)
     with pytest.raises(BootstrapError, match=r"cluster\.env:2: key ISTIO_SERVICE_CIDR: 'nope' is not an IP"):
-        capture_settings(b)
+        capture_config(b, AgentOptions(), False, ())
     with pytest.raises(BootstrapError, match=r"cluster\.env:1: key ISTIO_SVC_IP: '10.0.0.300' is not an IP"):
         build_node(b, extra_ips=[])
     (vmdir / "cluster.env").write_text("A='1'\nISTIO_METAJSON_LABELS='{not json'\n")
@@ -328,7 +324,13 @@ def test_dry_run_prints_the_plan(tmp_path: Path) -> None:
     assert plan["probe"]["default_host"] == "127.0.0.3"
     assert plan["state_dir"] == "/nonexist"
     assert not Path("/nonexist").exists()  # a dry run writes nothing
-    assert plan["capture"]["install"] is None and plan["outbound_listen"] == []
+    # Istio's VM service runs the whole sidecar: by default the agent plans capture, 15001, 15006.
+    assert plan["capture"]["install"] == "auto" and plan["outbound_listen"][0] == "127.0.0.1:15001"
+    assert plan["inbound_listen"][0] == "0.0.0.0:15006"
+    for dns_only in (["--capture", "off"], ["--no-dataplane"]):
+        off = yaml.safe_load(subprocess.run([*cmd, *dns_only], capture_output=True, text=True, check=True).stdout)
+        assert off["capture"]["install"] is None and off["outbound_listen"] == [] and off["inbound_listen"] == []
+        assert off["dns"]["enabled"] is True
     js = subprocess.run([*cmd, "-o", "json", "--capture", "nftables", "--outbound-listen", "127.0.0.1:15001"],
                         capture_output=True, text=True)  # fmt: skip
     assert js.returncode == 0, js.stderr

@@ -35,6 +35,7 @@ def test_agent_command_runs_reports_steps_and_stops_on_sigterm(tmp_path: Path) -
     cmd += ["--state-dir", str(tmp_path / "state"), "--pod-name", "vm-1", "--resolv-conf", str(tmp_path / "none")]
     sport = free_port("127.0.0.1")
     cmd += ["--status-listen", f"127.0.0.1:{sport}"]
+    cmd += ["--no-dataplane"]  # on the host: DNS and xDS only, no capture rules
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout or ()], daemon=True).start()
@@ -111,13 +112,14 @@ def test_cluster_env_never_fails_other_than_by_bootstrap_error(text: str) -> Non
 def test_any_file_content_gives_a_bootstrap_error_or_a_bootstrap(name: str, text: str) -> None:
     import tempfile
 
-    from pymesh.agent import capture_settings, load_bootstrap
+    from pymesh.agent import AgentOptions, load_bootstrap
+    from pymesh.agent.config import capture_config
 
     with tempfile.TemporaryDirectory() as d:
         vm = write_vm_files(Path(d) / "vm", 15010)
         (vm / name).write_text(text)
         try:
-            capture_settings(load_bootstrap(vm))
+            capture_config(load_bootstrap(vm), AgentOptions(), True, ())
         except BootstrapError as e:
             assert str(e).startswith(str(vm / name)) or str(e).startswith(str(vm / "cluster.env"))
 

@@ -20,13 +20,15 @@ from google.protobuf import any_pb2
 from sec_helpers import secure_cp, secure_vm_files
 from test_security_datapath import workload
 
+from pymesh.agent.dataplane import set_identity
 from pymesh.agent.errors import XdsClientError
-from pymesh.agent.mtls import LDS, inbound_mode, set_identity
+from pymesh.agent.state import inbound_mode
 from pymesh.controlplane import ControlPlane
+from pymesh.controlplane.ca.ca import CertificateAuthority
 from pymesh.controlplane.peerauth import virtual_inbound
 from pymesh.lbtable import LbTable, RedirectTable
+from pymesh.mesh.xds import LDS
 from pymesh.relay import start_outbound_proxy
-from pymesh.security.ca import CertificateAuthority
 
 PRODUCT = "spiffe://cluster.local/ns/default/sa/product"
 

@@ -16,7 +16,7 @@ from test_agent_xds import C1, HOST, cla, eds_cluster, name_table, pack
 
 from pymesh import PymeshError
 from pymesh.agent import Agent
-from pymesh.agent.persist import CDS, EDS, NDS
+from pymesh.mesh.xds import CDS, EDS, NDS
 from pymesh.proto.nds import TYPE_URL as NDS_TYPE
 
 C2 = "outbound|9090||other.default.svc.cluster.local"
@@ -26,9 +26,9 @@ def fresh_agent() -> Agent:
     d = Path(tempfile.mkdtemp())
     vm = write_vm_files(d / "vm", 1)
     agent = make_agent(vm, d / "state", 1, persist=False)
-    agent._on_cds(CDS, [pack(eds_cluster(C1)), pack(eds_cluster(C2))], "1")
-    agent._on_eds(EDS, [pack(cla(C1, "10.0.0.1", "10.0.0.2")), pack(cla(C2, "10.0.1.1"))], "1")
-    agent._on_nds(NDS, [pack(name_table("10.96.0.20"), NDS_TYPE)], "1")
+    agent.mesh.on_cds(CDS, [pack(eds_cluster(C1)), pack(eds_cluster(C2))], "1")
+    agent.mesh.on_eds(EDS, [pack(cla(C1, "10.0.0.1", "10.0.0.2")), pack(cla(C2, "10.0.1.1"))], "1")
+    agent.mesh.on_nds(NDS, [pack(name_table("10.96.0.20"), NDS_TYPE)], "1")
     return agent
 
 
@@ -38,7 +38,7 @@ AGENT = fresh_agent()
 def view(a: Agent) -> Any:
     lb = {c: sorted(e["address"] for e in a.lb.endpoints(c)) for c in a.lb.clusters()}
     names = sorted((e["hostname"], tuple(e["ips"])) for e in a.names) if a.names is not None else None
-    return lb, names, a.redirect.classify("10.96.0.20", 8080), dict(a._versions)
+    return lb, names, a.redirect.classify("10.96.0.20", 8080), dict(a.mesh.versions)
 
 
 def mutate(data: bytes, edits: list[tuple[int, int]], cut: int | None) -> bytes:
@@ -57,7 +57,7 @@ def check(kind: str, resources: list[Any]) -> None:
     global AGENT
     agent = AGENT
     before = view(agent)
-    apply = {CDS: agent._on_cds, EDS: agent._on_eds, NDS: agent._on_nds}[kind]
+    apply = {CDS: agent.mesh.on_cds, EDS: agent.mesh.on_eds, NDS: agent.mesh.on_nds}[kind]
     try:
         apply(kind, resources, "fuzz", persist=False)
     except PymeshError:
@@ -67,7 +67,7 @@ def check(kind: str, resources: list[Any]) -> None:
     event("accepted")
     # Accepted (the mutation kept it valid): the tables are consistent with
     # what was pushed; start the next example from the known-good state.
-    assert set(agent.lb.clusters()) <= set(agent._clusters)
+    assert set(agent.lb.clusters()) <= set(agent.mesh.clusters)
     AGENT = fresh_agent()
 
 

@@ -43,6 +43,7 @@ import ssl
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from agent_helpers import make_agent, wait_until
@@ -58,10 +59,11 @@ from test_security_datapath import Echo, workload
 
 from pymesh.agent import Agent
 from pymesh.controlplane import ControlPlane
+from pymesh.controlplane.ca.ca import CertificateAuthority
+from pymesh.controlplane.ca.service import SecurityOptions
+from pymesh.mesh.pki import SigningKey, cert_pem, key_pem, load_certs, new_key
 from pymesh.relay import start_inbound_passthrough
-from pymesh.security.ca import CertificateAuthority, SigningKey, cert_pem, key_pem, load_certs, new_key
-from pymesh.security.datapath import ALPN_TCP, InboundMtls
-from pymesh.security.server import SecurityOptions
+from pymesh.relay.pytls import ALPN_TCP, InboundMtls
 
 PRODUCT = "spiffe://cluster.local/ns/default/sa/product"
 PODS = {"legacy": ("127.0.0.21", "127.1.0.1"), "fresh": ("127.0.0.22", "127.1.0.2")}  # name: (pod IP, VIP)
@@ -276,14 +278,14 @@ def test_a_root_change_reaches_the_relay_and_keeps_established_connections(tmp_p
     # the control-plane side (gRPC) stays on the host's loopback with the control plane. The
     # inbound listener is started as the agent starts it with --capture, whose rules would
     # exempt the agent's uid (root here, so this test's connections too): RULES stand in.
-    start_data_path = agent._start_data_path
+    start_data_path = agent.data.start
 
-    def data_path_in_netns() -> None:
+    def data_path_in_netns(tables: Any, mode: str | None) -> None:
         with inside(netns):
-            start_data_path()
-            agent.inbound = start_inbound_passthrough(listen=["0.0.0.0:15006"])
+            start_data_path(tables, mode)
+            agent.data.inbound = start_inbound_passthrough(listen=["0.0.0.0:15006"])
 
-    agent._start_data_path = data_path_in_netns  # type: ignore[method-assign]
+    agent.data.start = data_path_in_netns  # type: ignore[method-assign]
     agent.start()
     held: socket.socket | None = None
     inbound_held: ssl.SSLSocket | None = None

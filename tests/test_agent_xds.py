@@ -20,8 +20,8 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from google.protobuf import any_pb2
 
 from pymesh.agent import XdsClient
-from pymesh.agent.persist import CDS, EDS, NDS
 from pymesh.agent.xds_client import HEALTH
+from pymesh.mesh.xds import CDS, EDS, NDS
 from pymesh.proto.nds import TYPE_URL as NDS_TYPE
 from pymesh.proto.nds import NameTable
 

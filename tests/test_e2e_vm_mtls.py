@@ -54,9 +54,10 @@ from test_e2e_vm import (
 )
 from test_security_datapath import workload
 
-from pymesh.security.ca import CertificateAuthority, key_pem, make_csr, new_key
-from pymesh.security.identity import identity
-from pymesh.security.tokens import TokenAuthority
+from pymesh.controlplane.ca.ca import CertificateAuthority
+from pymesh.controlplane.ca.tokens import TokenAuthority
+from pymesh.mesh.identity import identity
+from pymesh.mesh.pki import key_pem, make_csr, new_key
 
 __all__ = ["shared_dir"]  # the fixture, used by name
 

@@ -3,7 +3,7 @@ network namespace, nftables REDIRECTs service VIPs (127.1.0.0/16:80) to the
 outbound proxy (15001) and the app ports (8000, 8001) to the inbound
 (15006), so  client -> VIP -> native outbound -(mTLS)-> captured endpoint
 -> native inbound -> app (from 127.0.0.6). Certificates come from our own
-CA (pymesh.security.ca). Interoperability with the Python datapath
+CA (pymesh.controlplane.ca). Interoperability with the Python datapath
 (OpenSSL) both ways, openssl s_client as a hostile client, identity checks
 on both sides, PeerAuthentication modes, rotation under a live connection,
 bad PEM, half-close and a large checksummed transfer.
@@ -32,11 +32,12 @@ import pytest
 from cryptography import x509
 from netns_lab import inside, nft_netns
 
+from pymesh.controlplane.ca.ca import CertificateAuthority
 from pymesh.lbtable import LbTable, RedirectTable
+from pymesh.mesh.identity import identity
+from pymesh.mesh.pki import key_pem, make_csr, new_key
 from pymesh.relay import OutboundProxy, TlsConfigError, start_inbound_passthrough
-from pymesh.security.ca import CertificateAuthority, key_pem, make_csr, new_key
-from pymesh.security.datapath import InboundMtls, MtlsOriginator
-from pymesh.security.identity import identity
+from pymesh.relay.pytls import InboundMtls, MtlsOriginator
 
 PRODUCT = "spiffe://cluster.local/ns/default/sa/product"
 CLIENT = "spiffe://cluster.local/ns/default/sa/client"

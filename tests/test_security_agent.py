@@ -79,9 +79,9 @@ def test_vm_to_vm_over_mesh_certificates_through_the_agent_inbound_listener(tmp_
     import socket
     import threading
 
-    from pymesh.security.agent import start_inbound
-    from pymesh.security.client import WorkloadCerts
-    from pymesh.security.datapath import MtlsOriginator
+    from pymesh.agent.certs import WorkloadCerts
+    from pymesh.agent.dataplane import start_inbound_mtls
+    from pymesh.relay.pytls import MtlsOriginator
 
     app = socket.create_server(("127.0.0.1", 0))
 
@@ -102,7 +102,7 @@ def test_vm_to_vm_over_mesh_certificates_through_the_agent_inbound_listener(tmp_
         )
         agent = make_agent(vm, tmp_path / "state", free_port("127.0.0.1"), control_plane_auth="MUTUAL_TLS")
         agent.start()
-        inbound = start_inbound(agent, f"127.0.0.1:0=127.0.0.1:{app.getsockname()[1]}")
+        inbound = start_inbound_mtls(agent.config, agent.certs, f"127.0.0.1:0=127.0.0.1:{app.getsockname()[1]}")
         token2 = cp.security.tokens.create("default", "reviews")
         vm2 = WorkloadCerts(
             f"127.0.0.1:{cp.secure_port}", cp.security.ca.root_pem, tmp_path / "vm2", token=lambda: token2

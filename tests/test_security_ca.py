@@ -21,10 +21,12 @@ from cryptography.x509.oid import NameOID
 from google.protobuf import descriptor_pb2
 
 from pymesh import PymeshError
+from pymesh.controlplane.ca import CaError, TokenError
+from pymesh.controlplane.ca.ca import CA_FILES, CertificateAuthority
+from pymesh.controlplane.ca.tokens import TokenAuthority, b64url, parse_duration
+from pymesh.mesh.identity import identity
+from pymesh.mesh.pki import load_certs, make_csr, new_key, spiffe_ids
 from pymesh.proto import ca as ca_pb
-from pymesh.security import CaError, TokenError, identity
-from pymesh.security.ca import CA_FILES, CertificateAuthority, load_certs, make_csr, new_key, spiffe_ids
-from pymesh.security.tokens import TokenAuthority, b64url, parse_duration
 
 PROTO_DIR = Path(ca_pb.__file__).parent
 

@@ -49,8 +49,8 @@ def agent(tmp: Path, port: int, data: Path, sa: str, *extra: str) -> subprocess.
     (vm / "root-cert.pem").write_text(run("ca", "root-cert", "--data-dir", str(data)))
     return subprocess.Popen(
         [*pymesh_cli(), "agent", "--config-dir", str(vm), "--control-plane-auth", "MUTUAL_TLS", "--no-dns",
-         "--status-listen", "", "--state-dir", str(tmp / f"state-{sa}"), "--pod-name", "vm-1", "--backoff-max", "1",
-         *extra],
+         "--no-dataplane", "--status-listen", "", "--state-dir", str(tmp / f"state-{sa}"), "--pod-name", "vm-1",
+         "--backoff-max", "1", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
 

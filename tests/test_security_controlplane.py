@@ -14,9 +14,9 @@ import pytest
 from cp_helpers import CDS, vm_node, wait_until
 from sec_helpers import Stream, secure_cp, tls_channel
 
+from pymesh.agent.certs import WorkloadCerts
 from pymesh.controlplane import ControlPlane
-from pymesh.security import AuthError
-from pymesh.security.client import WorkloadCerts
+from pymesh.mesh.errors import AuthError
 
 ENTRY = "product-vm-127.0.0.3"
 
@@ -78,7 +78,7 @@ def test_expired_or_foreign_token_gets_no_certificate_and_no_entry(cp: ControlPl
     time.sleep(cp.security.tokens.leeway + 1.5)
     with pytest.raises(AuthError, match=r"UNAUTHENTICATED.*expired"):
         certs(cp, tmp_path, expired).fetch()
-    from pymesh.security.tokens import TokenAuthority
+    from pymesh.controlplane.ca.tokens import TokenAuthority
 
     foreign = TokenAuthority(tmp_path / "foreign").create("default", "product")
     with pytest.raises(AuthError, match=r"does not verify|another key"):
@@ -86,8 +86,8 @@ def test_expired_or_foreign_token_gets_no_certificate_and_no_entry(cp: ControlPl
     with pytest.raises(AuthError, match="no istio-token"):
         certs(cp, tmp_path, "", "c3").fetch()
     # A raw call without any credential: refused by the CA.
+    from pymesh.mesh.pki import make_csr, new_key
     from pymesh.proto import ca as ca_pb
-    from pymesh.security.ca import make_csr, new_key
 
     with tls_channel(cp.secure_port, cp.security.ca.root_pem) as ch:
         call = ch.unary_unary(ca_pb.METHOD, request_serializer=lambda m: m.SerializeToString())
@@ -238,7 +238,8 @@ def test_root_change_the_agent_trusts_the_new_bundle_and_renews_at_once(tmp_path
     holding an A certificate cannot verify the new control plane until its
     root-cert.pem lists B; when it does, it renews at once (authenticated by
     its A certificate, which the bundle still trusts) and then holds a B chain."""
-    from pymesh.security.ca import CertificateAuthority, load_certs
+    from pymesh.controlplane.ca.ca import CertificateAuthority
+    from pymesh.mesh.pki import load_certs
 
     cp = secure_cp(tmp_path, "a")
     root_file = tmp_path / "root-cert.pem"
@@ -300,7 +301,7 @@ def test_front_peer_lookup_is_by_address_and_port(cp: ControlPlane, tmp_path: Pa
 def test_a_key_that_does_not_match_the_held_certificate_falls_back_to_the_token(
     cp: ControlPlane, tmp_path: Path
 ) -> None:
-    from pymesh.security.ca import key_pem, new_key
+    from pymesh.mesh.pki import key_pem, new_key
 
     token = cp.security.tokens.create("default", "product")
     certs(cp, tmp_path, token, "c").fetch()

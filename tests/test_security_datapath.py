@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 from cp_helpers import wait_until
 
-from pymesh.security.ca import CertificateAuthority, key_pem, make_csr, new_key
-from pymesh.security.datapath import InboundMtls, MtlsOriginator
-from pymesh.security.identity import identity
+from pymesh.controlplane.ca.ca import CertificateAuthority
+from pymesh.mesh.identity import identity
+from pymesh.mesh.pki import key_pem, make_csr, new_key
+from pymesh.relay.pytls import InboundMtls, MtlsOriginator
 
 PRODUCT = "spiffe://cluster.local/ns/default/sa/product"
 CLIENT = "spiffe://cluster.local/ns/default/sa/client"

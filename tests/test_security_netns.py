@@ -15,7 +15,7 @@ import pytest
 from netns_lab import NET4, lab
 from test_security_datapath import workload
 
-from pymesh.security.ca import CertificateAuthority
+from pymesh.controlplane.ca.ca import CertificateAuthority
 
 PEER = str(Path(__file__).resolve().parent / "netns_mtls_peer.py")
 PRODUCT = "spiffe://cluster.local/ns/default/sa/product"

@@ -12,9 +12,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pymesh.security import AuthError, CaError, TokenError, identity, parse_spiffe
-from pymesh.security.ca import CertificateAuthority, load_certs, make_csr, new_key, spiffe_ids
-from pymesh.security.tokens import TokenAuthority
+from pymesh.controlplane.ca import CaError, TokenError
+from pymesh.controlplane.ca.ca import CertificateAuthority
+from pymesh.controlplane.ca.tokens import TokenAuthority
+from pymesh.mesh.errors import AuthError
+from pymesh.mesh.identity import identity, parse_spiffe
+from pymesh.mesh.pki import load_certs, make_csr, new_key, spiffe_ids
 
 SETTINGS = settings(suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
 

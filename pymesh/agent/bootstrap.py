@@ -1,7 +1,8 @@
 """The VM bootstrap files, read as Istio's VM guide installs them.
 
 ``istioctl x workload entry configure -o DIR`` writes five files
-(shared/reference/istio-vm-workloads.md §5.3); the guide copies them to:
+(https://istio.io/latest/docs/setup/install/virtual-machine/, "Create files
+to transfer to the virtual machine"); the guide copies them to:
 
 ==================  ==========================================  ======================
 file in DIR         installed at                                 what we take from it
@@ -45,8 +46,12 @@ from typing import Any
 
 import yaml
 
-from pymesh.agent.errors import BootstrapError, ProbeError
-from pymesh.agent.probes import ProbeSpec, parse_probe
+from pymesh.agent.errors import BootstrapError
+from pymesh.mesh.addr import format_host_port, parse_host_port
+from pymesh.mesh.defaults import DEFAULT_DISCOVERY_ADDRESS, XDS_TLS_PORT
+from pymesh.mesh.errors import AddressError, ProbeError
+from pymesh.mesh.probe import ProbeSpec, parse_probe
+from pymesh.mesh.values import truthy
 
 DEFAULT_CLUSTER_ENV = "/var/lib/istio/envoy/cluster.env"
 DEFAULT_MESH = "/etc/istio/config/mesh"
@@ -61,15 +66,26 @@ CONFIG_DIR_FILES = {
     "token": "istio-token",
     "hosts": "hosts",
 }
-# ProxyConfig's default discovery address (Istio's mesh defaults).
-DEFAULT_DISCOVERY_ADDRESS = "istiod.istio-system.svc:15012"
 
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_TRUE = ("true", "1", "yes", "on")
-
-
-def truthy(value: str | None) -> bool:
-    return value is not None and value.strip().lower() in _TRUE
+__all__ = [
+    "CONFIG_DIR_FILES",
+    "DEFAULT_DISCOVERY_ADDRESS",
+    "Bootstrap",
+    "BootstrapPaths",
+    "EnvValue",
+    "HostsEntry",
+    "Token",
+    "load_bootstrap",
+    "parse_cluster_env",
+    "parse_hosts",
+    "parse_mesh",
+    "parse_pem_certs",
+    "parse_token",
+    "split_host_port",
+    "truthy",
+    "write_vm_files",
+]
 
 
 @dataclass(frozen=True)
@@ -147,25 +163,16 @@ class Bootstrap:
         """``discoveryAddress`` with its host resolved through the hosts file
         when that names it (istioctl's ``hosts`` maps istiod's name to the
         east-west gateway), as a gRPC target ``host:port``."""
-        host, port = split_host_port(self.discovery_address, default_port=15012)
-        ip = self.resolve_host(host) or host
-        return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+        host, port = split_host_port(self.discovery_address, default_port=XDS_TLS_PORT)
+        return format_host_port(self.resolve_host(host) or host, port)
 
 
 def split_host_port(addr: str, *, default_port: int) -> tuple[str, int]:
-    a = addr.strip()
-    if a.startswith("["):
-        host, _, rest = a[1:].partition("]")
-        port = rest.lstrip(":")
-    elif a.count(":") == 1:
-        host, _, port = a.partition(":")
-    else:
-        host, port = a, ""
-    if not port:
-        return host, default_port
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise BootstrapError(f"{addr!r}: bad port {port!r}", key="discoveryAddress")
-    return host, int(port)
+    """``discoveryAddress`` as host and port (:func:`pymesh.mesh.addr.parse_host_port`)."""
+    try:
+        return tuple(parse_host_port(addr, default_port=default_port, what="discoveryAddress"))  # type: ignore[return-value]
+    except AddressError as e:
+        raise BootstrapError(str(e), key="discoveryAddress") from None
 
 
 # --- cluster.env ----------------------------------------------------------------------
@@ -467,7 +474,8 @@ def load_bootstrap(
     tok_text = need(paths.token, "no token (plaintext xDS needs none)", False)
     tok = parse_token(tok_text, paths.token) if tok_text is not None and tok_text.strip() else None
     if tok is not None and tok.expires is not None and tok.expires < time.time():
-        # Not fatal while xDS is plaintext; with the CA it will be (reference §5.5, §7.6).
+        # Not fatal here: with a certificate held the agent renews with it; only a first
+        # issuance needs the token (the CA refuses it then, naming the expiry).
         notes.append(
             f"{paths.token}: the token expired at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(tok.expires))}"
         )
@@ -476,7 +484,7 @@ def load_bootstrap(
     host_entries = parse_hosts(hosts_text, paths.hosts) if hosts_text is not None else []
 
     da = discovery_address or str(pc.get("discoveryAddress") or DEFAULT_DISCOVERY_ADDRESS)
-    split_host_port(da, default_port=15012)  # validates
+    split_host_port(da, default_port=XDS_TLS_PORT)  # validates
     return Bootstrap(
         paths=paths,
         env=env,
@@ -491,86 +499,41 @@ def load_bootstrap(
     )
 
 
-# --- capture settings (istio-iptables' environment, §5.6) -------------------------------
+# --- writing (the inverse of load_bootstrap) -----------------------------------------------
 
 
-@dataclass(frozen=True)
-class CaptureSettings:
-    """What istio-iptables would install, from its environment variables.
-    The capture side (pymesh/capture) installs the rules; the agent uses
-    the outbound part for its redirection table."""
-
-    outbound_cidrs: tuple[str, ...] = ()  # ISTIO_SERVICE_CIDR ("*" = all)
-    exclude_cidrs: tuple[str, ...] = ()  # ISTIO_SERVICE_EXCLUDE_CIDR
-    outbound_ports: tuple[int, ...] = ()  # ISTIO_OUTBOUND_PORTS (empty = all)
-    exclude_outbound_ports: tuple[int, ...] = ()  # ISTIO_LOCAL_OUTBOUND_PORTS_EXCLUDE
-    inbound_ports: tuple[str, ...] = ()  # ISTIO_INBOUND_PORTS ("*" or ports)
-    exclude_inbound_ports: tuple[int, ...] = ()  # ISTIO_LOCAL_EXCLUDE_PORTS
-    interception_mode: str = "REDIRECT"  # ISTIO_INBOUND_INTERCEPTION_MODE
-    dns: bool = False  # REDIRECT_DNS or ISTIO_META_DNS_CAPTURE
-    capture_all_dns: bool = False  # CAPTURE_ALL_DNS
-    exclude_interfaces: tuple[str, ...] = ()  # ISTIO_EXCLUDE_INTERFACES
-    custom_rules: bool = False  # ISTIO_CUSTOM_IP_TABLES=true: install nothing
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "outbound_cidrs": list(self.outbound_cidrs),
-            "exclude_cidrs": list(self.exclude_cidrs),
-            "outbound_ports": list(self.outbound_ports),
-            "exclude_outbound_ports": list(self.exclude_outbound_ports),
-            "inbound_ports": list(self.inbound_ports),
-            "exclude_inbound_ports": list(self.exclude_inbound_ports),
-            "interception_mode": self.interception_mode,
-            "dns": self.dns,
-            "capture_all_dns": self.capture_all_dns,
-            "exclude_interfaces": list(self.exclude_interfaces),
-            "custom_rules": self.custom_rules,
-        }
-
-
-def _list(b: Bootstrap, key: str) -> list[str]:
-    return [x.strip() for x in b.get(key).split(",") if x.strip()]
-
-
-def _ports(b: Bootstrap, key: str, *, star: bool = False) -> list[str]:
-    out = []
-    for p in _list(b, key):
-        if star and p == "*":
-            out.append(p)
-            continue
-        if not p.isdigit() or not 0 < int(p) < 65536:
-            raise b.error(key, f"{p!r} is not a port (1-65535)")
-        out.append(str(int(p)))
-    return out
-
-
-def _cidrs(b: Bootstrap, key: str) -> list[str]:
-    out = []
-    for c in _list(b, key):
-        if c == "*":
-            out.append(c)
-            continue
-        try:
-            out.append(str(ipaddress.ip_network(c, strict=False)))
-        except ValueError:
-            raise b.error(key, f"{c!r} is not an IP address or CIDR") from None
-    return out
-
-
-def capture_settings(b: Bootstrap) -> CaptureSettings:
-    mode = b.get("ISTIO_INBOUND_INTERCEPTION_MODE", "REDIRECT").upper() or "REDIRECT"
-    if mode not in ("REDIRECT", "TPROXY"):
-        raise b.error("ISTIO_INBOUND_INTERCEPTION_MODE", f"{mode!r} is not REDIRECT or TPROXY")
-    return CaptureSettings(
-        outbound_cidrs=tuple(_cidrs(b, "ISTIO_SERVICE_CIDR")),
-        exclude_cidrs=tuple(_cidrs(b, "ISTIO_SERVICE_EXCLUDE_CIDR")),
-        outbound_ports=tuple(int(p) for p in _ports(b, "ISTIO_OUTBOUND_PORTS")),
-        exclude_outbound_ports=tuple(int(p) for p in _ports(b, "ISTIO_LOCAL_OUTBOUND_PORTS_EXCLUDE")),
-        inbound_ports=tuple(_ports(b, "ISTIO_INBOUND_PORTS", star=True)),
-        exclude_inbound_ports=tuple(int(p) for p in _ports(b, "ISTIO_LOCAL_EXCLUDE_PORTS")),
-        interception_mode=mode,
-        dns=truthy(b.get("REDIRECT_DNS")) or truthy(b.get("ISTIO_META_DNS_CAPTURE")),
-        capture_all_dns=truthy(b.get("CAPTURE_ALL_DNS")),
-        exclude_interfaces=tuple(_list(b, "ISTIO_EXCLUDE_INTERFACES")),
-        custom_rules=truthy(b.get("ISTIO_CUSTOM_IP_TABLES")),
-    )
+def write_vm_files(
+    directory: str | os.PathLike[str],
+    env: Mapping[str, str],
+    *,
+    discovery_address: str,
+    probe: Mapping[str, Any] | None = None,
+    hosts: Mapping[str, str] | None = None,
+    root_cert: str | None = None,
+    token: str | None = None,
+    proxy_metadata_prefixes: tuple[str, ...] = ("ISTIO_META", "CANONICAL", "POD_", "SERVICE_", "TRUST"),
+) -> Path:
+    """The five files of ``istioctl x workload entry configure -o DIR``
+    (istio/istio ``istioctl/pkg/workload/workload.go``, ``createClusterEnv``,
+    ``createMeshConfig``, ``createHosts``): cluster.env as sorted
+    ``KEY='value'`` lines, mesh.yaml with ``defaultConfig.discoveryAddress``,
+    the environment's metadata keys mirrored in ``proxyMetadata`` and the
+    group's probe as ``readinessProbe``, hosts (``{name: ip}``), and
+    root-cert.pem / istio-token when given. What :func:`load_bootstrap`
+    reads back; ``pymesh up`` and the tests write VMs with it."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    # istioctl single-quotes every value; a quote inside is closed, escaped and reopened (sh).
+    quoted = (f"{k}='" + v.replace("'", "'\\''") + "'\n" for k, v in sorted(env.items()))
+    (d / "cluster.env").write_text("".join(quoted))
+    md = {k: v for k, v in env.items() if k.startswith(proxy_metadata_prefixes)}
+    cfg: dict[str, Any] = {"discoveryAddress": discovery_address, "proxyMetadata": md}
+    if probe:
+        cfg["readinessProbe"] = dict(probe)
+    (d / "mesh.yaml").write_text(yaml.safe_dump({"defaultConfig": cfg}))
+    (d / "hosts").write_text("".join(f"{ip} {name}\n" for name, ip in (hosts or {}).items()))
+    if root_cert is not None:
+        (d / "root-cert.pem").write_text(root_cert)
+    if token is not None:
+        (d / "istio-token").write_text(token)
+    return d

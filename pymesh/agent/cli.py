@@ -9,6 +9,15 @@ what would be configured — node id and metadata, control-plane address,
 DNS listen addresses and upstreams, capture settings, probe, state
 directory — and exits. Running, it prints one line per step on stdout and
 stops cleanly on SIGINT/SIGTERM.
+
+Like Istio's VM service (``istio-start.sh`` runs istio-iptables, then the
+sidecar), the agent runs the whole data path by default: capture rules from
+cluster.env's istio-iptables variables (DNS per ``ISTIO_META_DNS_CAPTURE``,
+outbound per ``ISTIO_SERVICE_CIDR``, inbound per ``ISTIO_INBOUND_PORTS``),
+the outbound proxy on 15001 and the inbound listener on 15006. Without the
+privileges to install the rules it says so and keeps serving DNS.
+``--capture off`` installs no rules; ``--no-dataplane`` runs DNS (and xDS,
+the probe, the status port) only.
 """
 
 from __future__ import annotations
@@ -24,11 +33,16 @@ from typing import Any
 
 import yaml
 
-from pymesh.agent.agent import Agent, AgentOptions, default_dns_listen
+from pymesh.agent.agent import Agent
 from pymesh.agent.bootstrap import load_bootstrap
+from pymesh.agent.config import AgentOptions
+from pymesh.mesh.defaults import OUTBOUND_PORT, default_dns_listen, loopback_listen
 
 
 def _options(args: argparse.Namespace) -> AgentOptions:
+    dataplane = not args.no_dataplane
+    capture = None if not dataplane or args.capture == "off" else (args.capture or "auto")
+    outbound = args.outbound_listen or (loopback_listen(OUTBOUND_PORT) if capture is not None else [])
     return AgentOptions(
         dns_listen=args.dns_listen or default_dns_listen(),
         dns_upstreams=args.dns_upstream,
@@ -45,8 +59,11 @@ def _options(args: argparse.Namespace) -> AgentOptions:
         pod_name=args.pod_name,
         namespace=args.namespace,
         status_listen=args.status_listen or None,
-        outbound_listen=args.outbound_listen or (),
-        capture=args.capture,
+        outbound_listen=outbound if dataplane else (),
+        capture=capture,
+        # The default (no --capture given) degrades to DNS-only without privileges; an
+        # explicit backend is a requirement.
+        capture_optional=args.capture is None,
         proxy_uid=args.proxy_uid,
         inbound_port=args.inbound_port,
         # With --inbound-mtls its listener is the inbound one.
@@ -106,14 +123,16 @@ def cmd_agent(args: argparse.Namespace) -> int:
         say(f"inbound passthrough on {', '.join(agent.inbound.addresses)}")
     if agent.capture_rules is not None:
         say(f"capture rules installed ({agent.capture_rules.backend})")
+    elif agent.data.capture_error:
+        say(f"capture rules NOT installed: {agent.data.capture_error}; serving DNS only (no traffic is redirected)")
     if agent.status_server is not None:
         say(f"status on http://{agent.status_server.address}/healthz/ready")
     inbound = None
     if args.inbound_mtls:
-        from pymesh.security.agent import start_inbound
+        from pymesh.agent.dataplane import start_inbound_mtls
 
         try:
-            inbound = start_inbound(agent, args.inbound_mtls, args.peer_authentication)
+            inbound = start_inbound_mtls(agent.config, agent.certs, args.inbound_mtls, args.peer_authentication)
         except BaseException:
             agent.stop()
             raise
@@ -200,12 +219,18 @@ def add_commands(sub: Any) -> None:
         "--outbound-listen",
         action="append",
         metavar="ADDR:PORT",
-        help="run the outbound proxy here on the agent's tables (repeatable; e.g. 127.0.0.1:15001)",
+        help="the outbound proxy's address (repeatable; default 127.0.0.1:15001 and [::1]:15001 with capture)",
     )
     p.add_argument(
         "--capture",
-        choices=("auto", "nftables", "iptables"),
-        help="install istio-iptables-style capture rules from cluster.env (removed on stop)",
+        choices=("auto", "nftables", "iptables", "off"),
+        help="capture rules from cluster.env's istio-iptables variables, removed on stop "
+        "(default auto: nftables, else iptables; without the privileges the agent serves DNS only)",
+    )
+    p.add_argument(
+        "--no-dataplane",
+        action="store_true",
+        help="DNS, xDS, the probe and the status port only: no capture rules, no outbound/inbound proxy",
     )
     p.add_argument("--proxy-uid", type=int, help="user whose traffic is never captured (default: the agent's own)")
     p.add_argument(

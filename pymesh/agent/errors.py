@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pymesh._native import PymeshError
+from pymesh.mesh.errors import ProbeError
 
 
 class AgentError(PymeshError):
@@ -24,13 +25,12 @@ class BootstrapError(AgentError):
         super().__init__(f"{': '.join(parts)}: {message}" if parts else message)
 
 
-class ProbeError(AgentError):
-    """A readiness probe definition is invalid (mesh.yaml ``readinessProbe``)."""
-
-
 class XdsClientError(AgentError):
     """A push could not be applied (the reason is sent back as the NACK)."""
 
 
 class StateError(AgentError):
     """The state directory cannot be written."""
+
+
+__all__ = ["AgentError", "BootstrapError", "ProbeError", "StateError", "XdsClientError"]

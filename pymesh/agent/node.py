@@ -1,6 +1,7 @@
 """The agent's xDS identity: node id and metadata, built as istio-agent
-builds them (``pkg/bootstrap/config.go``; reference istio-vm-workloads.md
-§5.4 and envoy-lb-and-xds.md §B.4).
+builds them (istio/istio ``pkg/bootstrap/config.go``, ``getNodeMetaData``).
+The id's form and the metadata keys are :mod:`pymesh.mesh.node`, which the
+control plane parses with.
 
 - Node id ``sidecar~<INSTANCE_IP>~<POD_NAME>.<POD_NAMESPACE>~<POD_NAMESPACE>.svc.<domain>``.
 - ``INSTANCE_IP``: ``ISTIO_SVC_IP`` (what istioctl's ``--internalIP`` /
@@ -28,13 +29,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pymesh.agent.bootstrap import Bootstrap, truthy
+from pymesh.agent.bootstrap import Bootstrap
 from pymesh.agent.errors import BootstrapError
-
-META_PREFIX = "ISTIO_META_"
-METAJSON_PREFIX = "ISTIO_METAJSON_"
-DEFAULT_NAMESPACE = "default"
-DEFAULT_DOMAIN = "cluster.local"
+from pymesh.mesh import node as meta
+from pymesh.mesh.defaults import DEFAULT_DOMAIN, DEFAULT_NAMESPACE
+from pymesh.mesh.node import META_PREFIX, METAJSON_PREFIX, NodeIdError, node_id
+from pymesh.mesh.values import truthy
 
 
 def host_ips() -> list[str]:
@@ -76,7 +76,7 @@ class NodeInfo:
 
     @property
     def dns_capture(self) -> bool:
-        return truthy(str(self.metadata.get("DNS_CAPTURE", "")))
+        return truthy(self.metadata.get(meta.DNS_CAPTURE, ""))
 
     def to_proto(self) -> Any:
         """The ``envoy.config.core.v3.Node`` sent on the first request of a stream."""
@@ -138,25 +138,26 @@ def build_node(
                 raise b.error(key, f"not valid JSON: {e}") from None
         elif key.startswith(META_PREFIX) and len(key) > len(META_PREFIX):
             md[key[len(META_PREFIX) :]] = value
-    labels = md.get("LABELS")
+    labels = md.get(meta.LABELS)
     if labels is not None and not isinstance(labels, dict):
         raise b.error("ISTIO_METAJSON_LABELS", "expected a JSON object of label: value")
-    md["NAMESPACE"] = ns
-    md["INSTANCE_IPS"] = ",".join(ips)
-    md.setdefault("NAME", name)
-    md["PROXY_CONFIG"] = _jsonable(b.proxy_config)
+    md[meta.NAMESPACE] = ns
+    md[meta.INSTANCE_IPS] = ",".join(ips)
+    md.setdefault(meta.NAME, name)
+    md[meta.PROXY_CONFIG] = _jsonable(b.proxy_config)
     if b.get("SERVICE_ACCOUNT"):
-        md.setdefault("SERVICE_ACCOUNT", b.get("SERVICE_ACCOUNT"))
-    md.setdefault("INTERCEPTION_MODE", b.get("ISTIO_INBOUND_INTERCEPTION_MODE", "REDIRECT") or "REDIRECT")
+        md.setdefault(meta.SERVICE_ACCOUNT, b.get("SERVICE_ACCOUNT"))
+    md.setdefault(meta.INTERCEPTION_MODE, b.get("ISTIO_INBOUND_INTERCEPTION_MODE", "REDIRECT") or "REDIRECT")
     from pymesh import __version__
 
-    md.setdefault("ISTIO_VERSION", f"pymesh-{__version__}")
+    md.setdefault(meta.ISTIO_VERSION, f"pymesh-{__version__}")
     for k, v in (metadata or {}).items():
         md[k] = v
-    node_id = f"sidecar~{ip}~{name}.{ns}~{ns}.svc.{domain}"
-    if "~" in name or "~" in ns:
-        raise BootstrapError(f"node id {node_id!r}: POD_NAME and POD_NAMESPACE must not contain '~'", key="POD_NAME")
-    return NodeInfo(id=node_id, ip=ip, ips=tuple(ips), name=name, namespace=ns, domain=domain, metadata=md)
+    try:
+        nid = node_id(ip, name, ns, domain)
+    except NodeIdError as e:
+        raise BootstrapError(f"{e} (POD_NAME / POD_NAMESPACE)", key="POD_NAME") from None
+    return NodeInfo(id=nid, ip=ip, ips=tuple(ips), name=name, namespace=ns, domain=domain, metadata=md)
 
 
 def _jsonable(v: Any) -> Any:

@@ -17,33 +17,23 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from pymesh.agent.errors import StateError
+from pymesh.mesh.files import state_dir, write_atomic
+from pymesh.mesh.xds import CDS, EDS, LDS, NDS
 
-log = logging.getLogger("pymesh.agent")
+log = logging.getLogger(__name__)
 
-CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
-EDS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
-NDS = "type.googleapis.com/istio.networking.nds.v1.NameTable"
-LDS = "type.googleapis.com/envoy.config.listener.v3.Listener"
 FILES = {CDS: "cds.pb", EDS: "eds.pb", NDS: "nds.pb", LDS: "lds.pb"}
 IDENTITY = "identity.json"
 
 
 def default_state_dir() -> str:
-    """``$PYMESH_AGENT_STATE_DIR``, else ``/var/lib/pymesh/agent`` as root,
-    else ``$XDG_STATE_HOME/pymesh/agent`` (``~/.local/state/pymesh/agent``)."""
-    env = os.environ.get("PYMESH_AGENT_STATE_DIR")
-    if env:
-        return env
-    if os.geteuid() == 0:
-        return "/var/lib/pymesh/agent"
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return os.path.join(base, "pymesh", "agent")
+    """:func:`pymesh.mesh.files.state_dir` as a string."""
+    return str(state_dir())
 
 
 class StateDir:
@@ -73,24 +63,7 @@ class StateDir:
     def _write(self, name: str, data: bytes) -> None:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=self.path)
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, self.path / name)
-            except BaseException:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
-                raise
-            dfd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            write_atomic(self.path / name, data)
         except OSError as e:
             raise StateError(f"{self.path / name}: cannot write the state: {e.strerror or e}") from e
         self.writes += 1

@@ -1,5 +1,7 @@
 """The WorkloadGroup readiness probe, run on the VM as istio-agent runs it
-(``pkg/istio-agent/health``; shared/reference/istio-vm-workloads.md §3.1-3.2).
+(istio/istio ``pkg/istio-agent/health``: ``health_check.go``,
+``health_probers.go``). The probe's model and validation are
+:mod:`pymesh.mesh.probe`, shared with the control plane.
 
 The probe comes from mesh.yaml ``defaultConfig.readinessProbe`` (istioctl
 copies the group's ``probe`` there; istiod never pushes it). One of:
@@ -14,7 +16,7 @@ copies the group's ``probe`` there; istiod never pushes it). One of:
   host, ``SERVING`` is healthy. The request and response are encoded here
   (two fields), so no grpcio-health-checking dependency is needed; a
   ``NOT_SERVING`` answer is reported with its status name (istio-agent
-  dereferences a nil error there, reference §3.2).
+  dereferences a nil error there: ``GRPCProber.Probe`` in health_probers.go).
 
 Timing: sleep ``initialDelaySeconds``, probe at once, then every
 ``periodSeconds``, each attempt bounded by ``timeoutSeconds``. Defaults are
@@ -39,160 +41,24 @@ from __future__ import annotations
 import http.client
 import ipaddress
 import logging
-import re
 import socket
 import ssl
 import subprocess
 import threading
-from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Collection
 
-from pymesh.agent.errors import ProbeError
+from pymesh.mesh.errors import ProbeError
+from pymesh.mesh.probe import KINDS, ProbeSpec, parse_probe
 
-log = logging.getLogger("pymesh.agent.probe")
+log = logging.getLogger(__name__)
 
 USER_AGENT = "istio-probe/1.0"
 PROBE_SOURCE_V4 = "127.0.0.6"
 GRPC_HEALTH_METHOD = "/grpc.health.v1.Health/Check"
 # grpc.health.v1.HealthCheckResponse.ServingStatus
 SERVING_STATUS = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
-_HEADER_NAME = re.compile(r"^[-_A-Za-z0-9]+$")
-KINDS = ("httpGet", "tcpSocket", "exec", "grpc")
 
-
-class _FieldError(ProbeError):
-    def __init__(self, field: str, message: str) -> None:
-        self.field = field
-        self.reason = message
-        super().__init__(f"{field}: {message}" if field else message)
-
-
-@dataclass(frozen=True)
-class ProbeSpec:
-    kind: str  # one of KINDS
-    initial_delay: float = 0.0
-    timeout: float = 1.0
-    period: float = 10.0
-    success_threshold: int = 1
-    failure_threshold: int = 1
-    port: int = 0
-    host: str = ""
-    path: str = "/"
-    scheme: str = "http"
-    headers: tuple[tuple[str, str], ...] = ()
-    command: tuple[str, ...] = ()
-    service: str = ""
-
-    def as_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {
-            "kind": self.kind,
-            "initialDelaySeconds": self.initial_delay,
-            "timeoutSeconds": self.timeout,
-            "periodSeconds": self.period,
-            "successThreshold": self.success_threshold,
-            "failureThreshold": self.failure_threshold,
-        }
-        if self.kind == "httpGet":
-            d.update(port=self.port, host=self.host, path=self.path, scheme=self.scheme.upper())
-            if self.headers:
-                d["httpHeaders"] = [{"name": n, "value": v} for n, v in self.headers]
-        elif self.kind == "tcpSocket":
-            d.update(port=self.port, host=self.host)
-        elif self.kind == "exec":
-            d["command"] = list(self.command)
-        else:
-            d.update(port=self.port, service=self.service)
-        return d
-
-
-def _seconds(d: Mapping[str, Any], key: str, default: float) -> float:
-    v = d.get(key)
-    if v is None or v == 0:
-        return default
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-        raise _FieldError(key, f"expected a number of seconds >= 0, got {v!r}")
-    return float(v)
-
-
-def _count(d: Mapping[str, Any], key: str, default: int) -> int:
-    v = d.get(key)
-    if v is None or v == 0:
-        return default
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        raise _FieldError(key, f"expected an integer >= 0, got {v!r}")
-    return v
-
-
-def _port(d: Mapping[str, Any], where: str) -> int:
-    p = d.get("port")
-    if isinstance(p, bool) or not isinstance(p, int) or not 0 < p < 65536:
-        raise _FieldError(f"{where}.port", f"expected a port 1-65535, got {p!r}")
-    return p
-
-
-def _str(d: Mapping[str, Any], key: str, where: str) -> str:
-    v = d.get(key)
-    if v is None:
-        return ""
-    if not isinstance(v, str):
-        raise _FieldError(f"{where}.{key}", f"expected a string, got {type(v).__name__}")
-    return v
-
-
-def parse_probe(d: Any) -> ProbeSpec:
-    """Validates a ``readinessProbe`` mapping (WorkloadGroup ``probe`` JSON
-    names); a :class:`ProbeError` carries the offending field in ``.field``."""
-    if not isinstance(d, Mapping):
-        raise _FieldError("", f"expected a mapping, got {type(d).__name__}")
-    kinds = [k for k in KINDS if d.get(k) is not None]
-    if len(kinds) != 1:
-        raise _FieldError(
-            "", "exactly one of httpGet, tcpSocket, exec, grpc must be set" + (f" (got {kinds})" if kinds else "")
-        )
-    kind = kinds[0]
-    body = d[kind]
-    if not isinstance(body, Mapping):
-        raise _FieldError(kind, f"expected a mapping, got {type(body).__name__}")
-    common: dict[str, Any] = {
-        "initial_delay": _seconds(d, "initialDelaySeconds", 0.0),
-        "timeout": _seconds(d, "timeoutSeconds", 1.0),
-        "period": _seconds(d, "periodSeconds", 10.0),
-        "success_threshold": _count(d, "successThreshold", 1),
-        "failure_threshold": _count(d, "failureThreshold", 1),
-    }
-    if kind == "httpGet":
-        scheme = _str(body, "scheme", kind) or "HTTP"
-        if scheme.upper() not in ("HTTP", "HTTPS"):
-            raise _FieldError(f"{kind}.scheme", f"{scheme!r} is not HTTP or HTTPS")
-        headers = []
-        raw = body.get("httpHeaders") or []
-        if not isinstance(raw, list):
-            raise _FieldError(f"{kind}.httpHeaders", "expected a list of {name, value}")
-        for i, h in enumerate(raw):
-            if not isinstance(h, Mapping) or not isinstance(h.get("name"), str) or not _HEADER_NAME.match(h["name"]):
-                raise _FieldError(f"{kind}.httpHeaders[{i}].name", "expected a header name ([-_A-Za-z0-9]+)")
-            headers.append((h["name"], str(h.get("value") or "")))
-        path = _str(body, "path", kind) or "/"
-        if not path.startswith("/"):
-            path = "/" + path
-        return ProbeSpec(
-            kind=kind,
-            port=_port(body, kind),
-            host=_str(body, "host", kind),
-            path=path,
-            scheme=scheme.lower(),
-            headers=tuple(headers),
-            **common,
-        )
-    if kind == "tcpSocket":
-        return ProbeSpec(kind=kind, port=_port(body, kind), host=_str(body, "host", kind), **common)
-    if kind == "exec":
-        cmd = body.get("command")
-        if not isinstance(cmd, list) or not cmd or not all(isinstance(c, str) and c for c in cmd):
-            raise _FieldError(f"{kind}.command", "expected a non-empty list of non-empty strings")
-        return ProbeSpec(kind=kind, command=tuple(cmd), **common)
-    return ProbeSpec(kind=kind, port=_port(body, kind), service=_str(body, "service", kind), **common)
+__all__ = ["KINDS", "Probe", "ProbeError", "ProbeSpec", "Prober", "parse_probe"]
 
 
 # --- one attempt ------------------------------------------------------------------------

@@ -1,25 +1,30 @@
-"""The agent's local status port (istio-agent's 15020, localhost only).
+"""The agent's local status port (istio-agent's 15020, localhost only), on
+:class:`pymesh.admin.AdminServer`.
 
 - ``GET /healthz/ready``: 200 once the agent holds a cluster set to route
-  with (a CDS push applied, from the control plane or the saved state) and its DNS proxy runs when
-  enabled; 503 with the reason otherwise. Istio answers this for Envoy's
-  readiness; here it says the data path has tables.
+  with (a CDS push applied, from the control plane or the saved state) and its
+  DNS proxy runs when enabled; 503 with the reason otherwise. Istio answers
+  this for Envoy's readiness; here it says the data path has tables.
 - ``GET /debug/ndsz``: the name table as JSON (istio-agent's debug view).
 - ``GET /debug/clusters``: every cluster's endpoints as the lbtable sees them.
 - ``GET /debug/status``: :meth:`Agent.status`.
-- ``GET /metrics`` (also ``/stats/prometheus``): the DNS proxy's metrics and
-  the agent's own (``pymesh_agent_*``).
+- ``GET /metrics`` (also ``/stats/prometheus``): the agent's own metrics
+  (``pymesh_agent_*``, rendered by ``prometheus_client``: HELP and TYPE on
+  every family, label values escaped) followed by the DNS proxy's (rendered
+  natively, per-query counters kept in the serving loop).
 """
 
 from __future__ import annotations
 
 import json
-import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from pymesh.agent.errors import AgentError
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from pymesh.admin import JSON, PROMETHEUS_TEXT, TEXT, AdminServer
 
 if TYPE_CHECKING:
     from pymesh.agent.agent import Agent
@@ -33,89 +38,86 @@ def ready(agent: Agent) -> tuple[bool, str]:
     return True, "ready"
 
 
+class AgentCollector(Collector):
+    """The agent's state as Prometheus families, read at scrape time."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+
+    def collect(self) -> Iterator[Metric]:
+        st = self.agent.status()
+        stats = st["stats"]
+        yield GaugeMetricFamily(
+            "pymesh_agent_xds_connected", "1 while an ADS stream to the control plane is up.", st["xds"] == "connected"
+        )
+        for key, help_text in (
+            ("responses", "xDS responses received."),
+            ("acks", "xDS responses applied and acknowledged."),
+            ("nacks", "xDS responses rejected (NACKed) with their error."),
+            ("failures", "ADS streams that failed or could not be opened."),
+        ):
+            name = "stream_failures" if key == "failures" else key
+            yield CounterMetricFamily(f"pymesh_agent_xds_{name}", help_text, stats.get(key, 0))
+        yield GaugeMetricFamily("pymesh_agent_clusters", "Clusters held.", st["clusters"])
+        yield GaugeMetricFamily("pymesh_agent_endpoints", "Endpoints held, over every cluster.", st["endpoints"])
+        yield GaugeMetricFamily("pymesh_agent_names", "Names in the NDS table.", st["names"])
+        health = st["health"]
+        yield GaugeMetricFamily(
+            "pymesh_agent_healthy",
+            "The readiness probe's last state (1 healthy, 0 unhealthy, -1 none yet).",
+            -1 if health is None else int(bool(health[0])),
+        )
+        capture = st["capture"]
+        yield GaugeMetricFamily(
+            "pymesh_agent_capture_installed", "1 while the agent's capture rules are installed.", capture["installed"]
+        )
+        not_after = st["certificates"]["not_after"]
+        if not_after is not None:
+            yield GaugeMetricFamily(
+                "pymesh_agent_certificate_expiry_seconds",
+                "Unix time the workload certificate expires.",
+                not_after,
+            )
+
+
 def metrics(agent: Agent) -> str:
-    st = agent.status()
-    stats = st["stats"]
-    lines = [
-        "# HELP pymesh_agent_xds_connected 1 while an ADS stream to the control plane is up.",
-        "# TYPE pymesh_agent_xds_connected gauge",
-        f"pymesh_agent_xds_connected {1 if st['xds'] == 'connected' else 0}",
-        "# TYPE pymesh_agent_xds_responses_total counter",
-        f"pymesh_agent_xds_responses_total {stats.get('responses', 0)}",
-        "# TYPE pymesh_agent_xds_acks_total counter",
-        f"pymesh_agent_xds_acks_total {stats.get('acks', 0)}",
-        "# TYPE pymesh_agent_xds_nacks_total counter",
-        f"pymesh_agent_xds_nacks_total {stats.get('nacks', 0)}",
-        "# TYPE pymesh_agent_xds_stream_failures_total counter",
-        f"pymesh_agent_xds_stream_failures_total {stats.get('failures', 0)}",
-        "# TYPE pymesh_agent_clusters gauge",
-        f"pymesh_agent_clusters {st['clusters']}",
-        "# TYPE pymesh_agent_endpoints gauge",
-        f"pymesh_agent_endpoints {st['endpoints']}",
-        "# TYPE pymesh_agent_names gauge",
-        f"pymesh_agent_names {st['names']}",
-        "# HELP pymesh_agent_healthy The readiness probe's last state (1 healthy, 0 unhealthy, -1 none yet).",
-        "# TYPE pymesh_agent_healthy gauge",
-        f"pymesh_agent_healthy {-1 if st['health'] is None else int(bool(st['health'][0]))}",
-    ]
-    out = "\n".join(lines) + "\n"
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(AgentCollector(agent))
+    out = generate_latest(registry).decode()
     if agent.dns is not None:
         out += agent.dns.server.metrics_text()
     return out
 
 
-class StatusServer:
+class StatusServer(AdminServer):
     def __init__(self, agent: Agent, listen: str) -> None:
-        host, sep, port = listen.rpartition(":")
-        if not sep or not port.isdigit():
-            raise AgentError(f"status listen address {listen!r}: expected ADDRESS:PORT")
-        host = host.strip("[]") or "127.0.0.1"
+        def healthz(_: str) -> tuple[int, str, bytes]:
+            ok, why = ready(agent)
+            return (200 if ok else 503), TEXT, why.encode()
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
-                code, ctype, body = 200, "application/json", b""
-                if path == "/healthz/ready":
-                    ok, why = ready(agent)
-                    code, ctype, body = (200 if ok else 503), "text/plain", why.encode()
-                elif path == "/debug/ndsz":
-                    names = agent.names
-                    body = json.dumps(list(names) if names is not None else [], indent=1).encode()
-                elif path == "/debug/clusters":
-                    data: dict[str, Any] = agent.endpoints()
-                    body = json.dumps(data, indent=1).encode()
-                elif path == "/debug/status":
-                    body = json.dumps(agent.status(), indent=1, default=str).encode()
-                elif path in ("/metrics", "/stats/prometheus"):
-                    ctype, body = "text/plain; version=0.0.4", metrics(agent).encode()
-                else:
-                    self.send_error(404)
-                    return
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+        def ndsz(_: str) -> tuple[int, str, bytes]:
+            names = agent.names
+            return 200, JSON, json.dumps(list(names) if names is not None else [], indent=1).encode()
 
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
+        def clusters(_: str) -> tuple[int, str, bytes]:
+            data: dict[str, Any] = agent.endpoints()
+            return 200, JSON, json.dumps(data, indent=1).encode()
 
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        def status(_: str) -> tuple[int, str, bytes]:
+            return 200, JSON, json.dumps(agent.status(), indent=1, default=str).encode()
 
-        class Server(ThreadingHTTPServer):
-            address_family = family
-            daemon_threads = True
+        def prom(_: str) -> tuple[int, str, bytes]:
+            return 200, PROMETHEUS_TEXT, metrics(agent).encode()
 
-        try:
-            self.server = Server((host, int(port)), Handler)
-        except OSError as e:
-            raise AgentError(f"status port {listen}: {e.strerror or e}") from e
-        bound_host, bound_port = str(self.server.server_address[0]), int(self.server.server_address[1])
-        self.address = f"[{bound_host}]:{bound_port}" if family == socket.AF_INET6 else f"{bound_host}:{bound_port}"
-        self._thread = threading.Thread(target=self.server.serve_forever, name="pymesh-agent-status", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self._thread.join(5)
+        super().__init__(
+            listen,
+            {
+                "/healthz/ready": healthz,
+                "/debug/ndsz": ndsz,
+                "/debug/clusters": clusters,
+                "/debug/status": status,
+                "/metrics": prom,
+                "/stats/prometheus": prom,
+            },
+            name="pymesh-agent-status",
+        )

@@ -1,8 +1,9 @@
 """An ADS client over grpcio, state-of-the-world or (``delta=True``)
-incremental; plaintext, or mTLS through ``channel_factory`` set by
-pymesh.security.agent.
+incremental; plaintext, or mTLS through ``channel_factory`` (the agent
+sets :meth:`pymesh.agent.certs.WorkloadCerts.channel`).
 
-Protocol (shared/reference/envoy-lb-and-xds.md §B.2-B.3):
+Protocol (Envoy's xDS protocol: https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol,
+"ACK/NACK and resource type instance version", "Resource updates"):
 - One stream at a time. Its first request carries the node; then one
   request per subscribed type, each with the last version this client
   applied (the version is a property of the resources, not the stream).
@@ -41,17 +42,14 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from pymesh.agent.persist import CDS, EDS, LDS, NDS
+from pymesh.mesh.xds import CDS, CODE_INTERNAL, EDS, HEALTH, LDS, NDS, SHORT
 
-log = logging.getLogger("pymesh.agent.xds")
+log = logging.getLogger(__name__)
 
-HEALTH = "type.googleapis.com/istio.v1.HealthInformation"
-SHORT = {CDS: "CDS", EDS: "EDS", NDS: "NDS", LDS: "LDS", HEALTH: "HEALTH"}
-# google.rpc.Code INTERNAL: what Envoy and istio-agent put in NACKs and unhealthy reports.
-CODE_INTERNAL = 13
+__all__ = ["CDS", "CODE_INTERNAL", "EDS", "HEALTH", "LDS", "NDS", "SHORT", "XdsClient"]
 
 # (type_url, resources as google.protobuf.Any, version_info) -> None; raise to NACK.
-Handler = Callable[[str, list[Any], str], None]
+Handler = Callable[[str, list[Any], str], object]
 
 
 class XdsClient:
@@ -98,7 +96,7 @@ class XdsClient:
         self.last_nack: tuple[str, str] | None = None  # (type, message)
         self.next_retry: float | None = None  # seconds of the current backoff wait
         self.waits: list[float] = []  # the last backoff waits, oldest first (status, tests)
-        # (target, options) -> grpc.Channel for each new stream; None: plaintext. pymesh.security
+        # (target, options) -> grpc.Channel for each new stream; None: plaintext. pymesh.agent.certs
         # sets an mTLS one, which reads the current certificate per stream (rotation never
         # touches an open stream).
         self.channel_factory: Callable[[str, list[tuple[str, Any]]], Any] | None = None

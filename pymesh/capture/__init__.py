@@ -19,6 +19,7 @@ The same settings give the outbound proxy its redirection table
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
@@ -50,6 +51,9 @@ __all__ = [
 Backend = Literal["auto", "nftables", "iptables"]
 
 
+log = logging.getLogger(__name__)
+
+
 def _pick(backend: Backend) -> Literal["nftables", "iptables"]:
     if backend in ("nftables", "iptables"):
         return backend
@@ -79,7 +83,16 @@ class Capture:
         return text
 
     def install(self) -> None:
-        """Installs the rules, replacing any earlier copy of ours."""
+        """Installs the rules, replacing any earlier copy of ours; nothing with
+        ``custom_rules`` (the operator's own); TPROXY is refused."""
+        if self.config.custom_rules:
+            log.info("ISTIO_CUSTOM_IP_TABLES is set: no capture rules installed (the operator manages them)")
+            return
+        if self.config.interception_mode != "REDIRECT":
+            raise CaptureError(
+                f"interception mode {self.config.interception_mode}: pymesh installs REDIRECT rules only",
+                key="ISTIO_INBOUND_INTERCEPTION_MODE",
+            )
         if self.backend == "nftables":
             nftables.install(self.config)
         else:

@@ -1,8 +1,11 @@
 """The capture settings: istio-iptables' flags and environment, validated.
 
-Defaults follow istio-iptables (``tools/istio-iptables``; the table in
-``istio-vm-workloads.md`` §5.6) with one VM-friendly difference stated where
-it applies. Every field is validated here, once; the backends only render.
+Defaults follow istio-iptables (istio/istio ``tools/istio-iptables/pkg/config``
+and ``pkg/constants``) with one VM-friendly difference stated where it
+applies. Every field is validated here, once; the backends only render.
+:meth:`CaptureConfig.from_env` is the one reader of istio-iptables'
+environment in pymesh: the agent's redirection table, its ``--dry-run`` and
+the kernel rules all come from the one object it returns.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from pymesh._native import PymeshError
+from pymesh.mesh.defaults import DNS_PORT, INBOUND_PORT, OUTBOUND_PORT, PROXY_UID, TUNNEL_PORT
+from pymesh.mesh.values import truthy
 
 __all__ = [
     "DNS_PORT",
@@ -24,17 +29,20 @@ __all__ = [
     "CaptureError",
 ]
 
-OUTBOUND_PORT = 15001
-INBOUND_PORT = 15006
-TUNNEL_PORT = 15008
-DNS_PORT = 15053
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 class CaptureError(PymeshError):
-    """Capture settings are invalid, or installing/removing the rules failed."""
+    """Capture settings are invalid, or installing/removing the rules failed.
+    ``key`` names the istio-iptables environment variable at fault when the
+    settings came from the environment ("" otherwise)."""
+
+    def __init__(self, message: str, *, key: str = "") -> None:
+        self.key = key
+        self.reason = message
+        super().__init__(f"{key}: {message}" if key else message)
 
 
 def _split(value: str | Iterable[str] | None) -> list[str]:
@@ -107,7 +115,7 @@ class CaptureConfig:
     prefix, so several instances (tests) can coexist.
     """
 
-    proxy_uid: int = 1337
+    proxy_uid: int = PROXY_UID
     proxy_gid: int | None = None
     outbound_port: int = OUTBOUND_PORT
     inbound_port: int = INBOUND_PORT
@@ -127,6 +135,12 @@ class CaptureConfig:
     mark: int | None = None
     ipv6: bool = True
     name: str = "pymesh"
+    # Interfaces whose traffic is never captured, in either direction (ISTIO_EXCLUDE_INTERFACES).
+    exclude_interfaces: tuple[str, ...] = ()
+    # ISTIO_INBOUND_INTERCEPTION_MODE: REDIRECT (the rules pymesh installs) or TPROXY (refused at install).
+    interception_mode: str = "REDIRECT"
+    # ISTIO_CUSTOM_IP_TABLES=true: the operator manages the rules; install nothing.
+    custom_rules: bool = False
     # Derived, validated views (filled in __post_init__).
     _dns4: tuple[str, ...] = field(default=(), init=False, repr=False, compare=False)
     _dns6: tuple[str, ...] = field(default=(), init=False, repr=False, compare=False)
@@ -162,6 +176,16 @@ class CaptureConfig:
             raise CaptureError(f"mark: {self.mark!r} is not a fwmark 1-4294967295")
         if not self.name or not self.name.replace("_", "").replace("-", "").isalnum() or len(self.name) > 16:
             raise CaptureError(f"name: {self.name!r} must be 1-16 letters, digits, '-' or '_'")
+        ifaces = tuple(_split(self.exclude_interfaces))
+        for i, name in enumerate(ifaces):
+            # IFNAMSIZ is 16 with the NUL; the characters the kernel allows in practice.
+            if len(name) > 15 or not all(c.isascii() and (c.isalnum() or c in "-_.@") for c in name):
+                raise CaptureError(f"exclude_interfaces[{i}]: {name!r} is not an interface name")
+        s(self, "exclude_interfaces", ifaces)
+        mode = str(self.interception_mode).upper()
+        if mode not in ("REDIRECT", "TPROXY"):
+            raise CaptureError(f"interception_mode: {self.interception_mode!r} is not REDIRECT or TPROXY")
+        s(self, "interception_mode", mode)
 
     # --- what the backends render -------------------------------------------------
 
@@ -196,40 +220,75 @@ class CaptureConfig:
         PROXY_GID, INBOUND_CAPTURE_PORT, INBOUND_TUNNEL_PORT,
         ISTIO_INBOUND_PORTS, ISTIO_LOCAL_EXCLUDE_PORTS, ISTIO_SERVICE_CIDR,
         ISTIO_SERVICE_EXCLUDE_CIDR, ISTIO_LOCAL_OUTBOUND_PORTS_EXCLUDE,
-        ISTIO_OUTBOUND_PORTS,
-        REDIRECT_DNS or ISTIO_META_DNS_CAPTURE, CAPTURE_ALL_DNS. Keyword
-        arguments override. DNS servers come from resolv.conf unless given.
+        ISTIO_OUTBOUND_PORTS, ISTIO_EXCLUDE_INTERFACES,
+        ISTIO_INBOUND_INTERCEPTION_MODE, ISTIO_CUSTOM_IP_TABLES, REDIRECT_DNS
+        (else ISTIO_META_DNS_CAPTURE), CAPTURE_ALL_DNS. Keyword arguments
+        override. DNS servers come from resolv.conf unless given. A bad value
+        is a CaptureError whose ``key`` is the variable. CIDRs may have host
+        bits set (``10.0.0.1/8``), as istio-iptables' ``netip.ParsePrefix``
+        takes them; they are normalised to the network.
         """
         e = dict(os.environ if env is None else env)
-        truthy = {"1", "true", "yes", "on"}
         kw: dict[str, object] = {}
 
+        def val(key: str) -> str | None:
+            v = e.get(key)
+            return None if v is None else v.strip()
+
         def num(key: str, field_name: str) -> None:
-            if e.get(key, "").strip():
-                v = e[key].strip()
+            v = val(key)
+            if v:
                 if not v.isdigit():
-                    raise CaptureError(f"{key}: {v!r} is not a number")
+                    raise CaptureError(f"{v!r} is not a number", key=key)
                 kw[field_name] = int(v)
+
+        def ports(key: str, field_name: str, *, star: bool = False) -> None:
+            v = val(key)
+            if v is None:
+                return
+            for p in _split(v):
+                if not (star and p == "*") and (not p.isdigit() or not 0 < int(p) < 65536):
+                    raise CaptureError(f"{p!r} is not a port (1-65535)", key=key)
+            kw[field_name] = v
+
+        def cidrs(key: str, field_name: str) -> None:
+            v = val(key)
+            if v is None:
+                return
+            out = []
+            for c in _split(v):
+                if c == "*":
+                    out.append(c)
+                    continue
+                try:
+                    out.append(str(ipaddress.ip_network(c, strict=False)))
+                except ValueError:
+                    raise CaptureError(f"{c!r} is not an IP address or CIDR", key=key) from None
+            kw[field_name] = ",".join(out)
 
         num("PROXY_UID", "proxy_uid")
         num("PROXY_GID", "proxy_gid")
         num("INBOUND_CAPTURE_PORT", "inbound_port")
         num("INBOUND_TUNNEL_PORT", "tunnel_port")
-        if "ISTIO_INBOUND_PORTS" in e:
-            kw["inbound_ports"] = e["ISTIO_INBOUND_PORTS"]
-        if "ISTIO_LOCAL_EXCLUDE_PORTS" in e:
-            kw["inbound_exclude_ports"] = e["ISTIO_LOCAL_EXCLUDE_PORTS"]
-        if "ISTIO_SERVICE_CIDR" in e:
-            kw["outbound_include"] = e["ISTIO_SERVICE_CIDR"]
-        if "ISTIO_SERVICE_EXCLUDE_CIDR" in e:
-            kw["outbound_exclude"] = e["ISTIO_SERVICE_EXCLUDE_CIDR"]
-        if "ISTIO_LOCAL_OUTBOUND_PORTS_EXCLUDE" in e:
-            kw["outbound_exclude_ports"] = e["ISTIO_LOCAL_OUTBOUND_PORTS_EXCLUDE"]
-        if "ISTIO_OUTBOUND_PORTS" in e:
-            kw["outbound_ports"] = e["ISTIO_OUTBOUND_PORTS"]
-        dns = e.get("REDIRECT_DNS", e.get("ISTIO_META_DNS_CAPTURE", "")).strip().lower() in truthy
+        ports("ISTIO_INBOUND_PORTS", "inbound_ports", star=True)
+        ports("ISTIO_LOCAL_EXCLUDE_PORTS", "inbound_exclude_ports")
+        cidrs("ISTIO_SERVICE_CIDR", "outbound_include")
+        cidrs("ISTIO_SERVICE_EXCLUDE_CIDR", "outbound_exclude")
+        ports("ISTIO_LOCAL_OUTBOUND_PORTS_EXCLUDE", "outbound_exclude_ports")
+        ports("ISTIO_OUTBOUND_PORTS", "outbound_ports")
+        if val("ISTIO_EXCLUDE_INTERFACES"):
+            kw["exclude_interfaces"] = tuple(_split(val("ISTIO_EXCLUDE_INTERFACES")))
+        mode = (val("ISTIO_INBOUND_INTERCEPTION_MODE") or "REDIRECT").upper()
+        if mode not in ("REDIRECT", "TPROXY"):
+            raise CaptureError(f"{mode!r} is not REDIRECT or TPROXY", key="ISTIO_INBOUND_INTERCEPTION_MODE")
+        kw["interception_mode"] = mode
+        kw["custom_rules"] = truthy(val("ISTIO_CUSTOM_IP_TABLES"))
+        # An explicit REDIRECT_DNS wins; else the agent's DNS_CAPTURE decides (istio-iptables'
+        # --redirect-dns defaults to ISTIO_META_DNS_CAPTURE).
+        redirect = val("REDIRECT_DNS")
+        dns = truthy(redirect if redirect else val("ISTIO_META_DNS_CAPTURE"))
         kw["redirect_dns"] = dns
-        kw["capture_all_dns"] = e.get("CAPTURE_ALL_DNS", "").strip().lower() in truthy
+        kw["capture_all_dns"] = truthy(val("CAPTURE_ALL_DNS"))
         kw.update(overrides)
         if dns and "dns_servers" not in kw:
             from pymesh.names import read_resolv_conf

@@ -48,6 +48,8 @@ def _rules(cfg: CaptureConfig, v: int) -> dict[str, _Table]:
     raw = _Table()
     out: list[str] = []
     redirect, in_redirect, dns = f"{p}_REDIRECT", f"{p}_IN_REDIRECT", f"{p}_OUTPUT_DNS"
+    # ISTIO_EXCLUDE_INTERFACES: nothing leaving or arriving on these is captured.
+    out += [f"-o {i} -j RETURN" for i in cfg.exclude_interfaces]
     if cfg.mark is not None:
         out.append(f"-m mark --mark {cfg.mark} -j RETURN")
     for port in cfg.outbound_exclude_ports:
@@ -95,7 +97,8 @@ def _rules(cfg: CaptureConfig, v: int) -> dict[str, _Table]:
     nat.chains[f"{p}_OUTPUT"] = out
     nat.jumps.append(("OUTPUT", f"{p}_OUTPUT"))
     if cfg.inbound_enabled:
-        inbound = [f"-p tcp --dport {cfg.tunnel_port} -j RETURN"]
+        inbound = [f"-i {i} -j RETURN" for i in cfg.exclude_interfaces]
+        inbound.append(f"-p tcp --dport {cfg.tunnel_port} -j RETURN")
         if cfg.inbound_ports == "*":
             inbound += [f"-p tcp --dport {port} -j RETURN" for port in cfg.inbound_exclude_ports]
             inbound.append(f"-p tcp -j {in_redirect}")

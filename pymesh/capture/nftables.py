@@ -30,7 +30,8 @@ def _set(items: list[str] | tuple[str, ...] | tuple[int, ...]) -> str:
 
 def _nat_output(cfg: CaptureConfig) -> list[str]:
     uid, gid = cfg.proxy_uid, cfg.proxy_gid
-    r: list[str] = []
+    # ISTIO_EXCLUDE_INTERFACES: nothing leaving or arriving on these is captured.
+    r: list[str] = [f'oifname "{i}" return' for i in cfg.exclude_interfaces]
     if cfg.mark is not None:
         r.append(f"meta mark {cfg.mark} return")
     if cfg.outbound_exclude_ports:
@@ -101,7 +102,8 @@ def _nat_prerouting(cfg: CaptureConfig) -> list[str]:
     if not cfg.inbound_enabled:
         return []
     to = f"redirect to :{cfg.inbound_port}"
-    r = [f"tcp dport {cfg.tunnel_port} return"]
+    r = [f'iifname "{i}" return' for i in cfg.exclude_interfaces]
+    r.append(f"tcp dport {cfg.tunnel_port} return")
     if cfg.inbound_ports == "*":
         if cfg.inbound_exclude_ports:
             r.append(f"tcp dport {_set(cfg.inbound_exclude_ports)} return")

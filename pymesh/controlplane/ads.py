@@ -136,7 +136,7 @@ class AdsServer:
         self.stats = {"responses": 0, "pushes": 0, "push_rounds": 0, "nacks": 0, "acks": 0}
         self.on_nack: Callable[[Nack], Awaitable[None] | None] | None = None
         self.last_answer = 0.0  # time.monotonic() of the last ACK/NACK received
-        # Security hooks (pymesh.security.server; None: no checks, plaintext dev mode).
+        # Security hooks (pymesh.controlplane.ca.service; None: no checks, plaintext dev mode).
         # ``authenticate(conn, context)`` runs when a stream opens and records the caller's
         # authenticated identities in ``conn.attrs``; it raises a PymeshError with a ``code``
         # (gRPC status name) to reject the stream. ``authorize(conn)`` runs once the node is

@@ -28,7 +28,7 @@ as istiod's ``pilot/pkg/autoregistration`` does it
   connected when the previous process stopped is taken as disconnected at
   start-up, so its VM has one grace period to reconnect.
 
-- Identity (§2.5, when the control plane runs with pymesh.security): the
+- Identity (when the control plane runs its CA, pymesh.controlplane.ca): the
   stream's verified identity must be in the group's (entry's) namespace and,
   when the template names a service account, be that account; otherwise the
   stream fails with PERMISSION_DENIED and no entry is created.
@@ -390,13 +390,13 @@ class Registrations:
 
 def _check_identity(conn: Connection, namespace: str, service_account: str, what: str) -> None:
     """§2.5 ``ensureProxyCanControlEntry`` on streams the security layer
-    authenticated (``conn.attrs["identity"]``, set by pymesh.security.server);
+    authenticated (``conn.attrs["identity"]``, set by pymesh.controlplane.ca.service);
     plaintext dev streams carry none and are not checked. Refused before any
     entry is created or touched."""
     ident = conn.attrs.get("identity")
     if ident is None:
         return
-    from pymesh.security.identity import check_entry
+    from pymesh.controlplane.ca.authz import check_entry
 
     try:
         check_entry(ident, namespace, service_account, what)

@@ -38,7 +38,7 @@ def cmd_controlplane(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    from pymesh.security.cli import security_options
+    from pymesh.controlplane.ca.cli import security_options
 
     security = security_options(args)
     cp = ControlPlane(
@@ -250,7 +250,7 @@ def add_commands(sub: Any) -> None:
         help="meshConfig.rootNamespace: a PeerAuthentication here without selector is mesh-wide (default %(default)s)",
     )
     cp.add_argument("-v", "--verbose", action="store_true")
-    from pymesh.security.cli import add_controlplane_flags
+    from pymesh.controlplane.ca.cli import add_controlplane_flags
 
     add_controlplane_flags(cp)  # --secure-listen, --trust-domain, --plugin-ca, --cert-ttl, --xds-auth
     cp.set_defaults(func=cmd_controlplane)

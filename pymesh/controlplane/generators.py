@@ -38,30 +38,17 @@ from envoy.config.listener.v3 import api_listener_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
-from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
+from google.protobuf import duration_pb2, struct_pb2, wrappers_pb2
 
 from pymesh.controlplane.registry import Endpoint, Registry, ServiceModel
 from pymesh.controlplane.resources import DestinationRule, TrafficPolicy
+from pymesh.mesh import xds
+from pymesh.mesh.clusters import cluster_name
 
 log = logging.getLogger("pymesh.controlplane")
 
-LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
-ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
-CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
-ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 ROUTER_FILTER = "envoy.filters.http.router"
 GRPC = "grpc"
-
-
-def cluster_name(host: str, port: int, subset: str = "") -> str:
-    return f"outbound|{port}|{subset}|{host}"
-
-
-def parse_cluster_name(name: str) -> tuple[str, int, str] | None:
-    parts = name.split("|")
-    if len(parts) != 4 or parts[0] != "outbound" or not (parts[1].isascii() and parts[1].isdigit()):
-        return None
-    return parts[3], int(parts[1]), parts[2]
 
 
 def _ads() -> Any:
@@ -70,10 +57,7 @@ def _ads() -> Any:
     )
 
 
-def _pack(msg: Any) -> Any:
-    a = any_pb2.Any()
-    a.Pack(msg)
-    return a
+_pack = xds.pack
 
 
 def _duration(seconds: float) -> Any:

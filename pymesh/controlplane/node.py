@@ -21,12 +21,11 @@ from typing import Any
 from google.protobuf import json_format
 
 from pymesh.controlplane.errors import NodeError
+from pymesh.mesh import node as meta
+from pymesh.mesh.node import NODE_TYPES, NodeIdError, namespace_of, parse_node_id
+from pymesh.mesh.values import truthy
 
-NODE_TYPES = ("sidecar", "router", "waypoint", "ztunnel")
-
-
-def _truthy(value: Any) -> bool:
-    return value is True or (isinstance(value, str) and value.lower() in ("true", "1", "yes"))
+__all__ = ["NODE_TYPES", "Proxy", "parse_node"]
 
 
 def _json_field(value: Any, key: str) -> Any:
@@ -56,41 +55,41 @@ class Proxy:
 
     @property
     def network(self) -> str:
-        return str(self.metadata.get("NETWORK") or "")
+        return str(self.metadata.get(meta.NETWORK) or "")
 
     @property
     def cluster_id(self) -> str:
-        return str(self.metadata.get("CLUSTER_ID") or "")
+        return str(self.metadata.get(meta.CLUSTER_ID) or "")
 
     @property
     def generator(self) -> str:
         """``grpc`` for proxyless gRPC clients (Istio's ``GENERATOR=grpc``,
         also inferred from a gRPC user agent so a plain gRPC bootstrap works),
         else ``envoy``."""
-        gen = str(self.metadata.get("GENERATOR") or "")
+        gen = str(self.metadata.get(meta.GENERATOR) or "")
         if gen:
             return gen.lower()
         return "grpc" if self.user_agent.lower().startswith("grpc") else "envoy"
 
     @property
     def auto_register_group(self) -> str:
-        return str(self.metadata.get("AUTO_REGISTER_GROUP") or "")
+        return str(self.metadata.get(meta.AUTO_REGISTER_GROUP) or "")
 
     @property
     def workload_entry(self) -> str:
-        return str(self.metadata.get("WORKLOAD_ENTRY") or "")
+        return str(self.metadata.get(meta.WORKLOAD_ENTRY) or "")
 
     @property
     def dns_capture(self) -> bool:
-        return _truthy(self.metadata.get("DNS_CAPTURE"))
+        return truthy(self.metadata.get(meta.DNS_CAPTURE))
 
     @property
     def dns_auto_allocate(self) -> bool:
-        return _truthy(self.metadata.get("DNS_AUTO_ALLOCATE"))
+        return truthy(self.metadata.get(meta.DNS_AUTO_ALLOCATE))
 
     @property
     def proxy_config(self) -> Mapping[str, Any]:
-        pc = self.metadata.get("PROXY_CONFIG")
+        pc = self.metadata.get(meta.PROXY_CONFIG)
         return pc if isinstance(pc, Mapping) else {}
 
     @property
@@ -103,30 +102,29 @@ def parse_node(node: Any) -> Proxy:
     """Parses an ``envoy.config.core.v3.Node``; raises :class:`NodeError`
     naming what is wrong (the stream is then failed with INVALID_ARGUMENT)."""
     node_id = node.id
-    parts = node_id.split("~")
-    if len(parts) != 4:
-        raise NodeError(f"node id {node_id!r}: expected <type>~<ip>~<id>~<domain> (4 parts separated by '~')")
-    ntype, ip, pid, domain = parts
-    if ntype not in NODE_TYPES:
-        raise NodeError(f"node id {node_id!r}: unknown proxy type {ntype!r} (one of {', '.join(NODE_TYPES)})")
+    try:
+        parsed = parse_node_id(node_id)
+    except NodeIdError as e:
+        raise NodeError(str(e)) from None
+    ntype, ip, pid, domain = parsed
     raw: dict[str, Any] = json_format.MessageToDict(node.metadata) if node.HasField("metadata") else {}
     # istio-agent strips ISTIO_META_ (string) and ISTIO_METAJSON_ (JSON) from
     # its environment when it builds the node; a hand-written bootstrap may
     # carry the environment names as they are, so accept both.
     md: dict[str, Any] = {}
     for key, value in raw.items():
-        if key.startswith("ISTIO_METAJSON_"):
-            md.setdefault(key[len("ISTIO_METAJSON_") :], _json_field(value, key))
-        elif key.startswith("ISTIO_META_"):
-            md.setdefault(key[len("ISTIO_META_") :], value)
+        if key.startswith(meta.METAJSON_PREFIX):
+            md.setdefault(key[len(meta.METAJSON_PREFIX) :], _json_field(value, key))
+        elif key.startswith(meta.META_PREFIX):
+            md.setdefault(key[len(meta.META_PREFIX) :], value)
     for key, value in raw.items():
         if not key.startswith("ISTIO_META"):
             md[key] = value
-    for key in ("PROXY_CONFIG", "LABELS", "POD_PORTS"):
+    for key in meta.JSON_KEYS:
         if key in md:
             md[key] = _json_field(md[key], key)
     # INSTANCE_IPS (comma-joined) takes precedence over the IP in the id.
-    ips_raw = str(md.get("INSTANCE_IPS") or "") or ip
+    ips_raw = str(md.get(meta.INSTANCE_IPS) or "") or ip
     ips: list[str] = []
     for a in ips_raw.split(","):
         a = a.strip()
@@ -136,14 +134,8 @@ def parse_node(node: Any) -> Proxy:
             ips.append(str(ipaddress.ip_address(a)))
         except ValueError:
             raise NodeError(f"node {node_id!r}: {a!r} is not an IP address (INSTANCE_IPS / node id)") from None
-    namespace = str(md.get("NAMESPACE") or "")
-    if not namespace:
-        # istiod falls back to the id's "<name>.<namespace>" suffix, then the domain's first label.
-        if "." in pid:
-            namespace = pid.split(".", 1)[1]
-        elif domain:
-            namespace = domain.split(".", 1)[0]
-    labels = md.get("LABELS")
+    namespace = str(md.get(meta.NAMESPACE) or "") or namespace_of(parsed)
+    labels = md.get(meta.LABELS)
     label_map = {str(k): str(v) for k, v in labels.items()} if isinstance(labels, Mapping) else {}
     has_loc = node.HasField("locality")
     loc = ""

@@ -42,6 +42,9 @@ from pymesh.controlplane.resources import (
     WorkloadGroup,
 )
 from pymesh.controlplane.validation import is_ip
+from pymesh.mesh.defaults import DEFAULT_DOMAIN, DEFAULT_TRUST_DOMAIN
+from pymesh.mesh.identity import workload_spiffe
+from pymesh.mesh.values import truthy
 
 log = logging.getLogger("pymesh.controlplane")
 
@@ -50,8 +53,6 @@ AUTO_GROUP_ANNOTATION = "istio.io/autoRegistrationGroup"
 TLS_MODE_LABEL = "security.istio.io/tlsMode"
 NETWORK_LABEL = "topology.istio.io/network"
 LOCALITY_LABEL = "topology.istio.io/locality"
-DEFAULT_DOMAIN = "cluster.local"
-DEFAULT_TRUST_DOMAIN = "cluster.local"
 
 
 @dataclass(frozen=True)
@@ -123,14 +124,10 @@ class Registry:
 def health_excluded(entry: WorkloadEntry) -> bool:
     """§3.5: health-checked entries serve only while Healthy is True."""
     flag = entry.meta.annotations.get(HEALTH_CHECKS_ANNOTATION)
-    if flag is None or flag.lower() not in ("true", "1"):
+    if flag is None or not truthy(flag):
         return False
     cond = entry.condition("Healthy")
     return cond is None or str(cond.get("status")) != "True"
-
-
-def _spiffe(ns: str, sa: str, trust_domain: str) -> str:
-    return f"spiffe://{trust_domain}/ns/{ns}/sa/{sa}" if sa else ""
 
 
 def _locality(spec_locality: str, labels: Mapping[str, str]) -> str:
@@ -182,7 +179,7 @@ def _entry_workload(ns: str, name: str, spec: WorkloadEntrySpec, kind: str, trus
         locality=_locality(spec.locality, spec.labels),
         network=spec.network,
         weight=spec.weight or 1,
-        service_account=_spiffe(ns, spec.service_account, trust_domain),
+        service_account=workload_spiffe(ns, spec.service_account, trust_domain),
         tls_mode=tls,
     )
 
@@ -199,7 +196,7 @@ def _pod_workload(pod: Pod, trust_domain: str) -> _Workload:
         locality=_locality("", labels),
         network=labels.get(NETWORK_LABEL, ""),
         weight=1,
-        service_account=_spiffe(pod.meta.namespace, pod.service_account, trust_domain),
+        service_account=workload_spiffe(pod.meta.namespace, pod.service_account, trust_domain),
         tls_mode=labels.get(TLS_MODE_LABEL, "istio"),
         hostname=pod.hostname,
         subdomain=pod.subdomain,

@@ -23,6 +23,8 @@ import yaml
 
 from pymesh.controlplane import validation as v
 from pymesh.controlplane.errors import ValidationError
+from pymesh.mesh.errors import ProbeError
+from pymesh.mesh.probe import parse_probe
 
 ISTIO_GROUP = "networking.istio.io"
 ISTIO_VERSIONS = ("v1", "v1beta1", "v1alpha3")
@@ -389,31 +391,11 @@ def parse_workload_entry(doc: Mapping[str, Any]) -> WorkloadEntry:
 
 
 def _probe(raw: Mapping[str, Any]) -> Mapping[str, Any]:
-    f = "spec.probe"
-    for key in ("initialDelaySeconds", "timeoutSeconds", "periodSeconds", "successThreshold", "failureThreshold"):
-        if key in raw:
-            v.integer(raw[key], f"{f}.{key}", minimum=0, maximum=2**31 - 1)
-    methods = [m for m in ("httpGet", "tcpSocket", "exec", "grpc") if raw.get(m) is not None]
-    if len(methods) != 1:
-        raise v.fail(f, "exactly one of httpGet, tcpSocket, exec, grpc is required")
-    m = methods[0]
-    body = v.mapping(raw[m], f"{f}.{m}")
-    if m in ("httpGet", "tcpSocket", "grpc"):
-        v.port(body.get("port"), f"{f}.{m}.port")
-    if m == "httpGet":
-        scheme = body.get("scheme", "")
-        if scheme not in ("", "HTTP", "HTTPS", "http", "https"):
-            raise v.fail(f"{f}.httpGet.scheme", f"{scheme!r} is not HTTP or HTTPS")
-        for i, h in enumerate(v.sequence(body.get("httpHeaders"), f"{f}.httpGet.httpHeaders")):
-            name = v.string(
-                v.mapping(h, f"{f}.httpGet.httpHeaders[{i}]").get("name"), f"{f}.httpGet.httpHeaders[{i}].name"
-            )
-            if not v.HEADER_NAME.match(name):
-                raise v.fail(f"{f}.httpGet.httpHeaders[{i}].name", f"invalid header name {name!r}")
-    if m == "exec":
-        cmd = v.sequence(body.get("command"), f"{f}.exec.command")
-        if not cmd or not all(isinstance(c, str) and c for c in cmd):
-            raise v.fail(f"{f}.exec.command", "must be a non-empty list of non-empty strings")
+    # One probe model with the agent that runs it (pymesh.mesh.probe); seconds are int32 here.
+    try:
+        parse_probe(raw, integral_seconds=True)
+    except ProbeError as e:
+        raise v.fail("spec.probe" + (f".{e.field}" if e.field else ""), e.reason) from None
     return dict(raw)
 
 

@@ -37,21 +37,24 @@ from pymesh.controlplane.autoregistration import Registrations
 from pymesh.controlplane.defaults import DEFAULT_DEBOUNCE, DEFAULT_GRACE_PERIOD, DEFAULT_XDS_LISTEN
 from pymesh.controlplane.errors import ControlPlaneError, ValidationError
 from pymesh.controlplane.peerauth import DEFAULT_ROOT_NAMESPACE
-from pymesh.controlplane.registry import DEFAULT_DOMAIN, DEFAULT_TRUST_DOMAIN, build_registry
+from pymesh.controlplane.registry import build_registry
 from pymesh.controlplane.resources import YAML_SUFFIXES, FileCache, Object, WorkloadEntry, load_path
 from pymesh.controlplane.snapshot import Snapshot
 from pymesh.controlplane.store import Store
 from pymesh.controlplane.vips import VipAllocator
+from pymesh.mesh.addr import parse_host_port
+from pymesh.mesh.defaults import DEFAULT_DOMAIN, DEFAULT_TRUST_DOMAIN
+from pymesh.mesh.errors import AddressError
 
 log = logging.getLogger("pymesh.controlplane")
 T = TypeVar("T")
 
 
 def _split_listen(addr: str) -> tuple[str, int]:
-    host, sep, port = addr.rpartition(":")
-    if not sep or not (port.isascii() and port.isdigit()) or not host:
-        raise ControlPlaneError(f"--xds-listen {addr!r}: expected ADDRESS:PORT")
-    return host.strip("[]"), int(port)
+    try:
+        return tuple(parse_host_port(addr, what="--xds-listen", listen=True))  # type: ignore[return-value]
+    except AddressError as e:
+        raise ControlPlaneError(str(e)) from None
 
 
 class ControlPlane:
@@ -100,14 +103,14 @@ class ControlPlane:
         )
         self._version = 0
         self.ads = AdsServer(self._build(), self.registrations, strategy=strategy)
-        # pymesh.security.server.SecurityOptions: the CA, the TLS port (15012) and the identity
+        # pymesh.controlplane.ca.service.SecurityOptions: the CA, the TLS port (15012) and the identity
         # checks. ``plaintext`` keeps the unauthenticated ``xds_listen`` listener too (tests, dev).
         self.security: Any = None
         self.plaintext = plaintext or security is None
         self.secure_port = 0
         if security is not None:
+            from pymesh.controlplane.ca.service import MeshSecurity
             from pymesh.controlplane.store import default_data_dir
-            from pymesh.security.server import MeshSecurity
 
             sec_dir = Path(data_dir) if data_dir is not None else default_data_dir()
             self.security = MeshSecurity(sec_dir, security, allow_plaintext=plaintext)

@@ -33,20 +33,17 @@ from pymesh.controlplane.nametable import NdsView, build_name_table
 from pymesh.controlplane.node import Proxy
 from pymesh.controlplane.peerauth import VIRTUAL_INBOUND, PolicyView, virtual_inbound
 from pymesh.controlplane.registry import Registry
-from pymesh.proto.nds import TYPE_URL as NDS
+from pymesh.mesh import xds
+from pymesh.mesh.xds import NDS
 
-LDS = gen.LISTENER
-RDS = gen.ROUTE
-CDS = gen.CLUSTER
-EDS = gen.ENDPOINT
-HEALTH = "type.googleapis.com/istio.v1.HealthInformation"
+LDS, RDS, CDS, EDS, HEALTH = xds.LDS, xds.RDS, xds.CDS, xds.EDS, xds.HEALTH
 XDS_TYPES = (LDS, RDS, CDS, EDS, NDS)
 # SotW: a response of these types must carry every subscribed resource (LDS
 # and CDS per the xDS spec; NDS is a singleton table).
 FULL_STATE = frozenset((LDS, CDS, NDS))
 # Types where a first request naming nothing means "everything" (legacy wildcard).
 WILDCARD_TYPES = FULL_STATE
-SHORT = {LDS: "LDS", RDS: "RDS", CDS: "CDS", EDS: "EDS", NDS: "NDS", HEALTH: "HEALTH"}
+SHORT = xds.SHORT
 
 
 @dataclass(frozen=True)

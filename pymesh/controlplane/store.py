@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from pymesh.controlplane.errors import StoreError
+from pymesh.mesh.files import data_dir
 
 DB_NAME = "controlplane.sqlite3"
 SCHEMA_VERSION = "1"
@@ -47,14 +48,7 @@ CREATE TABLE IF NOT EXISTS rejected (seq INTEGER PRIMARY KEY, message TEXT NOT N
 """
 
 
-def default_data_dir() -> Path:
-    env = os.environ.get("PYMESH_DATA_DIR")
-    if env:
-        return Path(env)
-    if os.geteuid() == 0:
-        return Path("/var/lib/pymesh")
-    xdg = os.environ.get("XDG_DATA_HOME")
-    return Path(xdg) / "pymesh" if xdg else Path.home() / ".local" / "share" / "pymesh"
+default_data_dir = data_dir  # the one definition is pymesh.mesh.files.data_dir
 
 
 class Store:

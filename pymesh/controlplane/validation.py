@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from pymesh.controlplane.errors import ValidationError
+from pymesh.mesh.errors import ValueFormatError
+from pymesh.mesh.values import go_duration
 
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -25,10 +27,6 @@ PORT_KEY = re.compile(r"^[a-zA-Z0-9](?:[-a-zA-Z0-9]*[a-zA-Z0-9])?$")
 LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 IANA_SVC_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
-HEADER_NAME = re.compile(r"^[-_A-Za-z0-9]+$")
-DURATION = re.compile(r"^(\d+(\.\d+)?(h|ms|m|s|us|µs|ns))+$")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s|us|µs|ns)")
-_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
 
 
 def fail(field: str, message: str) -> ValidationError:
@@ -181,9 +179,10 @@ def fqdn(value: str, field: str, *, wildcard: bool = False) -> str:
 def duration(value: Any, field: str) -> float:
     """A protobuf JSON duration (``"10s"``, ``"1.5s"``) or a Go duration
     (``"1m30s"``, ``"100ms"``), as Istio accepts both; returns seconds."""
-    if not isinstance(value, str) or not DURATION.match(value):
-        raise fail(field, f"{value!r} is not a duration like '10s' or '100ms'")
-    return sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(value))
+    try:
+        return go_duration(value)
+    except ValueFormatError as e:
+        raise fail(field, str(e)) from None
 
 
 def one_of(value: Any, field: str, choices: tuple[str, ...], *, default: str) -> str:

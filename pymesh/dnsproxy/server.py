@@ -4,7 +4,8 @@ The serving loop is native (``pymesh._native.DnsServer``: UDP workers and a
 TCP/forwarding runtime that never take the GIL). This module:
 
 - picks upstreams from resolv.conf when none are given (Istio reads the
-  ``nameserver`` lines once at start, reference §4.3);
+  ``nameserver`` lines once at start: istio/istio ``pkg/dns/client/dns.go``,
+  ``NewLocalDNSServer`` → ``dns.ClientConfigFromFile``);
 - reloads the table file when it changes and swaps the new table in
   atomically; a file that fails to load leaves the serving table in place;
 - serves the Prometheus metrics over HTTP (``/metrics``, also ``/stats/prometheus``).
@@ -17,15 +18,16 @@ import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 from pymesh._native import DnsServer, NameTable, PymeshError
+from pymesh.admin import PROMETHEUS_TEXT, AdminServer
+from pymesh.mesh.addr import format_host_port
+from pymesh.mesh.defaults import DNS_LISTEN_V4, DNS_LISTEN_V6
 from pymesh.names import DEFAULT_DOMAIN, load_name_table, read_resolv_conf
 
-log = logging.getLogger("pymesh.dns")
+log = logging.getLogger(__name__)
 
-DEFAULT_LISTEN = ("127.0.0.1:15053", "[::1]:15053")
+DEFAULT_LISTEN = (DNS_LISTEN_V4, DNS_LISTEN_V6)
 
 
 def upstreams_from_resolv_conf(path: str = "/etc/resolv.conf", *, exclude: Sequence[str] = ()) -> list[str]:
@@ -33,7 +35,7 @@ def upstreams_from_resolv_conf(path: str = "/etc/resolv.conf", *, exclude: Seque
     addresses (forwarding to ourselves would loop)."""
     out = []
     for ns in read_resolv_conf(path).nameservers:
-        addr = f"[{ns}]:53" if ":" in ns else f"{ns}:53"
+        addr = format_host_port(ns, 53)
         if addr not in exclude:
             out.append(addr)
     return out
@@ -101,7 +103,7 @@ class DnsProxy:
         self.reload_errors = 0
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
-        self._metrics: ThreadingHTTPServer | None = None
+        self._metrics: AdminServer | None = None
 
     def start(self) -> list[str]:
         """Loads the table (an error here is raised: nothing would be served
@@ -138,45 +140,20 @@ class DnsProxy:
 
     def serve_metrics(self, addr: str) -> str:
         """Serves ``/metrics`` (Prometheus text) on ``addr``; returns the bound address."""
-        host, _, port = addr.rpartition(":")
-        host = host.strip("[]") or "127.0.0.1"
         server = self.server
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path not in ("/metrics", "/stats/prometheus"):
-                    self.send_error(404)
-                    return
-                body = server.metrics_text().encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+        def prom(_: str) -> tuple[int, str, bytes]:
+            return 200, PROMETHEUS_TEXT, server.metrics_text().encode()
 
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        cls = ThreadingHTTPServer
-        if ":" in host:
-            import socket
-
-            class V6(ThreadingHTTPServer):
-                address_family = socket.AF_INET6
-
-            cls = V6
-        self._metrics = cls((host, int(port)), Handler)
-        threading.Thread(target=self._metrics.serve_forever, name="pymesh-dns-metrics", daemon=True).start()
-        bound_host, bound_port = str(self._metrics.server_address[0]), int(self._metrics.server_address[1])
-        return f"[{bound_host}]:{bound_port}" if ":" in bound_host else f"{bound_host}:{bound_port}"
+        self._metrics = AdminServer(addr, {"/metrics": prom, "/stats/prometheus": prom}, name="pymesh-dns-metrics")
+        return self._metrics.address
 
     def stop(self) -> None:
         self._stop.set()
         if self._watcher is not None:
             self._watcher.join()
         if self._metrics is not None:
-            self._metrics.shutdown()
-            self._metrics.server_close()
+            self._metrics.stop()
         self.server.stop()
 
     def __enter__(self) -> DnsProxy:

@@ -35,6 +35,7 @@ from pymesh._native import (
     lb_hash_key,
     lb_priority_load,
 )
+from pymesh.mesh import xds
 
 __all__ = [
     "ASSIGNMENT_TYPE_URL",
@@ -51,8 +52,8 @@ __all__ = [
     "load_redirect_table",
 ]
 
-CLUSTER_TYPE_URL = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
-ASSIGNMENT_TYPE_URL = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+CLUSTER_TYPE_URL = xds.CDS
+ASSIGNMENT_TYPE_URL = xds.EDS
 
 Locality = Mapping[str, str]
 

@@ -12,7 +12,9 @@ from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-TYPE_URL = "type.googleapis.com/istio.networking.nds.v1.NameTable"
+from pymesh.mesh.xds import NDS
+
+TYPE_URL = NDS
 PACKAGE = "istio.networking.nds.v1"
 
 _F = descriptor_pb2.FieldDescriptorProto

@@ -101,7 +101,7 @@ def start_inbound_passthrough(
     IPv6 needs ``::6`` routed to lo. Without an identity this is plaintext
     passthrough (``STRICT`` then refuses everything); after
     ``set_identity`` mTLS is terminated per ``peer_authentication``."""
-    from pymesh.lbtable import LbTable, RedirectTable
+    from pymesh._native import LbTable, RedirectTable
 
     proxy = OutboundProxy(
         RedirectTable.from_dict({}),

@@ -1,4 +1,6 @@
-"""Workload-to-workload mTLS as Istio sidecars speak it (Python ``ssl``).
+"""Workload-to-workload mTLS as Istio sidecars speak it (Python ``ssl``): the
+reference implementation the native relay's mTLS is tested against, and the
+``--inbound-mtls`` listener of agents whose native module lacks TLS.
 
 Where the TLS should live — measured (benchmarks/mtls_bench.py, loopback,
 2 shared cores, 256 MiB streams): through this module's two-hop asyncio
@@ -55,16 +57,16 @@ from pathlib import Path
 
 from cryptography import x509
 
-from pymesh.security.ca import spiffe_ids
-from pymesh.security.errors import AuthError, SecurityError
+from pymesh.mesh import alpn
+from pymesh.mesh.defaults import DEFAULT_TRUST_DOMAIN, INBOUND_PORT
+from pymesh.mesh.errors import AuthError, SecurityError
+from pymesh.mesh.pki import spiffe_ids
 
-log = logging.getLogger("pymesh.security")
+log = logging.getLogger(__name__)
 
-# What Istio sidecars offer (pilot/pkg/networking/core/cluster_tls.go: ALPNInMeshWithMxc / ALPNInMeshH2WithMxc).
-ALPN_TCP = ("istio-peer-exchange", "istio")
-ALPN_HTTP = ("istio-http/1.0", "istio-http/1.1", "istio-h2")
-# What an Istio inbound listener's mTLS filter chain matches on.
-ALPN_INBOUND = ("istio-peer-exchange", "istio", "istio-http/1.0", "istio-http/1.1", "istio-h2", "h2", "http/1.1")
+ALPN_TCP = alpn.MTLS_TCP
+ALPN_HTTP = alpn.MTLS_HTTP
+ALPN_INBOUND = alpn.INBOUND_SERVER
 TLS_HANDSHAKE = 0x16
 BUF = 1 << 18
 
@@ -178,10 +180,10 @@ class InboundMtls(_LoopThread):
         cert_dir: str | os.PathLike[str],
         target: tuple[str, int],
         *,
-        listen: tuple[str, int] = ("0.0.0.0", 15006),
+        listen: tuple[str, int] = ("0.0.0.0", INBOUND_PORT),
         mode: str = "STRICT",
         allowed: Iterable[str] | None = None,
-        trust_domain: str = "cluster.local",
+        trust_domain: str = DEFAULT_TRUST_DOMAIN,
     ) -> None:
         super().__init__("pymesh-inbound-mtls")
         if mode not in ("STRICT", "PERMISSIVE"):
@@ -303,7 +305,7 @@ class MtlsOriginator(_LoopThread):
         *,
         listen: tuple[str, int] = ("127.0.0.1", 0),
         alpn: Iterable[str] = ALPN_TCP,
-        trust_domain: str = "cluster.local",
+        trust_domain: str = DEFAULT_TRUST_DOMAIN,
     ) -> None:
         super().__init__("pymesh-outbound-mtls")
         self.files = _Files(cert_dir, False, alpn)

@@ -31,10 +31,10 @@ from pathlib import Path
 
 from cryptography import x509
 
-from pymesh.security.ca import spiffe_ids
-from pymesh.security.errors import SecurityError
+from pymesh.mesh.errors import SecurityError
+from pymesh.mesh.pki import spiffe_ids
 
-log = logging.getLogger("pymesh.security")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

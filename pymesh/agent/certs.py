@@ -1,8 +1,15 @@
-"""The agent's side: its workload certificate, from the first CSR (with the
+"""The agent's workload certificate, from the first CSR (with the
 istio-token) to renewals (with the certificate itself), and the gRPC channel
-credentials that verify the control plane.
+credentials that verify the control plane. The CA that answers is the
+control plane's (``pymesh.controlplane.ca``); this is the node-agent side, as
+Istio splits ``security/pkg/nodeagent`` from ``security/pkg/server/ca``.
 
-As istio-agent does it (shared/reference/istio-vm-workloads.md §5.5):
+The mode follows Istio: ``controlPlaneAuthPolicy`` in mesh.yaml's
+``defaultConfig`` (istio-start.sh sets ``MUTUAL_TLS`` for VMs), overridden by
+``AgentOptions.control_plane_auth``; ``NONE`` is plaintext.
+
+As istio-agent does it (istio/istio ``security/pkg/nodeagent/cache/secretcache.go``,
+``pkg/istio-agent/agent.go``):
 - the control plane is verified against ``root-cert.pem`` with the host of
   ``discoveryAddress`` (``istiod.istio-system.svc``) as TLS server name, so a
   gateway or ``hosts`` entry may route the connection anywhere but nothing
@@ -13,7 +20,7 @@ As istio-agent does it (shared/reference/istio-vm-workloads.md §5.5):
 - ``cert-chain.pem``, ``key.pem`` and ``root-cert.pem`` are written atomically
   (0600) to a persistent directory (Istio's OUTPUT_CERTS, ``/etc/certs``) —
   pymesh keeps them in the agent's state directory, not in ``/var/run``, so a
-  reboot keeps the identity (peer-systems.md §7, istio/istio#27691);
+  reboot keeps the identity (https://github.com/istio/istio/issues/27691);
 - while the held certificate is unexpired it authenticates renewals (mTLS)
   and xDS; renewal happens at half its life; an expired or unreadable one
   falls back to the token ("cert expired, using token instead").
@@ -34,13 +41,16 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from pymesh.security.ca import key_pem, load_certs, make_csr, new_key, spiffe_ids
-from pymesh.security.errors import AuthError, SecurityError
-from pymesh.security.files import private_dir, write_private
+from pymesh.mesh.addr import parse_host_port
+from pymesh.mesh.defaults import ISTIOD_NAMES, XDS_TLS_PORT
+from pymesh.mesh.errors import AddressError, AuthError, SecurityError
+from pymesh.mesh.files import private_dir, write_atomic
+from pymesh.mesh.pki import key_pem, load_certs, make_csr, new_key, spiffe_ids
 
-log = logging.getLogger("pymesh.security")
+log = logging.getLogger(__name__)
 
-DEFAULT_SERVER_NAME = "istiod.istio-system.svc"
+DEFAULT_SERVER_NAME = ISTIOD_NAMES[0]
+AUTH_MODES = ("MUTUAL_TLS", "NONE")
 # istio-agent's SECRET_GRACE_PERIOD_RATIO: renew when half the lifetime is left.
 RENEW_RATIO = 0.5
 
@@ -82,7 +92,10 @@ class WorkloadCerts:
         load_certs(root_pem.encode(), "root-cert.pem")
         self.target = target
         self.root_pem = root_pem.encode()
-        self.dir = private_dir(Path(cert_dir))
+        try:
+            self.dir = private_dir(Path(cert_dir))
+        except OSError as e:
+            raise SecurityError(f"{cert_dir}: cannot create a private directory: {e.strerror}") from e
         self.server_name = server_name
         self._token = token
         self.cluster_id = cluster_id
@@ -123,13 +136,13 @@ class WorkloadCerts:
         held = _held(data, key, time.time())
         # The key before the chain: a crash in between leaves a chain whose key is
         # missing or old, which _load() rejects (and the token path recovers).
-        write_private(self.dir / "key.pem", key)
-        write_private(self.dir / "cert-chain.pem", data)
+        _write_private(self.dir / "key.pem", key)
+        _write_private(self.dir / "cert-chain.pem", data)
         # The trust bundle, not only the root this chain ends at: during a root change the
         # file holds the new and the old roots, and whatever verifies peers with this
         # directory (the --inbound-mtls listener) must still accept workloads that have not
         # renewed under the new root yet (fetch() checked that chain[-1] is one of them).
-        write_private(self.dir / "root-cert.pem", self.root_pem)
+        _write_private(self.dir / "root-cert.pem", self.root_pem)
         return held
 
     # --- gRPC credentials -----------------------------------------------------------------
@@ -294,3 +307,28 @@ def _held(chain: bytes, key: bytes, issued_at: float) -> Held:
         ids[0] if ids else "",
         issued_at,
     )
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    try:
+        write_atomic(path, data)
+    except OSError as e:
+        raise SecurityError(f"{path}: cannot write: {e.strerror}") from e
+
+
+def auth_mode(proxy_config: dict[str, Any], option: str | None) -> str:
+    """MUTUAL_TLS or NONE: ``option`` (the CLI / AgentOptions) over mesh.yaml's
+    ``defaultConfig.controlPlaneAuthPolicy`` (NONE when unset)."""
+    mode = (option or str(proxy_config.get("controlPlaneAuthPolicy") or "NONE")).upper()
+    if mode not in AUTH_MODES:
+        raise SecurityError(f"controlPlaneAuthPolicy {mode!r}: expected MUTUAL_TLS or NONE")
+    return mode
+
+
+def server_name(discovery_address: str) -> str:
+    """The TLS server name the control plane is verified under: the host of
+    ``discoveryAddress`` (the hosts file may send the connection elsewhere)."""
+    try:
+        return parse_host_port(discovery_address, default_port=XDS_TLS_PORT, what="discoveryAddress").host
+    except AddressError as e:
+        raise SecurityError(str(e)) from None

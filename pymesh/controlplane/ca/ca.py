@@ -33,9 +33,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from pymesh.security.errors import CaError, SecurityError
-from pymesh.security.files import private_dir, read_file, write_private
-from pymesh.security.identity import DEFAULT_TRUST_DOMAIN, Identity
+from pymesh.controlplane.ca.errors import CaError
+from pymesh.mesh import pki
+from pymesh.mesh.defaults import DEFAULT_TRUST_DOMAIN, ISTIOD_NAMES
+from pymesh.mesh.files import private_dir, write_atomic
+from pymesh.mesh.identity import Identity
+from pymesh.mesh.pki import SigningKey, cert_pem, hash_for, key_pem, new_key
 
 DEFAULT_CERT_TTL = 24 * 3600.0  # istiod's DEFAULT_WORKLOAD_CERT_TTL
 MAX_CERT_TTL = 90 * 24 * 3600.0  # istiod's MAX_WORKLOAD_CERT_TTL
@@ -43,46 +46,27 @@ ROOT_TTL = 10 * 365 * 24 * 3600.0
 # Certificates start a little in the past so a peer whose clock is slightly behind accepts them.
 BACKDATE = 60.0
 CA_FILES = ("ca-cert.pem", "ca-key.pem", "root-cert.pem", "cert-chain.pem")
-ISTIOD_NAMES = ("istiod.istio-system.svc", "istiod.istio-system.svc.cluster.local", "istiod")
-
-SigningKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
-
-
-def new_key(kind: str = "ec") -> SigningKey:
-    """A fresh private key: ``ec`` (P-256, what the agent uses), ``rsa`` (2048, Istio's default)."""
-    if kind == "ec":
-        return ec.generate_private_key(ec.SECP256R1())
-    if kind == "rsa":
-        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    raise CaError(f"unknown key type {kind!r} (ec or rsa)")
-
-
-def key_pem(key: SigningKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
-def cert_pem(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
 
 
 def load_certs(data: bytes, where: str) -> list[x509.Certificate]:
     try:
-        certs = x509.load_pem_x509_certificates(data)
-    except ValueError as e:
-        raise CaError(f"{where}: not PEM certificates: {e}") from e
-    return certs
+        return pki.load_certs(data, where)
+    except pki.CertificateError as e:
+        raise CaError(str(e)) from e
 
 
-def make_csr(key: SigningKey) -> bytes:
-    """A CSR as istio-agent sends it (the SANs are ignored by the CA anyway)."""
-    csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(key, _hash_for(key))
-    return csr.public_bytes(serialization.Encoding.PEM)
+def write_private(path: Path, data: bytes) -> None:
+    try:
+        write_atomic(path, data)
+    except OSError as e:
+        raise CaError(f"{path}: cannot write: {e.strerror}") from e
 
 
-def _hash_for(key: SigningKey) -> hashes.SHA256 | None:
-    return None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
+def read_file(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise CaError(f"{path}: cannot read the {what}: {e.strerror}") from e
 
 
 def _now() -> datetime.datetime:
@@ -105,7 +89,10 @@ class CertificateAuthority:
         default_ttl: float = DEFAULT_CERT_TTL,
         max_ttl: float = MAX_CERT_TTL,
     ) -> None:
-        self.dir = private_dir(Path(ca_dir))
+        try:
+            self.dir = private_dir(Path(ca_dir))
+        except OSError as e:
+            raise CaError(f"{ca_dir}: cannot create a private directory: {e.strerror}") from e
         self.trust_domain = trust_domain
         self.default_ttl = default_ttl
         self.max_ttl = max(max_ttl, default_ttl)
@@ -152,10 +139,7 @@ class CertificateAuthority:
 
     def _load(self) -> None:
         def read(name: str) -> bytes:
-            try:
-                return read_file(self.dir / name, name)
-            except SecurityError as e:
-                raise CaError(str(e)) from e
+            return read_file(self.dir / name, name)
 
         try:
             key = serialization.load_pem_private_key(read("ca-key.pem"), password=None)
@@ -250,17 +234,9 @@ class CertificateAuthority:
             )
             .add_extension(self._aki, critical=False)
         )
-        cert = builder.sign(self.key, _hash_for(self.key))
+        cert = builder.sign(self.key, hash_for(self.key))
         leaf = cert_pem(cert).decode()
         return Issued((leaf, *self._chain_tail), not_after.timestamp())
-
-
-def spiffe_ids(cert: x509.Certificate) -> list[str]:
-    try:
-        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-    except x509.ExtensionNotFound:
-        return []
-    return [u for u in ext.value.get_values_for_type(x509.UniformResourceIdentifier) if u.startswith("spiffe://")]
 
 
 def not_after(cert_chain_pem: bytes) -> float:

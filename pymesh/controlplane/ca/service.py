@@ -33,18 +33,22 @@ from typing import Any
 
 import grpc
 
+from pymesh.controlplane.ca.authz import verify_proxy
+from pymesh.controlplane.ca.ca import DEFAULT_CERT_TTL, MAX_CERT_TTL, CertificateAuthority, write_private
+from pymesh.controlplane.ca.errors import AuthError, CaError, SecurityError
+from pymesh.controlplane.ca.tlsfront import Peer, TlsFront, server_context
+from pymesh.controlplane.ca.tokens import DEFAULT_AUDIENCE, TokenAuthority
 from pymesh.controlplane.errors import RegistrationError
+from pymesh.mesh.addr import parse_host_port
+from pymesh.mesh.defaults import DEFAULT_TRUST_DOMAIN, ISTIOD_NAMES, XDS_TLS_PORT
+from pymesh.mesh.errors import AddressError
+from pymesh.mesh.files import private_dir
+from pymesh.mesh.identity import Identity, parse_spiffe
 from pymesh.proto import ca as ca_pb
-from pymesh.security.ca import DEFAULT_CERT_TTL, ISTIOD_NAMES, MAX_CERT_TTL, CertificateAuthority
-from pymesh.security.errors import AuthError, SecurityError
-from pymesh.security.files import private_dir, write_private
-from pymesh.security.identity import DEFAULT_TRUST_DOMAIN, Identity, parse_spiffe, verify_proxy
-from pymesh.security.tlsfront import Peer, TlsFront, server_context
-from pymesh.security.tokens import DEFAULT_AUDIENCE, TokenAuthority
 
-log = logging.getLogger("pymesh.security")
+log = logging.getLogger(__name__)
 
-DEFAULT_SECURE_LISTEN = "0.0.0.0:15012"
+DEFAULT_SECURE_LISTEN = f"0.0.0.0:{XDS_TLS_PORT}"
 
 
 @dataclass
@@ -66,10 +70,10 @@ class SecurityOptions:
 
 
 def _split(addr: str) -> tuple[str, int]:
-    host, sep, port = addr.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise SecurityError(f"secure listen address {addr!r}: expected ADDRESS:PORT")
-    return host.strip("[]"), int(port)
+    try:
+        return tuple(parse_host_port(addr, what="secure listen address", listen=True))  # type: ignore[return-value]
+    except AddressError as e:
+        raise SecurityError(str(e)) from None
 
 
 class MeshSecurity:
@@ -97,7 +101,10 @@ class MeshSecurity:
     # --- lifecycle (on the control plane's loop) ------------------------------------------
 
     def _server_cert(self) -> tuple[Path, Path, float]:
-        tls = private_dir(self.dir / "tls")
+        try:
+            tls = private_dir(self.dir / "tls")
+        except OSError as e:
+            raise CaError(f"{self.dir / 'tls'}: cannot create a private directory: {e.strerror}") from e
         host = self.listen[0]
         ips = [] if host in ("0.0.0.0", "::", "") else [host]
         issued, key = self.ca.issue_server(self.options.server_names, ips, ttl=self.options.server_cert_ttl)

@@ -15,15 +15,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pymesh.mesh.defaults import DEFAULT_TRUST_DOMAIN
+from pymesh.mesh.files import data_dir
+
 
 def _data_dir(args: argparse.Namespace) -> Path:
-    from pymesh.controlplane.store import default_data_dir
-
-    return Path(args.data_dir) if args.data_dir else default_data_dir()
+    return Path(args.data_dir) if args.data_dir else data_dir()
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
-    from pymesh.security.tokens import TokenAuthority, parse_duration
+    from pymesh.controlplane.ca.tokens import TokenAuthority, parse_duration
 
     ta = TokenAuthority(_data_dir(args) / "tokens", trust_domain=args.trust_domain)
     print(ta.create(args.namespace, args.service_account, ttl=parse_duration(args.ttl), audience=args.audience))
@@ -31,7 +32,7 @@ def cmd_token_create(args: argparse.Namespace) -> int:
 
 
 def cmd_ca_root(args: argparse.Namespace) -> int:
-    from pymesh.security.ca import CertificateAuthority
+    from pymesh.controlplane.ca.ca import CertificateAuthority
 
     ca = CertificateAuthority(_data_dir(args) / "ca", trust_domain=args.trust_domain)
     sys.stdout.write(ca.root_pem)
@@ -47,13 +48,13 @@ def add_commands(sub: Any) -> None:
     c.add_argument("--service-account", "-s", required=True)
     c.add_argument("--ttl", default="1h", help="lifetime: seconds or 30m/1h/7d (default %(default)s, as istioctl)")
     c.add_argument("--audience", default="istio-ca", help="aud claim (default %(default)s)")
-    c.add_argument("--trust-domain", default="cluster.local")
+    c.add_argument("--trust-domain", default=DEFAULT_TRUST_DOMAIN)
     c.add_argument("--data-dir", default=None, help=data_help)
     c.set_defaults(func=cmd_token_create)
     ca = sub.add_parser("ca", help="the mesh CA")
     csub = ca.add_subparsers(dest="ca_command", required=True)
     r = csub.add_parser("root-cert", help="print the mesh root certificate (the VM's root-cert.pem)")
-    r.add_argument("--trust-domain", default="cluster.local")
+    r.add_argument("--trust-domain", default=DEFAULT_TRUST_DOMAIN)
     r.add_argument("--data-dir", default=None, help=data_help)
     r.set_defaults(func=cmd_ca_root)
 
@@ -66,7 +67,7 @@ def add_controlplane_flags(p: Any) -> None:
         default=None,
         help="TLS port for xDS and the CA (default 0.0.0.0:15012; off when only --xds-listen is given; '' = off)",
     )
-    p.add_argument("--trust-domain", default="cluster.local", help="SPIFFE trust domain (default %(default)s)")
+    p.add_argument("--trust-domain", default=DEFAULT_TRUST_DOMAIN, help="SPIFFE trust domain (default %(default)s)")
     p.add_argument("--plugin-ca", metavar="DIR", help="Istio cacerts layout: ca-cert/ca-key/root-cert/cert-chain.pem")
     p.add_argument("--cert-ttl", default="24h", help="default workload certificate lifetime (default %(default)s)")
     p.add_argument(
@@ -82,8 +83,8 @@ def add_controlplane_flags(p: Any) -> None:
 
 def security_options(args: argparse.Namespace) -> Any:
     """SecurityOptions from the flags, or None when the TLS port is off."""
-    from pymesh.security.server import DEFAULT_SECURE_LISTEN, SecurityOptions
-    from pymesh.security.tokens import parse_duration
+    from pymesh.controlplane.ca.service import DEFAULT_SECURE_LISTEN, SecurityOptions
+    from pymesh.controlplane.ca.tokens import parse_duration
 
     listen = args.secure_listen
     if listen is None:

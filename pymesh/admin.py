@@ -1,0 +1,94 @@
+"""One small HTTP server for pymesh's local admin ports: the agent's status
+port (istio-agent's 15020) and ``pymesh dns serve --metrics``.
+
+A route table (path → handler returning status, content type, body), one
+bind (``host:port`` through :func:`pymesh.mesh.addr.parse_host_port`, IPv6 in
+brackets, port 0 for any), a daemon thread, and ``stop()``. ztunnel keeps its
+readiness and metrics servers on one ``hyper_util::Server::bind`` in the same
+way (``src/readiness/server.rs``, ``src/metrics/server.rs``). The standard
+library's ``ThreadingHTTPServer`` is enough for a handful of scrapes a
+minute; nothing here is on the data path. Only GET and HEAD are served;
+handler exceptions are answered with 500 and logged, never kill the thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Callable, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from pymesh._native import PymeshError
+from pymesh.mesh.addr import format_host_port, parse_host_port
+from pymesh.mesh.errors import AddressError
+
+log = logging.getLogger(__name__)
+
+# A handler gets the query string ("" when none) and answers (status, content type, body).
+Handler = Callable[[str], tuple[int, str, bytes]]
+PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+JSON = "application/json"
+TEXT = "text/plain; charset=utf-8"
+
+
+class AdminError(PymeshError):
+    """The admin port cannot be bound (the address names what)."""
+
+
+class AdminServer:
+    def __init__(self, listen: str, routes: Mapping[str, Handler], *, name: str = "pymesh-admin") -> None:
+        try:
+            host, port = parse_host_port(listen, what=f"{name} listen address", listen=True)
+        except AddressError as e:
+            raise AdminError(str(e)) from None
+        host = host or "127.0.0.1"
+        table = dict(routes)
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self, body_too: bool) -> None:
+                path, _, query = self.path.partition("?")
+                handler = table.get(path)
+                if handler is None:
+                    self.send_error(404)
+                    return
+                try:
+                    code, ctype, body = handler(query)
+                except Exception:
+                    log.exception("%s: %s failed", name, path)
+                    code, ctype, body = 500, TEXT, b"internal error\n"
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if body_too:
+                    self.wfile.write(body)
+
+            def do_GET(self) -> None:
+                self._answer(True)
+
+            def do_HEAD(self) -> None:
+                self._answer(False)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+        class Server(ThreadingHTTPServer):
+            address_family = family
+            daemon_threads = True
+
+        try:
+            self.server = Server((host, port), Handler)
+        except OSError as e:
+            raise AdminError(f"{name} {listen}: {e.strerror or e}") from e
+        self.address = format_host_port(str(self.server.server_address[0]), int(self.server.server_address[1]))
+        self._thread = threading.Thread(target=self.server.serve_forever, name=name, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(5)

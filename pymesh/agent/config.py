@@ -1,0 +1,307 @@
+"""The agent's configuration, resolved once.
+
+Five sources meet here and nowhere else: :class:`AgentOptions` (the CLI or
+an embedding program), the bootstrap files istioctl writes and the process
+environment (:mod:`.bootstrap`: mesh.yaml ``proxyMetadata`` < process
+environment < cluster.env), istio-iptables' variables
+(:meth:`pymesh.capture.CaptureConfig.from_env`, the one reader of what is
+captured) and resolv.conf. :func:`resolve` turns them into one frozen
+:class:`AgentConfig`; ``pymesh agent --dry-run`` prints :func:`plan`, its
+serialisation. ztunnel keeps the same split (``config.rs``: ``Config`` built
+by ``construct_config``).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pymesh._native import RedirectTable
+from pymesh.agent.bootstrap import Bootstrap
+from pymesh.agent.certs import auth_mode
+from pymesh.agent.node import NodeInfo, build_node
+from pymesh.capture import CaptureConfig, CaptureError
+from pymesh.mesh.addr import format_host_port, port_of
+from pymesh.mesh.defaults import (
+    DEFAULT_DOMAIN,
+    DEFAULT_TRUST_DOMAIN,
+    DNS_LISTEN_V4,
+    DNS_PORT,
+    INBOUND_PORT,
+    OUTBOUND_PORT,
+)
+from pymesh.mesh.files import state_dir
+from pymesh.mesh.probe import ProbeSpec
+from pymesh.mesh.values import duration, truthy
+from pymesh.names import read_resolv_conf
+
+DEFAULT_DNS_LISTEN = (DNS_LISTEN_V4,)
+DEFAULT_CERT_TTL = 24 * 3600.0  # istio-agent's SECRET_TTL default
+SUBSCRIPTIONS = ("CDS", "EDS", "NDS", "LDS virtualInbound")
+
+
+@dataclass
+class AgentOptions:
+    """What the caller chooses; everything else comes from the files."""
+
+    dns_listen: Sequence[str] = DEFAULT_DNS_LISTEN
+    dns_upstreams: Sequence[str] | None = None  # None: the resolv.conf name servers
+    dns_enabled: bool | None = None  # None: the node's DNS_CAPTURE
+    dns_workers: int = 0
+    dns_ttl: int = 30
+    dns_timeout: float = 1.0
+    resolv_conf: str = "/etc/resolv.conf"
+    domain: str = DEFAULT_DOMAIN
+    state_dir: str | None = None  # None: pymesh.mesh.files.state_dir()
+    persist: bool = True
+    xds_address: str | None = None  # overrides discoveryAddress (+ hosts)
+    xds_delta: bool = False  # incremental ADS instead of state-of-the-world
+    backoff_base: float = 0.5
+    backoff_max: float = 30.0
+    probe: bool = True
+    health_resend_interval: float = 60.0
+    instance_ip: str | None = None
+    extra_ips: Sequence[str] | None = None  # None: the host's addresses
+    pod_name: str | None = None
+    namespace: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    lb_seed: int | None = None
+    # Envoy's cluster warming: a new EDS cluster joins the lbtable (and the
+    # redirection table) when its endpoints arrive, or after this many seconds
+    # without them (Envoy's initial_fetch_timeout default), then with none.
+    warm_timeout: float = 15.0
+    # Builds the redirection table from the service VIP:port list (None: from the
+    # capture settings, so the proxy and the kernel rules agree on what is captured).
+    redirect_builder: Callable[[list[dict[str, Any]]], RedirectTable] | None = None
+    # istio-agent's status port (15020): /healthz/ready, /debug/ndsz, /metrics... None: off.
+    status_listen: str | None = None
+    # The data path in the agent's process (pymesh.relay / pymesh.capture), both off when
+    # embedding (the CLI turns them on, as Istio's VM service runs the whole sidecar):
+    # the outbound proxy on these addresses (e.g. 127.0.0.1:15001), serving the agent's tables;
+    outbound_listen: Sequence[str] = ()
+    # and the capture rules ("auto", "nftables", "iptables") from cluster.env's istio-iptables
+    # variables, installed at start and removed at stop, never capturing ``proxy_uid`` (None:
+    # the agent's own user), DNS redirected to the first dns_listen port, outbound to the proxy's;
+    # inbound to ``inbound_port`` (None: cluster.env's INBOUND_CAPTURE_PORT, else 15006) where
+    # cluster.env's ISTIO_INBOUND_PORTS enables it, served by the inbound passthrough unless
+    # ``inbound_passthrough`` is off (another listener, e.g. inbound mTLS, takes that port).
+    capture: str | None = None
+    capture_name: str = "pymesh"
+    proxy_uid: int | None = None
+    # A fwmark the proxies put on their sockets; the rules never capture marked packets
+    # (for hosts where the proxy cannot run as a user of its own, e.g. a user namespace).
+    capture_mark: int | None = None
+    inbound_port: int | None = None
+    inbound_passthrough: bool = True
+    # Without the privileges for the capture rules: True keeps serving DNS (and the
+    # proxies) and reports what could not be installed; False fails the start.
+    capture_optional: bool = False
+    # Control-plane transport: "MUTUAL_TLS" or "NONE"; None: mesh.yaml's
+    # defaultConfig.controlPlaneAuthPolicy (NONE when unset). Certificates are kept in cert_dir
+    # (None: OUTPUT_CERTS, else <state_dir>/certs), requested for cert_ttl seconds (None: SECRET_TTL, 24h).
+    control_plane_auth: str | None = None
+    cert_dir: str | None = None
+    cert_ttl: float | None = None
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Everything the agent runs with, resolved (see the module doc)."""
+
+    bootstrap: Bootstrap
+    options: AgentOptions
+    node: NodeInfo
+    target: str  # the control plane as a gRPC target host:port
+    control_plane_auth: str  # MUTUAL_TLS | NONE
+    dns_enabled: bool
+    dns_listen: tuple[str, ...]
+    upstreams: tuple[str, ...]
+    search: tuple[str, ...]
+    nameservers: tuple[str, ...]
+    capture: CaptureConfig  # what is captured (also when the rules are not installed here)
+    install_capture: str | None  # backend, or None: the rules are not the agent's job
+    state_dir: Path | None  # None: nothing persisted
+    cert_dir: Path
+    cert_ttl: float
+    trust_domain: str
+    probe: ProbeSpec | None
+    probe_host: str
+    inbound_listen: tuple[str, ...]  # where the inbound passthrough listens (capture with inbound)
+
+    @property
+    def runs_inbound(self) -> bool:
+        return self.install_capture is not None and self.capture.inbound_enabled and self.options.inbound_passthrough
+
+    def identity(self) -> dict[str, str]:
+        """Whose saved state this is: the node and the discovery address as
+        configured (a name, not the IP the hosts file gives it today: a new
+        gateway IP is the same mesh)."""
+        return {"node": self.node.id, "control_plane": self.options.xds_address or self.bootstrap.discovery_address}
+
+
+def _upstreams(options: AgentOptions, nameservers: Sequence[str]) -> tuple[str, ...]:
+    if options.dns_upstreams is not None:
+        return tuple(options.dns_upstreams)
+    listen = set(options.dns_listen)
+    out = []
+    for ns in nameservers:
+        addr = format_host_port(ns, 53)
+        if addr not in listen:  # never forward to ourselves
+            out.append(addr)
+    return tuple(out)
+
+
+def capture_config(b: Bootstrap, options: AgentOptions, dns_enabled: bool, nameservers: Sequence[str]) -> CaptureConfig:
+    """The capture settings from the effective environment, with the agent's
+    own ports and user; a bad variable is a BootstrapError naming its file and line."""
+    extra: dict[str, object] = {} if options.inbound_port is None else {"inbound_port": options.inbound_port}
+    env = {k: v.value for k, v in b.env.items()}
+    try:
+        cfg = CaptureConfig.from_env(
+            env,
+            proxy_uid=os.getuid() if options.proxy_uid is None else options.proxy_uid,
+            dns_port=port_of(options.dns_listen, DNS_PORT),
+            outbound_port=port_of(options.outbound_listen, OUTBOUND_PORT),
+            dns_servers=tuple(nameservers),
+            name=options.capture_name,
+            mark=options.capture_mark,
+            **extra,
+        )
+        # DNS is redirected only to a DNS proxy that runs.
+        return cfg if dns_enabled or not cfg.redirect_dns else cfg.with_(redirect_dns=False)
+    except CaptureError as e:
+        if e.key:
+            raise b.error(e.key, e.reason) from None
+        raise
+
+
+def _inbound_listen(cfg: CaptureConfig) -> tuple[str, ...]:
+    # REDIRECT in PREROUTING delivers to the receiving interface's primary address: a
+    # wildcard listener. IPv6 only where ::6 is local (Istio adds it to lo), else the app's
+    # replies to ::6 would leave the host; such connections are refused rather than hung.
+    port = cfg.inbound_port or INBOUND_PORT
+    listen = [f"0.0.0.0:{port}"]
+    if cfg.ipv6 and socket.has_ipv6:
+        try:
+            with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+                s.bind(("::6", 0))
+            listen.append(f"[::]:{port}")
+        except OSError:
+            pass
+    return tuple(listen)
+
+
+def resolve(bootstrap: Bootstrap, options: AgentOptions | None = None) -> AgentConfig:
+    """The one resolved configuration (raises BootstrapError / SecurityError
+    naming what is wrong)."""
+    o = options or AgentOptions()
+    b = bootstrap
+    node = build_node(
+        b,
+        instance_ip=o.instance_ip,
+        extra_ips=o.extra_ips,
+        pod_name=o.pod_name,
+        namespace=o.namespace,
+        domain=o.domain,
+        metadata=o.metadata,
+    )
+    dns_enabled = o.dns_enabled if o.dns_enabled is not None else node.dns_capture
+    resolv = read_resolv_conf(o.resolv_conf)
+    capture = capture_config(b, o, dns_enabled, resolv.nameservers)
+    sdir = Path(o.state_dir) if o.state_dir else state_dir()
+    cert_dir = Path(o.cert_dir or b.get("OUTPUT_CERTS") or (sdir / "certs"))
+    ttl = o.cert_ttl or duration(b.get("SECRET_TTL") or "24h")
+    # Istio: the first proxy IP, or localhost when asked to (REWRITE_PROBE_LEGACY_LOCALHOST_DESTINATION).
+    probe_host = "localhost" if truthy(b.get("REWRITE_PROBE_LEGACY_LOCALHOST_DESTINATION")) or not node.ip else node.ip
+    return AgentConfig(
+        bootstrap=b,
+        options=o,
+        node=node,
+        target=o.xds_address or b.control_plane_target(),
+        control_plane_auth=auth_mode(b.proxy_config, o.control_plane_auth),
+        dns_enabled=bool(dns_enabled),
+        dns_listen=tuple(o.dns_listen),
+        upstreams=_upstreams(o, resolv.nameservers),
+        search=tuple(resolv.search),
+        nameservers=tuple(resolv.nameservers),
+        capture=capture,
+        install_capture=o.capture or None,
+        state_dir=sdir if o.persist else None,
+        cert_dir=cert_dir,
+        cert_ttl=float(ttl),
+        trust_domain=b.get("TRUST_DOMAIN") or DEFAULT_TRUST_DOMAIN,
+        probe=b.readiness_probe if o.probe else None,
+        probe_host=probe_host,
+        inbound_listen=_inbound_listen(capture),
+    )
+
+
+def capture_plan(cfg: CaptureConfig) -> dict[str, Any]:
+    """What is captured, in istio-iptables' terms."""
+    return {
+        "outbound_cidrs": ["*"] if cfg.outbound_include == "*" else list(cfg.outbound_include),
+        "exclude_cidrs": list(cfg.outbound_exclude),
+        "outbound_ports": list(cfg.outbound_ports),
+        "exclude_outbound_ports": list(cfg.outbound_exclude_ports),
+        "inbound_ports": ["*"] if cfg.inbound_ports == "*" else list(cfg.inbound_ports),
+        "exclude_inbound_ports": list(cfg.inbound_exclude_ports),
+        "inbound_port": cfg.inbound_port,
+        "outbound_port": cfg.outbound_port,
+        "interception_mode": cfg.interception_mode,
+        "dns": cfg.redirect_dns,
+        "capture_all_dns": cfg.capture_all_dns,
+        "exclude_interfaces": list(cfg.exclude_interfaces),
+        "custom_rules": cfg.custom_rules,
+    }
+
+
+def plan(c: AgentConfig) -> dict[str, Any]:
+    """The configuration as data (``pymesh agent --dry-run``)."""
+    b, o = c.bootstrap, c.options
+    return {
+        "node": {
+            "id": c.node.id,
+            "ip": c.node.ip,
+            "ips": list(c.node.ips),
+            "namespace": c.node.namespace,
+            "metadata": c.node.metadata,
+        },
+        "control_plane": {
+            "discovery_address": b.discovery_address,
+            "target": c.target,
+            "transport": "mtls" if c.control_plane_auth == "MUTUAL_TLS" else "plaintext",
+            "variant": "delta" if o.xds_delta else "sotw",
+            "subscriptions": list(SUBSCRIPTIONS),
+        },
+        "dns": {
+            "enabled": c.dns_enabled,
+            "listen": list(c.dns_listen),
+            "upstreams": list(c.upstreams),
+            "search": list(c.search),
+            "namespace": c.node.namespace,
+            "domain": o.domain,
+        },
+        "capture": capture_plan(c.capture)
+        | {"install": c.install_capture, "proxy_uid": c.capture.proxy_uid if c.install_capture else None},
+        "outbound_listen": list(o.outbound_listen),
+        "inbound_listen": list(c.inbound_listen) if c.runs_inbound else [],
+        "probe": (c.probe.as_dict() | {"default_host": c.probe_host}) if c.probe else None,
+        "state_dir": str(c.state_dir) if c.state_dir else None,
+        "status_listen": o.status_listen,
+        "certificates": {"dir": str(c.cert_dir), "ttl": c.cert_ttl, "trust_domain": c.trust_domain}
+        if c.control_plane_auth == "MUTUAL_TLS"
+        else None,
+        "files": {
+            "cluster_env": b.paths.cluster_env,
+            "mesh": b.paths.mesh,
+            "root_cert": b.paths.root_cert if b.root_cert is not None else None,
+            "token": b.paths.token if b.token is not None else None,
+            "hosts": b.paths.hosts,
+        },
+        "token": {"subject": b.token.subject, "expires": b.token.expires} if b.token else None,
+        "notes": list(b.notes),
+    }

@@ -1,0 +1,419 @@
+"""What the agent holds from the control plane, and how a push changes it.
+
+Every xDS push goes through one :class:`MeshState` (ztunnel: "all state
+updates code goes in ProxyStateUpdateMutator", ``src/xds.rs``): CDS, EDS,
+NDS and LDS resources are decoded, validated by building the native tables,
+and swapped in; a push that cannot be applied raises (the xDS client turns
+that into a NACK with the text) and leaves what serves untouched. No
+threads, no sockets: tests drive it with resources and read the tables.
+
+- ``lb``: one live :class:`pymesh.LbTable` for the agent's lifetime. An
+  accepted push rebuilds the clusters it changed (one atomic upsert,
+  endpoint state carried over) and removes the ones gone; unchanged
+  resources cost nothing.
+- ``redirect``: the current :class:`pymesh.RedirectTable` (immutable;
+  replaced by one attribute store when clusters or names change). It maps
+  every VIP the NDS table gives a service host to ``outbound|<port>||<host>``;
+  its include/exclude ranges and ports are the capture settings'.
+- ``logical_dns``: ``{cluster: (host, port)}`` for LOGICAL_DNS/STRICT_DNS
+  clusters (DNS ServiceEntries), which the lbtable does not hold.
+- ``tables``: all of the above as one immutable :class:`Tables` snapshot with
+  a generation number; callbacks registered with ``on_update`` run after
+  every change (under the apply lock: keep them short).
+- ``peer_authentication``: the inbound mTLS mode the ``virtualInbound``
+  listener carries; ``apply_mode`` (when set) applies it to the data path
+  first, and a refusal is this push's NACK.
+
+Warming (Envoy's cluster warming, ``source/common/upstream/cluster_manager_impl.cc``):
+a new EDS cluster joins the lbtable and the redirection table when its
+endpoints arrive (its VIPs pass through until then), or after
+``warm_timeout`` seconds with none; a changed one keeps its previous version
+serving meanwhile. Accepted resources are persisted (:mod:`.persist`) so a
+restart without the control plane serves at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pymesh._native import LbTable, NameTable, PymeshError, RedirectTable
+from pymesh.agent.errors import XdsClientError
+from pymesh.agent.persist import StateDir
+from pymesh.mesh import xds
+from pymesh.mesh.clusters import LB_TYPES, parse_cluster_name
+from pymesh.mesh.errors import XdsResourceError
+from pymesh.mesh.inbound import VIRTUAL_INBOUND, mode_of_listener
+from pymesh.mesh.xds import CDS, EDS, LDS, NDS
+
+log = logging.getLogger(__name__)
+
+# (type_url, resources as google.protobuf.Any, version_info, persist) -> None; raise to NACK.
+Apply = Callable[..., object]
+
+
+@dataclass(frozen=True)
+class Tables:
+    """What the data path reads, as of one change."""
+
+    generation: int
+    lb: LbTable
+    redirect: RedirectTable
+    names: NameTable | None
+    logical_dns: dict[str, tuple[str, int]]
+    services: tuple[dict[str, Any], ...] = ()  # {"address", "port", "cluster"}: what ``redirect`` maps
+
+
+def _unpack(any_msg: Any, type_url: str, cls: Any) -> Any:
+    try:
+        return xds.unpack(any_msg, type_url, cls)
+    except XdsResourceError as e:
+        raise XdsClientError(str(e)) from None
+
+
+def _svc(name: str, cluster: dict[str, Any]) -> str:
+    """An EDS cluster's service name: its service_name, else its name."""
+    return str((cluster.get("eds_cluster_config") or {}).get("service_name") or name)
+
+
+def inbound_mode(resources: list[Any]) -> str | None:
+    """The mode the ``virtualInbound`` listener of an LDS response carries
+    (None when the response does not hold it). A listener that does not decode
+    or whose chains say nothing readable is an XdsClientError."""
+    from envoy.config.listener.v3 import listener_pb2
+
+    for a in resources:
+        lis = _unpack(a, LDS, listener_pb2.Listener)
+        if lis.name != VIRTUAL_INBOUND:
+            continue
+        try:
+            return mode_of_listener(lis)
+        except ValueError as e:
+            raise XdsClientError(str(e)) from e
+    return None
+
+
+class MeshState:
+    def __init__(
+        self,
+        *,
+        namespace: str,
+        domain: str,
+        search: tuple[str, ...],
+        redirect_builder: Callable[[list[dict[str, Any]]], RedirectTable],
+        warm_timeout: float = 15.0,
+        lb_seed: int | None = None,
+        store: StateDir | None = None,
+        identity: dict[str, str] | None = None,
+    ) -> None:
+        self.namespace, self.domain, self.search = namespace, domain, search
+        self._build_redirect = redirect_builder
+        self.warm_timeout = warm_timeout
+        self.store = store
+        self._identity = identity or {}
+        self._identity_saved = False
+        self.lb = LbTable(seed=lb_seed)
+        self.names: NameTable | None = None
+        self.services: list[dict[str, Any]] = []
+        self.redirect = redirect_builder([])
+        self.logical_dns: dict[str, tuple[str, int]] = {}
+        self.tables = Tables(0, self.lb, self.redirect, None, {})
+        # Last good resources (protobuf Any by name) and their dict forms.
+        self._cds: dict[str, Any] = {}
+        self._eds: dict[str, Any] = {}
+        self._nds: Any = None
+        self._lds: Any = None
+        self.clusters: dict[str, dict[str, Any]] = {}
+        self.assignments: dict[str, dict[str, Any]] = {}
+        self.versions: dict[str, str] = {}
+        self.warming: dict[str, float] = {}  # cluster -> monotonic deadline
+        self.peer_authentication: str | None = None  # None: no virtualInbound yet
+        self.lock = threading.Lock()
+        self._callbacks: list[Callable[[Tables], None]] = []
+        # Applies an inbound mTLS mode to the data path; raising NACKs the LDS push.
+        self.apply_mode: Callable[[str], None] | None = None
+        self.loaded_from_disk: list[str] = []
+
+    # --- reading -----------------------------------------------------------------------------
+
+    @property
+    def synced(self) -> bool:
+        """A cluster set has been applied (from the control plane or the saved
+        state), possibly empty: the data path has what it needs."""
+        return CDS in self.versions
+
+    def eds_names(self) -> set[str]:
+        return {_svc(n, c) for n, c in self.clusters.items() if c.get("type") in ("EDS", 3)}
+
+    def handlers(self) -> dict[str, Apply]:
+        return {CDS: self.on_cds, EDS: self.on_eds, NDS: self.on_nds, LDS: self.on_lds}
+
+    def on_update(self, callback: Callable[[Tables], None]) -> None:
+        """Calls ``callback(tables)`` after every change (and once now)."""
+        self._callbacks.append(callback)
+        callback(self.tables)
+
+    # --- applying pushes -------------------------------------------------------------------
+
+    def _lb_input(self, clusters: dict[str, dict[str, Any]], cla: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+        out = []
+        for name, c in sorted(clusters.items()):
+            if c.get("type") not in LB_TYPES:
+                continue
+            if c.get("type") == "EDS":
+                assignment = cla.get(_svc(name, c))
+                c = dict(c)
+                if assignment is not None:
+                    c["load_assignment"] = assignment
+                else:
+                    c.pop("load_assignment", None)
+            out.append(c)
+        return out
+
+    def on_cds(self, type_url: str, resources: list[Any], version: str, *, persist: bool = True) -> set[str]:
+        """Applies a CDS response; returns the EDS service names now wanted."""
+        from envoy.config.cluster.v3 import cluster_pb2
+
+        clusters: dict[str, dict[str, Any]] = {}
+        anys: dict[str, Any] = {}
+        logical: dict[str, tuple[str, int]] = {}
+        changed: set[str] = set()
+        for i, a in enumerate(resources):
+            msg = _unpack(a, CDS, cluster_pb2.Cluster)
+            if not msg.name:
+                raise XdsClientError(f"clusters[{i}]: no name")
+            if msg.name in clusters:
+                raise XdsClientError(f"cluster {msg.name!r} appears twice")
+            old = self._cds.get(msg.name)
+            if old is not None and old.value == a.value and msg.name in self.clusters:
+                cluster = self.clusters[msg.name]  # same bytes: no conversion, no rebuild
+            else:
+                cluster = xds.to_dict(msg)
+                changed.add(msg.name)
+            ctype = cluster.get("type")
+            if ctype not in LB_TYPES:
+                if ctype in ("LOGICAL_DNS", "STRICT_DNS"):
+                    if not msg.load_assignment.endpoints or not msg.load_assignment.endpoints[0].lb_endpoints:
+                        raise XdsClientError(f"cluster {msg.name!r}: {ctype} without an endpoint address")
+                    sa = msg.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address
+                    if not sa.address:
+                        raise XdsClientError(f"cluster {msg.name!r}: {ctype} without an endpoint address")
+                    logical[msg.name] = (sa.address, sa.port_value)
+                elif msg.name in changed:
+                    log.warning("cluster %s: type %s not served by the lbtable; left out", msg.name, ctype)
+            clusters[msg.name] = cluster
+            anys[msg.name] = a
+        with self.lock:
+            # A changed EDS cluster whose endpoints are not known yet waits for its EDS (its
+            # previous version, if any, keeps serving). It is still validated now, on a
+            # scratch table, so a bad definition is this push's NACK.
+            warming = {
+                n for n in changed if clusters[n].get("type") == "EDS" and _svc(n, clusters[n]) not in self.assignments
+            }
+            if warming:
+                LbTable(seed=0).load(self._lb_input({n: clusters[n] for n in warming}, {}), replace=True)
+            # SotW CDS carries every cluster; only the new and changed ones are built (one
+            # upsert: the lbtable validates them all first and swaps atomically, so an error
+            # leaves the serving table unchanged), then the clusters no longer served are removed.
+            upsert = self._lb_input({n: clusters[n] for n in changed - warming}, self.assignments)
+            if upsert:
+                self.lb.load(upsert, replace=False)
+            served = {n for n, c in clusters.items() if c.get("type") in LB_TYPES}
+            gone = [n for n in self.lb.clusters() if n not in served]
+            if gone:
+                self.lb.remove(gone)
+            self.clusters, self._cds, self.logical_dns = clusters, anys, logical
+            now = time.monotonic()
+            self.warming = {
+                n: self.warming.get(n, now + self.warm_timeout)
+                for n in warming | set(self.warming)
+                if n in clusters and n not in changed - warming
+            }
+            self.versions[CDS] = version
+            wanted = self.eds_names()
+            # Forget endpoints of clusters that are gone (EDS deletion is implicit in xDS:
+            # envoyproxy/envoy api/envoy/service/discovery/v3/discovery.proto, resource deletion).
+            self.assignments = {k: v for k, v in self.assignments.items() if k in wanted}
+            self._eds = {k: v for k, v in self._eds.items() if k in wanted}
+            if changed or gone:
+                self._rebuild_redirect()
+                self._publish()
+        if persist:
+            self._save(CDS, version, list(anys.values()))
+            self._save(EDS, self.versions.get(EDS, ""), list(self._eds.values()))
+        return wanted
+
+    def on_eds(self, type_url: str, resources: list[Any], version: str, *, persist: bool = True) -> None:
+        from envoy.config.endpoint.v3 import endpoint_pb2
+
+        incoming: dict[str, dict[str, Any]] = {}
+        anys: dict[str, Any] = {}
+        for i, a in enumerate(resources):
+            msg = _unpack(a, EDS, endpoint_pb2.ClusterLoadAssignment)
+            if not msg.cluster_name:
+                raise XdsClientError(f"load assignment [{i}]: no cluster_name")
+            if msg.cluster_name in incoming or msg.cluster_name in anys:
+                raise XdsClientError(f"load assignment {msg.cluster_name!r} appears twice")
+            anys[msg.cluster_name] = a
+            old = self._eds.get(msg.cluster_name)
+            if old is not None and old.value == a.value and msg.cluster_name in self.assignments:
+                continue  # unchanged (e.g. the full set again after a reconnect): nothing to rebuild
+            incoming[msg.cluster_name] = xds.to_dict(msg)
+        with self.lock:
+            cla = {**self.assignments, **incoming}
+            # Only the clusters whose assignment came are rebuilt (an upsert);
+            # the others keep their snapshots, round-robin positions and all.
+            touched = {n: c for n, c in self.clusters.items() if _svc(n, c) in incoming}
+            if touched:
+                self.lb.load(self._lb_input(touched, cla), replace=False)
+            self.assignments = cla
+            self._eds = {**self._eds, **anys}
+            self.versions[EDS] = version
+            warmed = [n for n in touched if self.warming.pop(n, None) is not None]
+            if warmed:
+                self._rebuild_redirect()  # their VIPs now lead to them
+            if touched:
+                self._publish()
+        if persist and incoming:
+            self._save(EDS, version, list(self._eds.values()))
+
+    def on_nds(self, type_url: str, resources: list[Any], version: str, *, persist: bool = True) -> None:
+        if not resources:
+            return  # istio-agent ignores an empty NDS response and keeps its table
+        if len(resources) != 1:
+            raise XdsClientError(f"NDS response with {len(resources)} tables (expected one)")
+        table = NameTable.from_nds(resources[0], namespace=self.namespace, domain=self.domain, search=list(self.search))
+        with self.lock:
+            self.names = table
+            self._nds = resources[0]
+            self.versions[NDS] = version
+            self._rebuild_redirect()
+            self._publish()
+        if persist:
+            self._save(NDS, version, resources)
+
+    def on_lds(self, type_url: str, resources: list[Any], version: str, *, persist: bool = True) -> None:
+        mode = inbound_mode(resources)
+        if mode is None:
+            return  # no virtualInbound (yet): the mode in force stays
+        with self.lock:
+            if self.apply_mode is not None:
+                self.apply_mode(mode)
+            self.peer_authentication = mode
+            self._lds = resources
+            self.versions[LDS] = version
+        if persist:
+            self._save(LDS, version, resources)
+
+    def expire_warming(self, now: float) -> None:
+        with self.lock:
+            expired = {n: self.clusters[n] for n, t in self.warming.items() if t <= now and n in self.clusters}
+            if not expired:
+                return
+            log.warning(
+                "no endpoints for %s within %gs; serving without endpoints",
+                ", ".join(sorted(expired)),
+                self.warm_timeout,
+            )
+            try:
+                self.lb.load(self._lb_input(expired, self.assignments), replace=False)
+            except PymeshError as e:  # validated at CDS time; kept out rather than crash the ticker
+                log.error("warming clusters not added: %s", e)
+            for n in expired:
+                self.warming.pop(n, None)
+            self._rebuild_redirect()
+            self._publish()
+
+    # --- derived tables --------------------------------------------------------------------
+
+    def _rebuild_redirect(self) -> None:
+        services: list[dict[str, Any]] = []
+        seen: dict[tuple[str, int], str] = {}
+        names = self.names
+        for cname in sorted(self.clusters):
+            parsed = parse_cluster_name(cname)
+            if parsed is None or names is None or parsed.direction != "outbound":
+                continue
+            if parsed.subset:
+                continue  # subsets are chosen by routes, never by destination
+            if cname in self.warming and cname not in self.lb:
+                continue  # not serving yet: its VIPs pass through until its endpoints arrive
+            m = names.lookup(parsed.host)
+            if m is None:
+                continue
+            for ip in (*m.ipv4, *m.ipv6):
+                key = (ip, parsed.port)
+                if key in seen:
+                    if seen[key] != cname:
+                        log.warning("%s:%d is a VIP of %s and %s; the first wins", ip, parsed.port, seen[key], cname)
+                    continue
+                seen[key] = cname
+                services.append({"address": ip, "port": parsed.port, "cluster": cname})
+        try:
+            redirect = self._build_redirect(services)
+        except Exception as e:
+            # The tables this push changed are already serving; a redirection table that
+            # cannot be built keeps the previous one (logged), it does not turn an applied
+            # push into a NACK.
+            log.error("redirection table not rebuilt, keeping the previous one: %s", e)
+            return
+        self.services, self.redirect = services, redirect
+
+    def _publish(self) -> None:
+        self.tables = Tables(
+            self.tables.generation + 1,
+            self.lb,
+            self.redirect,
+            self.names,
+            dict(self.logical_dns),
+            tuple(self.services),
+        )
+        for cb in list(self._callbacks):
+            try:
+                cb(self.tables)
+            except Exception:
+                log.exception("table update callback failed")
+
+    # --- persistence -----------------------------------------------------------------------
+
+    def _save(self, type_url: str, version: str, resources: list[Any]) -> None:
+        if self.store is None:
+            return
+        try:
+            if not self._identity_saved:
+                self.store.save_identity(self._identity)
+                self._identity_saved = True
+            self.store.save(type_url, version, resources)
+        except PymeshError as e:
+            log.error("%s", e)
+
+    def load_persisted(self) -> None:
+        """Applies the saved state (if it is this agent's), so DNS and routing
+        serve before the first push."""
+        if self.store is None:
+            return
+        saved = self.store.identity()
+        if saved is not None and saved != self._identity:
+            log.warning(
+                "saved state in %s belongs to %s; discarded (this agent is %s)", self.store.path, saved, self._identity
+            )
+            self.store.clear()  # never mixed with this agent's own state later
+            return
+        for t, apply in ((NDS, self.on_nds), (CDS, self.on_cds), (EDS, self.on_eds), (LDS, self.on_lds)):
+            msg = self.store.load(t)
+            if msg is None:
+                continue
+            try:
+                apply(t, list(msg.resources), msg.version_info, persist=False)
+            except Exception as e:
+                log.warning(
+                    "saved %s state in %s not usable (%s); waiting for the control plane", t, self.store.path, e
+                )
+                continue
+            self.loaded_from_disk.append(t.rsplit(".", 1)[-1])
+        if self.loaded_from_disk:
+            log.info("serving saved tables from %s: %s", self.store.path, ", ".join(self.loaded_from_disk))

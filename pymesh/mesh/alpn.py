@@ -1,0 +1,26 @@
+"""Istio's ALPN values for mesh mTLS (istio/istio
+``pilot/pkg/networking/util/util.go``: ``ALPNInMeshWithMxc``, ``ALPNInMeshH2``;
+``pilot/pkg/xds/filters/filters.go``: ``mtlsHTTP10ALPN``, ``mtlsHTTP11ALPN``,
+``mtlsHTTP2ALPN``; the inbound chain match in
+``pilot/pkg/networking/core/listener_builder.go``). The Rust relay keeps the
+same lists in ``native/src/mesh.rs``; ``tests/cases/mesh.cases`` holds both
+suites' cases."""
+
+from __future__ import annotations
+
+# What a sidecar offers to a mesh peer over mTLS for TCP (with metadata exchange first).
+MTLS_TCP = ("istio-peer-exchange", "istio")
+# ... and for HTTP, per HTTP version (Envoy's cluster ALPN for in-mesh HTTP).
+MTLS_H2 = ("istio-h2", "istio", "h2")
+MTLS_HTTP11 = ("istio-http/1.1", "istio", "http/1.1")
+MTLS_HTTP10 = ("istio-http/1.0", "istio", "http/1.0")
+# The three HTTP-version markers, as the inbound distinguishes them.
+MTLS_HTTP = ("istio-http/1.0", "istio-http/1.1", "istio-h2")
+# What an inbound mTLS filter chain matches (istiod's virtualInbound).
+INBOUND_CHAIN_MATCH = ("istio-peer-exchange", "istio", "istio-http/1.0", "istio-http/1.1", "istio-h2")
+# What the native inbound selects, in order: ``istio`` before ``istio-peer-exchange``, so an
+# Envoy client that offers both does not start the metadata exchange with a peer that does
+# not speak it; then the HTTP markers and plain HTTP's values.
+INBOUND_PREFERENCE = ("istio", "istio-peer-exchange", "istio-http/1.0", "istio-http/1.1", "istio-h2", "h2", "http/1.1")
+# What the Python reference inbound (pymesh.relay.pytls) accepts.
+INBOUND_SERVER = (*MTLS_TCP, *MTLS_HTTP, "h2", "http/1.1")

@@ -24,7 +24,7 @@ $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "maturin>=1.7,<2" PyYAML pytest hypothesis pytest-benchmark protobuf grpcio-tools grpcio xds-protos dnspython "cryptography>=42" \
-		ruff mypy types-PyYAML
+		PyJWT prometheus_client ruff mypy types-PyYAML import-linter
 	touch $@
 
 deps: $(VENV)/.deps ## create .venv with the build, test and lint tools
@@ -46,12 +46,13 @@ header: ## regenerate native/include/pymesh.h with cbindgen
 stubs: build ## check pymesh/_native.pyi against the built module (mypy stubtest)
 	$(BIN)/python -m mypy.stubtest pymesh._native --mypy-config-file pyproject.toml
 
-lint: build ## clippy (warnings are errors), rustfmt, ruff, mypy, stubtest
+lint: build ## clippy (warnings are errors), rustfmt, ruff, mypy, the import contracts, stubtest
 	cd $(NATIVE) && $(CARGO) fmt --all --check
 	cd $(NATIVE) && $(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(BIN)/ruff check pymesh tests benchmarks
 	$(BIN)/ruff format --check pymesh tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/python -m mypy.stubtest pymesh._native --mypy-config-file pyproject.toml
 
 test-rust: ## Rust unit, conformance and header tests; benches compiled and run once

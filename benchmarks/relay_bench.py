@@ -25,7 +25,7 @@ RTT minus the direct path's median RTT), connections per second
 per GB relayed (pymesh's threads in this process, or the haproxy process):
 on a shared machine MB/s and RTT move with the neighbours' load, CPU per
 GB much less. Ratios against direct and
-haproxy are printed; targets from issue 6: >= 90% of direct throughput,
+haproxy are printed; the targets: >= 90% of direct throughput,
 >= haproxy's, <= 50 µs added median latency. The script reports, it does
 not assert: machine noise is not a test failure.
 

@@ -24,7 +24,7 @@ The servers run in a separate process (no GIL shared with the client); the
 relays' threads are native. Reported, medians of several runs: MB/s of one
 bulk stream (8-byte length header, then the bytes; the server answers one
 byte when all arrived), connections per second (sequential: connect, 1-byte
-request, 1-byte answer, close), and the ratios mTLS / plaintext (issue 7's
+request, 1-byte answer, close), and the ratios mTLS / plaintext (the
 target: throughput >= 0.80). Nothing is asserted: 2 shared cores are noisy.
 
 Usage (root: it creates a network namespace):

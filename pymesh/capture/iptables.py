@@ -11,7 +11,8 @@ new settings no longer need are removed in the same way as cleanup does it.
 Cleanup reads ``iptables-save``, deletes exactly the rules in built-in
 chains that jump to our chains, then flushes and deletes our chains; it
 needs no state, so it works after the agent died. The rules mirror
-istio-iptables (``istio-dns-proxy.md`` §5) with ISTIO_ replaced by our prefix.
+istio-iptables (istio/istio ``tools/istio-iptables/pkg/capture/run.go``) with ISTIO_ replaced
+by our prefix.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The gRPC Aggregated Discovery Service: state-of-the-world and delta.
 
-Protocol handling (shared/reference/envoy-lb-and-xds.md §B):
+Protocol handling (https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol; the same
+structure as go-control-plane ``pkg/server/sotw/v3`` and ``pkg/server/delta/v3``):
 - The first request of a stream must carry the node (a health report that
   arrives first is dropped, as istiod drops it); the node is parsed like
   istiod parses it and the connect hook runs before anything is answered

@@ -1,6 +1,7 @@
 """WorkloadEntry auto-registration and the entries' connection lifecycle,
-as istiod's ``pilot/pkg/autoregistration`` does it
-(shared/reference/istio-vm-workloads.md §2).
+as istiod's ``pilot/pkg/autoregistration`` does it (istio/istio
+``pilot/pkg/autoregistration/controller.go``: ``RegisterWorkload``,
+``OnDisconnect``, ``cleanupEntry``, ``QueueWorkloadEntryHealth``).
 
 - Connect with node metadata ``AUTO_REGISTER_GROUP``: the group is looked up
   in the proxy's namespace (absent: ``FAILED_PRECONDITION`` "cannot find
@@ -202,7 +203,7 @@ class Registrations:
         else:
             doc = copy.deepcopy(doc)
         ann = doc["metadata"].setdefault("annotations", {})
-        # §2.6: skip when this connection is older than the recorded one.
+        # Skip when this connection is older than the recorded one (istiod compares connectedAt).
         recorded = healthmod.parse_rfc3339(ann.get(CONNECTED_AT, "")) or 0.0
         if conn.connected_at >= recorded - TIME_SLACK:
             ann[CONTROLLER_ANNOTATION] = self.instance_id
@@ -232,7 +233,7 @@ class Registrations:
         if obj is None:
             return  # a registered entry named explicitly: nothing more to track
         if HEALTH_CHECKS_ANNOTATION not in obj.typed.meta.annotations:
-            return  # only health-checked entries are tracked (§2.2)
+            return  # only health-checked entries are tracked (istiod: health-checks-enabled)
         ov = copy.deepcopy(self.overlays.get(obj.key, {}))
         ann = ov.setdefault("annotations", {})
         ann[CONTROLLER_ANNOTATION] = self.instance_id
@@ -389,7 +390,7 @@ class Registrations:
 
 
 def _check_identity(conn: Connection, namespace: str, service_account: str, what: str) -> None:
-    """§2.5 ``ensureProxyCanControlEntry`` on streams the security layer
+    """``ensureProxyCanControlEntry`` on streams the security layer
     authenticated (``conn.attrs["identity"]``, set by pymesh.controlplane.ca.service);
     plaintext dev streams carry none and are not checked. Refused before any
     entry is created or touched."""
@@ -405,7 +406,7 @@ def _check_identity(conn: Connection, namespace: str, service_account: str, what
 
 
 def build_entry(group_obj: Object, group: WorkloadGroup, name: str, proxy: Proxy, now: float) -> dict[str, Any]:
-    """The WorkloadEntry istiod creates for ``proxy`` from ``group`` (§2.4)."""
+    """The WorkloadEntry istiod creates for ``proxy`` from ``group`` (``workloadEntryFromGroup``)."""
     ns = group.meta.namespace
     spec = group.template.to_dict()
     spec["address"] = proxy.ip_addresses[0]

@@ -1,8 +1,9 @@
 """CDS, EDS, LDS and RDS resources from a registry snapshot.
 
-The shapes are the ones gRPC's own xDS client accepts (verified in
-shared/reference/envoy-lb-and-xds.md §C.2), as istiod generates them for
-``GENERATOR=grpc``:
+The shapes are the ones gRPC's own xDS client accepts (gRFC A27,
+https://github.com/grpc/proposal/blob/master/A27-xds-global-load-balancing.md;
+grpc-go ``xds/internal/xdsclient/xdsresource/unmarshal_*.go``), as istiod
+generates them for ``GENERATOR=grpc`` (istio/istio ``pilot/pkg/networking/grpcgen``):
 
 - Listener ``<host>:<port>`` with an ``api_listener`` holding an
   HttpConnectionManager whose RDS config source is ADS and whose last (only)
@@ -291,7 +292,8 @@ class EdsView:
 
 
 def _visible(ep: Endpoint, view: EdsView) -> bool:
-    # Istio keeps cross-network endpoints when no gateway exists (§6); two VMs
+    # Istio keeps cross-network endpoints when no gateway exists (pilot/pkg/xds/endpoints/
+    # endpoint_builder.go, EndpointsByNetworkFilter); two VMs
     # with the same IP in different networks would then be a duplicate
     # address, which gRPC NACKs. pymesh has no network gateways yet, so an
     # endpoint in another network is unreachable and dropped.

@@ -1,4 +1,5 @@
-"""Health reports from VM agents (istio-vm-workloads.md §3.3-3.4).
+"""Health reports from VM agents (istio/istio ``pilot/pkg/xds/statusgen.go`` receives them,
+``pilot/pkg/autoregistration/controller.go`` ``QueueWorkloadEntryHealth`` applies them).
 
 The agent sends a ``DiscoveryRequest`` / ``DeltaDiscoveryRequest`` with type
 ``type.googleapis.com/istio.v1.HealthInformation`` and no resources:
@@ -62,7 +63,8 @@ def with_health(doc: Mapping[str, Any], healthy: bool, message: str, now: float)
 
 def without_health(doc: Mapping[str, Any]) -> dict[str, Any]:
     """Cleanup of a health-checked (not auto-registered) entry removes its
-    Healthy condition (§2.7 step 6), which makes it unhealthy."""
+    Healthy condition (as istiod's ``cleanupEntry`` does for entries it did not create),
+    which makes it unhealthy."""
     out = copy.deepcopy(dict(doc))
     status = dict(out.get("status") or {})
     status["conditions"] = [

@@ -1,5 +1,5 @@
 """The NDS name table a proxy receives, built as istiod builds it
-(``pkg/dns/server/name_table.go``; shared/reference/istio-dns-proxy.md §2).
+(istio/istio ``pkg/dns/server/name_table.go``, ``BuildNameTable``).
 
 - Addresses: the service's VIPs (ClusterIPs / ServiceEntry addresses); else
   its auto-allocated VIPs, only when the proxy captures DNS

@@ -4,10 +4,12 @@ Built from the configured objects plus the registered WorkloadEntries into
 one immutable :class:`Registry` snapshot (a new one per change; generators
 and connections read a snapshot and never see a half-applied change).
 
-Rules (shared/reference/istio-vm-workloads.md §4):
+Rules (istio/istio ``pilot/pkg/serviceregistry/kube/controller/endpointslice.go`` and
+``pilot/pkg/serviceregistry/serviceentry/conversion.go``, ``workloadinstances``):
 - A Kubernetes Service with a selector selects ready pods in its namespace
   and, when not headless, WorkloadEntries in its namespace that have at
-  least one label and an IP address (§4.3). Endpoint port for an entry:
+  least one label and an IP address (``WorkloadEntry`` selection in
+  ``serviceentry/controller.go``). Endpoint port for an entry:
   ``ports[<service port name>]`` else the numeric targetPort; a named
   targetPort maps through ``ports[<targetPort>]`` and the entry is skipped
   for that port when it lacks it. Pods map named targetPorts through their
@@ -15,9 +17,10 @@ Rules (shared/reference/istio-vm-workloads.md §4):
 - A ServiceEntry's ``workloadSelector`` selects entries and pods in its
   namespace (FQDN/unix entries only for DNS resolution); its inline
   ``endpoints`` otherwise. Port: ``ports[<SE port name>]`` > targetPort >
-  number (§4.2).
+  number (``convertWorkloadEntryToServiceInstances``).
 - An entry with ``proxy.istio.io/health-checks-enabled: "true"`` is an
-  endpoint only while its ``Healthy`` condition is ``True`` (§3.5; a missing
+  endpoint only while its ``Healthy`` condition is ``True`` (``IsHealthy`` in
+  ``pilot/pkg/serviceregistry/serviceentry/conversion.go``; a missing
   condition counts as unhealthy).
 """
 
@@ -122,7 +125,7 @@ class Registry:
 
 
 def health_excluded(entry: WorkloadEntry) -> bool:
-    """§3.5: health-checked entries serve only while Healthy is True."""
+    """Health-checked entries serve only while Healthy is True (istiod ``IsHealthy``)."""
     flag = entry.meta.annotations.get(HEALTH_CHECKS_ANNOTATION)
     if flag is None or not truthy(flag):
         return False
@@ -143,7 +146,7 @@ def _selects(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
 
 @dataclass(frozen=True)
 class _Workload:
-    """A pod or WorkloadEntry as a workload instance (§4.1)."""
+    """A pod or WorkloadEntry as a workload instance (istiod ``model.WorkloadInstance``)."""
 
     kind: str
     namespace: str
@@ -243,7 +246,7 @@ class _Index:
 
 
 def _sort_key(w: _Workload) -> tuple[str, str, str]:
-    # §4.2: selected workloads are ordered by kind, namespace, name.
+    # Selected workloads are ordered by kind, namespace, name (stable endpoint order).
     return (w.kind, w.namespace, w.name)
 
 
@@ -323,7 +326,7 @@ def build_registry(
                     eps.append(_endpoint(w, target))
             if not svc.headless:
                 for w in entry_index.select(ns, svc.selector):
-                    # §4.3: same namespace (the index), at least one label, an IP address.
+                    # Same namespace (the index), at least one label, an IP address.
                     if not w.labels or w.dns_only:
                         continue
                     if isinstance(sp.target_port, int):

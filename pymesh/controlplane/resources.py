@@ -349,7 +349,7 @@ def parse_pod(doc: Mapping[str, Any]) -> Pod:
 
 
 def parse_workload_entry_spec(spec: Mapping[str, Any], f: str, *, template: bool = False) -> WorkloadEntrySpec:
-    """WorkloadEntry fields (shared_reference §1.1). ``template`` skips the
+    """WorkloadEntry fields (istio/api ``networking/v1alpha3/workload_entry.proto``). ``template`` skips the
     "address or network required" rule, as the CRD does inside a group."""
     address = v.string(spec.get("address"), f"{f}.address", max_len=256)
     network = v.string(spec.get("network"), f"{f}.network", max_len=2048)

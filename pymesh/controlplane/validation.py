@@ -4,8 +4,7 @@ Each raises :class:`ValidationError` naming the field (a JSON path such as
 ``spec.ports[0].targetPort``); the loader adds the file and the object. The
 rules follow Kubernetes apimachinery (``validation.IsDNS1123Label``,
 ``IsQualifiedName``, ``IsValidLabelValue``, ``IsValidPortName``) and istiod's
-webhook (``pkg/config/validation/validation.go``) as summarised in
-shared/reference/istio-vm-workloads.md §1.
+webhook (istio/istio ``pkg/config/validation/validation.go``).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -26,8 +26,11 @@ from pymesh.mesh.errors import AddressError
 
 log = logging.getLogger(__name__)
 
-# A handler gets the query string ("" when none) and answers (status, content type, body).
-Handler = Callable[[str], tuple[int, str, bytes]]
+# A handler gets the query string ("" when none) and answers (status, content type, body); a
+# body that is an iterable of byte chunks is streamed (chunked transfer encoding), so a large
+# view (a million names) is never built whole in memory.
+Body = bytes | Iterable[bytes]
+Handler = Callable[[str], tuple[int, str, Body]]
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 JSON = "application/json"
 TEXT = "text/plain; charset=utf-8"
@@ -47,6 +50,9 @@ class AdminServer:
         table = dict(routes)
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # chunked bodies need 1.1; every answer has a length or chunks
+            timeout = 30  # an idle kept-alive connection is closed after this many seconds
+
             def _answer(self, body_too: bool) -> None:
                 path, _, query = self.path.partition("?")
                 handler = table.get(path)
@@ -60,10 +66,23 @@ class AdminServer:
                     code, ctype, body = 500, TEXT, b"internal error\n"
                 self.send_response(code)
                 self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
+                if isinstance(body, bytes):
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    if body_too:
+                        self.wfile.write(body)
+                    return
+                self.send_header("Transfer-Encoding", "chunked")
                 self.end_headers()
-                if body_too:
-                    self.wfile.write(body)
+                if not body_too:
+                    return
+                try:
+                    for chunk in body:
+                        if chunk:
+                            self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                    self.wfile.write(b"0\r\n\r\n")
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client went away mid-stream
 
             def do_GET(self) -> None:
                 self._answer(True)

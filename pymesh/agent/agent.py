@@ -55,7 +55,7 @@ from pymesh.agent.state import MeshState, Tables
 from pymesh.agent.xds_client import XdsClient
 from pymesh.capture import CaptureConfig, redirect_table
 from pymesh.mesh.defaults import default_dns_listen
-from pymesh.mesh.xds import CDS, EDS, LDS, NDS
+from pymesh.mesh.xds import CDS, EDS, LDS, NDS, RDS
 
 log = logging.getLogger(__name__)
 
@@ -213,10 +213,18 @@ class Agent:
 
     def _start_control_plane(self) -> None:
         c = self.config
-        # LDS: only the one listener that carries this workload's PeerAuthentication mode.
-        subs: dict[str, set[str] | None] = {CDS: None, EDS: self.mesh.eds_names(), NDS: None, LDS: {"virtualInbound"}}
+        # As a sidecar subscribes: CDS and LDS (wildcard), EDS for the EDS clusters, RDS for the
+        # routes the listeners name, NDS; the inbound mode comes from the virtualInbound listener.
+        subs: dict[str, set[str] | None] = {
+            CDS: None,
+            EDS: self.mesh.eds_names(),
+            NDS: None,
+            LDS: None,
+            RDS: self.mesh.rds_names(),
+        }
         handlers = self.mesh.handlers()
         handlers[CDS] = self._on_cds
+        handlers[LDS] = self._on_lds
         self.client = XdsClient(
             c.target,
             c.node.to_proto(),
@@ -313,6 +321,11 @@ class Agent:
         wanted = self.mesh.on_cds(type_url, resources, version, persist=persist)
         if self.client is not None:
             self.client.subscribe(EDS, wanted)
+
+    def _on_lds(self, type_url: str, resources: list[Any], version: str, *, persist: bool = True) -> None:
+        wanted = self.mesh.on_lds(type_url, resources, version, persist=persist)
+        if self.client is not None:
+            self.client.subscribe(RDS, wanted)
 
     def _on_xds_state(self, state: str, detail: str) -> None:
         if state == "connected":

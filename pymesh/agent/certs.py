@@ -245,24 +245,35 @@ class WorkloadCerts:
             self._thread.join(10)
             self._thread = None
 
+    def _due(self, root_changed: bool) -> bool:
+        """Whether a CSR is needed now (checked again under the lock: the first
+        xDS channel may have fetched the certificate meanwhile)."""
+        h = self.held
+        return root_changed or h is None or not h.valid() or self.renew_at() <= time.time()
+
     def _run(self) -> None:
         backoff = 1.0
         while not self._stop.is_set():
             wait = self.renew_at() - time.time()
             if wait > 0 and self._stop.wait(min(wait, self.root_check if self.root_file else 60.0)):
                 return
-            if self.renew_at() > time.time() and not self._root_changed():
+            root_changed = self._root_changed()
+            if self.renew_at() > time.time() and not root_changed:
                 continue
+            had = self.held is not None
             try:
-                had = self.held is not None
-                h = self.fetch()
+                with self._lock:
+                    if not self._due(root_changed):
+                        continue  # another caller got it first: one issuance, not two
+                    h = self.fetch()
                 self.renewals += had  # the first certificate is not a renewal
                 self.last_error = ""
                 backoff = 1.0
-                log.debug("certificate renewed (%s)", h.spiffe_id)
+                log.debug("certificate %s (%s)", "renewed" if had else "issued", h.spiffe_id)
             except SecurityError as e:
                 self.last_error = str(e)
-                log.warning("certificate renewal failed (retry in %.0fs): %s", backoff, e)
+                what = "renewal" if had else "first issuance"
+                log.warning("certificate %s failed (retry in %.0fs): %s", what, backoff, e)
                 if self._stop.wait(backoff):
                     return
                 backoff = min(backoff * 2, 60.0)

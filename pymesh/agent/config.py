@@ -41,7 +41,7 @@ from pymesh.names import read_resolv_conf
 
 DEFAULT_DNS_LISTEN = (DNS_LISTEN_V4,)
 DEFAULT_CERT_TTL = 24 * 3600.0  # istio-agent's SECRET_TTL default
-SUBSCRIPTIONS = ("CDS", "EDS", "NDS", "LDS virtualInbound")
+SUBSCRIPTIONS = ("CDS", "EDS", "LDS", "RDS", "NDS")
 
 
 @dataclass

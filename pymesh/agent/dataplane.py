@@ -52,11 +52,13 @@ class DataPath:
         self.capture_error = ""  # why the rules are not installed ("" when they are or were not asked for)
         self.identity = ""  # the SPIFFE identity the relay holds ("": none)
         self.mode: str | None = None  # the inbound mTLS mode applied (None: the listener's default)
+        self.nofile = 0  # the soft RLIMIT_NOFILE the data path runs with
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     def start(self, tables: Tables, peer_authentication: str | None) -> None:
         c, o = self.config, self.config.options
+        self.nofile = raise_nofile_limit()
         try:
             if c.dns_enabled:
                 from pymesh.dnsproxy.server import DnsProxy
@@ -174,6 +176,26 @@ class DataPath:
         log.info("data path mTLS identity %s (certificate until %s)", held.spiffe_id, time.ctime(held.not_after))
         self.identity = held.spiffe_id
         return True
+
+
+def raise_nofile_limit() -> int:
+    """Raises the soft RLIMIT_NOFILE to the hard limit (what Envoy's
+    deployments and systemd's ``LimitNOFILE`` do): every relayed connection
+    holds descriptors, and the usual soft 1024 would let a few hundred idle
+    connections deny all captured traffic. Returns the soft limit in force."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20  # Linux's nr_open default
+    if soft != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            log.info("file descriptor limit raised from %d to %d", soft, hard)
+            return hard
+        except (ValueError, OSError) as e:
+            log.warning("file descriptor limit stays at %d (cannot raise it to %d: %s)", soft, hard, e)
+    return int(soft)
 
 
 def set_identity(targets: Iterable[tuple[str, Any]], chain: bytes, key: bytes, roots: bytes, trust_domain: str) -> bool:

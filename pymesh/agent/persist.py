@@ -17,17 +17,18 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from pymesh.agent.errors import StateError
 from pymesh.mesh.files import state_dir, write_atomic
-from pymesh.mesh.xds import CDS, EDS, LDS, NDS
+from pymesh.mesh.xds import CDS, EDS, LDS, NDS, RDS
 
 log = logging.getLogger(__name__)
 
-FILES = {CDS: "cds.pb", EDS: "eds.pb", NDS: "nds.pb", LDS: "lds.pb"}
+FILES = {CDS: "cds.pb", EDS: "eds.pb", NDS: "nds.pb", LDS: "lds.pb", RDS: "rds.pb"}
 IDENTITY = "identity.json"
 
 
@@ -60,9 +61,30 @@ class StateDir:
             return None
         return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else None
 
+    def _set_aside(self, p: Path) -> None:
+        """A state entry that is not a regular file (a directory, a socket...)
+        is renamed out of the way with a warning, so the agent goes on with
+        what the control plane sends instead of failing on it."""
+        aside = p.with_name(f"{p.name}.unusable-{int(time.time())}")
+        try:
+            os.replace(p, aside)
+            log.warning("%s is not a regular file; moved to %s (state rebuilt from the control plane)", p, aside)
+        except OSError as e:
+            log.warning("%s is not a regular file and cannot be moved aside: %s", p, e.strerror)
+
+    def _usable(self, p: Path) -> bool:
+        """True when ``p`` is absent or a regular file (symlinks to files included)."""
+        if p.is_symlink() and not p.exists():
+            return True  # dangling: replaced by the next write
+        if p.exists() and not p.is_file():
+            self._set_aside(p)
+            return False
+        return True
+
     def _write(self, name: str, data: bytes) -> None:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
+            self._usable(self.path / name)
             write_atomic(self.path / name, data)
         except OSError as e:
             raise StateError(f"{self.path / name}: cannot write the state: {e.strerror or e}") from e
@@ -74,6 +96,8 @@ class StateDir:
         from google.protobuf.message import DecodeError
 
         p = self.path / FILES[type_url]
+        if not self._usable(p):
+            return None
         try:
             data = p.read_bytes()
         except FileNotFoundError:
@@ -93,7 +117,12 @@ class StateDir:
 
     def clear(self) -> None:
         for name in (*FILES.values(), IDENTITY):
+            p = self.path / name
+            if not self._usable(p):
+                continue
             try:
-                (self.path / name).unlink()
+                p.unlink()
             except FileNotFoundError:
                 pass
+            except OSError as e:
+                log.warning("%s: cannot remove the saved state: %s", p, e.strerror)

@@ -167,7 +167,8 @@ class Probe:
         if s.scheme == "https":
             ctx = ssl.create_default_context()
             ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE  # Istio's HTTP prober skips verification (health_probers.go: InsecureSkipVerify)
+            # Istio's HTTP prober skips verification (health_probers.go: InsecureSkipVerify).
+            ctx.verify_mode = ssl.CERT_NONE
             conn = http.client.HTTPSConnection(host, s.port, timeout=s.timeout, context=ctx)
             sock = ctx.wrap_socket(sock, server_hostname=host)
         else:

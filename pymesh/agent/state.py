@@ -43,12 +43,13 @@ from typing import Any
 
 from pymesh._native import LbTable, NameTable, PymeshError, RedirectTable
 from pymesh.agent.errors import XdsClientError
+from pymesh.agent.outbound import RouteTables, read_listeners
 from pymesh.agent.persist import StateDir
 from pymesh.mesh import xds
 from pymesh.mesh.clusters import LB_TYPES, parse_cluster_name
 from pymesh.mesh.errors import XdsResourceError
 from pymesh.mesh.inbound import VIRTUAL_INBOUND, mode_of_listener
-from pymesh.mesh.xds import CDS, EDS, LDS, NDS
+from pymesh.mesh.xds import CDS, EDS, LDS, NDS, RDS
 
 log = logging.getLogger(__name__)
 
@@ -75,26 +76,87 @@ def _unpack(any_msg: Any, type_url: str, cls: Any) -> Any:
         raise XdsClientError(str(e)) from None
 
 
+def istio_sans(cluster: dict[str, Any]) -> list[str]:
+    """The SPIFFE identities an istiod cluster expects of its ``tlsMode:
+    istio`` endpoints: the ``match_subject_alt_names`` of the
+    UpstreamTlsContext in its ``tlsMode-istio`` transport socket match (istiod
+    puts the identity there, not in EDS metadata: pilot/pkg/networking/core/
+    cluster_tls.go, ``buildIstioMutualTLS``)."""
+    out: list[str] = []
+    for m in cluster.get("transport_socket_matches") or []:
+        if (m.get("match") or {}).get("tlsMode") != "istio":
+            continue
+        tc = (m.get("transport_socket") or {}).get("typed_config") or {}
+        vc = ((tc.get("common_tls_context") or {}).get("combined_validation_context") or {}).get(
+            "default_validation_context"
+        ) or {}
+        for san in vc.get("match_subject_alt_names") or []:
+            value = san.get("exact") or ""
+            if value.startswith("spiffe://"):
+                out.append(value)
+    return out
+
+
+def _with_identity(assignment: dict[str, Any], sans: list[str]) -> dict[str, Any]:
+    """The assignment with ``istio.service_account`` filled in from the
+    cluster's SANs on ``tlsMode: istio`` endpoints that carry none (pymesh's
+    control plane puts it in EDS; istiod in CDS). With several SANs the first
+    is the one checked: the relay verifies one identity per endpoint."""
+    if not sans:
+        return assignment
+    out = dict(assignment)
+    groups = []
+    for group in assignment.get("endpoints") or []:
+        eps = []
+        for ep in group.get("lb_endpoints") or []:
+            fm = (ep.get("metadata") or {}).get("filter_metadata") or {}
+            if (fm.get("envoy.transport_socket_match") or {}).get("tlsMode") == "istio" and not (
+                fm.get("istio") or {}
+            ).get("service_account"):
+                ep = dict(ep)
+                md = dict(ep.get("metadata") or {})
+                fm = dict(fm)
+                fm["istio"] = {**(fm.get("istio") or {}), "service_account": sans[0]}
+                md["filter_metadata"] = fm
+                ep["metadata"] = md
+            eps.append(ep)
+        groups.append({**group, "lb_endpoints": eps})
+    out["endpoints"] = groups
+    return out
+
+
 def _svc(name: str, cluster: dict[str, Any]) -> str:
     """An EDS cluster's service name: its service_name, else its name."""
     return str((cluster.get("eds_cluster_config") or {}).get("service_name") or name)
+
+
+def decode_listeners(resources: list[Any]) -> dict[str, Any]:
+    """The listeners of an LDS response by name; one that does not decode,
+    has no name or comes twice is an XdsClientError (the push is NACKed)."""
+    from envoy.config.listener.v3 import listener_pb2
+
+    out: dict[str, Any] = {}
+    for i, a in enumerate(resources):
+        lis = _unpack(a, LDS, listener_pb2.Listener)
+        if not lis.name:
+            raise XdsClientError(f"listeners[{i}]: no name")
+        if lis.name in out:
+            raise XdsClientError(f"listener {lis.name!r} appears twice")
+        out[lis.name] = lis
+    return out
 
 
 def inbound_mode(resources: list[Any]) -> str | None:
     """The mode the ``virtualInbound`` listener of an LDS response carries
     (None when the response does not hold it). A listener that does not decode
     or whose chains say nothing readable is an XdsClientError."""
-    from envoy.config.listener.v3 import listener_pb2
-
-    for a in resources:
-        lis = _unpack(a, LDS, listener_pb2.Listener)
-        if lis.name != VIRTUAL_INBOUND:
-            continue
-        try:
-            return mode_of_listener(lis)
-        except ValueError as e:
-            raise XdsClientError(str(e)) from e
-    return None
+    lis = decode_listeners(resources).get(VIRTUAL_INBOUND)
+    if lis is None:
+        return None
+    try:
+        return mode_of_listener(lis)
+    except ValueError as e:
+        raise XdsClientError(str(e)) from e
 
 
 class MeshState:
@@ -127,6 +189,8 @@ class MeshState:
         self._eds: dict[str, Any] = {}
         self._nds: Any = None
         self._lds: Any = None
+        self._rds: dict[str, Any] = {}  # route configuration name -> Any
+        self.routing = RouteTables()  # outbound listeners and routes (istiod's shapes)
         self.clusters: dict[str, dict[str, Any]] = {}
         self.assignments: dict[str, dict[str, Any]] = {}
         self.versions: dict[str, str] = {}
@@ -150,7 +214,10 @@ class MeshState:
         return {_svc(n, c) for n, c in self.clusters.items() if c.get("type") in ("EDS", 3)}
 
     def handlers(self) -> dict[str, Apply]:
-        return {CDS: self.on_cds, EDS: self.on_eds, NDS: self.on_nds, LDS: self.on_lds}
+        return {CDS: self.on_cds, EDS: self.on_eds, NDS: self.on_nds, LDS: self.on_lds, RDS: self.on_rds}
+
+    def rds_names(self) -> set[str]:
+        return set(self.routing.view.route_names)
 
     def on_update(self, callback: Callable[[Tables], None]) -> None:
         """Calls ``callback(tables)`` after every change (and once now)."""
@@ -168,7 +235,7 @@ class MeshState:
                 assignment = cla.get(_svc(name, c))
                 c = dict(c)
                 if assignment is not None:
-                    c["load_assignment"] = assignment
+                    c["load_assignment"] = _with_identity(assignment, istio_sans(c))
                 else:
                     c.pop("load_assignment", None)
             out.append(c)
@@ -203,6 +270,8 @@ class MeshState:
                     if not sa.address:
                         raise XdsClientError(f"cluster {msg.name!r}: {ctype} without an endpoint address")
                     logical[msg.name] = (sa.address, sa.port_value)
+                elif ctype == "ORIGINAL_DST":
+                    pass  # Passthrough/InboundPassthrough: the relay connects to the original destination
                 elif msg.name in changed:
                     log.warning("cluster %s: type %s not served by the lbtable; left out", msg.name, ctype)
             clusters[msg.name] = cluster
@@ -296,18 +365,59 @@ class MeshState:
         if persist:
             self._save(NDS, version, resources)
 
-    def on_lds(self, type_url: str, resources: list[Any], version: str, *, persist: bool = True) -> None:
-        mode = inbound_mode(resources)
-        if mode is None:
-            return  # no virtualInbound (yet): the mode in force stays
+    def on_lds(self, type_url: str, resources: list[Any], version: str, *, persist: bool = True) -> set[str]:
+        """Applies an LDS response (every listener: SotW LDS is the full set);
+        returns the route configuration names now wanted."""
+        listeners = decode_listeners(resources)
+        mode: str | None = None
+        inbound = listeners.get(VIRTUAL_INBOUND)
+        if inbound is not None:
+            try:
+                mode = mode_of_listener(inbound)
+            except ValueError as e:
+                raise XdsClientError(str(e)) from e
+        view = read_listeners(listeners)
         with self.lock:
-            if self.apply_mode is not None:
+            if mode is not None and self.apply_mode is not None:
                 self.apply_mode(mode)
-            self.peer_authentication = mode
+            if mode is not None:
+                self.peer_authentication = mode  # none in this response: the mode in force stays
+            routing_changed = view != self.routing.view
+            self.routing.listeners, self.routing.view = listeners, view
+            wanted = set(view.route_names)
+            self.routing.routes = {k: v for k, v in self.routing.routes.items() if k in wanted}
+            self._rds = {k: v for k, v in self._rds.items() if k in wanted}
             self._lds = resources
             self.versions[LDS] = version
+            if routing_changed:
+                self._rebuild_redirect()
+                self._publish()
         if persist:
             self._save(LDS, version, resources)
+        return wanted
+
+    def on_rds(self, type_url: str, resources: list[Any], version: str, *, persist: bool = True) -> None:
+        """Applies RouteConfigurations (the HTTP ports' virtual hosts)."""
+        from envoy.config.route.v3 import route_pb2
+
+        incoming: dict[str, Any] = {}
+        anys: dict[str, Any] = {}
+        for i, a in enumerate(resources):
+            rc = _unpack(a, RDS, route_pb2.RouteConfiguration)
+            if not rc.name:
+                raise XdsClientError(f"route configurations[{i}]: no name")
+            if rc.name in incoming:
+                raise XdsClientError(f"route configuration {rc.name!r} appears twice")
+            incoming[rc.name] = rc
+            anys[rc.name] = a
+        with self.lock:
+            self.routing.routes = {**self.routing.routes, **incoming}
+            self._rds = {**self._rds, **anys}
+            self.versions[RDS] = version
+            self._rebuild_redirect()
+            self._publish()
+        if persist:
+            self._save(RDS, version, list(self._rds.values()))
 
     def expire_warming(self, now: float) -> None:
         with self.lock:
@@ -333,6 +443,16 @@ class MeshState:
     def _rebuild_redirect(self) -> None:
         services: list[dict[str, Any]] = []
         seen: dict[tuple[str, int], str] = {}
+        # The outbound listeners and routes first (what istiod sends a sidecar), then the
+        # NDS VIPs of every outbound cluster (what pymesh's control plane relies on).
+        routed: set[tuple[str, int]] = set()
+        for ip, port, cname in self.routing.services():
+            if cname not in self.lb and cname not in self.logical_dns:
+                continue  # not served (yet): the VIP passes through meanwhile
+            if (ip, port) not in seen:
+                seen[(ip, port)] = cname
+                routed.add((ip, port))
+                services.append({"address": ip, "port": port, "cluster": cname})
         names = self.names
         for cname in sorted(self.clusters):
             parsed = parse_cluster_name(cname)
@@ -347,6 +467,8 @@ class MeshState:
                 continue
             for ip in (*m.ipv4, *m.ipv6):
                 key = (ip, parsed.port)
+                if key in routed:
+                    continue  # the listeners and routes decided this one
                 if key in seen:
                     if seen[key] != cname:
                         log.warning("%s:%d is a VIP of %s and %s; the first wins", ip, parsed.port, seen[key], cname)
@@ -403,7 +525,13 @@ class MeshState:
             )
             self.store.clear()  # never mixed with this agent's own state later
             return
-        for t, apply in ((NDS, self.on_nds), (CDS, self.on_cds), (EDS, self.on_eds), (LDS, self.on_lds)):
+        for t, apply in (
+            (NDS, self.on_nds),
+            (CDS, self.on_cds),
+            (EDS, self.on_eds),
+            (LDS, self.on_lds),
+            (RDS, self.on_rds),
+        ):
             msg = self.store.load(t)
             if msg is None:
                 continue

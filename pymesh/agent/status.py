@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import json
+import urllib.parse
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -24,10 +25,41 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from pymesh.admin import JSON, PROMETHEUS_TEXT, TEXT, AdminServer
+from pymesh.admin import JSON, PROMETHEUS_TEXT, TEXT, AdminServer, Body
 
 if TYPE_CHECKING:
     from pymesh.agent.agent import Agent
+
+
+NDSZ_CHUNK = 512  # names per chunk of the /debug/ndsz stream
+
+
+def _page(query: str) -> tuple[int, int | None]:
+    params = dict(urllib.parse.parse_qsl(query))
+    offset = int(params.get("offset", "0"))
+    limit = int(params["limit"]) if "limit" in params else None
+    if offset < 0 or (limit is not None and limit < 0):
+        raise ValueError("offset and limit must be >= 0")
+    return offset, limit
+
+
+def _stream_names(names: Any, offset: int, limit: int | None) -> Iterator[bytes]:
+    """The name table as a JSON list, NDSZ_CHUNK entries per chunk."""
+    yield b"["
+    first = True
+    batch: list[str] = []
+    for i, entry in enumerate(names if names is not None else ()):
+        if i < offset:
+            continue
+        if limit is not None and i >= offset + limit:
+            break
+        batch.append(json.dumps(entry))
+        if len(batch) >= NDSZ_CHUNK:
+            yield (b"" if first else b",\n") + ",\n".join(batch).encode()
+            first, batch = False, []
+    if batch:
+        yield (b"" if first else b",\n") + ",\n".join(batch).encode()
+    yield b"]\n"
 
 
 def ready(agent: Agent) -> tuple[bool, str]:
@@ -95,9 +127,14 @@ class StatusServer(AdminServer):
             ok, why = ready(agent)
             return (200 if ok else 503), TEXT, why.encode()
 
-        def ndsz(_: str) -> tuple[int, str, bytes]:
-            names = agent.names
-            return 200, JSON, json.dumps(list(names) if names is not None else [], indent=1).encode()
+        def ndsz(query: str) -> tuple[int, str, Body]:
+            # Streamed (a million names would otherwise be one huge reply built in memory);
+            # ?offset=N&limit=M pages through it.
+            try:
+                offset, limit = _page(query)
+            except ValueError as e:
+                return 400, TEXT, f"{e}\n".encode()
+            return 200, JSON, _stream_names(agent.names, offset, limit)
 
         def clusters(_: str) -> tuple[int, str, bytes]:
             data: dict[str, Any] = agent.endpoints()

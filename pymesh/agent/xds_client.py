@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["CDS", "CODE_INTERNAL", "EDS", "HEALTH", "LDS", "NDS", "SHORT", "XdsClient"]
 
+HEALTH_HOLD = 3.0  # seconds a stream's first health report waits for the first responses at most
+
 # (type_url, resources as google.protobuf.Any, version_info) -> None; raise to NACK.
 Handler = Callable[[str, list[Any], str], object]
 
@@ -86,6 +88,8 @@ class XdsClient:
         self._q: queue.Queue[Any] | None = None  # requests of the current stream
         self._nonces: dict[str, str] = {}
         self._health: tuple[bool, str] | None = None
+        self._health_held = False  # the stream has not had its first responses yet
+        self._awaiting: set[str] = set()  # types asked for on this stream, not answered yet
         self._stop = threading.Event()
         self._call: Any = None
         self._thread: threading.Thread | None = None
@@ -157,16 +161,17 @@ class XdsClient:
                 self._q.put(self._request(type_url))
 
     def send_health(self, healthy: bool, message: str = "") -> None:
-        """Reports health now if a stream is up; remembered for every new stream."""
+        """Reports health now if a stream is up (and past its first responses);
+        remembered for every new stream."""
         with self._lock:
             self._health = (healthy, message)
-            if self._q is not None:
+            if self._q is not None and not self._health_held:
                 self._q.put(self._health_request())
                 self.stats["health_reports"] += 1
 
     def resend_health(self) -> None:
         with self._lock:
-            if self._health is not None and self._q is not None:
+            if self._health is not None and self._q is not None and not self._health_held:
                 self._q.put(self._health_request())
                 self.stats["health_reports"] += 1
 
@@ -276,10 +281,16 @@ class XdsClient:
                         req.node.CopyFrom(self.node)
                         first = False
                     q.put(req)
-                if self._health is not None:
-                    # After the subscriptions, never first: istiod drops a first-request report.
-                    q.put(self._health_request())
-                    self.stats["health_reports"] += 1
+                # Health goes out once the first response of every type asked for has arrived
+                # (or HEALTH_HOLD seconds after the stream opened): never first, since istiod
+                # drops a first-request report, and after the configuration, since istiod 1.29
+                # without Kubernetes dies on a report (docs/istiod-interop.md §6) and a VM that
+                # reported first would have nothing to serve from.
+                self._awaiting = {t for t, names in self._subs.items() if names is None or names}
+                self._health_held = True
+                timer = threading.Timer(HEALTH_HOLD, self._release_health, args=(q,))
+                timer.daemon = True
+                timer.start()
                 rpc = stub.DeltaAggregatedResources if self.delta else stub.StreamAggregatedResources
                 call = rpc(iter(q.get, None))
                 self._call, self._q = call, q
@@ -305,6 +316,15 @@ class XdsClient:
             q.put(None)
             channel.close()
         return got
+
+    def _release_health(self, q: queue.Queue[Any]) -> None:
+        with self._lock:
+            if not self._health_held or self._q is not q:
+                return
+            self._health_held = False
+            if self._health is not None:
+                q.put(self._health_request())
+                self.stats["health_reports"] += 1
 
     def _on_response(self, resp: Any, q: queue.Queue[Any]) -> None:
         t = resp.type_url
@@ -350,3 +370,9 @@ class XdsClient:
                     q.put(self._delta_request(t, nonce=resp.nonce, error=error))
                 else:
                     q.put(self._request(t, error=error))
+            self._awaiting.discard(t)
+            if self._health_held and not self._awaiting:
+                self._health_held = False
+                if self._health is not None:
+                    q.put(self._health_request())
+                    self.stats["health_reports"] += 1

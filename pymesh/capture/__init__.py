@@ -93,6 +93,15 @@ class Capture:
                 f"interception mode {self.config.interception_mode}: pymesh installs REDIRECT rules only",
                 key="ISTIO_INBOUND_INTERCEPTION_MODE",
             )
+        # After a crash with the other backend (nftables <-> iptables), its stale rules would
+        # still redirect traffic to a proxy that is not there: remove them first.
+        other = "iptables" if self.backend == "nftables" else "nftables"
+        if other == "iptables" and shutil.which("iptables"):
+            if iptables.remove(self.config.name, ipv6=shutil.which("ip6tables") is not None):
+                log.warning("removed stale iptables capture rules %r left by an earlier run", self.config.name)
+        elif other == "nftables" and shutil.which("nft"):
+            if nftables.remove(self.config.name):
+                log.warning("removed stale nftables capture table %r left by an earlier run", self.config.name)
         if self.backend == "nftables":
             nftables.install(self.config)
         else:

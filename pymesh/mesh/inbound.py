@@ -93,20 +93,56 @@ def virtual_inbound(mode: str, port: int = INBOUND_PORT) -> Any:
     return lis
 
 
+BLACKHOLE_CLUSTER = "BlackHoleCluster"
+
+
+def _blackhole(listener: Any, chain: Any) -> bool:
+    """istiod's ``virtualInbound-blackhole`` chain: it matches only the
+    listener's own port (a connection to 15006 itself would loop) and sends
+    it to BlackHoleCluster; it accepts nothing a workload could use, so it
+    says nothing about which transports are accepted."""
+    port = listener.address.socket_address.port_value
+    match = chain.filter_chain_match
+    if port and match.HasField("destination_port") and match.destination_port.value == port:
+        return True
+    for f in chain.filters:
+        if f.typed_config.type_url.endswith(".TcpProxy"):
+            from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+
+            tp = tcp_proxy_pb2.TcpProxy()
+            if f.typed_config.Unpack(tp) and tp.cluster == BLACKHOLE_CLUSTER:
+                return True
+    return False
+
+
 def mode_of_listener(listener: Any) -> str:
     """The mode an inbound Listener's filter chains implement (Envoy's
-    filter-chain matching): TLS chain + plaintext chain = PERMISSIVE, TLS chain
-    only = STRICT, plaintext only = DISABLE. ValueError for a listener that
-    accepts nothing or whose chains match on something else."""
+    filter-chain matching): TLS chains + plaintext chains = PERMISSIVE, TLS
+    chains only = STRICT, plaintext only = DISABLE. Works for pymesh's shape
+    and istiod's (``pilot/pkg/networking/core/listener_builder.go``), whose
+    per-port chains (``destination_port``) and ``virtualInbound-blackhole``
+    loop guard are read as Envoy would match them: the blackhole chain is
+    ignored, the catch-all chains (no ``destination_port``) give the
+    workload's mode. ValueError for a listener that accepts nothing or whose
+    chains match on a transport Envoy does not know."""
     tls = plain = False
+    port_tls = port_plain = False
     for i, fc in enumerate(listener.filter_chains):
+        if _blackhole(listener, fc):
+            continue
         proto = fc.filter_chain_match.transport_protocol
+        per_port = fc.filter_chain_match.HasField("destination_port")
         if proto == "tls":
-            tls = True
+            port_tls |= per_port
+            tls |= not per_port
         elif proto in ("raw_buffer", ""):
-            plain = True
+            port_plain |= per_port
+            plain |= not per_port
         else:
             raise ValueError(f"listener {listener.name!r}: filter_chains[{i}] matches transport {proto!r}")
+    if not (tls or plain):
+        # Only per-port chains: they decide (istiod always adds catch-alls, pymesh never uses ports).
+        tls, plain = port_tls, port_plain
     if tls and plain:
         return "PERMISSIVE"
     if tls:

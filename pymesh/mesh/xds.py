@@ -9,9 +9,12 @@ health report a VM sends (istio/istio ``pkg/model/xds.go``: ``ClusterType``,
 
 from __future__ import annotations
 
+import logging
 from typing import Any, TypeVar
 
 from pymesh.mesh.errors import XdsResourceError
+
+log = logging.getLogger(__name__)
 
 _PREFIX = "type.googleapis.com/"
 CDS = _PREFIX + "envoy.config.cluster.v3.Cluster"
@@ -58,11 +61,107 @@ def unpack(any_msg: Any, type_url: str, cls: type[M]) -> M:
 
 def to_dict(msg: Any) -> dict[str, Any]:
     """A message as proto3 JSON with the proto field names (what the native
-    parsers read)."""
+    parsers read). Every ``Any`` inside is resolved through the default
+    descriptor pool, importing the xds-protos package that defines its type
+    on first sight (:func:`load_type`); an ``Any`` of a type nobody here
+    defines (Istio's private filters, ``istio.envoy.config.filter.http.alpn``)
+    is emptied with a debug line: an extension pymesh does not use never
+    makes a resource unusable (Envoy would reject an unknown extension it
+    must run; pymesh runs none of them)."""
     from google.protobuf import json_format
 
-    d: dict[str, Any] = json_format.MessageToDict(msg, preserving_proto_field_name=True)
+    try:
+        d: dict[str, Any] = json_format.MessageToDict(msg, preserving_proto_field_name=True)
+        return d
+    except (TypeError, KeyError):
+        pass  # an Any of a type the pool does not hold yet
+    copy = type(msg)()
+    copy.CopyFrom(msg)
+    _resolve_anys(copy, type(msg).DESCRIPTOR.full_name)
+    d = json_format.MessageToDict(copy, preserving_proto_field_name=True)
     return d
+
+
+_LOADED: dict[str, bool] = {}
+
+
+def load_type(type_url: str) -> bool:
+    """Makes the message type of ``type_url`` known to the default descriptor
+    pool, importing the ``*_pb2`` modules of its package from xds-protos
+    (``envoy.extensions.filters.http.router.v3.Router`` →
+    ``envoy/extensions/filters/http/router/v3/*_pb2``). False when no
+    installed module defines it."""
+    from google.protobuf import descriptor_pool
+
+    name = type_url.rsplit("/", 1)[-1]
+    pool = descriptor_pool.Default()
+    try:
+        pool.FindMessageTypeByName(name)
+        return True
+    except KeyError:
+        pass
+    package = name.rsplit(".", 1)[0]
+    if package not in _LOADED:
+        _LOADED[package] = _import_package(package)
+    try:
+        pool.FindMessageTypeByName(name)
+        return True
+    except KeyError:
+        return False
+
+
+def _import_package(package: str) -> bool:
+    import importlib
+    import pkgutil
+
+    try:
+        mod = importlib.import_module(package)
+    except ImportError:
+        return False
+    found = False
+    for info in pkgutil.iter_modules(getattr(mod, "__path__", [])):
+        if info.name.endswith("_pb2"):
+            try:
+                importlib.import_module(f"{package}.{info.name}")
+                found = True
+            except Exception:  # a module that does not import (version skew) is one type less
+                log.debug("xds: %s.%s does not import", package, info.name, exc_info=True)
+    return found
+
+
+def _resolve_anys(msg: Any, path: str) -> None:
+    """Walks ``msg`` (in place): every ``Any`` of a known type is decoded,
+    walked and packed again; one of an unknown type is cleared."""
+    from google.protobuf import symbol_database
+
+    for field, value in msg.ListFields():
+        if field.message_type is None:
+            continue
+        if field.is_repeated:
+            if field.message_type.GetOptions().map_entry:
+                items = list(value.values()) if field.message_type.fields_by_name["value"].message_type else []
+            else:
+                items = list(value)
+        else:
+            items = [value]
+        for i, item in enumerate(items):
+            where = f"{path}.{field.name}" + (f"[{i}]" if len(items) > 1 else "")
+            if item.DESCRIPTOR.full_name == "google.protobuf.Any":
+                if not item.type_url:
+                    continue
+                if not load_type(item.type_url):
+                    log.debug("xds: ignoring %s of unknown type %s", where, item.type_url)
+                    item.Clear()
+                    continue
+                cls = symbol_database.Default().GetSymbol(item.type_url.rsplit("/", 1)[-1])
+                inner = cls()
+                if not item.Unpack(inner):
+                    item.Clear()
+                    continue
+                _resolve_anys(inner, where)
+                item.Pack(inner)
+            else:
+                _resolve_anys(item, where)
 
 
 def pack(msg: Any) -> Any:

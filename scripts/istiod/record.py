@@ -1033,7 +1033,8 @@ def cmd_live(a: argparse.Namespace) -> int:
         env["PYTHONPATH"] = a.pymesh
     work = out / "istiod"
     work.mkdir(exist_ok=True)
-    ist = Istiod(binary, spec, work, grpc_addr=a.grpc_addr, http_addr=a.http_addr)
+    extra = dict(kv.split("=", 1) for kv in a.env)
+    ist = Istiod(binary, spec, work, grpc_addr=a.grpc_addr, http_addr=a.http_addr, env=extra)
     ist.start()
     agent_log = out / "agent.log"
     result: dict[str, Any] = {
@@ -1711,6 +1712,7 @@ def main(argv: list[str] | None = None) -> int:
         default="none",
         help="exec: mesh.yaml gets an exec probe (`true`), so the agent reports health",
     )
+    lv.add_argument("--env", action="append", default=[], metavar="K=V", help="istiod environment (repeatable)")
     lv.add_argument("--pymesh", help="PYTHONPATH for the agent (a checkout of pymesh; default: the installed one)")
     lv.add_argument("--agent-args", help=f"instead of {' '.join(AGENT_ARGS)!r} (older agents: no --capture off)")
     lv.set_defaults(fn=cmd_live)

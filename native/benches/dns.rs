@@ -13,7 +13,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use pymesh_core::dns::forward::Forwarder;
 use pymesh_core::dns::metrics::Metrics;
 use pymesh_core::dns::wire::{
-    flag, parse_query, write_response, Message, NameBuf, Record, ReplyShape, Writer, CLASS_IN,
+    flag, parse_query, write_response, Message, NameBuf, RType, Record, ReplyShape, Writer, CLASS_IN,
 };
 use pymesh_core::dns::{answer_packet, AnswerConfig, Decision, DnsTable, Transport, UpstreamConfig};
 use pymesh_core::names::{NameConfig, NameEntry, NameTable};
@@ -25,12 +25,12 @@ fn short_mode() -> bool {
         || !args.iter().any(|a| a == "--bench")
 }
 
-fn packet(name: &str, qtype: u16) -> Vec<u8> {
+fn packet(name: &str, qtype: RType) -> Vec<u8> {
     let mut b = vec![0u8; 512];
     let mut w = Writer::new(&mut b, 512);
     w.header(0x4242, flag::RD, [1, 0, 0, 0]).unwrap();
     w.name(NameBuf::from_text(name).unwrap().as_wire(), false).unwrap();
-    w.u16(qtype).unwrap();
+    w.u16(qtype.0).unwrap();
     w.u16(CLASS_IN).unwrap();
     let n = w.finish();
     b.truncate(n);
@@ -65,7 +65,7 @@ fn bench(c: &mut Criterion) {
         g.sample_size(10).measurement_time(Duration::from_millis(300)).warm_up_time(Duration::from_millis(100));
     }
     let mut out = vec![0u8; 4096];
-    let a = packet("svc-1234.ns-34.svc.cluster.local", 1);
+    let a = packet("svc-1234.ns-34.svc.cluster.local", RType::A);
     g.bench_function("echo_copy", |b| {
         b.iter(|| {
             let p = black_box(&a);
@@ -76,9 +76,9 @@ fn bench(c: &mut Criterion) {
     });
     for (label, p) in [
         ("local_a", a.clone()),
-        ("local_aaaa_nodata", packet("svc-1234.ns-34.svc.cluster.local", 28)),
-        ("local_short_name", packet("svc-1230", 1)),
-        ("forward_decision", packet("www.example.org", 1)),
+        ("local_aaaa_nodata", packet("svc-1234.ns-34.svc.cluster.local", RType::AAAA)),
+        ("local_short_name", packet("svc-1230", RType::A)),
+        ("forward_decision", packet("www.example.org", RType::A)),
     ] {
         g.bench_function(label, |b| {
             b.iter(|| match answer_packet(Some(&t), &cfg, black_box(&p), Transport::Udp, 1, &mut out) {
@@ -87,11 +87,11 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
-    let q = parse_query(&packet("www.example.org", 1)).unwrap();
+    let q = parse_query(&packet("www.example.org", RType::A)).unwrap();
     let m = Message {
         flags: flag::QR | flag::RA,
         answers: (0..2)
-            .map(|i| Record { name: q.qname.clone(), rtype: 1, class: 1, ttl: 300, rdata: vec![192, 0, 2, i] })
+            .map(|i| Record { name: q.qname.clone(), rtype: RType::A, class: 1, ttl: 300, rdata: vec![192, 0, 2, i] })
             .collect(),
         ..Default::default()
     };
@@ -99,7 +99,7 @@ fn bench(c: &mut Criterion) {
     // miss, cache lookup, re-encode.
     let fw = Forwarder::new(UpstreamConfig::default(), 1000, 1 << 20, Arc::new(Metrics::default()));
     fw.insert_for_test(&q, Arc::new(m.clone()));
-    let p = packet("www.example.org", 1);
+    let p = packet("www.example.org", RType::A);
     g.bench_function("cache_hit_full", |b| {
         b.iter(|| match answer_packet(Some(&t), &cfg, black_box(&p), Transport::Udp, 1, &mut out) {
             Decision::Forward(q) => fw.cached_reply(&q, Transport::Udp, &mut out).unwrap_or(0),

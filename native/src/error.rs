@@ -4,7 +4,9 @@
 use std::fmt;
 
 /// Every failure the core reports. Each variant says what was wrong and where.
+/// Callers map errors by [`Error::kind`]; new variants may be added.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// An input entry (one hostname of a name table) is invalid.
     #[error("entry {entry:?}: {field}: {reason}")]

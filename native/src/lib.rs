@@ -10,6 +10,7 @@
 pub mod dns;
 pub mod error;
 pub mod lb;
+pub mod mesh;
 pub mod names;
 pub mod relay;
 

@@ -1,5 +1,5 @@
 //! The shared lbtable conformance cases (`tests/cases/lb.cases`) through the
-//! Rust core. The Python (`tests/test_lb_conformance.py`) and C
+//! Rust core. The Python (`tests/conformance/test_lb_conformance.py`) and C
 //! (`tests/c/lb_conformance.c`) drivers run the same list.
 
 use pymesh_core::lb::{assignments_from_value, clusters_from_value, LbTable, RedirectTable, Rng, Verdict};

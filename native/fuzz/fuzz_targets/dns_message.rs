@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
 use pymesh_core::dns::wire::{
-    flag, parse_message, parse_query, write_response, Edns, NameBuf, Query, ReplyShape, CLASS_IN,
+    flag, parse_message, parse_query, write_response, Edns, NameBuf, Query, RType, ReplyShape, CLASS_IN,
 };
 use pymesh_core::dns::{answer_packet, AnswerConfig, Decision, DnsTable, Transport};
 use pymesh_core::names::{NameConfig, NameEntry, NameTable};
@@ -63,7 +63,7 @@ fuzz_target!(|data: &[u8]| {
             id: 7,
             flags: flag::RD,
             qname: NameBuf::from_text("x.example.com").unwrap(),
-            qtype: 1,
+            qtype: RType::A,
             qclass: CLASS_IN,
             edns: Some(Edns { udp_size: 1232, ext_rcode: 0, version: 0, dnssec_ok: false }),
         };

@@ -1,20 +1,24 @@
 //! Local answers from a name table snapshot, written straight into the
 //! caller's buffer: no allocation, one table lookup per query.
 //!
-//! Where this differs from Istio's agent (reference §4.2, §7):
+//! Where this differs from Istio's agent (istio `pkg/dns/client/dns.go`,
+//! `LocalDNSServer.ServeDNS` and `LookupTable.lookupHost`):
 //! - NODATA carries an SOA in the authority section (RFC 2308 §2.2) so
 //!   clients can cache the absence; Istio sends none.
 //! - Other query types for Kubernetes names of the cluster domain get NODATA
 //!   with an SOA (we are authoritative for them); Istio forwards them and the
-//!   upstream may say NXDOMAIN for a name that exists (#54189).
-//! - PTR for every table address (Istio: "TODO: handle PTR records").
+//!   upstream may say NXDOMAIN for a name that exists (istio/istio#54189).
+//! - PTR for every table address (Istio: "TODO: handle PTR records for
+//!   reverse dns lookups", in `lookupHost`).
 //! - Owners are the question name as asked, never a CNAME to Istio-only names
-//!   (#35421, #57276) nor a literal `*` (#47264, #61732).
-//! - Several addresses rotate (round robin) instead of being shuffled.
+//!   (istio/istio#35421, #57276) nor a literal `*` (istio/istio#47264, #61732).
+//! - Several addresses rotate (round robin) instead of being shuffled
+//!   (Istio's `roundRobinResponse`).
 //! - Optional authoritative zones: unknown names under them get NXDOMAIN
-//!   with an SOA locally, so search-list expansions stop reaching the upstream (#57532).
+//!   with an SOA locally, so search-list expansions stop reaching the
+//!   upstream (istio/istio#57532).
 //! - Answers are compressed and truncated to the client's limit with TC
-//!   (RFC 1035 §4.2.1, RFC 6891 §6.2.3; istio #29675, ztunnel #2060).
+//!   (RFC 1035 §4.2.1, RFC 6891 §6.2.3; istio/istio#29675, istio/ztunnel#2060).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -22,7 +26,7 @@ use crate::names::QueryName;
 
 use super::table::AnswerSource;
 use super::wire::{
-    flag, parse_query, rcode, rtype, write_reject, NameBuf, Query, Reject, CLASSIC_UDP_LIMIT, CLASS_IN, HEADER_LEN,
+    flag, parse_query, write_reject, NameBuf, Query, RType, Rcode, Reject, CLASSIC_UDP_LIMIT, CLASS_IN, HEADER_LEN,
     MAX_MESSAGE, MAX_WIRE_NAME, OPT_LEN,
 };
 
@@ -122,7 +126,7 @@ impl Outcome {
 #[derive(Debug)]
 pub enum Decision {
     /// `len` bytes of `out` are the reply.
-    Reply { len: usize, outcome: Outcome, qtype: u16, rcode: u16 },
+    Reply { len: usize, outcome: Outcome, qtype: RType, rcode: Rcode },
     /// Not ours: ask an upstream.
     Forward(Box<Query>),
     /// Send nothing.
@@ -154,9 +158,11 @@ pub fn answer_packet<S: AnswerSource + ?Sized>(
             return match reject {
                 Reject::Drop => Decision::Drop,
                 _ if len == 0 => Decision::Drop,
-                Reject::Error { rcode, .. } => Decision::Reply { len, outcome: Outcome::Malformed, qtype: 0, rcode },
+                Reject::Error { rcode, .. } => {
+                    Decision::Reply { len, outcome: Outcome::Malformed, qtype: RType(0), rcode }
+                }
                 Reject::BadVersion { .. } => {
-                    Decision::Reply { len, outcome: Outcome::Malformed, qtype: 0, rcode: rcode::BADVERS }
+                    Decision::Reply { len, outcome: Outcome::Malformed, qtype: RType(0), rcode: Rcode::BADVERS }
                 }
             };
         }
@@ -187,7 +193,7 @@ fn decide<'t, S: AnswerSource + ?Sized>(table: &'t S, cfg: &AnswerConfig, q: &Qu
     }
     let mut text = [0u8; 253];
     let name = q.qname.to_lookup_text(&mut text)?;
-    if q.qtype == rtype::PTR {
+    if q.qtype == RType::PTR {
         if let Some(host) = reverse_addr(name).and_then(|a| table.ptr(&a)) {
             return Some(Local::Ptr(host));
         }
@@ -197,9 +203,9 @@ fn decide<'t, S: AnswerSource + ?Sized>(table: &'t S, cfg: &AnswerConfig, q: &Qu
     let entry = qn.as_ref().and_then(|qn| table.names().lookup(qn)).map(|h| h.entry);
     if let Some((entry, hit)) = entry.and_then(|i| Some((i, table.names().entry(i)?))) {
         return Some(match q.qtype {
-            rtype::A => Local::Addrs { v4: hit.ipv4, v6: &[] },
-            rtype::AAAA => Local::Addrs { v4: &[], v6: hit.ipv6 },
-            rtype::ANY => Local::Addrs { v4: hit.ipv4, v6: hit.ipv6 },
+            RType::A => Local::Addrs { v4: hit.ipv4, v6: &[] },
+            RType::AAAA => Local::Addrs { v4: &[], v6: hit.ipv6 },
+            RType::ANY => Local::Addrs { v4: hit.ipv4, v6: hit.ipv6 },
             _ if table.is_authoritative(entry) => Local::NoData,
             // A ServiceEntry host: other types (MX, TXT, HTTPS...) may exist upstream.
             _ => return None,
@@ -222,7 +228,7 @@ pub fn answer_query<S: AnswerSource + ?Sized>(
     limit: usize,
     rotation: u32,
     out: &mut [u8],
-) -> Option<(usize, Outcome, u16)> {
+) -> Option<(usize, Outcome, Rcode)> {
     let local = decide(table?, cfg, q)?;
     let table = table?;
     let limit = limit.min(out.len()).min(MAX_MESSAGE);
@@ -234,17 +240,17 @@ pub fn answer_query<S: AnswerSource + ?Sized>(
         return None;
     }
     let (rc, outcome) = match local {
-        Local::NxDomain { .. } => (rcode::NXDOMAIN, Outcome::NxDomain),
-        Local::NoData => (rcode::NOERROR, Outcome::NoData),
-        _ => (rcode::NOERROR, Outcome::Local),
+        Local::NxDomain { .. } => (Rcode::NXDOMAIN, Outcome::NxDomain),
+        Local::NoData => (Rcode::NOERROR, Outcome::NoData),
+        _ => (Rcode::NOERROR, Outcome::Local),
     };
-    let flags = flag::QR | flag::AA | flag::RA | (q.flags & (flag::OPCODE_MASK | flag::RD | flag::CD)) | rc;
+    let flags = flag::QR | flag::AA | flag::RA | (q.flags & (flag::OPCODE_MASK | flag::RD | flag::CD)) | rc.low_bits();
     let mut b = Buf { out, len: 0 };
     b.u16(q.id);
     b.u16(flags);
     b.put(&[0, 1, 0, 0, 0, 0, 0, u8::from(q.edns.is_some())]);
     b.put(qname);
-    b.u16(q.qtype);
+    b.u16(q.qtype.0);
     b.u16(q.qclass);
     let room = limit - b.len - opt_len;
     let mut answers = 0u16;
@@ -255,7 +261,7 @@ pub fn answer_query<S: AnswerSource + ?Sized>(
             // Owner: a pointer to the question (offset 12), so it echoes the
             // client's letter case and costs 2 bytes.
             let mut left = room;
-            for (addrs, ty, len) in [(AddrList::V4(v4), rtype::A, 4usize), (AddrList::V6(v6), rtype::AAAA, 16usize)] {
+            for (addrs, ty, len) in [(AddrList::V4(v4), RType::A, 4usize), (AddrList::V6(v6), RType::AAAA, 16usize)] {
                 let n = addrs.len();
                 if n == 0 {
                     continue;
@@ -266,7 +272,7 @@ pub fn answer_query<S: AnswerSource + ?Sized>(
                 let start = rotation as usize % n;
                 for i in 0..fit {
                     b.put(&[0xC0, HEADER_LEN as u8]);
-                    b.u16(ty);
+                    b.u16(ty.0);
                     b.u16(CLASS_IN);
                     b.u32(ttl);
                     b.u16(len as u16);
@@ -281,7 +287,7 @@ pub fn answer_query<S: AnswerSource + ?Sized>(
             let rec = 12 + host.as_wire().len();
             if rec <= room {
                 b.put(&[0xC0, HEADER_LEN as u8]);
-                b.u16(rtype::PTR);
+                b.u16(RType::PTR.0);
                 b.u16(CLASS_IN);
                 b.u32(ttl);
                 b.u16(host.as_wire().len() as u16);
@@ -308,7 +314,7 @@ pub fn answer_query<S: AnswerSource + ?Sized>(
     if let Some(e) = q.edns {
         let ttl: u32 = if e.dnssec_ok { 0x8000 } else { 0 };
         b.put(&[0]);
-        b.u16(rtype::OPT);
+        b.u16(RType::OPT.0);
         b.u16(super::wire::EDNS_UDP_SIZE);
         b.u32(ttl);
         b.u16(0);
@@ -337,7 +343,7 @@ fn write_soa(b: &mut Buf<'_>, zone_len: usize, zone_at: usize, ttl: u32, serial:
     let mname: &[u8] = if fits(7) { b"\x02ns\x03dns" } else { b"" };
     let rname: &[u8] = if fits(11) { b"\x0ahostmaster" } else { b"" };
     b.put(&ptr);
-    b.u16(rtype::SOA);
+    b.u16(RType::SOA.0);
     b.u16(CLASS_IN);
     b.u32(ttl);
     b.u16((mname.len() + 2 + rname.len() + 2 + 20) as u16);

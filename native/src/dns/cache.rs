@@ -1,7 +1,9 @@
 //! Cache of forwarded answers: TTL-respecting, with negative caching from the
 //! SOA (RFC 2308), bounded by entries and by bytes, TTLs decremented on hits.
 //!
-//! Istio has no cache at all (reference §4.3, open issue #58806). Entries are
+//! Istio has no cache at all: every query it does not answer goes upstream
+//! (istio `pkg/dns/client/dns.go`, `queryUpstream`;
+//! <https://github.com/istio/istio/issues/58806>). Entries are
 //! whole upstream messages, kept parsed so a hit is only a re-encode for the
 //! asking client (its ID, question case and size limit). Eviction is by age
 //! of insertion (FIFO) once a bound is reached; expired entries go first
@@ -13,7 +15,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::wire::{flag, rcode, rtype, Message, NameBuf, Query};
+use super::wire::{flag, Message, NameBuf, Query, RType, Rcode};
 
 /// Upper bounds on what we keep, whatever the upstream says: positive
 /// answers one hour, negative ones 15 minutes (RFC 2308 §5 suggests 1–3 h;
@@ -26,7 +28,7 @@ pub const MAX_NEGATIVE_TTL: u32 = 900;
 #[derive(Clone, PartialEq, Eq)]
 pub struct CacheKey {
     name: NameBuf,
-    qtype: u16,
+    qtype: RType,
     qclass: u16,
     bits: u8,
 }
@@ -93,12 +95,12 @@ pub fn cacheable_ttl(m: &Message) -> Option<u32> {
         return None;
     }
     match m.rcode() {
-        rcode::NOERROR if !m.answers.is_empty() => {
+        Rcode::NOERROR if !m.answers.is_empty() => {
             let ttl = m.answers.iter().map(|r| r.ttl).min()?;
             (ttl > 0).then_some(ttl.min(MAX_TTL))
         }
-        rcode::NOERROR | rcode::NXDOMAIN => {
-            let soa = m.authority.iter().find(|r| r.rtype == rtype::SOA)?;
+        Rcode::NOERROR | Rcode::NXDOMAIN => {
+            let soa = m.authority.iter().find(|r| r.rtype == RType::SOA)?;
             let d = &soa.rdata;
             let minimum = u32::from_be_bytes(d.get(d.len().checked_sub(4)?..)?.try_into().ok()?);
             let ttl = soa.ttl.min(minimum);
@@ -198,7 +200,14 @@ mod tests {
     use crate::dns::wire::{Record, CLASS_IN};
 
     fn q(name: &str) -> Query {
-        Query { id: 1, flags: 0, qname: NameBuf::from_text(name).unwrap(), qtype: 1, qclass: CLASS_IN, edns: None }
+        Query {
+            id: 1,
+            flags: 0,
+            qname: NameBuf::from_text(name).unwrap(),
+            qtype: RType::A,
+            qclass: CLASS_IN,
+            edns: None,
+        }
     }
 
     fn answer(ttl: u32) -> Arc<Message> {
@@ -206,7 +215,7 @@ mod tests {
             flags: flag::QR,
             answers: vec![Record {
                 name: NameBuf::from_text("a.example").unwrap(),
-                rtype: 1,
+                rtype: RType::A,
                 class: 1,
                 ttl,
                 rdata: vec![1, 2, 3, 4],
@@ -215,16 +224,16 @@ mod tests {
         })
     }
 
-    fn negative(rc: u16, soa_ttl: u32, minimum: u32) -> Arc<Message> {
+    fn negative(rc: Rcode, soa_ttl: u32, minimum: u32) -> Arc<Message> {
         let mut rd = NameBuf::from_text("ns.example").unwrap().as_wire().to_vec();
         rd.extend_from_slice(NameBuf::from_text("h.example").unwrap().as_wire());
         rd.extend_from_slice(&[0; 16]);
         rd.extend_from_slice(&minimum.to_be_bytes());
         Arc::new(Message {
-            flags: flag::QR | rc,
+            flags: flag::QR | rc.0,
             authority: vec![Record {
                 name: NameBuf::from_text("example").unwrap(),
-                rtype: 6,
+                rtype: RType::SOA,
                 class: 1,
                 ttl: soa_ttl,
                 rdata: rd,
@@ -238,10 +247,10 @@ mod tests {
         assert_eq!(cacheable_ttl(&answer(60)), Some(60));
         assert_eq!(cacheable_ttl(&answer(0)), None);
         assert_eq!(cacheable_ttl(&answer(1_000_000)), Some(MAX_TTL));
-        assert_eq!(cacheable_ttl(&negative(rcode::NXDOMAIN, 300, 20)), Some(20));
-        assert_eq!(cacheable_ttl(&negative(rcode::NOERROR, 10, 20)), Some(10));
-        assert_eq!(cacheable_ttl(&negative(rcode::SERVFAIL, 10, 20)), None);
-        let no_soa = Message { flags: flag::QR | rcode::NXDOMAIN, ..Default::default() };
+        assert_eq!(cacheable_ttl(&negative(Rcode::NXDOMAIN, 300, 20)), Some(20));
+        assert_eq!(cacheable_ttl(&negative(Rcode::NOERROR, 10, 20)), Some(10));
+        assert_eq!(cacheable_ttl(&negative(Rcode::SERVFAIL, 10, 20)), None);
+        let no_soa = Message { flags: flag::QR | Rcode::NXDOMAIN.0, ..Default::default() };
         assert_eq!(cacheable_ttl(&no_soa), None);
     }
 

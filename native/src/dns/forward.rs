@@ -13,7 +13,7 @@ use super::answer::{reply_limit, Outcome, Transport};
 use super::cache::{Cache, CacheKey};
 use super::metrics::Metrics;
 use super::upstream::{UpstreamConfig, Upstreams};
-use super::wire::{flag, rcode, write_response, Message, Query, ReplyShape};
+use super::wire::{flag, write_response, Message, Query, Rcode, ReplyShape};
 
 type Waiters = Vec<oneshot::Sender<Option<Arc<Message>>>>;
 
@@ -129,14 +129,14 @@ impl Forwarder {
 
     /// The reply bytes for a forwarded query (SERVFAIL when every upstream
     /// failed), with the outcome and rcode for metrics.
-    pub async fn reply(&self, q: &Query, transport: Transport) -> (Vec<u8>, Outcome, u16) {
+    pub async fn reply(&self, q: &Query, transport: Transport) -> (Vec<u8>, Outcome, Rcode) {
         let (m, age, outcome) = self.resolve(q).await;
         let servfail;
         let msg = match &m {
             Some(m) => &**m,
             None => {
                 // Istio #29673: never NXDOMAIN on upstream failure.
-                servfail = Message { flags: flag::QR | rcode::SERVFAIL, ..Default::default() };
+                servfail = Message { flags: flag::QR | Rcode::SERVFAIL.0, ..Default::default() };
                 &servfail
             }
         };

@@ -1,13 +1,15 @@
 //! Counters of the DNS proxy, rendered as Prometheus text.
 //!
-//! Istio's four metrics keep their exported names and meaning (reference
-//! §6, `pkg/dns/client/monitoring.go`) so existing dashboards keep working:
+//! Istio's four metrics keep their exported names and meaning (istio
+//! `pkg/dns/client/monitoring.go`) so existing dashboards keep working:
 //! `istio_agent_dns_requests_total` (every query reaching the handler),
 //! `istio_agent_dns_upstream_requests_total` (once per query sent upstream),
 //! `istio_agent_dns_upstream_failures_total` (once per query when every
 //! upstream attempt failed) and `istio_agent_dns_upstream_request_duration_seconds`
-//! (the whole upstream phase, same buckets). What Istio lacks (#33222,
-//! #58806) is added under `pymesh_dns_*`: outcome, query type, rcode, spoofed
+//! (the whole upstream phase, same buckets). What Istio lacks
+//! (<https://github.com/istio/istio/issues/33222> asked for query types and
+//! rcodes, <https://github.com/istio/istio/issues/58806> for cache hits) is
+//! added under `pymesh_dns_*`: outcome, query type, rcode, spoofed
 //! answers dropped, cache size.
 //!
 //! Plain relaxed atomics: the counters are independent, a scrape may see
@@ -18,25 +20,44 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use super::answer::Outcome;
+use super::wire::{RType, Rcode};
 
-/// Query types counted separately; the rest is `other`.
-const QTYPES: [(u16, &str); 12] = [
-    (1, "A"),
-    (28, "AAAA"),
-    (12, "PTR"),
-    (33, "SRV"),
-    (16, "TXT"),
-    (15, "MX"),
-    (5, "CNAME"),
-    (6, "SOA"),
-    (2, "NS"),
-    (64, "SVCB"),
-    (65, "HTTPS"),
-    (255, "ANY"),
+/// The labels of counted codes (each has a name), then `other`.
+fn label<'a>(names: &'a [Option<&'static str>]) -> impl Iterator<Item = &'static str> + 'a {
+    names.iter().map(|n| n.unwrap_or("other")).chain(["other"])
+}
+
+/// Query types counted separately (labelled by their mnemonic,
+/// [`RType::name`]); the rest is `other`.
+const QTYPES: [RType; 12] = [
+    RType::A,
+    RType::AAAA,
+    RType::PTR,
+    RType::SRV,
+    RType::TXT,
+    RType::MX,
+    RType::CNAME,
+    RType::SOA,
+    RType::NS,
+    RType::SVCB,
+    RType::HTTPS,
+    RType::ANY,
 ];
-const RCODES: [&str; 11] = [
-    "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "YXDOMAIN", "YXRRSET", "NXRRSET", "NOTAUTH",
-    "NOTZONE",
+/// Response codes counted separately, in slot order (the RFC 1035 and
+/// RFC 2136 codes are their own slot numbers); the rest is `other`.
+const RCODES: [Rcode; 12] = [
+    Rcode::NOERROR,
+    Rcode::FORMERR,
+    Rcode::SERVFAIL,
+    Rcode::NXDOMAIN,
+    Rcode::NOTIMP,
+    Rcode::REFUSED,
+    Rcode::YXDOMAIN,
+    Rcode::YXRRSET,
+    Rcode::NXRRSET,
+    Rcode::NOTAUTH,
+    Rcode::NOTZONE,
+    Rcode::BADVERS,
 ];
 /// Istio's histogram buckets, in seconds.
 const BUCKETS: [f64; 6] = [0.001, 0.005, 0.01, 0.1, 1.0, 5.0];
@@ -48,7 +69,7 @@ pub struct Metrics {
     upstream_failures: AtomicU64,
     outcomes: [AtomicU64; Outcome::ALL.len()],
     qtypes: [AtomicU64; QTYPES.len() + 1],
-    rcodes: [AtomicU64; RCODES.len() + 2],
+    rcodes: [AtomicU64; RCODES.len() + 1],
     buckets: [AtomicU64; BUCKETS.len()],
     duration_count: AtomicU64,
     duration_sum_ns: AtomicU64,
@@ -58,15 +79,15 @@ pub struct Metrics {
     coalesced: AtomicU64,
 }
 
-fn qtype_slot(qtype: u16) -> usize {
-    QTYPES.iter().position(|&(t, _)| t == qtype).unwrap_or(QTYPES.len())
+fn qtype_slot(qtype: RType) -> usize {
+    QTYPES.iter().position(|&t| t == qtype).unwrap_or(QTYPES.len())
 }
 
-fn rcode_slot(rcode: u16) -> usize {
-    match rcode {
-        0..=10 => rcode as usize,
-        16 => RCODES.len(), // BADVERS
-        _ => RCODES.len() + 1,
+fn rcode_slot(rcode: Rcode) -> usize {
+    match rcode.0 {
+        0..=10 => rcode.0 as usize,
+        16 => RCODES.len() - 1, // BADVERS
+        _ => RCODES.len(),
     }
 }
 
@@ -77,13 +98,13 @@ pub struct LocalCounts {
     requests: u64,
     outcomes: [u64; Outcome::ALL.len()],
     qtypes: [u64; QTYPES.len() + 1],
-    rcodes: [u64; RCODES.len() + 2],
+    rcodes: [u64; RCODES.len() + 1],
 }
 
 impl LocalCounts {
     /// As [`Metrics::query`], into this batch.
     #[inline]
-    pub fn query(&mut self, outcome: Outcome, qtype: u16, rcode: u16) {
+    pub fn query(&mut self, outcome: Outcome, qtype: RType, rcode: Rcode) {
         self.requests += 1;
         self.outcomes[outcome as usize] += 1;
         self.qtypes[qtype_slot(qtype)] += 1;
@@ -117,7 +138,7 @@ pub struct Stats {
 impl Metrics {
     /// One query answered (or not) by the server.
     #[inline]
-    pub fn query(&self, outcome: Outcome, qtype: u16, rcode: u16) {
+    pub fn query(&self, outcome: Outcome, qtype: RType, rcode: Rcode) {
         self.requests.fetch_add(1, Relaxed);
         self.outcomes[outcome as usize].fetch_add(1, Relaxed);
         self.qtypes[qtype_slot(qtype)].fetch_add(1, Relaxed);
@@ -208,8 +229,8 @@ impl Metrics {
             hedged: g(&self.hedged),
             coalesced: g(&self.coalesced),
             outcomes: Outcome::ALL.iter().map(|o| (o.as_str(), g(&self.outcomes[*o as usize]))).collect(),
-            qtypes: QTYPES.iter().map(|q| q.1).chain(["other"]).zip(self.qtypes.iter().map(g)).collect(),
-            rcodes: RCODES.iter().copied().chain(["BADVERS", "other"]).zip(self.rcodes.iter().map(g)).collect(),
+            qtypes: label(&QTYPES.map(RType::name)).zip(self.qtypes.iter().map(g)).collect(),
+            rcodes: label(&RCODES.map(Rcode::name)).zip(self.rcodes.iter().map(g)).collect(),
         }
     }
 
@@ -276,9 +297,9 @@ mod tests {
     #[test]
     fn renders_istio_names_and_counts() {
         let m = Metrics::default();
-        m.query(Outcome::Local, 1, 0);
-        m.query(Outcome::NoData, 28, 0);
-        m.query(Outcome::Forwarded, 16, 3);
+        m.query(Outcome::Local, RType(1), Rcode(0));
+        m.query(Outcome::NoData, RType(28), Rcode(0));
+        m.query(Outcome::Forwarded, RType(16), Rcode(3));
         m.upstream_request();
         m.upstream_done(Duration::from_millis(3), false);
         let t = m.render(0);
@@ -289,5 +310,26 @@ mod tests {
         assert!(t.contains("pymesh_dns_queries_total{outcome=\"nodata\"} 1\n"));
         assert!(t.contains("pymesh_dns_queries_by_type_total{qtype=\"TXT\"} 1\n"));
         assert!(t.contains("pymesh_dns_responses_total{rcode=\"NXDOMAIN\"} 1\n"));
+    }
+
+    #[test]
+    fn every_counted_code_has_its_name_and_the_labels_keep_their_order() {
+        assert!(QTYPES.iter().all(|t| t.name().is_some()) && RCODES.iter().all(|r| r.name().is_some()));
+        let s = Metrics::default().stats();
+        let q: Vec<&str> = s.qtypes.iter().map(|x| x.0).collect();
+        assert_eq!(q, ["A", "AAAA", "PTR", "SRV", "TXT", "MX", "CNAME", "SOA", "NS", "SVCB", "HTTPS", "ANY", "other"]);
+        let r: Vec<&str> = s.rcodes.iter().map(|x| x.0).collect();
+        assert_eq!(
+            r,
+            [
+                "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "YXDOMAIN", "YXRRSET", "NXRRSET",
+                "NOTAUTH", "NOTZONE", "BADVERS", "other"
+            ]
+        );
+        let m = Metrics::default();
+        m.query(Outcome::Malformed, RType(0), Rcode::BADVERS);
+        m.query(Outcome::Forwarded, RType(99), Rcode(23));
+        let s = m.stats();
+        assert_eq!((s.rcodes[11], s.rcodes[12], s.qtypes[12]), (("BADVERS", 1), ("other", 1), ("other", 2)));
     }
 }

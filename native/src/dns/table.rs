@@ -138,7 +138,9 @@ impl AnswerSource for NameTable {
 }
 
 /// The table serving now; none before the first one (then every query is
-/// forwarded: Istio answers SERVFAIL and breaks boot-time lookups, §4.1).
+/// forwarded: Istio answers SERVFAIL and breaks boot-time lookups; istio
+/// `pkg/dns/client/dns.go`, `LocalDNSServer.ServeDNS` without
+/// `respondBeforeSync`).
 #[derive(Debug, Default)]
 pub struct LiveDnsTable {
     current: ArcSwapOption<DnsTable>,

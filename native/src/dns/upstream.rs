@@ -1,11 +1,12 @@
 //! Forwarding to upstream resolvers: resilient, and strict about what it
 //! accepts.
 //!
-//! Istio's behaviour and what goes wrong with it (reference §4.3, §7):
-//! it forwards the client's message verbatim with a 512-byte receive buffer
-//! (answers above 512 bytes become SERVFAIL, #61371), never retries over TCP,
-//! tries servers one after another with 5 s timeouts (#53414) and keeps no
-//! health. Here:
+//! Istio's behaviour (istio `pkg/dns/client/dns.go`, `queryUpstream`, with
+//! the miekg/dns client of `pkg/dns/client/proxy.go`) and what goes wrong
+//! with it: it forwards the client's message verbatim with a 512-byte
+//! receive buffer (answers above 512 bytes become SERVFAIL,
+//! istio/istio#61371), never retries over TCP, tries servers one after
+//! another with 5 s timeouts (istio/istio#53414) and keeps no health. Here:
 //! - the upstream query carries our own EDNS0 (1232 bytes) and is read into
 //!   a 64 KiB buffer; a truncated answer is retried over TCP (RFC 7766 §5);
 //! - every attempt has its own timeout (default 1 s, well below a stub
@@ -29,7 +30,7 @@ use tokio::net::{TcpStream, UdpSocket};
 use tokio::task::JoinSet;
 
 use super::metrics::Metrics;
-use super::wire::{flag, parse_message, rcode, write_upstream_query, Message, Query, MAX_MESSAGE};
+use super::wire::{flag, parse_message, write_upstream_query, Message, Query, Rcode, MAX_MESSAGE};
 
 /// Failures in a row after which a server is put last for a while.
 const UNHEALTHY_AFTER: u32 = 3;
@@ -278,7 +279,7 @@ impl Upstreams {
             m
         };
         match m.rcode() {
-            rcode::NOERROR | rcode::NXDOMAIN => Ok(m),
+            Rcode::NOERROR | Rcode::NXDOMAIN => Ok(m),
             _ => Err(AttemptError::Rcode),
         }
     }

@@ -47,7 +47,7 @@ impl ClusterSpec {
         config.overprovisioning_factor =
             a.overprovisioning_factor.unwrap_or(ClusterConfig::default().overprovisioning_factor);
         let mut spec = ClusterSpec { name: self.name.clone(), config, groups: a.groups, endpoints: a.endpoints };
-        super::parse::finish_hash_keys(&mut spec);
+        super::xds::finish_hash_keys(&mut spec);
         spec
     }
 }

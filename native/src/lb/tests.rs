@@ -746,8 +746,9 @@ fn ring_hash_disruption_in_envoys_host_loss_configuration() {
 /// from 0.62x to 2.30x (mean 1.28x over every 5th host). Above 9,900
 /// entries a 100-host ring gives every host more entries when one goes
 /// (65,536: 656 -> 662 each), and the new entries move ~0.9% of all keys
-/// on top: ~1.9x, in Envoy as here. So the 1.2x is met by ring
-/// hash where Envoy measures it (500 hosts, 64K), not at 100 hosts.
+/// on top: ~1.9x, in Envoy as here. So the 1.2x target for losing 1 host
+/// of 100 (see `report_disruption` in `benches/lb.rs`) is met by ring hash
+/// where Envoy measures it (500 hosts, 64K), not at 100 hosts.
 #[test]
 fn ring_hash_default_ring_moves_only_the_removed_hosts_keys() {
     let removals: Vec<Vec<usize>> = (0..100).step_by(5).map(|i| vec![i]).collect();
@@ -774,7 +775,7 @@ fn ring_hash_default_ring_moves_only_the_removed_hosts_keys() {
 /// and these figures are Envoy's too:
 /// - default M = 65,537, 100 hosts: 1.5-1.7x per removal (asserted <= 2x);
 /// - M = 655,373 (a prime; 6,554 slots per host): 1.12-1.16x, within the
-///   issue's 1.2x for every removal;
+///   1.2x target for every removal;
 /// - Envoy's benchmark (500 hosts at 65,537: 131 slots per host): ~5.4x;
 ///   at 655,373 ~2.2x. Maglev needs M >> 100 x hosts for 1.2x.
 #[test]
@@ -935,4 +936,12 @@ fn eds_assignments_are_reranked_by_locality_failover() {
     let prio: HashMap<String, u32> = snap.endpoints().iter().map(|e| (e.address.to_string(), e.priority)).collect();
     assert_eq!((prio["10.0.0.1:80"], prio["10.0.0.2:80"]), (0, 1), "same zone first");
     assert_eq!(counts(&t, "c", 100, |_| None, 1).keys().collect::<Vec<_>>(), vec![&addr("10.0.0.1:80")]);
+}
+
+#[test]
+fn camel_case_names_without_an_upper_case_letter_are_read() {
+    // proto3 JSON names `consecutive_5xx` `consecutive5xx`: no capital letter, one underscore less.
+    let od = json!({"interval": "1s", "consecutive5xx": 3, "maxEjectionPercent": 50});
+    let specs = clusters_from_value(&json!([outlier_cluster(10, od)]), "t");
+    assert!(specs.is_ok(), "{:?}", specs.err());
 }

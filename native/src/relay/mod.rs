@@ -7,7 +7,7 @@
 //! `virtualOutbound` listener:
 //! 1. the original destination is read with `SO_ORIGINAL_DST` (IPv4) or
 //!    `IP6T_SO_ORIGINAL_DST` (IPv6), which the kernel keeps in the
-//!    connection's conntrack entry after `REDIRECT` ([`orig_dst`]);
+//!    connection's conntrack entry after `REDIRECT` ([`original_destination`]);
 //! 2. the [`RedirectTable`] says Cluster, Passthrough or Bypass;
 //! 3. for a cluster, an endpoint is picked with the cluster's policy; a
 //!    connect failure is reported to outlier detection
@@ -60,27 +60,28 @@
 //! Endpoints without `tlsMode: istio`, and everything when no identity is
 //! set, keep the splice path unchanged.
 
-mod conn;
-mod orig_dst;
+mod accept;
+mod inbound;
+mod outbound;
 mod pool;
 mod splice;
+mod sys;
 pub mod tls;
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
 use crate::error::{Error, Result};
 use crate::lb::{LbTable, RedirectTable};
 
-pub use orig_dst::original_destination;
 pub use tls::{MeshTls, PeerAuthentication, TlsStats};
 
 /// Istio's outbound capture port (`--envoy-port`, `-p`).
@@ -245,7 +246,7 @@ pub(crate) struct Shared {
     pub(crate) routes: ArcSwap<Routes>,
     pub(crate) counters: Counters,
     /// Open connections' sockets, so `stop` can shut them down.
-    pub(crate) open: Mutex<HashMap<u64, [RawFd; 2]>>,
+    pub(crate) open: Mutex<HashMap<u64, [Arc<TcpStream>; 2]>>,
     pub(crate) stopping: AtomicBool,
     pub(crate) listen: Mutex<Vec<SocketAddr>>,
     pub(crate) seed: u64,
@@ -282,11 +283,34 @@ fn io_err(what: impl std::fmt::Display, e: std::io::Error) -> Error {
 
 /// Milliseconds on CLOCK_MONOTONIC: the clock Python's `time.monotonic()`
 /// reads, so outcomes reported here and ticks from Python share one clock.
+/// (std's `Instant` reads it too, but does not expose its value.)
 pub fn monotonic_ms() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a valid timespec to write into.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
     (ts.tv_sec as u64).saturating_mul(1000) + (ts.tv_nsec as u64) / 1_000_000
+}
+
+/// The original destination of a connection that `REDIRECT` (nat table,
+/// iptables or nftables) sent to us: netfilter keeps the original tuple in
+/// the conntrack entry and exposes it as the socket options
+/// `SO_ORIGINAL_DST` (`SOL_IP`, linux `include/uapi/linux/netfilter_ipv4.h`)
+/// and `IP6T_SO_ORIGINAL_DST` (`SOL_IPV6`,
+/// `include/uapi/linux/netfilter_ipv6/ip6_tables.h`), which Envoy's
+/// `original_dst` listener filter reads too (envoy
+/// `source/common/network/utility.cpp`, `getOriginalDst`). `v6` is the
+/// family of the accepted socket. Fails with `ENOENT` when the connection
+/// was not redirected (no conntrack NAT entry).
+pub fn original_destination(socket: BorrowedFd<'_>, v6: bool) -> std::io::Result<SocketAddr> {
+    let s = SockRef::from(&socket);
+    let addr = if v6 { s.original_dst_v6()? } else { s.original_dst_v4()? };
+    match addr.as_socket() {
+        // The flow label is not part of the destination (and was never read).
+        Some(SocketAddr::V6(mut a)) => {
+            a.set_flowinfo(0);
+            Ok(SocketAddr::V6(a))
+        }
+        Some(a) => Ok(a),
+        None => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "original destination is not an IP address")),
+    }
 }
 
 fn listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -350,21 +374,17 @@ impl Relay {
             port = bound.port();
             listeners.push((l, bound));
         }
-        // SAFETY: eventfd has no memory preconditions; the result is checked.
-        let wake = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if wake < 0 {
-            return Err(io_err("eventfd", std::io::Error::last_os_error()));
-        }
-        // SAFETY: `wake` is a new descriptor this function owns.
-        let wake = unsafe { OwnedFd::from_raw_fd(wake) };
+        let wake =
+            rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK)
+                .map_err(|e| io_err("eventfd", e.into()))?;
         let addrs: Vec<SocketAddr> = listeners.iter().map(|(_, a)| *a).collect();
         *self.shared.listen.lock().unwrap_or_else(|e| e.into_inner()) = addrs.clone();
         self.shared.stopping.store(false, Ordering::SeqCst);
         let shared = self.shared.clone();
-        let wake_fd = wake.as_raw_fd();
+        let wake_rx = wake.try_clone().map_err(|e| io_err("eventfd", e))?;
         let acceptor = std::thread::Builder::new()
             .name("pymesh-relay-accept".into())
-            .spawn(move || conn::accept_loop(shared, listeners, wake_fd))
+            .spawn(move || accept::accept_loop(shared, listeners, wake_rx))
             .map_err(|e| io_err("spawning the acceptor thread", e))?;
         *running = Some(Running { acceptor, wake, addrs: addrs.clone() });
         Ok(addrs)
@@ -375,17 +395,12 @@ impl Relay {
     pub fn stop(&self, grace: Duration) {
         let Some(r) = self.running.lock().unwrap_or_else(|e| e.into_inner()).take() else { return };
         self.shared.stopping.store(true, Ordering::SeqCst);
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a valid u64 to our eventfd.
-        unsafe { libc::write(r.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        let _ = rustix::io::write(&r.wake, &1u64.to_ne_bytes());
         let _ = r.acceptor.join();
         {
             let open = self.shared.open.lock().unwrap_or_else(|e| e.into_inner());
-            for fds in open.values() {
-                for &fd in fds {
-                    // SAFETY: fds in `open` stay open until removed under this lock.
-                    unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
-                }
+            for socket in open.values().flatten() {
+                let _ = socket.shutdown(Shutdown::Both);
             }
         }
         let deadline = Instant::now() + grace;

@@ -3,9 +3,14 @@
 //! copied through user space (haproxy's `option splice-auto`, Envoy has no
 //! equivalent). Falls back to read/write where the kernel refuses splice.
 
-use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::io::{self, Read};
+use std::net::TcpStream;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use socket2::SockRef;
+
+use super::sys;
 
 /// A pipe used as the splice buffer of one direction.
 #[derive(Debug)]
@@ -16,24 +21,10 @@ pub(crate) struct Pipe {
 }
 
 impl Pipe {
+    /// A pipe of `size` bytes, or of the kernel's default if it refuses
+    /// (`sys::pipe`).
     pub(crate) fn new(size: usize) -> io::Result<Pipe> {
-        let mut fds = [0 as libc::c_int; 2];
-        // SAFETY: `fds` has room for the two descriptors pipe2 writes.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: both descriptors were just created and are owned here.
-        let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        // A bigger pipe moves more per system call; an unprivileged process
-        // may be capped by /proc/sys/fs/pipe-max-size, so failure keeps the default.
-        // SAFETY: fcntl on a descriptor we own.
-        let got = unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, size as libc::c_int) };
-        // SAFETY: as above.
-        let size = if got > 0 {
-            got as usize
-        } else {
-            unsafe { libc::fcntl(w.as_raw_fd(), libc::F_GETPIPE_SZ) }.max(4096) as usize
-        };
+        let (r, w, size) = sys::pipe(size)?;
         Ok(Pipe { r, w, size })
     }
 }
@@ -58,29 +49,11 @@ pub(crate) struct IdleClock {
     pub(crate) timeout_ms: u64,
 }
 
-fn retry<F: FnMut() -> isize>(mut f: F) -> io::Result<usize> {
-    loop {
-        let n = f();
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
-}
-
 /// Moves bytes from `from` to `to` until end of stream or an error; both
 /// sockets are blocking. Counts delivered bytes into `bytes`.
-pub(crate) fn pump(from: RawFd, to: RawFd, pipe: &Pipe, bytes: &AtomicU64, idle: Option<&IdleClock>) -> End {
-    let (pr, pw) = (pipe.r.as_raw_fd(), pipe.w.as_raw_fd());
+pub(crate) fn pump(from: &TcpStream, to: &TcpStream, pipe: &Pipe, bytes: &AtomicU64, idle: Option<&IdleClock>) -> End {
     loop {
-        // SAFETY: plain descriptors; null offsets are required for sockets and pipes.
-        let n = retry(|| unsafe {
-            libc::splice(from, std::ptr::null_mut(), pw, std::ptr::null_mut(), pipe.size, libc::SPLICE_F_MOVE) as isize
-        });
-        let n = match n {
+        let n = match sys::splice(from.as_fd(), pipe.w.as_fd(), pipe.size) {
             Ok(0) => return End::Eof,
             Ok(n) => n,
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return copy(from, to, bytes),
@@ -100,10 +73,7 @@ pub(crate) fn pump(from: RawFd, to: RawFd, pipe: &Pipe, bytes: &AtomicU64, idle:
         while left > 0 {
             // No SPLICE_F_MORE: like MSG_MORE it would let the kernel hold a
             // partial segment back, which costs latency on request/response traffic.
-            // SAFETY: as above.
-            match retry(|| unsafe {
-                libc::splice(pr, std::ptr::null_mut(), to, std::ptr::null_mut(), left, libc::SPLICE_F_MOVE) as isize
-            }) {
+            match sys::splice(pipe.r.as_fd(), to.as_fd(), left) {
                 Ok(0) | Err(_) => return End::Error,
                 Ok(m) => {
                     left -= m;
@@ -114,25 +84,28 @@ pub(crate) fn pump(from: RawFd, to: RawFd, pipe: &Pipe, bytes: &AtomicU64, idle:
     }
 }
 
-/// The read/write fallback.
-fn copy(from: RawFd, to: RawFd, bytes: &AtomicU64) -> End {
+/// The read/write fallback, for sockets the kernel will not splice.
+fn copy(mut from: &TcpStream, to: &TcpStream, bytes: &AtomicU64) -> End {
+    let to = SockRef::from(to);
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        // SAFETY: `buf` is a writable buffer of `buf.len()` bytes.
-        let n = match retry(|| unsafe { libc::read(from, buf.as_mut_ptr().cast(), buf.len()) }) {
+        let n = match from.read(&mut buf) {
             Ok(0) => return End::Eof,
             Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => return End::Error,
         };
         let mut off = 0;
         while off < n {
-            // SAFETY: `buf[off..n]` is initialised and readable.
-            match retry(|| unsafe { libc::write(to, buf[off..n].as_ptr().cast(), n - off) }) {
-                Ok(0) | Err(_) => return End::Error,
+            // MSG_NOSIGNAL: a peer that went away is an EPIPE error, not a SIGPIPE.
+            match to.send_with_flags(&buf[off..n], libc::MSG_NOSIGNAL) {
+                Ok(0) => return End::Error,
                 Ok(m) => {
                     off += m;
                     bytes.fetch_add(m as u64, Ordering::Relaxed);
                 }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return End::Error,
             }
         }
     }

@@ -1,10 +1,9 @@
 //! Loopback tests of the pumps and the relay's lifecycle. Redirection
 //! through real netfilter rules needs root and a network namespace; those
-//! tests are in `tests/test_relay_*.py`.
+//! tests are in `tests/netns/test_relay_*.py`.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,10 +38,9 @@ fn pump_moves_a_large_stream_intact_and_reports_eof() {
     });
     let bytes = Arc::new(AtomicU64::new(0));
     let pipe = Pipe::new(1 << 16).unwrap();
-    let (bf, cf) = (b.as_raw_fd(), c.as_raw_fd());
     let counted = bytes.clone();
     let pumper = std::thread::spawn(move || {
-        let end = pump(bf, cf, &pipe, &counted, None);
+        let end = pump(&b, &c, &pipe, &counted, None);
         c.shutdown(Shutdown::Write).unwrap();
         drop(b);
         end
@@ -74,7 +72,7 @@ fn pump_reports_an_error_when_the_destination_resets() {
         client
     });
     let pipe = Pipe::new(1 << 16).unwrap();
-    let end = pump(b.as_raw_fd(), c.as_raw_fd(), &pipe, &AtomicU64::new(0), None);
+    let end = pump(&b, &c, &pipe, &AtomicU64::new(0), None);
     assert_eq!(end, End::Error);
     drop(b);
     drop(w.join().unwrap());

@@ -189,13 +189,17 @@ pub(crate) unsafe fn name_config(config: *const pymesh_name_config) -> Result<Na
     let Some(c) = (unsafe { config.as_ref() }) else {
         return Ok(out);
     };
-    // SAFETY (all three): the field contracts of `pymesh_name_config`.
+    // SAFETY: the field contracts of `pymesh_name_config` (NULL or a
+    // NUL-terminated string), which the caller promised above.
     if let Some(ns) = unsafe { opt_c_str(c.proxy_namespace, "config->proxy_namespace") }? {
         out.namespace = ns.to_owned();
     }
+    // SAFETY: as above.
     if let Some(domain) = unsafe { opt_c_str(c.domain, "config->domain") }? {
         out.domain = domain.to_owned();
     }
+    // SAFETY: as above (`search` holds `search_len` such strings, or is NULL
+    // with length 0).
     out.search = unsafe { c_str_array(c.search, c.search_len, "config->search") }?;
     Ok(out)
 }

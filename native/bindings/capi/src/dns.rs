@@ -92,10 +92,14 @@ pub unsafe extern "C" fn pymesh_dns_answer(
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::undocumented_unsafe_blocks,
+    reason = "tests call the C ABI as a C program would, with pointers they just made"
+)]
 mod tests {
     use std::ptr;
 
-    use pymesh_core::dns::{parse_message, wire::rtype};
+    use pymesh_core::dns::{parse_message, wire::RType};
 
     use super::*;
     use crate::error::pymesh_status::*;
@@ -137,18 +141,18 @@ mod tests {
     #[test]
     fn answers_forwards_and_drops() {
         let t = table();
-        let (s, out) = answer(t, &query(b"product.default.svc.cluster.local", rtype::A), 512);
+        let (s, out) = answer(t, &query(b"product.default.svc.cluster.local", RType::A.0), 512);
         assert_eq!(s, PYMESH_OK);
         let m = parse_message(&out).unwrap();
         assert_eq!(m.id, 0xABCD);
         assert_eq!(m.answers[0].rdata, vec![10, 0, 0, 1]);
-        let (s, out) = answer(t, &query(b"www.example.org", rtype::A), 512);
+        let (s, out) = answer(t, &query(b"www.example.org", RType::A.0), 512);
         assert_eq!((s, out.len()), (PYMESH_NOT_FOUND, 0));
         let (s, out) = answer(t, &[1, 2, 3], 512);
         assert_eq!((s, out.len()), (PYMESH_OK, 0));
-        let (s, _) = answer(t, &query(b"product", rtype::A), 100);
+        let (s, _) = answer(t, &query(b"product", RType::A.0), 100);
         assert_eq!(s, PYMESH_ERR_INVALID_ARGUMENT);
-        let (s, _) = answer(ptr::null(), &query(b"product", rtype::A), 512);
+        let (s, _) = answer(ptr::null(), &query(b"product", RType::A.0), 512);
         assert_eq!(s, PYMESH_ERR_INVALID_ARGUMENT);
         unsafe { pymesh_name_table_free(t) };
     }

@@ -166,14 +166,18 @@ pub struct pymesh_lb_failover {
 unsafe fn failover_of(f: *const pymesh_lb_failover) -> Result<Option<LocalityFailover>, FfiError> {
     // SAFETY: NULL or valid by the contract.
     let Some(f) = (unsafe { f.as_ref() }) else { return Ok(None) };
-    // SAFETY (all below): the field contracts of `pymesh_lb_failover`.
+    // SAFETY: the field contracts of `pymesh_lb_failover` (NULL or
+    // NUL-terminated strings), promised by the caller; `s` is only applied
+    // to its string fields.
     let s = |p, what| unsafe { args::opt_c_str(p, what) }.map(|s| s.unwrap_or_default().to_owned());
     let local = Locality {
         region: s(f.region, "failover->region")?,
         zone: s(f.zone, "failover->zone")?,
         sub_zone: s(f.sub_zone, "failover->sub_zone")?,
     };
+    // SAFETY: as above: `failover_len` strings each, or NULL with length 0.
     let from = unsafe { args::c_str_array(f.failover_from, f.failover_len, "failover->failover_from") }?;
+    // SAFETY: as above.
     let to = unsafe { args::c_str_array(f.failover_to, f.failover_len, "failover->failover_to") }?;
     Ok(Some(LocalityFailover { local, failover: from.into_iter().zip(to).collect() }))
 }
@@ -251,6 +255,7 @@ unsafe fn table_text<'a>(
 ) -> Result<(&'a pymesh_lb_table, &'a str), FfiError> {
     // SAFETY: forwarded contracts.
     let t = unsafe { args::handle(table, "table") }?;
+    // SAFETY: `text` is NULL (only with length 0) or readable, by the contract.
     Ok((t, unsafe { args::text(text, text_len, "text") }?))
 }
 
@@ -265,6 +270,7 @@ unsafe fn table_path<'a>(
 ) -> Result<(&'a pymesh_lb_table, &'a str), FfiError> {
     // SAFETY: forwarded contracts.
     let t = unsafe { args::handle(table, "table") }?;
+    // SAFETY: `path` is NULL or NUL-terminated, by the contract.
     Ok((t, unsafe { args::c_str(path, "path") }?))
 }
 
@@ -400,6 +406,7 @@ unsafe fn named<'a>(
 ) -> Result<(&'a pymesh_lb_table, &'a str), FfiError> {
     // SAFETY: forwarded contracts.
     let t = unsafe { args::handle(table, "table") }?;
+    // SAFETY: `cluster_name` is NULL or NUL-terminated, by the contract.
     Ok((t, unsafe { args::c_str(cluster_name, "cluster") }?))
 }
 
@@ -499,6 +506,7 @@ unsafe fn endpoint_of(
 ) -> Result<(Arc<core::LiveCluster>, usize), FfiError> {
     // SAFETY: forwarded contracts.
     let (t, name) = unsafe { named(table, cluster_name) }?;
+    // SAFETY: `endpoint` is NULL or NUL-terminated, by the contract.
     let ep = unsafe { args::c_str(endpoint, "endpoint") }?;
     let addr: SocketAddr =
         ep.parse().map_err(|_| FfiError::invalid_argument(format!("endpoint {ep:?} is not \"ip:port\"")))?;

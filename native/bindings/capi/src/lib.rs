@@ -70,4 +70,8 @@ pub use table::{
 };
 
 #[cfg(test)]
+#[allow(
+    clippy::undocumented_unsafe_blocks,
+    reason = "tests call the C ABI as a C program would, with pointers they just made"
+)]
 mod tests;

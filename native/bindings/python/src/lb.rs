@@ -8,21 +8,13 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 
-use pyo3::create_exception;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 use serde_json::Value;
 
 use pymesh_core::lb::{self as core, LocalityFailover, Outcome, Rng, Source, Verdict};
 
-use crate::errors::{to_py, InvalidEntryError, ParseError, PymeshError};
-
-create_exception!(
-    pymesh._native,
-    UnknownClusterError,
-    PymeshError,
-    "A cluster or endpoint named in a call is not in the table."
-);
+use crate::errors::{to_py, InvalidEntryError, ParseError, PymeshError, UnknownClusterError};
 
 fn type_name(v: &Bound<'_, PyAny>) -> String {
     v.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into())
@@ -549,7 +541,6 @@ impl RedirectTable {
 }
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add("UnknownClusterError", m.py().get_type::<UnknownClusterError>())?;
     m.add_class::<LbTable>()?;
     m.add_class::<RedirectTable>()?;
     m.add_function(wrap_pyfunction!(lb_priority_load, m)?)?;

@@ -9,13 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyType};
+use pyo3::types::PyDict;
 
 use pymesh_core::lb as core_lb;
 use pymesh_core::relay::{self as core, LbSource, RedirectSource, RelayConfig, Routes};
 
-use crate::errors::{to_py, ConfigError};
+use crate::errors::{tls_error, to_py, ConfigError};
 use crate::lb::{LbTable, RedirectTable};
 
 /// A Python `LbTable` as the core's table source.
@@ -303,39 +302,20 @@ impl OutboundProxy {
 /// ("ip:port"), read with SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST.
 #[pyfunction]
 fn original_destination(fd: i32, ipv6: bool) -> PyResult<String> {
-    core::original_destination(fd, ipv6)
-        .map(|a| a.to_string())
-        .map_err(|e| crate::errors::PymeshError::new_err(format!("original destination of fd {fd}: {e}")))
-}
-
-/// `TlsConfigError(ConfigError, ValueError)`: a bad identity or mode is a
-/// configuration error of pymesh and, to callers validating input, a
-/// ValueError. Created once at import (two bases need a Python-level class).
-static TLS_CONFIG_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
-
-fn tls_config_error(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
-    TLS_CONFIG_ERROR
-        .get_or_try_init(py, || {
-            let ns = PyDict::new(py);
-            ns.set_item("__module__", "pymesh._native")?;
-            ns.set_item("__doc__", "An mTLS identity or policy was refused; the message names the input.")?;
-            let bases = (py.get_type::<ConfigError>(), py.get_type::<pyo3::exceptions::PyValueError>());
-            let t = py.import("builtins")?.getattr("type")?.call1(("TlsConfigError", bases, ns))?;
-            Ok(t.cast_into::<PyType>()?.unbind())
-        })
-        .map(|t| t.bind(py))
-}
-
-fn tls_error(py: Python<'_>, msg: String) -> PyErr {
-    match tls_config_error(py) {
-        Ok(t) => PyErr::from_type(t.clone(), msg),
-        Err(e) => e,
+    let err = |e: std::io::Error| crate::errors::PymeshError::new_err(format!("original destination of fd {fd}: {e}"));
+    if fd < 0 {
+        return Err(err(std::io::Error::from_raw_os_error(9))); // EBADF, as getsockopt(-1) says
     }
+    // SAFETY: `fd` is not -1, and the caller's socket (`socket.fileno()`)
+    // stays open for this call: the GIL is held throughout, so no Python
+    // code can close it meanwhile. The borrow only reads a socket option;
+    // should the number not be a socket, getsockopt fails with an error.
+    let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    core::original_destination(socket, ipv6).map(|a| a.to_string()).map_err(err)
 }
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<OutboundProxy>()?;
-    m.add("TlsConfigError", tls_config_error(m.py())?)?;
     m.add_function(wrap_pyfunction!(original_destination, m)?)?;
     Ok(())
 }

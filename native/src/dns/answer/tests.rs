@@ -28,12 +28,12 @@ fn table() -> DnsTable {
     DnsTable::new(Arc::new(NameTable::build(&entries, &cfg).unwrap()), 7)
 }
 
-fn packet(name: &str, qtype: u16, edns: Option<u16>) -> Vec<u8> {
+fn packet(name: &str, qtype: RType, edns: Option<u16>) -> Vec<u8> {
     let mut b = vec![0u8; 600];
     let mut w = Writer::new(&mut b, 600);
     w.header(0xBEEF, flag::RD, [1, 0, 0, u16::from(edns.is_some())]).unwrap();
     w.name(NameBuf::from_text(name).unwrap().as_wire(), false).unwrap();
-    w.u16(qtype).unwrap();
+    w.u16(qtype.0).unwrap();
     w.u16(CLASS_IN).unwrap();
     if let Some(s) = edns {
         w.bytes(&[0, 0, 41]).unwrap();
@@ -50,7 +50,7 @@ fn ask(
     t: Option<&DnsTable>,
     cfg: &AnswerConfig,
     name: &str,
-    qtype: u16,
+    qtype: RType,
     tr: Transport,
     edns: Option<u16>,
 ) -> Option<Message> {
@@ -77,10 +77,10 @@ fn ask(
 fn a_and_aaaa_with_aa_ttl_and_owner_case() {
     let t = table();
     let cfg = AnswerConfig::default();
-    let m = ask(Some(&t), &cfg, "Product.Default.SVC.cluster.local", rtype::A, Transport::Udp, None).unwrap();
+    let m = ask(Some(&t), &cfg, "Product.Default.SVC.cluster.local", RType::A, Transport::Udp, None).unwrap();
     assert_eq!(m.id, 0xBEEF);
     assert!(m.flags & flag::AA != 0 && m.flags & flag::QR != 0 && m.flags & flag::RD != 0);
-    assert_eq!(m.rcode(), rcode::NOERROR);
+    assert_eq!(m.rcode(), Rcode::NOERROR);
     assert_eq!(m.answers.len(), 1);
     assert_eq!(m.answers[0].rdata, vec![10, 0, 0, 1]);
     assert_eq!(m.answers[0].ttl, 30);
@@ -88,13 +88,13 @@ fn a_and_aaaa_with_aa_ttl_and_owner_case() {
     assert_eq!(m.answers[0].name, NameBuf::from_text("Product.Default.SVC.cluster.local").unwrap());
     // Short names via the search list and the namespace forms.
     for n in ["product", "product.default", "product.default.svc"] {
-        let m = ask(Some(&t), &cfg, n, rtype::A, Transport::Udp, None).unwrap();
+        let m = ask(Some(&t), &cfg, n, RType::A, Transport::Udp, None).unwrap();
         assert_eq!(m.answers.len(), 1, "{n}");
     }
-    let m = ask(Some(&t), &cfg, "dual.default.svc.cluster.local", rtype::AAAA, Transport::Udp, None).unwrap();
+    let m = ask(Some(&t), &cfg, "dual.default.svc.cluster.local", RType::AAAA, Transport::Udp, None).unwrap();
     assert_eq!(m.answers[0].rdata, "fd00::2".parse::<std::net::Ipv6Addr>().unwrap().octets().to_vec());
     let cfg = AnswerConfig::new(5, &[]).unwrap();
-    let m = ask(Some(&t), &cfg, "product", rtype::A, Transport::Udp, None).unwrap();
+    let m = ask(Some(&t), &cfg, "product", RType::A, Transport::Udp, None).unwrap();
     assert_eq!(m.answers[0].ttl, 5);
 }
 
@@ -102,40 +102,40 @@ fn a_and_aaaa_with_aa_ttl_and_owner_case() {
 fn nodata_with_soa_never_nxdomain_for_known_names() {
     let t = table();
     let cfg = AnswerConfig::default();
-    let m = ask(Some(&t), &cfg, "product.default.svc.cluster.local", rtype::AAAA, Transport::Udp, None).unwrap();
-    assert_eq!(m.rcode(), rcode::NOERROR);
+    let m = ask(Some(&t), &cfg, "product.default.svc.cluster.local", RType::AAAA, Transport::Udp, None).unwrap();
+    assert_eq!(m.rcode(), Rcode::NOERROR);
     assert!(m.answers.is_empty());
     assert_eq!(m.authority.len(), 1);
     let soa = &m.authority[0];
-    assert_eq!(soa.rtype, rtype::SOA);
+    assert_eq!(soa.rtype, RType::SOA);
     assert_eq!(soa.name, NameBuf::from_text("cluster.local").unwrap());
     assert_eq!(&soa.rdata[soa.rdata.len() - 4..], &30u32.to_be_bytes());
     // Other types of a Kubernetes name of the cluster domain: NODATA + SOA.
-    for ty in [rtype::SRV, rtype::TXT, rtype::MX, 65] {
+    for ty in [RType::SRV, RType::TXT, RType::MX, RType::HTTPS] {
         let m = ask(Some(&t), &cfg, "product", ty, Transport::Udp, None).unwrap();
-        assert!(m.answers.is_empty() && m.authority[0].rtype == rtype::SOA);
+        assert!(m.answers.is_empty() && m.authority[0].rtype == RType::SOA);
     }
     // ServiceEntry host: AAAA of a v4-only host is NODATA with the SOA at the name.
-    let m = ask(Some(&t), &cfg, "api.example.com", rtype::AAAA, Transport::Udp, None).unwrap();
+    let m = ask(Some(&t), &cfg, "api.example.com", RType::AAAA, Transport::Udp, None).unwrap();
     assert_eq!(m.authority[0].name, NameBuf::from_text("api.example.com").unwrap());
     // ... but its other types are forwarded.
-    assert!(ask(Some(&t), &cfg, "api.example.com", rtype::MX, Transport::Udp, None).is_none());
+    assert!(ask(Some(&t), &cfg, "api.example.com", RType::MX, Transport::Udp, None).is_none());
 }
 
 #[test]
 fn unknown_names_forward_unless_under_an_authoritative_zone() {
     let t = table();
     let cfg = AnswerConfig::default();
-    assert!(ask(Some(&t), &cfg, "www.example.org", rtype::A, Transport::Udp, None).is_none());
-    assert!(ask(Some(&t), &cfg, "nope.default.svc.cluster.local", rtype::A, Transport::Udp, None).is_none());
+    assert!(ask(Some(&t), &cfg, "www.example.org", RType::A, Transport::Udp, None).is_none());
+    assert!(ask(Some(&t), &cfg, "nope.default.svc.cluster.local", RType::A, Transport::Udp, None).is_none());
     let cfg = AnswerConfig::new(30, &["svc.cluster.local".into()]).unwrap();
-    let m = ask(Some(&t), &cfg, "Nope.default.svc.cluster.local", rtype::A, Transport::Udp, None).unwrap();
-    assert_eq!(m.rcode(), rcode::NXDOMAIN);
+    let m = ask(Some(&t), &cfg, "Nope.default.svc.cluster.local", RType::A, Transport::Udp, None).unwrap();
+    assert_eq!(m.rcode(), Rcode::NXDOMAIN);
     assert_eq!(m.authority[0].name, NameBuf::from_text("svc.cluster.local").unwrap());
     // No table yet: everything is forwarded (Istio: SERVFAIL).
-    assert!(ask(None, &cfg, "product", rtype::A, Transport::Udp, None).is_none());
+    assert!(ask(None, &cfg, "product", RType::A, Transport::Udp, None).is_none());
     // Other classes are the upstream's.
-    let mut p = packet("product", rtype::A, None);
+    let mut p = packet("product", RType::A, None);
     let n = p.len();
     p[n - 1] = 3; // CHAOS
     assert!(matches!(answer_packet(Some(&t), &cfg, &p, Transport::Udp, 0, &mut [0; 512]), Decision::Forward(_)));
@@ -144,25 +144,25 @@ fn unknown_names_forward_unless_under_an_authoritative_zone() {
 #[test]
 fn wildcard_answers_under_the_question_never_a_star() {
     let t = table();
-    let m = ask(Some(&t), &AnswerConfig::default(), "x.Wild.example.com", rtype::A, Transport::Udp, None).unwrap();
+    let m = ask(Some(&t), &AnswerConfig::default(), "x.Wild.example.com", RType::A, Transport::Udp, None).unwrap();
     assert_eq!(m.answers[0].name, NameBuf::from_text("x.Wild.example.com").unwrap());
-    assert!(ask(Some(&t), &AnswerConfig::default(), "*.wild.example.com", rtype::A, Transport::Udp, None).is_none());
+    assert!(ask(Some(&t), &AnswerConfig::default(), "*.wild.example.com", RType::A, Transport::Udp, None).is_none());
 }
 
 #[test]
 fn ptr_for_every_table_address() {
     let t = table();
     let cfg = AnswerConfig::default();
-    let m = ask(Some(&t), &cfg, "1.0.0.10.in-addr.arpa", rtype::PTR, Transport::Udp, None).unwrap();
+    let m = ask(Some(&t), &cfg, "1.0.0.10.in-addr.arpa", RType::PTR, Transport::Udp, None).unwrap();
     assert_eq!(m.answers[0].rdata, NameBuf::from_text("product.default.svc.cluster.local").unwrap().as_wire());
-    let m = ask(Some(&t), &cfg, "1.0.240.240.IN-ADDR.ARPA", rtype::PTR, Transport::Udp, None).unwrap();
+    let m = ask(Some(&t), &cfg, "1.0.240.240.IN-ADDR.ARPA", RType::PTR, Transport::Udp, None).unwrap();
     assert_eq!(m.answers[0].rdata, NameBuf::from_text("api.example.com").unwrap().as_wire());
     let v6 = "2.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.d.f.ip6.arpa";
-    let m = ask(Some(&t), &cfg, v6, rtype::PTR, Transport::Udp, None).unwrap();
+    let m = ask(Some(&t), &cfg, v6, RType::PTR, Transport::Udp, None).unwrap();
     assert_eq!(m.answers[0].rdata, NameBuf::from_text("dual.default.svc.cluster.local").unwrap().as_wire());
-    assert!(ask(Some(&t), &cfg, "9.9.9.9.in-addr.arpa", rtype::PTR, Transport::Udp, None).is_none());
+    assert!(ask(Some(&t), &cfg, "9.9.9.9.in-addr.arpa", RType::PTR, Transport::Udp, None).is_none());
     // The wildcard entry's address has no PTR (it would need a `*`).
-    assert!(ask(Some(&t), &cfg, "9.0.240.240.in-addr.arpa", rtype::PTR, Transport::Udp, None).is_none());
+    assert!(ask(Some(&t), &cfg, "9.0.240.240.in-addr.arpa", RType::PTR, Transport::Udp, None).is_none());
     assert_eq!(reverse_addr(b"01.0.0.10.in-addr.arpa"), None);
     assert_eq!(reverse_addr(b"256.0.0.10.in-addr.arpa"), None);
     assert_eq!(reverse_addr(b"0.0.10.in-addr.arpa"), None);
@@ -172,7 +172,7 @@ fn ptr_for_every_table_address() {
 fn rotation_and_truncation() {
     let t = table();
     let cfg = AnswerConfig::default();
-    let p = packet("api.example.com", rtype::A, None);
+    let p = packet("api.example.com", RType::A, None);
     let mut firsts = Vec::new();
     for rot in 0..3 {
         let mut out = [0u8; 512];
@@ -186,18 +186,18 @@ fn rotation_and_truncation() {
     firsts.sort();
     assert_eq!(firsts, vec![1, 2, 3]);
     // 200 addresses: UDP without EDNS gets what fits in 512 with TC.
-    let m = ask(Some(&t), &cfg, "many", rtype::A, Transport::Udp, None).unwrap();
+    let m = ask(Some(&t), &cfg, "many", RType::A, Transport::Udp, None).unwrap();
     assert!(m.flags & flag::TC != 0);
     assert_eq!(m.answers.len(), (512 - 12 - 10) / 16);
-    let m = ask(Some(&t), &cfg, "many", rtype::A, Transport::Udp, Some(1232)).unwrap();
+    let m = ask(Some(&t), &cfg, "many", RType::A, Transport::Udp, Some(1232)).unwrap();
     assert!(m.flags & flag::TC != 0);
     assert_eq!(m.answers.len(), (1232 - 12 - 10 - 11) / 16);
     assert_eq!(m.edns.map(|e| e.udp_size), Some(1232));
-    let m = ask(Some(&t), &cfg, "many", rtype::A, Transport::Tcp, None).unwrap();
+    let m = ask(Some(&t), &cfg, "many", RType::A, Transport::Tcp, None).unwrap();
     assert_eq!(m.flags & flag::TC, 0);
     assert_eq!(m.answers.len(), 200);
     // A client advertising less than 512 still gets 512 (RFC 6891 §6.2.5).
-    let m = ask(Some(&t), &cfg, "many", rtype::A, Transport::Udp, Some(100)).unwrap();
+    let m = ask(Some(&t), &cfg, "many", RType::A, Transport::Udp, Some(100)).unwrap();
     assert_eq!(m.answers.len(), (512 - 12 - 10 - 11) / 16);
 }
 
@@ -209,20 +209,20 @@ fn malformed_queries() {
     // Runt: dropped.
     assert!(matches!(answer_packet(Some(&t), &cfg, &[1, 2, 3], Transport::Udp, 0, &mut out), Decision::Drop));
     // Two questions: FORMERR, header only, never larger than the query.
-    let mut p = packet("product", rtype::A, None);
+    let mut p = packet("product", RType::A, None);
     p[5] = 2;
     let Decision::Reply { len, rcode: rc, .. } = answer_packet(Some(&t), &cfg, &p, Transport::Udp, 0, &mut out) else {
         panic!()
     };
-    assert_eq!((len, rc), (12, rcode::FORMERR));
+    assert_eq!((len, rc), (12, Rcode::FORMERR));
     assert!(len <= p.len());
     // BADVERS carries an OPT with the extended rcode.
-    let mut p = packet("product", rtype::A, Some(1232));
+    let mut p = packet("product", RType::A, Some(1232));
     let n = p.len();
     p[n - 5] = 1;
     let Decision::Reply { len, .. } = answer_packet(Some(&t), &cfg, &p, Transport::Udp, 0, &mut out) else { panic!() };
     let m = parse_message(&out[..len]).unwrap();
-    assert_eq!(m.rcode(), rcode::BADVERS);
+    assert_eq!(m.rcode(), Rcode::BADVERS);
     assert_eq!(m.edns.map(|e| e.ext_rcode), Some(1));
     let _ = Edns { udp_size: 0, ext_rcode: 0, version: 0, dnssec_ok: false };
 }
@@ -232,13 +232,13 @@ fn a_bare_name_table_answers_like_the_indexed_one() {
     let t = table();
     let cfg = AnswerConfig::default();
     for (name, ty) in [
-        ("product", rtype::A),
-        ("product", rtype::SRV),
-        ("api.example.com", rtype::AAAA),
-        ("api.example.com", rtype::TXT),
-        ("1.0.0.10.in-addr.arpa", rtype::PTR),
-        ("9.0.240.240.in-addr.arpa", rtype::PTR),
-        ("www.example.org", rtype::A),
+        ("product", RType::A),
+        ("product", RType::SRV),
+        ("api.example.com", RType::AAAA),
+        ("api.example.com", RType::TXT),
+        ("1.0.0.10.in-addr.arpa", RType::PTR),
+        ("9.0.240.240.in-addr.arpa", RType::PTR),
+        ("www.example.org", RType::A),
     ] {
         let p = packet(name, ty, Some(1232));
         let (mut a, mut b) = ([0u8; 1232], [0u8; 1232]);

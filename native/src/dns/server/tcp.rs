@@ -1,5 +1,6 @@
 //! DNS over TCP (RFC 7766): several queries per connection, answered
-//! concurrently and written back as each is ready (pipelining, §6.2.1.1),
+//! concurrently and written back as each is ready (pipelining, RFC 7766
+//! §6.2.1.1),
 //! with an idle timeout between queries and a read timeout within one, so a
 //! slow or silent client holds only its own task, never a worker.
 //! Istio (miekg defaults) serves one connection's queries one by one.

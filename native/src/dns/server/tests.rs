@@ -8,16 +8,16 @@ use std::time::Duration;
 
 use super::*;
 use crate::dns::wire::{
-    flag, parse_message, parse_query, rtype, write_response, Message, NameBuf, Record, ReplyShape, Writer, CLASS_IN,
+    flag, parse_message, parse_query, write_response, Message, NameBuf, RType, Record, ReplyShape, Writer, CLASS_IN,
 };
 use crate::names::NameEntry;
 
-fn packet(id: u16, name: &str, qtype: u16) -> Vec<u8> {
+fn packet(id: u16, name: &str, qtype: RType) -> Vec<u8> {
     let mut b = vec![0u8; 512];
     let mut w = Writer::new(&mut b, 512);
     w.header(id, flag::RD, [1, 0, 0, 0]).unwrap();
     w.name(NameBuf::from_text(name).unwrap().as_wire(), false).unwrap();
-    w.u16(qtype).unwrap();
+    w.u16(qtype.0).unwrap();
     w.u16(CLASS_IN).unwrap();
     let n = w.finish();
     b.truncate(n);
@@ -40,7 +40,7 @@ fn upstream() -> (SocketAddr, Arc<AtomicUsize>) {
                 flags: flag::QR | flag::RA,
                 answers: vec![Record {
                     name: q.qname.clone(),
-                    rtype: rtype::A,
+                    rtype: RType::A,
                     class: 1,
                     ttl: 60,
                     rdata: vec![192, 0, 2, 1],
@@ -89,13 +89,13 @@ fn udp_local_forwarded_cached_and_tcp() {
     let (s, addr) = server(vec![up]);
     let c = UdpSocket::bind("127.0.0.1:0").unwrap();
     c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    let m = ask(&c, addr, &packet(1, "product.default.svc.cluster.local", rtype::A));
+    let m = ask(&c, addr, &packet(1, "product.default.svc.cluster.local", RType::A));
     assert_eq!((m.id, m.answers[0].rdata.clone()), (1, vec![10, 0, 0, 1]));
-    let m = ask(&c, addr, &packet(2, "www.Example.org", rtype::A));
+    let m = ask(&c, addr, &packet(2, "www.Example.org", RType::A));
     assert_eq!((m.id, m.answers[0].rdata.clone()), (2, vec![192, 0, 2, 1]));
     assert_eq!(m.answers[0].name, NameBuf::from_text("www.Example.org").unwrap());
     std::thread::sleep(Duration::from_millis(1100));
-    let m = ask(&c, addr, &packet(3, "WWW.example.org", rtype::A));
+    let m = ask(&c, addr, &packet(3, "WWW.example.org", RType::A));
     assert_eq!(m.id, 3);
     assert!(m.answers[0].ttl < 60, "TTL decremented on a cache hit");
     assert_eq!(count.load(Ordering::SeqCst), 1, "second query answered from the cache");
@@ -107,7 +107,7 @@ fn udp_local_forwarded_cached_and_tcp() {
     t.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     let mut both = Vec::new();
     for (id, name) in [(10u16, "product"), (11, "www.example.org")] {
-        let p = packet(id, name, rtype::A);
+        let p = packet(id, name, RType::A);
         both.extend_from_slice(&(p.len() as u16).to_be_bytes());
         both.extend_from_slice(&p);
     }
@@ -144,7 +144,7 @@ fn servfail_when_every_upstream_is_dead() {
     let addr = s.start().unwrap()[0];
     let c = UdpSocket::bind("127.0.0.1:0").unwrap();
     c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    let m = ask(&c, addr, &packet(5, "nothing.example", rtype::A));
-    assert_eq!(m.rcode(), crate::dns::wire::rcode::SERVFAIL);
+    let m = ask(&c, addr, &packet(5, "nothing.example", RType::A));
+    assert_eq!(m.rcode(), crate::dns::wire::Rcode::SERVFAIL);
     assert!(s.metrics_text().contains("\nistio_agent_dns_upstream_failures_total 1\n"));
 }

@@ -11,7 +11,7 @@ use tokio::runtime::Handle;
 use super::{Shared, MAX_UDP_FORWARDS};
 use crate::dns::answer::{answer_packet, Decision, Outcome, Transport};
 use crate::dns::metrics::LocalCounts;
-use crate::dns::wire::Query;
+use crate::dns::wire::{Query, Rcode};
 
 /// Datagrams per `recvmmsg`/`sendmmsg` call.
 const BATCH: usize = 32;
@@ -37,7 +37,7 @@ fn forward(
     counts: &mut LocalCounts,
 ) -> Option<usize> {
     if let Some(n) = shared.forwarder.cached_reply(&q, Transport::Udp, out) {
-        counts.query(Outcome::CacheHit, q.qtype, u16::from_be_bytes([out[2], out[3]]) & 0xF);
+        counts.query(Outcome::CacheHit, q.qtype, Rcode(u16::from_be_bytes([out[2], out[3]]) & 0xF));
         return Some(n);
     }
     let client = client?;
@@ -66,11 +66,14 @@ pub(super) fn worker(sock: Arc<UdpSocket>, shared: Arc<Shared>, rt: Handle) {
     let fd = sock.as_raw_fd();
     let mut rbufs = vec![0u8; BATCH * RECV_BUF];
     let mut wbufs = vec![0u8; BATCH * SEND_BUF];
-    // SAFETY: plain C structs for which all-zero is a valid value.
+    // SAFETY: sockaddr_storage is plain C data; all-zero is a valid value.
     let mut names: Vec<libc::sockaddr_storage> = vec![unsafe { std::mem::zeroed() }; BATCH];
     let mut riov: Vec<libc::iovec> = vec![libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; BATCH];
     let mut wiov = riov.clone();
+    // SAFETY: mmsghdr is plain C data (null pointers, zero lengths); all-zero
+    // is a valid value, and every header is filled in before a call uses it.
     let mut rmsg: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; BATCH];
+    // SAFETY: as above.
     let mut wmsg: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; BATCH];
     let mut rotation = 0u32;
     let mut counts = LocalCounts::default();

@@ -2,7 +2,7 @@
 
 use super::*;
 
-fn query(name: &str, qtype: u16, edns: Option<u16>) -> Vec<u8> {
+fn query(name: &str, qtype: RType, edns: Option<u16>) -> Vec<u8> {
     let mut b = vec![0u8; 600];
     let q = Query {
         id: 0x1234,
@@ -15,7 +15,7 @@ fn query(name: &str, qtype: u16, edns: Option<u16>) -> Vec<u8> {
     let mut w = Writer::new(&mut b, 600);
     w.header(q.id, q.flags, [1, 0, 0, u16::from(edns.is_some())]).unwrap();
     w.name(q.qname.as_wire(), false).unwrap();
-    w.u16(qtype).unwrap();
+    w.u16(qtype.0).unwrap();
     w.u16(CLASS_IN).unwrap();
     if let Some(s) = edns {
         w.bytes(&[0, 0, 41]).unwrap();
@@ -30,10 +30,10 @@ fn query(name: &str, qtype: u16, edns: Option<u16>) -> Vec<u8> {
 
 #[test]
 fn parses_a_query() {
-    let p = query("Foo.Example.com", rtype::AAAA, Some(1232));
+    let p = query("Foo.Example.com", RType::AAAA, Some(1232));
     let q = parse_query(&p).unwrap();
     assert_eq!(q.id, 0x1234);
-    assert_eq!(q.qtype, rtype::AAAA);
+    assert_eq!(q.qtype, RType::AAAA);
     assert_eq!(q.qname, NameBuf::from_text("Foo.Example.com.").unwrap());
     assert_eq!(q.udp_limit(), 1232);
     let mut t = [0u8; 253];
@@ -43,18 +43,18 @@ fn parses_a_query() {
 #[test]
 fn rejects_per_rfc() {
     assert_eq!(parse_query(&[0; 11]), Err(Reject::Drop));
-    let mut p = query("a.b", 1, None);
+    let mut p = query("a.b", RType(1), None);
     p[2] |= 0x80;
     assert_eq!(parse_query(&p), Err(Reject::Drop));
-    let mut p = query("a.b", 1, None);
+    let mut p = query("a.b", RType(1), None);
     p[2] |= 0x28; // opcode 5 (UPDATE)
-    assert!(matches!(parse_query(&p), Err(Reject::Error { rcode: rcode::NOTIMP, .. })));
-    let mut p = query("a.b", 1, None);
+    assert!(matches!(parse_query(&p), Err(Reject::Error { rcode: Rcode::NOTIMP, .. })));
+    let mut p = query("a.b", RType(1), None);
     p[5] = 2;
-    assert!(matches!(parse_query(&p), Err(Reject::Error { rcode: rcode::FORMERR, .. })));
-    let p = query("a.b", 1, None);
-    assert!(matches!(parse_query(&p[..p.len() - 1]), Err(Reject::Error { rcode: rcode::FORMERR, .. })));
-    let mut p = query("a.b", 1, Some(1232));
+    assert!(matches!(parse_query(&p), Err(Reject::Error { rcode: Rcode::FORMERR, .. })));
+    let p = query("a.b", RType(1), None);
+    assert!(matches!(parse_query(&p[..p.len() - 1]), Err(Reject::Error { rcode: Rcode::FORMERR, .. })));
+    let mut p = query("a.b", RType(1), Some(1232));
     let n = p.len();
     p[n - 5] = 1; // EDNS version 1
     assert!(matches!(parse_query(&p), Err(Reject::BadVersion { .. })));
@@ -65,20 +65,20 @@ fn pointer_loops_are_errors() {
     // Question name is a pointer to itself, then a label followed by a
     // pointer back to that label.
     let mut p = vec![0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xC0, 12, 0, 1, 0, 1];
-    assert!(matches!(parse_query(&p), Err(Reject::Error { rcode: rcode::FORMERR, .. })));
+    assert!(matches!(parse_query(&p), Err(Reject::Error { rcode: Rcode::FORMERR, .. })));
     p.truncate(12);
     p.extend_from_slice(&[1, b'a', 0xC0, 12, 0, 1, 0, 1]);
-    assert!(matches!(parse_query(&p), Err(Reject::Error { rcode: rcode::FORMERR, .. })));
+    assert!(matches!(parse_query(&p), Err(Reject::Error { rcode: Rcode::FORMERR, .. })));
 }
 
 #[test]
 fn writer_compresses_and_truncates() {
-    let q = parse_query(&query("www.example.com", rtype::A, None)).unwrap();
+    let q = parse_query(&query("www.example.com", RType::A, None)).unwrap();
     let mut m = Message { flags: flag::QR | flag::RA, ..Default::default() };
     for i in 0..100u8 {
         m.answers.push(Record {
             name: NameBuf::from_text("WWW.example.com").unwrap(),
-            rtype: rtype::A,
+            rtype: RType::A,
             class: CLASS_IN,
             ttl: 60,
             rdata: vec![10, 0, 0, i],
@@ -101,7 +101,7 @@ fn writer_compresses_and_truncates() {
 
 #[test]
 fn rdata_names_round_trip() {
-    let q = parse_query(&query("x.example.com", rtype::MX, Some(1232))).unwrap();
+    let q = parse_query(&query("x.example.com", RType::MX, Some(1232))).unwrap();
     let mut rd = vec![0, 10];
     rd.extend_from_slice(NameBuf::from_text("mail.example.com").unwrap().as_wire());
     let mut soa = Vec::new();
@@ -112,14 +112,14 @@ fn rdata_names_round_trip() {
         flags: flag::QR,
         answers: vec![Record {
             name: NameBuf::from_text("x.example.com").unwrap(),
-            rtype: rtype::MX,
+            rtype: RType::MX,
             class: 1,
             ttl: 5,
             rdata: rd,
         }],
         authority: vec![Record {
             name: NameBuf::from_text("example.com").unwrap(),
-            rtype: rtype::SOA,
+            rtype: RType::SOA,
             class: 1,
             ttl: 5,
             rdata: soa,

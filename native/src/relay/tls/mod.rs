@@ -9,17 +9,18 @@
 //!   connection keeps the session it has (its rustls connection holds its
 //!   own `Arc` of the config it started with), so rotation never drops one.
 //!   A rejected identity publishes nothing; the previous one keeps serving.
-//! - Wire conventions (Envoy/Istio, and `pymesh/security/datapath.py`, the
+//! - Wire conventions (Envoy/Istio, and `pymesh/relay/pytls.py`, the
 //!   reference implementation this one is tested against): TLS 1.2 or 1.3;
 //!   both sides present workload certificates; the peer is verified against
 //!   the mesh roots and then by its SPIFFE URI SAN, never by host name
-//!   ([`verify`]); the client offers ALPN `istio-peer-exchange`, `istio`
-//!   (pilot `cluster_tls.go`, ALPNInMeshWithMxc) and the server negotiates
-//!   those and the HTTP ones ([`ALPN_INBOUND`]); a client offering only other
+//!   ([`verify`]); the client offers ALPN [`alpn::OUTBOUND_TCP`] and the
+//!   server negotiates by [`alpn::INBOUND`]; a client offering only other
 //!   protocols gets a handshake without ALPN, not a refusal, as from Envoy
 //!   (see [`TlsIdentity::inbound_config`]); SNI
-//!   `outbound_.<port>_.<subset>_.<host>` when the cluster is known (Envoy's
-//!   upstream SNI for Istio clusters).
+//!   `outbound_.<port>_.<subset>_.<host>` when the cluster is known
+//!   ([`crate::mesh::outbound_sni`], Envoy's upstream SNI for Istio clusters).
+//!   The conventions themselves (names, identities, ALPN) live in
+//!   [`crate::mesh`].
 //! - Sessions resume (TLS 1.3 tickets) as Envoy's do, per expected peer
 //!   identity; every handshake, resumed or not, ends with the peer's
 //!   identity checked against what is wanted now (`peer_matches`).
@@ -42,23 +43,8 @@ use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection};
 
 use crate::error::{Error, Result};
+use crate::mesh::{self, alpn};
 pub use verify::{spiffe_ids, uri_sans, PeerIdentity};
-
-/// ALPN an Istio sidecar offers on in-mesh TCP (pilot `ALPNInMeshWithMxc`).
-pub const ALPN_TCP: [&str; 2] = ["istio-peer-exchange", "istio"];
-/// ALPN the inbound accepts: the TCP values, Istio's HTTP ones
-/// (`ALPNInMeshH2WithMxc`, `istio-http/1.x`) and plain h2 / http/1.1, like
-/// Istio's inbound mTLS filter chain and `datapath.ALPN_INBOUND`. rustls
-/// picks by this order, and `istio` comes first on purpose: when
-/// `istio-peer-exchange` is negotiated, an Envoy client's MetadataExchange
-/// filter sends its peer-metadata header before the payload, which this
-/// relay would hand to the app; with `istio` it sends the payload directly.
-/// A client offering only protocols outside this list is not refused with
-/// no_application_protocol (RFC 7301 §3.2's "SHALL", which rustls follows):
-/// the handshake completes with no ALPN selected, as Envoy's does
-/// ([`TlsIdentity::inbound_config`]).
-pub const ALPN_INBOUND: [&str; 7] =
-    ["istio", "istio-peer-exchange", "istio-http/1.0", "istio-http/1.1", "istio-h2", "h2", "http/1.1"];
 
 /// Istio's PeerAuthentication mTLS mode for the inbound listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,7 +118,8 @@ fn bad(field: &str, reason: impl std::fmt::Display) -> Error {
 #[derive(Debug)]
 pub struct TlsIdentity {
     client: Arc<ClientConfig>,
-    /// The inbound config negotiating [`ALPN_INBOUND`], and the same config
+    /// The inbound config negotiating [`alpn::INBOUND`] (rustls picks by
+    /// that order), and the same config
     /// without ALPN (one clone: certificate, verifier and session cache are
     /// shared), for clients offering none of ours. Both belong to this
     /// identity, so one `set_identity` swaps the pair atomically.
@@ -197,7 +184,7 @@ impl TlsIdentity {
         };
         let trust_domain = match trust_domain {
             Some(td) if !td.is_empty() => td.to_owned(),
-            _ => uri["spiffe://".len()..].split('/').next().unwrap_or_default().to_owned(),
+            _ => mesh::spiffe_trust_domain(&uri).unwrap_or_default().to_owned(),
         };
         if trust_domain.is_empty() || trust_domain.contains(['/', ':']) {
             return Err(bad("trust_domain", format!("{trust_domain:?} is not a trust domain name")));
@@ -233,7 +220,7 @@ impl TlsIdentity {
             .map_err(|e| bad("key_pem", e))?;
         server.ignore_client_order = true;
         let server_no_alpn = Arc::new(server.clone());
-        server.alpn_protocols = ALPN_INBOUND.iter().map(|a| a.as_bytes().to_vec()).collect();
+        server.alpn_protocols = alpn::INBOUND.iter().map(|a| a.as_bytes().to_vec()).collect();
         let mut client = ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(versions)
             .map_err(|e| bad("protocol versions", e))?
@@ -245,7 +232,7 @@ impl TlsIdentity {
             }))
             .with_client_auth_cert(chain, key)
             .map_err(|e| bad("key_pem", e))?;
-        client.alpn_protocols = ALPN_TCP.iter().map(|a| a.as_bytes().to_vec()).collect();
+        client.alpn_protocols = alpn::OUTBOUND_TCP.iter().map(|a| a.as_bytes().to_vec()).collect();
         Ok(TlsIdentity {
             client: Arc::new(client),
             server: Arc::new(server),
@@ -314,11 +301,12 @@ impl TlsIdentity {
 
     /// The inbound config for a ClientHello, by the ALPN it offers. rustls
     /// refuses a client whose ALPN offer has none of the server's protocols
-    /// (no_application_protocol) and has no selection callback; Envoy's does
+    /// (no_application_protocol, RFC 7301 §3.2's "SHALL") and has no
+    /// selection callback; Envoy's does
     /// not: its `ServerContextImpl::alpnSelectCallback` answers
     /// `SSL_TLSEXT_ERR_NOACK` when `SSL_select_next_proto` finds no match, and
     /// BoringSSL then continues without ALPN (CPython's `ssl` answers NOACK
-    /// too, so `pymesh/security/datapath.py` always did this). So: an offer
+    /// too, so `pymesh/relay/pytls.py` always did this). So: an offer
     /// with one of ours gets the config that negotiates by our order
     /// (`istio` first); one without, or no offer at all, gets the config
     /// without ALPN: no extension in the ServerHello, and the connection is
@@ -332,17 +320,17 @@ impl TlsIdentity {
         }
     }
 
-    /// The inbound side of a connection on the non-blocking socket `fd`:
+    /// The inbound side of a connection on the non-blocking `socket`:
     /// reads the ClientHello, picks the config ([`Self::inbound_config`]) and
     /// returns the server connection, its handshake under way (finish it
     /// with `pump::handshake`). Failures (malformed ClientHello, EOF,
     /// `deadline`) as `pump::handshake`'s.
     pub fn accept(
         &self,
-        fd: std::os::fd::RawFd,
+        socket: &std::net::TcpStream,
         deadline: std::time::Instant,
     ) -> std::result::Result<ServerConnection, pump::HandshakeError> {
-        pump::accept(fd, deadline, |hello| self.inbound_config(hello))
+        pump::accept(socket, deadline, |hello| self.inbound_config(hello))
     }
 }
 
@@ -482,32 +470,20 @@ pub(crate) fn peer_matches(conn: &rustls::Connection, expect: &PeerIdentity) -> 
     expect.accepts(ids.iter().map(String::as_str))
 }
 
-/// Istio's upstream SNI for a cluster `outbound|<port>|<subset>|<host>`:
-/// `outbound_.<port>_.<subset>_.<host>` (pilot `BuildDNSSrvSubsetKey`).
-/// Other names (not an Istio outbound cluster): None.
-pub fn istio_sni(cluster: &str) -> Option<String> {
-    let mut it = cluster.split('|');
-    let (dir, port, subset, host) = (it.next()?, it.next()?, it.next()?, it.next()?);
-    if it.next().is_some() || dir != "outbound" || port.is_empty() || host.is_empty() {
-        return None;
-    }
-    Some(format!("outbound_.{port}_.{subset}_.{host}"))
-}
-
-/// The identity an endpoint must present, from its EDS metadata: a full
-/// `spiffe://` URI is used as is; a bare service account is
-/// `spiffe://<td>/ns/<ns>/sa/<sa>` with the namespace from the `workload`
-/// field ("name;namespace;..."); without one (or without a namespace) any
-/// identity of the trust domain is accepted.
+/// The identity an endpoint must present, from its EDS metadata
+/// ([`mesh::metadata`]): a full `spiffe://` URI is used as is; a bare
+/// service account is `spiffe://<td>/ns/<ns>/sa/<sa>` with the namespace
+/// from the `workload` field ("name;namespace;..."); without one (or
+/// without a namespace) any identity of the trust domain is accepted.
 pub fn expected_identity(service_account: &str, workload: &str, trust_domain: &str) -> PeerIdentity {
-    if service_account.starts_with("spiffe://") {
+    if service_account.starts_with(mesh::SPIFFE_PREFIX) {
         return PeerIdentity::AnyOf(vec![service_account.to_owned()]);
     }
-    let ns = workload.split(';').nth(1).unwrap_or_default();
+    let ns = mesh::workload_namespace(workload);
     if service_account.is_empty() || ns.is_empty() {
         return PeerIdentity::TrustDomain(trust_domain.to_owned());
     }
-    PeerIdentity::AnyOf(vec![format!("spiffe://{trust_domain}/ns/{ns}/sa/{service_account}")])
+    PeerIdentity::AnyOf(vec![mesh::spiffe_uri(trust_domain, ns, service_account)])
 }
 
 #[cfg(test)]

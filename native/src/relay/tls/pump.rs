@@ -19,34 +19,29 @@
 //! lets the other direction go on after a `close_notify` (RFC 8446 §6.1).
 
 use std::io::{self, Read, Write};
-use std::os::fd::RawFd;
+use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustls::server::Acceptor;
 use rustls::{Connection, ServerConfig, ServerConnection};
+use socket2::SockRef;
 
 use crate::relay::splice::End;
 
 const CHUNK: usize = 256 * 1024;
 
-/// A raw descriptor as `Read`/`Write`, for rustls's `read_tls`/`write_tls`.
-struct Fd(RawFd);
+/// A socket as `Read`/`Write` for rustls's `read_tls`/`write_tls`, retrying
+/// EINTR. Writes are `send`/`sendmsg` with MSG_NOSIGNAL (socket2): a peer
+/// that went away is an EPIPE error here, not a SIGPIPE.
+struct Sock<'a>(&'a TcpStream);
 
-fn cvt(n: isize) -> io::Result<usize> {
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
-}
-
-impl Read for Fd {
+impl Read for Sock<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
-            // SAFETY: `buf` is writable for its length.
-            match cvt(unsafe { libc::read(self.0, buf.as_mut_ptr().cast(), buf.len()) }) {
+            match self.0.read(buf) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 r => return r,
             }
@@ -54,12 +49,10 @@ impl Read for Fd {
     }
 }
 
-impl Write for Fd {
+impl Write for Sock<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         loop {
-            // SAFETY: `buf` is readable for its length. MSG_NOSIGNAL: a peer
-            // that went away is an EPIPE error here, not a SIGPIPE.
-            match cvt(unsafe { libc::send(self.0, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) }) {
+            match SockRef::from(self.0).send_with_flags(buf, libc::MSG_NOSIGNAL) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 r => return r,
             }
@@ -67,15 +60,9 @@ impl Write for Fd {
     }
 
     fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        let n = bufs.len().min(64);
-        // SAFETY: msghdr is plain data; all-zero is valid.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        // IoSlice is ABI-compatible with iovec on Unix.
-        msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
-        msg.msg_iovlen = n as _;
+        let bufs = &bufs[..bufs.len().min(64)];
         loop {
-            // SAFETY: `msg` points at `n` valid iovecs borrowed from `bufs`.
-            match cvt(unsafe { libc::sendmsg(self.0, &msg, libc::MSG_NOSIGNAL) }) {
+            match SockRef::from(self.0).send_vectored_with_flags(bufs, libc::MSG_NOSIGNAL) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 r => return r,
             }
@@ -91,17 +78,19 @@ fn would_block(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock
 }
 
-/// Waits for `events` on `fd` until `deadline`; false on timeout.
-fn wait(fd: RawFd, events: libc::c_short, deadline: Instant) -> bool {
+/// A poll timeout of at least a millisecond (as the relay always waited).
+fn timespec(d: Duration) -> Timespec {
+    Timespec::try_from(d.max(Duration::from_millis(1))).unwrap_or(Timespec { tv_sec: i64::MAX, tv_nsec: 0 })
+}
+
+/// Waits for `events` on `sock` until `deadline`; false on timeout.
+fn wait(sock: &TcpStream, events: PollFlags, deadline: Instant) -> bool {
     let left = deadline.saturating_duration_since(Instant::now());
     if left.is_zero() {
         return false;
     }
-    let mut p = libc::pollfd { fd, events, revents: 0 };
-    let ms = left.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
-    // SAFETY: one valid pollfd.
-    let r = unsafe { libc::poll(&mut p, 1, ms) };
-    r != 0
+    // An error (EINTR) is not a timeout: the caller tries again.
+    !matches!(poll(&mut [PollFd::new(sock, events)], Some(&timespec(left))), Ok(0))
 }
 
 /// Why a handshake failed.
@@ -132,7 +121,7 @@ impl std::fmt::Display for HandshakeError {
     }
 }
 
-/// Reads the ClientHello from the non-blocking socket `fd` (rustls's
+/// Reads the ClientHello from the non-blocking `socket` (rustls's
 /// `Acceptor`) and continues the handshake with the server config `pick`
 /// chooses from it, so a config can depend on what the client offered
 /// (the inbound's ALPN, see `TlsIdentity::inbound_config`). A malformed
@@ -140,18 +129,18 @@ impl std::fmt::Display for HandshakeError {
 /// after the alert rustls produced was sent (best effort), like a failure
 /// in [`handshake`]; EOF, socket errors and `deadline` as there.
 pub fn accept(
-    fd: RawFd,
+    socket: &TcpStream,
     deadline: Instant,
     pick: impl FnOnce(&rustls::server::ClientHello<'_>) -> Arc<ServerConfig>,
 ) -> Result<ServerConnection, HandshakeError> {
-    let mut sock = Fd(fd);
+    let mut sock = Sock(socket);
     let mut acceptor = Acceptor::default();
     let accepted = loop {
         match acceptor.read_tls(&mut sock) {
             Ok(0) => return Err(HandshakeError::Io(io::ErrorKind::UnexpectedEof.into())),
             Ok(_) => {}
             Err(e) if would_block(&e) => {
-                if !wait(fd, libc::POLLIN, deadline) {
+                if !wait(socket, PollFlags::IN, deadline) {
                     return Err(HandshakeError::Timeout);
                 }
                 continue;
@@ -181,17 +170,17 @@ pub fn accept(
     Ok(conn)
 }
 
-/// Runs the handshake on the non-blocking socket `fd` until it completes,
+/// Runs the handshake on the non-blocking `socket` until it completes,
 /// fails, or `deadline` passes. A fatal alert rustls produced is sent
 /// (best effort) before returning the error.
-pub fn handshake(conn: &mut Connection, fd: RawFd, deadline: Instant) -> Result<(), HandshakeError> {
-    let mut sock = Fd(fd);
+pub fn handshake(conn: &mut Connection, socket: &TcpStream, deadline: Instant) -> Result<(), HandshakeError> {
+    let mut sock = Sock(socket);
     while conn.is_handshaking() {
         if conn.wants_write() {
             match conn.write_tls(&mut sock) {
                 Ok(_) => continue,
                 Err(e) if would_block(&e) => {
-                    if !wait(fd, libc::POLLOUT, deadline) {
+                    if !wait(socket, PollFlags::OUT, deadline) {
                         return Err(HandshakeError::Timeout);
                     }
                     continue;
@@ -209,7 +198,7 @@ pub fn handshake(conn: &mut Connection, fd: RawFd, deadline: Instant) -> Result<
                 }
             }
             Err(e) if would_block(&e) => {
-                if !wait(fd, libc::POLLIN, deadline) {
+                if !wait(socket, PollFlags::IN, deadline) {
                     return Err(HandshakeError::Timeout);
                 }
             }
@@ -223,7 +212,7 @@ pub fn handshake(conn: &mut Connection, fd: RawFd, deadline: Instant) -> Result<
         match conn.write_tls(&mut sock) {
             Ok(_) => {}
             Err(e) if would_block(&e) => {
-                if !wait(fd, libc::POLLOUT, deadline) {
+                if !wait(socket, PollFlags::OUT, deadline) {
                     return Err(HandshakeError::Timeout);
                 }
             }
@@ -267,9 +256,9 @@ impl Buf {
 #[derive(Debug)]
 pub struct Sides<'a> {
     /// The socket carrying TLS.
-    pub tls: RawFd,
+    pub tls: &'a TcpStream,
     /// The socket carrying plaintext.
-    pub plain: RawFd,
+    pub plain: &'a TcpStream,
     /// Plaintext bytes delivered from the plaintext side into TLS.
     pub to_tls: &'a AtomicU64,
     /// Plaintext bytes delivered from TLS to the plaintext side.
@@ -282,7 +271,7 @@ pub struct Sides<'a> {
 /// close_notify has been queued and flushed as far as the socket took it).
 /// Both sockets must be non-blocking.
 pub fn pump(conn: &mut Connection, s: &Sides<'_>, idle: Option<Duration>) -> End {
-    let (mut tls, mut plain) = (Fd(s.tls), Fd(s.plain));
+    let (mut tls, mut plain) = (Sock(s.tls), Sock(s.plain));
     let mut p2t = Buf::new(); // plaintext read, not yet accepted by rustls
     let mut t2p = Buf::new(); // plaintext decrypted, not yet written
     let mut raw = Buf::new(); // TLS bytes read, not yet fed to rustls
@@ -333,8 +322,7 @@ pub fn pump(conn: &mut Connection, s: &Sides<'_>, idle: Option<Duration>) -> End
             }
         }
         if close_sent && !tls_shut && !conn.wants_write() {
-            // SAFETY: shutdown on a descriptor the caller keeps open.
-            unsafe { libc::shutdown(s.tls, libc::SHUT_WR) };
+            let _ = s.tls.shutdown(Shutdown::Write);
             tls_shut = true;
         }
         // 3. Decrypted plaintext -> plaintext socket.
@@ -418,8 +406,7 @@ pub fn pump(conn: &mut Connection, s: &Sides<'_>, idle: Option<Duration>) -> End
             }
         }
         if peer_done && t2p.is_empty() && !plain_shut {
-            // SAFETY: as above.
-            unsafe { libc::shutdown(s.plain, libc::SHUT_WR) };
+            let _ = s.plain.shutdown(Shutdown::Write);
             plain_shut = true;
             moved = true;
         }
@@ -431,30 +418,28 @@ pub fn pump(conn: &mut Connection, s: &Sides<'_>, idle: Option<Duration>) -> End
             continue;
         }
         // Nothing moved: wait for what could unblock us. A side with no
-        // interest is left out (fd -1) so its HUP/ERR cannot spin the loop.
-        let mut fds =
-            [libc::pollfd { fd: s.tls, events: 0, revents: 0 }, libc::pollfd { fd: s.plain, events: 0, revents: 0 }];
+        // interest is left out so its HUP/ERR cannot spin the loop.
+        let (mut tls_ev, mut plain_ev) = (PollFlags::empty(), PollFlags::empty());
         if !tls_eof && raw.is_empty() && !peer_done {
-            fds[0].events |= libc::POLLIN;
+            tls_ev |= PollFlags::IN;
         }
         if conn.wants_write() {
-            fds[0].events |= libc::POLLOUT;
+            tls_ev |= PollFlags::OUT;
         }
         if !plain_eof && p2t.is_empty() {
-            fds[1].events |= libc::POLLIN;
+            plain_ev |= PollFlags::IN;
         }
         if !t2p.is_empty() {
-            fds[1].events |= libc::POLLOUT;
+            plain_ev |= PollFlags::OUT;
         }
-        for f in fds.iter_mut() {
-            if f.events == 0 {
-                f.fd = -1;
-            }
-        }
-        if fds.iter().all(|f| f.fd < 0) {
+        let mut both = [PollFd::new(s.tls, tls_ev), PollFd::new(s.plain, plain_ev)];
+        let fds = match (tls_ev.is_empty(), plain_ev.is_empty()) {
+            (false, false) => &mut both[..],
+            (false, true) => &mut both[..1],
+            (true, false) => &mut both[1..],
             // Nothing can make progress (should not happen): give up cleanly.
-            return End::Error;
-        }
+            (true, true) => return End::Error,
+        };
         let timeout = match idle {
             Some(t) => {
                 let left = t.saturating_sub(last.elapsed());
@@ -463,14 +448,14 @@ pub fn pump(conn: &mut Connection, s: &Sides<'_>, idle: Option<Duration>) -> End
                     let _ = conn.write_tls(&mut tls);
                     return End::Idle;
                 }
-                left.as_millis().clamp(1, i32::MAX as u128) as libc::c_int
+                Some(timespec(left))
             }
-            None => -1,
+            None => None,
         };
-        // SAFETY: `fds` is a valid array of two pollfd structs.
-        let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) };
-        if r < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            return End::Error;
+        if let Err(e) = poll(fds, timeout.as_ref()) {
+            if e != rustix::io::Errno::INTR {
+                return End::Error;
+            }
         }
     }
 }

@@ -3,11 +3,10 @@
 //! pump moving large streams with half-close, and rotation under an open
 //! connection. Certificates: `testdata/gen.sh` (mesh roots a and b).
 //! Relaying with captured connections (original destination) is tested in
-//! `tests/test_relay_mtls.py`, in a network namespace.
+//! `tests/netns/test_relay_mtls.py`, in a network namespace.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -79,14 +78,14 @@ fn handshake_with(
     a.set_nonblocking(true).unwrap();
     b.set_nonblocking(true).unwrap();
     let id = s.identity().unwrap();
-    let bfd = b.as_raw_fd();
+    let b2 = b.try_clone().unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     let srv = std::thread::spawn(move || {
-        let mut server = Connection::Server(id.accept(bfd, deadline)?);
-        handshake(&mut server, bfd, deadline).map(|_| server)
+        let mut server = Connection::Server(id.accept(&b2, deadline)?);
+        handshake(&mut server, &b2, deadline).map(|_| server)
     });
     let mut client = Connection::Client(client);
-    let cr = handshake(&mut client, a.as_raw_fd(), deadline).map(|_| client);
+    let cr = handshake(&mut client, &a, deadline).map(|_| client);
     // A refused client leaves the server waiting for bytes that never come.
     if cr.is_err() {
         let _ = a.shutdown(Shutdown::Both);
@@ -158,12 +157,12 @@ fn peer_authentication_parses_istio_modes() {
 #[test]
 fn sni_and_expected_identity_follow_istio() {
     assert_eq!(
-        istio_sni("outbound|9080||reviews.default.svc.cluster.local").as_deref(),
+        crate::mesh::outbound_sni("outbound|9080||reviews.default.svc.cluster.local").as_deref(),
         Some("outbound_.9080_._.reviews.default.svc.cluster.local")
     );
-    assert_eq!(istio_sni("outbound|80|v1|r.ns.svc").as_deref(), Some("outbound_.80_.v1_.r.ns.svc"));
-    assert_eq!(istio_sni("inbound|80||x"), None);
-    assert_eq!(istio_sni("plain"), None);
+    assert_eq!(crate::mesh::outbound_sni("outbound|80|v1|r.ns.svc").as_deref(), Some("outbound_.80_.v1_.r.ns.svc"));
+    assert_eq!(crate::mesh::outbound_sni("inbound|80||x"), None);
+    assert_eq!(crate::mesh::outbound_sni("plain"), None);
     let td = "cluster.local";
     assert_eq!(
         expected_identity("spiffe://other/ns/a/sa/b", "", td),
@@ -309,7 +308,7 @@ fn a_malformed_client_hello_fails_cleanly_with_an_alert() {
         if i == 1 {
             a.shutdown(Shutdown::Write).unwrap();
         }
-        let r = id.accept(b.as_raw_fd(), Instant::now() + Duration::from_secs(5));
+        let r = id.accept(&b, Instant::now() + Duration::from_secs(5));
         match (i, r) {
             (0, Err(HandshakeError::Tls(_))) => {
                 // The alert went out: a record of content type 21 (RFC 8446 §6).
@@ -325,7 +324,7 @@ fn a_malformed_client_hello_fails_cleanly_with_an_alert() {
     // Nothing before the deadline: a timeout, not a hang.
     let (_a, b) = pair();
     b.set_nonblocking(true).unwrap();
-    let r = id.accept(b.as_raw_fd(), Instant::now() + Duration::from_millis(100));
+    let r = id.accept(&b, Instant::now() + Duration::from_millis(100));
     assert!(matches!(r, Err(HandshakeError::Timeout)));
 }
 
@@ -351,9 +350,10 @@ fn chain(client: &MeshTls, server: &MeshTls) -> Chain {
     let bytes: Arc<[AtomicU64; 4]> = Arc::new(Default::default());
     let run = |mut conn: Connection, tls: TcpStream, plain: TcpStream, k: usize, bytes: Arc<[AtomicU64; 4]>| {
         std::thread::spawn(move || {
-            let sides =
-                Sides { tls: tls.as_raw_fd(), plain: plain.as_raw_fd(), to_tls: &bytes[k], from_tls: &bytes[k + 1] };
-            let end = pump(&mut conn, &sides, Some(Duration::from_secs(20)));
+            let end = {
+                let sides = Sides { tls: &tls, plain: &plain, to_tls: &bytes[k], from_tls: &bytes[k + 1] };
+                pump(&mut conn, &sides, Some(Duration::from_secs(20)))
+            };
             drop((tls, plain));
             end
         })
@@ -499,7 +499,7 @@ fn an_idle_tls_connection_is_closed_after_the_idle_timeout() {
     let (mut app, plain) = pair();
     plain.set_nonblocking(true).unwrap();
     let (to, from) = (AtomicU64::new(0), AtomicU64::new(0));
-    let sides = Sides { tls: tls_a.as_raw_fd(), plain: plain.as_raw_fd(), to_tls: &to, from_tls: &from };
+    let sides = Sides { tls: &tls_a, plain: &plain, to_tls: &to, from_tls: &from };
     let started = Instant::now();
     assert_eq!(pump(&mut c, &sides, Some(Duration::from_millis(300))), End::Idle);
     let took = started.elapsed();

@@ -14,6 +14,9 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::ParsedCertificate;
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
+use x509_parser::certificate::X509Certificate;
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::FromDer;
 
 /// Which peer identities are acceptable.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -28,11 +31,7 @@ impl PeerIdentity {
     /// True when one of the leaf's URIs is acceptable.
     pub fn accepts<'a>(&self, mut uris: impl Iterator<Item = &'a str>) -> bool {
         match self {
-            PeerIdentity::TrustDomain(td) => uris.any(|u| {
-                u.strip_prefix("spiffe://")
-                    .and_then(|rest| rest.strip_prefix(td.as_str()))
-                    .is_some_and(|rest| rest.starts_with('/'))
-            }),
+            PeerIdentity::TrustDomain(td) => uris.any(|u| crate::mesh::in_trust_domain(u, td)),
             PeerIdentity::AnyOf(list) => uris.any(|u| list.iter().any(|w| w == u)),
         }
     }
@@ -47,82 +46,27 @@ impl std::fmt::Display for PeerIdentity {
     }
 }
 
-/// Reads one DER TLV at the start of `d`: (tag, contents, rest). Only
-/// definite lengths up to 4 bytes (DER); anything else is None.
-fn tlv(d: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, d) = d.split_first()?;
-    let (&l0, mut d) = d.split_first()?;
-    let len = if l0 < 0x80 {
-        usize::from(l0)
-    } else {
-        let n = usize::from(l0 & 0x7f);
-        if n == 0 || n > 4 || d.len() < n {
-            return None;
-        }
-        let len = d[..n].iter().fold(0usize, |a, &b| (a << 8) | usize::from(b));
-        d = &d[n..];
-        len
-    };
-    if d.len() < len {
-        return None;
-    }
-    Some((tag, &d[..len], &d[len..]))
-}
-
-/// subjectAltName, 2.5.29.17 (RFC 5280 §4.2.1.6).
-const OID_SAN: &[u8] = &[0x55, 0x1d, 0x11];
-
-/// The URI SANs (`[6] IA5String` GeneralNames) of a DER certificate.
-/// Hostile input: a malformed certificate gives an empty list, never a panic.
+/// The URI SANs of a DER certificate, read with x509-parser (as ztunnel
+/// reads its peers' identities). Hostile input: a malformed certificate,
+/// or one whose subjectAltName extension is malformed or repeated
+/// (RFC 5280 §4.2), gives an empty list, never a panic. The chain itself
+/// is verified by webpki, not here.
 pub fn uri_sans(cert: &[u8]) -> Vec<String> {
-    fn walk(cert: &[u8]) -> Option<Vec<String>> {
-        let (_, certificate, _) = tlv(cert).filter(|t| t.0 == 0x30)?;
-        let (_, mut tbs, _) = tlv(certificate).filter(|t| t.0 == 0x30)?;
-        // version [0] EXPLICIT (optional), serial, signature, issuer,
-        // validity, subject, subjectPublicKeyInfo, then optional [1], [2],
-        // and [3] EXPLICIT extensions.
-        let mut out = Vec::new();
-        while !tbs.is_empty() {
-            let (tag, body, rest) = tlv(tbs)?;
-            tbs = rest;
-            if tag != 0xa3 {
-                continue;
-            }
-            let (_, mut exts, _) = tlv(body).filter(|t| t.0 == 0x30)?;
-            while !exts.is_empty() {
-                let (_, mut ext, rest) = tlv(exts).filter(|t| t.0 == 0x30)?;
-                exts = rest;
-                let (_, oid, r) = tlv(ext).filter(|t| t.0 == 0x06)?;
-                ext = r;
-                if oid != OID_SAN {
-                    continue;
-                }
-                // critical BOOLEAN DEFAULT FALSE, then the OCTET STRING.
-                let (mut tag, mut value, r) = tlv(ext)?;
-                if tag == 0x01 {
-                    (tag, value, _) = tlv(r)?;
-                }
-                if tag != 0x04 {
-                    return None;
-                }
-                let (_, mut names, _) = tlv(value).filter(|t| t.0 == 0x30)?;
-                while !names.is_empty() {
-                    let (tag, name, rest) = tlv(names)?;
-                    names = rest;
-                    if tag == 0x86 {
-                        out.push(std::str::from_utf8(name).ok()?.to_owned());
-                    }
-                }
-            }
-        }
-        Some(out)
-    }
-    walk(cert).unwrap_or_default()
+    let Ok((_, cert)) = X509Certificate::from_der(cert) else { return Vec::new() };
+    let Ok(Some(san)) = cert.subject_alternative_name() else { return Vec::new() };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::URI(uri) => Some((*uri).to_owned()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The `spiffe://` URIs of a DER certificate.
 pub fn spiffe_ids(cert: &[u8]) -> Vec<String> {
-    uri_sans(cert).into_iter().filter(|u| u.starts_with("spiffe://")).collect()
+    uri_sans(cert).into_iter().filter(|u| u.starts_with(crate::mesh::SPIFFE_PREFIX)).collect()
 }
 
 /// Chain verification against the mesh roots with webpki, then the SPIFFE

@@ -79,7 +79,13 @@ class Agent:
         self.target = c.target
         self.control_plane_auth = c.control_plane_auth
         self.state = StateDir(c.state_dir) if c.state_dir is not None else None
-        builder = c.options.redirect_builder or (lambda services: redirect_table(c.capture, services))
+        custom = c.options.redirect_builder
+
+        def builder(services: list[dict[str, Any]], port_clusters: list[tuple[int, str]], default: str | None) -> Any:
+            if custom is not None:
+                return custom(services)
+            return redirect_table(c.capture, services, port_clusters=port_clusters, default_cluster=default)
+
         self.mesh = MeshState(
             namespace=c.node.namespace,
             domain=c.options.domain,

@@ -43,7 +43,7 @@ from typing import Any
 
 from pymesh._native import LbTable, NameTable, PymeshError, RedirectTable
 from pymesh.agent.errors import XdsClientError
-from pymesh.agent.outbound import RouteTables, read_listeners
+from pymesh.agent.outbound import BLACKHOLE, RouteTables, read_listeners
 from pymesh.agent.persist import StateDir
 from pymesh.mesh import xds
 from pymesh.mesh.clusters import LB_TYPES, parse_cluster_name
@@ -166,7 +166,8 @@ class MeshState:
         namespace: str,
         domain: str,
         search: tuple[str, ...],
-        redirect_builder: Callable[[list[dict[str, Any]]], RedirectTable],
+        # (services, port clusters, default cluster or None) -> the redirection table.
+        redirect_builder: Callable[[list[dict[str, Any]], list[tuple[int, str]], str | None], RedirectTable],
         warm_timeout: float = 15.0,
         lb_seed: int | None = None,
         store: StateDir | None = None,
@@ -181,7 +182,7 @@ class MeshState:
         self.lb = LbTable(seed=lb_seed)
         self.names: NameTable | None = None
         self.services: list[dict[str, Any]] = []
-        self.redirect = redirect_builder([])
+        self.redirect = redirect_builder([], [], None)
         self.logical_dns: dict[str, tuple[str, int]] = {}
         self.tables = Tables(0, self.lb, self.redirect, None, {})
         # Last good resources (protobuf Any by name) and their dict forms.
@@ -476,7 +477,12 @@ class MeshState:
                 seen[key] = cname
                 services.append({"address": ip, "port": parsed.port, "cluster": cname})
         try:
-            redirect = self._build_redirect(services)
+            view = self.routing.view
+            ports = [(p, c) for p, c in view.port_clusters if c in self.lb or c in self.logical_dns]
+            # REGISTRY_ONLY: the rest goes to BlackHoleCluster (a cluster without endpoints: the
+            # relay closes the connection), once CDS has it; ALLOW_ANY: passthrough.
+            default = BLACKHOLE if view.default == "blackhole" and BLACKHOLE in self.lb else None
+            redirect = self._build_redirect(services, ports, default)
         except Exception as e:
             # The tables this push changed are already serving; a redirection table that
             # cannot be built keeps the previous one (logged), it does not turn an applied

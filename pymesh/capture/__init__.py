@@ -140,16 +140,27 @@ def remove_capture(name: str = "pymesh") -> bool:
     return found
 
 
-def redirect_table(config: CaptureConfig, services: Iterable[Mapping[str, Any]] = ()) -> RedirectTable:
+def redirect_table(
+    config: CaptureConfig,
+    services: Iterable[Mapping[str, Any]] = (),
+    *,
+    port_clusters: Iterable[tuple[int, str]] = (),
+    default_cluster: str | None = None,
+) -> RedirectTable:
     """The outbound proxy's redirection table for these capture settings:
     ``services`` are ``{"address", "port", "cluster"}`` (a service VIP:port
-    and its cluster); include/exclude CIDRs and ports are the config's."""
+    and its cluster); ``port_clusters`` ``(port, cluster)`` take a whole port
+    (istiod's ``0.0.0.0_<port>`` TCP listeners); ``default_cluster`` takes the
+    rest (BlackHoleCluster under ``REGISTRY_ONLY``; None: passthrough);
+    include/exclude CIDRs and ports are the config's."""
     # With outbound_ports any address may be captured (on those ports); the
     # kernel decides what reaches the proxy, so the table includes everything.
     include = ["*"] if config.outbound_include == "*" or config.outbound_ports else list(config.outbound_include)
     return RedirectTable.from_dict(
         {
             "services": [dict(s) for s in services],
+            "port_clusters": [{"port": p, "cluster": c} for p, c in port_clusters],
+            "default_cluster": default_cluster,
             "include_ip_ranges": include,
             "exclude_ip_ranges": list(config.outbound_exclude),
             "exclude_ports": list(config.outbound_exclude_ports),

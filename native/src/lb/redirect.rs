@@ -11,7 +11,13 @@
 //!    rule before the include rules: Bypass;
 //! 4. an address in no included range (`-i`, default `*`) is not captured: Bypass;
 //! 5. a captured (VIP, port) of a service goes to its cluster: Cluster;
-//! 6. anything else captured goes to Istio's PassthroughCluster: Passthrough.
+//! 6. a captured destination on a port some service takes whole (istiod's
+//!    `0.0.0.0_<port>` listener of a TCP port without an address) goes to
+//!    that cluster: Cluster;
+//! 7. anything else captured goes where `virtualOutbound`'s catch-all chain
+//!    says: Istio's PassthroughCluster (`outboundTrafficPolicy: ALLOW_ANY`,
+//!    the default): Passthrough; or a default cluster, BlackHoleCluster under
+//!    `REGISTRY_ONLY` (a cluster without endpoints: the connection is closed).
 //!
 //! Cost per lookup does not depend on the number of services: one hash probe
 //! for (VIP, port); prefix ranges are matched with one hash probe per
@@ -138,6 +144,8 @@ impl Prefixes {
 #[derive(Debug)]
 pub struct RedirectTable {
     vips: FastMap<Key, u32>,
+    ports: FastMap<u16, u32>,
+    default: Option<u32>,
     clusters: Vec<String>,
     v4: Prefixes,
     v6: Prefixes,
@@ -151,6 +159,15 @@ pub struct Service {
     pub address: IpAddr,
     pub port: u16,
     pub cluster: String,
+}
+
+/// Where captured destinations no service claims go (istiod's listeners).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Fallbacks {
+    /// `port -> cluster`: every destination on the port (a `0.0.0.0_<port>` TCP listener).
+    pub ports: Vec<(u16, String)>,
+    /// The catch-all's cluster; `None`: Passthrough (ALLOW_ANY).
+    pub default_cluster: Option<String>,
 }
 
 /// The capture settings of istio-iptables.
@@ -210,8 +227,15 @@ fn parse_cidr(s: &str, field: &str) -> Result<Vec<(u128, u8, bool)>> {
 impl RedirectTable {
     /// Builds a table; fails naming the entry and field on invalid input.
     pub fn build(services: &[Service], capture: &Capture) -> Result<RedirectTable> {
+        RedirectTable::build_with(services, &Fallbacks::default(), capture)
+    }
+
+    /// [`RedirectTable::build`] with port-wide clusters and a default for the rest.
+    pub fn build_with(services: &[Service], fallbacks: &Fallbacks, capture: &Capture) -> Result<RedirectTable> {
         let mut t = RedirectTable {
             vips: FastMap::default(),
+            ports: FastMap::default(),
+            default: None,
             clusters: Vec::new(),
             v4: Prefixes::default(),
             v6: Prefixes::default(),
@@ -239,6 +263,36 @@ impl RedirectTable {
                     ));
                 }
             }
+        }
+        for (i, (port, cluster)) in fallbacks.ports.iter().enumerate() {
+            if cluster.is_empty() || *port == 0 {
+                return Err(Error::entry(format!("port_clusters[{i}]"), "cluster", "missing cluster or port 0"));
+            }
+            let next = t.clusters.len() as u32;
+            let idx = *names.entry(cluster.as_str()).or_insert(next);
+            if idx == next {
+                t.clusters.push(cluster.clone());
+            }
+            if let Some(prev) = t.ports.insert(*port, idx) {
+                if prev != idx {
+                    return Err(Error::entry(
+                        format!("port_clusters[{i}]"),
+                        "port",
+                        format!("port {port} already maps to cluster {:?}", t.clusters[prev as usize]),
+                    ));
+                }
+            }
+        }
+        if let Some(d) = &fallbacks.default_cluster {
+            if d.is_empty() {
+                return Err(Error::entry("redirection", "default_cluster", "empty"));
+            }
+            let next = t.clusters.len() as u32;
+            let idx = *names.entry(d.as_str()).or_insert(next);
+            if idx == next {
+                t.clusters.push(d.clone());
+            }
+            t.default = Some(idx);
         }
         let mut add = |list: &[String], flag: u8, field: &str| -> Result<()> {
             for (i, c) in list.iter().enumerate() {
@@ -272,8 +326,14 @@ impl RedirectTable {
         if flags & EXCLUDE != 0 || flags & INCLUDE == 0 {
             return Verdict::Bypass;
         }
-        match self.vips.get(&Key { addr, port, v6 }) {
-            Some(&c) => Verdict::Cluster(c),
+        if let Some(&c) = self.vips.get(&Key { addr, port, v6 }) {
+            return Verdict::Cluster(c);
+        }
+        if let Some(&c) = self.ports.get(&port) {
+            return Verdict::Cluster(c);
+        }
+        match self.default {
+            Some(c) => Verdict::Cluster(c),
             None => Verdict::Passthrough,
         }
     }
@@ -301,12 +361,22 @@ impl RedirectTable {
 
     /// Builds from a JSON document:
     /// `{"services": [{"address": "10.96.0.20", "port": 9080, "cluster": "outbound|9080||reviews..."}],
+    ///   "port_clusters": [{"port": 9090, "cluster": "outbound|9090||db..."}], "default_cluster": "BlackHoleCluster",
     ///   "include_ip_ranges": ["*"], "exclude_ip_ranges": ["10.0.0.0/8"], "exclude_ports": [22]}`.
     /// Range lists may also be comma-separated strings, as istio-iptables takes them.
     pub fn from_value(v: &Value) -> Result<RedirectTable> {
         let obj = v.as_object().ok_or_else(|| Error::parse("redirection", "expected an object"))?;
         for k in obj.keys() {
-            if !["services", "include_ip_ranges", "exclude_ip_ranges", "exclude_ports"].contains(&k.as_str()) {
+            if ![
+                "services",
+                "port_clusters",
+                "default_cluster",
+                "include_ip_ranges",
+                "exclude_ip_ranges",
+                "exclude_ports",
+            ]
+            .contains(&k.as_str())
+            {
                 return Err(Error::entry("redirection", k, "unknown field"));
             }
         }
@@ -333,6 +403,33 @@ impl RedirectTable {
                     o.get("cluster").and_then(Value::as_str).ok_or_else(|| e("cluster", "missing or not a string"))?;
                 services.push(Service { address, port, cluster: cluster.to_owned() });
             }
+        }
+        let mut fallbacks = Fallbacks::default();
+        if let Some(list) = obj.get("port_clusters").filter(|v| !v.is_null()) {
+            let list =
+                list.as_array().ok_or_else(|| Error::entry("redirection", "port_clusters", "expected a list"))?;
+            for (i, s) in list.iter().enumerate() {
+                let e = |f: &str, why: &str| Error::entry(format!("port_clusters[{i}]"), f, why);
+                let o = s.as_object().ok_or_else(|| e("(entry)", "expected an object"))?;
+                for k in o.keys() {
+                    if !["port", "cluster"].contains(&k.as_str()) {
+                        return Err(e(k, "unknown field"));
+                    }
+                }
+                let port = o
+                    .get("port")
+                    .and_then(Value::as_u64)
+                    .filter(|p| (1..=65535).contains(p))
+                    .ok_or_else(|| e("port", "missing or not a port 1-65535"))? as u16;
+                let cluster =
+                    o.get("cluster").and_then(Value::as_str).ok_or_else(|| e("cluster", "missing or not a string"))?;
+                fallbacks.ports.push((port, cluster.to_owned()));
+            }
+        }
+        match obj.get("default_cluster") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(d)) => fallbacks.default_cluster = Some(d.clone()),
+            Some(_) => return Err(Error::entry("redirection", "default_cluster", "expected a cluster name")),
         }
         let ranges = |k: &str| -> Result<Option<Vec<String>>> {
             match obj.get(k) {
@@ -376,7 +473,7 @@ impl RedirectTable {
                 capture.exclude_ports.push(p as u16);
             }
         }
-        RedirectTable::build(&services, &capture)
+        RedirectTable::build_with(&services, &fallbacks, &capture)
     }
 
     /// Parses JSON (or YAML) text.

@@ -566,6 +566,36 @@ fn redirection_classifies_like_istio_iptables() {
     }
 }
 
+#[test]
+fn redirection_follows_port_listeners_and_the_catch_all() {
+    // istiod's 0.0.0.0_9090 TCP listener takes the whole port; virtualOutbound's catch-all
+    // to BlackHoleCluster (REGISTRY_ONLY) takes the rest; a VIP still wins over both.
+    let t = RedirectTable::parse(
+        r#"{"services": [{"address": "10.96.0.20", "port": 9090, "cluster": "outbound|9090||vip"}],
+            "port_clusters": [{"port": 9090, "cluster": "outbound|9090||db"}],
+            "default_cluster": "BlackHoleCluster", "exclude_ports": [22]}"#,
+        false,
+    )
+    .unwrap();
+    let v = |ip: &str, port| {
+        let v = t.classify(ip.parse().unwrap(), port);
+        t.cluster_name(v).map(str::to_owned).unwrap_or_else(|| format!("{v:?}"))
+    };
+    assert_eq!(v("10.96.0.20", 9090), "outbound|9090||vip");
+    assert_eq!(v("10.1.2.3", 9090), "outbound|9090||db");
+    assert_eq!(v("10.1.2.3", 9091), "BlackHoleCluster");
+    assert_eq!(v("10.1.2.3", 22), "Bypass");
+    assert_eq!(v("127.0.0.1", 9091), "Bypass");
+    for bad in [
+        r#"{"port_clusters": [{"port": 0, "cluster": "c"}]}"#,
+        r#"{"port_clusters": [{"port": 1, "cluster": "a"}, {"port": 1, "cluster": "b"}]}"#,
+        r#"{"default_cluster": 3}"#,
+        r#"{"port_clusters": [{"port": 1, "cluster": "a", "x": 1}]}"#,
+    ] {
+        assert!(RedirectTable::parse(bad, false).is_err(), "{bad}");
+    }
+}
+
 /// By-name picks go through a per-thread cache of the last table's map: it
 /// must follow map swaps at once, tell tables apart when a thread alternates
 /// between them, and follow a snapshot rebuilt by a health change.

@@ -14,8 +14,8 @@ NATIVE := native
 BUILD_DIR ?= build
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: help deps build up lint fmt header stubs test test-rust test-python test-c fuzz-build wheel wheel-check \
-	bench bench-short clean
+.PHONY: help deps build up lint fmt header stubs test test-fast test-rust test-python test-c fuzz-build wheel \
+	wheel-check bench bench-short clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -23,7 +23,7 @@ help: ## list the targets
 $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q "maturin>=1.7,<2" PyYAML pytest hypothesis pytest-benchmark protobuf grpcio-tools grpcio xds-protos dnspython "cryptography>=42" \
+	$(BIN)/pip install -q "maturin>=1.7,<2" PyYAML pytest pytest-timeout hypothesis pytest-benchmark protobuf grpcio-tools grpcio xds-protos dnspython "cryptography>=42" \
 		PyJWT prometheus_client ruff mypy types-PyYAML import-linter
 	touch $@
 
@@ -59,8 +59,11 @@ test-rust: ## Rust unit, conformance and header tests; benches compiled and run 
 	cd $(NATIVE) && $(CARGO) test --workspace --release
 	cd $(NATIVE) && PYMESH_BENCH_SHORT=1 $(CARGO) test --release --benches
 
-test-python: build ## the Python suite (conformance, API, properties, CLI)
-	$(BIN)/pytest -q tests
+test-fast: build ## the fast Python tiers, no root: tests/unit + tests/conformance (the inner loop)
+	$(BIN)/pytest -q tests/unit tests/conformance
+
+test-python: build ## the whole Python suite, every tier (root tests fail, not skip, without root or tools)
+	PYMESH_REQUIRE_ROOT_TESTS=1 $(BIN)/pytest -q tests
 
 test-c: ## build the C library through cargo and run the C consumers with ctest
 	cmake -S . -B $(BUILD_DIR) -G Ninja -DCMAKE_BUILD_TYPE=Release

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests"))  # the tests' `support` package
 
 
 def _rsa_ca(dest: Path) -> Path:
@@ -112,9 +112,9 @@ def main() -> int:
     results["openssl x509 -req"] = _rate(n_cli, openssl)
 
     import grpc
-    from sec_helpers import secure_cp, tls_channel
 
     from pymesh.proto import ca as ca_pb
+    from support.sec import secure_cp, tls_channel
 
     cp = secure_cp(tmp / "cp")
     try:

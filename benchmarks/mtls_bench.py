@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests"))  # the tests' `support` package
 
 
 def sink() -> tuple[socket.socket, int]:
@@ -127,10 +127,9 @@ def main() -> int:
     size = (16 if args.short else 256) << 20
     n_conn = 20 if args.short else 200
 
-    from test_security_datapath import workload
-
     from pymesh.controlplane.ca.ca import CertificateAuthority
     from pymesh.relay.pytls import InboundMtls, MtlsOriginator
+    from support.sec import workload
 
     tmp = Path(tempfile.mkdtemp(prefix="mtls-bench-"))
     ca = CertificateAuthority(tmp / "ca")

@@ -20,13 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_helpers import make_agent, write_vm_files
 from conftest import SHORT
 from google.protobuf import json_format
-from test_agent_xds import cla, eds_cluster, pack
 
 from pymesh import LbTable
 from pymesh.mesh.xds import CDS, EDS
+from support.agent import cla, eds_cluster, make_agent, pack, write_vm_files
 
 SIZES = [100, 1_000] if SHORT else [100, 1_000, 10_000]
 

@@ -1,5 +1,5 @@
 """lbtable benchmarks through Python: the native table beside pure-Python
-reference implementations (tests/oracle_lb.py), same inputs, same process.
+reference implementations (tests/support/oracles/lb.py), same inputs, same process.
 
 Groups pair `native` with `reference`; compare medians within a group.
 - pick: 1,000 picks per round per policy (native `pick_counts` in one call,
@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 from conftest import SHORT
-from oracle_lb import EdfScheduler, RingHash, classify, maglev_table, xxh64
 
 from pymesh import LbTable, RedirectTable
+from support.oracles.lb import EdfScheduler, RingHash, classify, maglev_table, xxh64
 
 SIZES = [100, 1_000, 10_000] if SHORT else [100, 1_000, 10_000, 50_000]
 BATCH = 1_000
@@ -225,7 +225,7 @@ def _disruption_cluster(policy: str, hosts: list[str], extra: dict[str, Any]) ->
 def test_disruption(policy: str, n: int, extra: dict[str, Any], bound: float, mean_bound: float) -> None:
     """Not timed: keys moved when one of `n` endpoints is removed, over the
     optimum (1/n, Envoy's host_loss_over_N_optimal), per removal. The
-    reference (tests/oracle_lb.py, pure Python) computes the exact figure
+    reference (tests/support/oracles/lb.py, pure Python) computes the exact figure
     from its own tables; the native table answers every sampled key exactly
     as the reference does (before and after each removal), so the figure is
     the native table's too. Both are timed and printed side by side."""

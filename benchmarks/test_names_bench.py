@@ -1,5 +1,5 @@
 """Name table benchmarks: the native table beside the pure-Python reference
-model (tests/oracle_names.py), same inputs, same process.
+model (tests/support/oracles/names.py), same inputs, same process.
 
 Groups pair `native` with `reference`; compare medians within a group.
 Short mode (PYMESH_BENCH_SHORT=1, CI): 1k and 100k names; full: also 1M."""
@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from conftest import SHORT
 from meshgen import NAMESPACE, SEARCH, entries, queries
-from oracle_names import OracleNameTable
 
 from pymesh import LiveNameTable, NameTable
+from support.oracles.names import OracleNameTable
 
 SIZES = [1_000, 100_000] if SHORT else [1_000, 100_000, 1_000_000]
 BATCH = 1_000

@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from conftest import CASES
-from oracle_lb import classify, priority_load
 
 from pymesh import PymeshError, load_clusters
 from pymesh.lbtable import RedirectTable
+from support.oracles.lb import classify, priority_load
+from support.paths import CASES
 
 
 @dataclass

@@ -5,16 +5,15 @@ keys cannot drift."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from pymesh.mesh import alpn, xds
 from pymesh.mesh.clusters import ClusterName, cluster_name, parse_cluster_name, parse_sni, sni
 from pymesh.mesh.errors import AuthError
 from pymesh.mesh.identity import parse_spiffe, spiffe_uri
+from support.paths import CASES as CASES_DIR
 
-CASES = Path(__file__).resolve().parent / "cases" / "mesh.cases"
+CASES = CASES_DIR / "mesh.cases"
 ALPN = {
     "outbound-tcp": alpn.MTLS_TCP,
     "inbound": alpn.INBOUND_PREFERENCE,

@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from cases_format import Case, load_cases, result_tokens
 
 import pymesh
 from pymesh import NameTable
 from pymesh.proto import nds
+from support.cases import Case, load_cases, result_tokens
 
 CASES = load_cases()
 

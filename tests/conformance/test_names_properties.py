@@ -1,5 +1,5 @@
 """Hypothesis property tests: the native name table answers exactly as the
-pure-Python reference model (tests/oracle_names.py) on random tables built
+pure-Python reference model (tests/support/oracles/names.py) on random tables built
 from a small alphabet, so collisions, search expansions and wildcards meet."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
-from oracle_names import OracleNameTable
 
 import pymesh
 from pymesh import NameTable
+from support.oracles.names import OracleNameTable
 
 LABELS = ["a", "b", "db", "svc", "ns1", "ns2", "cluster", "local", "corp", "example", "x-1", "A", "_srv"]
 NAMESPACES = ["ns1", "ns2", "default"]

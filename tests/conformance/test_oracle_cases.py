@@ -8,8 +8,9 @@ import ipaddress
 import json
 
 import pytest
-from cases_format import Case, load_cases, result_tokens
-from oracle_names import OracleNameTable, format_ipv6, normalize_query_name, rust_debug_str
+
+from support.cases import Case, load_cases, result_tokens
+from support.oracles.names import OracleNameTable, format_ipv6, normalize_query_name, rust_debug_str
 
 CASES = load_cases()
 

@@ -10,20 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_helpers import (
-    PRODUCT,
-    VM_IP,
-    HealthServer,
-    Http,
-    TcpApp,
-    make_agent,
-    resolve,
-    wait_until,
-    write_vm_files,
-)
-from cp_helpers import example_config, free_port
 
 from pymesh.controlplane import ControlPlane
+from support.agent import PRODUCT, VM_IP, HealthServer, Http, TcpApp, make_agent, resolve, write_vm_files
+from support.cp import example_config
+from support.ports import free_port
+from support.wait import wait_until
 
 ENTRY = f"product-vm-{VM_IP}"
 

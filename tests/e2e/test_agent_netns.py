@@ -6,23 +6,27 @@ there whose DNS and TCP are captured: the resolv.conf nameserver answers
 mesh names, the service VIP reaches the pod and the VM's own registered
 workload, and stopping the agent removes its rules.
 
-Needs root, iproute2 and nft (fails, never skips, without them)."""
+Needs root (network namespaces, nftables capture rules, fixed uids and
+CAP_NET_ADMIN via setpriv), iproute2, nft, dig and getent: without them it is
+skipped with the reason, or fails when PYMESH_REQUIRE_ROOT_TESTS is set (CI)."""
 
 from __future__ import annotations
 
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_helpers import wait_until, write_vm_files
-from netns_lab import APP_UID, EXTRA4, NET4, VM4, Lines, as_agent_user, fetch_status, lab, require_root_tools
+
+from support.agent import write_vm_files
+from support.netns import APP_UID, EXTRA4, NET4, VM4, as_agent_user, fetch_status, lab, require_root_tools
+from support.procs import Lines
+from support.wait import wait_until
+
+pytestmark = pytest.mark.netns
 
 SVC_PORT = 18080
 XDS_PORT = 15010
@@ -60,15 +64,6 @@ spec:
     return d
 
 
-@pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    """A directory the agent's own user can read (pytest's tmp_path is root-only)."""
-    d = Path(tempfile.mkdtemp(prefix="pymesh-agent-netns-"))
-    d.chmod(0o755)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
 def test_agent_captures_dns_and_routes_the_vip_to_pod_and_vm(shared_dir: Path) -> None:
     tmp_path = shared_dir
     require_root_tools("nft", "dig", "getent")
@@ -84,7 +79,7 @@ def test_agent_captures_dns_and_routes_the_vip_to_pod_and_vm(shared_dir: Path) -
         dnsmasq = subprocess.Popen(lb.cmd(lb.net, *dns_argv), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         lb.procs.append(dnsmasq)
         cp_argv = [sys.executable, "-m", "pymesh", "controlplane", "--config", str(mesh_config(tmp_path / "mesh"))]
-        cp_argv += ["--xds-listen", f"{NET4}:{XDS_PORT}", "--data-dir", str(tmp_path / "cp")]
+        cp_argv += ["--xds-listen", f"{NET4}:{XDS_PORT}", "--insecure-xds", "--data-dir", str(tmp_path / "cp")]
         cp = subprocess.Popen(
             lb.cmd(lb.net, *cp_argv),
             stdout=subprocess.PIPE,

@@ -4,7 +4,7 @@ connections"), with the real agent, the control plane's real CA and the
 native relay:
 
     host loopback: the control plane (CA + TLS port) and the agent's
-        control-plane side (xDS, CreateCertificate), as in test_agent_mtls.py
+        control-plane side (xDS, CreateCertificate), as in tests/unit/test_agent_mtls.py
     a private network namespace: the agent's outbound relay (127.0.0.1:15001)
         and inbound listener (15006), nftables REDIRECTing the service VIPs
         (127.1.0.0/16:18080) to the first and the VM's app (127.0.0.3:18080,
@@ -31,7 +31,9 @@ the restarted control plane; and the agent's certificate directory keeping
 the whole bundle as root-cert.pem (what ``--inbound-mtls`` verifies peers
 with).
 
-Needs root and nft (fails, never skips, without them)."""
+Needs root (a network namespace for the relay and its nftables REDIRECT rules) and nft:
+without them it is skipped with the reason, or fails when PYMESH_REQUIRE_ROOT_TESTS is
+set (CI)."""
 
 from __future__ import annotations
 
@@ -46,16 +48,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_helpers import make_agent, wait_until
-from cp_helpers import free_port
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
-from netns_lab import inside, nft_netns
-from sec_helpers import secure_vm_files
-from test_e2e_vm import SVC_PORT
-from test_e2e_vm_mtls import pod_yaml, service_yaml
-from test_security_datapath import Echo, workload
 
 from pymesh.agent import Agent
 from pymesh.controlplane import ControlPlane
@@ -64,6 +59,14 @@ from pymesh.controlplane.ca.service import SecurityOptions
 from pymesh.mesh.pki import SigningKey, cert_pem, key_pem, load_certs, new_key
 from pymesh.relay import start_inbound_passthrough
 from pymesh.relay.pytls import ALPN_TCP, InboundMtls
+from support.agent import make_agent
+from support.e2e import SVC_PORT, pod_yaml, service_yaml
+from support.netns import inside, nft_netns
+from support.ports import free_port
+from support.sec import Echo, secure_vm_files, workload
+from support.wait import wait_until
+
+pytestmark = pytest.mark.netns
 
 PRODUCT = "spiffe://cluster.local/ns/default/sa/product"
 PODS = {"legacy": ("127.0.0.21", "127.1.0.1"), "fresh": ("127.0.0.22", "127.1.0.2")}  # name: (pod IP, VIP)
@@ -242,6 +245,7 @@ def leaf(agent: Agent) -> x509.Certificate:
     return load_certs(agent.certs.held.chain, "held")[0]
 
 
+@pytest.mark.pytls_leaks  # tests/conftest.py: pymesh.relay.pytls leaks its loop
 def test_a_root_change_reaches_the_relay_and_keeps_established_connections(tmp_path: Path, netns: str) -> None:
     mesh = tmp_path / "mesh"
     mesh.mkdir()

@@ -12,8 +12,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cp_helpers import LDS, AdsStream, Backend, example_config, free_port, pymesh_cli, vm_node, wait_until, xds_calls
 from envoy.config.listener.v3.listener_pb2 import Listener
+
+from pymesh.mesh.xds import LDS
+from support.cp import AdsStream, Backend, example_config, pymesh_cli, vm_node, xds_calls
+from support.ports import free_port
+from support.procs import reap
+from support.wait import wait_until
 
 POD_IP, VM_IP = "127.0.0.2", "127.0.0.3"
 
@@ -38,6 +43,7 @@ def controlplane(tmp_path: Path) -> Iterator[tuple[int, int, Path, Path]]:
     finally:
         proc.terminate()
         proc.wait(10)
+        reap(proc)
 
 
 def get(data: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -9,12 +9,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cp_helpers import CDS, NDS, AdsStream, Backend, example_config, free_port, vm_node, xds_calls
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 
 from pymesh import NameTable
 from pymesh.controlplane import ControlPlane
+from pymesh.mesh.xds import CDS, NDS
 from pymesh.proto.nds import NameTable as NdsTable
+from support.cp import AdsStream, Backend, example_config, vm_node, xds_calls
+from support.ports import free_port
 
 POD_IP, VM_IP = "127.0.0.2", "127.0.0.3"
 

@@ -10,8 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from agent_helpers import write_vm_files
-from cp_helpers import example_config, free_port, pymesh_cli, wait_until
+
+from support.agent import write_vm_files
+from support.cp import example_config, pymesh_cli
+from support.ports import free_port
+from support.procs import reap
+from support.wait import wait_until
 
 PORT = 18080
 
@@ -39,6 +43,7 @@ def controlplane(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     finally:
         proc.terminate()
         proc.wait(10)
+        reap(proc)
 
 
 def agent(tmp: Path, port: int, data: Path, sa: str, *extra: str) -> subprocess.Popen[str]:
@@ -75,6 +80,7 @@ def test_vm_joins_over_mtls_through_the_cli(controlplane: tuple[int, Path], tmp_
     finally:
         wrong.terminate()
         wrong.wait(10)
+        reap(wrong)
     inbound = free_port("127.0.0.1")
     good = agent(tmp_path, port, data, "product", "--inbound-mtls", f"127.0.0.1:{inbound}=127.0.0.1:1")
     try:
@@ -83,5 +89,6 @@ def test_vm_joins_over_mtls_through_the_cli(controlplane: tuple[int, Path], tmp_
     finally:
         good.terminate()
         out = good.communicate(timeout=10)[0]
+        reap(good)
     assert f"(discoveryAddress istiod.istio-system.svc:{port}, mTLS)" in out
     assert f"inbound mTLS (STRICT) on 127.0.0.1:{inbound}" in out

@@ -1,10 +1,10 @@
 """Issue 7's data path end to end: the VM end-to-end test of issue 6
-(tests/test_e2e_vm.py) with mTLS on, in network namespaces built here:
+(tests/e2e/test_vm.py) with mTLS on, in network namespaces built here:
 
     "cluster" namespace (lab.net, 10.77.0.1): the control plane with its CA and
         TLS port (xDS + CreateCertificate on 10.77.0.1:15012), two product pods
         (10.78.0.1/.2) that only speak STRICT mTLS with their own workload
-        certificates (tests/e2e_mtls_peer.py), a plaintext pod of another
+        certificates (tests/support/peers/e2e_mtls_peer.py), a plaintext pod of another
         service (10.78.0.3, ``security.istio.io/tlsMode: disabled``) and a pod
         whose certificate is not the identity its Pod declares (10.79.0.1)
     "vm" namespace (lab.vm, 10.77.0.2): `pymesh agent --capture nftables
@@ -24,7 +24,9 @@ an mTLS client with a mesh certificate gets through; ``openssl s_client`` with a
 certificate of the wrong trust domain (signed by the mesh root) or from another
 CA is refused by the VM's inbound, with a mesh certificate it gets the page.
 
-Needs root, iproute2, nft (iptables for its variant), tcpdump, openssl (fails, never skips, without them).
+Needs root (network namespaces, capture rules, tcpdump on the veth), iproute2, nft
+(iptables for its variant), tcpdump and openssl: without them it is skipped with the
+reason, or fails when PYMESH_REQUIRE_ROOT_TESTS is set (CI).
 """
 
 from __future__ import annotations
@@ -38,9 +40,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_helpers import wait_until, write_vm_files
-from netns_lab import APP_UID, EXTRA4, NET4, VM4, Lab, lab, require_root_tools
-from test_e2e_vm import (
+
+from pymesh.controlplane.ca.ca import CertificateAuthority
+from pymesh.controlplane.ca.tokens import TokenAuthority
+from pymesh.mesh.identity import identity
+from pymesh.mesh.pki import key_pem, make_csr, new_key
+from support.agent import write_vm_files
+from support.e2e import (
     HTTP_PEER,
     PROBE,
     SVC_PORT,
@@ -48,20 +54,19 @@ from test_e2e_vm import (
     Mesh,
     assert_thirds,
     backends_are,
+    pod_yaml,
     rules,
-    shared_dir,
+    service_yaml,
     vm_group_yaml,
 )
-from test_security_datapath import workload
+from support.netns import APP_UID, EXTRA4, NET4, VM4, Lab, lab, require_root_tools
+from support.peers import E2E_MTLS_PEER
+from support.sec import workload
+from support.wait import wait_until
 
-from pymesh.controlplane.ca.ca import CertificateAuthority
-from pymesh.controlplane.ca.tokens import TokenAuthority
-from pymesh.mesh.identity import identity
-from pymesh.mesh.pki import key_pem, make_csr, new_key
+pytestmark = pytest.mark.netns
 
-__all__ = ["shared_dir"]  # the fixture, used by name
-
-PEER = str(Path(__file__).resolve().parent / "e2e_mtls_peer.py")
+PEER = E2E_MTLS_PEER
 PODS = {"pod-a": EXTRA4[0], "pod-b": EXTRA4[1]}
 PLAIN_POD, PLAIN_VIP = EXTRA4[2], "10.96.0.21"
 GUARDED_POD, GUARDED_VIP = EXTRA4[3], "10.96.0.22"
@@ -69,25 +74,6 @@ PRODUCT = "spiffe://cluster.local/ns/default/sa/product"
 SECURE_PORT = 15012
 MARKER = "mtls-marker-" + uuid.uuid4().hex
 PLAIN_MARKER = "plain-marker-" + uuid.uuid4().hex
-
-
-def pod_yaml(name: str, app: str, ip: str, sa: str = "product", extra_labels: str = "") -> str:
-    return f"""---
-apiVersion: v1
-kind: Pod
-metadata: {{name: {name}, namespace: default, labels: {{app: {app}{extra_labels}}}}}
-spec: {{serviceAccountName: {sa}, containers: [{{name: c, ports: [{{name: http, containerPort: {SVC_PORT}}}]}}]}}
-status: {{phase: Running, podIP: {ip}, conditions: [{{type: Ready, status: "True"}}]}}
-"""
-
-
-def service_yaml(name: str, vip: str) -> str:
-    return f"""---
-apiVersion: v1
-kind: Service
-metadata: {{name: {name}, namespace: default}}
-spec: {{clusterIP: {vip}, selector: {{app: {name}}}, ports: [{{name: http, port: {SVC_PORT}}}]}}
-"""
 
 
 def policy(ns: str, mode: str) -> str:
@@ -100,12 +86,15 @@ spec: {{mtls: {{mode: {mode}}}}}
 
 def mesh_config(d: Path) -> Path:
     d.mkdir(parents=True)
-    docs = [service_yaml("product", VIP), *(pod_yaml(f"product-{t}", "product", ip) for t, ip in PODS.items())]
+    # Pods with a sidecar carry the injector's label; without it istiod takes a pod as plaintext.
+    mesh = ", security.istio.io/tlsMode: istio"
+    docs = [service_yaml("product", VIP)]
+    docs += [pod_yaml(f"product-{t}", "product", ip, extra_labels=mesh) for t, ip in PODS.items()]
     docs += [
         service_yaml("plain", PLAIN_VIP),
         pod_yaml("plain-0", "plain", PLAIN_POD, extra_labels=", security.istio.io/tlsMode: disabled"),
     ]
-    docs += [service_yaml("guarded", GUARDED_VIP), pod_yaml("guarded-0", "guarded", GUARDED_POD)]
+    docs += [service_yaml("guarded", GUARDED_VIP), pod_yaml("guarded-0", "guarded", GUARDED_POD, extra_labels=mesh)]
     docs.append(vm_group_yaml(service_account="product"))
     (d / "services.yaml").write_text("".join(docs))
     (d / "mesh-policy.yaml").write_text(policy("istio-system", "PERMISSIVE"))
@@ -113,13 +102,13 @@ def mesh_config(d: Path) -> Path:
 
 
 class MtlsMesh(Mesh):
-    """tests/test_e2e_vm.py's processes with the control plane's TLS port and the agent on MUTUAL_TLS."""
+    """tests/e2e/test_vm.py's processes with the control plane's TLS port and the agent on MUTUAL_TLS."""
 
     cp_banners = ("xds ", "xds-tls ")
     agent_flags = ("--control-plane-auth", "MUTUAL_TLS")
 
     def cp_flags(self) -> list[str]:
-        return ["--xds-listen", f"{NET4}:15010", "--secure-listen", f"{NET4}:{SECURE_PORT}"]
+        return ["--xds-listen", f"{NET4}:15010", "--insecure-xds", "--secure-listen", f"{NET4}:{SECURE_PORT}"]
 
     def requests(self, n: int, vip: str = VIP, path: str = f"/{MARKER}") -> dict[str, int]:
         """n HTTP requests from the VM's application user, each on its own connection, the marker in the path."""
@@ -175,6 +164,8 @@ def packets(lb: Lab, pcap: Path, host: str) -> int:
     return len(out.splitlines())
 
 
+# Its own budget is 120 s (the last assertion); the timeout leaves room for that message.
+@pytest.mark.timeout(240)
 @pytest.mark.parametrize("backend", ["nftables", "iptables"])
 def test_vm_end_to_end_with_mtls(shared_dir: Path, backend: str) -> None:
     require_root_tools("nft" if backend == "nftables" else "iptables", "tcpdump", "openssl")

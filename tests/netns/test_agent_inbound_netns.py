@@ -8,21 +8,23 @@ passthrough); a port in ISTIO_LOCAL_EXCLUDE_PORTS (22) is not captured; on
 stop the rules and the listener are gone and connections reach the app
 directly again.
 
-Needs root, iproute2 and nft (fails, never skips, without them)."""
+Needs root (network namespaces, nftables capture rules, the agent's user and
+CAP_NET_ADMIN via setpriv), iproute2 and nft: without them it is skipped with the
+reason, or fails when PYMESH_REQUIRE_ROOT_TESTS is set (CI)."""
 
 from __future__ import annotations
 
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from agent_helpers import wait_until, write_vm_files
-from netns_lab import NET4, VM4, Lines, as_agent_user, lab, require_root_tools
+
+from support.agent import write_vm_files
+from support.netns import NET4, VM4, as_agent_user, lab, require_root_tools
+from support.procs import Lines
+from support.wait import wait_until
 
 APP_PORT = 18080
 SSH_PORT = 22  # in the default ISTIO_LOCAL_EXCLUDE_PORTS
@@ -48,15 +50,6 @@ for p in sys.argv[1:]:
 print("ready", flush=True)
 sys.stdin.read()
 """
-
-
-@pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    """A directory the agent's own user can read (pytest's tmp_path is root-only)."""
-    d = Path(tempfile.mkdtemp(prefix="pymesh-agent-inbound-"))
-    d.chmod(0o755)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.mark.parametrize("inbound_port", [None, 15106], ids=["default-15006", "inbound-port-flag"])

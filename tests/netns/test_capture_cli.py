@@ -1,11 +1,15 @@
-"""``pymesh capture show|install|remove`` in a fresh network namespace."""
+"""``pymesh capture show|install|remove`` in a fresh network namespace.
+
+Needs root (a network namespace to install rules in), iproute2, nft and iptables:
+without them it is skipped with the reason, or fails when PYMESH_REQUIRE_ROOT_TESTS
+is set (CI)."""
 
 from __future__ import annotations
 
 import json
 import sys
 
-from netns_lab import lab, require_root_tools
+from support.netns import lab, require_root_tools
 
 
 def test_cli_show_install_and_remove_with_both_backends() -> None:

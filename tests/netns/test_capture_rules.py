@@ -1,7 +1,10 @@
 """Capture rules, both backends, proven with real packets in network
-namespaces (see ``netns_lab``): what is redirected where, what passes, and
-that cleanup leaves the ruleset exactly as it found it. Runs as root;
-fails loudly (never skips) without netns, nft or iptables."""
+namespaces (see ``support.netns``): what is redirected where, what passes, and
+that cleanup leaves the ruleset exactly as it found it.
+
+Needs root (network namespaces, the rules themselves, clients and servers as fixed
+uids via setpriv), iproute2, nft and iptables: without them it is skipped with the
+reason, or fails when PYMESH_REQUIRE_ROOT_TESTS is set (CI)."""
 
 from __future__ import annotations
 
@@ -10,9 +13,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from netns_lab import APP_UID, EXTRA4, EXTRA6, NET4, NET6, PROXY_UID, VM4, Lab, lab, require_root_tools
 
 from pymesh.capture import CaptureConfig, CaptureError, redirect_table
+from support.netns import APP_UID, EXTRA4, EXTRA6, NET4, NET6, PROXY_UID, VM4, Lab, lab, require_root_tools
 
 BACKENDS = ["nftables", "iptables"]
 SETTINGS: dict[str, Any] = {

@@ -2,7 +2,11 @@
 AAAA in parallel) and `getent ahostsv4` (AF_INET) inside a network namespace
 whose resolv.conf points at the proxy on port 53 (Istio's VM mode without
 iptables, reference §4.5). glibc rejected some of Istio's answers
-(istio/istio#29681, #47264); these must pass through glibc's own checks."""
+(istio/istio#29681, #47264); these must pass through glibc's own checks.
+
+Needs root (a network namespace whose /etc/resolv.conf `ip netns exec` replaces,
+the proxy on port 53), iproute2 and getent: without them it is skipped with the
+reason, or fails when PYMESH_REQUIRE_ROOT_TESTS is set (CI)."""
 
 from __future__ import annotations
 
@@ -16,14 +20,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dns_helpers import table_entries
+
+from support.dns import table_entries
+from support.procs import reap
+from support.system import require_root, require_tools
 
 NS = f"pymesh-dns-{os.getpid()}"
-
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("getent") is None,
-    reason="needs root, iproute2 and getent (network namespaces)",
-)
 
 
 def in_ns(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -32,6 +34,8 @@ def in_ns(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def netns_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    require_root("the glibc resolver tests run the proxy in a network namespace")
+    require_tools("ip", "getent")
     tmp = tmp_path_factory.mktemp("netns")
     table = tmp / "table.json"
     doc = {"table": {e["hostname"]: {k: v for k, v in e.items() if k != "hostname"} for e in table_entries()}}
@@ -74,6 +78,7 @@ def netns_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         if proc is not None:
             proc.terminate()
             proc.wait(10)
+            reap(proc)
         subprocess.run(["ip", "netns", "del", NS], check=False)
         shutil.rmtree(etc, ignore_errors=True)
 

@@ -3,7 +3,11 @@ redirected by real nftables rules to the proxy (running as the proxy uid
 the rules exclude), which reads the original destination, routes service
 VIPs to cluster endpoints by policy, passes everything else through, retries
 and reports connect failures, and relays large streams intact with
-half-close. Runs as root; fails loudly without netns or nft."""
+half-close.
+
+Needs root (network namespaces, nftables rules, the app and the proxy as fixed uids
+via setpriv), iproute2 and nft: without them it is skipped with the reason, or
+fails when PYMESH_REQUIRE_ROOT_TESTS is set (CI)."""
 
 from __future__ import annotations
 
@@ -15,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from netns_lab import APP_UID, EXTRA4, EXTRA6, PROXY_UID, VM4, Lab, lab, require_root_tools
+
+from support.netns import APP_UID, EXTRA4, EXTRA6, PROXY_UID, VM4, Lab, lab, require_root_tools
 
 VIP4, VIP6 = "10.96.0.10", "fd96::10"
 BAD_VIP = "10.96.0.11"

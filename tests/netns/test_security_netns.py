@@ -1,30 +1,31 @@
 """Workload mTLS between two network namespaces linked by a veth pair, with
 tcpdump on the veth: the payload never crosses in plaintext, while the
 same capture does show it for a plaintext (PERMISSIVE) exchange, so the
-check can fail. Needs root (CI runs it as root)."""
+check can fail.
+
+Needs root (two network namespaces, tcpdump on the veth), iproute2 and tcpdump:
+without them it is skipped with the reason, or fails when PYMESH_REQUIRE_ROOT_TESTS
+is set (CI)."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import pytest
-from netns_lab import NET4, lab
-from test_security_datapath import workload
-
 from pymesh.controlplane.ca.ca import CertificateAuthority
+from support.netns import NET4, lab, require_root_tools
+from support.peers import NETNS_MTLS_PEER
+from support.sec import workload
 
-PEER = str(Path(__file__).resolve().parent / "netns_mtls_peer.py")
+PEER = NETNS_MTLS_PEER
 PRODUCT = "spiffe://cluster.local/ns/default/sa/product"
 MARKER = "MESH-PAYLOAD-" + "z" * 40
 
 
 def test_no_plaintext_on_the_veth_with_mtls(tmp_path: Path) -> None:
-    if shutil.which("tcpdump") is None:
-        pytest.fail("tcpdump missing: run scripts/install-system-deps.sh")
+    require_root_tools("tcpdump")
     ca = CertificateAuthority(tmp_path / "ca")
     server = workload(ca, tmp_path / "server", "product")
     client = workload(ca, tmp_path / "client", "reviews")

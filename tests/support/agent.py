@@ -1,7 +1,8 @@
 """Real parts for the agent tests: VM bootstrap files shaped like istioctl's,
-an embedded control plane on a fixed loopback port, DNS queries over UDP,
-and a scripted ADS server (a real gRPC peer that sends exactly the pushes a
-test needs, e.g. a malformed one, and records every request)."""
+an agent built from them, DNS queries over UDP, probe targets (TCP, HTTP(S),
+gRPC health), a scripted ADS server (a real gRPC peer that sends exactly the
+pushes a test needs, e.g. a malformed one, and records every request) and the
+xDS resources it pushes."""
 
 from __future__ import annotations
 
@@ -19,10 +20,14 @@ import dns.message
 import dns.query
 import dns.rdatatype
 import grpc
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import config_source_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.service.discovery.v3 import discovery_pb2
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf import any_pb2, descriptor_pb2, descriptor_pool, message_factory
 
 from pymesh.agent import Agent, AgentOptions, bootstrap, load_bootstrap
+from pymesh.proto.nds import NameTable
 
 VM_IP = "127.0.0.3"
 POD_IP = "127.0.0.2"
@@ -113,17 +118,6 @@ def resolve(port: int, name: str, qtype: str = "A", timeout: float = 2.0) -> tup
     r = dns.query.udp(q, "127.0.0.1", port=port, timeout=timeout)
     addrs = [str(rd) for rrset in r.answer for rd in rrset if rrset.rdtype == dns.rdatatype.from_text(qtype)]
     return dns.rcode.to_text(r.rcode()), addrs
-
-
-def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = predicate()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(interval)
 
 
 class TcpApp:
@@ -346,3 +340,46 @@ class ScriptedAds:
 
     def stop(self) -> None:
         self.server.stop(0)
+
+
+# --- xDS resources as a control plane pushes them (the agent's ADS tests and benchmarks) -----
+
+HOST = PRODUCT
+C1 = f"outbound|8080||{HOST}"
+
+
+def pack(msg: Any, type_url: str | None = None) -> Any:
+    a = any_pb2.Any()
+    a.Pack(msg)
+    if type_url:
+        a.type_url = type_url
+    return a
+
+
+def eds_cluster(name: str, **kw: Any) -> Any:
+    c = cluster_pb2.Cluster(name=name, type=cluster_pb2.Cluster.EDS, **kw)
+    c.eds_cluster_config.eds_config.ads.SetInParent()
+    c.eds_cluster_config.eds_config.resource_api_version = config_source_pb2.ApiVersion.V3
+    c.eds_cluster_config.service_name = name
+    return c
+
+
+def cla(name: str, *addrs: str) -> Any:
+    m = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
+    group = m.endpoints.add()
+    group.load_balancing_weight.value = 1
+    for a in addrs:
+        ep = group.lb_endpoints.add()
+        ep.endpoint.address.socket_address.address = a
+        ep.endpoint.address.socket_address.port_value = 8080
+    return m
+
+
+def name_table(ip: str) -> Any:
+    t = NameTable()
+    info = t.table[HOST]
+    info.ips.append(ip)
+    info.registry = "Kubernetes"
+    info.shortname = "product"
+    info.namespace = "default"
+    return t

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple, TypedDict
 
-CASES_FILE = Path(__file__).resolve().parent / "cases" / "names.cases"
+from support.paths import CASES
+
+CASES_FILE = CASES / "names.cases"
 
 QTYPES = ("A", "AAAA")
 

@@ -8,7 +8,6 @@ import json
 import os
 import queue
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -19,50 +18,22 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from conftest import ROOT
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import struct_pb2
 from google.rpc import status_pb2
 
-EXAMPLE = ROOT / "pymesh" / "examples" / "mesh"
-XDS_CLIENT = Path(__file__).resolve().parent / "cp_xds_client.py"
+from pymesh.mesh.xds import HEALTH
+from support.paths import EXAMPLE_MESH
+from support.peers import CP_XDS_CLIENT
+
 METHOD = "/pymesh.test.Echo/Who"
-
-CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
-EDS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
-LDS = "type.googleapis.com/envoy.config.listener.v3.Listener"
-RDS = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
-NDS = "type.googleapis.com/istio.networking.nds.v1.NameTable"
-HEALTH = "type.googleapis.com/istio.v1.HealthInformation"
-
-
-def free_port(*hosts: str) -> int:
-    """A TCP port free on every one of ``hosts`` at once."""
-    for _ in range(50):
-        socks = []
-        try:
-            s = socket.socket()
-            s.bind((hosts[0], 0))
-            socks.append(s)
-            port = s.getsockname()[1]
-            for h in hosts[1:]:
-                t = socket.socket()
-                socks.append(t)
-                t.bind((h, port))
-            return int(port)
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no common free port")
 
 
 def example_config(dest: Path, port: int) -> Path:
     """The shipped example (pymesh/examples/mesh) with its service port moved to ``port``."""
     dest.mkdir(parents=True, exist_ok=True)
-    for f in EXAMPLE.glob("*.yaml"):
+    for f in EXAMPLE_MESH.glob("*.yaml"):
         (dest / f.name).write_text(f.read_text().replace("8080", str(port)))
     return dest
 
@@ -236,7 +207,7 @@ def xds_calls(
     env = dict(os.environ, GRPC_XDS_BOOTSTRAP_CONFIG=bootstrap(xds_port, network=network))
     env.pop("GRPC_XDS_BOOTSTRAP", None)
     out = subprocess.run(
-        [sys.executable, str(XDS_CLIENT), target, str(calls), *metadata],
+        [sys.executable, CP_XDS_CLIENT, target, str(calls), *metadata],
         env=env,
         capture_output=True,
         text=True,
@@ -246,17 +217,6 @@ def xds_calls(
         raise AssertionError(f"xDS client failed ({out.returncode}): {out.stderr[-3000:]}")
     result: dict[str, Any] = json.loads(out.stdout)
     return result
-
-
-def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = predicate()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(interval)
 
 
 def responses_until(stream: AdsStream, type_url: str, timeout: float = 10.0) -> Iterator[Any]:

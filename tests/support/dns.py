@@ -4,8 +4,6 @@ upstream resolvers (unbound, dnsmasq) started on loopback with their own zone.""
 from __future__ import annotations
 
 import contextlib
-import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
@@ -19,6 +17,9 @@ import dns.rdatatype
 
 from pymesh import NameTable
 from pymesh.dnsproxy import DnsServer
+from support.ports import free_port
+from support.procs import reap
+from support.system import require_tools
 
 NAMESPACE = "default"
 SEARCH = ("default.svc.cluster.local", "svc.cluster.local", "cluster.local")
@@ -81,20 +82,6 @@ def addresses(m: dns.message.Message) -> list[str]:
     return [r.to_text() for rrset in m.answer for r in rrset if rrset.rdtype in (1, 28)]
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port free for both UDP and TCP on `host`."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, socket.socket() as t:
-            u.bind((host, 0))
-            port = u.getsockname()[1]
-            try:
-                t.bind((host, port))
-            except OSError:
-                continue
-            return int(port)
-    raise RuntimeError("no free port")
-
-
 def wait_answering(host: str, port: int, name: str, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -112,10 +99,7 @@ def unbound(tmp: Path, host: str, extra_local_data: Sequence[str] = ()) -> Itera
     """unbound (1 thread) on host:port, authoritative for ``upstream.test``:
     ``www`` A 192.0.2.10 (TTL 300), ``big`` with MANY A records, NXDOMAIN
     with an SOA (negative TTL 60) for the rest of the zone."""
-    if shutil.which("unbound") is None:
-        import pytest
-
-        pytest.skip("unbound is not installed")
+    require_tools("unbound")
     port = free_port(host)
     data = [
         f'local-data: "{UPSTREAM_ZONE}. 300 IN SOA ns.{UPSTREAM_ZONE}. h.{UPSTREAM_ZONE}. 1 3600 600 86400 60"',
@@ -142,16 +126,14 @@ def unbound(tmp: Path, host: str, extra_local_data: Sequence[str] = ()) -> Itera
     finally:
         proc.terminate()
         proc.wait(5)
+        reap(proc)
 
 
 @contextlib.contextmanager
 def dnsmasq(tmp: Path, host: str) -> Iterator[int]:
     """dnsmasq on host:port answering ``www.upstream.test`` A 192.0.2.20 from a
     hosts file, NXDOMAIN locally for the rest of the zone."""
-    if shutil.which("dnsmasq") is None:
-        import pytest
-
-        pytest.skip("dnsmasq is not installed")
+    require_tools("dnsmasq")
     port = free_port(host)
     hosts = tmp / f"hosts-{host}"
     hosts.write_text(f"192.0.2.20 www.{UPSTREAM_ZONE}\n")
@@ -179,6 +161,7 @@ def dnsmasq(tmp: Path, host: str) -> Iterator[int]:
     finally:
         proc.terminate()
         proc.wait(5)
+        reap(proc)
 
 
 @contextlib.contextmanager

@@ -5,8 +5,8 @@
     vm  veth 10.77.0.2/24  fd77::2/64   default routes via the net side
     net veth 10.77.0.1/24  fd77::1/64   + extra addresses on its loopback
 
-Needs root and iproute2. Missing tools or privileges fail the test with a
-clear message: nothing here is skipped silently.
+Needs root and iproute2 (``require_root_tools``): without them a test is
+skipped with the reason, or fails when PYMESH_REQUIRE_ROOT_TESTS is set (CI).
 """
 
 from __future__ import annotations
@@ -14,23 +14,23 @@ from __future__ import annotations
 import ctypes
 import json
 import os
-import queue
 import re
 import shutil
 import subprocess
 import sys
-import threading
-import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import pytest
+from support.paths import ROOT as _ROOT
+from support.peers import NETNS_PEER
+from support.procs import reap
+from support.system import require_root, require_tools
 
-PEER = str(Path(__file__).resolve().parent / "netns_peer.py")
-ROOT = str(Path(__file__).resolve().parent.parent)
+PEER = NETNS_PEER
+ROOT = str(_ROOT)
 VM4, NET4 = "10.77.0.2", "10.77.0.1"
 VM6, NET6 = "fd77::2", "fd77::1"
 # Extra server addresses in the net namespace (on its loopback, routed via the veth).
@@ -41,12 +41,10 @@ PROXY_UID = 1337
 
 
 def require_root_tools(*tools: str) -> None:
-    """Fails (never skips) when the test cannot run here."""
-    if os.geteuid() != 0:
-        pytest.fail("network-namespace tests need root (CI runs them as root)")
-    missing = [t for t in ("ip", "setpriv", *tools) if shutil.which(t) is None]
-    if missing:
-        pytest.fail(f"missing tools {missing}: run scripts/install-system-deps.sh")
+    """Root (with the capabilities namespaces need), iproute2, setpriv and ``tools``: else the
+    test is skipped with the reason, or fails when PYMESH_REQUIRE_ROOT_TESTS is set (CI)."""
+    require_root("network-namespace tests")
+    require_tools("ip", "setpriv", *tools)
 
 
 def sh(*cmd: str, check: bool = True, input: str | None = None, timeout: float = 30) -> str:
@@ -89,12 +87,7 @@ class Lab:
 
     def teardown(self) -> None:
         for p in self.procs:
-            if p.poll() is None:
-                p.kill()
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass  # the namespaces below are deleted regardless
+            reap(p)  # one that does not exit in time: the namespaces below are deleted regardless
         for ns in (self.vm, self.net):
             subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
             shutil.rmtree(Path("/etc/netns") / ns, ignore_errors=True)
@@ -221,29 +214,6 @@ def fetch_status(lb: Lab, path: str) -> str:
     return str(lb.run(lb.vm, sys.executable, "-c", code))
 
 
-class Lines:
-    """A process's stdout lines, readable with a timeout."""
-
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self.q: queue.Queue[str] = queue.Queue()
-        self.seen: list[str] = []
-        threading.Thread(target=lambda: [self.q.put(x) for x in proc.stdout or ()], daemon=True).start()
-
-    def saw(self, text: str) -> bool:
-        while not self.q.empty():
-            self.seen.append(self.q.get())
-        return any(text in x for x in self.seen)
-
-
-def wait_for(pred: Any, timeout: float = 5.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return
-        time.sleep(0.02)
-    raise AssertionError("condition not met in time")
-
-
 @contextmanager
 def lab() -> Iterator[Lab]:
     require_root_tools()
@@ -286,11 +256,9 @@ def inside(name: str) -> Iterator[None]:
 @contextmanager
 def nft_netns(prefix: str, rules: str, needs: str) -> Iterator[str]:
     """A fresh network namespace ``<prefix><random>`` with loopback up and nftables ``rules``
-    loaded; deleted afterwards. ``needs`` says why the caller needs root (in the failure)."""
-    if os.geteuid() != 0:
-        pytest.fail(f"{needs}: it needs root (CI runs as root)")
-    if shutil.which("nft") is None or shutil.which("ip") is None:
-        pytest.fail("missing nft or ip: run scripts/install-system-deps.sh")
+    loaded; deleted afterwards. ``needs`` says why the caller needs root (in the skip or failure)."""
+    require_root(needs)
+    require_tools("ip", "nft")
     name = f"{prefix}{uuid.uuid4().hex[:6]}"
     subprocess.run(["ip", "netns", "add", name], check=True)
     try:

@@ -1,20 +1,32 @@
 """Real parts for the security tests: a control plane with its TLS port,
-and ADS streams over TLS channels (with or without a client certificate)."""
+ADS streams over TLS channels (with or without a client certificate), the VM's
+files for that port, workload certificates from a CA, and an echo app."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import queue
+import select
+import socketserver
+import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import grpc
-from agent_helpers import write_vm_files
-from cp_helpers import example_config
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from pymesh.controlplane import ControlPlane
+from pymesh.controlplane.ca.ca import CertificateAuthority
 from pymesh.controlplane.ca.service import SecurityOptions
+from pymesh.mesh.identity import identity
+from pymesh.mesh.pki import key_pem, make_csr, new_key
+from support.agent import write_vm_files
+from support.cp import example_config
+from support.procs import reap
+from support.system import require_tools
 
 PORT = 18080
 SERVER_NAME = "istiod.istio-system.svc"
@@ -91,3 +103,79 @@ class Stream:
         self.q.put(None)
         self.call.cancel()
         self.channel.close()
+
+
+# --- workload certificates and an echo app (the data-path tests) ---------------------------
+
+
+def workload(ca: CertificateAuthority, d: Path, sa: str, ttl: float = 3600) -> Path:
+    """A workload certificate for default/``sa`` from ``ca`` in ``d``, laid out as the agent
+    writes it (key.pem, cert-chain.pem, root-cert.pem)."""
+    key = new_key()
+    issued = ca.sign_csr(make_csr(key), identity("default", sa), ttl)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "key.pem").write_bytes(key_pem(key))
+    (d / "cert-chain.pem").write_text("".join(issued.chain))
+    (d / "root-cert.pem").write_text(ca.root_pem)
+    return d
+
+
+class Echo(socketserver.ThreadingTCPServer):
+    """A TCP echo app on 127.0.0.1 (a free port), served from a thread of its own."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self) -> None:
+        class H(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                while data := self.request.recv(65536):
+                    self.request.sendall(data)
+
+        super().__init__(("127.0.0.1", 0), H)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+
+# --- openssl s_client as a client of another TLS stack (and a hostile one) -------------------
+
+PING = b"PING-THROUGH-MTLS\n"
+
+
+def s_client(
+    host: str,
+    port: int,
+    ca_file: Path,
+    cert_dir: Path | None = None,
+    *extra: str,
+    alpn: str | None = "istio-peer-exchange,istio",
+    verbose: bool = False,
+) -> str:
+    """The echo of one line (PING) through ``openssl s_client`` to ``host:port`` (its stdout),
+    presenting the workload certificate in ``cert_dir`` when given. ``alpn``: what it offers
+    (None: no ALPN extension); ``verbose``: its session report (e.g. "ALPN protocol: ...") too,
+    read until the echo arrives."""
+    require_tools("openssl")
+    args = ["openssl", "s_client", "-connect", f"{host}:{port}", "-CAfile", str(ca_file)]
+    args += ["-nocommands"] if verbose else ["-quiet"]
+    if alpn is not None:
+        args += ["-alpn", alpn]
+    if cert_dir is not None:
+        args += ["-cert", str(cert_dir / "cert-chain.pem"), "-key", str(cert_dir / "key.pem")]
+    args += extra
+    # s_client keeps the session open after stdin ends (no TLS half-close): read the echo, then stop it.
+    p = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert p.stdin is not None and p.stdout is not None
+    with contextlib.suppress(BrokenPipeError):
+        p.stdin.write(PING)
+        p.stdin.flush()
+    out = b""
+    deadline = time.monotonic() + 5
+    done = PING if verbose else b"\n"
+    while time.monotonic() < deadline and done not in out:
+        if select.select([p.stdout], [], [], 0.2)[0]:
+            chunk = os.read(p.stdout.fileno(), 4096)
+            if not chunk:
+                break
+            out += chunk
+    reap(p, 5)
+    return out.decode(errors="replace")

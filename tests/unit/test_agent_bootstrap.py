@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from agent_helpers import ROOT_CERT, TOKEN, write_vm_files
 
 from pymesh import PymeshError
 from pymesh.agent import AgentOptions, BootstrapError, build_node, load_bootstrap
 from pymesh.agent.bootstrap import BootstrapPaths, parse_cluster_env, parse_hosts
 from pymesh.agent.config import capture_config
+from support.agent import ROOT_CERT, TOKEN, write_vm_files
 
 # Shaped exactly like istioctl's output (istioctl/pkg/workload/testdata/vmconfig/ipv4):
 # sorted KEY='value' lines, every proxyMetadata key mirrored in mesh.yaml.

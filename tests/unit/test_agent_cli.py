@@ -4,24 +4,25 @@ shipped systemd unit, and cluster.env parsing as sh reads it (property)."""
 from __future__ import annotations
 
 import configparser
-import queue
 import shlex
 import signal
 import subprocess
 import sys
-import threading
 import urllib.request
 from importlib import resources
 from pathlib import Path
 
-from agent_helpers import PRODUCT, VM_IP, resolve, wait_until, write_vm_files
-from cp_helpers import example_config, free_port
 from hypothesis import given
 from hypothesis import strategies as st
 
 from pymesh.agent import BootstrapError
 from pymesh.agent.bootstrap import parse_cluster_env
 from pymesh.controlplane import ControlPlane
+from support.agent import PRODUCT, VM_IP, resolve, write_vm_files
+from support.cp import example_config
+from support.ports import free_port
+from support.procs import Lines, reap
+from support.wait import wait_until
 
 
 def test_agent_command_runs_reports_steps_and_stops_on_sigterm(tmp_path: Path) -> None:
@@ -37,14 +38,7 @@ def test_agent_command_runs_reports_steps_and_stops_on_sigterm(tmp_path: Path) -
     cmd += ["--status-listen", f"127.0.0.1:{sport}"]
     cmd += ["--no-dataplane"]  # on the host: DNS and xDS only, no capture rules
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout or ()], daemon=True).start()
-    out: list[str] = []
-
-    def saw(text: str) -> bool:
-        while not lines.empty():
-            out.append(lines.get())
-        return any(text in x for x in out)
+    saw = Lines(proc).saw
 
     try:
         wait_until(lambda: saw("xDS connected"), timeout=15)
@@ -61,9 +55,7 @@ def test_agent_command_runs_reports_steps_and_stops_on_sigterm(tmp_path: Path) -
         wait_until(lambda: saw("pymesh agent: stopped"), timeout=5)
         assert (tmp_path / "state" / "nds.pb").exists()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        reap(proc)
         cp.stop()
 
 

@@ -4,7 +4,6 @@ fields."""
 
 from __future__ import annotations
 
-import shutil
 import socket
 import ssl
 import subprocess
@@ -16,11 +15,13 @@ from typing import Any
 
 import grpc
 import pytest
-from agent_helpers import HealthServer, Http, Req, Resp, TcpApp, wait_until
-from cp_helpers import free_port
 
 from pymesh.agent import Probe, Prober, parse_probe
 from pymesh.agent.probes import decode_health_response, encode_health_request
+from support.agent import HealthServer, Http, Req, Resp, TcpApp
+from support.ports import free_port
+from support.system import require_tools, unavailable
+from support.wait import wait_until
 
 
 @pytest.fixture
@@ -69,7 +70,7 @@ def test_http_probe_of_a_remote_address_is_not_bound_to_127_0_0_6() -> None:
 
     addrs = [a for a in host_ips() if ":" not in a]
     if not addrs:
-        pytest.skip("no non-loopback address")
+        unavailable("no non-loopback IPv4 address on this host")
     s = Http(host=addrs[0])
     try:
         assert check({"httpGet": {"port": s.port}}, host=addrs[0])[0]
@@ -94,8 +95,8 @@ def test_http_probe_connect_refused_and_timeout() -> None:
         silent.close()
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
 def test_https_probe_skips_verification(tmp_path: Path) -> None:
+    require_tools("openssl")
     key, cert = tmp_path / "k.pem", tmp_path / "c.pem"
     subprocess.run(
         [

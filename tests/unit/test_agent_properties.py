@@ -9,15 +9,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from agent_helpers import make_agent, write_vm_files
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
-from test_agent_xds import C1, HOST, cla, eds_cluster, name_table, pack
 
 from pymesh import PymeshError
 from pymesh.agent import Agent
 from pymesh.mesh.xds import CDS, EDS, NDS
 from pymesh.proto.nds import TYPE_URL as NDS_TYPE
+from support.agent import C1, HOST, cla, eds_cluster, make_agent, name_table, pack, write_vm_files
 
 C2 = "outbound|9090||other.default.svc.cluster.local"
 

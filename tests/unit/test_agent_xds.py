@@ -12,58 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_helpers import ScriptedAds, make_agent, resolve, wait_until, write_vm_files
-from cp_helpers import free_port
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import config_source_pb2
-from envoy.config.endpoint.v3 import endpoint_pb2
 from google.protobuf import any_pb2
 
 from pymesh.agent import XdsClient
 from pymesh.agent.xds_client import HEALTH
 from pymesh.mesh.xds import CDS, EDS, NDS
 from pymesh.proto.nds import TYPE_URL as NDS_TYPE
-from pymesh.proto.nds import NameTable
-
-HOST = "product.default.svc.cluster.local"
-C1 = f"outbound|8080||{HOST}"
-
-
-def pack(msg: Any, type_url: str | None = None) -> Any:
-    a = any_pb2.Any()
-    a.Pack(msg)
-    if type_url:
-        a.type_url = type_url
-    return a
-
-
-def eds_cluster(name: str, **kw: Any) -> Any:
-    c = cluster_pb2.Cluster(name=name, type=cluster_pb2.Cluster.EDS, **kw)
-    c.eds_cluster_config.eds_config.ads.SetInParent()
-    c.eds_cluster_config.eds_config.resource_api_version = config_source_pb2.ApiVersion.V3
-    c.eds_cluster_config.service_name = name
-    return c
-
-
-def cla(name: str, *addrs: str) -> Any:
-    m = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
-    group = m.endpoints.add()
-    group.load_balancing_weight.value = 1
-    for a in addrs:
-        ep = group.lb_endpoints.add()
-        ep.endpoint.address.socket_address.address = a
-        ep.endpoint.address.socket_address.port_value = 8080
-    return m
-
-
-def name_table(ip: str) -> Any:
-    t = NameTable()
-    info = t.table[HOST]
-    info.ips.append(ip)
-    info.registry = "Kubernetes"
-    info.shortname = "product"
-    info.namespace = "default"
-    return t
+from support.agent import C1, HOST, ScriptedAds, cla, eds_cluster, make_agent, name_table, pack, resolve, write_vm_files
+from support.ports import free_port
+from support.wait import wait_until
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,8 +22,9 @@ from pymesh.controlplane.node import parse_node
 from pymesh.controlplane.registry import build_registry
 from pymesh.controlplane.resources import LoadResult, load_documents, load_path
 from pymesh.controlplane.snapshot import FULL_STATE, HEALTH, XDS_TYPES, Snapshot
+from support.paths import EXAMPLE_MESH
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "pymesh" / "examples" / "mesh"
+EXAMPLE = EXAMPLE_MESH
 BASE = load_path(EXAMPLE).objects
 EXTRA = LoadResult()
 load_documents(

@@ -15,10 +15,12 @@ from typing import Any
 
 import grpc
 import pytest
-from cp_helpers import CDS, EDS, AdsStream, example_config, pymesh_cli, vm_node, wait_until
 from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 
 from pymesh.controlplane import ControlPlane
+from pymesh.mesh.xds import CDS, EDS
+from support.cp import AdsStream, example_config, pymesh_cli, vm_node
+from support.wait import wait_until
 
 PORT = 18080
 VM_IP = "127.0.0.3"

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cp_helpers import EDS, LDS, AdsStream, vm_node
 from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 from envoy.config.listener.v3.listener_pb2 import Listener
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
@@ -21,6 +20,8 @@ from pymesh.controlplane import generators as gen
 from pymesh.controlplane.peerauth import PolicyView, mode_of_listener, virtual_inbound
 from pymesh.controlplane.registry import build_registry
 from pymesh.controlplane.resources import LoadResult, load_documents, parse_object
+from pymesh.mesh.xds import EDS, LDS
+from support.cp import AdsStream, vm_node
 
 
 def pa(name: str, ns: str, mode: str | None, selector: dict[str, str] | None = None, *, created: str = "") -> str:
@@ -271,7 +272,7 @@ spec: {clusterIP: 10.96.0.20, selector: {app: product}, ports: [{name: http, por
 ---
 apiVersion: v1
 kind: Pod
-metadata: {name: p1, namespace: default, labels: {app: product}}
+metadata: {name: p1, namespace: default, labels: {app: product, security.istio.io/tlsMode: istio}}
 spec: {serviceAccountName: product-sa}
 status: {podIP: 10.0.0.1}
 ---
@@ -315,8 +316,9 @@ spec: {address: 10.0.0.5, labels: {app: product}}
             )
             got[e.endpoint.address.socket_address.address] = (sa, tls)
     assert got == {
-        "10.0.0.1": ("spiffe://example.org/ns/default/sa/product-sa", "istio"),
-        "10.0.0.2": ("spiffe://example.org/ns/default/sa/default", "istio"),  # a pod without one runs as "default"
+        "10.0.0.1": ("spiffe://example.org/ns/default/sa/product-sa", "istio"),  # injected: the label says istio
+        # A pod runs as "default" without an account; without the label it has no sidecar (istiod's PodTLSMode).
+        "10.0.0.2": ("spiffe://example.org/ns/default/sa/default", None),
         "10.0.0.3": ("spiffe://example.org/ns/default/sa/vm-sa", "istio"),  # Istio: a serviceAccount means mTLS
         "10.0.0.4": (None, "istio"),  # labelled istio, no account: any identity of the trust domain
         "10.0.0.5": (None, None),  # neither: plaintext

@@ -6,7 +6,6 @@ into xDS without error."""
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -19,8 +18,9 @@ from pymesh.controlplane.nametable import NdsView, build_name_table
 from pymesh.controlplane.registry import build_registry
 from pymesh.controlplane.resources import parse_object
 from pymesh.controlplane.vips import VipAllocator
+from support.paths import EXAMPLE_MESH
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "pymesh" / "examples" / "mesh"
+EXAMPLE = EXAMPLE_MESH
 SEEDS = [d for f in sorted(EXAMPLE.glob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if d]
 SEEDS += [
     {

@@ -22,8 +22,9 @@ from pymesh.controlplane.resources import (
 )
 from pymesh.controlplane.store import Store
 from pymesh.controlplane.vips import VipAllocator
+from support.paths import EXAMPLE_MESH
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "pymesh" / "examples" / "mesh"
+EXAMPLE = EXAMPLE_MESH
 
 
 def objs(text: str) -> list[Any]:

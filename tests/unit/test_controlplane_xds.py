@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cp_helpers import CDS, EDS, LDS, NDS, AdsStream, example_config, vm_node
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.config.core.v3 import base_pb2
 from google.protobuf import struct_pb2
@@ -21,6 +20,8 @@ from pymesh.controlplane.node import parse_node
 from pymesh.controlplane.registry import build_registry
 from pymesh.controlplane.resources import LoadResult, load_documents
 from pymesh.controlplane.vips import VipAllocator
+from pymesh.mesh.xds import CDS, EDS, LDS, NDS
+from support.cp import AdsStream, example_config, vm_node
 
 BASE = """
 apiVersion: v1

@@ -11,11 +11,11 @@ import dns.exception
 import dns.flags
 import dns.message
 import dns.rdatatype
-from dns_helpers import host_port, make_table, proxy
 from hypothesis import given
 from hypothesis import strategies as st
 
 from pymesh.dnsproxy import dns_answer
+from support.dns import host_port, make_table, proxy
 
 TABLE = make_table()
 NAMES = [

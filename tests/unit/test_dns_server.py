@@ -22,9 +22,10 @@ import dns.query
 import dns.rdatatype
 import dns.resolver
 import pytest
-from dns_helpers import addresses, host_port, make_table, proxy, query, rcode_of, rdtypes, table_entries
 
 from pymesh import NameTable
+from support.dns import addresses, host_port, make_table, proxy, query, rcode_of, rdtypes, table_entries
+from support.procs import reap
 
 
 def dig(addr: str, *args: str) -> str:
@@ -220,7 +221,7 @@ def test_tcp_slow_client_is_cut_and_others_are_served() -> None:
 def test_cli_serve_reloads_the_table_and_serves_metrics(tmp_path: Path) -> None:
     import json
 
-    from dns_helpers import free_port
+    from support.ports import free_port
 
     tfile = tmp_path / "table.json"
 
@@ -263,6 +264,7 @@ def test_cli_serve_reloads_the_table_and_serves_metrics(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
+        reap(proc)
     assert proc.returncode == 0
 
 

@@ -1,8 +1,9 @@
 """pymesh.lbtable through Python: every input form (files, dicts, protobuf
 messages from xds-protos), picks per policy against the weights, outcomes
 and outlier detection with injected time, state carried across updates,
-classification, and errors. Property tests compare the native priority
-arithmetic and Maglev tables with the pure-Python oracle."""
+classification, and errors. The comparisons of the native hash, Maglev and
+ring tables and priority arithmetic with the pure-Python oracle are in
+tests/conformance/test_lb_oracle.py."""
 
 from __future__ import annotations
 
@@ -13,30 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
-from oracle_lb import RingHash, maglev_counts, priority_load, xxh64
 
 from pymesh import FileError, InvalidEntryError, LbTable, ParseError, PymeshError, UnknownClusterError, load_clusters
-from pymesh.lbtable import lb_hash_key, lb_priority_load, load_redirect_table
-
-
-def ep(addr: str, weight: int = 1, health: str | None = None, **meta: Any) -> dict[str, Any]:
-    ip, _, port = addr.rpartition(":")
-    e: dict[str, Any] = {
-        "endpoint": {"address": {"socket_address": {"address": ip.strip("[]"), "port_value": int(port)}}},
-        "load_balancing_weight": weight,
-    }
-    if health:
-        e["health_status"] = health
-    if meta:
-        e["metadata"] = {"filter_metadata": meta}
-    return e
-
-
-def cluster(name: str, policy: str, eps: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
-    return {"name": name, "lb_policy": policy, "load_assignment": {"endpoints": [{"lb_endpoints": eps}]}, **extra}
-
+from pymesh.lbtable import lb_priority_load, load_redirect_table
+from support.lb import cluster, ep
 
 WEIGHTS = {"10.0.0.1:80": 1, "10.0.0.2:80": 2, "10.0.0.3:80": 3, "10.0.0.4:80": 4}
 
@@ -87,45 +68,6 @@ def test_least_request_uses_reported_requests() -> None:
     assert t.endpoints("c")[0]["active_requests"] == 0
     share = t.pick_counts("c", 20_000).get("10.0.0.1:80", 0) / 20_000
     assert 0.47 < share < 0.53
-
-
-def test_hash_key_is_xxhash64_and_stable() -> None:
-    assert lb_hash_key("user-1") == xxh64(b"user-1") == lb_hash_key(b"user-1")
-    eps = [ep(f"10.1.0.{i}:8080") for i in range(1, 20)]
-    a = load_clusters([cluster("m", "MAGLEV", eps)], seed=1)
-    b = load_clusters([cluster("m", "MAGLEV", list(reversed(eps)))], seed=2)
-    assert all(a.pick("m", f"k{i}") == b.pick("m", f"k{i}") for i in range(500))
-
-
-def test_maglev_and_ring_tables_equal_the_oracle() -> None:
-    keys = [f"10.3.0.{i}:80" for i in range(1, 8)]
-    weights = [1, 1, 2, 3, 1, 5, 2]
-    t = load_clusters([cluster("m", "MAGLEV", [ep(k, w) for k, w in zip(keys, weights, strict=True)])])
-    native = t.table_entries("m")
-    assert native == dict(zip(keys, maglev_counts(keys, weights), strict=True))
-    t = load_clusters([cluster("r", "RING_HASH", [ep(k, w) for k, w in zip(keys, weights, strict=True)])])
-    ring = RingHash(keys, weights)
-    for i in range(2000):
-        h = lb_hash_key(f"key-{i}")
-        assert t.pick("r", f"key-{i}") == keys[ring.pick(h)]
-
-
-@given(
-    st.lists(
-        st.tuples(st.integers(0, 40), st.integers(0, 40), st.integers(0, 40)).map(
-            lambda t: (t[0] + t[1] + t[2], t[1], t[2])
-        ),
-        min_size=1,
-        max_size=6,
-    ),
-    st.sampled_from([100, 140, 200, 1000]),
-    st.integers(0, 100),
-)
-def test_priority_load_matches_oracle(counts: list[tuple[int, int, int]], opf: int, threshold: int) -> None:
-    got = lb_priority_load(counts, overprovisioning_factor=opf, panic_threshold=threshold)
-    want = priority_load(counts, opf, threshold)
-    assert got == want
-    assert sum(got["healthy"]) + sum(got["degraded"]) == 100
 
 
 def test_priority_load_rejects_impossible_counts() -> None:

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from google.protobuf import descriptor_pb2
 
 from pymesh.proto import nds
+from support.system import require_module
 
 PROTO_DIR = Path(nds.__file__).parent
 
 
 def test_descriptor_matches_the_proto_file(tmp_path: Path) -> None:
-    protoc = pytest.importorskip("grpc_tools.protoc", reason="grpcio-tools is a test dependency")
+    protoc = require_module("grpc_tools.protoc", "grpcio-tools is a test dependency (pip install -e .[test])")
     out = tmp_path / "nds.desc"
     rc = protoc.main(["protoc", f"-I{PROTO_DIR}", f"--descriptor_set_out={out}", str(PROTO_DIR / "nds.proto")])
     assert rc == 0

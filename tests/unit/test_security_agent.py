@@ -8,9 +8,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from agent_helpers import make_agent
-from cp_helpers import free_port, wait_until
-from sec_helpers import secure_cp, secure_vm_files
+import pytest
+
+from support.agent import make_agent
+from support.ports import free_port
+from support.sec import secure_cp, secure_vm_files
+from support.wait import wait_until
 
 ENTRY = "product-vm-127.0.0.3"
 
@@ -72,6 +75,7 @@ def test_agent_refuses_a_control_plane_signed_by_another_root(tmp_path: Path) ->
         shutil.rmtree(tmp_path / "vm", ignore_errors=True)
 
 
+@pytest.mark.pytls_leaks  # tests/conftest.py: pymesh.relay.pytls leaks its loop
 def test_vm_to_vm_over_mesh_certificates_through_the_agent_inbound_listener(tmp_path: Path) -> None:
     """VM 1's agent holds product's certificate and terminates mTLS in front of
     its app; VM 2 (another identity, its certificate from the same control

@@ -27,6 +27,7 @@ from pymesh.controlplane.ca.tokens import TokenAuthority, b64url, parse_duration
 from pymesh.mesh.identity import identity
 from pymesh.mesh.pki import load_certs, make_csr, new_key, spiffe_ids
 from pymesh.proto import ca as ca_pb
+from support.system import require_module, require_tools
 
 PROTO_DIR = Path(ca_pb.__file__).parent
 
@@ -86,6 +87,7 @@ def test_malformed_and_forged_csrs_are_refused(tmp_path: Path) -> None:
 
 def test_plug_in_ca_from_an_existing_pki_with_openssl(tmp_path: Path) -> None:
     """Istio's cacerts layout made by openssl: root → intermediate; the chain returned ends at the root."""
+    require_tools("openssl")
     d = tmp_path / "pki"
     d.mkdir()
 
@@ -162,7 +164,7 @@ def test_token_names_and_durations_are_validated(tmp_path: Path) -> None:
 
 
 def test_ca_proto_descriptor_matches_the_file(tmp_path: Path) -> None:
-    protoc = pytest.importorskip("grpc_tools.protoc", reason="grpcio-tools is a test dependency")
+    protoc = require_module("grpc_tools.protoc", "grpcio-tools is a test dependency (pip install -e .[test])")
     import grpc_tools
 
     include = Path(grpc_tools.__file__).parent / "_proto"

@@ -11,12 +11,14 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cp_helpers import CDS, vm_node, wait_until
-from sec_helpers import Stream, secure_cp, tls_channel
 
 from pymesh.agent.certs import WorkloadCerts
 from pymesh.controlplane import ControlPlane
 from pymesh.mesh.errors import AuthError
+from pymesh.mesh.xds import CDS
+from support.cp import vm_node
+from support.sec import Stream, secure_cp, tls_channel
+from support.wait import wait_until
 
 ENTRY = "product-vm-127.0.0.3"
 
@@ -185,7 +187,7 @@ def test_rotation_keeps_a_long_lived_stream(tmp_path: Path) -> None:
 
 
 def test_plaintext_dev_listener_stays_unauthenticated_when_asked_for(tmp_path: Path) -> None:
-    from cp_helpers import AdsStream
+    from support.cp import AdsStream
 
     cp = secure_cp(tmp_path, plaintext=True)
     try:
@@ -326,7 +328,7 @@ def test_stopping_the_control_plane_ends_its_tls_streams_at_once(tmp_path: Path)
     """An embedded control plane's stop() closes the connections of its TLS port:
     a graceful TLS close would never finish once its loop stops, and the agent
     would sit on a dead stream until its keepalive timeout (~40 s) instead of
-    reconnecting to the restarted control plane (tests/test_agent_root_change.py)."""
+    reconnecting to the restarted control plane (tests/e2e/test_agent_root_change.py)."""
     cp = secure_cp(tmp_path)
     try:
         wc = certs(cp, tmp_path, cp.security.tokens.create("default", "product"))

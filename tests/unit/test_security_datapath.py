@@ -6,51 +6,24 @@ certificate rotation leaves an open connection running."""
 
 from __future__ import annotations
 
-import os
-import select
 import socket
-import socketserver
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cp_helpers import wait_until
 
 from pymesh.controlplane.ca.ca import CertificateAuthority
-from pymesh.mesh.identity import identity
-from pymesh.mesh.pki import key_pem, make_csr, new_key
 from pymesh.relay.pytls import InboundMtls, MtlsOriginator
+from support.sec import Echo, s_client, workload
+from support.wait import wait_until
+
+pytestmark = pytest.mark.pytls_leaks  # tests/conftest.py: pymesh.relay.pytls leaks its loop
 
 PRODUCT = "spiffe://cluster.local/ns/default/sa/product"
 CLIENT = "spiffe://cluster.local/ns/default/sa/client"
 SECRET = b"very-secret-payload-" * 50
-
-
-def workload(ca: CertificateAuthority, d: Path, sa: str, ttl: float = 3600) -> Path:
-    key = new_key()
-    issued = ca.sign_csr(make_csr(key), identity("default", sa), ttl)
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "key.pem").write_bytes(key_pem(key))
-    (d / "cert-chain.pem").write_text("".join(issued.chain))
-    (d / "root-cert.pem").write_text(ca.root_pem)
-    return d
-
-
-class Echo(socketserver.ThreadingTCPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self) -> None:
-        class H(socketserver.BaseRequestHandler):
-            def handle(self) -> None:
-                while data := self.request.recv(65536):
-                    self.request.sendall(data)
-
-        super().__init__(("127.0.0.1", 0), H)
-        threading.Thread(target=self.serve_forever, daemon=True).start()
 
 
 class Tap:
@@ -61,7 +34,12 @@ class Tap:
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.target = target
+        self.conns: list[socket.socket] = []
         threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        for s in (self.sock, *self.conns):
+            s.close()
 
     def _accept(self) -> None:
         while True:
@@ -70,6 +48,7 @@ class Tap:
             except OSError:
                 return
             u = socket.create_connection(self.target)
+            self.conns += [c, u]
             for a, b in ((c, u), (u, c)):
                 threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
 
@@ -111,6 +90,7 @@ def mesh(tmp_path: Path) -> Iterator[tuple[CertificateAuthority, Echo, InboundMt
     yield ca, app, inbound, tmp_path
     inbound.stop()
     app.shutdown()
+    app.server_close()
 
 
 def test_bytes_cross_the_wire_only_encrypted(mesh: tuple[CertificateAuthority, Echo, InboundMtls, Path]) -> None:
@@ -126,6 +106,7 @@ def test_bytes_cross_the_wire_only_encrypted(mesh: tuple[CertificateAuthority, E
         assert inbound.stats["refused"] == 0
     finally:
         out.stop()
+        tap.close()
 
 
 def test_originator_refuses_an_endpoint_with_another_identity(
@@ -140,33 +121,6 @@ def test_originator_refuses_an_endpoint_with_another_identity(
         out.stop()
 
 
-def s_client(port: int, cert_dir: Path | None, tmp: Path, ca_root: Path) -> str:
-    args = ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-CAfile", str(ca_root), "-quiet",
-            "-alpn", "istio-peer-exchange,istio"]  # fmt: skip
-    if cert_dir is not None:
-        args += ["-cert", str(cert_dir / "cert-chain.pem"), "-key", str(cert_dir / "key.pem")]
-    # s_client keeps the session open after stdin ends (no TLS half-close): read the echo, then stop it.
-    p = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    assert p.stdin is not None and p.stdout is not None
-    try:
-        p.stdin.write(b"PING-THROUGH-MTLS\n")
-        p.stdin.flush()
-    except BrokenPipeError:
-        pass
-    out = b""
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and b"\n" not in out:
-        ready, _, _ = select.select([p.stdout], [], [], 0.2)
-        if ready:
-            chunk = os.read(p.stdout.fileno(), 4096)
-            if not chunk:
-                break
-            out += chunk
-    p.kill()
-    p.wait(5)
-    return out.decode(errors="replace")
-
-
 def test_openssl_s_client_with_the_wrong_identity_or_none_is_refused(
     mesh: tuple[CertificateAuthority, Echo, InboundMtls, Path],
 ) -> None:
@@ -176,14 +130,14 @@ def test_openssl_s_client_with_the_wrong_identity_or_none_is_refused(
     ).start()
     try:
         root = tmp / "product" / "root-cert.pem"
-        good = s_client(only_client.port, workload(ca, tmp / "client", "client"), tmp, root)
+        good = s_client("127.0.0.1", only_client.port, root, workload(ca, tmp / "client", "client"))
         assert "PING-THROUGH-MTLS" in good
-        wrong = s_client(only_client.port, workload(ca, tmp / "other", "intruder"), tmp, root)
+        wrong = s_client("127.0.0.1", only_client.port, root, workload(ca, tmp / "other", "intruder"))
         assert "PING-THROUGH-MTLS" not in wrong
-        none = s_client(only_client.port, None, tmp, root)
+        none = s_client("127.0.0.1", only_client.port, root, None)
         assert "PING-THROUGH-MTLS" not in none
         foreign = CertificateAuthority(tmp / "foreign-ca")
-        impostor = s_client(only_client.port, workload(foreign, tmp / "impostor", "client"), tmp, root)
+        impostor = s_client("127.0.0.1", only_client.port, root, workload(foreign, tmp / "impostor", "client"))
         assert "PING-THROUGH-MTLS" not in impostor
         assert only_client.stats["refused"] == 3
     finally:

@@ -1,5 +1,5 @@
 """HTTP peers for the VM end-to-end test, run inside network namespaces
-(``ip netns exec NS [setpriv ...] python tests/e2e_http.py ...``).
+(``ip netns exec NS [setpriv ...] python tests/support/peers/e2e_http.py ...``).
 
 Subcommands:
   serve TAG ADDR:PORT [FAILFLAG]   HTTP/1.1 server: ``GET /healthz`` is 200,

@@ -1,9 +1,9 @@
-"""Peers for the VM end-to-end test with mTLS on (tests/test_e2e_vm_mtls.py),
-run inside network namespaces (``ip netns exec NS python tests/e2e_mtls_peer.py ...``).
+"""Peers for the VM end-to-end test with mTLS on (tests/e2e/test_vm_mtls.py),
+run inside network namespaces (``ip netns exec NS python tests/support/peers/e2e_mtls_peer.py ...``).
 
 Subcommands:
   pod CERT_DIR TAG ADDR:PORT     a pod with an Istio sidecar's inbound: HTTP on
-                                 loopback answering TAG (tests/e2e_http.py's
+                                 loopback answering TAG (e2e_http.py's
                                  server), STRICT mTLS terminated on ADDR:PORT with
                                  the pod's workload certificate (pymesh's Python
                                  InboundMtls, so the VM's rustls speaks to another

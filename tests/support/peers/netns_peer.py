@@ -1,5 +1,5 @@
 """Programs the capture and relay tests run inside network namespaces
-(``ip netns exec NS python tests/netns_peer.py ...``), optionally as
+(``ip netns exec NS python tests/support/peers/netns_peer.py ...``), optionally as
 another user (``setpriv``). Each prints one JSON line per result.
 
 Subcommands:

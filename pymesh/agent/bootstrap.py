@@ -511,6 +511,7 @@ def write_vm_files(
     hosts: Mapping[str, str] | None = None,
     root_cert: str | None = None,
     token: str | None = None,
+    control_plane_auth: str | None = None,
     proxy_metadata_prefixes: tuple[str, ...] = ("ISTIO_META", "CANONICAL", "POD_", "SERVICE_", "TRUST"),
 ) -> Path:
     """The five files of ``istioctl x workload entry configure -o DIR``
@@ -518,8 +519,8 @@ def write_vm_files(
     ``createMeshConfig``, ``createHosts``): cluster.env as sorted
     ``KEY='value'`` lines, mesh.yaml with ``defaultConfig.discoveryAddress``,
     the environment's metadata keys mirrored in ``proxyMetadata`` and the
-    group's probe as ``readinessProbe``, hosts (``{name: ip}``), and
-    root-cert.pem / istio-token when given. What :func:`load_bootstrap`
+    group's probe as ``readinessProbe`` and ``controlPlaneAuthPolicy`` when
+    given, hosts (``{name: ip}``), and root-cert.pem / istio-token when given. What :func:`load_bootstrap`
     reads back; ``pymesh up`` and the tests write VMs with it."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
@@ -530,6 +531,8 @@ def write_vm_files(
     cfg: dict[str, Any] = {"discoveryAddress": discovery_address, "proxyMetadata": md}
     if probe:
         cfg["readinessProbe"] = dict(probe)
+    if control_plane_auth:
+        cfg["controlPlaneAuthPolicy"] = control_plane_auth
     (d / "mesh.yaml").write_text(yaml.safe_dump({"defaultConfig": cfg}))
     (d / "hosts").write_text("".join(f"{ip} {name}\n" for name, ip in (hosts or {}).items()))
     if root_cert is not None:

@@ -329,8 +329,10 @@ def _write_private(path: Path, data: bytes) -> None:
 
 def auth_mode(proxy_config: dict[str, Any], option: str | None) -> str:
     """MUTUAL_TLS or NONE: ``option`` (the CLI / AgentOptions) over mesh.yaml's
-    ``defaultConfig.controlPlaneAuthPolicy`` (NONE when unset)."""
-    mode = (option or str(proxy_config.get("controlPlaneAuthPolicy") or "NONE")).upper()
+    ``defaultConfig.controlPlaneAuthPolicy``, else Istio's default, MUTUAL_TLS
+    (istio/istio ``pkg/config/mesh/mesh.go`` ``DefaultProxyConfig``: istio-agent
+    speaks TLS to ``istiod...:15012``). Plaintext only when asked for (NONE)."""
+    mode = (option or str(proxy_config.get("controlPlaneAuthPolicy") or "MUTUAL_TLS")).upper()
     if mode not in AUTH_MODES:
         raise SecurityError(f"controlPlaneAuthPolicy {mode!r}: expected MUTUAL_TLS or NONE")
     return mode

@@ -95,6 +95,7 @@ def _vm_files(d: Path, cp_port: int, probe: dict[str, Any] | None, *, capture_dn
         discovery_address=f"istiod.istio-system.svc:{cp_port}",
         probe=probe,
         hosts={"istiod.istio-system.svc": "127.0.0.1"},
+        control_plane_auth="NONE",  # the embedded control plane's plaintext xDS on loopback
         root_cert=(
             "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUQ2h5c2ljYWxseSBhIHRlc3Q=\n-----END CERTIFICATE-----\n"
         ),

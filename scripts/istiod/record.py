@@ -974,6 +974,7 @@ def write_vm_files(directory: Path, grpc_addr: str, metadata: dict[str, Any], pr
     (directory / "cluster.env").write_text("".join(f"{k}='{v}'\n" for k, v in sorted(env.items())))
     md = {k: v for k, v in env.items() if k.startswith(("ISTIO_META", "CANONICAL", "POD_", "SERVICE_", "TRUST"))}
     cfg: dict[str, Any] = {"discoveryAddress": f"istiod.istio-system.svc:{port}", "proxyMetadata": md}
+    cfg["controlPlaneAuthPolicy"] = "NONE"  # istiod's plaintext --grpcAddr
     if probe:
         cfg["readinessProbe"] = probe
     (directory / "mesh.yaml").write_text(yaml.safe_dump({"defaultConfig": cfg}))

@@ -42,6 +42,7 @@ def write_vm_files(
     group: str = "product-vm",
     ip: str = VM_IP,
     extra_env: Mapping[str, str] | None = None,
+    control_plane_auth: str = "NONE",
 ) -> Path:
     """The five files of ``istioctl x workload entry configure``, pointing at
     ``istiod.istio-system.svc:<cp_port>`` with the hosts file mapping that
@@ -77,6 +78,7 @@ def write_vm_files(
         probe=probe,
         hosts={"istiod.istio-system.svc": "127.0.0.1"},
         root_cert=ROOT_CERT,
+        control_plane_auth=control_plane_auth,
         token=TOKEN,
     )
 

@@ -44,7 +44,7 @@ def secure_vm_files(directory: Path, cp_port: int, root: str, token: str | None 
     """istioctl's VM files (``write_vm_files``) for a control plane's TLS port: its
     ``root-cert.pem``, the bootstrap ``istio-token`` when given, and an empty resolv.conf (no
     upstream resolver needed)."""
-    d = write_vm_files(directory, cp_port, **opts)
+    d = write_vm_files(directory, cp_port, **{"control_plane_auth": "MUTUAL_TLS", **opts})
     (d / "root-cert.pem").write_text(root)
     if token is not None:
         (d / "istio-token").write_text(token + "\n")

@@ -364,3 +364,15 @@ def test_an_expired_token_is_noted(vmdir: Path) -> None:
     b = load_bootstrap(vmdir)
     assert b.token is not None and b.token.expires == 1e9
     assert b.notes == [f"{vmdir / 'istio-token'}: the token expired at 2001-09-09T01:46:40Z"]
+
+
+def test_the_control_plane_is_spoken_to_over_tls_unless_mesh_yaml_says_none(tmp_path: Path) -> None:
+    """Istio's default proxy config has controlPlaneAuthPolicy MUTUAL_TLS: an
+    agent whose mesh.yaml is silent speaks TLS to :15012, never plaintext."""
+    from pymesh.agent import resolve
+
+    silent = write_vm_files(tmp_path / "silent", 15012, control_plane_auth="")
+    assert "controlPlaneAuthPolicy" not in (silent / "mesh.yaml").read_text()
+    assert resolve(load_bootstrap(silent), AgentOptions(extra_ips=[])).control_plane_auth == "MUTUAL_TLS"
+    plain = write_vm_files(tmp_path / "plain", 15010, control_plane_auth="NONE")
+    assert resolve(load_bootstrap(plain), AgentOptions(extra_ips=[])).control_plane_auth == "NONE"

@@ -101,8 +101,9 @@ class AgentOptions:
     # proxies) and reports what could not be installed; False fails the start.
     capture_optional: bool = False
     # Control-plane transport: "MUTUAL_TLS" or "NONE"; None: mesh.yaml's
-    # defaultConfig.controlPlaneAuthPolicy, else MUTUAL_TLS as Istio's proxy config defaults. Certificates are kept in cert_dir
-    # (None: OUTPUT_CERTS, else <state_dir>/certs), requested for cert_ttl seconds (None: SECRET_TTL, 24h).
+    # defaultConfig.controlPlaneAuthPolicy, else MUTUAL_TLS as Istio's proxy config defaults.
+    # Certificates are kept in cert_dir (None: OUTPUT_CERTS, else <state_dir>/certs), requested
+    # for cert_ttl seconds (None: SECRET_TTL, 24h).
     control_plane_auth: str | None = None
     cert_dir: str | None = None
     cert_ttl: float | None = None

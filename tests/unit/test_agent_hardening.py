@@ -37,7 +37,7 @@ def test_one_certificate_issuance_at_start(tmp_path: Path) -> None:
             before = cp.security.stats["issued"]
             agent.start()
             try:
-                wait_until(lambda: agent.synced and agent.certs is not None and agent.certs.held is not None)
+                wait_until(lambda a=agent: a.synced and a.certs is not None and a.certs.held is not None)
                 time.sleep(0.5)  # let a second, duplicate request land if there were one
                 assert cp.security.stats["issued"] - before == 1
                 assert agent.certs.renewals == 0

@@ -128,8 +128,15 @@ class DnsServer:
         hedge_delay: float = 0.15,
         tcp_idle_timeout: float = 10.0,
         tcp_read_timeout: float = 2.0,
+        allow: Sequence[str] = ...,
+        max_pending: int = 1024,
+        max_pending_per_client: int = 256,
+        tcp_max_connections: int = 512,
+        tcp_max_connections_per_client: int = 64,
+        tcp_max_inflight: int = 16,
     ) -> DnsServer: ...
     def start(self) -> list[str]: ...
+    def warnings(self) -> list[str]: ...
     def stop(self) -> None: ...
     def swap_table(self, table: NameTable) -> int: ...
     def reconfigure(
@@ -219,13 +226,18 @@ class OutboundProxy:
         listen: Sequence[str] = ...,
         connect_timeout: float = 10.0,
         connect_attempts: int = 3,
-        max_connections: int = 4096,
+        max_connections: int | None = None,
         mark: int | None = None,
         pipe_size: int = ...,
         seed: int | None = None,
         logical_dns: Mapping[str, tuple[str, int]] | None = None,
         inbound: bool = False,
         idle_timeout: float | None = ...,
+        max_connections_per_source: int | None = None,
+        hello_timeout: float = 3.0,
+        keepalive: float | None = ...,
+        workers: int = 0,
+        auto_mtls: bool = True,
     ) -> OutboundProxy: ...
     def start(self) -> list[str]: ...
     def stop(self, grace: float = 1.0) -> None: ...
@@ -251,6 +263,7 @@ class OutboundProxy:
     def set_allowed_identities(self, identities: Sequence[str] | None) -> None: ...
     def set_session_resumption(self, enabled: bool) -> None: ...
     def tls_stats(self) -> dict[str, int]: ...
+    def limits(self) -> dict[str, int]: ...
     @property
     def addresses(self) -> list[str]: ...
     @property

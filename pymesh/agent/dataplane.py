@@ -84,6 +84,10 @@ class DataPath:
                     listen=list(o.outbound_listen),
                     logical_dns=tables.logical_dns,
                     mark=o.capture_mark,
+                    # Without a control plane CA there is no identity to hold: a mesh without
+                    # mTLS (Istio's enableAutoMtls off). With MUTUAL_TLS a tlsMode: istio
+                    # endpoint is never reached in plaintext (the relay waits for the identity).
+                    auto_mtls=c.control_plane_auth == "MUTUAL_TLS",
                 )
                 log.info("outbound proxy on %s", ", ".join(self.proxy.addresses))
             if c.runs_inbound:

@@ -4,8 +4,18 @@ Connections the capture rules redirected are classified by their original
 destination with a ``RedirectTable``; a service's connections go to an
 endpoint its ``LbTable`` cluster picks (connect failures are reported to
 outlier detection and another endpoint is tried), anything else passes
-through to where it was going. Bytes are relayed with ``splice(2)``. The
-serving threads are native and never take the GIL.
+through to where it was going. Bytes are relayed with ``splice(2)``. Every
+connection is a task of the relay's native event loop (a few threads, none
+per connection, none of which takes the GIL).
+
+Limits: ``max_connections`` (default: what the file-descriptor budget at
+start allows, ``proxy.limits()``) and ``max_connections_per_source``; when
+full, the connections idle (a second or more) or still handshaking the
+longest are closed to make room, else the new one is refused
+(``stats()``: ``evicted``, ``overflow``, ``source_overflow``). The inbound
+closes a connection whose TLS ClientHello has not arrived within
+``hello_timeout`` seconds. TCP keepalive (``keepalive`` seconds) on both
+sockets reclaims connections to peers that vanished.
 
 The proxy serves from the table objects it is given: clusters loaded into
 the same ``LbTable`` later serve at once, outcomes it reports show in that
@@ -20,7 +30,14 @@ istio`` and checks their SPIFFE identity (a failed handshake is a connect
 failure: outlier detection, another endpoint), and the inbound passthrough
 terminates mTLS per ``set_peer_authentication("STRICT" | "PERMISSIVE" |
 "DISABLE")``. ``set_identity`` again rotates without touching open
-connections; ``tls_stats()`` counts handshakes and refusals.
+connections; ``tls_stats()`` counts handshakes and refusals. A ``tlsMode:
+istio`` endpoint never gets plaintext: before the first ``set_identity`` (or
+after ``clear_identity``) a connection to one waits for an identity up to
+``connect_timeout`` and is refused if none comes (``tls_stats()``:
+``identity_waits``, ``no_identity``); inbound STRICT without an identity
+refuses everything. ``auto_mtls=False`` (Istio's ``enableAutoMtls: false``)
+ignores ``tlsMode`` and reaches every endpoint in plaintext: for a mesh
+without workload identities at all, never as a fallback.
 
 Example::
 
@@ -58,11 +75,13 @@ def start_outbound_proxy(
     listen: Sequence[str] = ("127.0.0.1:15001", "[::1]:15001"),
     connect_timeout: float = 10.0,
     connect_attempts: int = 3,
-    max_connections: int = 4096,
+    max_connections: int | None = None,
     mark: int | None = None,
     seed: int | None = None,
     logical_dns: Mapping[str, tuple[str, int]] | None = None,
     idle_timeout: float | None = 3600.0,
+    max_connections_per_source: int | None = None,
+    auto_mtls: bool = True,
 ) -> OutboundProxy:
     """Creates and starts an ``OutboundProxy``; see the class for the settings.
     ``logical_dns`` maps LOGICAL_DNS clusters (which the ``LbTable`` does not
@@ -79,6 +98,8 @@ def start_outbound_proxy(
         seed=seed,
         logical_dns=logical_dns,
         idle_timeout=idle_timeout,
+        max_connections_per_source=max_connections_per_source,
+        auto_mtls=auto_mtls,
     )
     proxy.start()
     return proxy
@@ -88,10 +109,12 @@ def start_inbound_passthrough(
     *,
     listen: Sequence[str] = ("0.0.0.0:15006",),
     connect_timeout: float = 10.0,
-    max_connections: int = 4096,
+    max_connections: int | None = None,
     mark: int | None = None,
     peer_authentication: str = "PERMISSIVE",
     idle_timeout: float | None = 3600.0,
+    max_connections_per_source: int | None = None,
+    hello_timeout: float = 3.0,
 ) -> OutboundProxy:
     """Starts a listener for inbound capture (``CaptureConfig.inbound_ports``):
     each connection is passed to the local app it was addressed to, from
@@ -113,6 +136,8 @@ def start_inbound_passthrough(
         mark=mark,
         inbound=True,
         idle_timeout=idle_timeout,
+        max_connections_per_source=max_connections_per_source,
+        hello_timeout=hello_timeout,
     )
     proxy.set_peer_authentication(peer_authentication)
     proxy.start()

@@ -320,7 +320,6 @@ def test_large_transfer_and_half_close_through_two_tls_hops(mesh: Mesh) -> None:
     assert mesh.outbound.stats()["active"] == 0 and mesh.inbound.stats()["active"] == 0
 
 
-@pytest.mark.pytls_leaks  # tests/conftest.py: pymesh.relay.pytls leaks its loop
 def test_native_outbound_to_the_python_inbound_openssl(mesh: Mesh) -> None:
     peer = InboundMtls(mesh.product.dir, (APP, 8000), listen=PY_INBOUND, mode="STRICT", allowed=[CLIENT])
     peer.start()
@@ -334,7 +333,6 @@ def test_native_outbound_to_the_python_inbound_openssl(mesh: Mesh) -> None:
         peer.stop()
 
 
-@pytest.mark.pytls_leaks  # tests/conftest.py: pymesh.relay.pytls leaks its loop
 def test_python_originator_to_the_native_inbound(mesh: Mesh) -> None:
     mesh.inbound.set_peer_authentication("STRICT")
     orig = MtlsOriginator(mesh.client.dir, (APP, 8000), [PRODUCT]).start()
@@ -374,7 +372,7 @@ def test_an_endpoint_with_the_wrong_identity_is_a_connect_failure_and_another_is
 
 
 def test_without_an_identity_tls_mode_istio_endpoints_are_never_sent_plaintext(mesh: Mesh) -> None:
-    # Issue 17 (mTLS failed open): before any identity, or after it was
+    # mTLS once failed open: before any identity, or after it was
     # cleared, a tlsMode: istio endpoint waits for one (the connect timeout,
     # 3 s here) and is then refused: it never gets plaintext.
     mesh.outbound.clear_identity()
@@ -401,6 +399,22 @@ def test_without_an_identity_tls_mode_istio_endpoints_are_never_sent_plaintext(m
     t.join()
     assert got == [b"after the wait"]
     assert mesh.outbound.tls_stats()["handshakes"] == 1 and mesh.inbound.tls_stats()["handshakes"] == 1
+
+
+def test_auto_mtls_off_reaches_tls_mode_istio_endpoints_in_plaintext(mesh: Mesh) -> None:
+    # Istio's enableAutoMtls: false, for a mesh without workload identities at all: an
+    # explicit setting, never a fallback. The outbound on 15001 replaced by one without it.
+    mesh.outbound.stop()
+    lb, redirect = tables()
+    plain = OutboundProxy(redirect, lb, listen=["127.0.0.1:15001"], connect_timeout=3.0, auto_mtls=False)
+    plain.start()
+    try:
+        assert exchange("127.1.0.1", 80, b"plaintext by choice") == b"plaintext by choice"
+        assert plain.tls_stats()["handshakes"] == 0 and plain.tls_stats()["identity_waits"] == 0
+        # The inbound (PERMISSIVE) saw plaintext and passed it on.
+        assert mesh.inbound.tls_stats()["plaintext_passthrough"] == 1
+    finally:
+        plain.stop()
 
 
 def s_client(

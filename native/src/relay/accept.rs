@@ -1,88 +1,111 @@
-//! The acceptor loop and what every accepted connection goes through: its
-//! original destination, the hand-off to the outbound ([`super::outbound`])
-//! or inbound ([`super::inbound`]) path, and the plumbing both paths share:
-//! connecting upstream, registering the sockets so `stop` can shut them
-//! down, and the two relays (plaintext with `splice`, TLS on one thread).
+//! The accept tasks and what every accepted connection goes through: its
+//! slot ([`super::admit`]), its original destination, the hand-off to the
+//! outbound ([`super::outbound`]) or inbound ([`super::inbound`]) path, and
+//! the plumbing both paths share: connecting upstream, the TLS handshake
+//! with its identity check, and the two relays (plaintext with `splice`,
+//! TLS through rustls), with the idle timeout and the end of a connection
+//! (FIN, or RST after an error, an eviction or a stop).
+//!
+//! Everything here runs as tasks of the relay's event loop: nothing blocks
+//! a thread, and a connection waiting for anything holds no thread.
 
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsFd, OwnedFd};
+use std::future::Future;
+use std::net::{Shutdown, SocketAddr};
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustls::Connection;
-use socket2::{Domain, Protocol, SockRef, Socket, Type};
+use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::time::Instant;
 
+use super::admit::{ConnState, Phase, Refused};
 use super::inbound::{INBOUND_SOURCE_V4, INBOUND_SOURCE_V6};
-use super::splice::{pump, End, IdleClock, Pipe};
-use super::tls::pump::{handshake, HandshakeError, Sides};
+use super::limits::SourceKey;
+use super::splice::{pump, End};
+use super::tls::pump::{handshake, with_deadline, HandshakeError, Sides};
 use super::tls::{peer_matches, PeerIdentity};
-use super::{inbound, monotonic_ms, original_destination, outbound, Shared};
+use super::{inbound, monotonic_ms, original_destination, outbound, Serving, Shared};
 
 /// Outlier-detection sweeps (ejected endpoints coming back) run at least
 /// this often even when no outcome is reported.
-const TICK_EVERY_MS: u64 = 1000;
+const TICK_EVERY: Duration = Duration::from_secs(1);
 
-pub(crate) fn accept_loop(shared: Arc<Shared>, listeners: Vec<(TcpListener, SocketAddr)>, wake: OwnedFd) {
-    let mut fds: Vec<PollFd<'_>> = listeners.iter().map(|(l, _)| PollFd::new(l, PollFlags::IN)).collect();
-    fds.push(PollFd::new(&wake, PollFlags::IN));
-    let tick = Timespec::try_from(Duration::from_millis(TICK_EVERY_MS)).unwrap_or(Timespec { tv_sec: 1, tv_nsec: 0 });
-    let mut next_id: u64 = 0;
-    let mut last_tick = monotonic_ms();
+/// One connection's view of its relay: the shared state, this start's
+/// slots and pools, and its own state (phase, idle clock, kill signal).
+#[derive(Clone, Copy)]
+pub(super) struct Ctx<'a> {
+    pub(super) sh: &'a Shared,
+    pub(super) sv: &'a Serving,
+    pub(super) st: &'a ConnState,
+    pub(super) id: u64,
+}
+
+pub(crate) async fn tick_loop(shared: Arc<Shared>) {
+    let mut every = tokio::time::interval(TICK_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let r = poll(&mut fds, Some(&tick)).unwrap_or(0);
-        if shared.stopping.load(Ordering::SeqCst) || fds.last().is_some_and(|f| !f.revents().is_empty()) {
-            return;
-        }
-        let now = monotonic_ms();
-        if now.saturating_sub(last_tick) >= TICK_EVERY_MS {
-            last_tick = now;
-            shared.routes.load().lb.lb().tick(now);
-        }
-        if r == 0 {
-            continue;
-        }
-        for (i, (l, _)) in listeners.iter().enumerate() {
-            if fds[i].revents().is_empty() {
-                continue;
-            }
-            loop {
-                let stream = match l.accept() {
-                    Ok((s, _)) => s,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    // EMFILE and friends: back off a little rather than spin.
-                    Err(_) => {
-                        std::thread::sleep(std::time::Duration::from_millis(10));
-                        break;
-                    }
-                };
-                let c = &shared.counters;
-                c.accepted.fetch_add(1, Ordering::Relaxed);
-                if c.active.load(Ordering::Acquire) as usize >= shared.cfg.max_connections {
-                    c.overflow.fetch_add(1, Ordering::Relaxed);
-                    reset(&stream);
-                    continue;
-                }
-                c.active.fetch_add(1, Ordering::AcqRel);
-                next_id += 1;
-                let id = next_id;
-                let sh = shared.clone();
-                let spawned = shared.pool.execute(move || {
-                    let _active = Active(&sh.counters.active);
-                    serve(&sh, stream, id);
-                });
-                if spawned.is_err() {
-                    c.active.fetch_sub(1, Ordering::AcqRel);
-                    c.overflow.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
+        every.tick().await;
+        shared.routes.load().lb.lb().tick(monotonic_ms());
     }
 }
 
-/// Decrements the active-connection count when a connection thread ends.
+pub(crate) async fn accept_loop(shared: Arc<Shared>, serving: Arc<Serving>, listener: TcpListener) {
+    let mut next_id: u64 = 0;
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            // EMFILE and friends: back off a little rather than spin (the
+            // limits keep our own connections below the descriptor budget,
+            // so this is the rest of the process running out).
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let c = &shared.counters;
+        c.accepted.fetch_add(1, Ordering::Relaxed);
+        let slot = match serving.registry.admit(SourceKey::of(peer.ip())) {
+            Ok((slot, evicted)) => {
+                c.evicted.fetch_add(evicted as u64, Ordering::Relaxed);
+                slot
+            }
+            Err(why) => {
+                match why {
+                    Refused::Full => c.overflow.fetch_add(1, Ordering::Relaxed),
+                    Refused::Source => c.source_overflow.fetch_add(1, Ordering::Relaxed),
+                    Refused::Stopping => 0,
+                };
+                reset(&stream);
+                continue;
+            }
+        };
+        c.active.fetch_add(1, Ordering::AcqRel);
+        next_id += 1;
+        let id = next_id;
+        let (sh, sv) = (shared.clone(), serving.clone());
+        tokio::spawn(async move {
+            let _active = Active(&sh.counters.active);
+            let st = slot.state.clone();
+            let ctx = Ctx { sh: &sh, sv: &sv, st: &st, id };
+            tokio::select! {
+                biased;
+                () = st.killed() => {}
+                () = serve(ctx, &stream) => {}
+            }
+            if st.was_killed() {
+                // Evicted or stopping: the client sees a reset, not an
+                // orderly end (the upstream, if any, was reset by its guard).
+                reset(&stream);
+            }
+            drop(slot);
+        });
+    }
+}
+
+/// Decrements the active-connection count when a connection's task ends.
 struct Active<'a>(&'a AtomicU64);
 
 impl Drop for Active<'_> {
@@ -91,18 +114,71 @@ impl Drop for Active<'_> {
     }
 }
 
-/// Closes with RST (SO_LINGER 0) instead of FIN, so the peer sees an error,
-/// not an empty reply.
-pub(super) fn reset(s: &TcpStream) {
+/// Closes with RST (SO_LINGER 0) instead of FIN when the socket is closed,
+/// so the peer sees an error, not an empty reply.
+pub(super) fn reset(s: &impl AsFd) {
     let _ = SockRef::from(s).set_linger(Some(Duration::ZERO));
 }
 
-pub(super) fn connect(addr: SocketAddr, shared: &Shared) -> std::io::Result<TcpStream> {
+/// An upstream socket that is reset, not closed, when its connection is
+/// killed (evicted or stopping) while it is open.
+pub(super) struct Upstream<'a> {
+    pub(super) stream: TcpStream,
+    st: &'a ConnState,
+}
+
+impl Drop for Upstream<'_> {
+    fn drop(&mut self) {
+        if self.st.was_killed() {
+            reset(&self.stream);
+        }
+    }
+}
+
+/// TCP keepalive (and TCP_USER_TIMEOUT as long) per `keepalive`.
+pub(super) fn keepalive(s: &impl AsFd, time: Option<Duration>) {
+    let Some(time) = time else { return };
+    let interval = (time / 4).max(Duration::from_secs(1));
+    let s = SockRef::from(s);
+    let _ = s.set_tcp_keepalive(&TcpKeepalive::new().with_time(time).with_interval(interval).with_retries(4));
+    // Also bounds how long sent bytes may stay unacknowledged (a backend
+    // that vanished while we were writing), which keepalive alone does not.
+    let _ = s.set_tcp_user_timeout(Some(time + interval * 4));
+}
+
+async fn serve(ctx: Ctx<'_>, client: &TcpStream) {
+    let (sh, c) = (ctx.sh, &ctx.sh.counters);
+    let _ = client.set_nodelay(true);
+    keepalive(client, sh.cfg.keepalive);
+    let local = client.local_addr().ok();
+    let v6 = local.is_some_and(|a| a.is_ipv6());
+    let orig = match original_destination(client.as_fd(), v6) {
+        // Not redirected to us, or redirected to our own listener: relaying
+        // would loop back into the proxy.
+        Ok(o) if Some(o) != local && !sh.listen.lock().unwrap_or_else(|e| e.into_inner()).contains(&o) => o,
+        _ => {
+            c.no_original_dst.fetch_add(1, Ordering::Relaxed);
+            reset(client);
+            return;
+        }
+    };
+    if sh.cfg.inbound {
+        inbound::serve(ctx, client, orig).await;
+    } else {
+        outbound::serve(ctx, client, orig).await;
+    }
+}
+
+/// One connect attempt to `addr` within the connect timeout (a timeout is
+/// `ErrorKind::TimedOut`).
+pub(super) async fn connect<'a>(ctx: Ctx<'a>, addr: SocketAddr) -> std::io::Result<Upstream<'a>> {
+    let cfg = &ctx.sh.cfg;
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    if let Some(m) = shared.cfg.mark {
+    s.set_nonblocking(true)?;
+    if let Some(m) = cfg.mark {
         s.set_mark(m)?;
     }
-    if shared.cfg.inbound {
+    if cfg.inbound {
         let src: SocketAddr = match addr {
             SocketAddr::V4(_) => (INBOUND_SOURCE_V4, 0).into(),
             SocketAddr::V6(_) => {
@@ -115,19 +191,28 @@ pub(super) fn connect(addr: SocketAddr, shared: &Shared) -> std::io::Result<TcpS
         s.bind(&src.into())?;
     }
     s.set_tcp_nodelay(true)?;
-    s.connect_timeout(&addr.into(), shared.cfg.connect_timeout)?;
-    Ok(s.into())
+    keepalive(&s, cfg.keepalive);
+    let socket = TcpSocket::from_std_stream(std::net::TcpStream::from(s));
+    match tokio::time::timeout(cfg.connect_timeout, socket.connect(addr)).await {
+        Ok(Ok(stream)) => Ok(Upstream { stream, st: ctx.st }),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+    }
 }
 
 /// One connect to where the connection was going (passthrough, bypass, the
 /// inbound app), counted; when it fails the client is reset and None.
-pub(super) fn connect_direct(shared: &Shared, client: &TcpStream, orig: SocketAddr) -> Option<TcpStream> {
-    let c = &shared.counters;
+pub(super) async fn connect_direct<'a>(ctx: Ctx<'a>, client: &TcpStream, orig: SocketAddr) -> Option<Upstream<'a>> {
+    let c = &ctx.sh.counters;
+    ctx.st.set_phase(Phase::Connect);
     c.connect_attempts.fetch_add(1, Ordering::Relaxed);
-    match connect(orig, shared) {
+    match connect(ctx, orig).await {
         Ok(up) => Some(up),
-        Err(_) => {
+        Err(e) => {
             c.connect_failures.fetch_add(1, Ordering::Relaxed);
+            if e.kind() == std::io::ErrorKind::TimedOut {
+                c.connect_timeouts.fetch_add(1, Ordering::Relaxed);
+            }
             c.upstream_failed.fetch_add(1, Ordering::Relaxed);
             reset(client);
             None
@@ -135,158 +220,120 @@ pub(super) fn connect_direct(shared: &Shared, client: &TcpStream, orig: SocketAd
     }
 }
 
-fn serve(shared: &Arc<Shared>, client: TcpStream, id: u64) {
-    let c = &shared.counters;
-    let _ = client.set_nodelay(true);
-    let local = client.local_addr().ok();
-    let v6 = local.is_some_and(|a| a.is_ipv6());
-    let orig = match original_destination(client.as_fd(), v6) {
-        // Not redirected to us, or redirected to our own listener: relaying
-        // would loop back into the proxy.
-        Ok(o) if Some(o) != local && !shared.listen.lock().unwrap_or_else(|e| e.into_inner()).contains(&o) => o,
-        _ => {
-            c.no_original_dst.fetch_add(1, Ordering::Relaxed);
-            reset(&client);
-            return;
-        }
-    };
-    if shared.cfg.inbound {
-        inbound::serve(shared, client, orig, id);
-    } else {
-        outbound::serve(shared, client, orig, id);
+/// `at`, or never.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
     }
 }
 
-/// Removes a connection from the open set when its relay ends.
-struct Registered<'a>(&'a Shared, u64);
+/// When the idle timeout expires if nothing moves before: the connection's
+/// idle clock plus the timeout.
+fn idle_deadline(st: &ConnState, idle: Option<Duration>) -> Option<Instant> {
+    let t = idle?;
+    let quiet = Duration::from_millis(monotonic_ms().saturating_sub(st.since_ms()));
+    Some(Instant::now() + t.saturating_sub(quiet))
+}
 
-impl<'a> Registered<'a> {
-    /// Adds the connection's sockets to the open set (which `stop` shuts
-    /// down); once the relay is stopping the client is reset instead
-    /// and None returned. Checked under the set's lock, so `stop` never
-    /// misses a connection registered concurrently.
-    fn open(shared: &'a Shared, id: u64, client: &Arc<TcpStream>, upstream: &Arc<TcpStream>) -> Option<Self> {
-        let mut open = shared.open.lock().unwrap_or_else(|e| e.into_inner());
-        if shared.stopping.load(Ordering::SeqCst) {
+fn idle_expired(st: &ConnState, idle: Option<Duration>) -> bool {
+    idle.is_some_and(|t| monotonic_ms().saturating_sub(st.since_ms()) >= t.as_millis() as u64)
+}
+
+/// Runs both directions of a plaintext relay: end of stream in one becomes
+/// a `shutdown(SHUT_WR)` on the other socket (half-close), an error in
+/// either ends both, and no byte either way for `idle` ends both as Idle.
+pub(super) async fn both_ways(
+    up: impl Future<Output = End>,
+    down: impl Future<Output = End>,
+    client: &TcpStream,
+    upstream: &TcpStream,
+    st: &ConnState,
+    idle: Option<Duration>,
+) -> End {
+    tokio::pin!(up, down);
+    let (mut up_done, mut down_done) = (false, false);
+    loop {
+        tokio::select! {
+            e = &mut up, if !up_done => {
+                if e != End::Eof {
+                    return End::Error;
+                }
+                // The client finished sending: pass the FIN on.
+                let _ = SockRef::from(upstream).shutdown(Shutdown::Write);
+                up_done = true;
+            }
+            e = &mut down, if !down_done => {
+                if e != End::Eof {
+                    return End::Error;
+                }
+                let _ = SockRef::from(client).shutdown(Shutdown::Write);
+                down_done = true;
+            }
+            () = sleep_until(idle_deadline(st, idle)) => {
+                if idle_expired(st, idle) {
+                    return End::Idle;
+                }
+            }
+        }
+        if up_done && down_done {
+            return End::Eof;
+        }
+    }
+}
+
+/// Counts how a relay ended and closes accordingly: Idle with FIN both ways
+/// (like Envoy's idle timeout), Error with RST both ways.
+fn finish(sh: &Shared, end: End, client: &TcpStream, upstream: &TcpStream) {
+    let c = &sh.counters;
+    match end {
+        End::Eof => {}
+        End::Idle => {
+            c.idle_timeouts.fetch_add(1, Ordering::Relaxed);
+            let _ = SockRef::from(client).shutdown(Shutdown::Both);
+            let _ = SockRef::from(upstream).shutdown(Shutdown::Both);
+        }
+        End::Error => {
+            c.resets.fetch_add(1, Ordering::Relaxed);
             reset(client);
-            return None;
+            reset(upstream);
         }
-        open.insert(id, [client.clone(), upstream.clone()]);
-        Some(Registered(shared, id))
     }
 }
 
-impl Drop for Registered<'_> {
-    fn drop(&mut self) {
-        self.0.open.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.1);
-    }
+/// Relays a plaintext connection with `splice` until both sides are done.
+pub(super) async fn relay(ctx: Ctx<'_>, client: &TcpStream, upstream: &TcpStream) {
+    let (sh, sv, st) = (ctx.sh, ctx.sv, ctx.st);
+    st.set_phase(Phase::Relay);
+    let c = &sh.counters;
+    let up = pump(client, upstream, &sv.pipes, &c.bytes_sent, st);
+    let down = pump(upstream, client, &sv.pipes, &c.bytes_received, st);
+    let end = both_ways(up, down, client, upstream, st, sh.cfg.idle_timeout).await;
+    finish(sh, end, client, upstream);
 }
 
-/// Shuts both sockets down (both directions), which wakes a pump blocked
-/// in `splice` on either of them.
-fn both_down(client: &TcpStream, upstream: &TcpStream) {
-    let _ = client.shutdown(Shutdown::Both);
-    let _ = upstream.shutdown(Shutdown::Both);
-}
-
-pub(super) fn relay(shared: &Arc<Shared>, client: TcpStream, upstream: TcpStream, id: u64) {
-    let c = &shared.counters;
-    let (client, upstream) = (Arc::new(client), Arc::new(upstream));
-    let Some(registered) = Registered::open(shared, id, &client, &upstream) else { return };
-    let (p_up, p_down) = match (Pipe::new(shared.cfg.pipe_size), Pipe::new(shared.cfg.pipe_size)) {
-        (Ok(a), Ok(b)) => (a, b),
-        _ => {
-            reset(&client);
-            reset(&upstream);
-            drop(registered);
-            return;
-        }
-    };
-    let idle = shared.cfg.idle_timeout.map(|t| {
-        // Wake blocked reads twice per timeout to look at the shared clock.
-        let wake = (t / 2).max(Duration::from_millis(10));
-        let _ = SockRef::from(&*client).set_read_timeout(Some(wake));
-        let _ = SockRef::from(&*upstream).set_read_timeout(Some(wake));
-        Arc::new(IdleClock { last_ms: AtomicU64::new(monotonic_ms()), timeout_ms: t.as_millis() as u64 })
-    });
-    // The upstream -> client direction runs on a pool thread; either pump
-    // ending in an error shuts both sockets down, which wakes the other
-    // pump out of its blocking splice.
-    let (done_tx, done_rx) = std::sync::mpsc::sync_channel::<End>(1);
-    let sh = shared.clone();
-    let idle_down = idle.clone();
-    let (cl, up) = (client.clone(), upstream.clone());
-    let job = move || {
-        let end = pump(&up, &cl, &p_down, &sh.counters.bytes_received, idle_down.as_deref());
-        match end {
-            // Upstream finished sending: pass the FIN on (half-close).
-            End::Eof => {
-                let _ = cl.shutdown(Shutdown::Write);
-            }
-            End::Error | End::Idle => both_down(&cl, &up),
-        }
-        // This thread's handles go before `relay` hears the end, so the
-        // sockets close in `relay`, as they would without the pool.
-        drop((cl, up));
-        let _ = done_tx.send(end);
-    };
-    let down = if shared.pool.execute(job).is_err() {
-        both_down(&client, &upstream);
-        End::Error
-    } else {
-        let up = pump(&client, &upstream, &p_up, &c.bytes_sent, idle.as_deref());
-        match up {
-            End::Eof => {
-                let _ = upstream.shutdown(Shutdown::Write);
-            }
-            End::Error | End::Idle => both_down(&client, &upstream),
-        }
-        // A job that died without sending counts as an error.
-        let down = done_rx.recv().unwrap_or(End::Error);
-        if up == End::Error || down == End::Error {
-            End::Error
-        } else if up == End::Idle || down == End::Idle {
-            End::Idle
-        } else {
-            End::Eof
-        }
-    };
-    if down == End::Idle {
-        // Closed with FIN both ways (the shutdowns above), like Envoy's idle timeout.
-        c.idle_timeouts.fetch_add(1, Ordering::Relaxed);
-    }
-    if down == End::Error {
-        c.resets.fetch_add(1, Ordering::Relaxed);
-        reset(&client);
-        reset(&upstream);
-    }
-    // The open set holds the last other handles: unregistering lets the
-    // sockets close when this function drops its own.
-    drop(registered);
-}
-
-/// Runs `conn`'s handshake on `sock` until `deadline` (the connect timeout)
-/// and checks the peer's SPIFFE identity again afterwards (a resumed session
-/// does not go through the verifier); the outcome, a failure to set `conn`
-/// up included, is counted in the TLS counters.
-pub(super) fn secure(
-    shared: &Shared,
+/// Runs `conn`'s handshake on `sock` until `deadline` and checks the peer's
+/// SPIFFE identity again afterwards (a resumed session does not go through
+/// the verifier); the outcome, a failure to set `conn` up included, is
+/// counted in the TLS counters.
+pub(super) async fn secure(
+    sh: &Shared,
     conn: Result<Connection, HandshakeError>,
     sock: &TcpStream,
     expect: &PeerIdentity,
     deadline: Instant,
 ) -> Result<Connection, HandshakeError> {
-    let t = &shared.tls.counters;
-    let result = conn.and_then(|mut conn| {
-        sock.set_nonblocking(true).map_err(HandshakeError::Io)?;
-        handshake(&mut conn, sock, deadline)?;
-        if !peer_matches(&conn, expect) {
-            return Err(HandshakeError::Tls(rustls::Error::InvalidCertificate(
+    let t = &sh.tls.counters;
+    let result = match conn {
+        Err(e) => Err(e),
+        Ok(mut conn) => match with_deadline(deadline, handshake(&mut conn, sock)).await {
+            Err(e) => Err(e),
+            Ok(()) if !peer_matches(&conn, expect) => Err(HandshakeError::Tls(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::ApplicationVerificationFailure,
-            )));
-        }
-        Ok(conn)
-    });
+            ))),
+            Ok(()) => Ok(conn),
+        },
+    };
     match &result {
         Ok(conn) => {
             if conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
@@ -305,42 +352,42 @@ pub(super) fn secure(
 }
 
 /// Relays a connection one side of which is TLS (`tls_upstream`: the
-/// upstream, for outbound origination; else the client, inbound) on this
-/// one thread (`super::tls::pump`); counters and teardown as [`relay`].
-pub(super) fn relay_tls(
-    shared: &Arc<Shared>,
-    client: TcpStream,
-    upstream: TcpStream,
+/// upstream, for outbound origination; else the client, inbound) through
+/// rustls (`super::tls::pump`); idle timeout and teardown as [`relay`], an
+/// idle TLS side also getting a `close_notify`.
+pub(super) async fn relay_tls(
+    ctx: Ctx<'_>,
+    client: &TcpStream,
+    upstream: &TcpStream,
     mut conn: Connection,
     tls_upstream: bool,
-    id: u64,
 ) {
-    let c = &shared.counters;
-    let (client, upstream) = (Arc::new(client), Arc::new(upstream));
-    let Some(registered) = Registered::open(shared, id, &client, &upstream) else { return };
-    let nonblocking = client.set_nonblocking(true).and_then(|_| upstream.set_nonblocking(true));
-    let end = if nonblocking.is_err() {
-        End::Error
+    let (sh, sv, st) = (ctx.sh, ctx.sv, ctx.st);
+    st.set_phase(Phase::Relay);
+    let c = &sh.counters;
+    // bytes_sent counts client -> upstream, bytes_received the reverse.
+    let sides = if tls_upstream {
+        Sides { tls: upstream, plain: client, to_tls: &c.bytes_sent, from_tls: &c.bytes_received }
     } else {
-        // bytes_sent counts client -> upstream, bytes_received the reverse.
-        let sides = if tls_upstream {
-            Sides { tls: &upstream, plain: &client, to_tls: &c.bytes_sent, from_tls: &c.bytes_received }
-        } else {
-            Sides { tls: &client, plain: &upstream, to_tls: &c.bytes_received, from_tls: &c.bytes_sent }
-        };
-        super::tls::pump::pump(&mut conn, &sides, shared.cfg.idle_timeout)
+        Sides { tls: client, plain: upstream, to_tls: &c.bytes_received, from_tls: &c.bytes_sent }
     };
-    match end {
-        End::Eof => {}
-        End::Idle => {
-            c.idle_timeouts.fetch_add(1, Ordering::Relaxed);
-            both_down(&client, &upstream);
+    let idle = sh.cfg.idle_timeout;
+    let end = {
+        let pumping = super::tls::pump::pump(&mut conn, &sides, &sv.bufs, st);
+        tokio::pin!(pumping);
+        loop {
+            tokio::select! {
+                e = &mut pumping => break e,
+                () = sleep_until(idle_deadline(st, idle)) => {
+                    if idle_expired(st, idle) {
+                        break End::Idle;
+                    }
+                }
+            }
         }
-        End::Error => {
-            c.resets.fetch_add(1, Ordering::Relaxed);
-            reset(&client);
-            reset(&upstream);
-        }
+    };
+    if end == End::Idle {
+        super::tls::pump::close_notify(&mut conn, sides.tls);
     }
-    drop(registered);
+    finish(sh, end, client, upstream);
 }

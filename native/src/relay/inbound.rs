@@ -3,19 +3,26 @@
 //! PeerAuthentication decides first whether it is plaintext passed through,
 //! mTLS to terminate (a TLS ClientHello is detected by peeking, as Envoy's
 //! tls_inspector does), or refused.
+//!
+//! Deadlines before the handshake: the ClientHello must have arrived within
+//! `hello_timeout` of accept (3 s by default; before the hardening, the whole 10 s
+//! handshake deadline, so 4,096 connections sending 11 bytes each held every
+//! slot); the rest of the handshake within `connect_timeout` of accept.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustls::Connection;
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
 
-use super::accept::{connect_direct, relay, relay_tls, reset, secure};
-use super::tls::pump::HandshakeError;
+use super::accept::{connect_direct, relay, relay_tls, reset, secure, Ctx};
+use super::admit::Phase;
+use super::tls::pump::{with_deadline, HandshakeError};
 use super::tls::{PeerAuthentication, TlsIdentity};
-use super::Shared;
 
 /// Istio's inbound passthrough source addresses (`InboundPassthroughBindIpv4/6`):
 /// the capture rules return `-o lo -s 127.0.0.6` first, so the proxy's own
@@ -24,25 +31,28 @@ pub(super) const INBOUND_SOURCE_V4: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 6);
 pub(super) const INBOUND_SOURCE_V6: Ipv6Addr = Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6);
 
 /// An inbound connection to the local app at `orig`.
-pub(super) fn serve(shared: &Arc<Shared>, client: TcpStream, orig: SocketAddr, id: u64) {
-    match inbound_policy(shared, &client) {
+pub(super) async fn serve(ctx: Ctx<'_>, client: &TcpStream, orig: SocketAddr) {
+    let accepted = Instant::now();
+    match inbound_policy(ctx, client, accepted).await {
         Inbound::Plaintext => {}
-        Inbound::Tls(identity) => return inbound_tls(shared, client, orig, &identity, id),
+        Inbound::Tls(identity) => return inbound_tls(ctx, client, orig, &identity, accepted).await,
         Inbound::Refused => return,
     }
     // Every connection goes to the local app it was for (Istio's
     // InboundPassthroughCluster); no table applies.
-    shared.counters.passthrough.fetch_add(1, Ordering::Relaxed);
-    if let Some(up) = connect_direct(shared, &client, orig) {
-        relay(shared, client, up, id);
+    ctx.sh.counters.passthrough.fetch_add(1, Ordering::Relaxed);
+    if let Some(up) = connect_direct(ctx, client, orig).await {
+        relay(ctx, client, &up.stream).await;
     }
 }
 
-/// How long the inbound waits for a client's first bytes to tell TLS from
-/// plaintext. Envoy's tls_inspector waits for the listener filter timeout;
-/// Istio's inbound then continues as plaintext
-/// (`continue_on_listener_filters_timeout`), which is what lets
-/// server-first protocols through in PERMISSIVE mode, after this delay.
+/// How long the inbound waits, in PERMISSIVE mode, for a client's first
+/// bytes before treating a silent connection as plaintext. Envoy's
+/// tls_inspector waits for the listener filter timeout; Istio's inbound
+/// then continues as plaintext (`continue_on_listener_filters_timeout`),
+/// which is what lets server-first protocols through in PERMISSIVE mode,
+/// after this delay. A connection that started a TLS record but never
+/// completed its header is closed at `hello_timeout` instead.
 const DETECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 enum Inbound {
@@ -50,22 +60,26 @@ enum Inbound {
     Plaintext,
     /// Terminate mTLS with this identity.
     Tls(Arc<TlsIdentity>),
-    /// Closed (STRICT plaintext, no identity for STRICT, or the client left).
+    /// Closed (STRICT plaintext, no identity for STRICT, too slow, or the client left).
     Refused,
 }
 
 /// Istio's PeerAuthentication on the inbound listener. Without an identity
 /// PERMISSIVE is plain passthrough with no inspection (the relay as it was
 /// before mTLS); STRICT without one refuses everything (fail closed).
-fn inbound_policy(shared: &Shared, client: &TcpStream) -> Inbound {
-    let t = &shared.tls.counters;
-    let mode = shared.tls.peer_authentication();
-    let identity = shared.tls.identity();
+async fn inbound_policy(ctx: Ctx<'_>, client: &TcpStream, accepted: Instant) -> Inbound {
+    let (sh, t) = (ctx.sh, &ctx.sh.tls.counters);
+    let mode = sh.tls.peer_authentication();
+    let identity = sh.tls.identity();
     if mode == PeerAuthentication::Disable || (identity.is_none() && mode == PeerAuthentication::Permissive) {
         t.plaintext_passthrough.fetch_add(1, Ordering::Relaxed);
         return Inbound::Plaintext;
     }
-    match detect(client, DETECT_TIMEOUT) {
+    ctx.st.set_phase(Phase::Hello);
+    let hello_by = accepted + sh.cfg.hello_timeout;
+    // STRICT: silence is never going to be served.
+    let silent_by = if mode == PeerAuthentication::Permissive { accepted + DETECT_TIMEOUT } else { hello_by };
+    match detect(client, silent_by, hello_by).await {
         Detected::Closed => Inbound::Refused,
         Detected::Tls => match identity {
             Some(id) => Inbound::Tls(id),
@@ -75,6 +89,10 @@ fn inbound_policy(shared: &Shared, client: &TcpStream) -> Inbound {
                 Inbound::Refused
             }
         },
+        Detected::Silent if mode == PeerAuthentication::Permissive => {
+            t.plaintext_passthrough.fetch_add(1, Ordering::Relaxed);
+            Inbound::Plaintext
+        }
         Detected::Plain if mode == PeerAuthentication::Permissive => {
             t.plaintext_passthrough.fetch_add(1, Ordering::Relaxed);
             Inbound::Plaintext
@@ -84,74 +102,91 @@ fn inbound_policy(shared: &Shared, client: &TcpStream) -> Inbound {
             reset(client);
             Inbound::Refused
         }
+        Detected::Silent | Detected::Partial => {
+            sh.counters.hello_timeouts.fetch_add(1, Ordering::Relaxed);
+            reset(client);
+            Inbound::Refused
+        }
     }
 }
 
-enum Detected {
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Detected {
     Tls,
     Plain,
+    /// No byte before the silence deadline.
+    Silent,
+    /// The start of a TLS record header, never completed by the hello deadline.
+    Partial,
     Closed,
 }
 
 /// Envoy's tls_inspector, reduced to what the decision needs: a TLS
 /// connection starts with a handshake record (content type 22, RFC 8446
 /// §5.1) of a 3.x record version holding a ClientHello (handshake type 1).
-/// The bytes are peeked, so the TLS layer or the app reads them all.
-fn detect(client: &TcpStream, timeout: Duration) -> Detected {
-    let deadline = Instant::now() + timeout;
-    let mut buf = [0u8; 6];
+/// The bytes are peeked (`MSG_PEEK`), so the TLS layer or the app reads them
+/// all. When too few have arrived, the socket's readiness is cleared and
+/// the task waits for the next segment (edge-triggered, as Envoy's listener
+/// filters wait for more data), never polling in a loop.
+pub(super) async fn detect(client: &TcpStream, silent_by: Instant, hello_by: Instant) -> Detected {
+    let mut seen = 0usize;
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Detected::Plain;
+        let by = if seen == 0 { silent_by } else { hello_by };
+        match tokio::time::timeout_at(by, client.readable()).await {
+            Err(_) if seen == 0 => return Detected::Silent,
+            Err(_) => return Detected::Partial,
+            Ok(Err(_)) => return Detected::Closed,
+            Ok(Ok(())) => {}
         }
-        let wait = Timespec::try_from(left.clamp(Duration::from_millis(1), Duration::from_secs(60)))
-            .unwrap_or(Timespec { tv_sec: 60, tv_nsec: 0 });
-        match poll(&mut [PollFd::new(client, PollFlags::IN)], Some(&wait)) {
-            Ok(0) => return Detected::Plain,
-            Ok(_) => {}
-            // EINTR: wait again.
-            Err(_) => continue,
-        }
-        // Readable (bytes, EOF or an error), and only this thread reads the
-        // socket: the peek returns at once although the socket blocks.
-        let n = match client.peek(&mut buf) {
+        let mut buf = [0u8; 6];
+        let peeked = client.try_io(Interest::READABLE, || {
+            let n =
+                rustix::net::recv(client, &mut buf[..], rustix::net::RecvFlags::PEEK).map_err(std::io::Error::from)?.0;
+            let header = &buf[..n];
+            let tls_so_far = n > 0 && header[0] == 0x16 && (n < 2 || header[1] == 3);
+            if tls_so_far && n < 6 {
+                // Part of a record header: wait for the rest.
+                seen = n;
+                return Err(std::io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        });
+        match peeked {
             Ok(0) => return Detected::Closed,
-            Ok(n) => n,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted) => continue,
+            Ok(_) if buf[0] != 0x16 || buf[1] != 3 => return Detected::Plain,
+            Ok(_) => return if buf[5] == 1 { Detected::Tls } else { Detected::Plain },
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted) => {}
             Err(_) => return Detected::Closed,
-        };
-        if buf[0] != 0x16 || (n >= 2 && buf[1] != 3) {
-            return Detected::Plain;
         }
-        if n >= 6 {
-            return if buf[5] == 1 { Detected::Tls } else { Detected::Plain };
-        }
-        // Part of a record header: the rest is on its way.
-        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
 /// The inbound mTLS side: handshake (the client's certificate and identity
 /// checked by the server config's verifier), then the app is connected to
 /// from 127.0.0.6 exactly as for plaintext, and the plaintext relayed.
-fn inbound_tls(shared: &Arc<Shared>, client: TcpStream, orig: SocketAddr, identity: &TlsIdentity, id: u64) {
+async fn inbound_tls(ctx: Ctx<'_>, client: &TcpStream, orig: SocketAddr, identity: &TlsIdentity, accepted: Instant) {
+    let sh = ctx.sh;
     // The ClientHello is read first, for the config to pick by its ALPN
-    // (`TlsIdentity::inbound_config`); a malformed one fails here and is
-    // counted by `secure` like any failed handshake. One deadline covers it
-    // and the rest of the handshake.
-    let deadline = Instant::now() + shared.cfg.connect_timeout;
-    let server = client
-        .set_nonblocking(true)
-        .map_err(HandshakeError::Io)
-        .and_then(|()| identity.accept(&client, deadline))
-        .map(Connection::Server);
-    let Ok(conn) = secure(shared, server, &client, &shared.tls.inbound_expect(identity), deadline) else {
+    // (`TlsIdentity::inbound_config`), by `hello_timeout`; a malformed one
+    // fails here and is counted by `secure` like any failed handshake. The
+    // rest of the handshake must be done by the connect timeout.
+    let server = match with_deadline(accepted + sh.cfg.hello_timeout, identity.accept(client)).await {
+        Err(HandshakeError::Timeout) => {
+            sh.counters.hello_timeouts.fetch_add(1, Ordering::Relaxed);
+            Err(HandshakeError::Timeout)
+        }
+        r => r.map(Connection::Server),
+    };
+    // A whole ClientHello: no longer among the first to be evicted.
+    ctx.st.set_phase(Phase::Handshake);
+    let Ok(conn) =
+        secure(sh, server, client, &sh.tls.inbound_expect(identity), accepted + sh.cfg.connect_timeout).await
+    else {
         // A plain close (not a reset), so the alert just sent is read.
         return;
     };
-    shared.counters.passthrough.fetch_add(1, Ordering::Relaxed);
-    if let Some(up) = connect_direct(shared, &client, orig) {
-        relay_tls(shared, client, up, conn, false, id);
+    sh.counters.passthrough.fetch_add(1, Ordering::Relaxed);
+    if let Some(up) = connect_direct(ctx, client, orig).await {
+        relay_tls(ctx, client, &up.stream, conn, false).await;
     }
 }

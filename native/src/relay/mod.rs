@@ -27,22 +27,42 @@
 //! match), and it can also set `SO_MARK` on them for rules that exclude a
 //! mark instead.
 //!
-//! # Threads: why one thread per direction of a connection
-//! One acceptor thread waits on every listener and an eventfd (stop); each
-//! accepted connection gets a thread that connects (blocking, with a
-//! timeout, retrying other endpoints) and then pumps client → upstream,
-//! plus a second thread for upstream → client. Each pump is a blocking
-//! `splice` from the socket into a pipe and from the pipe into the other
-//! socket: two system calls per chunk and no readiness notification in
-//! between, which is the lowest added latency a user-space relay can have
-//! (an event loop adds an `epoll_wait` and a wakeup per chunk) and lets the
-//! kernel move pages, not copy them. The cost is two threads (small stacks)
-//! and one pipe per direction per connection; `max_connections` bounds
-//! it. A VM's outbound proxy carries the VM's own connections — hundreds,
-//! not the hundreds of thousands of an edge proxy — so this trade favours
-//! latency. Threads come from a pool of parked threads ([`pool`]), so a
-//! new connection wakes two threads rather than creating them. None of
-//! these threads ever takes the Python GIL.
+//! # Tasks: one event loop, no thread per connection
+//! Each relay runs a tokio runtime with a few worker threads (`workers`,
+//! default 2: Istio's sidecar `concurrency`, ztunnel's worker count). An
+//! accept task per listener admits each connection ([`admit`]: a slot under
+//! the relay's and the source's limits, evicting idle or handshaking
+//! connections when full) and spawns one task for it, which reads the
+//! original destination, classifies, connects (with retries), handshakes
+//! and then relays both directions; a tick task runs outlier-detection
+//! sweeps once a second. What a connection costs:
+//! - waiting for its first bytes, handshaking, waiting for an identity,
+//!   connecting, or idle: its sockets (one, then two descriptors) and a
+//!   task with its timer (about 9 KB resident per idle relayed connection,
+//!   `tests/hostile/test_relay_floods.py`); no thread, no pipe, no buffer;
+//! - moving plaintext bytes: a pipe per busy direction, taken from the
+//!   relay's pool and given back when the direction goes quiet
+//!   ([`splice`]); `splice(2)` moves the pages, driven by the sockets'
+//!   readiness: one readiness wait per burst, two system calls per chunk;
+//! - moving TLS bytes: 256 KiB buffers from the relay's pool, given back
+//!   likewise (`tls::pump`).
+//!
+//! Limits ([`limits`]) are derived from the file-descriptor budget when the
+//! relay starts. Before this design, each plaintext connection held two
+//! threads and six descriptors for its whole life and a TLS one a thread,
+//! and ~170 idle connections at the default 1,024 descriptors denied all
+//! captured egress. None of the relay's threads takes the
+//! Python GIL.
+//!
+//! Timeouts: `connect_timeout` per connect attempt (the upstream TLS
+//! handshake included); on the inbound, `hello_timeout` from accept until
+//! the TLS ClientHello (or, STRICT, any first byte) has arrived, the rest of
+//! the handshake within `connect_timeout`; `idle_timeout` with no byte in
+//! either direction; TCP keepalive (and `TCP_USER_TIMEOUT`) on both sockets,
+//! so a peer or backend that vanished is noticed and its connection
+//! reclaimed, as linkerd enables keepalive on accepted and connected
+//! sockets (`LINKERD2_PROXY_INBOUND_ACCEPT_KEEPALIVE`,
+//! `LINKERD2_PROXY_OUTBOUND_CONNECT_KEEPALIVE`).
 //!
 //! Tables are swapped atomically ([`Relay::swap_routes`]); a connection
 //! classifies and picks from the snapshot it loaded when it arrived.
@@ -55,25 +75,26 @@
 //! outlier detection and retries), and the inbound (`inbound: true`)
 //! terminates it per PeerAuthentication (STRICT / PERMISSIVE with TLS
 //! detection / DISABLE) before connecting to the app as for plaintext. A
-//! TLS connection cannot be spliced: it is served by one thread that polls
-//! both sockets and runs the records through rustls (`tls::pump`).
-//! Endpoints without `tlsMode: istio`, and everything when no identity is
-//! set, keep the splice path unchanged.
+//! TLS connection cannot be spliced: its task runs the records through
+//! rustls (`tls::pump`). A `tlsMode: istio` endpoint never gets plaintext:
+//! without an identity the connection waits for one (up to
+//! `connect_timeout`) and is refused if none comes. Endpoints without
+//! `tlsMode: istio` keep the splice path.
 
 mod accept;
+mod admit;
 mod inbound;
+mod limits;
 mod outbound;
-mod pool;
 mod splice;
 mod sys;
 pub mod tls;
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
+use std::os::fd::BorrowedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -82,6 +103,7 @@ use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use crate::error::{Error, Result};
 use crate::lb::{LbTable, RedirectTable};
 
+pub use limits::Limits;
 pub use tls::{MeshTls, PeerAuthentication, TlsStats};
 
 /// Istio's outbound capture port (`--envoy-port`, `-p`).
@@ -135,13 +157,41 @@ pub struct RelayConfig {
     /// connections to 127.0.0.1 / ::1, so loopback suffices. Port 0: one
     /// free port shared by all listeners.
     pub listen: Vec<SocketAddr>,
-    /// Connect timeout per attempt (Istio's cluster `connect_timeout`, 10 s).
+    /// Connect timeout per attempt (Istio's cluster `connect_timeout`, 10 s),
+    /// the upstream TLS handshake included; also how long a connection to a
+    /// `tlsMode: istio` endpoint waits for an identity, and the inbound's
+    /// whole handshake deadline.
     pub connect_timeout: Duration,
     /// Endpoints tried per connection (Envoy tcp_proxy `max_connect_attempts`).
     pub connect_attempts: u32,
-    /// Connections served at once; more are closed on arrival (Envoy's
-    /// listener `max_connections` overflow).
-    pub max_connections: usize,
+    /// Connections served at once, at most; None: as many as the
+    /// file-descriptor budget allows ([`Limits`]), which also caps a given
+    /// value. When full, idle and handshaking connections are evicted for
+    /// new ones, else the new one is refused (Envoy's listener
+    /// `max_connections` overflow).
+    pub max_connections: Option<usize>,
+    /// Connections at once from one source address (an IPv6 /64); None: a
+    /// quarter of the limit on the inbound, whose peers are remote, and the
+    /// whole limit on the outbound, whose peers are this host's own
+    /// processes (all of them share its addresses).
+    pub max_connections_per_source: Option<usize>,
+    /// Inbound: how long after accept the TLS ClientHello (STRICT: any first
+    /// byte) must have arrived. Envoy's listener filter timeout is 15 s;
+    /// a connection that has sent nothing useful should not hold a slot
+    /// that long.
+    pub hello_timeout: Duration,
+    /// TCP keepalive on both sockets: probes start after this long without
+    /// traffic, then every quarter of it, 4 of them (and `TCP_USER_TIMEOUT`
+    /// as long), so a vanished peer or backend is noticed; None: off.
+    pub keepalive: Option<Duration>,
+    /// Event-loop worker threads; 0: 2.
+    pub workers: usize,
+    /// Originate Istio mTLS to endpoints whose EDS metadata says `tlsMode:
+    /// istio` (Istio's `meshConfig.enableAutoMtls`, default on). On, such an
+    /// endpoint gets mTLS or nothing: never plaintext. Off is for a mesh
+    /// without workload identities at all (an agent with no certificate
+    /// source), where every endpoint is reached in plaintext.
+    pub auto_mtls: bool,
     /// `SO_MARK` for upstream sockets (needs CAP_NET_ADMIN), so rules can
     /// exclude the proxy's own traffic by mark as well as by uid.
     pub mark: Option<u32>,
@@ -165,13 +215,31 @@ impl Default for RelayConfig {
             listen: vec![(Ipv4Addr::LOCALHOST, DEFAULT_PORT).into(), (Ipv6Addr::LOCALHOST, DEFAULT_PORT).into()],
             connect_timeout: Duration::from_secs(10),
             connect_attempts: 3,
-            max_connections: 4096,
+            max_connections: None,
+            max_connections_per_source: None,
+            hello_timeout: Duration::from_secs(3),
+            keepalive: Some(Duration::from_secs(60)),
+            workers: 0,
+            auto_mtls: true,
             mark: None,
             pipe_size: 1 << 18,
             seed: None,
             idle_timeout: Some(Duration::from_secs(3600)),
             inbound: false,
         }
+    }
+}
+
+impl RelayConfig {
+    /// The limits this configuration gets with the descriptor budget now.
+    pub fn limits(&self) -> Limits {
+        let inbound = self.inbound;
+        Limits::derive(
+            self.max_connections,
+            self.max_connections_per_source,
+            |max| if inbound { (max / 4).max(1) } else { max },
+            limits::fd_budget(),
+        )
     }
 }
 
@@ -192,6 +260,9 @@ pub(crate) struct Counters {
     pub(crate) no_original_dst: AtomicU64,
     pub(crate) upstream_failed: AtomicU64,
     pub(crate) overflow: AtomicU64,
+    pub(crate) source_overflow: AtomicU64,
+    pub(crate) evicted: AtomicU64,
+    pub(crate) hello_timeouts: AtomicU64,
     pub(crate) bytes_sent: AtomicU64,
     pub(crate) bytes_received: AtomicU64,
     pub(crate) resets: AtomicU64,
@@ -227,8 +298,16 @@ pub struct RelayStats {
     pub no_original_dst: u64,
     /// Connections closed after every connect attempt failed.
     pub upstream_failed: u64,
-    /// Connections refused because `max_connections` were open.
+    /// Connections refused because the relay was full and nothing could be evicted.
     pub overflow: u64,
+    /// Connections refused because their source was at its cap and none of
+    /// its connections could be evicted.
+    pub source_overflow: u64,
+    /// Idle or handshaking connections closed (RST) to make room for new ones.
+    pub evicted: u64,
+    /// Inbound connections closed because the ClientHello (STRICT: any
+    /// first byte) had not arrived within `hello_timeout`.
+    pub hello_timeouts: u64,
     /// Bytes client → upstream.
     pub bytes_sent: u64,
     /// Bytes upstream → client.
@@ -239,34 +318,31 @@ pub struct RelayStats {
     pub idle_timeouts: u64,
 }
 
-/// State shared by the acceptor and every connection thread.
+/// State shared by the acceptors and every connection task.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) cfg: RelayConfig,
     pub(crate) routes: ArcSwap<Routes>,
     pub(crate) counters: Counters,
-    /// Open connections' sockets, so `stop` can shut them down.
-    pub(crate) open: Mutex<HashMap<u64, [Arc<TcpStream>; 2]>>,
-    pub(crate) stopping: AtomicBool,
     pub(crate) listen: Mutex<Vec<SocketAddr>>,
     pub(crate) seed: u64,
-    pub(crate) pool: pool::Pool,
     /// Workload identity and inbound policy (mTLS); none set: plaintext.
     pub(crate) tls: MeshTls,
 }
 
-/// Stack of connection threads: the pumps need little, and small stacks
-/// keep many connections cheap in address space; getaddrinfo (LOGICAL_DNS)
-/// is the deepest caller.
-const CONN_STACK: usize = 256 * 1024;
-
-/// Parked connection threads exit after this long without work.
-const KEEP_IDLE: Duration = Duration::from_secs(30);
+/// What one start of the relay serves with: its slots and pools.
+#[derive(Debug)]
+pub(crate) struct Serving {
+    pub(crate) registry: Arc<admit::Registry>,
+    pub(crate) pipes: splice::PipePool,
+    pub(crate) bufs: tls::pump::BufPool,
+}
 
 #[derive(Debug)]
 struct Running {
-    acceptor: JoinHandle<()>,
-    wake: OwnedFd,
+    runtime: tokio::runtime::Runtime,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    serving: Arc<Serving>,
     addrs: Vec<SocketAddr>,
 }
 
@@ -325,6 +401,9 @@ fn listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
     Ok(s.into())
 }
 
+/// Istio's sidecar `concurrency` default, and ztunnel's worker threads.
+const DEFAULT_WORKERS: usize = 2;
+
 impl Relay {
     /// A relay that is not serving yet.
     pub fn new(cfg: RelayConfig, routes: Routes) -> Result<Relay> {
@@ -337,25 +416,35 @@ impl Relay {
         if cfg.connect_timeout.is_zero() {
             return Err(Error::config("connect_timeout", "must be positive"));
         }
+        if cfg.hello_timeout.is_zero() {
+            return Err(Error::config("hello_timeout", "must be positive"));
+        }
+        if cfg.max_connections == Some(0) {
+            return Err(Error::config("max_connections", "must be at least 1"));
+        }
+        if cfg.max_connections_per_source == Some(0) {
+            return Err(Error::config("max_connections_per_source", "must be at least 1"));
+        }
+        if cfg.keepalive.is_some_and(|k| k < Duration::from_secs(1)) {
+            return Err(Error::config("keepalive", "must be at least 1 second"));
+        }
         let seed = cfg.seed.unwrap_or_else(|| crate::lb::Rng::from_entropy().next_u64());
         Ok(Relay {
             shared: Arc::new(Shared {
                 cfg,
                 routes: ArcSwap::from_pointee(routes),
                 counters: Counters::default(),
-                open: Mutex::new(HashMap::new()),
-                stopping: AtomicBool::new(false),
                 listen: Mutex::new(Vec::new()),
                 seed,
-                pool: pool::Pool::new(CONN_STACK, KEEP_IDLE),
                 tls: MeshTls::default(),
             }),
             running: Mutex::new(None),
         })
     }
 
-    /// Binds the listeners and starts accepting; returns the bound addresses.
-    /// Starting a running relay returns its addresses.
+    /// Binds the listeners, derives the limits from the descriptor budget
+    /// now, and starts serving; returns the bound addresses. Starting a
+    /// running relay returns its addresses.
     pub fn start(&self) -> Result<Vec<SocketAddr>> {
         let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(r) = running.as_ref() {
@@ -372,41 +461,53 @@ impl Relay {
             let l = listener(a).map_err(|e| io_err(format!("listen[{i}] {a}"), e))?;
             let bound = l.local_addr().map_err(|e| io_err(format!("listen[{i}] {a}"), e))?;
             port = bound.port();
-            listeners.push((l, bound));
+            listeners.push(l);
         }
-        let wake =
-            rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK)
-                .map_err(|e| io_err("eventfd", e.into()))?;
-        let addrs: Vec<SocketAddr> = listeners.iter().map(|(_, a)| *a).collect();
+        let workers = if self.shared.cfg.workers == 0 { DEFAULT_WORKERS } else { self.shared.cfg.workers };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            // getaddrinfo for LOGICAL_DNS clusters only.
+            .max_blocking_threads(4)
+            .thread_name(if self.shared.cfg.inbound { "pymesh-relay-in" } else { "pymesh-relay" })
+            .enable_all()
+            .build()
+            .map_err(|e| io_err("tokio runtime", e))?;
+        let limits = self.shared.cfg.limits();
+        let serving = Arc::new(Serving {
+            registry: Arc::new(admit::Registry::new(limits)),
+            pipes: splice::PipePool::new(limits.max_pipes, self.shared.cfg.pipe_size),
+            bufs: tls::pump::BufPool::default(),
+        });
+        let addrs: Vec<SocketAddr> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
         *self.shared.listen.lock().unwrap_or_else(|e| e.into_inner()) = addrs.clone();
-        self.shared.stopping.store(false, Ordering::SeqCst);
-        let shared = self.shared.clone();
-        let wake_rx = wake.try_clone().map_err(|e| io_err("eventfd", e))?;
-        let acceptor = std::thread::Builder::new()
-            .name("pymesh-relay-accept".into())
-            .spawn(move || accept::accept_loop(shared, listeners, wake_rx))
-            .map_err(|e| io_err("spawning the acceptor thread", e))?;
-        *running = Some(Running { acceptor, wake, addrs: addrs.clone() });
+        let mut tasks = Vec::new();
+        {
+            let _enter = runtime.enter();
+            for l in listeners {
+                let l = tokio::net::TcpListener::from_std(l).map_err(|e| io_err("listen", e))?;
+                tasks.push(runtime.spawn(accept::accept_loop(self.shared.clone(), serving.clone(), l)));
+            }
+            tasks.push(runtime.spawn(accept::tick_loop(self.shared.clone())));
+        }
+        *running = Some(Running { runtime, tasks, serving, addrs: addrs.clone() });
         Ok(addrs)
     }
 
     /// Stops accepting, resets every open connection, and waits (up to
-    /// `grace`) for their threads to finish. Idempotent.
+    /// `grace`) for their tasks to finish; then the event loop stops.
+    /// Idempotent.
     pub fn stop(&self, grace: Duration) {
         let Some(r) = self.running.lock().unwrap_or_else(|e| e.into_inner()).take() else { return };
-        self.shared.stopping.store(true, Ordering::SeqCst);
-        let _ = rustix::io::write(&r.wake, &1u64.to_ne_bytes());
-        let _ = r.acceptor.join();
-        {
-            let open = self.shared.open.lock().unwrap_or_else(|e| e.into_inner());
-            for socket in open.values().flatten() {
-                let _ = socket.shutdown(Shutdown::Both);
-            }
+        for t in &r.tasks {
+            t.abort();
         }
+        r.serving.registry.stop_all();
         let deadline = Instant::now() + grace;
         while self.shared.counters.active.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(2));
         }
+        // Whatever is left is dropped with the runtime (its sockets close).
+        r.runtime.shutdown_timeout(Duration::from_millis(100));
     }
 
     /// Whether the relay is accepting.
@@ -417,6 +518,19 @@ impl Relay {
     /// The bound listen addresses (empty when stopped).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.running.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|r| r.addrs.clone()).unwrap_or_default()
+    }
+
+    /// The limits serving now (running), else those a start would derive now.
+    pub fn limits(&self) -> Limits {
+        match self.running.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            Some(r) => *r.serving.registry.limits(),
+            None => self.shared.cfg.limits(),
+        }
+    }
+
+    /// Splice pipes open now (pooled and in use; 0 when stopped).
+    pub fn pipes_open(&self) -> usize {
+        self.running.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map_or(0, |r| r.serving.pipes.open())
     }
 
     /// Publishes new tables; connections arriving from now on use them.
@@ -457,6 +571,9 @@ impl Relay {
             no_original_dst: g(&c.no_original_dst),
             upstream_failed: g(&c.upstream_failed),
             overflow: g(&c.overflow),
+            source_overflow: g(&c.source_overflow),
+            evicted: g(&c.evicted),
+            hello_timeouts: g(&c.hello_timeouts),
             bytes_sent: g(&c.bytes_sent),
             bytes_received: g(&c.bytes_received),
             resets: g(&c.resets),

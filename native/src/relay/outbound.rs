@@ -5,49 +5,63 @@
 //! endpoints that take it; LOGICAL_DNS clusters are resolved per
 //! connection; everything else goes where it was going.
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
 
 use rustls::Connection;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
 
-use super::accept::{connect, connect_direct, relay, relay_tls, reset, secure};
+use super::accept::{connect, connect_direct, relay, relay_tls, reset, secure, Ctx};
+use super::admit::Phase;
 use super::tls::pump::HandshakeError;
 use super::tls::{expected_identity, TlsIdentity};
-use super::{monotonic_ms, Routes, Shared};
-use crate::lb::{hash_key, Endpoint, Outcome, Rng, Verdict};
+use super::{monotonic_ms, Routes};
+use crate::lb::{hash_key, Outcome, Rng, Verdict};
+
+/// What a connection needs of the endpoint it picked (copied out of the
+/// cluster's snapshot, which is not held across waits).
+struct Picked {
+    addr: SocketAddr,
+    index: usize,
+    /// `tlsMode: istio`: Istio mTLS, never plaintext.
+    istio: bool,
+    service_account: String,
+    workload: String,
+}
 
 /// An outbound connection (port 15001) to `orig`: classified by the
 /// redirection table; a cluster's connection goes to one of its endpoints
 /// (picked with the cluster's policy, connect retries, outlier reports,
 /// mTLS origination per endpoint), anything else to `orig` itself.
-pub(super) fn serve(shared: &Arc<Shared>, client: TcpStream, orig: SocketAddr, id: u64) {
-    let c = &shared.counters;
-    let routes: Arc<Routes> = shared.routes.load_full();
+pub(super) async fn serve(ctx: Ctx<'_>, client: &TcpStream, orig: SocketAddr) {
+    let (sh, c) = (ctx.sh, &ctx.sh.counters);
+    let routes: Arc<Routes> = sh.routes.load_full();
     let redirect = routes.redirect.redirect();
     let verdict = redirect.classify(orig.ip(), orig.port());
     let Verdict::Cluster(_) = verdict else {
         let counter = if verdict == Verdict::Bypass { &c.bypass } else { &c.passthrough };
         counter.fetch_add(1, Ordering::Relaxed);
-        if let Some(up) = connect_direct(shared, &client, orig) {
-            relay(shared, client, up, id);
+        if let Some(up) = connect_direct(ctx, client, orig).await {
+            relay(ctx, client, &up.stream).await;
         }
         return;
     };
     let name = redirect.cluster_name(verdict).unwrap_or_default();
     let Some(cluster) = routes.lb.lb().cluster(name) else {
         match routes.logical_dns.get(name) {
-            Some((host, port)) => logical_dns(shared, client, host, *port, id),
+            Some((host, port)) => logical_dns(ctx, client, host, *port).await,
             None => {
                 c.unknown_cluster.fetch_add(1, Ordering::Relaxed);
-                reset(&client);
+                reset(client);
             }
         }
         return;
     };
     c.cluster.fetch_add(1, Ordering::Relaxed);
-    let mut rng = Rng::new(shared.seed ^ id.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    ctx.st.set_phase(Phase::Connect);
+    let mut rng = Rng::new(sh.seed ^ ctx.id.wrapping_mul(0x9e37_79b9_7f4a_7c15));
     // RING_HASH / MAGLEV: a TCP connection's only key is its source
     // (Istio's consistentHash.useSourceIp -> tcp_proxy hash_policy
     // source_ip); the key is the address's text, as `LbTable.pick(cluster,
@@ -58,70 +72,64 @@ pub(super) fn serve(shared: &Arc<Shared>, client: TcpStream, orig: SocketAddr, i
         None
     };
     let mut tried: Vec<SocketAddr> = Vec::new();
-    for attempt in 0..shared.cfg.connect_attempts {
+    // Set once this connection waited the connect timeout for an identity
+    // in vain: later `tlsMode: istio` picks fail at once.
+    let mut no_identity = false;
+    for attempt in 0..sh.cfg.connect_attempts {
         // A fresh snapshot per attempt: a failure may just have ejected the
         // endpoint. Like Envoy's `previous_hosts` retry predicate, re-pick a
         // few times to avoid an endpoint that already failed.
-        let snap = cluster.snapshot();
-        let mut pick = None;
-        for k in 0..3 {
-            // A hash always lands on the same endpoint: once it failed,
-            // re-pick at random (Envoy's retry host predicate does the same
-            // job by re-hashing).
-            pick = snap.pick(if k == 0 { hash } else { None }, &mut rng);
-            match pick {
-                Some(i) if tried.contains(&snap.endpoints()[i].address) => continue,
-                _ => break,
+        let picked = {
+            let snap = cluster.snapshot();
+            let mut pick = None;
+            for k in 0..3 {
+                // A hash always lands on the same endpoint: once it failed,
+                // re-pick at random (Envoy's retry host predicate does the
+                // same job by re-hashing).
+                pick = snap.pick(if k == 0 { hash } else { None }, &mut rng);
+                match pick {
+                    Some(i) if tried.contains(&snap.endpoints()[i].address) => continue,
+                    _ => break,
+                }
             }
-        }
-        let Some(i) = pick else {
+            pick.map(|i| {
+                let ep = &snap.endpoints()[i];
+                Picked {
+                    addr: ep.address,
+                    index: cluster.endpoint_index(&ep.address).unwrap_or(i),
+                    istio: sh.cfg.auto_mtls && ep.meta.tls_mode == crate::mesh::TLS_MODE_ISTIO,
+                    service_account: ep.meta.service_account.clone(),
+                    workload: ep.meta.workload.clone(),
+                }
+            })
+        };
+        let Some(ep) = picked else {
             c.no_healthy_upstream.fetch_add(1, Ordering::Relaxed);
-            reset(&client);
+            reset(client);
             return;
         };
-        let addr = snap.endpoints()[i].address;
-        let index = cluster.endpoint_index(&addr).unwrap_or(i);
         if attempt > 0 {
             c.retries.fetch_add(1, Ordering::Relaxed);
         }
-        c.connect_attempts.fetch_add(1, Ordering::Relaxed);
-        match connect(addr, shared) {
-            Ok(up) => {
-                // Endpoints with a sidecar (tlsMode istio) get Istio mTLS
-                // when we hold an identity; a failed handshake is a failed
-                // connect, as in Envoy (the TLS transport socket's connect
-                // is part of the upstream connection), so it is reported to
-                // outlier detection and another endpoint is tried.
-                let ep = &snap.endpoints()[i];
-                let session = match tls_for(shared, ep) {
-                    None => None,
-                    Some(identity) => match originate(shared, &identity, &up, ep, name) {
-                        Ok(conn) => Some(conn),
-                        Err(e) => {
-                            c.connect_failures.fetch_add(1, Ordering::Relaxed);
-                            let outcome = if matches!(e, HandshakeError::Timeout) {
-                                c.connect_timeouts.fetch_add(1, Ordering::Relaxed);
-                                Outcome::Timeout
-                            } else {
-                                Outcome::ConnectFailure
-                            };
-                            cluster.report(index, outcome, false, monotonic_ms());
-                            tried.push(addr);
-                            continue;
-                        }
-                    },
-                };
-                cluster.report(index, Outcome::ConnectSuccess, false, monotonic_ms());
-                // The connection is the endpoint's active request (LEAST_REQUEST).
-                let state = cluster.state(index).clone();
-                state.request_started();
-                match session {
-                    Some(conn) => relay_tls(shared, client, up, conn, true, id),
-                    None => relay(shared, client, up, id),
+        // Endpoints with a sidecar (tlsMode istio) get Istio mTLS, and only
+        // mTLS: without an identity yet, wait for one (bounded) rather than
+        // send in the clear. Not reported to outlier detection:
+        // the endpoint did nothing wrong, and ejecting every endpoint for
+        // our own missing certificate would outlast it.
+        let identity = if ep.istio {
+            match identity_for(ctx, &mut no_identity).await {
+                Some(id) => Some(id),
+                None => {
+                    tried.push(ep.addr);
+                    continue;
                 }
-                state.request_finished();
-                return;
             }
+        } else {
+            None
+        };
+        c.connect_attempts.fetch_add(1, Ordering::Relaxed);
+        let up = match connect(ctx, ep.addr).await {
+            Ok(up) => up,
             Err(e) => {
                 c.connect_failures.fetch_add(1, Ordering::Relaxed);
                 // Envoy tells a connect timeout (LocalOriginTimeout, 504 when
@@ -133,29 +141,96 @@ pub(super) fn serve(shared: &Arc<Shared>, client: TcpStream, orig: SocketAddr, i
                 } else {
                     Outcome::ConnectFailure
                 };
-                cluster.report(index, outcome, false, monotonic_ms());
-                tried.push(addr);
+                cluster.report(ep.index, outcome, false, monotonic_ms());
+                tried.push(ep.addr);
+                continue;
             }
+        };
+        // A failed handshake is a failed connect, as in Envoy (the TLS
+        // transport socket's connect is part of the upstream connection), so
+        // it is reported to outlier detection and another endpoint is tried.
+        let session = match identity {
+            None => None,
+            Some(identity) => match originate(ctx, &identity, &up.stream, &ep, name).await {
+                Ok(conn) => Some(conn),
+                Err(e) => {
+                    c.connect_failures.fetch_add(1, Ordering::Relaxed);
+                    let outcome = if matches!(e, HandshakeError::Timeout) {
+                        c.connect_timeouts.fetch_add(1, Ordering::Relaxed);
+                        Outcome::Timeout
+                    } else {
+                        Outcome::ConnectFailure
+                    };
+                    cluster.report(ep.index, outcome, false, monotonic_ms());
+                    tried.push(ep.addr);
+                    continue;
+                }
+            },
+        };
+        cluster.report(ep.index, Outcome::ConnectSuccess, false, monotonic_ms());
+        // The connection is the endpoint's active request (LEAST_REQUEST),
+        // until its task ends, however it ends.
+        let state = cluster.state(ep.index).clone();
+        state.request_started();
+        let _finished = Finished(&state);
+        match session {
+            Some(conn) => relay_tls(ctx, client, &up.stream, conn, true).await,
+            None => relay(ctx, client, &up.stream).await,
         }
+        return;
     }
     c.upstream_failed.fetch_add(1, Ordering::Relaxed);
-    reset(&client);
+    reset(client);
 }
 
-/// A LOGICAL_DNS cluster: resolve the host now (this thread may block; it
-/// serves only this connection) and try its addresses in order, up to
-/// `connect_attempts`. There is no endpoint state to report outcomes to.
-fn logical_dns(shared: &Arc<Shared>, client: TcpStream, host: &str, port: u16, id: u64) {
-    use std::net::ToSocketAddrs;
-    let c = &shared.counters;
+/// Ends an endpoint's active request when the connection's task ends
+/// (also when it is evicted or stopped mid-relay).
+struct Finished<'a>(&'a crate::lb::EndpointState);
+
+impl Drop for Finished<'_> {
+    fn drop(&mut self) {
+        self.0.request_finished();
+    }
+}
+
+/// The identity to originate with to a `tlsMode: istio` endpoint: the one
+/// held, else the first published within the connect timeout; None (and
+/// counted) when none came, or when this connection already waited in vain.
+async fn identity_for(ctx: Ctx<'_>, waited_in_vain: &mut bool) -> Option<Arc<TlsIdentity>> {
+    let tls = &ctx.sh.tls;
+    if let Some(id) = tls.identity() {
+        return Some(id);
+    }
+    if *waited_in_vain {
+        return None;
+    }
+    tls.counters.identity_waits.fetch_add(1, Ordering::Relaxed);
+    match tokio::time::timeout(ctx.sh.cfg.connect_timeout, tls.wait_identity()).await {
+        Ok(id) => Some(id),
+        Err(_) => {
+            tls.counters.no_identity.fetch_add(1, Ordering::Relaxed);
+            *waited_in_vain = true;
+            None
+        }
+    }
+}
+
+/// A LOGICAL_DNS cluster: resolve the host now (getaddrinfo on the event
+/// loop's blocking pool, within the connect timeout) and try its addresses
+/// in order, up to `connect_attempts`. There is no endpoint state to report
+/// outcomes to.
+async fn logical_dns(ctx: Ctx<'_>, client: &TcpStream, host: &str, port: u16) {
+    let (sh, c) = (ctx.sh, &ctx.sh.counters);
     c.cluster.fetch_add(1, Ordering::Relaxed);
-    let addrs: Vec<SocketAddr> = match (host, port).to_socket_addrs() {
-        Ok(a) => a.take(shared.cfg.connect_attempts as usize).collect(),
-        Err(_) => Vec::new(),
-    };
+    ctx.st.set_phase(Phase::Connect);
+    let addrs: Vec<SocketAddr> =
+        match tokio::time::timeout(sh.cfg.connect_timeout, tokio::net::lookup_host((host, port))).await {
+            Ok(Ok(a)) => a.take(sh.cfg.connect_attempts as usize).collect(),
+            _ => Vec::new(),
+        };
     if addrs.is_empty() {
         c.no_healthy_upstream.fetch_add(1, Ordering::Relaxed);
-        reset(&client);
+        reset(client);
         return;
     }
     for (attempt, addr) in addrs.into_iter().enumerate() {
@@ -163,42 +238,35 @@ fn logical_dns(shared: &Arc<Shared>, client: TcpStream, host: &str, port: u16, i
             c.retries.fetch_add(1, Ordering::Relaxed);
         }
         c.connect_attempts.fetch_add(1, Ordering::Relaxed);
-        match connect(addr, shared) {
-            Ok(up) => return relay(shared, client, up, id),
-            Err(_) => {
+        match connect(ctx, addr).await {
+            Ok(up) => return relay(ctx, client, &up.stream).await,
+            Err(e) => {
                 c.connect_failures.fetch_add(1, Ordering::Relaxed);
+                if e.kind() == std::io::ErrorKind::TimedOut {
+                    c.connect_timeouts.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
     }
     c.upstream_failed.fetch_add(1, Ordering::Relaxed);
-    reset(&client);
-}
-
-/// The identity to originate mTLS with to `ep`: only endpoints that take
-/// Istio mTLS (`tlsMode: istio`, set by istiod for workloads with a
-/// sidecar), and only while we hold an identity. Others stay plaintext on
-/// the splice path.
-fn tls_for(shared: &Shared, ep: &Endpoint) -> Option<Arc<TlsIdentity>> {
-    if ep.meta.tls_mode != crate::mesh::TLS_MODE_ISTIO {
-        return None;
-    }
-    shared.tls.identity()
+    reset(client);
 }
 
 /// The mTLS handshake to an endpoint, its identity checked against its
 /// EDS metadata, within the connect timeout.
-fn originate(
-    shared: &Shared,
+async fn originate(
+    ctx: Ctx<'_>,
     identity: &TlsIdentity,
     up: &TcpStream,
-    ep: &Endpoint,
+    ep: &Picked,
     cluster: &str,
 ) -> Result<Connection, HandshakeError> {
-    let expect = expected_identity(&ep.meta.service_account, &ep.meta.workload, identity.trust_domain());
+    let sh = ctx.sh;
+    let expect = expected_identity(&ep.service_account, &ep.workload, identity.trust_domain());
     let sni = crate::mesh::outbound_sni(cluster);
     let conn = identity
-        .client(expect.clone(), sni.as_deref(), ep.address.ip(), shared.tls.session_resumption())
+        .client(expect.clone(), sni.as_deref(), ep.addr.ip(), sh.tls.session_resumption())
         .map(Connection::Client)
         .map_err(HandshakeError::Tls);
-    secure(shared, conn, up, &expect, Instant::now() + shared.cfg.connect_timeout)
+    secure(sh, conn, up, &expect, Instant::now() + sh.cfg.connect_timeout).await
 }

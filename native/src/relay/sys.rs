@@ -2,14 +2,17 @@
 //! rustix's safe API would each cover only in part, and which is the
 //! measured hot path of a plaintext connection (two `splice(2)` calls per
 //! chunk, no copy through user space). Everything else the relay asks of the
-//! kernel goes through std (`TcpStream` reads, writes, `shutdown`, `peek`),
-//! socket2 (`SO_ORIGINAL_DST`, `send` with `MSG_NOSIGNAL`, socket options)
-//! or rustix (`poll`, `eventfd`, `CLOCK_MONOTONIC`).
+//! kernel goes through tokio (sockets, readiness), socket2 (`SO_ORIGINAL_DST`,
+//! `send` with `MSG_NOSIGNAL`, `peek`, socket options) or rustix
+//! (`getrlimit`, `CLOCK_MONOTONIC`).
+//!
+//! Both ends of a pipe and every relayed socket are non-blocking: the pumps
+//! run on the event loop, which must never block in a system call.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
-/// A pipe (both ends close-on-exec) of at least `size` bytes when the
+/// A non-blocking pipe (both ends close-on-exec) of at least `size` bytes when the
 /// kernel allows it, else of its default size: `(read end, write end,
 /// capacity)`. A bigger pipe moves more per `splice`; an unprivileged
 /// process may be capped by /proc/sys/fs/pipe-max-size, so a refused
@@ -17,7 +20,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 pub(crate) fn pipe(size: usize) -> io::Result<(OwnedFd, OwnedFd, usize)> {
     let mut fds = [0 as libc::c_int; 2];
     // SAFETY: `fds` has room for the two descriptors pipe2 writes.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: pipe2 succeeded, so both descriptors are new, open, and owned
@@ -38,7 +41,10 @@ pub(crate) fn pipe(size: usize) -> io::Result<(OwnedFd, OwnedFd, usize)> {
 
 /// One `splice(2)` of up to `len` bytes from `from` to `to` (one of them a
 /// pipe), moving pages rather than copying them; retried on EINTR. Ok(0) is
-/// end of stream from `from`.
+/// end of stream from `from`. Never blocks: `SPLICE_F_NONBLOCK` for the
+/// pipe, `O_NONBLOCK` on the socket; `WouldBlock` says which side to wait for
+/// only because the pumps fill a pipe only when it is empty and drain it only
+/// when it is not (see `splice::pump`).
 pub(crate) fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
     loop {
         // SAFETY: both descriptors are borrowed, so open for the call; null
@@ -50,7 +56,7 @@ pub(crate) fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io
                 to.as_raw_fd(),
                 std::ptr::null_mut(),
                 len,
-                libc::SPLICE_F_MOVE,
+                libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
             )
         };
         if let Ok(n) = usize::try_from(n) {

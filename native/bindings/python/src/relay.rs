@@ -62,13 +62,18 @@ impl OutboundProxy {
         listen = vec!["127.0.0.1:15001".to_owned(), "[::1]:15001".to_owned()],
         connect_timeout = 10.0,
         connect_attempts = 3,
-        max_connections = 4096,
+        max_connections = None,
         mark = None,
         pipe_size = 1 << 18,
         seed = None,
         logical_dns = None,
         inbound = false,
         idle_timeout = Some(3600.0),
+        max_connections_per_source = None,
+        hello_timeout = 3.0,
+        keepalive = Some(60.0),
+        workers = 0,
+        auto_mtls = true,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -78,13 +83,18 @@ impl OutboundProxy {
         listen: Vec<String>,
         connect_timeout: f64,
         connect_attempts: u32,
-        max_connections: usize,
+        max_connections: Option<usize>,
         mark: Option<u32>,
         pipe_size: usize,
         seed: Option<u64>,
         logical_dns: Option<HashMap<String, (String, u16)>>,
         inbound: bool,
         idle_timeout: Option<f64>,
+        max_connections_per_source: Option<usize>,
+        hello_timeout: f64,
+        keepalive: Option<f64>,
+        workers: usize,
+        auto_mtls: bool,
     ) -> PyResult<OutboundProxy> {
         let listen = listen
             .iter()
@@ -102,6 +112,11 @@ impl OutboundProxy {
             connect_timeout: seconds("connect_timeout", connect_timeout)?,
             connect_attempts,
             max_connections,
+            max_connections_per_source,
+            hello_timeout: seconds("hello_timeout", hello_timeout)?,
+            keepalive: keepalive.map(|t| seconds("keepalive", t)).transpose()?,
+            workers,
+            auto_mtls,
             mark,
             pipe_size,
             seed,
@@ -195,6 +210,9 @@ impl OutboundProxy {
             ("no_original_dst", s.no_original_dst),
             ("upstream_failed", s.upstream_failed),
             ("overflow", s.overflow),
+            ("source_overflow", s.source_overflow),
+            ("evicted", s.evicted),
+            ("hello_timeouts", s.hello_timeouts),
             ("bytes_sent", s.bytes_sent),
             ("bytes_received", s.bytes_received),
             ("resets", s.resets),
@@ -224,8 +242,10 @@ impl OutboundProxy {
             .map_err(|e| tls_error(py, e.to_string()))
     }
 
-    /// Drops the identity: new connections are plaintext again (inbound
-    /// STRICT then refuses everything).
+    /// Drops the identity for new connections: those to `tlsMode: istio`
+    /// endpoints wait (up to the connect timeout) for the next one or are
+    /// refused, never sent in plaintext; inbound STRICT refuses everything,
+    /// PERMISSIVE passes plaintext through.
     fn clear_identity(&self) {
         self.inner.tls().clear_identity();
     }
@@ -264,7 +284,8 @@ impl OutboundProxy {
     }
 
     /// TLS counters: handshakes, handshake_failures, peer_rejected,
-    /// plaintext_passthrough, plaintext_refused, identity_updates, resumed.
+    /// plaintext_passthrough, plaintext_refused, identity_updates, resumed,
+    /// identity_waits, no_identity.
     fn tls_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let s = self.inner.tls().stats();
         let d = PyDict::new(py);
@@ -276,9 +297,26 @@ impl OutboundProxy {
             ("plaintext_refused", s.plaintext_refused),
             ("identity_updates", s.identity_updates),
             ("resumed", s.resumed),
+            ("identity_waits", s.identity_waits),
+            ("no_identity", s.no_identity),
         ] {
             d.set_item(k, v)?;
         }
+        Ok(d)
+    }
+
+    /// The limits in force (running), else those a start would derive now
+    /// from the file-descriptor budget: max_connections,
+    /// max_connections_per_source, max_pipes, fd_limit (the soft
+    /// RLIMIT_NOFILE; -1: unlimited), pipes_open.
+    fn limits<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let l = self.inner.limits();
+        let d = PyDict::new(py);
+        d.set_item("max_connections", l.max_connections)?;
+        d.set_item("max_connections_per_source", l.max_connections_per_source)?;
+        d.set_item("max_pipes", l.max_pipes)?;
+        d.set_item("fd_limit", i64::try_from(l.fd_limit).unwrap_or(-1))?;
+        d.set_item("pipes_open", self.inner.pipes_open())?;
         Ok(d)
     }
 

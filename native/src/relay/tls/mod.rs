@@ -25,7 +25,8 @@
 //!   identity; every handshake, resumed or not, ends with the peer's
 //!   identity checked against what is wanted now (`peer_matches`).
 //! - [`PeerAuthentication`]: Istio's inbound mode, swapped atomically.
-//! - `pump`: the handshake and the record pump of one TLS connection.
+//! - `pump`: the handshake and the record pump of one TLS connection, as a
+//!   task of the relay's event loop.
 
 pub(crate) mod pump;
 pub mod verify;
@@ -320,17 +321,16 @@ impl TlsIdentity {
         }
     }
 
-    /// The inbound side of a connection on the non-blocking `socket`:
-    /// reads the ClientHello, picks the config ([`Self::inbound_config`]) and
-    /// returns the server connection, its handshake under way (finish it
-    /// with `pump::handshake`). Failures (malformed ClientHello, EOF,
-    /// `deadline`) as `pump::handshake`'s.
-    pub fn accept(
+    /// The inbound side of a connection on `socket`: reads the ClientHello,
+    /// picks the config ([`Self::inbound_config`]) and returns the server
+    /// connection, its handshake under way (finish it with
+    /// `pump::handshake`). Failures (malformed ClientHello, EOF) as
+    /// `pump::handshake`'s; the caller bounds it with `pump::with_deadline`.
+    pub async fn accept(
         &self,
-        socket: &std::net::TcpStream,
-        deadline: std::time::Instant,
+        socket: &tokio::net::TcpStream,
     ) -> std::result::Result<ServerConnection, pump::HandshakeError> {
-        pump::accept(socket, deadline, |hello| self.inbound_config(hello))
+        pump::accept(socket, |hello| self.inbound_config(hello)).await
     }
 }
 
@@ -344,6 +344,8 @@ pub(crate) struct TlsCounters {
     pub(crate) plaintext_refused: AtomicU64,
     pub(crate) identity_updates: AtomicU64,
     pub(crate) resumed: AtomicU64,
+    pub(crate) identity_waits: AtomicU64,
+    pub(crate) no_identity: AtomicU64,
 }
 
 /// A copy of the TLS counters.
@@ -363,6 +365,12 @@ pub struct TlsStats {
     pub identity_updates: u64,
     /// Of the handshakes, resumed sessions (TLS 1.3 PSK / 1.2 session ID).
     pub resumed: u64,
+    /// Outbound connections to `tlsMode: istio` endpoints that arrived
+    /// before any identity and waited for one.
+    pub identity_waits: u64,
+    /// Of those, connections refused because no identity came within the
+    /// connect timeout (never sent in plaintext instead).
+    pub no_identity: u64,
 }
 
 /// The relay's TLS state: the identity, the inbound policy, counters.
@@ -372,6 +380,8 @@ pub struct MeshTls {
     mode: AtomicU8,
     allowed: Arc<ArcSwap<Option<Vec<String>>>>,
     resumption: AtomicBool,
+    /// Woken when an identity is published (connections waiting for one).
+    published: tokio::sync::Notify,
     pub(crate) counters: TlsCounters,
 }
 
@@ -382,6 +392,7 @@ impl Default for MeshTls {
             mode: AtomicU8::new(PeerAuthentication::Permissive as u8),
             allowed: Arc::new(ArcSwap::from_pointee(None)),
             resumption: AtomicBool::new(true),
+            published: tokio::sync::Notify::new(),
             counters: TlsCounters::default(),
         }
     }
@@ -400,10 +411,33 @@ impl MeshTls {
         let id = TlsIdentity::build(chain_pem, key_pem, roots_pem, trust_domain, self.allowed.clone())?;
         self.identity.store(Some(Arc::new(id)));
         self.counters.identity_updates.fetch_add(1, Ordering::Relaxed);
+        self.published.notify_waiters();
         Ok(())
     }
 
-    /// Back to plaintext for new connections (open ones keep their sessions).
+    /// The identity, waiting for one to be published when none is held.
+    /// Never returns None: bound it with a timeout. This is how the
+    /// outbound never downgrades a `tlsMode: istio` endpoint to plaintext
+    /// while the first certificate is on its way (the capture
+    /// rules go in before it arrives, and an agent restarted without a
+    /// valid certificate serves its saved tables), as Envoy's cluster waits
+    /// for its SDS secret instead of sending in the clear.
+    pub async fn wait_identity(&self) -> Arc<TlsIdentity> {
+        loop {
+            let published = self.published.notified();
+            tokio::pin!(published);
+            // Registered before looking, so a store in between is not missed.
+            published.as_mut().enable();
+            if let Some(id) = self.identity() {
+                return id;
+            }
+            published.await;
+        }
+    }
+
+    /// No identity for new connections (open ones keep their sessions):
+    /// connections to `tlsMode: istio` endpoints wait for the next one (or
+    /// fail), inbound STRICT refuses, PERMISSIVE passes plaintext through.
     pub fn clear_identity(&self) {
         self.identity.store(None);
     }
@@ -455,6 +489,8 @@ impl MeshTls {
             plaintext_refused: l(&c.plaintext_refused),
             identity_updates: l(&c.identity_updates),
             resumed: l(&c.resumed),
+            identity_waits: l(&c.identity_waits),
+            no_identity: l(&c.no_identity),
         }
     }
 }

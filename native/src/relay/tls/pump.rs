@@ -1,15 +1,22 @@
-//! One TLS connection relayed to one plaintext socket, on one thread.
+//! One TLS connection relayed to one plaintext socket, as one task of the
+//! relay's event loop.
 //!
 //! `splice` cannot carry TLS (the bytes must pass through the cipher in user
 //! space, and kernel TLS is not available here), so a TLS connection gets
-//! its own loop: both sockets non-blocking, `poll(2)` over the two, and the
-//! rustls connection in between. One thread serves both directions because
-//! the rustls state is shared by them (a record read may produce a write:
-//! key updates, alerts); two threads would need a lock on every record.
+//! its own pump: both sockets non-blocking, the rustls connection in
+//! between, and the readiness of the two sockets (tokio) deciding when to
+//! run. One task serves both directions because the rustls state is shared
+//! by them (a record read may produce a write: key updates, alerts).
 //!
 //! Buffers: socket reads take up to 256 KiB at once (many 16 KiB records
 //! per system call), plaintext goes into rustls in 256 KiB writes (it cuts
 //! them into records and encrypts into a buffer flushed with one `writev`).
+//! This is why the pump drives rustls itself rather than through
+//! tokio-rustls, whose reads go through rustls's deframer, one record at a
+//! time (rustls `read_tls` reads at most a record's worth). The buffers come from
+//! the relay's [`BufPool`] when bytes arrive and go back when the
+//! connection waits with nothing in them, so an idle TLS connection holds
+//! no buffer.
 //!
 //! Half-close, as the splice pumps do it: the peer's `close_notify` (or a
 //! TCP FIN without it, which Envoy also treats as end of stream) becomes
@@ -18,30 +25,35 @@
 //! `close_notify` and then `shutdown(SHUT_WR)` on the TLS socket. TLS 1.3
 //! lets the other direction go on after a `close_notify` (RFC 8446 §6.1).
 
+use std::future::poll_fn;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::Shutdown;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
-use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustls::server::Acceptor;
 use rustls::{Connection, ServerConfig, ServerConnection};
 use socket2::SockRef;
+use tokio::io::Interest;
+use tokio::net::TcpStream;
 
+use crate::relay::admit::ConnState;
+use crate::relay::monotonic_ms;
 use crate::relay::splice::End;
 
 const CHUNK: usize = 256 * 1024;
 
-/// A socket as `Read`/`Write` for rustls's `read_tls`/`write_tls`, retrying
-/// EINTR. Writes are `send`/`sendmsg` with MSG_NOSIGNAL (socket2): a peer
-/// that went away is an EPIPE error here, not a SIGPIPE.
+/// A socket as `Read`/`Write` for rustls's `read_tls`/`write_tls`: non-blocking
+/// (`WouldBlock` clears the socket's readiness, so the next wait is real),
+/// retrying EINTR. Writes are `send`/`sendmsg` with MSG_NOSIGNAL (socket2): a
+/// peer that went away is an EPIPE error here, not a SIGPIPE.
 struct Sock<'a>(&'a TcpStream);
 
 impl Read for Sock<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
-            match self.0.read(buf) {
+            match self.0.try_read(buf) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 r => return r,
             }
@@ -51,8 +63,9 @@ impl Read for Sock<'_> {
 
 impl Write for Sock<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let s = self.0;
         loop {
-            match SockRef::from(self.0).send_with_flags(buf, libc::MSG_NOSIGNAL) {
+            match s.try_io(Interest::WRITABLE, || SockRef::from(s).send_with_flags(buf, libc::MSG_NOSIGNAL)) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 r => return r,
             }
@@ -61,8 +74,9 @@ impl Write for Sock<'_> {
 
     fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
         let bufs = &bufs[..bufs.len().min(64)];
+        let s = self.0;
         loop {
-            match SockRef::from(self.0).send_vectored_with_flags(bufs, libc::MSG_NOSIGNAL) {
+            match s.try_io(Interest::WRITABLE, || SockRef::from(s).send_vectored_with_flags(bufs, libc::MSG_NOSIGNAL)) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 r => return r,
             }
@@ -76,21 +90,6 @@ impl Write for Sock<'_> {
 
 fn would_block(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock
-}
-
-/// A poll timeout of at least a millisecond (as the relay always waited).
-fn timespec(d: Duration) -> Timespec {
-    Timespec::try_from(d.max(Duration::from_millis(1))).unwrap_or(Timespec { tv_sec: i64::MAX, tv_nsec: 0 })
-}
-
-/// Waits for `events` on `sock` until `deadline`; false on timeout.
-fn wait(sock: &TcpStream, events: PollFlags, deadline: Instant) -> bool {
-    let left = deadline.saturating_duration_since(Instant::now());
-    if left.is_zero() {
-        return false;
-    }
-    // An error (EINTR) is not a timeout: the caller tries again.
-    !matches!(poll(&mut [PollFd::new(sock, events)], Some(&timespec(left))), Ok(0))
 }
 
 /// Why a handshake failed.
@@ -121,16 +120,23 @@ impl std::fmt::Display for HandshakeError {
     }
 }
 
-/// Reads the ClientHello from the non-blocking `socket` (rustls's
-/// `Acceptor`) and continues the handshake with the server config `pick`
-/// chooses from it, so a config can depend on what the client offered
-/// (the inbound's ALPN, see `TlsIdentity::inbound_config`). A malformed
-/// ClientHello, or one the chosen config cannot serve, is a `Tls` error
-/// after the alert rustls produced was sent (best effort), like a failure
-/// in [`handshake`]; EOF, socket errors and `deadline` as there.
-pub fn accept(
+/// `fut` until `deadline`, else `HandshakeError::Timeout`.
+pub async fn with_deadline<T>(
+    deadline: tokio::time::Instant,
+    fut: impl std::future::Future<Output = Result<T, HandshakeError>>,
+) -> Result<T, HandshakeError> {
+    tokio::time::timeout_at(deadline, fut).await.unwrap_or(Err(HandshakeError::Timeout))
+}
+
+/// Reads the ClientHello from `socket` (rustls's `Acceptor`) and continues
+/// the handshake with the server config `pick` chooses from it, so a config
+/// can depend on what the client offered (the inbound's ALPN, see
+/// `TlsIdentity::inbound_config`). A malformed ClientHello, or one the
+/// chosen config cannot serve, is a `Tls` error after the alert rustls
+/// produced was sent (best effort), like a failure in [`handshake`]; EOF and
+/// socket errors as there. Bound it with [`with_deadline`].
+pub async fn accept(
     socket: &TcpStream,
-    deadline: Instant,
     pick: impl FnOnce(&rustls::server::ClientHello<'_>) -> Arc<ServerConfig>,
 ) -> Result<ServerConnection, HandshakeError> {
     let mut sock = Sock(socket);
@@ -140,9 +146,7 @@ pub fn accept(
             Ok(0) => return Err(HandshakeError::Io(io::ErrorKind::UnexpectedEof.into())),
             Ok(_) => {}
             Err(e) if would_block(&e) => {
-                if !wait(socket, PollFlags::IN, deadline) {
-                    return Err(HandshakeError::Timeout);
-                }
+                socket.readable().await.map_err(HandshakeError::Io)?;
                 continue;
             }
             Err(e) => return Err(HandshakeError::Io(e)),
@@ -170,19 +174,17 @@ pub fn accept(
     Ok(conn)
 }
 
-/// Runs the handshake on the non-blocking `socket` until it completes,
-/// fails, or `deadline` passes. A fatal alert rustls produced is sent
-/// (best effort) before returning the error.
-pub fn handshake(conn: &mut Connection, socket: &TcpStream, deadline: Instant) -> Result<(), HandshakeError> {
+/// Runs the handshake on `socket` until it completes or fails (bound it
+/// with [`with_deadline`]). A fatal alert rustls produced is sent (best
+/// effort) before returning the error.
+pub async fn handshake(conn: &mut Connection, socket: &TcpStream) -> Result<(), HandshakeError> {
     let mut sock = Sock(socket);
     while conn.is_handshaking() {
         if conn.wants_write() {
             match conn.write_tls(&mut sock) {
                 Ok(_) => continue,
                 Err(e) if would_block(&e) => {
-                    if !wait(socket, PollFlags::OUT, deadline) {
-                        return Err(HandshakeError::Timeout);
-                    }
+                    socket.writable().await.map_err(HandshakeError::Io)?;
                     continue;
                 }
                 Err(e) => return Err(HandshakeError::Io(e)),
@@ -197,11 +199,7 @@ pub fn handshake(conn: &mut Connection, socket: &TcpStream, deadline: Instant) -
                     return Err(HandshakeError::Tls(e));
                 }
             }
-            Err(e) if would_block(&e) => {
-                if !wait(socket, PollFlags::IN, deadline) {
-                    return Err(HandshakeError::Timeout);
-                }
-            }
+            Err(e) if would_block(&e) => socket.readable().await.map_err(HandshakeError::Io)?,
             Err(e) => return Err(HandshakeError::Io(e)),
         }
     }
@@ -211,33 +209,62 @@ pub fn handshake(conn: &mut Connection, socket: &TcpStream, deadline: Instant) -
     while conn.wants_write() {
         match conn.write_tls(&mut sock) {
             Ok(_) => {}
-            Err(e) if would_block(&e) => {
-                if !wait(socket, PollFlags::OUT, deadline) {
-                    return Err(HandshakeError::Timeout);
-                }
-            }
+            Err(e) if would_block(&e) => socket.writable().await.map_err(HandshakeError::Io)?,
             Err(e) => return Err(HandshakeError::Io(e)),
         }
     }
     Ok(())
 }
 
-/// A byte buffer with a consumed prefix.
+/// Sends a `close_notify` as far as the socket takes it now (the idle
+/// timeout's goodbye; never waits).
+pub(crate) fn close_notify(conn: &mut Connection, socket: &TcpStream) {
+    conn.send_close_notify();
+    let _ = conn.write_tls(&mut Sock(socket));
+}
+
+/// Empty buffers kept for reuse at most.
+const KEEP_BUFS: usize = 32;
+
+/// The TLS pumps' 256 KiB buffers, shared by a relay's connections: taken
+/// when bytes arrive, given back when a connection waits with the buffer
+/// empty.
+#[derive(Debug, Default)]
+pub(crate) struct BufPool(Mutex<Vec<Box<[u8]>>>);
+
+impl BufPool {
+    fn take(&self) -> Box<[u8]> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).pop().unwrap_or_else(|| vec![0; CHUNK].into_boxed_slice())
+    }
+
+    /// Whether the pool holds a buffer now.
+    #[cfg(test)]
+    pub(crate) fn is_empty_for_test(&self) -> bool {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+    }
+
+    fn give(&self, b: Box<[u8]>) {
+        let mut pool = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < KEEP_BUFS {
+            pool.push(b);
+        }
+    }
+}
+
+/// A byte buffer with a consumed prefix; its memory only while it holds bytes.
+#[derive(Default)]
 struct Buf {
-    data: Vec<u8>,
+    data: Option<Box<[u8]>>,
     off: usize,
     len: usize,
 }
 
 impl Buf {
-    fn new() -> Buf {
-        Buf { data: vec![0; CHUNK], off: 0, len: 0 }
-    }
     fn is_empty(&self) -> bool {
         self.off == self.len
     }
     fn pending(&self) -> &[u8] {
-        &self.data[self.off..self.len]
+        self.data.as_deref().map_or(&[], |d| &d[self.off..self.len])
     }
     fn consume(&mut self, n: usize) {
         self.off += n;
@@ -246,9 +273,21 @@ impl Buf {
             self.len = 0;
         }
     }
-    /// Free space at the end.
-    fn space(&mut self) -> &mut [u8] {
-        &mut self.data[self.len..]
+    /// Free space at the end (a buffer is taken from the pool if none is held).
+    fn space(&mut self, pool: &BufPool) -> &mut [u8] {
+        let len = self.len;
+        &mut self.data.get_or_insert_with(|| pool.take())[len..]
+    }
+    fn is_full(&self) -> bool {
+        self.data.as_ref().is_some_and(|d| self.len == d.len())
+    }
+    /// Gives the memory back when nothing is pending.
+    fn release(&mut self, pool: &BufPool) {
+        if self.is_empty() {
+            if let Some(d) = self.data.take() {
+                pool.give(d);
+            }
+        }
     }
 }
 
@@ -265,196 +304,223 @@ pub struct Sides<'a> {
     pub from_tls: &'a AtomicU64,
 }
 
+/// The state of one pump between two polls.
+#[derive(Default)]
+struct Pump {
+    p2t: Buf, // plaintext read, not yet accepted by rustls
+    t2p: Buf, // plaintext decrypted, not yet written
+    raw: Buf, // TLS bytes read, not yet fed to rustls
+    plain_eof: bool,
+    close_sent: bool,
+    tls_shut: bool,
+    tls_eof: bool,
+    peer_done: bool,
+    plain_shut: bool,
+}
+
 /// Relays between a TLS connection (handshake done) and a plaintext socket
-/// until both directions ended (End::Eof), one failed (End::Error, the
-/// caller resets both sockets), or nothing moved for `idle` (End::Idle;
-/// close_notify has been queued and flushed as far as the socket took it).
-/// Both sockets must be non-blocking.
-pub fn pump(conn: &mut Connection, s: &Sides<'_>, idle: Option<Duration>) -> End {
-    let (mut tls, mut plain) = (Sock(s.tls), Sock(s.plain));
-    let mut p2t = Buf::new(); // plaintext read, not yet accepted by rustls
-    let mut t2p = Buf::new(); // plaintext decrypted, not yet written
-    let mut raw = Buf::new(); // TLS bytes read, not yet fed to rustls
-                              // Everything up to the limit is encrypted at once: one 256 KiB read
-                              // becomes 16 records in one flush.
+/// until both directions ended (End::Eof) or one failed (End::Error, the
+/// caller resets both sockets). Marks activity on `activity` whenever bytes
+/// move; the caller applies the idle timeout (and then [`close_notify`]).
+pub(crate) async fn pump(conn: &mut Connection, s: &Sides<'_>, bufs: &BufPool, activity: &ConnState) -> End {
+    let mut p = Pump::default();
+    // Everything up to the limit is encrypted at once: one 256 KiB read
+    // becomes 16 records in one flush.
     conn.set_buffer_limit(Some(2 * CHUNK));
-    let (mut plain_eof, mut close_sent, mut tls_shut) = (false, false, false);
-    let (mut tls_eof, mut peer_done, mut plain_shut) = (false, false, false);
-    let mut last = Instant::now();
-    loop {
-        let mut moved = false;
-        // 1. Plaintext side -> rustls (one read, then as much as rustls takes).
-        if p2t.is_empty() && !plain_eof {
-            match plain.read(&mut p2t.data) {
-                Ok(0) => {
-                    plain_eof = true;
-                    moved = true;
-                }
-                Ok(n) => {
-                    p2t.off = 0;
-                    p2t.len = n;
-                    moved = true;
-                }
-                Err(e) if would_block(&e) => {}
-                Err(_) => return End::Error,
-            }
-        }
-        if !p2t.is_empty() {
-            match conn.writer().write(p2t.pending()) {
-                Ok(n) => {
-                    p2t.consume(n);
-                    s.to_tls.fetch_add(n as u64, Ordering::Relaxed);
-                    moved |= n > 0;
-                }
-                Err(_) => return End::Error,
-            }
-        }
-        if plain_eof && p2t.is_empty() && !close_sent {
-            conn.send_close_notify();
-            close_sent = true;
-        }
-        // 2. rustls -> TLS socket.
-        while conn.wants_write() {
-            match conn.write_tls(&mut tls) {
-                Ok(_) => moved = true,
-                Err(e) if would_block(&e) => break,
-                Err(_) => return End::Error,
-            }
-        }
-        if close_sent && !tls_shut && !conn.wants_write() {
-            let _ = s.tls.shutdown(Shutdown::Write);
-            tls_shut = true;
-        }
-        // 3. Decrypted plaintext -> plaintext socket.
-        if !t2p.is_empty() {
-            match plain.write(t2p.pending()) {
-                Ok(n) => {
-                    t2p.consume(n);
-                    s.from_tls.fetch_add(n as u64, Ordering::Relaxed);
-                    moved |= n > 0;
-                }
-                Err(e) if would_block(&e) => {}
-                Err(_) => return End::Error,
-            }
-        }
-        // 4. rustls plaintext -> t2p, feeding it the TLS bytes read so far.
-        if !peer_done {
-            loop {
-                if t2p.space().is_empty() {
-                    break;
-                }
-                match conn.reader().read(t2p.space()) {
+    let end = poll_fn(|cx| p.poll(cx, conn, s, bufs, activity)).await;
+    for b in [&mut p.p2t, &mut p.t2p, &mut p.raw] {
+        b.consume(b.len - b.off);
+        b.release(bufs);
+    }
+    end
+}
+
+impl Pump {
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        conn: &mut Connection,
+        s: &Sides<'_>,
+        bufs: &BufPool,
+        activity: &ConnState,
+    ) -> Poll<End> {
+        let (mut tls, mut plain) = (Sock(s.tls), Sock(s.plain));
+        loop {
+            let mut moved = false;
+            // 1. Plaintext side -> rustls (one read, then as much as rustls takes).
+            if self.p2t.is_empty() && !self.plain_eof {
+                match plain.read(self.p2t.space(bufs)) {
                     Ok(0) => {
-                        peer_done = true; // close_notify
-                        break;
+                        self.plain_eof = true;
+                        moved = true;
                     }
                     Ok(n) => {
-                        t2p.len += n;
+                        self.p2t.off = 0;
+                        self.p2t.len = n;
                         moved = true;
-                        continue;
                     }
                     Err(e) if would_block(&e) => {}
-                    // TCP FIN without close_notify: end of stream all the same.
-                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                        peer_done = true;
-                        break;
-                    }
-                    Err(_) => return End::Error,
-                }
-                if raw.is_empty() {
-                    if tls_eof {
-                        break;
-                    }
-                    match tls.read(&mut raw.data) {
-                        Ok(0) => {
-                            tls_eof = true;
-                            moved = true;
-                            // Tell rustls about the EOF; its reader then
-                            // reports close_notify or an unexpected EOF.
-                            let _ = conn.read_tls(&mut io::empty());
-                            if conn.process_new_packets().is_err() {
-                                let _ = conn.write_tls(&mut tls);
-                                return End::Error;
-                            }
-                            continue;
-                        }
-                        Ok(n) => {
-                            raw.off = 0;
-                            raw.len = n;
-                            moved = true;
-                        }
-                        Err(e) if would_block(&e) => break,
-                        Err(_) => return End::Error,
-                    }
-                }
-                let mut src = raw.pending();
-                let before = src.len();
-                match conn.read_tls(&mut src) {
-                    Ok(_) => {
-                        let used = before - src.len();
-                        raw.consume(used);
-                        if let Err(_e) = conn.process_new_packets() {
-                            let _ = conn.write_tls(&mut tls);
-                            return End::Error;
-                        }
-                    }
-                    // The reader was just found empty, so this is not "received
-                    // plaintext full" but a deframing error: give up rather
-                    // than spin on bytes rustls refuses.
-                    Err(_) => return End::Error,
+                    Err(_) => return Poll::Ready(End::Error),
                 }
             }
-        }
-        if peer_done && t2p.is_empty() && !plain_shut {
-            let _ = s.plain.shutdown(Shutdown::Write);
-            plain_shut = true;
-            moved = true;
-        }
-        if plain_shut && tls_shut {
-            return End::Eof;
-        }
-        if moved {
-            last = Instant::now();
-            continue;
-        }
-        // Nothing moved: wait for what could unblock us. A side with no
-        // interest is left out so its HUP/ERR cannot spin the loop.
-        let (mut tls_ev, mut plain_ev) = (PollFlags::empty(), PollFlags::empty());
-        if !tls_eof && raw.is_empty() && !peer_done {
-            tls_ev |= PollFlags::IN;
-        }
-        if conn.wants_write() {
-            tls_ev |= PollFlags::OUT;
-        }
-        if !plain_eof && p2t.is_empty() {
-            plain_ev |= PollFlags::IN;
-        }
-        if !t2p.is_empty() {
-            plain_ev |= PollFlags::OUT;
-        }
-        let mut both = [PollFd::new(s.tls, tls_ev), PollFd::new(s.plain, plain_ev)];
-        let fds = match (tls_ev.is_empty(), plain_ev.is_empty()) {
-            (false, false) => &mut both[..],
-            (false, true) => &mut both[..1],
-            (true, false) => &mut both[1..],
-            // Nothing can make progress (should not happen): give up cleanly.
-            (true, true) => return End::Error,
-        };
-        let timeout = match idle {
-            Some(t) => {
-                let left = t.saturating_sub(last.elapsed());
-                if left.is_zero() {
-                    conn.send_close_notify();
-                    let _ = conn.write_tls(&mut tls);
-                    return End::Idle;
+            if !self.p2t.is_empty() {
+                match conn.writer().write(self.p2t.pending()) {
+                    Ok(n) => {
+                        self.p2t.consume(n);
+                        s.to_tls.fetch_add(n as u64, Ordering::Relaxed);
+                        moved |= n > 0;
+                    }
+                    Err(_) => return Poll::Ready(End::Error),
                 }
-                Some(timespec(left))
             }
-            None => None,
-        };
-        if let Err(e) = poll(fds, timeout.as_ref()) {
-            if e != rustix::io::Errno::INTR {
-                return End::Error;
+            if self.plain_eof && self.p2t.is_empty() && !self.close_sent {
+                conn.send_close_notify();
+                self.close_sent = true;
+            }
+            // 2. rustls -> TLS socket.
+            while conn.wants_write() {
+                match conn.write_tls(&mut tls) {
+                    Ok(_) => moved = true,
+                    Err(e) if would_block(&e) => break,
+                    Err(_) => return Poll::Ready(End::Error),
+                }
+            }
+            if self.close_sent && !self.tls_shut && !conn.wants_write() {
+                let _ = SockRef::from(s.tls).shutdown(Shutdown::Write);
+                self.tls_shut = true;
+            }
+            // 3. Decrypted plaintext -> plaintext socket.
+            if !self.t2p.is_empty() {
+                match plain.write(self.t2p.pending()) {
+                    Ok(n) => {
+                        self.t2p.consume(n);
+                        s.from_tls.fetch_add(n as u64, Ordering::Relaxed);
+                        moved |= n > 0;
+                    }
+                    Err(e) if would_block(&e) => {}
+                    Err(_) => return Poll::Ready(End::Error),
+                }
+            }
+            // 4. rustls plaintext -> t2p, feeding it the TLS bytes read so far.
+            if !self.peer_done {
+                match self.decrypt(conn, &mut tls, bufs) {
+                    Ok(m) => moved |= m,
+                    Err(()) => return Poll::Ready(End::Error),
+                }
+            }
+            if self.peer_done && self.t2p.is_empty() && !self.plain_shut {
+                let _ = SockRef::from(s.plain).shutdown(Shutdown::Write);
+                self.plain_shut = true;
+                moved = true;
+            }
+            if self.plain_shut && self.tls_shut {
+                return Poll::Ready(End::Eof);
+            }
+            if moved {
+                activity.touch(monotonic_ms());
+                continue;
+            }
+            // Nothing moved: give back what holds nothing, then wait for what
+            // could unblock us. A side with no interest is left out so its
+            // HUP/ERR cannot spin the loop.
+            for b in [&mut self.p2t, &mut self.t2p, &mut self.raw] {
+                b.release(bufs);
+            }
+            let tls_in = !self.tls_eof && self.raw.is_empty() && !self.peer_done && !self.t2p.is_full();
+            let tls_out = conn.wants_write();
+            let plain_in = !self.plain_eof && self.p2t.is_empty();
+            let plain_out = !self.t2p.is_empty();
+            if !(tls_in || tls_out || plain_in || plain_out) {
+                // Nothing can make progress (should not happen): give up cleanly.
+                return Poll::Ready(End::Error);
+            }
+            let mut ready = false;
+            for (want, r) in [
+                (tls_in, tls_in.then(|| s.tls.poll_read_ready(cx))),
+                (tls_out, tls_out.then(|| s.tls.poll_write_ready(cx))),
+                (plain_in, plain_in.then(|| s.plain.poll_read_ready(cx))),
+                (plain_out, plain_out.then(|| s.plain.poll_write_ready(cx))),
+            ] {
+                match (want, r) {
+                    (true, Some(Poll::Ready(Ok(())))) => ready = true,
+                    (true, Some(Poll::Ready(Err(_)))) => return Poll::Ready(End::Error),
+                    _ => {}
+                }
+            }
+            if !ready {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// Step 4: decrypted plaintext into `t2p`, reading the TLS socket when
+    /// rustls needs bytes. Ok(moved); Err: the connection failed (an alert
+    /// was sent when rustls had one).
+    fn decrypt(&mut self, conn: &mut Connection, tls: &mut Sock<'_>, bufs: &BufPool) -> Result<bool, ()> {
+        let mut moved = false;
+        loop {
+            if self.t2p.is_full() {
+                return Ok(moved);
+            }
+            match conn.reader().read(self.t2p.space(bufs)) {
+                Ok(0) => {
+                    self.peer_done = true; // close_notify
+                    return Ok(true);
+                }
+                Ok(n) => {
+                    self.t2p.len += n;
+                    moved = true;
+                    continue;
+                }
+                Err(e) if would_block(&e) => {}
+                // TCP FIN without close_notify: end of stream all the same.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    self.peer_done = true;
+                    return Ok(true);
+                }
+                Err(_) => return Err(()),
+            }
+            if self.raw.is_empty() {
+                if self.tls_eof {
+                    return Ok(moved);
+                }
+                match tls.read(self.raw.space(bufs)) {
+                    Ok(0) => {
+                        self.tls_eof = true;
+                        moved = true;
+                        // Tell rustls about the EOF; its reader then
+                        // reports close_notify or an unexpected EOF.
+                        let _ = conn.read_tls(&mut io::empty());
+                        if conn.process_new_packets().is_err() {
+                            let _ = conn.write_tls(tls);
+                            return Err(());
+                        }
+                        continue;
+                    }
+                    Ok(n) => {
+                        self.raw.off = 0;
+                        self.raw.len = n;
+                        moved = true;
+                    }
+                    Err(e) if would_block(&e) => return Ok(moved),
+                    Err(_) => return Err(()),
+                }
+            }
+            let mut src = self.raw.pending();
+            let before = src.len();
+            match conn.read_tls(&mut src) {
+                Ok(_) => {
+                    let used = before - src.len();
+                    self.raw.consume(used);
+                    if conn.process_new_packets().is_err() {
+                        let _ = conn.write_tls(tls);
+                        return Err(());
+                    }
+                }
+                // The reader was just found empty, so this is not "received
+                // plaintext full" but a deframing error: give up rather
+                // than spin on bytes rustls refuses.
+                Err(_) => return Err(()),
             }
         }
     }

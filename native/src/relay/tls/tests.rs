@@ -6,16 +6,29 @@
 //! `tests/netns/test_relay_mtls.py`, in a network namespace.
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpStream as StdStream};
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use rustls::Connection;
+use tokio::net::TcpStream;
 
-use super::pump::{handshake, pump, HandshakeError, Sides};
+use super::pump::{close_notify, handshake, pump, with_deadline, BufPool, HandshakeError, Sides};
 use super::*;
+use crate::relay::admit::ConnState;
+use crate::relay::monotonic_ms;
 use crate::relay::splice::End;
+
+/// The event loop the TLS tests' sockets live on.
+fn rt() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap())
+}
+
+fn deadline(d: Duration) -> tokio::time::Instant {
+    tokio::time::Instant::now() + d
+}
 
 const ROOT_A: &str = include_str!("testdata/a-root.pem");
 const ROOT_B: &str = include_str!("testdata/b-root.pem");
@@ -34,11 +47,25 @@ fn mesh(id: (&str, &str), roots: &str) -> MeshTls {
     m
 }
 
+/// A connected pair on loopback, both ends on the test event loop.
 fn pair() -> (TcpStream, TcpStream) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    rt().block_on(async {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (b, _) = l.accept().await.unwrap();
+        (a, b)
+    })
+}
+
+/// A pair whose first end is a blocking std socket (an app), the second on
+/// the event loop (what a pump relays to).
+fn app_pair() -> (StdStream, TcpStream) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = StdStream::connect(l.local_addr().unwrap()).unwrap();
     let (b, _) = l.accept().unwrap();
-    (a, b)
+    b.set_nonblocking(true).unwrap();
+    let _enter = rt().enter();
+    (a, TcpStream::from_std(b).unwrap())
 }
 
 /// Handshakes a client of `c` expecting `expect` with a server of `s`
@@ -68,29 +95,33 @@ fn connect_with(
 }
 
 /// Handshakes `client` with the inbound side of `s` (ClientHello read
-/// first, config picked by it, as the relay's inbound does).
+/// first, config picked by it, as the relay's inbound does), as two tasks.
 #[allow(clippy::type_complexity)]
 fn handshake_with(
     client: ClientConnection,
     s: &MeshTls,
 ) -> (Result<Connection, HandshakeError>, Result<Connection, HandshakeError>, TcpStream, TcpStream) {
     let (a, b) = pair();
-    a.set_nonblocking(true).unwrap();
-    b.set_nonblocking(true).unwrap();
     let id = s.identity().unwrap();
-    let b2 = b.try_clone().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let srv = std::thread::spawn(move || {
-        let mut server = Connection::Server(id.accept(&b2, deadline)?);
-        handshake(&mut server, &b2, deadline).map(|_| server)
-    });
-    let mut client = Connection::Client(client);
-    let cr = handshake(&mut client, &a, deadline).map(|_| client);
-    // A refused client leaves the server waiting for bytes that never come.
-    if cr.is_err() {
-        let _ = a.shutdown(Shutdown::Both);
-    }
-    (cr, srv.join().unwrap(), a, b)
+    rt().block_on(async move {
+        let by = deadline(Duration::from_secs(5));
+        let srv = tokio::spawn(async move {
+            let r = with_deadline(by, async {
+                let mut server = Connection::Server(id.accept(&b).await?);
+                handshake(&mut server, &b).await.map(|_| server)
+            })
+            .await;
+            (r, b)
+        });
+        let mut client = Connection::Client(client);
+        let cr = with_deadline(by, handshake(&mut client, &a)).await.map(|_| client);
+        // A refused client leaves the server waiting for bytes that never come.
+        if cr.is_err() {
+            let _ = socket2::SockRef::from(&a).shutdown(Shutdown::Both);
+        }
+        let (sr, b) = srv.await.unwrap();
+        (cr, sr, a, b)
+    })
 }
 
 #[test]
@@ -302,13 +333,12 @@ fn a_malformed_client_hello_fails_cleanly_with_an_alert() {
     // short by EOF.
     let bodies: [&[u8]; 2] = [&[0x16, 3, 1, 0, 8, 1, 0, 0, 4, 0xde, 0xad, 0xbe, 0xef], &[0x16, 3, 1, 0, 200, 1, 0, 0]];
     for (i, body) in bodies.into_iter().enumerate() {
-        let (mut a, b) = pair();
-        b.set_nonblocking(true).unwrap();
+        let (mut a, b) = app_pair();
         a.write_all(body).unwrap();
         if i == 1 {
             a.shutdown(Shutdown::Write).unwrap();
         }
-        let r = id.accept(&b, Instant::now() + Duration::from_secs(5));
+        let r = rt().block_on(with_deadline(deadline(Duration::from_secs(5)), id.accept(&b)));
         match (i, r) {
             (0, Err(HandshakeError::Tls(_))) => {
                 // The alert went out: a record of content type 21 (RFC 8446 §6).
@@ -322,9 +352,8 @@ fn a_malformed_client_hello_fails_cleanly_with_an_alert() {
         }
     }
     // Nothing before the deadline: a timeout, not a hang.
-    let (_a, b) = pair();
-    b.set_nonblocking(true).unwrap();
-    let r = id.accept(&b, Instant::now() + Duration::from_millis(100));
+    let (_a, b) = app_pair();
+    let r = rt().block_on(with_deadline(deadline(Duration::from_millis(100)), id.accept(&b)));
     assert!(matches!(r, Err(HandshakeError::Timeout)));
 }
 
@@ -334,32 +363,33 @@ fn checksum(data: &[u8]) -> u64 {
 
 /// app client -- plain -- [pump: client TLS] == TLS == [pump: server TLS] -- plain -- app server
 struct Chain {
-    app_client: TcpStream,
-    app_server: TcpStream,
-    pumps: Vec<std::thread::JoinHandle<End>>,
+    app_client: StdStream,
+    app_server: StdStream,
+    pumps: Vec<tokio::task::JoinHandle<End>>,
     bytes: Arc<[AtomicU64; 4]>,
 }
 
 fn chain(client: &MeshTls, server: &MeshTls) -> Chain {
     let (c, s, tls_a, tls_b) = connect(client, server, PeerIdentity::TrustDomain("cluster.local".into()));
     let (c, s) = (c.unwrap(), s.unwrap());
-    let (app_client, plain_a) = pair();
-    let (plain_b, app_server) = pair();
-    plain_a.set_nonblocking(true).unwrap();
-    plain_b.set_nonblocking(true).unwrap();
+    let (app_client, plain_a) = app_pair();
+    let (app_server, plain_b) = app_pair();
     let bytes: Arc<[AtomicU64; 4]> = Arc::new(Default::default());
+    let bufs = Arc::new(BufPool::default());
     let run = |mut conn: Connection, tls: TcpStream, plain: TcpStream, k: usize, bytes: Arc<[AtomicU64; 4]>| {
-        std::thread::spawn(move || {
-            let end = {
-                let sides = Sides { tls: &tls, plain: &plain, to_tls: &bytes[k], from_tls: &bytes[k + 1] };
-                pump(&mut conn, &sides, Some(Duration::from_secs(20)))
-            };
-            drop((tls, plain));
-            end
+        let bufs = bufs.clone();
+        rt().spawn(async move {
+            let st = ConnState::new(monotonic_ms());
+            let sides = Sides { tls: &tls, plain: &plain, to_tls: &bytes[k], from_tls: &bytes[k + 1] };
+            pump(&mut conn, &sides, &bufs, &st).await
         })
     };
     let pumps = vec![run(c, tls_a, plain_a, 0, bytes.clone()), run(s, tls_b, plain_b, 2, bytes.clone())];
     Chain { app_client, app_server, pumps, bytes }
+}
+
+fn join(pumps: Vec<tokio::task::JoinHandle<End>>) -> Vec<End> {
+    pumps.into_iter().map(|p| rt().block_on(p).unwrap()).collect()
 }
 
 #[test]
@@ -400,8 +430,8 @@ fn pump_moves_large_streams_both_ways_with_half_close() {
     assert_eq!(got.len(), size + trailer.len());
     assert_eq!(checksum(&got[..size]), want);
     assert_eq!(&got[size..], trailer.as_bytes());
-    for p in pumps {
-        assert_eq!(p.join().unwrap(), End::Eof);
+    for end in join(pumps) {
+        assert_eq!(end, End::Eof);
     }
     let b: Vec<u64> = bytes.iter().map(|a| a.load(std::sync::atomic::Ordering::Relaxed)).collect();
     // client side: plain -> TLS = size; server side: TLS -> plain = size.
@@ -414,7 +444,7 @@ fn pump_moves_large_streams_both_ways_with_half_close() {
 fn rotation_keeps_open_connections_and_new_ones_use_the_new_certificate() {
     let (client, server) = (mesh(CLIENT, ROOT_A), mesh(PRODUCT, ROOT_A));
     let Chain { mut app_client, mut app_server, pumps, .. } = chain(&client, &server);
-    let ping = |c: &mut TcpStream, s: &mut TcpStream, msg: &[u8]| {
+    let ping = |c: &mut StdStream, s: &mut StdStream, msg: &[u8]| {
         c.write_all(msg).unwrap();
         let mut buf = vec![0u8; msg.len()];
         s.read_exact(&mut buf).unwrap();
@@ -435,8 +465,8 @@ fn rotation_keeps_open_connections_and_new_ones_use_the_new_certificate() {
     ping(&mut app_client, &mut app_server, b"after two");
     drop(app_client);
     drop(app_server);
-    for p in pumps {
-        assert_ne!(p.join().unwrap(), End::Idle);
+    for end in join(pumps) {
+        assert_ne!(end, End::Idle);
     }
 }
 
@@ -454,7 +484,7 @@ fn a_peer_that_resets_ends_the_pump_with_an_error() {
             break;
         }
     }
-    let ends: Vec<End> = pumps.into_iter().map(|p| p.join().unwrap()).collect();
+    let ends = join(pumps);
     assert!(ends.contains(&End::Error), "{ends:?}");
 }
 
@@ -467,14 +497,20 @@ fn sessions_resume_per_expected_identity_and_the_identity_is_checked_again() {
     assert_eq!(c.handshake_kind(), Some(rustls::HandshakeKind::Full));
     // The server's tickets arrive after the handshake: read them.
     c.set_buffer_limit(None);
-    let mut fd = a.try_clone().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
+    struct Reader<'a>(&'a TcpStream);
+    impl Read for Reader<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.0.try_read(buf)
+        }
+    }
+    let until = std::time::Instant::now() + Duration::from_secs(5);
     while match &c {
         Connection::Client(cc) => cc.tls13_tickets_received() == 0,
         Connection::Server(_) => false,
     } {
-        assert!(Instant::now() < deadline, "no session ticket");
-        if c.read_tls(&mut fd).is_ok() {
+        assert!(std::time::Instant::now() < until, "no session ticket");
+        rt().block_on(async { tokio::time::timeout(Duration::from_millis(100), a.readable()).await }).ok();
+        if c.read_tls(&mut Reader(&a)).is_ok() {
             c.process_new_packets().unwrap();
         }
     }
@@ -492,20 +528,75 @@ fn sessions_resume_per_expected_identity_and_the_identity_is_checked_again() {
 }
 
 #[test]
-fn an_idle_tls_connection_is_closed_after_the_idle_timeout() {
+fn an_idle_tls_connection_ends_with_close_notify_and_gives_its_buffers_back() {
     let (client, server) = (mesh(CLIENT, ROOT_A), mesh(PRODUCT, ROOT_A));
-    let (c, _s, tls_a, _tls_b) = connect(&client, &server, PeerIdentity::TrustDomain("cluster.local".into()));
-    let mut c = c.unwrap();
-    let (mut app, plain) = pair();
-    plain.set_nonblocking(true).unwrap();
+    let (c, s, tls_a, tls_b) = connect(&client, &server, PeerIdentity::TrustDomain("cluster.local".into()));
+    let (mut c, mut s) = (c.unwrap(), s.unwrap());
+    let (mut app, plain) = app_pair();
+    let bufs = BufPool::default();
     let (to, from) = (AtomicU64::new(0), AtomicU64::new(0));
-    let sides = Sides { tls: &tls_a, plain: &plain, to_tls: &to, from_tls: &from };
-    let started = Instant::now();
-    assert_eq!(pump(&mut c, &sides, Some(Duration::from_millis(300))), End::Idle);
-    let took = started.elapsed();
-    assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(5), "{took:?}");
-    // The caller closes the plaintext side; the app sees the end.
-    drop(plain);
-    let mut buf = [0u8; 4];
-    assert_eq!(app.read(&mut buf).unwrap_or(0), 0);
+    let st = ConnState::new(monotonic_ms());
+    app.write_all(b"one").unwrap();
+    let idle = rt().block_on(async {
+        let sides = Sides { tls: &tls_a, plain: &plain, to_tls: &to, from_tls: &from };
+        // What the relay does: the pump until nothing moved for the idle
+        // timeout, then close_notify.
+        let pumping = pump(&mut c, &sides, &bufs, &st);
+        let idle = tokio::time::timeout(Duration::from_millis(300), pumping).await.is_err();
+        close_notify(&mut c, &tls_a);
+        idle
+    });
+    assert!(idle, "the pump ran until the timeout");
+    assert_eq!(to.load(std::sync::atomic::Ordering::Relaxed), 3);
+    // The buffers went back to the pool while the connection waited.
+    assert!(!bufs.is_empty_for_test());
+    // The peer reads our byte, then the close_notify: end of stream.
+    let got = rt().block_on(async {
+        let mut out = Vec::new();
+        loop {
+            s.process_new_packets().unwrap();
+            let mut buf = [0u8; 16];
+            match s.reader().read(&mut buf) {
+                Ok(0) => return out,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    tls_b.readable().await.unwrap();
+                    struct R<'a>(&'a TcpStream);
+                    impl Read for R<'_> {
+                        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                            self.0.try_read(buf)
+                        }
+                    }
+                    let _ = s.read_tls(&mut R(&tls_b));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    });
+    assert_eq!(got, b"one");
+}
+
+#[test]
+fn a_connection_waiting_for_an_identity_gets_the_first_one_published_or_times_out() {
+    let m = Arc::new(MeshTls::default());
+    rt().block_on(async {
+        // None arrives: the wait is bounded by its caller, never plaintext.
+        let r = tokio::time::timeout(Duration::from_millis(100), m.wait_identity()).await;
+        assert!(r.is_err());
+        // Several waiters, then a publication: all get it.
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let m = m.clone();
+                tokio::spawn(async move { m.wait_identity().await.uri().to_owned() })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        m.set_identity(CLIENT.0, CLIENT.1, ROOT_A, None).unwrap();
+        for w in waiters {
+            let uri = tokio::time::timeout(Duration::from_secs(5), w).await.unwrap().unwrap();
+            assert_eq!(uri, SA_CLIENT);
+        }
+        // Held already: no wait at all.
+        assert_eq!(m.wait_identity().await.uri(), SA_CLIENT);
+    });
 }

@@ -1,7 +1,9 @@
 //! DNS answering benchmarks: the cost of one local answer (parse, lookup,
 //! write) from a 10k-name table, beside the cost of copying the query into a
-//! reply (the floor of any responder), and of a forwarded answer re-encoded
-//! from the cache (parse-free, compressing writer).
+//! reply (the floor of any responder), of a forwarded answer re-encoded
+//! from the cache (parse-free, compressing writer), and of the replies a
+//! flood mostly gets: REFUSED to a client outside the allow-list, SERVFAIL
+//! over the pending-forward limits.
 //!
 //! Full run: `cargo bench --bench dns`; short (CI): `PYMESH_BENCH_SHORT=1 cargo bench --bench dns`.
 
@@ -13,9 +15,10 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use pymesh_core::dns::forward::Forwarder;
 use pymesh_core::dns::metrics::Metrics;
 use pymesh_core::dns::wire::{
-    flag, parse_query, write_response, Message, NameBuf, RType, Record, ReplyShape, Writer, CLASS_IN,
+    flag, parse_query, write_response, write_status, Message, NameBuf, RType, Rcode, Record, ReplyShape, Writer,
+    CLASS_IN,
 };
-use pymesh_core::dns::{answer_packet, AnswerConfig, Decision, DnsTable, Transport, UpstreamConfig};
+use pymesh_core::dns::{answer_packet, refuse_packet, AnswerConfig, Decision, DnsTable, Transport, UpstreamConfig};
 use pymesh_core::names::{NameConfig, NameEntry, NameTable};
 
 fn short_mode() -> bool {
@@ -109,6 +112,13 @@ fn bench(c: &mut Criterion) {
     g.bench_function("cache_hit_write", |b| {
         b.iter(|| write_response(black_box(&q), &m, 3, ReplyShape { limit: 512, edns: None }, &mut out))
     });
+    g.bench_function("refused", |b| {
+        b.iter(|| match refuse_packet(black_box(&p), &mut out) {
+            Decision::Reply { len, .. } => len,
+            _ => 0,
+        })
+    });
+    g.bench_function("overloaded_servfail", |b| b.iter(|| write_status(black_box(&q), Rcode::SERVFAIL, &mut out)));
     g.finish();
 }
 

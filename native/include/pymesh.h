@@ -55,6 +55,13 @@
 #define PYMESH_DNS_MIN_OUT 512
 
 /**
+ * The largest reply `pymesh_dns_answer` writes for a query that came over
+ * UDP, whatever size the client advertises (the DNS Flag Day 2020 size:
+ * no fragments, and a bounded reply to a forged-source query).
+ */
+#define PYMESH_DNS_MAX_UDP_REPLY 1232
+
+/**
  * Size of `pymesh_lb_endpoint.text`: the longest `[IPv6]:port` plus the NUL.
  */
 #define PYMESH_LB_ADDR_LEN 64
@@ -799,9 +806,10 @@ enum pymesh_status pymesh_live_name_table_lookup(const struct pymesh_live_name_t
  * `PYMESH_DNS_MIN_OUT`; 65535 is always enough).
  *
  * `tcp` is 0 for a query that came over UDP (the reply is truncated, with
- * TC set, to 512 bytes or the client's EDNS0 size) or 1 for TCP (up to
- * 65535, without the 2-byte length prefix). `ttl` is the TTL of local
- * records (`PYMESH_DNS_DEFAULT_TTL` for Istio's).
+ * TC set, to 512 bytes without EDNS0, else to the client's EDNS0 size but
+ * never above `PYMESH_DNS_MAX_UDP_REPLY`, so the caller need not cap it) or 1
+ * for TCP (up to 65535, without the 2-byte length prefix). `ttl` is the TTL
+ * of local records (`PYMESH_DNS_DEFAULT_TTL` for Istio's).
  *
  * Returns:
  * - `PYMESH_OK` with `*out_len > 0`: send those bytes back to the client

@@ -9,6 +9,11 @@ TCP/forwarding runtime that never take the GIL). This module:
 - reloads the table file when it changes and swaps the new table in
   atomically; a file that fails to load leaves the serving table in place;
 - serves the Prometheus metrics over HTTP (``/metrics``, also ``/stats/prometheus``).
+
+Clients: a loopback listener (the default, as Istio's ``localhost:15053``) serves
+this host only; a listener on any other address serves loopback clients and the
+networks given as ``allow`` (CIDRs) and answers REFUSED to everyone else, with a
+warning at start when no ``allow`` is given (``DnsServer.start`` logs it).
 """
 
 from __future__ import annotations
@@ -84,6 +89,7 @@ class DnsProxy:
         timeout: float = 1.0,
         hedge_delay: float = 0.15,
         reload_interval: float = 0.5,
+        allow: Sequence[str] = (),
     ) -> None:
         if upstreams is None:
             upstreams = upstreams_from_resolv_conf(exclude=listen)
@@ -97,6 +103,7 @@ class DnsProxy:
             cache_size=cache_size,
             timeout=timeout,
             hedge_delay=hedge_delay,
+            allow=list(allow),
         )
         self.reload_interval = reload_interval
         self.reloads = 0

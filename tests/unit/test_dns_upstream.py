@@ -104,7 +104,7 @@ def test_tcp_retry_of_truncated_answers(tmp_path: Path) -> None:
         assert m.flags & dns.flags.TC and len(m.to_wire()) <= 512
         m = query(addr, big, payload=1232)
         assert m.flags & dns.flags.TC and len(m.to_wire()) <= 1232
-        # No UDP reply above 1232 bytes, whatever the client advertises (issue 17).
+        # No UDP reply above 1232 bytes, whatever the client advertises.
         for payload in (4096, 65535):
             m = query(addr, big, payload=payload)
             assert m.flags & dns.flags.TC and len(m.to_wire()) <= 1232 and 0 < len(addresses(m)) < MANY

@@ -18,7 +18,9 @@
 //!   with an SOA locally, so search-list expansions stop reaching the
 //!   upstream (istio/istio#57532).
 //! - Answers are compressed and truncated to the client's limit with TC
-//!   (RFC 1035 §4.2.1, RFC 6891 §6.2.3; istio/istio#29675, istio/ztunnel#2060).
+//!   (RFC 1035 §4.2.1, RFC 6891 §6.2.3; istio/istio#29675, istio/ztunnel#2060);
+//!   over UDP that limit is never above 1232 bytes, whatever the client
+//!   advertises (`wire::MAX_UDP_REPLY`; Istio honours up to 65,535).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -26,8 +28,8 @@ use crate::names::QueryName;
 
 use super::table::AnswerSource;
 use super::wire::{
-    flag, parse_query, write_reject, NameBuf, Query, RType, Rcode, Reject, CLASSIC_UDP_LIMIT, CLASS_IN, HEADER_LEN,
-    MAX_MESSAGE, MAX_WIRE_NAME, OPT_LEN,
+    flag, parse_query, write_reject, write_status, NameBuf, Query, RType, Rcode, Reject, CLASSIC_UDP_LIMIT, CLASS_IN,
+    HEADER_LEN, MAX_MESSAGE, MAX_WIRE_NAME, OPT_LEN,
 };
 
 /// Default TTL of local answers, as Istio's `defaultTTLInSeconds`.
@@ -92,10 +94,14 @@ pub enum Outcome {
     Dropped = 7,
     /// An upstream answer that did not match what we asked, dropped.
     DroppedSpoof = 8,
+    /// A client outside the allow-list of a non-loopback listener: REFUSED.
+    Refused = 9,
+    /// A forward beyond the pending-forward limits: SERVFAIL at once.
+    Overloaded = 10,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 9] = [
+    pub const ALL: [Outcome; 11] = [
         Outcome::Local,
         Outcome::NoData,
         Outcome::NxDomain,
@@ -105,6 +111,8 @@ impl Outcome {
         Outcome::Malformed,
         Outcome::Dropped,
         Outcome::DroppedSpoof,
+        Outcome::Refused,
+        Outcome::Overloaded,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -118,17 +126,24 @@ impl Outcome {
             Outcome::Malformed => "malformed",
             Outcome::Dropped => "dropped",
             Outcome::DroppedSpoof => "dropped_spoof",
+            Outcome::Refused => "refused",
+            Outcome::Overloaded => "overloaded",
         }
     }
 }
 
 /// What to do with a packet.
 #[derive(Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "the query moves by value, so that a forward answered from the cache or shed at the limits \
+              allocates nothing; a Decision lives on the stack for one call"
+)]
 pub enum Decision {
     /// `len` bytes of `out` are the reply.
     Reply { len: usize, outcome: Outcome, qtype: RType, rcode: Rcode },
     /// Not ours: ask an upstream.
-    Forward(Box<Query>),
+    Forward(Query),
     /// Send nothing.
     Drop,
 }
@@ -169,7 +184,22 @@ pub fn answer_packet<S: AnswerSource + ?Sized>(
     };
     match answer_query(table, cfg, &q, reply_limit(&q, transport), rotation, out) {
         Some((len, outcome, rc)) => Decision::Reply { len, outcome, qtype: q.qtype, rcode: rc },
-        None => Decision::Forward(Box::new(q)),
+        None => Decision::Forward(q),
+    }
+}
+
+/// The reply to a packet from a client we do not serve (outside the
+/// allow-list of a non-loopback listener): REFUSED (RFC 1035 §4.1.1: refused
+/// "for policy reasons") with the question echoed, as BIND's `allow-query`
+/// and Unbound's `access-control: refuse` answer, so the client fails over at
+/// once instead of timing out. The reply holds only what the query held
+/// (header, question, OPT): no amplification. Malformed packets from such a
+/// client are dropped: nothing is owed to it.
+pub fn refuse_packet(packet: &[u8], out: &mut [u8]) -> Decision {
+    let Ok(q) = parse_query(packet) else { return Decision::Drop };
+    match write_status(&q, Rcode::REFUSED, out) {
+        0 => Decision::Drop,
+        len => Decision::Reply { len, outcome: Outcome::Refused, qtype: q.qtype, rcode: Rcode::REFUSED },
     }
 }
 

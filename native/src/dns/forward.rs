@@ -2,6 +2,7 @@
 //! distinct question in flight (identical concurrent queries coalesced), the
 //! answer relayed to each client truncated to its own limit.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -13,9 +14,26 @@ use super::answer::{reply_limit, Outcome, Transport};
 use super::cache::{Cache, CacheKey};
 use super::metrics::Metrics;
 use super::upstream::{UpstreamConfig, Upstreams};
-use super::wire::{flag, write_response, Message, Query, Rcode, ReplyShape};
+use super::wire::{flag, write_response, Message, Query, Rcode, ReplyShape, MAX_MESSAGE};
 
 type Waiters = Vec<oneshot::Sender<Option<Arc<Message>>>>;
+
+thread_local! {
+    /// Where replies are encoded, one buffer per thread (room for the
+    /// largest message and its TCP length prefix).
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; MAX_MESSAGE + 2].into_boxed_slice());
+}
+
+/// Runs `f` on this thread's 64 KiB encoding buffer (a fresh one if `f`
+/// nests): a reply is written there and copied out at its real size, so no
+/// reply holds a buffer of the largest size (a flood of TCP queries held one
+/// each). Synchronous: never hold it across an await.
+pub fn with_scratch<R>(f: impl FnOnce(&mut [u8]) -> R) -> R {
+    SCRATCH.with(|s| match s.try_borrow_mut() {
+        Ok(mut b) => f(&mut b),
+        Err(_) => f(&mut vec![0u8; MAX_MESSAGE + 2]),
+    })
+}
 
 /// Cache, coalescing and upstreams.
 #[derive(Debug)]
@@ -66,6 +84,12 @@ impl Forwarder {
 
     pub fn cache_bytes(&self) -> usize {
         self.cache.as_ref().map_or(0, Cache::bytes)
+    }
+
+    /// Distinct questions waiting for an upstream now (each with its
+    /// coalesced followers); back to 0 once every upstream answered or timed out.
+    pub fn in_flight(&self) -> usize {
+        self.inflight.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// Stores an answer for `q` as if an upstream had given it (benchmarks, tests).
@@ -128,7 +152,10 @@ impl Forwarder {
     }
 
     /// The reply bytes for a forwarded query (SERVFAIL when every upstream
-    /// failed), with the outcome and rcode for metrics.
+    /// failed), with the outcome and rcode for metrics. Sized by
+    /// [`reply_limit`] (over UDP the client's size, at most 1232 bytes, with
+    /// TC when cut); over TCP framed, its two-byte length first (RFC 1035
+    /// §4.2.2). Exactly as long as the reply.
     pub async fn reply(&self, q: &Query, transport: Transport) -> (Vec<u8>, Outcome, Rcode) {
         let (m, age, outcome) = self.resolve(q).await;
         let servfail;
@@ -140,10 +167,17 @@ impl Forwarder {
                 &servfail
             }
         };
-        let limit = reply_limit(q, transport);
-        let mut out = vec![0u8; limit];
-        let n = write_response(q, msg, age, shape(q, transport), &mut out);
-        out.truncate(n);
+        let prefix = if transport == Transport::Tcp { 2 } else { 0 };
+        let out = with_scratch(|buf| {
+            let n = write_response(q, msg, age, shape(q, transport), &mut buf[prefix..]);
+            if n == 0 {
+                return Vec::new();
+            }
+            if prefix == 2 {
+                buf[..2].copy_from_slice(&(n as u16).to_be_bytes());
+            }
+            buf[..prefix + n].to_vec()
+        });
         (out, outcome, msg.rcode())
     }
 }

@@ -10,7 +10,9 @@
 //! (<https://github.com/istio/istio/issues/33222> asked for query types and
 //! rcodes, <https://github.com/istio/istio/issues/58806> for cache hits) is
 //! added under `pymesh_dns_*`: outcome, query type, rcode, spoofed
-//! answers dropped, cache size.
+//! answers dropped, cache size, and what the server's limits did:
+//! forwards shed at the pending limits, TCP connections turned away or
+//! evicted, UDP replies truncated to the size cap).
 //!
 //! Plain relaxed atomics: the counters are independent, a scrape may see
 //! one a query ahead of another, which Prometheus tolerates.
@@ -62,6 +64,61 @@ const RCODES: [Rcode; 12] = [
 /// Istio's histogram buckets, in seconds.
 const BUCKETS: [f64; 6] = [0.001, 0.005, 0.01, 0.1, 1.0, 5.0];
 
+/// Which pending-forward limit turned a query away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ForwardLimit {
+    /// The server's total.
+    Total = 0,
+    /// The client's share.
+    Client = 1,
+}
+
+impl ForwardLimit {
+    pub const ALL: [ForwardLimit; 2] = [ForwardLimit::Total, ForwardLimit::Client];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ForwardLimit::Total => "total",
+            ForwardLimit::Client => "client",
+        }
+    }
+}
+
+/// Why a TCP connection was closed as soon as it was accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum TcpReject {
+    /// The client is outside the allow-list of a non-loopback listener.
+    NotAllowed = 0,
+    /// The client holds its share of connections, none of them idle.
+    ClientLimit = 1,
+    /// The server holds its total, none of them idle.
+    Limit = 2,
+}
+
+impl TcpReject {
+    pub const ALL: [TcpReject; 3] = [TcpReject::NotAllowed, TcpReject::ClientLimit, TcpReject::Limit];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TcpReject::NotAllowed => "not_allowed",
+            TcpReject::ClientLimit => "client_limit",
+            TcpReject::Limit => "limit",
+        }
+    }
+}
+
+/// Point-in-time values reported as Prometheus gauges.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Gauges {
+    pub cache_entries: usize,
+    /// Forwarded queries waiting for an upstream, and how many may.
+    pub forwards_pending: usize,
+    pub forwards_limit: usize,
+    pub tcp_connections: usize,
+}
+
 #[derive(Debug, Default)]
 pub struct Metrics {
     requests: AtomicU64,
@@ -77,6 +134,10 @@ pub struct Metrics {
     tcp_retries: AtomicU64,
     hedged: AtomicU64,
     coalesced: AtomicU64,
+    forwards_rejected: [AtomicU64; ForwardLimit::ALL.len()],
+    tcp_rejected: [AtomicU64; TcpReject::ALL.len()],
+    tcp_evicted: AtomicU64,
+    udp_truncated: AtomicU64,
 }
 
 fn qtype_slot(qtype: RType) -> usize {
@@ -99,6 +160,8 @@ pub struct LocalCounts {
     outcomes: [u64; Outcome::ALL.len()],
     qtypes: [u64; QTYPES.len() + 1],
     rcodes: [u64; RCODES.len() + 1],
+    forwards_rejected: [u64; ForwardLimit::ALL.len()],
+    udp_truncated: u64,
 }
 
 impl LocalCounts {
@@ -118,6 +181,18 @@ impl LocalCounts {
     pub fn dropped(&mut self) {
         self.outcomes[Outcome::Dropped as usize] += 1;
     }
+
+    /// As [`Metrics::forward_rejected`], into this batch.
+    #[inline]
+    pub fn forward_rejected(&mut self, limit: ForwardLimit) {
+        self.forwards_rejected[limit as usize] += 1;
+    }
+
+    /// As [`Metrics::udp_truncated`], into this batch.
+    #[inline]
+    pub fn udp_truncated(&mut self) {
+        self.udp_truncated += 1;
+    }
 }
 
 /// A copy of the counters, for `stats()`.
@@ -130,7 +205,11 @@ pub struct Stats {
     pub tcp_retries: u64,
     pub hedged: u64,
     pub coalesced: u64,
+    pub tcp_evicted: u64,
+    pub udp_truncated: u64,
     pub outcomes: Vec<(&'static str, u64)>,
+    pub forwards_rejected: Vec<(&'static str, u64)>,
+    pub tcp_rejected: Vec<(&'static str, u64)>,
     pub qtypes: Vec<(&'static str, u64)>,
     pub rcodes: Vec<(&'static str, u64)>,
 }
@@ -152,6 +231,14 @@ impl Metrics {
     pub fn flush(&self, c: &mut LocalCounts) {
         if c.requests == 0 && c.outcomes.iter().all(|&v| v == 0) {
             return;
+        }
+        for (a, v) in self.forwards_rejected.iter().zip(&c.forwards_rejected) {
+            if *v != 0 {
+                a.fetch_add(*v, Relaxed);
+            }
+        }
+        if c.udp_truncated != 0 {
+            self.udp_truncated.fetch_add(c.udp_truncated, Relaxed);
         }
         self.requests.fetch_add(c.requests, Relaxed);
         for (a, v) in self.outcomes.iter().zip(&c.outcomes) {
@@ -218,6 +305,27 @@ impl Metrics {
         self.coalesced.fetch_add(1, Relaxed);
     }
 
+    /// A forward turned away by a pending-forward limit (answered SERVFAIL).
+    pub fn forward_rejected(&self, limit: ForwardLimit) {
+        self.forwards_rejected[limit as usize].fetch_add(1, Relaxed);
+    }
+
+    /// A TCP connection closed as soon as it was accepted.
+    pub fn tcp_rejected(&self, why: TcpReject) {
+        self.tcp_rejected[why as usize].fetch_add(1, Relaxed);
+    }
+
+    /// An idle TCP connection closed to make room for a new one.
+    pub fn tcp_evicted(&self) {
+        self.tcp_evicted.fetch_add(1, Relaxed);
+    }
+
+    /// A UDP reply sent with TC set (cut to the client's size limit, or
+    /// relayed truncated from an upstream).
+    pub fn udp_truncated(&self) {
+        self.udp_truncated.fetch_add(1, Relaxed);
+    }
+
     pub fn stats(&self) -> Stats {
         let g = |a: &AtomicU64| a.load(Relaxed);
         Stats {
@@ -228,15 +336,21 @@ impl Metrics {
             tcp_retries: g(&self.tcp_retries),
             hedged: g(&self.hedged),
             coalesced: g(&self.coalesced),
+            tcp_evicted: g(&self.tcp_evicted),
+            udp_truncated: g(&self.udp_truncated),
             outcomes: Outcome::ALL.iter().map(|o| (o.as_str(), g(&self.outcomes[*o as usize]))).collect(),
+            forwards_rejected: ForwardLimit::ALL
+                .iter()
+                .map(|l| (l.as_str(), g(&self.forwards_rejected[*l as usize])))
+                .collect(),
+            tcp_rejected: TcpReject::ALL.iter().map(|r| (r.as_str(), g(&self.tcp_rejected[*r as usize]))).collect(),
             qtypes: label(&QTYPES.map(RType::name)).zip(self.qtypes.iter().map(g)).collect(),
             rcodes: label(&RCODES.map(Rcode::name)).zip(self.rcodes.iter().map(g)).collect(),
         }
     }
 
-    /// The Prometheus text exposition (format 0.0.4). `cache_entries` is
-    /// reported as a gauge.
-    pub fn render(&self, cache_entries: usize) -> String {
+    /// The Prometheus text exposition (format 0.0.4), with `gauges`.
+    pub fn render(&self, gauges: &Gauges) -> String {
         let s = self.stats();
         let mut o = String::with_capacity(4096);
         let counter = |o: &mut String, name: &str, help: &str, v: u64| {
@@ -282,10 +396,49 @@ impl Metrics {
         );
         counter(&mut o, "pymesh_dns_upstream_hedged_total", "Hedged queries sent to a second upstream.", s.hedged);
         counter(&mut o, "pymesh_dns_coalesced_total", "Queries that joined an identical one in flight.", s.coalesced);
-        let _ = writeln!(
-            o,
-            "# HELP pymesh_dns_cache_entries Answers in the cache.\n# TYPE pymesh_dns_cache_entries gauge\npymesh_dns_cache_entries {cache_entries}"
+        labeled(
+            &mut o,
+            "pymesh_dns_forwards_rejected_total",
+            "Forwarded queries answered SERVFAIL at once because a pending-forward limit was reached.",
+            "limit",
+            &s.forwards_rejected,
         );
+        labeled(
+            &mut o,
+            "pymesh_dns_tcp_connections_rejected_total",
+            "TCP connections closed as soon as they were accepted.",
+            "reason",
+            &s.tcp_rejected,
+        );
+        counter(
+            &mut o,
+            "pymesh_dns_tcp_connections_evicted_total",
+            "Idle TCP connections closed to admit a new one.",
+            s.tcp_evicted,
+        );
+        counter(
+            &mut o,
+            "pymesh_dns_udp_truncated_total",
+            "UDP replies sent truncated (TC set) to fit the client's size limit.",
+            s.udp_truncated,
+        );
+        let gauge = |o: &mut String, name: &str, help: &str, v: usize| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        gauge(&mut o, "pymesh_dns_cache_entries", "Answers in the cache.", gauges.cache_entries);
+        gauge(
+            &mut o,
+            "pymesh_dns_forwards_pending",
+            "Forwarded queries waiting for an upstream answer.",
+            gauges.forwards_pending,
+        );
+        gauge(
+            &mut o,
+            "pymesh_dns_forwards_pending_limit",
+            "Forwarded queries that may wait for an upstream answer at once.",
+            gauges.forwards_limit,
+        );
+        gauge(&mut o, "pymesh_dns_tcp_connections", "Open TCP client connections.", gauges.tcp_connections);
         o
     }
 }
@@ -302,7 +455,7 @@ mod tests {
         m.query(Outcome::Forwarded, RType(16), Rcode(3));
         m.upstream_request();
         m.upstream_done(Duration::from_millis(3), false);
-        let t = m.render(0);
+        let t = m.render(&Gauges::default());
         assert!(t.contains("\nistio_agent_dns_requests_total 3\n"), "{t}");
         assert!(t.contains("\nistio_agent_dns_upstream_requests_total 1\n"));
         assert!(t.contains("istio_agent_dns_upstream_request_duration_seconds_bucket{le=\"0.001\"} 0\n"));

@@ -8,8 +8,11 @@
 //! - `upstream`: hedged, health-ordered, spoof-resistant forwarding;
 //! - `forward`: cache + coalescing + upstreams, as one reply function;
 //! - `metrics`: counters, Prometheus text with Istio's names;
-//! - `server`: UDP workers (SO_REUSEPORT, recvmmsg/sendmmsg) and TCP.
+//! - `acl`: which clients a listener off loopback serves;
+//! - `server`: UDP workers (SO_REUSEPORT, recvmmsg/sendmmsg) and TCP, with
+//!   their limits (pending forwards, connections, in-flight queries).
 
+pub mod acl;
 pub mod answer;
 pub mod cache;
 pub mod forward;
@@ -19,7 +22,8 @@ pub mod table;
 pub mod upstream;
 pub mod wire;
 
-pub use answer::{answer_packet, answer_query, AnswerConfig, Decision, Outcome, Transport, DEFAULT_TTL};
+pub use acl::{AllowList, Cidr};
+pub use answer::{answer_packet, answer_query, refuse_packet, AnswerConfig, Decision, Outcome, Transport, DEFAULT_TTL};
 pub use metrics::Stats;
 pub use server::{Server, ServerConfig, DEFAULT_PORT};
 pub use table::{AnswerSource, DnsSnapshot, DnsTable, LiveDnsTable};

@@ -19,7 +19,15 @@
 //!   (the case we sent is the client's, so mixed-case clients get 0x20
 //!   protection). Anything else is dropped, counted, and the attempt keeps
 //!   waiting for the real answer.
+//!
+//! An attempt waiting on a silent server holds its socket and a few hundred
+//! bytes of state, not a receive buffer: datagrams are read, once the socket
+//! is readable, into one 64 KiB buffer per runtime thread (a 64 KiB buffer
+//! per attempt let a flood of names to a silent upstream hold hundreds of
+//! megabytes). How many attempts can wait at once is bounded by the server's
+//! pending-forward limits (`server::admit`), how long by `attempt_timeout`.
 
+use std::cell::RefCell;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -93,6 +101,12 @@ pub struct Upstreams {
     cfg: UpstreamConfig,
     epoch: Instant,
     metrics: Arc<Metrics>,
+}
+
+thread_local! {
+    /// Upstream datagrams are read here (any UDP payload fits), then parsed
+    /// into an owned [`Message`] before the next await.
+    static RECV: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; MAX_MESSAGE].into_boxed_slice());
 }
 
 /// A random 16-bit ID from the OS CSPRNG (RFC 5452 §9.2).
@@ -308,14 +322,22 @@ impl Upstreams {
             return Err(AttemptError::Io);
         }
         sock.send_to(&out[..n], addr).await.map_err(|_| AttemptError::Io)?;
-        let mut buf = vec![0u8; MAX_MESSAGE];
         loop {
-            let (len, from) = sock.recv_from(&mut buf).await.map_err(|_| AttemptError::Io)?;
+            sock.readable().await.map_err(|_| AttemptError::Io)?;
+            let got = RECV.with(|buf| {
+                let mut buf = buf.borrow_mut();
+                match sock.try_recv_from(&mut buf) {
+                    Ok((len, from)) => Ok(Some((from, parse_message(&buf[..len])))),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+                    Err(_) => Err(AttemptError::Io),
+                }
+            })?;
+            let Some((from, parsed)) = got else { continue };
             if from != addr {
                 self.metrics.spoof();
                 continue;
             }
-            match parse_message(&buf[..len]) {
+            match parsed {
                 Ok(m) if Self::matches(&m, id, q) => return Ok(m),
                 // Wrong ID, question or case, or garbage: not our answer.
                 _ => self.metrics.spoof(),

@@ -16,14 +16,23 @@ pub const PYMESH_DNS_DEFAULT_TTL: u32 = 30;
 /// may be 512 bytes (RFC 1035 §4.2.1).
 pub const PYMESH_DNS_MIN_OUT: usize = 512;
 
+/// The largest reply `pymesh_dns_answer` writes for a query that came over
+/// UDP, whatever size the client advertises (the DNS Flag Day 2020 size:
+/// no fragments, and a bounded reply to a forged-source query).
+pub const PYMESH_DNS_MAX_UDP_REPLY: usize = 1232;
+
+// The core's cap (`wire::MAX_UDP_REPLY`), spelled out for cbindgen.
+const _: () = assert!(PYMESH_DNS_MAX_UDP_REPLY == pymesh_core::dns::wire::MAX_UDP_REPLY);
+
 /// Answers one DNS query packet (`query`, `query_len` bytes as received) from
 /// `table`, writing the reply into `out` (`out_cap` bytes, at least
 /// `PYMESH_DNS_MIN_OUT`; 65535 is always enough).
 ///
 /// `tcp` is 0 for a query that came over UDP (the reply is truncated, with
-/// TC set, to 512 bytes or the client's EDNS0 size) or 1 for TCP (up to
-/// 65535, without the 2-byte length prefix). `ttl` is the TTL of local
-/// records (`PYMESH_DNS_DEFAULT_TTL` for Istio's).
+/// TC set, to 512 bytes without EDNS0, else to the client's EDNS0 size but
+/// never above `PYMESH_DNS_MAX_UDP_REPLY`, so the caller need not cap it) or 1
+/// for TCP (up to 65535, without the 2-byte length prefix). `ttl` is the TTL
+/// of local records (`PYMESH_DNS_DEFAULT_TTL` for Istio's).
 ///
 /// Returns:
 /// - `PYMESH_OK` with `*out_len > 0`: send those bytes back to the client
@@ -154,6 +163,25 @@ mod tests {
         assert_eq!(s, PYMESH_ERR_INVALID_ARGUMENT);
         let (s, _) = answer(ptr::null(), &query(b"product", RType::A.0), 512);
         assert_eq!(s, PYMESH_ERR_INVALID_ARGUMENT);
+        unsafe { pymesh_name_table_free(t) };
+    }
+
+    #[test]
+    fn udp_replies_never_exceed_the_cap_whatever_the_client_advertises() {
+        let ips: Vec<String> = (0..300).map(|i| format!("\"10.1.{}.{}\"", i / 250, i % 250)).collect();
+        let json = format!(r#"{{"table": {{"many.example.com": {{"ips": [{}]}}}}}}"#, ips.join(","));
+        let mut t = ptr::null_mut();
+        let s = unsafe {
+            pymesh_name_table_from_json(json.as_ptr().cast(), json.len(), ptr::null(), &mut t, ptr::null_mut())
+        };
+        assert_eq!(s, PYMESH_OK);
+        let mut q = query(b"many.example.com", RType::A.0);
+        q[11] = 1; // an OPT advertising 65535
+        q.extend_from_slice(&[0, 0, 41, 0xFF, 0xFF, 0, 0, 0, 0, 0, 0]);
+        let (s, out) = answer(t, &q, 65535);
+        assert_eq!(s, PYMESH_OK);
+        assert!(out.len() <= PYMESH_DNS_MAX_UDP_REPLY, "{}", out.len());
+        assert!(parse_message(&out).unwrap().flags & 0x0200 != 0, "truncated with TC");
         unsafe { pymesh_name_table_free(t) };
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
-use pymesh_core::dns::{self as core, AnswerConfig, ServerConfig, UpstreamConfig};
+use pymesh_core::dns::{self as core, AllowList, AnswerConfig, ServerConfig, UpstreamConfig};
 
 use crate::errors::{to_py, ConfigError};
 use crate::names::NameTable;
@@ -32,6 +32,17 @@ fn addrs(field: &str, v: &[String], default_port: Option<u16>) -> PyResult<Vec<S
 fn seconds(field: &str, v: f64) -> PyResult<Duration> {
     Duration::try_from_secs_f64(v)
         .map_err(|_| ConfigError::new_err(format!("{field}: {v} is not a duration in seconds")))
+}
+
+fn allow_list(nets: &[String]) -> PyResult<AllowList> {
+    AllowList::parse(nets).map_err(|e| ConfigError::new_err(format!("allow{e}")))
+}
+
+fn at_least_one(field: &str, v: usize) -> PyResult<usize> {
+    if v == 0 {
+        return Err(ConfigError::new_err(format!("{field}: must be at least 1")));
+    }
+    Ok(v)
 }
 
 fn answer_config(ttl: u32, zones: &[String]) -> PyResult<AnswerConfig> {
@@ -61,6 +72,12 @@ impl DnsServer {
         hedge_delay = 0.15,
         tcp_idle_timeout = 10.0,
         tcp_read_timeout = 2.0,
+        allow = Vec::new(),
+        max_pending = 1024,
+        max_pending_per_client = 256,
+        tcp_max_connections = 512,
+        tcp_max_connections_per_client = 64,
+        tcp_max_inflight = 16,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -75,6 +92,12 @@ impl DnsServer {
         hedge_delay: f64,
         tcp_idle_timeout: f64,
         tcp_read_timeout: f64,
+        allow: Vec<String>,
+        max_pending: usize,
+        max_pending_per_client: usize,
+        tcp_max_connections: usize,
+        tcp_max_connections_per_client: usize,
+        tcp_max_inflight: usize,
     ) -> PyResult<DnsServer> {
         let cfg = ServerConfig {
             listen: addrs("listen", &listen, None)?,
@@ -89,15 +112,37 @@ impl DnsServer {
             cache_bytes,
             tcp_idle_timeout: seconds("tcp_idle_timeout", tcp_idle_timeout)?,
             tcp_read_timeout: seconds("tcp_read_timeout", tcp_read_timeout)?,
-            ..Default::default()
+            allow: allow_list(&allow)?,
+            max_pending_forwards: at_least_one("max_pending", max_pending)?,
+            max_pending_forwards_per_client: at_least_one("max_pending_per_client", max_pending_per_client)?,
+            tcp_max_connections: at_least_one("tcp_max_connections", tcp_max_connections)?,
+            tcp_max_connections_per_client: at_least_one(
+                "tcp_max_connections_per_client",
+                tcp_max_connections_per_client,
+            )?,
+            tcp_max_inflight: at_least_one("tcp_max_inflight", tcp_max_inflight)?,
         };
         Ok(DnsServer { inner: core::Server::new(cfg).map_err(to_py)? })
     }
 
     /// Binds the listeners and starts serving; returns the bound addresses.
+    /// A listener off loopback without an allow-list (or with one admitting
+    /// every address) is logged as a warning on the `pymesh.dnsproxy` logger.
     fn start(&self, py: Python<'_>) -> PyResult<Vec<String>> {
         let a = py.detach(|| self.inner.start()).map_err(to_py)?;
+        let warnings = self.inner.warnings();
+        if !warnings.is_empty() {
+            let log = py.import("logging")?.call_method1("getLogger", ("pymesh.dnsproxy",))?;
+            for w in warnings {
+                log.call_method1("warning", ("%s", w))?;
+            }
+        }
         Ok(a.iter().map(ToString::to_string).collect())
+    }
+
+    /// Why listeners off loopback deserve attention (see `start`); empty when none.
+    fn warnings(&self) -> Vec<String> {
+        self.inner.warnings()
     }
 
     /// Stops serving and closes the sockets (idempotent).
@@ -162,6 +207,11 @@ impl DnsServer {
         d.set_item("tcp_retries", s.tcp_retries)?;
         d.set_item("hedged", s.hedged)?;
         d.set_item("coalesced", s.coalesced)?;
+        d.set_item("tcp_evicted", s.tcp_evicted)?;
+        d.set_item("udp_truncated", s.udp_truncated)?;
+        d.set_item("forwards_pending", self.inner.pending_forwards())?;
+        d.set_item("forwards_limit", self.inner.forward_limit())?;
+        d.set_item("tcp_connections", self.inner.tcp_connections())?;
         let sub = |rows: &[(&str, u64)]| -> PyResult<Bound<'py, PyDict>> {
             let x = PyDict::new(py);
             for (k, v) in rows {
@@ -172,6 +222,8 @@ impl DnsServer {
         d.set_item("outcomes", sub(&s.outcomes)?)?;
         d.set_item("qtypes", sub(&s.qtypes)?)?;
         d.set_item("rcodes", sub(&s.rcodes)?)?;
+        d.set_item("forwards_rejected", sub(&s.forwards_rejected)?)?;
+        d.set_item("tcp_rejected", sub(&s.tcp_rejected)?)?;
         d.set_item("cache_entries", self.inner.cache_len())?;
         d.set_item("cache_bytes", self.inner.cache_bytes())?;
         d.set_item("generation", self.inner.generation())?;

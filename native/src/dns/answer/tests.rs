@@ -59,7 +59,7 @@ fn ask(
     match answer_packet(t, cfg, &p, tr, 0, &mut out) {
         Decision::Reply { len, .. } => {
             let limit = match tr {
-                Transport::Udp => edns.map_or(512, |e| (e as usize).max(512)),
+                Transport::Udp => edns.map_or(512, |e| (e as usize).clamp(512, 1232)),
                 Transport::Tcp => 65535,
             };
             assert!(len <= limit, "{len} > {limit}");
@@ -199,6 +199,34 @@ fn rotation_and_truncation() {
     // A client advertising less than 512 still gets 512 (RFC 6891 §6.2.5).
     let m = ask(Some(&t), &cfg, "many", RType::A, Transport::Udp, Some(100)).unwrap();
     assert_eq!(m.answers.len(), (512 - 12 - 10 - 11) / 16);
+    // One advertising more than 1232 gets 1232 (wire::MAX_UDP_REPLY), even
+    // when the caller's buffer could hold everything.
+    for size in [1233, 4096, 65535] {
+        let m = ask(Some(&t), &cfg, "many", RType::A, Transport::Udp, Some(size)).unwrap();
+        assert!(m.flags & flag::TC != 0);
+        assert_eq!(m.answers.len(), (1232 - 12 - 10 - 11) / 16, "{size}");
+    }
+}
+
+#[test]
+fn refused_replies_echo_the_question_and_never_amplify() {
+    for edns in [None, Some(4096)] {
+        let p = packet("Product.default.svc.cluster.local", RType::A, edns);
+        let mut out = [0u8; 512];
+        let Decision::Reply { len, outcome, rcode, qtype } = refuse_packet(&p, &mut out) else { panic!() };
+        assert_eq!((outcome, rcode, qtype), (Outcome::Refused, Rcode::REFUSED, RType::A));
+        assert!(len <= p.len(), "{len} > {}", p.len());
+        let m = parse_message(&out[..len]).unwrap();
+        assert_eq!((m.id, m.rcode(), m.answers.len()), (0xBEEF, Rcode::REFUSED, 0));
+        assert_eq!(m.question.unwrap().0, NameBuf::from_text("Product.default.svc.cluster.local").unwrap());
+        assert_eq!(m.edns.is_some(), edns.is_some());
+    }
+    // Malformed, or a response: nothing at all for a client we do not serve.
+    let mut out = [0u8; 512];
+    assert!(matches!(refuse_packet(&[1, 2, 3], &mut out), Decision::Drop));
+    let mut p = packet("a.example", RType::A, None);
+    p[5] = 2;
+    assert!(matches!(refuse_packet(&p, &mut out), Decision::Drop));
 }
 
 #[test]

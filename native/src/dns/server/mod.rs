@@ -10,10 +10,21 @@
 //!   timeouts) and for forwarded queries, whose replies are sent from the
 //!   runtime on the worker's socket.
 //!
+//! Limits (a flood must neither grow memory without bound nor
+//! lock legitimate clients out): forwards waiting for an upstream are
+//! capped in all and per client, the excess answered SERVFAIL at once
+//! (`admit`); TCP connections are capped in all and per client, a newcomer
+//! at a cap closing the oldest idle connection (`conns`); a TCP connection
+//! has at most `tcp_max_inflight` queries in flight and stops reading
+//! beyond. A listener off loopback serves only loopback clients and its
+//! allow-list (`acl`).
+//!
 //! A table swap is one atomic store ([`LiveDnsTable::publish`]); a worker
 //! loads the snapshot once per batch and answers the batch from it, so no
 //! query sees a mix of two tables and none is lost.
 
+mod admit;
+mod conns;
 mod tcp;
 mod udp;
 
@@ -23,12 +34,13 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use socket2::{Domain, Protocol, Socket, Type};
 
+use super::acl::{exposure_warnings, is_loopback, AllowList};
 use super::answer::AnswerConfig;
 use super::forward::Forwarder;
-use super::metrics::{Metrics, Stats};
+use super::metrics::{Gauges, Metrics, Stats};
 use super::table::LiveDnsTable;
 use super::upstream::{ServerState, UpstreamConfig};
 use crate::error::{Error, Result};
@@ -53,9 +65,21 @@ pub struct ServerConfig {
     pub tcp_idle_timeout: Duration,
     /// TCP: a query must arrive whole within this long once started.
     pub tcp_read_timeout: Duration,
+    /// TCP connections open at once, in all and per client (an IPv4 address
+    /// or IPv6 /64); at a limit a new connection closes the oldest idle one.
     pub tcp_max_connections: usize,
-    /// Queries of one connection answered concurrently (pipelining, RFC 7766 §6.2.1.1).
+    pub tcp_max_connections_per_client: usize,
+    /// Queries of one connection answered concurrently (pipelining, RFC 7766
+    /// §6.2.1.1); the connection is not read further until one finishes.
     pub tcp_max_inflight: usize,
+    /// Forwarded queries (UDP and TCP) waiting for an upstream at once, in
+    /// all (lowered at start to what the file descriptors allow, see
+    /// [`Server::forward_limit`]) and per client; beyond, SERVFAIL at once.
+    pub max_pending_forwards: usize,
+    pub max_pending_forwards_per_client: usize,
+    /// Networks served by listeners off loopback, besides loopback clients
+    /// (loopback listeners serve whoever reaches them: only this host can).
+    pub allow: AllowList,
 }
 
 impl Default for ServerConfig {
@@ -70,7 +94,11 @@ impl Default for ServerConfig {
             tcp_idle_timeout: Duration::from_secs(10),
             tcp_read_timeout: Duration::from_secs(2),
             tcp_max_connections: 512,
+            tcp_max_connections_per_client: 64,
             tcp_max_inflight: 16,
+            max_pending_forwards: 1024,
+            max_pending_forwards_per_client: 256,
+            allow: AllowList::default(),
         }
     }
 }
@@ -83,15 +111,11 @@ pub(crate) struct Shared {
     pub(crate) forwarder: Forwarder,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) stop: AtomicBool,
-    /// Forwarded UDP queries in flight, bounded by `MAX_UDP_FORWARDS` so a
-    /// flood of distinct unknown names cannot grow memory without bound.
-    pub(crate) udp_forwards: std::sync::atomic::AtomicUsize,
+    /// Forwards waiting for an upstream (UDP and TCP), bounded in all and per client.
+    pub(crate) gate: Arc<admit::ForwardGate>,
+    /// TCP connections of every listener (set at start).
+    conns: ArcSwapOption<conns::Conns>,
 }
-
-/// Forwarded UDP queries in flight at most; beyond, queries are dropped (the
-/// client retries). Each costs a task and a socket for at most the attempt
-/// timeouts.
-pub(crate) const MAX_UDP_FORWARDS: usize = 4096;
 
 /// A running server's threads and sockets.
 #[derive(Debug)]
@@ -177,7 +201,11 @@ impl Server {
             forwarder: Forwarder::new(cfg.upstream.clone(), cfg.cache_entries, cfg.cache_bytes, metrics.clone()),
             metrics,
             stop: AtomicBool::new(false),
-            udp_forwards: std::sync::atomic::AtomicUsize::new(0),
+            gate: Arc::new(admit::ForwardGate::new(
+                admit::fd_bounded(cfg.max_pending_forwards, cfg.upstream.servers.len()),
+                cfg.max_pending_forwards_per_client,
+            )),
+            conns: ArcSwapOption::empty(),
         });
         Ok(Server { cfg: Mutex::new(cfg), shared, running: Mutex::new(None) })
     }
@@ -207,7 +235,23 @@ impl Server {
         if let Some(u) = upstream {
             cfg.upstream = u.clone();
             self.shared.forwarder.set_upstreams(u);
+            self.set_forward_limits(&cfg);
         }
+    }
+
+    /// The pending-forward limits for `cfg`: the total lowered to what the
+    /// file descriptors allow with its number of upstreams.
+    fn set_forward_limits(&self, cfg: &ServerConfig) {
+        let total = admit::fd_bounded(cfg.max_pending_forwards, cfg.upstream.servers.len());
+        self.shared.gate.set_limits(total, cfg.max_pending_forwards_per_client);
+    }
+
+    /// What an operator should be warned about in this configuration: a
+    /// listener off loopback without an allow-list (only loopback clients are
+    /// served there) or with one that admits every address.
+    pub fn warnings(&self) -> Vec<String> {
+        let cfg = self.cfg.lock().unwrap_or_else(|p| p.into_inner());
+        exposure_warnings(&cfg.listen, &cfg.allow)
     }
 
     /// Binds every listener and starts the threads. Fails (and starts
@@ -231,18 +275,28 @@ impl Server {
             .build()
             .map_err(|e| io_err("tokio runtime", e))?;
         self.shared.stop.store(false, Ordering::Release);
-        // Tasks cut off by a previous stop never decremented it.
-        self.shared.udp_forwards.store(0, Ordering::Release);
+        // The descriptor limit may have been raised since `new`.
+        self.set_forward_limits(&cfg);
+        let conns = Arc::new(conns::Conns::new(
+            cfg.tcp_max_connections,
+            cfg.tcp_max_connections_per_client,
+            self.shared.metrics.clone(),
+        ));
+        self.shared.conns.store(Some(conns.clone()));
+        let allow = Arc::new(cfg.allow.clone());
         let mut udp = Vec::new();
         let mut addrs = Vec::new();
         for (socks, tcp, addr) in bound {
             addrs.push(addr);
+            // Only a listener off loopback checks its clients (see `acl`).
+            let acl = (!is_loopback(addr.ip())).then(|| allow.clone());
             for (i, s) in socks.into_iter().enumerate() {
                 let shared = self.shared.clone();
                 let handle = runtime.handle().clone();
+                let acl = acl.clone();
                 let t = std::thread::Builder::new()
                     .name(format!("pymesh-dns-udp-{i}"))
-                    .spawn(move || udp::worker(Arc::new(s), shared, handle))
+                    .spawn(move || udp::worker(Arc::new(s), shared, handle, acl))
                     .map_err(|e| io_err("spawn UDP worker", e))?;
                 udp.push(t);
             }
@@ -251,7 +305,7 @@ impl Server {
             let _guard = runtime.enter();
             let listener =
                 tokio::net::TcpListener::from_std(tcp).map_err(|e| io_err(format!("listen tcp {addr}"), e))?;
-            runtime.spawn(tcp::serve(listener, shared, limits));
+            runtime.spawn(tcp::serve(listener, shared, limits, conns.clone(), acl));
         }
         *running = Some(Running { udp, runtime, addrs: addrs.clone() });
         Ok(addrs)
@@ -294,9 +348,31 @@ impl Server {
         self.shared.forwarder.cache_bytes()
     }
 
+    /// Forwards waiting for an upstream now.
+    pub fn pending_forwards(&self) -> usize {
+        self.shared.gate.pending()
+    }
+
+    /// How many forwards may wait at once: `max_pending_forwards`, lowered to
+    /// half the soft `RLIMIT_NOFILE` divided by the number of upstreams (each
+    /// pending forward may hold a socket per upstream).
+    pub fn forward_limit(&self) -> usize {
+        self.shared.gate.limit()
+    }
+
+    /// Open TCP client connections.
+    pub fn tcp_connections(&self) -> usize {
+        self.shared.conns.load_full().map_or(0, |c| c.open())
+    }
+
     /// Prometheus text exposition of the counters.
     pub fn metrics_text(&self) -> String {
-        self.shared.metrics.render(self.shared.forwarder.cache_len())
+        self.shared.metrics.render(&Gauges {
+            cache_entries: self.shared.forwarder.cache_len(),
+            forwards_pending: self.pending_forwards(),
+            forwards_limit: self.forward_limit(),
+            tcp_connections: self.tcp_connections(),
+        })
     }
 }
 

@@ -1,6 +1,9 @@
 //! A UDP worker: batches of datagrams in, local answers out, forwarded
 //! queries handed to the runtime. The local path allocates nothing: buffers
 //! are allocated once per worker, the snapshot is one atomic load per batch.
+//! So does what a flood mostly meets: the allow-list check of a listener off
+//! loopback (REFUSED) and the pending-forward limits (SERVFAIL), answered in
+//! the same batch.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::Ordering;
@@ -8,30 +11,52 @@ use std::sync::Arc;
 
 use tokio::runtime::Handle;
 
-use super::{Shared, MAX_UDP_FORWARDS};
-use crate::dns::answer::{answer_packet, Decision, Outcome, Transport};
+use super::Shared;
+use crate::dns::acl::AllowList;
+use crate::dns::answer::{answer_packet, refuse_packet, Decision, Outcome, Transport};
 use crate::dns::metrics::LocalCounts;
-use crate::dns::wire::{Query, Rcode};
+use crate::dns::wire::{flag, write_status, Query, Rcode, MAX_UDP_REPLY};
 
 /// Datagrams per `recvmmsg`/`sendmmsg` call.
 const BATCH: usize = 32;
 /// Receive buffer per datagram. A query is at most a few hundred bytes; a
 /// larger datagram is cut (and, seen as truncated, dropped).
 const RECV_BUF: usize = 4096;
-/// Send buffer per datagram: UDP replies are capped at 4096 bytes (a larger
-/// EDNS size is not honoured beyond this, avoiding IP fragmentation; the
-/// reply then carries TC and the client retries over TCP).
-const SEND_BUF: usize = 4096;
+/// Send buffer per datagram: no UDP reply is larger (`wire::MAX_UDP_REPLY`).
+const SEND_BUF: usize = MAX_UDP_REPLY;
+
+/// Whether a reply carries TC (for the truncation counter).
+#[inline]
+fn truncated(reply: &[u8]) -> bool {
+    reply.get(2).is_some_and(|b| (u16::from(*b) << 8) & flag::TC != 0)
+}
+
+/// What a datagram from `from` gets: REFUSED when the listener checks its
+/// clients and `from` is not allowed, else the table's answer (or a forward).
+#[inline]
+fn decide(
+    acl: Option<&AllowList>,
+    from: Option<SocketAddr>,
+    answer: impl FnOnce(&mut [u8]) -> Decision,
+    packet: &[u8],
+    out: &mut [u8],
+) -> Decision {
+    match acl {
+        Some(a) if !from.is_some_and(|f| a.allows(f.ip())) => refuse_packet(packet, out),
+        _ => answer(out),
+    }
+}
 
 /// Hands a query the table does not answer to the runtime: the cache first
-/// (synchronously, still without allocation), else an upstream task whose
-/// reply is sent on this worker's socket.
+/// (synchronously, still without allocation), else, if the pending-forward
+/// limits admit it, an upstream task whose reply is sent on this worker's
+/// socket; over a limit, SERVFAIL at once.
 #[inline]
 fn forward(
     shared: &Arc<Shared>,
     rt: &Handle,
     sock: &Arc<UdpSocket>,
-    q: Box<Query>,
+    q: Query,
     client: Option<SocketAddr>,
     out: &mut [u8],
     counts: &mut LocalCounts,
@@ -41,17 +66,23 @@ fn forward(
         return Some(n);
     }
     let client = client?;
-    if shared.udp_forwards.fetch_add(1, Ordering::AcqRel) >= MAX_UDP_FORWARDS {
-        shared.udp_forwards.fetch_sub(1, Ordering::AcqRel);
-        counts.dropped();
-        return None;
-    }
+    let slot = match shared.gate.admit(client.ip()) {
+        Ok(slot) => slot,
+        Err(limit) => {
+            counts.forward_rejected(limit);
+            counts.query(Outcome::Overloaded, q.qtype, Rcode::SERVFAIL);
+            return Some(write_status(&q, Rcode::SERVFAIL, out)).filter(|&n| n > 0);
+        }
+    };
     let shared = shared.clone();
     let sock = sock.clone();
     rt.spawn(async move {
         let (reply, outcome, rcode) = shared.forwarder.reply(&q, Transport::Udp).await;
-        shared.udp_forwards.fetch_sub(1, Ordering::AcqRel);
+        drop(slot);
         shared.metrics.query(outcome, q.qtype, rcode);
+        if truncated(&reply) {
+            shared.metrics.udp_truncated();
+        }
         if !reply.is_empty() {
             let _ = sock.send_to(&reply, client);
         }
@@ -60,7 +91,7 @@ fn forward(
 }
 
 #[cfg(target_os = "linux")]
-pub(super) fn worker(sock: Arc<UdpSocket>, shared: Arc<Shared>, rt: Handle) {
+pub(super) fn worker(sock: Arc<UdpSocket>, shared: Arc<Shared>, rt: Handle, acl: Option<Arc<AllowList>>) {
     use std::os::fd::AsRawFd;
 
     let fd = sock.as_raw_fd();
@@ -111,7 +142,9 @@ pub(super) fn worker(sock: Arc<UdpSocket>, shared: Arc<Shared>, rt: Handle) {
             rotation = rotation.wrapping_add(1);
             let packet = &rbufs[i * RECV_BUF..i * RECV_BUF + len.min(RECV_BUF)];
             let out = &mut wbufs[nsend * SEND_BUF..(nsend + 1) * SEND_BUF];
-            let reply = match answer_packet(snap.as_deref(), &cfg, packet, Transport::Udp, rotation, out) {
+            let from = sockaddr(&names[i]);
+            let answer = |out: &mut [u8]| answer_packet(snap.as_deref(), &cfg, packet, Transport::Udp, rotation, out);
+            let reply = match decide(acl.as_deref(), from, answer, packet, out) {
                 Decision::Reply { len, outcome, qtype, rcode } => {
                     counts.query(outcome, qtype, rcode);
                     Some(len)
@@ -120,9 +153,12 @@ pub(super) fn worker(sock: Arc<UdpSocket>, shared: Arc<Shared>, rt: Handle) {
                     counts.dropped();
                     None
                 }
-                Decision::Forward(q) => forward(&shared, &rt, &sock, q, sockaddr(&names[i]), out, &mut counts),
+                Decision::Forward(q) => forward(&shared, &rt, &sock, q, from, out, &mut counts),
             };
             if let Some(len) = reply {
+                if truncated(&out[..len]) {
+                    counts.udp_truncated();
+                }
                 wiov[nsend] = libc::iovec { iov_base: out.as_mut_ptr().cast(), iov_len: len };
                 let h = &mut wmsg[nsend].msg_hdr;
                 h.msg_name = (&mut names[i] as *mut libc::sockaddr_storage).cast();
@@ -176,7 +212,7 @@ fn sockaddr(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
 
 /// Portable fallback: one datagram per system call.
 #[cfg(not(target_os = "linux"))]
-pub(super) fn worker(sock: Arc<UdpSocket>, shared: Arc<Shared>, rt: Handle) {
+pub(super) fn worker(sock: Arc<UdpSocket>, shared: Arc<Shared>, rt: Handle, acl: Option<Arc<AllowList>>) {
     let mut rbuf = vec![0u8; RECV_BUF];
     let mut wbuf = vec![0u8; SEND_BUF];
     let mut rotation = 0u32;
@@ -187,7 +223,9 @@ pub(super) fn worker(sock: Arc<UdpSocket>, shared: Arc<Shared>, rt: Handle) {
         rotation = rotation.wrapping_add(1);
         let snap = shared.table.load();
         let cfg = shared.answer.load();
-        let reply = match answer_packet(snap.as_deref(), &cfg, &rbuf[..len], Transport::Udp, rotation, &mut wbuf) {
+        let packet = &rbuf[..len];
+        let answer = |out: &mut [u8]| answer_packet(snap.as_deref(), &cfg, packet, Transport::Udp, rotation, out);
+        let reply = match decide(acl.as_deref(), Some(from), answer, packet, &mut wbuf) {
             Decision::Reply { len, outcome, qtype, rcode } => {
                 counts.query(outcome, qtype, rcode);
                 Some(len)
@@ -198,6 +236,11 @@ pub(super) fn worker(sock: Arc<UdpSocket>, shared: Arc<Shared>, rt: Handle) {
             }
             Decision::Forward(q) => forward(&shared, &rt, &sock, q, Some(from), &mut wbuf, &mut counts),
         };
+        if let Some(n) = reply {
+            if truncated(&wbuf[..n]) {
+                counts.udp_truncated();
+            }
+        }
         shared.metrics.flush(&mut counts);
         if let Some(n) = reply {
             let _ = sock.send_to(&wbuf[..n], from);

@@ -27,7 +27,7 @@ pub use message::{parse_message, Message, Record};
 pub use name::{read_name, NameBuf};
 pub use query::{parse_query, write_reject, Edns, Query, Reject};
 pub use reader::Reader;
-pub use writer::{write_response, write_upstream_query, Full, ReplyShape, Writer, OPT_LEN};
+pub use writer::{write_response, write_status, write_upstream_query, Full, ReplyShape, Writer, OPT_LEN};
 
 /// Fixed DNS header length.
 pub const HEADER_LEN: usize = 12;
@@ -37,6 +37,18 @@ pub const MAX_WIRE_NAME: usize = 255;
 pub const CLASSIC_UDP_LIMIT: usize = 512;
 /// The EDNS0 UDP size we advertise and ask upstreams for (DNS flag day 2020).
 pub const EDNS_UDP_SIZE: u16 = 1232;
+/// The largest reply we send over UDP, whatever size the client advertises:
+/// the one rule for every UDP answer (local, cached, forwarded, coalesced),
+/// applied by [`Query::udp_limit`]. RFC 6891 §6.2.5 leaves a responder's
+/// maximum to the implementation (4096 "as a starting point"); the DNS Flag
+/// Day 2020 recommendation, which BIND and Unbound ship as their default,
+/// is 1232 bytes: the IPv6 minimum MTU (1280) minus the IPv6 and UDP
+/// headers, so a reply is never fragmented (fragments can be spoofed) and a
+/// forged-source query of ~40 bytes can never be turned into a reply larger
+/// than ~30 times its size (it was 18,927 bytes for a 42-byte query when the
+/// client's 65,535 was honoured). A larger answer is truncated with TC and the
+/// client retries over TCP (RFC 1035 §4.2.1, RFC 2181 §9, RFC 7766 §5).
+pub const MAX_UDP_REPLY: usize = EDNS_UDP_SIZE as usize;
 /// Largest DNS message (TCP length prefix, RFC 1035 §4.2.2).
 pub const MAX_MESSAGE: usize = 65535;
 

@@ -3,7 +3,7 @@
 //! a rejection.
 
 use super::writer::write_opt;
-use super::{err, flag, NameBuf, RType, Rcode, Reader, WireError, CLASSIC_UDP_LIMIT, HEADER_LEN};
+use super::{err, flag, NameBuf, RType, Rcode, Reader, WireError, CLASSIC_UDP_LIMIT, HEADER_LEN, MAX_UDP_REPLY};
 
 /// EDNS0 parameters of a message's OPT record (RFC 6891 §6.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,11 +39,13 @@ impl Query {
         (self.flags & flag::OPCODE_MASK) >> 11
     }
 
-    /// The largest response the client accepts (RFC 1035 §4.2.1, RFC 6891
-    /// §6.2.5: an advertised size below 512 is treated as 512).
+    /// The largest reply this client gets over UDP: its advertised EDNS0
+    /// size (RFC 6891 §6.2.5: below 512 counts as 512), or 512 without EDNS0
+    /// (RFC 1035 §4.2.1), and never more than [`MAX_UDP_REPLY`]. Every UDP
+    /// answer path sizes its reply with this.
     pub fn udp_limit(&self) -> usize {
         match self.edns {
-            Some(e) => (e.udp_size as usize).max(CLASSIC_UDP_LIMIT),
+            Some(e) => (e.udp_size as usize).clamp(CLASSIC_UDP_LIMIT, MAX_UDP_REPLY),
             None => CLASSIC_UDP_LIMIT,
         }
     }

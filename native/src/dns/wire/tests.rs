@@ -36,6 +36,10 @@ fn parses_a_query() {
     assert_eq!(q.qtype, RType::AAAA);
     assert_eq!(q.qname, NameBuf::from_text("Foo.Example.com.").unwrap());
     assert_eq!(q.udp_limit(), 1232);
+    // One UDP limit: the client's EDNS size, at least 512, at most 1232.
+    for (edns, limit) in [(None, 512), (Some(100), 512), (Some(900), 900), (Some(4096), 1232), (Some(65535), 1232)] {
+        assert_eq!(parse_query(&query("a.b", RType::A, edns)).unwrap().udp_limit(), limit, "{edns:?}");
+    }
     let mut t = [0u8; 253];
     assert_eq!(q.qname.to_lookup_text(&mut t).unwrap(), b"foo.example.com");
 }

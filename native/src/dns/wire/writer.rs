@@ -4,7 +4,7 @@
 //! for the client, our query to an upstream) and the OPT record.
 
 use super::message::{layout, Layout};
-use super::{flag, Edns, Message, Query, RType, Record, EDNS_UDP_SIZE, MAX_MESSAGE};
+use super::{flag, Edns, Message, Query, RType, Rcode, Record, EDNS_UDP_SIZE, MAX_MESSAGE};
 
 /// OPT record length on the wire (no options).
 pub const OPT_LEN: usize = 11;
@@ -290,6 +290,29 @@ pub fn write_response(q: &Query, m: &Message, age: u32, shape: ReplyShape, out: 
     w.set_u16(8, counts[1]);
     if !opt {
         w.set_u16(10, counts[2]);
+    }
+    w.finish()
+}
+
+/// Writes a reply that carries only `rcode` (SERVFAIL when shedding load,
+/// REFUSED for a client outside the allow-list): the client's ID, RD and CD,
+/// its question as asked and an OPT if it sent one (RFC 6891 §7). Nothing
+/// the query did not hold itself, so it is never an amplifier. No
+/// allocation. Returns the length, 0 if `out` is too small.
+pub fn write_status(q: &Query, rcode: Rcode, out: &mut [u8]) -> usize {
+    let mut w = Writer::new(out, MAX_MESSAGE);
+    let flags = flag::QR | flag::RA | (q.flags & (flag::OPCODE_MASK | flag::RD | flag::CD)) | rcode.low_bits();
+    let ok = w
+        .header(q.id, flags, [1, 0, 0, u16::from(q.edns.is_some())])
+        .and_then(|_| w.name(q.qname.as_wire(), false))
+        .and_then(|_| w.u16(q.qtype.0))
+        .and_then(|_| w.u16(q.qclass))
+        .and_then(|_| match q.edns {
+            Some(e) => w.opt(rcode.ext_bits(), e.dnssec_ok),
+            None => Ok(()),
+        });
+    if ok.is_err() {
+        return 0;
     }
     w.finish()
 }

@@ -48,6 +48,7 @@ def cmd_dns_serve(args: argparse.Namespace) -> int:
         zones=args.zone,
         cache_size=args.cache_size,
         timeout=args.timeout,
+        allow=args.allow,
     )
     addrs = proxy.start()
     print(f"pymesh dns: serving {', '.join(addrs)} (udp+tcp), upstreams {proxy.server.stats()['upstreams']!r}")
@@ -125,6 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sv.add_argument("--workers", type=int, default=0, help="UDP workers per address (default: one per core)")
     sv.add_argument("--timeout", type=float, default=1.0, help="per-attempt upstream timeout in seconds")
+    sv.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="clients served by a --listen address off loopback, besides this host's loopback clients "
+        "(repeatable; without it such a listener refuses other hosts)",
+    )
     sv.add_argument("--metrics", metavar="ADDR:PORT", help="serve Prometheus metrics on http://ADDR:PORT/metrics")
     sv.set_defaults(func=cmd_dns_serve)
 

@@ -14,6 +14,15 @@ structure as go-control-plane ``pkg/server/sotw/v3`` and ``pkg/server/delta/v3``
   changes even from stale requests, as the spec requires.
 - ``istio.v1.HealthInformation`` requests go to the health hook and are
   never answered.
+- Bounds on what a client can make the server hold or write: the node of the
+  first request is at most ``max_node_bytes`` (default 64 KiB; an Envoy or
+  istio-agent node is a few KB) or the stream fails with INVALID_ARGUMENT
+  before anything is parsed or kept (100 streams with 3.5 MB of metadata
+  each took the control plane from 85 to 789 MB); a NACK is logged once per
+  response it answers (a repeat of the same nonce is counted, not logged),
+  its message cut to 512 characters, and NACK and other peer-caused log
+  lines are rate-limited per category with a summary of what was dropped
+  (:mod:`pymesh.controlplane.lograte`).
 - Pushes: a new snapshot is compared, per (type, view), with the previous
   one; a connection gets a response only if a resource it subscribes to
   changed (LDS/CDS/NDS: the full set; EDS/RDS: only the changed ones).
@@ -42,6 +51,7 @@ from google.protobuf.message import DecodeError
 
 from pymesh._native import PymeshError
 from pymesh.controlplane.errors import ControlPlaneError, NodeError, RegistrationError
+from pymesh.controlplane.lograte import LogLimiter, clip
 from pymesh.controlplane.node import Proxy, parse_node
 from pymesh.controlplane.snapshot import (
     FULL_STATE,
@@ -61,6 +71,7 @@ from pymesh.controlplane.snapshot import (
 log = logging.getLogger("pymesh.controlplane")
 
 SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+DEFAULT_MAX_NODE_BYTES = 64 * 1024
 
 
 class Hooks(Protocol):
@@ -126,15 +137,32 @@ _CODES = {
 
 
 class AdsServer:
-    def __init__(self, snapshot: Snapshot, hooks: Hooks, *, strategy: str = "incremental") -> None:
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        hooks: Hooks,
+        *,
+        strategy: str = "incremental",
+        max_node_bytes: int = DEFAULT_MAX_NODE_BYTES,
+    ) -> None:
         if strategy not in ("incremental", "naive"):
             raise ControlPlaneError(f"unknown push strategy {strategy!r}")
         self.snapshot = snapshot
         self.hooks = hooks
         self.naive = strategy == "naive"
+        self.max_node_bytes = max_node_bytes
         self.connections: dict[int, Connection] = {}
         self.nacks: list[Nack] = []
-        self.stats = {"responses": 0, "pushes": 0, "push_rounds": 0, "nacks": 0, "acks": 0}
+        self.stats = {
+            "responses": 0,
+            "pushes": 0,
+            "push_rounds": 0,
+            "nacks": 0,
+            "acks": 0,
+            "nodes_refused": 0,
+            "repeated_nacks": 0,
+        }
+        self.limiter = LogLimiter(log)
         self.on_nack: Callable[[Nack], Awaitable[None] | None] | None = None
         self.last_answer = 0.0  # time.monotonic() of the last ACK/NACK received
         # Security hooks (pymesh.controlplane.ca.service; None: no checks, plaintext dev mode).
@@ -183,7 +211,7 @@ class AdsServer:
             try:
                 self.authenticate(conn, context)
             except PymeshError as e:
-                log.warning("stream from %s rejected: %s", conn.peer, e)
+                self.limiter.log(logging.WARNING, "stream refusal", "stream from %s rejected: %s", conn.peer, e)
                 code = _CODES.get(getattr(e, "code", ""), grpc.StatusCode.UNAUTHENTICATED)
                 await context.abort(code, str(e))
                 return
@@ -205,7 +233,9 @@ class AdsServer:
             async for req in requests:
                 if conn.proxy is None:
                     if req.type_url == HEALTH:
-                        log.warning("%r: health report before the node is known; dropped", conn)
+                        self.limiter.log(
+                            logging.WARNING, "early health", "%r: health report before the node is known; dropped", conn
+                        )
                         continue
                     await self._open(conn, req)
                     if conn.abort is not None:
@@ -217,7 +247,7 @@ class AdsServer:
         except asyncio.CancelledError:
             raise
         except DecodeError as e:  # hostile or broken client: its stream fails, nothing else
-            log.warning("%r: undecodable request: %s", conn, e)
+            self.limiter.log(logging.WARNING, "undecodable request", "%r: undecodable request: %s", conn, e)
             conn.abort = (grpc.StatusCode.INVALID_ARGUMENT, f"undecodable request: {e}")
         except Exception as e:  # a bug must fail this stream, not the server
             log.exception("%r: request handling failed", conn)
@@ -229,6 +259,19 @@ class AdsServer:
         if not req.HasField("node") or not req.node.id:
             conn.abort = (grpc.StatusCode.INVALID_ARGUMENT, "the first request of a stream must carry the node")
             return
+        size = req.node.ByteSize()
+        if size > self.max_node_bytes:
+            # Refused before parsing: nothing of it is kept for the stream's lifetime.
+            self.stats["nodes_refused"] += 1
+            conn.abort = (
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the node (id and metadata) is {size} bytes, more than this control plane's "
+                f"{self.max_node_bytes}-byte limit",
+            )
+            self.limiter.log(
+                logging.WARNING, "oversized node", "stream from %s refused: node of %d bytes", conn.peer, size
+            )
+            return
         try:
             conn.proxy = parse_node(req.node)
             if self.authorize is not None:
@@ -239,7 +282,7 @@ class AdsServer:
             conn.proxy = None
             return
         except RegistrationError as e:
-            log.warning("%r rejected: %s", conn, e)
+            self.limiter.log(logging.WARNING, "registration refusal", "%r rejected: %s", conn, e)
             conn.abort = (_CODES.get(e.code, grpc.StatusCode.FAILED_PRECONDITION), str(e))
             conn.proxy = None
             return
@@ -275,17 +318,19 @@ class AdsServer:
 
     def _nack(self, conn: Connection, type_url: str, version: str, nonce: str, message: str) -> None:
         assert conn.proxy is not None
-        n = Nack(conn.id, conn.proxy.node_id, type_url, version, nonce, message)
+        n = Nack(conn.id, clip(conn.proxy.node_id), type_url, clip(version), nonce, clip(message))
         self.nacks.append(n)
         del self.nacks[:-100]
         self.stats["nacks"] += 1
-        log.warning(
+        self.limiter.log(
+            logging.WARNING,
+            "NACK",
             "NACK from %s for %s (staying on version %r, nonce %s): %s",
-            conn.proxy.node_id,
+            n.node_id,
             SHORT.get(type_url, type_url),
-            version,
+            n.version,
             nonce,
-            message,
+            n.message,
         )
         if self.on_nack is not None:
             self.on_nack(n)
@@ -309,10 +354,14 @@ class AdsServer:
             if w is None or req.response_nonce != w.nonce:
                 log.debug("%r: stale nonce %s for %s ignored", conn, req.response_nonce, SHORT[t])
                 return
+            if req.HasField("error_detail") and w.answered == req.response_nonce and w.nack:
+                # The same response NACKed again: counted, not logged or kept again.
+                self.stats["repeated_nacks"] += 1
+                return
             w.answered = req.response_nonce
             self.last_answer = time.monotonic()
             if req.HasField("error_detail"):
-                w.nack = req.error_detail.message
+                w.nack = clip(req.error_detail.message) or "(no message)"
                 self._nack(conn, t, req.version_info, req.response_nonce, req.error_detail.message)
                 return
             w.acked = req.version_info
@@ -355,10 +404,13 @@ class AdsServer:
             w = Watch(names=set())
             conn.watches[t] = w
         if req.response_nonce and req.response_nonce == w.nonce:
+            repeated = req.HasField("error_detail") and w.answered == req.response_nonce and bool(w.nack)
             w.answered = req.response_nonce
             self.last_answer = time.monotonic()
-            if req.HasField("error_detail"):
-                w.nack = req.error_detail.message
+            if repeated:
+                self.stats["repeated_nacks"] += 1
+            elif req.HasField("error_detail"):
+                w.nack = clip(req.error_detail.message) or "(no message)"
                 self._nack(conn, t, "", req.response_nonce, req.error_detail.message)
             else:
                 w.nack = ""

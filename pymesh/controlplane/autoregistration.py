@@ -29,6 +29,16 @@ as istiod's ``pilot/pkg/autoregistration`` does it (istio/istio
   connected when the previous process stopped is taken as disconnected at
   start-up, so its VM has one grace period to reconnect.
 
+- Address: the registered address (the proxy's first INSTANCE_IPS, else the
+  IP of its node id) must be one other workloads can connect to: not the
+  unspecified address, the limited broadcast, multicast, link-local
+  (169.254.0.0/16 holds the cloud metadata service 169.254.169.254; fe80::/10),
+  reserved or auto-allocated-VIP space, nor another service's VIP (an entry
+  there would hijack or black-hole that service's traffic); loopback only when
+  the control plane itself listens on loopback (local development). Otherwise
+  the stream fails with INVALID_ARGUMENT naming the address and the reason,
+  and nothing is created. (istiod takes the address as given; its
+  WorkloadEntry validation refuses only malformed ones.)
 - Identity (when the control plane runs its CA, pymesh.controlplane.ca): the
   stream's verified identity must be in the group's (entry's) namespace and,
   when the template names a service account, be that account; otherwise the
@@ -39,6 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import ipaddress
 import logging
 import time
 import uuid
@@ -75,6 +86,39 @@ def entry_name(group: str, ip: str, network: str) -> str:
     return name
 
 
+# Class E (240.0.0.0/4, "reserved for future use") holds the auto-allocated VIP range too.
+_V4_RESERVED = ipaddress.IPv4Network("240.0.0.0/4")
+_AUTO_V6 = ipaddress.IPv6Network("2001:2::/48")  # pymesh.controlplane.vips.V6_PREFIX
+
+
+def unusable_address(
+    ip: str, *, allow_loopback: bool = False, vip_owner: Callable[[str], str | None] | None = None
+) -> str | None:
+    """Why ``ip`` cannot be a workload's address, or None when it can."""
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return "not an IP address"
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    if addr.is_unspecified:
+        return "the unspecified address (it names no host)"
+    if addr == ipaddress.IPv4Address("255.255.255.255"):
+        return "the broadcast address"
+    if addr.is_multicast:
+        return "a multicast address"
+    if addr.is_link_local:
+        return "a link-local address (169.254.0.0/16 or fe80::/10: the cloud metadata service lives there)"
+    if addr.is_loopback and not allow_loopback:
+        return "a loopback address (allowed only while the control plane itself listens on loopback, for development)"
+    if addr in _V4_RESERVED if isinstance(addr, ipaddress.IPv4Address) else addr in _AUTO_V6:
+        return "in reserved address space (it holds the mesh's auto-allocated VIPs)"
+    owner = vip_owner(str(addr)) if vip_owner is not None else None
+    if owner:
+        return f"the VIP of {owner}"
+    return None
+
+
 def object_uid(kind: str, namespace: str, name: str) -> str:
     # Configured objects have no API server to assign a uid; derive a stable one.
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"pymesh:{kind}/{namespace}/{name}"))
@@ -95,6 +139,7 @@ class Registrations:
         configured_entry: Callable[[str, str], Object | None],
         changed: Callable[[str], None],
         clock: Callable[[], float] = time.time,
+        address_check: Callable[[str], str | None] | None = None,
     ) -> None:
         self.store = store
         self.instance_id = instance_id
@@ -103,6 +148,8 @@ class Registrations:
         self._configured_entry = configured_entry
         self._changed = changed
         self._clock = clock
+        # ip -> why it cannot be registered (None: it can); unusable_address() by default.
+        self._address_check = address_check or unusable_address
         self.entries: dict[tuple[str, str], dict[str, Any]] = {}
         self.overlays: dict[tuple[str, str, str], dict[str, Any]] = {}
         self._parsed: dict[tuple[str, str], WorkloadEntry] = {}
@@ -193,6 +240,13 @@ class Registrations:
         assert isinstance(group, WorkloadGroup)
         _check_identity(conn, ns, group.template.service_account, f"WorkloadGroup {ns}/{group_name}")
         ip = proxy.ip_addresses[0]
+        reason = self._address_check(ip)
+        if reason is not None:
+            raise RegistrationError(
+                f"cannot register in WorkloadGroup {ns}/{group_name}: the proxy's address {ip} "
+                f"(INSTANCE_IPS, else the node id) is {reason}",
+                code="INVALID_ARGUMENT",
+            )
         network = proxy.network
         name = entry_name(group_name, ip, network)
         key = (ns, name)

@@ -4,7 +4,13 @@
 files): it shows what the running (or last running) control plane holds —
 configured objects, registered WorkloadEntries with their connection
 annotations and Healthy condition, ServiceEntry VIPs as ``status.addresses``
-(where Istio records them) — formatted as kubectl prints them.
+(where Istio records them) — formatted as kubectl prints them. On stderr it
+warns about rejected objects and, when the control plane's config watcher is
+failing (so edits are not being applied), says since when and why.
+
+``pymesh controlplane`` raises its soft ``RLIMIT_NOFILE`` to the hard limit at
+start (every xDS stream and TLS connection is a descriptor; systemd's default
+soft limit is 1,024), as Go raises it for istiod since Go 1.19.
 """
 
 from __future__ import annotations
@@ -30,15 +36,35 @@ CONNECTED_AT = "istio.io/connectedAt"
 DISCONNECTED_AT = "istio.io/disconnectedAt"
 
 
+def raise_nofile_limit() -> tuple[int, int]:
+    """Soft RLIMIT_NOFILE up to the hard limit; returns (before, after)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            return soft, target
+        except (ValueError, OSError):
+            pass
+    return soft, soft
+
+
 def cmd_controlplane(args: argparse.Namespace) -> int:
     from pymesh.controlplane.server import ControlPlane
+    from pymesh.controlplane.vips import DEFAULT_QUARANTINE
 
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    before, after = raise_nofile_limit()
+    if after != before:
+        logging.getLogger("pymesh.controlplane").info("open file limit raised from %d to %d", before, after)
     from pymesh.controlplane.ca.cli import security_options
+    from pymesh.controlplane.ca.tokens import parse_duration
 
     security = security_options(args)
     cp = ControlPlane(
@@ -49,7 +75,10 @@ def cmd_controlplane(args: argparse.Namespace) -> int:
         debounce=args.debounce,
         security=security,
         plaintext=args.xds_listen is not None or security is None,
+        insecure_xds=args.insecure_xds,
         root_namespace=args.root_namespace,
+        vip_quarantine=parse_duration(args.vip_quarantine) if args.vip_quarantine else DEFAULT_QUARANTINE,
+        monitoring_listen=args.monitoring_listen,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -60,6 +89,8 @@ def cmd_controlplane(args: argparse.Namespace) -> int:
         print(f"xds {cp.listen[0]}:{cp.port}", flush=True)
     if cp.security is not None:
         print(f"xds-tls {cp.security.listen[0]}:{cp.secure_port}", flush=True)
+    if cp.monitoring is not None:
+        print(f"monitoring {cp.monitoring.address}", flush=True)
     for e in cp.errors:
         print(f"pymesh: rejected: {e}", file=sys.stderr, flush=True)
     try:
@@ -196,8 +227,18 @@ def cmd_get(args: argparse.Namespace) -> int:
     try:
         docs = _collect(store, kind)
         rejected = store.rejected()
+        status = store.status("controlplane") or {}
     finally:
         store.close()
+    watcher = status.get("watcher") or {}
+    if watcher.get("state") == "failing":
+        since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(float(watcher.get("since") or 0)))
+        print(
+            f"warning: the control plane's config watcher is failing since {since} "
+            f"({watcher.get('failures', '?')} attempts): {watcher.get('error', '?')}; "
+            "edits to the config are not applied until it recovers (what is shown is what it still serves)",
+            file=sys.stderr,
+        )
     if not args.all_namespaces:
         docs = [d for d in docs if d["metadata"].get("namespace", "default") == args.namespace]
     if args.name:
@@ -248,6 +289,24 @@ def add_commands(sub: Any) -> None:
         "--root-namespace",
         default="istio-system",
         help="meshConfig.rootNamespace: a PeerAuthentication here without selector is mesh-wide (default %(default)s)",
+    )
+    cp.add_argument(
+        "--insecure-xds",
+        action="store_true",
+        help="allow --xds-listen on a non-loopback address: plaintext and unauthenticated (any client can register "
+        "a VM into any group and namespace; tokens sent to the CA travel in clear)",
+    )
+    cp.add_argument(
+        "--monitoring-listen",
+        metavar="ADDR:PORT",
+        default=None,
+        help="serve /metrics and /debug/status over HTTP (istiod's 15014; off by default)",
+    )
+    cp.add_argument(
+        "--vip-quarantine",
+        default=None,
+        metavar="DURATION",
+        help="how long a released auto-allocated VIP waits before another host may get it (default 1h)",
     )
     cp.add_argument("-v", "--verbose", action="store_true")
     from pymesh.controlplane.ca.cli import add_controlplane_flags

@@ -18,6 +18,16 @@ Rules (istio/istio ``pilot/pkg/serviceregistry/kube/controller/endpointslice.go`
   namespace (FQDN/unix entries only for DNS resolution); its inline
   ``endpoints`` otherwise. Port: ``ports[<SE port name>]`` > targetPort >
   number (``convertWorkloadEntryToServiceInstances``).
+- ``tlsMode`` (the EDS ``envoy.transport_socket_match`` value a client uses to
+  choose mTLS) as istiod decides it: a pod's ``security.istio.io/tlsMode``
+  label, else ``disabled`` (the injector adds the label to the pods it gives a
+  sidecar, so a pod without it has none: ``PodTLSMode`` in
+  ``pilot/pkg/serviceregistry/kube/conversion.go``, ``GetTLSModeFromEndpointLabels``
+  in ``pilot/pkg/model/service.go``); a WorkloadEntry's (or inline endpoint's)
+  label, else ``istio`` when it names a serviceAccount, else ``disabled``
+  (``getTLSModeFromWorkloadEntry`` in ``serviceentry/conversion.go``); the
+  hostname endpoint of a DNS ServiceEntry without endpoints ``disabled``. So
+  plaintext workloads stay reachable and mesh workloads always get mTLS.
 - An entry with ``proxy.istio.io/health-checks-enabled: "true"`` is an
   endpoint only while its ``Healthy`` condition is ``True`` (``IsHealthy`` in
   ``pilot/pkg/serviceregistry/serviceentry/conversion.go``; a missing
@@ -167,9 +177,21 @@ class _Workload:
         return not is_ip(self.address)
 
 
+def tls_mode_of_pod(labels: Mapping[str, str]) -> str:
+    """istiod's ``PodTLSMode``: the label when present (any value), else disabled."""
+    return labels[TLS_MODE_LABEL] if TLS_MODE_LABEL in labels else "disabled"
+
+
+def tls_mode_of_entry(labels: Mapping[str, str], service_account: str) -> str:
+    """istiod's ``getTLSModeFromWorkloadEntry``: the label, else istio with a serviceAccount."""
+    if TLS_MODE_LABEL in labels:
+        return labels[TLS_MODE_LABEL]
+    return "istio" if service_account else "disabled"
+
+
 def _entry_workload(ns: str, name: str, spec: WorkloadEntrySpec, kind: str, trust_domain: str) -> _Workload:
     labels = dict(spec.labels)
-    tls = labels.get(TLS_MODE_LABEL) or ("istio" if spec.service_account else "disabled")
+    tls = tls_mode_of_entry(labels, spec.service_account)
     if spec.network and NETWORK_LABEL not in labels:
         labels[NETWORK_LABEL] = spec.network
     return _Workload(
@@ -200,7 +222,7 @@ def _pod_workload(pod: Pod, trust_domain: str) -> _Workload:
         network=labels.get(NETWORK_LABEL, ""),
         weight=1,
         service_account=workload_spiffe(pod.meta.namespace, pod.service_account, trust_domain),
-        tls_mode=labels.get(TLS_MODE_LABEL, "istio"),
+        tls_mode=tls_mode_of_pod(labels),
         hostname=pod.hostname,
         subdomain=pod.subdomain,
     )

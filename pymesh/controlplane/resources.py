@@ -5,24 +5,31 @@ three versions, as istio/api does since PR #3188) and PeerAuthentication
 (``security.istio.io`` v1, v1beta1).
 
 Each kind is parsed into a frozen dataclass; parsing *is* validation: a bad
-field raises :class:`ValidationError` naming it. The original document is
-kept (``Object.raw``) so ``pymesh get -o yaml`` prints what was configured.
+field raises :class:`ValidationError` naming it, and the fields no parser
+reads are checked against the kind's schema (:mod:`pymesh.controlplane.schema`:
+Istio's CRDs, unknown fields refused). The document is kept as checked
+(``Object.raw``, a fresh copy with nothing unknown) so ``pymesh get -o yaml``
+prints what was configured. YAML is read with bounds
+(:mod:`pymesh.controlplane.yamlsafe`: an alias budget, duplicate keys, object
+and file sizes).
 Loading a directory never stops at a bad object: :func:`load_path` returns
 the good objects and one error per rejected object (or unreadable file).
 """
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from functools import cached_property
 from typing import Any
 
-import yaml
-
+from pymesh.controlplane import schema
 from pymesh.controlplane import validation as v
+from pymesh.controlplane.configdir import YAML_SUFFIXES, Entry, ScanError, read, scan, transient
 from pymesh.controlplane.errors import ValidationError
+from pymesh.controlplane.yamlsafe import DEFAULT_LIMITS, Limits, YamlSyntaxError, units
 from pymesh.mesh.errors import ProbeError
 from pymesh.mesh.probe import parse_probe
 
@@ -30,9 +37,7 @@ ISTIO_GROUP = "networking.istio.io"
 ISTIO_VERSIONS = ("v1", "v1beta1", "v1alpha3")
 SECURITY_GROUP = "security.istio.io"
 SECURITY_VERSIONS = ("v1", "v1beta1")
-YAML_SUFFIXES = (".yaml", ".yml", ".json")
-# libyaml's loader when PyYAML was built with it (same safe subset, ~10x faster).
-_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+__all__ = ["YAML_SUFFIXES", "Limits", "LoadResult", "Object", "load_documents", "load_path", "parse_object"]
 
 # Kinds: canonical name -> (accepted apiVersions, plural, short names).
 KINDS: dict[str, tuple[tuple[str, ...], str, tuple[str, ...]]] = {
@@ -236,6 +241,11 @@ class Object:
     @property
     def key(self) -> tuple[str, str, str]:
         return (self.kind, self.typed.meta.namespace, self.typed.meta.name)
+
+    @cached_property
+    def body(self) -> str:
+        """``raw`` as the store keeps it (JSON), computed once per object."""
+        return json.dumps(self.raw, sort_keys=True)
 
 
 # --- parsing --------------------------------------------------------------------------
@@ -666,9 +676,12 @@ def parse_object(doc: Any, *, source: str = "", index: int = 0) -> Object:
         if api not in KINDS[kind][0]:
             raise v.fail("apiVersion", f"{api!r} does not serve {kind} (use one of {', '.join(KINDS[kind][0])})")
         typed = PARSERS[kind](doc)
+        # After the typed parse (whose messages name the fields it reads): the fields it does
+        # not read, against the kind's schema; what is kept is a fresh copy with nothing unknown.
+        raw = schema.check(doc, kind)
     except ValidationError as e:
         raise e.located(file=source, obj=where) from None
-    return Object(kind=kind, api_version=str(api), source=source, raw=doc, typed=typed)
+    return Object(kind=kind, api_version=str(api), source=source, raw=raw, typed=typed)
 
 
 @dataclass
@@ -677,86 +690,111 @@ class LoadResult:
     errors: list[ValidationError] = field(default_factory=list)
 
 
-def _yaml_files(path: Path) -> list[Path]:
-    if path.is_file():
-        return [path]
-    return sorted(
-        p for p in path.rglob("*") if p.is_file() and p.suffix in YAML_SUFFIXES and not p.name.startswith(".")
-    )
-
-
-def load_documents(text: str, source: str, result: LoadResult) -> None:
-    """Parses one (multi-document) YAML text into ``result``. A YAML syntax
-    error rejects the whole file, since nothing after it can be trusted to be
-    what the author meant."""
+def load_documents(text: str, source: str, result: LoadResult, limits: Limits = DEFAULT_LIMITS) -> None:
+    """Parses one (multi-document) YAML text into ``result``, through the bounded
+    reader (:mod:`pymesh.controlplane.yamlsafe`: alias budget, duplicate keys,
+    object size). A YAML syntax error rejects the whole file, since nothing after
+    it can be trusted to be what the author meant; any other problem rejects
+    one object."""
     try:
-        docs = [d for d in yaml.load_all(text, Loader=_LOADER) if d is not None]
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        result.errors.append(ValidationError(f"invalid YAML: {problem}", file=source, obj=at))
+        found = list(units(text, limits))
+    except YamlSyntaxError as e:
+        result.errors.append(ValidationError(f"invalid YAML: {e}", file=source, whole_file=True))
         return
-    for i, doc in enumerate(docs):
-        items: Iterable[Any] = [doc]
-        if isinstance(doc, Mapping) and doc.get("kind") == "List":
-            items = v.sequence(doc.get("items"), "items") if isinstance(doc.get("items"), list) else []
-        for j, item in enumerate(items):
-            try:
-                result.objects.append(parse_object(item, source=source, index=i + j))
-            except ValidationError as e:
-                result.errors.append(e)
-
-
-FileCache = dict[str, tuple[tuple[int, int], LoadResult]]
-
-
-def load_path(path: str | os.PathLike[str], cache: FileCache | None = None) -> LoadResult:
-    """Loads every YAML/JSON file under ``path`` (a file or a directory,
-    recursively, in sorted order). Duplicates (same kind, namespace, name)
-    are rejected after the first, naming both files. With ``cache`` (path ->
-    ((mtime_ns, size), result)), files that did not change are not parsed
-    again: a watcher reloading a large config pays only for what changed."""
-    result = LoadResult()
-    root = Path(path)
-    if not root.exists():
-        result.errors.append(ValidationError("no such file or directory", file=str(root)))
-        return result
-    live: set[str] = set()
-    for f in _yaml_files(root):
-        name = str(f)
-        live.add(name)
-        try:
-            st = f.stat()
-            stamp = (st.st_mtime_ns, st.st_size)
-            hit = cache.get(name) if cache is not None else None
-            if hit is not None and hit[0] == stamp:
-                part = hit[1]
-            else:
-                part = LoadResult()
-                load_documents(f.read_text(encoding="utf-8"), name, part)
-                if cache is not None:
-                    cache[name] = (stamp, part)
-        except (OSError, UnicodeDecodeError) as e:
-            result.errors.append(ValidationError(f"cannot read: {e}", file=name))
+    for u in found:
+        if u.problem is not None:
+            where = f"object #{u.index + 1} in the file (line {u.line})"
+            result.errors.append(ValidationError(f"invalid YAML: {u.problem}", file=source, obj=where))
             continue
+        try:
+            result.objects.append(parse_object(u.value, source=source, index=u.index))
+        except ValidationError as e:
+            result.errors.append(e)
+
+
+FileCache = dict[str, tuple[tuple[int, int, int] | None, LoadResult]]
+
+
+def load_path(
+    path: str | os.PathLike[str],
+    cache: FileCache | None = None,
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    entries: tuple[Entry, ...] | None = None,
+    owners: Mapping[tuple[str, str, str], str] | None = None,
+) -> LoadResult:
+    """Loads every YAML/JSON file under ``path`` (a file or a directory,
+    recursively, in sorted order; :func:`pymesh.controlplane.configdir.scan`,
+    or ``entries`` from a scan already made). With ``cache`` (path -> (stamp,
+    result)), files that did not change are not parsed again: a watcher
+    reloading a large config pays only for what changed.
+
+    Duplicates (same kind, namespace, name): the object already held wins,
+    i.e. the one from the file that ``owners`` (key -> source) names, else the
+    one in the oldest file (then the first path), so adding a file never takes
+    an object over; the error names the file whose copy is ignored."""
+    result = LoadResult()
+    if entries is None:
+        try:
+            entries = scan(path)
+        except ScanError as e:
+            result.errors.append(ValidationError(f"cannot read: {e}", file=str(path), whole_file=True))
+            return result
+    mtimes: dict[str, int] = {}
+    for entry in entries:
+        name = entry.path
+        mtimes[name] = entry.mtime_ns
+        if entry.error:
+            result.errors.append(ValidationError(f"cannot read: {entry.error}", file=name, whole_file=True))
+            continue
+        hit = cache.get(name) if cache is not None else None
+        if hit is not None and hit[0] == entry.stamp:
+            part = hit[1]
+        else:
+            part = LoadResult()
+            try:
+                load_documents(read(entry, limits.max_file_bytes), name, part, limits)
+            except OSError as e:
+                # Not cached: a transient error (EMFILE) must be retried, not remembered.
+                result.errors.append(
+                    ValidationError(
+                        f"cannot read: {e.strerror or e}", file=name, whole_file=True, transient=transient(e)
+                    )
+                )
+                continue
+            except ValueError as e:  # too large, or not UTF-8
+                part.errors.append(ValidationError(f"cannot read: {e}", file=name, whole_file=True))
+            if cache is not None:
+                cache[name] = (entry.stamp, part)
         result.objects.extend(part.objects)
         result.errors.extend(part.errors)
     if cache is not None:
+        live = {e.path for e in entries}
         for gone in set(cache) - live:
             del cache[gone]
-    seen: dict[tuple[str, str, str], Object] = {}
-    unique: list[Object] = []
+    by_key: dict[tuple[str, str, str], list[Object]] = {}
     for o in result.objects:
-        first = seen.get(o.key)
-        if first is not None:
-            result.errors.append(
-                ValidationError(
-                    f"duplicate of the object in {first.source}", file=o.source, obj=f"{o.kind} {o.key[1]}/{o.key[2]}"
-                )
+        by_key.setdefault(o.key, []).append(o)
+    held = owners or {}
+    unique: list[Object] = []
+    for key, group in by_key.items():
+        winner = group[0]
+        if len(group) > 1:
+            owner = held.get(key)
+            winner = next(
+                (o for o in group if o.source == owner),
+                min(group, key=lambda o: (mtimes.get(o.source, 0), o.source)),
             )
-            continue
-        seen[o.key] = o
-        unique.append(o)
+            for o in group:
+                if o is not winner:
+                    result.errors.append(
+                        ValidationError(
+                            f"duplicate: {key[0]} {key[1]}/{key[2]} is already defined in {winner.source}; "
+                            "this copy is ignored (the object held first stays)",
+                            file=o.source,
+                            obj=f"{key[0]} {key[1]}/{key[2]}",
+                        )
+                    )
+        unique.append(winner)
     result.objects = unique
     return result

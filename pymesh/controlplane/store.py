@@ -5,13 +5,19 @@ the Kubernetes API server):
 - registered WorkloadEntries (auto-registration), whole, with status;
 - overlays for configured objects: the annotations and status the control
   plane writes onto a pre-created WorkloadEntry (health-checked entries);
-- auto-allocated VIPs (host -> IPv4, IPv6), so a name keeps its address;
+- auto-allocated VIPs (host -> IPv4, IPv6, released at), so a name keeps
+  its address and a released one stays in quarantine across restarts;
 - a mirror of the configured objects and of the rejected ones, which is
   what ``pymesh get`` reads (it never parses the config directory itself,
-  so it shows what the running control plane holds).
+  so it shows what the running control plane holds); it is updated by
+  difference, so an edit writes the objects it changed, not the whole config;
+- the control plane's status (``status`` table, JSON by key): whether its
+  config watcher is failing and why, so ``pymesh get`` can say so.
 
 WAL journal: ``pymesh get`` reads while the control plane writes. Every
-change is one transaction. The default directory is shared by
+change is one transaction. One connection, used from the control plane's
+loop and its config worker (large mirror writes go there): a lock keeps
+their statements and transactions apart. The default directory is shared by
 ``pymesh controlplane`` and ``pymesh get``: ``$PYMESH_DATA_DIR``, else
 ``/var/lib/pymesh`` for root, else ``$XDG_DATA_HOME/pymesh`` (default
 ``~/.local/share/pymesh``).
@@ -22,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -40,11 +47,12 @@ CREATE TABLE IF NOT EXISTS registered (
 CREATE TABLE IF NOT EXISTS overlays (
     kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL, body TEXT NOT NULL,
     PRIMARY KEY (kind, namespace, name));
-CREATE TABLE IF NOT EXISTS vips (host TEXT PRIMARY KEY, v4 TEXT NOT NULL, v6 TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS vips (host TEXT PRIMARY KEY, v4 TEXT NOT NULL, v6 TEXT NOT NULL, released REAL);
 CREATE TABLE IF NOT EXISTS configured (
     kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL, source TEXT NOT NULL, body TEXT NOT NULL,
     PRIMARY KEY (kind, namespace, name));
 CREATE TABLE IF NOT EXISTS rejected (seq INTEGER PRIMARY KEY, message TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS status (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
@@ -55,6 +63,7 @@ class Store:
     def __init__(self, data_dir: str | os.PathLike[str] | None = None, *, readonly: bool = False) -> None:
         self.dir = Path(data_dir) if data_dir is not None else default_data_dir()
         self.path = self.dir / DB_NAME
+        self._lock = threading.RLock()
         try:
             if readonly:
                 if not self.path.exists():
@@ -66,21 +75,33 @@ class Store:
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")
                 self._db.executescript(_SCHEMA)
+                columns = {row[1] for row in self._db.execute("PRAGMA table_info(vips)")}
+                if "released" not in columns:  # a database from before VIPs were reclaimed
+                    self._db.execute("ALTER TABLE vips ADD COLUMN released REAL")
                 self._db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (SCHEMA_VERSION,))
-            self._db.execute("PRAGMA busy_timeout=5000")
+            # Writes happen on the control plane's event loop: a lock held elsewhere (another process
+            # on the same data directory) must fail a write soon, to be reported and retried, rather
+            # than stall xDS. Readers (`pymesh get`) wait longer; WAL readers never block the writer.
+            self._db.execute(f"PRAGMA busy_timeout={5000 if readonly else 1000}")
         except (sqlite3.Error, OSError) as e:
             raise StoreError(f"{self.path}: cannot open the control-plane database: {e}") from e
 
     def close(self) -> None:
-        self._db.close()
+        with self._lock:
+            self._db.close()
 
     def _run(self, sql: str, args: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         try:
-            return self._db.execute(sql, tuple(args)).fetchall()
+            with self._lock:
+                return self._db.execute(sql, tuple(args)).fetchall()
         except sqlite3.Error as e:
             raise StoreError(f"{self.path}: {e}") from e
 
     def _tx(self, statements: Iterable[tuple[str, Iterable[Any]]]) -> None:
+        with self._lock:
+            self._tx_locked(statements)
+
+    def _tx_locked(self, statements: Iterable[tuple[str, Iterable[Any]]]) -> None:
         try:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -133,12 +154,21 @@ class Store:
     def vips(self) -> dict[str, tuple[str, str]]:
         return {h: (v4, v6) for h, v4, v6 in self._run("SELECT host, v4, v6 FROM vips")}
 
+    def vip_records(self) -> dict[str, tuple[str, str, float | None]]:
+        rows = self._run("SELECT host, v4, v6, released FROM vips")
+        return {h: (v4, v6, released) for h, v4, v6, released in rows}
+
     def add_vips(self, allocations: Mapping[str, tuple[str, str]]) -> None:
-        if allocations:
-            self._tx(
-                ("INSERT OR REPLACE INTO vips (host, v4, v6) VALUES (?, ?, ?)", (h, v4, v6))
-                for h, (v4, v6) in allocations.items()
-            )
+        self.put_vips({h: (v4, v6, None) for h, (v4, v6) in allocations.items()}, ())
+
+    def put_vips(self, records: Mapping[str, tuple[str, str, float | None]], deleted: Iterable[str]) -> None:
+        stmts: list[tuple[str, Iterable[Any]]] = [("DELETE FROM vips WHERE host = ?", (h,)) for h in deleted]
+        stmts += [
+            ("INSERT OR REPLACE INTO vips (host, v4, v6, released) VALUES (?, ?, ?, ?)", (h, v4, v6, released))
+            for h, (v4, v6, released) in records.items()
+        ]
+        if stmts:
+            self._tx(stmts)
 
     # the configured mirror --------------------------------------------------------
 
@@ -155,6 +185,43 @@ class Store:
             )
         stmts += [("INSERT INTO rejected (message) VALUES (?)", (m,)) for m in rejected]
         self._tx(stmts)
+
+    def update_configured(
+        self,
+        upserts: Iterable[tuple[str, str, str, str, str]],
+        deleted: Iterable[tuple[str, str, str]],
+        rejected: Iterable[str],
+    ) -> None:
+        """The mirror by difference: ``upserts`` (kind, namespace, name, source, JSON body),
+        ``deleted`` keys; the rejected list is replaced whole."""
+        stmts: list[tuple[str, Iterable[Any]]] = [
+            ("DELETE FROM configured WHERE kind = ? AND namespace = ? AND name = ?", key) for key in deleted
+        ]
+        stmts += [
+            ("INSERT OR REPLACE INTO configured (kind, namespace, name, source, body) VALUES (?, ?, ?, ?, ?)", row)
+            for row in upserts
+        ]
+        stmts.append(("DELETE FROM rejected", ()))
+        stmts += [("INSERT INTO rejected (message) VALUES (?)", (m,)) for m in rejected]
+        self._tx(stmts)
+
+    # status ----------------------------------------------------------------------
+
+    def put_status(self, key: str, value: Mapping[str, Any]) -> None:
+        self._tx([("INSERT OR REPLACE INTO status (key, value) VALUES (?, ?)", (key, json.dumps(value)))])
+
+    def status(self, key: str) -> dict[str, Any] | None:
+        """None when nothing was recorded (or the database predates the table)."""
+        try:
+            with self._lock:
+                rows = self._db.execute("SELECT value FROM status WHERE key = ?", (key,)).fetchall()
+        except sqlite3.Error:
+            return None
+        return json.loads(rows[0][0]) if rows else None
+
+    def configured_sources(self) -> dict[tuple[str, str, str], str]:
+        """(kind, namespace, name) -> the file it came from, without reading the bodies."""
+        return {(k, ns, n): src for k, ns, n, src in self._run("SELECT kind, namespace, name, source FROM configured")}
 
     def configured(self) -> list[tuple[str, str, str, str, dict[str, Any]]]:
         rows = self._run("SELECT kind, namespace, name, source, body FROM configured ORDER BY kind, namespace, name")

@@ -1,4 +1,4 @@
-"""PeerAuthentication (issue 7) in the control plane: parsing and its errors,
+"""PeerAuthentication in the control plane: parsing and its errors,
 Istio's precedence (workload selector > namespace > mesh, UNSET inherits,
 PERMISSIVE by default, oldest wins, root-namespace selectors ignored), the
 ``virtualInbound`` listener that carries a sidecar's mode over LDS with

@@ -1,11 +1,14 @@
-"""``pymesh token create`` and ``pymesh ca root-cert``, plus the control
-plane's TLS flags (added to ``pymesh controlplane`` by its parser).
+"""``pymesh token create``, ``pymesh token rotate-key`` and ``pymesh ca
+root-cert``, plus the control plane's TLS flags (added to ``pymesh
+controlplane`` by its parser).
 
     pymesh token create --namespace NS --service-account SA [--ttl 1h] [--audience istio-ca]
 
 prints a JWT the control plane (same data directory) accepts as the VM's
-``istio-token``; ``pymesh ca root-cert`` prints the mesh root for the VM's
-``root-cert.pem``. Both create the keys on first use, as the control plane would.
+``istio-token``; ``pymesh token rotate-key`` replaces the signing key, which
+revokes every token issued before (a running control plane notices at its next
+verification); ``pymesh ca root-cert`` prints the mesh root for the VM's
+``root-cert.pem``. They create the keys on first use, as the control plane would.
 """
 
 from __future__ import annotations
@@ -31,6 +34,21 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_token_rotate(args: argparse.Namespace) -> int:
+    from pymesh.controlplane.ca.tokens import TokenAuthority
+
+    ta = TokenAuthority(_data_dir(args) / "tokens", trust_domain=args.trust_domain)
+    old = ta.kid
+    print(ta.rotate_key())
+    print(
+        f"pymesh: token signing key {old} replaced: every token it signed is refused from now on, by a running "
+        "control plane too (VMs that hold a certificate renew with it and are not affected); "
+        "issue new tokens with `pymesh token create`",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def cmd_ca_root(args: argparse.Namespace) -> int:
     from pymesh.controlplane.ca.ca import CertificateAuthority
 
@@ -51,6 +69,12 @@ def add_commands(sub: Any) -> None:
     c.add_argument("--trust-domain", default=DEFAULT_TRUST_DOMAIN)
     c.add_argument("--data-dir", default=None, help=data_help)
     c.set_defaults(func=cmd_token_create)
+    rk = tsub.add_parser(
+        "rotate-key", help="replace the token signing key: revokes every token issued before (prints the new kid)"
+    )
+    rk.add_argument("--trust-domain", default=DEFAULT_TRUST_DOMAIN)
+    rk.add_argument("--data-dir", default=None, help=data_help)
+    rk.set_defaults(func=cmd_token_rotate)
     ca = sub.add_parser("ca", help="the mesh CA")
     csub = ca.add_subparsers(dest="ca_command", required=True)
     r = csub.add_parser("root-cert", help="print the mesh root certificate (the VM's root-cert.pem)")

@@ -36,9 +36,17 @@ import grpc
 from pymesh.controlplane.ca.authz import verify_proxy
 from pymesh.controlplane.ca.ca import DEFAULT_CERT_TTL, MAX_CERT_TTL, CertificateAuthority, write_private
 from pymesh.controlplane.ca.errors import AuthError, CaError, SecurityError
-from pymesh.controlplane.ca.tlsfront import Peer, TlsFront, server_context
+from pymesh.controlplane.ca.tlsfront import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_HELLO_TIMEOUT,
+    DEFAULT_MAX_PENDING,
+    Peer,
+    TlsFront,
+    server_context,
+)
 from pymesh.controlplane.ca.tokens import DEFAULT_AUDIENCE, TokenAuthority
 from pymesh.controlplane.errors import RegistrationError
+from pymesh.controlplane.lograte import LogLimiter
 from pymesh.mesh.addr import parse_host_port
 from pymesh.mesh.defaults import DEFAULT_TRUST_DOMAIN, ISTIOD_NAMES, XDS_TLS_PORT
 from pymesh.mesh.errors import AddressError
@@ -67,6 +75,11 @@ class SecurityOptions:
     # this cluster or be empty; istiod would send a remote cluster's token to that cluster's
     # TokenReview, and pymesh knows no remote clusters.
     cluster_id: str = "Kubernetes"
+    # The TLS port's bounds (pymesh.controlplane.ca.tlsfront): connections before the end of their
+    # handshake, the wait for a ClientHello, the whole handshake.
+    tls_max_pending: int = DEFAULT_MAX_PENDING
+    tls_hello_timeout: float = DEFAULT_HELLO_TIMEOUT
+    tls_handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
 
 
 def _split(addr: str) -> tuple[str, int]:
@@ -97,6 +110,7 @@ class MeshSecurity:
         self.front: TlsFront | None = None
         self._renew: asyncio.TimerHandle | None = None
         self.stats = {"issued": 0, "refused": 0, "server_cert_renewals": 0}
+        self._limiter = LogLimiter(log)  # refusals are the caller's doing: rate-limited
 
     # --- lifecycle (on the control plane's loop) ------------------------------------------
 
@@ -115,7 +129,16 @@ class MeshSecurity:
     async def start(self, backend: tuple[str, int]) -> int:
         cert, key, until = self._server_cert()
         ctx = server_context(cert, key, self.ca.trust_pem)
-        self.front = TlsFront(self.listen[0], self.listen[1], backend, ctx)
+        opts = self.options
+        self.front = TlsFront(
+            self.listen[0],
+            self.listen[1],
+            backend,
+            ctx,
+            max_pending=opts.tls_max_pending,
+            hello_timeout=opts.tls_hello_timeout,
+            handshake_timeout=opts.tls_handshake_timeout,
+        )
         port = await self.front.start()
         self._schedule_renewal(until)
         return port
@@ -249,7 +272,7 @@ class MeshSecurity:
             issued = self.ca.sign_csr(request.csr, ident, float(request.validity_duration))
         except AuthError as e:
             self.stats["refused"] += 1
-            log.warning("CreateCertificate from %s refused: %s", context.peer(), e)
+            self._limiter.log(logging.WARNING, "CA refusal", "CreateCertificate from %s refused: %s", context.peer(), e)
             code = getattr(grpc.StatusCode, e.code, grpc.StatusCode.UNAUTHENTICATED)
             await context.abort(code, str(e))
             raise AssertionError("unreachable") from None

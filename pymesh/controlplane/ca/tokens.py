@@ -17,7 +17,10 @@ the signature, issuer, audience, expiry and not-before (``leeway`` seconds of
 clock skew) with every claim required; then the lifetime (at most
 ``max_ttl``) and the subject's form. Every failure is a TokenError saying
 which. The signing key is ``<data-dir>/tokens/signing-key.pem`` (0600),
-created on first use.
+created on first use. ``pymesh token rotate-key`` replaces it (revoking every
+token signed before); a running control plane sees the new file at its next
+verification (the file's stamp is checked each time, a ``stat``), so a
+revocation takes effect without a restart.
 """
 
 from __future__ import annotations
@@ -87,8 +90,22 @@ class TokenAuthority:
         except OSError as e:
             raise TokenError(f"{self.key_path}: cannot write the token signing key: {e.strerror}") from e
 
+    def _stamp(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.key_path)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_ino, st.st_size)
+
+    def _refresh(self) -> None:
+        """Reloads the key when the file changed (another process rotated it)."""
+        stamp = self._stamp()
+        if stamp is not None and stamp != self._loaded:
+            self._load()
+
     def _load(self) -> None:
         path = self.key_path
+        stamp = self._stamp()
         try:
             key = serialization.load_pem_private_key(path.read_bytes(), password=None)
         except (OSError, ValueError) as e:
@@ -99,6 +116,7 @@ class TokenAuthority:
         self._pub = key.public_key()
         spki = self._pub.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
         self.kid = b64url(hashlib.sha256(spki).digest()[:16])
+        self._loaded = stamp
 
     def rotate_key(self) -> str:
         """Replaces the signing key: every token signed before is refused from
@@ -112,6 +130,7 @@ class TokenAuthority:
         self, namespace: str, service_account: str, *, ttl: float = DEFAULT_TTL, audience: str = DEFAULT_AUDIENCE
     ) -> str:
         identity(namespace, service_account, self.trust_domain)  # validates the names
+        self._refresh()
         if not ttl > 0:
             raise TokenError(f"token lifetime must be positive, got {ttl}")
         if ttl > self.max_ttl:
@@ -143,6 +162,7 @@ class TokenAuthority:
             raise TokenError(f"the token's header is not base64url JSON: {e}") from None
         if header.get("alg") != "ES256":
             raise TokenError(f"token algorithm {header.get('alg')!r} is not accepted (ES256 only)")
+        self._refresh()
         if header.get("kid") not in (None, self.kid):
             raise TokenError("token signed by another key (kid does not match this control plane's)")
         t = time.time() if now is None else now

@@ -6,7 +6,7 @@
 //! Envoy's published anchors (`test/extensions/load_balancing_policies/*_benchmark.cc`):
 //! Maglev build 2.4-4.7 ms for 100-500 hosts, ~90-105 ns per hashed pick,
 //! EDF weighted pick 73-130 ns, round-robin build of 50k hosts 68 ms.
-//! Issue 4's targets: picks <= 25 ns (<= 40 ns hashed, hash included),
+//! The targets: picks <= 25 ns (<= 40 ns hashed, hash included),
 //! Maglev build for 100 hosts <= 1 ms, 50k endpoints built <= 10 ms,
 //! classification <= 30 ns.
 //!

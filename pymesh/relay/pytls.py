@@ -52,6 +52,7 @@ import os
 import socket
 import ssl
 import threading
+import weakref
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -135,19 +136,41 @@ async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, stats: dic
                 dst.close()
 
 
+async def _close(w: asyncio.StreamWriter, timeout: float = 2.0) -> None:
+    """Closes a stream and waits until its socket is closed: a TLS stream first
+    exchanges close_notify, which a peer that never answers would hold open for
+    asyncio's 30 s shutdown timeout, so after ``timeout`` it is aborted."""
+    w.close()
+    try:
+        await asyncio.wait_for(w.wait_closed(), timeout)
+    except asyncio.CancelledError:
+        w.transport.abort()
+        raise
+    except Exception:
+        w.transport.abort()
+
+
 async def _relay(
     a: tuple[asyncio.StreamReader, asyncio.StreamWriter],
     b: tuple[asyncio.StreamReader, asyncio.StreamWriter],
     stats: dict[str, int],
 ) -> None:
+    pipes = [asyncio.ensure_future(_pipe(a[0], b[1], stats)), asyncio.ensure_future(_pipe(b[0], a[1], stats))]
     try:
-        await asyncio.gather(_pipe(a[0], b[1], stats), _pipe(b[0], a[1], stats))
+        done, _ = await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
+        # A TLS side has no half-close (close_notify ends both directions): once one
+        # direction ends into it, the other is over too.
+        ended_into = b[1] if pipes[0] in done else a[1]
+        if not ended_into.can_write_eof():
+            for p in pipes:
+                p.cancel()
+        await asyncio.gather(*pipes, return_exceptions=True)
     except asyncio.CancelledError:
-        pass  # stop(): the connection goes with the listener
+        for p in pipes:
+            p.cancel()
+        await asyncio.gather(*pipes, return_exceptions=True)  # stop(): the connection goes with the listener
     finally:
-        for w in (a[1], b[1]):
-            with contextlib.suppress(Exception):
-                w.close()
+        await asyncio.gather(_close(a[1]), _close(b[1]), return_exceptions=True)
 
 
 class _LoopThread:
@@ -156,22 +179,58 @@ class _LoopThread:
         self.thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
         self.server: asyncio.base_events.Server | None = None
         self.stats = {"connections": 0, "refused": 0, "plaintext": 0, "bytes": 0}
+        # Every stream this loop opened: stop() aborts what is still open or still
+        # shutting down (a TLS close_notify in flight) before the loop closes.
+        self._writers: weakref.WeakSet[asyncio.StreamWriter] = weakref.WeakSet()
+        self._live: set[asyncio.Task[None]] = set()
+
+    def _keep(
+        self, streams: tuple[asyncio.StreamReader, asyncio.StreamWriter]
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        self._writers.add(streams[1])
+        return streams
 
     def run(self, coro: object) -> object:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)  # type: ignore[arg-type]
 
     def stop(self) -> None:
+        """Closes the listener, cancels every connection and waits for their
+        clean-up (each closes its sockets and streams), then closes the loop:
+        nothing is left to the garbage collector."""
+
         async def close() -> None:
             if self.server is not None:
                 self.server.close()
-            for t in asyncio.all_tasks():
-                if t is not asyncio.current_task():
-                    t.cancel()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for w in list(self._writers):
+                w.transport.abort()
+            if self.server is not None:
+                await self.server.wait_closed()
+            for _ in range(3):
+                await asyncio.sleep(0)  # the transports' connection_lost callbacks
 
         if self.thread.is_alive():
             self.run(close())
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(10)
+        if not self.thread.is_alive() and not self.loop.is_closed():
+            # The loop has stopped: what started in its last turns (a connection accepted as
+            # the listener closed) is finished here, on this thread, before the loop closes.
+            for _ in range(10):
+                tasks = asyncio.all_tasks(self.loop)
+                if not tasks:
+                    break
+                for t in tasks:
+                    t.cancel()
+                self.loop.run_until_complete(asyncio.wait(tasks, timeout=2))
+            for w in list(self._writers):
+                w.transport.abort()
+            for _ in range(3):
+                self.loop.run_until_complete(asyncio.sleep(0))
+            self.loop.close()
 
 
 class InboundMtls(_LoopThread):
@@ -253,9 +312,16 @@ class InboundMtls(_LoopThread):
         proto = asyncio.StreamReaderProtocol(reader)
         kw = {"ssl": ctx, "ssl_handshake_timeout": 10.0} if ctx is not None else {}
         transport, _ = await loop.connect_accepted_socket(lambda: proto, conn, **kw)  # type: ignore[arg-type]
-        return reader, asyncio.StreamWriter(transport, proto, reader, loop)
+        return self._keep((reader, asyncio.StreamWriter(transport, proto, reader, loop)))
 
     async def _serve(self, conn: socket.socket) -> None:
+        try:
+            await self._serve_one(conn)
+        except asyncio.CancelledError:
+            conn.close()  # stop(): before the streams own it, the raw socket is ours to close
+            raise
+
+    async def _serve_one(self, conn: socket.socket) -> None:
         self.stats["connections"] += 1
         # The first byte decides (Envoy's TLS inspector): a handshake record means TLS.
         first = await self._peek(conn)
@@ -283,14 +349,17 @@ class InboundMtls(_LoopThread):
             except AuthError as e:
                 self.stats["refused"] += 1
                 log.warning("inbound mTLS refused: %s", e)
-                down[1].close()
+                await _close(down[1])
                 return
             log.debug("inbound mTLS from %s", ident)
         try:
-            up = await asyncio.open_connection(*self.target)
+            up = self._keep(await asyncio.open_connection(*self.target))
         except OSError:
-            down[1].close()
+            await _close(down[1])
             return
+        except asyncio.CancelledError:
+            down[1].transport.abort()
+            raise
         await _relay(down, up, self.stats)
 
 
@@ -326,14 +395,30 @@ class MtlsOriginator(_LoopThread):
         return int(self.server.sockets[0].getsockname()[1])
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.stats["connections"] += 1
+        # The loop holds tasks weakly: a connection whose both directions wait is kept here.
+        task = asyncio.current_task()
+        assert task is not None
+        self._live.add(task)
         try:
-            up = await asyncio.open_connection(*self.endpoint, ssl=self.files.context(), ssl_handshake_timeout=10)
+            await self._accept_one(reader, writer)
+        finally:
+            self._live.discard(task)
+
+    async def _accept_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.stats["connections"] += 1
+        self._keep((reader, writer))
+        up = None
+        try:
+            up = self._keep(
+                await asyncio.open_connection(*self.endpoint, ssl=self.files.context(), ssl_handshake_timeout=10)
+            )
             ident = check_peer(peer_identity(up[1].get_extra_info("ssl_object")), self.identities, self.trust_domain)
         except (ssl.SSLError, ConnectionError, OSError, AuthError, asyncio.TimeoutError) as e:
             self.stats["refused"] += 1
             log.warning("outbound mTLS to %s:%d refused: %s", *self.endpoint, e)
-            writer.close()
+            await _close(writer)
+            if up is not None:
+                await _close(up[1])
             return
         log.debug("outbound mTLS to %s", ident)
         await _relay((reader, writer), up, self.stats)

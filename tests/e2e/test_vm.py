@@ -1,4 +1,4 @@
-"""Issue 6 end to end, in network namespaces built here (tests/support/netns.py):
+"""A VM joins the mesh end to end, in network namespaces built here (tests/support/netns.py):
 
     "cluster" namespace (lab.net, 10.77.0.1): the control plane (pymesh
         controlplane, xDS on 10.77.0.1:15010), two pod backends (HTTP on

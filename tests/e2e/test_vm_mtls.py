@@ -1,4 +1,4 @@
-"""Issue 7's data path end to end: the VM end-to-end test of issue 6
+"""Workload mTLS end to end: the VM end-to-end test (test_vm.py)
 (tests/e2e/test_vm.py) with mTLS on, in network namespaces built here:
 
     "cluster" namespace (lab.net, 10.77.0.1): the control plane with its CA and

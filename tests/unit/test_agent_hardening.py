@@ -1,4 +1,4 @@
-"""The agent under hostile or unlucky conditions (issue 17's agent items):
+"""The agent under hostile or unlucky conditions (the agent items):
 one certificate issuance at start, not two; a state entry replaced by a
 directory; a huge name table on /debug/ndsz. Each failed on the agent before
 its fix (two CreateCertificate calls 55 ms apart; the agent exiting; a 140 MB
@@ -112,5 +112,6 @@ def test_ndsz_streams_a_large_table_and_pages(tmp_path: Path) -> None:
             with pytest.raises(urllib.error.HTTPError) as e:
                 urllib.request.urlopen(f"http://127.0.0.1:{sport}/debug/ndsz?limit=-1", timeout=10)
             assert e.value.code == 400
+            e.value.close()
     finally:
         ads.stop()

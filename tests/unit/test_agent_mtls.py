@@ -1,4 +1,4 @@
-"""The agent's side of workload mTLS (issue 7): the PeerAuthentication mode it
+"""The agent's side of workload mTLS: the PeerAuthentication mode it
 reads from the control plane's ``virtualInbound`` listener (a real control
 plane, a scripted one for malformed pushes, and across a restart without the
 control plane), and the workload certificate it hands to the native relay

@@ -8,8 +8,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import pytest
-
 from support.agent import make_agent
 from support.ports import free_port
 from support.sec import secure_cp, secure_vm_files
@@ -75,7 +73,6 @@ def test_agent_refuses_a_control_plane_signed_by_another_root(tmp_path: Path) ->
         shutil.rmtree(tmp_path / "vm", ignore_errors=True)
 
 
-@pytest.mark.pytls_leaks  # tests/conftest.py: pymesh.relay.pytls leaks its loop
 def test_vm_to_vm_over_mesh_certificates_through_the_agent_inbound_listener(tmp_path: Path) -> None:
     """VM 1's agent holds product's certificate and terminates mTLS in front of
     its app; VM 2 (another identity, its certificate from the same control

@@ -19,8 +19,6 @@ from pymesh.relay.pytls import InboundMtls, MtlsOriginator
 from support.sec import Echo, s_client, workload
 from support.wait import wait_until
 
-pytestmark = pytest.mark.pytls_leaks  # tests/conftest.py: pymesh.relay.pytls leaks its loop
-
 PRODUCT = "spiffe://cluster.local/ns/default/sa/product"
 CLIENT = "spiffe://cluster.local/ns/default/sa/client"
 SECRET = b"very-secret-payload-" * 50

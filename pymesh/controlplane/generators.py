@@ -7,10 +7,15 @@ generates them for ``GENERATOR=grpc`` (istio/istio ``pilot/pkg/networking/grpcge
 
 - Listener ``<host>:<port>`` with an ``api_listener`` holding an
   HttpConnectionManager whose RDS config source is ADS and whose last (only)
-  HTTP filter is the router.
-- RouteConfiguration ``<host>:<port>``: one virtual host for the service's
-  names, one prefix route to the cluster (with the DestinationRule's hash
-  policy when it asks for consistent hashing).
+  HTTP filter is the router; its address is the service's VIP, as istiod's.
+- RouteConfiguration named as the cluster, ``outbound|<port>||<host>``, as
+  istiod names it for gRPC: one virtual host ``<host>:<port>`` whose domains
+  are istiod's (the host, with a trailing dot, its short names when it is a
+  ``<name>.<namespace>.svc.<domain>`` name, the VIPs; each bare and with the
+  port: ``route.generateVirtualHostDomains``), one ``/`` prefix route to the
+  cluster (with the DestinationRule's hash policy when it asks for consistent
+  hashing). tests/unit/test_istiod_grpc_parity.py checks all of this against
+  istiod's recorded answers.
 - Cluster ``outbound|<port>|<subset>|<host>`` (Istio's naming), type EDS
   over ADS, EDS service name = cluster name; policy from the
   DestinationRule.
@@ -87,24 +92,40 @@ def listeners(registry: Registry) -> dict[str, Any]:
             name = f"{svc.hostname}:{p.number}"
             hcm = hcm_pb2.HttpConnectionManager(
                 stat_prefix=name,
-                rds=hcm_pb2.Rds(config_source=_ads(), route_config_name=name),
+                rds=hcm_pb2.Rds(config_source=_ads(), route_config_name=cluster_name(svc.hostname, p.number)),
                 http_filters=[router],
             )
-            out[name] = listener_pb2.Listener(
-                name=name, api_listener=api_listener_pb2.ApiListener(api_listener=_pack(hcm))
-            )
+            lis = listener_pb2.Listener(name=name, api_listener=api_listener_pb2.ApiListener(api_listener=_pack(hcm)))
+            vips = _vips(svc)
+            if vips:
+                lis.address.socket_address.address = vips[0]
+                lis.address.socket_address.port_value = p.number
+            out[name] = lis
     return out
 
 
-def _short_names(svc: ServiceModel, domain: str) -> list[str]:
-    if svc.registry != "Kubernetes":
-        return [svc.hostname]
-    return [
-        svc.hostname,
-        f"{svc.name}.{svc.namespace}.svc",
-        f"{svc.name}.{svc.namespace}",
-        svc.name,
-    ]
+def _vips(svc: ServiceModel) -> list[str]:
+    return [a for a in (*svc.addresses, *svc.auto_addresses) if a and "/" not in a]
+
+
+def _domains(svc: ServiceModel, port: int, domain: str) -> list[str]:
+    """istiod's virtual host domains (istio/istio pilot/pkg/networking/core/route/
+    route.go ``generateVirtualHostDomains``, ``generateAltVirtualHosts``): the host and
+    the host with a trailing dot; for ``<name>.<ns>.svc.<domain>`` the short forms
+    ``<name>``, ``<name>.<ns>.svc``, ``<name>.<ns>``; then the VIPs; each bare and
+    with ``:<port>``. istiod adds ``<name>`` only for clients in ``<ns>``; pymesh's
+    routes are shared by every client, so it is always there (docs/istiod-interop.md)."""
+    host = svc.hostname
+    names = [host, f"{host}."]
+    labels = host.split(".")
+    if host.endswith(f".svc.{domain}") and len(labels) == 3 + len(domain.split(".")):
+        name, ns = labels[0], labels[1]
+        names += [name, f"{name}.{ns}.svc", f"{name}.{ns}"]
+    names += _vips(svc)
+    out: list[str] = []
+    for n in names:
+        out += [n, f"{n}:{port}"]
+    return out
 
 
 def _hash_policies(policy: TrafficPolicy | None) -> list[Any]:
@@ -135,17 +156,15 @@ def routes(registry: Registry) -> dict[str, Any]:
         for p in svc.ports:
             if p.protocol == "UDP":
                 continue
-            name = f"{svc.hostname}:{p.number}"
-            domains = []
-            for n in _short_names(svc, registry.domain):
-                domains += [n, f"{n}:{p.number}"]
+            name = cluster_name(svc.hostname, p.number)
+            domains = _domains(svc, p.number, registry.domain)
             route = route_components_pb2.Route(
-                match=route_components_pb2.RouteMatch(prefix=""),
+                match=route_components_pb2.RouteMatch(prefix="/"),
                 route=route_components_pb2.RouteAction(
                     cluster=cluster_name(svc.hostname, p.number), hash_policy=hashing
                 ),
             )
-            vh = route_components_pb2.VirtualHost(name=name, domains=domains, routes=[route])
+            vh = route_components_pb2.VirtualHost(name=f"{svc.hostname}:{p.number}", domains=domains, routes=[route])
             out[name] = route_pb2.RouteConfiguration(name=name, virtual_hosts=[vh])
     return out
 

@@ -98,7 +98,7 @@ def test_consistent_hash_ring_size_outlier_detection_and_route_hash_policy() -> 
     od = c.outlier_detection
     assert (od.consecutive_5xx.value, od.interval.seconds, od.base_ejection_time.seconds) == (7, 5, 30)
     assert od.max_ejection_percent.value == 50
-    route = gen.routes(reg)[f"{HOST}:80"].virtual_hosts[0].routes[0]
+    route = gen.routes(reg)[CL].virtual_hosts[0].routes[0]
     assert route.route.cluster == CL
     assert route.route.hash_policy[0].header.header_name == "x-user"
     # The subset cluster inherits the rule's policy and selects by labels.
@@ -119,10 +119,11 @@ def test_listener_is_an_api_listener_with_router_last() -> None:
     lis = gen.listeners(registry())[f"{HOST}:80"]
     hcm = HttpConnectionManager()
     lis.api_listener.api_listener.Unpack(hcm)
-    assert hcm.rds.route_config_name == f"{HOST}:80" and hcm.rds.config_source.HasField("ads")
+    assert hcm.rds.route_config_name == CL and hcm.rds.config_source.HasField("ads")  # istiod's name for gRPC
+    assert (lis.address.socket_address.address, lis.address.socket_address.port_value) == ("10.96.1.1", 80)
     assert hcm.http_filters[-1].name == "envoy.filters.http.router"
-    vh = gen.routes(registry())[f"{HOST}:80"].virtual_hosts[0]
-    assert f"{HOST}:80" in vh.domains and "web.ns1:80" in vh.domains
+    vh = gen.routes(registry())[CL].virtual_hosts[0]
+    assert f"{HOST}:80" in vh.domains and "web.ns1:80" in vh.domains and "10.96.1.1:80" in vh.domains
 
 
 def test_eds_locality_weights_and_failover_priorities_without_gaps() -> None:

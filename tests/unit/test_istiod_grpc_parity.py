@@ -205,7 +205,8 @@ def test_listeners_routes_clusters_and_endpoints_are_istiods(both: tuple[str, di
 
 def test_the_listed_differences_are_the_only_ones(tmp_path: Path) -> None:
     """docs/istiod-interop.md lists what differs for a gRPC client (the load-balancing
-    policy for LEAST_REQUEST, istiod's default retry policy, istiod's fault filter);
+    policy for LEAST_REQUEST, istiod's default retry policy, istiod's fault filter,
+    outlier detection);
     here each is checked as listed, on the scenario that shows it."""
     ist = recorded("subsets")
     cp = ControlPlane(config_dir("subsets", tmp_path / "config"), xds_listen="127.0.0.1:0", persist=False)
@@ -222,3 +223,4 @@ def test_the_listed_differences_are_the_only_ones(tmp_path: Path) -> None:
     assert ist_route.HasField("retry_policy") and not our_route.HasField("retry_policy")
     assert [f.name for f in _hcm(ist[LDS][0]).http_filters] == ["envoy.filters.http.fault", "envoy.filters.http.router"]
     assert [f.name for f in _hcm(ours[LDS][0]).http_filters] == ["envoy.filters.http.router"]
+    assert not ist[CDS][0].HasField("outlier_detection") and ours[CDS][0].HasField("outlier_detection")

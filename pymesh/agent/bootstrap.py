@@ -27,6 +27,9 @@ none. So: mesh.yaml ``proxyMetadata`` < process environment < cluster.env.
 
 Values in cluster.env are literal after shell unquoting (istioctl single-
 quotes every value); nothing is expanded.
+
+Size: the five istioctl files and their environment, read in one place so "what the VM
+was told" has one answer; most of it is the table of keys and their checks.
 """
 
 from __future__ import annotations

@@ -30,6 +30,9 @@ endpoints arrive (its VIPs pass through until then), or after
 ``warm_timeout`` seconds with none; a changed one keeps its previous version
 serving meanwhile. Accepted resources are persisted (:mod:`.persist`) so a
 restart without the control plane serves at once.
+
+Size: one handler per push type (CDS, EDS, NDS, LDS, RDS) on one state object, sharing
+its ACK/NACK and persistence contract; kept together so the five handlers stay alike.
 """
 
 from __future__ import annotations

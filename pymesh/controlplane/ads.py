@@ -33,6 +33,9 @@ structure as go-control-plane ``pkg/server/sotw/v3`` and ``pkg/server/delta/v3``
 ``strategy="naive"`` turns all of this off — every change regenerates every
 subscribed type per connection and resends it — and exists as the baseline
 for benchmarks/controlplane_bench.py.
+
+Size: SotW and delta ADS over one connection model (subscriptions, nonces, ACK/NACK,
+push targeting); splitting them would duplicate that model.
 """
 
 from __future__ import annotations

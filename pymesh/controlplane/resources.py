@@ -14,6 +14,10 @@ prints what was configured. YAML is read with bounds
 and file sizes).
 Loading a directory never stops at a bad object: :func:`load_path` returns
 the good objects and one error per rejected object (or unreadable file).
+
+Size: one file because it is one table, kind by kind (parse, validate, the error's
+file/object/field), each kind next to its neighbours; the YAML reader (yamlsafe), the
+structural schemas (schema, crds) and the directory scan (configdir) live apart.
 """
 
 from __future__ import annotations

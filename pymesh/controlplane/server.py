@@ -35,6 +35,11 @@ with a warning, for development and tests.
     cp = ControlPlane("mesh/", xds_listen="127.0.0.1:0", data_dir="/tmp/cp").start()
     ... cp.port ...
     cp.stop()
+
+Size: the control plane's one event loop and everything that must run on it (the config
+watcher's state machine, snapshot rebuilds, VIP admission, store writes, lifecycle) stay
+together so the ordering between them is visible in one place; what can run elsewhere
+is elsewhere (ads, autoregistration, health, snapshot, generators, vips, configdir).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Istio's ``istio.v1.auth`` CA messages (``ca.proto`` beside this file),
 built at import time from a descriptor written here, like :mod:`pymesh.proto.nds`
-(no generated code pinned to a protobuf runtime). ``tests/test_security_ca.py``
+(no generated code pinned to a protobuf runtime). ``tests/unit/test_security_ca.py``
 compiles ca.proto with protoc and compares."""
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 The message classes are built at import time from a descriptor written here,
 not from protoc output, so they work with whichever protobuf runtime is
 installed (generated code pins the runtime version it was made with).
-``tests/test_nds_proto.py`` checks this descriptor against ``nds.proto``.
+``tests/unit/test_nds_proto.py`` checks this descriptor against ``nds.proto``.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ implementation of the wire conventions and the policy (identities, ALPN,
 STRICT/PERMISSIVE) that the native one must match and is tested against.
 The native one now exists: ``native/src/relay/tls/`` (rustls; kernel TLS is
 unavailable here), driven by ``OutboundProxy.set_identity`` and
-``set_peer_authentication``; ``tests/test_relay_mtls.py`` runs it against
+``set_peer_authentication``; ``tests/netns/test_relay_mtls.py`` runs it against
 this module both ways, and ``benchmarks/relay_mtls_bench.py`` measures it
 against plaintext on the same path with this module as the baseline.
 

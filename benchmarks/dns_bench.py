@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """DNS proxy benchmark: server-core time per answered query, pymesh against
 unbound (1 thread), dnsmasq and a trivial C echo responder, same table, same
-client, same run (the method below; docs/benchmarks.md has the figures).
+client, same run (the method below; `make bench` prints the figures).
 
 Each server is pinned with taskset to one core (``--server-cpus``, default 1)
 and driven by dnsperf pinned to another (``--client-cpus``, default 0). On a

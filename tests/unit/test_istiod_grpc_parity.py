@@ -22,6 +22,7 @@ yet (VirtualService routes, networks).
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,17 +47,6 @@ from support.paths import ROOT
 FIXTURES = ROOT / "tests" / "fixtures" / "istiod"
 SCENARIOS = ROOT / "scripts" / "istiod" / "scenarios"
 LISTENER = "product.default.svc.cluster.local:8080"
-# scripts/istiod/record.py GRPC_ID and GRPC_METADATA: the client istiod answered.
-GRPC_ID = "sidecar~10.0.0.6~grpc-client.default~default.svc.cluster.local"
-GRPC_METADATA: dict[str, Any] = {
-    "GENERATOR": "grpc",
-    "ISTIO_VERSION": "1.29.0",
-    "NAMESPACE": "default",
-    "CLUSTER_ID": "Kubernetes",
-    "INSTANCE_IPS": "10.0.0.6",
-    "LABELS": {"app": "grpc-client"},
-    "SERVICE_ACCOUNT": "grpc-client",
-}
 CLASSES = {
     LDS: listener_pb2.Listener,
     RDS: route_pb2.RouteConfiguration,
@@ -155,15 +145,18 @@ def config_dir(scenario: str, dest: Path) -> Path:
     return dest
 
 
-def grpc_node() -> Any:
+def grpc_node(scenario: str) -> Any:
+    """The client istiod answered, as its manifest recorded it (id and metadata)."""
+    client = json.loads((FIXTURES / scenario / "manifest.json").read_text())["clients"]["grpc"]
+    assert client["metadata"]["GENERATOR"] == "grpc"
     md = struct_pb2.Struct()
-    md.update(GRPC_METADATA)
-    return base_pb2.Node(id=GRPC_ID, metadata=md, user_agent_name="grpc-python")
+    md.update(client["metadata"])
+    return base_pb2.Node(id=client["node_id"], metadata=md, user_agent_name="grpc-python")
 
 
-def served(port: int) -> dict[str, list[Any]]:
+def served(port: int, scenario: str) -> dict[str, list[Any]]:
     """gRPC's order, each response ACKed: LDS, RDS, CDS, EDS."""
-    s = AdsStream(port, grpc_node())
+    s = AdsStream(port, grpc_node(scenario))
     out: dict[str, list[Any]] = {}
     try:
         names = [LISTENER]
@@ -190,7 +183,7 @@ def both(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, 
     cp = ControlPlane(config_dir(scenario, tmp_path / "config"), xds_listen="127.0.0.1:0", persist=False)
     cp.start()
     try:
-        yield scenario, view(recorded(scenario)), view(served(cp.port))
+        yield scenario, view(recorded(scenario)), view(served(cp.port, scenario))
     finally:
         cp.stop()
 
@@ -212,7 +205,7 @@ def test_the_listed_differences_are_the_only_ones(tmp_path: Path) -> None:
     cp = ControlPlane(config_dir("subsets", tmp_path / "config"), xds_listen="127.0.0.1:0", persist=False)
     cp.start()
     try:
-        ours = served(cp.port)
+        ours = served(cp.port, "subsets")
     finally:
         cp.stop()
     C = cluster_pb2.Cluster

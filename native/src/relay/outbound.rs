@@ -17,7 +17,7 @@ use super::accept::{connect, connect_direct, relay, relay_tls, reset, secure, Ct
 use super::admit::Phase;
 use super::tls::pump::HandshakeError;
 use super::tls::{expected_identity, TlsIdentity};
-use super::{monotonic_ms, Routes};
+use super::{monotonic_ms, Counters, Routes};
 use crate::lb::{hash_key, Outcome, Rng, Verdict};
 
 /// What a connection needs of the endpoint it picked (copied out of the
@@ -131,16 +131,7 @@ pub(super) async fn serve(ctx: Ctx<'_>, client: &TcpStream, orig: SocketAddr) {
         let up = match connect(ctx, ep.addr).await {
             Ok(up) => up,
             Err(e) => {
-                c.connect_failures.fetch_add(1, Ordering::Relaxed);
-                // Envoy tells a connect timeout (LocalOriginTimeout, 504 when
-                // local-origin errors are not split) from a refused or
-                // unreachable connect (LocalOriginConnectFailed, 503).
-                let outcome = if e.kind() == std::io::ErrorKind::TimedOut {
-                    c.connect_timeouts.fetch_add(1, Ordering::Relaxed);
-                    Outcome::Timeout
-                } else {
-                    Outcome::ConnectFailure
-                };
+                let outcome = connect_failed(c, e.kind() == std::io::ErrorKind::TimedOut);
                 cluster.report(ep.index, outcome, false, monotonic_ms());
                 tried.push(ep.addr);
                 continue;
@@ -154,13 +145,7 @@ pub(super) async fn serve(ctx: Ctx<'_>, client: &TcpStream, orig: SocketAddr) {
             Some(identity) => match originate(ctx, &identity, &up.stream, &ep, name).await {
                 Ok(conn) => Some(conn),
                 Err(e) => {
-                    c.connect_failures.fetch_add(1, Ordering::Relaxed);
-                    let outcome = if matches!(e, HandshakeError::Timeout) {
-                        c.connect_timeouts.fetch_add(1, Ordering::Relaxed);
-                        Outcome::Timeout
-                    } else {
-                        Outcome::ConnectFailure
-                    };
+                    let outcome = connect_failed(c, matches!(e, HandshakeError::Timeout));
                     cluster.report(ep.index, outcome, false, monotonic_ms());
                     tried.push(ep.addr);
                     continue;
@@ -196,6 +181,20 @@ impl Drop for Finished<'_> {
 /// The identity to originate with to a `tlsMode: istio` endpoint: the one
 /// held, else the first published within the connect timeout; None (and
 /// counted) when none came, or when this connection already waited in vain.
+/// Counts a failed connect (or handshake) and says how outlier detection sees it:
+/// Envoy tells a connect timeout (LocalOriginTimeout, 504 when local-origin
+/// errors are not split) from a refused or unreachable connect
+/// (LocalOriginConnectFailed, 503).
+fn connect_failed(c: &Counters, timed_out: bool) -> Outcome {
+    c.connect_failures.fetch_add(1, Ordering::Relaxed);
+    if timed_out {
+        c.connect_timeouts.fetch_add(1, Ordering::Relaxed);
+        Outcome::Timeout
+    } else {
+        Outcome::ConnectFailure
+    }
+}
+
 async fn identity_for(ctx: Ctx<'_>, waited_in_vain: &mut bool) -> Option<Arc<TlsIdentity>> {
     let tls = &ctx.sh.tls;
     if let Some(id) = tls.identity() {

@@ -9,6 +9,9 @@ way (``src/readiness/server.rs``, ``src/metrics/server.rs``). The standard
 library's ``ThreadingHTTPServer`` is enough for a handful of scrapes a
 minute; nothing here is on the data path. Only GET and HEAD are served;
 handler exceptions are answered with 500 and logged, never kill the thread.
+
+:func:`prometheus_text` is the one Prometheus encoder both processes' ports
+use: ``prometheus_client``'s, plus Istio's counter names (:class:`IstioCounter`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,10 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from prometheus_client import generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from pymesh._native import PymeshError
 from pymesh.mesh.addr import format_host_port, parse_host_port
@@ -34,6 +41,45 @@ Handler = Callable[[str], tuple[int, str, Body]]
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 JSON = "application/json"
 TEXT = "text/plain; charset=utf-8"
+
+
+class IstioCounter(Metric):
+    """A counter named as Istio names its sums: ``pilot_xds_pushes``, not
+    ``pilot_xds_pushes_total``. Istio's exporter drops the suffix
+    (``pkg/monitoring``: the OpenTelemetry Prometheus exporter with
+    ``WithoutCounterSuffixes``), and dashboards query the bare name; the
+    text format allows it, but ``prometheus_client`` suffixes every counter,
+    so :func:`prometheus_text` renames this family's HELP and TYPE lines back.
+    Samples carry the bare name."""
+
+    def __init__(self, name: str, documentation: str, labels: tuple[str, ...] = ()) -> None:
+        super().__init__(name, documentation, "counter")
+        self.label_names = labels
+
+    def add(self, values: tuple[str, ...], value: float) -> IstioCounter:
+        self.add_sample(self.name, dict(zip(self.label_names, values, strict=True)), value)
+        return self
+
+
+class _Collected(Collector):
+    def __init__(self, metrics: list[Metric]) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> list[Metric]:
+        return self.metrics
+
+
+def prometheus_text(collector: Collector) -> bytes:
+    """``collector``'s families in the Prometheus text format (0.0.4), encoded by
+    ``prometheus_client`` (HELP and TYPE on every family, label values escaped)."""
+    metrics = list(collector.collect())
+    out = generate_latest(_Collected(metrics)).decode()
+    for m in metrics:
+        if isinstance(m, IstioCounter):
+            n = m.name
+            out = out.replace(f"# HELP {n}_total ", f"# HELP {n} ", 1)
+            out = out.replace(f"# TYPE {n}_total counter\n", f"# TYPE {n} counter\n", 1)
+    return out.encode()
 
 
 class AdminError(PymeshError):

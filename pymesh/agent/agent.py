@@ -399,6 +399,7 @@ class Agent:
             "versions": dict(c.versions) if c else dict(self.mesh.versions),
             "stats": dict(c.stats) if c else {},
             "last_nack": c.last_nack if c else None,
+            "xds_types": c.type_stats() if c else {},
             "clusters": len(self.mesh.clusters),
             "endpoints": sum(len(eps) for eps in self.endpoints().values()),
             "names": len(self.mesh.names) if self.mesh.names is not None else 0,

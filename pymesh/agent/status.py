@@ -8,24 +8,36 @@
 - ``GET /debug/ndsz``: the name table as JSON (istio-agent's debug view).
 - ``GET /debug/clusters``: every cluster's endpoints as the lbtable sees them.
 - ``GET /debug/status``: :meth:`Agent.status`.
-- ``GET /metrics`` (also ``/stats/prometheus``): the agent's own metrics
-  (``pymesh_agent_*``, rendered by ``prometheus_client``: HELP and TYPE on
-  every family, label values escaped) followed by the DNS proxy's (rendered
-  natively, per-query counters kept in the serving loop).
+- ``GET /metrics`` (also ``/stats/prometheus``, istio-agent's merged
+  endpoint): the agent's own metrics (rendered by ``prometheus_client``
+  through :func:`pymesh.admin.prometheus_text`: HELP and TYPE on every
+  family, label values escaped) followed by the DNS proxy's (rendered
+  natively, per-query counters kept in the serving loop: Istio's
+  ``istio_agent_dns_*`` and ``pymesh_dns_*``). The agent's own: the ADS
+  stream (up, responses, ACKs, NACKs, failures; per type, with Istio's
+  ``type`` label: pushes, rejects, the time of the last applied push),
+  tables held, the readiness probe, capture, the workload certificate
+  (istio-agent's ``istio_agent_cert_expiry_seconds{resource_name="default"}``,
+  the seconds left, from ``pkg/security`` ``CertExpirySeconds``, beside
+  ``pymesh_agent_certificate_expiry_seconds``, the Unix time) and the
+  relays' counters (``pymesh_agent_relay_*{relay="outbound"|"inbound"}``).
+  Istio's request and TCP families (``istio_requests_total``,
+  ``istio_tcp_*``) need per-connection peer metadata the relays do not
+  record, so they are not served.
 """
 
 from __future__ import annotations
 
 import json
+import time
 import urllib.parse
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from pymesh.admin import JSON, PROMETHEUS_TEXT, TEXT, AdminServer, Body
+from pymesh.admin import JSON, PROMETHEUS_TEXT, TEXT, AdminServer, Body, prometheus_text
 
 if TYPE_CHECKING:
     from pymesh.agent.agent import Agent
@@ -110,12 +122,66 @@ class AgentCollector(Collector):
                 "Unix time the workload certificate expires.",
                 not_after,
             )
+            g = GaugeMetricFamily(
+                "istio_agent_cert_expiry_seconds",
+                "The time remaining, in seconds, before the certificate chain will expire. "
+                "A negative value indicates the cert is expired.",
+                labels=["resource_name"],
+            )
+            g.add_metric(["default"], not_after - time.time())
+            yield g
+        yield from _per_type(st["xds_types"])
+        running = [
+            (r, p) for r, p in (("outbound", self.agent.proxy), ("inbound", self.agent.inbound)) if p is not None
+        ]
+        yield from _relays(running)
+
+
+def _per_type(types: dict[str, dict[str, Any]]) -> Iterator[Metric]:
+    pushes = CounterMetricFamily("pymesh_agent_xds_pushes", "xDS responses received, by type.", labels=["type"])
+    rejects = CounterMetricFamily(
+        "pymesh_agent_xds_rejects", "xDS responses rejected (NACKed), by type.", labels=["type"]
+    )
+    last = GaugeMetricFamily(
+        "pymesh_agent_xds_last_push_timestamp_seconds",
+        "Unix time the last response of the type was applied.",
+        labels=["type"],
+    )
+    for t, v in sorted(types.items()):
+        pushes.add_metric([t], v["pushes"])
+        rejects.add_metric([t], v["rejects"])
+        if v["last_push"] is not None:
+            last.add_metric([t], v["last_push"])
+    yield from (pushes, rejects, last)
+
+
+# Relay counters that are levels, not totals (pymesh.relay.OutboundProxy.stats()).
+_RELAY_GAUGES = {"active": "Connections open."}
+
+
+def _relays(relays: list[tuple[str, Any]]) -> Iterator[Metric]:
+    """One family per counter, a ``relay`` label per running relay."""
+    families: dict[str, Any] = {}
+    for relay, proxy in relays:
+        for source, prefix, values in (
+            ("relay", "pymesh_agent_relay_", proxy.stats()),
+            ("TLS", "pymesh_agent_relay_tls_", proxy.tls_stats()),
+        ):
+            for key, value in sorted(values.items()):
+                name = prefix + key
+                fam = families.get(name)
+                if fam is None:
+                    if key in _RELAY_GAUGES:
+                        fam = GaugeMetricFamily(name, _RELAY_GAUGES[key], labels=["relay"])
+                    else:
+                        fam = CounterMetricFamily(name, f"{source}: {key.replace('_', ' ')}.", labels=["relay"])
+                    families[name] = fam
+                fam.add_metric([relay], value)
+    yield from families.values()
 
 
 def metrics(agent: Agent) -> str:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(AgentCollector(agent))
-    out = generate_latest(registry).decode()
+    out = prometheus_text(AgentCollector(agent)).decode()
     if agent.dns is not None:
         out += agent.dns.server.metrics_text()
     return out

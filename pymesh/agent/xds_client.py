@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from pymesh.mesh.xds import CDS, CODE_INTERNAL, EDS, HEALTH, LDS, NDS, SHORT
+from pymesh.mesh.xds import CDS, CODE_INTERNAL, EDS, HEALTH, LDS, NDS, SHORT, metric_type
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,11 @@ class XdsClient:
         self.attempt = 0  # consecutive failed attempts
         self.stats = {"streams": 0, "responses": 0, "acks": 0, "nacks": 0, "failures": 0, "health_reports": 0}
         self.last_nack: tuple[str, str] | None = None  # (type, message)
+        # Per type, keyed by Istio's metric type label (cds, eds, lds, rds, nds): responses
+        # received, responses NACKed, Unix time of the last one applied (the status port's metrics).
+        self.pushes: dict[str, int] = {}
+        self.rejects: dict[str, int] = {}
+        self.last_push: dict[str, float] = {}
         self.next_retry: float | None = None  # seconds of the current backoff wait
         self.waits: list[float] = []  # the last backoff waits, oldest first (status, tests)
         # (target, options) -> grpc.Channel for each new stream; None: plaintext. pymesh.agent.certs
@@ -174,6 +179,19 @@ class XdsClient:
             if self._health is not None and self._q is not None and not self._health_held:
                 self._q.put(self._health_request())
                 self.stats["health_reports"] += 1
+
+    def type_stats(self) -> dict[str, dict[str, Any]]:
+        """Per type (Istio's metric label: cds, eds...): responses received, NACKed, and the
+        Unix time of the last one applied (None: none yet)."""
+        with self._lock:
+            return {
+                t: {
+                    "pushes": self.pushes.get(t, 0),
+                    "rejects": self.rejects.get(t, 0),
+                    "last_push": self.last_push.get(t),
+                }
+                for t in sorted(set(self.pushes) | set(self.rejects))
+            }
 
     # --- requests ----------------------------------------------------------------------
 
@@ -351,10 +369,13 @@ class XdsClient:
                 error = str(e) or type(e).__name__
             took = (time.monotonic() - started) * 1000
             log.debug("%s v%s: %d resources in %.1f ms", SHORT.get(t, t), version, len(resources), took)
+        mt = metric_type(t)
         with self._lock:
             self._nonces[t] = resp.nonce
+            self.pushes[mt] = self.pushes.get(mt, 0) + 1
             if error is None:
                 self.versions[t] = version
+                self.last_push[mt] = time.time()
                 self.stats["acks"] += 1
                 if self.delta:
                     self._held[t] = held
@@ -363,6 +384,7 @@ class XdsClient:
                     q.put(self._request(t))
             else:
                 self.stats["nacks"] += 1
+                self.rejects[mt] = self.rejects.get(mt, 0) + 1
                 self.last_nack = (t, error)
                 kept = self.versions.get(t, "")
                 log.warning("NACK %s version %s (keeping %r): %s", SHORT.get(t, t), version, kept, error)

@@ -23,6 +23,12 @@ structure as go-control-plane ``pkg/server/sotw/v3`` and ``pkg/server/delta/v3``
   its message cut to 512 characters, and NACK and other peer-caused log
   lines are rate-limited per category with a summary of what was dropped
   (:mod:`pymesh.controlplane.lograte`).
+- istiod's metrics (:mod:`pymesh.controlplane.xdsmetrics`) are counted
+  where they happen: every response sent (type, size, and the time from
+  the start of building it to its queueing: istiod's ``pilot_xds_push_time``
+  also covers the send, which here happens later on the stream's writer),
+  every NACK, and per push, for each connection sent something, the time
+  since the change that caused it (``pilot_proxy_convergence_time``).
 - Pushes: a new snapshot is compared, per (type, view), with the previous
   one; a connection gets a response only if a resource it subscribes to
   changed (LDS/CDS/NDS: the full set; EDS/RDS: only the changed ones).
@@ -70,6 +76,7 @@ from pymesh.controlplane.snapshot import (
     sotw_response,
     view_key,
 )
+from pymesh.controlplane.xdsmetrics import XdsMetrics
 
 log = logging.getLogger("pymesh.controlplane")
 
@@ -165,6 +172,7 @@ class AdsServer:
             "nodes_refused": 0,
             "repeated_nacks": 0,
         }
+        self.metrics = XdsMetrics()
         self.limiter = LogLimiter(log)
         self.on_nack: Callable[[Nack], Awaitable[None] | None] | None = None
         self.last_answer = 0.0  # time.monotonic() of the last ACK/NACK received
@@ -315,16 +323,19 @@ class AdsServer:
             return list(resources.values())
         return [resources[n] for n in sorted(names) if n in resources]
 
-    def _send(self, conn: Connection, data: bytes) -> None:
+    def _send(self, conn: Connection, type_url: str, data: bytes, started: float) -> None:
+        """Queues a response; ``started`` is the ``perf_counter()`` from before it was built."""
         conn.queue.put_nowait(data)
         self.stats["responses"] += 1
+        self.metrics.sent(type_url, len(data), time.perf_counter() - started)
 
-    def _nack(self, conn: Connection, type_url: str, version: str, nonce: str, message: str) -> None:
+    def _nack(self, conn: Connection, type_url: str, version: str, nonce: str, message: str, code: int) -> None:
         assert conn.proxy is not None
         n = Nack(conn.id, clip(conn.proxy.node_id), type_url, clip(version), nonce, clip(message))
         self.nacks.append(n)
         del self.nacks[:-100]
         self.stats["nacks"] += 1
+        self.metrics.rejected(type_url, n.node_id, code)
         self.limiter.log(
             logging.WARNING,
             "NACK",
@@ -365,7 +376,9 @@ class AdsServer:
             self.last_answer = time.monotonic()
             if req.HasField("error_detail"):
                 w.nack = clip(req.error_detail.message) or "(no message)"
-                self._nack(conn, t, req.version_info, req.response_nonce, req.error_detail.message)
+                self._nack(
+                    conn, t, req.version_info, req.response_nonce, req.error_detail.message, req.error_detail.code
+                )
                 return
             w.acked = req.version_info
             w.nack = ""
@@ -379,6 +392,7 @@ class AdsServer:
         self._respond_sotw(conn, t, w, None)
 
     def _respond_sotw(self, conn: Connection, t: str, w: Watch, only: list[Encoded] | None) -> None:
+        started = time.perf_counter()
         items: list[Encoded] | bytes
         if only is not None:
             items = only
@@ -389,7 +403,7 @@ class AdsServer:
             items = self._select(self._current(conn, t), w.names)
         w.nonce = conn.next_nonce()
         w.version = self.snapshot.version
-        self._send(conn, sotw_response(t, str(self.snapshot.version), w.nonce, items))
+        self._send(conn, t, sotw_response(t, str(self.snapshot.version), w.nonce, items), started)
 
     # --- delta --------------------------------------------------------------------
 
@@ -401,6 +415,7 @@ class AdsServer:
             return
         if t not in XDS_TYPES:
             return
+        started = time.perf_counter()
         w = conn.watches.get(t)
         first = w is None
         if w is None:
@@ -414,7 +429,7 @@ class AdsServer:
                 self.stats["repeated_nacks"] += 1
             elif req.HasField("error_detail"):
                 w.nack = clip(req.error_detail.message) or "(no message)"
-                self._nack(conn, t, "", req.response_nonce, req.error_detail.message)
+                self._nack(conn, t, "", req.response_nonce, req.error_detail.message, req.error_detail.code)
             else:
                 w.nack = ""
                 self.stats["acks"] += 1
@@ -463,15 +478,17 @@ class AdsServer:
         w.version = self.snapshot.version
         if items or missing or first:
             w.nonce = conn.next_nonce()
-            self._send(conn, delta_response(t, str(self.snapshot.version), w.nonce, items, missing))
+            self._send(conn, t, delta_response(t, str(self.snapshot.version), w.nonce, items, missing), started)
 
     # --- pushes -------------------------------------------------------------------
 
-    def push(self, snapshot: Snapshot) -> int:
+    def push(self, snapshot: Snapshot, changed_at: float | None = None) -> int:
         """Publishes ``snapshot`` and sends what changed to the connections it
         concerns. Returns the number of responses queued. Synchronous: no
         request is processed between the swap and the last queued response,
-        so every connection ends at the new version."""
+        so every connection ends at the new version. ``changed_at``: the
+        ``time.monotonic()`` of the first change the snapshot holds (istiod's
+        push request start), for ``pilot_proxy_convergence_time``."""
         started = time.monotonic()
         old, self.snapshot = self.snapshot, snapshot
         self.stats["push_rounds"] += 1
@@ -479,12 +496,14 @@ class AdsServer:
         for conn in list(self.connections.values()):
             if conn.proxy is None:
                 continue
+            before = sent
             for t, w in conn.watches.items():
+                t0 = time.perf_counter()
                 if self.naive:
                     if conn.delta:
                         items = self._select(self._current(conn, t), w.names)
                         w.nonce = conn.next_nonce()
-                        self._send(conn, delta_response(t, str(snapshot.version), w.nonce, items, []))
+                        self._send(conn, t, delta_response(t, str(snapshot.version), w.nonce, items, []), t0)
                     else:
                         self._respond_sotw(conn, t, w, None)
                     sent += 1
@@ -515,7 +534,7 @@ class AdsServer:
                     # snapshot version and type ("p<version>.<type>" never collides with "<conn>.<n>").
                     w.nonce = f"p{snapshot.version}.{SHORT[t]}"
                     w.version = snapshot.version
-                    self._send(conn, snapshot.shared_push(t, key, w.nonce))
+                    self._send(conn, t, snapshot.shared_push(t, key, w.nonce), t0)
                 elif t in FULL_STATE:
                     self._respond_sotw(conn, t, w, None)
                 else:
@@ -523,12 +542,16 @@ class AdsServer:
                     names = d.changed if w.names is None else (w.names & d.changed)
                     self._respond_sotw(conn, t, w, [resources[n] for n in sorted(names)])
                 sent += 1
+            if changed_at is not None and sent > before:
+                # istiod records it once the proxy's push is sent (pilot/pkg/xds/ads.go, pushConnection).
+                self.metrics.convergence.observe(max(0.0, time.monotonic() - changed_at))
         self.stats["pushes"] += sent
         self.stats["last_push_ms"] = round((time.monotonic() - started) * 1000)
         return sent
 
     def _push_delta(self, conn: Connection, t: str, w: Watch, changed: frozenset[str], removed: frozenset[str]) -> int:
         assert conn.proxy is not None
+        started = time.perf_counter()
         names = changed if w.names is None else (changed & w.names)
         gone = sorted(removed if w.names is None else (removed & w.known))
         w.version = self.snapshot.version
@@ -540,5 +563,5 @@ class AdsServer:
             w.known |= names
             w.known -= set(gone)
         w.nonce = conn.next_nonce()
-        self._send(conn, delta_response(t, str(self.snapshot.version), w.nonce, items, gone))
+        self._send(conn, t, delta_response(t, str(self.snapshot.version), w.nonce, items, gone), started)
         return 1

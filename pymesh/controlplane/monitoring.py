@@ -6,7 +6,18 @@ is :meth:`ControlPlane.status` as JSON; ``/metrics`` renders the same figures
 with ``prometheus_client`` (``pymesh_controlplane_*``): the config watcher's
 state (``pymesh_controlplane_config_watch_failing`` is 1 while config changes
 are not being applied), rejected objects, xDS connections, NACKs, refused
-nodes, dropped log lines, the TLS front's pending handshakes and evictions.
+nodes, dropped log lines, the TLS front's pending handshakes and evictions;
+and istiod's own families where pymesh has the same fact, with istiod's
+names, types and labels (``pilot/pkg/xds/monitoring.go``, ``pkg/xds/monitoring.go``,
+``security/pkg/server/ca/monitoring.go``): ``pilot_xds{version}`` (connected
+proxies by their ``ISTIO_VERSION``), ``pilot_xds_pushes{type}``,
+``pilot_xds_push_time{type}``, ``pilot_xds_config_size_bytes{type}``,
+``pilot_proxy_convergence_time``, ``pilot_total_xds_rejects{type}``,
+``pilot_xds_{cds,eds,lds,rds}_reject{node,err}``, ``pilot_services``,
+``pilot_virt_services`` (0: pymesh serves no VirtualService) and, with the
+CA, ``citadel_server_*``. Istio's sums keep its bare names (no ``_total``:
+:class:`pymesh.admin.IstioCounter`). What is counted, and where, is in
+:mod:`pymesh.controlplane.xdsmetrics`.
 """
 
 from __future__ import annotations
@@ -15,21 +26,139 @@ import json
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from pymesh.admin import JSON, PROMETHEUS_TEXT, AdminServer
+from pymesh.admin import JSON, PROMETHEUS_TEXT, AdminServer, IstioCounter, prometheus_text
+from pymesh.controlplane.lograte import clip
+from pymesh.controlplane.xdsmetrics import REJECT_GAUGES, Histogram, XdsMetrics
+from pymesh.mesh.node import ISTIO_VERSION
 
 if TYPE_CHECKING:
     from pymesh.controlplane.server import ControlPlane
 
 
+# Distinct ``version`` label values of pilot_xds kept (a hostile node can claim any version);
+# the rest are counted under "other".
+MAX_VERSIONS = 32
+
+
+def _xds_view(cp: ControlPlane) -> dict[str, Any]:
+    """What the istiod families read, copied on the control plane's loop."""
+    versions: dict[str, int] = {}
+    for conn in cp.ads.connections.values():
+        v = clip(str(conn.proxy.metadata.get(ISTIO_VERSION) or ""), 64) if conn.proxy is not None else ""
+        versions[v] = versions.get(v, 0) + 1
+    sec = cp.security
+    return {
+        "metrics": cp.ads.metrics.copy(),
+        "versions": versions,
+        "services": len(cp.ads.snapshot.registry.services),
+        "ca": None if sec is None else (dict(sec.stats), dict(sec.sign_errors), sec.expiry()),
+    }
+
+
+def _histogram(name: str, doc: str, by: dict[str, Histogram] | None = None, one: Histogram | None = None) -> Metric:
+    h = HistogramMetricFamily(name, doc, labels=["type"] if by is not None else None)
+    if by is not None:
+        for key, hist in sorted(by.items()):
+            h.add_metric([key], hist.buckets(), hist.sum)
+    elif one is not None:
+        h.add_metric([], one.buckets(), one.sum)
+    return h
+
+
 class _Collector(Collector):
     def __init__(self, cp: ControlPlane) -> None:
         self.cp = cp
+        self.versions_seen: set[str] = set()  # as istiod, a version once seen stays (at 0 when none is left)
 
     def collect(self) -> Iterator[Metric]:
+        yield from self._pymesh()
+        yield from self._istiod(self.cp.call_soon(lambda: _xds_view(self.cp)))
+
+    def _istiod(self, view: dict[str, Any]) -> Iterator[Metric]:
+        m: XdsMetrics = view["metrics"]
+        versions: dict[str, int] = {}
+        for v, n in view["versions"].items():
+            if v not in self.versions_seen and len(self.versions_seen) >= MAX_VERSIONS:
+                v = "other"
+            self.versions_seen.add(v)
+            versions[v] = versions.get(v, 0) + n
+        g = GaugeMetricFamily("pilot_xds", "Number of endpoints connected to this pilot using XDS.", labels=["version"])
+        for v in sorted(self.versions_seen):
+            g.add_metric([v], versions.get(v, 0))
+        yield g
+        c = IstioCounter("pilot_xds_pushes", "Pilot build and send errors for lds, rds, cds and eds.", ("type",))
+        for t, n in sorted(m.pushes.items()):
+            c.add((t,), n)
+        yield c
+        yield _histogram(
+            "pilot_xds_push_time", "Total time in seconds Pilot takes to push lds, rds, cds and eds.", m.push_time
+        )
+        yield _histogram(
+            "pilot_xds_config_size_bytes", "Distribution of configuration sizes pushed to clients", m.config_size
+        )
+        yield _histogram(
+            "pilot_proxy_convergence_time",
+            "Delay in seconds between config change and a proxy receiving all required configuration.",
+            one=m.convergence,
+        )
+        c = IstioCounter(
+            "pilot_total_xds_rejects", "Total number of XDS responses from pilot rejected by proxy.", ("type",)
+        )
+        for t, n in sorted(m.rejects.items()):
+            c.add((t,), n)
+        yield c
+        for short in REJECT_GAUGES.values():
+            g = GaugeMetricFamily(
+                f"pilot_xds_{short}_reject", f"Pilot rejected {short.upper()} configs.", labels=["node", "err"]
+            )
+            for (kind, node, err), n in sorted(m.reject_series.items()):
+                if kind == short:
+                    g.add_metric([node, err], n)
+            yield g
+        yield CounterMetricFamily(
+            "pymesh_controlplane_xds_reject_series_dropped",
+            "NACKs not recorded in pilot_xds_*_reject: their (node, err) label set was past the cap.",
+            m.reject_series_dropped,
+        )
+        yield GaugeMetricFamily("pilot_services", "Total services known to pilot.", view["services"])
+        yield GaugeMetricFamily("pilot_virt_services", "Total virtual services known to pilot.", 0)
+        if view["ca"] is not None:
+            stats, sign_errors, (root_expiry, chain_expiry) = view["ca"]
+            for name, key, doc in (
+                ("citadel_server_csr_count", "csr", "The number of CSRs received by Citadel server."),
+                (
+                    "citadel_server_authentication_failure_count",
+                    "authn_failures",
+                    "The number of authentication failures.",
+                ),
+                (
+                    "citadel_server_success_cert_issuance_count",
+                    "issued",
+                    "The number of certificates issuances that have succeeded.",
+                ),
+            ):
+                yield IstioCounter(name, doc).add((), stats[key])
+            c = IstioCounter(
+                "citadel_server_csr_sign_err_count", "The number of errors occurred when signing the CSR.", ("error",)
+            )
+            for kind, n in sorted(sign_errors.items()):
+                c.add((kind,), n)
+            yield c
+            yield GaugeMetricFamily(
+                "citadel_server_root_cert_expiry_timestamp",
+                "The unix timestamp, in seconds, when Citadel root cert will expire.",
+                root_expiry,
+            )
+            yield GaugeMetricFamily(
+                "citadel_server_cert_chain_expiry_timestamp",
+                "The unix timestamp, in seconds, when Citadel cert chain will expire.",
+                chain_expiry,
+            )
+
+    def _pymesh(self) -> Iterator[Metric]:
         st = self.cp.status()
         cfg, xds = st["config"], st["xds"]
         watcher = cfg["watcher"]
@@ -70,11 +199,10 @@ class _Collector(Collector):
 
 
 def serve(cp: ControlPlane, listen: str) -> AdminServer:
-    registry = CollectorRegistry()
-    registry.register(_Collector(cp))
+    collector = _Collector(cp)
 
     def metrics(_query: str) -> tuple[int, str, bytes]:
-        return 200, PROMETHEUS_TEXT, generate_latest(registry)
+        return 200, PROMETHEUS_TEXT, prometheus_text(collector)
 
     def status(_query: str) -> tuple[int, str, bytes]:
         body: Any = cp.status()

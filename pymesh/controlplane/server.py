@@ -699,7 +699,7 @@ class ControlPlane:
             self._flush_handle.cancel()
             self._flush_handle = None
         reasons, self._reasons = self._reasons, []
-        self._dirty_since = None
+        changed_at, self._dirty_since = self._dirty_since, None
         try:
             snap = self._build()
         except Exception as e:  # a bug must not stop every later push: reported, retried at the next change
@@ -707,7 +707,8 @@ class ControlPlane:
             log.exception("push failed; still serving v%d", self.ads.snapshot.version)
             return
         self.push_error = ""
-        sent = self.ads.push(snap)
+        # _dirty_since is the loop's clock, time.monotonic() (asyncio's default loop)
+        sent = self.ads.push(snap, changed_at=changed_at)
         log.info(
             "push v%d (%s): %d responses queued in %d ms",
             snap.version,

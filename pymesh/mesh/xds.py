@@ -47,6 +47,14 @@ def short_name(type_url: str) -> str:
     return SHORT.get(type_url) or type_url.rsplit("/", 1)[-1].rsplit(".", 1)[-1]
 
 
+def metric_type(type_url: str) -> str:
+    """The ``type`` label Istio's xDS metrics give a type URL (``pkg/model``
+    ``GetMetricType``): ``cds``, ``eds``, ``lds``, ``rds``, ``sds``, ``nds``;
+    any other type keeps its URL, as there."""
+    short = SHORT.get(type_url)
+    return short.lower() if short is not None and type_url != HEALTH else type_url
+
+
 def unpack(any_msg: Any, type_url: str, cls: type[M]) -> M:
     """Decodes a ``google.protobuf.Any`` that must be of ``type_url``."""
     if any_msg.type_url != type_url:

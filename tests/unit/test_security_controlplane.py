@@ -136,7 +136,13 @@ def test_a_man_in_the_middle_with_its_own_ca_is_rejected_by_the_agent(cp: Contro
         with pytest.raises(AuthError, match="UNAVAILABLE"):
             wc.fetch()
         # The impostor never saw a request (the token was not sent to it).
-        assert mitm.security.stats == {"issued": 0, "refused": 0, "server_cert_renewals": 0}
+        assert mitm.security.stats == {
+            "issued": 0,
+            "refused": 0,
+            "server_cert_renewals": 0,
+            "csr": 0,
+            "authn_failures": 0,
+        }
         assert not (tmp_path / "c" / "cert-chain.pem").exists()
     finally:
         mitm.stop()

@@ -109,7 +109,11 @@ class MeshSecurity:
         self.listen = _split(options.secure_listen)
         self.front: TlsFront | None = None
         self._renew: asyncio.TimerHandle | None = None
-        self.stats = {"issued": 0, "refused": 0, "server_cert_renewals": 0}
+        # "csr", "authn_failures", "issued" and sign_errors (by istiod's error type) are istiod's
+        # citadel_server_* counters (security/pkg/server/ca/monitoring.go), counted where
+        # istiod counts them (security/pkg/server/ca/server.go, CreateCertificate).
+        self.stats = {"issued": 0, "refused": 0, "server_cert_renewals": 0, "csr": 0, "authn_failures": 0}
+        self.sign_errors: dict[str, int] = {}  # CSR_ERROR, CERT_GEN_ERROR (security/pkg/pki/error) -> count
         self._limiter = LogLimiter(log)  # refusals are the caller's doing: rate-limited
 
     # --- lifecycle (on the control plane's loop) ------------------------------------------
@@ -261,15 +265,36 @@ class MeshSecurity:
             return tok
         raise AuthError("no credentials: present a mesh certificate (mTLS) or 'authorization: Bearer <istio-token>'")
 
+    def _sign_error(self, kind: str) -> None:
+        self.sign_errors[kind] = self.sign_errors.get(kind, 0) + 1
+
+    def expiry(self) -> tuple[float, float]:
+        """Unix times the root and the signing certificate expire (istiod's
+        citadel_server_root_cert_expiry_timestamp and cert_chain_expiry_timestamp)."""
+        return self.ca.root.not_valid_after_utc.timestamp(), self.ca.cert.not_valid_after_utc.timestamp()
+
     async def _create_certificate(self, request: Any, context: Any) -> Any:
+        self.stats["csr"] += 1
         try:
-            ident = self.caller(context)
+            try:
+                ident = self.caller(context)
+            except AuthError:
+                self.stats["authn_failures"] += 1
+                raise
             md = request.metadata.fields if request.HasField("metadata") else {}
             if "ImpersonatedIdentity" in md and md["ImpersonatedIdentity"].string_value:
                 raise AuthError("ImpersonatedIdentity is not allowed for this caller", code="PERMISSION_DENIED")
             if not request.csr:
+                self._sign_error("CSR_ERROR")
                 raise AuthError("csr is empty", code="INVALID_ARGUMENT")
-            issued = self.ca.sign_csr(request.csr, ident, float(request.validity_duration))
+            try:
+                issued = self.ca.sign_csr(request.csr, ident, float(request.validity_duration))
+            except SecurityError:  # the CSR does not parse, verify or carry an acceptable key
+                self._sign_error("CSR_ERROR")
+                raise
+            except Exception:
+                self._sign_error("CERT_GEN_ERROR")
+                raise
         except AuthError as e:
             self.stats["refused"] += 1
             self._limiter.log(logging.WARNING, "CA refusal", "CreateCertificate from %s refused: %s", context.peer(), e)

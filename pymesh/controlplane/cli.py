@@ -79,6 +79,8 @@ def cmd_controlplane(args: argparse.Namespace) -> int:
         root_namespace=args.root_namespace,
         vip_quarantine=parse_duration(args.vip_quarantine) if args.vip_quarantine else DEFAULT_QUARANTINE,
         monitoring_listen=args.monitoring_listen,
+        mesh_networks=args.mesh_networks,
+        cluster_id=args.cluster_id,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -289,6 +291,13 @@ def add_commands(sub: Any) -> None:
         "--root-namespace",
         default="istio-system",
         help="meshConfig.rootNamespace: a PeerAuthentication here without selector is mesh-wide (default %(default)s)",
+    )
+    cp.add_argument(
+        "--mesh-networks",
+        metavar="FILE",
+        default=None,
+        help="istiod's meshNetworks (its --networksConfig): networks by fromCidr/fromRegistry and their gateways; "
+        "watched for changes",
     )
     cp.add_argument(
         "--insecure-xds",

@@ -21,7 +21,10 @@ generates them for ``GENERATOR=grpc`` (istio/istio ``pilot/pkg/networking/grpcge
   DestinationRule.
 - ClusterLoadAssignment: endpoints grouped by locality, every locality with
   a ``load_balancing_weight`` (gRPC silently drops localities without one),
-  no duplicate addresses (gRPC NACKs them), priorities without gaps.
+  no duplicate addresses (gRPC NACKs them), priorities without gaps; per
+  proxy network, endpoints of other networks that have a gateway replaced by
+  the gateway or dropped (istiod's split horizon: :mod:`.networks`,
+  :func:`load_assignment`).
 
 Policy per client type: gRPC NACKs ``LEAST_REQUEST``, ``RANDOM`` and
 ``MAGLEV``, so for ``grpc`` those become ``ROUND_ROBIN`` (and Maglev
@@ -46,6 +49,8 @@ from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from google.protobuf import duration_pb2, struct_pb2, wrappers_pb2
 
+from pymesh.controlplane import networks as nets
+from pymesh.controlplane.networks import DEFAULT_CLUSTER_ID, Gateway, NetworkGateways
 from pymesh.controlplane.registry import Endpoint, Registry, ServiceModel
 from pymesh.controlplane.resources import DestinationRule, TrafficPolicy
 from pymesh.mesh import xds
@@ -302,21 +307,13 @@ def _is_ip(a: str) -> bool:
 
 @dataclass(frozen=True)
 class EdsView:
-    """What of a proxy shapes its endpoints: its network (endpoints of other
-    networks are not reachable without gateways, which pymesh does not have
-    yet) and its locality (failover priorities)."""
+    """What of a proxy shapes its endpoints: its network (which endpoints it
+    reaches directly, which through a network gateway: :mod:`.networks`) and
+    its locality (failover priorities). Two proxies on different networks get
+    different ClusterLoadAssignments: the view is the snapshot's cache key."""
 
     network: str = ""
     locality: str = ""
-
-
-def _visible(ep: Endpoint, view: EdsView) -> bool:
-    # Istio keeps cross-network endpoints when no gateway exists (pilot/pkg/xds/endpoints/
-    # endpoint_builder.go, EndpointsByNetworkFilter); two VMs
-    # with the same IP in different networks would then be a duplicate
-    # address, which gRPC NACKs. pymesh has no network gateways yet, so an
-    # endpoint in another network is unreachable and dropped.
-    return not (view.network and ep.network and ep.network != view.network)
 
 
 def _priority(ep_locality: str, proxy_locality: str) -> int:
@@ -337,49 +334,114 @@ def _locality_msg(locality: str) -> Any:
     return base_pb2.Locality(region=parts[0], zone=parts[1], sub_zone=parts[2])
 
 
+def _endpoint_metadata(lb: Any, tls_mode: str, fields: Mapping[str, str]) -> None:
+    if tls_mode != "disabled":
+        md = struct_pb2.Struct()
+        md.update({"tlsMode": tls_mode})
+        lb.metadata.filter_metadata["envoy.transport_socket_match"].CopyFrom(md)
+    istio = struct_pb2.Struct()
+    istio.update(fields)
+    lb.metadata.filter_metadata["istio"].CopyFrom(istio)
+
+
 def load_assignment(
-    name: str, eps: Sequence[Endpoint], view: EdsView, policy: TrafficPolicy | None, subset_labels: Mapping[str, str]
+    name: str,
+    eps: Sequence[Endpoint],
+    view: EdsView,
+    policy: TrafficPolicy | None,
+    subset_labels: Mapping[str, str],
+    gateways: NetworkGateways | None = None,
+    cluster: str = DEFAULT_CLUSTER_ID,
 ) -> Any:
+    """istiod's ``EndpointBuilder.generate`` then ``EndpointsByNetworkFilter``
+    (istio/istio pilot/pkg/xds/endpoints/endpoint_builder.go, ep_filters.go):
+    endpoints grouped by locality; with any network gateway configured, every
+    weight is multiplied by the gateways' scale factor, endpoints the proxy
+    reaches through a gateway are replaced, in their locality, by one endpoint
+    per gateway (``gw:port``, the summed weights split evenly, ``tlsMode:
+    istio``, workload ``;;;;``), and endpoints of a gatewayed network without
+    Istio mTLS are dropped. gRPC rejects duplicate addresses, so an address is
+    sent once: among direct endpoints the one on the proxy's own network
+    wins (then kind/namespace/name), and a gateway that several localities
+    would carry stays in the first, with their summed weight."""
+    gws = gateways or NetworkGateways()
     failover = bool(policy and policy.outlier is not None and view.locality)
     if policy is not None and policy.locality is not None and policy.locality.get("enabled") is False:
         failover = False
-    groups: dict[tuple[int, str], list[Endpoint]] = {}
-    seen: set[tuple[str, int]] = set()
+    scale = gws.scale if gws.enabled else 1
+    direct: list[Endpoint] = []
+    via: list[tuple[Endpoint, tuple[Gateway, ...]]] = []
     for ep in eps:
-        if not _visible(ep, view) or not _is_ip(ep.address):
+        if not _is_ip(ep.address):
             continue
         if any(ep.labels.get(k) != val for k, val in subset_labels.items()):
             continue
-        key = (ep.address, ep.port)
-        if key in seen:
-            continue  # gRPC NACKs duplicate addresses; the first by kind/namespace/name wins
-        seen.add(key)
+        how, through = nets.route(ep.network, ep.tls_mode, cluster, view.network, gws)
+        if how == nets.DIRECT:
+            direct.append(ep)
+        elif how == nets.VIA_GATEWAY:
+            via.append((ep, through))
+    # One endpoint per address (gRPC NACKs duplicates): the proxy's own network first.
+    chosen: dict[tuple[str, int], Endpoint] = {}
+    for ep in sorted(direct, key=lambda e: not (view.network and e.network == view.network)):
+        chosen.setdefault((ep.address, ep.port), ep)
+    kept = {id(e) for e in chosen.values()}
+    groups: dict[tuple[int, str], list[Endpoint]] = {}
+    gw_groups: dict[tuple[int, str], dict[Gateway, int]] = {}
+    for ep in direct:
+        if id(ep) in kept:
+            prio = _priority(ep.locality, view.locality) if failover else 0
+            groups.setdefault((prio, ep.locality), []).append(ep)
+    for ep, through in via:
         prio = _priority(ep.locality, view.locality) if failover else 0
-        groups.setdefault((prio, ep.locality), []).append(ep)
+        groups.setdefault((prio, ep.locality), [])
+        nets.split_weight(nets.scaled(ep.weight, scale), through, gw_groups.setdefault((prio, ep.locality), {}))
     # gRPC rejects priority gaps: renumber the priorities that exist densely.
     dense = {p: i for i, p in enumerate(sorted({p for p, _ in groups}))}
     cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
-    for (prio, loc), members in sorted(groups.items()):
+    taken = set(chosen)
+    gw_lb: dict[tuple[str, int], Any] = {}
+    for key, members in sorted(groups.items()):
+        prio, loc = key
         lle = cla.endpoints.add(locality=_locality_msg(loc), priority=dense[prio])
-        lle.load_balancing_weight.value = sum(m.weight for m in members)
         for m in members:
             lb = lle.lb_endpoints.add(health_status=health_check_pb2.HEALTHY)
             lb.endpoint.address.socket_address.address = m.address
             lb.endpoint.address.socket_address.port_value = m.port
-            lb.load_balancing_weight.value = m.weight
-            if m.tls_mode != "disabled":
-                md = struct_pb2.Struct()
-                md.update({"tlsMode": m.tls_mode})
-                lb.metadata.filter_metadata["envoy.transport_socket_match"].CopyFrom(md)
-            istio = struct_pb2.Struct()
+            lb.load_balancing_weight.value = nets.scaled(m.weight, scale)
             fields = {"workload": f"{m.name};{m.namespace};;;"}
             if m.service_account:
                 # The workload's identity (Pod serviceAccountName, WorkloadEntry serviceAccount) as a
                 # SPIFFE URI: the relay verifies the peer certificate of a tlsMode=istio endpoint
                 # against it (Istio checks the same SANs, carried in the cluster's TLS context).
                 fields["service_account"] = m.service_account
-            istio.update(fields)
-            lb.metadata.filter_metadata["istio"].CopyFrom(istio)
+            _endpoint_metadata(lb, m.tls_mode, fields)
+        for g, weight in sorted(gw_groups.get(key, {}).items()):
+            addr = (g.address, g.port)
+            if addr in gw_lb:  # already in an earlier locality: one address, the weights summed
+                held = gw_lb[addr].load_balancing_weight
+                held.value = min(held.value + max(weight, 1), nets.MAX_UINT32)
+                continue
+            if addr in taken:
+                log.warning("cluster %s: gateway %s:%d is also a workload address; not added", name, *addr)
+                continue
+            lb = lle.lb_endpoints.add(health_status=health_check_pb2.HEALTHY)
+            lb.endpoint.address.socket_address.address = g.address
+            lb.endpoint.address.socket_address.port_value = g.port
+            lb.load_balancing_weight.value = max(weight, 1)  # istiod: a 0 share becomes 1
+            _endpoint_metadata(lb, "istio", {"workload": ";;;;"})
+            gw_lb[addr] = lb
+    if any(not lle.lb_endpoints for lle in cla.endpoints):  # all of a locality went through a gateway
+        nonempty = [lle for lle in cla.endpoints if lle.lb_endpoints]
+        del cla.endpoints[:]
+        cla.endpoints.extend(nonempty)
+        renumber = {p: i for i, p in enumerate(sorted({lle.priority for lle in cla.endpoints}))}
+        for lle in cla.endpoints:
+            lle.priority = renumber[lle.priority]
+    for lle in cla.endpoints:  # locality weights last: a later locality may have added to a gateway's
+        lle.load_balancing_weight.value = min(
+            sum(e.load_balancing_weight.value for e in lle.lb_endpoints), nets.MAX_UINT32
+        )
     return cla
 
 
@@ -397,10 +459,12 @@ def endpoints(registry: Registry, view: EdsView) -> dict[str, Any]:
             if eps and not any(_is_ip(e.address) for e in eps):
                 continue  # LOGICAL_DNS cluster: no EDS
             name = cluster_name(svc.hostname, p.number)
-            out[name] = load_assignment(name, eps, view, base, {})
+            gws, cid = registry.gateways, registry.cluster_id
+            out[name] = load_assignment(name, eps, view, base, {}, gws, cid)
             for subset in dr.subsets if dr else ():
                 sname = cluster_name(svc.hostname, p.number, subset.name)
-                out[sname] = load_assignment(sname, eps, view, _merge(base, subset.policy), subset.labels)
+                policy = _merge(base, subset.policy)
+                out[sname] = load_assignment(sname, eps, view, policy, subset.labels, gws, cid)
     return out
 
 

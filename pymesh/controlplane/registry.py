@@ -43,6 +43,13 @@ from dataclasses import dataclass, field
 
 from pymesh.controlplane import peerauth
 from pymesh.controlplane import vips as vipmod
+from pymesh.controlplane.networks import (
+    DEFAULT_CLUSTER_ID,
+    NETWORK_LABEL,
+    MeshNetworks,
+    NetworkGateways,
+    discover_gateways,
+)
 from pymesh.controlplane.resources import (
     DestinationRule,
     Object,
@@ -64,7 +71,6 @@ log = logging.getLogger("pymesh.controlplane")
 HEALTH_CHECKS_ANNOTATION = "proxy.istio.io/health-checks-enabled"
 AUTO_GROUP_ANNOTATION = "istio.io/autoRegistrationGroup"
 TLS_MODE_LABEL = "security.istio.io/tlsMode"
-NETWORK_LABEL = "topology.istio.io/network"
 LOCALITY_LABEL = "topology.istio.io/locality"
 
 
@@ -119,6 +125,9 @@ class Registry:
     # PeerAuthentications by namespace, oldest first (pymesh.controlplane.peerauth).
     peer_authentications: Mapping[str, tuple[PeerAuthentication, ...]] = field(default_factory=dict)
     root_namespace: str = "istio-system"
+    # Network gateways (pymesh.controlplane.networks) and the cluster every endpoint here is in.
+    gateways: NetworkGateways = field(default_factory=NetworkGateways)
+    cluster_id: str = DEFAULT_CLUSTER_ID
 
     def peer_authentication(self, namespace: str, labels: Mapping[str, str]) -> str:
         """The effective inbound mTLS mode of a workload: STRICT, PERMISSIVE or DISABLE."""
@@ -209,8 +218,10 @@ def _entry_workload(ns: str, name: str, spec: WorkloadEntrySpec, kind: str, trus
     )
 
 
-def _pod_workload(pod: Pod, trust_domain: str) -> _Workload:
+def _pod_workload(pod: Pod, trust_domain: str, mesh: MeshNetworks, cluster_id: str) -> _Workload:
     labels = pod.meta.labels
+    # istiod's Controller.Network: the pod's label, else meshNetworks (fromRegistry, then fromCidr).
+    network = labels.get(NETWORK_LABEL, "") or mesh.network_of(pod.ip, cluster_id)
     return _Workload(
         kind="Pod",
         namespace=pod.meta.namespace,
@@ -219,7 +230,7 @@ def _pod_workload(pod: Pod, trust_domain: str) -> _Workload:
         labels=labels,
         ports=pod.container_ports,
         locality=_locality("", labels),
-        network=labels.get(NETWORK_LABEL, ""),
+        network=network,
         weight=1,
         service_account=workload_spiffe(pod.meta.namespace, pod.service_account, trust_domain),
         tls_mode=tls_mode_of_pod(labels),
@@ -280,6 +291,8 @@ def build_registry(
     domain: str = DEFAULT_DOMAIN,
     trust_domain: str = DEFAULT_TRUST_DOMAIN,
     root_namespace: str = "istio-system",
+    mesh_networks: MeshNetworks | None = None,
+    cluster_id: str = DEFAULT_CLUSTER_ID,
 ) -> Registry:
     """Associates services with workloads. ``registered`` entries (auto
     registration) join the configured ones; the same name in both keeps the
@@ -316,7 +329,10 @@ def build_registry(
             continue
         workloads.append(_entry_workload(e.meta.namespace, e.meta.name, e.spec, "WorkloadEntry", trust_domain))
     entry_workloads = sorted(workloads, key=_sort_key)
-    ready_pods = sorted((_pod_workload(p, trust_domain) for p in pods if p.ip and p.ready), key=_sort_key)
+    mesh = mesh_networks or MeshNetworks()
+    ready_pods = sorted(
+        (_pod_workload(p, trust_domain, mesh, cluster_id) for p in pods if p.ip and p.ready), key=_sort_key
+    )
     all_pods = {(p.meta.namespace, p.meta.name): p for p in pods}
     pod_index, entry_index = _Index(ready_pods), _Index(entry_workloads)
 
@@ -454,6 +470,10 @@ def build_registry(
         domain=domain,
         peer_authentications=pa_index,
         root_namespace=root_namespace,
+        gateways=discover_gateways(
+            ((f"{s.meta.name}.{s.meta.namespace}.svc.{domain}", s) for s in services), mesh, cluster_id
+        ),
+        cluster_id=cluster_id,
     )
 
 

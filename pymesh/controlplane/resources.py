@@ -99,6 +99,16 @@ class Service:
     cluster_ips: tuple[str, ...]  # empty: not allocated
     headless: bool  # clusterIP: None
     publish_not_ready: bool = False
+    type: str = "ClusterIP"
+    external_ips: tuple[str, ...] = ()  # spec.externalIPs
+    ingress: tuple[str, ...] = ()  # status.loadBalancer.ingress[]: ip, else hostname
+
+    @property
+    def external_addresses(self) -> tuple[str, ...]:
+        """istiod's ``ClusterExternalAddresses`` (pilot/pkg/serviceregistry/kube/conversion.go
+        ``ConvertService``): a LoadBalancer's ingress addresses, then ``spec.externalIPs``."""
+        lb = self.ingress if self.type == "LoadBalancer" else ()
+        return (*lb, *self.external_ips)
 
 
 @dataclass(frozen=True)
@@ -322,7 +332,30 @@ def parse_service(doc: Mapping[str, Any]) -> Service:
         cluster_ips=cluster_ips,
         headless=headless,
         publish_not_ready=bool(spec.get("publishNotReadyAddresses", False)),
+        type=typ,
+        external_ips=tuple(
+            v.ip(v.string(x, f"spec.externalIPs[{i}]"), f"spec.externalIPs[{i}]")
+            for i, x in enumerate(v.sequence(spec.get("externalIPs"), "spec.externalIPs"))
+        ),
+        ingress=_lb_ingress(doc),
     )
+
+
+def _lb_ingress(doc: Mapping[str, Any]) -> tuple[str, ...]:
+    status = v.mapping(doc.get("status"), "status")
+    lb = v.mapping(status.get("loadBalancer"), "status.loadBalancer")
+    out = []
+    for i, item in enumerate(v.sequence(lb.get("ingress"), "status.loadBalancer.ingress")):
+        f = f"status.loadBalancer.ingress[{i}]"
+        m = v.mapping(item, f)
+        ip = v.string(m.get("ip"), f"{f}.ip")
+        if ip:
+            out.append(v.ip(ip, f"{f}.ip"))
+            continue
+        host = v.string(m.get("hostname"), f"{f}.hostname")
+        if host:
+            out.append(host)
+    return tuple(out)
 
 
 def parse_pod(doc: Mapping[str, Any]) -> Pod:

@@ -118,8 +118,11 @@ SERVICE: Schema = obj(
                 ),
                 "publishNotReadyAddresses": BOOL,
                 "externalName": STR,
+                "externalIPs": arr(STR),
             }
         ),
+        # A LoadBalancer's addresses: network gateways are found at them (pymesh.controlplane.networks).
+        "status": obj({"loadBalancer": obj({"ingress": arr(obj({"ip": STR, "hostname": STR}))})}),
     }
 )
 POD: Schema = obj(

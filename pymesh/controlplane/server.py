@@ -64,6 +64,7 @@ from pymesh.controlplane.configdir import Entry, ScanError, scan
 from pymesh.controlplane.defaults import DEFAULT_DEBOUNCE, DEFAULT_GRACE_PERIOD, DEFAULT_XDS_LISTEN
 from pymesh.controlplane.errors import ControlPlaneError, StoreError, ValidationError
 from pymesh.controlplane.lograte import clip
+from pymesh.controlplane.networks import DEFAULT_CLUSTER_ID, MeshNetworks, NetworksFile, unreachable_endpoints
 from pymesh.controlplane.peerauth import DEFAULT_ROOT_NAMESPACE
 from pymesh.controlplane.registry import Registry, build_registry
 from pymesh.controlplane.resources import FileCache, LoadResult, Object, ServiceEntry, WorkloadEntry, load_path
@@ -148,8 +149,14 @@ class ControlPlane:
         max_node_bytes: int = DEFAULT_MAX_NODE_BYTES,
         vip_quarantine: float = DEFAULT_QUARANTINE,
         monitoring_listen: str | None = None,
+        mesh_networks: str | os.PathLike[str] | None = None,
+        cluster_id: str = DEFAULT_CLUSTER_ID,
     ) -> None:
         self.config_dir = Path(config_dir)
+        # istiod's --networksConfig (meshNetworks) and --clusterID: networks and gateways
+        # (pymesh.controlplane.networks). Invalid at start: an error; later: the last good one stays.
+        self.cluster_id = cluster_id
+        self.networks_file = NetworksFile(Path(mesh_networks), limits) if mesh_networks is not None else None
         self.listen = _split_listen(xds_listen)
         self.plaintext = plaintext or security is None
         if self.plaintext and not is_loopback(self.listen[0]) and not insecure_xds:
@@ -363,6 +370,8 @@ class ControlPlane:
 
     def _load_now(self) -> tuple[tuple[Entry, ...] | None, LoadResult]:
         """Scan and load synchronously (before the loop runs)."""
+        if self.networks_file is not None:
+            self.networks_file.refresh()
         try:
             entries = scan(self.config_dir)
         except ScanError as e:
@@ -381,6 +390,8 @@ class ControlPlane:
         async with self._load_lock:
             entries = await self._in_worker(scan, self.config_dir)
             self.watch.last_scan = time.time()
+            if self.networks_file is not None and await self._in_worker(self.networks_file.refresh):
+                self._mark_dirty("meshNetworks")  # gateways and networks: EDS (and NDS) views change
             if not force and entries == self._fingerprint and not self._mirror_dirty:
                 return False
             if not force and entries == self._fingerprint:
@@ -672,6 +683,8 @@ class ControlPlane:
             domain=self.domain,
             trust_domain=self.trust_domain,
             root_namespace=self.root_namespace,
+            mesh_networks=self.networks_file.current if self.networks_file is not None else MeshNetworks(),
+            cluster_id=self.cluster_id,
         )
         self._persist_vips()  # normally nothing: _apply reserved every VIP the registry reads
         self._vip_owners = None  # built when a registration asks (_address_problem)
@@ -742,9 +755,23 @@ class ControlPlane:
                 "log_lines_dropped": self.ads.limiter.dropped_total,
                 "vips": {"held": len(self.vips.allocations), "released": len(self.vips.released())},
                 "tls": dict(front.stats, pending=front.pending) if front is not None else None,
+                "networks": self._networks_status(),
             }
 
         return self.call_soon(run)
+
+    def _networks_status(self) -> dict[str, Any]:
+        """Gateways in use, and the endpoints proxies on other networks do not get (their network
+        has a gateway, and they take no Istio mTLS, on which the gateway's SNI routing depends)."""
+        registry = self.ads.snapshot.registry
+        dropped = unreachable_endpoints(registry)
+        nf = self.networks_file
+        return {
+            "mesh_networks": None if nf is None else {"file": str(nf.path), "error": nf.error},
+            "gateways": [f"{g.network}={g.address}:{g.port}" for g in registry.gateways.all()],
+            "dropped_cross_network": len(dropped),
+            "dropped_endpoints": dropped[:100],
+        }
 
     def objects(self) -> list[Object]:
         """Configured objects (with their overlays) and registered entries."""

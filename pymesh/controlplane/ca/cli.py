@@ -95,7 +95,10 @@ def add_controlplane_flags(p: Any) -> None:
     p.add_argument("--plugin-ca", metavar="DIR", help="Istio cacerts layout: ca-cert/ca-key/root-cert/cert-chain.pem")
     p.add_argument("--cert-ttl", default="24h", help="default workload certificate lifetime (default %(default)s)")
     p.add_argument(
-        "--cluster-id", default="Kubernetes", help="ClusterID token requests must name (default %(default)s)"
+        "--cluster-id",
+        default="Kubernetes",
+        help="this control plane's cluster (istiod's --clusterID): token requests must name it, meshNetworks "
+        "fromRegistry selects it (default %(default)s)",
     )
     p.add_argument(
         "--xds-auth",

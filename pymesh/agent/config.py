@@ -13,6 +13,7 @@ by ``construct_config``).
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from collections.abc import Callable, Sequence
@@ -25,6 +26,7 @@ from pymesh.agent.bootstrap import Bootstrap
 from pymesh.agent.certs import auth_mode
 from pymesh.agent.node import NodeInfo, build_node
 from pymesh.capture import CaptureConfig, CaptureError
+from pymesh.mesh import node as node_meta
 from pymesh.mesh.addr import format_host_port, port_of
 from pymesh.mesh.defaults import (
     DEFAULT_DOMAIN,
@@ -239,6 +241,41 @@ def resolve(bootstrap: Bootstrap, options: AgentOptions | None = None) -> AgentC
         probe_host=probe_host,
         inbound_listen=_inbound_listen(capture),
     )
+
+
+def local_workload(c: AgentConfig) -> dict[str, str]:
+    """This workload as Istio's telemetry labels it (the relays'
+    ``set_local_workload``): istio-agent's node metadata ``WORKLOAD_NAME``
+    (else the auto-registration group, the ``service.istio.io/workload-name``
+    label, the instance name: istiod's ``WorkloadNameFromWorkloadEntry``
+    order), ``NAMESPACE``, ``CLUSTER_ID``, the ``LABELS``; the canonical
+    service and revision from istioctl's ``CANONICAL_SERVICE`` /
+    ``CANONICAL_REVISION`` in cluster.env, else derived from the labels as
+    istiod does, so none is ever empty."""
+    md = c.node.metadata
+    raw = md.get(node_meta.LABELS) or {}
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw) if raw.strip() else {}
+        except ValueError:
+            raw = {}
+    labels = {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
+    workload = (
+        str(md.get(node_meta.WORKLOAD_NAME) or "")
+        or str(md.get(node_meta.AUTO_REGISTER_GROUP) or "")
+        or labels.get(node_meta.WORKLOAD_NAME_LABEL, "")
+        or c.node.name
+    )
+    b = c.bootstrap
+    return {
+        "workload": workload,
+        "namespace": c.node.namespace,
+        "app": node_meta.app_label(labels),
+        "version": node_meta.version_label(labels),
+        "canonical_service": b.get("CANONICAL_SERVICE").strip() or node_meta.canonical_service(labels, workload),
+        "canonical_revision": b.get("CANONICAL_REVISION").strip() or node_meta.canonical_revision(labels),
+        "cluster": str(md.get(node_meta.CLUSTER_ID) or ""),
+    }
 
 
 def capture_plan(cfg: CaptureConfig) -> dict[str, Any]:

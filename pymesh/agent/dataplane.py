@@ -20,6 +20,11 @@ one kept on disk) and after every renewal or root change; a certificate the
 relay refuses is logged and the previous identity keeps serving. The inbound
 mode (STRICT, PERMISSIVE, DISABLE) comes from the ``virtualInbound`` listener;
 until one is known the listener runs Istio's default, PERMISSIVE.
+
+Telemetry: both relays are told this workload's name, namespace, app,
+version, canonical service and revision and cluster
+(:func:`pymesh.agent.config.local_workload`) for Istio's ``istio_tcp_*``
+labels; the principals come from each connection's mTLS handshake.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from pymesh._native import PymeshError
-from pymesh.agent.config import AgentConfig
+from pymesh.agent.config import AgentConfig, local_workload
 from pymesh.agent.errors import AgentError, XdsClientError
 from pymesh.agent.state import Tables
 from pymesh.mesh.addr import parse_host_port
@@ -89,11 +94,13 @@ class DataPath:
                     # endpoint is never reached in plaintext (the relay waits for the identity).
                     auto_mtls=c.control_plane_auth == "MUTUAL_TLS",
                 )
+                self.proxy.set_local_workload(local_workload(c))
                 log.info("outbound proxy on %s", ", ".join(self.proxy.addresses))
             if c.runs_inbound:
                 from pymesh.relay import start_inbound_passthrough
 
                 self.inbound = start_inbound_passthrough(listen=list(c.inbound_listen), mark=o.capture_mark)
+                self.inbound.set_local_workload(local_workload(c))
                 log.info("inbound passthrough on %s", ", ".join(self.inbound.addresses))
                 if peer_authentication is not None:
                     self.apply_peer_authentication(peer_authentication)  # the saved policy

@@ -20,10 +20,15 @@
   (istio-agent's ``istio_agent_cert_expiry_seconds{resource_name="default"}``,
   the seconds left, from ``pkg/security`` ``CertExpirySeconds``, beside
   ``pymesh_agent_certificate_expiry_seconds``, the Unix time) and the
-  relays' counters (``pymesh_agent_relay_*{relay="outbound"|"inbound"}``).
-  Istio's request and TCP families (``istio_requests_total``,
-  ``istio_tcp_*``) need per-connection peer metadata the relays do not
-  record, so they are not served.
+  relays' counters (``pymesh_agent_relay_*{relay="outbound"|"inbound"}``),
+  and Istio's TCP families from the relays' per-connection series
+  (``istio_tcp_connections_opened_total``, ``istio_tcp_connections_closed_total``,
+  ``istio_tcp_sent_bytes_total``, ``istio_tcp_received_bytes_total``; the
+  outbound reports ``reporter="source"``, the inbound ``reporter="destination"``,
+  every label of Istio's TCP set present; see ``native/src/relay/metrics.rs``).
+  These take the place of Envoy's ``:15090`` section in istio-agent's merged
+  endpoint. ``istio_requests_total`` (HTTP) is not served: the relays do not
+  parse HTTP.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -135,6 +140,7 @@ class AgentCollector(Collector):
             (r, p) for r, p in (("outbound", self.agent.proxy), ("inbound", self.agent.inbound)) if p is not None
         ]
         yield from _relays(running)
+        yield from istio_tcp(proxy for _, proxy in running)
 
 
 def _per_type(types: dict[str, dict[str, Any]]) -> Iterator[Metric]:
@@ -178,6 +184,30 @@ def _relays(relays: list[tuple[str, Any]]) -> Iterator[Metric]:
                     families[name] = fam
                 fam.add_metric([relay], value)
     yield from families.values()
+
+
+# Istio's TCP families: (name without the _total prometheus_client appends,
+# the key in OutboundProxy.tcp_metrics() values, HELP). The texts are Istio's
+# (istio.io "Istio Standard Metrics").
+_ISTIO_TCP = (
+    ("istio_tcp_connections_opened", "connections_opened", "Total TCP connections opened."),
+    ("istio_tcp_connections_closed", "connections_closed", "Total TCP connections closed."),
+    ("istio_tcp_sent_bytes", "sent_bytes", "Total bytes sent during response in case of a TCP connection."),
+    ("istio_tcp_received_bytes", "received_bytes", "Total bytes received during request in case of a TCP connection."),
+)
+
+
+def istio_tcp(relays: Iterable[Any]) -> Iterator[Metric]:
+    """Istio's four TCP counter families over the relays' series (each relay's
+    ``tcp_metrics()``); a family is served, with HELP and TYPE, even before
+    its first series."""
+    series = [s for proxy in relays if hasattr(proxy, "tcp_metrics") for s in proxy.tcp_metrics()]
+    names = list(series[0][0]) if series else []
+    for name, key, help_text in _ISTIO_TCP:
+        fam = CounterMetricFamily(name, help_text, labels=names)
+        for labels, values in series:
+            fam.add_metric([labels[n] for n in names], values[key])
+        yield fam
 
 
 def metrics(agent: Agent) -> str:

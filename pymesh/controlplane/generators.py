@@ -55,6 +55,7 @@ from pymesh.controlplane.registry import Endpoint, Registry, ServiceModel
 from pymesh.controlplane.resources import DestinationRule, TrafficPolicy
 from pymesh.mesh import xds
 from pymesh.mesh.clusters import cluster_name
+from pymesh.mesh.node import canonical_revision, canonical_service
 
 log = logging.getLogger("pymesh.controlplane")
 
@@ -409,7 +410,10 @@ def load_assignment(
             lb.endpoint.address.socket_address.address = m.address
             lb.endpoint.address.socket_address.port_value = m.port
             lb.load_balancing_weight.value = nets.scaled(m.weight, scale)
-            fields = {"workload": f"{m.name};{m.namespace};;;"}
+            # istiod's "name;namespace;canonical service;canonical revision;cluster"
+            # (pilot/pkg/model/endpoint.go, the istio.workload metadata telemetry reads).
+            canon = f"{canonical_service(dict(m.labels), m.name)};{canonical_revision(dict(m.labels))}"
+            fields = {"workload": f"{m.name};{m.namespace};{canon};{cluster}"}
             if m.service_account:
                 # The workload's identity (Pod serviceAccountName, WorkloadEntry serviceAccount) as a
                 # SPIFFE URI: the relay verifies the peer certificate of a tlsMode=istio endpoint

@@ -80,3 +80,33 @@ def namespace_of(node: NodeId) -> str:
     if "." in node.id:
         return node.id.split(".", 1)[1]
     return node.domain.split(".", 1)[0] if node.domain else ""
+
+
+# Workload labels Istio reads for telemetry (istio ``pkg/kube/labels/labels.go``,
+# ``pkg/config/constants``).
+CANONICAL_NAME_LABEL = "service.istio.io/canonical-name"
+CANONICAL_REVISION_LABEL = "service.istio.io/canonical-revision"
+WORKLOAD_NAME_LABEL = "service.istio.io/workload-name"
+
+
+def app_label(labels: dict[str, str]) -> str:
+    """The workload's app: ``app.kubernetes.io/name``, else ``app`` (istio/proxy
+    ``extensions/common/metadata_object.cc``); "" when neither is set."""
+    return labels.get("app.kubernetes.io/name") or labels.get("app") or ""
+
+
+def version_label(labels: dict[str, str]) -> str:
+    """``app.kubernetes.io/version``, else ``version``; "" when neither is set."""
+    return labels.get("app.kubernetes.io/version") or labels.get("version") or ""
+
+
+def canonical_service(labels: dict[str, str], workload_name: str) -> str:
+    """istiod's ``CanonicalService`` name: the canonical-name label, then
+    ``app.kubernetes.io/name``, then ``app``, then the workload name."""
+    return labels.get(CANONICAL_NAME_LABEL) or app_label(labels) or workload_name
+
+
+def canonical_revision(labels: dict[str, str]) -> str:
+    """istiod's ``CanonicalService`` revision: the canonical-revision label,
+    then ``app.kubernetes.io/version``, then ``version``, then ``latest``."""
+    return labels.get(CANONICAL_REVISION_LABEL) or version_label(labels) or "latest"

@@ -96,6 +96,7 @@ def view(by_type: dict[str, list[Any]]) -> dict[str, Any]:
                 (loc.locality.region, loc.locality.zone, loc.locality.sub_zone),
                 loc.load_balancing_weight.value,
                 e.metadata.filter_metadata["envoy.transport_socket_match"].fields["tlsMode"].string_value,
+                e.metadata.filter_metadata["istio"].fields["workload"].string_value,
             )
             for loc in cla.endpoints
             for e in loc.lb_endpoints

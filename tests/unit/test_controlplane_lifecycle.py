@@ -274,7 +274,7 @@ def test_two_vms_with_one_ip_in_two_networks(cp: ControlPlane) -> None:
             if e.endpoint.address.socket_address.address == ip
         ]
         # One endpoint for the IP: the VM of the watcher's own network.
-        assert vms == [f"product-vm-{ip}-{net};default;;;"]
+        assert vms == [f"product-vm-{ip}-{net};default;product;vm;Kubernetes"]
         w.close()
     a.close()
     wait_until(lambda: cp.registered_entry("default", f"product-vm-{ip}-net1") is None, timeout=10)

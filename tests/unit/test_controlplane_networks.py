@@ -136,7 +136,7 @@ def test_other_network_with_gateway_and_mtls_becomes_the_gateway_with_the_summed
         NET_B_GW,
     )
     assert endpoints(reg, "network-a") == [
-        ("10.0.0.1", 80, 1, "", "istio", "a1;ns1;;;"),
+        ("10.0.0.1", 80, 1, "", "istio", "a1;ns1;web;latest;Kubernetes"),
         ("192.0.2.100", 15443, 4, "", "istio", ";;;;"),
     ]
     # A proxy on network-b gets its own endpoints and not network-a's gateway (network-a has none).
@@ -224,7 +224,7 @@ def test_one_gateway_for_endpoints_in_two_localities_is_sent_once() -> None:
 def test_one_ip_on_two_networks_without_gateways_prefers_the_proxys_network() -> None:
     reg = registry(entry("x-net1", "10.1.0.5", "net1") + entry("x-net2", "10.1.0.5", "net2"))
     for net in ("net1", "net2"):
-        assert [e[5] for e in endpoints(reg, net)] == [f"x-{net};ns1;;;"]
+        assert [e[5] for e in endpoints(reg, net)] == [f"x-{net};ns1;web;latest;Kubernetes"]
 
 
 @pytest.mark.parametrize(
@@ -442,7 +442,7 @@ def test_multinetwork_product_endpoints_are_istiods(tmp_path: Path) -> None:
         ours = view(served(cp.port, scenario))["endpoints"]
         theirs = view(recorded(scenario))["endpoints"]
         assert ours[PRODUCT] == theirs[PRODUCT]
-        assert ("192.0.2.100", 15443, 2, ("", "", ""), 3, "istio") in ours[PRODUCT]
+        assert ("192.0.2.100", 15443, 2, ("", "", ""), 3, "istio", ";;;;") in ours[PRODUCT]
 
         manifest = json.loads((FIXTURES / scenario / "manifest.json").read_text())["clients"]["sidecar"]
         recorded_sidecar = discovery_pb2.DiscoveryResponse.FromString(

@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use super::admit::{ConnState, Phase, Refused};
 use super::inbound::{INBOUND_SOURCE_V4, INBOUND_SOURCE_V6};
 use super::limits::SourceKey;
+use super::metrics::{Opened, Tally};
 use super::splice::{pump, End};
 use super::tls::pump::{handshake, with_deadline, HandshakeError, Sides};
 use super::tls::{peer_matches, PeerIdentity};
@@ -301,13 +302,17 @@ fn finish(sh: &Shared, end: End, client: &TcpStream, upstream: &TcpStream) {
     }
 }
 
-/// Relays a plaintext connection with `splice` until both sides are done.
-pub(super) async fn relay(ctx: Ctx<'_>, client: &TcpStream, upstream: &TcpStream) {
+/// Relays a plaintext connection with `splice` until both sides are done;
+/// bytes are counted in the relay's totals and in `series` (the client is
+/// Istio's downstream: what it sends is `received`).
+pub(super) async fn relay(ctx: Ctx<'_>, client: &TcpStream, upstream: &TcpStream, series: &Opened) {
     let (sh, sv, st) = (ctx.sh, ctx.sv, ctx.st);
     st.set_phase(Phase::Relay);
     let c = &sh.counters;
-    let up = pump(client, upstream, &sv.pipes, &c.bytes_sent, st);
-    let down = pump(upstream, client, &sv.pipes, &c.bytes_received, st);
+    let to_up = Tally { total: &c.bytes_sent, series: series.received() };
+    let to_client = Tally { total: &c.bytes_received, series: series.sent() };
+    let up = pump(client, upstream, &sv.pipes, &to_up, st);
+    let down = pump(upstream, client, &sv.pipes, &to_client, st);
     let end = both_ways(up, down, client, upstream, st, sh.cfg.idle_timeout).await;
     finish(sh, end, client, upstream);
 }
@@ -361,15 +366,19 @@ pub(super) async fn relay_tls(
     upstream: &TcpStream,
     mut conn: Connection,
     tls_upstream: bool,
+    series: &Opened,
 ) {
     let (sh, sv, st) = (ctx.sh, ctx.sv, ctx.st);
     st.set_phase(Phase::Relay);
     let c = &sh.counters;
-    // bytes_sent counts client -> upstream, bytes_received the reverse.
+    // bytes_sent counts client -> upstream, bytes_received the reverse;
+    // the series the other way round (Istio counts the downstream's bytes).
+    let to_up = Tally { total: &c.bytes_sent, series: series.received() };
+    let to_client = Tally { total: &c.bytes_received, series: series.sent() };
     let sides = if tls_upstream {
-        Sides { tls: upstream, plain: client, to_tls: &c.bytes_sent, from_tls: &c.bytes_received }
+        Sides { tls: upstream, plain: client, to_tls: &to_up, from_tls: &to_client }
     } else {
-        Sides { tls: client, plain: upstream, to_tls: &c.bytes_received, from_tls: &c.bytes_sent }
+        Sides { tls: client, plain: upstream, to_tls: &to_client, from_tls: &to_up }
     };
     let idle = sh.cfg.idle_timeout;
     let end = {

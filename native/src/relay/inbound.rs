@@ -21,8 +21,9 @@ use tokio::time::Instant;
 
 use super::accept::{connect_direct, relay, relay_tls, reset, secure, Ctx};
 use super::admit::Phase;
+use super::metrics::{inbound_labels, Flags, InboundPeer, Opened};
 use super::tls::pump::{with_deadline, HandshakeError};
-use super::tls::{PeerAuthentication, TlsIdentity};
+use super::tls::{peer_spiffe, PeerAuthentication, TlsIdentity};
 
 /// Istio's inbound passthrough source addresses (`InboundPassthroughBindIpv4/6`):
 /// the capture rules return `-o lo -s 127.0.0.6` first, so the proxy's own
@@ -41,9 +42,23 @@ pub(super) async fn serve(ctx: Ctx<'_>, client: &TcpStream, orig: SocketAddr) {
     // Every connection goes to the local app it was for (Istio's
     // InboundPassthroughCluster); no table applies.
     ctx.sh.counters.passthrough.fetch_add(1, Ordering::Relaxed);
-    if let Some(up) = connect_direct(ctx, client, orig).await {
-        relay(ctx, client, &up.stream).await;
+    let none = InboundPeer::default();
+    match connect_direct(ctx, client, orig).await {
+        Some(up) => relay(ctx, client, &up.stream, &open(ctx, &none, Flags::NONE)).await,
+        None => drop(open(ctx, &none, CONNECT_FAILED)),
     }
+}
+
+/// The app refused or did not answer: `UF` and, its one attempt used up, `URX`.
+const CONNECT_FAILED: Flags = Flags::UPSTREAM_CONNECT_FAILURE.union(Flags::RETRY_LIMIT_EXCEEDED);
+
+/// The connection's series (`reporter="destination"`), counted opened now
+/// and closed when dropped. Only connections that got past the
+/// PeerAuthentication check and the handshake are counted: a refused one
+/// reaches no filter chain in Envoy, so no istio_stats filter sees it.
+fn open(ctx: Ctx<'_>, peer: &InboundPeer<'_>, flags: Flags) -> Opened {
+    let m = &ctx.sh.metrics;
+    Opened::open(m, inbound_labels(&m.local(), peer, flags))
 }
 
 /// How long the inbound waits, in PERMISSIVE mode, for a client's first
@@ -186,7 +201,10 @@ async fn inbound_tls(ctx: Ctx<'_>, client: &TcpStream, orig: SocketAddr, identit
         return;
     };
     sh.counters.passthrough.fetch_add(1, Ordering::Relaxed);
-    if let Some(up) = connect_direct(ctx, client, orig).await {
-        relay_tls(ctx, client, &up.stream, conn, false).await;
+    let principal = peer_spiffe(&conn);
+    let peer = InboundPeer { principal: principal.as_deref(), local_principal: Some(identity.uri()) };
+    match connect_direct(ctx, client, orig).await {
+        Some(up) => relay_tls(ctx, client, &up.stream, conn, false, &open(ctx, &peer, Flags::NONE)).await,
+        None => drop(open(ctx, &peer, CONNECT_FAILED)),
     }
 }

@@ -85,6 +85,7 @@ mod accept;
 mod admit;
 mod inbound;
 mod limits;
+pub mod metrics;
 mod outbound;
 mod splice;
 mod sys;
@@ -104,6 +105,7 @@ use crate::error::{Error, Result};
 use crate::lb::{LbTable, RedirectTable};
 
 pub use limits::Limits;
+pub use metrics::{LocalWorkload, TcpLabels, TcpMetrics, TcpValues, TCP_LABELS};
 pub use tls::{MeshTls, PeerAuthentication, TlsStats};
 
 /// Istio's outbound capture port (`--envoy-port`, `-p`).
@@ -316,6 +318,9 @@ pub struct RelayStats {
     pub resets: u64,
     /// Connections closed by `idle_timeout`.
     pub idle_timeouts: u64,
+    /// Connections left out of the Istio TCP metrics because their label
+    /// set would have exceeded the cap ([`metrics::DEFAULT_MAX_SERIES`]).
+    pub metric_series_dropped: u64,
 }
 
 /// State shared by the acceptors and every connection task.
@@ -328,6 +333,8 @@ pub(crate) struct Shared {
     pub(crate) seed: u64,
     /// Workload identity and inbound policy (mTLS); none set: plaintext.
     pub(crate) tls: MeshTls,
+    /// Istio's TCP metrics, per label set.
+    pub(crate) metrics: TcpMetrics,
 }
 
 /// What one start of the relay serves with: its slots and pools.
@@ -437,6 +444,7 @@ impl Relay {
                 listen: Mutex::new(Vec::new()),
                 seed,
                 tls: MeshTls::default(),
+                metrics: TcpMetrics::default(),
             }),
             running: Mutex::new(None),
         })
@@ -553,6 +561,12 @@ impl Relay {
         &self.shared.tls
     }
 
+    /// Istio's TCP metrics of this relay's connections, and the local
+    /// workload they are labelled with (`set_local`).
+    pub fn tcp_metrics(&self) -> &TcpMetrics {
+        &self.shared.metrics
+    }
+
     pub fn stats(&self) -> RelayStats {
         let c = &self.shared.counters;
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -578,6 +592,7 @@ impl Relay {
             bytes_received: g(&c.bytes_received),
             resets: g(&c.resets),
             idle_timeouts: g(&c.idle_timeouts),
+            metric_series_dropped: self.shared.metrics.dropped(),
         }
     }
 }

@@ -15,8 +15,9 @@ use tokio::time::Instant;
 
 use super::accept::{connect, connect_direct, relay, relay_tls, reset, secure, Ctx};
 use super::admit::Phase;
+use super::metrics::{outbound_labels, Flags, Opened, OutboundPeer, Route};
 use super::tls::pump::HandshakeError;
-use super::tls::{expected_identity, TlsIdentity};
+use super::tls::{expected_identity, peer_spiffe, TlsIdentity};
 use super::{monotonic_ms, Counters, Routes};
 use crate::lb::{hash_key, Outcome, Rng, Verdict};
 
@@ -43,17 +44,20 @@ pub(super) async fn serve(ctx: Ctx<'_>, client: &TcpStream, orig: SocketAddr) {
     let Verdict::Cluster(_) = verdict else {
         let counter = if verdict == Verdict::Bypass { &c.bypass } else { &c.passthrough };
         counter.fetch_add(1, Ordering::Relaxed);
-        if let Some(up) = connect_direct(ctx, client, orig).await {
-            relay(ctx, client, &up.stream).await;
+        let none = OutboundPeer::default();
+        match connect_direct(ctx, client, orig).await {
+            Some(up) => relay(ctx, client, &up.stream, &open(ctx, Route::Passthrough, &none, Flags::NONE)).await,
+            None => drop(open(ctx, Route::Passthrough, &none, CONNECT_FAILED)),
         }
         return;
     };
     let name = redirect.cluster_name(verdict).unwrap_or_default();
     let Some(cluster) = routes.lb.lb().cluster(name) else {
         match routes.logical_dns.get(name) {
-            Some((host, port)) => logical_dns(ctx, client, host, *port).await,
+            Some((host, port)) => logical_dns(ctx, client, name, host, *port).await,
             None => {
                 c.unknown_cluster.fetch_add(1, Ordering::Relaxed);
+                drop(open(ctx, Route::Cluster(name), &OutboundPeer::default(), Flags::NO_CLUSTER_FOUND));
                 reset(client);
             }
         }
@@ -75,6 +79,11 @@ pub(super) async fn serve(ctx: Ctx<'_>, client: &TcpStream, orig: SocketAddr) {
     // Set once this connection waited the connect timeout for an identity
     // in vain: later `tlsMode: istio` picks fail at once.
     let mut no_identity = false;
+    // Envoy's response flags accumulate over the attempts (a connection
+    // that succeeded on a retry still says UF), and the peer is the last
+    // endpoint tried (the stream's upstream host).
+    let mut flags = Flags::NONE;
+    let mut last_workload = String::new();
     for attempt in 0..sh.cfg.connect_attempts {
         // A fresh snapshot per attempt: a failure may just have ejected the
         // endpoint. Like Envoy's `previous_hosts` retry predicate, re-pick a
@@ -105,9 +114,12 @@ pub(super) async fn serve(ctx: Ctx<'_>, client: &TcpStream, orig: SocketAddr) {
         };
         let Some(ep) = picked else {
             c.no_healthy_upstream.fetch_add(1, Ordering::Relaxed);
+            let peer = OutboundPeer { workload: &last_workload, ..Default::default() };
+            drop(open(ctx, Route::Cluster(name), &peer, flags.union(Flags::NO_HEALTHY_UPSTREAM)));
             reset(client);
             return;
         };
+        last_workload.clone_from(&ep.workload);
         if attempt > 0 {
             c.retries.fetch_add(1, Ordering::Relaxed);
         }
@@ -134,20 +146,22 @@ pub(super) async fn serve(ctx: Ctx<'_>, client: &TcpStream, orig: SocketAddr) {
                 let outcome = connect_failed(c, e.kind() == std::io::ErrorKind::TimedOut);
                 cluster.report(ep.index, outcome, false, monotonic_ms());
                 tried.push(ep.addr);
+                flags = flags.union(Flags::UPSTREAM_CONNECT_FAILURE);
                 continue;
             }
         };
         // A failed handshake is a failed connect, as in Envoy (the TLS
         // transport socket's connect is part of the upstream connection), so
         // it is reported to outlier detection and another endpoint is tried.
-        let session = match identity {
+        let session = match &identity {
             None => None,
-            Some(identity) => match originate(ctx, &identity, &up.stream, &ep, name).await {
+            Some(identity) => match originate(ctx, identity, &up.stream, &ep, name).await {
                 Ok(conn) => Some(conn),
                 Err(e) => {
                     let outcome = connect_failed(c, matches!(e, HandshakeError::Timeout));
                     cluster.report(ep.index, outcome, false, monotonic_ms());
                     tried.push(ep.addr);
+                    flags = flags.union(Flags::UPSTREAM_CONNECT_FAILURE);
                     continue;
                 }
             },
@@ -158,14 +172,34 @@ pub(super) async fn serve(ctx: Ctx<'_>, client: &TcpStream, orig: SocketAddr) {
         let state = cluster.state(ep.index).clone();
         state.request_started();
         let _finished = Finished(&state);
+        let principal = session.as_ref().and_then(peer_spiffe);
+        let peer = OutboundPeer {
+            workload: &ep.workload,
+            principal: principal.as_deref(),
+            local_principal: identity.as_deref().filter(|_| session.is_some()).map(TlsIdentity::uri),
+        };
+        let series = open(ctx, Route::Cluster(name), &peer, flags);
         match session {
-            Some(conn) => relay_tls(ctx, client, &up.stream, conn, true).await,
-            None => relay(ctx, client, &up.stream).await,
+            Some(conn) => relay_tls(ctx, client, &up.stream, conn, true, &series).await,
+            None => relay(ctx, client, &up.stream, &series).await,
         }
         return;
     }
     c.upstream_failed.fetch_add(1, Ordering::Relaxed);
+    let peer = OutboundPeer { workload: &last_workload, ..Default::default() };
+    drop(open(ctx, Route::Cluster(name), &peer, flags.union(Flags::RETRY_LIMIT_EXCEEDED)));
     reset(client);
+}
+
+/// Every connect attempt failed: Envoy's tcp_proxy sets `UF` on the
+/// failure and `URX` once `max_connect_attempts` are used up.
+const CONNECT_FAILED: Flags = Flags::UPSTREAM_CONNECT_FAILURE.union(Flags::RETRY_LIMIT_EXCEEDED);
+
+/// The connection's series (`reporter="source"`), counted opened now and
+/// closed when dropped.
+fn open(ctx: Ctx<'_>, route: Route<'_>, peer: &OutboundPeer<'_>, flags: Flags) -> Opened {
+    let m = &ctx.sh.metrics;
+    Opened::open(m, outbound_labels(&m.local(), route, peer, flags))
 }
 
 /// Ends an endpoint's active request when the connection's task ends
@@ -218,7 +252,7 @@ async fn identity_for(ctx: Ctx<'_>, waited_in_vain: &mut bool) -> Option<Arc<Tls
 /// loop's blocking pool, within the connect timeout) and try its addresses
 /// in order, up to `connect_attempts`. There is no endpoint state to report
 /// outcomes to.
-async fn logical_dns(ctx: Ctx<'_>, client: &TcpStream, host: &str, port: u16) {
+async fn logical_dns(ctx: Ctx<'_>, client: &TcpStream, name: &str, host: &str, port: u16) {
     let (sh, c) = (ctx.sh, &ctx.sh.counters);
     c.cluster.fetch_add(1, Ordering::Relaxed);
     ctx.st.set_phase(Phase::Connect);
@@ -227,27 +261,33 @@ async fn logical_dns(ctx: Ctx<'_>, client: &TcpStream, host: &str, port: u16) {
             Ok(Ok(a)) => a.take(sh.cfg.connect_attempts as usize).collect(),
             _ => Vec::new(),
         };
+    let route = Route::Cluster(name);
+    let none = OutboundPeer::default();
     if addrs.is_empty() {
         c.no_healthy_upstream.fetch_add(1, Ordering::Relaxed);
+        drop(open(ctx, route, &none, Flags::NO_HEALTHY_UPSTREAM));
         reset(client);
         return;
     }
+    let mut flags = Flags::NONE;
     for (attempt, addr) in addrs.into_iter().enumerate() {
         if attempt > 0 {
             c.retries.fetch_add(1, Ordering::Relaxed);
         }
         c.connect_attempts.fetch_add(1, Ordering::Relaxed);
         match connect(ctx, addr).await {
-            Ok(up) => return relay(ctx, client, &up.stream).await,
+            Ok(up) => return relay(ctx, client, &up.stream, &open(ctx, route, &none, flags)).await,
             Err(e) => {
                 c.connect_failures.fetch_add(1, Ordering::Relaxed);
                 if e.kind() == std::io::ErrorKind::TimedOut {
                     c.connect_timeouts.fetch_add(1, Ordering::Relaxed);
                 }
+                flags = flags.union(Flags::UPSTREAM_CONNECT_FAILURE);
             }
         }
     }
     c.upstream_failed.fetch_add(1, Ordering::Relaxed);
+    drop(open(ctx, route, &none, flags.union(Flags::RETRY_LIMIT_EXCEEDED)));
     reset(client);
 }
 

@@ -24,7 +24,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use socket2::SockRef;
@@ -32,6 +32,7 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use super::admit::ConnState;
+use super::metrics::ByteCount;
 use super::monotonic_ms;
 use super::sys;
 
@@ -150,7 +151,7 @@ pub(crate) async fn pump(
     from: &TcpStream,
     to: &TcpStream,
     pool: &PipePool,
-    bytes: &AtomicU64,
+    bytes: &(impl ByteCount + ?Sized),
     conn: &ConnState,
 ) -> End {
     let mut lease: Option<Lease<'_>> = None;
@@ -202,7 +203,7 @@ pub(crate) async fn pump(
                 Ok(0) => break,
                 Ok(m) => {
                     left -= m;
-                    bytes.fetch_add(m as u64, Ordering::Relaxed);
+                    bytes.add(m as u64);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(_) => break,
@@ -222,7 +223,12 @@ pub(crate) async fn pump(
 
 /// One read and its complete write through a user-space buffer: Ok(true)
 /// bytes moved (or none were there after all), Ok(false) end of stream.
-async fn copy_chunk(from: &TcpStream, to: &TcpStream, bytes: &AtomicU64, conn: &ConnState) -> io::Result<bool> {
+async fn copy_chunk(
+    from: &TcpStream,
+    to: &TcpStream,
+    bytes: &(impl ByteCount + ?Sized),
+    conn: &ConnState,
+) -> io::Result<bool> {
     let mut buf = vec![0u8; COPY_CHUNK];
     let n = match from.try_read(&mut buf) {
         Ok(0) => return Ok(false),
@@ -239,7 +245,7 @@ async fn copy_chunk(from: &TcpStream, to: &TcpStream, bytes: &AtomicU64, conn: &
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(m) => {
                 off += m;
-                bytes.fetch_add(m as u64, Ordering::Relaxed);
+                bytes.add(m as u64);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),

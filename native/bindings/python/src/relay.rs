@@ -217,6 +217,7 @@ impl OutboundProxy {
             ("bytes_received", s.bytes_received),
             ("resets", s.resets),
             ("idle_timeouts", s.idle_timeouts),
+            ("metric_series_dropped", s.metric_series_dropped),
         ] {
             d.set_item(k, v)?;
         }
@@ -303,6 +304,80 @@ impl OutboundProxy {
             d.set_item(k, v)?;
         }
         Ok(d)
+    }
+
+    /// Describes this proxy's own workload for Istio's TCP metrics (the
+    /// `source_*` labels of the outbound, the `destination_*` ones of the
+    /// inbound): a dict of any of the keys workload, namespace, app,
+    /// version, canonical_service, canonical_revision, cluster (string
+    /// values; missing or empty ones are reported as "unknown", the
+    /// canonical revision as "latest"). Applies to new connections. The
+    /// principals come from the mTLS handshakes, not from here.
+    fn set_local_workload(&self, workload: &Bound<'_, PyDict>) -> PyResult<()> {
+        let mut local = core::LocalWorkload::default();
+        for (k, v) in workload.iter() {
+            let key: String = k.extract().map_err(|_| ConfigError::new_err("local workload: keys must be strings"))?;
+            let value: String =
+                v.extract().map_err(|_| ConfigError::new_err(format!("local workload: {key} must be a string")))?;
+            let field = match key.as_str() {
+                "workload" => &mut local.workload,
+                "namespace" => &mut local.namespace,
+                "app" => &mut local.app,
+                "version" => &mut local.version,
+                "canonical_service" => &mut local.canonical_service,
+                "canonical_revision" => &mut local.canonical_revision,
+                "cluster" => &mut local.cluster,
+                _ => {
+                    return Err(ConfigError::new_err(format!(
+                        "local workload: unknown key {key:?} (workload, namespace, app, version, \
+                         canonical_service, canonical_revision, cluster)"
+                    )))
+                }
+            };
+            *field = value;
+        }
+        self.inner.tcp_metrics().set_local(local);
+        Ok(())
+    }
+
+    /// The local workload set with `set_local_workload` (all keys; "" where unset).
+    fn local_workload<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let l = self.inner.tcp_metrics().local();
+        let d = PyDict::new(py);
+        for (k, v) in [
+            ("workload", &l.workload),
+            ("namespace", &l.namespace),
+            ("app", &l.app),
+            ("version", &l.version),
+            ("canonical_service", &l.canonical_service),
+            ("canonical_revision", &l.canonical_revision),
+            ("cluster", &l.cluster),
+        ] {
+            d.set_item(k, v)?;
+        }
+        Ok(d)
+    }
+
+    /// Istio's TCP metrics: one (labels, values) pair per label set, labels
+    /// a dict of Istio's 23 TCP labels, values a dict of connections_opened,
+    /// connections_closed, sent_bytes (to the connecting client),
+    /// received_bytes (from it).
+    fn tcp_metrics<'py>(&self, py: Python<'py>) -> PyResult<Vec<(Bound<'py, PyDict>, Bound<'py, PyDict>)>> {
+        let snap = self.inner.tcp_metrics().snapshot();
+        let mut out = Vec::with_capacity(snap.len());
+        for (labels, v) in snap {
+            let l = PyDict::new(py);
+            for (k, val) in labels.pairs() {
+                l.set_item(k, val)?;
+            }
+            let d = PyDict::new(py);
+            d.set_item("connections_opened", v.opened)?;
+            d.set_item("connections_closed", v.closed)?;
+            d.set_item("sent_bytes", v.sent_bytes)?;
+            d.set_item("received_bytes", v.received_bytes)?;
+            out.push((l, d));
+        }
+        Ok(out)
     }
 
     /// The limits in force (running), else those a start would derive now

@@ -506,6 +506,14 @@ pub(crate) fn peer_matches(conn: &rustls::Connection, expect: &PeerIdentity) -> 
     expect.accepts(ids.iter().map(String::as_str))
 }
 
+/// The first SPIFFE identity of a finished handshake's peer certificate
+/// (what Envoy's `uriSanPeerCertificate` gives istio_stats.cc for the
+/// principal labels).
+pub(crate) fn peer_spiffe(conn: &rustls::Connection) -> Option<String> {
+    let leaf = conn.peer_certificates().and_then(|c| c.first())?;
+    spiffe_ids(leaf.as_ref()).into_iter().next()
+}
+
 /// The identity an endpoint must present, from its EDS metadata
 /// ([`mesh::metadata`]): a full `spiffe://` URI is used as is; a bare
 /// service account is `spiffe://<td>/ns/<ns>/sa/<sa>` with the namespace

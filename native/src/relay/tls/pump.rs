@@ -28,7 +28,7 @@
 use std::future::poll_fn;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -39,6 +39,7 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use crate::relay::admit::ConnState;
+use crate::relay::metrics::ByteCount;
 use crate::relay::monotonic_ms;
 use crate::relay::splice::End;
 
@@ -293,15 +294,15 @@ impl Buf {
 
 /// The two sockets and the byte counters of one relayed TLS connection.
 #[derive(Debug)]
-pub struct Sides<'a> {
+pub struct Sides<'a, B: ByteCount + ?Sized = AtomicU64> {
     /// The socket carrying TLS.
     pub tls: &'a TcpStream,
     /// The socket carrying plaintext.
     pub plain: &'a TcpStream,
     /// Plaintext bytes delivered from the plaintext side into TLS.
-    pub to_tls: &'a AtomicU64,
+    pub to_tls: &'a B,
     /// Plaintext bytes delivered from TLS to the plaintext side.
-    pub from_tls: &'a AtomicU64,
+    pub from_tls: &'a B,
 }
 
 /// The state of one pump between two polls.
@@ -322,7 +323,12 @@ struct Pump {
 /// until both directions ended (End::Eof) or one failed (End::Error, the
 /// caller resets both sockets). Marks activity on `activity` whenever bytes
 /// move; the caller applies the idle timeout (and then [`close_notify`]).
-pub(crate) async fn pump(conn: &mut Connection, s: &Sides<'_>, bufs: &BufPool, activity: &ConnState) -> End {
+pub(crate) async fn pump<B: ByteCount + ?Sized>(
+    conn: &mut Connection,
+    s: &Sides<'_, B>,
+    bufs: &BufPool,
+    activity: &ConnState,
+) -> End {
     let mut p = Pump::default();
     // Everything up to the limit is encrypted at once: one 256 KiB read
     // becomes 16 records in one flush.
@@ -336,11 +342,11 @@ pub(crate) async fn pump(conn: &mut Connection, s: &Sides<'_>, bufs: &BufPool, a
 }
 
 impl Pump {
-    fn poll(
+    fn poll<B: ByteCount + ?Sized>(
         &mut self,
         cx: &mut Context<'_>,
         conn: &mut Connection,
-        s: &Sides<'_>,
+        s: &Sides<'_, B>,
         bufs: &BufPool,
         activity: &ConnState,
     ) -> Poll<End> {
@@ -367,7 +373,7 @@ impl Pump {
                 match conn.writer().write(self.p2t.pending()) {
                     Ok(n) => {
                         self.p2t.consume(n);
-                        s.to_tls.fetch_add(n as u64, Ordering::Relaxed);
+                        s.to_tls.add(n as u64);
                         moved |= n > 0;
                     }
                     Err(_) => return Poll::Ready(End::Error),
@@ -394,7 +400,7 @@ impl Pump {
                 match plain.write(self.t2p.pending()) {
                     Ok(n) => {
                         self.t2p.consume(n);
-                        s.from_tls.fetch_add(n as u64, Ordering::Relaxed);
+                        s.from_tls.add(n as u64);
                         moved |= n > 0;
                     }
                     Err(e) if would_block(&e) => {}

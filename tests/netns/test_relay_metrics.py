@@ -1,0 +1,347 @@
+"""Istio's TCP metrics from the native relays, end to end with real capture:
+in a private network namespace nftables REDIRECTs service VIPs
+(127.1.0.0/16:80) to the outbound proxy (15001) and the app ports (8000,
+8001) to the inbound (15006), so client -> VIP -> outbound -> captured
+endpoint -> inbound -> app. Each relay's ``tcp_metrics()`` must then hold
+one series per connection kind with Istio's labels filled exactly
+(``reporter="source"`` on the outbound, ``"destination"`` on the inbound),
+the bytes in Istio's direction (``received`` = what the client sent), and
+the text the agent serves must parse with every family typed and every
+series fully labelled.
+
+Needs root (a network namespace, setns(2), nftables REDIRECT rules), iproute2
+and nft: without them it is skipped with the reason, or fails when
+PYMESH_REQUIRE_ROOT_TESTS is set (CI)."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
+
+from pymesh.admin import prometheus_text
+from pymesh.agent.status import istio_tcp
+from pymesh.controlplane.ca.ca import CertificateAuthority
+from pymesh.lbtable import LbTable, RedirectTable
+from pymesh.mesh.identity import identity
+from pymesh.mesh.pki import key_pem, make_csr, new_key
+from pymesh.relay import OutboundProxy, start_inbound_passthrough
+from support.netns import inside, nft_netns
+
+CLIENT = "spiffe://cluster.local/ns/default/sa/client"
+PRODUCT = "spiffe://cluster.local/ns/default/sa/product"
+APP = "127.0.0.3"
+REFUSED = "127.0.0.9"  # not captured, nothing listens: every connect fails
+REPLY = 3333  # what the app on 8001 answers, whatever it got
+RULES = """
+table ip pmmetrics {
+  chain output {
+    type nat hook output priority -100; policy accept;
+    ip daddr 127.1.0.0/16 tcp dport 80 redirect to :15001
+    ip saddr 127.0.0.6 return
+    ip daddr 127.0.0.3 tcp dport { 8000, 8001 } redirect to :15006
+  }
+}
+"""
+PRODUCT_WORKLOAD = "product-v1;default;product;v1;Kubernetes"
+REPLY_WORKLOAD = "reply-v2;shop;reply;v2;east"
+CLIENT_SELF = {
+    "workload": "client-vm",
+    "namespace": "default",
+    "app": "client",
+    "version": "v1",
+    "canonical_service": "client",
+    "canonical_revision": "v1",
+    "cluster": "vm-cluster",
+}
+PRODUCT_SELF = {
+    "workload": "product-v1",
+    "namespace": "default",
+    "app": "product",
+    "version": "v1",
+    "canonical_service": "product",
+    "canonical_revision": "v1",
+    "cluster": "Kubernetes",
+}
+TCP_LABELS = [
+    "reporter",
+    "source_workload",
+    "source_workload_namespace",
+    "source_principal",
+    "source_app",
+    "source_version",
+    "source_canonical_service",
+    "source_canonical_revision",
+    "source_cluster",
+    "destination_workload",
+    "destination_workload_namespace",
+    "destination_principal",
+    "destination_app",
+    "destination_version",
+    "destination_service",
+    "destination_service_name",
+    "destination_service_namespace",
+    "destination_canonical_service",
+    "destination_canonical_revision",
+    "destination_cluster",
+    "request_protocol",
+    "response_flags",
+    "connection_security_policy",
+]
+
+
+def cluster(name: str, addr: str, port: int, meta: dict[str, Any]) -> dict[str, Any]:
+    ep: dict[str, Any] = {"endpoint": {"address": {"socket_address": {"address": addr, "port_value": port}}}}
+    ep["metadata"] = {"filter_metadata": meta}
+    return {"name": name, "lb_policy": "ROUND_ROBIN", "load_assignment": {"endpoints": [{"lb_endpoints": [ep]}]}}
+
+
+CLUSTERS = {
+    # Istio mTLS to the echo app.
+    "127.1.0.1": cluster(
+        "outbound|80||product.default.svc.cluster.local",
+        APP,
+        8000,
+        {
+            "envoy.transport_socket_match": {"tlsMode": "istio"},
+            "istio": {"service_account": PRODUCT, "workload": PRODUCT_WORKLOAD},
+        },
+    ),
+    # Plaintext (no tlsMode) to the replying app; a ServiceEntry-style host.
+    "127.1.0.2": cluster("outbound|80||reply.example.com", APP, 8001, {"istio": {"workload": REPLY_WORKLOAD}}),
+    # Nothing answers.
+    "127.1.0.3": cluster("outbound|80||gone.default.svc.cluster.local", REFUSED, 9, {}),
+}
+
+
+class Apps:
+    """An echo server on :8000; on :8001 one that reads to EOF and answers REPLY bytes."""
+
+    def __init__(self) -> None:
+        self.socks = [socket.create_server(("0.0.0.0", p), reuse_port=True) for p in (8000, 8001)]
+        for s, fn in zip(self.socks, (self._echo, self._reply), strict=True):
+            threading.Thread(target=self._accept, args=(s, fn), daemon=True).start()
+
+    def _accept(self, s: socket.socket, fn: Any) -> None:
+        while True:
+            try:
+                c, _ = s.accept()
+            except OSError:
+                return
+            threading.Thread(target=fn, args=(c,), daemon=True).start()
+
+    @staticmethod
+    def _echo(c: socket.socket) -> None:
+        with c, contextlib.suppress(OSError):
+            while data := c.recv(1 << 16):
+                c.sendall(data)
+            c.shutdown(socket.SHUT_WR)
+
+    @staticmethod
+    def _reply(c: socket.socket) -> None:
+        with c, contextlib.suppress(OSError):
+            while c.recv(1 << 16):
+                pass
+            c.sendall(b"r" * REPLY)
+
+    def close(self) -> None:
+        for s in self.socks:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+
+def creds(ca: CertificateAuthority, sa: str) -> tuple[str, str, str]:
+    key = new_key("ec")
+    issued = ca.sign_csr(make_csr(key), identity("default", sa), 3600)
+    return "".join(issued.chain), key_pem(key).decode(), ca.root_pem
+
+
+@pytest.fixture(scope="module")
+def relays(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[OutboundProxy, OutboundProxy]]:
+    with nft_netns("pmmet", RULES, "the relay metrics tests capture in a network namespace") as ns, inside(ns):
+        ca = CertificateAuthority(tmp_path_factory.mktemp("ca") / "ca")
+        apps = Apps()
+        lb = LbTable(seed=1)
+        lb.load(list(CLUSTERS.values()))
+        services = [{"address": vip, "port": 80, "cluster": c["name"]} for vip, c in CLUSTERS.items()]
+        redirect = RedirectTable.from_dict({"services": services, "include_ip_ranges": ["*"]})
+        outbound = OutboundProxy(redirect, lb, listen=["127.0.0.1:15001"], connect_timeout=3.0, seed=1)
+        outbound.set_local_workload(CLIENT_SELF)
+        outbound.set_identity(*creds(ca, "client"))
+        outbound.start()
+        inbound = start_inbound_passthrough(listen=["127.0.0.1:15006"], connect_timeout=3.0)
+        inbound.set_local_workload(PRODUCT_SELF)
+        inbound.set_identity(*creds(ca, "product"))
+        try:
+            yield outbound, inbound
+        finally:
+            outbound.stop()
+            inbound.stop()
+            apps.close()
+
+
+def exchange(host: str, port: int, payload: bytes) -> bytes:
+    """Sends, half-closes, reads to EOF (b"" when reset)."""
+    out = bytearray()
+    try:
+        s = socket.create_connection((host, port), timeout=10)
+    except ConnectionResetError:
+        return b""
+    with s:
+        try:
+            s.sendall(payload)
+            s.shutdown(socket.SHUT_WR)
+            while data := s.recv(1 << 16):
+                out += data
+        except OSError:
+            pass
+    return bytes(out)
+
+
+def settled(*relays: OutboundProxy) -> None:
+    deadline = time.monotonic() + 5
+    while any(r.stats()["active"] for r in relays) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def find(proxy: OutboundProxy, **labels: str) -> tuple[dict[str, str], dict[str, int]]:
+    got = [(ls, v) for ls, v in proxy.tcp_metrics() if all(ls[k] == x for k, x in labels.items())]
+    assert len(got) == 1, (labels, proxy.tcp_metrics())
+    return got[0]
+
+
+def test_istio_tcp_series_with_exact_labels_and_bytes(relays: tuple[OutboundProxy, OutboundProxy]) -> None:
+    outbound, inbound = relays
+    n = 100_000
+    payload = bytes(range(256)) * (n // 256) + b"x" * (n % 256)
+    for _ in range(2):
+        assert exchange("127.1.0.1", 80, payload) == payload  # mTLS, echoed
+    assert exchange("127.1.0.2", 80, payload) == b"r" * REPLY  # plaintext, asymmetric
+    assert exchange("127.1.0.3", 80, b"lost") == b""  # nothing answers
+    settled(outbound, inbound)
+
+    # The outbound (client side): this VM's own labels as the source.
+    source = {
+        "source_workload": "client-vm",
+        "source_workload_namespace": "default",
+        "source_app": "client",
+        "source_version": "v1",
+        "source_canonical_service": "client",
+        "source_canonical_revision": "v1",
+        "source_cluster": "vm-cluster",
+    }
+    labels, values = find(outbound, destination_service="product.default.svc.cluster.local")
+    assert list(labels) == TCP_LABELS
+    assert labels == {
+        "reporter": "source",
+        **source,
+        "source_principal": CLIENT,
+        "destination_workload": "product-v1",
+        "destination_workload_namespace": "default",
+        "destination_principal": PRODUCT,
+        "destination_app": "unknown",
+        "destination_version": "unknown",
+        "destination_service": "product.default.svc.cluster.local",
+        "destination_service_name": "product",
+        "destination_service_namespace": "default",
+        "destination_canonical_service": "product",
+        "destination_canonical_revision": "v1",
+        "destination_cluster": "Kubernetes",
+        "request_protocol": "tcp",
+        "response_flags": "-",
+        "connection_security_policy": "unknown",
+    }
+    assert values == {"connections_opened": 2, "connections_closed": 2, "sent_bytes": 2 * n, "received_bytes": 2 * n}
+
+    labels, values = find(outbound, destination_service="reply.example.com")
+    assert (labels["source_principal"], labels["destination_principal"]) == ("unknown", "unknown")
+    assert (labels["destination_workload"], labels["destination_workload_namespace"]) == ("reply-v2", "shop")
+    service = (labels["destination_service_name"], labels["destination_service_namespace"])
+    assert service == ("reply.example.com", "shop")
+    assert (labels["destination_canonical_revision"], labels["destination_cluster"]) == ("v2", "east")
+    # Istio's direction: received from the client, sent to it.
+    assert values == {"connections_opened": 1, "connections_closed": 1, "sent_bytes": REPLY, "received_bytes": n}
+
+    labels, values = find(outbound, destination_service="gone.default.svc.cluster.local")
+    assert labels["response_flags"] == "UF,URX" and labels["destination_workload"] == "unknown"
+    assert values == {"connections_opened": 1, "connections_closed": 1, "sent_bytes": 0, "received_bytes": 0}
+    assert len(outbound.tcp_metrics()) == 3
+
+    # The inbound (server side): the peer known by its certificate only.
+    labels, values = find(inbound, connection_security_policy="mutual_tls")
+    assert list(labels) == TCP_LABELS
+    assert labels == {
+        "reporter": "destination",
+        "source_workload": "unknown",
+        "source_workload_namespace": "default",
+        "source_principal": CLIENT,
+        "source_app": "unknown",
+        "source_version": "unknown",
+        "source_canonical_service": "unknown",
+        "source_canonical_revision": "latest",
+        "source_cluster": "unknown",
+        "destination_workload": "product-v1",
+        "destination_workload_namespace": "default",
+        "destination_principal": PRODUCT,
+        "destination_app": "product",
+        "destination_version": "v1",
+        "destination_service": "product",
+        "destination_service_name": "product",
+        "destination_service_namespace": "default",
+        "destination_canonical_service": "product",
+        "destination_canonical_revision": "v1",
+        "destination_cluster": "Kubernetes",
+        "request_protocol": "tcp",
+        "response_flags": "-",
+        "connection_security_policy": "mutual_tls",
+    }
+    assert values == {"connections_opened": 2, "connections_closed": 2, "sent_bytes": 2 * n, "received_bytes": 2 * n}
+    labels, values = find(inbound, connection_security_policy="none")
+    assert (labels["source_principal"], labels["destination_principal"]) == ("unknown", "unknown")
+    assert values == {"connections_opened": 1, "connections_closed": 1, "sent_bytes": REPLY, "received_bytes": n}
+    assert outbound.stats()["metric_series_dropped"] == 0
+
+
+def test_the_served_text_parses_with_help_type_and_every_label(relays: tuple[OutboundProxy, OutboundProxy]) -> None:
+    class Relays(Collector):
+        def collect(self) -> Iterator[Any]:
+            return istio_tcp(relays)
+
+    text = prometheus_text(Relays()).decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    for name in ("connections_opened", "connections_closed", "sent_bytes", "received_bytes"):
+        fam = families[f"istio_tcp_{name}"]
+        assert fam.type == "counter" and fam.documentation
+        assert f"# TYPE istio_tcp_{name}_total counter" in text
+        assert fam.samples
+        for s in fam.samples:
+            assert s.name == f"istio_tcp_{name}_total"
+            assert sorted(s.labels) == sorted(TCP_LABELS)
+            assert all(v for v in s.labels.values())
+    reporters = {s.labels["reporter"] for s in families["istio_tcp_sent_bytes"].samples}
+    assert reporters == {"source", "destination"}
+
+
+def test_local_workload_is_checked(tmp_path: Path) -> None:
+    from pymesh import ConfigError
+
+    proxy = start_inbound_passthrough(listen=["127.0.0.1:0"])
+    try:
+        with pytest.raises(ConfigError, match="unknown key"):
+            proxy.set_local_workload({"name": "x"})
+        with pytest.raises(ConfigError, match="app must be a string"):
+            proxy.set_local_workload({"app": 1})  # type: ignore[dict-item]
+        proxy.set_local_workload({"workload": "w"})
+        assert proxy.local_workload()["workload"] == "w" and proxy.local_workload()["app"] == ""
+        assert proxy.tcp_metrics() == []
+    finally:
+        proxy.stop()

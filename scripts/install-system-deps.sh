@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages pymesh's tests use, when they are missing:
 # build tools, real DNS clients and servers (dig, unbound, dnsmasq, dnsperf),
-# a TCP proxy baseline (haproxy), packet capture/netfilter tools and Prometheus.
+# a TCP proxy baseline (haproxy), packet capture/netfilter tools, Prometheus and etcd.
 # Needs root (apt-get) only when something is missing.
 set -euo pipefail
 need=()
@@ -22,6 +22,7 @@ check tcpdump tcpdump
 check openssl openssl
 check taskset util-linux
 check prometheus prometheus  # the metrics tests run their own prometheus process on a free loopback port
+check etcd etcd-server  # the store tests run their own 3-member cluster on free loopback ports (tests/support/etcd.py)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"

@@ -59,12 +59,12 @@ from typing import Any
 from pymesh._native import PymeshError
 from pymesh.controlplane import health as healthmod
 from pymesh.controlplane.ads import Connection
+from pymesh.controlplane.backend import StoreBackend
 from pymesh.controlplane.defaults import DEFAULT_GRACE_PERIOD
 from pymesh.controlplane.errors import RegistrationError, ValidationError
 from pymesh.controlplane.node import Proxy
 from pymesh.controlplane.registry import AUTO_GROUP_ANNOTATION, HEALTH_CHECKS_ANNOTATION
 from pymesh.controlplane.resources import Object, WorkloadEntry, WorkloadGroup, parse_object
-from pymesh.controlplane.store import Store
 
 log = logging.getLogger("pymesh.controlplane")
 
@@ -131,7 +131,7 @@ class Registrations:
 
     def __init__(
         self,
-        store: Store | None,
+        store: StoreBackend | None,
         *,
         instance_id: str,
         grace_period: float = DEFAULT_GRACE_PERIOD,

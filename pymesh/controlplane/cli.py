@@ -1,7 +1,8 @@
 """``pymesh controlplane`` and ``pymesh get``.
 
-``pymesh get`` reads the control plane's data directory (never the config
-files): it shows what the running (or last running) control plane holds —
+``pymesh get`` reads the control plane's store (its data directory, or the
+etcd cluster ``--store`` names; never the config files): it shows what the
+running (or last running) control plane holds —
 configured objects, registered WorkloadEntries with their connection
 annotations and Healthy condition, ServiceEntry VIPs as ``status.addresses``
 (where Istio records them) — formatted as kubectl prints them. On stderr it
@@ -26,9 +27,10 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from pymesh.controlplane.backend import EtcdOptions, StoreBackend, open_store
 from pymesh.controlplane.defaults import DEFAULT_DEBOUNCE, DEFAULT_GRACE_PERIOD, DEFAULT_XDS_LISTEN
 from pymesh.controlplane.errors import ControlPlaneError
-from pymesh.controlplane.store import Store, default_data_dir
+from pymesh.controlplane.store import default_data_dir
 
 # Not imported here: the server (gRPC) and the resource model (YAML) load
 # when a control-plane command runs, so every other `pymesh` command starts fast.
@@ -71,6 +73,8 @@ def cmd_controlplane(args: argparse.Namespace) -> int:
         args.config,
         xds_listen=args.xds_listen or DEFAULT_XDS_LISTEN,
         data_dir=args.data_dir,
+        store=args.store,
+        store_options=_etcd_options(args),
         grace_period=args.grace_period,
         debounce=args.debounce,
         security=security,
@@ -115,7 +119,18 @@ def _age(ts: str | None) -> str:
     return f"{s}s"
 
 
-def _collect(store: Store, kind: str) -> list[dict[str, Any]]:
+def _etcd_options(args: argparse.Namespace) -> EtcdOptions:
+    return EtcdOptions.from_args(
+        ca=args.store_ca,
+        cert=args.store_cert,
+        key=args.store_key,
+        user=args.store_user,
+        password_file=args.store_password_file,
+        timeout=args.store_timeout,
+    )
+
+
+def _collect(store: StoreBackend, kind: str) -> list[dict[str, Any]]:
     overlays = store.overlays()
     vips = store.vips()
     out: list[dict[str, Any]] = []
@@ -225,7 +240,7 @@ def cmd_get(args: argparse.Namespace) -> int:
     if kind is None:
         known = ", ".join(sorted(p for _, p, _ in KINDS.values()))
         raise ControlPlaneError(f'the server doesn\'t have a resource type "{args.kind}" (known: {known})')
-    store = Store(args.data_dir, readonly=True)
+    store = open_store(args.store or args.data_dir, readonly=True, etcd=_etcd_options(args))
     try:
         docs = _collect(store, kind)
         rejected = store.rejected()
@@ -267,6 +282,33 @@ def cmd_get(args: argparse.Namespace) -> int:
     return 0
 
 
+def _store_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--store",
+        metavar="URL",
+        default=None,
+        help="where the control plane keeps its state: etcd://HOST:PORT,HOST:PORT,...[/PREFIX] (etcds:// for "
+        "TLS; prefix default /pymesh/default) or sqlite:///DIR (default: SQLite in --data-dir)",
+    )
+    p.add_argument("--store-ca", metavar="FILE", default=None, help="etcd: CA bundle to verify its members (TLS)")
+    p.add_argument("--store-cert", metavar="FILE", default=None, help="etcd: client certificate (TLS)")
+    p.add_argument("--store-key", metavar="FILE", default=None, help="etcd: client certificate's key (TLS)")
+    p.add_argument("--store-user", metavar="NAME", default=None, help="etcd: user for etcd's authentication")
+    p.add_argument(
+        "--store-password-file",
+        metavar="FILE",
+        default=None,
+        help="etcd: file holding --store-user's password (or $PYMESH_STORE_PASSWORD; never on the command line)",
+    )
+    p.add_argument(
+        "--store-timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="etcd: deadline of one store operation, every member tried included (default %(default)s)",
+    )
+
+
 def add_commands(sub: Any) -> None:
     """Adds ``controlplane`` and ``get`` to the ``pymesh`` parser."""
     data_help = f"the control plane's data directory (default: {default_data_dir()}; $PYMESH_DATA_DIR overrides)"
@@ -278,6 +320,7 @@ def add_commands(sub: Any) -> None:
         help=f"ADDR:PORT for plaintext, unauthenticated gRPC ADS (tests, dev; e.g. {DEFAULT_XDS_LISTEN})",
     )
     cp.add_argument("--data-dir", default=None, help=data_help)
+    _store_flags(cp)
     cp.add_argument(
         "--grace-period",
         type=float,
@@ -331,4 +374,5 @@ def add_commands(sub: Any) -> None:
     get.add_argument("-A", "--all-namespaces", action="store_true")
     get.add_argument("-o", "--output", choices=("yaml", "json", "table"), default="table")
     get.add_argument("--data-dir", default=None, help=data_help)
+    _store_flags(get)
     get.set_defaults(func=cmd_get)

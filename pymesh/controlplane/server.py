@@ -60,6 +60,7 @@ import grpc
 
 from pymesh.controlplane.ads import DEFAULT_MAX_NODE_BYTES, AdsServer
 from pymesh.controlplane.autoregistration import Registrations, unusable_address
+from pymesh.controlplane.backend import EtcdOptions, StoreBackend, open_store
 from pymesh.controlplane.configdir import Entry, ScanError, scan
 from pymesh.controlplane.defaults import DEFAULT_DEBOUNCE, DEFAULT_GRACE_PERIOD, DEFAULT_XDS_LISTEN
 from pymesh.controlplane.errors import ControlPlaneError, StoreError, ValidationError
@@ -134,6 +135,8 @@ class ControlPlane:
         xds_listen: str = DEFAULT_XDS_LISTEN,
         data_dir: str | os.PathLike[str] | None = None,
         persist: bool = True,
+        store: str | StoreBackend | None = None,
+        store_options: EtcdOptions | None = None,
         grace_period: float = DEFAULT_GRACE_PERIOD,
         debounce: float = DEFAULT_DEBOUNCE,
         max_delay: float = 1.0,
@@ -177,7 +180,16 @@ class ControlPlane:
         self.watch_interval = watch_interval
         self.limits = limits
         self.instance_id = instance_id or f"pymesh-{socket.gethostname()}"
-        self.store = Store(data_dir) if persist else None
+        # The store: SQLite in ``data_dir`` unless ``store`` names another backend
+        # (``etcd://h1:2379,h2:2379/prefix``, pymesh.controlplane.backend.open_store) or is one.
+        self.store: StoreBackend | None = None
+        if persist:
+            if store is None:
+                self.store = Store(data_dir)
+            elif isinstance(store, str):
+                self.store = open_store(store, etcd=store_options)
+            else:
+                self.store = store
         self._objects: dict[Key, Object] = {}
         self._file_cache: FileCache = {}
         self.errors: list[ValidationError] = []

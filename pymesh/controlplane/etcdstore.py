@@ -1,0 +1,473 @@
+"""The control plane's store on etcd v3: :class:`EtcdStore`, the same interface as the SQLite
+:class:`~pymesh.controlplane.store.Store` (:class:`~pymesh.controlplane.backend.StoreBackend`).
+
+This is the first step towards replicas of the control plane sharing one store. What is here:
+every write the control plane makes goes to an etcd cluster and a restarted control plane (or
+another one pointed at the same etcd and prefix) reads it back. What is **not** here, and so not
+supported yet: several replicas writing at once (no watches to share state between them, no
+lease-owned connection keys for auto-registrations, no leader election for the grace-period
+sweeper and VIP allocator). Run one control plane per prefix.
+
+Decisions, and why:
+
+- **Transport: etcd's JSON gRPC gateway over the standard library** (``http.client``), not a
+  gRPC client. The gateway serves ``POST /v3/kv/range``, ``/v3/kv/put``, ``/v3/kv/deleterange``,
+  ``/v3/kv/txn`` and ``/v3/auth/authenticate`` on the client port of etcd 3.4+, keys and values
+  base64 in JSON (https://etcd.io/docs/v3.4/dev-guide/api_grpc_gateway/). PyPI's choices are
+  thin: ``etcd3`` is unmaintained and pins an old protobuf; ``aetcd`` has one maintainer and its
+  generated stubs tie us to a protobuf range. This store needs five unary calls, a few hundred
+  lines; the leases and watches the replica step needs can be added on the same gateway
+  (``/v3/lease/grant``, ``/v3/lease/keepalive``, streaming ``/v3/watch``) or move to stubs then.
+- **Endpoints and failover.** A request goes to the member that last answered, else the next one
+  in the list. A connection that cannot be made (refused, or not within ``CONNECT_TIMEOUT``) moves
+  on to the next member: nothing was sent. A request that was sent but got no answer (timeout,
+  reset) moves on only when it is a read; a write is reported as "may have been applied", never
+  re-sent elsewhere, since a late apply of the first copy could land after a later write. The
+  control plane retries its writes itself (the mirror at the next tick, VIPs with the next change).
+  An etcd ``no leader`` answer (nothing was proposed) moves on for reads and writes.
+- **Never hang.** One deadline per operation (``EtcdOptions.timeout``, 5 s by default, below etcd's
+  own 7 s request timeout: 5 s + 2 x election, ``etcdserver/config.go: ReqTimeout``) covers every
+  member tried. Each request carries ``hasleader`` metadata (the gateway forwards
+  ``Grpc-Metadata-*`` headers as gRPC metadata), so a member that knows it has no leader fails at
+  once with ``no leader`` instead of queueing the proposal (``etcdserver/api/v3rpc/rpctypes/md.go``,
+  ``v3rpc/interceptor.go``). Quorum lost: every operation raises :class:`StoreError` within the
+  deadline, naming each member and what it answered.
+- **Keys: one per object** under a prefix (``/pymesh/default`` unless the URL has a path):
+  ``<prefix>/registered/<ns>/<name>``, ``<prefix>/overlays/<kind>/<ns>/<name>``,
+  ``<prefix>/vips/<host>``, ``<prefix>/configured/<kind>/<ns>/<name>`` (``{"source", "body"}``),
+  ``<prefix>/status/<key>``; each component percent-encoded so a ``/`` in one cannot collide.
+  Values are JSON, as the SQLite columns hold. Prefixes end with ``/`` so ``a/b/`` never matches
+  ``a/bc`` (etcd's key-layout advice; Kubernetes uses ``/registry/<resource>/<ns>/<name>``).
+  The rejected list is one key, ``<prefix>/rejected``: it is always replaced and read whole, so
+  one document keeps that atomic without a read before each write (etcd refuses a txn that puts
+  a key inside a range it deletes, ``etcdserver/api/v3rpc/key.go: checkIntervals``).
+- **Multi-key writes are one ``txn``** (``put_vips``, ``update_configured``, ``replace_configured``)
+  up to etcd's default ``--max-txn-ops`` of 128 operations and below ``--max-request-bytes``
+  (1.5 MiB; we stay under 1 MiB per txn) (https://etcd.io/docs/v3.4/dev-guide/limit/). Beyond
+  that the write is **chunked** into several txns, in order, the rejected list in the last one.
+  What is lost: a reader (``pymesh get``) may see a mirror half-way through a large reload, and a
+  crash between chunks leaves it half-written. Each key is still whole, and the mirror converges:
+  the control plane rewrites every mirrored object at its first load after a start and resends a
+  failed difference at its next tick. A single snapshot document would keep the mirror atomic but
+  is rewritten whole on every edit and would hit the 1.5 MiB request limit at a few thousand
+  objects; one key per object is what the replica step's watches need anyway.
+  ``replace_configured`` reads the keys it replaces first (keys only) and deletes those not
+  rewritten, for the same ``checkIntervals`` reason.
+- **Where the calls run.** The store is called where the SQLite one was: the mirror and VIP
+  writes on the control plane's worker thread, registration writes on its event loop. A healthy
+  cluster answers in a millisecond or two on a LAN; a failing one stalls the loop for at most one
+  deadline per write. Moving registration writes off the loop belongs to the replica step.
+- **Errors** are :class:`StoreError` naming the endpoint and the operation: cannot connect,
+  no answer within the deadline, and etcd's own errors (``no leader``, ``request is too large``,
+  ``too many operations in txn request``, ``database space exceeded``) with a hint.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import socket
+import ssl
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from pymesh.controlplane.backend import EtcdOptions
+from pymesh.controlplane.errors import StoreError
+from pymesh.mesh.addr import HostPort, parse_host_port
+from pymesh.mesh.errors import AddressError
+
+DEFAULT_PORT = 2379
+DEFAULT_PREFIX = "/pymesh/default"
+CONNECT_TIMEOUT = 1.0  # loopback or a LAN: a member that does not accept within this is down
+MAX_TXN_OPS = 128  # etcd's --max-txn-ops default (embed/config.go: DefaultMaxTxnOps)
+MAX_TXN_BYTES = 1 << 20  # under --max-request-bytes' 1.5 MiB default, with room for framing
+RETRY_PAUSE = 0.2  # between rounds over every member, while the deadline allows
+MAX_REJECTED_BYTES = 256 << 10  # the rejected list is one key: cap it well under the request limit
+
+# etcd errors a read can be retried after (etcdserver/api/v3rpc/rpctypes/error.go).
+_READ_RETRY = ("leader changed", "request timed out", "timed out", "not capable", "too many requests")
+_HINTS = {
+    "no leader": "the cluster has lost quorum or is electing a leader",
+    "request is too large": "a value is over etcd's --max-request-bytes",
+    "larger than max": "a value is over etcd's --max-request-bytes (plus gRPC's 512 KiB)",
+    "too many operations": "a txn is over etcd's --max-txn-ops",
+    "database space exceeded": "etcd's --quota-backend-bytes is reached: compact and defragment it",
+    "leader changed": "a leader election happened: the write may or may not have been applied",
+    "request timed out": "the cluster did not commit in time (quorum lost or overloaded)",
+}
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text)
+
+
+def _prefix_end(prefix: bytes) -> bytes:
+    """The ``range_end`` that makes a range cover every key starting with ``prefix`` (clientv3's
+    ``GetPrefixRangeEnd``)."""
+    end = bytearray(prefix)
+    for i in range(len(end) - 1, -1, -1):
+        if end[i] < 0xFF:
+            end[i] += 1
+            return bytes(end[: i + 1])
+    return b"\0"  # every key
+
+
+def _part(s: str) -> str:
+    return urllib.parse.quote(s, safe="")
+
+
+def _unpart(s: str) -> str:
+    return urllib.parse.unquote(s)
+
+
+class EtcdClient:
+    """The few etcd v3 calls the store makes, over the JSON gateway, with failover and a deadline."""
+
+    def __init__(self, endpoints: list[HostPort], options: EtcdOptions, *, tls: bool = False) -> None:
+        if not endpoints:
+            raise StoreError("etcd: no endpoints")
+        self.endpoints = endpoints
+        self.timeout = options.timeout
+        self._user = options.user
+        self._password = options.password or ""
+        self._ssl: ssl.SSLContext | None = None
+        if tls or options.ca or options.cert:
+            try:
+                self._ssl = ssl.create_default_context(cafile=options.ca)
+                if options.cert:
+                    self._ssl.load_cert_chain(options.cert, options.key)
+            except (OSError, ssl.SSLError) as e:
+                raise StoreError(f"etcd TLS files (--store-ca/--store-cert/--store-key): {e}") from e
+        self._lock = threading.Lock()
+        self._preferred = 0
+        self._token: str | None = None
+
+    def _order(self) -> Iterator[int]:
+        with self._lock:
+            first = self._preferred
+        n = len(self.endpoints)
+        return ((first + i) % n for i in range(n))
+
+    def call(self, path: str, body: Mapping[str, Any], *, idempotent: bool) -> dict[str, Any]:
+        """POST ``body`` to ``path`` on one member; see the module docstring for the failover rules."""
+        if self._user and self._token is None and path != "/v3/auth/authenticate":
+            self._authenticate()
+        try:
+            return self._call(path, body, idempotent=idempotent)
+        except _InvalidToken:
+            self._authenticate()
+            return self._call(path, body, idempotent=idempotent)
+
+    def _authenticate(self) -> None:
+        doc = self._call("/v3/auth/authenticate", {"name": self._user, "password": self._password}, idempotent=True)
+        token = doc.get("token")
+        if not token:
+            raise StoreError(f"etcd: authentication as {self._user!r} returned no token")
+        self._token = str(token)
+
+    def _call(self, path: str, body: Mapping[str, Any], *, idempotent: bool) -> dict[str, Any]:
+        data = json.dumps(body).encode()
+        deadline = time.monotonic() + self.timeout
+        failures: dict[str, str] = {}  # the last reason per member
+        while True:
+            for i in self._order():
+                if time.monotonic() >= deadline:
+                    break
+                doc = self._one(i, path, data, deadline, idempotent, failures)
+                if doc is not None:
+                    with self._lock:
+                        self._preferred = i
+                    return doc
+            # Every member refused for a reason that may pass (down, electing a leader): again
+            # until the deadline, so a leader election (1-2 s with etcd's defaults) is waited out.
+            if time.monotonic() + RETRY_PAUSE >= deadline:
+                reasons = "; ".join(f"{ep}: {why}" for ep, why in failures.items())
+                raise StoreError(f"etcd {path}: no member answered within {self.timeout:g}s ({reasons})")
+            time.sleep(RETRY_PAUSE)
+
+    def _one(
+        self, i: int, path: str, data: bytes, deadline: float, idempotent: bool, failures: dict[str, str]
+    ) -> dict[str, Any] | None:
+        """The answer of member ``i``; None (with the reason in ``failures``) when the next may be tried."""
+        ep = self.endpoints[i]
+        conn: http.client.HTTPConnection
+        ctimeout = max(0.001, min(CONNECT_TIMEOUT, deadline - time.monotonic()))
+        if self._ssl is not None:
+            conn = http.client.HTTPSConnection(ep.host, ep.port, timeout=ctimeout, context=self._ssl)
+        else:
+            conn = http.client.HTTPConnection(ep.host, ep.port, timeout=ctimeout)
+        try:
+            try:
+                conn.connect()
+            except (OSError, ssl.SSLError) as e:
+                failures[str(ep)] = f"cannot connect: {e}"  # nothing sent: any request may go elsewhere
+                return None
+            if conn.sock is not None:  # the rest of the operation's deadline for the answer
+                conn.sock.settimeout(max(0.001, deadline - time.monotonic()))
+            # hasleader: a member without a leader answers `no leader` at once (rpctypes/md.go).
+            headers = {"Content-Type": "application/json", "Grpc-Metadata-hasleader": "true"}
+            if self._token:
+                headers["Authorization"] = self._token
+            try:
+                conn.request("POST", path, body=data, headers=headers)
+                resp = conn.getresponse()
+                raw = resp.read()
+                status = resp.status
+            except (OSError, http.client.HTTPException) as e:
+                what = "no answer within the deadline" if isinstance(e, socket.timeout) else f"no answer: {e}"
+                if idempotent:
+                    failures[str(ep)] = what
+                    return None
+                raise StoreError(
+                    f"etcd {ep} {path}: {what}; the write may or may not have been applied "
+                    "(not re-sent to another member)"
+                ) from e
+        finally:
+            conn.close()
+        try:
+            doc = json.loads(raw) if raw else {}
+        except ValueError as e:
+            raise StoreError(f"etcd {ep} {path}: HTTP {status}, not JSON: {raw[:200]!r}") from e
+        if status == 200 and "error" not in doc:
+            return dict(doc)
+        message = str(doc.get("error") or doc.get("message") or f"HTTP {status}")
+        if "invalid auth token" in message and self._user:
+            raise _InvalidToken(message)
+        hint = next((h for k, h in _HINTS.items() if k in message), "")
+        # `no leader` is refused before any proposal: any request may go elsewhere. A read may
+        # also go elsewhere after an answer that says it was not served (election, timeout).
+        if "no leader" in message or (idempotent and any(k in message for k in _READ_RETRY)):
+            failures[str(ep)] = message + (f" ({hint})" if hint else "")
+            return None
+        raise StoreError(f"etcd {ep} {path}: {message}" + (f" ({hint})" if hint else ""))
+
+    # the calls ---------------------------------------------------------------------
+
+    def range(self, key: bytes, end: bytes | None = None, *, keys_only: bool = False) -> list[tuple[bytes, bytes]]:
+        req: dict[str, Any] = {"key": _b64(key)}
+        if end is not None:
+            req["range_end"] = _b64(end)
+        if keys_only:
+            req["keys_only"] = True
+        doc = self.call("/v3/kv/range", req, idempotent=True)
+        return [(_unb64(kv["key"]), _unb64(kv.get("value", ""))) for kv in doc.get("kvs") or ()]
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self.call("/v3/kv/put", {"key": _b64(key), "value": _b64(value)}, idempotent=False)
+
+    def delete(self, key: bytes, end: bytes | None = None) -> None:
+        req: dict[str, Any] = {"key": _b64(key)}
+        if end is not None:
+            req["range_end"] = _b64(end)
+        self.call("/v3/kv/deleterange", req, idempotent=False)
+
+    def txn(self, ops: list[dict[str, Any]], compare: list[dict[str, Any]] | None = None) -> bool:
+        doc = self.call("/v3/kv/txn", {"compare": compare or [], "success": ops}, idempotent=False)
+        return bool(doc.get("succeeded"))
+
+
+class _InvalidToken(Exception):
+    pass
+
+
+def _put_op(key: bytes, value: bytes) -> dict[str, Any]:
+    return {"request_put": {"key": _b64(key), "value": _b64(value)}}
+
+
+def _delete_op(key: bytes) -> dict[str, Any]:
+    return {"request_delete_range": {"key": _b64(key)}}
+
+
+def _configured_value(source: str, body_json: str) -> bytes:
+    """``{"source": ..., "body": ...}`` around a body already JSON (the server encodes it off the loop)."""
+    return f'{{"source": {json.dumps(source)}, "body": {body_json}}}'.encode()
+
+
+class EtcdStore:
+    """The control plane's store in etcd (see the module docstring)."""
+
+    def __init__(
+        self,
+        client: EtcdClient,
+        prefix: str = DEFAULT_PREFIX,
+        *,
+        max_txn_ops: int = MAX_TXN_OPS,
+        max_txn_bytes: int = MAX_TXN_BYTES,
+    ) -> None:
+        self.client = client
+        self.prefix = prefix.rstrip("/")
+        self.max_txn_ops = max_txn_ops
+        self.max_txn_bytes = max_txn_bytes
+        self.path = f"etcd://{','.join(str(e) for e in client.endpoints)}{self.prefix}"  # for messages
+
+    @classmethod
+    def from_url(cls, url: str, options: EtcdOptions) -> EtcdStore:
+        """``etcd://h1:2379,h2:2379[/prefix]`` (``etcds://`` for TLS)."""
+        scheme, _, rest = url.partition("://")
+        hosts, slash, path = rest.partition("/")
+        try:
+            endpoints = [
+                parse_host_port(h, default_port=DEFAULT_PORT, what="etcd endpoint") for h in hosts.split(",") if h
+            ]
+        except AddressError as e:
+            raise StoreError(f"--store {url}: {e}") from e
+        if not endpoints:
+            raise StoreError(f"--store {url}: no etcd endpoints (etcd://HOST:PORT,HOST:PORT,...)")
+        prefix = "/" + path.strip("/") if slash and path.strip("/") else DEFAULT_PREFIX
+        return cls(EtcdClient(endpoints, options, tls=scheme == "etcds"), prefix)
+
+    def close(self) -> None:
+        pass  # no connection is kept between requests
+
+    # keys --------------------------------------------------------------------------
+
+    def _key(self, table: str, *parts: str) -> bytes:
+        return "/".join((self.prefix, table, *(_part(p) for p in parts))).encode()
+
+    def _scan(self, table: str, *, keys_only: bool = False) -> list[tuple[tuple[str, ...], bytes]]:
+        start = f"{self.prefix}/{table}/".encode()
+        rows = self.client.range(start, _prefix_end(start), keys_only=keys_only)
+        return [(tuple(_unpart(p) for p in k[len(start) :].decode().split("/")), v) for k, v in rows]
+
+    def _write(self, ops: list[tuple[bytes, bytes | None]]) -> None:
+        """Puts (value) and deletes (None) in as few txns as etcd's limits allow, in order."""
+        chunk: list[dict[str, Any]] = []
+        size = 0
+        for key, value in ops:
+            op_size = len(key) + (len(value) if value is not None else 0) + 16
+            if op_size > self.max_txn_bytes:
+                raise StoreError(
+                    f"{self.path}: {key.decode(errors='replace')}: {op_size} bytes, over the "
+                    f"{self.max_txn_bytes} a write may carry (etcd's --max-request-bytes)"
+                )
+            if chunk and (len(chunk) >= self.max_txn_ops or size + op_size > self.max_txn_bytes):
+                self.client.txn(chunk)
+                chunk, size = [], 0
+            chunk.append(_put_op(key, value) if value is not None else _delete_op(key))
+            size += op_size
+        if chunk:
+            self.client.txn(chunk)
+
+    # registered entries ----------------------------------------------------------
+
+    def registered(self) -> list[dict[str, Any]]:
+        return [json.loads(v) for _, v in sorted(self._scan("registered"))]
+
+    def put_registered(self, doc: Mapping[str, Any]) -> None:
+        md = doc["metadata"]
+        self.client.put(self._key("registered", md["namespace"], md["name"]), json.dumps(doc, sort_keys=True).encode())
+
+    def delete_registered(self, namespace: str, name: str) -> None:
+        self.client.delete(self._key("registered", namespace, name))
+
+    # overlays on configured objects ------------------------------------------------
+
+    def overlays(self) -> dict[tuple[str, str, str], dict[str, Any]]:
+        return {(k[0], k[1], k[2]): json.loads(v) for k, v in self._scan("overlays")}
+
+    def put_overlay(self, kind: str, namespace: str, name: str, body: Mapping[str, Any]) -> None:
+        self.client.put(self._key("overlays", kind, namespace, name), json.dumps(body, sort_keys=True).encode())
+
+    # VIPs ----------------------------------------------------------------------
+
+    def vip_records(self) -> dict[str, tuple[str, str, float | None]]:
+        out: dict[str, tuple[str, str, float | None]] = {}
+        for (host,), v in self._scan("vips"):
+            r = json.loads(v)
+            out[host] = (r["v4"], r["v6"], r.get("released"))
+        return out
+
+    def vips(self) -> dict[str, tuple[str, str]]:
+        return {h: (v4, v6) for h, (v4, v6, _) in self.vip_records().items()}
+
+    def add_vips(self, allocations: Mapping[str, tuple[str, str]]) -> None:
+        self.put_vips({h: (v4, v6, None) for h, (v4, v6) in allocations.items()}, ())
+
+    def put_vips(self, records: Mapping[str, tuple[str, str, float | None]], deleted: Iterable[str]) -> None:
+        ops: list[tuple[bytes, bytes | None]] = [(self._key("vips", h), None) for h in deleted if h not in records]
+        ops += [
+            (self._key("vips", h), json.dumps({"v4": v4, "v6": v6, "released": released}).encode())
+            for h, (v4, v6, released) in records.items()
+        ]
+        self._write(ops)
+
+    # the configured mirror --------------------------------------------------------
+
+    def _rejected_op(self, rejected: Iterable[str]) -> tuple[bytes, bytes]:
+        kept: list[str] = []
+        size = 0
+        messages = list(rejected)
+        for m in messages:
+            size += len(m.encode()) + 4
+            if size > MAX_REJECTED_BYTES:
+                kept.append(f"... and {len(messages) - len(kept)} more rejected objects (list truncated)")
+                break
+            kept.append(m)
+        return f"{self.prefix}/rejected".encode(), json.dumps(kept).encode()
+
+    def replace_configured(
+        self, objects: Iterable[tuple[str, str, str, str, Mapping[str, Any]]], rejected: Iterable[str]
+    ) -> None:
+        rows = {
+            self._key("configured", kind, ns, name): _configured_value(
+                source, json.dumps(body, sort_keys=True, default=str)
+            )
+            for kind, ns, name, source, body in objects
+        }
+        existing = [self._key("configured", *k) for k, _ in self._scan("configured", keys_only=True)]
+        ops: list[tuple[bytes, bytes | None]] = [(k, v) for k, v in rows.items()]
+        ops += [(k, None) for k in existing if k not in rows]
+        ops.append(self._rejected_op(rejected))
+        self._write(ops)
+
+    def update_configured(
+        self,
+        upserts: Iterable[tuple[str, str, str, str, str]],
+        deleted: Iterable[tuple[str, str, str]],
+        rejected: Iterable[str],
+    ) -> None:
+        """The mirror by difference: ``upserts`` (kind, namespace, name, source, JSON body),
+        ``deleted`` keys; the rejected list is replaced whole."""
+        rows = {
+            self._key("configured", kind, ns, name): _configured_value(source, body)
+            for kind, ns, name, source, body in upserts
+        }
+        ops: list[tuple[bytes, bytes | None]] = [
+            (k, None) for k in (self._key("configured", *key) for key in deleted) if k not in rows
+        ]
+        ops += list(rows.items())
+        ops.append(self._rejected_op(rejected))
+        self._write(ops)
+
+    def configured_sources(self) -> dict[tuple[str, str, str], str]:
+        """(kind, namespace, name) -> the file it came from. etcd has no projection: the bodies
+        are read too (once, at start)."""
+        return {(k[0], k[1], k[2]): str(json.loads(v)["source"]) for k, v in self._scan("configured")}
+
+    def configured(self) -> list[tuple[str, str, str, str, dict[str, Any]]]:
+        out = []
+        for k, v in sorted(self._scan("configured")):
+            row = json.loads(v)
+            out.append((k[0], k[1], k[2], str(row["source"]), dict(row["body"])))
+        return out
+
+    def rejected(self) -> list[str]:
+        rows = self.client.range(f"{self.prefix}/rejected".encode())
+        return [str(m) for m in json.loads(rows[0][1])] if rows else []
+
+    # status ----------------------------------------------------------------------
+
+    def put_status(self, key: str, value: Mapping[str, Any]) -> None:
+        self.client.put(self._key("status", key), json.dumps(value).encode())
+
+    def status(self, key: str) -> dict[str, Any] | None:
+        rows = self.client.range(self._key("status", key))
+        return dict(json.loads(rows[0][1])) if rows else None

@@ -36,6 +36,13 @@
 //! saturation idle and handshaking connections go first; we pick them
 //! directly instead of waiting for scaled timers.
 //!
+//! Within a class, the source holding the most slots gives one up first,
+//! then the oldest: a flood's sources pay for the flood, and a client
+//! whose ClientHello is still in the socket buffer when the relay fills
+//! (one connection from its address) is not next in line behind a
+//! flooding source's hundreds (the DNS proxy's TCP admission is fair per
+//! client the same way, RFC 7766 §6.2.2).
+//!
 //! Victims are chosen by one scan of the relay's slots under the lock, and
 //! a scan evicts a batch (1/64 of the limit, at least one), so under a
 //! flood the scan's cost per admitted connection stays constant.
@@ -171,7 +178,8 @@ impl Inner {
     /// Evicts up to `batch` of the most evictable connections (of `source`
     /// only, when given); how many went.
     fn evict(&mut self, source: Option<SourceKey>, batch: usize, now: u64) -> usize {
-        let mut cands: Vec<((u8, u64), usize)> = self
+        let by_source = &self.by_source;
+        let mut cands: Vec<((u8, usize, u64), usize)> = self
             .slots
             .iter()
             .enumerate()
@@ -180,8 +188,10 @@ impl Inner {
                 if source.is_some_and(|s| s != e.source) {
                     return None;
                 }
-                // Lower class first, then the larger age.
-                e.state.rank(now).map(|(class, age)| ((class, u64::MAX - age), i))
+                // Lower class first; within a class the source holding the most
+                // slots first, then the larger age.
+                let held = by_source.get(&e.source).copied().unwrap_or(0);
+                e.state.rank(now).map(|(class, age)| ((class, usize::MAX - held, u64::MAX - age), i))
             })
             .collect();
         let n = batch.min(cands.len());

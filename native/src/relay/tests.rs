@@ -278,6 +278,24 @@ fn a_source_at_its_cap_evicts_its_own_connections_only() {
 }
 
 #[test]
+fn the_source_holding_the_most_slots_gives_one_up_first() {
+    // A legitimate client (one connection, its ClientHello not read yet and older)
+    // beside a flooding source (three newer partial ClientHellos): the flood pays.
+    let reg = Arc::new(Registry::new(limits(4, 100)));
+    let (client, flood) = (SourceKey::of([10, 0, 0, 1].into()), SourceKey::of([10, 0, 0, 2].into()));
+    let legit = reg.admit(client).unwrap().0;
+    age(&legit.state, Phase::Hello, 500);
+    let floods: Vec<_> = (0..3).map(|_| reg.admit(flood).unwrap().0).collect();
+    for (i, s) in floods.iter().enumerate() {
+        age(&s.state, Phase::Hello, 100 + i as u64);
+    }
+    let (_new, evicted) = reg.admit(flood).unwrap();
+    assert_eq!(evicted, 1);
+    assert!(!legit.state.was_killed(), "the lone client keeps its slot");
+    assert!(floods[2].state.was_killed(), "the flood's oldest went");
+}
+
+#[test]
 fn eviction_under_a_flood_goes_in_batches() {
     // 640 slots: a scan evicts 10, so a flood scans once per 10 admissions.
     let reg = Arc::new(Registry::new(limits(640, 640)));

@@ -4,7 +4,7 @@
 today (``server.py``, ``autoregistration.py``, ``cli.py``'s ``pymesh get``):
 registered WorkloadEntries, overlays on configured objects, VIP records, the
 mirror of configured objects (with their sources) and of the rejected ones,
-and status documents. Two backends implement it and one conformance suite
+the applied configuration (``pymesh apply``), and status documents. Two backends implement it and one conformance suite
 (``tests/unit/test_store_conformance.py``) runs against both:
 
 - :class:`pymesh.controlplane.store.Store`: SQLite in the data directory, the
@@ -71,6 +71,16 @@ class StoreBackend(Protocol):
     def configured_sources(self) -> dict[tuple[str, str, str], str]: ...
     def configured(self) -> list[tuple[str, str, str, str, dict[str, Any]]]: ...
     def rejected(self) -> list[str]: ...
+
+    # applied configuration (``pymesh apply``; pymesh.controlplane.applied): whole documents by
+    # (kind, namespace, name) with the time each was first applied; a write is one transaction
+    # (etcd: up to its txn limits). ``applied_version`` is an opaque token that changes whenever
+    # the applied set changes: compared for equality only, polled by the control plane's watcher.
+    def applied(self) -> list[tuple[str, str, str, float, dict[str, Any]]]: ...
+    def put_applied(
+        self, upserts: Iterable[tuple[str, str, str, float, str]], deleted: Iterable[tuple[str, str, str]]
+    ) -> None: ...
+    def applied_version(self) -> str: ...
 
     # status documents by key
     def put_status(self, key: str, value: Mapping[str, Any]) -> None: ...

@@ -1,4 +1,9 @@
-"""``pymesh controlplane`` and ``pymesh get``.
+"""``pymesh controlplane``, ``pymesh get``, ``pymesh apply -f`` and ``pymesh delete -f``.
+
+``pymesh apply`` / ``pymesh delete`` write the store's applied configuration
+(:mod:`pymesh.controlplane.applied`: validation, all-or-nothing, how applied
+and directory objects combine); running control planes pick it up at their
+watch interval.
 
 ``pymesh get`` reads the control plane's store (its data directory, or the
 etcd cluster ``--store`` names; never the config files): it shows what the
@@ -131,13 +136,24 @@ def _etcd_options(args: argparse.Namespace) -> EtcdOptions:
 
 
 def _collect(store: StoreBackend, kind: str) -> list[dict[str, Any]]:
+    """The kind's objects: the served mirror, then applied objects no control plane serves yet
+    (source ``applied (pending)``); each with its source in :data:`SOURCE_ANNOTATION`."""
+    from pymesh.controlplane.applied import SOURCE_ANNOTATION, describe_source, source_of
+
     overlays = store.overlays()
     vips = store.vips()
     out: list[dict[str, Any]] = []
-    for k, ns, name, _source, body in store.configured():
+    mirror = store.configured()
+    rows = [(k, ns, name, describe_source(src), body) for k, ns, name, src, body in mirror]
+    served = {(k, ns, name, src) for k, ns, name, src, _ in mirror}
+    for k, ns, name, _at, body in store.applied():
+        if (k, ns, name, source_of((k, ns, name))) not in served:
+            rows.append((k, ns, name, "applied (pending)", body))
+    for k, ns, name, source, body in rows:
         if k != kind:
             continue
         doc = copy.deepcopy(body)
+        doc.setdefault("metadata", {}).setdefault("annotations", {})[SOURCE_ANNOTATION] = source
         ov = overlays.get((k, ns, name))
         md = doc.setdefault("metadata", {})
         md.setdefault("namespace", ns)
@@ -160,6 +176,7 @@ def _collect(store: StoreBackend, kind: str) -> list[dict[str, Any]]:
         for doc in store.registered():
             md = doc["metadata"]
             if (md["namespace"], md["name"]) not in configured:
+                md.setdefault("annotations", {})[SOURCE_ANNOTATION] = "registered"
                 out.append(doc)
     out.sort(key=lambda d: (d["metadata"].get("namespace", ""), d["metadata"].get("name", "")))
     return out
@@ -205,6 +222,8 @@ def _row(kind: str, doc: Mapping[str, Any]) -> list[str]:
         return [md["name"], str(spec.get("host", "")), age]
     if kind == "PeerAuthentication":
         return [md["name"], str((spec.get("mtls") or {}).get("mode") or "UNSET"), age]
+    if kind == "VirtualService":
+        return [md["name"], ",".join(spec.get("gateways") or []), ",".join(spec.get("hosts") or []), age]
     return [md["name"], age]
 
 
@@ -216,12 +235,21 @@ HEADERS = {
     "DestinationRule": ["NAME", "HOST", "AGE"],
     "WorkloadGroup": ["NAME", "AGE"],
     "PeerAuthentication": ["NAME", "MODE", "AGE"],
+    "VirtualService": ["NAME", "GATEWAYS", "HOSTS", "AGE"],
 }
 
 
-def _table(kind: str, docs: list[dict[str, Any]], all_namespaces: bool) -> str:
+def _table(kind: str, docs: list[dict[str, Any]], all_namespaces: bool, wide: bool = False) -> str:
+    from pymesh.controlplane.applied import SOURCE_ANNOTATION
+
     header = HEADERS[kind]
     rows = [_row(kind, d) for d in docs]
+    if wide:  # kubectl's -o wide: more columns; here where each object comes from
+        header = [*header, "SOURCE"]
+        rows = [
+            [*r, (d["metadata"].get("annotations") or {}).get(SOURCE_ANNOTATION, "-")]
+            for d, r in zip(docs, rows, strict=True)
+        ]
     if all_namespaces:
         header = ["NAMESPACE", *header]
         rows = [[d["metadata"].get("namespace", ""), *r] for d, r in zip(docs, rows, strict=True)]
@@ -278,8 +306,64 @@ def cmd_get(args: argparse.Namespace) -> int:
         where = "any namespace" if args.all_namespaces else f"{args.namespace} namespace"
         print(f"No resources found in {where}.", file=sys.stderr)
     else:
-        print(_table(kind, docs, args.all_namespaces))
+        print(_table(kind, docs, args.all_namespaces, wide=args.output == "wide"))
     return 0
+
+
+def _read_stdin(paths: list[str]) -> str | None:
+    return sys.stdin.read() if "-" in paths else None
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    """Validates every object of the files; any error: nothing is written (exit 1)."""
+    from pymesh.controlplane.applied import apply_objects, label, read_paths, source_of
+
+    result = read_paths(args.filename, stdin=_read_stdin(args.filename))
+    if result.errors:
+        for e in result.errors:
+            print(f"error: {e}", file=sys.stderr)
+        print(f"error: {len(result.errors)} invalid object(s): nothing applied", file=sys.stderr)
+        return 1
+    store = open_store(args.store or args.data_dir, etcd=_etcd_options(args))
+    try:
+        report = apply_objects(store, result.objects)
+        sources = store.configured_sources()
+    finally:
+        store.close()
+    for key, what in report:
+        print(f"{key[0].lower()}/{key[2]} {what}" + (f" (namespace {key[1]})" if key[1] != "default" else ""))
+        src = sources.get(key)
+        if src is not None and src != source_of(key):
+            print(
+                f"warning: {label(key)} is also defined in the config directory ({src}); the copy held first "
+                "(else the older) is served, the other is reported as a duplicate",
+                file=sys.stderr,
+            )
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    """Removes the files' objects (by kind, namespace, name) from the applied configuration."""
+    from pymesh.controlplane.applied import delete_keys
+
+    keys = delete_keys(args.filename, stdin=_read_stdin(args.filename))
+    store = open_store(args.store or args.data_dir, etcd=_etcd_options(args))
+    try:
+        held = {(k, ns, n) for k, ns, n, _, _ in store.applied()}
+        found = [k for k in keys if k in held]
+        if found:
+            store.put_applied((), found)
+    finally:
+        store.close()
+    code = 0
+    for key in keys:
+        name = f"{key[0].lower()}/{key[2]}"
+        if key in held:
+            print(f"{name} deleted" + (f" (namespace {key[1]})" if key[1] != "default" else ""))
+        elif not args.ignore_not_found:
+            print(f'Error from server (NotFound): {name} not found in namespace "{key[1]}"', file=sys.stderr)
+            code = 1
+    return code
 
 
 def _store_flags(p: argparse.ArgumentParser) -> None:
@@ -372,7 +456,23 @@ def add_commands(sub: Any) -> None:
     get.add_argument("name", nargs="?", default=None)
     get.add_argument("-n", "--namespace", default="default")
     get.add_argument("-A", "--all-namespaces", action="store_true")
-    get.add_argument("-o", "--output", choices=("yaml", "json", "table"), default="table")
+    get.add_argument("-o", "--output", choices=("yaml", "json", "table", "wide"), default="table",
+                     help="wide: the table with a SOURCE column (file:PATH, applied, registered)")  # fmt: skip
     get.add_argument("--data-dir", default=None, help=data_help)
     _store_flags(get)
     get.set_defaults(func=cmd_get)
+
+    for name, func, what in (
+        ("apply", cmd_apply, "validate objects and write them into the store's applied configuration"),
+        ("delete", cmd_delete, "remove objects (by kind, namespace, name) from the store's applied configuration"),
+    ):
+        p = sub.add_parser(name, help=what + " (served by every control plane on the store)")
+        p.add_argument(
+            "-f", "--filename", action="append", required=True, metavar="FILE|DIR|-",
+            help="YAML/JSON file, directory (recursive) or - for stdin; repeatable",
+        )  # fmt: skip
+        if name == "delete":
+            p.add_argument("--ignore-not-found", action="store_true", help="objects not applied are not an error")
+        p.add_argument("--data-dir", default=None, help=data_help)
+        _store_flags(p)
+        p.set_defaults(func=func)

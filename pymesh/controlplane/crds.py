@@ -1219,6 +1219,481 @@ ISTIO: dict[str, Any] = {
         },
         "type": "object",
     },
+    "VirtualService": {
+        "properties": {
+            "spec": {
+                "properties": {
+                    "exportTo": {"items": {"type": "string"}, "type": "array"},
+                    "gateways": {"items": {"type": "string"}, "type": "array"},
+                    "hosts": {"items": {"type": "string"}, "type": "array"},
+                    "http": {
+                        "items": {
+                            "properties": {
+                                "corsPolicy": {
+                                    "properties": {
+                                        "allowCredentials": {"type": "boolean"},
+                                        "allowHeaders": {"items": {"type": "string"}, "type": "array"},
+                                        "allowMethods": {"items": {"type": "string"}, "type": "array"},
+                                        "allowOrigin": {"items": {"type": "string"}, "type": "array"},
+                                        "allowOrigins": {
+                                            "items": {
+                                                "properties": {
+                                                    "exact": {"type": "string"},
+                                                    "prefix": {"type": "string"},
+                                                    "regex": {"type": "string"},
+                                                },
+                                                "type": "object",
+                                            },
+                                            "type": "array",
+                                        },
+                                        "exposeHeaders": {"items": {"type": "string"}, "type": "array"},
+                                        "maxAge": {"type": "string"},
+                                        "unmatchedPreflights": {
+                                            "enum": ["UNSPECIFIED", "FORWARD", "IGNORE"],
+                                            "type": "string",
+                                        },
+                                    },
+                                    "type": "object",
+                                },
+                                "delegate": {
+                                    "properties": {"name": {"type": "string"}, "namespace": {"type": "string"}},
+                                    "type": "object",
+                                },
+                                "directResponse": {
+                                    "properties": {
+                                        "body": {
+                                            "properties": {"bytes": {"type": "string"}, "string": {"type": "string"}},
+                                            "type": "object",
+                                        },
+                                        "status": {"maximum": 4294967295, "minimum": 0, "type": "integer"},
+                                    },
+                                    "type": "object",
+                                },
+                                "fault": {
+                                    "properties": {
+                                        "abort": {
+                                            "properties": {
+                                                "grpcStatus": {"type": "string"},
+                                                "http2Error": {"type": "string"},
+                                                "httpStatus": {"type": "integer"},
+                                                "percentage": {
+                                                    "properties": {"value": {"type": "number"}},
+                                                    "type": "object",
+                                                },
+                                            },
+                                            "type": "object",
+                                        },
+                                        "delay": {
+                                            "properties": {
+                                                "exponentialDelay": {"type": "string"},
+                                                "fixedDelay": {"type": "string"},
+                                                "percent": {"type": "integer"},
+                                                "percentage": {
+                                                    "properties": {"value": {"type": "number"}},
+                                                    "type": "object",
+                                                },
+                                            },
+                                            "type": "object",
+                                        },
+                                    },
+                                    "type": "object",
+                                },
+                                "headers": {
+                                    "properties": {
+                                        "request": {
+                                            "properties": {
+                                                "add": {"additionalProperties": {"type": "string"}, "type": "object"},
+                                                "remove": {"items": {"type": "string"}, "type": "array"},
+                                                "set": {"additionalProperties": {"type": "string"}, "type": "object"},
+                                            },
+                                            "type": "object",
+                                        },
+                                        "response": {
+                                            "properties": {
+                                                "add": {"additionalProperties": {"type": "string"}, "type": "object"},
+                                                "remove": {"items": {"type": "string"}, "type": "array"},
+                                                "set": {"additionalProperties": {"type": "string"}, "type": "object"},
+                                            },
+                                            "type": "object",
+                                        },
+                                    },
+                                    "type": "object",
+                                },
+                                "match": {
+                                    "items": {
+                                        "properties": {
+                                            "authority": {
+                                                "properties": {
+                                                    "exact": {"type": "string"},
+                                                    "prefix": {"type": "string"},
+                                                    "regex": {"type": "string"},
+                                                },
+                                                "type": "object",
+                                            },
+                                            "gateways": {"items": {"type": "string"}, "type": "array"},
+                                            "headers": {
+                                                "additionalProperties": {
+                                                    "properties": {
+                                                        "exact": {"type": "string"},
+                                                        "prefix": {"type": "string"},
+                                                        "regex": {"type": "string"},
+                                                    },
+                                                    "type": "object",
+                                                },
+                                                "type": "object",
+                                            },
+                                            "ignoreUriCase": {"type": "boolean"},
+                                            "method": {
+                                                "properties": {
+                                                    "exact": {"type": "string"},
+                                                    "prefix": {"type": "string"},
+                                                    "regex": {"type": "string"},
+                                                },
+                                                "type": "object",
+                                            },
+                                            "name": {"type": "string"},
+                                            "port": {"maximum": 4294967295, "minimum": 0, "type": "integer"},
+                                            "queryParams": {
+                                                "additionalProperties": {
+                                                    "properties": {
+                                                        "exact": {"type": "string"},
+                                                        "prefix": {"type": "string"},
+                                                        "regex": {"type": "string"},
+                                                    },
+                                                    "type": "object",
+                                                },
+                                                "type": "object",
+                                            },
+                                            "scheme": {
+                                                "properties": {
+                                                    "exact": {"type": "string"},
+                                                    "prefix": {"type": "string"},
+                                                    "regex": {"type": "string"},
+                                                },
+                                                "type": "object",
+                                            },
+                                            "sourceLabels": {
+                                                "additionalProperties": {"type": "string"},
+                                                "type": "object",
+                                            },
+                                            "sourceNamespace": {"type": "string"},
+                                            "statPrefix": {"type": "string"},
+                                            "uri": {
+                                                "properties": {
+                                                    "exact": {"type": "string"},
+                                                    "prefix": {"type": "string"},
+                                                    "regex": {"type": "string"},
+                                                },
+                                                "type": "object",
+                                            },
+                                            "withoutHeaders": {
+                                                "additionalProperties": {
+                                                    "properties": {
+                                                        "exact": {"type": "string"},
+                                                        "prefix": {"type": "string"},
+                                                        "regex": {"type": "string"},
+                                                    },
+                                                    "type": "object",
+                                                },
+                                                "type": "object",
+                                            },
+                                        },
+                                        "type": "object",
+                                    },
+                                    "type": "array",
+                                },
+                                "mirror": {
+                                    "properties": {
+                                        "host": {"type": "string"},
+                                        "port": {
+                                            "properties": {
+                                                "number": {"maximum": 4294967295, "minimum": 0, "type": "integer"}
+                                            },
+                                            "type": "object",
+                                        },
+                                        "subset": {"type": "string"},
+                                    },
+                                    "type": "object",
+                                },
+                                "mirrorPercent": {"maximum": 4294967295, "minimum": 0, "type": "integer"},
+                                "mirrorPercentage": {"properties": {"value": {"type": "number"}}, "type": "object"},
+                                "mirror_percent": {"maximum": 4294967295, "minimum": 0, "type": "integer"},
+                                "mirrors": {
+                                    "items": {
+                                        "properties": {
+                                            "destination": {
+                                                "properties": {
+                                                    "host": {"type": "string"},
+                                                    "port": {
+                                                        "properties": {
+                                                            "number": {
+                                                                "maximum": 4294967295,
+                                                                "minimum": 0,
+                                                                "type": "integer",
+                                                            }
+                                                        },
+                                                        "type": "object",
+                                                    },
+                                                    "subset": {"type": "string"},
+                                                },
+                                                "type": "object",
+                                            },
+                                            "percentage": {
+                                                "properties": {"value": {"type": "number"}},
+                                                "type": "object",
+                                            },
+                                        },
+                                        "type": "object",
+                                    },
+                                    "type": "array",
+                                },
+                                "name": {"type": "string"},
+                                "redirect": {
+                                    "properties": {
+                                        "authority": {"type": "string"},
+                                        "derivePort": {
+                                            "enum": ["FROM_PROTOCOL_DEFAULT", "FROM_REQUEST_PORT"],
+                                            "type": "string",
+                                        },
+                                        "port": {"maximum": 4294967295, "minimum": 0, "type": "integer"},
+                                        "prefixRewrite": {"type": "string"},
+                                        "redirectCode": {"maximum": 4294967295, "minimum": 0, "type": "integer"},
+                                        "scheme": {"type": "string"},
+                                        "uri": {"type": "string"},
+                                    },
+                                    "type": "object",
+                                },
+                                "retries": {
+                                    "properties": {
+                                        "attempts": {"type": "integer"},
+                                        "backoff": {"type": "string"},
+                                        "perTryTimeout": {"type": "string"},
+                                        "retryIgnorePreviousHosts": {"type": "boolean"},
+                                        "retryOn": {"type": "string"},
+                                        "retryRemoteLocalities": {"type": "boolean"},
+                                    },
+                                    "type": "object",
+                                },
+                                "rewrite": {
+                                    "properties": {
+                                        "authority": {"type": "string"},
+                                        "uri": {"type": "string"},
+                                        "uriRegexRewrite": {
+                                            "properties": {"match": {"type": "string"}, "rewrite": {"type": "string"}},
+                                            "type": "object",
+                                        },
+                                    },
+                                    "type": "object",
+                                },
+                                "route": {
+                                    "items": {
+                                        "properties": {
+                                            "destination": {
+                                                "properties": {
+                                                    "host": {"type": "string"},
+                                                    "port": {
+                                                        "properties": {
+                                                            "number": {
+                                                                "maximum": 4294967295,
+                                                                "minimum": 0,
+                                                                "type": "integer",
+                                                            }
+                                                        },
+                                                        "type": "object",
+                                                    },
+                                                    "subset": {"type": "string"},
+                                                },
+                                                "type": "object",
+                                            },
+                                            "headers": {
+                                                "properties": {
+                                                    "request": {
+                                                        "properties": {
+                                                            "add": {
+                                                                "additionalProperties": {"type": "string"},
+                                                                "type": "object",
+                                                            },
+                                                            "remove": {"items": {"type": "string"}, "type": "array"},
+                                                            "set": {
+                                                                "additionalProperties": {"type": "string"},
+                                                                "type": "object",
+                                                            },
+                                                        },
+                                                        "type": "object",
+                                                    },
+                                                    "response": {
+                                                        "properties": {
+                                                            "add": {
+                                                                "additionalProperties": {"type": "string"},
+                                                                "type": "object",
+                                                            },
+                                                            "remove": {"items": {"type": "string"}, "type": "array"},
+                                                            "set": {
+                                                                "additionalProperties": {"type": "string"},
+                                                                "type": "object",
+                                                            },
+                                                        },
+                                                        "type": "object",
+                                                    },
+                                                },
+                                                "type": "object",
+                                            },
+                                            "weight": {"type": "integer"},
+                                        },
+                                        "type": "object",
+                                    },
+                                    "type": "array",
+                                },
+                                "timeout": {"type": "string"},
+                            },
+                            "type": "object",
+                        },
+                        "type": "array",
+                    },
+                    "tcp": {
+                        "items": {
+                            "properties": {
+                                "match": {
+                                    "items": {
+                                        "properties": {
+                                            "destinationSubnets": {"items": {"type": "string"}, "type": "array"},
+                                            "gateways": {"items": {"type": "string"}, "type": "array"},
+                                            "port": {"maximum": 4294967295, "minimum": 0, "type": "integer"},
+                                            "sourceLabels": {
+                                                "additionalProperties": {"type": "string"},
+                                                "type": "object",
+                                            },
+                                            "sourceNamespace": {"type": "string"},
+                                            "sourceSubnet": {"type": "string"},
+                                        },
+                                        "type": "object",
+                                    },
+                                    "type": "array",
+                                },
+                                "route": {
+                                    "items": {
+                                        "properties": {
+                                            "destination": {
+                                                "properties": {
+                                                    "host": {"type": "string"},
+                                                    "port": {
+                                                        "properties": {
+                                                            "number": {
+                                                                "maximum": 4294967295,
+                                                                "minimum": 0,
+                                                                "type": "integer",
+                                                            }
+                                                        },
+                                                        "type": "object",
+                                                    },
+                                                    "subset": {"type": "string"},
+                                                },
+                                                "type": "object",
+                                            },
+                                            "weight": {"type": "integer"},
+                                        },
+                                        "type": "object",
+                                    },
+                                    "type": "array",
+                                },
+                            },
+                            "type": "object",
+                        },
+                        "type": "array",
+                    },
+                    "tls": {
+                        "items": {
+                            "properties": {
+                                "match": {
+                                    "items": {
+                                        "properties": {
+                                            "destinationSubnets": {"items": {"type": "string"}, "type": "array"},
+                                            "gateways": {"items": {"type": "string"}, "type": "array"},
+                                            "port": {"maximum": 4294967295, "minimum": 0, "type": "integer"},
+                                            "sniHosts": {"items": {"type": "string"}, "type": "array"},
+                                            "sourceLabels": {
+                                                "additionalProperties": {"type": "string"},
+                                                "type": "object",
+                                            },
+                                            "sourceNamespace": {"type": "string"},
+                                        },
+                                        "type": "object",
+                                    },
+                                    "type": "array",
+                                },
+                                "route": {
+                                    "items": {
+                                        "properties": {
+                                            "destination": {
+                                                "properties": {
+                                                    "host": {"type": "string"},
+                                                    "port": {
+                                                        "properties": {
+                                                            "number": {
+                                                                "maximum": 4294967295,
+                                                                "minimum": 0,
+                                                                "type": "integer",
+                                                            }
+                                                        },
+                                                        "type": "object",
+                                                    },
+                                                    "subset": {"type": "string"},
+                                                },
+                                                "type": "object",
+                                            },
+                                            "weight": {"type": "integer"},
+                                        },
+                                        "type": "object",
+                                    },
+                                    "type": "array",
+                                },
+                            },
+                            "type": "object",
+                        },
+                        "type": "array",
+                    },
+                },
+                "type": "object",
+            },
+            "status": {
+                "properties": {
+                    "conditions": {
+                        "items": {
+                            "properties": {
+                                "lastProbeTime": {"type": "string"},
+                                "lastTransitionTime": {"type": "string"},
+                                "message": {"type": "string"},
+                                "observedGeneration": {"x-kubernetes-int-or-string": True},
+                                "reason": {"type": "string"},
+                                "status": {"type": "string"},
+                                "type": {"type": "string"},
+                            },
+                            "type": "object",
+                        },
+                        "type": "array",
+                    },
+                    "observedGeneration": {"x-kubernetes-int-or-string": True},
+                    "validationMessages": {
+                        "items": {
+                            "properties": {
+                                "documentationUrl": {"type": "string"},
+                                "level": {"enum": ["UNKNOWN", "ERROR", "WARNING", "INFO"], "type": "string"},
+                                "type": {
+                                    "properties": {"code": {"type": "string"}, "name": {"type": "string"}},
+                                    "type": "object",
+                                },
+                            },
+                            "type": "object",
+                        },
+                        "type": "array",
+                    },
+                },
+                "type": "object",
+                "x-kubernetes-preserve-unknown-fields": True,
+            },
+        },
+        "type": "object",
+    },
     "WorkloadEntry": {
         "properties": {
             "spec": {

@@ -35,7 +35,8 @@ Decisions, and why:
 - **Keys: one per object** under a prefix (``/pymesh/default`` unless the URL has a path):
   ``<prefix>/registered/<ns>/<name>``, ``<prefix>/overlays/<kind>/<ns>/<name>``,
   ``<prefix>/vips/<host>``, ``<prefix>/configured/<kind>/<ns>/<name>`` (``{"source", "body"}``),
-  ``<prefix>/status/<key>``; each component percent-encoded so a ``/`` in one cannot collide.
+  ``<prefix>/status/<key>``, ``<prefix>/applied/<kind>/<ns>/<name>`` (``{"applied_at", "body"}``,
+  what ``pymesh apply`` wrote); each component percent-encoded so a ``/`` in one cannot collide.
   Values are JSON, as the SQLite columns hold. Prefixes end with ``/`` so ``a/b/`` never matches
   ``a/bc`` (etcd's key-layout advice; Kubernetes uses ``/registry/<resource>/<ns>/<name>``).
   The rejected list is one key, ``<prefix>/rejected``: it is always replaced and read whole, so
@@ -53,6 +54,15 @@ Decisions, and why:
   objects; one key per object is what the replica step's watches need anyway.
   ``replace_configured`` reads the keys it replaces first (keys only) and deletes those not
   rewritten, for the same ``checkIntervals`` reason.
+- **Applied configuration changes** are found by polling, at the control plane's watch interval,
+  one range over ``<prefix>/applied/`` that returns no values and at most one key: sorted by
+  ``mod_revision`` descending with ``limit`` 1 and ``keys_only``, its answer carries the number of
+  keys in the whole range (``count``) and the newest ``mod_revision``
+  (https://etcd.io/docs/v3.4/learning/api/, "Range"). Any put raises the newest ``mod_revision``
+  past every earlier one, and a delete alone lowers the count, so the pair changes whenever the
+  applied set does; the cluster's header revision would change on every write under the prefix
+  (the mirror, registrations) and cause needless reloads. Real watches (``/v3/watch``) are a
+  later step, with the replicas.
 - **Where the calls run.** The store is called where the SQLite one was: the mirror and VIP
   writes on the control plane's worker thread, registration writes on its event loop. A healthy
   cluster answers in a millisecond or two on a LAN; a failing one stalls the loop for at most one
@@ -462,6 +472,44 @@ class EtcdStore:
     def rejected(self) -> list[str]:
         rows = self.client.range(f"{self.prefix}/rejected".encode())
         return [str(m) for m in json.loads(rows[0][1])] if rows else []
+
+    # applied configuration ---------------------------------------------------------
+
+    def applied(self) -> list[tuple[str, str, str, float, dict[str, Any]]]:
+        out = []
+        for k, v in sorted(self._scan("applied")):
+            row = json.loads(v)
+            out.append((k[0], k[1], k[2], float(row["applied_at"]), dict(row["body"])))
+        return out
+
+    def put_applied(
+        self, upserts: Iterable[tuple[str, str, str, float, str]], deleted: Iterable[tuple[str, str, str]]
+    ) -> None:
+        """One txn while the write fits etcd's limits (``_write``: chunked beyond, in order)."""
+        rows = {
+            self._key("applied", kind, ns, name): f'{{"applied_at": {json.dumps(at)}, "body": {body}}}'.encode()
+            for kind, ns, name, at, body in upserts
+        }
+        ops: list[tuple[bytes, bytes | None]] = [
+            (k, None) for k in (self._key("applied", *key) for key in deleted) if k not in rows
+        ]
+        ops += list(rows.items())
+        self._write(ops)
+
+    def applied_version(self) -> str:
+        """``count:newest mod_revision`` of the applied keys (see the module docstring)."""
+        start = f"{self.prefix}/applied/".encode()
+        req = {
+            "key": _b64(start),
+            "range_end": _b64(_prefix_end(start)),
+            "keys_only": True,
+            "limit": 1,
+            "sort_order": "DESCEND",
+            "sort_target": "MOD",
+        }
+        doc = self.client.call("/v3/kv/range", req, idempotent=True)
+        kvs = doc.get("kvs") or [{}]
+        return f"{doc.get('count', 0)}:{kvs[0].get('mod_revision', 0)}"
 
     # status ----------------------------------------------------------------------
 

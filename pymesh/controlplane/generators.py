@@ -12,10 +12,14 @@ generates them for ``GENERATOR=grpc`` (istio/istio ``pilot/pkg/networking/grpcge
   istiod names it for gRPC: one virtual host ``<host>:<port>`` whose domains
   are istiod's (the host, with a trailing dot, its short names when it is a
   ``<name>.<namespace>.svc.<domain>`` name, the VIPs; each bare and with the
-  port: ``route.generateVirtualHostDomains``), one ``/`` prefix route to the
-  cluster (with the DestinationRule's hash policy when it asks for consistent
-  hashing). tests/unit/test_istiod_grpc_parity.py checks all of this against
-  istiod's recorded answers.
+  port: ``route.generateVirtualHostDomains``), its routes those of the
+  VirtualService for the host (:mod:`.httproutes`: matches, weighted subset
+  clusters, timeout, retries, fault), else istiod's ``default`` route: prefix
+  ``/`` to the cluster with istiod's default retry policy (and the
+  DestinationRule's hash policy when it asks for consistent hashing); the fault
+  filter before the router when a VirtualService injects faults.
+  tests/unit/test_istiod_grpc_parity.py checks all of this against istiod's
+  recorded answers.
 - Cluster ``outbound|<port>|<subset>|<host>`` (Istio's naming), type EDS
   over ADS, EDS service name = cluster name; policy from the
   DestinationRule.
@@ -45,10 +49,12 @@ from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, healt
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import api_listener_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from google.protobuf import duration_pb2, struct_pb2, wrappers_pb2
 
+from pymesh.controlplane import httproutes
 from pymesh.controlplane import networks as nets
 from pymesh.controlplane.networks import DEFAULT_CLUSTER_ID, Gateway, NetworkGateways
 from pymesh.controlplane.registry import Endpoint, Registry, ServiceModel
@@ -89,6 +95,8 @@ def _routable(svc: ServiceModel) -> bool:
 def listeners(registry: Registry) -> dict[str, Any]:
     out: dict[str, Any] = {}
     router = hcm_pb2.HttpFilter(name=ROUTER_FILTER, typed_config=_pack(router_pb2.Router()))
+    # Before the router, as istiod orders them (grpcgen/lds.go), when a VirtualService injects faults.
+    fault = hcm_pb2.HttpFilter(name=httproutes.FAULT_FILTER, typed_config=_pack(fault_pb2.HTTPFault()))
     for svc in registry.services:
         if not _routable(svc):
             continue
@@ -99,7 +107,7 @@ def listeners(registry: Registry) -> dict[str, Any]:
             hcm = hcm_pb2.HttpConnectionManager(
                 stat_prefix=name,
                 rds=hcm_pb2.Rds(config_source=_ads(), route_config_name=cluster_name(svc.hostname, p.number)),
-                http_filters=[router],
+                http_filters=[fault, router] if httproutes.has_fault(registry, svc.hostname) else [router],
             )
             lis = listener_pb2.Listener(name=name, api_listener=api_listener_pb2.ApiListener(api_listener=_pack(hcm)))
             vips = _vips(svc)
@@ -119,8 +127,8 @@ def _domains(svc: ServiceModel, port: int, domain: str) -> list[str]:
     route.go ``generateVirtualHostDomains``, ``generateAltVirtualHosts``): the host and
     the host with a trailing dot; for ``<name>.<ns>.svc.<domain>`` the short forms
     ``<name>``, ``<name>.<ns>.svc``, ``<name>.<ns>``; then the VIPs; each bare and
-    with ``:<port>``. istiod adds ``<name>`` only for clients in ``<ns>``; pymesh's
-    routes are shared by every client, so it is always there (docs/istiod-interop.md)."""
+    with ``:<port>``. istiod adds ``<name>`` only for clients in ``<ns>``; pymesh
+    adds it for every client (docs/istiod-interop.md §9)."""
     host = svc.hostname
     names = [host, f"{host}."]
     labels = host.split(".")
@@ -137,22 +145,14 @@ def _domains(svc: ServiceModel, port: int, domain: str) -> list[str]:
 def _hash_policies(policy: TrafficPolicy | None) -> list[Any]:
     if policy is None or policy.consistent_hash is None:
         return []
-    ch = policy.consistent_hash
-    hp = route_components_pb2.RouteAction.HashPolicy
-    if ch.get("httpHeaderName"):
-        return [hp(header=hp.Header(header_name=str(ch["httpHeaderName"])))]
-    if ch.get("useSourceIp"):
-        return [hp(connection_properties=hp.ConnectionProperties(source_ip=True))]
-    if ch.get("httpQueryParameterName"):
-        return [hp(query_parameter=hp.QueryParameter(name=str(ch["httpQueryParameterName"])))]
-    cookie = ch.get("httpCookie")
-    if isinstance(cookie, Mapping):
-        c = hp.Cookie(name=str(cookie.get("name", "")), path=str(cookie.get("path", "")))
-        return [hp(cookie=c)]
-    return []
+    hp = httproutes.hash_policy(policy.consistent_hash)
+    return [hp] if hp is not None else []
 
 
-def routes(registry: Registry) -> dict[str, Any]:
+def routes(registry: Registry, view: httproutes.RouteView | None = None) -> dict[str, Any]:
+    """One route configuration per service port; its routes from the VirtualService the
+    client's view selects (:mod:`.httproutes`), else istiod's default route."""
+    view = view or httproutes.RouteView()
     out: dict[str, Any] = {}
     for svc in registry.services:
         if not _routable(svc):
@@ -164,13 +164,8 @@ def routes(registry: Registry) -> dict[str, Any]:
                 continue
             name = cluster_name(svc.hostname, p.number)
             domains = _domains(svc, p.number, registry.domain)
-            route = route_components_pb2.Route(
-                match=route_components_pb2.RouteMatch(prefix="/"),
-                route=route_components_pb2.RouteAction(
-                    cluster=cluster_name(svc.hostname, p.number), hash_policy=hashing
-                ),
-            )
-            vh = route_components_pb2.VirtualHost(name=f"{svc.hostname}:{p.number}", domains=domains, routes=[route])
+            rs = httproutes.service_routes(svc, p.number, registry, view, hashing)
+            vh = route_components_pb2.VirtualHost(name=f"{svc.hostname}:{p.number}", domains=domains, routes=rs)
             out[name] = route_pb2.RouteConfiguration(name=name, virtual_hosts=[vh])
     return out
 

@@ -14,7 +14,7 @@ proxies by their ``ISTIO_VERSION``), ``pilot_xds_pushes{type}``,
 ``pilot_xds_push_time{type}``, ``pilot_xds_config_size_bytes{type}``,
 ``pilot_proxy_convergence_time``, ``pilot_total_xds_rejects{type}``,
 ``pilot_xds_{cds,eds,lds,rds}_reject{node,err}``, ``pilot_services``,
-``pilot_virt_services`` (0: pymesh serves no VirtualService) and, with the
+``pilot_virt_services`` and, with the
 CA, ``citadel_server_*``. Istio's sums keep its bare names (no ``_total``:
 :class:`pymesh.admin.IstioCounter`). What is counted, and where, is in
 :mod:`pymesh.controlplane.xdsmetrics`.
@@ -54,6 +54,7 @@ def _xds_view(cp: ControlPlane) -> dict[str, Any]:
         "metrics": cp.ads.metrics.copy(),
         "versions": versions,
         "services": len(cp.ads.snapshot.registry.services),
+        "virtual_services": cp.ads.snapshot.registry.virtual_services.total,
         "ca": None if sec is None else (dict(sec.stats), dict(sec.sign_errors), sec.expiry()),
     }
 
@@ -124,7 +125,9 @@ class _Collector(Collector):
             m.reject_series_dropped,
         )
         yield GaugeMetricFamily("pilot_services", "Total services known to pilot.", view["services"])
-        yield GaugeMetricFamily("pilot_virt_services", "Total virtual services known to pilot.", 0)
+        yield GaugeMetricFamily(
+            "pilot_virt_services", "Total virtual services known to pilot.", view["virtual_services"]
+        )
         if view["ca"] is not None:
             stats, sign_errors, (root_expiry, chain_expiry) = view["ca"]
             for name, key, doc in (

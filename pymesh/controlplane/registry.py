@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 
 from pymesh.controlplane import peerauth
 from pymesh.controlplane import vips as vipmod
+from pymesh.controlplane import virtualservice as vsmod
 from pymesh.controlplane.networks import (
     DEFAULT_CLUSTER_ID,
     NETWORK_LABEL,
@@ -128,6 +129,8 @@ class Registry:
     # Network gateways (pymesh.controlplane.networks) and the cluster every endpoint here is in.
     gateways: NetworkGateways = field(default_factory=NetworkGateways)
     cluster_id: str = DEFAULT_CLUSTER_ID
+    # VirtualServices bound to `mesh`, by resolved host (pymesh.controlplane.virtualservice).
+    virtual_services: vsmod.Index = field(default_factory=lambda: vsmod.index((), DEFAULT_DOMAIN))
 
     def peer_authentication(self, namespace: str, labels: Mapping[str, str]) -> str:
         """The effective inbound mTLS mode of a workload: STRICT, PERMISSIVE or DISABLE."""
@@ -304,6 +307,7 @@ def build_registry(
     rules: list[DestinationRule] = []
     groups: dict[tuple[str, str], WorkloadGroup] = {}
     peer_auth: list[PeerAuthentication] = []
+    virtual_services: list[vsmod.VirtualService] = []
     for o in objects:
         t = o.typed
         if isinstance(t, Service):
@@ -320,6 +324,8 @@ def build_registry(
             groups[(t.meta.namespace, t.meta.name)] = t
         elif isinstance(t, PeerAuthentication):
             peer_auth.append(t)
+        elif isinstance(t, vsmod.VirtualService):
+            virtual_services.append(t)
     for r in registered:
         entries.setdefault((r.meta.namespace, r.meta.name), r)
 
@@ -459,6 +465,9 @@ def build_registry(
     pa_index = peerauth.index(peer_auth)
     for name in peerauth.ignored(pa_index, root_namespace):
         log.warning("PeerAuthentication %s: a workload selector in the root namespace is ignored (as in Istio)", name)
+    vs_index = vsmod.index(virtual_services, domain)
+    for conflict in vs_index.conflicts:
+        log.warning("%s", conflict)
     ordered = tuple(sorted(models.values(), key=lambda m: m.hostname))
     return Registry(
         services=ordered,
@@ -474,6 +483,7 @@ def build_registry(
             ((f"{s.meta.name}.{s.meta.namespace}.svc.{domain}", s) for s in services), mesh, cluster_id
         ),
         cluster_id=cluster_id,
+        virtual_services=vs_index,
     )
 
 

@@ -1,5 +1,5 @@
 """The Kubernetes-style configuration model: Service and Pod (core/v1),
-Istio's WorkloadGroup, WorkloadEntry, ServiceEntry and DestinationRule
+Istio's WorkloadGroup, WorkloadEntry, ServiceEntry, DestinationRule and VirtualService
 (``networking.istio.io`` v1, v1beta1, v1alpha3 — one schema served under
 three versions, as istio/api does since PR #3188) and PeerAuthentication
 (``security.istio.io`` v1, v1beta1).
@@ -33,6 +33,8 @@ from pymesh.controlplane import schema
 from pymesh.controlplane import validation as v
 from pymesh.controlplane.configdir import YAML_SUFFIXES, Entry, ScanError, read, scan, transient
 from pymesh.controlplane.errors import ValidationError
+from pymesh.controlplane.virtualservice import VirtualService
+from pymesh.controlplane.virtualservice import parse as parse_vs_spec
 from pymesh.controlplane.yamlsafe import DEFAULT_LIMITS, Limits, YamlSyntaxError, units
 from pymesh.mesh.errors import ProbeError
 from pymesh.mesh.probe import parse_probe
@@ -54,6 +56,11 @@ KINDS: dict[str, tuple[tuple[str, ...], str, tuple[str, ...]]] = {
         tuple(f"{ISTIO_GROUP}/{x}" for x in ISTIO_VERSIONS),
         "destinationrules",
         ("dr", "destinationrule"),
+    ),
+    "VirtualService": (
+        tuple(f"{ISTIO_GROUP}/{x}" for x in ISTIO_VERSIONS),
+        "virtualservices",
+        ("vs", "virtualservice"),
     ),
     "PeerAuthentication": (
         tuple(f"{SECURITY_GROUP}/{x}" for x in SECURITY_VERSIONS),
@@ -239,7 +246,9 @@ class PeerAuthentication:
     created: float | None = None  # metadata.creationTimestamp (epoch seconds): Istio's oldest-wins tie-break
 
 
-Spec = Service | Pod | WorkloadGroup | WorkloadEntry | ServiceEntry | DestinationRule | PeerAuthentication
+Spec = (
+    Service | Pod | WorkloadGroup | WorkloadEntry | ServiceEntry | DestinationRule | VirtualService | PeerAuthentication
+)
 
 
 @dataclass(frozen=True)
@@ -676,6 +685,17 @@ def parse_peer_authentication(doc: Mapping[str, Any]) -> PeerAuthentication:
     return PeerAuthentication(meta=meta, selector=selector, mode=mode, created=created)
 
 
+def parse_virtual_service(doc: Mapping[str, Any]) -> VirtualService:
+    """:mod:`pymesh.controlplane.virtualservice` holds the model and Istio's rules."""
+    meta = _meta(doc, "VirtualService")
+    created = _timestamp(
+        v.mapping(doc.get("metadata"), "metadata").get("creationTimestamp"), "metadata.creationTimestamp"
+    )
+    spec = v.mapping(doc.get("spec"), "spec", required=True)
+    version = str(doc.get("apiVersion", "")).rpartition("/")[2] or "v1"
+    return parse_vs_spec(spec, meta, created, version)
+
+
 PARSERS: dict[str, Callable[[Mapping[str, Any]], Spec]] = {
     "Service": parse_service,
     "Pod": parse_pod,
@@ -683,6 +703,7 @@ PARSERS: dict[str, Callable[[Mapping[str, Any]], Spec]] = {
     "WorkloadEntry": parse_workload_entry,
     "ServiceEntry": parse_service_entry,
     "DestinationRule": parse_destination_rule,
+    "VirtualService": parse_virtual_service,
     "PeerAuthentication": parse_peer_authentication,
 }
 

@@ -300,7 +300,7 @@ _KEEP = (
     "x-kubernetes-preserve-unknown-fields",
     "x-kubernetes-int-or-string",
 )
-KINDS = ("WorkloadGroup", "WorkloadEntry", "ServiceEntry", "DestinationRule", "PeerAuthentication")
+KINDS = ("WorkloadGroup", "WorkloadEntry", "ServiceEntry", "DestinationRule", "VirtualService", "PeerAuthentication")
 
 
 def _reduce(schema: Mapping[str, Any]) -> dict[str, Any]:

@@ -59,6 +59,7 @@ from typing import Any, TypeVar
 import grpc
 
 from pymesh.controlplane.ads import DEFAULT_MAX_NODE_BYTES, AdsServer
+from pymesh.controlplane.applied import AppliedConfig
 from pymesh.controlplane.autoregistration import Registrations, unusable_address
 from pymesh.controlplane.backend import EtcdOptions, StoreBackend, open_store
 from pymesh.controlplane.configdir import Entry, ScanError, scan
@@ -190,6 +191,8 @@ class ControlPlane:
                 self.store = open_store(store, etcd=store_options)
             else:
                 self.store = store
+        # Objects `pymesh apply` wrote into the store, served with the directory's (applied.py).
+        self.applied = AppliedConfig(self.store) if self.store is not None else None
         self._objects: dict[Key, Object] = {}
         self._file_cache: FileCache = {}
         self.errors: list[ValidationError] = []
@@ -373,6 +376,8 @@ class ControlPlane:
     def _load(self, entries: tuple[Entry, ...], owners: dict[Key, str]) -> LoadResult:
         """Worker thread: parse what changed (the file cache skips the rest)."""
         result = load_path(self.config_dir, self._file_cache, limits=self.limits, entries=entries, owners=owners)
+        if self.applied is not None:
+            result = self.applied.merge(result, entries, owners)
         for o in result.objects:
             _ = o.body  # the store's JSON, computed here rather than on the loop
         return result
@@ -404,13 +409,16 @@ class ControlPlane:
             self.watch.last_scan = time.time()
             if self.networks_file is not None and await self._in_worker(self.networks_file.refresh):
                 self._mark_dirty("meshNetworks")  # gateways and networks: EDS (and NDS) views change
-            if not force and entries == self._fingerprint and not self._mirror_dirty:
+            # The applied configuration's version: polled here, at the watcher's interval.
+            applied = self.applied is not None and await self._in_worker(self.applied.changed)
+            same = entries == self._fingerprint and not applied
+            if not force and same and not self._mirror_dirty:
                 return False
-            if not force and entries == self._fingerprint:
+            if not force and same:
                 if not self._mirror_writes:
                     self._write_mirror()  # only the store needs a retry
                 return False
-            log.info("config changed under %s; reloading", self.config_dir)
+            log.info("config changed (%s); reloading", "applied, in the store" if applied else self.config_dir)
             result = await self._in_worker(self._load, entries, self._owners())
             self._apply(entries, result)
             self._after_reload()
@@ -768,6 +776,8 @@ class ControlPlane:
                 "vips": {"held": len(self.vips.allocations), "released": len(self.vips.released())},
                 "tls": dict(front.stats, pending=front.pending) if front is not None else None,
                 "networks": self._networks_status(),
+                # VirtualServices hidden for a host by an older one (pymesh.controlplane.virtualservice).
+                "virtual_service_conflicts": list(self.ads.snapshot.registry.virtual_services.conflicts),
             }
 
         return self.call_soon(run)

@@ -4,7 +4,8 @@ A :class:`Snapshot` is built once per (debounced) change from the registry.
 The resources a proxy receives depend only on a small *view* of the proxy
 (its client type for CDS, network and locality for EDS, DNS capture and IP
 families for NDS, namespace and labels for a sidecar's LDS — its
-PeerAuthentication — and nothing for RDS), so each (type, view) is generated
+PeerAuthentication — and namespace and labels for RDS: VirtualService exportTo
+and source matches), so each (type, view) is generated
 once per snapshot and shared by every connection with that view — where a
 naive server regenerates per connection (istiod caches the same way, keyed
 by the parts of the proxy a generator reads).
@@ -29,6 +30,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2
 
 from pymesh.controlplane import generators as gen
+from pymesh.controlplane.httproutes import RouteView
 from pymesh.controlplane.nametable import NdsView, build_name_table
 from pymesh.controlplane.node import Proxy
 from pymesh.controlplane.peerauth import VIRTUAL_INBOUND, PolicyView, virtual_inbound
@@ -71,6 +73,9 @@ def view_key(type_url: str, proxy: Proxy) -> Hashable:
         return gen.EdsView(network=proxy.network, locality=proxy.locality)
     if type_url == NDS:
         return NdsView(dns_capture=proxy.dns_capture, families=proxy.ip_families, network=proxy.network)
+    if type_url == RDS:
+        # VirtualService exportTo, sourceNamespace and sourceLabels (pymesh.controlplane.httproutes).
+        return RouteView.of(proxy.namespace, proxy.labels)
     if type_url == LDS and proxy.type == "sidecar" and proxy.generator != gen.GRPC:
         # Sidecars (the VM agent) also get the virtualInbound listener, which carries their
         # PeerAuthentication mode; proxyless gRPC clients keep the shared API listeners.
@@ -85,7 +90,8 @@ def generate(registry: Registry, type_url: str, key: Hashable) -> dict[str, Any]
             return {**gen.listeners(registry), VIRTUAL_INBOUND: inbound_listener(registry, key)}
         return gen.listeners(registry)
     if type_url == RDS:
-        return gen.routes(registry)
+        assert key is None or isinstance(key, RouteView)
+        return gen.routes(registry, key)
     if type_url == CDS:
         assert isinstance(key, str)
         return gen.clusters(registry, key)

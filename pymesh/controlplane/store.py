@@ -12,7 +12,10 @@ the Kubernetes API server):
   so it shows what the running control plane holds); it is updated by
   difference, so an edit writes the objects it changed, not the whole config;
 - the control plane's status (``status`` table, JSON by key): whether its
-  config watcher is failing and why, so ``pymesh get`` can say so.
+  config watcher is failing and why, so ``pymesh get`` can say so;
+- the applied configuration (``applied`` table, ``pymesh apply``), with a
+  change counter (``meta`` row ``applied_version``, bumped in the same
+  transaction as every applied write) that the control plane polls.
 
 WAL journal: ``pymesh get`` reads while the control plane writes. Every
 change is one transaction. One connection, used from the control plane's
@@ -53,6 +56,9 @@ CREATE TABLE IF NOT EXISTS configured (
     PRIMARY KEY (kind, namespace, name));
 CREATE TABLE IF NOT EXISTS rejected (seq INTEGER PRIMARY KEY, message TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS status (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS applied (
+    kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL, applied_at REAL NOT NULL, body TEXT NOT NULL,
+    PRIMARY KEY (kind, namespace, name));
 """
 
 
@@ -204,6 +210,46 @@ class Store:
         stmts.append(("DELETE FROM rejected", ()))
         stmts += [("INSERT INTO rejected (message) VALUES (?)", (m,)) for m in rejected]
         self._tx(stmts)
+
+    # applied configuration ---------------------------------------------------------
+
+    def applied(self) -> list[tuple[str, str, str, float, dict[str, Any]]]:
+        try:
+            with self._lock:
+                rows = self._db.execute(
+                    "SELECT kind, namespace, name, applied_at, body FROM applied ORDER BY kind, namespace, name"
+                ).fetchall()
+        except sqlite3.OperationalError as e:
+            if "no such table" in str(e):  # a read-only open of a database from before `pymesh apply`
+                return []
+            raise StoreError(f"{self.path}: {e}") from e
+        except sqlite3.Error as e:
+            raise StoreError(f"{self.path}: {e}") from e
+        return [(k, ns, n, float(t), json.loads(b)) for k, ns, n, t, b in rows]
+
+    def put_applied(
+        self, upserts: Iterable[tuple[str, str, str, float, str]], deleted: Iterable[tuple[str, str, str]]
+    ) -> None:
+        """Upserts (kind, namespace, name, applied at, JSON body) and deletions, one transaction."""
+        stmts: list[tuple[str, Iterable[Any]]] = [
+            ("DELETE FROM applied WHERE kind = ? AND namespace = ? AND name = ?", key) for key in deleted
+        ]
+        stmts += [
+            ("INSERT OR REPLACE INTO applied (kind, namespace, name, applied_at, body) VALUES (?, ?, ?, ?, ?)", row)
+            for row in upserts
+        ]
+        stmts.append(
+            (
+                "INSERT INTO meta (key, value) VALUES ('applied_version', '1') ON CONFLICT (key) "
+                "DO UPDATE SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT)",
+                (),
+            )
+        )
+        self._tx(stmts)
+
+    def applied_version(self) -> str:
+        rows = self._run("SELECT value FROM meta WHERE key = 'applied_version'")
+        return str(rows[0][0]) if rows else "0"
 
     # status ----------------------------------------------------------------------
 

@@ -16,9 +16,10 @@ from envoy.config.core.v3 import base_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.service.discovery.v3 import discovery_pb2
-from google.protobuf import struct_pb2
+from google.protobuf import struct_pb2, text_format
 
 from pymesh.mesh.xds import CDS, EDS, LDS, RDS
 from support.cp import AdsStream
@@ -60,6 +61,53 @@ def _route_clusters(routes: list[Any]) -> list[str]:
     return sorted(out)
 
 
+def _seconds(d: Any) -> float:
+    return d.seconds + d.nanos / 1e9
+
+
+def _route(r: Any) -> tuple[Any, ...]:
+    """A route as gRPC reads it (gRFC A28 matching, A31 timeout, A33 fault, A44 retries,
+    A42 hashing): the match, the cluster or weighted clusters, the timeout gRPC reads
+    (``max_stream_duration``), the retry policy, the fault and the hash policies."""
+    m = r.match
+    spec = m.WhichOneof("path_specifier")
+    path = (spec, m.safe_regex.regex if spec == "safe_regex" else getattr(m, spec) if spec else "")
+    match = (
+        path,
+        m.case_sensitive.value if m.HasField("case_sensitive") else None,
+        [text_format.MessageToString(h, as_one_line=True) for h in m.headers],
+        [text_format.MessageToString(q, as_one_line=True) for q in m.query_parameters],
+        text_format.MessageToString(m.runtime_fraction, as_one_line=True),
+    )
+    a = r.route
+    msd = a.max_stream_duration
+    timeout = _seconds(msd.max_stream_duration) if msd.HasField("max_stream_duration") else None
+    retry = None
+    if a.HasField("retry_policy"):
+        rp = a.retry_policy
+        retry = (rp.num_retries.value, rp.retry_on, _seconds(rp.per_try_timeout))
+    fault = None
+    if "envoy.filters.http.fault" in r.typed_per_filter_config:
+        f = fault_pb2.HTTPFault()
+        assert r.typed_per_filter_config["envoy.filters.http.fault"].Unpack(f)
+        fault = (
+            _seconds(f.delay.fixed_delay),
+            (f.delay.percentage.numerator, f.delay.percentage.denominator),
+            (f.abort.http_status, f.abort.grpc_status),
+            (f.abort.percentage.numerator, f.abort.percentage.denominator),
+        )
+    return (
+        match,
+        r.WhichOneof("action"),
+        a.cluster,
+        [(wc.name, wc.weight.value) for wc in a.weighted_clusters.clusters],
+        timeout,
+        retry,
+        fault,
+        [text_format.MessageToString(h, as_one_line=True) for h in a.hash_policy],
+    )
+
+
 def view(by_type: dict[str, list[Any]]) -> dict[str, Any]:
     """What a gRPC client acts on, in comparable form."""
     listeners = {
@@ -70,14 +118,7 @@ def view(by_type: dict[str, list[Any]]) -> dict[str, Any]:
             (
                 vh.name,
                 sorted(vh.domains),
-                [
-                    (
-                        r.match.prefix or "/",
-                        r.route.cluster,
-                        sorted((wc.name, wc.weight.value) for wc in r.route.weighted_clusters.clusters),
-                    )
-                    for r in vh.routes
-                ],
+                [_route(r) for r in vh.routes],
             )
             for vh in rc.virtual_hosts
         ]

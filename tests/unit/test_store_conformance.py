@@ -150,6 +150,43 @@ def test_large_writes_span_etcd_txn_limits(store: StoreBackend) -> None:
     assert store.vip_records() == vips
 
 
+def test_applied_configuration_and_its_version(store: StoreBackend) -> None:
+    """`pymesh apply`'s key space: upserts and deletes in one write, first-applied times kept as
+    given, apart from the configured mirror; the version token changes with every change (puts,
+    deletes, a delete alone) and only then."""
+    v0 = store.applied_version()
+    assert store.applied() == [] and store.applied_version() == v0
+    store.put_applied(
+        [("Service", "default", "b", 10.5, '{"spec": {"ports": [1]}}'),
+         ("Service", "default", "a/odd%", 11.0, '{"spec": {}}'),
+         ("WorkloadGroup", "ns", "g", 12.0, '{"x": "\u00e9"}')],
+        [],
+    )  # fmt: skip
+    assert store.applied() == [
+        ("Service", "default", "a/odd%", 11.0, {"spec": {}}),
+        ("Service", "default", "b", 10.5, {"spec": {"ports": [1]}}),
+        ("WorkloadGroup", "ns", "g", 12.0, {"x": "é"}),
+    ]
+    assert store.configured() == [] and store.configured_sources() == {}
+    v1 = store.applied_version()
+    assert v1 != v0 and store.applied_version() == v1
+    store.update_configured([("Service", "default", "x", "f.yaml", "{}")], [], [])  # the mirror: not applied
+    store.put_status("controlplane", {})
+    assert store.applied_version() == v1
+    store.put_applied([("Service", "default", "b", 10.5, '{"v": 2}')], [("Service", "default", "a/odd%")])
+    v2 = store.applied_version()
+    assert v2 not in (v0, v1)
+    assert [(k, n, b) for k, _, n, _, b in store.applied()] == [
+        ("Service", "b", {"v": 2}),
+        ("WorkloadGroup", "g", {"x": "é"}),
+    ]
+    store.put_applied([], [("WorkloadGroup", "ns", "g"), ("Service", "default", "missing")])  # a delete alone
+    v3 = store.applied_version()
+    assert v3 not in (v0, v1, v2) and [r[2] for r in store.applied()] == ["b"]
+    store.put_applied([], [("Service", "default", "b")])
+    assert store.applied() == [] and store.applied_version() not in (v1, v2, v3)
+
+
 def test_status_documents(store: StoreBackend) -> None:
     assert store.status("controlplane") is None
     store.put_status("controlplane", {"watcher": {"state": "failing", "since": 1.5}, "pid": 42})

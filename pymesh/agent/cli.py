@@ -36,7 +36,9 @@ import yaml
 from pymesh.agent.agent import Agent
 from pymesh.agent.bootstrap import load_bootstrap
 from pymesh.agent.config import AgentOptions
-from pymesh.mesh.defaults import OUTBOUND_PORT, default_dns_listen, loopback_listen
+from pymesh.mesh.addr import format_host_port, parse_host_port
+from pymesh.mesh.defaults import OUTBOUND_PORT, XDS_TLS_PORT, default_dns_listen, loopback_listen
+from pymesh.mesh.node import NETWORK
 
 
 def _options(args: argparse.Namespace) -> AgentOptions:
@@ -74,8 +76,8 @@ def _options(args: argparse.Namespace) -> AgentOptions:
     )
 
 
-def cmd_agent(args: argparse.Namespace) -> int:
-    b = load_bootstrap(
+def _bootstrap(args: argparse.Namespace) -> Any:
+    return load_bootstrap(
         args.config_dir,
         cluster_env=args.cluster_env,
         mesh=args.mesh_config,
@@ -85,14 +87,22 @@ def cmd_agent(args: argparse.Namespace) -> int:
         environ=os.environ,
         discovery_address=args.discovery_address,
     )
+
+
+def _dry_run(agent: Agent, output: str) -> int:
+    plan = agent.plan()
+    if output == "json":
+        print(json.dumps(plan, indent=2, sort_keys=False))
+    else:
+        print(yaml.safe_dump(plan, sort_keys=False, default_flow_style=False), end="")
+    return 0
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    b = _bootstrap(args)
     agent = Agent(b, _options(args))
     if args.dry_run:
-        plan = agent.plan()
-        if args.output == "json":
-            print(json.dumps(plan, indent=2, sort_keys=False))
-        else:
-            print(yaml.safe_dump(plan, sort_keys=False, default_flow_style=False), end="")
-        return 0
+        return _dry_run(agent, args.output)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -174,8 +184,81 @@ def cmd_agent(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(sub: Any) -> None:
-    p = sub.add_parser("agent", help="run the VM agent (join the mesh from Istio's VM files)")
+def _gateway_options(args: argparse.Namespace, b: Any) -> AgentOptions:
+    forward = args.forward
+    if forward is None:
+        # The control plane's TLS port through the gateway: where the gateway itself reaches it.
+        host = parse_host_port(args.xds_address or b.control_plane_target(), what="control plane").host
+        forward = [f"0.0.0.0:{XDS_TLS_PORT}={format_host_port(host, XDS_TLS_PORT)}"]
+    return AgentOptions(
+        dns_enabled=False,
+        state_dir=args.state_dir,
+        persist=not args.no_persist,
+        xds_address=args.xds_address,
+        backoff_max=args.backoff_max,
+        probe=False,
+        instance_ip=args.instance_ip,
+        pod_name=args.pod_name,
+        namespace=args.namespace,
+        # The network whose gateway this is (its endpoints are the ones it splices to); by default
+        # cluster.env's ISTIO_META_NETWORK. With none, every endpoint counts as local (istiod's
+        # Proxy.InNetwork: either side unset).
+        metadata={} if args.network is None else {NETWORK: args.network},
+        status_listen=args.status_listen or None,
+        capture=None,
+        inbound_passthrough=False,
+        control_plane_auth=args.control_plane_auth,
+        cert_dir=args.cert_dir,
+        proxy_type="router",
+        gateway_listen=args.sni_listen or ["0.0.0.0:15443"],
+        forward=[f for f in forward if f],
+    )
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    b = _bootstrap(args)
+    gw = Agent(b, _gateway_options(args, b))
+    if args.dry_run:
+        return _dry_run(gw, args.output)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+
+    def say(line: str) -> None:
+        print(f"pymesh gateway: {line}", flush=True)
+
+    say(f"node {gw.node.id}")
+    transport = "mTLS" if gw.control_plane_auth == "MUTUAL_TLS" else "plaintext"
+    say(f"control plane {gw.target} ({transport})")
+    gw.start()
+    for name, relay in gw.data.relays():
+        say(f"{name} on {', '.join(relay.addresses)}")
+    if gw.status_server is not None:
+        say(f"health on http://{gw.status_server.address}/healthz/ready")
+    seen: dict[str, Any] = {}
+    try:
+        while not stop.wait(0.5):
+            c = gw.client
+            state = c.state if c else "stopped"
+            if seen.get("state") != state:
+                seen["state"] = state
+                say(f"xDS {state}" + (f" ({c.last_error})" if c and state == "backoff" else ""))
+            clusters = len(gw.tables.lb)
+            if seen.get("clusters") != clusters:
+                seen["clusters"] = clusters
+                say(f"tables: {clusters} clusters")
+    finally:
+        gw.stop()
+        say("stopped")
+    return 0
+
+
+def _bootstrap_flags(p: Any) -> None:
     p.add_argument("--config-dir", metavar="DIR", help="the five files istioctl writes (cluster.env, mesh.yaml, ...)")
     p.add_argument("--cluster-env", metavar="FILE", help="default /var/lib/istio/envoy/cluster.env")
     p.add_argument("--mesh-config", metavar="FILE", help="default /etc/istio/config/mesh")
@@ -184,6 +267,58 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--hosts", metavar="FILE", help="default /etc/hosts")
     p.add_argument("--discovery-address", metavar="HOST:PORT", help="override mesh.yaml's discoveryAddress")
     p.add_argument("--xds-address", metavar="ADDR:PORT", help="connect here, bypassing discoveryAddress and hosts")
+    p.add_argument("--state-dir", metavar="DIR", help="where the last good tables are kept")
+    p.add_argument("--no-persist", action="store_true", help="do not save or load tables")
+    p.add_argument("--backoff-max", type=float, default=30.0, help="longest reconnect wait, seconds")
+    p.add_argument("--instance-ip", help="the workload's IP (default ISTIO_SVC_IP, else the host's first)")
+    p.add_argument("--pod-name", help="the id's name part (default POD_NAME, else hostname -s)")
+    p.add_argument("--namespace", help="default POD_NAMESPACE, else ISTIO_NAMESPACE, else default")
+    p.add_argument(
+        "--control-plane-auth",
+        type=str.upper,
+        choices=("MUTUAL_TLS", "NONE"),
+        help="TLS to the control plane (default: mesh.yaml's controlPlaneAuthPolicy, else NONE)",
+    )
+    p.add_argument("--cert-dir", metavar="DIR", help="where the workload certificate is kept (default <state>/certs)")
+    p.add_argument("--dry-run", action="store_true", help="print what would be configured and exit")
+    p.add_argument("--output", "-o", choices=("yaml", "json"), default="yaml", help="--dry-run format")
+    p.add_argument("--verbose", "-v", action="store_true")
+
+
+def add_commands(sub: Any) -> None:
+    g = sub.add_parser(
+        "gateway",
+        help="run an east-west gateway: AUTO_PASSTHROUGH by SNI (15443) and the control plane's 15012 passed through",
+    )
+    _bootstrap_flags(g)
+    g.add_argument(
+        "--network",
+        help="the network this gateway serves: AUTO_PASSTHROUGH reaches its endpoints only "
+        "(default: ISTIO_META_NETWORK from cluster.env; none: every endpoint)",
+    )
+    g.add_argument(
+        "--sni-listen",
+        action="append",
+        metavar="ADDR:PORT",
+        help="AUTO_PASSTHROUGH listener, routing by the TLS SNI (repeatable; default 0.0.0.0:15443)",
+    )
+    g.add_argument(
+        "--forward",
+        action="append",
+        metavar="LISTEN=TARGET",
+        help="pass a port unchanged to TARGET (repeatable; default 0.0.0.0:15012 to the control plane's 15012; "
+        "'' for none), e.g. 0.0.0.0:15017=10.0.0.1:15017",
+    )
+    g.add_argument(
+        "--status-listen",
+        default="0.0.0.0:15021",
+        metavar="ADDR:PORT",
+        help="health port: /healthz/ready, /stats/prometheus, /debug/clusters (default %(default)s; '' = off)",
+    )
+    g.set_defaults(func=cmd_gateway)
+
+    p = sub.add_parser("agent", help="run the VM agent (join the mesh from Istio's VM files)")
+    _bootstrap_flags(p)
     p.add_argument(
         "--dns-listen",
         action="append",
@@ -201,14 +336,8 @@ def add_commands(sub: Any) -> None:
     dns.add_argument("--no-dns", dest="dns", action="store_false", help="do not run the DNS proxy")
     p.add_argument("--dns-workers", type=int, default=0, help="UDP workers per address (default: one per core)")
     p.add_argument("--resolv-conf", default="/etc/resolv.conf", help="default %(default)s")
-    p.add_argument("--state-dir", metavar="DIR", help="where the last good tables are kept")
-    p.add_argument("--no-persist", action="store_true", help="do not save or load tables")
     p.add_argument("--delta", action="store_true", help="use incremental (delta) ADS instead of state-of-the-world")
-    p.add_argument("--backoff-max", type=float, default=30.0, help="longest reconnect wait, seconds")
     p.add_argument("--no-probe", action="store_true", help="do not run mesh.yaml's readinessProbe")
-    p.add_argument("--instance-ip", help="the workload's IP (default ISTIO_SVC_IP, else the host's first)")
-    p.add_argument("--pod-name", help="the id's name part (default POD_NAME, else hostname -s)")
-    p.add_argument("--namespace", help="default POD_NAMESPACE, else ISTIO_NAMESPACE, else default")
     p.add_argument(
         "--status-listen",
         default="127.0.0.1:15020",
@@ -239,13 +368,6 @@ def add_commands(sub: Any) -> None:
         metavar="PORT",
         help="inbound capture port where ISTIO_INBOUND_PORTS enables it (default INBOUND_CAPTURE_PORT, else 15006)",
     )
-    p.add_argument(
-        "--control-plane-auth",
-        type=str.upper,
-        choices=("MUTUAL_TLS", "NONE"),
-        help="TLS to the control plane (default: mesh.yaml's controlPlaneAuthPolicy, else NONE)",
-    )
-    p.add_argument("--cert-dir", metavar="DIR", help="where the workload certificate is kept (default <state>/certs)")
     p.add_argument("--cert-ttl", type=float, metavar="SECONDS", help="requested certificate lifetime (default 86400)")
     p.add_argument(
         "--inbound-mtls",
@@ -258,7 +380,4 @@ def add_commands(sub: Any) -> None:
         default="STRICT",
         help="inbound: mTLS only (STRICT) or also plaintext (PERMISSIVE)",
     )
-    p.add_argument("--dry-run", action="store_true", help="print what would be configured and exit")
-    p.add_argument("--output", "-o", choices=("yaml", "json"), default="yaml", help="--dry-run format")
-    p.add_argument("--verbose", "-v", action="store_true")
     p.set_defaults(func=cmd_agent)

@@ -109,6 +109,14 @@ class AgentOptions:
     control_plane_auth: str | None = None
     cert_dir: str | None = None
     cert_ttl: float | None = None
+    # The proxy type of the node id: "sidecar" (a VM's agent) or "router" (``pymesh gateway``).
+    proxy_type: str = "sidecar"
+    # A gateway's listeners (both off for a sidecar): AUTO_PASSTHROUGH on these addresses
+    # (Istio's 15443), routing by the TLS SNI to the clusters the control plane sends;
+    gateway_listen: Sequence[str] = ()
+    # and ports passed unchanged to one address, "LISTEN=TARGET" (15012, 15017: the control
+    # plane reached through the gateway, its TLS end to end).
+    forward: Sequence[str] = ()
 
 
 @dataclass(frozen=True)
@@ -211,6 +219,7 @@ def resolve(bootstrap: Bootstrap, options: AgentOptions | None = None) -> AgentC
         namespace=o.namespace,
         domain=o.domain,
         metadata=o.metadata,
+        node_type=o.proxy_type,
     )
     dns_enabled = o.dns_enabled if o.dns_enabled is not None else node.dns_capture
     resolv = read_resolv_conf(o.resolv_conf)
@@ -297,6 +306,32 @@ def capture_plan(cfg: CaptureConfig) -> dict[str, Any]:
     }
 
 
+def network_plan(c: AgentConfig) -> dict[str, Any]:
+    """The node's network and the gateways it uses, as far as the files say.
+    The network is the node metadata ``NETWORK`` (istioctl's ``--network``, as
+    ``ISTIO_META_NETWORK`` in cluster.env); the control plane sends endpoints of
+    other networks as their gateways' addresses (EDS), so the data-path gateways
+    are the control plane's to say; the control plane itself is reached at
+    ``discoveryAddress``, the east-west gateway's 15012 when the VM is on
+    another network."""
+    o = c.options
+    network = str(c.node.metadata.get(node_meta.NETWORK, ""))
+    out: dict[str, Any] = {
+        "name": network,
+        "control_plane_via": c.bootstrap.discovery_address,
+        "cross_network_endpoints": "all endpoints direct (no network set: every network counts as this one)",
+    }
+    if network:
+        out["cross_network_endpoints"] = (
+            "not reached: a gateway splices to its own network's endpoints only"
+            if o.proxy_type == "router"
+            else "through their network's gateway, as the control plane's EDS says"
+        )
+    if o.proxy_type == "router":
+        out["gateway"] = {"sni_listen": list(o.gateway_listen), "forward": list(o.forward)}
+    return out
+
+
 def plan(c: AgentConfig) -> dict[str, Any]:
     """The configuration as data (``pymesh agent --dry-run``)."""
     b, o = c.bootstrap, c.options
@@ -330,6 +365,7 @@ def plan(c: AgentConfig) -> dict[str, Any]:
         "probe": (c.probe.as_dict() | {"default_host": c.probe_host}) if c.probe else None,
         "state_dir": str(c.state_dir) if c.state_dir else None,
         "status_listen": o.status_listen,
+        "network": network_plan(c),
         "certificates": {"dir": str(c.cert_dir), "ttl": c.cert_ttl, "trust_domain": c.trust_domain}
         if c.control_plane_auth == "MUTUAL_TLS"
         else None,

@@ -38,7 +38,7 @@ from pymesh._native import PymeshError
 from pymesh.agent.config import AgentConfig, local_workload
 from pymesh.agent.errors import AgentError, XdsClientError
 from pymesh.agent.state import Tables
-from pymesh.mesh.addr import parse_host_port
+from pymesh.mesh.addr import format_host_port, parse_host_port
 from pymesh.mesh.errors import AddressError
 
 if TYPE_CHECKING:
@@ -54,6 +54,8 @@ class DataPath:
         self.proxy: Any = None  # pymesh.relay.OutboundProxy while running
         self.inbound: Any = None  # the inbound passthrough while inbound capture is on
         self.capture_rules: Any = None  # pymesh.capture.Capture while installed
+        self.gateway: Any = None  # the SNI (AUTO_PASSTHROUGH) listener of a gateway
+        self.forwards: list[tuple[str, Any]] = []  # a gateway's forwarded ports: (name, relay)
         self.capture_error = ""  # why the rules are not installed ("" when they are or were not asked for)
         self.identity = ""  # the SPIFFE identity the relay holds ("": none)
         self.mode: str | None = None  # the inbound mTLS mode applied (None: the listener's default)
@@ -104,6 +106,14 @@ class DataPath:
                 log.info("inbound passthrough on %s", ", ".join(self.inbound.addresses))
                 if peer_authentication is not None:
                     self.apply_peer_authentication(peer_authentication)  # the saved policy
+            if o.gateway_listen:
+                from pymesh.relay import start_sni_gateway
+
+                self.gateway = start_sni_gateway(tables.lb, listen=list(o.gateway_listen))
+                self.gateway.set_local_workload(local_workload(c))
+                log.info("gateway AUTO_PASSTHROUGH on %s", ", ".join(self.gateway.addresses))
+            for spec in o.forward:
+                self.forwards.append(start_forward_spec(spec))
             if c.install_capture is not None:
                 self._install_capture()
         except BaseException:
@@ -140,11 +150,19 @@ class DataPath:
             except PymeshError as e:
                 log.error("capture rules not removed: %s", e)
             self.capture_rules = None
-        for attr in ("inbound", "proxy", "dns"):
+        for _, relay in self.forwards:
+            relay.stop()
+        self.forwards = []
+        for attr in ("gateway", "inbound", "proxy", "dns"):
             part = getattr(self, attr)
             if part is not None:
                 part.stop()
                 setattr(self, attr, None)
+
+    def relays(self) -> list[tuple[str, Any]]:
+        """The relays running, by the name their metrics carry (``relay`` label)."""
+        named = [("outbound", self.proxy), ("inbound", self.inbound), ("gateway", self.gateway), *self.forwards]
+        return [(n, r) for n, r in named if r is not None]
 
     # --- what the control plane and the CA hand the data path -------------------------------
 
@@ -152,6 +170,8 @@ class DataPath:
         """New tables for new connections and queries (in the apply lock)."""
         if self.proxy is not None:
             self.proxy.swap_tables(redirect=tables.redirect, lb=tables.lb, logical_dns=tables.logical_dns)
+        if self.gateway is not None:
+            self.gateway.swap_tables(lb=tables.lb)
         if self.dns is not None and tables.names is not None:
             self.dns.server.swap_table(tables.names)
 
@@ -187,6 +207,31 @@ class DataPath:
         log.info("data path mTLS identity %s (certificate until %s)", held.spiffe_id, time.ctime(held.not_after))
         self.identity = held.spiffe_id
         return True
+
+
+def start_forward_spec(spec: str) -> tuple[str, Any]:
+    """A gateway's forwarded port from ``LISTEN=TARGET`` (the target's host
+    resolved now, its first address taken); named ``forward-<listen port>``."""
+    import socket
+
+    from pymesh.relay import start_forward
+
+    listen, sep, target = spec.partition("=")
+    if not sep:
+        raise AgentError(f"--forward {spec!r}: expected LISTEN=TARGET, e.g. 0.0.0.0:15012=10.0.0.1:15012")
+    try:
+        listen_at = parse_host_port(listen, what="forward listen", listen=True)
+        target_at = parse_host_port(target, what="forward target")
+    except AddressError as e:
+        raise AgentError(str(e)) from None
+    try:
+        info = socket.getaddrinfo(target_at.host, target_at.port, type=socket.SOCK_STREAM)
+    except OSError as e:
+        raise AgentError(f"--forward {spec!r}: cannot resolve {target_at.host!r}: {e}") from None
+    to = format_host_port(str(info[0][4][0]), target_at.port)
+    relay = start_forward([format_host_port(listen_at.host, listen_at.port)], to)
+    log.info("forwarding %s to %s (%s)", ", ".join(relay.addresses), to, target)
+    return f"forward-{listen_at.port}", relay
 
 
 def raise_nofile_limit() -> int:

@@ -111,6 +111,7 @@ def build_node(
     namespace: str | None = None,
     domain: str = DEFAULT_DOMAIN,
     metadata: Mapping[str, Any] | None = None,
+    node_type: str = "sidecar",
 ) -> NodeInfo:
     """The node for bootstrap ``b``; keyword arguments override what the
     files and environment say (``extra_ips=None`` asks the host)."""
@@ -154,7 +155,7 @@ def build_node(
     for k, v in (metadata or {}).items():
         md[k] = v
     try:
-        nid = node_id(ip, name, ns, domain)
+        nid = node_id(ip, name, ns, domain, node_type)
     except NodeIdError as e:
         raise BootstrapError(f"{e} (POD_NAME / POD_NAMESPACE)", key="POD_NAME") from None
     return NodeInfo(id=nid, ip=ip, ips=tuple(ips), name=name, namespace=ns, domain=domain, metadata=md)

@@ -136,9 +136,7 @@ class AgentCollector(Collector):
             g.add_metric(["default"], not_after - time.time())
             yield g
         yield from _per_type(st["xds_types"])
-        running = [
-            (r, p) for r, p in (("outbound", self.agent.proxy), ("inbound", self.agent.inbound)) if p is not None
-        ]
+        running = self.agent.data.relays()
         yield from _relays(running)
         yield from istio_tcp(proxy for _, proxy in running)
 

@@ -310,6 +310,9 @@ class EdsView:
 
     network: str = ""
     locality: str = ""
+    # A gateway (``router`` node) on a network: only that network's endpoints
+    # (:func:`pymesh.controlplane.networks.route`).
+    local_only: bool = False
 
 
 def _priority(ep_locality: str, proxy_locality: str) -> int:
@@ -372,7 +375,7 @@ def load_assignment(
             continue
         if any(ep.labels.get(k) != val for k, val in subset_labels.items()):
             continue
-        how, through = nets.route(ep.network, ep.tls_mode, cluster, view.network, gws)
+        how, through = nets.route(ep.network, ep.tls_mode, cluster, view.network, gws, local_only=view.local_only)
         if how == nets.DIRECT:
             direct.append(ep)
         elif how == nets.VIA_GATEWAY:

@@ -405,15 +405,26 @@ DIRECT, VIA_GATEWAY, DROPPED = "direct", "gateway", "dropped"
 
 
 def route(
-    ep_network: str, tls_mode: str, cluster: str, proxy_network: str, gateways: NetworkGateways
+    ep_network: str,
+    tls_mode: str,
+    cluster: str,
+    proxy_network: str,
+    gateways: NetworkGateways,
+    *,
+    local_only: bool = False,
 ) -> tuple[str, tuple[Gateway, ...]]:
     """How a proxy on ``proxy_network`` reaches an endpoint (``EndpointsByNetworkFilter``):
     directly when multi-network is off (no gateway anywhere), when it is in the
     proxy's network (or either is unset), or when its network has no gateway; else
     through its network's gateways when it takes Istio mTLS (the gateway routes by
-    the SNI of that mTLS); else not at all."""
+    the SNI of that mTLS); else not at all. ``local_only`` (a network's east-west
+    gateway): an endpoint of another network is not reached at all, since sending
+    it on to that network's gateway would only bounce traffic between gateways.
+    This is pymesh's choice where istiod applies the sidecar filter to gateways too."""
     if not gateways.enabled or in_network(ep_network, proxy_network):
         return DIRECT, ()
+    if local_only:
+        return DROPPED, ()
     gws = gateways.select(ep_network, cluster)
     if not gws:
         return DIRECT, ()

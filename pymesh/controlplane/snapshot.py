@@ -70,7 +70,10 @@ def view_key(type_url: str, proxy: Proxy) -> Hashable:
     if type_url == CDS:
         return proxy.generator
     if type_url == EDS:
-        return gen.EdsView(network=proxy.network, locality=proxy.locality)
+        # A network's gateway splices to its own network's endpoints only (never on to another
+        # gateway): the AUTO_PASSTHROUGH port is where other networks' traffic comes in.
+        local = proxy.type == "router" and bool(proxy.network)
+        return gen.EdsView(network=proxy.network, locality=proxy.locality, local_only=local)
     if type_url == NDS:
         return NdsView(dns_capture=proxy.dns_capture, families=proxy.ip_families, network=proxy.network)
     if type_url == RDS:

@@ -63,8 +63,10 @@ __all__ = [
     "OutboundProxy",
     "TlsConfigError",
     "original_destination",
+    "start_forward",
     "start_inbound_passthrough",
     "start_outbound_proxy",
+    "start_sni_gateway",
 ]
 
 
@@ -140,5 +142,66 @@ def start_inbound_passthrough(
         hello_timeout=hello_timeout,
     )
     proxy.set_peer_authentication(peer_authentication)
+    proxy.start()
+    return proxy
+
+
+def start_sni_gateway(
+    lb: LbTable,
+    *,
+    listen: Sequence[str] = ("0.0.0.0:15443",),
+    connect_timeout: float = 10.0,
+    connect_attempts: int = 3,
+    max_connections: int | None = None,
+    hello_timeout: float = 3.0,
+    idle_timeout: float | None = 3600.0,
+) -> OutboundProxy:
+    """Starts an east-west gateway's ``AUTO_PASSTHROUGH`` listener (Istio's
+    15443): each connection's TLS ClientHello is read without being answered,
+    its SNI ``outbound_.<port>_.<subset>_.<host>`` names the cluster
+    ``outbound|<port>|<subset>|<host>`` of ``lb``, an endpoint of it is picked
+    and the still-encrypted bytes are spliced to it (``auto_mtls`` off: the
+    gateway never terminates or originates TLS). Not a ClientHello, no such
+    name, or an unknown cluster: reset, and counted in ``stats()``
+    (``not_tls``, ``sni_refused``, ``unknown_cluster``)."""
+    proxy = OutboundProxy(
+        RedirectTable.from_dict({}),
+        lb,
+        listen=list(listen),
+        connect_timeout=connect_timeout,
+        connect_attempts=connect_attempts,
+        max_connections=max_connections,
+        hello_timeout=hello_timeout,
+        idle_timeout=idle_timeout,
+        auto_mtls=False,
+        mode="sni",
+    )
+    proxy.start()
+    return proxy
+
+
+def start_forward(
+    listen: Sequence[str],
+    target: str,
+    *,
+    connect_timeout: float = 10.0,
+    max_connections: int | None = None,
+    idle_timeout: float | None = 3600.0,
+) -> OutboundProxy:
+    """Starts a listener whose every connection is passed, bytes unchanged,
+    to ``target`` (``IP:PORT``): a gateway's 15012 and 15017 to the control
+    plane, whose TLS runs end to end between the VM and the control plane."""
+    proxy = OutboundProxy(
+        RedirectTable.from_dict({}),
+        LbTable(),
+        listen=list(listen),
+        connect_timeout=connect_timeout,
+        connect_attempts=1,
+        max_connections=max_connections,
+        idle_timeout=idle_timeout,
+        auto_mtls=False,
+        mode="forward",
+        forward_to=target,
+    )
     proxy.start()
     return proxy

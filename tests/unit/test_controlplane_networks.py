@@ -147,6 +147,19 @@ def test_other_network_with_gateway_and_mtls_becomes_the_gateway_with_the_summed
     ]
 
 
+def test_a_networks_gateway_gets_its_own_networks_endpoints_only() -> None:
+    # A router (east-west gateway) on network-a: network-b's endpoints are neither sent
+    # nor replaced by network-b's gateway, which would bounce traffic between gateways.
+    reg = registry(entry("a1", "10.0.0.1", "network-a") + entry("b1", "10.1.0.1", "network-b"), NET_B_GW)
+    cla = gen.endpoints(reg, gen.EdsView(network="network-a", local_only=True))[CL]
+    assert [e[:3] for e in _flat(cla)] == [("10.0.0.1", 80, 1)]
+    # A sidecar on the same network reaches network-b through its gateway.
+    assert [e[:3] for e in endpoints(reg, "network-a")] == [("10.0.0.1", 80, 1), ("192.0.2.100", 15443, 1)]
+    # A router without a network sees every endpoint as it is.
+    cla = gen.endpoints(reg, gen.EdsView(network="", local_only=False))[CL]
+    assert [e[0] for e in _flat(cla)] == ["10.0.0.1", "10.1.0.1"]
+
+
 def test_other_network_without_mtls_is_dropped_and_reported() -> None:
     reg = registry(
         entry("a1", "10.0.0.1", "network-a") + entry("b1", "10.1.0.1", "network-b", mtls=False),

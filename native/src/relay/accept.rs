@@ -28,7 +28,7 @@ use super::metrics::{Opened, Tally};
 use super::splice::{pump, End};
 use super::tls::pump::{handshake, with_deadline, HandshakeError, Sides};
 use super::tls::{peer_matches, PeerIdentity};
-use super::{inbound, monotonic_ms, original_destination, outbound, Serving, Shared};
+use super::{gateway, inbound, monotonic_ms, original_destination, outbound, Mode, Serving, Shared};
 
 /// Outlier-detection sweeps (ejected endpoints coming back) run at least
 /// this often even when no outcome is reported.
@@ -151,6 +151,12 @@ async fn serve(ctx: Ctx<'_>, client: &TcpStream) {
     let (sh, c) = (ctx.sh, &ctx.sh.counters);
     let _ = client.set_nodelay(true);
     keepalive(client, sh.cfg.keepalive);
+    // A gateway's connections were addressed to it, not redirected.
+    match sh.cfg.mode {
+        Mode::Sni => return gateway::sni(ctx, client).await,
+        Mode::Forward(to) => return gateway::forward(ctx, client, to).await,
+        Mode::Outbound | Mode::Inbound => {}
+    }
     let local = client.local_addr().ok();
     let v6 = local.is_some_and(|a| a.is_ipv6());
     let orig = match original_destination(client.as_fd(), v6) {
@@ -163,7 +169,7 @@ async fn serve(ctx: Ctx<'_>, client: &TcpStream) {
             return;
         }
     };
-    if sh.cfg.inbound {
+    if sh.cfg.mode == Mode::Inbound {
         inbound::serve(ctx, client, orig).await;
     } else {
         outbound::serve(ctx, client, orig).await;
@@ -179,7 +185,7 @@ pub(super) async fn connect<'a>(ctx: Ctx<'a>, addr: SocketAddr) -> std::io::Resu
     if let Some(m) = cfg.mark {
         s.set_mark(m)?;
     }
-    if cfg.inbound {
+    if cfg.mode == Mode::Inbound {
         let src: SocketAddr = match addr {
             SocketAddr::V4(_) => (INBOUND_SOURCE_V4, 0).into(),
             SocketAddr::V6(_) => {

@@ -83,6 +83,8 @@
 
 mod accept;
 mod admit;
+mod gateway;
+pub mod hello;
 mod inbound;
 mod limits;
 pub mod metrics;
@@ -205,10 +207,37 @@ pub struct RelayConfig {
     /// A connection with no bytes in either direction for this long is
     /// closed (Envoy tcp_proxy `idle_timeout`, default 1 hour); None: never.
     pub idle_timeout: Option<Duration>,
-    /// Inbound mode (port 15006): pass every connection through to its
-    /// original destination (the local app) from 127.0.0.6 / ::6, as
+    /// What the listeners are for: outbound capture (15001), inbound
+    /// capture (15006), or a gateway's SNI or fixed-target passthrough.
+    pub mode: Mode,
+}
+
+/// What a relay's listeners serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Captured outbound connections (port 15001), routed by their original
+    /// destination through the tables.
+    #[default]
+    Outbound,
+    /// Captured inbound connections (port 15006): every one passed through
+    /// to its original destination (the local app) from 127.0.0.6 / ::6, as
     /// Istio's inbound passthrough does, without consulting the tables.
-    pub inbound: bool,
+    Inbound,
+    /// An east-west gateway's `AUTO_PASSTHROUGH` port (15443): the cluster
+    /// is named by the SNI of the client's still-encrypted ClientHello
+    /// (`outbound_.<port>_.<subset>_.<host>`), an endpoint of it picked from
+    /// the tables and the bytes spliced unchanged ([`gateway`]).
+    Sni,
+    /// A gateway's port forwarded as is to one address (15012 and 15017 to
+    /// the control plane: TLS passthrough, never terminated).
+    Forward(SocketAddr),
+}
+
+impl Mode {
+    /// Peers of this listener are remote hosts (not this host's processes).
+    pub fn remote_peers(self) -> bool {
+        self != Mode::Outbound
+    }
 }
 
 impl Default for RelayConfig {
@@ -227,7 +256,7 @@ impl Default for RelayConfig {
             pipe_size: 1 << 18,
             seed: None,
             idle_timeout: Some(Duration::from_secs(3600)),
-            inbound: false,
+            mode: Mode::Outbound,
         }
     }
 }
@@ -235,11 +264,11 @@ impl Default for RelayConfig {
 impl RelayConfig {
     /// The limits this configuration gets with the descriptor budget now.
     pub fn limits(&self) -> Limits {
-        let inbound = self.inbound;
+        let remote = self.mode.remote_peers();
         Limits::derive(
             self.max_connections,
             self.max_connections_per_source,
-            |max| if inbound { (max / 4).max(1) } else { max },
+            |max| if remote { (max / 4).max(1) } else { max },
             limits::fd_budget(),
         )
     }
@@ -269,6 +298,8 @@ pub(crate) struct Counters {
     pub(crate) bytes_received: AtomicU64,
     pub(crate) resets: AtomicU64,
     pub(crate) idle_timeouts: AtomicU64,
+    pub(crate) not_tls: AtomicU64,
+    pub(crate) sni_refused: AtomicU64,
 }
 
 /// A copy of the counters.
@@ -318,6 +349,12 @@ pub struct RelayStats {
     pub resets: u64,
     /// Connections closed by `idle_timeout`.
     pub idle_timeouts: u64,
+    /// Gateway (SNI): connections whose first bytes were not a TLS
+    /// ClientHello (or a malformed one), refused.
+    pub not_tls: u64,
+    /// Gateway (SNI): ClientHellos without a server name of Istio's form
+    /// `outbound_.<port>_.<subset>_.<host>`, refused.
+    pub sni_refused: u64,
     /// Connections left out of the Istio TCP metrics because their label
     /// set would have exceeded the cap ([`metrics::DEFAULT_MAX_SERIES`]).
     pub metric_series_dropped: u64,
@@ -476,7 +513,11 @@ impl Relay {
             .worker_threads(workers)
             // getaddrinfo for LOGICAL_DNS clusters only.
             .max_blocking_threads(4)
-            .thread_name(if self.shared.cfg.inbound { "pymesh-relay-in" } else { "pymesh-relay" })
+            .thread_name(match self.shared.cfg.mode {
+                Mode::Outbound => "pymesh-relay",
+                Mode::Inbound => "pymesh-relay-in",
+                Mode::Sni | Mode::Forward(_) => "pymesh-gateway",
+            })
             .enable_all()
             .build()
             .map_err(|e| io_err("tokio runtime", e))?;
@@ -592,6 +633,8 @@ impl Relay {
             bytes_received: g(&c.bytes_received),
             resets: g(&c.resets),
             idle_timeouts: g(&c.idle_timeouts),
+            not_tls: g(&c.not_tls),
+            sni_refused: g(&c.sni_refused),
             metric_series_dropped: self.shared.metrics.dropped(),
         }
     }

@@ -52,6 +52,16 @@ pub(super) async fn serve(ctx: Ctx<'_>, client: &TcpStream, orig: SocketAddr) {
         return;
     };
     let name = redirect.cluster_name(verdict).unwrap_or_default();
+    to_cluster(ctx, client, &routes, name).await;
+}
+
+/// A connection for cluster `name` (from the redirection table, or a
+/// gateway's SNI): an endpoint picked with the cluster's policy, connect
+/// retries, outlier reports, mTLS origination per endpoint (never when
+/// `auto_mtls` is off, as on a gateway, which passes the client's TLS on),
+/// then relayed.
+pub(super) async fn to_cluster(ctx: Ctx<'_>, client: &TcpStream, routes: &Routes, name: &str) {
+    let (sh, c) = (ctx.sh, &ctx.sh.counters);
     let Some(cluster) = routes.lb.lb().cluster(name) else {
         match routes.logical_dns.get(name) {
             Some((host, port)) => logical_dns(ctx, client, name, host, *port).await,

@@ -16,7 +16,7 @@ use super::admit::{ConnState, Phase, Refused, Registry, EVICTABLE_IDLE_MS};
 use super::inbound::{detect, Detected};
 use super::limits::{connections_for, Limits, SourceKey};
 use super::splice::{pump, End, PipePool};
-use super::{monotonic_ms, Relay, RelayConfig, Routes};
+use super::{monotonic_ms, Mode, Relay, RelayConfig, Routes};
 use crate::lb::{Capture, LbTable, RedirectTable};
 
 fn rt() -> tokio::runtime::Runtime {
@@ -394,7 +394,7 @@ fn the_relay_serves_from_its_workers_alone_however_many_connections_come() {
             .filter(|name| name.trim() == "pymesh-relay-in")
             .count()
     };
-    let relay = Relay::new(RelayConfig { workers: 2, inbound: true, ..cfg("127.0.0.1:0") }, routes()).unwrap();
+    let relay = Relay::new(RelayConfig { workers: 2, mode: Mode::Inbound, ..cfg("127.0.0.1:0") }, routes()).unwrap();
     let addrs = relay.start().unwrap();
     let wait_for = |n: usize| {
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -482,4 +482,104 @@ fn both_sockets_get_keepalive_and_a_user_timeout() {
         super::accept::keepalive(&b, None);
         assert!(!socket2::SockRef::from(&b).keepalive().unwrap());
     });
+}
+
+/// A ClientHello from rustls to `sni` (the handshake is never finished:
+/// the backend only has to see these bytes unchanged).
+fn client_hello(sni: &str) -> Vec<u8> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cfg =
+        rustls::ClientConfig::builder().with_root_certificates(rustls::RootCertStore::empty()).with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(sni.to_owned()).unwrap();
+    let mut conn = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
+    let mut out = Vec::new();
+    conn.write_tls(&mut out).unwrap();
+    out
+}
+
+/// A gateway relay (SNI mode) whose one cluster `outbound|80||b.ns.svc.cluster.local`
+/// has the endpoint `backend`.
+fn sni_gateway(backend: SocketAddr) -> Relay {
+    let c = serde_json::json!([{"name": "outbound|80||b.ns.svc.cluster.local", "type": "EDS",
+        "lb_policy": "ROUND_ROBIN", "load_assignment": {"cluster_name": "outbound|80||b.ns.svc.cluster.local",
+        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address":
+            {"address": backend.ip().to_string(), "port_value": backend.port()}}}}]}]}}]);
+    let lb = LbTable::new(Some(1), None);
+    lb.set_clusters(crate::lb::xds::clusters_from_value(&c, "test").unwrap(), 0);
+    let redirect = RedirectTable::build(&[], &Capture::default()).unwrap();
+    let routes = Routes::new(Arc::new(redirect), Arc::new(lb));
+    let cfg = RelayConfig {
+        mode: Mode::Sni,
+        auto_mtls: false,
+        hello_timeout: Duration::from_millis(500),
+        ..cfg("127.0.0.1:0")
+    };
+    Relay::new(cfg, routes).unwrap()
+}
+
+#[test]
+fn the_sni_gateway_splices_the_client_hello_unchanged_to_the_cluster_named_by_its_sni() {
+    let backend = TcpListener::bind("127.0.0.1:0").unwrap();
+    let relay = sni_gateway(backend.local_addr().unwrap());
+    let addr = relay.start().unwrap()[0];
+    let hello = client_hello("outbound_.80_._.b.ns.svc.cluster.local");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    // In two pieces: the gateway waits for the whole hello.
+    s.write_all(&hello[..7]).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    s.write_all(&hello[7..]).unwrap();
+    let (mut up, _) = backend.accept().unwrap();
+    up.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = vec![0u8; hello.len()];
+    up.read_exact(&mut got).unwrap();
+    assert_eq!(got, hello);
+    up.write_all(b"answer").unwrap();
+    let mut back = [0u8; 6];
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"answer");
+    assert_eq!(relay.stats().cluster, 1);
+}
+
+#[test]
+fn the_sni_gateway_refuses_and_counts_what_it_cannot_route() {
+    let backend = TcpListener::bind("127.0.0.1:0").unwrap();
+    let relay = sni_gateway(backend.local_addr().unwrap());
+    let addr = relay.start().unwrap()[0];
+    let closed = |bytes: &[u8]| {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.write_all(bytes).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 8];
+        assert!(matches!(s.read(&mut buf), Ok(0) | Err(_)));
+    };
+    closed(b"GET / HTTP/1.1\r\nHost: b\r\n\r\n");
+    closed(&client_hello("b.ns.svc.cluster.local"));
+    closed(&client_hello("inbound_.80_._.b.ns.svc.cluster.local"));
+    closed(&client_hello("outbound_.81_._.b.ns.svc.cluster.local"));
+    // Silent past the hello timeout.
+    closed(&[]);
+    let st = relay.stats();
+    assert_eq!((st.not_tls, st.sni_refused, st.unknown_cluster, st.hello_timeouts, st.cluster), (1, 2, 1, 1, 0));
+    backend.set_nonblocking(true).unwrap();
+    assert!(backend.accept().is_err(), "nothing reached the backend");
+}
+
+#[test]
+fn a_forward_listener_passes_bytes_both_ways_to_its_one_address() {
+    let backend = TcpListener::bind("127.0.0.1:0").unwrap();
+    let cfg = RelayConfig { mode: Mode::Forward(backend.local_addr().unwrap()), ..cfg("127.0.0.1:0") };
+    let relay = Relay::new(cfg, routes()).unwrap();
+    let addr = relay.start().unwrap()[0];
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"\x16\x03\x01hello").unwrap();
+    let (mut up, _) = backend.accept().unwrap();
+    let mut got = [0u8; 8];
+    up.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"\x16\x03\x01hello");
+    up.write_all(b"ok").unwrap();
+    let mut back = [0u8; 2];
+    s.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"ok");
+    assert_eq!(relay.stats().passthrough, 1);
 }

@@ -43,6 +43,37 @@ fn seconds(field: &str, v: f64) -> PyResult<Duration> {
         .ok_or_else(|| ConfigError::new_err(format!("{field}: {v} is not a positive duration in seconds")))
 }
 
+/// `mode` (`outbound`, `inbound`, `sni`, `forward`; `inbound=True` is
+/// `mode="inbound"`) and, for `forward`, `forward_to` (`ADDR:PORT`).
+fn relay_mode(mode: Option<&str>, inbound: bool, forward_to: Option<&str>) -> PyResult<core::Mode> {
+    let mode = match (mode, inbound) {
+        (None, false) => "outbound",
+        (None, true) => "inbound",
+        (Some(m), false) => m,
+        (Some(m), true) if m == "inbound" => m,
+        (Some(m), true) => return Err(ConfigError::new_err(format!("mode: {m:?} contradicts inbound=True"))),
+    };
+    if mode != "forward" && forward_to.is_some() {
+        return Err(ConfigError::new_err(format!("forward_to: only for mode \"forward\", not {mode:?}")));
+    }
+    Ok(match mode {
+        "outbound" => core::Mode::Outbound,
+        "inbound" => core::Mode::Inbound,
+        "sni" => core::Mode::Sni,
+        "forward" => {
+            let to = forward_to.ok_or_else(|| ConfigError::new_err("forward_to: mode \"forward\" needs ADDR:PORT"))?;
+            core::Mode::Forward(to.parse().map_err(|_| {
+                ConfigError::new_err(format!("forward_to: {to:?} is not an address ADDR:PORT (IPv6 as [ADDR]:PORT)"))
+            })?)
+        }
+        other => {
+            return Err(ConfigError::new_err(format!(
+                "mode: {other:?} is not one of \"outbound\", \"inbound\", \"sni\", \"forward\""
+            )))
+        }
+    })
+}
+
 /// The outbound proxy on 15001 (see `pymesh.relay`).
 #[pyclass(frozen, module = "pymesh._native")]
 #[derive(Debug)]
@@ -74,6 +105,8 @@ impl OutboundProxy {
         keepalive = Some(60.0),
         workers = 0,
         auto_mtls = true,
+        mode = None,
+        forward_to = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -95,7 +128,10 @@ impl OutboundProxy {
         keepalive: Option<f64>,
         workers: usize,
         auto_mtls: bool,
+        mode: Option<String>,
+        forward_to: Option<String>,
     ) -> PyResult<OutboundProxy> {
+        let mode = relay_mode(mode.as_deref(), inbound, forward_to.as_deref())?;
         let listen = listen
             .iter()
             .enumerate()
@@ -121,7 +157,7 @@ impl OutboundProxy {
             pipe_size,
             seed,
             idle_timeout: idle_timeout.map(|t| seconds("idle_timeout", t)).transpose()?,
-            inbound,
+            mode,
         };
         let logical = Arc::new(logical_dns.unwrap_or_default());
         let routes = Routes {
@@ -217,6 +253,8 @@ impl OutboundProxy {
             ("bytes_received", s.bytes_received),
             ("resets", s.resets),
             ("idle_timeouts", s.idle_timeouts),
+            ("not_tls", s.not_tls),
+            ("sni_refused", s.sni_refused),
             ("metric_series_dropped", s.metric_series_dropped),
         ] {
             d.set_item(k, v)?;

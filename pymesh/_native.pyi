@@ -25,6 +25,8 @@ __all__ = [
     "dns_answer",
     "lb_hash_key",
     "lb_priority_load",
+    "mx_frame",
+    "mx_parse",
     "original_destination",
 ]
 
@@ -275,3 +277,5 @@ class OutboundProxy:
     def running(self) -> bool: ...
 
 def original_destination(fd: int, ipv6: bool) -> str: ...
+def mx_frame(workload: Mapping[str, str]) -> bytes: ...
+def mx_parse(frame: bytes) -> dict[str, str]: ...

@@ -221,16 +221,16 @@ pub fn workload_namespace(workload: &str) -> &str {
 pub mod alpn {
     /// What a sidecar offers on in-mesh TCP (istio
     /// `pilot/pkg/networking/util/util.go`, `ALPNInMeshWithMxc`).
-    pub const OUTBOUND_TCP: [&str; 2] = ["istio-peer-exchange", "istio"];
+    pub const OUTBOUND_TCP: [&str; 2] = [PEER_EXCHANGE, "istio"];
+    /// Istio's TCP metadata exchange (istio/proxy `metadata_exchange`).
+    pub const PEER_EXCHANGE: &str = "istio-peer-exchange";
     /// What the inbound negotiates, in preference order: the TCP values,
-    /// Istio's HTTP ones (istio `pilot/pkg/networking/core/listener.go`,
-    /// `allIstioMtlsALPNs`) and plain h2 / http/1.1. `istio` comes first on
-    /// purpose: when `istio-peer-exchange` is negotiated, an Envoy client's
-    /// MetadataExchange filter sends its peer-metadata header before the
-    /// payload, which a relay would hand to the app; with `istio` it sends
-    /// the payload directly.
+    /// metadata exchange first as Envoy's inbound TLS context lists it
+    /// (the relay speaks it: `relay::mx`), Istio's HTTP ones (istio
+    /// `pilot/pkg/networking/core/listener.go`, `allIstioMtlsALPNs`) and
+    /// plain h2 / http/1.1.
     pub const INBOUND: [&str; 7] =
-        ["istio", "istio-peer-exchange", "istio-http/1.0", "istio-http/1.1", "istio-h2", "h2", "http/1.1"];
+        [PEER_EXCHANGE, "istio", "istio-http/1.0", "istio-http/1.1", "istio-h2", "h2", "http/1.1"];
     /// What a sidecar offers for HTTP/2 over mTLS (istio
     /// `pilot/pkg/xds/filters/filters.go`, `mtlsHTTP2ALPN`, set by the
     /// `istio.alpn` filter).

@@ -253,8 +253,8 @@ def resolve(bootstrap: Bootstrap, options: AgentOptions | None = None) -> AgentC
 
 
 def local_workload(c: AgentConfig) -> dict[str, str]:
-    """This workload as Istio's telemetry labels it (the relays'
-    ``set_local_workload``): istio-agent's node metadata ``WORKLOAD_NAME``
+    """This workload as Istio's telemetry labels it and the metadata exchange
+    describes it (the relays' ``set_local_workload``): istio-agent's node metadata ``WORKLOAD_NAME``
     (else the auto-registration group, the ``service.istio.io/workload-name``
     label, the instance name: istiod's ``WorkloadNameFromWorkloadEntry``
     order), ``NAMESPACE``, ``CLUSTER_ID``, the ``LABELS``; the canonical
@@ -284,6 +284,9 @@ def local_workload(c: AgentConfig) -> dict[str, str]:
         "canonical_service": b.get("CANONICAL_SERVICE").strip() or node_meta.canonical_service(labels, workload),
         "canonical_revision": b.get("CANONICAL_REVISION").strip() or node_meta.canonical_revision(labels),
         "cluster": str(md.get(node_meta.CLUSTER_ID) or ""),
+        # What the relays' metadata exchange (istio-peer-exchange) tells peers besides.
+        "name": c.node.name,
+        "node_id": c.node.id,
     }
 
 

@@ -18,9 +18,11 @@ MTLS_HTTP10 = ("istio-http/1.0", "istio", "http/1.0")
 MTLS_HTTP = ("istio-http/1.0", "istio-http/1.1", "istio-h2")
 # What an inbound mTLS filter chain matches (istiod's virtualInbound).
 INBOUND_CHAIN_MATCH = ("istio-peer-exchange", "istio", "istio-http/1.0", "istio-http/1.1", "istio-h2")
-# What the native inbound selects, in order: ``istio`` before ``istio-peer-exchange``, so an
-# Envoy client that offers both does not start the metadata exchange with a peer that does
-# not speak it; then the HTTP markers and plain HTTP's values.
-INBOUND_PREFERENCE = ("istio", "istio-peer-exchange", "istio-http/1.0", "istio-http/1.1", "istio-h2", "h2", "http/1.1")
-# What the Python reference inbound (pymesh.relay.pytls) accepts.
-INBOUND_SERVER = (*MTLS_TCP, *MTLS_HTTP, "h2", "http/1.1")
+# What the native inbound selects, in order: the metadata exchange first, as Envoy's inbound
+# TLS context lists it (the native relay speaks it), then ``istio``, the HTTP markers and plain
+# HTTP's values.
+INBOUND_PREFERENCE = ("istio-peer-exchange", "istio", "istio-http/1.0", "istio-http/1.1", "istio-h2", "h2", "http/1.1")
+# The Python reference data path (pymesh.relay.pytls) does not speak the metadata exchange, so
+# it neither offers nor accepts ``istio-peer-exchange`` (an Envoy peer then sends no frame).
+PYTLS_TCP = ("istio",)
+INBOUND_SERVER = ("istio", *MTLS_HTTP, "h2", "http/1.1")

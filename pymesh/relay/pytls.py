@@ -65,7 +65,7 @@ from pymesh.mesh.pki import spiffe_ids
 
 log = logging.getLogger(__name__)
 
-ALPN_TCP = alpn.MTLS_TCP
+ALPN_TCP = alpn.PYTLS_TCP
 ALPN_HTTP = alpn.MTLS_HTTP
 ALPN_INBOUND = alpn.INBOUND_SERVER
 TLS_HANDSHAKE = 0x16

@@ -128,7 +128,7 @@ def cluster_get(lb: Lab, path: str, tls: tuple[Path, str] | None = None) -> dict
 def s_client(lb: Lab, certs: Path) -> str:
     """``openssl s_client`` from the cluster namespace to the VM's app, presenting the certificate in ``certs``
     with Istio's ALPN, sending one HTTP/1.0 request; its output (the response, if any)."""
-    argv = ["openssl", "s_client", "-connect", f"{VM4}:{SVC_PORT}", "-alpn", "istio-peer-exchange,istio"]
+    argv = ["openssl", "s_client", "-connect", f"{VM4}:{SVC_PORT}", "-alpn", "istio"]  # no metadata exchange here
     argv += ["-cert", str(certs / "cert-chain.pem"), "-key", str(certs / "key.pem")]
     argv += ["-CAfile", str(certs / "root-cert.pem"), "-ign_eof", "-quiet"]
     p = subprocess.run(

@@ -314,7 +314,7 @@ def test_partial_client_hellos_do_not_keep_mtls_clients_out(
     ctx.check_hostname = False
     ctx.load_verify_locations(cafile=client / "root-cert.pem")
     ctx.load_cert_chain(client / "cert-chain.pem", client / "key.pem")
-    ctx.set_alpn_protocols(["istio-peer-exchange", "istio"])
+    ctx.set_alpn_protocols(["istio"])  # this client does not speak the metadata exchange
 
     def mtls_echo(i: int) -> bool:
         src = "127.0.0.1" if i % 2 else "127.0.0.2"

@@ -248,8 +248,9 @@ def test_istio_tcp_series_with_exact_labels_and_bytes(relays: tuple[OutboundProx
         "destination_workload": "product-v1",
         "destination_workload_namespace": "default",
         "destination_principal": PRODUCT,
-        "destination_app": "unknown",
-        "destination_version": "unknown",
+        # From the inbound's metadata exchange (istio-peer-exchange): not in istio.workload.
+        "destination_app": "product",
+        "destination_version": "v1",
         "destination_service": "product.default.svc.cluster.local",
         "destination_service_name": "product",
         "destination_service_namespace": "default",
@@ -276,19 +277,13 @@ def test_istio_tcp_series_with_exact_labels_and_bytes(relays: tuple[OutboundProx
     assert values == {"connections_opened": 1, "connections_closed": 1, "sent_bytes": 0, "received_bytes": 0}
     assert len(outbound.tcp_metrics()) == 3
 
-    # The inbound (server side): the peer known by its certificate only.
+    # The inbound (server side): the peer by its certificate and its metadata exchange.
     labels, values = find(inbound, connection_security_policy="mutual_tls")
     assert list(labels) == TCP_LABELS
     assert labels == {
         "reporter": "destination",
-        "source_workload": "unknown",
-        "source_workload_namespace": "default",
+        **source,
         "source_principal": CLIENT,
-        "source_app": "unknown",
-        "source_version": "unknown",
-        "source_canonical_service": "unknown",
-        "source_canonical_revision": "latest",
-        "source_cluster": "unknown",
         "destination_workload": "product-v1",
         "destination_workload_namespace": "default",
         "destination_principal": PRODUCT,
@@ -337,7 +332,7 @@ def test_local_workload_is_checked(tmp_path: Path) -> None:
     proxy = start_inbound_passthrough(listen=["127.0.0.1:0"])
     try:
         with pytest.raises(ConfigError, match="unknown key"):
-            proxy.set_local_workload({"name": "x"})
+            proxy.set_local_workload({"pod": "x"})
         with pytest.raises(ConfigError, match="app must be a string"):
             proxy.set_local_workload({"app": 1})  # type: ignore[dict-item]
         proxy.set_local_workload({"workload": "w"})

@@ -258,7 +258,7 @@ def tls_client(w: Workload, host: str = APP, port: int = 8000) -> ssl.SSLSocket:
     ctx.check_hostname = False
     ctx.load_verify_locations(cadata=w.root)
     ctx.load_cert_chain(w.dir / "cert-chain.pem", w.dir / "key.pem")
-    ctx.set_alpn_protocols(["istio-peer-exchange", "istio"])
+    ctx.set_alpn_protocols(["istio"])  # no metadata exchange: this client does not speak it
     return ctx.wrap_socket(socket.create_connection((host, port), timeout=10))
 
 
@@ -282,8 +282,7 @@ def test_native_outbound_to_native_inbound_is_mtls_end_to_end(mesh: Mesh) -> Non
     st = mesh.outbound.stats()
     assert st["cluster"] == 2 and st["connect_failures"] == 0
     assert mesh.outbound.identity == CLIENT and mesh.inbound.identity == PRODUCT
-    # An Envoy-like client offering Istio's TCP ALPN gets `istio` (no
-    # metadata-exchange header expected before the payload).
+    # A client offering `istio` only gets it (and no metadata-exchange frame).
     with tls_client(mesh.client) as t:
         assert t.selected_alpn_protocol() == "istio"
         assert t.version() in ("TLSv1.3", "TLSv1.2")
@@ -422,7 +421,7 @@ def s_client(
     root: str,
     tmp: Path,
     *extra: str,
-    alpn: str | None = "istio-peer-exchange,istio",
+    alpn: str | None = "istio",
     verbose: bool = False,
 ) -> str:
     """support.sec.s_client to the app's captured port, trusting ``root``, as ``w`` (if any)."""
@@ -461,7 +460,7 @@ def test_openssl_s_client_offering_only_unknown_alpn_gets_through_without_alpn(m
     out = s_client(mesh.client, root, mesh.tmp, alpn=None, verbose=True)
     assert "PING-THROUGH-MTLS" in out and "No ALPN negotiated" in out, out
     # One of ours among unknown ones is negotiated, by our order.
-    for offer in ["istio", "foo,istio-peer-exchange,istio"]:
+    for offer in ["istio", "foo,istio"]:
         out = s_client(mesh.client, root, mesh.tmp, alpn=offer, verbose=True)
         assert "PING-THROUGH-MTLS" in out and "ALPN protocol: istio\n" in out, out
     tls = mesh.inbound.tls_stats()
@@ -588,3 +587,119 @@ def test_sessions_resume_and_resumption_can_be_turned_off(mesh: Mesh) -> None:
     for _ in range(2):
         assert exchange("127.1.0.1", 80, b"full") == b"full"
     assert mesh.outbound.tls_stats()["resumed"] == 2 and mesh.outbound.tls_stats()["handshakes"] == 5
+
+
+# --- Istio's TCP metadata exchange (istio-peer-exchange) ----------------------------------------
+
+CLIENT_WL = {"workload": "client-vm", "namespace": "default", "app": "client", "version": "v7",
+             "canonical_service": "client", "canonical_revision": "v7", "cluster": "Kubernetes",
+             "name": "client-0", "node_id": "sidecar~127.0.0.1~client-0.default~default.svc.cluster.local"}  # fmt: skip
+PRODUCT_WL = {"workload": "product-vm", "namespace": "default", "app": "product", "version": "vm",
+              "canonical_service": "product", "canonical_revision": "vm", "cluster": "Kubernetes",
+              "name": "vm-1", "node_id": "sidecar~127.0.0.3~vm-1.default~default.svc.cluster.local"}  # fmt: skip
+
+
+def series(proxy: OutboundProxy, reporter: str) -> list[dict[str, str]]:
+    return [labels for labels, _ in proxy.tcp_metrics() if labels["reporter"] == reporter]
+
+
+def test_native_relays_exchange_metadata_so_both_reporters_know_their_peer(mesh: Mesh) -> None:
+    mesh.outbound.set_local_workload(CLIENT_WL)
+    mesh.inbound.set_local_workload(PRODUCT_WL)
+    mesh.inbound.set_peer_authentication("STRICT")
+    # The frames are stripped: the app sees exactly what the client sent, both ways.
+    assert exchange("127.1.0.1", 80, b"hello with peer metadata") == b"hello with peer metadata"
+    wait_idle(mesh)
+    (inb,) = series(mesh.inbound, "destination")
+    assert (inb["source_workload"], inb["source_app"], inb["source_version"]) == ("client-vm", "client", "v7")
+    assert (inb["source_canonical_service"], inb["source_canonical_revision"]) == ("client", "v7")
+    assert inb["source_principal"] == CLIENT and inb["connection_security_policy"] == "mutual_tls"
+    (out,) = series(mesh.outbound, "source")
+    assert (out["destination_workload"], out["destination_app"], out["destination_version"]) == (
+        "product-vm",
+        "product",
+        "vm",
+    )
+    # Bytes are the application's (the frames not counted), opened and closed once.
+    values = {labels["reporter"]: v for labels, v in mesh.inbound.tcp_metrics() + mesh.outbound.tcp_metrics()}
+    for v in values.values():
+        assert (v["connections_opened"], v["connections_closed"]) == (1, 1), values
+        assert v["received_bytes"] == v["sent_bytes"] == len(b"hello with peer metadata"), values
+
+
+def envoy_frame(md: dict[str, Any], node_id: str) -> bytes:
+    """A frame as Envoy's metadata_exchange writes it: Python's protobuf, deterministic."""
+    from google.protobuf import any_pb2, struct_pb2
+
+    payload = struct_pb2.Struct()
+    payload.update({"x-envoy-peer-metadata": md, "x-envoy-peer-metadata-id": node_id})
+    any_msg = any_pb2.Any(type_url="type.googleapis.com/google.protobuf.Struct", value=payload.SerializeToString())
+    data = any_msg.SerializeToString(deterministic=True)
+    return (0x3D230467).to_bytes(4, "big") + len(data).to_bytes(4, "big") + data
+
+
+def read_exactly(s: ssl.SSLSocket, n: int) -> bytes:
+    out = b""
+    while len(out) < n and (data := s.recv(n - len(out))):
+        out += data
+    return out
+
+
+def test_an_envoy_peer_exchange_client_is_understood_and_answered(mesh: Mesh) -> None:
+    from pymesh._native import mx_parse
+
+    mesh.inbound.set_local_workload(PRODUCT_WL)
+    mesh.inbound.set_peer_authentication("STRICT")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.load_verify_locations(cadata=mesh.client.root)
+    ctx.load_cert_chain(mesh.client.dir / "cert-chain.pem", mesh.client.dir / "key.pem")
+    ctx.set_alpn_protocols(["istio-peer-exchange", "istio"])
+    md = {
+        "NAME": "reviews-v2-abc",
+        "NAMESPACE": "bookinfo",
+        "WORKLOAD_NAME": "reviews-v2",
+        "CLUSTER_ID": "east",
+        "ISTIO_VERSION": "1.29.0",  # older proxies send more; it is ignored
+        "LABELS": {"app": "reviews", "app.kubernetes.io/name": "reviews-k8s", "version": "v2",
+                   "service.istio.io/canonical-name": "reviews", "service.istio.io/canonical-revision": "v2"},
+    }  # fmt: skip
+    with ctx.wrap_socket(socket.create_connection((APP, 8000), timeout=10)) as t:
+        assert t.selected_alpn_protocol() == "istio-peer-exchange"
+        t.sendall(envoy_frame(md, "sidecar~10.1.2.3~reviews-v2-abc.bookinfo~bookinfo.svc.cluster.local") + b"ping")
+        header = read_exactly(t, 8)
+        assert header[:4] == (0x3D230467).to_bytes(4, "big")
+        payload = read_exactly(t, int.from_bytes(header[4:], "big"))
+        got = mx_parse(header + payload)
+        assert (got["workload"], got["name"], got["app"], got["version"]) == ("product-vm", "vm-1", "product", "vm")
+        assert got["id"] == PRODUCT_WL["node_id"]
+        assert read_exactly(t, 4) == b"ping"
+    wait_idle(mesh)
+    (inb,) = series(mesh.inbound, "destination")
+    # app.kubernetes.io/name wins over app, as Envoy reads it.
+    assert (inb["source_workload"], inb["source_workload_namespace"], inb["source_app"]) == (
+        "reviews-v2",
+        "default",  # the certificate's namespace comes first
+        "reviews-k8s",
+    )
+    assert (inb["source_cluster"], inb["source_canonical_revision"]) == ("east", "v2")
+
+
+def test_a_client_whose_first_bytes_are_no_frame_still_gets_through_unknown(mesh: Mesh) -> None:
+    mesh.inbound.set_local_workload(PRODUCT_WL)
+    mesh.inbound.set_peer_authentication("STRICT")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.load_verify_locations(cadata=mesh.client.root)
+    ctx.load_cert_chain(mesh.client.dir / "cert-chain.pem", mesh.client.dir / "key.pem")
+    ctx.set_alpn_protocols(["istio-peer-exchange"])
+    with ctx.wrap_socket(socket.create_connection((APP, 8000), timeout=10)) as t:
+        t.sendall(b"GE")  # shorter than a header, then the rest: no frame, all of it application data
+        time.sleep(0.1)
+        t.sendall(b"T / HTTP/1.0\r\n")
+        header = read_exactly(t, 8)
+        read_exactly(t, int.from_bytes(header[4:], "big"))
+        assert read_exactly(t, 16) == b"GET / HTTP/1.0\r\n"
+    wait_idle(mesh)
+    (inb,) = series(mesh.inbound, "destination")
+    assert inb["source_workload"] == "unknown" and inb["source_principal"] == CLIENT

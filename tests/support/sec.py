@@ -147,7 +147,7 @@ def s_client(
     ca_file: Path,
     cert_dir: Path | None = None,
     *extra: str,
-    alpn: str | None = "istio-peer-exchange,istio",
+    alpn: str | None = "istio",
     verbose: bool = False,
 ) -> str:
     """The echo of one line (PING) through ``openssl s_client`` to ``host:port`` (its stdout),

@@ -36,6 +36,8 @@ def test_istioctl_files_give_every_label(tmp_path: Path) -> None:
         "canonical_service": "product",
         "canonical_revision": "vm",
         "cluster": "Kubernetes",
+        "name": "vm-7",
+        "node_id": "sidecar~127.0.0.1~vm-7.shop~shop.svc.cluster.local",
     }
 
 

@@ -24,9 +24,10 @@ use tokio::time::Instant;
 use super::admit::{ConnState, Phase, Refused};
 use super::inbound::{INBOUND_SOURCE_V4, INBOUND_SOURCE_V6};
 use super::limits::SourceKey;
-use super::metrics::{Opened, Tally};
+use super::metrics::{ByteCount, Late, Opened, Tally};
+use super::mx::{self, PeerInfo};
 use super::splice::{pump, End};
-use super::tls::pump::{handshake, with_deadline, HandshakeError, Sides};
+use super::tls::pump::{handshake, with_deadline, HandshakeError, MxPump, Sides};
 use super::tls::{peer_matches, PeerIdentity};
 use super::{gateway, inbound, monotonic_ms, original_destination, outbound, Mode, Serving, Shared};
 
@@ -362,6 +363,14 @@ pub(super) async fn secure(
     result
 }
 
+/// The series a TLS relay counts into: opened already, or once the
+/// metadata exchange (`istio-peer-exchange` negotiated) says who the peer is.
+pub(super) enum Series<'a> {
+    Now(&'a Opened),
+    /// Our frame, and the series to open with the peer.
+    Mx(Vec<u8>, &'a Late<'a>),
+}
+
 /// Relays a connection one side of which is TLS (`tls_upstream`: the
 /// upstream, for outbound origination; else the client, inbound) through
 /// rustls (`super::tls::pump`); idle timeout and teardown as [`relay`], an
@@ -372,23 +381,45 @@ pub(super) async fn relay_tls(
     upstream: &TcpStream,
     mut conn: Connection,
     tls_upstream: bool,
-    series: &Opened,
+    series: Series<'_>,
 ) {
     let (sh, sv, st) = (ctx.sh, ctx.sv, ctx.st);
     st.set_phase(Phase::Relay);
     let c = &sh.counters;
     // bytes_sent counts client -> upstream, bytes_received the reverse;
     // the series the other way round (Istio counts the downstream's bytes).
-    let to_up = Tally { total: &c.bytes_sent, series: series.received() };
-    let to_client = Tally { total: &c.bytes_received, series: series.sent() };
-    let sides = if tls_upstream {
-        Sides { tls: upstream, plain: client, to_tls: &to_up, from_tls: &to_client }
+    let (now_up, now_down, late_up, late_down);
+    let (to_up, to_client): (&dyn ByteCount, &dyn ByteCount) = match &series {
+        Series::Now(o) => {
+            now_up = Tally { total: &c.bytes_sent, series: o.received() };
+            now_down = Tally { total: &c.bytes_received, series: o.sent() };
+            (&now_up, &now_down)
+        }
+        Series::Mx(_, late) => {
+            late_up = late.tally(&c.bytes_sent, false);
+            late_down = late.tally(&c.bytes_received, true);
+            (&late_up, &late_down)
+        }
+    };
+    let sides: Sides<'_, dyn ByteCount> = if tls_upstream {
+        Sides { tls: upstream, plain: client, to_tls: to_up, from_tls: to_client }
     } else {
-        Sides { tls: client, plain: upstream, to_tls: &to_client, from_tls: &to_up }
+        Sides { tls: client, plain: upstream, to_tls: to_client, from_tls: to_up }
+    };
+    let resolve = |peer: Option<PeerInfo>| {
+        if let Series::Mx(_, late) = &series {
+            late.resolve(peer.as_ref());
+        }
+    };
+    let mx = match &series {
+        Series::Mx(frame, _) => {
+            Some(MxPump { frame: frame.clone(), reader: Some(mx::Reader::default()), done: &resolve })
+        }
+        Series::Now(_) => None,
     };
     let idle = sh.cfg.idle_timeout;
     let end = {
-        let pumping = super::tls::pump::pump(&mut conn, &sides, &sv.bufs, st);
+        let pumping = super::tls::pump::pump(&mut conn, &sides, &sv.bufs, st, mx);
         tokio::pin!(pumping);
         loop {
             tokio::select! {
@@ -405,4 +436,6 @@ pub(super) async fn relay_tls(
         super::tls::pump::close_notify(&mut conn, sides.tls);
     }
     finish(sh, end, client, upstream);
+    // A connection that ended before the exchange did is counted all the same.
+    resolve(None);
 }

@@ -19,9 +19,10 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::accept::{connect_direct, relay, relay_tls, reset, secure, Ctx};
+use super::accept::{connect_direct, relay, relay_tls, reset, secure, Ctx, Series};
 use super::admit::Phase;
-use super::metrics::{inbound_labels, Flags, InboundPeer, Opened};
+use super::metrics::{inbound_labels, Flags, InboundPeer, Late, Opened};
+use super::outbound::negotiated_mx;
 use super::tls::pump::{with_deadline, HandshakeError};
 use super::tls::{peer_spiffe, PeerAuthentication, TlsIdentity};
 
@@ -202,9 +203,15 @@ async fn inbound_tls(ctx: Ctx<'_>, client: &TcpStream, orig: SocketAddr, identit
     };
     sh.counters.passthrough.fetch_add(1, Ordering::Relaxed);
     let principal = peer_spiffe(&conn);
-    let peer = InboundPeer { principal: principal.as_deref(), local_principal: Some(identity.uri()) };
+    let peer = InboundPeer { principal: principal.as_deref(), local_principal: Some(identity.uri()), mx: None };
     match connect_direct(ctx, client, orig).await {
-        Some(up) => relay_tls(ctx, client, &up.stream, conn, false, &open(ctx, &peer, Flags::NONE)).await,
+        Some(up) if negotiated_mx(&conn) => {
+            // The series waits for the client's metadata exchange.
+            let late = Late::new(|mx| open(ctx, &InboundPeer { mx, ..peer }, Flags::NONE));
+            let frame = super::mx::frame(&sh.metrics.local());
+            relay_tls(ctx, client, &up.stream, conn, false, Series::Mx(frame, &late)).await;
+        }
+        Some(up) => relay_tls(ctx, client, &up.stream, conn, false, Series::Now(&open(ctx, &peer, Flags::NONE))).await,
         None => drop(open(ctx, &peer, CONNECT_FAILED)),
     }
 }

@@ -12,17 +12,19 @@
 //! - the local workload ([`LocalWorkload`], set by the agent from its node
 //!   metadata): the `source_*` labels on the outbound (`reporter="source"`),
 //!   the `destination_*` labels on the inbound (`reporter="destination"`);
-//! - on the outbound, the peer is the endpoint's EDS metadata `istio.workload`
+//! - the peer: what its metadata exchange said when the mTLS handshake
+//!   negotiated `istio-peer-exchange` ([`super::mx`]; the connection's series
+//!   is then opened when the exchange ends, as Istio opens its TCP metrics
+//!   then); else, on the outbound, the endpoint's EDS metadata `istio.workload`
 //!   (`name;namespace;canonical service;canonical revision;cluster`, istio
 //!   `pilot/pkg/networking/util/util.go` `AppendLbEndpointMetadata`; Envoy's
 //!   fallback when no metadata exchange happened, istio/proxy
-//!   `extensions/common/metadata_object.cc` `convertEndpointMetadata`), the
-//!   service the cluster's name (`outbound|port|subset|host`), the
-//!   principals the certificates of the mTLS handshake;
-//! - on the inbound, the peer is known only by its client certificate: no
-//!   metadata exchange (`istio-peer-exchange`) is implemented, so
-//!   `source_workload`, `source_app`, ... are `unknown`, as an Envoy
-//!   inbound reports a peer without a sidecar.
+//!   `extensions/common/metadata_object.cc` `convertEndpointMetadata`); on
+//!   the inbound without an exchange only the client certificate is known,
+//!   so `source_workload`, `source_app`, ... are `unknown`, as an Envoy
+//!   inbound reports a peer without a sidecar;
+//! - the service: the cluster's name (`outbound|port|subset|host`); the
+//!   principals: the certificates of the mTLS handshake.
 //!
 //! Bytes follow Istio's direction, which is the downstream's: `received` is
 //! what the downstream (the connecting client) sent, `sent` what it was
@@ -45,6 +47,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
+use super::mx::PeerInfo;
 use crate::mesh;
 
 /// Label sets kept at most per relay.
@@ -97,6 +100,10 @@ pub struct LocalWorkload {
     pub canonical_service: String,
     pub canonical_revision: String,
     pub cluster: String,
+    /// The instance (VM or pod) name and the node id: what the metadata
+    /// exchange tells peers (`NAME`, `x-envoy-peer-metadata-id`); no label.
+    pub name: String,
+    pub node_id: String,
 }
 
 /// Envoy's response flags (envoy `source/common/stream_info/utility.cc`,
@@ -220,11 +227,27 @@ pub struct OutboundPeer<'a> {
     pub principal: Option<&'a str>,
     /// Ours, presented in that handshake.
     pub local_principal: Option<&'a str>,
+    /// What the upstream's metadata exchange said, when it ran.
+    pub mx: Option<&'a PeerInfo>,
 }
 
 /// The label set of an outbound connection (`reporter="source"`).
 pub fn outbound_labels(local: &LocalWorkload, route: Route<'_>, peer: &OutboundPeer<'_>, flags: Flags) -> TcpLabels {
-    let w = PeerWorkload::parse(peer.workload);
+    // The metadata exchange first, then the endpoint's `istio.workload`
+    // (istio_stats.cc `populatePeerInfo`: the peer from filter state, else
+    // the upstream host's metadata).
+    let eds = PeerWorkload::parse(peer.workload);
+    let mx = peer.mx;
+    let w = match mx {
+        Some(m) => PeerWorkload {
+            name: &m.workload,
+            namespace: &m.namespace,
+            canonical_service: &m.canonical_service,
+            canonical_revision: &m.canonical_revision,
+            cluster: &m.cluster,
+        },
+        None => eds,
+    };
     // The namespace of the upstream's certificate first, then the peer's.
     let cert_ns = peer.principal.and_then(mesh::parse_spiffe).map(|id| id.namespace).unwrap_or_default();
     let dest_ns = if cert_ns.is_empty() { w.namespace } else { cert_ns };
@@ -253,9 +276,9 @@ pub fn outbound_labels(local: &LocalWorkload, route: Route<'_>, peer: &OutboundP
         or(w.name, UNKNOWN),
         or(dest_ns, UNKNOWN),
         or(peer.principal.unwrap_or_default(), UNKNOWN),
-        // Not in `istio.workload`: only metadata exchange would tell.
-        UNKNOWN.to_owned(),
-        UNKNOWN.to_owned(),
+        // Not in `istio.workload`: only the metadata exchange tells.
+        or(mx.map(|m| m.app.as_str()).unwrap_or_default(), UNKNOWN),
+        or(mx.map(|m| m.version.as_str()).unwrap_or_default(), UNKNOWN),
         service,
         service_name,
         service_ns,
@@ -275,6 +298,8 @@ pub fn outbound_labels(local: &LocalWorkload, route: Route<'_>, peer: &OutboundP
 pub struct InboundPeer<'a> {
     pub principal: Option<&'a str>,
     pub local_principal: Option<&'a str>,
+    /// What the client's metadata exchange said, when it ran.
+    pub mx: Option<&'a PeerInfo>,
 }
 
 /// The label set of an inbound connection (`reporter="destination"`). The
@@ -282,19 +307,21 @@ pub struct InboundPeer<'a> {
 /// service is the local canonical service (istio_stats.cc's inbound
 /// fallback) in the local namespace.
 pub fn inbound_labels(local: &LocalWorkload, peer: &InboundPeer<'_>, flags: Flags) -> TcpLabels {
-    let peer_ns = peer.principal.and_then(mesh::parse_spiffe).map(|id| id.namespace).unwrap_or_default();
+    let cert_ns = peer.principal.and_then(mesh::parse_spiffe).map(|id| id.namespace).unwrap_or_default();
     let mtls = peer.principal.is_some() && peer.local_principal.is_some();
     let canonical = or(&local.canonical_service, UNKNOWN);
+    let m = |f: fn(&PeerInfo) -> &str| peer.mx.map(f).unwrap_or_default();
+    let peer_ns = if cert_ns.is_empty() { m(|p| &p.namespace) } else { cert_ns };
     TcpLabels([
         "destination".to_owned(),
-        UNKNOWN.to_owned(),
+        or(m(|p| &p.workload), UNKNOWN),
         or(peer_ns, UNKNOWN),
         or(peer.principal.unwrap_or_default(), UNKNOWN),
-        UNKNOWN.to_owned(),
-        UNKNOWN.to_owned(),
-        UNKNOWN.to_owned(),
-        LATEST.to_owned(),
-        UNKNOWN.to_owned(),
+        or(m(|p| &p.app), UNKNOWN),
+        or(m(|p| &p.version), UNKNOWN),
+        or(m(|p| &p.canonical_service), UNKNOWN),
+        or(m(|p| &p.canonical_revision), LATEST),
+        or(m(|p| &p.cluster), UNKNOWN),
         or(&local.workload, UNKNOWN),
         or(&local.namespace, UNKNOWN),
         or(peer.local_principal.unwrap_or_default(), UNKNOWN),
@@ -464,6 +491,67 @@ impl Opened {
     }
 }
 
+/// A connection's series opened once its peer is known (when the metadata
+/// exchange ends, as Istio's TCP metrics wait for it), bytes moved before
+/// that held and added then. One task counts and resolves, so no byte is
+/// lost between the two.
+pub(crate) struct Late<'a> {
+    cell: std::sync::OnceLock<Opened>,
+    pending: [AtomicU64; 2],
+    open: OpenWith<'a>,
+}
+
+/// Opens a connection's series with what is known of its peer.
+type OpenWith<'a> = Box<dyn Fn(Option<&PeerInfo>) -> Opened + Send + Sync + 'a>;
+
+impl<'a> Late<'a> {
+    pub(crate) fn new(open: impl Fn(Option<&PeerInfo>) -> Opened + Send + Sync + 'a) -> Late<'a> {
+        Late { cell: std::sync::OnceLock::new(), pending: Default::default(), open: Box::new(open) }
+    }
+
+    /// Opens the series with what is known of the peer (once; later calls do nothing).
+    pub(crate) fn resolve(&self, peer: Option<&PeerInfo>) {
+        if self.cell.get().is_some() {
+            return;
+        }
+        let o = (self.open)(peer);
+        if let Some(c) = o.sent() {
+            c.fetch_add(self.pending[0].swap(0, Ordering::Relaxed), Ordering::Relaxed);
+        }
+        if let Some(c) = o.received() {
+            c.fetch_add(self.pending[1].swap(0, Ordering::Relaxed), Ordering::Relaxed);
+        }
+        let _ = self.cell.set(o);
+    }
+
+    /// A relay total and this series' counter of bytes sent (`sent`) or received.
+    pub(crate) fn tally(&'a self, total: &'a AtomicU64, sent: bool) -> LateTally<'a> {
+        LateTally { total, late: self, dir: usize::from(!sent) }
+    }
+}
+
+pub(crate) struct LateTally<'a> {
+    total: &'a AtomicU64,
+    late: &'a Late<'a>,
+    dir: usize,
+}
+
+impl ByteCount for LateTally<'_> {
+    fn add(&self, n: u64) {
+        self.total.fetch_add(n, Ordering::Relaxed);
+        match self.late.cell.get() {
+            Some(o) => {
+                if let Some(c) = if self.dir == 0 { o.sent() } else { o.received() } {
+                    c.fetch_add(n, Ordering::Relaxed);
+                }
+            }
+            None => {
+                self.late.pending[self.dir].fetch_add(n, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
 impl Drop for Opened {
     fn drop(&mut self) {
         if let Some(s) = &self.0 {
@@ -485,6 +573,7 @@ mod tests {
             canonical_service: "client".into(),
             canonical_revision: "v2".into(),
             cluster: "vm-net".into(),
+            ..Default::default()
         }
     }
 
@@ -523,6 +612,7 @@ mod tests {
             workload: "reviews-v1;default;reviews;v1;Kubernetes",
             principal: Some("spiffe://cluster.local/ns/default/sa/reviews"),
             local_principal: Some("spiffe://cluster.local/ns/apps/sa/client"),
+            mx: None,
         };
         let l = outbound_labels(
             &local(),
@@ -582,6 +672,7 @@ mod tests {
         let peer = InboundPeer {
             principal: Some("spiffe://cluster.local/ns/web/sa/frontend"),
             local_principal: Some("spiffe://cluster.local/ns/apps/sa/client"),
+            mx: None,
         };
         let m = inbound_labels(&local(), &peer, Flags::NONE);
         let m = map(&m);
@@ -599,6 +690,50 @@ mod tests {
         assert_eq!(plain["connection_security_policy"], "none");
         assert_eq!((plain["source_principal"], plain["destination_principal"]), ("unknown", "unknown"));
         assert_eq!(plain["response_flags"], "UF");
+    }
+
+    #[test]
+    fn the_metadata_exchange_fills_the_peers_labels_on_both_reporters() {
+        let info = PeerInfo {
+            workload: "frontend-v2".into(),
+            namespace: "web".into(),
+            app: "frontend".into(),
+            version: "v2".into(),
+            canonical_service: "frontend".into(),
+            canonical_revision: "v2".into(),
+            cluster: "east".into(),
+            ..Default::default()
+        };
+        let peer = InboundPeer { principal: None, local_principal: None, mx: Some(&info) };
+        let m = inbound_labels(&local(), &peer, Flags::NONE);
+        let m = map(&m);
+        assert_eq!(
+            (m["source_workload"], m["source_workload_namespace"], m["source_app"], m["source_version"]),
+            ("frontend-v2", "web", "frontend", "v2")
+        );
+        assert_eq!(
+            (m["source_canonical_service"], m["source_canonical_revision"], m["source_cluster"]),
+            ("frontend", "v2", "east")
+        );
+        // Outbound: the exchange wins over the endpoint's istio.workload, and adds app and version.
+        let peer = OutboundPeer { workload: "old;other;old;v0;west", mx: Some(&info), ..Default::default() };
+        let l = outbound_labels(
+            &local(),
+            Route::Cluster("outbound|80||frontend.web.svc.cluster.local"),
+            &peer,
+            Flags::NONE,
+        );
+        let m = map(&l);
+        assert_eq!(
+            (
+                m["destination_workload"],
+                m["destination_workload_namespace"],
+                m["destination_app"],
+                m["destination_version"]
+            ),
+            ("frontend-v2", "web", "frontend", "v2")
+        );
+        assert_eq!((m["destination_canonical_revision"], m["destination_cluster"]), ("v2", "east"));
     }
 
     #[test]

@@ -88,6 +88,7 @@ pub mod hello;
 mod inbound;
 mod limits;
 pub mod metrics;
+pub mod mx;
 mod outbound;
 mod splice;
 mod sys;

@@ -13,9 +13,9 @@ use rustls::Connection;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::accept::{connect, connect_direct, relay, relay_tls, reset, secure, Ctx};
+use super::accept::{connect, connect_direct, relay, relay_tls, reset, secure, Ctx, Series};
 use super::admit::Phase;
-use super::metrics::{outbound_labels, Flags, Opened, OutboundPeer, Route};
+use super::metrics::{outbound_labels, Flags, Late, Opened, OutboundPeer, Route};
 use super::tls::pump::HandshakeError;
 use super::tls::{expected_identity, peer_spiffe, TlsIdentity};
 use super::{monotonic_ms, Counters, Routes};
@@ -187,11 +187,20 @@ pub(super) async fn to_cluster(ctx: Ctx<'_>, client: &TcpStream, routes: &Routes
             workload: &ep.workload,
             principal: principal.as_deref(),
             local_principal: identity.as_deref().filter(|_| session.is_some()).map(TlsIdentity::uri),
+            mx: None,
         };
-        let series = open(ctx, Route::Cluster(name), &peer, flags);
         match session {
-            Some(conn) => relay_tls(ctx, client, &up.stream, conn, true, &series).await,
-            None => relay(ctx, client, &up.stream, &series).await,
+            Some(conn) if negotiated_mx(&conn) => {
+                // The series waits for the upstream's metadata exchange.
+                let late = Late::new(|mx| open(ctx, Route::Cluster(name), &OutboundPeer { mx, ..peer }, flags));
+                let frame = super::mx::frame(&sh.metrics.local());
+                relay_tls(ctx, client, &up.stream, conn, true, Series::Mx(frame, &late)).await;
+            }
+            Some(conn) => {
+                let series = open(ctx, Route::Cluster(name), &peer, flags);
+                relay_tls(ctx, client, &up.stream, conn, true, Series::Now(&series)).await;
+            }
+            None => relay(ctx, client, &up.stream, &open(ctx, Route::Cluster(name), &peer, flags)).await,
         }
         return;
     }
@@ -199,6 +208,11 @@ pub(super) async fn to_cluster(ctx: Ctx<'_>, client: &TcpStream, routes: &Routes
     let peer = OutboundPeer { workload: &last_workload, ..Default::default() };
     drop(open(ctx, Route::Cluster(name), &peer, flags.union(Flags::RETRY_LIMIT_EXCEEDED)));
     reset(client);
+}
+
+/// The handshake negotiated Istio's TCP metadata exchange.
+pub(super) fn negotiated_mx(conn: &Connection) -> bool {
+    conn.alpn_protocol() == Some(crate::mesh::alpn::PEER_EXCHANGE.as_bytes())
 }
 
 /// Every connect attempt failed: Envoy's tcp_proxy sets `UF` on the

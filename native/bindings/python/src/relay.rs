@@ -352,29 +352,7 @@ impl OutboundProxy {
     /// canonical revision as "latest"). Applies to new connections. The
     /// principals come from the mTLS handshakes, not from here.
     fn set_local_workload(&self, workload: &Bound<'_, PyDict>) -> PyResult<()> {
-        let mut local = core::LocalWorkload::default();
-        for (k, v) in workload.iter() {
-            let key: String = k.extract().map_err(|_| ConfigError::new_err("local workload: keys must be strings"))?;
-            let value: String =
-                v.extract().map_err(|_| ConfigError::new_err(format!("local workload: {key} must be a string")))?;
-            let field = match key.as_str() {
-                "workload" => &mut local.workload,
-                "namespace" => &mut local.namespace,
-                "app" => &mut local.app,
-                "version" => &mut local.version,
-                "canonical_service" => &mut local.canonical_service,
-                "canonical_revision" => &mut local.canonical_revision,
-                "cluster" => &mut local.cluster,
-                _ => {
-                    return Err(ConfigError::new_err(format!(
-                        "local workload: unknown key {key:?} (workload, namespace, app, version, \
-                         canonical_service, canonical_revision, cluster)"
-                    )))
-                }
-            };
-            *field = value;
-        }
-        self.inner.tcp_metrics().set_local(local);
+        self.inner.tcp_metrics().set_local(local_workload_from(workload)?);
         Ok(())
     }
 
@@ -390,6 +368,8 @@ impl OutboundProxy {
             ("canonical_service", &l.canonical_service),
             ("canonical_revision", &l.canonical_revision),
             ("cluster", &l.cluster),
+            ("name", &l.name),
+            ("node_id", &l.node_id),
         ] {
             d.set_item(k, v)?;
         }
@@ -465,8 +445,75 @@ fn original_destination(fd: i32, ipv6: bool) -> PyResult<String> {
     core::original_destination(socket, ipv6).map(|a| a.to_string()).map_err(err)
 }
 
+/// A `LocalWorkload` from a dict of its string fields (unknown keys refused).
+fn local_workload_from(workload: &Bound<'_, PyDict>) -> PyResult<core::LocalWorkload> {
+    let mut local = core::LocalWorkload::default();
+    for (k, v) in workload.iter() {
+        let key: String = k.extract().map_err(|_| ConfigError::new_err("local workload: keys must be strings"))?;
+        let value: String =
+            v.extract().map_err(|_| ConfigError::new_err(format!("local workload: {key} must be a string")))?;
+        let field = match key.as_str() {
+            "workload" => &mut local.workload,
+            "namespace" => &mut local.namespace,
+            "app" => &mut local.app,
+            "version" => &mut local.version,
+            "canonical_service" => &mut local.canonical_service,
+            "canonical_revision" => &mut local.canonical_revision,
+            "cluster" => &mut local.cluster,
+            "name" => &mut local.name,
+            "node_id" => &mut local.node_id,
+            _ => {
+                return Err(ConfigError::new_err(format!(
+                    "local workload: unknown key {key:?} (workload, namespace, app, version, \
+                     canonical_service, canonical_revision, cluster, name, node_id)"
+                )))
+            }
+        };
+        *field = value;
+    }
+    Ok(local)
+}
+
+/// The TCP metadata-exchange frame (`istio-peer-exchange`) the relays send
+/// for this local workload (keys as `OutboundProxy.set_local_workload`).
+#[pyfunction]
+fn mx_frame<'py>(py: Python<'py>, workload: &Bound<'py, PyDict>) -> PyResult<Bound<'py, pyo3::types::PyBytes>> {
+    Ok(pyo3::types::PyBytes::new(py, &core::mx::frame(&local_workload_from(workload)?)))
+}
+
+/// What a metadata-exchange frame (header and payload) says of the peer;
+/// ValueError naming what is wrong otherwise.
+#[pyfunction]
+fn mx_parse<'py>(py: Python<'py>, frame: &[u8]) -> PyResult<Bound<'py, PyDict>> {
+    let bad = |why: &str| pyo3::exceptions::PyValueError::new_err(format!("metadata exchange frame: {why}"));
+    let mut r = core::mx::Reader::default();
+    let info = match r.feed(frame) {
+        core::mx::Read::Done { used, peer } if used == frame.len() => peer.map_err(bad)?,
+        core::mx::Read::Done { .. } => return Err(bad("bytes after the frame")),
+        core::mx::Read::More => return Err(bad("truncated")),
+        core::mx::Read::NotMx(_) => return Err(bad("wrong magic or a length over 16 KiB")),
+    };
+    let d = PyDict::new(py);
+    for (k, v) in [
+        ("id", &info.id),
+        ("name", &info.name),
+        ("namespace", &info.namespace),
+        ("workload", &info.workload),
+        ("cluster", &info.cluster),
+        ("app", &info.app),
+        ("version", &info.version),
+        ("canonical_service", &info.canonical_service),
+        ("canonical_revision", &info.canonical_revision),
+    ] {
+        d.set_item(k, v)?;
+    }
+    Ok(d)
+}
+
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<OutboundProxy>()?;
     m.add_function(wrap_pyfunction!(original_destination, m)?)?;
+    m.add_function(wrap_pyfunction!(mx_frame, m)?)?;
+    m.add_function(wrap_pyfunction!(mx_parse, m)?)?;
     Ok(())
 }

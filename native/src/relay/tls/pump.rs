@@ -41,6 +41,7 @@ use tokio::net::TcpStream;
 use crate::relay::admit::ConnState;
 use crate::relay::metrics::ByteCount;
 use crate::relay::monotonic_ms;
+use crate::relay::mx;
 use crate::relay::splice::End;
 
 const CHUNK: usize = 256 * 1024;
@@ -305,9 +306,22 @@ pub struct Sides<'a, B: ByteCount + ?Sized = AtomicU64> {
     pub from_tls: &'a B,
 }
 
+/// Istio's TCP metadata exchange on this connection ([`crate::relay::mx`]):
+/// our frame goes out before any application byte, the peer's is read off
+/// the front of what it sends, and `done` hears the peer once (None when
+/// its first bytes were no frame, or it ended before one).
+pub(crate) struct MxPump<'a> {
+    pub(crate) frame: Vec<u8>,
+    pub(crate) reader: Option<mx::Reader>,
+    pub(crate) done: &'a (dyn Fn(Option<mx::PeerInfo>) + Sync),
+}
+
 /// The state of one pump between two polls.
 #[derive(Default)]
 struct Pump {
+    /// Application bytes a metadata-exchange read held before finding they
+    /// were no frame: written to the plaintext side before `t2p`.
+    prefix: Vec<u8>,
     p2t: Buf, // plaintext read, not yet accepted by rustls
     t2p: Buf, // plaintext decrypted, not yet written
     raw: Buf, // TLS bytes read, not yet fed to rustls
@@ -328,12 +342,24 @@ pub(crate) async fn pump<B: ByteCount + ?Sized>(
     s: &Sides<'_, B>,
     bufs: &BufPool,
     activity: &ConnState,
+    mut mx: Option<MxPump<'_>>,
 ) -> End {
     let mut p = Pump::default();
     // Everything up to the limit is encrypted at once: one 256 KiB read
     // becomes 16 records in one flush.
     conn.set_buffer_limit(Some(2 * CHUNK));
-    let end = poll_fn(|cx| p.poll(cx, conn, s, bufs, activity)).await;
+    if let Some(m) = &mx {
+        // Before any application byte (rustls takes it whole: far below the limit).
+        if conn.writer().write_all(&m.frame).is_err() {
+            return End::Error;
+        }
+    }
+    let end = poll_fn(|cx| p.poll(cx, conn, s, bufs, activity, &mut mx)).await;
+    if let Some(m) = &mut mx {
+        if m.reader.take().is_some() {
+            (m.done)(None);
+        }
+    }
     for b in [&mut p.p2t, &mut p.t2p, &mut p.raw] {
         b.consume(b.len - b.off);
         b.release(bufs);
@@ -349,6 +375,7 @@ impl Pump {
         s: &Sides<'_, B>,
         bufs: &BufPool,
         activity: &ConnState,
+        mx: &mut Option<MxPump<'_>>,
     ) -> Poll<End> {
         let (mut tls, mut plain) = (Sock(s.tls), Sock(s.plain));
         loop {
@@ -395,8 +422,23 @@ impl Pump {
                 let _ = SockRef::from(s.tls).shutdown(Shutdown::Write);
                 self.tls_shut = true;
             }
-            // 3. Decrypted plaintext -> plaintext socket.
-            if !self.t2p.is_empty() {
+            // 3. The peer's metadata-exchange frame off the front, then
+            // decrypted plaintext -> plaintext socket.
+            if let Some(m) = mx.as_mut() {
+                moved |= self.read_mx(m);
+            }
+            if !self.prefix.is_empty() {
+                match plain.write(&self.prefix) {
+                    Ok(n) => {
+                        self.prefix.drain(..n);
+                        s.from_tls.add(n as u64);
+                        moved |= n > 0;
+                    }
+                    Err(e) if would_block(&e) => {}
+                    Err(_) => return Poll::Ready(End::Error),
+                }
+            }
+            if self.prefix.is_empty() && !self.t2p.is_empty() {
                 match plain.write(self.t2p.pending()) {
                     Ok(n) => {
                         self.t2p.consume(n);
@@ -414,7 +456,7 @@ impl Pump {
                     Err(()) => return Poll::Ready(End::Error),
                 }
             }
-            if self.peer_done && self.t2p.is_empty() && !self.plain_shut {
+            if self.peer_done && self.t2p.is_empty() && self.prefix.is_empty() && !self.plain_shut {
                 let _ = SockRef::from(s.plain).shutdown(Shutdown::Write);
                 self.plain_shut = true;
                 moved = true;
@@ -435,7 +477,7 @@ impl Pump {
             let tls_in = !self.tls_eof && self.raw.is_empty() && !self.peer_done && !self.t2p.is_full();
             let tls_out = conn.wants_write();
             let plain_in = !self.plain_eof && self.p2t.is_empty();
-            let plain_out = !self.t2p.is_empty();
+            let plain_out = !self.t2p.is_empty() || !self.prefix.is_empty();
             if !(tls_in || tls_out || plain_in || plain_out) {
                 // Nothing can make progress (should not happen): give up cleanly.
                 return Poll::Ready(End::Error);
@@ -457,6 +499,38 @@ impl Pump {
                 return Poll::Pending;
             }
         }
+    }
+
+    /// Step 3's metadata exchange: the peer's frame read off the front of
+    /// `t2p`; bytes that were no frame become `prefix`. Ok(moved).
+    fn read_mx(&mut self, m: &mut MxPump<'_>) -> bool {
+        let Some(r) = m.reader.as_mut() else { return false };
+        if self.t2p.is_empty() {
+            if self.peer_done {
+                // The peer ended before a whole frame: what it sent is data.
+                self.prefix = r.abort();
+                m.reader = None;
+                (m.done)(None);
+                return true;
+            }
+            return false;
+        }
+        let n = self.t2p.pending().len();
+        match r.feed(self.t2p.pending()) {
+            mx::Read::More => self.t2p.consume(n),
+            mx::Read::Done { used, peer } => {
+                self.t2p.consume(used);
+                m.reader = None;
+                (m.done)(peer.ok());
+            }
+            mx::Read::NotMx(held) => {
+                // The bytes still in t2p stay there; the ones held before go first.
+                self.prefix = held[..held.len() - n].to_vec();
+                m.reader = None;
+                (m.done)(None);
+            }
+        }
+        true
     }
 
     /// Step 4: decrypted plaintext into `t2p`, reading the TLS socket when

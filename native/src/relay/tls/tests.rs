@@ -215,8 +215,8 @@ fn handshake_checks_both_identities_and_negotiates_istio_alpn() {
     let (client, server) = (mesh(CLIENT, ROOT_A), mesh(PRODUCT, ROOT_A));
     let (c, s, _a, _b) = connect(&client, &server, PeerIdentity::AnyOf(vec![SA_PRODUCT.into()]));
     let (c, s) = (c.unwrap(), s.unwrap());
-    // Our inbound prefers `istio` (no metadata exchange header expected).
-    assert_eq!(c.alpn_protocol(), Some(&b"istio"[..]));
+    // Our inbound prefers the metadata exchange, as Envoy's inbound does.
+    assert_eq!(c.alpn_protocol(), Some(&b"istio-peer-exchange"[..]));
     assert_eq!(c.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3));
     assert_eq!(c.negotiated_cipher_suite().map(|s| s.suite()), Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256));
     let peer = s.peer_certificates().unwrap();
@@ -290,9 +290,9 @@ fn inbound_alpn_is_negotiated_when_ours_is_offered_and_skipped_as_envoy_does_oth
         // Envoy (SSL_TLSEXT_ERR_NOACK) completes without ALPN, and so do we.
         (&["foo"], None),
         (&["foo", "bar/2"], None),
-        // One of ours among unknown ones: ours, by our order (`istio` first).
+        // One of ours among unknown ones: ours, by our order (the exchange first).
         (&["foo", "istio"], Some(b"istio")),
-        (&["h2", "istio-peer-exchange", "istio"], Some(b"istio")),
+        (&["h2", "istio-peer-exchange", "istio"], Some(b"istio-peer-exchange")),
         (&["foo", "http/1.1"], Some(b"http/1.1")),
         // No ALPN extension at all.
         (&[], None),
@@ -381,7 +381,7 @@ fn chain(client: &MeshTls, server: &MeshTls) -> Chain {
         rt().spawn(async move {
             let st = ConnState::new(monotonic_ms());
             let sides = Sides { tls: &tls, plain: &plain, to_tls: &bytes[k], from_tls: &bytes[k + 1] };
-            pump(&mut conn, &sides, &bufs, &st).await
+            pump(&mut conn, &sides, &bufs, &st, None).await
         })
     };
     let pumps = vec![run(c, tls_a, plain_a, 0, bytes.clone()), run(s, tls_b, plain_b, 2, bytes.clone())];
@@ -541,7 +541,7 @@ fn an_idle_tls_connection_ends_with_close_notify_and_gives_its_buffers_back() {
         let sides = Sides { tls: &tls_a, plain: &plain, to_tls: &to, from_tls: &from };
         // What the relay does: the pump until nothing moved for the idle
         // timeout, then close_notify.
-        let pumping = pump(&mut c, &sides, &bufs, &st);
+        let pumping = pump(&mut c, &sides, &bufs, &st, None);
         let idle = tokio::time::timeout(Duration::from_millis(300), pumping).await.is_err();
         close_notify(&mut c, &tls_a);
         idle

@@ -73,6 +73,8 @@ def _options(args: argparse.Namespace) -> AgentOptions:
         control_plane_auth=args.control_plane_auth,
         cert_dir=args.cert_dir,
         cert_ttl=args.cert_ttl,
+        access_log_file=args.access_log_file,
+        access_log_encoding=args.access_log_encoding,
     )
 
 
@@ -209,6 +211,8 @@ def _gateway_options(args: argparse.Namespace, b: Any) -> AgentOptions:
         inbound_passthrough=False,
         control_plane_auth=args.control_plane_auth,
         cert_dir=args.cert_dir,
+        access_log_file=args.access_log_file,
+        access_log_encoding=args.access_log_encoding,
         proxy_type="router",
         gateway_listen=args.sni_listen or ["0.0.0.0:15443"],
         forward=[f for f in forward if f],
@@ -280,6 +284,17 @@ def _bootstrap_flags(p: Any) -> None:
         help="TLS to the control plane (default: mesh.yaml's controlPlaneAuthPolicy, else NONE)",
     )
     p.add_argument("--cert-dir", metavar="DIR", help="where the workload certificate is kept (default <state>/certs)")
+    p.add_argument(
+        "--access-log-file",
+        metavar="FILE",
+        help="Envoy's access log, a line per connection (default: mesh.yaml's accessLogFile, else off)",
+    )
+    p.add_argument(
+        "--access-log-encoding",
+        type=str.upper,
+        choices=("TEXT", "JSON"),
+        help="Istio's access log format (default: mesh.yaml's accessLogEncoding, else TEXT)",
+    )
     p.add_argument("--dry-run", action="store_true", help="print what would be configured and exit")
     p.add_argument("--output", "-o", choices=("yaml", "json"), default="yaml", help="--dry-run format")
     p.add_argument("--verbose", "-v", action="store_true")

@@ -24,6 +24,7 @@ from typing import Any
 from pymesh._native import RedirectTable
 from pymesh.agent.bootstrap import Bootstrap
 from pymesh.agent.certs import auth_mode
+from pymesh.agent.errors import BootstrapError
 from pymesh.agent.node import NodeInfo, build_node
 from pymesh.capture import CaptureConfig, CaptureError
 from pymesh.mesh import node as node_meta
@@ -109,6 +110,10 @@ class AgentOptions:
     control_plane_auth: str | None = None
     cert_dir: str | None = None
     cert_ttl: float | None = None
+    # Envoy's access log from every relay (TCP lines in Istio's formats); None: mesh.yaml's
+    # accessLogFile (meshConfig), else off. Encoding TEXT or JSON (None: accessLogEncoding, TEXT).
+    access_log_file: str | None = None
+    access_log_encoding: str | None = None
     # The proxy type of the node id: "sidecar" (a VM's agent) or "router" (``pymesh gateway``).
     proxy_type: str = "sidecar"
     # A gateway's listeners (both off for a sidecar): AUTO_PASSTHROUGH on these addresses
@@ -142,6 +147,7 @@ class AgentConfig:
     probe: ProbeSpec | None
     probe_host: str
     inbound_listen: tuple[str, ...]  # where the inbound passthrough listens (capture with inbound)
+    access_log: tuple[str, str] | None = None  # (file, TEXT | JSON), or off
 
     @property
     def runs_inbound(self) -> bool:
@@ -249,7 +255,19 @@ def resolve(bootstrap: Bootstrap, options: AgentOptions | None = None) -> AgentC
         probe=b.readiness_probe if o.probe else None,
         probe_host=probe_host,
         inbound_listen=_inbound_listen(capture),
+        access_log=_access_log(b, o),
     )
+
+
+def _access_log(b: Bootstrap, o: AgentOptions) -> tuple[str, str] | None:
+    """meshConfig ``accessLogFile`` / ``accessLogEncoding`` (Istio's defaults: off, TEXT),
+    the options first; a bad encoding is a BootstrapError naming mesh.yaml's key."""
+    path = o.access_log_file if o.access_log_file is not None else str(b.mesh.get("accessLogFile") or "")
+    enc = str(o.access_log_encoding or b.mesh.get("accessLogEncoding") or "TEXT").upper()
+    if enc not in ("TEXT", "JSON"):
+        where = "--access-log-encoding" if o.access_log_encoding else "accessLogEncoding"
+        raise BootstrapError(f"{enc!r} is not TEXT or JSON", file=b.paths.mesh, key=where)
+    return (path, enc) if path else None
 
 
 def local_workload(c: AgentConfig) -> dict[str, str]:
@@ -369,6 +387,7 @@ def plan(c: AgentConfig) -> dict[str, Any]:
         "state_dir": str(c.state_dir) if c.state_dir else None,
         "status_listen": o.status_listen,
         "network": network_plan(c),
+        "access_log": {"file": c.access_log[0], "encoding": c.access_log[1]} if c.access_log else None,
         "certificates": {"dir": str(c.cert_dir), "ttl": c.cert_ttl, "trust_domain": c.trust_domain}
         if c.control_plane_auth == "MUTUAL_TLS"
         else None,

@@ -114,6 +114,11 @@ class DataPath:
                 log.info("gateway AUTO_PASSTHROUGH on %s", ", ".join(self.gateway.addresses))
             for spec in o.forward:
                 self.forwards.append(start_forward_spec(spec))
+            if c.access_log is not None:
+                path, encoding = c.access_log
+                for _, relay in self.relays():
+                    relay.set_access_log(path, encoding)
+                log.info("access log (%s) to %s", encoding, path)
             if c.install_capture is not None:
                 self._install_capture()
         except BaseException:

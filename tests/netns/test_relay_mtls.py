@@ -703,3 +703,58 @@ def test_a_client_whose_first_bytes_are_no_frame_still_gets_through_unknown(mesh
     wait_idle(mesh)
     (inb,) = series(mesh.inbound, "destination")
     assert inb["source_workload"] == "unknown" and inb["source_principal"] == CLIENT
+
+
+# --- Envoy's access log in Istio's formats --------------------------------------------------------
+
+
+def test_access_log_lines_in_istios_text_and_json_formats(mesh: Mesh) -> None:
+    import json
+    import re
+
+    out_log, in_log = mesh.tmp / "outbound.log", mesh.tmp / "inbound.log"
+    mesh.outbound.set_access_log(str(out_log))
+    mesh.inbound.set_access_log(str(in_log), "json")
+    mesh.inbound.set_peer_authentication("STRICT")
+    assert exchange("127.1.0.1", 80, b"logged bytes") == b"logged bytes"
+    # The wrong-identity endpoint fails its handshake, the other one serves: UF on the line.
+    for _ in range(2):
+        assert exchange("127.1.0.4", 80, b"x") == b"x"
+    wait_idle(mesh)
+    mesh.outbound.set_access_log(None)  # written out and closed
+    mesh.inbound.set_access_log(None)
+    lines = out_log.read_text().splitlines()
+    assert len(lines) == 3, lines
+    text = re.compile(
+        r'^\[(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z)\] "- - -" 0 (\S+) - - "-" (\d+) (\d+) (\d+) - "-" "-" "-" "-" '
+        r'"(\S+)" (\S+) (\S+) (\S+) (\S+) - -$'
+    )
+    m = text.match(lines[0])
+    assert m, lines[0]
+    _, flags, rx, tx, _, host, cluster, up_local, down_local, down_remote = m.groups()
+    assert (flags, rx, tx) == ("-", "12", "12")
+    assert (host, cluster, down_local) == (f"{APP}:8000", "outbound|80||echo.default.svc.cluster.local", "127.1.0.1:80")
+    assert down_remote.startswith("127.0.0.1:") and up_local.split(":")[0] == "127.0.0.1"
+    flagged = [text.match(line) for line in lines[1:]]
+    assert all(flagged) and any(f.group(2) == "UF" for f in flagged if f), lines
+    assert mesh.outbound.stats()["access_log_lines"] == 0  # the log was closed: the counters went with it
+    records = [json.loads(line) for line in in_log.read_text().splitlines()]
+    assert len(records) == 3, records
+    r = records[0]
+    assert list(r)[:3] == ["start_time", "route_name", "method"] and r["method"] is None
+    assert (r["upstream_cluster"], r["response_flags"], r["response_code"]) == ("InboundPassthroughCluster", "-", 0)
+    assert r["requested_server_name"] == "outbound_.80_._.echo.default.svc.cluster.local"
+    assert (r["bytes_received"], r["bytes_sent"], r["upstream_host"]) == (12, 12, f"{APP}:8000")
+    assert r["downstream_local_address"] == f"{APP}:8000"
+
+
+def test_a_bad_access_log_path_or_encoding_is_an_error_and_nothing_changes(mesh: Mesh, tmp_path: Path) -> None:
+    from pymesh import PymeshError
+    from pymesh._native import ConfigError
+
+    with pytest.raises(PymeshError, match="no-such-dir"):
+        mesh.outbound.set_access_log(str(tmp_path / "no-such-dir" / "a.log"))
+    with pytest.raises(ConfigError, match="TEXT or JSON"):
+        mesh.outbound.set_access_log(str(tmp_path / "a.log"), "yaml")
+    assert exchange("127.1.0.1", 80, b"still serving") == b"still serving"
+    assert not (tmp_path / "a.log").exists()

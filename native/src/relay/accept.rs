@@ -21,6 +21,7 @@ use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::time::Instant;
 
+use super::accesslog::ConnLog;
 use super::admit::{ConnState, Phase, Refused};
 use super::inbound::{INBOUND_SOURCE_V4, INBOUND_SOURCE_V6};
 use super::limits::SourceKey;
@@ -43,6 +44,8 @@ pub(super) struct Ctx<'a> {
     pub(super) sv: &'a Serving,
     pub(super) st: &'a ConnState,
     pub(super) id: u64,
+    /// What the access log will say of this connection.
+    pub(super) log: &'a ConnLog,
 }
 
 pub(crate) async fn tick_loop(shared: Arc<Shared>) {
@@ -91,11 +94,16 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, serving: Arc<Serving>, list
         tokio::spawn(async move {
             let _active = Active(&sh.counters.active);
             let st = slot.state.clone();
-            let ctx = Ctx { sh: &sh, sv: &sv, st: &st, id };
+            let log = ConnLog::new();
+            log.with(|f| f.downstream_remote = Some(peer));
+            let ctx = Ctx { sh: &sh, sv: &sv, st: &st, id, log: &log };
             tokio::select! {
                 biased;
                 () = st.killed() => {}
                 () = serve(ctx, &stream) => {}
+            }
+            if let Some(al) = sh.access_log.load().as_ref() {
+                al.log(&log);
             }
             if st.was_killed() {
                 // Evicted or stopping: the client sees a reset, not an
@@ -153,6 +161,9 @@ async fn serve(ctx: Ctx<'_>, client: &TcpStream) {
     let _ = client.set_nodelay(true);
     keepalive(client, sh.cfg.keepalive);
     // A gateway's connections were addressed to it, not redirected.
+    if matches!(sh.cfg.mode, Mode::Sni | Mode::Forward(_)) {
+        ctx.log.with(|f| f.downstream_local = client.local_addr().ok());
+    }
     match sh.cfg.mode {
         Mode::Sni => return gateway::sni(ctx, client).await,
         Mode::Forward(to) => return gateway::forward(ctx, client, to).await,
@@ -170,6 +181,7 @@ async fn serve(ctx: Ctx<'_>, client: &TcpStream) {
             return;
         }
     };
+    ctx.log.with(|f| f.downstream_local = Some(orig));
     if sh.cfg.mode == Mode::Inbound {
         inbound::serve(ctx, client, orig).await;
     } else {
@@ -201,8 +213,12 @@ pub(super) async fn connect<'a>(ctx: Ctx<'a>, addr: SocketAddr) -> std::io::Resu
     s.set_tcp_nodelay(true)?;
     keepalive(&s, cfg.keepalive);
     let socket = TcpSocket::from_std_stream(std::net::TcpStream::from(s));
+    ctx.log.with(|f| (f.upstream_host, f.upstream_local) = (Some(addr), None));
     match tokio::time::timeout(cfg.connect_timeout, socket.connect(addr)).await {
-        Ok(Ok(stream)) => Ok(Upstream { stream, st: ctx.st }),
+        Ok(Ok(stream)) => {
+            ctx.log.with(|f| f.upstream_local = stream.local_addr().ok());
+            Ok(Upstream { stream, st: ctx.st })
+        }
         Ok(Err(e)) => Err(e),
         Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
     }
@@ -316,8 +332,8 @@ pub(super) async fn relay(ctx: Ctx<'_>, client: &TcpStream, upstream: &TcpStream
     let (sh, sv, st) = (ctx.sh, ctx.sv, ctx.st);
     st.set_phase(Phase::Relay);
     let c = &sh.counters;
-    let to_up = Tally { total: &c.bytes_sent, series: series.received() };
-    let to_client = Tally { total: &c.bytes_received, series: series.sent() };
+    let to_up = Tally { total: &c.bytes_sent, series: series.received(), conn: Some(&ctx.log.received) };
+    let to_client = Tally { total: &c.bytes_received, series: series.sent(), conn: Some(&ctx.log.sent) };
     let up = pump(client, upstream, &sv.pipes, &to_up, st);
     let down = pump(upstream, client, &sv.pipes, &to_client, st);
     let end = both_ways(up, down, client, upstream, st, sh.cfg.idle_timeout).await;
@@ -391,13 +407,13 @@ pub(super) async fn relay_tls(
     let (now_up, now_down, late_up, late_down);
     let (to_up, to_client): (&dyn ByteCount, &dyn ByteCount) = match &series {
         Series::Now(o) => {
-            now_up = Tally { total: &c.bytes_sent, series: o.received() };
-            now_down = Tally { total: &c.bytes_received, series: o.sent() };
+            now_up = Tally { total: &c.bytes_sent, series: o.received(), conn: Some(&ctx.log.received) };
+            now_down = Tally { total: &c.bytes_received, series: o.sent(), conn: Some(&ctx.log.sent) };
             (&now_up, &now_down)
         }
         Series::Mx(_, late) => {
-            late_up = late.tally(&c.bytes_sent, false);
-            late_down = late.tally(&c.bytes_received, true);
+            late_up = late.tally(&c.bytes_sent, false, &ctx.log.received);
+            late_down = late.tally(&c.bytes_received, true, &ctx.log.sent);
             (&late_up, &late_down)
         }
     };

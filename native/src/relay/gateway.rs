@@ -60,6 +60,7 @@ pub(super) async fn sni(ctx: Ctx<'_>, client: &TcpStream) {
             return reset(client);
         }
     };
+    ctx.log.with(|f| f.server_name.clone_from(&name));
     ctx.st.set_phase(Phase::Handshake);
     let routes: Arc<Routes> = sh.routes.load_full();
     outbound::to_cluster(ctx, client, &routes, &cluster).await;
@@ -71,7 +72,10 @@ pub(super) async fn forward(ctx: Ctx<'_>, client: &TcpStream, to: SocketAddr) {
     sh.counters.passthrough.fetch_add(1, Ordering::Relaxed);
     let none = OutboundPeer::default();
     let m = &sh.metrics;
-    let open = |flags| Opened::open(m, outbound_labels(&m.local(), Route::Passthrough, &none, flags));
+    let open = |flags| {
+        outbound::logged(ctx, Route::Passthrough, flags);
+        Opened::open(m, outbound_labels(&m.local(), Route::Passthrough, &none, flags))
+    };
     match connect_direct(ctx, client, to).await {
         Some(up) => relay(ctx, client, &up.stream, &open(Flags::NONE)).await,
         None => drop(open(Flags::UPSTREAM_CONNECT_FAILURE.union(Flags::RETRY_LIMIT_EXCEEDED))),

@@ -59,8 +59,17 @@ const CONNECT_FAILED: Flags = Flags::UPSTREAM_CONNECT_FAILURE.union(Flags::RETRY
 /// reaches no filter chain in Envoy, so no istio_stats filter sees it.
 fn open(ctx: Ctx<'_>, peer: &InboundPeer<'_>, flags: Flags) -> Opened {
     let m = &ctx.sh.metrics;
+    ctx.log.with(|f| {
+        f.routed = true;
+        f.flags = flags;
+        f.cluster = INBOUND_CLUSTER.to_owned();
+    });
     Opened::open(m, inbound_labels(&m.local(), peer, flags))
 }
+
+/// Istio's cluster for inbound passthrough (istio `pilot/pkg/util/protocol`
+/// `InboundPassthroughCluster`).
+const INBOUND_CLUSTER: &str = "InboundPassthroughCluster";
 
 /// How long the inbound waits, in PERMISSIVE mode, for a client's first
 /// bytes before treating a silent connection as plaintext. Envoy's
@@ -202,6 +211,10 @@ async fn inbound_tls(ctx: Ctx<'_>, client: &TcpStream, orig: SocketAddr, identit
         return;
     };
     sh.counters.passthrough.fetch_add(1, Ordering::Relaxed);
+    if let Connection::Server(s) = &conn {
+        let name = s.server_name().unwrap_or_default().to_owned();
+        ctx.log.with(|f| f.server_name = name);
+    }
     let principal = peer_spiffe(&conn);
     let peer = InboundPeer { principal: principal.as_deref(), local_principal: Some(identity.uri()), mx: None };
     match connect_direct(ctx, client, orig).await {

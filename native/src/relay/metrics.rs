@@ -455,13 +455,15 @@ impl ByteCount for AtomicU64 {
 pub struct Tally<'a> {
     pub total: &'a AtomicU64,
     pub series: Option<&'a AtomicU64>,
+    /// The connection's own count (its access-log line).
+    pub conn: Option<&'a AtomicU64>,
 }
 
 impl ByteCount for Tally<'_> {
     fn add(&self, n: u64) {
         self.total.fetch_add(n, Ordering::Relaxed);
-        if let Some(s) = self.series {
-            s.fetch_add(n, Ordering::Relaxed);
+        for c in [self.series, self.conn].into_iter().flatten() {
+            c.fetch_add(n, Ordering::Relaxed);
         }
     }
 }
@@ -525,8 +527,8 @@ impl<'a> Late<'a> {
     }
 
     /// A relay total and this series' counter of bytes sent (`sent`) or received.
-    pub(crate) fn tally(&'a self, total: &'a AtomicU64, sent: bool) -> LateTally<'a> {
-        LateTally { total, late: self, dir: usize::from(!sent) }
+    pub(crate) fn tally(&'a self, total: &'a AtomicU64, sent: bool, conn: &'a AtomicU64) -> LateTally<'a> {
+        LateTally { total, late: self, dir: usize::from(!sent), conn }
     }
 }
 
@@ -534,11 +536,13 @@ pub(crate) struct LateTally<'a> {
     total: &'a AtomicU64,
     late: &'a Late<'a>,
     dir: usize,
+    conn: &'a AtomicU64,
 }
 
 impl ByteCount for LateTally<'_> {
     fn add(&self, n: u64) {
         self.total.fetch_add(n, Ordering::Relaxed);
+        self.conn.fetch_add(n, Ordering::Relaxed);
         match self.late.cell.get() {
             Some(o) => {
                 if let Some(c) = if self.dir == 0 { o.sent() } else { o.received() } {
@@ -754,8 +758,8 @@ mod tests {
             let o1 = Opened::open(&m, a.clone());
             let o2 = Opened::open(&m, a.clone());
             assert!(Arc::ptr_eq(o1.0.as_ref().unwrap(), o2.0.as_ref().unwrap()));
-            Tally { total: &AtomicU64::new(0), series: o1.sent() }.add(10);
-            Tally { total: &AtomicU64::new(0), series: o2.received() }.add(7);
+            Tally { total: &AtomicU64::new(0), series: o1.sent(), conn: None }.add(10);
+            Tally { total: &AtomicU64::new(0), series: o2.received(), conn: None }.add(7);
             let _ = Opened::open(&m, b);
             let dropped = Opened::open(&m, c);
             assert!(dropped.0.is_none());

@@ -82,6 +82,7 @@
 //! `tlsMode: istio` keep the splice path.
 
 mod accept;
+pub mod accesslog;
 mod admit;
 mod gateway;
 pub mod hello;
@@ -373,6 +374,8 @@ pub(crate) struct Shared {
     pub(crate) tls: MeshTls,
     /// Istio's TCP metrics, per label set.
     pub(crate) metrics: TcpMetrics,
+    /// Envoy's access log, when one is set.
+    pub(crate) access_log: arc_swap::ArcSwapOption<accesslog::AccessLog>,
 }
 
 /// What one start of the relay serves with: its slots and pools.
@@ -483,6 +486,7 @@ impl Relay {
                 seed,
                 tls: MeshTls::default(),
                 metrics: TcpMetrics::default(),
+                access_log: arc_swap::ArcSwapOption::empty(),
             }),
             running: Mutex::new(None),
         })
@@ -607,6 +611,17 @@ impl Relay {
     /// workload they are labelled with (`set_local`).
     pub fn tcp_metrics(&self) -> &TcpMetrics {
         &self.shared.metrics
+    }
+
+    /// Writes a line per connection from now on to `log` (None: no more);
+    /// the previous log, if any, is returned (its queued lines still get written).
+    pub fn set_access_log(&self, log: Option<Arc<accesslog::AccessLog>>) -> Option<Arc<accesslog::AccessLog>> {
+        self.shared.access_log.swap(log)
+    }
+
+    /// The access log in use.
+    pub fn access_log(&self) -> Option<Arc<accesslog::AccessLog>> {
+        self.shared.access_log.load_full()
     }
 
     pub fn stats(&self) -> RelayStats {

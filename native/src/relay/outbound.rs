@@ -223,7 +223,20 @@ const CONNECT_FAILED: Flags = Flags::UPSTREAM_CONNECT_FAILURE.union(Flags::RETRY
 /// closed when dropped.
 fn open(ctx: Ctx<'_>, route: Route<'_>, peer: &OutboundPeer<'_>, flags: Flags) -> Opened {
     let m = &ctx.sh.metrics;
+    logged(ctx, route, flags);
     Opened::open(m, outbound_labels(&m.local(), route, peer, flags))
+}
+
+/// The connection reached a route: its access-log line has a cluster and flags.
+pub(super) fn logged(ctx: Ctx<'_>, route: Route<'_>, flags: Flags) {
+    ctx.log.with(|f| {
+        f.routed = true;
+        f.flags = flags;
+        f.cluster = match route {
+            Route::Cluster(name) => name.to_owned(),
+            Route::Passthrough => super::metrics::PASSTHROUGH_CLUSTER.to_owned(),
+        };
+    });
 }
 
 /// Ends an endpoint's active request when the connection's task ends

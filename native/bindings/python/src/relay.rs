@@ -259,7 +259,31 @@ impl OutboundProxy {
         ] {
             d.set_item(k, v)?;
         }
+        let (written, dropped, failed) = self.inner.access_log().map(|l| l.stats()).unwrap_or_default();
+        d.set_item("access_log_lines", written)?;
+        d.set_item("access_log_dropped", dropped)?;
+        d.set_item("access_log_failed", failed)?;
         Ok(d)
+    }
+
+    /// Envoy's access log, a line per connection as it ends, appended to
+    /// `path` in Istio's `TEXT` or `JSON` format (meshConfig `accessLogFile`,
+    /// `accessLogEncoding`); None stops it (queued lines are written first).
+    #[pyo3(signature = (path, encoding = "TEXT"))]
+    fn set_access_log(&self, py: Python<'_>, path: Option<&str>, encoding: &str) -> PyResult<()> {
+        let enc = match encoding.to_ascii_uppercase().as_str() {
+            "TEXT" => core::accesslog::Encoding::Text,
+            "JSON" => core::accesslog::Encoding::Json,
+            other => return Err(ConfigError::new_err(format!("encoding: {other:?} is not TEXT or JSON"))),
+        };
+        let log = match path {
+            Some(p) => Some(Arc::new(core::accesslog::AccessLog::open(p, enc).map_err(to_py)?)),
+            None => None,
+        };
+        if let Some(old) = self.inner.set_access_log(log) {
+            py.detach(|| old.close());
+        }
+        Ok(())
     }
 
     /// Sets the workload identity for mTLS (PEM: certificate chain leaf

@@ -89,6 +89,7 @@ bench-short: build ## benchmarks in short mode (CI)
 	$(BIN)/python benchmarks/mtls_bench.py --short
 	$(BIN)/python benchmarks/relay_mtls_bench.py --short
 	$(BIN)/python benchmarks/gateway_bench.py --short
+	$(BIN)/python benchmarks/telemetry_bench.py --short
 	PYMESH_BENCH_SHORT=1 $(BIN)/pytest -q benchmarks --benchmark-columns=median,ops --benchmark-sort=name
 
 bench: build ## full benchmarks (criterion + pytest-benchmark); takes minutes

@@ -70,7 +70,6 @@ import shutil
 import signal
 import socket
 import ssl
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -80,6 +79,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from benchlib import cpu_ns, spread, thread_ids
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -282,10 +283,6 @@ class Env:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def _tids() -> set[int]:
-    return {int(t.name) for t in Path("/proc/self/task").iterdir()}
-
-
 def _comm(tid: int) -> str:
     try:
         return Path(f"/proc/self/task/{tid}/comm").read_text().strip()
@@ -304,26 +301,15 @@ def start_proxy(mode: str, port: int) -> tuple[Any, set[int]]:
     kw: dict[str, Any] = {"mode": mode}
     if mode == "forward":
         kw["forward_to"] = f"{NET4}:{PORT}"
-    before = _tids()
+    before = thread_ids()
     proxy = OutboundProxy(
         RedirectTable.from_dict({}), lb, listen=[f"127.0.0.1:{port}"], auto_mtls=False, workers=WORKERS, **kw
     )
     proxy.start()
-    return proxy, _tids() - before
+    return proxy, thread_ids() - before
 
 
 # --- measurements ---------------------------------------------------------------------------
-
-
-def cpu_ns(pid: int, tids: set[int] | None = None) -> int:
-    """CPU time (ns) of the given threads of `pid`, or of all of them: the
-    first field of /proc/<pid>/task/<tid>/schedstat (proc(5))."""
-    base = Path(f"/proc/{pid}/task")
-    total = 0
-    for t in tids if tids is not None else [int(p.name) for p in base.iterdir()]:
-        with contextlib.suppress(OSError, ValueError, IndexError):  # a thread that just exited
-            total += int((base / str(t) / "schedstat").read_text().split()[0])
-    return total
 
 
 def client_context(pem: bytes) -> ssl.SSLContext:
@@ -362,10 +348,6 @@ def conns(ctx: ssl.SSLContext, addr: tuple[str, int], seconds: float) -> int:
                     raise RuntimeError(f"{addr}: no answer")
         n += 1
     return n
-
-
-def spread(xs: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs)}
 
 
 def main() -> int:
@@ -449,7 +431,7 @@ def main() -> int:
         # Threads of the gateway runtimes started after start() returned
         # would escape the CPU figures; count them.
         known = set().union(*(t for _, t in proxies.values()))
-        late = [t for t in _tids() - known if _comm(t) == "pymesh-gateway"]
+        late = [t for t in thread_ids() - known if _comm(t) == "pymesh-gateway"]
         gw_stats = proxies["pymesh sni"][0].stats()
         fwd_stats = proxies["pymesh forward"][0].stats()
     finally:

@@ -138,7 +138,6 @@ class AgentCollector(Collector):
         yield from _per_type(st["xds_types"])
         running = self.agent.data.relays()
         yield from _relays(running)
-        yield from istio_tcp(proxy for _, proxy in running)
 
 
 def _per_type(types: dict[str, dict[str, Any]]) -> Iterator[Metric]:
@@ -184,32 +183,19 @@ def _relays(relays: list[tuple[str, Any]]) -> Iterator[Metric]:
     yield from families.values()
 
 
-# Istio's TCP families: (name without the _total prometheus_client appends,
-# the key in OutboundProxy.tcp_metrics() values, HELP). The texts are Istio's
-# (istio.io "Istio Standard Metrics").
-_ISTIO_TCP = (
-    ("istio_tcp_connections_opened", "connections_opened", "Total TCP connections opened."),
-    ("istio_tcp_connections_closed", "connections_closed", "Total TCP connections closed."),
-    ("istio_tcp_sent_bytes", "sent_bytes", "Total bytes sent during response in case of a TCP connection."),
-    ("istio_tcp_received_bytes", "received_bytes", "Total bytes received during request in case of a TCP connection."),
-)
+def istio_tcp(relays: Iterable[Any]) -> str:
+    """Istio's four TCP counter families over the relays' series, rendered natively
+    (``pymesh._native.tcp_metrics_text``: each family once, HELP and TYPE even before its
+    first series; 10,000 series are 40,000 lines, too many to build as Python objects
+    at every scrape)."""
+    from pymesh._native import tcp_metrics_text
 
-
-def istio_tcp(relays: Iterable[Any]) -> Iterator[Metric]:
-    """Istio's four TCP counter families over the relays' series (each relay's
-    ``tcp_metrics()``); a family is served, with HELP and TYPE, even before
-    its first series."""
-    series = [s for proxy in relays if hasattr(proxy, "tcp_metrics") for s in proxy.tcp_metrics()]
-    names = list(series[0][0]) if series else []
-    for name, key, help_text in _ISTIO_TCP:
-        fam = CounterMetricFamily(name, help_text, labels=names)
-        for labels, values in series:
-            fam.add_metric([labels[n] for n in names], values[key])
-        yield fam
+    return tcp_metrics_text(list(relays))
 
 
 def metrics(agent: Agent) -> str:
     out = prometheus_text(AgentCollector(agent)).decode()
+    out += istio_tcp(proxy for _, proxy in agent.data.relays())
     if agent.dns is not None:
         out += agent.dns.server.metrics_text()
     return out

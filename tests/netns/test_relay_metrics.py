@@ -25,9 +25,7 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from prometheus_client.registry import Collector
 
-from pymesh.admin import prometheus_text
 from pymesh.agent.status import istio_tcp
 from pymesh.controlplane.ca.ca import CertificateAuthority
 from pymesh.lbtable import LbTable, RedirectTable
@@ -35,6 +33,7 @@ from pymesh.mesh.identity import identity
 from pymesh.mesh.pki import key_pem, make_csr, new_key
 from pymesh.relay import OutboundProxy, start_inbound_passthrough
 from support.netns import inside, nft_netns
+from support.wait import wait_until
 
 CLIENT = "spiffe://cluster.local/ns/default/sa/client"
 PRODUCT = "spiffe://cluster.local/ns/default/sa/product"
@@ -307,11 +306,7 @@ def test_istio_tcp_series_with_exact_labels_and_bytes(relays: tuple[OutboundProx
 
 
 def test_the_served_text_parses_with_help_type_and_every_label(relays: tuple[OutboundProxy, OutboundProxy]) -> None:
-    class Relays(Collector):
-        def collect(self) -> Iterator[Any]:
-            return istio_tcp(relays)
-
-    text = prometheus_text(Relays()).decode()
+    text = istio_tcp(relays)
     families = {f.name: f for f in text_string_to_metric_families(text)}
     for name in ("connections_opened", "connections_closed", "sent_bytes", "received_bytes"):
         fam = families[f"istio_tcp_{name}"]
@@ -340,3 +335,69 @@ def test_local_workload_is_checked(tmp_path: Path) -> None:
         assert proxy.tcp_metrics() == []
     finally:
         proxy.stop()
+
+
+# Kiali's graph groups TCP edges by these (kiali graph/telemetry/istio/istio.go); a series
+# missing any of them is skipped, so all must be present on both reporters.
+KIALI_TCP_GROUP = (
+    "source_cluster,source_workload_namespace,source_workload,source_canonical_service,"
+    "source_canonical_revision,destination_cluster,destination_service_namespace,destination_service,"
+    "destination_service_name,destination_workload_namespace,destination_workload,"
+    "destination_canonical_service,destination_canonical_revision,response_flags"
+)
+
+
+def test_kialis_tcp_graph_queries_see_the_edge_from_a_real_prometheus(
+    relays: tuple[OutboundProxy, OutboundProxy], tmp_path: Path
+) -> None:
+    from pymesh.admin import PROMETHEUS_TEXT, AdminServer
+    from support.prometheus import prometheus
+
+    outbound, inbound = relays
+
+    # The agent's /stats/prometheus rendering of the relays' series, in the namespace
+    # (this thread is in it, so Prometheus started from here scrapes it there too).
+    def page(_: str) -> tuple[int, str, bytes]:
+        return 200, PROMETHEUS_TEXT, istio_tcp([outbound, inbound]).encode()
+
+    server = AdminServer("127.0.0.1:0", {"/stats/prometheus": page}, name="t")
+    stop = threading.Event()
+
+    def traffic() -> None:
+        while not stop.is_set():
+            exchange("127.1.0.1", 80, b"k" * 4096)
+            time.sleep(0.1)
+
+    t = threading.Thread(target=traffic, daemon=True)
+    try:
+        with prometheus(tmp_path / "prom", {"vm": (server.address, "/stats/prometheus")}) as prom:
+            t.start()
+            by = KIALI_TCP_GROUP
+            # Kiali's third query (edges out of the namespace, reported by the source), then the
+            # destination reporter's view of the same traffic, its source known by metadata exchange.
+            src_sel = 'reporter="source",source_workload_namespace="default"'
+            dst_sel = 'reporter="destination",destination_workload_namespace="default"'
+            source = f"sum(rate(istio_tcp_sent_bytes_total{{{src_sel}}}[1m])) by ({by}) > 0"
+            dest = (
+                f"sum(rate(istio_tcp_received_bytes_total{{{dst_sel}}}[1m])) by ({by},connection_security_policy) > 0"
+            )
+
+            def edge(expr: str) -> dict[str, str] | None:
+                for r in prom.query(expr):
+                    if r["metric"].get("destination_workload") == "product-v1":
+                        return dict(r["metric"])
+                return None
+
+            out = wait_until(lambda: edge(source), timeout=30, interval=0.5)
+            assert (out["source_workload"], out["source_canonical_service"]) == ("client-vm", "client")
+            assert (out["destination_workload"], out["destination_canonical_revision"]) == ("product-v1", "v1")
+            assert out["response_flags"] == "-" and out["destination_service"] == "product.default.svc.cluster.local"
+            inn = wait_until(lambda: edge(dest), timeout=30, interval=0.5)
+            assert (inn["source_workload"], inn["source_cluster"]) == ("client-vm", "vm-cluster")
+            assert inn["connection_security_policy"] == "mutual_tls"
+            assert set(by.split(",")) <= set(inn) and set(by.split(",")) <= set(out)
+    finally:
+        stop.set()
+        if t.is_alive():
+            t.join(10)
+        server.stop()

@@ -74,7 +74,7 @@ pub(super) async fn forward(ctx: Ctx<'_>, client: &TcpStream, to: SocketAddr) {
     let m = &sh.metrics;
     let open = |flags| {
         outbound::logged(ctx, Route::Passthrough, flags);
-        Opened::open(m, outbound_labels(&m.local(), Route::Passthrough, &none, flags))
+        Opened::open_with(m, || outbound_labels(&m.local(), Route::Passthrough, &none, flags))
     };
     match connect_direct(ctx, client, to).await {
         Some(up) => relay(ctx, client, &up.stream, &open(Flags::NONE)).await,

@@ -64,7 +64,7 @@ fn open(ctx: Ctx<'_>, peer: &InboundPeer<'_>, flags: Flags) -> Opened {
         f.flags = flags;
         f.cluster = INBOUND_CLUSTER.to_owned();
     });
-    Opened::open(m, inbound_labels(&m.local(), peer, flags))
+    Opened::open_with(m, || inbound_labels(&m.local(), peer, flags))
 }
 
 /// Istio's cluster for inbound passthrough (istio `pilot/pkg/util/protocol`

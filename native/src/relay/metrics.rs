@@ -366,6 +366,9 @@ pub struct TcpMetrics {
     series: Mutex<HashMap<Arc<TcpLabels>, Arc<TcpSeries>>>,
     max: usize,
     dropped: AtomicU64,
+    /// Off: connections get no series (Istio's Telemetry API `metrics`
+    /// with `disabled: true`); their label sets are not even built.
+    enabled: std::sync::atomic::AtomicBool,
 }
 
 impl Default for TcpMetrics {
@@ -382,7 +385,17 @@ impl TcpMetrics {
             series: Mutex::new(HashMap::new()),
             max,
             dropped: AtomicU64::new(0),
+            enabled: std::sync::atomic::AtomicBool::new(true),
         }
+    }
+
+    /// Turns the metrics on or off for connections from now on.
+    pub fn set_enabled(&self, on: bool) {
+        self.enabled.store(on, Ordering::Relaxed);
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
     }
 
     /// The local workload for connections from now on.
@@ -468,12 +481,82 @@ impl ByteCount for Tally<'_> {
     }
 }
 
+/// Istio's four TCP families: (name, HELP text as Istio's "Istio Standard
+/// Metrics" page words it, the value of a series).
+const FAMILIES: [Family; 4] = [
+    ("istio_tcp_connections_opened_total", "Total TCP connections opened.", |v| v.opened),
+    ("istio_tcp_connections_closed_total", "Total TCP connections closed.", |v| v.closed),
+    ("istio_tcp_sent_bytes_total", "Total bytes sent during response in case of a TCP connection.", |v| v.sent_bytes),
+    ("istio_tcp_received_bytes_total", "Total bytes received during request in case of a TCP connection.", |v| {
+        v.received_bytes
+    }),
+];
+
+type Family = (&'static str, &'static str, fn(&TcpValues) -> u64);
+
+/// A label value escaped for the text format: backslash, double quote and
+/// line feed (Prometheus "Exposition formats", text format 0.0.4).
+fn escape_into(out: &mut String, v: &str) {
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// The series of several registries (the agent's relays) as Istio's TCP
+/// families in the Prometheus text format 0.0.4: each family once, with
+/// HELP and TYPE even when it has no series, labels in Istio's order. Built
+/// here rather than through Python objects: 10,000 series are 40,000 lines.
+pub fn render_text(registries: &[&TcpMetrics]) -> String {
+    use std::fmt::Write as _;
+    let series: Vec<(Arc<TcpLabels>, TcpValues)> = registries.iter().flat_map(|m| m.snapshot()).collect();
+    // The label part of each series, built once for the four families.
+    let labels: Vec<String> = series
+        .iter()
+        .map(|(l, _)| {
+            let mut s = String::with_capacity(640);
+            s.push('{');
+            for (i, (k, v)) in l.pairs().enumerate() {
+                if i > 0 {
+                    s.push(',');
+                }
+                s.push_str(k);
+                s.push_str("=\"");
+                escape_into(&mut s, v);
+                s.push('"');
+            }
+            s.push('}');
+            s
+        })
+        .collect();
+    let mut out = String::with_capacity(series.len() * 4 * 700 + 1024);
+    for (name, help, value) in FAMILIES {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for ((_, v), l) in series.iter().zip(&labels) {
+            let _ = writeln!(out, "{name}{l} {}", value(v));
+        }
+    }
+    out
+}
+
 /// One connection's series: counted opened when made, closed when dropped
 /// (however the connection's task ends: also when evicted or stopped).
 #[derive(Debug)]
 pub(crate) struct Opened(pub(crate) Option<Arc<TcpSeries>>);
 
 impl Opened {
+    /// A connection's series, its labels made by `labels` only when the metrics are on.
+    pub(crate) fn open_with(metrics: &TcpMetrics, labels: impl FnOnce() -> TcpLabels) -> Opened {
+        if !metrics.enabled() {
+            return Opened(None);
+        }
+        Opened::open(metrics, labels())
+    }
+
     pub(crate) fn open(metrics: &TcpMetrics, labels: TcpLabels) -> Opened {
         let s = metrics.series(labels);
         if let Some(s) = &s {
@@ -738,6 +821,29 @@ mod tests {
             ("frontend-v2", "web", "frontend", "v2")
         );
         assert_eq!((m["destination_canonical_revision"], m["destination_cluster"]), ("v2", "east"));
+    }
+
+    #[test]
+    fn the_text_has_each_family_once_with_escaped_labels() {
+        let (a, b) = (TcpMetrics::new(10), TcpMetrics::new(10));
+        let mut odd = local();
+        odd.workload = "a\"b\\c\nd".into();
+        let l1 = outbound_labels(&odd, Route::Passthrough, &OutboundPeer::default(), Flags::NONE);
+        let l2 = inbound_labels(&local(), &InboundPeer::default(), Flags::NONE);
+        let (o1, o2) = (Opened::open(&a, l1), Opened::open(&b, l2));
+        Tally { total: &AtomicU64::new(0), series: o1.sent(), conn: None }.add(10);
+        let text = render_text(&[&a, &b]);
+        assert_eq!(text.matches("# TYPE istio_tcp_sent_bytes_total counter\n").count(), 1);
+        assert_eq!(text.lines().filter(|l| l.starts_with("istio_tcp_connections_opened_total{")).count(), 2);
+        assert!(text.contains(r#"source_workload="a\"b\\c\nd""#), "{text}");
+        assert!(text.contains(r#"reporter="source",source_workload="#));
+        assert!(text
+            .lines()
+            .any(|l| l.starts_with("istio_tcp_sent_bytes_total{reporter=\"source\"") && l.ends_with(" 10")));
+        // No series yet: the families are still typed.
+        let empty = render_text(&[&TcpMetrics::new(1)]);
+        assert_eq!(empty.lines().count(), 8);
+        drop((o1, o2));
     }
 
     #[test]

@@ -224,7 +224,7 @@ const CONNECT_FAILED: Flags = Flags::UPSTREAM_CONNECT_FAILURE.union(Flags::RETRY
 fn open(ctx: Ctx<'_>, route: Route<'_>, peer: &OutboundPeer<'_>, flags: Flags) -> Opened {
     let m = &ctx.sh.metrics;
     logged(ctx, route, flags);
-    Opened::open(m, outbound_labels(&m.local(), route, peer, flags))
+    Opened::open_with(m, || outbound_labels(&m.local(), route, peer, flags))
 }
 
 /// The connection reached a route: its access-log line has a cluster and flags.

@@ -380,6 +380,13 @@ impl OutboundProxy {
         Ok(())
     }
 
+    /// Istio's TCP metrics on (default) or off for connections from now on
+    /// (off: no series, no label sets built; Istio's Telemetry API
+    /// `metrics` with `disabled: true`).
+    fn set_tcp_metrics_enabled(&self, on: bool) {
+        self.inner.tcp_metrics().set_enabled(on);
+    }
+
     /// The local workload set with `set_local_workload` (all keys; "" where unset).
     fn local_workload<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let l = self.inner.tcp_metrics().local();
@@ -534,7 +541,17 @@ fn mx_parse<'py>(py: Python<'py>, frame: &[u8]) -> PyResult<Bound<'py, PyDict>> 
     Ok(d)
 }
 
+/// Istio's TCP families over the series of these relays, in the Prometheus
+/// text format (each family once; what the agent's `/stats/prometheus` serves).
+#[pyfunction]
+fn tcp_metrics_text(py: Python<'_>, relays: Vec<Py<OutboundProxy>>) -> String {
+    let held: Vec<&OutboundProxy> = relays.iter().map(|r| r.get()).collect();
+    let registries: Vec<&core::TcpMetrics> = held.iter().map(|r| r.inner.tcp_metrics()).collect();
+    py.detach(|| core::metrics::render_text(&registries))
+}
+
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(tcp_metrics_text, m)?)?;
     m.add_class::<OutboundProxy>()?;
     m.add_function(wrap_pyfunction!(original_destination, m)?)?;
     m.add_function(wrap_pyfunction!(mx_frame, m)?)?;

@@ -98,6 +98,7 @@ class Agent:
         )
         self.data = DataPath(c)
         self.mesh.apply_mode = self.data.apply_peer_authentication
+        self.mesh.apply_access_log = self.data.apply_access_log
         self.mesh.on_update(self.data.swap)
         self.client: XdsClient | None = None
         self.certs: WorkloadCerts | None = None

@@ -56,6 +56,7 @@ class DataPath:
         self.capture_rules: Any = None  # pymesh.capture.Capture while installed
         self.gateway: Any = None  # the SNI (AUTO_PASSTHROUGH) listener of a gateway
         self.forwards: list[tuple[str, Any]] = []  # a gateway's forwarded ports: (name, relay)
+        self.pushed_access_log: tuple[str, str] | None = None  # what the control plane's listeners say
         self.capture_error = ""  # why the rules are not installed ("" when they are or were not asked for)
         self.identity = ""  # the SPIFFE identity the relay holds ("": none)
         self.mode: str | None = None  # the inbound mTLS mode applied (None: the listener's default)
@@ -114,11 +115,7 @@ class DataPath:
                 log.info("gateway AUTO_PASSTHROUGH on %s", ", ".join(self.gateway.addresses))
             for spec in o.forward:
                 self.forwards.append(start_forward_spec(spec))
-            if c.access_log is not None:
-                path, encoding = c.access_log
-                for _, relay in self.relays():
-                    relay.set_access_log(path, encoding)
-                log.info("access log (%s) to %s", encoding, path)
+            self._set_access_log(c.access_log or self.pushed_access_log)
             if c.install_capture is not None:
                 self._install_capture()
         except BaseException:
@@ -179,6 +176,24 @@ class DataPath:
             self.gateway.swap_tables(lb=tables.lb)
         if self.dns is not None and tables.names is not None:
             self.dns.server.swap_table(tables.names)
+
+    def apply_access_log(self, access_log: tuple[str, str] | None) -> None:
+        """The access log the control plane's listeners configure (istiod's meshConfig
+        ``accessLogFile``): applied unless the agent's own configuration (flags, mesh.yaml)
+        sets one, which wins. A file that cannot be opened is logged, not a NACK."""
+        self.pushed_access_log = access_log
+        if self.config.access_log is None:
+            self._set_access_log(access_log)
+
+    def _set_access_log(self, access_log: tuple[str, str] | None) -> None:
+        path, encoding = access_log or (None, "TEXT")
+        for name, relay in self.relays():
+            try:
+                relay.set_access_log(path, encoding)
+            except (PymeshError, ValueError) as e:
+                log.error("%s: access log %s not opened: %s", name, path, e)
+        if access_log is not None:
+            log.info("access log (%s) to %s", encoding, path)
 
     def apply_peer_authentication(self, mode: str) -> None:
         """The inbound mTLS mode to the inbound listener; a refusal is an

@@ -46,7 +46,7 @@ from typing import Any
 
 from pymesh._native import LbTable, NameTable, PymeshError, RedirectTable
 from pymesh.agent.errors import XdsClientError
-from pymesh.agent.outbound import BLACKHOLE, RouteTables, read_listeners
+from pymesh.agent.outbound import BLACKHOLE, RouteTables, access_log_of, read_listeners
 from pymesh.agent.persist import StateDir
 from pymesh.mesh import xds
 from pymesh.mesh.clusters import LB_TYPES, parse_cluster_name
@@ -204,6 +204,9 @@ class MeshState:
         self._callbacks: list[Callable[[Tables], None]] = []
         # Applies an inbound mTLS mode to the data path; raising NACKs the LDS push.
         self.apply_mode: Callable[[str], None] | None = None
+        # The access log the listeners carry ((path, TEXT | JSON) or None), and what applies it.
+        self.access_log: tuple[str, str] | None = None
+        self.apply_access_log: Callable[[tuple[str, str] | None], None] | None = None
         self.loaded_from_disk: list[str] = []
 
     # --- reading -----------------------------------------------------------------------------
@@ -381,9 +384,13 @@ class MeshState:
             except ValueError as e:
                 raise XdsClientError(str(e)) from e
         view = read_listeners(listeners)
+        access_log = access_log_of(listeners)
         with self.lock:
             if mode is not None and self.apply_mode is not None:
                 self.apply_mode(mode)
+            if access_log != self.access_log and self.apply_access_log is not None:
+                self.apply_access_log(access_log)
+            self.access_log = access_log
             if mode is not None:
                 self.peer_authentication = mode  # none in this response: the mode in force stays
             routing_changed = view != self.routing.view

@@ -131,7 +131,16 @@ def _acked_all(ads: FixtureAds) -> bool:
     return all(ads.acks.get(t, 0) >= 1 for t in ads.responses)
 
 
-SCENARIOS = ["plain", "autoalloc", "autoalloc-status", "subsets", "virtualservice", "strict", "multinetwork"]
+SCENARIOS = [
+    "plain",
+    "autoalloc",
+    "autoalloc-status",
+    "subsets",
+    "virtualservice",
+    "strict",
+    "multinetwork",
+    "accesslog",
+]
 
 
 @pytest.mark.parametrize("replay", SCENARIOS, indirect=True)
@@ -191,6 +200,22 @@ def test_the_inbound_mode_is_read_from_istiods_virtual_inbound(replay: tuple[Fix
     ads, agent, _ = replay
     wait_until(lambda: _acked_all(ads), timeout=15)
     assert agent.peer_authentication == mode
+
+
+@pytest.mark.parametrize(
+    ("replay", "want"), [("plain", None), ("accesslog", ("/var/log/istio/access.log", "JSON"))], indirect=["replay"]
+)
+def test_the_access_log_is_read_from_istiods_listeners(
+    replay: tuple[FixtureAds, Any, int], want: tuple[str, str] | None
+) -> None:
+    """meshConfig accessLogFile / accessLogEncoding reach a sidecar as file loggers on its
+    listeners' tcp_proxy filters (the accesslog scenario): the agent takes the path and the
+    encoding, and its relays write there (make_agent runs no data path: the setting is read)."""
+    ads, agent, _ = replay
+    wait_until(lambda: _acked_all(ads), timeout=15)
+    assert ads.nacks == []
+    assert agent.mesh.access_log == want
+    assert agent.data.pushed_access_log == want
 
 
 def _rewrite_lds(ads: FixtureAds, change: Any) -> None:

@@ -1,7 +1,7 @@
 """Shared test setup: Hypothesis profiles (``fast`` by default, ``slow`` with
 PYMESH_HYPOTHESIS=slow), the tier markers (tests/README.md: every test under
 tests/netns is marked ``netns``, every test under tests/e2e ``e2e``) and the
-``shared_dir`` fixture."""
+``shared_dir`` and ``etcd`` fixtures."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
+from support.etcd import EtcdCluster
 from support.paths import TESTS
 
 settings.register_profile("fast", max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -43,3 +44,11 @@ def shared_dir() -> Iterator[Path]:
     d.chmod(0o755)
     yield d
     shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def etcd() -> Iterator[EtcdCluster]:
+    """A real 3-member etcd on loopback ports (tests/support/etcd.py), one per test module."""
+    c = EtcdCluster().start()
+    yield c
+    c.stop()

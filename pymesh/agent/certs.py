@@ -26,6 +26,12 @@ As istio-agent does it (istio/istio ``security/pkg/nodeagent/cache/secretcache.g
   falls back to the token ("cert expired, using token instead").
 Rotation never touches an open connection: credentials are read when a
 channel is made.
+
+Several control-plane replicas (``target`` ``a:15012,b:15012``, or a name with
+several addresses; :func:`pymesh.agent.xds_client.resolve_target`): the first
+certificate is requested at the address the xDS stream is about to use (the
+channel factory passes it), renewals at one address after another, moving on
+after each failed call, so a dead replica delays a renewal by one retry.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from pymesh.agent.xds_client import resolve_target
 from pymesh.mesh.addr import parse_host_port
 from pymesh.mesh.defaults import ISTIOD_NAMES, XDS_TLS_PORT
 from pymesh.mesh.errors import AddressError, AuthError, SecurityError
@@ -116,6 +123,7 @@ class WorkloadCerts:
         self.root_file = Path(root_file) if root_file is not None else None
         self.root_check = root_check
         self.root_changes = 0
+        self._turn = 0  # which of the control-plane addresses the next CA call goes to
 
     # --- files ----------------------------------------------------------------------------
 
@@ -169,17 +177,23 @@ class WorkloadCerts:
         """An mTLS channel (server-only TLS while no certificate is held); gets the first certificate if needed."""
         import grpc
 
+        addr = target or self.address()
         with self._lock:  # one CSR even when the renewal thread is at it too
             if self.held is None or not self.held.valid():
-                self.fetch()
-        return grpc.secure_channel(
-            target or self.target, self.credentials(), options=[*(options or []), *self.options()]
-        )
+                self.fetch(addr)
+        return grpc.secure_channel(addr, self.credentials(), options=[*(options or []), *self.options()])
+
+    def address(self) -> str:
+        """The control-plane address the next CA call without a given target goes to."""
+        addrs = resolve_target(self.target)
+        return addrs[self._turn % len(addrs)] if addrs else self.target
 
     # --- the CA call ------------------------------------------------------------------------
 
-    def fetch(self) -> Held:
-        """One CreateCertificate: with the held certificate when it is valid, else with the token."""
+    def fetch(self, target: str | None = None) -> Held:
+        """One CreateCertificate at ``target`` (None: the next control-plane address, the
+        following one after a failure): with the held certificate when it is valid, else
+        with the token."""
         import grpc
 
         from pymesh.proto import ca as ca_pb
@@ -200,7 +214,8 @@ class WorkloadCerts:
             key = new_key("ec")
             req = ca_pb.IstioCertificateRequest(csr=make_csr(key).decode(), validity_duration=int(self.ttl))
             req.metadata.update({"CertSigner": ""})
-            with grpc.secure_channel(self.target, self.credentials(use_cert), options=self.options()) as ch:
+            addr = target or self.address()
+            with grpc.secure_channel(addr, self.credentials(use_cert), options=self.options()) as ch:
                 call = ch.unary_unary(
                     ca_pb.METHOD,
                     request_serializer=lambda m: m.SerializeToString(),
@@ -209,8 +224,10 @@ class WorkloadCerts:
                 try:
                     resp = call(req, timeout=self.timeout, metadata=metadata)
                 except grpc.RpcError as e:
+                    if target is None:
+                        self._turn += 1  # the next attempt asks another replica
                     code = e.code().name if hasattr(e, "code") else "UNKNOWN"
-                    raise AuthError(f"CreateCertificate at {self.target}: {code}: {e.details()}", code=code) from e
+                    raise AuthError(f"CreateCertificate at {addr}: {code}: {e.details()}", code=code) from e
             chain = list(resp.cert_chain)
             if len(chain) < 2:  # istio-agent: a chain without its root is rejected
                 raise AuthError(f"CreateCertificate returned {len(chain)} certificate(s); leaf..root expected")

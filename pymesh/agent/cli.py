@@ -190,7 +190,9 @@ def _gateway_options(args: argparse.Namespace, b: Any) -> AgentOptions:
     forward = args.forward
     if forward is None:
         # The control plane's TLS port through the gateway: where the gateway itself reaches it.
-        host = parse_host_port(args.xds_address or b.control_plane_target(), what="control plane").host
+        # The gateway forwards to one address: the first of an --xds-address list.
+        first = (args.xds_address or b.control_plane_target()).split(",")[0].strip()
+        host = parse_host_port(first, what="control plane").host
         forward = [f"0.0.0.0:{XDS_TLS_PORT}={format_host_port(host, XDS_TLS_PORT)}"]
     return AgentOptions(
         dns_enabled=False,
@@ -270,7 +272,12 @@ def _bootstrap_flags(p: Any) -> None:
     p.add_argument("--token", metavar="FILE", help="default /var/run/secrets/tokens/istio-token")
     p.add_argument("--hosts", metavar="FILE", help="default /etc/hosts")
     p.add_argument("--discovery-address", metavar="HOST:PORT", help="override mesh.yaml's discoveryAddress")
-    p.add_argument("--xds-address", metavar="ADDR:PORT", help="connect here, bypassing discoveryAddress and hosts")
+    p.add_argument(
+        "--xds-address",
+        metavar="ADDR:PORT[,ADDR:PORT...]",
+        help="connect here, bypassing discoveryAddress and hosts; several control-plane replicas comma-separated "
+        "(each new stream goes to the next)",
+    )
     p.add_argument("--state-dir", metavar="DIR", help="where the last good tables are kept")
     p.add_argument("--no-persist", action="store_true", help="do not save or load tables")
     p.add_argument("--backoff-max", type=float, default=30.0, help="longest reconnect wait, seconds")

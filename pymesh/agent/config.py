@@ -13,6 +13,7 @@ by ``construct_config``).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import socket
@@ -22,13 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from pymesh._native import RedirectTable
-from pymesh.agent.bootstrap import Bootstrap
+from pymesh.agent.bootstrap import Bootstrap, split_host_port
 from pymesh.agent.certs import auth_mode
 from pymesh.agent.errors import BootstrapError
 from pymesh.agent.node import NodeInfo, build_node
+from pymesh.agent.xds_client import GRPC_SCHEMES, resolve_target, split_target
 from pymesh.capture import CaptureConfig, CaptureError
 from pymesh.mesh import node as node_meta
-from pymesh.mesh.addr import format_host_port, port_of
+from pymesh.mesh.addr import format_host_port, parse_host_port, port_of
 from pymesh.mesh.defaults import (
     DEFAULT_DOMAIN,
     DEFAULT_TRUST_DOMAIN,
@@ -36,7 +38,9 @@ from pymesh.mesh.defaults import (
     DNS_PORT,
     INBOUND_PORT,
     OUTBOUND_PORT,
+    XDS_TLS_PORT,
 )
+from pymesh.mesh.errors import AddressError
 from pymesh.mesh.files import state_dir
 from pymesh.mesh.probe import ProbeSpec
 from pymesh.mesh.values import duration, truthy
@@ -61,7 +65,8 @@ class AgentOptions:
     domain: str = DEFAULT_DOMAIN
     state_dir: str | None = None  # None: pymesh.mesh.files.state_dir()
     persist: bool = True
-    xds_address: str | None = None  # overrides discoveryAddress (+ hosts)
+    # Overrides discoveryAddress (+ hosts): ADDR:PORT, or several comma-separated (replicas).
+    xds_address: str | None = None
     xds_delta: bool = False  # incremental ADS instead of state-of-the-world
     backoff_base: float = 0.5
     backoff_max: float = 30.0
@@ -131,7 +136,7 @@ class AgentConfig:
     bootstrap: Bootstrap
     options: AgentOptions
     node: NodeInfo
-    target: str  # the control plane as a gRPC target host:port
+    target: str  # the control plane as host:port, or several comma-separated (XdsClient rotates)
     control_plane_auth: str  # MUTUAL_TLS | NONE
     dns_enabled: bool
     dns_listen: tuple[str, ...]
@@ -148,6 +153,7 @@ class AgentConfig:
     probe_host: str
     inbound_listen: tuple[str, ...]  # where the inbound passthrough listens (capture with inbound)
     access_log: tuple[str, str] | None = None  # (file, TEXT | JSON), or off
+    targets: tuple[str, ...] = ()  # ``target`` as a list
 
     @property
     def runs_inbound(self) -> bool:
@@ -170,6 +176,31 @@ def _upstreams(options: AgentOptions, nameservers: Sequence[str]) -> tuple[str, 
         if addr not in listen:  # never forward to ourselves
             out.append(addr)
     return tuple(out)
+
+
+def control_plane_addresses(b: Bootstrap, o: AgentOptions) -> tuple[str, ...]:
+    """Where the control plane's replicas are: ``--xds-address``'s comma-separated list, else
+    ``discoveryAddress`` with its host through the hosts file, one address per line naming it
+    (glibc's nss_files returns every matching line to getaddrinfo), else the name itself,
+    which :class:`~pymesh.agent.xds_client.XdsClient` resolves to all its DNS addresses when it
+    connects. A malformed entry is a BootstrapError naming it."""
+    if o.xds_address:
+        out = []
+        for entry in split_target(o.xds_address):
+            if entry.startswith(GRPC_SCHEMES):
+                out.append(entry)  # a gRPC target URI, passed on as given
+                continue
+            try:
+                out.append(format_host_port(*parse_host_port(entry, default_port=XDS_TLS_PORT, what="--xds-address")))
+            except AddressError as e:
+                raise BootstrapError(str(e), key="--xds-address") from None
+        if not out:
+            raise BootstrapError(f"{o.xds_address!r}: no address", key="--xds-address")
+        return tuple(dict.fromkeys(out))
+    host, port = split_host_port(b.discovery_address, default_port=XDS_TLS_PORT)
+    name = host.rstrip(".").lower()
+    listed = [format_host_port(e.address, port) for e in b.hosts if name in e.names]
+    return tuple(dict.fromkeys(listed)) or (format_host_port(host, port),)
 
 
 def capture_config(b: Bootstrap, options: AgentOptions, dns_enabled: bool, nameservers: Sequence[str]) -> CaptureConfig:
@@ -235,11 +266,12 @@ def resolve(bootstrap: Bootstrap, options: AgentOptions | None = None) -> AgentC
     ttl = o.cert_ttl or duration(b.get("SECRET_TTL") or "24h")
     # Istio: the first proxy IP, or localhost when asked to (REWRITE_PROBE_LEGACY_LOCALHOST_DESTINATION).
     probe_host = "localhost" if truthy(b.get("REWRITE_PROBE_LEGACY_LOCALHOST_DESTINATION")) or not node.ip else node.ip
+    targets = control_plane_addresses(b, o)
     return AgentConfig(
         bootstrap=b,
         options=o,
         node=node,
-        target=o.xds_address or b.control_plane_target(),
+        target=",".join(targets),
         control_plane_auth=auth_mode(b.proxy_config, o.control_plane_auth),
         dns_enabled=bool(dns_enabled),
         dns_listen=tuple(o.dns_listen),
@@ -256,6 +288,7 @@ def resolve(bootstrap: Bootstrap, options: AgentOptions | None = None) -> AgentC
         probe_host=probe_host,
         inbound_listen=_inbound_listen(capture),
         access_log=_access_log(b, o),
+        targets=targets,
     )
 
 
@@ -353,6 +386,20 @@ def network_plan(c: AgentConfig) -> dict[str, Any]:
     return out
 
 
+def _addresses_plan(c: AgentConfig) -> list[str]:
+    """The addresses the client rotates over, names resolved now (only when there are names)."""
+    if all(e.startswith(GRPC_SCHEMES) or _is_ip_entry(e) for e in c.targets):
+        return list(c.targets)
+    return resolve_target(c.target)
+
+
+def _is_ip_entry(entry: str) -> bool:
+    try:
+        return ipaddress.ip_address(parse_host_port(entry, default_port=XDS_TLS_PORT).host) is not None
+    except (AddressError, ValueError):
+        return False
+
+
 def plan(c: AgentConfig) -> dict[str, Any]:
     """The configuration as data (``pymesh agent --dry-run``)."""
     b, o = c.bootstrap, c.options
@@ -367,6 +414,8 @@ def plan(c: AgentConfig) -> dict[str, Any]:
         "control_plane": {
             "discovery_address": b.discovery_address,
             "target": c.target,
+            # Each new stream goes to the next of these (names: every address DNS gives them).
+            "addresses": _addresses_plan(c),
             "transport": "mtls" if c.control_plane_auth == "MUTUAL_TLS" else "plaintext",
             "variant": "delta" if o.xds_delta else "sotw",
             "subscriptions": list(SUBSCRIPTIONS),

@@ -30,13 +30,34 @@ Protocol (Envoy's xDS protocol: https://www.envoyproxy.io/docs/envoy/latest/api-
 - Reconnects: exponential backoff with jitter — the n-th consecutive failed
   attempt waits a random time in [d/2, d], d = min(max, base * 2^n); a
   stream that delivered a response resets n.
+- Several control-plane replicas: ``target`` may list addresses
+  (``host:port,host:port``), and a host name is resolved at connect time to
+  every address DNS (or /etc/hosts) gives it. Each new stream goes to the
+  next address, round robin from a random start (so a fleet given the same
+  list spreads over the replicas). A stream that ends for any reason (a
+  killed replica, a refusal such as RESOURCE_EXHAUSTED "control plane busy")
+  is retried after one backoff step at the next address, so a dead replica
+  costs one step, not a wait for it to return. The rotation is this client's
+  own rather than gRPC's ``pick_first`` over a ``dns:///`` or ``ipv4:a,b``
+  target: a fresh channel per stream with pick_first would always start at
+  the first address (every agent on one replica, and one that refuses
+  streams chosen again each time), and ``round_robin`` balances calls of one
+  channel, not the one long-lived stream of a new channel. Names are
+  re-resolved once per round, so a changed A record set is followed. Envoy
+  reaches several management servers alike: one ``xds_cluster`` (STRICT_DNS,
+  several hosts), each new ADS stream taking a host from the cluster's load
+  balancer, and keeps its last configuration while it retries
+  (https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol, "Management Server
+  Unreachable").
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import queue
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -46,12 +67,77 @@ from pymesh.mesh.xds import CDS, CODE_INTERNAL, EDS, HEALTH, LDS, NDS, SHORT, me
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CDS", "CODE_INTERNAL", "EDS", "HEALTH", "LDS", "NDS", "SHORT", "XdsClient"]
+__all__ = [
+    "CDS",
+    "CODE_INTERNAL",
+    "EDS",
+    "HEALTH",
+    "LDS",
+    "NDS",
+    "SHORT",
+    "XdsClient",
+    "resolve_target",
+    "split_target",
+]
 
 HEALTH_HOLD = 3.0  # seconds a stream's first health report waits for the first responses at most
 
 # (type_url, resources as google.protobuf.Any, version_info) -> None; raise to NACK.
 Handler = Callable[[str, list[Any], str], object]
+# gRPC's own target URIs (grpc/grpc doc/naming.md): passed through whole, never split or resolved here.
+GRPC_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "vsock:", "xds:")
+Resolver = Callable[[str, int], list[str]]
+
+
+def split_target(target: str) -> list[str]:
+    """``host:port,host:port`` as a list (blanks dropped); a gRPC URI target stays one entry."""
+    t = target.strip()
+    if t.startswith(GRPC_SCHEMES):
+        return [t]
+    return [a.strip() for a in t.split(",") if a.strip()]
+
+
+def _dns(host: str, port: int) -> list[str]:
+    """Every address of ``host`` from the system resolver (the hosts file, then DNS), in its order."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [str(info[4][0]) for info in infos]
+
+
+def resolve_target(target: str, resolve: Resolver = _dns) -> list[str]:
+    """The addresses to rotate over: each entry of ``target``; an entry naming a host (not
+    an IP literal) becomes one ``ip:port`` per address the resolver gives it. A name with
+    one address, or none (resolution failed), stays as written: gRPC resolves it as it
+    always did and reports its own error."""
+    out: list[str] = []
+    for entry in split_target(target):
+        host, port = _host_port(entry)
+        if host is None:
+            out.append(entry)
+            continue
+        try:
+            ips = list(dict.fromkeys(resolve(host, port)))
+        except OSError:
+            ips = []
+        if len(ips) <= 1:
+            out.append(entry)
+        else:
+            out.extend(f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}" for ip in ips)
+    return list(dict.fromkeys(out))
+
+
+def _host_port(entry: str) -> tuple[str | None, int]:
+    """(host name, port) of a ``name:port`` entry; (None, 0) for IP literals, URIs, anything else."""
+    if entry.startswith(GRPC_SCHEMES) or entry.startswith("[") or entry.count(":") != 1:
+        return None, 0
+    host, _, port = entry.partition(":")
+    try:
+        ipaddress.ip_address(host)
+        return None, 0
+    except ValueError:
+        pass
+    if not port.isdigit() or not host:
+        return None, 0
+    return host, int(port)
 
 
 class XdsClient:
@@ -68,8 +154,9 @@ class XdsClient:
         on_state: Callable[[str, str], None] | None = None,
         rng: random.Random | None = None,
         delta: bool = False,
+        resolve: Resolver = _dns,
     ) -> None:
-        self.target = target
+        self.target = target  # one address, or several (see the module doc)
         self.node = node
         self.handlers = dict(handlers)
         # None = wildcard. Order of the dict = order of the first requests.
@@ -109,6 +196,13 @@ class XdsClient:
         # sets an mTLS one, which reads the current certificate per stream (rotation never
         # touches an open stream).
         self.channel_factory: Callable[[str, list[tuple[str, Any]]], Any] | None = None
+        # Round robin over the control-plane addresses: the current round (re-resolved when it
+        # ends), the position in it, and the address of the current or last stream.
+        self._resolve = resolve
+        self._round: list[str] = []
+        self._turn = 0
+        self.address = ""
+        self.switches = 0  # streams opened at another address than the previous one
 
     # --- public ------------------------------------------------------------------------
 
@@ -261,26 +355,45 @@ class XdsClient:
             self.next_retry = wait
             self.waits = [*self.waits[-19:], wait]
             self._set_state("backoff", self.last_error)
-            log.info("xDS stream to %s ended (%s); retrying in %.2fs", self.target, self.last_error, wait)
+            log.info("xDS stream to %s ended (%s); retrying in %.2fs", self.address, self.last_error, wait)
             if self._stop.wait(wait):
                 break
             self.next_retry = None
+
+    def addresses(self) -> list[str]:
+        """The addresses this client rotates over, resolved now."""
+        return resolve_target(self.target, self._resolve)
+
+    def _next_address(self) -> str:
+        """The address of the next stream: the next of the round, a new round (names resolved
+        again) once it is used up; the first round starts at a random place."""
+        first = not self._round
+        if self._turn >= len(self._round):
+            self._round = resolve_target(self.target, self._resolve) or [self.target]
+            self._turn = self._rng.randrange(len(self._round)) if first and len(self._round) > 1 else 0
+        addr = self._round[self._turn]
+        self._turn += 1
+        if self.address and addr != self.address:
+            self.switches += 1
+        self.address = addr
+        return addr
 
     def _stream_once(self) -> bool:
         import grpc
         from envoy.service.discovery.v3 import ads_pb2_grpc
 
-        self._set_state("connecting", self.target)
+        addr = self._next_address()
+        self._set_state("connecting", addr)
         options = [
             ("grpc.keepalive_time_ms", 30_000),
             ("grpc.keepalive_timeout_ms", 10_000),
             ("grpc.max_receive_message_length", 64 << 20),
         ]
         if self.channel_factory is None:
-            channel = grpc.insecure_channel(self.target, options=options)
+            channel = grpc.insecure_channel(addr, options=options)
         else:
             try:
-                channel = self.channel_factory(self.target, options)
+                channel = self.channel_factory(addr, options)
             except Exception as e:  # no certificate yet (CA unreachable, token refused): back off, retry
                 self.last_error = f"{type(e).__name__}: {e}"
                 return False
@@ -318,7 +431,7 @@ class XdsClient:
             for resp in call:
                 if not got:
                     got = True
-                    self._set_state("connected", self.target)
+                    self._set_state("connected", addr)
                 self._on_response(resp, q)
             self.last_error = "stream closed by the server"
         except grpc.RpcError as e:

@@ -23,6 +23,20 @@ structure as go-control-plane ``pkg/server/sotw/v3`` and ``pkg/server/delta/v3``
   its message cut to 512 characters, and NACK and other peer-caused log
   lines are rate-limited per category with a summary of what was dropped
   (:mod:`pymesh.controlplane.lograte`).
+- Admission: at most ``max_pending_streams`` streams are being set up at once
+  (from their first request to its answer: node parsing, authorization, the
+  registration that writes to the store, the first response). A stream whose
+  first request finds them all taken is refused at once with
+  RESOURCE_EXHAUSTED "control plane busy: N streams being set up, retry",
+  counted (``refused_busy``): in a reconnect flood the client backs off and
+  tries its next address (another replica) instead of queueing here behind
+  the store. istiod refuses the same way with a rate limit
+  (``pilot/pkg/xds/ads.go`` and ``delta.go``: ``WaitForRequestLimit``, then
+  ``codes.ResourceExhausted``); here the bound is on work in flight, not a rate, so
+  a fast store admits as fast as it answers. ``0`` turns admission off, for
+  clients behind one load-balanced address that cannot choose another replica
+  (hashicorp/consul#22299). Without an awaiting registration (SQLite) a setup
+  never yields to the loop, so the bound only bites where setups overlap (etcd).
 - istiod's metrics (:mod:`pymesh.controlplane.xdsmetrics`) are counted
   where they happen: every response sent (type, size, and the time from
   the start of building it to its queueing: istiod's ``pilot_xds_push_time``
@@ -59,6 +73,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf.message import DecodeError
 
 from pymesh._native import PymeshError
+from pymesh.controlplane.defaults import DEFAULT_MAX_PENDING_STREAMS
 from pymesh.controlplane.errors import ControlPlaneError, NodeError, RegistrationError
 from pymesh.controlplane.lograte import LogLimiter, clip
 from pymesh.controlplane.node import Proxy, parse_node
@@ -154,13 +169,18 @@ class AdsServer:
         *,
         strategy: str = "incremental",
         max_node_bytes: int = DEFAULT_MAX_NODE_BYTES,
+        max_pending_streams: int = DEFAULT_MAX_PENDING_STREAMS,
     ) -> None:
         if strategy not in ("incremental", "naive"):
             raise ControlPlaneError(f"unknown push strategy {strategy!r}")
+        if max_pending_streams < 0:
+            raise ControlPlaneError(f"max_pending_streams {max_pending_streams}: expected 0 (off) or more")
         self.snapshot = snapshot
         self.hooks = hooks
         self.naive = strategy == "naive"
         self.max_node_bytes = max_node_bytes
+        self.max_pending_streams = max_pending_streams
+        self.pending = 0  # streams between their first request and its answer (admission)
         self.connections: dict[int, Connection] = {}
         self.nacks: list[Nack] = []
         self.stats = {
@@ -171,6 +191,7 @@ class AdsServer:
             "acks": 0,
             "nodes_refused": 0,
             "repeated_nacks": 0,
+            "refused_busy": 0,
         }
         self.metrics = XdsMetrics()
         self.limiter = LogLimiter(log)
@@ -248,9 +269,10 @@ class AdsServer:
                             logging.WARNING, "early health", "%r: health report before the node is known; dropped", conn
                         )
                         continue
-                    await self._open(conn, req)
+                    await self._admit(conn, req)
                     if conn.abort is not None:
                         return
+                    continue
                 if conn.delta:
                     await self._on_delta(conn, req)
                 else:
@@ -265,6 +287,27 @@ class AdsServer:
             conn.abort = (grpc.StatusCode.INTERNAL, f"pymesh control plane: {e}")
         finally:
             conn.queue.put_nowait(None)
+
+    async def _admit(self, conn: Connection, req: Any) -> None:
+        """The stream's first request (opening and its first answer) under the admission bound."""
+        limit = self.max_pending_streams
+        if limit and self.pending >= limit:
+            self.stats["refused_busy"] += 1
+            self.limiter.log(
+                logging.WARNING, "busy refusal", "stream from %s refused: %d streams being set up", conn.peer, limit
+            )
+            conn.abort = (
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"control plane busy: {limit} streams being set up, retry",
+            )
+            return
+        self.pending += 1
+        try:
+            await self._open(conn, req)
+            if conn.abort is None:
+                await (self._on_delta if conn.delta else self._on_sotw)(conn, req)
+        finally:
+            self.pending -= 1
 
     async def _open(self, conn: Connection, req: Any) -> None:
         if not req.HasField("node") or not req.node.id:

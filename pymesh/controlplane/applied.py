@@ -33,8 +33,9 @@ Decisions:
   (``pymesh get``, ``/debug/status``) and retries, and what is served stays. Applying the
   directory without the applied set could change which copy of a conflicting object is served.
 - **Several control planes on one prefix** each read and serve the applied set; they still each
-  write the mirror and status keys (the same content when their directories are the same):
-  sharing registrations, leases and the sweeper is the replica step's.
+  write the mirror and status keys (the same content when their directories are the same).
+  How they share registrations (leases, connection keys, the fenced sweeper) is
+  :mod:`pymesh.controlplane.replicas`.
 """
 
 from __future__ import annotations

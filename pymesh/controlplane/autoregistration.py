@@ -223,12 +223,45 @@ class Registrations:
             self._attach(conn)
 
     def _register(self, conn: Connection) -> None:
+        target = self._target(conn)
+        if target is None:
+            return
+        group_obj, group, name, conn_key = target
+        proxy = conn.proxy
+        assert proxy is not None
+        ns, ip, group_name = proxy.namespace, proxy.ip_addresses[0], proxy.auto_register_group
+        key = (ns, name)
+        doc = self.entries.get(key)
+        if doc is None:
+            doc = build_entry(group_obj, group, name, proxy, self._clock())
+            log.info("auto-registered WorkloadEntry %s/%s (address %s, group %s)", ns, name, ip, group_name)
+        else:
+            doc = copy.deepcopy(doc)
+        ann = doc["metadata"].setdefault("annotations", {})
+        # Skip when this connection is older than the recorded one (istiod compares connectedAt).
+        recorded = healthmod.parse_rfc3339(ann.get(CONNECTED_AT, "")) or 0.0
+        if conn.connected_at >= recorded - TIME_SLACK:
+            ann[CONTROLLER_ANNOTATION] = self.instance_id
+            ann[CONNECTED_AT] = healthmod.rfc3339(conn.connected_at)
+            ann.pop(DISCONNECTED_AT, None)
+        self._cancel_cleanup(key)
+        self._put(doc)
+        self._conns.setdefault(conn_key, set()).add(conn.id)
+        self._live[conn.id] = conn
+        conn.attrs["entry"] = key
+        conn.attrs["conn_key"] = conn_key
+        self._changed(f"registered {ns}/{name}")
+
+    def _target(self, conn: Connection) -> tuple[Object, WorkloadGroup, str, tuple[str, ...]] | None:
+        """The group, the entry name and the connection key of an auto-registering stream, once
+        its group, identity and address are checked (RegistrationError otherwise); None when
+        the proxy gave no IP or namespace (not registered, not refused)."""
         proxy = conn.proxy
         assert proxy is not None
         group_name, ns = proxy.auto_register_group, proxy.namespace
         if not proxy.ip_addresses or not ns:
             log.warning("%r: no IP or namespace; not auto-registered", conn)
-            return
+            return None
         group_obj = self._groups(ns, group_name)
         if group_obj is None:
             raise RegistrationError(
@@ -248,29 +281,7 @@ class Registrations:
                 code="INVALID_ARGUMENT",
             )
         network = proxy.network
-        name = entry_name(group_name, ip, network)
-        key = (ns, name)
-        doc = self.entries.get(key)
-        if doc is None:
-            doc = build_entry(group_obj, group, name, proxy, self._clock())
-            log.info("auto-registered WorkloadEntry %s/%s (address %s, group %s)", ns, name, ip, group_name)
-        else:
-            doc = copy.deepcopy(doc)
-        ann = doc["metadata"].setdefault("annotations", {})
-        # Skip when this connection is older than the recorded one (istiod compares connectedAt).
-        recorded = healthmod.parse_rfc3339(ann.get(CONNECTED_AT, "")) or 0.0
-        if conn.connected_at >= recorded - TIME_SLACK:
-            ann[CONTROLLER_ANNOTATION] = self.instance_id
-            ann[CONNECTED_AT] = healthmod.rfc3339(conn.connected_at)
-            ann.pop(DISCONNECTED_AT, None)
-        self._cancel_cleanup(key)
-        self._put(doc)
-        conn_key = ("auto", network, ip, group_name, ns)
-        self._conns.setdefault(conn_key, set()).add(conn.id)
-        self._live[conn.id] = conn
-        conn.attrs["entry"] = key
-        conn.attrs["conn_key"] = conn_key
-        self._changed(f"registered {ns}/{name}")
+        return group_obj, group, entry_name(group_name, ip, network), ("auto", network, ip, group_name, ns)
 
     def _attach(self, conn: Connection) -> None:
         proxy = conn.proxy

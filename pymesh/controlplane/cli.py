@@ -33,7 +33,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from pymesh.controlplane.backend import EtcdOptions, StoreBackend, open_store
-from pymesh.controlplane.defaults import DEFAULT_DEBOUNCE, DEFAULT_GRACE_PERIOD, DEFAULT_XDS_LISTEN
+from pymesh.controlplane.defaults import (
+    DEFAULT_DEBOUNCE,
+    DEFAULT_GRACE_PERIOD,
+    DEFAULT_LEASE_TTL,
+    DEFAULT_MAX_PENDING_STREAMS,
+    DEFAULT_XDS_LISTEN,
+)
 from pymesh.controlplane.errors import ControlPlaneError
 from pymesh.controlplane.store import default_data_dir
 
@@ -41,6 +47,9 @@ from pymesh.controlplane.store import default_data_dir
 # when a control-plane command runs, so every other `pymesh` command starts fast.
 CONNECTED_AT = "istio.io/connectedAt"
 DISCONNECTED_AT = "istio.io/disconnectedAt"
+# Shown by `pymesh get` for entries registered by replicas on etcd (never stored): the replicas
+# holding a stream of the VM, from the store's connection keys (pymesh.controlplane.replicas).
+CONNECTED_REPLICAS = "pymesh.io/connectedReplicas"
 
 
 def raise_nofile_limit() -> tuple[int, int]:
@@ -90,6 +99,8 @@ def cmd_controlplane(args: argparse.Namespace) -> int:
         monitoring_listen=args.monitoring_listen,
         mesh_networks=args.mesh_networks,
         cluster_id=args.cluster_id,
+        lease_ttl=args.lease_ttl,
+        max_pending_streams=args.max_pending_streams,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -122,6 +133,16 @@ def _age(ts: str | None) -> str:
         if s >= size:
             return f"{s // size}{unit}"
     return f"{s}s"
+
+
+def _non_negative(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{n}: expected 0 or more")
+    return n
 
 
 def _etcd_options(args: argparse.Namespace) -> EtcdOptions:
@@ -173,10 +194,15 @@ def _collect(store: StoreBackend, kind: str) -> list[dict[str, Any]]:
         out.append(doc)
     if kind == "WorkloadEntry":
         configured = {(d["metadata"]["namespace"], d["metadata"]["name"]) for d in out}
+        connections = getattr(store, "connections", None)  # the etcd store's, for replicas
+        held = connections() if connections is not None else None
         for doc in store.registered():
             md = doc["metadata"]
             if (md["namespace"], md["name"]) not in configured:
-                md.setdefault("annotations", {})[SOURCE_ANNOTATION] = "registered"
+                ann = md.setdefault("annotations", {})
+                ann[SOURCE_ANNOTATION] = "registered"
+                if held is not None and CONNECTED_AT not in ann:
+                    ann[CONNECTED_REPLICAS] = ",".join(sorted(held.get((md["namespace"], md["name"]), ())))
                 out.append(doc)
     out.sort(key=lambda d: (d["metadata"].get("namespace", ""), d["metadata"].get("name", "")))
     return out
@@ -194,7 +220,10 @@ def _row(kind: str, doc: Mapping[str, Any]) -> list[str]:
     age = _age(md.get("creationTimestamp"))
     if kind == "WorkloadEntry":
         ann = md.get("annotations") or {}
-        state = "Connected" if CONNECTED_AT in ann else ("Disconnected" if DISCONNECTED_AT in ann else "-")
+        if CONNECTED_REPLICAS in ann:
+            state = "Connected" if ann[CONNECTED_REPLICAS] else "Disconnected"
+        else:
+            state = "Connected" if CONNECTED_AT in ann else ("Disconnected" if DISCONNECTED_AT in ann else "-")
         return [md["name"], spec.get("address", ""), spec.get("network", "") or "-", _healthy(doc), state, age]
     if kind == "Service":
         ports = ",".join(f"{p.get('port')}/{p.get('protocol', 'TCP')}" for p in spec.get("ports") or [])
@@ -412,6 +441,14 @@ def add_commands(sub: Any) -> None:
         help="seconds a disconnected auto-registered entry survives (default: %(default)s)",
     )
     cp.add_argument(
+        "--lease-ttl",
+        type=int,
+        default=DEFAULT_LEASE_TTL,
+        metavar="SECONDS",
+        help="etcd store: TTL of this replica's lease; its VMs are released this long after it dies "
+        "(default %(default)s, etcd's minimum 2)",
+    )
+    cp.add_argument(
         "--debounce", type=float, default=DEFAULT_DEBOUNCE, help="seconds of quiet before a push (default: %(default)s)"
     )
     cp.add_argument(
@@ -437,6 +474,15 @@ def add_commands(sub: Any) -> None:
         metavar="ADDR:PORT",
         default=None,
         help="serve /metrics and /debug/status over HTTP (istiod's 15014; off by default)",
+    )
+    cp.add_argument(
+        "--max-pending-streams",
+        type=_non_negative,
+        default=DEFAULT_MAX_PENDING_STREAMS,
+        metavar="N",
+        help="ADS streams being set up at once (first request to first answer, registration included); more are "
+        "refused at once with RESOURCE_EXHAUSTED so agents retry, or try another replica "
+        "(default %(default)s; 0: no bound)",
     )
     cp.add_argument(
         "--vip-quarantine",

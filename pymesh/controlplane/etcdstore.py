@@ -1,12 +1,11 @@
 """The control plane's store on etcd v3: :class:`EtcdStore`, the same interface as the SQLite
 :class:`~pymesh.controlplane.store.Store` (:class:`~pymesh.controlplane.backend.StoreBackend`).
 
-This is the first step towards replicas of the control plane sharing one store. What is here:
-every write the control plane makes goes to an etcd cluster and a restarted control plane (or
-another one pointed at the same etcd and prefix) reads it back. What is **not** here, and so not
-supported yet: several replicas writing at once (no watches to share state between them, no
-lease-owned connection keys for auto-registrations, no leader election for the grace-period
-sweeper and VIP allocator). Run one control plane per prefix.
+Several control planes ("replicas") may share one prefix: what they coordinate through etcd
+(connection keys on each replica's lease, create-if-absent registration, the sweeper's election
+and its fenced deletes) is described in :mod:`pymesh.controlplane.replicas`; the calls it needs
+are the "replicas" section at the end of :class:`EtcdStore`, with the VIP claims
+(:meth:`EtcdStore.claim_vip`, used by :mod:`pymesh.controlplane.vips`).
 
 Decisions, and why:
 
@@ -15,9 +14,11 @@ Decisions, and why:
   ``/v3/kv/txn`` and ``/v3/auth/authenticate`` on the client port of etcd 3.4+, keys and values
   base64 in JSON (https://etcd.io/docs/v3.4/dev-guide/api_grpc_gateway/). PyPI's choices are
   thin: ``etcd3`` is unmaintained and pins an old protobuf; ``aetcd`` has one maintainer and its
-  generated stubs tie us to a protobuf range. This store needs five unary calls, a few hundred
-  lines; the leases and watches the replica step needs can be added on the same gateway
-  (``/v3/lease/grant``, ``/v3/lease/keepalive``, streaming ``/v3/watch``) or move to stubs then.
+  generated stubs tie us to a protobuf range. This store needs a handful of unary calls, a few
+  hundred lines. Leases use the same gateway: ``/v3/lease/grant``, ``/v3/lease/revoke`` and
+  ``/v3/lease/keepalive`` (a bidirectional stream in gRPC; one request body of one message gets
+  one ``{"result": {"TTL": ...}}`` answer, TTL absent once expired: zalando/patroni
+  ``patroni/dcs/etcd3.py`` ``Etcd3Client.lease_keepalive`` refreshes its leases the same way).
 - **Endpoints and failover.** A request goes to the member that last answered, else the next one
   in the list. A connection that cannot be made (refused, or not within ``CONNECT_TIMEOUT``) moves
   on to the next member: nothing was sent. A request that was sent but got no answer (timeout,
@@ -36,7 +37,10 @@ Decisions, and why:
   ``<prefix>/registered/<ns>/<name>``, ``<prefix>/overlays/<kind>/<ns>/<name>``,
   ``<prefix>/vips/<host>``, ``<prefix>/configured/<kind>/<ns>/<name>`` (``{"source", "body"}``),
   ``<prefix>/status/<key>``, ``<prefix>/applied/<kind>/<ns>/<name>`` (``{"applied_at", "body"}``,
-  what ``pymesh apply`` wrote); each component percent-encoded so a ``/`` in one cannot collide.
+  what ``pymesh apply`` wrote); for replicas ``<prefix>/conn/<ns>/<name>/<replica>`` (on the
+  replica's lease), ``<prefix>/released/<ns>/<name>``, ``<prefix>/leader/sweeper`` (on the
+  leader's lease) and the VIP index ``<prefix>/vipip/<IPv4>`` (= host); each component
+  percent-encoded so a ``/`` in one cannot collide.
   Values are JSON, as the SQLite columns hold. Prefixes end with ``/`` so ``a/b/`` never matches
   ``a/bc`` (etcd's key-layout advice; Kubernetes uses ``/registry/<resource>/<ns>/<name>``).
   The rejected list is one key, ``<prefix>/rejected``: it is always replaced and read whole, so
@@ -51,7 +55,7 @@ Decisions, and why:
   the control plane rewrites every mirrored object at its first load after a start and resends a
   failed difference at its next tick. A single snapshot document would keep the mirror atomic but
   is rewritten whole on every edit and would hit the 1.5 MiB request limit at a few thousand
-  objects; one key per object is what the replica step's watches need anyway.
+  objects; one key per object is also what etcd watches would need.
   ``replace_configured`` reads the keys it replaces first (keys only) and deletes those not
   rewritten, for the same ``checkIntervals`` reason.
 - **Applied configuration changes** are found by polling, at the control plane's watch interval,
@@ -63,10 +67,13 @@ Decisions, and why:
   applied set does; the cluster's header revision would change on every write under the prefix
   (the mirror, registrations) and cause needless reloads. Real watches (``/v3/watch``) are a
   later step, with the replicas.
-- **Where the calls run.** The store is called where the SQLite one was: the mirror and VIP
-  writes on the control plane's worker thread, registration writes on its event loop. A healthy
-  cluster answers in a millisecond or two on a LAN; a failing one stalls the loop for at most one
-  deadline per write. Moving registration writes off the loop belongs to the replica step.
+- **Where the calls run.** The mirror and VIP record writes on the control plane's worker
+  thread; registration writes (claims, releases, health) on the replica's io threads, the lease,
+  the sweeper and the poll of registrations on the replica's own thread
+  (:mod:`pymesh.controlplane.replicas`). VIP claims run where VIPs are allocated, while a
+  configuration change is applied on the event loop: one txn per newly allocated host (a
+  millisecond or two on a LAN; a failing cluster fails the reload within one deadline, and the
+  watcher retries it).
 - **Errors** are :class:`StoreError` naming the endpoint and the operation: cannot connect,
   no answer within the deadline, and etcd's own errors (``no leader``, ``request is too large``,
   ``too many operations in txn request``, ``database space exceeded``) with a hint.
@@ -283,6 +290,14 @@ class EtcdClient:
         doc = self.call("/v3/kv/txn", {"compare": compare or [], "success": ops}, idempotent=False)
         return bool(doc.get("succeeded"))
 
+    def txn_full(
+        self, compare: list[dict[str, Any]], success: list[dict[str, Any]], failure: list[dict[str, Any]] | None = None
+    ) -> dict[str, Any]:
+        """A txn's whole answer: ``succeeded``, ``responses`` (of the branch taken), ``header``."""
+        return self.call(
+            "/v3/kv/txn", {"compare": compare, "success": success, "failure": failure or []}, idempotent=False
+        )
+
 
 class _InvalidToken(Exception):
     pass
@@ -294,6 +309,33 @@ def _put_op(key: bytes, value: bytes) -> dict[str, Any]:
 
 def _delete_op(key: bytes) -> dict[str, Any]:
     return {"request_delete_range": {"key": _b64(key)}}
+
+
+def _compare(key: bytes, target: str, result: str, value: int, end: bytes | None = None) -> dict[str, Any]:
+    """A txn compare on ``CREATE``/``MOD``/``LEASE``; with ``end`` it holds for every key of the
+    range, and an empty range compares as one absent key (revision 0): ``CREATE == 0`` over a
+    prefix means "no key under it" (``etcdserver/apply.go: applyCompare``)."""
+    field = {"CREATE": "create_revision", "MOD": "mod_revision", "LEASE": "lease"}[target]
+    c: dict[str, Any] = {"key": _b64(key), "target": target, "result": result, field: str(value)}
+    if end is not None:
+        c["range_end"] = _b64(end)
+    return c
+
+
+def _range_op(key: bytes) -> dict[str, Any]:
+    return {"request_range": {"key": _b64(key)}}
+
+
+def _first_kv(doc: Mapping[str, Any]) -> dict[str, Any] | None:
+    for r in doc.get("responses") or ():
+        kvs = (r.get("response_range") or {}).get("kvs") or ()
+        if kvs:
+            return dict(kvs[0])
+    return None
+
+
+def _revision(doc: Mapping[str, Any]) -> int:
+    return int((doc.get("header") or {}).get("revision", 0))
 
 
 def _configured_value(source: str, body_json: str) -> bytes:
@@ -402,12 +444,59 @@ class EtcdStore:
         self.put_vips({h: (v4, v6, None) for h, (v4, v6) in allocations.items()}, ())
 
     def put_vips(self, records: Mapping[str, tuple[str, str, float | None]], deleted: Iterable[str]) -> None:
+        """Each record also (re)writes its address's index key ``vipip/<v4>`` = host, which
+        :meth:`claim_vip` compares; a deleted host's index key is left to its address's next
+        owner (a deletion only ever comes from a reclaim, which writes the new owner's)."""
         ops: list[tuple[bytes, bytes | None]] = [(self._key("vips", h), None) for h in deleted if h not in records]
-        ops += [
-            (self._key("vips", h), json.dumps({"v4": v4, "v6": v6, "released": released}).encode())
-            for h, (v4, v6, released) in records.items()
-        ]
+        for h, (v4, v6, released) in records.items():
+            ops.append((self._key("vips", h), json.dumps({"v4": v4, "v6": v6, "released": released}).encode()))
+            ops.append((self._key("vipip", v4), h.encode()))
         self._write(ops)
+
+    def claim_vip(self, host: str, pair: tuple[str, str], previous: str | None) -> tuple[str, str] | None:
+        """Gives ``pair`` to ``host`` unless the host holds a pair already or the address is
+        another host's (``previous``: a released host whose pair is reclaimed, which must still
+        be the index's owner). Returns the pair the host holds now, or None when the address is
+        taken. One txn: two replicas never give one address to two hosts."""
+        rec = self._key("vips", host)
+        index = self._key("vipip", pair[0])
+        compare = [_compare(rec, "CREATE", "EQUAL", 0)]
+        if previous is None:
+            compare.append(_compare(index, "CREATE", "EQUAL", 0))
+        else:
+            compare.append({"key": _b64(index), "target": "VALUE", "result": "EQUAL", "value": _b64(previous.encode())})
+        success = [
+            _put_op(rec, json.dumps({"v4": pair[0], "v6": pair[1], "released": None}).encode()),
+            _put_op(index, host.encode()),
+        ]
+        if previous is not None:
+            success.append(_delete_op(self._key("vips", previous)))
+        r = self.client.txn_full(compare, success, [_range_op(rec)])
+        if r.get("succeeded"):
+            return pair
+        kv = _first_kv(r)
+        if kv is None:
+            return None
+        held = json.loads(_unb64(kv.get("value", "")))
+        return str(held["v4"]), str(held["v6"])
+
+    def index_vips(self) -> list[str]:
+        """Writes the missing index keys of stored VIP records (written before the index existed),
+        each only if absent. Returns the conflicts found: an address two hosts' records name."""
+        owners = {_unpart(k[0]): v.decode() for k, v in self._scan("vipip")}
+        conflicts = []
+        for host, (v4, _, _) in sorted(self.vip_records().items()):
+            owner = owners.get(v4)
+            if owner is None:
+                index = self._key("vipip", v4)
+                if self.client.txn([_put_op(index, host.encode())], [_compare(index, "CREATE", "EQUAL", 0)]):
+                    owners[v4] = host
+                    continue
+                rows = self.client.range(index)
+                owner = owners[v4] = rows[0][1].decode() if rows else ""
+            if owner != host:
+                conflicts.append(f"{v4}: {host} and {owner}")
+        return conflicts
 
     # the configured mirror --------------------------------------------------------
 
@@ -519,3 +608,163 @@ class EtcdStore:
     def status(self, key: str) -> dict[str, Any] | None:
         rows = self.client.range(self._key("status", key))
         return dict(json.loads(rows[0][1])) if rows else None
+
+    # replicas (pymesh.controlplane.replicas) -----------------------------------------------
+    #
+    # <prefix>/conn/<ns>/<name>/<replica>  on that replica's lease: it holds a stream of the entry
+    # <prefix>/leader/sweeper              on the leader's lease: who runs the grace-period sweep
+
+    def _conn_prefix(self, namespace: str, name: str) -> bytes:
+        return self._key("conn", namespace, name) + b"/"
+
+    def lease_grant(self, ttl: int) -> int:
+        doc = self.client.call("/v3/lease/grant", {"TTL": str(ttl)}, idempotent=False)
+        return int(doc["ID"])
+
+    def lease_keepalive(self, lease: int) -> int:
+        """The lease's remaining TTL after a refresh; 0 when it has expired (or was revoked)."""
+        doc = self.client.call("/v3/lease/keepalive", {"ID": str(lease)}, idempotent=True)
+        return int((doc.get("result") or {}).get("TTL", 0))
+
+    def lease_revoke(self, lease: int) -> None:
+        try:
+            self.client.call("/v3/lease/revoke", {"ID": str(lease)}, idempotent=False)
+        except StoreError as e:
+            if "lease not found" not in str(e):
+                raise
+
+    def claim_registered(
+        self, doc: Mapping[str, Any], replica: str, lease: int, *, attempts: int = 5
+    ) -> tuple[dict[str, Any], bool, int]:
+        """Creates the entry unless it exists and marks ``replica``'s connection to it on
+        ``lease``, atomically with the entry's existence: (the stored entry, whether this call
+        created it, the store revision). Two replicas creating the same entry at once make one."""
+        md = doc["metadata"]
+        key = self._key("registered", md["namespace"], md["name"])
+        conn = self._conn_prefix(md["namespace"], md["name"]) + _part(replica).encode()
+        conn_put = {"request_put": {"key": _b64(conn), "value": _b64(b"{}"), "lease": str(lease)}}
+        body = json.dumps(doc, sort_keys=True).encode()
+        for _ in range(attempts):
+            # T1: create if absent, with the connection key.
+            r = self.client.txn_full(
+                [_compare(key, "CREATE", "EQUAL", 0)], [_put_op(key, body), conn_put], [_range_op(key)]
+            )
+            if r.get("succeeded"):
+                return dict(doc), True, _revision(r)
+            kv = _first_kv(r)
+            if kv is None:
+                continue  # deleted between the compare and the read: cannot happen in one txn; retry
+            # T2: the connection key, only while the same incarnation of the entry exists (a sweep
+            # that deleted it meanwhile makes this fail, and T1 creates it again).
+            r2 = self.client.txn_full([_compare(key, "CREATE", "EQUAL", int(kv["create_revision"]))], [conn_put])
+            if r2.get("succeeded"):
+                return dict(json.loads(_unb64(kv.get("value", "")))), False, _revision(r2)
+        raise StoreError(f"{self.path}: registering {md['namespace']}/{md['name']}: {attempts} conflicting attempts")
+
+    def release_registered(self, namespace: str, name: str, replica: str) -> None:
+        """This replica no longer holds a stream of the entry (only it writes its key). The same
+        txn rewrites ``released/<ns>/<name>``, whose mod revision tells the sweeper that a
+        disconnect happened even when the connection came and went between two of its reads."""
+        self.client.txn(
+            [
+                _delete_op(self._conn_prefix(namespace, name) + _part(replica).encode()),
+                _put_op(self._key("released", namespace, name), b"{}"),
+            ]
+        )
+
+    def released(self) -> dict[tuple[str, str], int]:
+        """(namespace, name) -> mod revision of its last release marker."""
+        start = f"{self.prefix}/released/".encode()
+        doc = self.client.call(
+            "/v3/kv/range", {"key": _b64(start), "range_end": _b64(_prefix_end(start)), "keys_only": True},
+            idempotent=True,
+        )  # fmt: skip
+        out = {}
+        for kv in doc.get("kvs") or ():
+            parts = _unb64(kv["key"])[len(start) :].decode().split("/")
+            if len(parts) == 2:
+                out[(_unpart(parts[0]), _unpart(parts[1]))] = int(kv["mod_revision"])
+        return out
+
+    def put_registered_if_exists(self, doc: Mapping[str, Any]) -> bool:
+        """Rewrites an entry (its health) only if it still exists: never re-creates a swept one."""
+        md = doc["metadata"]
+        key = self._key("registered", md["namespace"], md["name"])
+        body = json.dumps(doc, sort_keys=True).encode()
+        return self.client.txn([_put_op(key, body)], [_compare(key, "CREATE", "GREATER", 0)])
+
+    def registered_at(self) -> tuple[int, list[tuple[dict[str, Any], int]]]:
+        """(store revision, [(entry, its mod revision)]), read at one revision."""
+        start = f"{self.prefix}/registered/".encode()
+        doc = self.client.call(
+            "/v3/kv/range", {"key": _b64(start), "range_end": _b64(_prefix_end(start))}, idempotent=True
+        )
+        rows = sorted(doc.get("kvs") or (), key=lambda kv: str(kv["key"]))
+        return _revision(doc), [(json.loads(_unb64(kv.get("value", ""))), int(kv["mod_revision"])) for kv in rows]
+
+    def registered_version(self) -> str:
+        """Changes whenever the registered entries do (``applied_version``'s method)."""
+        return self._version_of("registered")
+
+    def _version_of(self, table: str) -> str:
+        start = f"{self.prefix}/{table}/".encode()
+        req = {
+            "key": _b64(start),
+            "range_end": _b64(_prefix_end(start)),
+            "keys_only": True,
+            "limit": 1,
+            "sort_order": "DESCEND",
+            "sort_target": "MOD",
+        }
+        doc = self.client.call("/v3/kv/range", req, idempotent=True)
+        kvs = doc.get("kvs") or [{}]
+        return f"{doc.get('count', 0)}:{kvs[0].get('mod_revision', 0)}"
+
+    def connections(self) -> dict[tuple[str, str], set[str]]:
+        """(namespace, name) -> the replicas holding a stream of it."""
+        out: dict[tuple[str, str], set[str]] = {}
+        for parts, _ in self._scan("conn", keys_only=True):
+            if len(parts) == 3:
+                out.setdefault((parts[0], parts[1]), set()).add(parts[2])
+        return out
+
+    def _leader_key(self, role: str) -> bytes:
+        return self._key("leader", role)
+
+    def campaign(self, role: str, replica: str, lease: int) -> int | None:
+        """Leads ``role`` if nobody does (the key on ``lease``): the leader key's create revision
+        when this replica leads (the fencing token of its writes), else None."""
+        key = self._leader_key(role)
+        r = self.client.txn_full(
+            [_compare(key, "CREATE", "EQUAL", 0)],
+            [{"request_put": {"key": _b64(key), "value": _b64(replica.encode()), "lease": str(lease)}}],
+            [_range_op(key)],
+        )
+        if r.get("succeeded"):
+            return _revision(r)
+        kv = _first_kv(r)
+        if kv is not None and int(kv.get("lease", 0)) == lease:
+            return int(kv["create_revision"])  # ours already (a campaign repeated after an unanswered one)
+        return None
+
+    def resign(self, role: str, leader_rev: int) -> None:
+        key = self._leader_key(role)
+        self.client.txn([_delete_op(key)], [_compare(key, "CREATE", "EQUAL", leader_rev)])
+
+    def delete_registered_fenced(
+        self, namespace: str, name: str, *, mod_revision: int | None, leader_rev: int, require_disconnected: bool = True
+    ) -> bool:
+        """Deletes an entry only if it is unchanged since it was read (``mod_revision``; None:
+        whatever it holds, but it must exist), the caller still leads the sweeper (its key's
+        create revision is ``leader_rev``) and, with ``require_disconnected``, no replica holds a
+        stream of it. True when this call deleted it: a second sweeper, a deposed leader or a
+        reconnected VM make it fail, so an entry is deleted once."""
+        key = self._key("registered", namespace, name)
+        conns = self._conn_prefix(namespace, name)
+        compare = [
+            _compare(key, "MOD", "EQUAL", mod_revision) if mod_revision else _compare(key, "CREATE", "GREATER", 0),
+            _compare(self._leader_key("sweeper"), "CREATE", "EQUAL", leader_rev),
+        ]
+        if require_disconnected:
+            compare.append(_compare(conns, "CREATE", "EQUAL", 0, _prefix_end(conns)))
+        return self.client.txn([_delete_op(key), _delete_op(self._key("released", namespace, name))], compare)

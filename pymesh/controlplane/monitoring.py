@@ -6,7 +6,8 @@ is :meth:`ControlPlane.status` as JSON; ``/metrics`` renders the same figures
 with ``prometheus_client`` (``pymesh_controlplane_*``): the config watcher's
 state (``pymesh_controlplane_config_watch_failing`` is 1 while config changes
 are not being applied), rejected objects, xDS connections, NACKs, refused
-nodes, dropped log lines, the TLS front's pending handshakes and evictions;
+nodes, streams being set up and those refused at admission (busy), dropped
+log lines, the TLS front's pending handshakes and evictions;
 and istiod's own families where pymesh has the same fact, with istiod's
 names, types and labels (``pilot/pkg/xds/monitoring.go``, ``pkg/xds/monitoring.go``,
 ``security/pkg/server/ca/monitoring.go``): ``pilot_xds{version}`` (connected
@@ -182,6 +183,14 @@ class _Collector(Collector):
         yield CounterMetricFamily(p + "xds_nacks", "NACKs received.", xds["nacks"])
         yield CounterMetricFamily(
             p + "xds_nodes_refused", "Streams refused for an oversized node.", xds["nodes_refused"]
+        )
+        yield GaugeMetricFamily(
+            p + "xds_streams_pending", "ADS streams being set up (first request to its answer).", xds["pending"]
+        )
+        yield CounterMetricFamily(
+            p + "xds_streams_refused_busy",
+            "ADS streams refused with RESOURCE_EXHAUSTED: --max-pending-streams were being set up.",
+            xds["refused_busy"],
         )
         yield CounterMetricFamily(
             p + "log_lines_dropped", "Rate-limited log lines not written.", st["log_lines_dropped"]

@@ -63,12 +63,20 @@ from pymesh.controlplane.applied import AppliedConfig
 from pymesh.controlplane.autoregistration import Registrations, unusable_address
 from pymesh.controlplane.backend import EtcdOptions, StoreBackend, open_store
 from pymesh.controlplane.configdir import Entry, ScanError, scan
-from pymesh.controlplane.defaults import DEFAULT_DEBOUNCE, DEFAULT_GRACE_PERIOD, DEFAULT_XDS_LISTEN
+from pymesh.controlplane.defaults import (
+    DEFAULT_DEBOUNCE,
+    DEFAULT_GRACE_PERIOD,
+    DEFAULT_LEASE_TTL,
+    DEFAULT_MAX_PENDING_STREAMS,
+    DEFAULT_XDS_LISTEN,
+)
 from pymesh.controlplane.errors import ControlPlaneError, StoreError, ValidationError
+from pymesh.controlplane.etcdstore import EtcdStore
 from pymesh.controlplane.lograte import clip
 from pymesh.controlplane.networks import DEFAULT_CLUSTER_ID, MeshNetworks, NetworksFile, unreachable_endpoints
 from pymesh.controlplane.peerauth import DEFAULT_ROOT_NAMESPACE
 from pymesh.controlplane.registry import Registry, build_registry
+from pymesh.controlplane.replicas import ReplicaSession, SharedRegistrations, replica_id
 from pymesh.controlplane.resources import FileCache, LoadResult, Object, ServiceEntry, WorkloadEntry, load_path
 from pymesh.controlplane.snapshot import Snapshot
 from pymesh.controlplane.store import Store
@@ -151,10 +159,12 @@ class ControlPlane:
         root_namespace: str = DEFAULT_ROOT_NAMESPACE,
         limits: Limits = DEFAULT_LIMITS,
         max_node_bytes: int = DEFAULT_MAX_NODE_BYTES,
+        max_pending_streams: int = DEFAULT_MAX_PENDING_STREAMS,
         vip_quarantine: float = DEFAULT_QUARANTINE,
         monitoring_listen: str | None = None,
         mesh_networks: str | os.PathLike[str] | None = None,
         cluster_id: str = DEFAULT_CLUSTER_ID,
+        lease_ttl: int = DEFAULT_LEASE_TTL,
     ) -> None:
         self.config_dir = Path(config_dir)
         # istiod's --networksConfig (meshNetworks) and --clusterID: networks and gateways
@@ -206,12 +216,32 @@ class ControlPlane:
         self._mirror_writes = 0  # submitted to the worker, not done yet
         self.watch = WatchState()
         self.push_error = ""
-        self.vips = VipAllocator(self.store.vip_records() if self.store else None, quarantine=vip_quarantine)
+        claim = None
+        if isinstance(self.store, EtcdStore):
+            # Replicas allocate VIPs through the store's create-if-absent claims (vips.py).
+            for conflict in self.store.index_vips():
+                log.error("VIP records in the store name one address for two hosts: %s", conflict)
+            claim = self.store.claim_vip
+        self.vips = VipAllocator(
+            self.store.vip_records() if self.store else None, quarantine=vip_quarantine, claim=claim
+        )
         self._vip_owners: dict[str, str] | None = None  # service address -> its service, per snapshot
         # Registering a loopback address is for development: only while every listener is on loopback.
         self._loopback_only = is_loopback(self.listen[0]) if self.plaintext else True
-        self.registrations = Registrations(
-            self.store,
+        self._loop = asyncio.new_event_loop()
+        # On etcd, one of several replicas (pymesh.controlplane.replicas): connection keys on this
+        # process's lease, the fenced grace-period sweeper, registrations shared through the store.
+        self.replica: ReplicaSession | None = None
+        if isinstance(self.store, EtcdStore):
+            self.replica = ReplicaSession(
+                self.store,
+                replica_id(self.instance_id),
+                ttl=lease_ttl,
+                grace=grace_period,
+                poll_interval=watch_interval,
+                post=self._post,
+            )
+        registrations: dict[str, Any] = dict(
             instance_id=self.instance_id,
             grace_period=grace_period,
             groups=lambda ns, name: self._objects.get(("WorkloadGroup", ns, name)),
@@ -219,8 +249,22 @@ class ControlPlane:
             changed=self._mark_dirty,
             address_check=self._address_problem,
         )
+        self.registrations: Registrations
+        if self.replica is not None:
+            shared = SharedRegistrations(self.store, session=self.replica, **registrations)
+            self.replica.on_entries = shared.sync
+            self.replica.on_lease_lost = shared.reassert
+            self.registrations = shared
+        else:
+            self.registrations = Registrations(self.store, **registrations)
         self._version = 0
-        self.ads = AdsServer(self._build(), self.registrations, strategy=strategy, max_node_bytes=max_node_bytes)
+        self.ads = AdsServer(
+            self._build(),
+            self.registrations,
+            strategy=strategy,
+            max_node_bytes=max_node_bytes,
+            max_pending_streams=max_pending_streams,
+        )
         # pymesh.controlplane.ca.service.SecurityOptions: the CA, the TLS port (15012) and the identity
         # checks. ``plaintext`` keeps the unauthenticated ``xds_listen`` listener too (tests, dev).
         self.security: Any = None
@@ -235,7 +279,6 @@ class ControlPlane:
             self._loopback_only = self._loopback_only and is_loopback(self.security.listen[0])
         self.monitoring_listen = monitoring_listen
         self.monitoring: Any = None
-        self._loop = asyncio.new_event_loop()
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="pymesh-config")
         self._load_lock: asyncio.Lock | None = None
         self._thread: threading.Thread | None = None
@@ -254,9 +297,16 @@ class ControlPlane:
         if self.watch.ok:
             self._persist_status()  # replaces what a previous run recorded
         self.ads.snapshot = self._build()
+        if self.replica is not None:
+            self.replica.start()  # the lease before any stream can be registered
         self._thread = threading.Thread(target=self._loop.run_forever, name="pymesh-controlplane", daemon=True)
         self._thread.start()
-        self._call(self._astart())
+        try:
+            self._call(self._astart())
+        except BaseException:
+            if self.replica is not None:
+                self.replica.stop()  # no lease kept alive for a replica that never served
+            raise
         if self.plaintext:
             host, port = self.listen[0], self.port
             if is_loopback(host):
@@ -324,6 +374,8 @@ class ControlPlane:
         try:
             self._call(self._astop(grace))
         finally:
+            if self.replica is not None:
+                self.replica.stop()
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)
             # Writes already submitted finish (the store stays whole); loads not started are dropped.
@@ -345,6 +397,8 @@ class ControlPlane:
             await self.security.stop()
         if self._server is not None:
             await self._server.stop(grace)
+        if isinstance(self.registrations, SharedRegistrations):
+            await self.registrations.cancel_background()
         self.ads.limiter.tick()
 
     def __enter__(self) -> ControlPlane:
@@ -355,6 +409,13 @@ class ControlPlane:
 
     def _call(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def _post(self, fn: Callable[[], None]) -> None:
+        """Runs ``fn`` on the loop, from another thread (the replica's); dropped once it is closed."""
+        try:
+            self._loop.call_soon_threadsafe(fn)
+        except RuntimeError:
+            pass
 
     def call_soon(self, fn: Callable[[], T], timeout: float = 30.0) -> T:
         """Runs ``fn`` on the control plane's loop (where its state lives)."""
@@ -450,7 +511,11 @@ class ControlPlane:
             if new is None and (old.source in broken_files or (old.source, label) in rejected):
                 fresh[key] = old
                 log.warning("%s: keeping the last valid %s until the file is fixed", old.source, label)
-        errors += self._admit_vips(fresh)
+        try:
+            errors += self._admit_vips(fresh)
+        except StoreError:
+            self._fingerprint = None  # VIP claims need the store (etcd): nothing applied, retried next tick
+            raise
         for e in errors[:MAX_LOGGED_ERRORS]:
             log.error("rejected: %s", e)
         if len(errors) > MAX_LOGGED_ERRORS:
@@ -771,11 +836,25 @@ class ControlPlane:
                     "watcher": self.watch.as_dict(),
                 },
                 "push": {"version": self.ads.snapshot.version, "error": self.push_error},
-                "xds": {"connections": len(self.ads.connections), **self.ads.stats},
+                "xds": {
+                    "connections": len(self.ads.connections),
+                    "pending": self.ads.pending,
+                    "max_pending": self.ads.max_pending_streams,
+                    **self.ads.stats,
+                },
                 "log_lines_dropped": self.ads.limiter.dropped_total,
                 "vips": {"held": len(self.vips.allocations), "released": len(self.vips.released())},
                 "tls": dict(front.stats, pending=front.pending) if front is not None else None,
                 "networks": self._networks_status(),
+                "replica": None
+                if self.replica is None
+                else {
+                    "id": self.replica.replica,
+                    "lease": f"{self.replica.lease:x}",
+                    "leader": self.replica.is_leader,
+                    "store_error": self.replica.store_error,
+                    **self.replica.stats,
+                },
                 # VirtualServices hidden for a host by an older one (pymesh.controlplane.virtualservice).
                 "virtual_service_conflicts": list(self.ads.snapshot.registry.virtual_services.conflicts),
             }

@@ -23,6 +23,17 @@ name's address does not reach a new service through it.
 When nothing is free the *object* asking is refused (the control plane names
 its file, object and host) and everything else keeps being served; nothing
 here raises into a push.
+
+Several replicas on one etcd (``claim``, :meth:`pymesh.controlplane.etcdstore.EtcdStore.claim_vip`):
+no leader allocates. Every address a replica gives a host is first claimed in the store with a
+create-if-absent txn on two keys, the host's record and an index key per IPv4 address, so two
+replicas never give one address to two hosts. A replica that finds the host already holds an
+address (another replica allocated it) takes that one; one that finds the address taken tries
+the next. Reclaiming a released pair is conditional on the index key still naming the released
+host. The store is read at start only, so the pairs are as stable across restarts as in one
+process. Releases assume the replicas serve one configuration (the applied one, or the same
+directory): a replica that does not serve a host marks it released, and once the never-used
+range is exhausted and the quarantine is over, its pair may be reclaimed.
 """
 
 from __future__ import annotations
@@ -46,6 +57,9 @@ DEFAULT_QUARANTINE = 3600.0
 FIRST, END = 1, V4_PREFIX.num_addresses - 1
 
 Record = tuple[str, str, float | None]  # v4, v6, released at (None: in use)
+# (host, candidate pair, the released host it is reclaimed from or None) -> the pair the host
+# holds in the shared store (the candidate, or one given to it before), or None: taken.
+Claim = Callable[[str, tuple[str, str], str | None], tuple[str, str] | None]
 
 
 def wants_vip(se: ServiceEntry, host: str) -> bool:
@@ -82,8 +96,10 @@ class VipAllocator:
         quarantine: float = DEFAULT_QUARANTINE,
         clock: Callable[[], float] = time.time,
         capacity: int = END - FIRST,
+        claim: Claim | None = None,
     ) -> None:
         self.quarantine = quarantine
+        self._claim = claim
         # Pairs the range holds (a smaller number lets a test exhaust it quickly).
         self.capacity = min(capacity, END - FIRST)
         self._end = FIRST + self.capacity
@@ -116,11 +132,18 @@ class VipAllocator:
     def released(self) -> Mapping[str, float]:
         return self._released
 
-    def _take_free(self, protected: Callable[[str], bool], now: float) -> tuple[str, str] | None:
-        if self._next < self._end:
+    def _take_free(self, new_host: str, protected: Callable[[str], bool], now: float) -> tuple[str, str] | None:
+        while self._next < self._end:
             pair = _pair(self._next)
             self._next += 1
-            return pair
+            if self._claim is None:
+                return pair
+            got = self._claim(new_host, pair, None)
+            if got is None:
+                continue  # another replica gave this address to another host
+            if got != pair:
+                self._next -= 1  # the host holds one already (another replica's): the candidate stays free
+            return got
         skipped: list[tuple[float, str]] = []
         found: tuple[str, str] | None = None
         while self._heap:
@@ -134,6 +157,16 @@ class VipAllocator:
             if protected(host):
                 skipped.append((at, host))
                 continue
+            if self._claim is not None:
+                got = self._claim(new_host, self._by_host[host], host)
+                if got is None:  # another replica reclaimed it first: not ours to give any more
+                    del self._by_host[host]
+                    del self._released[host]
+                    continue
+                if got != self._by_host[host]:  # the host holds one already (another replica's)
+                    skipped.append((at, host))
+                    found = got
+                    break
             found = self._by_host.pop(host)
             del self._released[host]
             self._deleted.add(host)
@@ -174,8 +207,9 @@ class VipAllocator:
                 if self._released.pop(host, None) is not None:
                     self._changed.add(host)
                 continue
-            pair = self._take_free(protected, now)
-            assert pair is not None  # counted above
+            pair = self._take_free(host, protected, now)
+            if pair is None:  # counted above, but other replicas took addresses since
+                raise VipError(host, self._free_message(now))
             self._by_host[host] = pair
             self._changed.add(host)
             self._deleted.discard(host)

@@ -28,13 +28,6 @@ from support.wait import wait_until
 _prefixes = itertools.count()
 
 
-@pytest.fixture(scope="module")
-def etcd() -> Iterator[EtcdCluster]:
-    c = EtcdCluster().start()
-    yield c
-    c.stop()
-
-
 @pytest.fixture(params=["sqlite", "etcd"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreBackend]:
     if request.param == "sqlite":

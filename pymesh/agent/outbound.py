@@ -183,39 +183,3 @@ class RouteTables:
 
     def services(self) -> list[tuple[str, int, str]]:
         return [*self.view.services, *read_routes(self.view, self.routes)]
-
-
-FILE_ACCESS_LOG = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
-
-
-def access_log_of(listeners: Mapping[str, Any]) -> tuple[str, str] | None:
-    """The access log istiod configures for a sidecar's TCP traffic (meshConfig
-    ``accessLogFile`` / ``accessLogEncoding``, or a Telemetry ``accessLogging`` with the
-    ``envoy`` provider): the file logger on the ``tcp_proxy`` filters of
-    ``virtualOutbound``, else of ``virtualInbound`` (istio/istio
-    ``pilot/pkg/networking/core/accesslog.go``, ``setTCPAccessLog``), as (path, TEXT |
-    JSON by its ``log_format``). None: no file logger there. A logger whose config does not
-    decode is skipped, not an error: the access log is not worth refusing routes for."""
-    from envoy.extensions.access_loggers.file.v3 import file_pb2
-    from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
-
-    for name in (VIRTUAL_OUTBOUND, "virtualInbound"):
-        lis = listeners.get(name)
-        if lis is None:
-            continue
-        for chain in lis.filter_chains:
-            for f in chain.filters:
-                if not f.typed_config.type_url.endswith("tcp_proxy.v3.TcpProxy"):
-                    continue
-                tp = tcp_proxy_pb2.TcpProxy()
-                if not f.typed_config.Unpack(tp):
-                    continue
-                for al in tp.access_log:
-                    if al.typed_config.type_url != FILE_ACCESS_LOG:
-                        continue
-                    fal = file_pb2.FileAccessLog()
-                    if not al.typed_config.Unpack(fal) or not fal.path:
-                        continue
-                    fmt = fal.log_format.WhichOneof("format") if fal.HasField("log_format") else None
-                    return fal.path, ("JSON" if fmt in ("json_format", "typed_json_format") else "TEXT")
-    return None

@@ -46,9 +46,10 @@ from typing import Any
 
 from pymesh._native import LbTable, NameTable, PymeshError, RedirectTable
 from pymesh.agent.errors import XdsClientError
-from pymesh.agent.outbound import BLACKHOLE, RouteTables, access_log_of, read_listeners
+from pymesh.agent.outbound import BLACKHOLE, RouteTables, read_listeners
 from pymesh.agent.persist import StateDir
 from pymesh.mesh import xds
+from pymesh.mesh.accesslog import access_log_of
 from pymesh.mesh.clusters import LB_TYPES, parse_cluster_name
 from pymesh.mesh.errors import XdsResourceError
 from pymesh.mesh.inbound import VIRTUAL_INBOUND, mode_of_listener

@@ -101,6 +101,7 @@ def cmd_controlplane(args: argparse.Namespace) -> int:
         cluster_id=args.cluster_id,
         lease_ttl=args.lease_ttl,
         max_pending_streams=args.max_pending_streams,
+        access_log=(args.access_log_file, args.access_log_encoding) if args.access_log_file else None,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -455,6 +456,20 @@ def add_commands(sub: Any) -> None:
         "--root-namespace",
         default="istio-system",
         help="meshConfig.rootNamespace: a PeerAuthentication here without selector is mesh-wide (default %(default)s)",
+    )
+    cp.add_argument(
+        "--access-log-file",
+        metavar="FILE",
+        default=None,
+        help="meshConfig accessLogFile: every workload's access log (e.g. /dev/stdout) unless a Telemetry "
+        "says otherwise; also where Telemetry's envoy provider writes (default: none)",
+    )
+    cp.add_argument(
+        "--access-log-encoding",
+        type=str.upper,
+        choices=("TEXT", "JSON"),
+        default="TEXT",
+        help="meshConfig accessLogEncoding (default %(default)s)",
     )
     cp.add_argument(
         "--mesh-networks",

@@ -1219,6 +1219,212 @@ ISTIO: dict[str, Any] = {
         },
         "type": "object",
     },
+    "Telemetry": {
+        "properties": {
+            "spec": {
+                "properties": {
+                    "accessLogging": {
+                        "items": {
+                            "properties": {
+                                "disabled": {"type": "boolean"},
+                                "filter": {"properties": {"expression": {"type": "string"}}, "type": "object"},
+                                "match": {
+                                    "properties": {
+                                        "mode": {"enum": ["CLIENT_AND_SERVER", "CLIENT", "SERVER"], "type": "string"}
+                                    },
+                                    "type": "object",
+                                },
+                                "providers": {
+                                    "items": {"properties": {"name": {"type": "string"}}, "type": "object"},
+                                    "type": "array",
+                                },
+                            },
+                            "type": "object",
+                        },
+                        "type": "array",
+                    },
+                    "metrics": {
+                        "items": {
+                            "properties": {
+                                "overrides": {
+                                    "items": {
+                                        "properties": {
+                                            "disabled": {"type": "boolean"},
+                                            "match": {
+                                                "properties": {
+                                                    "customMetric": {"type": "string"},
+                                                    "metric": {
+                                                        "enum": [
+                                                            "ALL_METRICS",
+                                                            "REQUEST_COUNT",
+                                                            "REQUEST_DURATION",
+                                                            "REQUEST_SIZE",
+                                                            "RESPONSE_SIZE",
+                                                            "TCP_OPENED_CONNECTIONS",
+                                                            "TCP_CLOSED_CONNECTIONS",
+                                                            "TCP_SENT_BYTES",
+                                                            "TCP_RECEIVED_BYTES",
+                                                            "GRPC_REQUEST_MESSAGES",
+                                                            "GRPC_RESPONSE_MESSAGES",
+                                                        ],
+                                                        "type": "string",
+                                                    },
+                                                    "mode": {
+                                                        "enum": ["CLIENT_AND_SERVER", "CLIENT", "SERVER"],
+                                                        "type": "string",
+                                                    },
+                                                },
+                                                "type": "object",
+                                            },
+                                            "tagOverrides": {
+                                                "additionalProperties": {
+                                                    "properties": {
+                                                        "operation": {"enum": ["UPSERT", "REMOVE"], "type": "string"},
+                                                        "value": {"type": "string"},
+                                                    },
+                                                    "type": "object",
+                                                },
+                                                "type": "object",
+                                            },
+                                        },
+                                        "type": "object",
+                                    },
+                                    "type": "array",
+                                },
+                                "providers": {
+                                    "items": {"properties": {"name": {"type": "string"}}, "type": "object"},
+                                    "type": "array",
+                                },
+                                "reportingInterval": {"type": "string"},
+                            },
+                            "type": "object",
+                        },
+                        "type": "array",
+                    },
+                    "selector": {
+                        "properties": {
+                            "matchLabels": {
+                                "additionalProperties": {"maxLength": 63, "type": "string"},
+                                "maxProperties": 4096,
+                                "type": "object",
+                            }
+                        },
+                        "type": "object",
+                    },
+                    "targetRef": {
+                        "properties": {
+                            "group": {"maxLength": 253, "type": "string"},
+                            "kind": {"maxLength": 63, "type": "string"},
+                            "name": {"maxLength": 253, "type": "string"},
+                            "namespace": {"type": "string"},
+                        },
+                        "type": "object",
+                    },
+                    "targetRefs": {
+                        "items": {
+                            "properties": {
+                                "group": {"maxLength": 253, "type": "string"},
+                                "kind": {"maxLength": 63, "type": "string"},
+                                "name": {"maxLength": 253, "type": "string"},
+                                "namespace": {"type": "string"},
+                            },
+                            "type": "object",
+                        },
+                        "maxItems": 16,
+                        "type": "array",
+                    },
+                    "tracing": {
+                        "items": {
+                            "properties": {
+                                "customTags": {
+                                    "additionalProperties": {
+                                        "properties": {
+                                            "environment": {
+                                                "properties": {
+                                                    "defaultValue": {"type": "string"},
+                                                    "name": {"type": "string"},
+                                                },
+                                                "type": "object",
+                                            },
+                                            "formatter": {
+                                                "properties": {"value": {"type": "string"}},
+                                                "type": "object",
+                                            },
+                                            "header": {
+                                                "properties": {
+                                                    "defaultValue": {"type": "string"},
+                                                    "name": {"type": "string"},
+                                                },
+                                                "type": "object",
+                                            },
+                                            "literal": {"properties": {"value": {"type": "string"}}, "type": "object"},
+                                        },
+                                        "type": "object",
+                                    },
+                                    "type": "object",
+                                },
+                                "disableContextPropagation": {"type": "boolean"},
+                                "disableSpanReporting": {"type": "boolean"},
+                                "enableIstioTags": {"type": "boolean"},
+                                "match": {
+                                    "properties": {
+                                        "mode": {"enum": ["CLIENT_AND_SERVER", "CLIENT", "SERVER"], "type": "string"}
+                                    },
+                                    "type": "object",
+                                },
+                                "providers": {
+                                    "items": {"properties": {"name": {"type": "string"}}, "type": "object"},
+                                    "type": "array",
+                                },
+                                "randomSamplingPercentage": {"maximum": 100, "minimum": 0, "type": "number"},
+                                "useRequestIdForTraceSampling": {"type": "boolean"},
+                            },
+                            "type": "object",
+                        },
+                        "type": "array",
+                    },
+                },
+                "type": "object",
+            },
+            "status": {
+                "properties": {
+                    "conditions": {
+                        "items": {
+                            "properties": {
+                                "lastProbeTime": {"type": "string"},
+                                "lastTransitionTime": {"type": "string"},
+                                "message": {"type": "string"},
+                                "observedGeneration": {"x-kubernetes-int-or-string": True},
+                                "reason": {"type": "string"},
+                                "status": {"type": "string"},
+                                "type": {"type": "string"},
+                            },
+                            "type": "object",
+                        },
+                        "type": "array",
+                    },
+                    "observedGeneration": {"x-kubernetes-int-or-string": True},
+                    "validationMessages": {
+                        "items": {
+                            "properties": {
+                                "documentationUrl": {"type": "string"},
+                                "level": {"enum": ["UNKNOWN", "ERROR", "WARNING", "INFO"], "type": "string"},
+                                "type": {
+                                    "properties": {"code": {"type": "string"}, "name": {"type": "string"}},
+                                    "type": "object",
+                                },
+                            },
+                            "type": "object",
+                        },
+                        "type": "array",
+                    },
+                },
+                "type": "object",
+                "x-kubernetes-preserve-unknown-fields": True,
+            },
+        },
+        "type": "object",
+    },
     "VirtualService": {
         "properties": {
             "spec": {

@@ -40,8 +40,10 @@ import ipaddress
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from pymesh.controlplane import peerauth
+from pymesh.controlplane import telemetry as telemod
 from pymesh.controlplane import vips as vipmod
 from pymesh.controlplane import virtualservice as vsmod
 from pymesh.controlplane.networks import (
@@ -58,6 +60,7 @@ from pymesh.controlplane.resources import (
     Pod,
     Service,
     ServiceEntry,
+    Telemetry,
     WorkloadEntry,
     WorkloadEntrySpec,
     WorkloadGroup,
@@ -131,6 +134,15 @@ class Registry:
     cluster_id: str = DEFAULT_CLUSTER_ID
     # VirtualServices bound to `mesh`, by resolved host (pymesh.controlplane.virtualservice).
     virtual_services: vsmod.Index = field(default_factory=lambda: vsmod.index((), DEFAULT_DOMAIN))
+    # Telemetry objects by namespace, oldest first, and meshConfig's access log (pymesh.controlplane.telemetry).
+    telemetries: Mapping[str, tuple[tuple[Any, telemod.TelemetrySpec], ...]] = field(default_factory=dict)
+    mesh_access_log: telemod.MeshAccessLog = field(default_factory=telemod.MeshAccessLog)
+
+    def access_log(self, namespace: str, labels: Mapping[str, str]) -> tuple[str, str] | None:
+        """The access log a workload writes ((file, TEXT | JSON)), or None."""
+        return telemod.effective(
+            self.telemetries, self.root_namespace, self.mesh_access_log, namespace, labels
+        ).access_log
 
     def peer_authentication(self, namespace: str, labels: Mapping[str, str]) -> str:
         """The effective inbound mTLS mode of a workload: STRICT, PERMISSIVE or DISABLE."""
@@ -296,6 +308,7 @@ def build_registry(
     root_namespace: str = "istio-system",
     mesh_networks: MeshNetworks | None = None,
     cluster_id: str = DEFAULT_CLUSTER_ID,
+    mesh_access_log: telemod.MeshAccessLog | None = None,
 ) -> Registry:
     """Associates services with workloads. ``registered`` entries (auto
     registration) join the configured ones; the same name in both keeps the
@@ -308,6 +321,7 @@ def build_registry(
     groups: dict[tuple[str, str], WorkloadGroup] = {}
     peer_auth: list[PeerAuthentication] = []
     virtual_services: list[vsmod.VirtualService] = []
+    telemetries: list[Telemetry] = []
     for o in objects:
         t = o.typed
         if isinstance(t, Service):
@@ -326,6 +340,12 @@ def build_registry(
             peer_auth.append(t)
         elif isinstance(t, vsmod.VirtualService):
             virtual_services.append(t)
+        elif isinstance(t, Telemetry):
+            telemetries.append(t)
+            for f in t.spec.unapplied:
+                log.warning(
+                    "Telemetry %s/%s: spec.%s is kept but not applied by pymesh", t.meta.namespace, t.meta.name, f
+                )
     for r in registered:
         entries.setdefault((r.meta.namespace, r.meta.name), r)
 
@@ -484,6 +504,8 @@ def build_registry(
         ),
         cluster_id=cluster_id,
         virtual_services=vs_index,
+        telemetries=telemod.index((t.meta, t.spec, t.created) for t in telemetries),
+        mesh_access_log=mesh_access_log or telemod.MeshAccessLog(),
     )
 
 

@@ -33,6 +33,8 @@ from pymesh.controlplane import schema
 from pymesh.controlplane import validation as v
 from pymesh.controlplane.configdir import YAML_SUFFIXES, Entry, ScanError, read, scan, transient
 from pymesh.controlplane.errors import ValidationError
+from pymesh.controlplane.telemetry import TelemetrySpec
+from pymesh.controlplane.telemetry import parse_spec as parse_telemetry_spec
 from pymesh.controlplane.virtualservice import VirtualService
 from pymesh.controlplane.virtualservice import parse as parse_vs_spec
 from pymesh.controlplane.yamlsafe import DEFAULT_LIMITS, Limits, YamlSyntaxError, units
@@ -43,6 +45,8 @@ ISTIO_GROUP = "networking.istio.io"
 ISTIO_VERSIONS = ("v1", "v1beta1", "v1alpha3")
 SECURITY_GROUP = "security.istio.io"
 SECURITY_VERSIONS = ("v1", "v1beta1")
+TELEMETRY_GROUP = "telemetry.istio.io"
+TELEMETRY_VERSIONS = ("v1", "v1alpha1")
 __all__ = ["YAML_SUFFIXES", "Limits", "LoadResult", "Object", "load_documents", "load_path", "parse_object"]
 
 # Kinds: canonical name -> (accepted apiVersions, plural, short names).
@@ -67,6 +71,7 @@ KINDS: dict[str, tuple[tuple[str, ...], str, tuple[str, ...]]] = {
         "peerauthentications",
         ("pa", "peerauthentication"),
     ),
+    "Telemetry": (tuple(f"{TELEMETRY_GROUP}/{x}" for x in TELEMETRY_VERSIONS), "telemetries", ("telemetry",)),
 }
 # The version `pymesh get` prints: each kind's first (newest) apiVersion.
 STORAGE_VERSION = {k: vs[0] for k, (vs, _, _) in KINDS.items()}
@@ -246,8 +251,26 @@ class PeerAuthentication:
     created: float | None = None  # metadata.creationTimestamp (epoch seconds): Istio's oldest-wins tie-break
 
 
+@dataclass(frozen=True)
+class Telemetry:
+    """``telemetry.istio.io`` Telemetry: the access log of the workloads it selects
+    (pymesh.controlplane.telemetry holds the rules)."""
+
+    meta: Meta
+    spec: TelemetrySpec
+    created: float | None = None
+
+
 Spec = (
-    Service | Pod | WorkloadGroup | WorkloadEntry | ServiceEntry | DestinationRule | VirtualService | PeerAuthentication
+    Service
+    | Pod
+    | WorkloadGroup
+    | WorkloadEntry
+    | ServiceEntry
+    | DestinationRule
+    | VirtualService
+    | PeerAuthentication
+    | Telemetry
 )
 
 
@@ -696,6 +719,14 @@ def parse_virtual_service(doc: Mapping[str, Any]) -> VirtualService:
     return parse_vs_spec(spec, meta, created, version)
 
 
+def parse_telemetry(doc: Mapping[str, Any]) -> Telemetry:
+    meta = _meta(doc, "Telemetry")
+    created = _timestamp(
+        v.mapping(doc.get("metadata"), "metadata").get("creationTimestamp"), "metadata.creationTimestamp"
+    )
+    return Telemetry(meta=meta, spec=parse_telemetry_spec(v.mapping(doc.get("spec"), "spec")), created=created)
+
+
 PARSERS: dict[str, Callable[[Mapping[str, Any]], Spec]] = {
     "Service": parse_service,
     "Pod": parse_pod,
@@ -705,6 +736,7 @@ PARSERS: dict[str, Callable[[Mapping[str, Any]], Spec]] = {
     "DestinationRule": parse_destination_rule,
     "VirtualService": parse_virtual_service,
     "PeerAuthentication": parse_peer_authentication,
+    "Telemetry": parse_telemetry,
 }
 
 

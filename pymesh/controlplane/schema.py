@@ -300,7 +300,15 @@ _KEEP = (
     "x-kubernetes-preserve-unknown-fields",
     "x-kubernetes-int-or-string",
 )
-KINDS = ("WorkloadGroup", "WorkloadEntry", "ServiceEntry", "DestinationRule", "VirtualService", "PeerAuthentication")
+KINDS = (
+    "WorkloadGroup",
+    "WorkloadEntry",
+    "ServiceEntry",
+    "DestinationRule",
+    "VirtualService",
+    "PeerAuthentication",
+    "Telemetry",
+)
 
 
 def _reduce(schema: Mapping[str, Any]) -> dict[str, Any]:

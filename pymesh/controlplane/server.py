@@ -80,6 +80,7 @@ from pymesh.controlplane.replicas import ReplicaSession, SharedRegistrations, re
 from pymesh.controlplane.resources import FileCache, LoadResult, Object, ServiceEntry, WorkloadEntry, load_path
 from pymesh.controlplane.snapshot import Snapshot
 from pymesh.controlplane.store import Store
+from pymesh.controlplane.telemetry import MeshAccessLog
 from pymesh.controlplane.vips import DEFAULT_QUARANTINE, VipAllocator, VipError, wants_vip
 from pymesh.controlplane.yamlsafe import DEFAULT_LIMITS, Limits
 from pymesh.mesh.addr import parse_host_port
@@ -165,8 +166,12 @@ class ControlPlane:
         mesh_networks: str | os.PathLike[str] | None = None,
         cluster_id: str = DEFAULT_CLUSTER_ID,
         lease_ttl: int = DEFAULT_LEASE_TTL,
+        access_log: tuple[str, str] | None = None,
     ) -> None:
         self.config_dir = Path(config_dir)
+        # meshConfig accessLogFile / accessLogEncoding: the workloads' default access log, and
+        # where Telemetry's envoy provider writes (pymesh.controlplane.telemetry).
+        self.mesh_access_log = MeshAccessLog(*access_log) if access_log else MeshAccessLog()
         # istiod's --networksConfig (meshNetworks) and --clusterID: networks and gateways
         # (pymesh.controlplane.networks). Invalid at start: an error; later: the last good one stays.
         self.cluster_id = cluster_id
@@ -770,6 +775,7 @@ class ControlPlane:
             root_namespace=self.root_namespace,
             mesh_networks=self.networks_file.current if self.networks_file is not None else MeshNetworks(),
             cluster_id=self.cluster_id,
+            mesh_access_log=self.mesh_access_log,
         )
         self._persist_vips()  # normally nothing: _apply reserved every VIP the registry reads
         self._vip_owners = None  # built when a registration asks (_address_problem)

@@ -108,7 +108,11 @@ def generate(registry: Registry, type_url: str, key: Hashable) -> dict[str, Any]
 
 
 def inbound_listener(registry: Registry, view: PolicyView) -> Any:
-    return virtual_inbound(registry.peer_authentication(view.namespace, dict(view.labels)))
+    labels = dict(view.labels)
+    return virtual_inbound(
+        registry.peer_authentication(view.namespace, labels),
+        access_log=registry.access_log(view.namespace, labels),
+    )
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pymesh.mesh.accesslog import file_access_log
 from pymesh.mesh.alpn import INBOUND_CHAIN_MATCH
 from pymesh.mesh.defaults import INBOUND_PORT
 from pymesh.mesh.xds import pack
@@ -30,11 +31,13 @@ TLS_CHAIN = "virtualInbound-mtls"
 PLAINTEXT_CHAIN = "virtualInbound-plaintext"
 
 
-def _tcp_proxy(stat: str) -> Any:
+def _tcp_proxy(stat: str, access_log: tuple[str, str] | None = None) -> Any:
     from envoy.config.listener.v3 import listener_components_pb2
     from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
     tp = tcp_proxy_pb2.TcpProxy(stat_prefix=stat, cluster=PASSTHROUGH_CLUSTER)
+    if access_log is not None:
+        tp.access_log.append(file_access_log(*access_log))
     return listener_components_pb2.Filter(name="envoy.filters.network.tcp_proxy", typed_config=pack(tp))
 
 
@@ -56,8 +59,9 @@ def _downstream_tls() -> Any:
     return base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=pack(ctx))
 
 
-def virtual_inbound(mode: str, port: int = INBOUND_PORT) -> Any:
-    """The ``virtualInbound`` Listener for one mode (see the module doc)."""
+def virtual_inbound(mode: str, port: int = INBOUND_PORT, access_log: tuple[str, str] | None = None) -> Any:
+    """The ``virtualInbound`` Listener for one mode (see the module doc), its ``tcp_proxy``
+    filters writing ``access_log`` ((file, TEXT | JSON), :mod:`pymesh.mesh.accesslog`) when given."""
     from envoy.config.core.v3 import address_pb2, base_pb2
     from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
     from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2
@@ -82,14 +86,16 @@ def virtual_inbound(mode: str, port: int = INBOUND_PORT) -> Any:
             name=TLS_CHAIN,
             filter_chain_match=match,
             transport_socket=_downstream_tls(),
-            filters=[_tcp_proxy(TLS_CHAIN)],
+            filters=[_tcp_proxy(TLS_CHAIN, access_log)],
         )
     if mode == "PERMISSIVE":
         match = listener_components_pb2.FilterChainMatch(transport_protocol="raw_buffer")
-        lis.filter_chains.add(name=PLAINTEXT_CHAIN, filter_chain_match=match, filters=[_tcp_proxy(PLAINTEXT_CHAIN)])
+        lis.filter_chains.add(
+            name=PLAINTEXT_CHAIN, filter_chain_match=match, filters=[_tcp_proxy(PLAINTEXT_CHAIN, access_log)]
+        )
     elif mode == "DISABLE":
         # No transport match: every connection, TLS or not, is passed through as it is.
-        lis.filter_chains.add(name=PLAINTEXT_CHAIN, filters=[_tcp_proxy(PLAINTEXT_CHAIN)])
+        lis.filter_chains.add(name=PLAINTEXT_CHAIN, filters=[_tcp_proxy(PLAINTEXT_CHAIN, access_log)])
     return lis
 
 

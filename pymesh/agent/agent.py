@@ -394,7 +394,8 @@ class Agent:
         c = self.client
         return {
             "node": self.node.id,
-            "control_plane": self.target,
+            "control_plane": (c.address or self.target) if c else self.target,
+            "control_planes": self.config.targets,
             "xds": c.state if c else "stopped",
             "last_error": c.last_error if c else "",
             "versions": dict(c.versions) if c else dict(self.mesh.versions),

@@ -29,6 +29,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -100,13 +101,11 @@ def _dry_run(agent: Agent, output: str) -> int:
     return 0
 
 
-def cmd_agent(args: argparse.Namespace) -> int:
-    b = _bootstrap(args)
-    agent = Agent(b, _options(args))
-    if args.dry_run:
-        return _dry_run(agent, args.output)
+def _serving(what: str, verbose: bool) -> tuple[threading.Event, Callable[[str], None]]:
+    """A long-running command's setup: logging to stderr, SIGINT/SIGTERM set the returned event,
+    and ``say`` prints one step per line on stdout as ``pymesh <what>: ...``."""
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
@@ -115,7 +114,17 @@ def cmd_agent(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
 
     def say(line: str) -> None:
-        print(f"pymesh agent: {line}", flush=True)
+        print(f"pymesh {what}: {line}", flush=True)
+
+    return stop, say
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    b = _bootstrap(args)
+    agent = Agent(b, _options(args))
+    if args.dry_run:
+        return _dry_run(agent, args.output)
+    stop, say = _serving("agent", args.verbose)
 
     for note in b.notes:
         say(note)
@@ -226,17 +235,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     gw = Agent(b, _gateway_options(args, b))
     if args.dry_run:
         return _dry_run(gw, args.output)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-
-    def say(line: str) -> None:
-        print(f"pymesh gateway: {line}", flush=True)
+    stop, say = _serving("gateway", args.verbose)
 
     say(f"node {gw.node.id}")
     transport = "mTLS" if gw.control_plane_auth == "MUTUAL_TLS" else "plaintext"

@@ -480,6 +480,17 @@ class EtcdStore:
         held = json.loads(_unb64(kv.get("value", "")))
         return str(held["v4"]), str(held["v6"])
 
+    def claim_ca_root(self, pem: str) -> str:
+        """The mesh's root certificate as the store holds it: ``pem`` when no replica stored one
+        yet (create-if-absent), else the first one stored. Public material only: a replica's
+        signing key never leaves its own data directory (Istio's plug-in CA layout, ``cacerts``)."""
+        key = self._key("ca", "root")
+        r = self.client.txn_full([_compare(key, "CREATE", "EQUAL", 0)], [_put_op(key, pem.encode())], [_range_op(key)])
+        if r.get("succeeded"):
+            return pem
+        kv = _first_kv(r)
+        return _unb64(kv.get("value", "")).decode() if kv is not None else pem
+
     def index_vips(self) -> list[str]:
         """Writes the missing index keys of stored VIP records (written before the index existed),
         each only if absent. Returns the conflicts found: an address two hosts' records name."""

@@ -280,6 +280,14 @@ class ControlPlane:
 
             sec_dir = Path(data_dir) if data_dir is not None else default_data_dir()
             self.security = MeshSecurity(sec_dir, security, allow_plaintext=self.plaintext)
+            try:
+                self._check_shared_ca()
+            except BaseException:
+                # Nothing started yet: close what exists, so a refused replica leaves nothing open.
+                self._loop.close()
+                if self.store is not None:
+                    self.store.close()
+                raise
             self.security.install(self.ads)
             self._loopback_only = self._loopback_only and is_loopback(self.security.listen[0])
         self.monitoring_listen = monitoring_listen
@@ -294,6 +302,22 @@ class ControlPlane:
         self._watch_task: asyncio.Task[None] | None = None
         self._reasons: list[str] = []
         self.pushed = threading.Condition()
+
+    def _check_shared_ca(self) -> None:
+        """Replicas on one etcd prefix must sign with one CA, or a VM's certificate from one
+        replica would not verify at another: the first replica's root goes into the store
+        (public material only) and a replica with another root refuses to start, saying why."""
+        if not isinstance(self.store, EtcdStore) or self.security is None:
+            return
+        from pymesh.mesh.pki import fingerprint
+
+        ours = self.security.ca.root_pem
+        held = self.store.claim_ca_root(ours)
+        if held.strip() != ours.strip():
+            raise ControlPlaneError(
+                f"the replicas on this store sign with another CA (stored root {fingerprint(held)}, this replica's "
+                f"{fingerprint(ours)}): give every replica the same CA (--plugin-ca DIR, Istio's cacerts layout)"
+            )
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -372,6 +396,11 @@ class ControlPlane:
 
     def stop(self, grace: float = 0.2) -> None:
         if self._thread is None:
+            if not self._loop.is_closed():
+                # Never started: nothing runs, but the loop and the store are open.
+                self._loop.close()
+                if self.store is not None:
+                    self.store.close()
             return
         if self.monitoring is not None:
             self.monitoring.stop()

@@ -69,3 +69,13 @@ def spiffe_ids(cert: x509.Certificate) -> list[str]:
 def not_after(cert_chain_pem: bytes) -> float:
     """The leaf's expiry (Unix time)."""
     return load_certs(cert_chain_pem, "cert-chain.pem")[0].not_valid_after_utc.timestamp()
+
+
+def fingerprint(pem: str) -> str:
+    """``sha256:<hex>`` of the first certificate's DER (what ``openssl x509 -fingerprint -sha256``
+    shows, without colons), or ``unreadable`` when there is none."""
+    try:
+        cert = load_certs(pem.encode(), "certificate")[0]
+    except (SecurityError, IndexError):
+        return "unreadable"
+    return "sha256:" + cert.fingerprint(hashes.SHA256()).hex()

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from pymesh.controlplane.backend import open_store
-from pymesh.controlplane.etcdstore import EtcdStore
+from pymesh.controlplane.etcdstore import EtcdStore, _prefix_end
 from pymesh.controlplane.replicas import SWEEPER
 from pymesh.controlplane.vips import VipAllocator
 from support.etcd import EtcdCluster
@@ -175,3 +175,41 @@ def test_vip_claims_are_unique_under_concurrency_and_stable(store: EtcdStore) ->
     # Stable across restarts: what a new process reads is what was given.
     assert {h: (v4, v6) for h, (v4, v6, _) in store.vip_records().items()} == held
     assert store.index_vips() == []
+
+
+def test_replicas_must_share_one_ca(etcd: EtcdCluster, tmp_path: Any) -> None:
+    """The first replica's root goes into the store (public material only); a replica with
+    another CA refuses to start naming both roots; one with the same plug-in CA starts."""
+    import shutil
+
+    from pymesh.controlplane import ControlPlane, ControlPlaneError
+    from pymesh.controlplane.ca.service import SecurityOptions
+    from support.cp import example_config
+
+    url = etcd.url(f"/pymesh/ca-{next(_prefixes)}")
+    cfg = example_config(tmp_path / "mesh", 18080)
+
+    def replica(name: str, plugin: Any = None) -> ControlPlane:
+        sec = SecurityOptions(secure_listen="127.0.0.1:0", plugin_ca_dir=str(plugin) if plugin else None)
+        return ControlPlane(cfg, xds_listen="127.0.0.1:0", data_dir=tmp_path / name, store=url, security=sec)
+
+    first = replica("a")
+    try:
+        with pytest.raises(ControlPlaneError, match="sign with another CA .*--plugin-ca"):
+            replica("b")  # a CA of its own, generated in its data directory
+        # The operator's CA (Istio's cacerts layout) given to another replica: the same root.
+        cacerts = tmp_path / "cacerts"
+        cacerts.mkdir()
+        for f in ("ca-cert.pem", "ca-key.pem", "root-cert.pem", "cert-chain.pem"):
+            shutil.copy(tmp_path / "a" / "ca" / f, cacerts / f)
+        same = replica("c", cacerts)
+        same.stop()
+        stored = open_store(url)
+        assert isinstance(stored, EtcdStore)
+        assert stored.claim_ca_root("x") == first.security.ca.root_pem
+        # What the store holds of the CA: the root, no key.
+        everything = stored.client.range(stored.prefix.encode(), _prefix_end(stored.prefix.encode()))
+        assert [k for k, _ in everything if b"/ca/" in k] == [stored._key("ca", "root")]
+        assert not any(b"PRIVATE KEY" in v for _, v in everything)
+    finally:
+        first.stop()

@@ -153,6 +153,7 @@ class AgentConfig:
     probe_host: str
     inbound_listen: tuple[str, ...]  # where the inbound passthrough listens (capture with inbound)
     access_log: tuple[str, str] | None = None  # (file, TEXT | JSON), or off
+    app_metrics: tuple[tuple[int, str], ...] = ()  # (port, path) merged into /stats/prometheus
     targets: tuple[str, ...] = ()  # ``target`` as a list
 
     @property
@@ -289,7 +290,38 @@ def resolve(bootstrap: Bootstrap, options: AgentOptions | None = None) -> AgentC
         inbound_listen=_inbound_listen(capture),
         access_log=_access_log(b, o),
         targets=targets,
+        app_metrics=_app_metrics(b),
     )
+
+
+def _app_metrics(b: Bootstrap) -> tuple[tuple[int, str], ...]:
+    """istio-agent's ``ISTIO_PROMETHEUS_ANNOTATIONS``: the app's own scrape settings
+    (``{"scrape": "true", "port": "8080", "path": "/metrics"}``, or a list of them), whose
+    metrics the status port merges after the agent's and the proxy's (istio/istio
+    ``pkg/istio-agent/metrics``; defaults port 80, path /metrics). Bad JSON or a bad port is a
+    BootstrapError naming the variable."""
+    raw = b.get("ISTIO_PROMETHEUS_ANNOTATIONS").strip()
+    if not raw:
+        return ()
+    key = "ISTIO_PROMETHEUS_ANNOTATIONS"
+    try:
+        doc = json.loads(raw)
+    except ValueError as e:
+        raise b.error(key, f"not valid JSON: {e}") from None
+    out = []
+    for item in doc if isinstance(doc, list) else [doc]:
+        if not isinstance(item, dict):
+            raise b.error(key, 'expected {"scrape": "true", "port": "...", "path": "..."} (or a list of them)')
+        if str(item.get("scrape", "")).lower() != "true":
+            continue
+        port = str(item.get("port") or "80")
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise b.error(key, f"port {port!r} is not a port number")
+        path = str(item.get("path") or "/metrics")
+        if not path.startswith("/"):
+            path = "/" + path
+        out.append((int(port), path))
+    return tuple(out)
 
 
 def _access_log(b: Bootstrap, o: AgentOptions) -> tuple[str, str] | None:
@@ -437,6 +469,7 @@ def plan(c: AgentConfig) -> dict[str, Any]:
         "status_listen": o.status_listen,
         "network": network_plan(c),
         "access_log": {"file": c.access_log[0], "encoding": c.access_log[1]} if c.access_log else None,
+        "app_metrics": [f"http://127.0.0.1:{port}{path}" for port, path in c.app_metrics],
         "certificates": {"dir": str(c.cert_dir), "ttl": c.cert_ttl, "trust_domain": c.trust_domain}
         if c.control_plane_auth == "MUTUAL_TLS"
         else None,

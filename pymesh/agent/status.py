@@ -27,15 +27,19 @@
   outbound reports ``reporter="source"``, the inbound ``reporter="destination"``,
   every label of Istio's TCP set present; see ``native/src/relay/metrics.rs``).
   These take the place of Envoy's ``:15090`` section in istio-agent's merged
-  endpoint. ``istio_requests_total`` (HTTP) is not served: the relays do not
+  endpoint; the app's own metrics follow when cluster.env's
+  ``ISTIO_PROMETHEUS_ANNOTATIONS`` asks for them (fetched at each scrape, a
+  failure counted in ``istio_agent_scrape_failures_total{type="application"}``). ``istio_requests_total`` (HTTP) is not served: the relays do not
   parse HTTP.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 import urllib.parse
+import urllib.request
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -193,12 +197,59 @@ def istio_tcp(relays: Iterable[Any]) -> str:
     return tcp_metrics_text(list(relays))
 
 
-def metrics(agent: Agent) -> str:
-    out = prometheus_text(AgentCollector(agent)).decode()
+class Scrapes:
+    """istio-agent's own scrape counters: ``istio_agent_scrapes_total`` and
+    ``istio_agent_scrape_failures_total{type}`` (``application`` here: the app's endpoint
+    did not answer)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.scrapes = 0
+        self.failures = 0
+
+    def family_text(self) -> str:
+        with self.lock:
+            n, f = self.scrapes, self.failures
+        return (
+            "# HELP istio_agent_scrapes_total The total number of scrapes.\n"
+            "# TYPE istio_agent_scrapes_total counter\n"
+            f"istio_agent_scrapes_total {n}\n"
+            "# HELP istio_agent_scrape_failures_total The total number of failed scrapes.\n"
+            "# TYPE istio_agent_scrape_failures_total counter\n"
+            f'istio_agent_scrape_failures_total{{type="application"}} {f}\n'
+        )
+
+
+def app_metrics(targets: Iterable[tuple[int, str]], scrapes: Scrapes, timeout: float = 2.0) -> str:
+    """The app's own metrics (``ISTIO_PROMETHEUS_ANNOTATIONS``), each target fetched now from
+    loopback; a target that fails is left out and counted, never failing the scrape. A trailing
+    OpenMetrics ``# EOF`` is dropped (the merged page is the text format)."""
+    out = []
+    for port, path in targets:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
+                body = r.read(64 << 20).decode("utf-8", "replace")
+        except (OSError, ValueError):
+            with scrapes.lock:
+                scrapes.failures += 1
+            continue
+        lines = [ln for ln in body.splitlines() if ln.strip() != "# EOF"]
+        out.append("\n".join(lines) + ("\n" if lines else ""))
+    return "".join(out)
+
+
+def metrics(agent: Agent, scrapes: Scrapes | None = None) -> str:
+    """The merged page, as istio-agent's: the agent's own families, the proxy's (the relays'
+    ``istio_tcp_*`` and the DNS proxy's, where Envoy's 15090 would be), then the app's."""
+    scrapes = scrapes or Scrapes()
+    with scrapes.lock:
+        scrapes.scrapes += 1
+    app = app_metrics(agent.config.app_metrics, scrapes)
+    out = prometheus_text(AgentCollector(agent)).decode() + scrapes.family_text()
     out += istio_tcp(proxy for _, proxy in agent.data.relays())
     if agent.dns is not None:
         out += agent.dns.server.metrics_text()
-    return out
+    return out + app
 
 
 class StatusServer(AdminServer):
@@ -223,8 +274,10 @@ class StatusServer(AdminServer):
         def status(_: str) -> tuple[int, str, bytes]:
             return 200, JSON, json.dumps(agent.status(), indent=1, default=str).encode()
 
+        scrapes = Scrapes()
+
         def prom(_: str) -> tuple[int, str, bytes]:
-            return 200, PROMETHEUS_TEXT, metrics(agent).encode()
+            return 200, PROMETHEUS_TEXT, metrics(agent, scrapes).encode()
 
         super().__init__(
             listen,

@@ -7,8 +7,9 @@
 //! made by closing (RST) the connections that have been doing nothing the
 //! longest, and only when none qualifies is the new one refused:
 //! 1. first, connections still before their first useful byte: waiting for
-//!    bytes to tell TLS from plaintext, or for the rest of a ClientHello,
-//!    oldest first;
+//!    bytes to tell TLS from plaintext, or for the rest of a ClientHello, or
+//!    accepted [`SETUP_EVICTABLE_MS`] ago and still not started by a worker
+//!    (under a flood the accept loop outruns the workers), oldest first;
 //! 2. then connections that made no progress (a handshake stalled after its
 //!    ClientHello, a connect, an identity wait) or moved no byte for at
 //!    least [`EVICTABLE_IDLE_MS`], longest idle first.
@@ -59,6 +60,9 @@ use super::monotonic_ms;
 /// A connection that moved no byte for this long may be evicted when the
 /// relay is full.
 pub(crate) const EVICTABLE_IDLE_MS: u64 = 1000;
+/// A connection still in [`Phase::Setup`] this long after accept is evicted like one
+/// waiting for its first bytes (its task has not even started: nothing of it is lost).
+pub(crate) const SETUP_EVICTABLE_MS: u64 = 50;
 
 /// Evictions per scan: this fraction of the limit.
 const EVICT_BATCH_DIVISOR: usize = 64;
@@ -140,6 +144,10 @@ impl ConnState {
         let age = now.saturating_sub(since);
         match self.phase.load(Ordering::Relaxed) {
             p if p == Phase::Hello as u8 => Some((0, age)),
+            // Accepted but its task has not run for a while: under a flood the accept loop
+            // admits faster than the workers start connections, and slots all in Setup
+            // would refuse everyone (a legitimate client among them) with nothing to evict.
+            p if p == Phase::Setup as u8 && age >= SETUP_EVICTABLE_MS => Some((0, age)),
             p if p != Phase::Setup as u8 && age >= EVICTABLE_IDLE_MS => Some((1, age)),
             _ => None,
         }

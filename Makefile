@@ -85,6 +85,7 @@ bench-short: build ## benchmarks in short mode (CI)
 	$(BIN)/python benchmarks/dns_bench.py --short
 	PYMESH_BENCH_SHORT=1 $(BIN)/python benchmarks/relay_bench.py
 	$(BIN)/python benchmarks/controlplane_bench.py --short
+	$(BIN)/python benchmarks/ha_bench.py --short
 	$(BIN)/python benchmarks/ca_bench.py --short
 	$(BIN)/python benchmarks/mtls_bench.py --short
 	$(BIN)/python benchmarks/relay_mtls_bench.py --short

@@ -1,17 +1,54 @@
-"""Simulated VM agents for benchmarks/controlplane_bench.py: COUNT ADS
-streams (SotW or delta), each on its own TCP connection, each subscribing like an
+"""Simulated VM agents for the control-plane benchmarks: COUNT ADS streams
+(SotW or delta), each on its own TCP connection, each subscribing like an
 istio-agent sidecar scoped to a few services: CDS (wildcard), NDS, and EDS
 for EDS_PER_AGENT clusters; every response is ACKed at once.
 
     cp_agents.py PORT COUNT SERVICES EDS_PER_AGENT [sotw|delta]
+    cp_agents.py PORT,PORT,... COUNT SERVICES EDS_PER_AGENT [sotw|delta] [--failover] [--register GROUP] [--control]
 
 Prints ``ready`` once every agent has ACKed its first CDS, NDS and EDS
-response, then runs until stdin closes."""
+response, then runs until stdin closes.
+
+Options (benchmarks/ha_bench.py; without them the behaviour is the one
+benchmarks/controlplane_bench.py relies on):
+
+- several addresses (``PORT`` or ``HOST:PORT``, comma-separated): agent i
+  starts on address i mod N;
+- ``--failover``: a stream that ends or fails is opened again on the *next*
+  address, with the real agent's policy (pymesh/agent/xds_client.py): the
+  n-th consecutive failed attempt waits uniform [d/2, d], d = min(30 s,
+  0.5 s * 2^n), and a stream that delivered a response resets n. Without it
+  a failed stream ends the run (``failed``), as before;
+- ``--register GROUP``: the node asks to be auto-registered into
+  WorkloadGroup GROUP (``AUTO_REGISTER_GROUP``, namespace ``bench``);
+- ``--control``: stdin is read line by line, each command answered with one
+  JSON line. Times are ``time.monotonic()`` stamps: the system-wide
+  CLOCK_MONOTONIC (clock_gettime(2)), so the parent compares them with its
+  own. An agent is *established* when its stream's first CDS, NDS and EDS
+  responses are all ACKed.
+
+  - ``dump``: each agent's current address, streams established and when,
+    streams lost and when, busy refusals, ACKs and last ACK time per type;
+  - ``acked SINCE TIMEOUT TYPE[,TYPE] [SERVICE]``: waits up to TIMEOUT s
+    until every agent (or every one watching SERVICE's cluster in EDS) has
+    ACKed a response of each TYPE (cds, nds, eds) after SINCE; answers
+    ``ok``, ``targets``, ``pending`` and the first and last ACK of any
+    agent and type after SINCE, overall and by the agents' current address;
+  - ``mark``: remembers each agent's address and streams established;
+  - ``recovered ADDR TIMEOUT``: waits up to TIMEOUT s until every agent
+    that was on address index ADDR at the mark has established a new
+    stream; answers their establishment times, how many are pending, and
+    how many other agents lost a stream since the mark.
+"""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
+import random
 import sys
+import time
 from typing import Any
 
 import grpc
@@ -24,6 +61,10 @@ EDS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 NDS = "type.googleapis.com/istio.networking.nds.v1.NameTable"
 SOTW = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
 DELTA = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources"
+TYPES = {"cds": CDS, "nds": NDS, "eds": EDS}
+# The real agent's reconnect policy (pymesh/agent/xds_client.py: backoff_base, backoff_max).
+BACKOFF_BASE = 0.5
+BACKOFF_MAX = 30.0
 
 
 def _header_class() -> object:
@@ -47,70 +88,234 @@ def cluster(i: int) -> str:
     return f"outbound|80||svc-{i:04d}.bench.svc.cluster.local"
 
 
-async def agent(
-    i: int, port: int, services: int, eds: int, delta: bool, ready: asyncio.Event, counter: list[int], total: int
-) -> None:
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
-    request: Any = discovery_pb2.DeltaDiscoveryRequest if delta else discovery_pb2.DiscoveryRequest
-    # wait_for_ready: a fleet connecting at once may find the listen backlog full; retry, do not fail.
-    call = channel.stream_stream(
-        DELTA if delta else SOTW, request_serializer=request.SerializeToString, response_deserializer=HEADER.FromString
-    )(wait_for_ready=True)
-    md = struct_pb2.Struct()
-    md.update({"NAMESPACE": "bench", "DNS_CAPTURE": "true", "INSTANCE_IPS": f"10.200.{i // 250}.{i % 250 + 1}"})
-    node = base_pb2.Node(
-        id=f"sidecar~10.200.{i // 250}.{i % 250 + 1}~agent-{i}.bench~bench.svc.cluster.local", metadata=md
-    )
-    names = {EDS: [cluster((i * 7 + k) % services) for k in range(eds)], CDS: [], NDS: []}
-    if delta:
-        await call.write(request(type_url=CDS, node=node, resource_names_subscribe=["*"]))
-        await call.write(request(type_url=NDS, resource_names_subscribe=["*"]))
-        await call.write(request(type_url=EDS, resource_names_subscribe=names[EDS]))
-    else:
-        await call.write(request(type_url=CDS, node=node))
-        await call.write(request(type_url=NDS))
-        await call.write(request(type_url=EDS, resource_names=names[EDS]))
-    first = {CDS, NDS, EDS}
-    while True:
-        r = await call.read()
-        if r is grpc.aio.EOF:
-            return
+class Fleet:
+    """What the agents share: options, the ready count, and each agent's state for ``dump``."""
+
+    def __init__(self, a: argparse.Namespace) -> None:
+        self.addrs = [x if ":" in x else f"127.0.0.1:{x}" for x in a.addresses.split(",")]
+        self.count, self.services, self.eds = a.count, a.services, a.eds
+        self.delta = a.mode == "delta"
+        self.failover = a.failover
+        self.group = a.register
+        self.ready = asyncio.Event()
+        self.established_once = 0
+        n = a.count
+        self.addr = [i % len(self.addrs) for i in range(n)]
+        self.est = [0] * n
+        self.est_at = [0.0] * n
+        self.lost = [0] * n
+        self.lost_at = [0.0] * n
+        self.busy = [0] * n
+        self.acks = {t: [0] * n for t in TYPES}
+        self.ack_at = {t: [0.0] * n for t in TYPES}
+        self.marked: tuple[list[int], list[int], list[int], int] = ([], [], [], 0)
+
+    def dump(self) -> dict[str, Any]:
+        return {
+            "now": time.monotonic(),
+            "addrs": self.addrs,
+            "addr": self.addr,
+            "est": self.est,
+            "est_at": self.est_at,
+            "lost": self.lost,
+            "lost_at": self.lost_at,
+            "busy": self.busy,
+            "acks": self.acks,
+            "ack_at": self.ack_at,
+        }
+
+    def watching(self, service: int) -> list[int]:
+        """The agents whose EDS subscription holds ``service``'s cluster (see ``stream``)."""
+        return [i for i in range(self.count) if (service - i * 7) % self.services < self.eds]
+
+    async def acked(self, since: float, timeout: float, types: list[str], service: int | None) -> dict[str, Any]:
+        targets = range(self.count) if service is None else self.watching(service)
+        deadline = time.monotonic() + timeout
+        while True:
+            pending = sum(1 for i in targets if any(self.ack_at[t][i] <= since for t in types))
+            if pending == 0 or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.05)  # the ACK stamps are exact; this only decides when to answer
+        after = [x for t in TYPES for x in self.ack_at[t] if x > since]
+        by_addr: dict[int, list[float]] = {}
+        for t in TYPES:
+            for i, x in enumerate(self.ack_at[t]):
+                if x > since:
+                    span = by_addr.setdefault(self.addr[i], [x, x])
+                    span[0], span[1] = min(span[0], x), max(span[1], x)
+        return {
+            "ok": pending == 0,
+            "targets": len(targets),
+            "pending": pending,
+            "first": min(after, default=0.0),
+            "last": max(after, default=0.0),
+            "by_addr": by_addr,
+        }
+
+    def mark(self) -> dict[str, Any]:
+        self.marked = (list(self.addr), list(self.est), list(self.lost), sum(self.busy))
+        return {"agents": [self.marked[0].count(k) for k in range(len(self.addrs))]}
+
+    async def recovered(self, addr: int, timeout: float) -> dict[str, Any]:
+        at, est, lost, busy = self.marked
+        victims = [i for i in range(self.count) if at[i] == addr]
+        deadline = time.monotonic() + timeout
+        while True:
+            pending = sum(1 for i in victims if self.est[i] <= est[i])
+            if pending == 0 or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.05)  # the ACK stamps are exact; this only decides when to answer
+        return {
+            "ok": pending == 0,
+            "victims": len(victims),
+            "pending": pending,
+            "established_at": [self.est_at[i] for i in victims if self.est[i] > est[i]],
+            "others_lost": sum(1 for i in range(self.count) if at[i] != addr and self.lost[i] > lost[i]),
+            "busy_refusals": sum(self.busy) - busy,
+            "agents": [self.addr.count(k) for k in range(len(self.addrs))],
+        }
+
+    async def command(self, line: str) -> dict[str, Any]:
+        word, *rest = line.split()
+        if word == "dump":
+            return self.dump()
+        if word == "acked":
+            service = int(rest[3]) if len(rest) > 3 else None
+            return await self.acked(float(rest[0]), float(rest[1]), rest[2].split(","), service)
+        if word == "mark":
+            return self.mark()
+        if word == "recovered":
+            return await self.recovered(int(rest[0]), float(rest[1]))
+        return {"error": f"unknown command {word!r}"}
+
+
+SHORT = {v: k for k, v in TYPES.items()}
+
+
+async def stream(i: int, fleet: Fleet, wait_for_ready: bool) -> bool:
+    """One ADS stream of agent ``i`` to its current address, until it ends (EOF: returns) or
+    fails (raises). Returns whether it delivered a response."""
+    delta = fleet.delta
+    channel = grpc.aio.insecure_channel(fleet.addrs[fleet.addr[i]], options=[("grpc.use_local_subchannel_pool", 1)])
+    got = False
+    try:
+        request: Any = discovery_pb2.DeltaDiscoveryRequest if delta else discovery_pb2.DiscoveryRequest
+        # wait_for_ready: a fleet connecting at once may find the listen backlog full; retry, do not fail.
+        call = channel.stream_stream(
+            DELTA if delta else SOTW,
+            request_serializer=request.SerializeToString,
+            response_deserializer=HEADER.FromString,
+        )(wait_for_ready=wait_for_ready)
+        md = struct_pb2.Struct()
+        meta = {"NAMESPACE": "bench", "DNS_CAPTURE": "true", "INSTANCE_IPS": f"10.200.{i // 250}.{i % 250 + 1}"}
+        if fleet.group:
+            meta["AUTO_REGISTER_GROUP"] = fleet.group
+        md.update(meta)
+        node = base_pb2.Node(
+            id=f"sidecar~10.200.{i // 250}.{i % 250 + 1}~agent-{i}.bench~bench.svc.cluster.local", metadata=md
+        )
+        services, eds = fleet.services, fleet.eds
+        names = {EDS: [cluster((i * 7 + k) % services) for k in range(eds)], CDS: [], NDS: []}
         if delta:
-            await call.write(request(type_url=r.type_url, response_nonce=r.nonce))
+            await call.write(request(type_url=CDS, node=node, resource_names_subscribe=["*"]))
+            await call.write(request(type_url=NDS, resource_names_subscribe=["*"]))
+            await call.write(request(type_url=EDS, resource_names_subscribe=names[EDS]))
         else:
-            ack = request(type_url=r.type_url, version_info=r.version_info, response_nonce=r.nonce)
-            ack.resource_names.extend(names[r.type_url])
-            await call.write(ack)
-        if first:
-            first.discard(r.type_url)
-            if not first:
-                counter[0] += 1
-                if counter[0] == total:
-                    ready.set()
+            await call.write(request(type_url=CDS, node=node))
+            await call.write(request(type_url=NDS))
+            await call.write(request(type_url=EDS, resource_names=names[EDS]))
+        first = {CDS, NDS, EDS}
+        while True:
+            r = await call.read()
+            if r is grpc.aio.EOF:
+                return got
+            got = True
+            if delta:
+                await call.write(request(type_url=r.type_url, response_nonce=r.nonce))
+            else:
+                ack = request(type_url=r.type_url, version_info=r.version_info, response_nonce=r.nonce)
+                ack.resource_names.extend(names[r.type_url])
+                await call.write(ack)
+            short = SHORT.get(r.type_url)
+            if short is not None:
+                fleet.acks[short][i] += 1
+                fleet.ack_at[short][i] = time.monotonic()
+            if first:
+                first.discard(r.type_url)
+                if not first:
+                    fleet.est[i] += 1
+                    fleet.est_at[i] = time.monotonic()
+                    if fleet.est[i] == 1:
+                        fleet.established_once += 1
+                        if fleet.established_once == fleet.count:
+                            fleet.ready.set()
+    except grpc.aio.AioRpcError as e:
+        if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            fleet.busy[i] += 1
+        if not fleet.failover:
+            raise
+        return got
+    finally:
+        await channel.close()
+
+
+async def agent(i: int, fleet: Fleet, rng: random.Random) -> None:
+    attempt = 0
+    while True:
+        # The first stream waits for its channel (a fleet connecting at once may find the
+        # listen backlog full); a reconnect must not wait on a dead replica's address.
+        got = await stream(i, fleet, wait_for_ready=fleet.est[i] == 0 and attempt == 0)
+        if not fleet.failover:
+            return  # EOF ends the agent, as before
+        fleet.lost[i] += 1
+        fleet.lost_at[i] = time.monotonic()
+        if got:
+            attempt = 0
+        delay = min(BACKOFF_MAX, BACKOFF_BASE * 2**attempt)
+        attempt += 1
+        await asyncio.sleep(rng.uniform(delay / 2, delay))
+        fleet.addr[i] = (fleet.addr[i] + 1) % len(fleet.addrs)
 
 
 async def main() -> None:
-    port, count, services, eds = (int(a) for a in sys.argv[1:5])
-    delta = sys.argv[5:6] == ["delta"]
-    ready = asyncio.Event()
-    counter = [0]
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("addresses", help="PORT, or PORT/HOST:PORT comma-separated (agent i starts on address i mod N)")
+    p.add_argument("count", type=int)
+    p.add_argument("services", type=int)
+    p.add_argument("eds", type=int)
+    p.add_argument("mode", nargs="?", choices=("sotw", "delta"), default="sotw")
+    p.add_argument("--failover", action="store_true", help="reconnect to the next address (real agent's backoff)")
+    p.add_argument("--register", metavar="GROUP", default="", help="auto-register into this WorkloadGroup")
+    p.add_argument("--control", action="store_true", help="stdin commands: 'dump' prints the state as JSON")
+    p.add_argument("--seed", type=int, default=1)
+    args = p.parse_args()
+    fleet = Fleet(args)
+    rng = random.Random(args.seed)
     tasks = []
 
     async def supervised(i: int) -> None:
         try:
-            await agent(i, port, services, eds, delta, ready, counter, count)
+            await agent(i, fleet, rng)
         except Exception as e:  # a lost agent would leave the benchmark waiting: say so and stop
             print(f"agent {i} failed: {e!r}", file=sys.stderr, flush=True)
             print("failed", flush=True)
 
-    for i in range(count):
+    for i in range(fleet.count):
         tasks.append(asyncio.ensure_future(supervised(i)))
         if i % 50 == 49:
             await asyncio.sleep(0.05)  # connect in waves, as a fleet would
-    await ready.wait()
+    await fleet.ready.wait()
     print("ready", flush=True)
     loop = asyncio.get_running_loop()
-    await loop.run_in_executor(None, sys.stdin.read)
+    if args.control:
+        while True:
+            line = await loop.run_in_executor(None, sys.stdin.readline)
+            if not line:
+                break
+            if line.strip():
+                print(json.dumps(await fleet.command(line)), flush=True)
+    else:
+        await loop.run_in_executor(None, sys.stdin.read)
     for t in tasks:
         t.cancel()
 

@@ -29,8 +29,8 @@
   These take the place of Envoy's ``:15090`` section in istio-agent's merged
   endpoint; the app's own metrics follow when cluster.env's
   ``ISTIO_PROMETHEUS_ANNOTATIONS`` asks for them (fetched at each scrape, a
-  failure counted in ``istio_agent_scrape_failures_total{type="application"}``). ``istio_requests_total`` (HTTP) is not served: the relays do not
-  parse HTTP.
+  failure counted in ``istio_agent_scrape_failures_total{type="application"}``).
+  ``istio_requests_total`` (HTTP) is not served: the relays do not parse HTTP.
 """
 
 from __future__ import annotations

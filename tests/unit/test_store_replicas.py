@@ -195,7 +195,7 @@ def test_replicas_must_share_one_ca(etcd: EtcdCluster, tmp_path: Any) -> None:
 
     first = replica("a")
     try:
-        with pytest.raises(ControlPlaneError, match="sign with another CA .*--plugin-ca"):
+        with pytest.raises(ControlPlaneError, match=r"sign with another CA .*--plugin-ca"):
             replica("b")  # a CA of its own, generated in its data directory
         # The operator's CA (Istio's cacerts layout) given to another replica: the same root.
         cacerts = tmp_path / "cacerts"

@@ -14,10 +14,11 @@ benchmarks/controlplane_bench.py relies on):
 
 - several addresses (``PORT`` or ``HOST:PORT``, comma-separated): agent i
   starts on address i mod N;
-- ``--failover``: a stream that ends or fails is opened again on the *next*
-  address, with the real agent's policy (pymesh/agent/xds_client.py): the
-  n-th consecutive failed attempt waits uniform [d/2, d], d = min(30 s,
-  0.5 s * 2^n), and a stream that delivered a response resets n. Without it
+- ``--failover``: a stream that ends or fails is opened again on another
+  address, with the real agent's policy (pymesh/agent/xds_client.py): rounds of
+  every address in a random order, a new round never starting with the address
+  just left; the n-th consecutive failed attempt waits uniform [d/2, d],
+  d = min(30 s, 0.5 s * 2^n), and a stream that delivered a response resets n. Without it
   a failed stream ends the run (``failed``), as before;
 - ``--register GROUP``: the node asks to be auto-registered into
   WorkloadGroup GROUP (``AUTO_REGISTER_GROUP``, namespace ``bench``);
@@ -45,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import random
 import sys
@@ -259,6 +261,10 @@ async def stream(i: int, fleet: Fleet, wait_for_ready: bool) -> bool:
         await channel.close()
 
 
+# Per agent: what is left of its current round of addresses (the real agent's rounds).
+rounds: dict[int, list[int]] = collections.defaultdict(list)
+
+
 async def agent(i: int, fleet: Fleet, rng: random.Random) -> None:
     attempt = 0
     while True:
@@ -274,7 +280,13 @@ async def agent(i: int, fleet: Fleet, rng: random.Random) -> None:
         delay = min(BACKOFF_MAX, BACKOFF_BASE * 2**attempt)
         attempt += 1
         await asyncio.sleep(rng.uniform(delay / 2, delay))
-        fleet.addr[i] = (fleet.addr[i] + 1) % len(fleet.addrs)
+        if not rounds[i]:
+            order = list(range(len(fleet.addrs)))
+            rng.shuffle(order)
+            if len(order) > 1 and order[0] == fleet.addr[i]:
+                order[0], order[1] = order[1], order[0]
+            rounds[i] = order
+        fleet.addr[i] = rounds[i].pop(0)
 
 
 async def main() -> None:

@@ -365,12 +365,17 @@ class XdsClient:
         return resolve_target(self.target, self._resolve)
 
     def _next_address(self) -> str:
-        """The address of the next stream: the next of the round, a new round (names resolved
-        again) once it is used up; the first round starts at a random place."""
-        first = not self._round
+        """The address of the next stream: the next of the round; once a round is used up, a new
+        one (names resolved again) in a random order that does not start with the address just
+        left. Random rounds spread the agents of a replica that went away over the others; a
+        fixed order sent them all to the same next one, whose admission bound then turned most
+        of them away (benchmarks/ha_bench.py)."""
         if self._turn >= len(self._round):
-            self._round = resolve_target(self.target, self._resolve) or [self.target]
-            self._turn = self._rng.randrange(len(self._round)) if first and len(self._round) > 1 else 0
+            self._round = list(resolve_target(self.target, self._resolve) or [self.target])
+            self._rng.shuffle(self._round)
+            if len(self._round) > 1 and self._round[0] == self.address:
+                self._round[0], self._round[1] = self._round[1], self._round[0]
+            self._turn = 0
         addr = self._round[self._turn]
         self._turn += 1
         if self.address and addr != self.address:

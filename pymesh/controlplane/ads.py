@@ -446,7 +446,7 @@ class AdsServer:
             items = self._select(self._current(conn, t), w.names)
         w.nonce = conn.next_nonce()
         w.version = self.snapshot.version
-        self._send(conn, t, sotw_response(t, str(self.snapshot.version), w.nonce, items), started)
+        self._send(conn, t, sotw_response(t, w.nonce, items), started)
 
     # --- delta --------------------------------------------------------------------
 

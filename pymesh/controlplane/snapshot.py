@@ -180,7 +180,7 @@ class Snapshot:
         memo = (type_url, key, nonce)
         got = self._pushes.get(memo)
         if got is None:
-            got = sotw_response(type_url, str(self.version), nonce, self.sotw_body(type_url, key))
+            got = sotw_response(type_url, nonce, self.sotw_body(type_url, key))
             self._pushes[memo] = got
         return got
 
@@ -188,11 +188,20 @@ class Snapshot:
         return (type_url, key) in self._resources
 
 
-def sotw_response(type_url: str, version: str, nonce: str, items: list[Encoded] | bytes) -> bytes:
-    """``items``: the resources, or an already joined body (``Snapshot.sotw_body``)."""
-    head = discovery_pb2.DiscoveryResponse(version_info=version, type_url=type_url).SerializeToString()
-    tail = discovery_pb2.DiscoveryResponse(nonce=nonce).SerializeToString()
+def content_version(body: bytes) -> str:
+    """A state-of-the-world response's ``version_info``: the hash of the resources it carries
+    (their encoded bytes, in the snapshot's order). Replicas that build the same snapshot send
+    the same version, and an agent that moves to another replica with nothing changed is told
+    the version it already holds; a process-local counter would differ per replica."""
+    return hashlib.blake2b(body, digest_size=8).hexdigest()
+
+
+def sotw_response(type_url: str, nonce: str, items: list[Encoded] | bytes) -> bytes:
+    """``items``: the resources, or an already joined body (``Snapshot.sotw_body``); the
+    version is their content's (:func:`content_version`)."""
     body = items if isinstance(items, bytes) else b"".join(e.sotw for e in items)
+    head = discovery_pb2.DiscoveryResponse(version_info=content_version(body), type_url=type_url).SerializeToString()
+    tail = discovery_pb2.DiscoveryResponse(nonce=nonce).SerializeToString()
     return b"".join((head, body, tail))
 
 

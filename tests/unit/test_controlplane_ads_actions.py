@@ -21,7 +21,7 @@ from pymesh.controlplane.ads import AdsServer, Connection
 from pymesh.controlplane.node import parse_node
 from pymesh.controlplane.registry import build_registry
 from pymesh.controlplane.resources import LoadResult, load_documents, load_path
-from pymesh.controlplane.snapshot import FULL_STATE, HEALTH, XDS_TYPES, Snapshot
+from pymesh.controlplane.snapshot import FULL_STATE, HEALTH, XDS_TYPES, Snapshot, content_version
 from support.paths import EXAMPLE_MESH
 
 EXAMPLE = EXAMPLE_MESH
@@ -157,7 +157,9 @@ class Harness:
                 for gone in r.removed_resources:
                     assert gone not in current or w.names is not None
             else:
-                assert r.version_info == str(snap.version)
+                # The content's version: what any replica with this snapshot would send.
+                body = discovery_pb2.DiscoveryResponse(resources=r.resources).SerializeToString()
+                assert r.version_info == content_version(body)
                 for a in r.resources:
                     assert a.type_url == r.type_url
                 if r.type_url in FULL_STATE and w.names is None:

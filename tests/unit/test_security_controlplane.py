@@ -179,7 +179,7 @@ def test_rotation_keeps_a_long_lived_stream(tmp_path: Path) -> None:
         )
         cp.reload()
         pushed = s.recv()
-        assert pushed.type_url == CDS and int(pushed.version_info) > int(r.version_info)
+        assert pushed.type_url == CDS and pushed.version_info != r.version_info
         assert s.error is None and cp.call_soon(lambda: len(cp.ads.connections)) == 1
         # A new connection made after the rotations works with the current certificate.
         s2 = Stream(wc.channel(), vm_node("127.0.0.4", name="vm-2"))

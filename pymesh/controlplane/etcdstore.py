@@ -598,18 +598,7 @@ class EtcdStore:
 
     def applied_version(self) -> str:
         """``count:newest mod_revision`` of the applied keys (see the module docstring)."""
-        start = f"{self.prefix}/applied/".encode()
-        req = {
-            "key": _b64(start),
-            "range_end": _b64(_prefix_end(start)),
-            "keys_only": True,
-            "limit": 1,
-            "sort_order": "DESCEND",
-            "sort_target": "MOD",
-        }
-        doc = self.client.call("/v3/kv/range", req, idempotent=True)
-        kvs = doc.get("kvs") or [{}]
-        return f"{doc.get('count', 0)}:{kvs[0].get('mod_revision', 0)}"
+        return self._version_of("applied")
 
     # status ----------------------------------------------------------------------
 
@@ -718,6 +707,7 @@ class EtcdStore:
         return self._version_of("registered")
 
     def _version_of(self, table: str) -> str:
+        """``count:newest mod_revision`` of a table's keys: one range read, keys only, limit 1."""
         start = f"{self.prefix}/{table}/".encode()
         req = {
             "key": _b64(start),

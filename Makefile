@@ -90,6 +90,7 @@ bench-short: build ## benchmarks in short mode (CI)
 	$(BIN)/python benchmarks/mtls_bench.py --short
 	$(BIN)/python benchmarks/relay_mtls_bench.py --short
 	$(BIN)/python benchmarks/gateway_bench.py --short
+	$(BIN)/python benchmarks/l7_bench.py --short
 	$(BIN)/python benchmarks/telemetry_bench.py --short
 	PYMESH_BENCH_SHORT=1 $(BIN)/pytest -q benchmarks --benchmark-columns=median,ops --benchmark-sort=name
 
@@ -98,6 +99,7 @@ bench: build ## full benchmarks (criterion + pytest-benchmark); takes minutes
 	cd $(NATIVE) && $(CARGO) bench --bench lb
 	$(BIN)/pytest -q benchmarks --benchmark-columns=min,median,max,ops --benchmark-sort=name
 	$(BIN)/python benchmarks/controlplane_bench.py
+	$(BIN)/python benchmarks/l7_bench.py
 
 test: lint test-rust test-python test-c fuzz-build wheel-check bench-short ## the whole suite: lint, Rust, Python, C, fuzz build, wheel, short benches
 	@echo "make test: all suites passed"

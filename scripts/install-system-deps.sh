@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages pymesh's tests use, when they are missing:
 # build tools, real DNS clients and servers (dig, unbound, dnsmasq, dnsperf),
-# a TCP proxy baseline (haproxy), packet capture/netfilter tools, Prometheus and etcd.
+# TCP and HTTP proxy baselines (haproxy, nginx) and load generators (wrk, h2load), packet capture/netfilter tools, Prometheus and etcd.
 # Needs root (apt-get) only when something is missing.
 set -euo pipefail
 need=()
@@ -16,6 +16,9 @@ check unbound unbound
 check dnsmasq dnsmasq-base
 check dnsperf dnsperf
 check haproxy haproxy
+check nginx nginx-light  # the L7 benchmark's reverse-proxy baseline
+check wrk wrk  # HTTP/1.1 load (benchmarks/l7_bench.py)
+check h2load nghttp2-client  # HTTP/2 load
 check iptables iptables
 check nft nftables
 check tcpdump tcpdump

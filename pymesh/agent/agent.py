@@ -363,6 +363,8 @@ class Agent:
 
         def update(t: Tables) -> None:
             proxy.swap_tables(redirect=t.redirect, lb=t.lb, logical_dns=t.logical_dns)
+            if hasattr(proxy, "set_http_routes"):
+                proxy.set_http_routes(list(t.http_routes), list(t.http_tcp))
 
         self.on_update(update)
 

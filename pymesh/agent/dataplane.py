@@ -98,6 +98,7 @@ class DataPath:
                     auto_mtls=c.control_plane_auth == "MUTUAL_TLS",
                 )
                 self.proxy.set_local_workload(local_workload(c))
+                set_http_routes(self.proxy, tables)
                 log.info("outbound proxy on %s", ", ".join(self.proxy.addresses))
             if c.runs_inbound:
                 from pymesh.relay import start_inbound_passthrough
@@ -172,6 +173,7 @@ class DataPath:
         """New tables for new connections and queries (in the apply lock)."""
         if self.proxy is not None:
             self.proxy.swap_tables(redirect=tables.redirect, lb=tables.lb, logical_dns=tables.logical_dns)
+            set_http_routes(self.proxy, tables)
         if self.gateway is not None:
             self.gateway.swap_tables(lb=tables.lb)
         if self.dns is not None and tables.names is not None:
@@ -227,6 +229,15 @@ class DataPath:
         log.info("data path mTLS identity %s (certificate until %s)", held.spiffe_id, time.ctime(held.not_after))
         self.identity = held.spiffe_id
         return True
+
+
+def set_http_routes(proxy: Any, tables: Tables) -> None:
+    """The HTTP ports' routes to the outbound's HTTP path. They were checked when the RDS
+    push was accepted; a failure here is logged and the routes serving stay."""
+    try:
+        proxy.set_http_routes(list(tables.http_routes), list(tables.http_tcp))
+    except ValueError as e:
+        log.error("HTTP routes not applied, keeping the previous ones: %s", e)
 
 
 def start_forward_spec(spec: str) -> tuple[str, Any]:

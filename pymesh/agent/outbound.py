@@ -30,6 +30,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pymesh.mesh.addr import format_host_port
+
 log = logging.getLogger(__name__)
 
 VIRTUAL_OUTBOUND = "virtualOutbound"
@@ -173,6 +175,60 @@ def read_routes(view: OutboundView, routes: Mapping[str, Any]) -> list[tuple[str
     return out
 
 
+# The per-filter configs the data path reads; others (istio.stats, CORS...) are dropped
+# before the route configuration goes to it as JSON (their types need not be known).
+_PER_FILTER_READ = ("envoy.filters.http.fault",)
+
+
+def _route_json(rc: Any) -> str:
+    """``rc`` as proto3 JSON for the relay, without what it does not read and whose
+    ``Any`` payloads JSON could only write with their types registered: metadata,
+    other filters' per-route configs, retry host predicates' and priorities' configs
+    (the predicate's name is what counts), internal redirect predicates."""
+    from envoy.config.route.v3 import route_pb2
+    from envoy.extensions.filters.http.fault.v3 import fault_pb2  # noqa: F401  (registers HTTPFault for JSON)
+    from google.protobuf import json_format
+
+    copy = route_pb2.RouteConfiguration()
+    copy.CopyFrom(rc)
+    copy.ClearField("cluster_specifier_plugins")
+    copy.ClearField("typed_per_filter_config")
+    copy.ClearField("metadata")
+    for vh in copy.virtual_hosts:
+        vh.ClearField("metadata")
+        vh.ClearField("retry_policy_typed_config")
+        vh.ClearField("matcher")  # the generic matcher tree (Any inputs): not used by sidecar routes
+        for holder in (vh, *vh.routes):
+            for key in [k for k in holder.typed_per_filter_config if k not in _PER_FILTER_READ]:
+                del holder.typed_per_filter_config[key]
+        policies = [vh.retry_policy] if vh.HasField("retry_policy") else []
+        for r in vh.routes:
+            r.ClearField("metadata")
+            if r.HasField("route"):
+                r.route.ClearField("internal_redirect_policy")
+                if r.route.HasField("retry_policy"):
+                    policies.append(r.route.retry_policy)
+            for w in r.route.weighted_clusters.clusters:
+                w.ClearField("typed_per_filter_config")
+                w.ClearField("metadata_match")
+        for p in policies:
+            p.ClearField("retry_priority")
+            for pred in p.retry_host_predicate:
+                pred.ClearField("typed_config")
+    return str(json_format.MessageToJson(copy, indent=None))
+
+
+def http_routes(view: OutboundView, routes: Mapping[str, Any]) -> tuple[tuple[tuple[int, str], ...], tuple[str, ...]]:
+    """What the relay's HTTP path takes (``OutboundProxy.set_http_routes``): each HTTP
+    port's RouteConfiguration as proto3 JSON, and the ``<VIP>_<port>`` TCP destinations on
+    those ports, which stay TCP (Envoy matches the VIP listener before ``0.0.0.0_<port>``).
+    A port whose route configuration has not arrived yet stays TCP meanwhile."""
+    ports = {p: routes[n] for p, n in view.http_ports if n in routes}
+    out = tuple((p, _route_json(rc)) for p, rc in sorted(ports.items()))
+    tcp = tuple(sorted(format_host_port(ip, p) for ip, p, _ in view.services if p in ports))
+    return out, tcp
+
+
 @dataclass
 class RouteTables:
     """The listeners and routes last accepted (by name)."""
@@ -183,3 +239,6 @@ class RouteTables:
 
     def services(self) -> list[tuple[str, int, str]]:
         return [*self.view.services, *read_routes(self.view, self.routes)]
+
+    def http(self) -> tuple[tuple[tuple[int, str], ...], tuple[str, ...]]:
+        return http_routes(self.view, self.routes)

@@ -44,9 +44,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pymesh._native import LbTable, NameTable, PymeshError, RedirectTable
+from pymesh._native import LbTable, NameTable, PymeshError, RedirectTable, check_http_routes
 from pymesh.agent.errors import XdsClientError
-from pymesh.agent.outbound import BLACKHOLE, RouteTables, read_listeners
+from pymesh.agent.outbound import BLACKHOLE, RouteTables, http_routes, read_listeners
 from pymesh.agent.persist import StateDir
 from pymesh.mesh import xds
 from pymesh.mesh.accesslog import access_log_of
@@ -71,6 +71,10 @@ class Tables:
     names: NameTable | None
     logical_dns: dict[str, tuple[str, int]]
     services: tuple[dict[str, Any], ...] = ()  # {"address", "port", "cluster"}: what ``redirect`` maps
+    # The HTTP ports' routes for the relay's HTTP path: (port, RouteConfiguration JSON), and
+    # the "ip:port" destinations on those ports that stay TCP (OutboundProxy.set_http_routes).
+    http_routes: tuple[tuple[int, str], ...] = ()
+    http_tcp: tuple[str, ...] = ()
 
 
 def _unpack(any_msg: Any, type_url: str, cls: Any) -> Any:
@@ -196,6 +200,7 @@ class MeshState:
         self._lds: Any = None
         self._rds: dict[str, Any] = {}  # route configuration name -> Any
         self.routing = RouteTables()  # outbound listeners and routes (istiod's shapes)
+        self.http: tuple[tuple[tuple[int, str], ...], tuple[str, ...]] = ((), ())
         self.clusters: dict[str, dict[str, Any]] = {}
         self.assignments: dict[str, dict[str, Any]] = {}
         self.versions: dict[str, str] = {}
@@ -402,6 +407,7 @@ class MeshState:
             self._lds = resources
             self.versions[LDS] = version
             if routing_changed:
+                self.http = self.routing.http()
                 self._rebuild_redirect()
                 self._publish()
         if persist:
@@ -423,7 +429,16 @@ class MeshState:
             incoming[rc.name] = rc
             anys[rc.name] = a
         with self.lock:
-            self.routing.routes = {**self.routing.routes, **incoming}
+            routes = {**self.routing.routes, **incoming}
+            http = http_routes(self.routing.view, routes)
+            try:
+                # What the relay's HTTP path would refuse is refused here: NACKed, with the
+                # route configuration, virtual host, route and field, and the routes serving stay.
+                check_http_routes(list(http[0]))
+            except ValueError as e:
+                raise XdsClientError(str(e)) from None
+            self.routing.routes = routes
+            self.http = http
             self._rds = {**self._rds, **anys}
             self.versions[RDS] = version
             self._rebuild_redirect()
@@ -510,6 +525,8 @@ class MeshState:
             self.names,
             dict(self.logical_dns),
             tuple(self.services),
+            self.http[0],
+            self.http[1],
         )
         for cb in list(self._callbacks):
             try:

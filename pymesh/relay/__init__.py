@@ -57,11 +57,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from pymesh._native import LbTable, OutboundProxy, RedirectTable, TlsConfigError, original_destination
+from pymesh._native import (
+    LbTable,
+    OutboundProxy,
+    RedirectTable,
+    TlsConfigError,
+    check_http_routes,
+    original_destination,
+)
 
 __all__ = [
     "OutboundProxy",
     "TlsConfigError",
+    "check_http_routes",
     "original_destination",
     "start_forward",
     "start_inbound_passthrough",

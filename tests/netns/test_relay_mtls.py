@@ -43,16 +43,17 @@ from support.netns import inside, nft_netns
 
 PRODUCT = "spiffe://cluster.local/ns/default/sa/product"
 CLIENT = "spiffe://cluster.local/ns/default/sa/client"
-APP = "127.0.0.3"  # the local app's address (captured ports 8000 echo, 8001 sink)
+APP = "127.0.0.3"  # the local app's address (captured ports 8000 echo, 8001 sink, 8002 HTTP)
 PY_INBOUND = ("127.0.0.4", 9443)  # the Python InboundMtls (not captured)
 WRONG_EP = "127.0.0.5"  # captured too, but EDS says its account is "reviews"
+WEB = "outbound|80||web.default.svc.cluster.local"
 RULES = """
 table ip pmmtls {
   chain output {
     type nat hook output priority -100; policy accept;
     ip daddr 127.1.0.0/16 tcp dport 80 redirect to :15001
     ip saddr 127.0.0.6 return
-    ip daddr 127.0.0.0/8 tcp dport { 8000, 8001 } redirect to :15006
+    ip daddr 127.0.0.0/8 tcp dport { 8000, 8001, 8002 } redirect to :15006
   }
 }
 """
@@ -94,6 +95,8 @@ CLUSTERS = {
         "outlier_detection": {"consecutive_5xx": 2, "max_ejection_percent": 100, "interval": "60s"},
     },
     "127.1.0.5": cluster("outbound|80||plain.default.svc.cluster.local", [(APP, 8000, {})]),
+    # An HTTP app (8002) behind the inbound, reached through the outbound's HTTP path.
+    "127.1.0.6": cluster(WEB, [(APP, 8002, istio("product"))]),
 }
 
 
@@ -758,3 +761,59 @@ def test_a_bad_access_log_path_or_encoding_is_an_error_and_nothing_changes(mesh:
         mesh.outbound.set_access_log(str(tmp_path / "a.log"), "yaml")
     assert exchange("127.1.0.1", 80, b"still serving") == b"still serving"
     assert not (tmp_path / "a.log").exists()
+
+
+def test_http_requests_ride_pooled_mtls_connections_to_the_inbound(mesh: Mesh) -> None:
+    """The HTTP path originates the same Istio mTLS (identity checked) to a `tlsMode:
+    istio` endpoint, offering Istio's HTTP ALPN, and keeps the connection for the next
+    requests, from any client connection: one handshake for all of them."""
+    import http.client
+    import json
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen: list[tuple[str, str]] = []
+
+    class Web(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            seen.append((self.client_address[0], self.path))
+            body = f"web {self.path}".encode()
+            self.send_response(200)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    srv = ThreadingHTTPServer((APP, 8002), Web)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        mesh.inbound.set_peer_authentication("STRICT")  # plaintext would be refused
+        rc = {
+            "name": "80",
+            "virtualHosts": [
+                {"name": "web", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": WEB}}]}
+            ],
+        }
+        mesh.outbound.set_http_routes([(80, json.dumps(rc))])
+        got = []
+        for _ in range(2):  # two client connections, five requests each
+            c = http.client.HTTPConnection("127.1.0.6", 80, timeout=10)
+            for i in range(5):
+                c.request("GET", f"/r{i}")
+                r = c.getresponse()
+                got.append((r.status, r.read().decode()))
+            c.close()
+        assert got == [(200, f"web /r{i}") for i in range(5)] * 2
+        assert [p for _, p in seen] == [f"/r{i}" for i in range(5)] * 2
+        assert {a for a, _ in seen} == {"127.0.0.6"}  # through the inbound's passthrough
+        out = mesh.outbound.tls_stats()
+        assert out["handshakes"] == 1 and out["handshake_failures"] == 0, out
+        h = mesh.outbound.http_stats()
+        assert h["http_requests"] == 10 and h["http_pool_reused"] == 9, h
+        assert mesh.inbound.tls_stats()["handshakes"] == 1
+    finally:
+        srv.shutdown()
+        srv.server_close()

@@ -270,3 +270,37 @@ def test_registry_only_blackholes_and_port_listeners_take_their_port(tmp_path: P
     finally:
         agent.stop()
         ads.stop()
+
+
+@pytest.mark.parametrize("replay", ["virtualservice"], indirect=True)
+def test_istiods_http_routes_reach_the_relays_http_path(replay: tuple[FixtureAds, Any, int]) -> None:
+    """istiod's RDS for the VirtualService (header match to v2, 90/10 split, timeout,
+    retries, fault) goes to the relay's HTTP path as istiod wrote it: the native route
+    compiler accepted it (no NACK) and the JSON it got keeps every routing field."""
+    import json
+
+    from pymesh.relay import check_http_routes
+
+    ads, agent, _ = replay
+    wait_until(lambda: _acked_all(ads), timeout=15)
+    assert ads.nacks == [], ads.nacks
+    routes = dict(agent.tables.http_routes)
+    assert 8080 in routes, routes.keys()
+    check_http_routes([(8080, routes[8080])])
+    rc = json.loads(routes[8080])
+    vh = next(v for v in rc["virtualHosts"] if v["name"] == "product.default.svc.cluster.local:8080")
+    assert "10.96.0.20" in vh["domains"]
+    header, split = vh["routes"][0], vh["routes"][1]
+    assert header["match"]["headers"][0]["name"] == "x-canary"
+    assert header["route"]["cluster"] == PRODUCT.replace("||", "|v2|")
+    weights = {c["name"]: c["weight"] for c in split["route"]["weightedClusters"]["clusters"]}
+    assert weights == {PRODUCT.replace("||", "|v1|"): 90, PRODUCT.replace("||", "|v2|"): 10}
+    assert split["route"]["timeout"] == "5s"
+    retry = split["route"]["retryPolicy"]
+    assert retry["numRetries"] == 3 and retry["perTryTimeout"] == "2s"
+    assert {"5xx", "connect-failure", "unavailable"} <= set(retry["retryOn"].split(","))
+    assert retry["retryHostPredicate"] == [{"name": "envoy.retry_host_predicates.previous_hosts"}]
+    fault = split["typedPerFilterConfig"]["envoy.filters.http.fault"]
+    assert fault["abort"]["httpStatus"] == 503 and fault["delay"]["fixedDelay"] == "0.100s"
+    # The allow_any catch-all comes last: anything else on 8080 goes where it was going.
+    assert rc["virtualHosts"][-1]["name"] == "allow_any"

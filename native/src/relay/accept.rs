@@ -40,7 +40,7 @@ const TICK_EVERY: Duration = Duration::from_secs(1);
 /// slots and pools, and its own state (phase, idle clock, kill signal).
 #[derive(Clone, Copy)]
 pub(super) struct Ctx<'a> {
-    pub(super) sh: &'a Shared,
+    pub(super) sh: &'a Arc<Shared>,
     pub(super) sv: &'a Serving,
     pub(super) st: &'a ConnState,
     pub(super) id: u64,
@@ -192,7 +192,16 @@ async fn serve(ctx: Ctx<'_>, client: &TcpStream) {
 /// One connect attempt to `addr` within the connect timeout (a timeout is
 /// `ErrorKind::TimedOut`).
 pub(super) async fn connect<'a>(ctx: Ctx<'a>, addr: SocketAddr) -> std::io::Result<Upstream<'a>> {
-    let cfg = &ctx.sh.cfg;
+    ctx.log.with(|f| (f.upstream_host, f.upstream_local) = (Some(addr), None));
+    let stream = dial(&ctx.sh.cfg, addr).await?;
+    ctx.log.with(|f| f.upstream_local = stream.local_addr().ok());
+    Ok(Upstream { stream, st: ctx.st })
+}
+
+/// A socket connected to `addr` as the relay's upstream sockets are: the
+/// relay's mark, the inbound's source address, no delay, keepalive; within
+/// the connect timeout (a timeout is `ErrorKind::TimedOut`).
+pub(super) async fn dial(cfg: &super::RelayConfig, addr: SocketAddr) -> std::io::Result<TcpStream> {
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     s.set_nonblocking(true)?;
     if let Some(m) = cfg.mark {
@@ -213,13 +222,8 @@ pub(super) async fn connect<'a>(ctx: Ctx<'a>, addr: SocketAddr) -> std::io::Resu
     s.set_tcp_nodelay(true)?;
     keepalive(&s, cfg.keepalive);
     let socket = TcpSocket::from_std_stream(std::net::TcpStream::from(s));
-    ctx.log.with(|f| (f.upstream_host, f.upstream_local) = (Some(addr), None));
     match tokio::time::timeout(cfg.connect_timeout, socket.connect(addr)).await {
-        Ok(Ok(stream)) => {
-            ctx.log.with(|f| f.upstream_local = stream.local_addr().ok());
-            Ok(Upstream { stream, st: ctx.st })
-        }
-        Ok(Err(e)) => Err(e),
+        Ok(r) => r,
         Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
     }
 }

@@ -86,6 +86,7 @@ pub mod accesslog;
 mod admit;
 mod gateway;
 pub mod hello;
+pub mod http;
 mod inbound;
 mod limits;
 pub mod metrics;
@@ -376,6 +377,8 @@ pub(crate) struct Shared {
     pub(crate) metrics: TcpMetrics,
     /// Envoy's access log, when one is set.
     pub(crate) access_log: arc_swap::ArcSwapOption<accesslog::AccessLog>,
+    /// The outbound HTTP path: routes per port, upstream pool, counters.
+    pub(crate) http: http::HttpState,
 }
 
 /// What one start of the relay serves with: its slots and pools.
@@ -487,6 +490,7 @@ impl Relay {
                 tls: MeshTls::default(),
                 metrics: TcpMetrics::default(),
                 access_log: arc_swap::ArcSwapOption::empty(),
+                http: http::HttpState::default(),
             }),
             running: Mutex::new(None),
         })
@@ -595,6 +599,28 @@ impl Relay {
     /// The tables serving now.
     pub fn routes(&self) -> Arc<Routes> {
         self.shared.routes.load_full()
+    }
+
+    /// Publishes new HTTP routes (built off the hot path with
+    /// [`http::HttpRoutes::build`]); connections arriving from now on use
+    /// them.
+    pub fn set_http_routes(&self, routes: http::HttpRoutes) {
+        self.shared.http.routes.store(Arc::new(routes));
+    }
+
+    /// The HTTP routes serving now.
+    pub fn http_routes(&self) -> Arc<http::HttpRoutes> {
+        self.shared.http.routes.load_full()
+    }
+
+    /// The HTTP path's counters, by name (`http_requests`, ...), and the
+    /// upstream connections pooled (`http_pool_idle_h1`, `http_pool_h2`).
+    pub fn http_stats(&self) -> Vec<(&'static str, u64)> {
+        let mut v = self.shared.http.counters.snapshot();
+        let (h1, h2) = self.shared.http.pool.held();
+        v.push(("http_pool_idle_h1", h1 as u64));
+        v.push(("http_pool_h2", h2 as u64));
+        v
     }
 
     pub fn config(&self) -> &RelayConfig {

@@ -18,18 +18,52 @@ use super::admit::Phase;
 use super::metrics::{outbound_labels, Flags, Late, Opened, OutboundPeer, Route};
 use super::tls::pump::HandshakeError;
 use super::tls::{expected_identity, peer_spiffe, TlsIdentity};
-use super::{monotonic_ms, Counters, Routes};
-use crate::lb::{hash_key, Outcome, Rng, Verdict};
+use super::{monotonic_ms, Counters, Routes, Shared};
+use crate::lb::{hash_key, LiveCluster, Outcome, Rng, Verdict};
 
-/// What a connection needs of the endpoint it picked (copied out of the
-/// cluster's snapshot, which is not held across waits).
-struct Picked {
-    addr: SocketAddr,
-    index: usize,
+/// What a connection (or request) needs of the endpoint it picked (copied
+/// out of the cluster's snapshot, which is not held across waits).
+pub(super) struct Picked {
+    pub(super) addr: SocketAddr,
+    pub(super) index: usize,
     /// `tlsMode: istio`: Istio mTLS, never plaintext.
-    istio: bool,
-    service_account: String,
-    workload: String,
+    pub(super) istio: bool,
+    pub(super) service_account: String,
+    pub(super) workload: String,
+}
+
+/// An endpoint of `cluster` by its policy, from a fresh snapshot (a failure
+/// may just have ejected one). Like Envoy's `previous_hosts` retry
+/// predicate, re-picks a few times to avoid an endpoint in `tried`.
+pub(super) fn pick(
+    sh: &Shared,
+    cluster: &LiveCluster,
+    hash: Option<u64>,
+    rng: &mut Rng,
+    tried: &[SocketAddr],
+) -> Option<Picked> {
+    let snap = cluster.snapshot();
+    let mut pick = None;
+    for k in 0..3 {
+        // A hash always lands on the same endpoint: once it failed,
+        // re-pick at random (Envoy's retry host predicate does the
+        // same job by re-hashing).
+        pick = snap.pick(if k == 0 { hash } else { None }, rng);
+        match pick {
+            Some(i) if tried.contains(&snap.endpoints()[i].address) => continue,
+            _ => break,
+        }
+    }
+    pick.map(|i| {
+        let ep = &snap.endpoints()[i];
+        Picked {
+            addr: ep.address,
+            index: cluster.endpoint_index(&ep.address).unwrap_or(i),
+            istio: sh.cfg.auto_mtls && ep.meta.tls_mode == crate::mesh::TLS_MODE_ISTIO,
+            service_account: ep.meta.service_account.clone(),
+            workload: ep.meta.workload.clone(),
+        }
+    })
 }
 
 /// An outbound connection (port 15001) to `orig`: classified by the
@@ -41,6 +75,20 @@ pub(super) async fn serve(ctx: Ctx<'_>, client: &TcpStream, orig: SocketAddr) {
     let routes: Arc<Routes> = sh.routes.load_full();
     let redirect = routes.redirect.redirect();
     let verdict = redirect.classify(orig.ip(), orig.port());
+    // A port with HTTP routes (istiod's `0.0.0.0_<port>` HTTP listener):
+    // served per request when the client speaks HTTP, else as TCP below.
+    if verdict != Verdict::Bypass {
+        let port_routes = sh.http.routes.load().for_destination(orig).cloned();
+        if let Some(pr) = port_routes {
+            match super::http::detect(ctx, client).await {
+                super::http::Detected::Http1 => return super::http::serve(ctx, client, orig, pr, routes, false).await,
+                super::http::Detected::Http2 => return super::http::serve(ctx, client, orig, pr, routes, true).await,
+                super::http::Detected::Other => {
+                    sh.http.counters.not_http.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
     let Verdict::Cluster(_) = verdict else {
         let counter = if verdict == Verdict::Bypass { &c.bypass } else { &c.passthrough };
         counter.fetch_add(1, Ordering::Relaxed);
@@ -98,30 +146,7 @@ pub(super) async fn to_cluster(ctx: Ctx<'_>, client: &TcpStream, routes: &Routes
         // A fresh snapshot per attempt: a failure may just have ejected the
         // endpoint. Like Envoy's `previous_hosts` retry predicate, re-pick a
         // few times to avoid an endpoint that already failed.
-        let picked = {
-            let snap = cluster.snapshot();
-            let mut pick = None;
-            for k in 0..3 {
-                // A hash always lands on the same endpoint: once it failed,
-                // re-pick at random (Envoy's retry host predicate does the
-                // same job by re-hashing).
-                pick = snap.pick(if k == 0 { hash } else { None }, &mut rng);
-                match pick {
-                    Some(i) if tried.contains(&snap.endpoints()[i].address) => continue,
-                    _ => break,
-                }
-            }
-            pick.map(|i| {
-                let ep = &snap.endpoints()[i];
-                Picked {
-                    addr: ep.address,
-                    index: cluster.endpoint_index(&ep.address).unwrap_or(i),
-                    istio: sh.cfg.auto_mtls && ep.meta.tls_mode == crate::mesh::TLS_MODE_ISTIO,
-                    service_account: ep.meta.service_account.clone(),
-                    workload: ep.meta.workload.clone(),
-                }
-            })
-        };
+        let picked = pick(sh, &cluster, hash, &mut rng, &tried);
         let Some(ep) = picked else {
             c.no_healthy_upstream.fetch_add(1, Ordering::Relaxed);
             let peer = OutboundPeer { workload: &last_workload, ..Default::default() };
@@ -241,7 +266,7 @@ pub(super) fn logged(ctx: Ctx<'_>, route: Route<'_>, flags: Flags) {
 
 /// Ends an endpoint's active request when the connection's task ends
 /// (also when it is evicted or stopped mid-relay).
-struct Finished<'a>(&'a crate::lb::EndpointState);
+pub(super) struct Finished<'a>(pub(super) &'a crate::lb::EndpointState);
 
 impl Drop for Finished<'_> {
     fn drop(&mut self) {
@@ -256,7 +281,7 @@ impl Drop for Finished<'_> {
 /// Envoy tells a connect timeout (LocalOriginTimeout, 504 when local-origin
 /// errors are not split) from a refused or unreachable connect
 /// (LocalOriginConnectFailed, 503).
-fn connect_failed(c: &Counters, timed_out: bool) -> Outcome {
+pub(super) fn connect_failed(c: &Counters, timed_out: bool) -> Outcome {
     c.connect_failures.fetch_add(1, Ordering::Relaxed);
     if timed_out {
         c.connect_timeouts.fetch_add(1, Ordering::Relaxed);
@@ -266,7 +291,7 @@ fn connect_failed(c: &Counters, timed_out: bool) -> Outcome {
     }
 }
 
-async fn identity_for(ctx: Ctx<'_>, waited_in_vain: &mut bool) -> Option<Arc<TlsIdentity>> {
+pub(super) async fn identity_for(ctx: Ctx<'_>, waited_in_vain: &mut bool) -> Option<Arc<TlsIdentity>> {
     let tls = &ctx.sh.tls;
     if let Some(id) = tls.identity() {
         return Some(id);

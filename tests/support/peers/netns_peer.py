@@ -15,7 +15,8 @@ Subcommands:
   upload HOST PORT SIZE  SIZE bytes to a sink, half-close, its checksum.
   echo HOST PORT SIZE    SIZE bytes through an echo server, both ways.
   hold HOST PORT         connect; after a line on stdin, is it still open?
-  relay CONFIG.json      run an OutboundProxy; stdin commands: "stats", "quit".
+  relay CONFIG.json      run an OutboundProxy (with "http_routes": HTTP routes);
+                         stdin commands: "stats", "quit".
   inbound ADDR:PORT      run the inbound passthrough; a stdin line prints stats.
   capture CONFIG.json    install (argv[3] == "install") or remove capture rules.
 """
@@ -215,12 +216,15 @@ def relay(path: str) -> None:
     lb.load(cfg["clusters"])
     logical = {k: tuple(v) for k, v in cfg.get("logical_dns", {}).items()}
     proxy = OutboundProxy(RedirectTable.from_dict(cfg["redirect"]), lb, logical_dns=logical, **cfg.get("options", {}))
+    if "http_routes" in cfg:
+        # [port, RouteConfiguration as proto3 JSON (a dict)] pairs.
+        proxy.set_http_routes([(p, json.dumps(rc)) for p, rc in cfg["http_routes"]], cfg.get("http_tcp", []))
     print(json.dumps({"addresses": proxy.start()}), flush=True)
     for line in sys.stdin:
         cmd = line.strip()
         if cmd == "stats":
             eps = {c: lb.endpoints(c) for c in lb.clusters()}
-            print(json.dumps({"stats": proxy.stats(), "endpoints": eps}), flush=True)
+            print(json.dumps({"stats": proxy.stats(), "http": proxy.http_stats(), "endpoints": eps}), flush=True)
         elif cmd == "quit":
             break
     proxy.stop()

@@ -266,6 +266,44 @@ impl OutboundProxy {
         Ok(d)
     }
 
+    /// HTTP routes for the outbound: `(listener port, RouteConfiguration
+    /// as proto3 JSON)` pairs, as `google.protobuf.json_format.MessageToJson`
+    /// writes Envoy's `envoy.config.route.v3.RouteConfiguration`; `tcp`:
+    /// `"ip:port"` destinations that stay TCP on those ports (istiod's
+    /// `<VIP>_<port>` TCP listeners). Connections to a port with routes
+    /// whose first bytes are HTTP are then routed per request. Compiled
+    /// here (without the GIL) and swapped atomically; anything invalid
+    /// raises `ConfigError` (a `ValueError`) naming the route configuration,
+    /// virtual host, route and field, and the routes serving stay.
+    #[pyo3(signature = (routes, tcp = Vec::new()))]
+    fn set_http_routes(&self, py: Python<'_>, routes: Vec<(u16, String)>, tcp: Vec<String>) -> PyResult<()> {
+        let mut dests = Vec::with_capacity(tcp.len());
+        for t in &tcp {
+            dests.push(
+                t.parse::<std::net::SocketAddr>()
+                    .map_err(|_| ConfigError::new_err(format!("tcp: {t:?} is not an ip:port")))?,
+            );
+        }
+        let built = build_http_routes(py, &routes, &dests)?;
+        self.inner.set_http_routes(built);
+        Ok(())
+    }
+
+    /// The ports with HTTP routes.
+    fn http_ports(&self) -> Vec<u16> {
+        self.inner.http_routes().ports()
+    }
+
+    /// The HTTP path's counters (`http_requests`, `http_retries`,
+    /// `http_timeouts`, `http_fault_aborts`, ...) and pooled connections.
+    fn http_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for (k, v) in self.inner.http_stats() {
+            d.set_item(k, v)?;
+        }
+        Ok(d)
+    }
+
     /// Envoy's access log, a line per connection as it ends, appended to
     /// `path` in Istio's `TEXT` or `JSON` format (meshConfig `accessLogFile`,
     /// `accessLogEncoding`); None stops it (queued lines are written first).
@@ -550,7 +588,29 @@ fn tcp_metrics_text(py: Python<'_>, relays: Vec<Py<OutboundProxy>>) -> String {
     py.detach(|| core::metrics::render_text(&registries))
 }
 
+fn build_http_routes(
+    py: Python<'_>,
+    routes: &[(u16, String)],
+    dests: &[std::net::SocketAddr],
+) -> PyResult<core::http::HttpRoutes> {
+    py.detach(|| {
+        let items: Vec<(u16, &str)> = routes.iter().map(|(p, j)| (*p, j.as_str())).collect();
+        core::http::HttpRoutes::build(&items, dests)
+    })
+    .map_err(to_py)
+}
+
+/// Checks HTTP routes as `OutboundProxy.set_http_routes` would take them
+/// (`(port, RouteConfiguration JSON)` pairs), serving nothing: raises
+/// `ConfigError` naming the route configuration, virtual host, route and
+/// field of the first problem (an agent NACKs such an RDS push).
+#[pyfunction]
+fn check_http_routes(py: Python<'_>, routes: Vec<(u16, String)>) -> PyResult<()> {
+    build_http_routes(py, &routes, &[]).map(drop)
+}
+
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(check_http_routes, m)?)?;
     m.add_function(wrap_pyfunction!(tcp_metrics_text, m)?)?;
     m.add_class::<OutboundProxy>()?;
     m.add_function(wrap_pyfunction!(original_destination, m)?)?;

@@ -115,6 +115,35 @@ fn bad(field: &str, reason: impl std::fmt::Display) -> Error {
     Error::config(format!("tls identity: {field}"), reason)
 }
 
+/// The name a client connection presents: `sni` when it is a DNS name, else
+/// the address (which rustls never puts in SNI).
+pub fn server_name(sni: Option<&str>, addr: std::net::IpAddr) -> ServerName<'static> {
+    match sni.and_then(|s| ServerName::try_from(s.to_owned()).ok()) {
+        Some(n) => n,
+        None => ServerName::IpAddress(addr.into()),
+    }
+}
+
+/// What an outbound mTLS connection carries, which decides the ALPN it
+/// offers (istio `pilot/pkg/xds/filters/filters.go`: the `istio.alpn`
+/// filter's values per upstream protocol; `ALPNInMeshWithMxc` for TCP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Alpn {
+    Tcp,
+    Http11,
+    H2,
+}
+
+impl Alpn {
+    pub fn protocols(self) -> &'static [&'static str] {
+        match self {
+            Alpn::Tcp => &alpn::OUTBOUND_TCP,
+            Alpn::Http11 => &alpn::HTTP_11,
+            Alpn::H2 => &alpn::HTTP_H2,
+        }
+    }
+}
+
 /// One workload identity, validated and turned into rustls configs.
 #[derive(Debug)]
 pub struct TlsIdentity {
@@ -136,7 +165,7 @@ pub struct TlsIdentity {
     /// identity is what makes resumption (TLS 1.3 PSK) possible, as Envoy's
     /// upstream TLS context does; the identity is re-checked after every
     /// handshake anyway ([`peer_matches`]).
-    clients: Mutex<HashMap<(PeerIdentity, bool), Arc<ClientConfig>>>,
+    clients: Mutex<HashMap<(PeerIdentity, bool, Alpn), Arc<ClientConfig>>>,
 }
 
 /// Client configs kept per identity before the cache starts over.
@@ -266,38 +295,37 @@ impl TlsIdentity {
         addr: std::net::IpAddr,
         resume: bool,
     ) -> std::result::Result<ClientConnection, rustls::Error> {
-        // The expected identity is part of the verifier, so a wrong peer
-        // fails the handshake itself, which the relay counts as a connect
-        // failure. Configs share everything but the verifier (Arc clones;
-        // the session store too).
-        let cfg = {
-            let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-            let key = (expect, resume);
-            if let Some(c) = clients.get(&key) {
-                c.clone()
-            } else {
-                if clients.len() >= MAX_CLIENT_CONFIGS {
-                    clients.clear();
-                }
-                let mut cfg = (*self.client).clone();
-                cfg.dangerous().set_certificate_verifier(Arc::new(verify::SpiffeServerVerifier {
-                    roots: self.roots.clone(),
-                    provider: self.provider.clone(),
-                    expect: key.0.clone(),
-                }));
-                if !resume {
-                    cfg.resumption = rustls::client::Resumption::disabled();
-                }
-                let cfg = Arc::new(cfg);
-                clients.insert(key, cfg.clone());
-                cfg
-            }
-        };
-        let name = match sni.and_then(|s| ServerName::try_from(s.to_owned()).ok()) {
-            Some(n) => n,
-            None => ServerName::IpAddress(addr.into()),
-        };
-        ClientConnection::new(cfg, name)
+        let cfg = self.client_config(expect, resume, Alpn::Tcp);
+        ClientConnection::new(cfg, server_name(sni, addr))
+    }
+
+    /// The client config for a peer that must have identity `expect`,
+    /// offering `alpn`. The expected identity is part of the verifier, so a
+    /// wrong peer fails the handshake itself, which the relay counts as a
+    /// connect failure. Configs share everything but the verifier and the
+    /// ALPN list (Arc clones; the session store too).
+    pub fn client_config(&self, expect: PeerIdentity, resume: bool, alpn: Alpn) -> Arc<ClientConfig> {
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (expect, resume, alpn);
+        if let Some(c) = clients.get(&key) {
+            return c.clone();
+        }
+        if clients.len() >= MAX_CLIENT_CONFIGS {
+            clients.clear();
+        }
+        let mut cfg = (*self.client).clone();
+        cfg.dangerous().set_certificate_verifier(Arc::new(verify::SpiffeServerVerifier {
+            roots: self.roots.clone(),
+            provider: self.provider.clone(),
+            expect: key.0.clone(),
+        }));
+        if !resume {
+            cfg.resumption = rustls::client::Resumption::disabled();
+        }
+        cfg.alpn_protocols = alpn.protocols().iter().map(|a| a.as_bytes().to_vec()).collect();
+        let cfg = Arc::new(cfg);
+        clients.insert(key, cfg.clone());
+        cfg
     }
 
     /// The inbound config for a ClientHello, by the ALPN it offers. rustls

@@ -236,7 +236,7 @@ def set_http_routes(proxy: Any, tables: Tables) -> None:
     push was accepted; a failure here is logged and the routes serving stay."""
     try:
         proxy.set_http_routes(list(tables.http_routes), list(tables.http_tcp))
-    except ValueError as e:
+    except PymeshError as e:
         log.error("HTTP routes not applied, keeping the previous ones: %s", e)
 
 

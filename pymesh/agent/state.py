@@ -435,7 +435,7 @@ class MeshState:
                 # What the relay's HTTP path would refuse is refused here: NACKed, with the
                 # route configuration, virtual host, route and field, and the routes serving stay.
                 check_http_routes(list(http[0]))
-            except ValueError as e:
+            except PymeshError as e:
                 raise XdsClientError(str(e)) from None
             self.routing.routes = routes
             self.http = http

@@ -49,6 +49,12 @@ structure as go-control-plane ``pkg/server/sotw/v3`` and ``pkg/server/delta/v3``
   Every connection is always at the latest snapshot after a push (either
   sent or, when unaffected, advanced without sending), so one diff per
   view is enough.
+- SotW RDS: a subscribed route configuration the snapshot does not have is
+  answered with an empty one of that name, when asked and when it goes away,
+  as istiod answers a sidecar (``pilot/pkg/networking/core/httproute.go``
+  ``BuildHTTPRoutes``): Envoy waits for every route its listeners name (no
+  initial fetch timeout) and never hears "does not exist" over SotW. Delta
+  keeps reporting such a name in ``removed_resources``.
 
 ``strategy="naive"`` turns all of this off — every change regenerates every
 subscribed type per connection and resends it — and exists as the baseline
@@ -65,6 +71,7 @@ import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -80,12 +87,14 @@ from pymesh.controlplane.node import Proxy, parse_node
 from pymesh.controlplane.snapshot import (
     FULL_STATE,
     HEALTH,
+    RDS,
     SHORT,
     WILDCARD_TYPES,
     XDS_TYPES,
     Encoded,
     Snapshot,
     delta_response,
+    empty_route,
     encode,
     generate,
     sotw_response,
@@ -361,9 +370,13 @@ class AdsServer:
         return self.snapshot.for_proxy(type_url, conn.proxy)
 
     @staticmethod
-    def _select(resources: Any, names: set[str] | None) -> list[Encoded]:
+    def _select(resources: Any, names: AbstractSet[str] | None, type_url: str = "") -> list[Encoded]:
+        """The subscribed resources; for SotW RDS (``type_url``) an unknown name gets an
+        empty configuration of that name (:func:`empty_route`), as istiod answers."""
         if names is None:
             return list(resources.values())
+        if type_url == RDS:
+            return [resources[n] if n in resources else empty_route(n) for n in sorted(names) if n]
         return [resources[n] for n in sorted(names) if n in resources]
 
     def _send(self, conn: Connection, type_url: str, data: bytes, started: float) -> None:
@@ -443,7 +456,7 @@ class AdsServer:
             assert conn.proxy is not None
             items = self.snapshot.sotw_body(t, view_key(t, conn.proxy))
         else:
-            items = self._select(self._current(conn, t), w.names)
+            items = self._select(self._current(conn, t), w.names, t)
         w.nonce = conn.next_nonce()
         w.version = self.snapshot.version
         self._send(conn, t, sotw_response(t, w.nonce, items), started)
@@ -567,7 +580,9 @@ class AdsServer:
                 if w.names is None:
                     affected = bool(d)
                 else:
-                    affected = bool(w.names & d.changed) or (t in FULL_STATE and bool(w.names & d.removed))
+                    # A subscribed route configuration that is gone becomes an empty one (_select).
+                    full = t in FULL_STATE or t == RDS
+                    affected = bool(w.names & d.changed) or (full and bool(w.names & d.removed))
                 if not affected:
                     w.version = snapshot.version
                     continue
@@ -583,7 +598,9 @@ class AdsServer:
                 else:
                     resources = snapshot.for_proxy(t, conn.proxy)
                     names = d.changed if w.names is None else (w.names & d.changed)
-                    self._respond_sotw(conn, t, w, [resources[n] for n in sorted(names)])
+                    if t == RDS and w.names is not None:
+                        names |= w.names & d.removed
+                    self._respond_sotw(conn, t, w, self._select(resources, names, t))
                 sent += 1
             if changed_at is not None and sent > before:
                 # istiod records it once the proxy's push is sent (pilot/pkg/xds/ads.go, pushConnection).

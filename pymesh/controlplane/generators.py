@@ -30,6 +30,31 @@ generates them for ``GENERATOR=grpc`` (istio/istio ``pilot/pkg/networking/grpcge
   the gateway or dropped (istiod's split horizon: :mod:`.networks`,
   :func:`load_assignment`).
 
+Sidecars (the VM agent, any Envoy-style client) get the API listeners and the
+gRPC-named route configurations too, and also istiod's outbound HTTP shapes
+(``listener.go buildSidecarOutboundHTTPListenerOpts``, ``httproute.go
+buildSidecarOutboundHTTPRouteConfig``), for every port whose protocol is HTTP or
+unknown (sniffed: :mod:`.protocol`) on a routable service:
+
+- Listener ``0.0.0.0_<port>`` (``0.0.0.0:<port>``, OUTBOUND, not bound): one filter
+  chain, an HttpConnectionManager whose RDS (ADS, no initial fetch timeout) names
+  the route configuration ``"<port>"``; the fault filter before the router when a
+  VirtualService for a service on the port injects faults.
+- RouteConfiguration ``"<port>"``: ``validate_clusters`` false,
+  ``ignore_port_in_host_matching``, a 1 MiB direct-response body limit; one virtual
+  host ``<host>:<port>`` per service on the port (sorted by name; a domain already
+  taken by an earlier one dropped: ``dedupeDomains``), its domains without ports,
+  its routes the VirtualService's as an Envoy client gets them
+  (:mod:`.httproutes`, ``sidecar=True``) else istiod's ``default`` route; last the
+  catch-all ``allow_any`` (``*`` to ``PassthroughCluster``, timeout 0:
+  ``buildCatchAllVirtualHost``; pymesh models no outboundTrafficPolicy, so never
+  ``block_all``).
+
+TCP-class ports get no outbound listener beyond the API one (the agent maps their
+VIPs from NDS and CDS), except where another service uses the same port number for
+HTTP: there istiod's ``<VIP>_<port>`` TCP proxy listener keeps the VIP out of the
+port's HTTP routes.
+
 Policy per client type: gRPC NACKs ``LEAST_REQUEST``, ``RANDOM`` and
 ``MAGLEV``, so for ``grpc`` those become ``ROUND_ROBIN`` (and Maglev
 consistent hashing becomes ``RING_HASH``); Envoy-type proxies get them as
@@ -47,26 +72,32 @@ from typing import Any
 from envoy.config.cluster.v3 import cluster_pb2, outlier_detection_pb2
 from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, health_check_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
-from envoy.config.listener.v3 import api_listener_pb2, listener_pb2
+from envoy.config.listener.v3 import api_listener_pb2, listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from google.protobuf import duration_pb2, struct_pb2, wrappers_pb2
 
-from pymesh.controlplane import httproutes
+from pymesh.controlplane import httproutes, protocol
 from pymesh.controlplane import networks as nets
 from pymesh.controlplane.networks import DEFAULT_CLUSTER_ID, Gateway, NetworkGateways
 from pymesh.controlplane.registry import Endpoint, Registry, ServiceModel
 from pymesh.controlplane.resources import DestinationRule, TrafficPolicy
 from pymesh.mesh import xds
-from pymesh.mesh.clusters import cluster_name
+from pymesh.mesh.clusters import PASSTHROUGH_CLUSTER, cluster_name
 from pymesh.mesh.node import canonical_revision, canonical_service
 
 log = logging.getLogger("pymesh.controlplane")
 
 ROUTER_FILTER = "envoy.filters.http.router"
+HCM_FILTER = "envoy.filters.network.http_connection_manager"
+TCP_PROXY_FILTER = "envoy.filters.network.tcp_proxy"
 GRPC = "grpc"
+ALLOW_ANY = "allow_any"  # istiod's util.Passthrough: the catch-all virtual host and route
+# route.go DefaultMaxDirectResponseBodySizeBytes.
+MAX_DIRECT_RESPONSE_BODY = 1024 * 1024
 
 
 def _ads() -> Any:
@@ -122,24 +153,36 @@ def _vips(svc: ServiceModel) -> list[str]:
     return [a for a in (*svc.addresses, *svc.auto_addresses) if a and "/" not in a]
 
 
-def _domains(svc: ServiceModel, port: int, domain: str) -> list[str]:
-    """istiod's virtual host domains (istio/istio pilot/pkg/networking/core/route/
-    route.go ``generateVirtualHostDomains``, ``generateAltVirtualHosts``): the host and
-    the host with a trailing dot; for ``<name>.<ns>.svc.<domain>`` the short forms
-    ``<name>``, ``<name>.<ns>.svc``, ``<name>.<ns>``; then the VIPs; each bare and
-    with ``:<port>``. istiod adds ``<name>`` only for clients in ``<ns>``; pymesh
-    adds it for every client (docs/istiod-interop.md §9)."""
+def _domains(svc: ServiceModel, port: int, domain: str, *, client_namespace: str | None = None) -> list[str]:
+    """istiod's virtual host domains (istio/istio pilot/pkg/networking/core/httproute.go
+    ``generateVirtualHostDomains``, ``GenerateAltVirtualHosts``): the host and the host
+    with a trailing dot; for ``<name>.<ns>.svc.<domain>`` the short forms ``<name>``,
+    ``<name>.<ns>.svc``, ``<name>.<ns>``; then the VIPs.
+
+    For a gRPC client (``client_namespace`` None) each bare and with ``:<port>``; istiod
+    adds ``<name>`` only for clients in ``<ns>``, pymesh for every client
+    (docs/istiod-interop.md §9). For a sidecar (its namespace given) each bare only, as
+    istiod sets ``ignore_port_in_host_matching`` (``SidecarIgnorePort``); ``<name>`` only
+    from ``<ns>`` (other namespaces get ``<name>.<ns>``, ``<name>.<ns>.svc``: a shared
+    per-port configuration cannot hold ``reviews`` twice); a Kubernetes headless
+    service's names also as ``*.<name>``; IPv6 VIPs in brackets (``util.IPv6Compliant``)."""
     host = svc.hostname
     names = [host, f"{host}."]
     labels = host.split(".")
     if host.endswith(f".svc.{domain}") and len(labels) == 3 + len(domain.split(".")):
         name, ns = labels[0], labels[1]
-        names += [name, f"{name}.{ns}.svc", f"{name}.{ns}"]
-    names += _vips(svc)
-    out: list[str] = []
-    for n in names:
-        out += [n, f"{n}:{port}"]
-    return out
+        if client_namespace is None or client_namespace == ns:
+            names += [name, f"{name}.{ns}.svc", f"{name}.{ns}"]
+        else:
+            names += [f"{name}.{ns}", f"{name}.{ns}.svc"]
+    if client_namespace is None:
+        out: list[str] = []
+        for n in [*names, *_vips(svc)]:
+            out += [n, f"{n}:{port}"]
+        return out
+    if svc.resolution == "Passthrough" and svc.registry == "Kubernetes":
+        names += [f"*.{n}" for n in names]
+    return [*names, *(f"[{a}]" if ":" in a else a for a in _vips(svc))]
 
 
 def _hash_policies(policy: TrafficPolicy | None) -> list[Any]:
@@ -168,6 +211,146 @@ def routes(registry: Registry, view: httproutes.RouteView | None = None) -> dict
             vh = route_components_pb2.VirtualHost(name=f"{svc.hostname}:{p.number}", domains=domains, routes=rs)
             out[name] = route_pb2.RouteConfiguration(name=name, virtual_hosts=[vh])
     return out
+
+
+# --- sidecar outbound HTTP (LDS / RDS) ---------------------------------------------------
+
+
+def sidecar_http_ports(registry: Registry) -> dict[int, list[ServiceModel]]:
+    """Port number -> the routable services (in hostname order) on which it is HTTP or
+    sniffed: the ports that get a ``0.0.0.0_<port>`` listener and a ``"<port>"`` route
+    configuration."""
+    out: dict[int, list[ServiceModel]] = {}
+    for svc in registry.services:
+        if not _routable(svc):
+            continue
+        for p in svc.ports:
+            if p.protocol == "UDP" or not protocol.is_http_or_sniffed(p.istio_protocol):
+                continue
+            members = out.setdefault(p.number, [])
+            if not members or members[-1] is not svc:
+                members.append(svc)
+    return out
+
+
+def _rds_source() -> Any:
+    # listener_builder.go: ADS, and no initial fetch timeout (the listener waits for its routes).
+    src = _ads()
+    src.initial_fetch_timeout.CopyFrom(_duration(0))
+    return src
+
+
+def sidecar_listeners(registry: Registry) -> dict[str, Any]:
+    """istiod's outbound HTTP listeners for a sidecar: ``0.0.0.0_<port>`` per HTTP port."""
+    out: dict[str, Any] = {}
+    router = hcm_pb2.HttpFilter(name=ROUTER_FILTER, typed_config=_pack(router_pb2.Router()))
+    fault = hcm_pb2.HttpFilter(name=httproutes.FAULT_FILTER, typed_config=_pack(fault_pb2.HTTPFault()))
+    http_ports = sidecar_http_ports(registry)
+    for port, svcs in sorted(http_ports.items()):
+        name = f"0.0.0.0_{port}"
+        faulty = any(httproutes.has_fault(registry, s.hostname) for s in svcs)
+        hcm = hcm_pb2.HttpConnectionManager(
+            stat_prefix=f"outbound_{name}",
+            rds=hcm_pb2.Rds(config_source=_rds_source(), route_config_name=str(port)),
+            http_filters=[fault, router] if faulty else [router],
+        )
+        chain = listener_components_pb2.FilterChain(
+            filters=[listener_components_pb2.Filter(name=HCM_FILTER, typed_config=_pack(hcm))]
+        )
+        lis = listener_pb2.Listener(name=name, traffic_direction=base_pb2.OUTBOUND, filter_chains=[chain])
+        lis.address.socket_address.address = "0.0.0.0"
+        lis.address.socket_address.port_value = port
+        # Captured traffic arrives through the agent's redirection, never on a bound 0.0.0.0:<port>.
+        lis.bind_to_port.CopyFrom(wrappers_pb2.BoolValue(value=False))
+        out[name] = lis
+    out.update(_shadowed_tcp_listeners(registry, set(http_ports)))
+    return out
+
+
+def _shadowed_tcp_listeners(registry: Registry, http_ports: set[int]) -> dict[str, Any]:
+    """istiod's ``<VIP>_<port>`` TCP proxy listener (``listener.go``, ``tcp_proxy`` to the
+    service's cluster) for a TCP-class port whose number another service uses for HTTP:
+    a destination matches its VIP listener before ``0.0.0.0_<port>``, so its connections
+    stay TCP instead of entering that port's HTTP routes. Other TCP-class ports get no
+    outbound listener (the agent maps their VIPs from NDS and CDS)."""
+    out: dict[str, Any] = {}
+    for svc in registry.services:
+        if not _routable(svc):
+            continue
+        for p in svc.ports:
+            if p.number not in http_ports or p.protocol == "UDP":
+                continue
+            if protocol.is_http_or_sniffed(p.istio_protocol) or p.istio_protocol == protocol.UDP:
+                continue
+            cluster = cluster_name(svc.hostname, p.number)
+            tp = tcp_proxy_pb2.TcpProxy(stat_prefix=cluster, cluster=cluster)
+            chain = listener_components_pb2.FilterChain(
+                filters=[listener_components_pb2.Filter(name=TCP_PROXY_FILTER, typed_config=_pack(tp))]
+            )
+            for vip in _vips(svc):
+                name = f"{vip}_{p.number}"
+                if name in out:
+                    log.warning("%s:%d is a VIP of two TCP services; the first is kept", vip, p.number)
+                    continue
+                lis = listener_pb2.Listener(name=name, traffic_direction=base_pb2.OUTBOUND, filter_chains=[chain])
+                lis.address.socket_address.address = vip
+                lis.address.socket_address.port_value = p.number
+                lis.bind_to_port.CopyFrom(wrappers_pb2.BoolValue(value=False))
+                out[name] = lis
+    return out
+
+
+def _allow_any() -> Any:
+    """httproute.go ``buildCatchAllVirtualHost`` (ALLOW_ANY): anything else on the port to
+    its original destination, without a timeout."""
+    action = route_components_pb2.RouteAction(cluster=PASSTHROUGH_CLUSTER)
+    action.timeout.CopyFrom(_duration(0))
+    action.max_grpc_timeout.CopyFrom(_duration(0))
+    r = route_components_pb2.Route(name=ALLOW_ANY, match=route_components_pb2.RouteMatch(prefix="/"), route=action)
+    return route_components_pb2.VirtualHost(
+        name=ALLOW_ANY, domains=["*"], routes=[r], include_request_attempt_count=True
+    )
+
+
+def sidecar_routes(registry: Registry, view: httproutes.RouteView | None = None) -> dict[str, Any]:
+    """istiod's per-port route configurations for a sidecar with this view."""
+    view = view or httproutes.RouteView()
+    out: dict[str, Any] = {}
+    for port, svcs in sorted(sidecar_http_ports(registry).items()):
+        taken: set[str] = set()
+        vhosts = []
+        for svc in svcs:
+            domains = []
+            for d in _domains(svc, port, registry.domain, client_namespace=view.namespace):
+                if d.lower() not in taken:  # httproute.go dedupeDomains: the first virtual host keeps it
+                    taken.add(d.lower())
+                    domains.append(d)
+            if not domains:
+                continue
+            dr = registry.destination_rule(svc.hostname)
+            hashing = _hash_policies(dr.policy if dr else None)
+            rs = httproutes.service_routes(svc, port, registry, view, hashing, sidecar=True)
+            vhosts.append(
+                route_components_pb2.VirtualHost(
+                    name=f"{svc.hostname}:{port}", domains=domains, routes=rs, include_request_attempt_count=True
+                )
+            )
+        vhosts.sort(key=lambda vh: vh.name)  # util.SortVirtualHosts, then the catch-all last
+        name = str(port)
+        rc = route_pb2.RouteConfiguration(name=name, virtual_hosts=[*vhosts, _allow_any()])
+        rc.validate_clusters.CopyFrom(wrappers_pb2.BoolValue(value=False))
+        rc.ignore_port_in_host_matching = True
+        rc.max_direct_response_body_size_bytes.value = MAX_DIRECT_RESPONSE_BODY
+        out[name] = rc
+    return out
+
+
+def empty_route_configuration(name: str) -> Any:
+    """What istiod answers for a route configuration it cannot build (httproute.go
+    ``BuildHTTPRoutes``): the name, no virtual hosts, never a missing resource."""
+    rc = route_pb2.RouteConfiguration(name=name)
+    rc.validate_clusters.CopyFrom(wrappers_pb2.BoolValue(value=False))
+    return rc
 
 
 # --- CDS ------------------------------------------------------------------------------

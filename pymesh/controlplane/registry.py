@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pymesh.controlplane import peerauth
+from pymesh.controlplane import protocol as protomod
 from pymesh.controlplane import telemetry as telemod
 from pymesh.controlplane import vips as vipmod
 from pymesh.controlplane import virtualservice as vsmod
@@ -82,7 +83,10 @@ LOCALITY_LABEL = "topology.istio.io/locality"
 class Port:
     name: str
     number: int
-    protocol: str
+    protocol: str  # as configured: a Service port's TCP/UDP/SCTP, a ServiceEntry port's (may be "")
+    # The protocol Istio gives the port (pymesh.controlplane.protocol): a Service port's from its
+    # appProtocol or name, a ServiceEntry port's as declared; AUTO (sniffed) when unknown.
+    istio_protocol: str = protomod.AUTO
 
 
 @dataclass(frozen=True)
@@ -375,7 +379,12 @@ def build_registry(
             addresses=svc.cluster_ips,
             auto_addresses=(),
             resolution="Passthrough" if svc.headless else "ClientSideLB",
-            ports=tuple(Port(p.name, p.port, p.protocol) for p in svc.ports),
+            ports=tuple(
+                Port(
+                    p.name, p.port, p.protocol, protomod.of_kubernetes_port(p.port, p.name, p.protocol, p.app_protocol)
+                )
+                for p in svc.ports
+            ),
         )
         models[host] = model
         if svc.selector is None:
@@ -434,7 +443,7 @@ def build_registry(
                 addresses=tuple(a for a in se.addresses),
                 auto_addresses=pair or (),
                 resolution="Passthrough" if se.resolution == "NONE" else se.resolution,
-                ports=tuple(Port(p.name, p.number, p.protocol) for p in se.ports),
+                ports=tuple(Port(p.name, p.number, p.protocol, protomod.parse(p.protocol)) for p in se.ports),
                 external=se.location == "MESH_EXTERNAL",
             )
             if se.resolution == "NONE":

@@ -101,6 +101,7 @@ class ServicePort:
     port: int
     target_port: int | str  # int, or a named container / WorkloadEntry port
     protocol: str = "TCP"
+    app_protocol: str = ""  # spec.ports[].appProtocol ("" when unset)
 
 
 @dataclass(frozen=True)
@@ -342,7 +343,9 @@ def parse_service(doc: Mapping[str, Any]) -> Service:
             raise v.fail(f"{f}.name", f"duplicate port name {name!r}")
         if any(q.port == number and q.protocol == proto for q in ports):
             raise v.fail(f"{f}.port", f"duplicate port {number}/{proto}")
-        ports.append(ServicePort(name, number, target, proto))
+        # Istio reads it before the port name to decide the port's protocol (pymesh.controlplane.protocol).
+        app_protocol = v.string(pm.get("appProtocol"), f"{f}.appProtocol")
+        ports.append(ServicePort(name, number, target, proto, app_protocol))
     selector = spec.get("selector")
     sel = v.labels(selector, "spec.selector") if selector is not None else None
     cip = v.string(spec.get("clusterIP"), "spec.clusterIP")
@@ -493,7 +496,21 @@ def parse_workload_group(doc: Mapping[str, Any]) -> WorkloadGroup:
     )
 
 
-SE_PROTOCOLS = ("HTTP", "HTTPS", "GRPC", "GRPC-WEB", "HTTP2", "MONGO", "MYSQL", "REDIS", "TCP", "TLS", "UDP")
+# istio/istio pkg/config/protocol/instance.go Parse (what ServiceEntry validation accepts).
+SE_PROTOCOLS = (
+    "HTTP",
+    "HTTPS",
+    "GRPC",
+    "GRPC-WEB",
+    "HTTP2",
+    "HTTP_PROXY",
+    "MONGO",
+    "MYSQL",
+    "REDIS",
+    "TCP",
+    "TLS",
+    "UDP",
+)
 RESOLUTIONS = ("NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN", "DYNAMIC_DNS")
 
 
@@ -518,7 +535,9 @@ def parse_service_entry(doc: Mapping[str, Any]) -> ServiceEntry:
         pm = v.mapping(p, f)
         number = v.port(pm.get("number"), f"{f}.number")
         name = v.string(pm.get("name"), f"{f}.name", required=True)
-        proto = v.one_of(pm.get("protocol"), f"{f}.protocol", SE_PROTOCOLS, default="TCP")
+        # Unset is Istio's "auto", not TCP (pkg/config/validation/validation.go ValidateProtocol:
+        # "Empty string is used for protocol sniffing"): kept empty, pymesh.controlplane.protocol decides.
+        proto = v.one_of(pm.get("protocol"), f"{f}.protocol", SE_PROTOCOLS, default="")
         tp = pm.get("targetPort")
         target = v.port(tp, f"{f}.targetPort") if tp is not None else 0
         if any(q.name == name for q in ports):

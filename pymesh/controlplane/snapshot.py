@@ -5,7 +5,9 @@ The resources a proxy receives depend only on a small *view* of the proxy
 (its client type for CDS, network and locality for EDS, DNS capture and IP
 families for NDS, namespace and labels for a sidecar's LDS — its
 PeerAuthentication — and namespace and labels for RDS: VirtualService exportTo
-and source matches), so each (type, view) is generated
+and source matches; the RDS view holds both gRPC's ``outbound|<port>||<host>``
+and a sidecar's ``"<port>"`` configurations, each client subscribing to its
+own names), so each (type, view) is generated
 once per snapshot and shared by every connection with that view — where a
 naive server regenerates per connection (istiod caches the same way, keyed
 by the parts of the proxy a generator reads).
@@ -81,20 +83,30 @@ def view_key(type_url: str, proxy: Proxy) -> Hashable:
         return RouteView.of(proxy.namespace, proxy.labels)
     if type_url == LDS and proxy.type == "sidecar" and proxy.generator != gen.GRPC:
         # Sidecars (the VM agent) also get the virtualInbound listener, which carries their
-        # PeerAuthentication mode; proxyless gRPC clients keep the shared API listeners.
+        # PeerAuthentication mode, and istiod's outbound HTTP listeners (0.0.0.0_<port>, whose
+        # routes are the "<port>" RDS names); proxyless gRPC clients keep the shared API listeners.
         return PolicyView.of(proxy.namespace, proxy.labels)
     return None
+
+
+# LDS view of what every sidecar shares: the API listeners and the outbound HTTP listeners
+# (a PolicyView adds its virtualInbound listener to it).
+SIDECAR_LISTENERS = "sidecar"
 
 
 def generate(registry: Registry, type_url: str, key: Hashable) -> dict[str, Any]:
     """The resources of one type for one view, as messages by name."""
     if type_url == LDS:
         if isinstance(key, PolicyView):
-            return {**gen.listeners(registry), VIRTUAL_INBOUND: inbound_listener(registry, key)}
+            return {**generate(registry, LDS, SIDECAR_LISTENERS), VIRTUAL_INBOUND: inbound_listener(registry, key)}
+        if key == SIDECAR_LISTENERS:
+            return {**gen.listeners(registry), **gen.sidecar_listeners(registry)}
         return gen.listeners(registry)
     if type_url == RDS:
+        # Both naming families, so a gRPC client and a sidecar with the same view share it: gRPC
+        # asks for ``outbound|<port>||<host>``, a sidecar for ``"<port>"`` (what its listeners name).
         assert key is None or isinstance(key, RouteView)
-        return gen.routes(registry, key)
+        return {**gen.routes(registry, key), **gen.sidecar_routes(registry, key)}
     if type_url == CDS:
         assert isinstance(key, str)
         return gen.clusters(registry, key)
@@ -140,9 +152,15 @@ class Snapshot:
     def resources(self, type_url: str, key: Hashable) -> Mapping[str, Encoded]:
         got = self._resources.get((type_url, key))
         if got is None and isinstance(key, PolicyView):
-            # The API listeners are the same for every view: encoded once (view None), shared.
+            # The other listeners are the same for every sidecar: encoded once, shared.
             vi = encode(type_url, VIRTUAL_INBOUND, inbound_listener(self.registry, key))
-            got = dict(sorted({**self.resources(type_url, None), VIRTUAL_INBOUND: vi}.items()))
+            got = dict(sorted({**self.resources(type_url, SIDECAR_LISTENERS), VIRTUAL_INBOUND: vi}.items()))
+            self._resources[(type_url, key)] = got
+        if got is None and type_url == LDS and key == SIDECAR_LISTENERS:
+            # The API listeners are gRPC's (view None), encoded once for both.
+            extra = gen.sidecar_listeners(self.registry)
+            shared = {name: encode(type_url, name, m) for name, m in extra.items()}
+            got = dict(sorted({**self.resources(type_url, None), **shared}.items()))
             self._resources[(type_url, key)] = got
         if got is None:
             msgs = generate(self.registry, type_url, key)
@@ -186,6 +204,13 @@ class Snapshot:
 
     def has_view(self, type_url: str, key: Hashable) -> bool:
         return (type_url, key) in self._resources
+
+
+def empty_route(name: str) -> Encoded:
+    """The answer to a route configuration name the snapshot does not have (SotW RDS):
+    an empty configuration of that name, as istiod sends, so a listener waiting for it
+    (no initial fetch timeout) is not left warming."""
+    return encode(RDS, name, gen.empty_route_configuration(name))
 
 
 def content_version(body: bytes) -> str:

@@ -89,6 +89,8 @@ GRPC_STATUS = {
 }
 REDIRECT_CODES = (301, 302, 303, 307, 308)
 _HEADER_NAME = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]+$")
+# validation.go httpHeaderValueRegexp: no control characters but tab.
+_HEADER_VALUE_BAD = re.compile("[\x00-\x08\x0a-\x1f\x7f]")
 _MAX_REGEX = 1024
 
 
@@ -121,6 +123,16 @@ class Destination:
     subset: str = ""
     port: int = 0
     weight: int = 0
+    # route[].headers, validated (:func:`_headers`); sidecars apply them, gRPC ignores them.
+    headers: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Mirror:
+    """One ``mirrors[]`` entry: where a copy of each request goes, and for which share."""
+
+    destination: Destination
+    percentage: float | None = None  # percentage.value; None: every request (100%)
 
 
 @dataclass(frozen=True)
@@ -153,10 +165,14 @@ class HttpRoute:
     timeout: float | None = None
     retries: Retries | None = None
     fault: Fault | None = None
-    # Kept as validated; gRPC ignores them (gRFC A28/A31): not translated for gRPC clients.
+    # Kept as validated; sidecars get them translated (pymesh.controlplane.httproutes), gRPC
+    # clients never (gRFC A28/A31: gRPC ignores them).
     rewrite: Mapping[str, Any] | None = None
     headers: Mapping[str, Any] | None = None
     mirror: Destination | None = None
+    mirror_percentage: float | None = None  # mirrorPercentage.value
+    mirror_percent: int | None = None  # the deprecated integer mirrorPercent
+    mirrors: tuple[Mirror, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -283,9 +299,8 @@ def _route_destinations(raw: Any, f: str) -> tuple[Destination, ...]:
         rm = v.mapping(r, rf)
         dest = _destination(rm.get("destination"), f"{rf}.destination")
         weight = v.integer(rm["weight"], f"{rf}.weight", minimum=0) if rm.get("weight") is not None else 0
-        if rm.get("headers") is not None:
-            _headers(rm["headers"], f"{rf}.headers")
-        out.append(Destination(dest.host, dest.subset, dest.port, weight))
+        headers = _headers(rm["headers"], f"{rf}.headers") if rm.get("headers") is not None else None
+        out.append(Destination(dest.host, dest.subset, dest.port, weight, headers))
     if len(out) > 1 and sum(d.weight for d in out) == 0:
         raise v.fail(f, "with more than one destination, the weights must not all be 0")
     return tuple(out)
@@ -359,17 +374,94 @@ def _fault(raw: Any, f: str) -> Fault:
     return Fault(**out)
 
 
+def is_authority(name: str) -> bool:
+    """route.go ``isAuthorityHeader``: setting it rewrites the authority."""
+    return name.lower() in (":authority", "host")
+
+
+def _header_value(value: Any, f: str) -> str:
+    """validation.go ``ValidateHTTPHeaderValue`` (its control-character rule)."""
+    text = v.string(value, f)
+    if _HEADER_VALUE_BAD.search(text):
+        raise v.fail(f, "header values cannot hold control characters")
+    return text
+
+
 def _headers(raw: Any, f: str) -> Mapping[str, Any]:
+    """virtualservice.go ``validateHTTPRoute`` header manipulation: a request may set or add
+    ``:authority``/``host`` (an authority rewrite), no other pseudo-header; responses and
+    removals take neither (``ValidateHTTPHeaderWithAuthorityOperationName``,
+    ``ValidateHTTPHeaderOperationName``); names are never empty, values strings."""
     m = v.mapping(raw, f)
     for part in ("request", "response"):
         pm = v.mapping(m.get(part), f"{f}.{part}")
         for op in ("set", "add"):
-            for name in v.mapping(pm.get(op), f"{f}.{part}.{op}"):
-                if not isinstance(name, str) or not name or name.startswith(":"):
-                    raise v.fail(f"{f}.{part}.{op}.{name}", "pseudo-headers can only be removed")
+            for name, value in v.mapping(pm.get(op), f"{f}.{part}.{op}").items():
+                where = f"{f}.{part}.{op}.{name}"
+                if not isinstance(name, str) or not name:
+                    raise v.fail(where, "header names cannot be empty")
+                authority = part == "request" and is_authority(name)
+                if not authority and (name.startswith(":") or name.lower() == "host"):
+                    raise v.fail(where, "pseudo-headers and host can only be set as the request's authority")
+                _header_value(value, where)
         for i, name in enumerate(v.sequence(pm.get("remove"), f"{f}.{part}.remove")):
-            v.string(name, f"{f}.{part}.remove[{i}]", required=True)
+            text = v.string(name, f"{f}.{part}.remove[{i}]", required=True)
+            if text.startswith(":") or text.lower() == "host":
+                raise v.fail(f"{f}.{part}.remove[{i}]", f"{text!r}: pseudo-headers and host cannot be removed")
     return m
+
+
+def _authority_once(rewrite: Mapping[str, Any] | None, headers: Mapping[str, Any] | None, f: str) -> None:
+    """virtualservice.go ``validateAuthorityRewrite``: the authority is rewritten in one place."""
+    request = v.mapping((headers or {}).get("request"), f"{f}.headers.request")
+    sources = [f"{f}.rewrite.authority"] if rewrite and rewrite.get("authority") else []
+    for op in ("set", "add"):
+        given = v.mapping(request.get(op), f"{f}.headers.request.{op}")
+        sources += [f"{f}.headers.request.{op}.{k}" for k in given if is_authority(str(k))]
+    if len(sources) > 1:
+        raise v.fail(sources[1], f"the authority is already rewritten by {sources[0]}")
+
+
+def _rewrite(raw: Any, f: str) -> Mapping[str, Any]:
+    """validation.go ``validateHTTPRewrite``, ``validateURIRegexRewrite``."""
+    m = v.mapping(raw, f)
+    if not any(m.get(k) for k in ("uri", "uriRegexRewrite", "authority")):
+        raise v.fail(f, "needs at least one of uri, uriRegexRewrite or authority")
+    if m.get("uri") and m.get("uriRegexRewrite"):
+        raise v.fail(f, "uri and uriRegexRewrite cannot both be set")
+    v.string(m.get("uri"), f"{f}.uri")
+    v.string(m.get("authority"), f"{f}.authority")
+    if m.get("uriRegexRewrite") is not None:
+        rx = v.mapping(m["uriRegexRewrite"], f"{f}.uriRegexRewrite")
+        pattern = v.string(rx.get("match"), f"{f}.uriRegexRewrite.match", required=True)
+        v.string(rx.get("rewrite"), f"{f}.uriRegexRewrite.rewrite", required=True)
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise v.fail(f"{f}.uriRegexRewrite.match", f"{pattern!r} is not a valid regular expression: {e}") from None
+    return m
+
+
+def _mirror_share(raw: Any, f: str) -> float:
+    """A mirror percentage (``mirrorPercentage``, ``mirrors[].percentage``): 0 to 100."""
+    value = v.mapping(raw, f).get("value", 0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
+        raise v.fail(f"{f}.value", "must be between 0 and 100")
+    return float(value)
+
+
+def _mirrors(raw: Any, f: str) -> tuple[Mirror, ...]:
+    """validation.go ``validateHTTPMirrors``: each needs a destination."""
+    out = []
+    for i, item in enumerate(v.sequence(raw, f)):
+        mf = f"{f}[{i}]"
+        mm = v.mapping(item, mf, required=True)
+        if mm.get("destination") is None:
+            raise v.fail(f"{mf}.destination", "is required")
+        dest = _destination(mm["destination"], f"{mf}.destination")
+        share = _mirror_share(mm["percentage"], f"{mf}.percentage") if mm.get("percentage") is not None else None
+        out.append(Mirror(dest, share))
+    return tuple(out)
 
 
 def _redirect(raw: Any, f: str, matches: tuple[HttpMatch, ...]) -> Mapping[str, Any]:
@@ -380,6 +472,12 @@ def _redirect(raw: Any, f: str, matches: tuple[HttpMatch, ...]) -> Mapping[str, 
         raise v.fail(f"{f}.prefixRewrite", "needs every uri match to be a prefix match")
     if not any(m.get(k) for k in ("uri", "prefixRewrite", "authority", "scheme", "port", "derivePort")):
         raise v.fail(f, "needs at least one of uri, authority, scheme or port")
+    for key in ("uri", "prefixRewrite", "authority", "scheme"):
+        v.string(m.get(key), f"{f}.{key}")
+    if m.get("port") is not None:
+        v.port(m["port"], f"{f}.port")
+    if m.get("derivePort") is not None:
+        v.one_of(m["derivePort"], f"{f}.derivePort", ("FROM_PROTOCOL_DEFAULT", "FROM_REQUEST_PORT"), default="")
     code = m.get("redirectCode")
     if code is not None and v.integer(code, f"{f}.redirectCode") not in REDIRECT_CODES:
         raise v.fail(f"{f}.redirectCode", f"must be one of {', '.join(map(str, REDIRECT_CODES))}")
@@ -407,18 +505,16 @@ def _http_route(raw: Any, f: str, gateways: tuple[str, ...]) -> HttpRoute:
         v.integer(dr.get("status"), f"{f}.directResponse.status", minimum=200, maximum=599)
     if m.get("mirror") and m.get("mirrors"):
         raise v.fail(f, "mirror and mirrors cannot both be set")
-    for key in ("mirrorPercentage",):
+    mirror_percentage = None
+    if m.get("mirrorPercentage") is not None:
+        mirror_percentage = _mirror_share(m["mirrorPercentage"], f"{f}.mirrorPercentage")
+    mirror_percent = None
+    for key in ("mirrorPercent", "mirror_percent"):  # deprecated; the CRD has both spellings
         if m.get(key) is not None:
-            value = v.mapping(m[key], f"{f}.{key}").get("value", 0)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
-                raise v.fail(f"{f}.{key}.value", "must be between 0 and 100")
-    rewrite = None
-    if m.get("rewrite") is not None:
-        rewrite = v.mapping(m["rewrite"], f"{f}.rewrite")
-        if not any(rewrite.get(k) for k in ("uri", "uriRegexRewrite", "authority")):
-            raise v.fail(f"{f}.rewrite", "needs at least one of uri, uriRegexRewrite or authority")
-        if rewrite.get("uri") and rewrite.get("uriRegexRewrite"):
-            raise v.fail(f"{f}.rewrite", "uri and uriRegexRewrite cannot both be set")
+            mirror_percent = v.integer(m[key], f"{f}.{key}", minimum=0, maximum=100)
+    rewrite = _rewrite(m["rewrite"], f"{f}.rewrite") if m.get("rewrite") is not None else None
+    headers = _headers(m["headers"], f"{f}.headers") if m.get("headers") is not None else None
+    _authority_once(rewrite, headers, f)
     return HttpRoute(
         name=v.string(m.get("name"), f"{f}.name"),
         match=matches,
@@ -429,8 +525,11 @@ def _http_route(raw: Any, f: str, gateways: tuple[str, ...]) -> HttpRoute:
         retries=_retries(m["retries"], f"{f}.retries") if m.get("retries") is not None else None,
         fault=_fault(m["fault"], f"{f}.fault") if m.get("fault") is not None else None,
         rewrite=rewrite,
-        headers=_headers(m["headers"], f"{f}.headers") if m.get("headers") is not None else None,
+        headers=headers,
         mirror=_destination(m["mirror"], f"{f}.mirror") if m.get("mirror") else None,
+        mirror_percentage=mirror_percentage,
+        mirror_percent=mirror_percent,
+        mirrors=_mirrors(m.get("mirrors"), f"{f}.mirrors"),
     )
 
 

@@ -21,6 +21,11 @@ from __future__ import annotations
 from typing import NamedTuple
 
 DIRECTIONS = ("inbound", "outbound")
+# istiod's cluster for outbound traffic to destinations the mesh does not know
+# (pilot/pkg/networking/util/util.go ``PassthroughCluster``): the original destination.
+# A sidecar's per-port route configurations end with a catch-all virtual host routing to it
+# (outboundTrafficPolicy ALLOW_ANY); readers treat it as "not a mesh cluster".
+PASSTHROUGH_CLUSTER = "PassthroughCluster"
 # Cluster types the lbtable serves (endpoints are IPs); LOGICAL_DNS/STRICT_DNS
 # clusters are resolved by the proxy, ORIGINAL_DST ones are the destination itself.
 LB_TYPES = ("STATIC", "EDS", None)

@@ -225,8 +225,15 @@ def test_control_plane_down_dns_and_routing_keep_serving_across_agent_restart(
         agent.stop()  # and the agent restarts while it is down
         agent = agent_for(vm, state, dport)
         agent.start()
-        # The tables and the virtualInbound listener (the PeerAuthentication mode, Istio's default here).
-        assert sorted(agent.loaded_from_disk) == ["Cluster", "ClusterLoadAssignment", "Listener", "NameTable"]
+        # The tables, the virtualInbound listener (the PeerAuthentication mode, Istio's default here)
+        # and the outbound HTTP listener with its route configuration (the service port is HTTP).
+        assert sorted(agent.loaded_from_disk) == [
+            "Cluster",
+            "ClusterLoadAssignment",
+            "Listener",
+            "NameTable",
+            "RouteConfiguration",
+        ]
         assert agent.peer_authentication == "PERMISSIVE"
         assert resolve(dport, PRODUCT) == ("NOERROR", ["10.96.0.20"])
         assert addresses(agent, name) == [f"127.0.0.2:{svc_port}", f"{VM_IP}:{svc_port}"]

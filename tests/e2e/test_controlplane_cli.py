@@ -60,8 +60,14 @@ def test_example_through_the_cli(controlplane: tuple[int, int, Path, Path]) -> N
         agent.send(LDS)
         r = agent.recv()
         names = {Listener.FromString(a.value).name for a in r.resources}
-        # The API listeners, and for a sidecar the virtualInbound listener carrying its mTLS mode.
-        assert names == {f"product.default.svc.cluster.local:{port}", "api.payments.example.com:443", "virtualInbound"}
+        # The API listeners, and for a sidecar the virtualInbound listener carrying its mTLS mode
+        # and an outbound HTTP listener per HTTP port (product's is named grpc; payments' https is TCP).
+        assert names == {
+            f"product.default.svc.cluster.local:{port}",
+            "api.payments.example.com:443",
+            "virtualInbound",
+            f"0.0.0.0_{port}",
+        }
         agent.ack(r)
         wait_until(lambda: "product-vm-127.0.0.3" in get(data, "we").stdout)
 
@@ -82,7 +88,7 @@ def test_example_through_the_cli(controlplane: tuple[int, int, Path, Path]) -> N
             "spec: {clusterIP: 10.96.0.30, ports: [{name: grpc, port: 9080}]}\n"
         )
         r = agent.recv(timeout=10)
-        assert len(r.resources) == 4  # product, payments, reviews + virtualInbound
+        assert len(r.resources) == 6  # product, payments, reviews, virtualInbound + 0.0.0.0_<port>, 0.0.0.0_9080
         agent.ack(r)
         svcs = json.loads(get(data, "svc", "-o", "json").stdout)["items"]
         assert sorted(s["metadata"]["name"] for s in svcs) == ["product", "reviews"]

@@ -32,6 +32,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 
+from pymesh._native import tcp_metrics_text
 from pymesh.controlplane.ca.ca import CertificateAuthority
 from pymesh.lbtable import LbTable, RedirectTable
 from pymesh.mesh.identity import identity
@@ -814,6 +815,24 @@ def test_http_requests_ride_pooled_mtls_connections_to_the_inbound(mesh: Mesh) -
         h = mesh.outbound.http_stats()
         assert h["http_requests"] == 10 and h["http_pool_reused"] == 9, h
         assert mesh.inbound.tls_stats()["handshakes"] == 1
+        # Istio's HTTP metrics, reporter source, with both identities of the handshake.
+        text = tcp_metrics_text([mesh.outbound])
+        line = next(x for x in text.splitlines() if x.startswith("istio_requests_total{"))
+        assert line.endswith(" 10"), line
+        for label in (
+            'reporter="source"',
+            f'source_principal="{CLIENT}"',
+            f'destination_principal="{PRODUCT}"',
+            'destination_workload="app-v1"',
+            'destination_service="web.default.svc.cluster.local"',
+            'destination_service_name="web"',
+            'request_protocol="http"',
+            'response_code="200"',
+            'grpc_response_status=""',
+            'response_flags="-"',
+        ):
+            assert label in line, (label, line)
+        assert 'istio_request_duration_milliseconds_count{reporter="source"' in text
     finally:
         srv.shutdown()
         srv.server_close()

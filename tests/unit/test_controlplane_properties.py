@@ -49,6 +49,33 @@ SEEDS += [
             "endpoints": [{"address": "10.0.0.1", "ports": {"http": 9090}, "weight": 2, "locality": "r/z"}],
         },
     },
+    {
+        # What only sidecars get translated: rewrite, headers, mirrors, redirect ports.
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": {"name": "vs", "namespace": "default"},
+        "spec": {
+            "hosts": ["product"],
+            "http": [
+                {
+                    "match": [{"uri": {"exact": "/a"}}],
+                    "rewrite": {"uri": "/b", "authority": "x.example"},
+                    "headers": {"request": {"set": {"x-a": "1"}, "remove": ["x-b"]}, "response": {"add": {"x-c": "2"}}},
+                    "mirror": {"host": "product", "subset": "v1"},
+                    "mirrorPercentage": {"value": 5},
+                    "route": [{"destination": {"host": "product"}, "headers": {"request": {"add": {"x-d": "3"}}}}],
+                },
+                {"match": [{"uri": {"prefix": "/r"}}], "redirect": {"uri": "/s", "derivePort": "FROM_REQUEST_PORT"}},
+                {
+                    "mirrors": [{"destination": {"host": "product"}, "percentage": {"value": 1}}],
+                    "route": [
+                        {"destination": {"host": "product", "subset": "v1"}, "weight": 3},
+                        {"destination": {"host": "product"}, "weight": 1},
+                    ],
+                },
+            ],
+        },
+    },
 ]
 
 scalars = st.one_of(
@@ -89,6 +116,8 @@ def check(doc: Any) -> None:
     gen.endpoints(reg, gen.EdsView(network="n", locality="r1/z1"))
     gen.listeners(reg)
     gen.routes(reg)
+    gen.sidecar_listeners(reg)
+    gen.sidecar_routes(reg)
     build_name_table(reg, NdsView(dns_capture=True, families=frozenset({4}), network=""))
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.config.core.v3 import base_pb2
+from envoy.config.listener.v3.listener_pb2 import Listener
 from google.protobuf import struct_pb2
 
 from pymesh import NameTable
@@ -307,7 +308,16 @@ def test_pushes_go_only_to_affected_connections(cp: ControlPlane) -> None:
     r = nds_watch.recv()
     assert b"extra.default.svc.cluster.local" in r.resources[0].value
     r = lds_watch.recv()
-    assert len(r.resources) == 4  # SotW LDS: the full set (3 API listeners + the sidecar's virtualInbound)
+    # SotW LDS: the full set. 3 API listeners, the sidecar's virtualInbound and its outbound
+    # HTTP listeners: product's and extra's ports are named grpc, payments' https is TCP.
+    assert sorted(Listener.FromString(a.value).name for a in r.resources) == [
+        "0.0.0.0_18080",
+        "0.0.0.0_81",
+        "api.payments.example.com:443",
+        "extra.default.svc.cluster.local:81",
+        "product.default.svc.cluster.local:18080",
+        "virtualInbound",
+    ]
     assert eds_watch.no_response(0.3)
     assert cp.ads.stats["pushes"] - before == 2
     for s in (eds_watch, nds_watch, lds_watch):

@@ -53,8 +53,10 @@ use crate::mesh;
 /// Label sets kept at most per relay.
 pub const DEFAULT_MAX_SERIES: usize = 10_000;
 
-/// Istio's default TCP label names, in the order of istio_stats.cc.
-pub const TCP_LABELS: [&str; 23] = [
+/// The labels Istio's TCP and HTTP metrics share, first in both, in the
+/// order of istio_stats.cc: who reports, the source and destination
+/// workloads and the destination service.
+pub const WORKLOAD_LABELS: [&str; 20] = [
     "reporter",
     "source_workload",
     "source_workload_namespace",
@@ -75,10 +77,30 @@ pub const TCP_LABELS: [&str; 23] = [
     "destination_canonical_service",
     "destination_canonical_revision",
     "destination_cluster",
-    "request_protocol",
-    "response_flags",
-    "connection_security_policy",
 ];
+
+/// `a` then `b` (label lists built from [`WORKLOAD_LABELS`]).
+pub const fn join<const A: usize, const B: usize, const C: usize>(
+    a: [&'static str; A],
+    b: [&'static str; B],
+) -> [&'static str; C] {
+    assert!(A + B == C);
+    let mut out = [""; C];
+    let mut i = 0;
+    while i < A {
+        out[i] = a[i];
+        i += 1;
+    }
+    while i < C {
+        out[i] = b[i - A];
+        i += 1;
+    }
+    out
+}
+
+/// Istio's default TCP label names, in the order of istio_stats.cc.
+pub const TCP_LABELS: [&str; 23] =
+    join(WORKLOAD_LABELS, ["request_protocol", "response_flags", "connection_security_policy"]);
 
 const UNKNOWN: &str = "unknown";
 /// A peer's canonical revision when not known (istio_stats.cc; istio
@@ -109,8 +131,8 @@ pub struct LocalWorkload {
 /// Envoy's response flags (envoy `source/common/stream_info/utility.cc`,
 /// `ResponseFlagUtils`): a bit set printed comma-joined in Envoy's order,
 /// `-` when empty.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Flags(u8);
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Flags(u16);
 
 impl Flags {
     pub const NONE: Flags = Flags(0);
@@ -119,20 +141,41 @@ impl Flags {
     /// `UF`: upstream connection failure.
     pub const UPSTREAM_CONNECT_FAILURE: Flags = Flags(2);
     /// `URX`: connect attempts exhausted (Envoy's tcp_proxy sets it with
-    /// `UF` once `max_connect_attempts` failed, `tcp_proxy.cc`).
+    /// `UF` once `max_connect_attempts` failed, `tcp_proxy.cc`), or the
+    /// router's retries.
     pub const RETRY_LIMIT_EXCEEDED: Flags = Flags(4);
     /// `NC`: the route's cluster is not known.
     pub const NO_CLUSTER_FOUND: Flags = Flags(8);
+    /// `UT`: upstream request timeout (504).
+    pub const UPSTREAM_REQUEST_TIMEOUT: Flags = Flags(16);
+    /// `UC`: upstream connection termination (reset before response headers).
+    pub const UPSTREAM_CONNECTION_TERMINATION: Flags = Flags(32);
+    /// `NR`: no route (404).
+    pub const NO_ROUTE_FOUND: Flags = Flags(64);
+    /// `DI`: the request was delayed by fault injection.
+    pub const DELAY_INJECTED: Flags = Flags(128);
+    /// `FI`: the request was aborted by fault injection.
+    pub const FAULT_INJECTED: Flags = Flags(256);
 
-    const ORDER: [(Flags, &'static str); 4] = [
+    /// Envoy's order (`ResponseFlagUtils::CORE_RESPONSE_FLAGS`).
+    const ORDER: [(Flags, &'static str); 9] = [
         (Flags::NO_HEALTHY_UPSTREAM, "UH"),
+        (Flags::UPSTREAM_REQUEST_TIMEOUT, "UT"),
         (Flags::UPSTREAM_CONNECT_FAILURE, "UF"),
+        (Flags::UPSTREAM_CONNECTION_TERMINATION, "UC"),
+        (Flags::NO_ROUTE_FOUND, "NR"),
+        (Flags::DELAY_INJECTED, "DI"),
+        (Flags::FAULT_INJECTED, "FI"),
         (Flags::RETRY_LIMIT_EXCEEDED, "URX"),
         (Flags::NO_CLUSTER_FOUND, "NC"),
     ];
 
     pub const fn union(self, other: Flags) -> Flags {
         Flags(self.0 | other.0)
+    }
+
+    pub const fn bits(self) -> u16 {
+        self.0
     }
 
     /// The `response_flags` label value.
@@ -161,7 +204,7 @@ impl TcpLabels {
     }
 }
 
-fn or(v: &str, default: &str) -> String {
+pub(crate) fn or(v: &str, default: &str) -> String {
     if v.is_empty() { default } else { v }.to_owned()
 }
 
@@ -369,6 +412,8 @@ pub struct TcpMetrics {
     /// Off: connections get no series (Istio's Telemetry API `metrics`
     /// with `disabled: true`); their label sets are not even built.
     enabled: std::sync::atomic::AtomicBool,
+    /// The HTTP path's request series (same local workload, switch and cap).
+    pub(crate) http: super::http::metrics::HttpMetrics,
 }
 
 impl Default for TcpMetrics {
@@ -386,6 +431,7 @@ impl TcpMetrics {
             max,
             dropped: AtomicU64::new(0),
             enabled: std::sync::atomic::AtomicBool::new(true),
+            http: super::http::metrics::HttpMetrics::new(max),
         }
     }
 
@@ -424,9 +470,10 @@ impl TcpMetrics {
         Some(s)
     }
 
-    /// Connections not counted because their label set would have exceeded the cap.
+    /// Connections (and HTTP requests) not counted because their label set
+    /// would have exceeded the cap.
     pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        self.dropped.load(Ordering::Relaxed) + self.http.dropped()
     }
 
     /// Every series with a copy of its counters, sorted by labels.
@@ -496,7 +543,7 @@ type Family = (&'static str, &'static str, fn(&TcpValues) -> u64);
 
 /// A label value escaped for the text format: backslash, double quote and
 /// line feed (Prometheus "Exposition formats", text format 0.0.4).
-fn escape_into(out: &mut String, v: &str) {
+pub(crate) fn escape_into(out: &mut String, v: &str) {
     for c in v.chars() {
         match c {
             '\\' => out.push_str("\\\\"),
@@ -540,6 +587,8 @@ pub fn render_text(registries: &[&TcpMetrics]) -> String {
             let _ = writeln!(out, "{name}{l} {}", value(v));
         }
     }
+    let http: Vec<&super::http::metrics::HttpMetrics> = registries.iter().map(|m| &m.http).collect();
+    super::http::metrics::render_text(&http, &mut out);
     out
 }
 
@@ -840,9 +889,10 @@ mod tests {
         assert!(text
             .lines()
             .any(|l| l.starts_with("istio_tcp_sent_bytes_total{reporter=\"source\"") && l.ends_with(" 10")));
-        // No series yet: the families are still typed.
+        // No series yet: the families are still typed (4 TCP, 4 HTTP).
         let empty = render_text(&[&TcpMetrics::new(1)]);
-        assert_eq!(empty.lines().count(), 8);
+        assert_eq!(empty.lines().count(), 16);
+        assert_eq!(empty.matches("# TYPE istio_requests_total counter\n").count(), 1);
         drop((o1, o2));
     }
 

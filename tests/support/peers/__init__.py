@@ -7,6 +7,8 @@ first (run by its path below); none imports the support package.
 - ``e2e_http.py``: the HTTP servers and client of the VM end-to-end test.
 - ``e2e_mtls_peer.py``: a STRICT-mTLS pod and an mTLS client for the end-to-end test with mTLS.
 - ``cp_xds_client.py``: gRPC's own xDS client (one XdsClient per process).
+- ``http_backend.py``: HTTP/1.1, resetting and gRPC backends, a raw-bytes and a gRPC client
+  (the HTTP relay tests).
 """
 
 from __future__ import annotations
@@ -19,3 +21,4 @@ NETNS_MTLS_PEER = str(_HERE / "netns_mtls_peer.py")
 E2E_HTTP = str(_HERE / "e2e_http.py")
 E2E_MTLS_PEER = str(_HERE / "e2e_mtls_peer.py")
 CP_XDS_CLIENT = str(_HERE / "cp_xds_client.py")
+HTTP_BACKEND = str(_HERE / "http_backend.py")

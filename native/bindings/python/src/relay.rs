@@ -273,7 +273,7 @@ impl OutboundProxy {
     /// `<VIP>_<port>` TCP listeners). Connections to a port with routes
     /// whose first bytes are HTTP are then routed per request. Compiled
     /// here (without the GIL) and swapped atomically; anything invalid
-    /// raises `ConfigError` (a `ValueError`) naming the route configuration,
+    /// raises `ConfigError` (a `PymeshError`) naming the route configuration,
     /// virtual host, route and field, and the routes serving stay.
     #[pyo3(signature = (routes, tcp = Vec::new()))]
     fn set_http_routes(&self, py: Python<'_>, routes: Vec<(u16, String)>, tcp: Vec<String>) -> PyResult<()> {

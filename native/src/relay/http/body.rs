@@ -37,6 +37,8 @@ struct Tee {
     count: usize,
     base: usize,
     bytes: usize,
+    /// Every data byte read from the client (for `istio_request_bytes`).
+    total: u64,
     trailers: Option<HeaderMap>,
     ended: bool,
     failed: bool,
@@ -68,6 +70,7 @@ impl Replay {
             count: 0,
             base: 0,
             bytes: 0,
+            total: 0,
             trailers: None,
             ended: empty,
             failed: false,
@@ -86,6 +89,17 @@ impl Replay {
         let mut t = self.lock();
         t.epoch += 1;
         ReplayBody { shared: self.0.clone(), epoch: t.epoch, pos: 0, trailers_sent: false }
+    }
+
+    /// The body bytes read from the client so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.lock().total
+    }
+
+    /// The client's body failed (a malformed chunk, a reset): its fault, not
+    /// the upstream's.
+    pub fn client_failed(&self) -> bool {
+        self.lock().failed
     }
 
     /// Whether another attempt could send the whole body again.
@@ -171,6 +185,7 @@ impl Body for ReplayBody {
                 let frame = match frame.into_data() {
                     Ok(d) => {
                         t.count += 1;
+                        t.total += d.len() as u64;
                         this.pos = t.count;
                         if !t.overflow {
                             if t.bytes + d.len() > sh.cap {
@@ -183,6 +198,13 @@ impl Body for ReplayBody {
                             }
                         } else {
                             t.base = t.count;
+                        }
+                        // A body of known length is over with its last byte:
+                        // hyper stops polling it then, so say so now.
+                        if t.incoming.as_ref().is_some_and(Body::is_end_stream) {
+                            t.ended = true;
+                            t.incoming = None;
+                            sh.done.notify_waiters();
                         }
                         Frame::data(d)
                     }

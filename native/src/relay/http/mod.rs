@@ -24,6 +24,7 @@
 
 mod body;
 pub mod config;
+pub mod metrics;
 mod pool;
 mod proxy;
 pub mod route;

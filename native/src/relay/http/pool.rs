@@ -77,6 +77,10 @@ pub enum ConnectError {
 pub struct Pool {
     h1: Mutex<HashMap<Key, Vec<http1::SendRequest<HttpBody>>>>,
     h2: Mutex<HashMap<Key, http2::SendRequest<HttpBody>>>,
+    /// One HTTP/2 dial at a time per key: requests arriving while the
+    /// connection is being set up wait for it and share it (as Envoy's pool
+    /// does), instead of each dialing its own.
+    dialing: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Pool {
@@ -89,15 +93,22 @@ impl Pool {
         tls: &MeshTls,
         identity: Option<&Arc<TlsIdentity>>,
     ) -> Result<(Sender, bool), ConnectError> {
+        let mut _dial_turn = None;
         if key.h2 {
-            let existing = {
-                let m = self.h2.lock().unwrap_or_else(|e| e.into_inner());
-                m.get(key).filter(|s| !s.is_closed()).cloned()
-            };
-            if let Some(mut s) = existing {
-                if s.ready().await.is_ok() {
-                    return Ok((Sender::H2(s), true));
+            if let Some(s) = self.shared_h2(key).await {
+                return Ok((Sender::H2(s), true));
+            }
+            let turn = {
+                let mut d = self.dialing.lock().unwrap_or_else(|e| e.into_inner());
+                if d.len() >= MAX_KEYS {
+                    d.clear();
                 }
+                d.entry(key.clone()).or_default().clone()
+            };
+            _dial_turn = Some(turn.lock_owned().await);
+            // Dialed by the request that had the turn before.
+            if let Some(s) = self.shared_h2(key).await {
+                return Ok((Sender::H2(s), true));
             }
         } else {
             loop {
@@ -146,6 +157,17 @@ impl Pool {
             });
             Ok((Sender::H1(s), false))
         }
+    }
+
+    /// The open HTTP/2 connection for `key`, ready for a stream.
+    async fn shared_h2(&self, key: &Key) -> Option<http2::SendRequest<HttpBody>> {
+        let existing = {
+            let m = self.h2.lock().unwrap_or_else(|e| e.into_inner());
+            m.get(key).filter(|s| !s.is_closed()).cloned()
+        };
+        let mut s = existing?;
+        s.ready().await.ok()?;
+        Some(s)
     }
 
     /// An HTTP/1.1 connection whose response was read to the end, back to

@@ -48,6 +48,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::body::{self, BoxError, HttpBody, Replay, REPLAY_CAP};
+use super::metrics::Observed;
 use super::pool::{ConnectError, Downstream, Key, Sender};
 use super::route::{
     Abort, Action, Forward, HashSpec, PortRoutes, Redirect, RetryOn, RetrySpec, Target, VirtualHost, MILLION,
@@ -56,6 +57,7 @@ use super::HttpState;
 use crate::lb::{hash_key, EndpointState, LiveCluster, Outcome, Rng};
 use crate::relay::accept::Ctx;
 use crate::relay::admit::Phase;
+use crate::relay::metrics::{Flags, OutboundPeer, Route};
 use crate::relay::outbound::{pick, Picked};
 use crate::relay::tls::{expected_identity, TlsIdentity};
 use crate::relay::{monotonic_ms, Routes, Shared};
@@ -63,6 +65,8 @@ use crate::relay::{monotonic_ms, Routes, Shared};
 /// Envoy's names for the clusters istiod routes to outside the registry.
 const PASSTHROUGH: &str = "PassthroughCluster";
 const BLACKHOLE: &str = "BlackHoleCluster";
+/// Request headers at most (Envoy's `max_request_headers_kb` default).
+const MAX_HEAD_BYTES: u64 = 60 * 1024;
 /// A route without a retry policy.
 static NO_RETRY: RetrySpec = RetrySpec::NONE;
 
@@ -125,7 +129,7 @@ pub(crate) async fn serve(
             b.timer(TokioTimer::new())
                 .max_concurrent_streams(1024)
                 // Envoy's max_request_headers_kb default: 60 KiB.
-                .max_header_list_size(60 * 1024)
+                .max_header_list_size(MAX_HEAD_BYTES as u32)
                 .keep_alive_interval(Duration::from_secs(60))
                 .keep_alive_timeout(Duration::from_secs(20));
             let _ = b.serve_connection(io, svc).await;
@@ -264,20 +268,77 @@ fn request_id(rng: &mut Rng) -> HeaderValue {
 }
 
 async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<HttpBody> {
+    let started = std::time::Instant::now();
+    let grpc = is_grpc(req.headers());
+    let head = head_bytes(req.headers()) + req.uri().to_string().len() as u64 + req.method().as_str().len() as u64;
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| req.headers().get(header::HOST).and_then(|v| v.to_str().ok()).map(str::to_owned))
+        .unwrap_or_default();
+    let (resp, meta) = route_request(&conn, req, host.clone(), grpc).await;
+    if resp.status().is_server_error() {
+        conn.http().counters.responses_5xx.fetch_add(1, Ordering::Relaxed);
+    }
+    if !conn.sh.metrics.enabled() {
+        return resp;
+    }
+    let status = resp.status().as_u16();
+    let grpc_status = grpc_status_in(resp.headers());
+    let resp_head = head_bytes(resp.headers());
+    let (parts, body) = resp.into_parts();
+    let pending =
+        Pending { conn, meta, started, grpc, status, grpc_status, request_head: head, response_bytes: resp_head, host };
+    Response::from_parts(parts, Observe { inner: body, pending: Some(pending) }.boxed_unsync())
+}
+
+/// What a request's metrics say beyond its response: where it went.
+#[derive(Default)]
+struct Meta {
+    /// The cluster routed to; None: no route (or a local answer).
+    cluster: Option<String>,
+    passthrough: bool,
+    workload: String,
+    principal: Option<String>,
+    local_principal: Option<String>,
+    flags: Flags,
+    replay: Option<Replay>,
+}
+
+impl Meta {
+    fn flagged(flags: Flags) -> Meta {
+        Meta { flags, ..Meta::default() }
+    }
+}
+
+/// The header bytes of a message, as HTTP/1.1 would write them (`name: value\r\n`).
+fn head_bytes(h: &HeaderMap) -> u64 {
+    h.iter().map(|(n, v)| (n.as_str().len() + v.len() + 4) as u64).sum()
+}
+
+fn grpc_status_in(h: &HeaderMap) -> Option<u32> {
+    h.get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
+}
+
+async fn route_request(
+    conn: &Arc<Conn>,
+    req: Request<Incoming>,
+    authority: String,
+    grpc: bool,
+) -> (Response<HttpBody>, Meta) {
     let st = conn.http();
     let c = &st.counters;
     c.requests.fetch_add(1, Ordering::Relaxed);
     let _in_flight = InFlight::enter(&st.requests_active);
     let n = conn.seq.fetch_add(1, Ordering::Relaxed);
     let mut rng = Rng::new(conn.seed ^ n.wrapping_mul(0xd6e8_feb8_6659_fd93));
-    let grpc = is_grpc(req.headers());
+    // Envoy's max_request_headers_kb default (60 KiB); HTTP/2 enforces it
+    // in the codec, HTTP/1 here.
+    if head_bytes(req.headers()) > MAX_HEAD_BYTES {
+        return (local_reply(431, "request header fields too large", grpc), Meta::default());
+    }
     let (parts, body) = req.into_parts();
-    let authority = parts
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| parts.headers.get(header::HOST).and_then(|v| v.to_str().ok()).map(str::to_owned))
-        .unwrap_or_default();
     let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
     let view = super::route::RequestView {
         method: parts.method.as_str(),
@@ -289,14 +350,14 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<HttpBody> {
     let port = conn.port.clone();
     let Some(vh) = port.virtual_host(&authority) else {
         c.no_route.fetch_add(1, Ordering::Relaxed);
-        return local_reply(404, "route_not_found", grpc);
+        return (local_reply(404, "route_not_found", grpc), Meta::flagged(Flags::NO_ROUTE_FOUND));
     };
     let draw = rng.below(u64::from(MILLION)) as u32;
     let Some(route) = vh.routes.iter().find(|r| r.matches(&view, draw)) else {
         c.no_route.fetch_add(1, Ordering::Relaxed);
-        return local_reply(404, "route_not_found", grpc);
+        return (local_reply(404, "route_not_found", grpc), Meta::flagged(Flags::NO_ROUTE_FOUND));
     };
-    let mut resp = match &route.action {
+    let (mut resp, meta) = match &route.action {
         Action::Direct { status, body } => {
             c.direct_responses.fetch_add(1, Ordering::Relaxed);
             let mut r = Response::new(body::full(body.clone()));
@@ -304,46 +365,151 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<HttpBody> {
             if !body.is_empty() {
                 r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
             }
-            r
+            (r, Meta::default())
         }
         Action::Redirect(rd) => {
             c.redirects.fetch_add(1, Ordering::Relaxed);
-            redirect(rd, &authority, &pq, route)
+            (redirect(rd, &authority, &pq, route), Meta::default())
         }
         Action::Forward(fwd) => {
+            let target = fwd.target(rng.next_u64());
             // Fault injection (envoy.filters.http.fault): the route's
             // config, else the virtual host's; delay, then abort.
+            let mut fault_flags = Flags::NONE;
             if let Some(f) = route.fault.as_ref().or(vh.fault.as_ref()) {
                 if let Some((d, share)) = f.delay {
                     if (rng.below(u64::from(MILLION)) as u32) < share {
                         c.fault_delays.fetch_add(1, Ordering::Relaxed);
+                        fault_flags = Flags::DELAY_INJECTED;
                         tokio::time::sleep(d).await;
                     }
                 }
                 if let Some((what, share)) = f.abort {
                     if (rng.below(u64::from(MILLION)) as u32) < share {
                         c.fault_aborts.fetch_add(1, Ordering::Relaxed);
-                        return match what {
+                        let r = match what {
                             Abort::Http(s) => local_reply(s, "fault filter abort", grpc),
                             Abort::Grpc(g) => grpc_reply(g, "fault filter abort"),
                         };
+                        let meta = Meta {
+                            cluster: Some(target.cluster.clone()),
+                            passthrough: target.cluster == PASSTHROUGH,
+                            flags: fault_flags.union(Flags::FAULT_INJECTED),
+                            ..Meta::default()
+                        };
+                        return (r, meta);
                     }
                 }
             }
-            let target = fwd.target(rng.next_u64());
             let req = Prepared { parts, authority, pq, grpc };
-            let mut r = forward(&conn, vh, route, fwd, target, req, body, rng).await;
+            let (mut r, mut meta) = forward(conn, vh, route, fwd, target, req, body, rng).await;
+            meta.flags = meta.flags.union(fault_flags);
             target.response_ops.apply(r.headers_mut());
-            r
+            (r, meta)
         }
     };
     route.response_ops.apply(resp.headers_mut());
     vh.response_ops.apply(resp.headers_mut());
     port.response_ops.apply(resp.headers_mut());
-    if resp.status().is_server_error() {
-        c.responses_5xx.fetch_add(1, Ordering::Relaxed);
+    (resp, meta)
+}
+
+/// A request's metrics, counted when its response stream ends.
+struct Pending {
+    conn: Arc<Conn>,
+    meta: Meta,
+    started: std::time::Instant,
+    grpc: bool,
+    status: u16,
+    grpc_status: Option<u32>,
+    request_head: u64,
+    response_bytes: u64,
+    host: String,
+}
+
+impl Pending {
+    fn record(self) {
+        let m = &self.meta;
+        let route = match (&m.cluster, m.passthrough) {
+            (_, true) => Route::Passthrough,
+            (Some(c), false) => Route::Cluster(c),
+            (None, false) => Route::Cluster(""),
+        };
+        let o = Observed {
+            route,
+            peer: OutboundPeer {
+                workload: &m.workload,
+                principal: m.principal.as_deref(),
+                local_principal: m.local_principal.as_deref(),
+                mx: None,
+            },
+            host: &self.host,
+            flags: m.flags,
+            grpc: self.grpc,
+            status: self.status,
+            grpc_status: self.grpc_status,
+        };
+        let request_bytes = self.request_head + m.replay.as_ref().map_or(0, Replay::bytes_read);
+        let ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        let metrics = &self.conn.sh.metrics;
+        metrics.http.record(&metrics.local(), &o, ms, request_bytes, self.response_bytes);
     }
-    resp
+}
+
+/// The response body downstream, counting its bytes and reading the gRPC
+/// status of its trailers; the request's metrics are counted at its end
+/// (or when dropped: the client went away).
+struct Observe {
+    inner: HttpBody,
+    pending: Option<Pending>,
+}
+
+impl Observe {
+    fn finish(&mut self) {
+        if let Some(p) = self.pending.take() {
+            p.record();
+        }
+    }
+}
+
+impl Drop for Observe {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+impl Body for Observe {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        match &r {
+            Poll::Ready(Some(Ok(f))) => {
+                if let (Some(p), Some(d)) = (self.pending.as_mut(), f.data_ref()) {
+                    p.response_bytes += d.len() as u64;
+                }
+                if let (Some(p), Some(t)) = (self.pending.as_mut(), f.trailers_ref()) {
+                    p.grpc_status = grpc_status_in(t).or(p.grpc_status);
+                    p.response_bytes += head_bytes(t);
+                }
+                if self.inner.is_end_stream() {
+                    self.finish();
+                }
+            }
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.finish(),
+            Poll::Pending => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 fn redirect(rd: &Redirect, authority: &str, pq: &str, route: &super::route::Route) -> Response<HttpBody> {
@@ -399,6 +565,8 @@ enum Dest {
 /// One attempt's endpoint.
 struct Endpoint {
     addr: SocketAddr,
+    /// Its `istio.workload` metadata ("" when none).
+    workload: String,
     /// The cluster's endpoint, for outlier reports and LEAST_REQUEST.
     state: Option<(Arc<LiveCluster>, usize, Arc<EndpointState>)>,
     tls: Option<(Option<String>, crate::relay::tls::PeerIdentity)>,
@@ -406,8 +574,18 @@ struct Endpoint {
 
 /// How an attempt failed before response headers.
 enum Failure {
-    Connect { timed_out: bool, why: String },
-    Reset { refused: bool, why: String },
+    /// The client's request body failed (malformed, reset): Envoy's
+    /// downstream protocol error, answered 400, never held against the
+    /// upstream nor retried.
+    Downstream,
+    Connect {
+        timed_out: bool,
+        why: String,
+    },
+    Reset {
+        refused: bool,
+        why: String,
+    },
     PerTry,
     Deadline,
     NoHealthy,
@@ -424,17 +602,23 @@ async fn forward(
     req: Prepared,
     body: Incoming,
     mut rng: Rng,
-) -> Response<HttpBody> {
+) -> (Response<HttpBody>, Meta) {
     let st = conn.http();
     let c = &st.counters;
     let start = Instant::now();
     let deadline = fwd.timeout.map(|t| start + t);
     let spec = fwd.retry.as_ref().or(vh.retry.as_ref()).unwrap_or(&NO_RETRY);
     let replay = Replay::new(body, REPLAY_CAP);
-    let Prepared { parts, authority, pq, grpc } = req;
+    let mut meta = Meta {
+        cluster: Some(target.cluster.clone()),
+        passthrough: target.cluster == PASSTHROUGH,
+        replay: Some(replay.clone()),
+        ..Meta::default()
+    };
+    let Prepared { mut parts, authority, pq, grpc } = req;
 
     // The headers every attempt sends.
-    let mut headers = parts.headers.clone();
+    let mut headers = std::mem::take(&mut parts.headers);
     strip_hop_by_hop(&mut headers);
     if !headers.contains_key("x-request-id") {
         headers.insert("x-request-id", request_id(&mut rng));
@@ -467,7 +651,8 @@ async fn forward(
         PASSTHROUGH => Dest::Orig(conn.orig),
         BLACKHOLE => {
             c.no_healthy_upstream.fetch_add(1, Ordering::Relaxed);
-            return local_reply(502, "blocked by REGISTRY_ONLY", grpc);
+            meta.flags = Flags::NO_HEALTHY_UPSTREAM;
+            return (local_reply(502, "blocked by REGISTRY_ONLY", grpc), meta);
         }
         name => match conn.tables.lb.lb().cluster(name) {
             Some(cl) => Dest::Cluster(cl),
@@ -475,7 +660,8 @@ async fn forward(
                 Some((h, p)) => Dest::Dns(h.clone(), *p),
                 None => {
                     c.unknown_cluster.fetch_add(1, Ordering::Relaxed);
-                    return local_reply(503, "no cluster", grpc);
+                    meta.flags = Flags::NO_CLUSTER_FOUND;
+                    return (local_reply(503, "no cluster", grpc), meta);
                 }
             },
         },
@@ -515,11 +701,18 @@ async fn forward(
             }
         };
         tried.push(ep.addr);
+        meta.workload.clone_from(&ep.workload);
+        meta.principal = match &ep.tls {
+            Some((_, crate::relay::tls::PeerIdentity::AnyOf(ids))) if ids.len() == 1 => Some(ids[0].clone()),
+            _ => None,
+        };
+        meta.local_principal = ep.tls.as_ref().and(identity.as_ref()).map(|id| id.uri().to_owned());
         let _retry_slot = (retries_done > 0).then(|| InFlight::enter(&st.retries_active));
         if retries_done > 0 {
             c.retries.fetch_add(1, Ordering::Relaxed);
         }
-        let mut h = headers.clone();
+        // The last attempt the policy allows takes the headers; earlier ones copy them.
+        let mut h = if retries_done >= spec.num_retries { std::mem::take(&mut headers) } else { headers.clone() };
         if vh.attempt_count {
             h.insert("x-envoy-attempt-count", HeaderValue::from(attempt));
         }
@@ -564,9 +757,16 @@ async fn forward(
                     backoff(spec, retries_done, deadline, &mut rng).await;
                     continue;
                 }
-                return respond(conn, resp, back, key, started);
+                return (respond(conn, resp, back, key, started), meta);
             }
             Err(f) => {
+                meta.flags = meta.flags.union(match &f {
+                    Failure::Downstream => Flags::NONE,
+                    Failure::Connect { .. } | Failure::NoIdentity => Flags::UPSTREAM_CONNECT_FAILURE,
+                    Failure::Reset { .. } => Flags::UPSTREAM_CONNECTION_TERMINATION,
+                    Failure::PerTry | Failure::Deadline => Flags::UPSTREAM_REQUEST_TIMEOUT,
+                    Failure::NoHealthy => Flags::NO_HEALTHY_UPSTREAM,
+                });
                 match &f {
                     Failure::Connect { timed_out, .. } => {
                         c.connect_failures.fetch_add(1, Ordering::Relaxed);
@@ -584,7 +784,7 @@ async fn forward(
                         report(Outcome::Timeout);
                     }
                     Failure::Deadline => report(Outcome::Timeout),
-                    Failure::NoHealthy | Failure::NoIdentity => {}
+                    Failure::NoHealthy | Failure::NoIdentity | Failure::Downstream => {}
                 }
                 let deadline_hit = matches!(f, Failure::Deadline);
                 last = Some(f);
@@ -597,7 +797,18 @@ async fn forward(
             }
         }
     }
-    match last {
+    meta.flags = meta.flags.union(match &last {
+        Some(Failure::Downstream) => Flags::NONE,
+        Some(Failure::Deadline) | Some(Failure::PerTry) => Flags::UPSTREAM_REQUEST_TIMEOUT,
+        Some(Failure::NoHealthy) | None => Flags::NO_HEALTHY_UPSTREAM,
+        Some(Failure::Connect { .. }) | Some(Failure::NoIdentity) => Flags::UPSTREAM_CONNECT_FAILURE,
+        Some(Failure::Reset { .. }) => Flags::UPSTREAM_CONNECTION_TERMINATION,
+    });
+    if retries_done > 0 {
+        meta.flags = meta.flags.union(Flags::RETRY_LIMIT_EXCEEDED);
+    }
+    let r = match last {
+        Some(Failure::Downstream) => local_reply(400, "malformed request body", grpc),
         Some(Failure::Deadline) | Some(Failure::PerTry) => {
             c.timeouts.fetch_add(1, Ordering::Relaxed);
             local_reply(504, "upstream request timeout", grpc)
@@ -621,7 +832,8 @@ async fn forward(
             &format!("upstream connect error or disconnect/reset before headers. reset reason: connection termination: {why}"),
             grpc,
         ),
-    }
+    };
+    (r, meta)
 }
 
 /// Whether another attempt may follow: attempts left, the body replayable,
@@ -647,7 +859,7 @@ fn may_retry(st: &HttpState, spec: &RetrySpec, replay: &Replay, done: u32, failu
                 || (*refused && on.has(RetryOn::REFUSED_STREAM))
         }
         Some(Failure::PerTry) => on.has(RetryOn::FIVE_XX) || on.has(RetryOn::GATEWAY_ERROR) || on.has(RetryOn::RESET),
-        Some(Failure::Deadline) | Some(Failure::NoHealthy) => false,
+        Some(Failure::Deadline) | Some(Failure::NoHealthy) | Some(Failure::Downstream) => false,
     };
     if !wanted {
         return false;
@@ -755,7 +967,7 @@ async fn choose(
 ) -> Result<Endpoint, Failure> {
     let sh = &conn.sh;
     match dest {
-        Dest::Orig(a) => Ok(Endpoint { addr: *a, state: None, tls: None }),
+        Dest::Orig(a) => Ok(Endpoint { addr: *a, workload: String::new(), state: None, tls: None }),
         Dest::Dns(host, port) => {
             let addrs: Vec<SocketAddr> =
                 match tokio::time::timeout(sh.cfg.connect_timeout, tokio::net::lookup_host((host.as_str(), *port)))
@@ -765,14 +977,14 @@ async fn choose(
                     _ => Vec::new(),
                 };
             let a = addrs.iter().find(|a| !avoid.contains(a)).or(addrs.first()).ok_or(Failure::NoHealthy)?;
-            Ok(Endpoint { addr: *a, state: None, tls: None })
+            Ok(Endpoint { addr: *a, workload: String::new(), state: None, tls: None })
         }
         Dest::Cluster(cl) => {
             let Picked { addr, index, istio, service_account, workload } =
                 pick(sh, cl, hash, rng, avoid).ok_or(Failure::NoHealthy)?;
             let state = Some((cl.clone(), index, cl.state(index).clone()));
             if !istio {
-                return Ok(Endpoint { addr, state, tls: None });
+                return Ok(Endpoint { addr, workload, state, tls: None });
             }
             if identity.is_none() {
                 *identity = sh.tls.identity();
@@ -787,7 +999,7 @@ async fn choose(
                 return Err(Failure::NoIdentity);
             };
             let expect = expected_identity(&service_account, &workload, id.trust_domain());
-            Ok(Endpoint { addr, state, tls: Some((sni.map(str::to_owned), expect)) })
+            Ok(Endpoint { addr, workload, state, tls: Some((sni.map(str::to_owned), expect)) })
         }
     }
 }
@@ -841,6 +1053,7 @@ async fn send_once(
             };
             Ok((resp, back))
         }
+        Err(_) if replay.client_failed() => Err(Failure::Downstream),
         Err(e) => {
             let refused = std::error::Error::source(&e)
                 .and_then(|s| s.downcast_ref::<h2::Error>())

@@ -717,8 +717,15 @@ fn forward(a: &wire::RouteAction, field: &str) -> Result<Forward> {
         None => Some(Duration::from_secs(15)),
     };
     let retry = a.retry_policy.as_ref().map(|p| retry_spec(p, &format!("{field}.retry_policy"))).transpose()?;
+    // Envoy's regex_rewrite replaces every match in the path (RE2's
+    // GlobalReplace): the pattern is not anchored.
     let regex_rewrite = match &a.regex_rewrite {
-        Some(r) => Some((full_regex(&r.pattern.regex, &format!("{field}.regex_rewrite"))?, r.substitution.clone())),
+        Some(r) => {
+            let re = regex::RegexBuilder::new(&r.pattern.regex).size_limit(1 << 20).build().map_err(|e| {
+                field_err(format!("{field}.regex_rewrite"), format!("invalid regex {:?}: {e}", r.pattern.regex))
+            })?;
+            Some((re, r.substitution.clone()))
+        }
         None => None,
     };
     let host_rewrite = match &a.host_rewrite_literal {
@@ -973,7 +980,7 @@ impl Route {
             self.replace_prefix(pre, path)?
         } else if let Some((re, sub)) = &fwd.regex_rewrite {
             // RE2 substitutions write groups as \1; the regex crate as ${1}.
-            re.replace(path, to_regex_substitution(sub).as_str()).into_owned()
+            re.replace_all(path, to_regex_substitution(sub).as_str()).into_owned()
         } else {
             return None;
         };

@@ -268,3 +268,98 @@ fn random_json_never_panics_the_compiler() {
         }
     }
 }
+
+#[test]
+fn http_series_carry_istios_25_labels_and_envoys_buckets() {
+    use super::metrics::{labels, render_text, HttpMetrics, Observed, HTTP_LABELS};
+    use crate::relay::metrics::{Flags, LocalWorkload, OutboundPeer, Route};
+    let local = LocalWorkload {
+        workload: "client-vm".into(),
+        namespace: "apps".into(),
+        app: "client".into(),
+        version: "v1".into(),
+        canonical_service: "client".into(),
+        canonical_revision: "v1".into(),
+        cluster: "vm-net".into(),
+        ..Default::default()
+    };
+    let o = Observed {
+        route: Route::Cluster("outbound|9080|v2|reviews.default.svc.cluster.local"),
+        peer: OutboundPeer {
+            workload: "reviews-v2;default;reviews;v2;Kubernetes",
+            principal: Some("spiffe://cluster.local/ns/default/sa/reviews"),
+            local_principal: Some("spiffe://cluster.local/ns/apps/sa/client"),
+            mx: None,
+        },
+        host: "reviews:9080",
+        flags: Flags::NONE,
+        grpc: true,
+        status: 200,
+        grpc_status: Some(14),
+    };
+    let l = labels(&local, &o);
+    let m: std::collections::HashMap<&str, &str> =
+        HTTP_LABELS.iter().copied().zip(l.iter().map(String::as_str)).collect();
+    assert_eq!(m["reporter"], "source");
+    assert_eq!(m["source_workload"], "client-vm");
+    assert_eq!(m["source_principal"], "spiffe://cluster.local/ns/apps/sa/client");
+    assert_eq!(m["destination_workload"], "reviews-v2");
+    assert_eq!(m["destination_principal"], "spiffe://cluster.local/ns/default/sa/reviews");
+    assert_eq!(m["destination_service"], "reviews.default.svc.cluster.local");
+    assert_eq!(m["destination_service_name"], "reviews");
+    assert_eq!(m["destination_canonical_revision"], "v2");
+    assert_eq!((m["request_protocol"], m["response_code"], m["grpc_response_status"]), ("grpc", "200", "14"));
+    assert_eq!((m["response_flags"], m["connection_security_policy"]), ("-", "unknown"));
+    // A passthrough request: the service is the Host header's.
+    let pt = Observed {
+        route: Route::Passthrough,
+        grpc: false,
+        grpc_status: None,
+        status: 503,
+        flags: Flags::UPSTREAM_CONNECT_FAILURE.union(Flags::RETRY_LIMIT_EXCEEDED),
+        peer: OutboundPeer::default(),
+        ..o
+    };
+    let l2 = labels(&local, &pt);
+    let m2: std::collections::HashMap<&str, &str> =
+        HTTP_LABELS.iter().copied().zip(l2.iter().map(String::as_str)).collect();
+    assert_eq!((m2["destination_service"], m2["destination_service_name"]), ("reviews", "PassthroughCluster"));
+    assert_eq!((m2["response_code"], m2["grpc_response_status"], m2["response_flags"]), ("503", "", "UF,URX"));
+
+    let reg = HttpMetrics::new(2);
+    reg.record(&local, &o, 3.0, 120, 40);
+    reg.record(&local, &o, 700.0, 120, 40);
+    reg.record(&local, &pt, 1.0, 10, 0);
+    // Cap: a third label set is dropped, counted.
+    reg.record(&local, &Observed { status: 404, ..pt }, 1.0, 10, 0);
+    assert_eq!(reg.dropped(), 1);
+    let mut text = String::new();
+    render_text(&[&reg], &mut text);
+    assert_eq!(text.matches("# TYPE istio_requests_total counter").count(), 1);
+    assert_eq!(text.matches("# TYPE istio_request_duration_milliseconds histogram").count(), 1);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("istio_requests_total{") && l.contains("grpc_response_status=\"14\""))
+        .unwrap();
+    assert!(line.ends_with(" 2"), "{line}");
+    assert!(line.starts_with("istio_requests_total{reporter=\"source\",source_workload=\"client-vm\","), "{line}");
+    // Cumulative buckets: 3 ms is in le=5, 700 ms in le=1000.
+    let b = |le: &str| {
+        text.lines()
+            .find(|l| {
+                l.starts_with("istio_request_duration_milliseconds_bucket{")
+                    && l.contains("grpc_response_status=\"14\"")
+                    && l.contains(&format!("le=\"{le}\""))
+            })
+            .unwrap()
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(
+        (b("1").as_str(), b("5").as_str(), b("500").as_str(), b("1000").as_str(), b("+Inf").as_str()),
+        ("0", "1", "1", "2", "2")
+    );
+    assert!(text.contains("istio_request_duration_milliseconds_sum{") && text.contains("} 703\n"));
+}

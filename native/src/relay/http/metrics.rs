@@ -1,0 +1,248 @@
+//! Istio's HTTP metrics for the outbound HTTP path (`reporter="source"`):
+//! `istio_requests_total`, `istio_request_duration_milliseconds`,
+//! `istio_request_bytes` and `istio_response_bytes`, one series per label
+//! set of Istio's 25 labels (istio/proxy
+//! `source/extensions/filters/http/istio_stats/istio_stats.cc`), counted when
+//! a request's stream ends. The labels are those of the TCP metrics
+//! ([`crate::relay::metrics::outbound_labels`]: local workload, the
+//! endpoint's `istio.workload` metadata, the upstream identity) with
+//! `request_protocol` `http` or `grpc`, `response_code` (`0` when no
+//! response came), `grpc_response_status` (empty for non-gRPC) and Envoy's
+//! response flags. Histograms use Envoy's default buckets
+//! (`source/common/stats/histogram_impl.cc`), for the byte ones too.
+//!
+//! A request finds its series by a short key (cluster, endpoint workload,
+//! identities, status, flags) without building the labels; they are built
+//! once per new series. At most `max` series (the TCP metrics' cap); a
+//! request that would add one more is counted as dropped.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::relay::metrics::{
+    escape_into, join, outbound_labels, Flags, LocalWorkload, OutboundPeer, Route, WORKLOAD_LABELS,
+};
+
+/// Istio's HTTP label names, in istio_stats.cc's order.
+pub const HTTP_LABELS: [&str; 25] = join(
+    WORKLOAD_LABELS,
+    ["request_protocol", "response_code", "grpc_response_status", "response_flags", "connection_security_policy"],
+);
+
+/// Envoy's default histogram buckets.
+pub const BUCKETS: [f64; 19] = [
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0, 60000.0, 300000.0,
+    600000.0, 1800000.0, 3600000.0,
+];
+
+/// A histogram: per-bucket counts (not cumulative), the count and the sum
+/// (in thousandths).
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; 19],
+    count: AtomicU64,
+    sum_milli: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, v: f64) {
+        let v = if v.is_finite() && v > 0.0 { v } else { 0.0 };
+        if let Some(i) = BUCKETS.iter().position(|b| v <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_milli.fetch_add((v * 1000.0) as u64, Ordering::Relaxed);
+    }
+
+    /// Cumulative counts per bucket, the count and the sum.
+    pub fn read(&self) -> ([u64; 19], u64, f64) {
+        let mut out = [0u64; 19];
+        let mut acc = 0;
+        for (i, b) in self.buckets.iter().enumerate() {
+            acc += b.load(Ordering::Relaxed);
+            out[i] = acc;
+        }
+        (out, self.count.load(Ordering::Relaxed), self.sum_milli.load(Ordering::Relaxed) as f64 / 1000.0)
+    }
+}
+
+/// One label set's values.
+#[derive(Debug, Default)]
+pub struct HttpSeries {
+    pub requests: AtomicU64,
+    pub duration_ms: Histogram,
+    pub request_bytes: Histogram,
+    pub response_bytes: Histogram,
+}
+
+/// What one request's labels are made of.
+#[derive(Debug, Clone, Copy)]
+pub struct Observed<'a> {
+    pub route: Route<'a>,
+    pub peer: OutboundPeer<'a>,
+    /// The request's host, the destination service of a PassthroughCluster
+    /// request (istio_stats.cc falls back to the Host header).
+    pub host: &'a str,
+    pub flags: Flags,
+    pub grpc: bool,
+    /// 0: no response (reset, or a failure before headers).
+    pub status: u16,
+    pub grpc_status: Option<u32>,
+}
+
+type Entry = (Arc<[String; 25]>, Arc<HttpSeries>);
+
+/// A relay's HTTP series.
+#[derive(Debug)]
+pub struct HttpMetrics {
+    series: Mutex<HashMap<String, Entry>>,
+    max: usize,
+    dropped: AtomicU64,
+}
+
+impl HttpMetrics {
+    pub fn new(max: usize) -> HttpMetrics {
+        HttpMetrics { series: Mutex::new(HashMap::new()), max, dropped: AtomicU64::new(0) }
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Counts one finished request.
+    pub fn record(&self, local: &LocalWorkload, o: &Observed<'_>, ms: f64, request_bytes: u64, response_bytes: u64) {
+        let Some(s) = self.series(local, o) else { return };
+        s.requests.fetch_add(1, Ordering::Relaxed);
+        s.duration_ms.observe(ms);
+        s.request_bytes.observe(request_bytes as f64);
+        s.response_bytes.observe(response_bytes as f64);
+    }
+
+    fn series(&self, local: &LocalWorkload, o: &Observed<'_>) -> Option<Arc<HttpSeries>> {
+        use std::fmt::Write as _;
+        let mut key = String::with_capacity(160);
+        let cluster = match o.route {
+            Route::Cluster(c) => c,
+            Route::Passthrough => "",
+        };
+        let host = if matches!(o.route, Route::Passthrough) { o.host } else { "" };
+        let _ = write!(
+            key,
+            "{cluster}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{host}",
+            o.peer.workload,
+            o.peer.principal.unwrap_or_default(),
+            o.peer.local_principal.unwrap_or_default(),
+            o.status,
+            o.grpc_status.map_or(-1, i64::from),
+            o.flags.bits(),
+            u8::from(o.grpc),
+        );
+        let mut map = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, s)) = map.get(&key) {
+            return Some(s.clone());
+        }
+        if map.len() >= self.max {
+            drop(map);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        let s = Arc::new(HttpSeries::default());
+        map.insert(key, (Arc::new(labels(local, o)), s.clone()));
+        Some(s)
+    }
+
+    /// Every series, sorted by labels.
+    pub fn snapshot(&self) -> Vec<(Arc<[String; 25]>, Arc<HttpSeries>)> {
+        let map = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<Entry> = map.values().cloned().collect();
+        drop(map);
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+}
+
+/// The 25 label values of a request.
+pub fn labels(local: &LocalWorkload, o: &Observed<'_>) -> [String; 25] {
+    let t = outbound_labels(local, o.route, &o.peer, o.flags).0;
+    let [reporter, sw, swn, sp, sa, sv, scs, scr, sc, dw, dwn, dp, da, dv, ds, dsn, dsns, dcs, dcr, dc, _proto, flags, csp] =
+        t;
+    let ds = if matches!(o.route, Route::Passthrough) && !o.host.is_empty() {
+        crate::relay::http::route::strip_port(o.host).to_owned()
+    } else {
+        ds
+    };
+    [
+        reporter,
+        sw,
+        swn,
+        sp,
+        sa,
+        sv,
+        scs,
+        scr,
+        sc,
+        dw,
+        dwn,
+        dp,
+        da,
+        dv,
+        ds,
+        dsn,
+        dsns,
+        dcs,
+        dcr,
+        dc,
+        if o.grpc { "grpc" } else { "http" }.to_owned(),
+        o.status.to_string(),
+        o.grpc_status.map(|g| g.to_string()).unwrap_or_default(),
+        flags,
+        csp,
+    ]
+}
+
+/// The HTTP families of several registries in the Prometheus text format
+/// 0.0.4, appended to `out`: each family once with HELP and TYPE.
+pub fn render_text(registries: &[&HttpMetrics], out: &mut String) {
+    use std::fmt::Write as _;
+    let series: Vec<Entry> = registries.iter().flat_map(|m| m.snapshot()).collect();
+    let labels: Vec<String> = series
+        .iter()
+        .map(|(l, _)| {
+            let mut s = String::with_capacity(700);
+            for (i, (k, v)) in HTTP_LABELS.iter().zip(l.iter()).enumerate() {
+                if i > 0 {
+                    s.push(',');
+                }
+                s.push_str(k);
+                s.push_str("=\"");
+                escape_into(&mut s, v);
+                s.push('"');
+            }
+            s
+        })
+        .collect();
+    let name = "istio_requests_total";
+    let _ = writeln!(out, "# HELP {name} Total requests.\n# TYPE {name} counter");
+    for ((_, s), l) in series.iter().zip(&labels) {
+        let _ = writeln!(out, "{name}{{{l}}} {}", s.requests.load(Ordering::Relaxed));
+    }
+    type Pick = fn(&HttpSeries) -> &Histogram;
+    let hists: [(&str, &str, Pick); 3] = [
+        ("istio_request_duration_milliseconds", "Request duration in milliseconds.", |s| &s.duration_ms),
+        ("istio_request_bytes", "Request sizes in bytes.", |s| &s.request_bytes),
+        ("istio_response_bytes", "Response sizes in bytes.", |s| &s.response_bytes),
+    ];
+    for (name, help, pick) in hists {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for ((_, s), l) in series.iter().zip(&labels) {
+            let (cum, count, sum) = pick(s).read();
+            for (b, c) in BUCKETS.iter().zip(cum) {
+                let _ = writeln!(out, "{name}_bucket{{{l},le=\"{b}\"}} {c}");
+            }
+            let _ = writeln!(out, "{name}_bucket{{{l},le=\"+Inf\"}} {count}");
+            let _ = writeln!(out, "{name}_sum{{{l}}} {sum}");
+            let _ = writeln!(out, "{name}_count{{{l}}} {count}");
+        }
+    }
+}

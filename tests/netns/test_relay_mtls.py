@@ -799,6 +799,8 @@ def test_http_requests_ride_pooled_mtls_connections_to_the_inbound(mesh: Mesh) -
             ],
         }
         mesh.outbound.set_http_routes([(80, json.dumps(rc))])
+        log = mesh.tmp / "http-access.log"
+        mesh.outbound.set_access_log(str(log), "JSON")
         got = []
         for _ in range(2):  # two client connections, five requests each
             c = http.client.HTTPConnection("127.1.0.6", 80, timeout=10)
@@ -833,6 +835,18 @@ def test_http_requests_ride_pooled_mtls_connections_to_the_inbound(mesh: Mesh) -
         ):
             assert label in line, (label, line)
         assert 'istio_request_duration_milliseconds_count{reporter="source"' in text
+        # Envoy's access log: a line per request (none for the connections), Istio's JSON keys.
+        mesh.outbound.set_access_log(None)
+        lines = [json.loads(x) for x in log.read_text().splitlines()]
+        assert [(x["method"], x["path"], x["response_code"]) for x in lines] == [
+            ("GET", f"/r{i}", 200) for i in range(5)
+        ] * 2, lines
+        first = lines[0]
+        assert first["protocol"] == "HTTP/1.1" and first["response_code_details"] == "via_upstream"
+        assert first["upstream_cluster"] == WEB and first["upstream_host"] == f"{APP}:8002"
+        assert first["authority"] == "127.1.0.6" and first["downstream_local_address"] == "127.1.0.6:80"
+        assert len({x["request_id"] for x in lines}) == 10 and first["response_flags"] == "-"
+        assert first["bytes_sent"] == len("web /r0")
     finally:
         srv.shutdown()
         srv.server_close()

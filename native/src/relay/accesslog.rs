@@ -1,6 +1,8 @@
-//! Envoy's access log for the relay's TCP connections, in Istio's formats:
-//! one line per connection when it ends, as Envoy's `tcp_proxy` access log
-//! writes it with the format istiod configures (istio/istio
+//! Envoy's access log for the relay's TCP connections and HTTP requests, in
+//! Istio's formats: one line per TCP connection when it ends, as Envoy's
+//! `tcp_proxy` access log writes it, and one per HTTP request when its
+//! response ends, as the HTTP connection manager's does, with the format
+//! istiod configures (istio/istio
 //! `pilot/pkg/model/telemetry_logging.go`: `EnvoyTextLogFormat`, the same
 //! format for HTTP and TCP, HTTP-only operators printing `-`;
 //! `EnvoyJSONLogFormatIstio` for `accessLogEncoding: JSON`, missing values
@@ -55,6 +57,40 @@ pub(crate) struct Fields {
     pub(crate) downstream_local: Option<SocketAddr>,
     pub(crate) downstream_remote: Option<SocketAddr>,
     pub(crate) server_name: String,
+}
+
+/// What an HTTP request adds to its line (the `%REQ(...)%`, `%PROTOCOL%`,
+/// `%RESPONSE_CODE%`... operators a TCP line prints as `-`).
+#[derive(Debug, Default)]
+pub(crate) struct HttpFields {
+    pub(crate) method: String,
+    /// `%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%`: the path before rewrites.
+    pub(crate) path: String,
+    /// `HTTP/1.1` or `HTTP/2`.
+    pub(crate) protocol: &'static str,
+    pub(crate) code: u16,
+    /// `%RESPONSE_CODE_DETAILS%` (`via_upstream`, `route_not_found`, ...).
+    pub(crate) details: &'static str,
+    pub(crate) transport_failure: String,
+    /// `%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%`: ms to the upstream's response headers.
+    pub(crate) service_time: Option<u64>,
+    pub(crate) forwarded_for: String,
+    pub(crate) user_agent: String,
+    pub(crate) request_id: String,
+    pub(crate) authority: String,
+    pub(crate) route_name: String,
+}
+
+/// One finished HTTP request: when it started, its byte counts (bodies),
+/// the connection-level fields and its own.
+#[derive(Debug)]
+pub(crate) struct RequestLog {
+    pub(crate) wall: SystemTime,
+    pub(crate) duration: Duration,
+    pub(crate) received: u64,
+    pub(crate) sent: u64,
+    pub(crate) fields: Fields,
+    pub(crate) http: HttpFields,
 }
 
 impl ConnLog {
@@ -135,10 +171,23 @@ impl AccessLog {
             let dur = c.start.elapsed();
             let (rx, tx) = (c.received.load(Ordering::Relaxed), c.sent.load(Ordering::Relaxed));
             match self.encoding {
-                Encoding::Text => text(c.wall, dur, rx, tx, &f),
-                Encoding::Json => json(c.wall, dur, rx, tx, &f),
+                Encoding::Text => text(c.wall, dur, rx, tx, &f, None),
+                Encoding::Json => json(c.wall, dur, rx, tx, &f, None),
             }
         };
+        self.queue(line);
+    }
+
+    /// Queues the line of an HTTP request whose response ended.
+    pub(crate) fn log_request(&self, r: &RequestLog) {
+        let line = match self.encoding {
+            Encoding::Text => text(r.wall, r.duration, r.received, r.sent, &r.fields, Some(&r.http)),
+            Encoding::Json => json(r.wall, r.duration, r.received, r.sent, &r.fields, Some(&r.http)),
+        };
+        self.queue(line);
+    }
+
+    fn queue(&self, line: String) {
         let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
         let sent = match tx.as_ref() {
             Some(tx) => !matches!(tx.try_send(line), Err(TrySendError::Full(_) | TrySendError::Disconnected(_))),
@@ -207,21 +256,37 @@ fn dash(s: &str) -> &str {
     }
 }
 
-/// `EnvoyTextLogFormat` for a TCP connection.
-fn text(wall: SystemTime, dur: Duration, rx: u64, tx: u64, f: &Fields) -> String {
+/// `EnvoyTextLogFormat` for a TCP connection (`http` None) or an HTTP request.
+fn text(wall: SystemTime, dur: Duration, rx: u64, tx: u64, f: &Fields, http: Option<&HttpFields>) -> String {
     let mut s = String::with_capacity(256);
+    let q = |v: &str| if v.is_empty() { "-".to_owned() } else { v.replace('"', "\\\"") };
+    let head = match http {
+        None => "- - -".to_owned(),
+        Some(h) => format!("{} {} {}", dash(&h.method), q(&h.path), dash(h.protocol)),
+    };
+    let (code, details, failure) = match http {
+        None => ("0".to_owned(), "-", "-".to_owned()),
+        Some(h) => (h.code.to_string(), dash(h.details), q(&h.transport_failure)),
+    };
+    let service_time = http.and_then(|h| h.service_time).map_or_else(|| "-".to_owned(), |t| t.to_string());
+    let req = |pick: fn(&HttpFields) -> &str| http.map_or_else(|| "-".to_owned(), |h| q(pick(h)));
     let _ = writeln!(
         s,
-        "[{}] \"- - -\" 0 {} - - \"-\" {rx} {tx} {} - \"-\" \"-\" \"-\" \"-\" \"{}\" {} {} {} {} {} -",
+        "[{}] \"{head}\" {code} {} {details} - \"{failure}\" {rx} {tx} {} {service_time} \"{}\" \"{}\" \"{}\" \"{}\" \"{}\" {} {} {} {} {} {}",
         start_time(wall),
         f.flags.label(),
         dur.as_millis(),
+        req(|h| &h.forwarded_for),
+        req(|h| &h.user_agent),
+        req(|h| &h.request_id),
+        req(|h| &h.authority),
         addr(f.upstream_host),
         dash(&f.cluster),
         addr(f.upstream_local),
         addr(f.downstream_local),
         addr(f.downstream_remote),
         dash(&f.server_name),
+        http.map_or("-", |h| dash(&h.route_name)),
     );
     s
 }
@@ -234,29 +299,34 @@ fn js(v: Option<&str>) -> String {
     }
 }
 
-/// `EnvoyJSONLogFormatIstio` for a TCP connection, keys in Istio's order.
-fn json(wall: SystemTime, dur: Duration, rx: u64, tx: u64, f: &Fields) -> String {
+/// `EnvoyJSONLogFormatIstio` for a TCP connection (`http` None) or an HTTP
+/// request, keys in Istio's order.
+fn json(wall: SystemTime, dur: Duration, rx: u64, tx: u64, f: &Fields, http: Option<&HttpFields>) -> String {
     let a = |x: Option<SocketAddr>| x.map(|a| a.to_string());
+    let h = |pick: fn(&HttpFields) -> &str| js(http.map(pick));
     let fields: [(&str, String); 24] = [
         ("start_time", js(Some(&start_time(wall)))),
-        ("route_name", js(None)),
-        ("method", js(None)),
-        ("path", js(None)),
-        ("protocol", js(None)),
-        ("response_code", "0".to_owned()),
+        ("route_name", h(|h| &h.route_name)),
+        ("method", h(|h| &h.method)),
+        ("path", h(|h| &h.path)),
+        ("protocol", h(|h| h.protocol)),
+        ("response_code", http.map_or(0, |h| h.code).to_string()),
         // "-" without flags: Envoy's RESPONSE_FLAGS is that string, not an unset value.
         ("response_flags", serde_json::Value::String(f.flags.label()).to_string()),
-        ("response_code_details", js(None)),
+        ("response_code_details", h(|h| h.details)),
         ("connection_termination_details", js(None)),
-        ("upstream_transport_failure_reason", js(None)),
+        ("upstream_transport_failure_reason", h(|h| &h.transport_failure)),
         ("bytes_received", rx.to_string()),
         ("bytes_sent", tx.to_string()),
         ("duration", dur.as_millis().to_string()),
-        ("upstream_service_time", js(None)),
-        ("x_forwarded_for", js(None)),
-        ("user_agent", js(None)),
-        ("request_id", js(None)),
-        ("authority", js(None)),
+        (
+            "upstream_service_time",
+            http.and_then(|h| h.service_time).map_or_else(|| "null".to_owned(), |t| t.to_string()),
+        ),
+        ("x_forwarded_for", h(|h| &h.forwarded_for)),
+        ("user_agent", h(|h| &h.user_agent)),
+        ("request_id", h(|h| &h.request_id)),
+        ("authority", h(|h| &h.authority)),
         ("upstream_host", js(a(f.upstream_host).as_deref())),
         ("upstream_cluster", js(Some(&f.cluster))),
         ("upstream_local_address", js(a(f.upstream_local).as_deref())),
@@ -304,7 +374,7 @@ mod tests {
     #[test]
     fn a_tcp_line_in_istios_text_format() {
         let t = UNIX_EPOCH + Duration::from_millis(1_796_653_813_042);
-        let line = text(t, Duration::from_millis(12), 5, 7, &fields());
+        let line = text(t, Duration::from_millis(12), 5, 7, &fields(), None);
         assert_eq!(
             line,
             "[2026-12-07T14:30:13.042Z] \"- - -\" 0 UF - - \"-\" 5 7 12 - \"-\" \"-\" \"-\" \"-\" \
@@ -313,14 +383,53 @@ mod tests {
         );
         // Envoy's example line shape: 22 fields, "- - -" as one.
         let no_upstream = Fields { routed: true, flags: Flags::NO_HEALTHY_UPSTREAM, ..Default::default() };
-        let l = text(t, Duration::ZERO, 0, 0, &no_upstream);
+        let l = text(t, Duration::ZERO, 0, 0, &no_upstream, None);
         assert!(l.ends_with("0 UH - - \"-\" 0 0 0 - \"-\" \"-\" \"-\" \"-\" \"-\" - - - - - -\n"), "{l}");
+    }
+
+    #[test]
+    fn an_http_line_in_istios_text_and_json_formats() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_796_653_813_042);
+        let http = HttpFields {
+            method: "GET".into(),
+            path: "/api/v1?x=1".into(),
+            protocol: "HTTP/1.1",
+            code: 200,
+            details: "via_upstream",
+            service_time: Some(3),
+            user_agent: "curl/7.88.1".into(),
+            request_id: "3f1c0a4e-1b2c-4d5e-8f90-123456789abc".into(),
+            authority: "reviews:9080".into(),
+            route_name: "default".into(),
+            ..Default::default()
+        };
+        let mut f = fields();
+        f.flags = Flags::NONE;
+        let line = text(t, Duration::from_millis(4), 0, 295, &f, Some(&http));
+        assert_eq!(
+            line,
+            "[2026-12-07T14:30:13.042Z] \"GET /api/v1?x=1 HTTP/1.1\" 200 - via_upstream - \"-\" 0 295 4 3 \"-\" \
+             \"curl/7.88.1\" \"3f1c0a4e-1b2c-4d5e-8f90-123456789abc\" \"reviews:9080\" \"10.0.0.9:9092\" \
+             outbound|9092||kafka.default.svc.cluster.local 10.0.0.2:41000 10.96.0.9:9092 127.0.0.1:56440 - default\n"
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&json(t, Duration::from_millis(4), 0, 295, &f, Some(&http))).unwrap();
+        assert_eq!(
+            (v["method"].as_str(), v["path"].as_str(), v["protocol"].as_str()),
+            (Some("GET"), Some("/api/v1?x=1"), Some("HTTP/1.1"))
+        );
+        assert_eq!((v["response_code"].as_u64(), v["upstream_service_time"].as_u64()), (Some(200), Some(3)));
+        assert_eq!(
+            (v["route_name"].as_str(), v["response_code_details"].as_str()),
+            (Some("default"), Some("via_upstream"))
+        );
+        assert!(v["x_forwarded_for"].is_null());
     }
 
     #[test]
     fn a_tcp_line_in_istios_json_format() {
         let t = UNIX_EPOCH + Duration::from_millis(1_796_653_813_042);
-        let line = json(t, Duration::from_millis(12), 5, 7, &fields());
+        let line = json(t, Duration::from_millis(12), 5, 7, &fields(), None);
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["start_time"], "2026-12-07T14:30:13.042Z");
         assert_eq!(v["response_flags"], "UF");

@@ -56,6 +56,7 @@ use super::route::{
 use super::HttpState;
 use crate::lb::{hash_key, EndpointState, LiveCluster, Outcome, Rng};
 use crate::relay::accept::Ctx;
+use crate::relay::accesslog::{Fields, HttpFields, RequestLog};
 use crate::relay::admit::Phase;
 use crate::relay::metrics::{Flags, OutboundPeer, Route};
 use crate::relay::outbound::{pick, Picked};
@@ -77,9 +78,13 @@ struct Conn {
     tables: Arc<Routes>,
     orig: SocketAddr,
     peer: Option<IpAddr>,
+    remote: Option<SocketAddr>,
     h2: bool,
     seq: AtomicU64,
     seed: u64,
+    /// This connection's requests in flight (an idle timeout never ends a
+    /// connection with one).
+    active: AtomicU64,
 }
 
 impl Conn {
@@ -106,17 +111,21 @@ pub(crate) async fn serve(
         c.connections_h2.fetch_add(1, Ordering::Relaxed);
     }
     ctx.st.set_phase(Phase::Relay);
-    ctx.log.with(|f| f.routed = true);
+    // Its requests are logged one by one (Envoy's HTTP connection manager
+    // logs requests, not the connection): no connection line.
     let conn = Arc::new(Conn {
         sh: sh.clone(),
         port,
         tables,
         orig,
         peer: client.peer_addr().ok().map(|a| a.ip()),
+        remote: client.peer_addr().ok(),
         h2,
         seq: AtomicU64::new(0),
         seed: sh.seed ^ ctx.id.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+        active: AtomicU64::new(0),
     });
+    let watched = conn.clone();
     let svc = hyper::service::service_fn(move |req| {
         let conn = conn.clone();
         async move { Ok::<_, Infallible>(handle(conn, req).await) }
@@ -150,13 +159,13 @@ pub(crate) async fn serve(
             () = &mut serving => return,
             () = sleep_opt(wait) => {
                 let quiet = Duration::from_millis(monotonic_ms().saturating_sub(ctx.st.since_ms()));
-                if idle.is_some_and(|t| quiet >= t) && sh.http.requests_active.load(Ordering::Relaxed) == 0 {
+                if idle.is_some_and(|t| quiet >= t) && watched.active.load(Ordering::Relaxed) == 0 {
                     sh.counters.idle_timeouts.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
                 if idle.is_some_and(|t| quiet >= t) {
-                    // Requests of this relay are in flight (perhaps on
-                    // this connection): look again later.
+                    // A request of this connection is in flight (a long
+                    // poll, a slow upstream): look again later.
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
@@ -277,19 +286,46 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<HttpBody> {
         .map(|a| a.as_str().to_owned())
         .or_else(|| req.headers().get(header::HOST).and_then(|v| v.to_str().ok()).map(str::to_owned))
         .unwrap_or_default();
+    let log = conn.sh.access_log.load().is_some().then(|| {
+        let h = req.headers();
+        let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+        (
+            std::time::SystemTime::now(),
+            HttpFields {
+                method: req.method().as_str().to_owned(),
+                path: req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned(),
+                protocol: if conn.h2 { "HTTP/2" } else { "HTTP/1.1" },
+                forwarded_for: get("x-forwarded-for"),
+                user_agent: get("user-agent"),
+                authority: host.clone(),
+                ..HttpFields::default()
+            },
+        )
+    });
     let (resp, meta) = route_request(&conn, req, host.clone(), grpc).await;
     if resp.status().is_server_error() {
         conn.http().counters.responses_5xx.fetch_add(1, Ordering::Relaxed);
     }
-    if !conn.sh.metrics.enabled() {
+    if !conn.sh.metrics.enabled() && log.is_none() {
         return resp;
     }
     let status = resp.status().as_u16();
     let grpc_status = grpc_status_in(resp.headers());
     let resp_head = head_bytes(resp.headers());
     let (parts, body) = resp.into_parts();
-    let pending =
-        Pending { conn, meta, started, grpc, status, grpc_status, request_head: head, response_bytes: resp_head, host };
+    let pending = Pending {
+        conn,
+        meta,
+        started,
+        grpc,
+        status,
+        grpc_status,
+        request_head: head,
+        response_bytes: resp_head,
+        response_body: 0,
+        host,
+        log,
+    };
     Response::from_parts(parts, Observe { inner: body, pending: Some(pending) }.boxed_unsync())
 }
 
@@ -304,11 +340,20 @@ struct Meta {
     local_principal: Option<String>,
     flags: Flags,
     replay: Option<Replay>,
+    /// For the access log: the endpoint of the last attempt, the route's
+    /// name, Envoy's response code details, why the last connect failed,
+    /// the ms to the upstream's headers and the request id sent.
+    upstream_host: Option<SocketAddr>,
+    route_name: String,
+    details: &'static str,
+    transport_failure: String,
+    service_time: Option<u64>,
+    request_id: Option<HeaderValue>,
 }
 
 impl Meta {
-    fn flagged(flags: Flags) -> Meta {
-        Meta { flags, ..Meta::default() }
+    fn flagged(flags: Flags, details: &'static str) -> Meta {
+        Meta { flags, details, ..Meta::default() }
     }
 }
 
@@ -331,12 +376,16 @@ async fn route_request(
     let c = &st.counters;
     c.requests.fetch_add(1, Ordering::Relaxed);
     let _in_flight = InFlight::enter(&st.requests_active);
+    let _on_conn = InFlight::enter(&conn.active);
     let n = conn.seq.fetch_add(1, Ordering::Relaxed);
     let mut rng = Rng::new(conn.seed ^ n.wrapping_mul(0xd6e8_feb8_6659_fd93));
     // Envoy's max_request_headers_kb default (60 KiB); HTTP/2 enforces it
     // in the codec, HTTP/1 here.
     if head_bytes(req.headers()) > MAX_HEAD_BYTES {
-        return (local_reply(431, "request header fields too large", grpc), Meta::default());
+        return (
+            local_reply(431, "request header fields too large", grpc),
+            Meta::flagged(Flags::NONE, "request_headers_too_large"),
+        );
     }
     let (parts, body) = req.into_parts();
     let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
@@ -350,12 +399,12 @@ async fn route_request(
     let port = conn.port.clone();
     let Some(vh) = port.virtual_host(&authority) else {
         c.no_route.fetch_add(1, Ordering::Relaxed);
-        return (local_reply(404, "route_not_found", grpc), Meta::flagged(Flags::NO_ROUTE_FOUND));
+        return (local_reply(404, "route_not_found", grpc), Meta::flagged(Flags::NO_ROUTE_FOUND, "route_not_found"));
     };
     let draw = rng.below(u64::from(MILLION)) as u32;
     let Some(route) = vh.routes.iter().find(|r| r.matches(&view, draw)) else {
         c.no_route.fetch_add(1, Ordering::Relaxed);
-        return (local_reply(404, "route_not_found", grpc), Meta::flagged(Flags::NO_ROUTE_FOUND));
+        return (local_reply(404, "route_not_found", grpc), Meta::flagged(Flags::NO_ROUTE_FOUND, "route_not_found"));
     };
     let (mut resp, meta) = match &route.action {
         Action::Direct { status, body } => {
@@ -365,11 +414,11 @@ async fn route_request(
             if !body.is_empty() {
                 r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
             }
-            (r, Meta::default())
+            (r, Meta::flagged(Flags::NONE, "direct_response"))
         }
         Action::Redirect(rd) => {
             c.redirects.fetch_add(1, Ordering::Relaxed);
-            (redirect(rd, &authority, &pq, route), Meta::default())
+            (redirect(rd, &authority, &pq, route), Meta::flagged(Flags::NONE, "direct_response"))
         }
         Action::Forward(fwd) => {
             let target = fwd.target(rng.next_u64());
@@ -395,6 +444,7 @@ async fn route_request(
                             cluster: Some(target.cluster.clone()),
                             passthrough: target.cluster == PASSTHROUGH,
                             flags: fault_flags.union(Flags::FAULT_INJECTED),
+                            details: "fault_filter_abort",
                             ..Meta::default()
                         };
                         return (r, meta);
@@ -411,6 +461,8 @@ async fn route_request(
     route.response_ops.apply(resp.headers_mut());
     vh.response_ops.apply(resp.headers_mut());
     port.response_ops.apply(resp.headers_mut());
+    let mut meta = meta;
+    meta.route_name.clone_from(&route.name);
     (resp, meta)
 }
 
@@ -424,7 +476,10 @@ struct Pending {
     grpc_status: Option<u32>,
     request_head: u64,
     response_bytes: u64,
+    response_body: u64,
     host: String,
+    /// When the access log is on: the request's start and its fields.
+    log: Option<(std::time::SystemTime, HttpFields)>,
 }
 
 impl Pending {
@@ -449,10 +504,44 @@ impl Pending {
             status: self.status,
             grpc_status: self.grpc_status,
         };
-        let request_bytes = self.request_head + m.replay.as_ref().map_or(0, Replay::bytes_read);
-        let ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        let body_in = m.replay.as_ref().map_or(0, Replay::bytes_read);
+        let elapsed = self.started.elapsed();
         let metrics = &self.conn.sh.metrics;
-        metrics.http.record(&metrics.local(), &o, ms, request_bytes, self.response_bytes);
+        if metrics.enabled() {
+            let ms = elapsed.as_secs_f64() * 1000.0;
+            metrics.http.record(&metrics.local(), &o, ms, self.request_head + body_in, self.response_bytes);
+        }
+        let Some((wall, mut http)) = self.log else { return };
+        let Some(al) = self.conn.sh.access_log.load_full() else { return };
+        http.code = self.status;
+        http.details = m.details;
+        http.service_time = m.service_time;
+        http.transport_failure.clone_from(&m.transport_failure);
+        http.route_name.clone_from(&m.route_name);
+        http.request_id = m.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+        let cluster = match (&m.cluster, m.passthrough) {
+            (_, true) => crate::relay::metrics::PASSTHROUGH_CLUSTER.to_owned(),
+            (Some(c), false) => c.clone(),
+            (None, false) => String::new(),
+        };
+        let fields = Fields {
+            routed: true,
+            flags: m.flags,
+            cluster,
+            upstream_host: m.upstream_host,
+            upstream_local: None,
+            downstream_local: Some(self.conn.orig),
+            downstream_remote: self.conn.remote,
+            server_name: String::new(),
+        };
+        al.log_request(&RequestLog {
+            wall,
+            duration: elapsed,
+            received: body_in,
+            sent: self.response_body,
+            fields,
+            http,
+        });
     }
 }
 
@@ -488,6 +577,7 @@ impl Body for Observe {
             Poll::Ready(Some(Ok(f))) => {
                 if let (Some(p), Some(d)) = (self.pending.as_mut(), f.data_ref()) {
                     p.response_bytes += d.len() as u64;
+                    p.response_body += d.len() as u64;
                 }
                 if let (Some(p), Some(t)) = (self.pending.as_mut(), f.trailers_ref()) {
                     p.grpc_status = grpc_status_in(t).or(p.grpc_status);
@@ -615,6 +705,7 @@ async fn forward(
         replay: Some(replay.clone()),
         ..Meta::default()
     };
+    let meta_request_id;
     let Prepared { mut parts, authority, pq, grpc } = req;
 
     // The headers every attempt sends.
@@ -623,6 +714,7 @@ async fn forward(
     if !headers.contains_key("x-request-id") {
         headers.insert("x-request-id", request_id(&mut rng));
     }
+    meta_request_id = headers.get("x-request-id").cloned();
     if !headers.contains_key("x-forwarded-proto") {
         headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
     }
@@ -634,6 +726,7 @@ async fn forward(
         Some(h) => h.to_str().unwrap_or(&authority).to_owned(),
         None => authority.clone(),
     };
+    meta.request_id = meta_request_id;
     let path = route.rewrite_path(fwd, &pq).unwrap_or_else(|| pq.clone());
     let hash = request_hash(&fwd.hash, &headers, &pq, conn.peer);
 
@@ -652,6 +745,7 @@ async fn forward(
         BLACKHOLE => {
             c.no_healthy_upstream.fetch_add(1, Ordering::Relaxed);
             meta.flags = Flags::NO_HEALTHY_UPSTREAM;
+            meta.details = "cluster_not_found";
             return (local_reply(502, "blocked by REGISTRY_ONLY", grpc), meta);
         }
         name => match conn.tables.lb.lb().cluster(name) {
@@ -661,6 +755,7 @@ async fn forward(
                 None => {
                     c.unknown_cluster.fetch_add(1, Ordering::Relaxed);
                     meta.flags = Flags::NO_CLUSTER_FOUND;
+                    meta.details = "cluster_not_found";
                     return (local_reply(503, "no cluster", grpc), meta);
                 }
             },
@@ -701,6 +796,7 @@ async fn forward(
             }
         };
         tried.push(ep.addr);
+        meta.upstream_host = Some(ep.addr);
         meta.workload.clone_from(&ep.workload);
         meta.principal = match &ep.tls {
             Some((_, crate::relay::tls::PeerIdentity::AnyOf(ids))) if ids.len() == 1 => Some(ids[0].clone()),
@@ -727,6 +823,7 @@ async fn forward(
             s.request_started();
         }
         let started = Finish(ep.state.as_ref().map(|(_, _, s)| s.clone()));
+        let sent_at = Instant::now();
         let attempt_fut = send_once(conn, &key, identity.as_ref(), &parts.method, &up_authority, &path, h, &replay);
         let outcome = match until {
             Some(u) => match tokio::time::timeout_at(u, attempt_fut).await {
@@ -757,6 +854,8 @@ async fn forward(
                     backoff(spec, retries_done, deadline, &mut rng).await;
                     continue;
                 }
+                meta.details = "via_upstream";
+                meta.service_time = Some(sent_at.elapsed().as_millis() as u64);
                 return (respond(conn, resp, back, key, started), meta);
             }
             Err(f) => {
@@ -786,6 +885,9 @@ async fn forward(
                     Failure::Deadline => report(Outcome::Timeout),
                     Failure::NoHealthy | Failure::NoIdentity | Failure::Downstream => {}
                 }
+                if let Failure::Connect { why, .. } = &f {
+                    meta.transport_failure.clone_from(why);
+                }
                 let deadline_hit = matches!(f, Failure::Deadline);
                 last = Some(f);
                 drop(started);
@@ -807,6 +909,15 @@ async fn forward(
     if retries_done > 0 {
         meta.flags = meta.flags.union(Flags::RETRY_LIMIT_EXCEEDED);
     }
+    meta.details = match &last {
+        Some(Failure::Downstream) => "downstream_remote_disconnect",
+        Some(Failure::Deadline) | Some(Failure::PerTry) => "upstream_response_timeout",
+        Some(Failure::NoHealthy) | None => "no_healthy_upstream",
+        Some(Failure::Connect { .. }) | Some(Failure::NoIdentity) => {
+            "upstream_reset_before_response_started{connection_failure}"
+        }
+        Some(Failure::Reset { .. }) => "upstream_reset_before_response_started{connection_termination}",
+    };
     let r = match last {
         Some(Failure::Downstream) => local_reply(400, "malformed request body", grpc),
         Some(Failure::Deadline) | Some(Failure::PerTry) => {

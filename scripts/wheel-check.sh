@@ -20,7 +20,7 @@ python3 -m venv "$venv"
 # SIGPIPE (exit 141) whenever grep exits on its match before unzip has written everything.
 listing=$(unzip -l "$wheel")
 for member in pymesh/_native.pyi pymesh/py.typed pymesh/examples/nametable.json \
-  pymesh/examples/mesh/product.yaml; do
+  pymesh/examples/mesh/product.yaml pymesh/controlplane/dashboard.html; do
   grep -qF "$member" <<<"$listing" || { echo "wheel lacks $member: $wheel" >&2; exit 1; }
 done
 # No cargo or rustc reachable: the installed wheel must not need them. `pymesh up` runs the

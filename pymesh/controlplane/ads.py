@@ -93,6 +93,7 @@ from pymesh.controlplane.snapshot import (
     XDS_TYPES,
     Encoded,
     Snapshot,
+    content_version,
     delta_response,
     empty_route,
     encode,
@@ -114,17 +115,6 @@ class Hooks(Protocol):
     async def on_health(self, conn: Connection, healthy: bool, message: str) -> None: ...
 
 
-@dataclass
-class Watch:
-    names: set[str] | None  # None: wildcard
-    nonce: str = ""
-    version: int = -1  # snapshot version the connection holds for this type
-    acked: str = ""  # last ACKed version_info
-    nack: str = ""  # last NACK's error message ("" after an ACK)
-    answered: str = ""  # nonce of the last response the client ACKed or NACKed
-    known: set[str] = field(default_factory=set)  # delta: names the client holds
-
-
 @dataclass(frozen=True)
 class Nack:
     conn_id: int
@@ -133,6 +123,23 @@ class Nack:
     version: str
     nonce: str
     message: str
+    at: float = 0.0  # time.time() it arrived
+
+
+@dataclass
+class Watch:
+    names: set[str] | None  # None: wildcard
+    nonce: str = ""
+    version: int = -1  # snapshot version the connection holds for this type
+    acked: str = ""  # last ACKed version_info (delta: the system_version_info of the response ACKed)
+    nack: str = ""  # last NACK's error message ("" after an ACK)
+    answered: str = ""  # nonce of the last response the client ACKed or NACKed
+    known: set[str] = field(default_factory=set)  # delta: names the client holds
+    # For the admin API's sync state (pymesh.controlplane.adminapi), as istiod keeps them in
+    # its WatchedResource (pilot/pkg/model/context.go: NonceSent, NonceAcked, NonceNacked):
+    sent_version: str = ""  # version of the last response sent (SotW version_info; delta system_version_info)
+    acked_nonce: str = ""  # nonce of the last response ACKed (a NACK leaves it)
+    last_nack: Nack | None = None  # kept after a later ACK, for operators
 
 
 class Connection:
@@ -387,7 +394,10 @@ class AdsServer:
 
     def _nack(self, conn: Connection, type_url: str, version: str, nonce: str, message: str, code: int) -> None:
         assert conn.proxy is not None
-        n = Nack(conn.id, clip(conn.proxy.node_id), type_url, clip(version), nonce, clip(message))
+        n = Nack(conn.id, clip(conn.proxy.node_id), type_url, clip(version), nonce, clip(message), time.time())
+        w = conn.watches.get(type_url)
+        if w is not None:
+            w.last_nack = n
         self.nacks.append(n)
         del self.nacks[:-100]
         self.stats["nacks"] += 1
@@ -437,6 +447,7 @@ class AdsServer:
                 )
                 return
             w.acked = req.version_info
+            w.acked_nonce = req.response_nonce
             w.nack = ""
             self.stats["acks"] += 1
             if requested == w.names:
@@ -449,17 +460,20 @@ class AdsServer:
 
     def _respond_sotw(self, conn: Connection, t: str, w: Watch, only: list[Encoded] | None) -> None:
         started = time.perf_counter()
-        items: list[Encoded] | bytes
-        if only is not None:
-            items = only
-        elif w.names is None and not self.naive:
+        body: bytes
+        if only is None and w.names is None and not self.naive:
             assert conn.proxy is not None
-            items = self.snapshot.sotw_body(t, view_key(t, conn.proxy))
+            key = view_key(t, conn.proxy)
+            body = self.snapshot.sotw_body(t, key)
+            version = self.snapshot.body_version(t, key)  # hashed once per (type, view)
         else:
-            items = self._select(self._current(conn, t), w.names, t)
+            items = only if only is not None else self._select(self._current(conn, t), w.names, t)
+            body = b"".join(e.sotw for e in items)
+            version = content_version(body)
         w.nonce = conn.next_nonce()
         w.version = self.snapshot.version
-        self._send(conn, t, sotw_response(t, w.nonce, items), started)
+        w.sent_version = version
+        self._send(conn, t, sotw_response(t, w.nonce, body, w.sent_version), started)
 
     # --- delta --------------------------------------------------------------------
 
@@ -488,6 +502,8 @@ class AdsServer:
                 self._nack(conn, t, "", req.response_nonce, req.error_detail.message, req.error_detail.code)
             else:
                 w.nack = ""
+                w.acked = w.sent_version
+                w.acked_nonce = req.response_nonce
                 self.stats["acks"] += 1
         # Subscription changes apply even with a stale nonce (xDS spec, delta).
         subscribe = set(req.resource_names_subscribe)
@@ -534,6 +550,7 @@ class AdsServer:
         w.version = self.snapshot.version
         if items or missing or first:
             w.nonce = conn.next_nonce()
+            w.sent_version = str(self.snapshot.version)
             self._send(conn, t, delta_response(t, str(self.snapshot.version), w.nonce, items, missing), started)
 
     # --- pushes -------------------------------------------------------------------
@@ -559,6 +576,7 @@ class AdsServer:
                     if conn.delta:
                         items = self._select(self._current(conn, t), w.names)
                         w.nonce = conn.next_nonce()
+                        w.sent_version = str(snapshot.version)
                         self._send(conn, t, delta_response(t, str(snapshot.version), w.nonce, items, []), t0)
                     else:
                         self._respond_sotw(conn, t, w, None)
@@ -592,6 +610,7 @@ class AdsServer:
                     # snapshot version and type ("p<version>.<type>" never collides with "<conn>.<n>").
                     w.nonce = f"p{snapshot.version}.{SHORT[t]}"
                     w.version = snapshot.version
+                    w.sent_version = snapshot.body_version(t, key)
                     self._send(conn, t, snapshot.shared_push(t, key, w.nonce), t0)
                 elif t in FULL_STATE:
                     self._respond_sotw(conn, t, w, None)
@@ -623,5 +642,6 @@ class AdsServer:
             w.known |= names
             w.known -= set(gone)
         w.nonce = conn.next_nonce()
+        w.sent_version = str(self.snapshot.version)
         self._send(conn, t, delta_response(t, str(self.snapshot.version), w.nonce, items, gone), started)
         return 1

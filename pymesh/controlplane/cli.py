@@ -1,4 +1,5 @@
-"""``pymesh controlplane``, ``pymesh get``, ``pymesh apply -f`` and ``pymesh delete -f``.
+"""``pymesh controlplane``, ``pymesh get``, ``pymesh apply -f`` and ``pymesh delete -f``
+(and ``pymesh proxy-status``: :mod:`pymesh.controlplane.proxystatus`).
 
 ``pymesh apply`` / ``pymesh delete`` write the store's applied configuration
 (:mod:`pymesh.controlplane.applied`: validation, all-or-nothing, how applied
@@ -488,7 +489,8 @@ def add_commands(sub: Any) -> None:
         "--monitoring-listen",
         metavar="ADDR:PORT",
         default=None,
-        help="serve /metrics and /debug/status over HTTP (istiod's 15014; off by default)",
+        help="serve /metrics, /debug/status, the JSON API /api/v1/ and the dashboard at / over HTTP (istiod's "
+        "15014; off by default; it shows the mesh's topology: keep it on loopback)",
     )
     cp.add_argument(
         "--max-pending-streams",
@@ -522,6 +524,10 @@ def add_commands(sub: Any) -> None:
     get.add_argument("--data-dir", default=None, help=data_help)
     _store_flags(get)
     get.set_defaults(func=cmd_get)
+
+    from pymesh.controlplane.proxystatus import add_command as add_proxy_status
+
+    add_proxy_status(sub)  # reads the monitoring port's /api/v1/proxies (standard library only)
 
     for name, func, what in (
         ("apply", cmd_apply, "validate objects and write them into the store's applied configuration"),

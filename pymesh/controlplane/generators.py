@@ -593,8 +593,9 @@ def load_assignment(
             lb.load_balancing_weight.value = nets.scaled(m.weight, scale)
             # istiod's "name;namespace;canonical service;canonical revision;cluster"
             # (pilot/pkg/model/endpoint.go, the istio.workload metadata telemetry reads).
-            canon = f"{canonical_service(dict(m.labels), m.name)};{canonical_revision(dict(m.labels))}"
-            fields = {"workload": f"{m.name};{m.namespace};{canon};{cluster}"}
+            wl = m.workload or m.name
+            canon = f"{canonical_service(dict(m.labels), wl)};{canonical_revision(dict(m.labels))}"
+            fields = {"workload": f"{wl};{m.namespace};{canon};{cluster}"}
             if m.service_account:
                 # The workload's identity (Pod serviceAccountName, WorkloadEntry serviceAccount) as a
                 # SPIFFE URI: the relay verifies the peer certificate of a tlsMode=istio endpoint

@@ -1,5 +1,8 @@
-"""The control plane's monitoring port (istiod's 15014): ``/metrics`` and
-``/debug/status``, on the one admin HTTP server (:mod:`pymesh.admin`).
+"""The control plane's monitoring port (istiod's 15014): ``/metrics``,
+``/debug/status`` and the operators' JSON API under ``/api/v1/``
+(:mod:`pymesh.controlplane.adminapi`, ``docs/dashboard-api.md``), on the one
+admin HTTP server (:mod:`pymesh.admin`). It shows the mesh's topology (every
+service, workload address and identity): keep it on loopback, as by default.
 
 ``pymesh controlplane --monitoring-listen 127.0.0.1:15014``. ``/debug/status``
 is :meth:`ControlPlane.status` as JSON; ``/metrics`` renders the same figures
@@ -220,4 +223,10 @@ def serve(cp: ControlPlane, listen: str) -> AdminServer:
         body: Any = cp.status()
         return 200, JSON, json.dumps(body, indent=2, sort_keys=True).encode() + b"\n"
 
-    return AdminServer(listen, {"/metrics": metrics, "/debug/status": status}, name="pymesh-controlplane-monitoring")
+    from pymesh.controlplane.adminapi import routes
+
+    return AdminServer(
+        listen,
+        {"/metrics": metrics, "/debug/status": status, **routes(cp)},
+        name="pymesh-controlplane-monitoring",
+    )

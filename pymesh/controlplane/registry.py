@@ -75,6 +75,7 @@ log = logging.getLogger("pymesh.controlplane")
 
 HEALTH_CHECKS_ANNOTATION = "proxy.istio.io/health-checks-enabled"
 AUTO_GROUP_ANNOTATION = "istio.io/autoRegistrationGroup"
+WORKLOAD_NAME_LABEL = "service.istio.io/workload-name"
 TLS_MODE_LABEL = "security.istio.io/tlsMode"
 LOCALITY_LABEL = "topology.istio.io/locality"
 
@@ -119,6 +120,8 @@ class Endpoint:
     name: str
     hostname: str = ""  # pod hostname for headless per-pod names
     subdomain: str = ""
+    # The workload name telemetry reports (istio.workload metadata); "": the name.
+    workload: str = ""
 
 
 @dataclass(frozen=True)
@@ -199,6 +202,7 @@ class _Workload:
     tls_mode: str
     hostname: str = ""
     subdomain: str = ""
+    workload: str = ""
 
     @property
     def dns_only(self) -> bool:
@@ -217,7 +221,18 @@ def tls_mode_of_entry(labels: Mapping[str, str], service_account: str) -> str:
     return "istio" if service_account else "disabled"
 
 
-def _entry_workload(ns: str, name: str, spec: WorkloadEntrySpec, kind: str, trust_domain: str) -> _Workload:
+def entry_workload_name(name: str, labels: Mapping[str, str], annotations: Mapping[str, str]) -> str:
+    """istiod's workload name for a WorkloadEntry (istio/istio pkg/kube/labels
+    ``WorkloadNameFromWorkloadEntry``): its auto-registration group, else the label
+    ``service.istio.io/workload-name``, else the entry's name. An auto-registered VM is
+    then one workload whether it reports (its own WORKLOAD_NAME is the group) or is
+    reported on."""
+    return annotations.get(AUTO_GROUP_ANNOTATION) or labels.get(WORKLOAD_NAME_LABEL) or name
+
+
+def _entry_workload(
+    ns: str, name: str, spec: WorkloadEntrySpec, kind: str, trust_domain: str, workload: str = ""
+) -> _Workload:
     labels = dict(spec.labels)
     tls = tls_mode_of_entry(labels, spec.service_account)
     if spec.network and NETWORK_LABEL not in labels:
@@ -234,6 +249,7 @@ def _entry_workload(ns: str, name: str, spec: WorkloadEntrySpec, kind: str, trus
         weight=spec.weight or 1,
         service_account=workload_spiffe(ns, spec.service_account, trust_domain),
         tls_mode=tls,
+        workload=workload,
     )
 
 
@@ -273,6 +289,7 @@ def _endpoint(w: _Workload, port: int) -> Endpoint:
         name=w.name,
         hostname=w.hostname,
         subdomain=w.subdomain,
+        workload=w.workload,
     )
 
 
@@ -357,7 +374,8 @@ def build_registry(
     for e in entries.values():
         if health_excluded(e):
             continue
-        workloads.append(_entry_workload(e.meta.namespace, e.meta.name, e.spec, "WorkloadEntry", trust_domain))
+        wl = entry_workload_name(e.meta.name, e.spec.labels, e.meta.annotations)
+        workloads.append(_entry_workload(e.meta.namespace, e.meta.name, e.spec, "WorkloadEntry", trust_domain, wl))
     entry_workloads = sorted(workloads, key=_sort_key)
     mesh = mesh_networks or MeshNetworks()
     ready_pods = sorted(

@@ -362,7 +362,14 @@ class ControlPlane:
             from pymesh.controlplane.monitoring import serve
 
             self.monitoring = serve(self, self.monitoring_listen)
-            log.info("monitoring (/metrics, /debug/status) on http://%s", self.monitoring.address)
+            log.info("monitoring (/metrics, /debug/status, /api/v1/) on http://%s", self.monitoring.address)
+            host = self.monitoring.server.server_address[0]
+            if not is_loopback(str(host)):
+                log.warning(
+                    "the monitoring port %s is not on loopback: its /api/v1/ shows the mesh's topology (every "
+                    "service, workload address and identity, rejected configuration) to anyone who can reach it",
+                    self.monitoring.address,
+                )
         return self
 
     async def _astart(self) -> None:

@@ -148,6 +148,7 @@ class Snapshot:
         self._diffs: dict[tuple[str, Hashable, int], Diff] = {}
         self._bodies: dict[tuple[str, Hashable], bytes] = {}
         self._pushes: dict[tuple[str, Hashable, str], bytes] = {}
+        self._versions: dict[tuple[str, Hashable], str] = {}
 
     def resources(self, type_url: str, key: Hashable) -> Mapping[str, Encoded]:
         got = self._resources.get((type_url, key))
@@ -198,8 +199,16 @@ class Snapshot:
         memo = (type_url, key, nonce)
         got = self._pushes.get(memo)
         if got is None:
-            got = sotw_response(type_url, nonce, self.sotw_body(type_url, key))
+            got = sotw_response(type_url, nonce, self.sotw_body(type_url, key), self.body_version(type_url, key))
             self._pushes[memo] = got
+        return got
+
+    def body_version(self, type_url: str, key: Hashable) -> str:
+        """The ``version_info`` of :meth:`sotw_body`'s response, hashed once per (type, view)."""
+        got = self._versions.get((type_url, key))
+        if got is None:
+            got = content_version(self.sotw_body(type_url, key))
+            self._versions[(type_url, key)] = got
         return got
 
     def has_view(self, type_url: str, key: Hashable) -> bool:
@@ -221,11 +230,13 @@ def content_version(body: bytes) -> str:
     return hashlib.blake2b(body, digest_size=8).hexdigest()
 
 
-def sotw_response(type_url: str, nonce: str, items: list[Encoded] | bytes) -> bytes:
+def sotw_response(type_url: str, nonce: str, items: list[Encoded] | bytes, version: str | None = None) -> bytes:
     """``items``: the resources, or an already joined body (``Snapshot.sotw_body``); the
-    version is their content's (:func:`content_version`)."""
+    version is their content's (:func:`content_version`; ``version`` when the caller has it)."""
     body = items if isinstance(items, bytes) else b"".join(e.sotw for e in items)
-    head = discovery_pb2.DiscoveryResponse(version_info=content_version(body), type_url=type_url).SerializeToString()
+    if version is None:
+        version = content_version(body)
+    head = discovery_pb2.DiscoveryResponse(version_info=version, type_url=type_url).SerializeToString()
     tail = discovery_pb2.DiscoveryResponse(nonce=nonce).SerializeToString()
     return b"".join((head, body, tail))
 

@@ -838,6 +838,19 @@ def test_non_http_bytes_fall_back_to_tcp(mesh: Mesh) -> None:
     assert delta(after["stats"], before["stats"], "passthrough") == 1
 
 
+def test_an_upgrade_request_keeps_its_connection_on_the_tcp_path(mesh: Mesh) -> None:
+    """A WebSocket handshake (an HTTP/1.1 head with Upgrade) is not proxied per request:
+    its connection goes on as TCP to the VIP's cluster, bytes unchanged, as before the HTTP path."""
+    before = mesh.http()
+    ws = b"GET /chat HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    r = mesh.raw(VIP, 80, ws)
+    assert r["reply"].startswith(f"tcpecho {TCP_ECHO[0]}:{TCP_ECHO[1]} -\n"), r
+    assert r["reply"].endswith(ws.decode()), r  # spliced as sent: no x-request-id added
+    after = mesh.http()
+    assert delta(after, before, "http_upgrades_as_tcp") == 1
+    assert delta(after, before, "http_connections") == 0
+
+
 def test_a_client_waiting_for_a_banner_is_served_as_tcp_after_the_detection_timeout(mesh: Mesh) -> None:
     before = mesh.http()
     r = mesh.raw(VIP, 80, b"")  # a server-first protocol: the client waits for a banner

@@ -273,8 +273,11 @@ def test_two_vms_with_one_ip_in_two_networks(cp: ControlPlane) -> None:
             for e in loc.lb_endpoints
             if e.endpoint.address.socket_address.address == ip
         ]
-        # One endpoint for the IP: the VM of the watcher's own network.
-        assert vms == [f"product-vm-{ip}-{net};default;product;vm;Kubernetes"]
+        # One endpoint for the IP: the VM of the watcher's own network. Its workload is its
+        # group's name (istiod's WorkloadNameFromWorkloadEntry): the network shows in the entry.
+        assert vms == ["product-vm;default;product;vm;Kubernetes"]
+        entry = cp.registered_entry("default", f"product-vm-{ip}-{net}")
+        assert entry is not None and entry["metadata"]["annotations"]["istio.io/autoRegistrationGroup"] == "product-vm"
         w.close()
     a.close()
     wait_until(lambda: cp.registered_entry("default", f"product-vm-{ip}-net1") is None, timeout=10)

@@ -83,6 +83,9 @@ pub(super) async fn serve(ctx: Ctx<'_>, client: &TcpStream, orig: SocketAddr) {
             match super::http::detect(ctx, client).await {
                 super::http::Detected::Http1 => return super::http::serve(ctx, client, orig, pr, routes, false).await,
                 super::http::Detected::Http2 => return super::http::serve(ctx, client, orig, pr, routes, true).await,
+                super::http::Detected::Upgrade => {
+                    sh.http.counters.upgrades.fetch_add(1, Ordering::Relaxed);
+                }
                 super::http::Detected::Other => {
                     sh.http.counters.not_http.fetch_add(1, Ordering::Relaxed);
                 }

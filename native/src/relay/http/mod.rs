@@ -5,8 +5,9 @@
 //! router do on a sidecar:
 //!
 //! 1. protocol detection ([`detect`]): the HTTP/2 connection preface
-//!    (RFC 9113 §3.4), or an HTTP/1.x request line (RFC 9112 §3), in the
-//!    first bytes, peeked (never consumed) within `hello_timeout`;
+//!    (RFC 9113 §3.4), or an HTTP/1.x request head (RFC 9112 §3) without an
+//!    `Upgrade` field (WebSocket connections stay TCP), in the first bytes,
+//!    peeked (never consumed) within `hello_timeout`;
 //!    anything else, or nothing in time, goes on as TCP, as linkerd2-proxy's
 //!    `linkerd/http/detect` falls back to opaque TCP and as Istio's
 //!    `protocolDetectionTimeout` does;
@@ -60,6 +61,8 @@ pub(crate) struct HttpCounters {
     pub(crate) connections_h2: AtomicU64,
     /// Captured to an HTTP port but not HTTP: served as TCP.
     pub(crate) not_http: AtomicU64,
+    /// HTTP/1 connections opening with an upgrade request: served as TCP.
+    pub(crate) upgrades: AtomicU64,
     pub(crate) requests: AtomicU64,
     pub(crate) no_route: AtomicU64,
     pub(crate) direct_responses: AtomicU64,
@@ -89,6 +92,7 @@ impl HttpCounters {
             ("http_connections", g(&self.connections)),
             ("http_connections_h2", g(&self.connections_h2)),
             ("http_not_http", g(&self.not_http)),
+            ("http_upgrades_as_tcp", g(&self.upgrades)),
             ("http_requests", g(&self.requests)),
             ("http_no_route", g(&self.no_route)),
             ("http_direct_responses", g(&self.direct_responses)),
@@ -116,6 +120,8 @@ impl HttpCounters {
 pub enum Detected {
     Http1,
     Http2,
+    /// HTTP/1 asking for a protocol upgrade: served as TCP.
+    Upgrade,
     Other,
 }
 
@@ -150,12 +156,29 @@ pub fn classify(b: &[u8]) -> Option<Detected> {
         };
     };
     let line = &b[..=eol];
-    let mut headers = [];
+    let mut headers: [httparse::Header<'_>; 0] = [];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(line) {
-        Ok(_) | Err(httparse::Error::TooManyHeaders) if req.version.is_some() => Some(Detected::Http1),
-        _ => Some(Detected::Other),
+        Ok(_) | Err(httparse::Error::TooManyHeaders) if req.version.is_some() => {}
+        _ => return Some(Detected::Other),
     }
+    // An upgrade (WebSocket, h2c) takes the connection over after the
+    // first exchange: such a connection stays on the L4 path, as it was
+    // before the HTTP path existed (Istio's routes allow WebSocket
+    // upgrades; this relay does not proxy upgraded streams per request).
+    // So the head is read to its end (or as far as DETECT_BYTES goes).
+    let end = b
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| p + 4)
+        .or_else(|| b.windows(2).position(|w| w == b"\n\n").map(|p| p + 2));
+    let head = match end {
+        Some(e) => &b[..e],
+        None if b.len() >= DETECT_BYTES => b,
+        None => return None,
+    };
+    let upgrade = head.split(|c| *c == b'\n').skip(1).any(|l| l.len() > 8 && l[..8].eq_ignore_ascii_case(b"upgrade:"));
+    Some(if upgrade { Detected::Upgrade } else { Detected::Http1 })
 }
 
 /// Waits for the connection's first bytes (peeked, left in the socket)

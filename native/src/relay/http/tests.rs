@@ -227,7 +227,14 @@ fn invalid_configurations_name_the_field() {
 #[test]
 fn detection_tells_http1_http2_and_the_rest() {
     assert_eq!(classify(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"), Some(Detected::Http1));
-    assert_eq!(classify(b"POST /x?y HTTP/1.0\r\n"), Some(Detected::Http1));
+    assert_eq!(classify(b"POST /x?y HTTP/1.0\r\n\r\n"), Some(Detected::Http1));
+    // The head is read to its end: an upgrade stays TCP.
+    assert_eq!(classify(b"POST /x?y HTTP/1.0\r\n"), None);
+    assert_eq!(
+        classify(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUPGRADE: websocket\r\n\r\n"),
+        Some(Detected::Upgrade)
+    );
+    assert_eq!(classify(b"GET / HTTP/1.1\r\nX-Upgrade: no\r\n\r\n"), Some(Detected::Http1));
     assert_eq!(classify(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), Some(Detected::Http2));
     // Not enough yet.
     assert_eq!(classify(b"GET / HT"), None);

@@ -12,6 +12,8 @@ BIN := $(VENV)/bin
 CARGO ?= cargo
 NATIVE := native
 BUILD_DIR ?= build
+# The benchmarks' JSON (and, for bench-short, the charts): CI keeps $(BUILD_DIR) as artifacts.
+BENCH_OUT := $(BUILD_DIR)/bench
 export CARGO_TERM_COLOR ?= never
 
 .PHONY: help deps build up lint fmt header stubs test test-fast test-rust test-python test-c fuzz-build wheel \
@@ -79,27 +81,35 @@ wheel: deps ## build the abi3 wheel into dist/
 wheel-check: wheel ## the wheel is abi3 and installs and runs in a fresh venv without a Rust toolchain
 	scripts/wheel-check.sh dist
 
-bench-short: build ## benchmarks in short mode (CI)
+bench-short: build ## benchmarks in short mode (CI); JSON and charts into build/bench
 	cd $(NATIVE) && PYMESH_BENCH_SHORT=1 $(CARGO) bench --bench names
 	cd $(NATIVE) && PYMESH_BENCH_SHORT=1 $(CARGO) bench --bench lb
-	$(BIN)/python benchmarks/dns_bench.py --short
-	PYMESH_BENCH_SHORT=1 $(BIN)/python benchmarks/relay_bench.py
+	mkdir -p $(BENCH_OUT)
+	$(BIN)/python benchmarks/dns_bench.py --short --json $(BENCH_OUT)/dns.json
+	PYMESH_BENCH_SHORT=1 $(BIN)/python benchmarks/relay_bench.py --json $(BENCH_OUT)/relay.json
 	$(BIN)/python benchmarks/controlplane_bench.py --short
-	$(BIN)/python benchmarks/ha_bench.py --short
+	$(BIN)/python benchmarks/ha_bench.py --short --json $(BENCH_OUT)/ha.json
 	$(BIN)/python benchmarks/ca_bench.py --short
 	$(BIN)/python benchmarks/mtls_bench.py --short
-	$(BIN)/python benchmarks/relay_mtls_bench.py --short
-	$(BIN)/python benchmarks/gateway_bench.py --short
-	$(BIN)/python benchmarks/l7_bench.py --short
-	$(BIN)/python benchmarks/telemetry_bench.py --short
+	$(BIN)/python benchmarks/relay_mtls_bench.py --short --json $(BENCH_OUT)/relay_mtls.json
+	$(BIN)/python benchmarks/gateway_bench.py --short --json $(BENCH_OUT)/gateway.json
+	$(BIN)/python benchmarks/l7_bench.py --short --json $(BENCH_OUT)/l7.json
+	$(BIN)/python benchmarks/telemetry_bench.py --short --json $(BENCH_OUT)/telemetry.json
 	PYMESH_BENCH_SHORT=1 $(BIN)/pytest -q benchmarks --benchmark-columns=median,ops --benchmark-sort=name
+	$(BIN)/python benchmarks/plots.py $(BENCH_OUT) $(BENCH_OUT) --note "short run (make bench-short)"
 
-bench: build ## full benchmarks (criterion + pytest-benchmark); takes minutes
+bench: build ## full benchmarks (criterion, pytest-benchmark, the comparisons); charts into docs/bench
 	cd $(NATIVE) && $(CARGO) bench --bench names
 	cd $(NATIVE) && $(CARGO) bench --bench lb
 	$(BIN)/pytest -q benchmarks --benchmark-columns=min,median,max,ops --benchmark-sort=name
 	$(BIN)/python benchmarks/controlplane_bench.py
-	$(BIN)/python benchmarks/l7_bench.py
+	mkdir -p $(BENCH_OUT)
+	$(BIN)/python benchmarks/dns_bench.py --json $(BENCH_OUT)/dns.json
+	$(BIN)/python benchmarks/relay_bench.py --json $(BENCH_OUT)/relay.json
+	$(BIN)/python benchmarks/gateway_bench.py --json $(BENCH_OUT)/gateway.json
+	$(BIN)/python benchmarks/l7_bench.py --json $(BENCH_OUT)/l7.json
+	$(BIN)/python benchmarks/ha_bench.py --json $(BENCH_OUT)/ha.json
+	$(BIN)/python benchmarks/plots.py $(BENCH_OUT) docs/bench --note "full run (make bench)"
 
 test: lint test-rust test-python test-c fuzz-build wheel-check bench-short ## the whole suite: lint, Rust, Python, C, fuzz build, wheel, short benches
 	@echo "make test: all suites passed"

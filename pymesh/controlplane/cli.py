@@ -1,5 +1,7 @@
 """``pymesh controlplane``, ``pymesh get``, ``pymesh apply -f`` and ``pymesh delete -f``
-(and ``pymesh proxy-status``: :mod:`pymesh.controlplane.proxystatus`).
+(and ``pymesh proxy-status``: :mod:`pymesh.controlplane.proxystatus`; ``pymesh get networks``,
+which are not in the store: :mod:`pymesh.controlplane.getnetworks`; ``pymesh describe
+workloadentry``: :mod:`pymesh.controlplane.describe`).
 
 ``pymesh apply`` / ``pymesh delete`` write the store's applied configuration
 (:mod:`pymesh.controlplane.applied`: validation, all-or-nothing, how applied
@@ -255,7 +257,18 @@ def _row(kind: str, doc: Mapping[str, Any]) -> list[str]:
         return [md["name"], str((spec.get("mtls") or {}).get("mode") or "UNSET"), age]
     if kind == "VirtualService":
         return [md["name"], ",".join(spec.get("gateways") or []), ",".join(spec.get("hosts") or []), age]
+    if kind == "Telemetry":
+        # The access log providers it sets (istio/api telemetry/v1alpha1/telemetry.proto AccessLogging).
+        logs = spec.get("accessLogging") or []
+        names = [str(p.get("name")) for a in logs if not a.get("disabled") for p in a.get("providers") or []]
+        off = any(a.get("disabled") for a in logs)
+        providers = ",".join(names) or ("<disabled>" if off else "<none>")
+        return [md["name"], _selector((spec.get("selector") or {}).get("matchLabels")), providers, age]
     return [md["name"], age]
+
+
+def _selector(labels: Mapping[str, Any] | None) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted((labels or {}).items())) or "<all>"
 
 
 HEADERS = {
@@ -267,6 +280,7 @@ HEADERS = {
     "WorkloadGroup": ["NAME", "AGE"],
     "PeerAuthentication": ["NAME", "MODE", "AGE"],
     "VirtualService": ["NAME", "GATEWAYS", "HOSTS", "AGE"],
+    "Telemetry": ["NAME", "SELECTOR", "ACCESS-LOG", "AGE"],
 }
 
 
@@ -284,6 +298,11 @@ def _table(kind: str, docs: list[dict[str, Any]], all_namespaces: bool, wide: bo
     if all_namespaces:
         header = ["NAMESPACE", *header]
         rows = [[d["metadata"].get("namespace", ""), *r] for d, r in zip(docs, rows, strict=True)]
+    return render_table(header, rows)
+
+
+def render_table(header: list[str], rows: list[list[str]]) -> str:
+    """Columns padded as kubectl's printer pads them (three spaces between columns)."""
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
     return "\n".join(
         "   ".join(str(x).ljust(w) for x, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]
@@ -293,11 +312,16 @@ def _table(kind: str, docs: list[dict[str, Any]], all_namespaces: bool, wide: bo
 def cmd_get(args: argparse.Namespace) -> int:
     import yaml
 
+    from pymesh.controlplane.getnetworks import NAMES as NETWORKS
     from pymesh.controlplane.resources import KINDS, STORAGE_VERSION, kind_of
 
+    if args.kind.lower() in NETWORKS:  # not a kind: meshNetworks, from their file (pymesh.controlplane.getnetworks)
+        from pymesh.controlplane.getnetworks import cmd_get_networks
+
+        return cmd_get_networks(args)
     kind = kind_of(args.kind)
     if kind is None:
-        known = ", ".join(sorted(p for _, p, _ in KINDS.values()))
+        known = ", ".join(sorted([*(p for _, p, _ in KINDS.values()), NETWORKS[0]]))
         raise ControlPlaneError(f'the server doesn\'t have a resource type "{args.kind}" (known: {known})')
     store = open_store(args.store or args.data_dir, readonly=True, etcd=_etcd_options(args))
     try:
@@ -514,8 +538,12 @@ def add_commands(sub: Any) -> None:
     cp.set_defaults(func=cmd_controlplane)
 
     get = sub.add_parser("get", help="show what the control plane holds, as kubectl would")
-    get.add_argument("kind", help="workloadentries (we), workloadgroups (wg), serviceentries (se), destinationrules "
-                     "(dr), peerauthentications (pa), services (svc), pods (po)")  # fmt: skip
+    get.add_argument(
+        "kind",
+        help="workloadentries (we), workloadgroups (wg), serviceentries (se), destinationrules (dr), "
+        "virtualservices (vs), peerauthentications (pa), telemetries (telemetry), services (svc), pods (po), "
+        "networks (meshNetworks: --mesh-networks FILE or the running control plane)",
+    )
     get.add_argument("name", nargs="?", default=None)
     get.add_argument("-n", "--namespace", default="default")
     get.add_argument("-A", "--all-namespaces", action="store_true")
@@ -523,11 +551,20 @@ def add_commands(sub: Any) -> None:
                      help="wide: the table with a SOURCE column (file:PATH, applied, registered)")  # fmt: skip
     get.add_argument("--data-dir", default=None, help=data_help)
     _store_flags(get)
+    get.add_argument("--mesh-networks", metavar="FILE", default=None,
+                     help="networks: read this meshNetworks file (else the running control plane's)")  # fmt: skip
+    get.add_argument("--control-plane", action="append", metavar="URL",
+                     help="networks: the control plane's monitoring port (default $PYMESH_CONTROL_PLANE, else "
+                     "http://127.0.0.1:15014)")  # fmt: skip
     get.set_defaults(func=cmd_get)
 
     from pymesh.controlplane.proxystatus import add_command as add_proxy_status
 
     add_proxy_status(sub)  # reads the monitoring port's /api/v1/proxies (standard library only)
+
+    from pymesh.controlplane.describe import add_command as add_describe
+
+    add_describe(sub, data_help, _store_flags)  # `describe workloadentry`: the store and the JSON API
 
     for name, func, what in (
         ("apply", cmd_apply, "validate objects and write them into the store's applied configuration"),

@@ -320,8 +320,12 @@ def _run(
     for backend, n in sorted(counts.items()):
         st.say(f"{n:3d}  {backend}")
     if capture and agent.proxy is not None:
-        ps = agent.proxy.stats()
-        st.say(f"outbound proxy: {ps['accepted']} connections accepted, {ps['cluster']} routed to a cluster")
+        ps, hs = agent.proxy.stats(), agent.proxy.http_stats()
+        # gRPC (an HTTP port): each call is a request its HTTP path routed; TCP ports: connections.
+        st.say(
+            f"outbound proxy: {ps['accepted']} connections accepted, {ps['cluster']} routed to a cluster, "
+            f"{hs['http_requests']} HTTP requests routed"
+        )
     if hold:
         st.say(f"serving until Ctrl-C: dig @127.0.0.1 -p {dns_port} product.default.svc.cluster.local", indent="")
         threading.Event().wait()

@@ -42,12 +42,13 @@ metadata: {{name: product, namespace: default}}
 spec:
   clusterIP: 10.96.0.20
   selector: {{app: product}}
-  ports: [{{name: grpc, port: {SVC_PORT}, targetPort: {SVC_PORT}}}]
+  # tcp: the backends here speak first (a banner line), which an HTTP port would not carry.
+  ports: [{{name: tcp, port: {SVC_PORT}, targetPort: {SVC_PORT}}}]
 ---
 apiVersion: v1
 kind: Pod
 metadata: {{name: product-pod-0, namespace: default, labels: {{app: product}}}}
-spec: {{containers: [{{name: product, ports: [{{name: grpc, containerPort: {SVC_PORT}}}]}}]}}
+spec: {{containers: [{{name: product, ports: [{{name: tcp, containerPort: {SVC_PORT}}}]}}]}}
 status:
   phase: Running
   podIP: {POD_IP}
@@ -58,7 +59,7 @@ kind: WorkloadGroup
 metadata: {{name: product-vm, namespace: default}}
 spec:
   metadata: {{labels: {{app: product}}}}
-  template: {{ports: {{grpc: {SVC_PORT}}}}}
+  template: {{ports: {{tcp: {SVC_PORT}}}}}
 """
     )
     return d

@@ -123,9 +123,10 @@ def test_up_takes_the_real_data_path_in_its_own_namespace() -> None:
     assert re.search(r"^   capture rules installed \((nftables|iptables)\)", out, re.M), out
     assert "from a client running as uid 4242: it asks 10.99.0.53:53 (captured)" in out
     assert _counts(out) == {"pod product-pod-0": 10, "vm product-vm": 10}, out
-    # Every call was a connection the rules sent to the proxy and the proxy routed.
-    m = re.search(r"outbound proxy: (\d+) connections accepted, (\d+) routed to a cluster", out)
-    assert m is not None and int(m.group(1)) >= 20 and int(m.group(2)) >= 20, out
+    # Every call was a connection the rules sent to the proxy, and a request its HTTP path
+    # routed (the port is gRPC's).
+    m = re.search(r"outbound proxy: (\d+) connections accepted, (\d+) routed to a cluster, (\d+) HTTP requests", out)
+    assert m is not None and int(m.group(1)) >= 20 and int(m.group(3)) >= 20, out
     # Nothing of it is left on the host.
     assert "pymesh" not in subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True).stdout
     # Without root (uid 4242 in a user namespace of its own, the files still readable): the same
@@ -137,5 +138,5 @@ def test_up_takes_the_real_data_path_in_its_own_namespace() -> None:
     assert "network namespace: private (unshare --user --map-root-user --net, unprivileged)" in out, out
     assert re.search(r"^   capture rules installed \((nftables|iptables)\): outbound TCP", out, re.M), out
     assert _counts(out) == {"pod product-pod-0": 5, "vm product-vm": 5}, out
-    m = re.search(r"outbound proxy: (\d+) connections accepted, (\d+) routed to a cluster", out)
-    assert m is not None and int(m.group(2)) >= 10, out
+    m = re.search(r"outbound proxy: (\d+) connections accepted, (\d+) routed to a cluster, (\d+) HTTP requests", out)
+    assert m is not None and int(m.group(3)) >= 10, out

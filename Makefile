@@ -26,7 +26,7 @@ $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "maturin>=1.7,<2" PyYAML pytest pytest-timeout hypothesis pytest-benchmark protobuf grpcio-tools grpcio xds-protos dnspython "cryptography>=42" \
-		PyJWT prometheus_client ruff mypy types-PyYAML import-linter
+		PyJWT prometheus_client ruff mypy types-PyYAML import-linter selenium
 	touch $@
 
 deps: $(VENV)/.deps ## create .venv with the build, test and lint tools

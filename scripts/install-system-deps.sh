@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system packages pymesh's tests use, when they are missing:
 # build tools, real DNS clients and servers (dig, unbound, dnsmasq, dnsperf),
-# TCP and HTTP proxy baselines (haproxy, nginx) and load generators (wrk, h2load), packet capture/netfilter tools, Prometheus and etcd.
+# TCP and HTTP proxy baselines (haproxy, nginx) and load generators (wrk, h2load), packet capture/netfilter tools, Prometheus, etcd
+# and Chromium with its driver (the dashboard's browser test).
 # Needs root (apt-get) only when something is missing.
 set -euo pipefail
 need=()
@@ -26,6 +27,8 @@ check openssl openssl
 check taskset util-linux
 check prometheus prometheus  # the metrics tests run their own prometheus process on a free loopback port
 check etcd etcd-server  # the store tests run their own 3-member cluster on free loopback ports (tests/support/etcd.py)
+check chromium chromium  # the dashboard's browser test (tests/e2e/test_dashboard_browser.py), headless
+check chromedriver chromium-driver  # selenium drives it through Debian's driver: nothing downloaded
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"

@@ -1,6 +1,7 @@
 """The operators' JSON API on the monitoring port: ``/api/v1/services``,
 ``/api/v1/workloadentries``, ``/api/v1/proxies`` and ``/api/v1/config-errors``
-(fields: ``docs/dashboard-api.md``).
+and ``/api/v1/graph``
+(fields: ``docs/dashboard-api.md``; the graph's sources: :mod:`pymesh.controlplane.graph`).
 
 Every view is what *this* replica knows, so the API works against any replica
 of an HA control plane: services and endpoints from the snapshot it serves,
@@ -34,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from pymesh.controlplane.ads import Connection, Nack, Watch
 from pymesh.controlplane.autoregistration import CONNECTED_AT, CONTROLLER_ANNOTATION, DISCONNECTED_AT
 from pymesh.controlplane.errors import StoreError, ValidationError
+from pymesh.controlplane.graph import WINDOW, AgentSource, Graph, PrometheusSource
 from pymesh.controlplane.health import rfc3339
 from pymesh.controlplane.registry import AUTO_GROUP_ANNOTATION, HEALTH_CHECKS_ANNOTATION, Registry
 from pymesh.controlplane.snapshot import XDS_TYPES
@@ -291,6 +293,32 @@ def config_errors(cp: ControlPlane) -> dict[str, Any]:
     }
 
 
+def graph(cp: ControlPlane, agents: AgentSource) -> dict[str, Any]:
+    """The traffic graph from the configured Prometheus, else from the agents of this replica's
+    ADS streams (the first of each node's ``INSTANCE_IPS``)."""
+    doc: dict[str, Any] = {"replica": replica_name(cp), "error": "", "unreachable": {}, "agents": {}}
+    try:
+        if cp.prometheus_url:
+            doc["source"] = f"prometheus:{cp.prometheus_url}"
+            doc["window"] = WINDOW
+            g = PrometheusSource(cp.prometheus_url).graph()
+        else:
+            doc["source"] = "agents"
+            doc["window"] = None
+
+            def run() -> list[str]:
+                return [
+                    c.proxy.ip_addresses[0] for c in cp.ads.connections.values() if c.proxy and c.proxy.ip_addresses
+                ]
+
+            g, doc["unreachable"], doc["agents"] = agents.graph(cp.call_soon(run))
+    except (OSError, ValueError, KeyError) as e:
+        doc["error"] = f"{type(e).__name__}: {e}"
+        g = Graph()
+    doc.update(g.document())
+    return doc
+
+
 def page() -> bytes:
     """The dashboard (``dashboard.html``, package data: shipped in the wheel), its inline
     script allowed by hash in the page's Content-Security-Policy and nothing else loaded:
@@ -314,6 +342,7 @@ def routes(cp: ControlPlane) -> dict[str, Any]:
         return answer
 
     html = page()
+    agents = AgentSource(cp.agent_status_port)
 
     return {
         "/": lambda _query: (200, "text/html; charset=utf-8", html),
@@ -321,4 +350,5 @@ def routes(cp: ControlPlane) -> dict[str, Any]:
         "/api/v1/workloadentries": handler(workload_entries),
         "/api/v1/proxies": handler(proxies),
         "/api/v1/config-errors": handler(config_errors),
+        "/api/v1/graph": handler(lambda c: graph(c, agents)),
     }

@@ -100,6 +100,7 @@ def cmd_controlplane(args: argparse.Namespace) -> int:
         root_namespace=args.root_namespace,
         vip_quarantine=parse_duration(args.vip_quarantine) if args.vip_quarantine else DEFAULT_QUARANTINE,
         monitoring_listen=args.monitoring_listen,
+        prometheus_url=args.prometheus_url,
         mesh_networks=args.mesh_networks,
         cluster_id=args.cluster_id,
         lease_ttl=args.lease_ttl,
@@ -515,6 +516,13 @@ def add_commands(sub: Any) -> None:
         default=None,
         help="serve /metrics, /debug/status, the JSON API /api/v1/ and the dashboard at / over HTTP (istiod's "
         "15014; off by default; it shows the mesh's topology: keep it on loopback)",
+    )
+    cp.add_argument(
+        "--prometheus-url",
+        metavar="URL",
+        default=None,
+        help="the dashboard's traffic graph from this Prometheus (scraping the proxies' :15020/stats/prometheus), "
+        "Kiali's queries; without it the control plane scrapes the agents connected to it itself",
     )
     cp.add_argument(
         "--max-pending-streams",

@@ -84,7 +84,7 @@ from pymesh.controlplane.telemetry import MeshAccessLog
 from pymesh.controlplane.vips import DEFAULT_QUARANTINE, VipAllocator, VipError, wants_vip
 from pymesh.controlplane.yamlsafe import DEFAULT_LIMITS, Limits
 from pymesh.mesh.addr import parse_host_port
-from pymesh.mesh.defaults import DEFAULT_DOMAIN, DEFAULT_TRUST_DOMAIN
+from pymesh.mesh.defaults import DEFAULT_DOMAIN, DEFAULT_TRUST_DOMAIN, STATUS_PORT
 from pymesh.mesh.errors import AddressError
 
 log = logging.getLogger("pymesh.controlplane")
@@ -163,6 +163,8 @@ class ControlPlane:
         max_pending_streams: int = DEFAULT_MAX_PENDING_STREAMS,
         vip_quarantine: float = DEFAULT_QUARANTINE,
         monitoring_listen: str | None = None,
+        prometheus_url: str | None = None,
+        agent_status_port: int = STATUS_PORT,
         mesh_networks: str | os.PathLike[str] | None = None,
         cluster_id: str = DEFAULT_CLUSTER_ID,
         lease_ttl: int = DEFAULT_LEASE_TTL,
@@ -291,6 +293,10 @@ class ControlPlane:
             self.security.install(self.ads)
             self._loopback_only = self._loopback_only and is_loopback(self.security.listen[0])
         self.monitoring_listen = monitoring_listen
+        # The traffic graph's source (pymesh.controlplane.graph): a Prometheus scraping the
+        # proxies, else the agents' status ports (istio-agent's 15020) scraped from here.
+        self.prometheus_url = prometheus_url
+        self.agent_status_port = agent_status_port
         self.monitoring: Any = None
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="pymesh-config")
         self._load_lock: asyncio.Lock | None = None

@@ -66,10 +66,10 @@ def vm_node(
 class AdsStream:
     """One ADS stream (SotW or delta) driven by the test, request by request."""
 
-    def __init__(self, port: int, node: Any, *, delta: bool = False) -> None:
+    def __init__(self, port: int, node: Any, *, delta: bool = False, host: str = "127.0.0.1") -> None:
         self.node = node
         self.delta = delta
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        self.channel = grpc.insecure_channel(f"{host}:{port}")
         stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self.channel)
         self._requests: queue.Queue[Any] = queue.Queue()
         self.responses: queue.Queue[Any] = queue.Queue()

@@ -305,7 +305,13 @@ def test_page_at_root_references_the_api(cp: ControlPlane) -> None:
     with urllib.request.urlopen(f"http://{cp.monitoring.address}/", timeout=10) as r:
         assert r.headers["Content-Type"].startswith("text/html")
         page = r.read().decode()
-    for path in ("/api/v1/services", "/api/v1/workloadentries", "/api/v1/proxies", "/api/v1/config-errors"):
+    for path in (
+        "/api/v1/services",
+        "/api/v1/workloadentries",
+        "/api/v1/proxies",
+        "/api/v1/config-errors",
+        "/api/v1/graph",
+    ):
         assert path in page
     assert "http://" not in page and "https://" not in page  # no external assets
     # The inline script runs by its hash in the page's Content-Security-Policy, nothing else does.

@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/controlplane_bench.py --short    # 100 services, 200 agents (CI)
 
 The mesh: SERVICES Kubernetes Services in namespace ``bench``, each with two
-ready pods. AGENTS simulated VM agents (benchmarks/cp_agents.py, a separate
+ready pods. AGENTS simulated VM agents (tests/support/peers/cp_agents.py, a separate
 process) hold one ADS stream each on loopback, subscribing CDS (all
 clusters), NDS (the name table) and EDS for 20 clusters.
 
@@ -43,6 +43,9 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+from support.peers import CP_AGENTS  # noqa: E402
 
 
 def rss_mb() -> float:
@@ -119,7 +122,7 @@ def one(strategy: str, services: int, agents: int, eds: int, delta: bool = False
         gc.collect()
         out["rss_mesh_mb"] = rss_mb() - base
         proc = subprocess.Popen(
-            [sys.executable, str(HERE / "cp_agents.py"), str(cp.port), str(agents), str(services), str(eds)]
+            [sys.executable, CP_AGENTS, str(cp.port), str(agents), str(services), str(eds)]
             + (["delta"] if delta else []),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,

@@ -16,8 +16,8 @@ Both with the control plane's default flags (debounce, lease TTL, grace period, 
 bound); both keep their data in /dev/shm when it exists, so neither waits on a disk.
 
 The load: the mesh of benchmarks/controlplane_bench.py (SERVICES Services with two pods each),
-plus one WorkloadGroup no Service selects, and AGENTS simulated agents (benchmarks/cp_agents.py,
-one child process, real ADS streams: CDS, NDS and EDS for 20 clusters each) that auto-register
+plus one WorkloadGroup no Service selects, and AGENTS simulated agents (tests/support/peers/cp_agents.py
+through support.fleet, one child process, real ADS streams: CDS, NDS and EDS for 20 clusters each) that auto-register
 into it. Every agent is given every replica's address and starts on address i mod N (an even
 spread); a stream that ends is opened again on the next address with the real agent's backoff
 (pymesh/agent/xds_client.py).
@@ -56,7 +56,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -69,6 +68,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 from benchmarks.benchlib import spread  # noqa: E402
 from benchmarks.controlplane_bench import service_yaml, write_mesh  # noqa: E402
+from support.fleet import Agents, watchdog  # noqa: E402
 
 GROUP = "bench-vm"
 # A WorkloadGroup no Service selects: registrations cost what they cost in the store, without
@@ -88,17 +88,6 @@ def rss_mb(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return 0.0
-
-
-@contextlib.contextmanager
-def watchdog(proc: subprocess.Popen[str], timeout: float) -> Iterator[None]:
-    """Kills ``proc`` if the block takes longer than ``timeout`` (a blocking read then ends)."""
-    timer = threading.Timer(timeout, proc.kill)
-    timer.start()
-    try:
-        yield
-    finally:
-        timer.cancel()
 
 
 def pymesh_cli() -> list[str]:
@@ -154,44 +143,6 @@ class Replica:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-
-class Agents:
-    """The simulated fleet (cp_agents.py --control): one JSON answer per command."""
-
-    def __init__(self, ports: list[int], agents: int, services: int, eds: int, register: bool) -> None:
-        argv = [sys.executable, str(HERE / "cp_agents.py"), ",".join(map(str, ports)), str(agents), str(services)]
-        argv += [str(eds), "--failover", "--control"] + (["--register", GROUP] if register else [])
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-
-    def wait_ready(self, timeout: float) -> None:
-        assert self.proc.stdout is not None
-        with watchdog(self.proc, timeout):
-            line = self.proc.stdout.readline().strip()
-        if line != "ready":
-            raise RuntimeError(f"agents failed to start ({line!r}; see their stderr)")
-
-    def ask(self, *words: object) -> dict[str, Any]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(" ".join(map(str, words)) + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError("the agents' process exited")
-        doc: dict[str, Any] = json.loads(line)
-        return doc
-
-    def stop(self) -> None:
-        if self.proc.stdin is not None:
-            with contextlib.suppress(OSError):
-                self.proc.stdin.close()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
 
@@ -292,7 +243,7 @@ def run(kind: str, a: argparse.Namespace, tmp: Path, cleanup: contextlib.ExitSta
 
     before = etcd_counts(endpoints) if endpoints else (0, 0)
     t = time.monotonic()
-    agents = Agents([r.port for r in replicas], a.agents, a.services, a.eds, a.register)
+    agents = Agents([r.port for r in replicas], a.agents, a.services, a.eds, register=GROUP if a.register else "")
     cleanup.callback(agents.stop)
     agents.wait_ready(timeout=300)
     out["connect_all_s"] = time.monotonic() - t

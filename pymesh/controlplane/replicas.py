@@ -55,8 +55,20 @@ Decisions, and why:
   concerned wait. While the store fails, one call per second probes it and the others are
   refused at once: a new VM's stream fails with ``UNAVAILABLE`` "registration store unavailable
   ..." and retries; streams already registered keep being served from the last snapshot. No
-  deletion can happen meanwhile (leases cannot expire without an etcd leader). A connection key
-  that cannot be removed is retried; until then the entry stays connected, the safe direction.
+  deletion can happen meanwhile (leases cannot expire without an etcd leader; but a frozen
+  leader that resumes after more than a TTL expires every lease at once, and each replica then
+  claims its streams again, as after a pause of its own). A connection key that cannot be
+  removed is retried; until then the entry stays connected, the safe direction.
+- **A write whose answer was lost may still be applied**, after the caller's deadline (a frozen
+  member serves the request it buffered once it runs again). A claim of a stream refused with
+  ``UNAVAILABLE`` may so leave this replica's connection key behind, on its live lease: the entry
+  would look connected for as long as the replica runs, never swept. A release retried after
+  such a timeout may land after the VM's next claim on the same replica and remove the key of a
+  live stream: the entry would be swept while connected. So every sweep tick each replica reads
+  which entries it holds a key of and reconciles them with its streams: a key without a stream
+  is released, a stream without its key is claimed again, each once seen at two reads in a row
+  (one read may predate a claim or release in progress; both run under the entry's lock). Both
+  take at most two ticks, well within the grace period.
 - **VIPs** are claimed in the store by whichever replica allocates (:mod:`pymesh.controlplane.vips`).
 - **Not shared yet**: overlays of health-checked configured entries (``WORKLOAD_ENTRY``: each
   replica writes its own annotations and health, as one process does), a graceful drain before
@@ -114,7 +126,8 @@ class ReplicaSession:
 
     ``post`` runs a callable on the control plane's event loop; through it ``on_entries(revision,
     docs)`` receives the registered entries when they change and ``on_lease_lost()`` is called
-    after a new lease replaced an expired one."""
+    after a new lease replaced an expired one; ``on_held(keys)`` receives the entries this
+    replica holds a connection key of, every sweep tick."""
 
     def __init__(
         self,
@@ -139,6 +152,7 @@ class ReplicaSession:
         # Set by the owner before start (SharedRegistrations.sync / .reassert), called through post.
         self.on_entries: Callable[[int, list[dict[str, Any]]], None] = lambda rev, docs: None
         self.on_lease_lost: Callable[[], None] = lambda: None
+        self.on_held: Callable[[set[Key]], None] = lambda keys: None
         self._clock = clock
         self.lease = 0
         self.leader_rev: int | None = None
@@ -266,6 +280,7 @@ class ReplicaSession:
                         self._campaign()
                         if self.leader_rev is not None:
                             self.sweep()
+                        self._held()
                 except StoreError as e:
                     self._log_error(what, e)
                 except Exception:  # a bug must not end the thread (keep-alives)
@@ -317,6 +332,10 @@ class ReplicaSession:
         self._version = version
         docs = [doc for doc, _ in rows]
         self._post(lambda: self.on_entries(rev, docs))
+
+    def _held(self) -> None:
+        mine = {key for key, holders in self.store.connections().items() if self.replica in holders}
+        self._post(lambda: self.on_held(mine))
 
     def _campaign(self) -> None:
         rev = self.store.campaign(SWEEPER, self.replica, self.lease)
@@ -390,6 +409,11 @@ class SharedRegistrations(Registrations):
         self._store_rev = 0  # the newest store revision this replica wrote or read
         self._locks: weakref.WeakValueDictionary[Key, asyncio.Lock] = weakref.WeakValueDictionary()
         self._tasks: set[asyncio.Task[None]] = set()
+        # At the last read of this replica's connection keys (``held``): keys without a stream
+        # here, and streams here without their key.
+        self._stray: set[Key] = set()
+        self._missing: set[Key] = set()
+        self._releasing: dict[Key, int] = {}  # entries with a release in progress (retried), how many
 
     def _spawn(self, coro: Any) -> None:
         """Runs ``coro`` in the background on the running loop (none yet: not run)."""
@@ -495,19 +519,26 @@ class SharedRegistrations(Registrations):
         """This replica's connection key removed, unless a stream of the entry is back here. On a
         store error it is retried (until then the entry stays connected: the safe direction; a
         replica that stops revokes its lease, which removes them all)."""
-        for attempt in itertools.count():
-            async with self._lock(key):
-                if conn_key in self._conns:
-                    return
-                try:
-                    await self._io(self.session.release, *key)
-                    return
-                except StoreError as e:
-                    if attempt == 0:
-                        log.warning("connection to %s/%s not released in the store (retrying): %s", *key, e)
-                except RuntimeError:
-                    return  # the io threads are shut down: the replica stops and revokes its lease
-            await asyncio.sleep(min(10.0, 0.5 * 2**attempt))
+        self._releasing[key] = self._releasing.get(key, 0) + 1
+        try:
+            for attempt in itertools.count():
+                async with self._lock(key):
+                    if conn_key in self._conns:
+                        return
+                    try:
+                        await self._io(self.session.release, *key)
+                        return
+                    except StoreError as e:
+                        if attempt == 0:
+                            log.warning("connection to %s/%s not released in the store (retrying): %s", *key, e)
+                    except RuntimeError:
+                        return  # the io threads are shut down: the replica stops and revokes its lease
+                await asyncio.sleep(min(10.0, 0.5 * 2**attempt))
+        finally:
+            if self._releasing[key] > 1:
+                self._releasing[key] -= 1
+            else:
+                del self._releasing[key]
 
     # --- health -------------------------------------------------------------------------
 
@@ -555,6 +586,30 @@ class SharedRegistrations(Registrations):
         self.entries = fresh
         self._changed("registrations in the store")
         self._register_again(lambda conn: conn.attrs.get("entry") not in self.entries)
+
+    def held(self, keys: set[Key]) -> None:
+        """The entries this replica holds a connection key of in the store, against its streams
+        (see the module docstring): a key without a stream here is released, a stream without
+        its key claimed again, when seen so at two reads in a row."""
+        live: set[Key] = {conn.attrs["entry"] for conn in self._live.values()}
+        stray, missing = keys - live - self._releasing.keys(), live - keys
+        for key in stray & self._stray:
+            self._spawn(self._release_stray(key))
+        again = missing & self._missing
+        if again:
+            log.warning("%d streams here without their connection key in the store: claimed again", len(again))
+            self._register_again(lambda conn: conn.attrs.get("entry") in again)
+        self._stray, self._missing = stray, missing
+
+    async def _release_stray(self, key: Key) -> None:
+        async with self._lock(key):
+            if any(conn.attrs.get("entry") == key for conn in self._live.values()):
+                return  # registered meanwhile: the key is this stream's
+            try:
+                await self._io(self.session.release, *key)
+            except (StoreError, RuntimeError):
+                return  # seen again at the next sweep tick (RuntimeError: the io threads are shut down)
+        log.warning("connection key of %s/%s released: no stream here (a claim applied after it timed out)", *key)
 
     def reassert(self) -> None:
         """After this replica's lease was replaced: every entry it holds a stream of is claimed

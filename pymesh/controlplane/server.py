@@ -261,6 +261,7 @@ class ControlPlane:
             shared = SharedRegistrations(self.store, session=self.replica, **registrations)
             self.replica.on_entries = shared.sync
             self.replica.on_lease_lost = shared.reassert
+            self.replica.on_held = shared.held
             self.registrations = shared
         else:
             self.registrations = Registrations(self.store, **registrations)

@@ -1,6 +1,6 @@
 """Control-plane replicas on one etcd prefix, as real ``pymesh controlplane`` processes
-(tests/unit/test_controlplane_replicas.py, test_controlplane_failover.py): started, their
-``/debug/status`` read, killed or stopped."""
+(tests/unit/test_controlplane_replicas.py, test_controlplane_failover.py,
+tests/e2e/test_replicas_faults.py): started, their ``/debug/status`` read, killed or stopped."""
 
 from __future__ import annotations
 
@@ -21,13 +21,23 @@ GRACE = 3.0  # --grace-period
 class Replica:
     """One ``pymesh controlplane`` process on the shared store ``url``."""
 
-    def __init__(self, name: str, url: str, cfg: Path, tmp: Path, *extra: str, listen: str = "127.0.0.1:0") -> None:
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        cfg: Path,
+        tmp: Path,
+        *extra: str,
+        listen: str = "127.0.0.1:0",
+        ttl: int = TTL,
+        grace: float = GRACE,
+    ) -> None:
         self.name = name
         self.log = tmp / f"{name}.log"
         argv = [
             *pymesh_cli(), "controlplane", "--config", str(cfg), "--xds-listen", listen,
-            "--data-dir", str(tmp / name), "--store", url, "--grace-period", str(GRACE),
-            "--lease-ttl", str(TTL), "--debounce", "0.05", "--monitoring-listen", "127.0.0.1:0", *extra,
+            "--data-dir", str(tmp / name), "--store", url, "--grace-period", str(grace),
+            "--lease-ttl", str(ttl), "--debounce", "0.05", "--monitoring-listen", "127.0.0.1:0", *extra,
         ]  # fmt: skip
         with open(self.log, "w") as err:
             self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, text=True)

@@ -11,6 +11,9 @@ processes and simulated VM agents as real ADS streams. Checked:
   not come back is deleted once after the grace period; one that reconnected to another replica
   is kept; killing the leader moves the sweep to another replica;
 - a replica paused past its lease gets a new one and registers its VMs again;
+- a replica's connection keys follow its streams even when etcd applies a write after its
+  deadline: a stray key (a claim of a refused stream) is released, a lost one (a release applied
+  after the next claim) written again, both within the grace period;
 - with etcd's quorum lost, new VMs are refused with UNAVAILABLE "registration store
   unavailable" (a burst within about one store deadline) while the replica keeps serving, and
   they register once quorum is back;
@@ -222,6 +225,23 @@ def test_a_paused_replica_registers_its_vms_again(mesh: Mesh) -> None:
     assert mesh.holders(entry("127.0.0.31")) == {b_id}
     assert b.replica()["leases"] == 2
     wait_until(lambda: "127.0.0.31" in eds_addresses(a.port), timeout=10)
+
+
+def test_stray_and_lost_connection_keys_are_reconciled(mesh: Mesh) -> None:
+    a = mesh.start("a", leader=True)
+    mesh.connect(a, "127.0.0.61")
+    a_id, lease = a.replica()["id"], int(a.replica()["lease"], 16)
+    # What a claim applied after its stream was refused leaves: a's key on a's lease, no stream.
+    doc = json.loads(json.dumps(mesh.entries()[entry("127.0.0.61")]).replace("127.0.0.61", "127.0.0.62"))
+    mesh.store.claim_registered(doc, a_id, lease)
+    # What a release applied after the next claim of the same stream leaves: a live stream, no key.
+    mesh.store.release_registered("default", entry("127.0.0.61"), a_id)
+    wait_until(lambda: mesh.holders(entry("127.0.0.62")) == set(), timeout=GRACE, interval=0.1)
+    wait_until(lambda: mesh.holders(entry("127.0.0.61")) == {a_id}, timeout=GRACE, interval=0.1)
+    # The stream's entry was never swept; the stray one is, after the grace period.
+    wait_until(lambda: entry("127.0.0.62") not in mesh.entries(), timeout=GRACE + 5, interval=0.1)
+    assert sorted(mesh.entries()) == [entry("127.0.0.61")]
+    assert a.replica()["deleted"] == 1
 
 
 # --- a delta client that can say what it already holds (initial_resource_versions) ----------

@@ -9,6 +9,8 @@ first (run by its path below); none imports the support package.
 - ``cp_xds_client.py``: gRPC's own xDS client (one XdsClient per process).
 - ``http_backend.py``: HTTP/1.1, resetting and gRPC backends, a raw-bytes and a gRPC client
   (the HTTP relay tests).
+- ``cp_agents.py``: a fleet of simulated VM agents, real ADS streams (the replica fault tests and
+  the control-plane benchmarks; driven through ``support.fleet``).
 """
 
 from __future__ import annotations
@@ -22,3 +24,4 @@ E2E_HTTP = str(_HERE / "e2e_http.py")
 E2E_MTLS_PEER = str(_HERE / "e2e_mtls_peer.py")
 CP_XDS_CLIENT = str(_HERE / "cp_xds_client.py")
 HTTP_BACKEND = str(_HERE / "http_backend.py")
+CP_AGENTS = str(_HERE / "cp_agents.py")

@@ -1,7 +1,12 @@
-"""Simulated VM agents for the control-plane benchmarks: COUNT ADS streams
-(SotW or delta), each on its own TCP connection, each subscribing like an
+"""Simulated VM agents for the control-plane benchmarks and the replica fault tests
+(benchmarks/controlplane_bench.py, benchmarks/ha_bench.py, tests/e2e/test_replicas_faults.py):
+COUNT ADS streams (SotW or delta), each on its own TCP connection, each subscribing like an
 istio-agent sidecar scoped to a few services: CDS (wildcard), NDS, and EDS
 for EDS_PER_AGENT clusters; every response is ACKed at once.
+
+Agent i's identity (its node id and INSTANCE_IPS 10.200.<i // 250>.<i % 250 + 1>, hence the
+WorkloadEntry it registers) is its ident, i for the first COUNT agents; ``spawn`` may start
+more agents with any ident, several with the same one (one VM holding several streams).
 
     cp_agents.py PORT COUNT SERVICES EDS_PER_AGENT [sotw|delta]
     cp_agents.py PORT,PORT,... COUNT SERVICES EDS_PER_AGENT [sotw|delta] [--failover] [--register GROUP] [--control]
@@ -28,8 +33,11 @@ benchmarks/controlplane_bench.py relies on):
   own. An agent is *established* when its stream's first CDS, NDS and EDS
   responses are all ACKed.
 
-  - ``dump``: each agent's current address, streams established and when,
-    streams lost and when, busy refusals, ACKs and last ACK time per type;
+  - ``dump``: each agent's ident, current address, streams established and when,
+    streams lost and when, busy refusals, ACKs, last ACK time and last ACKed
+    ``version_info`` per type, its ``spans`` (``[first response, stream end]``
+    of each stream that answered, end 0 while it is open), its last errors
+    (``[time, "CODE: details"]``, the last five) and whether it was stopped;
   - ``acked SINCE TIMEOUT TYPE[,TYPE] [SERVICE]``: waits up to TIMEOUT s
     until every agent (or every one watching SERVICE's cluster in EDS) has
     ACKed a response of each TYPE (cds, nds, eds) after SINCE; answers
@@ -39,7 +47,14 @@ benchmarks/controlplane_bench.py relies on):
   - ``recovered ADDR TIMEOUT``: waits up to TIMEOUT s until every agent
     that was on address index ADDR at the mark has established a new
     stream; answers their establishment times, how many are pending, and
-    how many other agents lost a stream since the mark.
+    how many other agents lost a stream since the mark;
+  - ``spawn FROM TO ADDR[,ADDR...]``: starts one agent per ident in [FROM, TO) and
+    address index, all at once (a VM connecting to two replicas at the same
+    time); answers their agent numbers;
+  - ``drop EVERY REST``: ends the current stream of every agent i with
+    i % EVERY == REST (a client-side cancel); each opens a new one, as after any
+    lost stream;
+  - ``stop I[,I...]``: ends those agents for good (their stream is cancelled).
 """
 
 from __future__ import annotations
@@ -95,27 +110,60 @@ class Fleet:
 
     def __init__(self, a: argparse.Namespace) -> None:
         self.addrs = [x if ":" in x else f"127.0.0.1:{x}" for x in a.addresses.split(",")]
-        self.count, self.services, self.eds = a.count, a.services, a.eds
+        self.initial, self.services, self.eds = a.count, a.services, a.eds
         self.delta = a.mode == "delta"
         self.failover = a.failover
         self.group = a.register
         self.ready = asyncio.Event()
         self.established_once = 0
-        n = a.count
-        self.addr = [i % len(self.addrs) for i in range(n)]
-        self.est = [0] * n
-        self.est_at = [0.0] * n
-        self.lost = [0] * n
-        self.lost_at = [0.0] * n
-        self.busy = [0] * n
-        self.acks = {t: [0] * n for t in TYPES}
-        self.ack_at = {t: [0.0] * n for t in TYPES}
+        self.ident: list[int] = []
+        self.addr: list[int] = []
+        self.est: list[int] = []
+        self.est_at: list[float] = []
+        self.lost: list[int] = []
+        self.lost_at: list[float] = []
+        self.busy: list[int] = []
+        self.acks: dict[str, list[int]] = {t: [] for t in TYPES}
+        self.ack_at: dict[str, list[float]] = {t: [] for t in TYPES}
+        self.ver: dict[str, list[str]] = {t: [] for t in TYPES}
+        self.spans: list[list[list[float]]] = []
+        self.errors: list[list[tuple[float, str]]] = []
+        self.stopped: list[bool] = []
+        self.calls: list[Any] = []  # the current stream's call, None between streams
+        self.tasks: list[asyncio.Future[None]] = []
+        self.dropping: set[int] = set()
+        for i in range(a.count):
+            self.add(i, i % len(self.addrs))
         self.marked: tuple[list[int], list[int], list[int], int] = ([], [], [], 0)
+        self.start: Any = None  # set by main: starts agent i's task
+
+    def add(self, ident: int, addr: int) -> int:
+        """A new agent (not started): its number."""
+        self.ident.append(ident)
+        self.addr.append(addr)
+        for xs in (self.est, self.lost, self.busy):
+            xs.append(0)
+        for ys in (self.est_at, self.lost_at):
+            ys.append(0.0)
+        for t in TYPES:
+            self.acks[t].append(0)
+            self.ack_at[t].append(0.0)
+            self.ver[t].append("")
+        self.spans.append([])
+        self.errors.append([])
+        self.stopped.append(False)
+        self.calls.append(None)
+        return len(self.ident) - 1
+
+    @property
+    def count(self) -> int:
+        return len(self.ident)
 
     def dump(self) -> dict[str, Any]:
         return {
             "now": time.monotonic(),
             "addrs": self.addrs,
+            "ident": self.ident,
             "addr": self.addr,
             "est": self.est,
             "est_at": self.est_at,
@@ -124,11 +172,15 @@ class Fleet:
             "busy": self.busy,
             "acks": self.acks,
             "ack_at": self.ack_at,
+            "ver": self.ver,
+            "spans": self.spans,
+            "errors": self.errors,
+            "stopped": self.stopped,
         }
 
     def watching(self, service: int) -> list[int]:
         """The agents whose EDS subscription holds ``service``'s cluster (see ``stream``)."""
-        return [i for i in range(self.count) if (service - i * 7) % self.services < self.eds]
+        return [i for i in range(self.count) if (service - self.ident[i] * 7) % self.services < self.eds]
 
     async def acked(self, since: float, timeout: float, types: list[str], service: int | None) -> dict[str, Any]:
         targets = range(self.count) if service is None else self.watching(service)
@@ -160,7 +212,7 @@ class Fleet:
 
     async def recovered(self, addr: int, timeout: float) -> dict[str, Any]:
         at, est, lost, busy = self.marked
-        victims = [i for i in range(self.count) if at[i] == addr]
+        victims = [i for i in range(len(at)) if at[i] == addr]
         deadline = time.monotonic() + timeout
         while True:
             pending = sum(1 for i in victims if self.est[i] <= est[i])
@@ -172,7 +224,7 @@ class Fleet:
             "victims": len(victims),
             "pending": pending,
             "established_at": [self.est_at[i] for i in victims if self.est[i] > est[i]],
-            "others_lost": sum(1 for i in range(self.count) if at[i] != addr and self.lost[i] > lost[i]),
+            "others_lost": sum(1 for i in range(len(at)) if at[i] != addr and self.lost[i] > lost[i]),
             "busy_refusals": sum(self.busy) - busy,
             "agents": [self.addr.count(k) for k in range(len(self.addrs))],
         }
@@ -188,16 +240,47 @@ class Fleet:
             return self.mark()
         if word == "recovered":
             return await self.recovered(int(rest[0]), float(rest[1]))
+        if word == "spawn":
+            first, end = int(rest[0]), int(rest[1])
+            new = [self.add(ident, int(k)) for ident in range(first, end) for k in rest[2].split(",")]
+            for i in new:
+                self.start(i)
+            return {"agents": new}
+        if word == "drop":
+            every, remainder = int(rest[0]), int(rest[1])
+            dropped = []
+            for i in range(self.count):
+                call = self.calls[i]
+                if i % every == remainder and call is not None and not self.stopped[i]:
+                    self.dropping.add(i)
+                    call.cancel()
+                    dropped.append(i)
+            return {"agents": dropped}
+        if word == "stop":
+            ids = [int(x) for x in rest[0].split(",")]
+            for i in ids:
+                self.stopped[i] = True
+                self.tasks[i].cancel()
+            await asyncio.gather(*(self.tasks[i] for i in ids), return_exceptions=True)
+            return {"agents": ids}
         return {"error": f"unknown command {word!r}"}
 
 
 SHORT = {v: k for k, v in TYPES.items()}
 
 
+def failed(i: int, fleet: Fleet, code: grpc.StatusCode, details: str | None) -> None:
+    """Agent ``i``'s stream ended with an error status."""
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        fleet.busy[i] += 1
+    fleet.errors[i] = [*fleet.errors[i][-4:], (time.monotonic(), f"{code.name}: {details}")]
+
+
 async def stream(i: int, fleet: Fleet, wait_for_ready: bool) -> bool:
     """One ADS stream of agent ``i`` to its current address, until it ends (EOF: returns) or
     fails (raises). Returns whether it delivered a response."""
     delta = fleet.delta
+    ident = fleet.ident[i]
     channel = grpc.aio.insecure_channel(fleet.addrs[fleet.addr[i]], options=[("grpc.use_local_subchannel_pool", 1)])
     got = False
     try:
@@ -208,16 +291,16 @@ async def stream(i: int, fleet: Fleet, wait_for_ready: bool) -> bool:
             request_serializer=request.SerializeToString,
             response_deserializer=HEADER.FromString,
         )(wait_for_ready=wait_for_ready)
+        fleet.calls[i] = call
         md = struct_pb2.Struct()
-        meta = {"NAMESPACE": "bench", "DNS_CAPTURE": "true", "INSTANCE_IPS": f"10.200.{i // 250}.{i % 250 + 1}"}
+        ip = f"10.200.{ident // 250}.{ident % 250 + 1}"
+        meta = {"NAMESPACE": "bench", "DNS_CAPTURE": "true", "INSTANCE_IPS": ip}
         if fleet.group:
             meta["AUTO_REGISTER_GROUP"] = fleet.group
         md.update(meta)
-        node = base_pb2.Node(
-            id=f"sidecar~10.200.{i // 250}.{i % 250 + 1}~agent-{i}.bench~bench.svc.cluster.local", metadata=md
-        )
+        node = base_pb2.Node(id=f"sidecar~{ip}~agent-{ident}.bench~bench.svc.cluster.local", metadata=md)
         services, eds = fleet.services, fleet.eds
-        names = {EDS: [cluster((i * 7 + k) % services) for k in range(eds)], CDS: [], NDS: []}
+        names = {EDS: [cluster((ident * 7 + k) % services) for k in range(eds)], CDS: [], NDS: []}
         if delta:
             await call.write(request(type_url=CDS, node=node, resource_names_subscribe=["*"]))
             await call.write(request(type_url=NDS, resource_names_subscribe=["*"]))
@@ -231,6 +314,8 @@ async def stream(i: int, fleet: Fleet, wait_for_ready: bool) -> bool:
             r = await call.read()
             if r is grpc.aio.EOF:
                 return got
+            if not got:
+                fleet.spans[i].append([time.monotonic(), 0.0])  # registered: the first answer follows it
             got = True
             if delta:
                 await call.write(request(type_url=r.type_url, response_nonce=r.nonce))
@@ -242,6 +327,7 @@ async def stream(i: int, fleet: Fleet, wait_for_ready: bool) -> bool:
             if short is not None:
                 fleet.acks[short][i] += 1
                 fleet.ack_at[short][i] = time.monotonic()
+                fleet.ver[short][i] = r.version_info
             if first:
                 first.discard(r.type_url)
                 if not first:
@@ -249,15 +335,29 @@ async def stream(i: int, fleet: Fleet, wait_for_ready: bool) -> bool:
                     fleet.est_at[i] = time.monotonic()
                     if fleet.est[i] == 1:
                         fleet.established_once += 1
-                        if fleet.established_once == fleet.count:
+                        if fleet.established_once == fleet.initial:
                             fleet.ready.set()
     except grpc.aio.AioRpcError as e:
-        if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-            fleet.busy[i] += 1
+        failed(i, fleet, e.code(), e.details())
+        if not fleet.failover:
+            raise
+        return got
+    except (asyncio.CancelledError, asyncio.InvalidStateError) as e:
+        if i in fleet.dropping and not fleet.stopped[i]:
+            return got  # ``drop``: the stream was cancelled, not the agent (``stop`` marks those first)
+        if isinstance(e, asyncio.CancelledError):
+            raise
+        # "RPC already finished": the server ended the stream (refused it) while a request was
+        # being written; its status says why.
+        failed(i, fleet, await call.code(), await call.details())
         if not fleet.failover:
             raise
         return got
     finally:
+        fleet.dropping.discard(i)
+        fleet.calls[i] = None
+        if got:
+            fleet.spans[i][-1][1] = time.monotonic()
         await channel.close()
 
 
@@ -267,7 +367,7 @@ rounds: dict[int, list[int]] = collections.defaultdict(list)
 
 async def agent(i: int, fleet: Fleet, rng: random.Random) -> None:
     attempt = 0
-    while True:
+    while not fleet.stopped[i]:
         # The first stream waits for its channel (a fleet connecting at once may find the
         # listen backlog full); a reconnect must not wait on a dead replica's address.
         got = await stream(i, fleet, wait_for_ready=fleet.est[i] == 0 and attempt == 0)
@@ -303,7 +403,6 @@ async def main() -> None:
     args = p.parse_args()
     fleet = Fleet(args)
     rng = random.Random(args.seed)
-    tasks = []
 
     async def supervised(i: int) -> None:
         try:
@@ -312,8 +411,13 @@ async def main() -> None:
             print(f"agent {i} failed: {e!r}", file=sys.stderr, flush=True)
             print("failed", flush=True)
 
-    for i in range(fleet.count):
-        tasks.append(asyncio.ensure_future(supervised(i)))
+    def start(i: int) -> None:
+        assert len(fleet.tasks) == i
+        fleet.tasks.append(asyncio.ensure_future(supervised(i)))
+
+    fleet.start = start
+    for i in range(fleet.initial):
+        start(i)
         if i % 50 == 49:
             await asyncio.sleep(0.05)  # connect in waves, as a fleet would
     await fleet.ready.wait()
@@ -328,7 +432,8 @@ async def main() -> None:
                 print(json.dumps(await fleet.command(line)), flush=True)
     else:
         await loop.run_in_executor(None, sys.stdin.read)
-    for t in tasks:
+    for i, t in enumerate(fleet.tasks):
+        fleet.stopped[i] = True
         t.cancel()
 
 

@@ -62,25 +62,32 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import datetime
 import json
 import os
-import shutil
 import signal
 import socket
 import ssl
-import subprocess
 import sys
-import tempfile
-import threading
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchlib import cpu_ns, spread, thread_ids
+from benchlib import (
+    NetLab,
+    accept_each,
+    arguments,
+    cpu_ns,
+    enter_netns,
+    haproxy_cfg,
+    send_sized,
+    sh,
+    sink_sized,
+    spread,
+    thread_ids,
+    tool,
+)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -92,14 +99,7 @@ CLUSTER = f"outbound|{PORT}||{HOST}"  # istio BuildSubsetKey
 PYMESH_SNI, PYMESH_FWD = 15443, 15444
 HAPROXY_SNI, HAPROXY_FWD = 6443, 6444
 WORKERS = 2
-CLONE_NEWNET = 0x40000000
-PR_SET_PDEATHSIG = 1
 REQUEST = (64).to_bytes(8, "big") + b"x" * 64
-
-
-def _die_with_parent() -> None:
-    # A child killed with this process even when it is SIGKILLed (prctl(2)).
-    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 # --- the TLS backend (runs in the net namespace: `gateway_bench.py --serve DIR`) ------------
@@ -115,35 +115,18 @@ def serve(certs: Path) -> None:
     srv = socket.create_server((NET4, PORT), backlog=1024)
 
     def one(c: socket.socket) -> None:
-        buf = bytearray(1 << 20)
         # Readiness probes and refused handshakes end here quietly.
         with c, contextlib.suppress(OSError):
             c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with ctx.wrap_socket(c, server_side=True) as t:
-                hdr = b""
-                while len(hdr) < 8 and (k := t.recv(8 - len(hdr))):
-                    hdr += k
-                want = int.from_bytes(hdr, "big") if len(hdr) == 8 else 0
-                got = 0
-                while got < want and (k := t.recv_into(buf, min(len(buf), want - got))):
-                    got += k
-                t.sendall(b"k")
+                sink_sized(t)
 
-    def loop() -> None:
-        while True:
-            c, _ = srv.accept()
-            threading.Thread(target=one, args=(c,), daemon=True).start()
-
-    threading.Thread(target=loop, daemon=True).start()
+    accept_each(srv, one)
     print("ready", flush=True)
     sys.stdin.read()  # until the parent exits
 
 
 # --- setup ----------------------------------------------------------------------------------
-
-
-def sh(*cmd: str) -> None:
-    subprocess.run(cmd, check=True, capture_output=True)
 
 
 def make_cert(d: Path) -> bytes:
@@ -175,112 +158,49 @@ def make_cert(d: Path) -> bytes:
     return pem
 
 
-class Env:
+class Env(NetLab):
     def __init__(self) -> None:
-        tag = uuid.uuid4().hex[:6]
-        self.gw, self.net = f"pggw{tag}", f"pgnet{tag}"
-        self.procs: list[subprocess.Popen[str]] = []
+        super().__init__("pg", "gateway-bench-")
+        self.gw, self.net = self.ns("gw"), self.ns("net")
         self.haproxy_pid: int | None = None
-        self.tmp = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
-        self.made: list[str] = []
 
     def up(self) -> bytes:
         gw, net = self.gw, self.net
-        for ns in (gw, net):
-            sh("ip", "netns", "add", ns)
-            self.made.append(ns)
-        sh("ip", "link", "add", "v" + gw, "netns", gw, "type", "veth", "peer", "name", "v" + net, "netns", net)
-        for ns, dev, a in ((gw, "v" + gw, GW4), (net, "v" + net, NET4)):
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-            sh("ip", "-n", ns, "addr", "add", f"{a}/24", "dev", dev)
-            sh("ip", "-n", ns, "link", "set", dev, "up")
+        self.link("gw", GW4, "net", NET4, route=False)
         # Tens of thousands of short connections from one address to one
         # backend within a minute: a wide port range, and TIME_WAIT ports
         # reused (both per namespace; ip-sysctl.rst in the kernel docs).
         sh("ip", "netns", "exec", gw, "sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65000")
         sh("ip", "netns", "exec", gw, "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1")
         pem = make_cert(self.tmp)
-        server = subprocess.Popen(
-            ["ip", "netns", "exec", net, sys.executable, __file__, "--serve", str(self.tmp)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            preexec_fn=_die_with_parent,
-        )
-        self.procs.append(server)
-        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        self.server(net, __file__, "--serve", str(self.tmp))
         # This thread (and every thread it starts: the proxies', haproxy) now
         # lives in the gw namespace.
-        libc = ctypes.CDLL(None, use_errno=True)
-        fd = os.open(f"/var/run/netns/{gw}", os.O_RDONLY)
-        try:
-            if libc.setns(fd, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns")
-        finally:
-            os.close(fd)
+        enter_netns(gw)
         return pem
 
     def haproxy(self) -> bool:
-        exe = shutil.which("haproxy") or ("/usr/sbin/haproxy" if os.path.exists("/usr/sbin/haproxy") else None)
+        exe = tool("haproxy")
         if exe is None:
             return False
-        cfg = self.tmp / "haproxy.cfg"
-        cfg.write_text(
-            "\n".join(
-                [
-                    "global",
-                    "  maxconn 4000",
-                    f"  nbthread {WORKERS}",
-                    "defaults",
-                    "  mode tcp",
-                    "  option splice-auto",
-                    "  timeout connect 5s",
-                    "  timeout client 60s",
-                    "  timeout server 60s",
-                    # SNI routing as haproxy documents it for TLS passthrough
-                    # (configuration.html, req.ssl_hello_type and req.ssl_sni).
-                    "frontend sni",
-                    f"  bind 127.0.0.1:{HAPROXY_SNI}",
-                    "  tcp-request inspect-delay 5s",
-                    "  tcp-request content accept if { req_ssl_hello_type 1 }",
-                    f"  use_backend b if {{ req.ssl_sni -m str {SNI} }}",
-                    "frontend fwd",
-                    f"  bind 127.0.0.1:{HAPROXY_FWD}",
-                    "  default_backend b",
-                    "backend b",
-                    f"  server s {NET4}:{PORT}",
-                ]
-            )
-            + "\n"
-        )
+        sections = [
+            # SNI routing as haproxy documents it for TLS passthrough
+            # (configuration.html, req.ssl_hello_type and req.ssl_sni).
+            "frontend sni",
+            f"  bind 127.0.0.1:{HAPROXY_SNI}",
+            "  tcp-request inspect-delay 5s",
+            "  tcp-request content accept if { req_ssl_hello_type 1 }",
+            f"  use_backend b if {{ req.ssl_sni -m str {SNI} }}",
+            "frontend fwd",
+            f"  bind 127.0.0.1:{HAPROXY_FWD}",
+            "  default_backend b",
+            "backend b",
+            f"  server s {NET4}:{PORT}",
+        ]
+        cfg = haproxy_cfg("tcp", sections, threads=WORKERS, splice=True)
         # Started from this (gw-namespace) thread, so haproxy runs in the gw namespace.
-        p = subprocess.Popen(
-            [exe, "-db", "-f", str(cfg)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            preexec_fn=_die_with_parent,
-        )
-        self.procs.append(p)
-        self.haproxy_pid = p.pid
-        for _ in range(200):
-            try:
-                socket.create_connection(("127.0.0.1", HAPROXY_SNI), timeout=1).close()
-                return True
-            except OSError:
-                if p.poll() is not None:
-                    break
-                time.sleep(0.02)
-        raise RuntimeError(f"haproxy did not start: {p.stderr.read() if p.stderr else ''}")
-
-    def down(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
-        for ns in self.made:
-            subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.haproxy_pid = self.start_haproxy(exe, cfg, ("127.0.0.1", HAPROXY_SNI)).pid
+        return True
 
 
 def _comm(tid: int) -> str:
@@ -320,18 +240,8 @@ def client_context(pem: bytes) -> ssl.SSLContext:
 
 def bulk(ctx: ssl.SSLContext, addr: tuple[str, int], size: int) -> float:
     """MB/s of one TLS stream of `size` bytes, until the backend has them all."""
-    chunk = memoryview(b"x" * (1 << 20))
     with socket.create_connection(addr) as raw, ctx.wrap_socket(raw, server_hostname=SNI) as s:
-        started = time.perf_counter()
-        s.sendall(size.to_bytes(8, "big"))
-        left = size
-        while left > 0:
-            n = min(left, len(chunk))
-            s.sendall(chunk[:n])
-            left -= n
-        if s.recv(1) != b"k":
-            raise RuntimeError(f"{addr}: the backend did not get every byte")
-        return size / (time.perf_counter() - started) / 1e6
+        return send_sized(s, size)
 
 
 def conns(ctx: ssl.SSLContext, addr: tuple[str, int], seconds: float) -> int:
@@ -351,9 +261,7 @@ def conns(ctx: ssl.SSLContext, addr: tuple[str, int], seconds: float) -> int:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--short", action="store_true", default=os.environ.get("PYMESH_BENCH_SHORT") == "1")
-    ap.add_argument("--json", type=Path)
+    ap = arguments(__doc__)
     ap.add_argument("--trials", type=int, help="interleaved trials (default 7, short 3)")
     ap.add_argument("--size-mib", type=int, help="bulk stream per trial (default 256, short 32)")
     ap.add_argument("--conn-seconds", type=float, help="connection loop per trial (default 1.5, short 0.4)")

@@ -70,24 +70,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import json
 import os
 import re
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchlib import cpu_ns, spread, thread_ids
+from benchlib import NetLab, arguments, cpu_ns, enter_netns, haproxy_cfg, spread, thread_ids, tool
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -106,8 +100,6 @@ WORKERS = 1
 ENVOY_US_PER_REQ = 350.0  # Istio's figure: 0.35 vCPU per 1000 rps through the sidecar
 WRK_CONNS = 16
 H2_CONNS, H2_STREAMS = 4, 16
-CLONE_NEWNET = 0x40000000
-PR_SET_PDEATHSIG = 1
 
 # wrk's own summary as one line: requests, µs elapsed, its error counters
 # (``status`` counts responses that are not 2xx/3xx).
@@ -118,11 +110,6 @@ done = function(summary, latency, requests)
     e.connect, e.read, e.write, e.status, e.timeout))
 end
 """
-
-
-def tool(name: str) -> str | None:
-    """`name` on PATH, or in /usr/sbin (not on a Debian user's PATH)."""
-    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin")
 
 
 def version(cmd: list[str]) -> str:
@@ -136,10 +123,6 @@ def version(cmd: list[str]) -> str:
 # --- setup -------------------------------------------------------------------------------------
 
 
-def sh(*cmd: str) -> None:
-    subprocess.run(cmd, check=True, capture_output=True)
-
-
 def cpu_sets() -> tuple[set[int], set[int]]:
     """(the client's cores, the proxy's core): the proxy gets the last core
     this process may use, everything else the rest; one core: shared."""
@@ -147,15 +130,6 @@ def cpu_sets() -> tuple[set[int], set[int]]:
     if len(cpus) < 2:
         return set(cpus), set(cpus)
     return set(cpus[:-1]), {cpus[-1]}
-
-
-def _child_setup(cpus: set[int]) -> Callable[[], None]:
-    def setup() -> None:
-        # Killed with this process even when it is SIGKILLed (prctl(2)).
-        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        os.sched_setaffinity(0, cpus)
-
-    return setup
 
 
 def nginx_conf(tmp: Path, name: str, http: list[str], workers: int = 1, master: bool = True) -> Path:
@@ -183,59 +157,24 @@ def nginx_conf(tmp: Path, name: str, http: list[str], workers: int = 1, master: 
     return d
 
 
-class Env:
+class Env(NetLab):
     def __init__(self) -> None:
-        tag = uuid.uuid4().hex[:6]
-        self.vm, self.net = f"plvm{tag}", f"plnet{tag}"
-        self.made: list[str] = []
-        self.procs: list[subprocess.Popen[str]] = []
-        self.tmp = Path(tempfile.mkdtemp(prefix="l7-bench-"))
+        super().__init__("pl", "l7-bench-")
+        self.vm, self.net = self.ns("vm"), self.ns("net")
         self.client_cpus, self.proxy_cpus = cpu_sets()
         self.nginx_pid: int | None = None
         self.haproxy_pid: int | None = None
         self.backend_pid = 0
 
     def up(self) -> None:
-        vm, net = self.vm, self.net
-        for ns in (vm, net):
-            sh("ip", "netns", "add", ns)
-            self.made.append(ns)
-        sh("ip", "link", "add", "v" + vm, "netns", vm, "type", "veth", "peer", "name", "v" + net, "netns", net)
-        for ns, dev, a in ((vm, "v" + vm, VM4), (net, "v" + net, NET4)):
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-            sh("ip", "-n", ns, "addr", "add", f"{a}/24", "dev", dev)
-            sh("ip", "-n", ns, "link", "set", dev, "up")
-        sh("ip", "-n", vm, "route", "add", "default", "via", NET4)
+        self.link("vm", VM4, "net", NET4)
         # This thread and what it starts from now on (the backend, the load
         # generators; the proxies are pinned on their own) stays off the proxy's core.
         os.sched_setaffinity(0, self.client_cpus)
         # This thread (and every thread and process it starts: the proxies,
         # the load generators) now lives in the vm namespace.
-        libc = ctypes.CDLL(None, use_errno=True)
-        fd = os.open(f"/var/run/netns/{vm}", os.O_RDONLY)
-        try:
-            if libc.setns(fd, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns")
-        finally:
-            os.close(fd)
+        enter_netns(self.vm)
         self.backend()
-
-    def _start(self, cmd: list[str], cpus: set[int], ready: tuple[str, int], what: str) -> subprocess.Popen[str]:
-        """Starts `cmd` on `cpus`; returns once `ready` accepts connections."""
-        # Its output to a file: a pipe nobody reads would block it once full.
-        out = self.tmp / f"{len(self.procs)}.out"
-        with out.open("w") as f:
-            p = subprocess.Popen(cmd, stdout=f, stderr=f, text=True, preexec_fn=_child_setup(cpus))
-        self.procs.append(p)
-        for _ in range(250):
-            if p.poll() is not None:
-                break
-            try:
-                socket.create_connection(ready, timeout=1).close()
-                return p
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError(f"{what} did not start: {out.read_text().strip() or p.poll()}")
 
     def backend(self) -> None:
         """nginx in the net namespace: HTTP/1.1 on :8080, h2c on :8081 (nginx
@@ -259,36 +198,26 @@ class Env:
         )
         cmd = ["ip", "netns", "exec", self.net, exe, "-p", str(d), "-c", str(d / "nginx.conf"), "-e", str(d / "err")]
         # `ip netns exec` execs nginx: the same pid, in the net namespace.
-        self.backend_pid = self._start(cmd, self.client_cpus, (NET4, BACKEND["h2"]), "the backend (nginx)").pid
+        self.backend_pid = self.start(cmd, (NET4, BACKEND["h2"]), "the backend (nginx)", self.client_cpus).pid
 
     def haproxy(self) -> bool:
         exe = tool("haproxy")
         if exe is None:
             print("l7_bench: haproxy not installed; skipping its rows", file=sys.stderr)
             return False
-        cfg = self.tmp / "haproxy.cfg"
-        lines = [
-            "global",
-            "  maxconn 4000",
-            f"  nbthread {WORKERS}",
-            "defaults",
-            "  mode http",
-            "  timeout connect 5s",
-            "  timeout client 60s",
-            "  timeout server 60s",
-        ]
+        sections = []
         for proto in PROTOS:
             h2 = " proto h2" if proto == "h2" else ""
-            lines += [
+            sections += [
                 f"frontend f{proto}",
                 f"  bind 127.0.0.1:{HAPROXY[proto]}{h2}",
                 f"  default_backend b{proto}",
                 f"backend b{proto}",
                 f"  server s {NET4}:{BACKEND[proto]}{h2}",
             ]
-        cfg.write_text("\n".join(lines) + "\n")
+        cfg = haproxy_cfg("http", sections, threads=WORKERS)
         try:
-            p = self._start([exe, "-db", "-f", str(cfg)], self.proxy_cpus, ("127.0.0.1", HAPROXY["h2"]), "haproxy")
+            p = self.start_haproxy(exe, cfg, ("127.0.0.1", HAPROXY["h2"]), self.proxy_cpus)
         except RuntimeError as e:
             print(f"l7_bench: {e}; skipping haproxy's rows", file=sys.stderr)
             return False
@@ -313,28 +242,12 @@ class Env:
         )
         cmd = [exe, "-p", str(d), "-c", str(d / "nginx.conf"), "-e", str(d / "err")]
         try:
-            p = self._start(cmd, self.proxy_cpus, ("127.0.0.1", NGINX["h2"]), "nginx (reverse proxy)")
+            p = self.start(cmd, ("127.0.0.1", NGINX["h2"]), "nginx (reverse proxy)", self.proxy_cpus)
         except RuntimeError as e:
             print(f"l7_bench: {e}; skipping nginx's rows", file=sys.stderr)
             return False
         self.nginx_pid = p.pid
         return True
-
-    def down(self) -> None:
-        # nginx's workers are its master's children, not ours: stop the
-        # masters first (SIGTERM: fast shutdown, the workers go with them).
-        for p in self.procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        for ns in self.made:
-            subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
-        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def route_json(port: int, cluster: str) -> str:
@@ -525,9 +438,7 @@ def probe(exe: str, proto: str, url: str, n: int, log: Path) -> tuple[float, flo
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--short", action="store_true", default=os.environ.get("PYMESH_BENCH_SHORT") == "1")
-    ap.add_argument("--json", type=Path)
+    ap = arguments(__doc__)
     ap.add_argument("--trials", type=int, help="interleaved trials (default 5, short 2)")
     ap.add_argument("--seconds", type=int, help="load per path and trial, whole seconds (default 2, short 1)")
     ap.add_argument("--probe", type=int, help="latency-probe requests per path and trial (default 5000, short 1000)")

@@ -33,32 +33,21 @@ import threading
 import time
 from pathlib import Path
 
+from benchlib import accept_each, send_sized, sink_sized
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # the tests' `support` package
+CHUNK = 1 << 18  # the client's writes, the sink's reads
 
 
 def sink() -> tuple[socket.socket, int]:
     srv = socket.create_server(("127.0.0.1", 0))
 
     def serve(c: socket.socket) -> None:
-        with c:
-            hdr = c.recv(8, socket.MSG_WAITALL)
-            want = int.from_bytes(hdr, "big") if len(hdr) == 8 else 0
-            got = 0
-            while got < want and (d := c.recv(1 << 18)):
-                got += len(d)
-            with contextlib.suppress(OSError):
-                c.sendall(b"k")
+        with c, contextlib.suppress(OSError):
+            sink_sized(c, CHUNK)
 
-    def loop() -> None:
-        while True:
-            try:
-                c, _ = srv.accept()
-            except OSError:
-                return
-            threading.Thread(target=serve, args=(c,), daemon=True).start()
-
-    threading.Thread(target=loop, daemon=True).start()
+    accept_each(srv, serve)
     return srv, srv.getsockname()[1]
 
 
@@ -84,17 +73,8 @@ class Forwarder:
 
 
 def bulk(port: int, size: int) -> float:
-    chunk = b"x" * (1 << 18)
     with socket.create_connection(("127.0.0.1", port)) as s:
-        started = time.perf_counter()
-        s.sendall(size.to_bytes(8, "big"))
-        left = size
-        while left > 0:
-            n = min(left, len(chunk))
-            s.sendall(chunk[:n])
-            left -= n
-        assert s.recv(1) == b"k"
-        return size / (time.perf_counter() - started) / 1e6
+        return send_sized(s, size, CHUNK)
 
 
 def conns(port: int, n: int) -> float:

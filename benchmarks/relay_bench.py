@@ -38,20 +38,16 @@ Usage (root: it creates network namespaces):
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
-import shutil
 import socket
 import statistics
-import subprocess
 import sys
-import tempfile
-import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
+
+from benchlib import NetLab, accept_each, arguments, enter_netns, haproxy_cfg, tool
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -61,7 +57,6 @@ SINK, ECHO, CONN = 5001, 5011, 5021  # captured (through the proxy)
 DIRECT = 1  # +1: the same servers on excluded ports
 HAPROXY = 6000  # haproxy front ends: HAPROXY + SINK etc. on 127.0.0.1
 MARK = 0x539
-CLONE_NEWNET = 0x40000000
 
 
 # --- servers (run in the net namespace: `relay_bench.py --serve`) ------------------
@@ -91,13 +86,7 @@ def serve() -> None:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind((NET4, p))
             s.listen(1024)
-
-            def loop(s: socket.socket = s, h: Any = h) -> None:
-                while True:
-                    c, _ = s.accept()
-                    threading.Thread(target=h, args=(c,), daemon=True).start()
-
-            threading.Thread(target=loop, daemon=True).start()
+            accept_each(s, h)
     print("ready", flush=True)
     sys.stdin.read()
 
@@ -105,85 +94,33 @@ def serve() -> None:
 # --- setup ------------------------------------------------------------------------------
 
 
-def sh(*cmd: str) -> None:
-    subprocess.run(cmd, check=True, capture_output=True)
-
-
-class Env:
+class Env(NetLab):
     def __init__(self) -> None:
-        tag = uuid.uuid4().hex[:6]
-        self.vm, self.net = f"pbvm{tag}", f"pbnet{tag}"
-        self.procs: list[subprocess.Popen[str]] = []
+        super().__init__("pb", "relay-bench-")
+        self.vm, self.net = self.ns("vm"), self.ns("net")
         self.haproxy_pid: int | None = None
-        self.tmp = Path(tempfile.mkdtemp(prefix="relay-bench-"))
 
     def up(self) -> None:
-        vm, net = self.vm, self.net
-        sh("ip", "netns", "add", vm)
-        sh("ip", "netns", "add", net)
-        sh("ip", "link", "add", "v" + vm, "netns", vm, "type", "veth", "peer", "name", "v" + net, "netns", net)
-        for ns, dev, a in ((vm, "v" + vm, VM4), (net, "v" + net, NET4)):
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-            sh("ip", "-n", ns, "addr", "add", f"{a}/24", "dev", dev)
-            sh("ip", "-n", ns, "link", "set", dev, "up")
-        sh("ip", "-n", vm, "route", "add", "default", "via", NET4)
-        server = subprocess.Popen(
-            ["ip", "netns", "exec", net, sys.executable, __file__, "--serve"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        self.procs.append(server)
-        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        self.link("vm", VM4, "net", NET4)
+        self.server(self.net, __file__, "--serve")
         # This thread (and every thread it starts: the proxy's) now lives in the vm namespace.
-        libc = ctypes.CDLL(None, use_errno=True)
-        fd = os.open(f"/var/run/netns/{vm}", os.O_RDONLY)
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), "setns")
-        os.close(fd)
+        enter_netns(self.vm)
 
     def haproxy(self) -> bool:
-        exe = shutil.which("haproxy")
+        exe = tool("haproxy")
         if exe is None:
             return False
-        cfg = self.tmp / "haproxy.cfg"
-        lines = [
-            "global",
-            "  maxconn 4000",
-            "defaults",
-            "  mode tcp",
-            "  option splice-auto",
-            "  timeout connect 5s",
-            "  timeout client 60s",
-            "  timeout server 60s",
-        ]
+        sections = []
         for port in (SINK, ECHO, CONN):
-            lines += [
+            sections += [
                 f"listen p{port}",
                 f"  bind 127.0.0.1:{HAPROXY + port}",
                 f"  server s {NET4}:{port + DIRECT}",
             ]
-        cfg.write_text("\n".join(lines) + "\n")
+        cfg = haproxy_cfg("tcp", sections, splice=True)
         # Started from this (vm-namespace) thread, so haproxy runs in the vm namespace.
-        p = subprocess.Popen([exe, "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        self.procs.append(p)
-        self.haproxy_pid = p.pid
-        for _ in range(200):
-            try:
-                socket.create_connection(("127.0.0.1", HAPROXY + ECHO), timeout=1).close()
-                return True
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError("haproxy did not start")
-
-    def down(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
-        for ns in (self.vm, self.net):
-            subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.haproxy_pid = self.start_haproxy(exe, cfg, ("127.0.0.1", HAPROXY + ECHO)).pid
+        return True
 
 
 def start_proxy() -> Any:
@@ -286,9 +223,7 @@ def cps(addr: tuple[str, int], seconds: float) -> float:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--short", action="store_true", default=os.environ.get("PYMESH_BENCH_SHORT") == "1")
-    ap.add_argument("--json", type=Path)
+    ap = arguments(__doc__)
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:

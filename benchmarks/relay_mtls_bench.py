@@ -37,24 +37,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import json
 import logging
 import os
 import socket
 import statistics
-import subprocess
 import sys
-import tempfile
-import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
+from benchlib import NetLab, accept_each, enter_netns, send_sized, sh, sink_sized
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-CLONE_NEWNET = 0x40000000
+sys.path.insert(0, str(ROOT / "tests"))  # the tests' `support` package
 APP, PORT = "127.0.0.3", 5001
 VIP_PLAIN, VIP_MTLS = "127.1.0.1", "127.1.0.2"
 PY_INBOUND = ("127.0.0.4", 9443)
@@ -75,38 +72,18 @@ def serve() -> None:
     srv = socket.create_server(("0.0.0.0", PORT), backlog=1024)
 
     def one(c: socket.socket) -> None:
-        buf = bytearray(1 << 20)
         with c, contextlib.suppress(OSError):
             c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            hdr = c.recv(8, socket.MSG_WAITALL)
-            want = int.from_bytes(hdr, "big") if len(hdr) == 8 else 0
-            got = 0
-            while got < want and (k := c.recv_into(buf, min(len(buf), want - got))):
-                got += k
-            c.sendall(b"k")
+            sink_sized(c)
 
-    def loop() -> None:
-        while True:
-            c, _ = srv.accept()
-            threading.Thread(target=one, args=(c,), daemon=True).start()
-
-    threading.Thread(target=loop, daemon=True).start()
+    accept_each(srv, one)
     print("ready", flush=True)
     sys.stdin.read()
 
 
 def bulk(host: str, port: int, size: int) -> float:
-    chunk = memoryview(b"x" * (1 << 20))
     with socket.create_connection((host, port)) as s:
-        started = time.perf_counter()
-        s.sendall(size.to_bytes(8, "big"))
-        left = size
-        while left > 0:
-            n = min(left, len(chunk))
-            s.sendall(chunk[:n])
-            left -= n
-        assert s.recv(1) == b"k", "the server did not get every byte"
-        return size / (time.perf_counter() - started) / 1e6
+        return send_sized(s, size)
 
 
 def conns(host: str, port: int, n: int) -> float:
@@ -148,47 +125,22 @@ def main() -> int:
 
     from pymesh.controlplane.ca.ca import CertificateAuthority
     from pymesh.lbtable import LbTable, RedirectTable
-    from pymesh.mesh.identity import identity
-    from pymesh.mesh.pki import key_pem, make_csr, new_key
     from pymesh.relay import OutboundProxy, start_inbound_passthrough
     from pymesh.relay.pytls import InboundMtls, MtlsOriginator
+    from support.sec import issue
 
-    ns = f"pmtb{uuid.uuid4().hex[:6]}"
-    tmp = Path(tempfile.mkdtemp(prefix="relay-mtls-bench-"))
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    procs: list[subprocess.Popen[str]] = []
+    lab = NetLab("pmtb", "relay-mtls-bench-")
+    tmp = lab.tmp
     try:
-        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
-        subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=RULES, text=True, check=True)
-        server = subprocess.Popen(
-            ["ip", "netns", "exec", ns, sys.executable, __file__, "--serve"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        procs.append(server)
-        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        ns = lab.add_netns("")
+        sh("ip", "netns", "exec", ns, "nft", "-f", "-", input=RULES)
+        lab.server(ns, __file__, "--serve")
         # This thread, and every thread it starts (the relays'), joins the namespace.
-        libc = ctypes.CDLL(None, use_errno=True)
-        fd = os.open(f"/var/run/netns/{ns}", os.O_RDONLY)
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), "setns")
-        os.close(fd)
+        enter_netns(ns)
 
         ca = CertificateAuthority(tmp / "ca")
 
-        def workload(sa: str) -> tuple[Path, tuple[str, str, str]]:
-            key = new_key()
-            issued = ca.sign_csr(make_csr(key), identity("default", sa), 3600)
-            d = tmp / sa
-            d.mkdir()
-            (d / "key.pem").write_bytes(key_pem(key))
-            (d / "cert-chain.pem").write_text("".join(issued.chain))
-            (d / "root-cert.pem").write_text(ca.root_pem)
-            return d, ("".join(issued.chain), key_pem(key).decode(), ca.root_pem)
-
-        client_dir, client_id = workload("client")
-        server_dir, server_id = workload("server")
+        client, server = issue(ca, tmp / "client", "client"), issue(ca, tmp / "server", "server")
         server_uri = "spiffe://cluster.local/ns/default/sa/server"
         lb = LbTable(seed=1)
         tls_meta = {"envoy.transport_socket_match": {"tlsMode": "istio"}, "istio": {"service_account": server_uri}}
@@ -205,12 +157,12 @@ def main() -> int:
         outbound = OutboundProxy(redirect, lb, listen=["127.0.0.1:15001"])
         outbound.start()
         inbound = start_inbound_passthrough(listen=["127.0.0.1:15006"])
-        outbound.set_identity(*client_id)
-        inbound.set_identity(*server_id)
+        outbound.set_identity(*client.args())
+        inbound.set_identity(*server.args())
         # The Python baseline's inbound goes straight to the server's port on
         # another address of lo (not captured).
-        py_in = InboundMtls(server_dir, ("127.0.0.9", PORT), listen=PY_INBOUND).start()
-        py_out = MtlsOriginator(client_dir, PY_INBOUND, [server_uri]).start()
+        py_in = InboundMtls(server.dir, ("127.0.0.9", PORT), listen=PY_INBOUND).start()
+        py_out = MtlsOriginator(client.dir, PY_INBOUND, [server_uri]).start()
         paths: dict[str, tuple[str, int]] = {
             "direct": ("127.0.0.9", PORT),
             "native plaintext": (VIP_PLAIN, 80),
@@ -238,10 +190,7 @@ def main() -> int:
         outbound.stop()
         inbound.stop()
     finally:
-        for p in procs:
-            p.kill()
-            p.wait()
-        subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
+        lab.down()
 
     print(f"client -> outbound -> inbound -> server; one bulk stream of {size >> 20} MiB and")
     print(f"{n_conn} sequential connections per run, medians of {runs} interleaved runs")

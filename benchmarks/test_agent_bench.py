@@ -34,9 +34,14 @@ def name(i: int) -> str:
     return f"outbound|8080||svc-{i}.ns-{i % 50}.svc.cluster.local"
 
 
+def endpoints(i: int) -> Any:
+    """Cluster ``i``'s assignment: two endpoints."""
+    return cla(name(i), f"10.{i >> 8 & 255}.{i & 255}.1", f"10.{i >> 8 & 255}.{i & 255}.2")
+
+
 def resources(n: int) -> tuple[list[Any], list[Any]]:
     clusters = [pack(eds_cluster(name(i))) for i in range(n)]
-    cla_s = [pack(cla(name(i), f"10.{i >> 8 & 255}.{i & 255}.1", f"10.{i >> 8 & 255}.{i & 255}.2")) for i in range(n)]
+    cla_s = [pack(endpoints(i)) for i in range(n)]
     return clusters, cla_s
 
 
@@ -45,14 +50,25 @@ def agent() -> Any:
     return make_agent(write_vm_files(d / "vm", 1), d / "state", 1, persist=False)
 
 
+def push(a: Any, clusters: list[Any], cla_s: list[Any]) -> None:
+    """A full push through the agent's handlers: CDS, then EDS (version 1, persistence off)."""
+    a.mesh.on_cds(CDS, clusters, "1", persist=False)
+    a.mesh.on_eds(EDS, cla_s, "1", persist=False)
+
+
+def pushed(n: int) -> tuple[Any, list[Any]]:
+    """An agent holding ``n`` clusters and their endpoints; the clusters (as pushed)."""
+    clusters, cla_s = resources(n)
+    a = agent()
+    push(a, clusters, cla_s)
+    return a, clusters
+
+
 def dicts(n: int) -> list[dict[str, Any]]:
     out = []
     for i in range(n):
         c = json_format.MessageToDict(eds_cluster(name(i)), preserving_proto_field_name=True)
-        c["load_assignment"] = json_format.MessageToDict(
-            cla(name(i), f"10.{i >> 8 & 255}.{i & 255}.1", f"10.{i >> 8 & 255}.{i & 255}.2"),
-            preserving_proto_field_name=True,
-        )
+        c["load_assignment"] = json_format.MessageToDict(endpoints(i), preserving_proto_field_name=True)
         out.append(c)
     return out
 
@@ -69,11 +85,7 @@ def test_full_push(benchmark: Any, n: int, impl: str) -> None:
             agents.append(agent())
             return (agents[-1],), {}
 
-        def run(a: Any) -> None:
-            a.mesh.on_cds(CDS, clusters, "1", persist=False)
-            a.mesh.on_eds(EDS, cla_s, "1", persist=False)
-
-        benchmark.pedantic(run, setup=fresh, rounds=3 if n >= 10_000 else 10)
+        benchmark.pedantic(lambda a: push(a, clusters, cla_s), setup=fresh, rounds=3 if n >= 10_000 else 10)
         assert len(agents[-1].lb) == n and len(agents[-1].lb.endpoints(name(0))) == 2
     else:
         ds = dicts(n)
@@ -86,10 +98,7 @@ def test_full_push(benchmark: Any, n: int, impl: str) -> None:
 @pytest.mark.parametrize("n", SIZES)
 def test_one_cluster_eds_update(benchmark: Any, n: int, impl: str) -> None:
     benchmark.group = f"one-cluster EDS update @ {n:>6,} clusters"
-    clusters, cla_s = resources(n)
-    a = agent()
-    a.mesh.on_cds(CDS, clusters, "1", persist=False)
-    a.mesh.on_eds(EDS, cla_s, "1", persist=False)
+    a, _ = pushed(n)
     updates = [[pack(cla(name(7), "10.200.0.1"))], [pack(cla(name(7), "10.200.0.1", "10.200.0.2"))]]
     flip = iter(range(1 << 30))
     if impl == "agent":
@@ -108,10 +117,7 @@ def test_one_cluster_eds_update(benchmark: Any, n: int, impl: str) -> None:
 def test_cds_push_one_changed(benchmark: Any, n: int, impl: str) -> None:
     """A SotW CDS push carries every cluster; one of them changed."""
     benchmark.group = f"CDS push, 1 changed @ {n:>6,} clusters"
-    clusters, cla_s = resources(n)
-    a = agent()
-    a.mesh.on_cds(CDS, clusters, "1", persist=False)
-    a.mesh.on_eds(EDS, cla_s, "1", persist=False)
+    a, clusters = pushed(n)
     from envoy.config.cluster.v3 import cluster_pb2
 
     pushes = []

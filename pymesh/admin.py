@@ -10,16 +10,28 @@ library's ``ThreadingHTTPServer`` is enough for a handful of scrapes a
 minute; nothing here is on the data path. Only GET and HEAD are served;
 handler exceptions are answered with 500 and logged, never kill the thread.
 
+``allowed_hosts`` turns on a check of the ``Host`` header (RFC 9110 §7.2)
+against DNS rebinding: a page of another origin whose name the attacker
+makes resolve to this address reaches the port, but its requests carry that
+name as ``Host`` (NCC Group's "Preventing DNS Rebinding Attacks",
+https://github.com/nccgroup/singularity/wiki/Preventing-DNS-Rebinding-Attacks).
+Only ``localhost``, ``127.0.0.1``, ``[::1]``, the address the server is bound
+to and the names given are served, whatever the port in the header; any
+other gets 403 naming it. A request without exactly one ``Host`` gets 400
+(RFC 9112 §3.2). A wildcard bind (``0.0.0.0``, ``::``) with no names given
+serves any ``Host``: it is exposed on purpose.
+
 :func:`prometheus_text` is the one Prometheus encoder both processes' ports
 use: ``prometheus_client``'s, plus Istio's counter names (:class:`IstioCounter`).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import socket
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -86,20 +98,66 @@ class AdminError(PymeshError):
     """The admin port cannot be bound (the address names what)."""
 
 
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+WILDCARDS = ("0.0.0.0", "::")
+
+
+def _host_key(host: str) -> str:
+    """A host as compared: IP literals in one form (``[0:0::1]`` is ``::1``), names in lower case."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return host.lower()
+
+
+def host_refusal(header: list[str], accepted: frozenset[str]) -> tuple[int, str] | None:
+    """Why a request with these ``Host`` header values is refused (status, reason), or None."""
+    if len(header) != 1:
+        return 400, f"{len(header)} Host headers: exactly one expected (RFC 9112 section 3.2)"
+    try:
+        host = parse_host_port(header[0], default_port=0).host
+    except AddressError:
+        return 400, f"Host {header[0]!r} is not host[:port]"
+    if _host_key(host) not in accepted:
+        return 403, f"Host {header[0]!r} is not allowed on this admin port (DNS rebinding protection)"
+    return None
+
+
 class AdminServer:
-    def __init__(self, listen: str, routes: Mapping[str, Handler], *, name: str = "pymesh-admin") -> None:
+    def __init__(
+        self,
+        listen: str,
+        routes: Mapping[str, Handler],
+        *,
+        name: str = "pymesh-admin",
+        allowed_hosts: Collection[str] | None = None,
+    ) -> None:
         try:
             host, port = parse_host_port(listen, what=f"{name} listen address", listen=True)
         except AddressError as e:
             raise AdminError(str(e)) from None
         host = host or "127.0.0.1"
         table = dict(routes)
+        # The Host values served, set once the bound address is known (below); None: any
+        # (no check asked for, or a wildcard bind without names).
+        accepted: frozenset[str] | None = None
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # chunked bodies need 1.1; every answer has a length or chunks
             timeout = 30  # an idle kept-alive connection is closed after this many seconds
 
             def _answer(self, body_too: bool) -> None:
+                refused = None if accepted is None else host_refusal(self.headers.get_all("Host") or [], accepted)
+                if refused is not None:
+                    code, reason = refused
+                    text = (reason + "\n").encode()
+                    self.send_response(code)
+                    self.send_header("Content-Type", TEXT)
+                    self.send_header("Content-Length", str(len(text)))
+                    self.end_headers()
+                    if body_too:
+                        self.wfile.write(text)
+                    return
                 path, _, query = self.path.partition("?")
                 handler = table.get(path)
                 if handler is None:
@@ -149,7 +207,10 @@ class AdminServer:
             self.server = Server((host, port), Handler)
         except OSError as e:
             raise AdminError(f"{name} {listen}: {e.strerror or e}") from e
-        self.address = format_host_port(str(self.server.server_address[0]), int(self.server.server_address[1]))
+        bound = str(self.server.server_address[0])
+        self.address = format_host_port(bound, int(self.server.server_address[1]))
+        if allowed_hosts is not None and (allowed_hosts or bound not in WILDCARDS):
+            accepted = frozenset(_host_key(h) for h in (*LOCAL_HOSTS, host, bound, *allowed_hosts))
         self._thread = threading.Thread(target=self.server.serve_forever, name=name, daemon=True)
         self._thread.start()
 

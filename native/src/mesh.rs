@@ -2,7 +2,7 @@
 //! their SNI form, SPIFFE identities, the EDS metadata keys and the ALPN
 //! lists of Istio mTLS. The Python layer keeps the same conventions in
 //! `pymesh/mesh/`; both are held to one list of cases,
-//! `tests/cases/mesh.cases` (driven here by `native/tests/mesh_conformance.rs`).
+//! `tests/cases/mesh.cases` (driven here by `native/tests/conformance/mesh.rs`).
 //!
 //! Where Istio's parsers are lenient, these are stricter, so a name that
 //! would mean something different to istiod is refused rather than guessed:
@@ -224,13 +224,16 @@ pub mod alpn {
     pub const OUTBOUND_TCP: [&str; 2] = [PEER_EXCHANGE, "istio"];
     /// Istio's TCP metadata exchange (istio/proxy `metadata_exchange`).
     pub const PEER_EXCHANGE: &str = "istio-peer-exchange";
-    /// What the inbound negotiates, in preference order: the TCP values,
-    /// metadata exchange first as Envoy's inbound TLS context lists it
-    /// (the relay speaks it: `relay::mx`), Istio's HTTP ones (istio
-    /// `pilot/pkg/networking/core/listener.go`, `allIstioMtlsALPNs`) and
-    /// plain h2 / http/1.1.
+    /// What the inbound negotiates, in preference order: as Envoy's
+    /// inbound TLS context lists them (istio `pilot/pkg/networking/util`,
+    /// `ALPNDownstreamWithMxc`: metadata exchange, which the relay speaks
+    /// (`relay::mx`), then h2 and http/1.1, so a sidecar offering Istio's
+    /// HTTP values, which include `h2` or `http/1.1`, gets the HTTP path),
+    /// then `istio` and Istio's HTTP values themselves (istio
+    /// `pilot/pkg/networking/core/listener.go`, `allIstioMtlsALPNs`) for
+    /// clients offering only those.
     pub const INBOUND: [&str; 7] =
-        [PEER_EXCHANGE, "istio", "istio-http/1.0", "istio-http/1.1", "istio-h2", "h2", "http/1.1"];
+        [PEER_EXCHANGE, "h2", "http/1.1", "istio", "istio-http/1.0", "istio-http/1.1", "istio-h2"];
     /// What a sidecar offers for HTTP/2 over mTLS (istio
     /// `pilot/pkg/xds/filters/filters.go`, `mtlsHTTP2ALPN`, set by the
     /// `istio.alpn` filter).

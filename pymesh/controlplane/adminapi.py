@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import time
 from collections.abc import Mapping
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -37,16 +38,18 @@ from pymesh.controlplane.autoregistration import CONNECTED_AT, CONTROLLER_ANNOTA
 from pymesh.controlplane.errors import StoreError, ValidationError
 from pymesh.controlplane.graph import WINDOW, AgentSource, Graph, PrometheusSource
 from pymesh.controlplane.health import rfc3339
-from pymesh.controlplane.registry import AUTO_GROUP_ANNOTATION, HEALTH_CHECKS_ANNOTATION, Registry
+from pymesh.controlplane.registry import AUTO_GROUP_ANNOTATION, HEALTH_CHECKS_ANNOTATION, Endpoint, Registry
 from pymesh.controlplane.snapshot import XDS_TYPES
 from pymesh.mesh.node import ISTIO_VERSION
 from pymesh.mesh.values import truthy
 from pymesh.mesh.xds import SHORT
 
 if TYPE_CHECKING:
+    from pymesh.controlplane.ca.ca import Leaf
     from pymesh.controlplane.server import ControlPlane
 
 SYNCED, NOT_SENT, STALE = "SYNCED", "NOT SENT", "STALE"
+Key = tuple[str, str]  # (namespace, name)
 # The columns of `pymesh proxy-status`, in istioctl's order (CDS, LDS, EDS, RDS), then NDS.
 TYPES = ("CDS", "LDS", "EDS", "RDS", "NDS")
 assert {SHORT[t] for t in XDS_TYPES} == set(TYPES)
@@ -85,7 +88,24 @@ def _watch(w: Watch | None) -> dict[str, Any]:
     return out
 
 
-def _proxy(conn: Connection, replica: str) -> dict[str, Any]:
+def _certificate(leaf: Leaf | None, now: float) -> dict[str, Any] | None:
+    """A workload certificate's serial (lower-case hex, as Envoy's admin ``/certs`` shows it:
+    ``admin/v3/certs.proto``), expiry and the seconds left (negative once expired)."""
+    if leaf is None:
+        return None
+    return {
+        "serial": f"{leaf.serial:x}",
+        "notAfter": _time(leaf.not_after),
+        "expiresInSeconds": int(leaf.not_after - now),
+    }
+
+
+def _leaf(cp: ControlPlane, conn: Connection) -> Leaf | None:
+    """The certificate a stream's proxy holds, as far as this replica knows (on the loop)."""
+    return cp.security.certificate(conn) if cp.security is not None else None
+
+
+def _proxy(conn: Connection, replica: str, leaf: Leaf | None, now: float) -> dict[str, Any]:
     p = conn.proxy
     assert p is not None
     by_short = {SHORT[t]: w for t, w in conn.watches.items() if t in SHORT}
@@ -104,6 +124,7 @@ def _proxy(conn: Connection, replica: str) -> dict[str, Any]:
         "connectionId": conn.id,
         "connectedAt": _time(conn.connected_at),
         "replica": replica,
+        "certificate": _certificate(leaf, now),
         "xds": {short: _watch(by_short.get(short)) for short in TYPES},
     }
 
@@ -116,7 +137,8 @@ def proxies(cp: ControlPlane) -> dict[str, Any]:
     replica = replica_name(cp)
 
     def run() -> list[dict[str, Any]]:
-        return [_proxy(c, replica) for c in cp.ads.connections.values() if c.proxy is not None]
+        now = time.time()
+        return [_proxy(c, replica, _leaf(cp, c), now) for c in cp.ads.connections.values() if c.proxy is not None]
 
     rows = cp.call_soon(run)
     rows.sort(key=lambda r: (r["proxyId"], r["connectionId"]))
@@ -128,30 +150,34 @@ def services(cp: ControlPlane) -> dict[str, Any]:
     return {"replica": replica_name(cp), "version": snap.version, "services": _services(snap.registry)}
 
 
+def _endpoint(e: Endpoint, port: int, health: str, message: str) -> dict[str, Any]:
+    return {
+        "kind": e.kind,  # Pod | WorkloadEntry | ServiceEntry
+        "namespace": e.namespace,
+        "name": e.name,
+        "address": e.address,
+        "port": e.port,
+        "servicePort": port,
+        "network": e.network,
+        "locality": e.locality,
+        "health": health,
+        "healthMessage": message,
+        "tlsMode": e.tls_mode,
+        "serviceAccount": e.service_account,  # the SPIFFE identity, "" when none
+        "weight": e.weight,
+    }
+
+
 def _services(reg: Registry) -> list[dict[str, Any]]:
     out = []
     for svc in sorted(reg.services, key=lambda s: (s.namespace, s.hostname)):
         eps = []
         for port in svc.ports:
-            for e in reg.endpoints.get((svc.hostname, port.number), ()):
-                eps.append(
-                    {
-                        "kind": e.kind,  # Pod | WorkloadEntry | ServiceEntry
-                        "namespace": e.namespace,
-                        "name": e.name,
-                        "address": e.address,
-                        "port": e.port,
-                        "servicePort": port.number,
-                        "network": e.network,
-                        "locality": e.locality,
-                        # Served endpoints only: an unready pod, or a health-checked entry whose
-                        # Healthy condition is not True, is left out of EDS (see workloadentries).
-                        "health": "HEALTHY",
-                        "tlsMode": e.tls_mode,
-                        "serviceAccount": e.service_account,  # the SPIFFE identity, "" when none
-                        "weight": e.weight,
-                    }
-                )
+            key = (svc.hostname, port.number)
+            # Envoy's HealthStatus names (config/core/v3/health_check.proto): the endpoints EDS
+            # serves, then the health-checked WorkloadEntries it leaves out until Healthy is True.
+            eps += [_endpoint(e, port.number, "HEALTHY", "") for e in reg.endpoints.get(key, ())]
+            eps += [_endpoint(e, port.number, "UNHEALTHY", m) for e, m in reg.unhealthy.get(key, ())]
         out.append(
             {
                 "hostname": svc.hostname,
@@ -175,7 +201,7 @@ def _condition(doc: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
 
 
 def workload_entries(cp: ControlPlane) -> dict[str, Any]:
-    def run() -> tuple[list[tuple[str, Mapping[str, Any]]], list[tuple[str, str]], dict[tuple[str, str], int]]:
+    def run() -> tuple[list[tuple[str, Mapping[str, Any]]], list[Key], dict[Key, int], dict[Key, Leaf]]:
         docs: list[tuple[str, Mapping[str, Any]]] = []
         for o in cp._configured_with_overlays():
             if o.kind == "WorkloadEntry":
@@ -185,15 +211,20 @@ def workload_entries(cp: ControlPlane) -> dict[str, Any]:
             if key not in configured:
                 docs.append(("registered", doc))
         groups = sorted((ns, n) for k, ns, n in cp._objects if k == "WorkloadGroup")
-        streams: dict[tuple[str, str], int] = {}
+        streams: dict[Key, int] = {}
+        leaves: dict[Key, Leaf] = {}  # the latest-expiring certificate of the entry's streams here
         for c in cp.ads.connections.values():
             # An auto-registered entry's (namespace, name), or a configured one's (kind, namespace, name).
             key = c.attrs.get("entry") or tuple(c.attrs.get("overlay") or ())[1:]
             if key:
                 streams[key] = streams.get(key, 0) + 1
-        return docs, groups, streams
+                leaf = _leaf(cp, c)
+                if leaf is not None and (key not in leaves or leaf.not_after > leaves[key].not_after):
+                    leaves[key] = leaf
+        return docs, groups, streams, leaves
 
-    docs, groups, streams = cp.call_soon(run)
+    docs, groups, streams, leaves = cp.call_soon(run)
+    now = time.time()
     held: dict[tuple[str, str], set[str]] | None = None
     store_error = ""
     connections = getattr(cp.store, "connections", None)  # etcd: the replicas' connection keys
@@ -238,6 +269,7 @@ def workload_entries(cp: ControlPlane) -> dict[str, Any]:
                 "disconnectedAt": ann.get(DISCONNECTED_AT),
                 "connectedReplicas": replicas,  # etcd only: every replica holding a stream
                 "streamsHere": streams.get((ns, name), 0),  # this replica's streams of it
+                "certificate": _certificate(leaves.get((ns, name)), now),  # its proxy's, via its streams here
                 "healthChecked": checked,
                 "healthy": None if cond is None else cond.get("status") == "True",
                 "health": None

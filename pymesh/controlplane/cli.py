@@ -45,6 +45,8 @@ from pymesh.controlplane.defaults import (
 )
 from pymesh.controlplane.errors import ControlPlaneError
 from pymesh.controlplane.store import default_data_dir
+from pymesh.mesh.addr import parse_host_port
+from pymesh.mesh.errors import AddressError
 
 # Not imported here: the server (gRPC) and the resource model (YAML) load
 # when a control-plane command runs, so every other `pymesh` command starts fast.
@@ -100,6 +102,7 @@ def cmd_controlplane(args: argparse.Namespace) -> int:
         root_namespace=args.root_namespace,
         vip_quarantine=parse_duration(args.vip_quarantine) if args.vip_quarantine else DEFAULT_QUARANTINE,
         monitoring_listen=args.monitoring_listen,
+        monitoring_allowed_hosts=args.monitoring_allowed_hosts,
         prometheus_url=args.prometheus_url,
         mesh_networks=args.mesh_networks,
         cluster_id=args.cluster_id,
@@ -138,6 +141,14 @@ def _age(ts: str | None) -> str:
         if s >= size:
             return f"{s // size}{unit}"
     return f"{s}s"
+
+
+def _host_names(text: str) -> list[str]:
+    """``NAME,...``: host names or IP literals (``[::1]``), a port ignored."""
+    try:
+        return [parse_host_port(n, default_port=0, what="allowed host").host for n in text.split(",") if n.strip()]
+    except AddressError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _non_negative(text: str) -> int:
@@ -516,6 +527,16 @@ def add_commands(sub: Any) -> None:
         default=None,
         help="serve /metrics, /debug/status, the JSON API /api/v1/ and the dashboard at / over HTTP (istiod's "
         "15014; off by default; it shows the mesh's topology: keep it on loopback)",
+    )
+    cp.add_argument(
+        "--monitoring-allowed-hosts",
+        metavar="NAME,...",
+        type=_host_names,
+        action="extend",
+        default=[],
+        help="Host header values the monitoring port serves besides localhost, 127.0.0.1, [::1] and its bound "
+        "address (any port); other requests get 403, against DNS rebinding. A wildcard bind (0.0.0.0, ::) "
+        "without names serves any Host",
     )
     cp.add_argument(
         "--prometheus-url",

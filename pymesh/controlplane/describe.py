@@ -123,6 +123,7 @@ def _from_api(args: argparse.Namespace) -> dict[str, Any]:
         for s in services
         for ep in s.get("endpoints") or []
         if (ep.get("kind"), ep.get("namespace"), ep.get("name")) == ("WorkloadEntry", args.namespace, args.name)
+        and ep.get("health") == "HEALTHY"  # what EDS carries: the API lists UNHEALTHY entries too
     ]
     gateways: dict[str, list[str]] = {}
     for g in (fetch(first, "/debug/status").get("networks") or {}).get("gateways") or []:

@@ -3,6 +3,8 @@
 (:mod:`pymesh.controlplane.adminapi`, ``docs/dashboard-api.md``), on the one
 admin HTTP server (:mod:`pymesh.admin`). It shows the mesh's topology (every
 service, workload address and identity): keep it on loopback, as by default.
+A request whose ``Host`` is not a loopback name, the bound address or one of
+``--monitoring-allowed-hosts`` is refused (DNS rebinding, :mod:`pymesh.admin`).
 
 ``pymesh controlplane --monitoring-listen 127.0.0.1:15014``. ``/debug/status``
 is :meth:`ControlPlane.status` as JSON; ``/metrics`` renders the same figures
@@ -214,6 +216,9 @@ class _Collector(Collector):
 
 
 def serve(cp: ControlPlane, listen: str) -> AdminServer:
+    """The port, serving only the Host names of :class:`pymesh.admin.AdminServer`'s check (DNS
+    rebinding) and ``cp.monitoring_allowed_hosts``: Prometheus names its target in ``Host``,
+    so a scrape of the bound address passes."""
     collector = _Collector(cp)
 
     def metrics(_query: str) -> tuple[int, str, bytes]:
@@ -229,4 +234,5 @@ def serve(cp: ControlPlane, listen: str) -> AdminServer:
         listen,
         {"/metrics": metrics, "/debug/status": status, **routes(cp)},
         name="pymesh-controlplane-monitoring",
+        allowed_hosts=cp.monitoring_allowed_hosts,
     )

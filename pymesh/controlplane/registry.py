@@ -61,6 +61,8 @@ from pymesh.controlplane.resources import (
     Pod,
     Service,
     ServiceEntry,
+    ServiceEntryPort,
+    ServicePort,
     Telemetry,
     WorkloadEntry,
     WorkloadEntrySpec,
@@ -144,6 +146,9 @@ class Registry:
     # Telemetry objects by namespace, oldest first, and meshConfig's access log (pymesh.controlplane.telemetry).
     telemetries: Mapping[str, tuple[tuple[Any, telemod.TelemetrySpec], ...]] = field(default_factory=dict)
     mesh_access_log: telemod.MeshAccessLog = field(default_factory=telemod.MeshAccessLog)
+    # (hostname, service port) -> the health-excluded WorkloadEntries that would serve it, each
+    # with its Healthy condition's message ("" when none): never in EDS; the dashboard shows them.
+    unhealthy: Mapping[tuple[str, int], tuple[tuple[Endpoint, str], ...]] = field(default_factory=dict)
 
     def access_log(self, namespace: str, labels: Mapping[str, str]) -> tuple[str, str] | None:
         """The access log a workload writes ((file, TEXT | JSON)), or None."""
@@ -314,6 +319,32 @@ class _Index:
         return [w for w in smallest if _selects(selector, w.labels)]
 
 
+def _entry_endpoints(selected: Iterable[_Workload], sp: ServicePort) -> list[Endpoint]:
+    """A Service port's endpoints among the WorkloadEntries its selector picked (same namespace):
+    those with at least one label and an IP address, on ``ports[<port name>]`` else the numeric
+    targetPort; a named targetPort maps through ``ports[<targetPort>]``."""
+    eps = []
+    for w in selected:
+        if not w.labels or w.dns_only:
+            continue
+        if isinstance(sp.target_port, int):
+            port = w.ports.get(sp.name, sp.target_port) if sp.name else sp.target_port
+        else:
+            got = w.ports.get(sp.target_port)
+            if got is None:
+                continue  # a named targetPort the entry does not map: skipped for this port
+            port = got
+        eps.append(_endpoint(w, port))
+    return eps
+
+
+def _se_port(w: _Workload, p: ServiceEntryPort) -> int:
+    """A ServiceEntry port's endpoint port for a selected workload or inline endpoint."""
+    if w.address.startswith("unix://"):
+        return 0
+    return w.ports.get(p.name) or p.target_port or p.number
+
+
 def _sort_key(w: _Workload) -> tuple[str, str, str]:
     # Selected workloads are ordered by kind, namespace, name (stable endpoint order).
     return (w.kind, w.namespace, w.name)
@@ -371,12 +402,25 @@ def build_registry(
         entries.setdefault((r.meta.namespace, r.meta.name), r)
 
     workloads: list[_Workload] = []
+    excluded: list[_Workload] = []
+    messages: dict[tuple[str, str], str] = {}
     for e in entries.values():
-        if health_excluded(e):
-            continue
         wl = entry_workload_name(e.meta.name, e.spec.labels, e.meta.annotations)
-        workloads.append(_entry_workload(e.meta.namespace, e.meta.name, e.spec, "WorkloadEntry", trust_domain, wl))
+        w = _entry_workload(e.meta.namespace, e.meta.name, e.spec, "WorkloadEntry", trust_domain, wl)
+        if health_excluded(e):
+            excluded.append(w)
+            messages[(w.namespace, w.name)] = str((e.condition("Healthy") or {}).get("message") or "")
+        else:
+            workloads.append(w)
     entry_workloads = sorted(workloads, key=_sort_key)
+    excluded_index = _Index(sorted(excluded, key=_sort_key))
+    unhealthy: dict[tuple[str, int], tuple[tuple[Endpoint, str], ...]] = {}
+
+    def down(key: tuple[str, int], eps: Iterable[Endpoint]) -> None:
+        got = tuple((ep, messages[(ep.namespace, ep.name)]) for ep in eps)
+        if got:
+            unhealthy[key] = got
+
     mesh = mesh_networks or MeshNetworks()
     ready_pods = sorted(
         (_pod_workload(p, trust_domain, mesh, cluster_id) for p in pods if p.ip and p.ready), key=_sort_key
@@ -416,18 +460,8 @@ def build_registry(
                 if target is not None:
                     eps.append(_endpoint(w, target))
             if not svc.headless:
-                for w in entry_index.select(ns, svc.selector):
-                    # Same namespace (the index), at least one label, an IP address.
-                    if not w.labels or w.dns_only:
-                        continue
-                    if isinstance(sp.target_port, int):
-                        port = w.ports.get(sp.name, sp.target_port) if sp.name else sp.target_port
-                    else:
-                        got = w.ports.get(sp.target_port)
-                        if got is None:
-                            continue  # a named targetPort the entry does not map: skipped for this port
-                        port = got
-                    eps.append(_endpoint(w, port))
+                eps += _entry_endpoints(entry_index.select(ns, svc.selector), sp)
+                down((host, sp.port), _entry_endpoints(excluded_index.select(ns, svc.selector), sp))
             endpoints[(host, sp.port)] = tuple(eps)
 
     auto_hosts = [h for se in service_entries for h in se.hosts if vipmod.wants_vip(se, h)]
@@ -436,12 +470,14 @@ def build_registry(
     for se in sorted(service_entries, key=lambda s: (s.meta.namespace, s.meta.name)):
         ns = se.meta.namespace
         selected: list[_Workload] = []
+        selected_down: list[_Workload] = []
         if se.workload_selector is not None:
             dns = se.resolution in ("DNS", "DNS_ROUND_ROBIN")
             for w in [*pod_index.select(ns, se.workload_selector), *entry_index.select(ns, se.workload_selector)]:
                 if dns or not w.dns_only:
                     selected.append(w)
             selected.sort(key=_sort_key)
+            selected_down = [w for w in excluded_index.select(ns, se.workload_selector) if dns or not w.dns_only]
         else:
             for i, spec in enumerate(se.endpoints):
                 selected.append(_entry_workload(ns, f"{se.meta.name}-{i}", spec, "ServiceEntry", trust_domain))
@@ -467,13 +503,8 @@ def build_registry(
             if se.resolution == "NONE":
                 continue
             for p in se.ports:
-                eps = []
-                for w in selected:
-                    if w.address.startswith("unix://"):
-                        port = 0
-                    else:
-                        port = w.ports.get(p.name) or p.target_port or p.number
-                    eps.append(_endpoint(w, port))
+                eps = [_endpoint(w, _se_port(w, p)) for w in selected]
+                down((host, p.number), (_endpoint(w, _se_port(w, p)) for w in selected_down))
                 if not eps and se.resolution in ("DNS", "DNS_ROUND_ROBIN") and not host.startswith("*"):
                     # A DNS ServiceEntry without endpoints resolves its own host.
                     eps.append(
@@ -533,6 +564,7 @@ def build_registry(
         virtual_services=vs_index,
         telemetries=telemod.index((t.meta, t.spec, t.created) for t in telemetries),
         mesh_access_log=mesh_access_log or telemod.MeshAccessLog(),
+        unhealthy=unhealthy,
     )
 
 

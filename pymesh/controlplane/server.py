@@ -52,7 +52,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -163,6 +163,7 @@ class ControlPlane:
         max_pending_streams: int = DEFAULT_MAX_PENDING_STREAMS,
         vip_quarantine: float = DEFAULT_QUARANTINE,
         monitoring_listen: str | None = None,
+        monitoring_allowed_hosts: Sequence[str] = (),
         prometheus_url: str | None = None,
         agent_status_port: int = STATUS_PORT,
         mesh_networks: str | os.PathLike[str] | None = None,
@@ -294,6 +295,9 @@ class ControlPlane:
             self.security.install(self.ads)
             self._loopback_only = self._loopback_only and is_loopback(self.security.listen[0])
         self.monitoring_listen = monitoring_listen
+        # Host names the monitoring port serves besides loopback and its bound address (DNS
+        # rebinding protection, pymesh.admin.AdminServer).
+        self.monitoring_allowed_hosts = tuple(monitoring_allowed_hosts)
         # The traffic graph's source (pymesh.controlplane.graph): a Prometheus scraping the
         # proxies, else the agents' status ports (istio-agent's 15020) scraped from here.
         self.prometheus_url = prometheus_url

@@ -1,5 +1,5 @@
 """The mesh's conventions (pymesh.mesh) against the case list the Rust core
-runs too (tests/cases/mesh.cases, native/tests/mesh_conformance.rs), so the
+runs too (tests/cases/mesh.cases, native/tests/conformance/mesh.rs), so the
 two implementations of cluster names, SNI, SPIFFE, ALPN and EDS metadata
 keys cannot drift."""
 

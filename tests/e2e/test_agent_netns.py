@@ -22,8 +22,7 @@ from typing import Any
 import pytest
 
 from support.agent import write_vm_files
-from support.netns import APP_UID, EXTRA4, NET4, VM4, as_agent_user, fetch_status, lab, require_root_tools
-from support.procs import Lines
+from support.netns import APP_UID, EXTRA4, NET4, VM4, fetch_status, lab, require_root_tools, start_agent, wait_said
 from support.wait import wait_until
 
 pytestmark = pytest.mark.netns
@@ -93,23 +92,15 @@ def test_agent_captures_dns_and_routes_the_vip_to_pod_and_vm(shared_dir: Path) -
 
         vm = write_vm_files(tmp_path / "vm", XDS_PORT, ip=VM4)
         (vm / "hosts").write_text(f"{NET4} istiod.istio-system.svc\n")
-        argv = [sys.executable, "-m", "pymesh", "agent", "--config-dir", str(vm), "--capture", "nftables"]
+        argv = ["--config-dir", str(vm), "--capture", "nftables"]
         argv += ["--outbound-listen", "127.0.0.1:15001", "--dns-listen", "127.0.0.1:15053", "--no-probe"]
         argv += ["--status-listen", "127.0.0.1:15020", "--state-dir", str(tmp_path / "state"), "--pod-name", "vm-1"]
         state = tmp_path / "state"
         state.mkdir(mode=0o777)
         state.chmod(0o777)
-        agent = subprocess.Popen(
-            as_agent_user(lb.cmd(lb.vm, *argv)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=lb.env
-        )
-        lb.procs.append(agent)
-        out = Lines(agent)
+        agent, out = start_agent(lb, *argv)
         try:
-            try:
-                wait_until(lambda: out.saw("tables: 1 names, 1 clusters, 1 service"), timeout=20)
-            except AssertionError:
-                agent.kill()
-                raise AssertionError(f"agent output: {out.seen}\n{agent.stderr.read()[-3000:]}") from None  # type: ignore[union-attr]
+            wait_said(agent, out, "tables: 1 names, 1 clusters, 1 service", timeout=20)
             assert out.saw("capture rules installed (nftables)") and out.saw("outbound proxy on 127.0.0.1:15001")
             assert "pymesh" in lb.ruleset()
             ruleset_chains = lb.ruleset().count("chain ")
@@ -150,15 +141,7 @@ def test_agent_captures_dns_and_routes_the_vip_to_pod_and_vm(shared_dir: Path) -
             agent.kill()
             agent.wait(10)
             assert "pymesh" in lb.ruleset()  # a crash leaves the rules
-            agent = subprocess.Popen(
-                as_agent_user(lb.cmd(lb.vm, *argv)),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                env=lb.env,
-            )
-            lb.procs.append(agent)
-            out = Lines(agent)
+            agent, out = start_agent(lb, *argv)
             wait_until(lambda: out.saw("serving saved tables"), timeout=20)
             wait_until(lambda: out.saw("xDS backoff"), timeout=20)
             assert lb.ruleset().count("chain ") == ruleset_chains

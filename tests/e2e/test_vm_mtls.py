@@ -43,8 +43,6 @@ import pytest
 
 from pymesh.controlplane.ca.ca import CertificateAuthority
 from pymesh.controlplane.ca.tokens import TokenAuthority
-from pymesh.mesh.identity import identity
-from pymesh.mesh.pki import key_pem, make_csr, new_key
 from support.agent import write_vm_files
 from support.e2e import (
     HTTP_PEER,
@@ -61,7 +59,7 @@ from support.e2e import (
 )
 from support.netns import APP_UID, EXTRA4, NET4, VM4, Lab, lab, require_root_tools
 from support.peers import E2E_MTLS_PEER
-from support.sec import workload
+from support.sec import issue, workload
 from support.wait import wait_until
 
 pytestmark = pytest.mark.netns
@@ -140,13 +138,7 @@ def s_client(lb: Lab, certs: Path) -> str:
 def foreign(d: Path, sa: str, trust_domain: str = "cluster.local", ca: CertificateAuthority | None = None) -> Path:
     """A workload certificate for default/<sa> in ``trust_domain``, from ``ca`` (else a CA of its own)."""
     ca = ca or CertificateAuthority(d.parent / f"{d.name}-ca", trust_domain=trust_domain)
-    key = new_key()
-    issued = ca.sign_csr(make_csr(key), identity("default", sa, trust_domain), 3600)
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "key.pem").write_bytes(key_pem(key))
-    (d / "cert-chain.pem").write_text("".join(issued.chain))
-    (d / "root-cert.pem").write_text(ca.root_pem)
-    return d
+    return issue(ca, d, sa, trust_domain=trust_domain).dir
 
 
 def pcap_has(pcap: Path, marker: str) -> bool:

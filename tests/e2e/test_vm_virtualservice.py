@@ -48,7 +48,6 @@ fails when PYMESH_REQUIRE_ROOT_TESTS is set (CI).
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shutil
@@ -58,7 +57,6 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,9 +65,10 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from support.agent import write_vm_files
+from support.curl import Reply, curl_runs
 from support.e2e import SVC_PORT, VIP, XDS_PORT, Mesh, pod_yaml
 from support.netns import APP_UID, EXTRA4, NET4, VM4, fetch_status, inside, lab, require_root_tools
-from support.peers import HTTP_BACKEND
+from support.shares import CHI2_1DOF_001, chi_square, within_binomial
 from support.system import require_module
 from support.wait import wait_until
 
@@ -81,11 +80,6 @@ PRODUCT = "product.default.svc.cluster.local"
 GREETER = "greeter.default.svc.cluster.local"
 GROUP = "greeter-vm"  # the VM's WorkloadGroup: its workload name in telemetry
 URL = f"http://{VIP}:{SVC_PORT}"
-# Two-sided p = 0.001 (as tests/netns/test_relay_http.py).
-Z_001 = 3.29
-CHI2_1DOF_001 = 10.828
-# As the app: never through a proxy from the environment.
-CURL = ("curl", "-sS", "--noproxy", "*", "-m", "10")
 UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 # Kiali's HTTP graph query groups by these (kiali graph/telemetry/istio/istio.go).
 KIALI_HTTP_GROUP = (
@@ -186,18 +180,6 @@ spec:
     return d
 
 
-@dataclass
-class Reply:
-    code: int
-    seconds: float
-    connects: int
-    body: str
-
-    def json(self) -> dict[str, Any]:
-        seen: dict[str, Any] = json.loads(self.body)
-        return seen
-
-
 class Vm:
     """The running lab: the mesh's processes and the VM's clients."""
 
@@ -208,16 +190,7 @@ class Vm:
     def curl(self, *args: str) -> list[Reply]:
         """Every response of one curl run as the app (URLs and globs in ``args``), in order:
         one connection per host, kept alive, as curl does."""
-        w = "\n@@@ %{http_code} %{time_total} %{num_connects}\n"
-        cmd = self.lb.cmd(self.lb.vm, *CURL, "-w", w, *args, uid=APP_UID)
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=self.lb.env, check=False)
-        parts = re.split(r"\n@@@ (\d+) ([0-9.]+) (\d+)\n", p.stdout)
-        replies = [
-            Reply(int(parts[i + 1]), float(parts[i + 2]), int(parts[i + 3]), parts[i].strip())
-            for i in range(0, len(parts) - 1, 4)
-        ]
-        assert replies, f"curl {args}: {p.stderr.strip()}"
-        return replies
+        return curl_runs(self.lb, [args], timeout=60)[0]
 
     def ready(self) -> bool:
         """The agent's readiness (``:15020/healthz/ready``)."""
@@ -238,12 +211,7 @@ class Vm:
 
     def grpc(self, n: int) -> dict[str, Any]:
         """http_backend.py's gRPC client as the app: one channel, ``n`` unary RPCs to greeter."""
-        argv = [sys.executable, HTTP_BACKEND, "grpc", f"{GRPC_VIP}:{GRPC_PORT}", str(n)]
-        cmd = self.lb.cmd(self.lb.vm, *argv, uid=APP_UID)
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=self.lb.env, check=False)
-        assert p.returncode == 0, p.stderr[-2000:]
-        got: dict[str, Any] = json.loads(p.stdout.strip().splitlines()[-1])
-        return got
+        return self.lb.http_client("grpc", f"{GRPC_VIP}:{GRPC_PORT}", str(n))
 
     def set_virtual_service(self, text: str) -> None:
         """Replaces the VirtualService file at once (a hidden temporary file renamed over
@@ -273,10 +241,6 @@ class Vm:
         return out
 
 
-def within_binomial(k: int, n: int, p: float) -> bool:
-    return abs(k - n * p) <= Z_001 * math.sqrt(n * p * (1 - p))
-
-
 @pytest.fixture(scope="module")
 def vm() -> Iterator[Vm]:
     require_root_tools("nft", "curl")
@@ -288,7 +252,7 @@ def vm() -> Iterator[Vm]:
         with lab() as lb:
             m = Mesh(lb, d, "nftables")
             # The cluster: product v1/v2 (HTTP) and greeter's two pods (gRPC), one process.
-            m.http_backends(
+            lb.http_backends(
                 lb.net,
                 f"http:v1:{A}:{SVC_PORT}",
                 f"http:v2:{B}:{SVC_PORT}",
@@ -298,7 +262,7 @@ def vm() -> Iterator[Vm]:
             mesh_config(d / "mesh")
             m.start_cp()
             # The VM: greeter's third endpoint (as the app), then the agent, auto-registering into greeter-vm.
-            m.http_backends(lb.vm, f"grpc:vm:{VM4}:{GRPC_PORT}", uid=APP_UID)
+            lb.http_backends(lb.vm, f"grpc:vm:{VM4}:{GRPC_PORT}", uid=APP_UID)
             labels = json.dumps({"app": "greeter", "version": "vm"}, separators=(",", ":"))
             env = {"ISTIO_METAJSON_LABELS": labels, "CANONICAL_SERVICE": "greeter", "SERVICE_ACCOUNT": "greeter"}
             files = write_vm_files(d / "vm", XDS_PORT, ip=VM4, group=GROUP, extra_env=env)
@@ -334,8 +298,7 @@ def test_virtual_service_routes_each_request(vm: Vm) -> None:
     assert set(tags) == {"v1", "v2"}, tags
     # Pearson's chi-square against 90/10, one degree of freedom; split per
     # connection, the one connection would have given 300/0 (chi-square 33.3 or 2700).
-    want = {"v1": 0.9 * n, "v2": 0.1 * n}
-    chi2 = sum((tags[k] - e) ** 2 / e for k, e in want.items())
+    chi2 = chi_square(tags, {"v1": 0.9 * n, "v2": 0.1 * n})
     assert chi2 < CHI2_1DOF_001, (tags, chi2)
     # The proxy's request id reached the backend, a new one per request; the client's is kept.
     ids = [s["headers"].get("x-request-id", "") for s in seen]

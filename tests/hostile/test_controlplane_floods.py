@@ -363,11 +363,17 @@ def test_50mb_config_file(plane: Plane) -> None:
         "spec: {{hosts: [h{i}.example.com], resolution: STATIC, ports: [{{number: 80, name: http}}], "
         "endpoints: [{{address: 10.1.{a}.{b}}}]}}\n---\n"
     )
-    with (plane.cfg / "big.yaml").open("w") as f:
+    # Written beside the directory and renamed in (as a config-management tool does), so the
+    # watcher sees the whole 50 MB file, over the size limit, and never a partial one: a
+    # partial file under the limit is ~70,000 valid ServiceEntries, which are served (slowly
+    # on a small machine), not refused.
+    staged = plane.cfg.parent / "big.yaml.staged"
+    with staged.open("w") as f:
         i = 0
         while f.tell() < 50_000_000:
             f.write(entry.format(i=i, a=i // 256 % 256, b=i % 256))
             i += 1
+    os.replace(staged, plane.cfg / "big.yaml")
     (plane.cfg / "later.yaml").write_text(service("later"))
     applied = eventually(lambda: plane.serves("later"), timeout=20)
     time.sleep(3)

@@ -22,9 +22,7 @@ from pathlib import Path
 import pytest
 
 from support.agent import write_vm_files
-from support.netns import NET4, VM4, as_agent_user, lab, require_root_tools
-from support.procs import Lines
-from support.wait import wait_until
+from support.netns import NET4, VM4, lab, require_root_tools, start_agent, wait_said
 
 APP_PORT = 18080
 SSH_PORT = 22  # in the default ISTIO_LOCAL_EXCLUDE_PORTS
@@ -79,23 +77,15 @@ def test_agent_captures_inbound_to_the_passthrough_and_leaves_excluded_ports(
         vm = write_vm_files(shared_dir / "vm", 1, ip=VM4)
         env = (vm / "cluster.env").read_text()
         assert 'ISTIO_INBOUND_PORTS="*"' in env or "ISTIO_INBOUND_PORTS='*'" in env or "ISTIO_INBOUND_PORTS=*" in env
-        argv = [sys.executable, "-m", "pymesh", "agent", "--config-dir", str(vm), "--capture", "nftables"]
+        argv = ["--config-dir", str(vm), "--capture", "nftables"]
         argv += ["--no-dns", "--no-probe", "--no-persist", "--status-listen", "", "--pod-name", "vm-1"]
         argv += ["--xds-address", "127.0.0.1:1", "--backoff-max", "1"]
         if inbound_port is not None:
             argv += ["--inbound-port", str(inbound_port)]
         port = inbound_port or 15006
-        agent = subprocess.Popen(
-            as_agent_user(lb.cmd(lb.vm, *argv)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=lb.env
-        )
-        lb.procs.append(agent)
-        out = Lines(agent)
+        agent, out = start_agent(lb, *argv)
         try:
-            try:
-                wait_until(lambda: out.saw("capture rules installed (nftables)"), timeout=15)
-            except AssertionError:
-                agent.kill()
-                raise AssertionError(f"agent output: {out.seen}\n{agent.stderr.read()[-3000:]}") from None  # type: ignore[union-attr]
+            wait_said(agent, out, "capture rules installed (nftables)", timeout=15)
             assert out.saw(f"inbound passthrough on 0.0.0.0:{port}")
             ruleset = lb.ruleset()
             assert f"redirect to :{port}" in ruleset, ruleset

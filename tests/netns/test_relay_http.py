@@ -23,24 +23,22 @@ PYMESH_REQUIRE_ROOT_TESTS is set (CI)."""
 from __future__ import annotations
 
 import json
-import math
 import re
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from support.curl import CURL, Reply, curl_runs
 from support.lb import cluster, ep
 from support.netns import APP_UID, EXTRA4, PROXY_UID, Lab, inside, lab, nft_netns, require_root_tools
-from support.peers import HTTP_BACKEND
+from support.shares import CHI2_1DOF_001, chi_square, within_binomial
 from support.system import require_module
 from support.wait import wait_until
 
@@ -62,11 +60,6 @@ OD = "outbound|80||ejectable.default.svc.cluster.local"
 HASHED = "outbound|80||sticky.default.svc.cluster.local"
 GRPC = f"outbound|{GRPC_PORT}||grpc.default.svc.cluster.local"
 TCP = "outbound|80||svc-tcp.default.svc.cluster.local"
-
-# Two-sided p = 0.001: |z| above this (a chi-square of 10.828 with one degree
-# of freedom) fails a proportion test by chance once in a thousand runs.
-Z_001 = 3.29
-CHI2_1DOF_001 = 10.828
 
 BACKENDS = [
     f"http:v1:{A}:8080",
@@ -98,8 +91,6 @@ table ip pmslowsyn {{
 TCP_ECHO = (D, 9000)  # netns_peer serve: the VIP's TCP cluster
 TCP80 = (B, 80)  # netns_peer serve: no service's, a port with HTTP routes
 
-# As the app: never through a proxy from the environment.
-CURL = ("curl", "-sS", "--noproxy", "*", "-m", "10")
 FAULT_TYPE = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
 
 
@@ -322,18 +313,6 @@ CONFIG: dict[str, Any] = {
 }
 
 
-@dataclass
-class Reply:
-    code: int
-    seconds: float
-    connects: int
-    body: str
-
-    def json(self) -> dict[str, Any]:
-        seen: dict[str, Any] = json.loads(self.body)
-        return seen
-
-
 class Mesh:
     def __init__(self, lb: Lab, relay: subprocess.Popen[str]) -> None:
         self.lb = lb
@@ -361,30 +340,8 @@ class Mesh:
         return self.concurrently([list(args)])[0]
 
     def concurrently(self, runs: Sequence[Sequence[str]]) -> list[list[Reply]]:
-        """curl runs (as ``many``) at the same time. (curl 7.88's ``--parallel``
-        writes no ``-w`` output, so parallel clients are separate processes.)"""
-        w = "\n@@@ %{http_code} %{time_total} %{num_connects}\n"
-        procs = [
-            subprocess.Popen(
-                self.lb.cmd(self.lb.vm, *CURL, "-w", w, *args, uid=APP_UID),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                env=self.lb.env,
-            )
-            for args in runs
-        ]
-        out = []
-        for args, p in zip(runs, procs, strict=True):
-            stdout, stderr = p.communicate(timeout=30)
-            parts = re.split(r"\n@@@ (\d+) ([0-9.]+) (\d+)\n", stdout)
-            replies = [
-                Reply(int(parts[i + 1]), float(parts[i + 2]), int(parts[i + 3]), parts[i].strip())
-                for i in range(0, len(parts) - 1, 4)
-            ]
-            assert replies, f"curl {args[:4]}: {stderr.strip()}"
-            out.append(replies)
-        return out
+        """curl runs (as ``many``) at the same time."""
+        return curl_runs(self.lb, runs)
 
     def head_and_body(self, *args: str) -> tuple[int, dict[str, str], str]:
         """One request: its status, response headers (lowercased names) and body."""
@@ -396,14 +353,6 @@ class Mesh:
         headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
         return int(lines[0].split()[1]), headers, body
 
-    def backend(self, *args: str, stdin: str = "") -> dict[str, Any]:
-        """A client of http_backend.py, as the app in the vm namespace."""
-        cmd = self.lb.cmd(self.lb.vm, sys.executable, HTTP_BACKEND, *args, uid=APP_UID)
-        p = subprocess.run(cmd, capture_output=True, text=True, input=stdin, timeout=60, env=self.lb.env, check=False)
-        assert p.returncode == 0, p.stderr
-        got: dict[str, Any] = json.loads(p.stdout.strip().splitlines()[-1])
-        return got
-
     def nghttp(self, authority: str, *args: str) -> list[str]:
         """nghttp (HTTP/2 with prior knowledge; every URI's request multiplexed at once on
         one connection) as the app: the response bodies' lines."""
@@ -413,7 +362,7 @@ class Mesh:
         return p.stdout.splitlines()
 
     def raw(self, host: str, port: int, data: bytes) -> dict[str, Any]:
-        return self.backend("raw", host, str(port), stdin=data.hex())
+        return self.lb.http_client("raw", host, str(port), input=data.hex())
 
     def seen_by(self, addr: str, clear: bool = False) -> list[dict[str, Any]]:
         """What the http backend at ``addr`` received (asked from the net namespace),
@@ -426,10 +375,6 @@ class Mesh:
 
 def delta(after: dict[str, int], before: dict[str, int], key: str) -> int:
     return after[key] - before[key]
-
-
-def within_binomial(k: int, n: int, p: float) -> bool:
-    return abs(k - n * p) <= Z_001 * math.sqrt(n * p * (1 - p))
 
 
 def nginx_h2c(lb: Lab, tmp: Path) -> None:
@@ -473,15 +418,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     require_root_tools("nft", "curl", "nginx", "nghttp")
     require_module("grpc", "the gRPC client and servers")
     with lab() as lb:
-        backend = subprocess.Popen(
-            lb.cmd(lb.net, sys.executable, HTTP_BACKEND, "serve", *BACKENDS),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=lb.env,
-        )
-        lb.procs.append(backend)
+        lb.http_backends(lb.net, *BACKENDS)
         lb.serve(lb.net, "tcpecho", [f"tcp:{TCP_ECHO[0]}:{TCP_ECHO[1]}"])
         lb.serve(lb.net, "tcp80", [f"tcp:{TCP80[0]}:{TCP80[1]}"])
         nginx_h2c(lb, tmp_path_factory.mktemp("h2c"))
@@ -491,8 +428,6 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         path.write_text(json.dumps(CONFIG))
         relay = lb.start(lb.vm, "relay", str(path), uid=PROXY_UID)
         assert json.loads(relay.first_line)["addresses"] == ["127.0.0.1:15001"]  # type: ignore[attr-defined]
-        assert backend.stdout is not None
-        assert backend.stdout.readline().strip() == "ready", backend.stderr.read() if backend.stderr else ""
         yield Mesh(lb, relay)
 
 
@@ -515,8 +450,7 @@ def test_weighted_subsets_split_each_request_of_one_keepalive_connection(mesh: M
     assert set(tags) == {"v1", "v2"}, tags
     # Pearson's chi-square against 90/10 (one degree of freedom). Split per
     # connection, the one connection would have given 500/0 (chi-square 55.6).
-    want = {"v1": 0.9 * n, "v2": 0.1 * n}
-    chi2 = sum((tags[k] - e) ** 2 / e for k, e in want.items())
+    chi2 = chi_square(tags, {"v1": 0.9 * n, "v2": 0.1 * n})
     assert chi2 < CHI2_1DOF_001, (tags, chi2)
     # Upstream connections are kept alive and reused across requests.
     assert delta(after, before, "http_pool_reused") >= n - 10
@@ -714,7 +648,7 @@ def test_per_try_timeout_moves_to_the_fast_endpoint(mesh: Mesh) -> None:
 def test_grpc_one_channel_is_balanced_per_rpc_and_streams_and_faults_work(mesh: Mesh) -> None:
     before = mesh.http()
     n = 300
-    got = mesh.backend("grpc", f"{GRPC_VIP}:{GRPC_PORT}", str(n))
+    got = mesh.lb.http_client("grpc", f"{GRPC_VIP}:{GRPC_PORT}", str(n))
     after = mesh.http()
     counts = got["counts"]
     assert set(counts) == {"g1", "g2", "g3"} and sum(counts.values()) == n, counts

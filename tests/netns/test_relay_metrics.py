@@ -28,11 +28,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pymesh.agent.status import istio_tcp
 from pymesh.controlplane.ca.ca import CertificateAuthority
-from pymesh.lbtable import LbTable, RedirectTable
-from pymesh.mesh.identity import identity
-from pymesh.mesh.pki import key_pem, make_csr, new_key
 from pymesh.relay import OutboundProxy, start_inbound_passthrough
 from support.netns import inside, nft_netns
+from support.relays import Apps, echo, exchange, settled, tables
+from support.sec import issue
 from support.wait import wait_until
 
 CLIENT = "spiffe://cluster.local/ns/default/sa/client"
@@ -121,95 +120,34 @@ CLUSTERS = {
 }
 
 
-class Apps:
-    """An echo server on :8000; on :8001 one that reads to EOF and answers REPLY bytes."""
-
-    def __init__(self) -> None:
-        self.socks = [socket.create_server(("0.0.0.0", p), reuse_port=True) for p in (8000, 8001)]
-        for s, fn in zip(self.socks, (self._echo, self._reply), strict=True):
-            threading.Thread(target=self._accept, args=(s, fn), daemon=True).start()
-
-    def _accept(self, s: socket.socket, fn: Any) -> None:
-        while True:
-            try:
-                c, _ = s.accept()
-            except OSError:
-                return
-            threading.Thread(target=fn, args=(c,), daemon=True).start()
-
-    @staticmethod
-    def _echo(c: socket.socket) -> None:
-        with c, contextlib.suppress(OSError):
-            while data := c.recv(1 << 16):
-                c.sendall(data)
-            c.shutdown(socket.SHUT_WR)
-
-    @staticmethod
-    def _reply(c: socket.socket) -> None:
-        with c, contextlib.suppress(OSError):
-            while c.recv(1 << 16):
-                pass
-            c.sendall(b"r" * REPLY)
-
-    def close(self) -> None:
-        for s in self.socks:
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-            s.close()
-
-
-def creds(ca: CertificateAuthority, sa: str) -> tuple[str, str, str]:
-    key = new_key("ec")
-    issued = ca.sign_csr(make_csr(key), identity("default", sa), 3600)
-    return "".join(issued.chain), key_pem(key).decode(), ca.root_pem
+def reply(c: socket.socket) -> None:
+    """The app on :8001: reads to EOF, answers REPLY bytes."""
+    with c, contextlib.suppress(OSError):
+        while c.recv(1 << 16):
+            pass
+        c.sendall(b"r" * REPLY)
 
 
 @pytest.fixture(scope="module")
 def relays(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[OutboundProxy, OutboundProxy]]:
     with nft_netns("pmmet", RULES, "the relay metrics tests capture in a network namespace") as ns, inside(ns):
-        ca = CertificateAuthority(tmp_path_factory.mktemp("ca") / "ca")
-        apps = Apps()
-        lb = LbTable(seed=1)
-        lb.load(list(CLUSTERS.values()))
-        services = [{"address": vip, "port": 80, "cluster": c["name"]} for vip, c in CLUSTERS.items()]
-        redirect = RedirectTable.from_dict({"services": services, "include_ip_ranges": ["*"]})
+        tmp = tmp_path_factory.mktemp("ca")
+        ca = CertificateAuthority(tmp / "ca")
+        apps = Apps({8000: echo, 8001: reply})
+        lb, redirect = tables(CLUSTERS)
         outbound = OutboundProxy(redirect, lb, listen=["127.0.0.1:15001"], connect_timeout=3.0, seed=1)
         outbound.set_local_workload(CLIENT_SELF)
-        outbound.set_identity(*creds(ca, "client"))
+        outbound.set_identity(*issue(ca, tmp / "client", "client").args())
         outbound.start()
         inbound = start_inbound_passthrough(listen=["127.0.0.1:15006"], connect_timeout=3.0)
         inbound.set_local_workload(PRODUCT_SELF)
-        inbound.set_identity(*creds(ca, "product"))
+        inbound.set_identity(*issue(ca, tmp / "product", "product").args())
         try:
             yield outbound, inbound
         finally:
             outbound.stop()
             inbound.stop()
             apps.close()
-
-
-def exchange(host: str, port: int, payload: bytes) -> bytes:
-    """Sends, half-closes, reads to EOF (b"" when reset)."""
-    out = bytearray()
-    try:
-        s = socket.create_connection((host, port), timeout=10)
-    except ConnectionResetError:
-        return b""
-    with s:
-        try:
-            s.sendall(payload)
-            s.shutdown(socket.SHUT_WR)
-            while data := s.recv(1 << 16):
-                out += data
-        except OSError:
-            pass
-    return bytes(out)
-
-
-def settled(*relays: OutboundProxy) -> None:
-    deadline = time.monotonic() + 5
-    while any(r.stats()["active"] for r in relays) and time.monotonic() < deadline:
-        time.sleep(0.02)
 
 
 def find(proxy: OutboundProxy, **labels: str) -> tuple[dict[str, str], dict[str, int]]:

@@ -34,13 +34,12 @@ from cryptography import x509
 
 from pymesh._native import tcp_metrics_text
 from pymesh.controlplane.ca.ca import CertificateAuthority
-from pymesh.lbtable import LbTable, RedirectTable
-from pymesh.mesh.identity import identity
-from pymesh.mesh.pki import key_pem, make_csr, new_key
 from pymesh.relay import OutboundProxy, TlsConfigError, start_inbound_passthrough
 from pymesh.relay.pytls import InboundMtls, MtlsOriginator
 from support import sec
 from support.netns import inside, nft_netns
+from support.relays import Apps, echo, exchange, settled, tables
+from support.sec import Workload, issue
 
 PRODUCT = "spiffe://cluster.local/ns/default/sa/product"
 CLIENT = "spiffe://cluster.local/ns/default/sa/client"
@@ -101,78 +100,25 @@ CLUSTERS = {
 }
 
 
-@dataclass
-class Workload:
-    dir: Path
-    chain: str
-    key: str
-    root: str
-    serial: int
-
-    def args(self) -> tuple[str, str, str]:
-        return self.chain, self.key, self.root
-
-
-def workload(ca: CertificateAuthority, d: Path, sa: str, kind: str = "ec") -> Workload:
-    key = new_key(kind)
-    issued = ca.sign_csr(make_csr(key), identity("default", sa), 3600)
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "key.pem").write_bytes(key_pem(key))
-    (d / "cert-chain.pem").write_text("".join(issued.chain))
-    (d / "root-cert.pem").write_text(ca.root_pem)
-    serial = x509.load_pem_x509_certificate(issued.chain[0].encode()).serial_number
-    return Workload(d, "".join(issued.chain), key_pem(key).decode(), ca.root_pem, serial)
-
-
 @pytest.fixture(scope="module")
 def netns() -> Iterator[str]:
     with nft_netns("pmtls", RULES, "the relay mTLS tests capture in a network namespace") as name:
         yield name
 
 
-class Apps:
-    """The local app: an echo server on :8000 and a sink on :8001 that, after
-    the client's FIN, answers "<bytes> <sha256>" and closes."""
+def sink(c: socket.socket) -> None:
+    """The app on :8001: after the client's FIN, answers "<bytes> <sha256>" and closes."""
+    h, n = hashlib.sha256(), 0
+    with c, contextlib.suppress(OSError):
+        while data := c.recv(1 << 18):
+            h.update(data)
+            n += len(data)
+        c.sendall(f"{n} {h.hexdigest()}".encode())
 
-    def __init__(self) -> None:
-        self.socks = [socket.create_server(("0.0.0.0", p), reuse_port=True) for p in (8000, 8001)]
-        self.peers: list[str] = []
-        for s, fn in zip(self.socks, (self._echo, self._sink), strict=True):
-            threading.Thread(target=self._accept, args=(s, fn), daemon=True).start()
 
-    def _accept(self, s: socket.socket, fn: Any) -> None:
-        while True:
-            try:
-                c, peer = s.accept()
-            except OSError:
-                return
-            self.peers.append(peer[0])
-            threading.Thread(target=fn, args=(c,), daemon=True).start()
-
-    @staticmethod
-    def _echo(c: socket.socket) -> None:
-        with c, contextlib.suppress(OSError):
-            while data := c.recv(1 << 16):
-                c.sendall(data)
-            c.shutdown(socket.SHUT_WR)
-
-    @staticmethod
-    def _sink(c: socket.socket) -> None:
-        h, n = hashlib.sha256(), 0
-        with c, contextlib.suppress(OSError):
-            while data := c.recv(1 << 18):
-                h.update(data)
-                n += len(data)
-            c.sendall(f"{n} {h.hexdigest()}".encode())
-
-    def close(self) -> None:
-        for s in self.socks:
-            # shutdown wakes the thread blocked in accept(); close() alone
-            # would leave the socket listening in the reuse_port group,
-            # taking a share of the next test's connections.
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-            s.close()
+def local_apps() -> Apps:
+    """The local app: an echo server on :8000 and ``sink`` on :8001."""
+    return Apps({8000: echo, 8001: sink})
 
 
 @dataclass
@@ -191,24 +137,16 @@ def ca(tmp_path_factory: pytest.TempPathFactory) -> CertificateAuthority:
     return CertificateAuthority(tmp_path_factory.mktemp("ca") / "ca")
 
 
-def tables() -> tuple[LbTable, RedirectTable]:
-    """The lbtable of CLUSTERS and the redirection of each VIP:80 to its cluster."""
-    lb = LbTable(seed=1)
-    lb.load(list(CLUSTERS.values()))
-    services = [{"address": vip, "port": 80, "cluster": c["name"]} for vip, c in CLUSTERS.items()]
-    return lb, RedirectTable.from_dict({"services": services, "include_ip_ranges": ["*"]})
-
-
 @pytest.fixture
 def mesh(netns: str, ca: CertificateAuthority, tmp_path: Path) -> Iterator[Mesh]:
     with inside(netns):
-        apps = Apps()
-        lb, redirect = tables()
+        apps = local_apps()
+        lb, redirect = tables(CLUSTERS)
         outbound = OutboundProxy(redirect, lb, listen=["127.0.0.1:15001"], connect_timeout=3.0, seed=1)
         outbound.start()
         inbound = start_inbound_passthrough(listen=["127.0.0.1:15006"], connect_timeout=3.0)
-        client = workload(ca, tmp_path / "client", "client")
-        product = workload(ca, tmp_path / "product", "product")
+        client = issue(ca, tmp_path / "client", "client")
+        product = issue(ca, tmp_path / "product", "product")
         outbound.set_identity(*client.args())
         inbound.set_identity(*product.args())
         try:
@@ -217,24 +155,6 @@ def mesh(netns: str, ca: CertificateAuthority, tmp_path: Path) -> Iterator[Mesh]
             outbound.stop()
             inbound.stop()
             apps.close()
-
-
-def exchange(host: str, port: int, payload: bytes, timeout: float = 10.0) -> bytes:
-    """Sends, half-closes, reads until EOF (or a reset: what a refusal looks like)."""
-    out = bytearray()
-    try:
-        s = socket.create_connection((host, port), timeout=timeout)
-    except ConnectionResetError:
-        return b""  # on loopback the relay's reset can beat the end of connect()
-    with s:
-        try:
-            s.sendall(payload)
-            s.shutdown(socket.SHUT_WR)
-            while data := s.recv(1 << 16):
-                out += data
-        except (ConnectionResetError, BrokenPipeError, OSError):
-            pass  # refused: reset (ENOTCONN if it came before our shutdown)
-    return bytes(out)
 
 
 def roundtrip(host: str, port: int, payload: bytes) -> bytes:
@@ -250,19 +170,17 @@ def roundtrip(host: str, port: int, payload: bytes) -> bytes:
 
 
 def wait_idle(mesh: Mesh) -> None:
-    """Until the relays' connection threads have finished (they outlive the client's socket briefly)."""
-    deadline = time.monotonic() + 5
-    while (mesh.outbound.stats()["active"] or mesh.inbound.stats()["active"]) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    settled(mesh.outbound, mesh.inbound)
 
 
-def tls_client(w: Workload, host: str = APP, port: int = 8000) -> ssl.SSLSocket:
-    """A mesh client with Python's OpenSSL, for looking at what the inbound serves."""
+def tls_client(w: Workload, host: str = APP, port: int = 8000, alpn: tuple[str, ...] = ("istio",)) -> ssl.SSLSocket:
+    """A mesh client with Python's OpenSSL, for looking at what the inbound serves; it offers
+    ``alpn`` (by default no metadata exchange: it does not speak it)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.load_verify_locations(cadata=w.root)
     ctx.load_cert_chain(w.dir / "cert-chain.pem", w.dir / "key.pem")
-    ctx.set_alpn_protocols(["istio"])  # no metadata exchange: this client does not speak it
+    ctx.set_alpn_protocols(list(alpn))
     return ctx.wrap_socket(socket.create_connection((host, port), timeout=10))
 
 
@@ -412,7 +330,7 @@ def test_auto_mtls_off_reaches_tls_mode_istio_endpoints_in_plaintext(mesh: Mesh)
     # Istio's enableAutoMtls: false, for a mesh without workload identities at all: an
     # explicit setting, never a fallback. The outbound on 15001 replaced by one without it.
     mesh.outbound.stop()
-    lb, redirect = tables()
+    lb, redirect = tables(CLUSTERS)
     plain = OutboundProxy(redirect, lb, listen=["127.0.0.1:15001"], connect_timeout=3.0, auto_mtls=False)
     plain.start()
     try:
@@ -443,10 +361,10 @@ def test_openssl_s_client_with_a_wrong_identity_or_another_ca_is_refused(mesh: M
     root = mesh.product.root
     assert "PING-THROUGH-MTLS" in s_client(mesh.client, root, mesh.tmp)
     assert "PING-THROUGH-MTLS" in s_client(mesh.client, root, mesh.tmp, "-tls1_2"), "TLS 1.2 too"
-    wrong = workload(mesh.ca, mesh.tmp / "intruder", "intruder")
+    wrong = issue(mesh.ca, mesh.tmp / "intruder", "intruder")
     assert "PING-THROUGH-MTLS" not in s_client(wrong, root, mesh.tmp)
     foreign = CertificateAuthority(mesh.tmp / "foreign-ca")
-    impostor = workload(foreign, mesh.tmp / "impostor", "client")  # the right name, the wrong CA
+    impostor = issue(foreign, mesh.tmp / "impostor", "client")  # the right name, the wrong CA
     assert "PING-THROUGH-MTLS" not in s_client(impostor, root, mesh.tmp)
     assert "PING-THROUGH-MTLS" not in s_client(None, root, mesh.tmp)
     tls = mesh.inbound.tls_stats()
@@ -516,8 +434,8 @@ def test_rotation_keeps_a_long_lived_connection_and_new_ones_get_the_new_certifi
         s.sendall(b"one")
         assert s.recv(10) == b"one"
         for n in range(2):
-            product = workload(mesh.ca, mesh.tmp / f"product{n}", "product", kind="rsa" if n else "ec")
-            client = workload(mesh.ca, mesh.tmp / f"client{n}", "client")
+            product = issue(mesh.ca, mesh.tmp / f"product{n}", "product", kind="rsa" if n else "ec")
+            client = issue(mesh.ca, mesh.tmp / f"client{n}", "client")
             mesh.inbound.set_identity(*product.args())
             mesh.outbound.set_identity(*client.args())
             # The open connection goes on with its sessions...
@@ -532,7 +450,7 @@ def test_rotation_keeps_a_long_lived_connection_and_new_ones_get_the_new_certifi
 
 def test_bad_pem_is_a_value_error_naming_it_and_the_old_identity_still_serves(mesh: Mesh) -> None:
     p = mesh.product
-    other = workload(mesh.ca, mesh.tmp / "other", "other")
+    other = issue(mesh.ca, mesh.tmp / "other", "other")
     foreign = CertificateAuthority(mesh.tmp / "foreign-ca")
     cases = [
         (("garbage", p.key, p.root), "cert_chain_pem"),
@@ -554,13 +472,13 @@ def test_stop_ends_open_tls_connections_and_idle_ones_time_out(
     netns: str, ca: CertificateAuthority, tmp_path: Path
 ) -> None:
     with inside(netns):
-        apps = Apps()
-        lb, redirect = tables()
+        apps = local_apps()
+        lb, redirect = tables(CLUSTERS)
         outbound = OutboundProxy(redirect, lb, listen=["127.0.0.1:15001"], idle_timeout=0.5)
         outbound.start()
         inbound = start_inbound_passthrough(listen=["127.0.0.1:15006"])
-        outbound.set_identity(*workload(ca, tmp_path / "client", "client").args())
-        inbound.set_identity(*workload(ca, tmp_path / "product", "product").args())
+        outbound.set_identity(*issue(ca, tmp_path / "client", "client").args())
+        inbound.set_identity(*issue(ca, tmp_path / "product", "product").args())
         try:
             with socket.create_connection(("127.1.0.1", 80), timeout=10) as s:
                 s.sendall(b"x")
@@ -658,11 +576,6 @@ def test_an_envoy_peer_exchange_client_is_understood_and_answered(mesh: Mesh) ->
 
     mesh.inbound.set_local_workload(PRODUCT_WL)
     mesh.inbound.set_peer_authentication("STRICT")
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.load_verify_locations(cadata=mesh.client.root)
-    ctx.load_cert_chain(mesh.client.dir / "cert-chain.pem", mesh.client.dir / "key.pem")
-    ctx.set_alpn_protocols(["istio-peer-exchange", "istio"])
     md = {
         "NAME": "reviews-v2-abc",
         "NAMESPACE": "bookinfo",
@@ -672,7 +585,7 @@ def test_an_envoy_peer_exchange_client_is_understood_and_answered(mesh: Mesh) ->
         "LABELS": {"app": "reviews", "app.kubernetes.io/name": "reviews-k8s", "version": "v2",
                    "service.istio.io/canonical-name": "reviews", "service.istio.io/canonical-revision": "v2"},
     }  # fmt: skip
-    with ctx.wrap_socket(socket.create_connection((APP, 8000), timeout=10)) as t:
+    with tls_client(mesh.client, alpn=("istio-peer-exchange", "istio")) as t:
         assert t.selected_alpn_protocol() == "istio-peer-exchange"
         t.sendall(envoy_frame(md, "sidecar~10.1.2.3~reviews-v2-abc.bookinfo~bookinfo.svc.cluster.local") + b"ping")
         header = read_exactly(t, 8)
@@ -696,12 +609,7 @@ def test_an_envoy_peer_exchange_client_is_understood_and_answered(mesh: Mesh) ->
 def test_a_client_whose_first_bytes_are_no_frame_still_gets_through_unknown(mesh: Mesh) -> None:
     mesh.inbound.set_local_workload(PRODUCT_WL)
     mesh.inbound.set_peer_authentication("STRICT")
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.load_verify_locations(cadata=mesh.client.root)
-    ctx.load_cert_chain(mesh.client.dir / "cert-chain.pem", mesh.client.dir / "key.pem")
-    ctx.set_alpn_protocols(["istio-peer-exchange"])
-    with ctx.wrap_socket(socket.create_connection((APP, 8000), timeout=10)) as t:
+    with tls_client(mesh.client, alpn=("istio-peer-exchange",)) as t:
         t.sendall(b"GE")  # shorter than a header, then the rest: no frame, all of it application data
         time.sleep(0.1)
         t.sendall(b"T / HTTP/1.0\r\n")

@@ -10,7 +10,7 @@ import queue
 import ssl
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -242,11 +242,39 @@ class HealthServer:
         self.server.stop(0)
 
 
+ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+
+
+def ads_server(
+    sotw: Callable[[Iterator[Any], Any], Iterator[Any]],
+    delta: Callable[[Iterator[Any], Any], Iterator[Any]] | None = None,
+    address: str = "127.0.0.1:0",
+) -> tuple[grpc.Server, int]:
+    """A started gRPC server of Envoy's AggregatedDiscoveryService on ``address``: ``sotw``
+    serves StreamAggregatedResources, ``delta`` (when given) DeltaAggregatedResources; and its port."""
+    methods = {
+        "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
+            sotw,
+            request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
+            response_serializer=discovery_pb2.DiscoveryResponse.SerializeToString,
+        )
+    }
+    if delta is not None:
+        methods["DeltaAggregatedResources"] = grpc.stream_stream_rpc_method_handler(
+            delta,
+            request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
+            response_serializer=discovery_pb2.DeltaDiscoveryResponse.SerializeToString,
+        )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(ADS_SERVICE, methods),))
+    port = server.add_insecure_port(address)
+    server.start()
+    return server, port
+
+
 class ScriptedAds:
     """An ADS server whose responses the test sends with :meth:`push`; every
     request received is in ``requests`` (a queue of DiscoveryRequest)."""
-
-    SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, delta: bool = False) -> None:
         self.delta = delta
@@ -254,25 +282,7 @@ class ScriptedAds:
         self._out: queue.Queue[Any] = queue.Queue()
         self._nonce = 0
         self._backlog: list[Any] = []  # requests received but not yet asked for, in order
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-        handler = grpc.method_handlers_generic_handler(
-            self.SERVICE,
-            {
-                "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
-                    self._stream,
-                    request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
-                    response_serializer=discovery_pb2.DiscoveryResponse.SerializeToString,
-                ),
-                "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
-                    self._stream,
-                    request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
-                    response_serializer=discovery_pb2.DeltaDiscoveryResponse.SerializeToString,
-                ),
-            },
-        )
-        self.server.add_generic_rpc_handlers((handler,))
-        self.port = self.server.add_insecure_port(f"{host}:{port}")
-        self.server.start()
+        self.server, self.port = ads_server(self._stream, self._stream, f"{host}:{port}")
 
     def _stream(self, requests: Iterator[Any], context: Any) -> Iterator[Any]:
         def read() -> None:

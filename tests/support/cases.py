@@ -3,7 +3,7 @@
 The format is described at the top of that file. This module only reads it:
 it knows nothing of the native module or the reference model, so every
 Python driver (the oracle's, the native module's) can share it. It parses the
-way ``native/tests/conformance.rs`` does.
+way ``native/tests/conformance/names.rs`` does.
 """
 
 from __future__ import annotations

@@ -1,12 +1,14 @@
-"""Shared pieces of the DNS proxy tests: tables, a started proxy, and real
-upstream resolvers (unbound, dnsmasq) started on loopback with their own zone."""
+"""Shared pieces of the DNS proxy tests: tables, a started proxy, real upstream resolvers
+(unbound, dnsmasq) started on loopback with their own zone, and a scripted UDP upstream."""
 
 from __future__ import annotations
 
 import contextlib
+import socket
 import subprocess
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -119,14 +121,8 @@ def unbound(tmp: Path, host: str, extra_local_data: Sequence[str] = ()) -> Itera
         + "".join(f"  {d}\n" for d in data)
         + "remote-control:\n  control-enable: no\n"
     )
-    proc = subprocess.Popen(["unbound", "-d", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        wait_answering(host, port, f"www.{UPSTREAM_ZONE}")
+    with _serving(["unbound", "-d", "-c", str(conf)], host, port):
         yield port
-    finally:
-        proc.terminate()
-        proc.wait(5)
-        reap(proc)
 
 
 @contextlib.contextmanager
@@ -137,31 +133,62 @@ def dnsmasq(tmp: Path, host: str) -> Iterator[int]:
     port = free_port(host)
     hosts = tmp / f"hosts-{host}"
     hosts.write_text(f"192.0.2.20 www.{UPSTREAM_ZONE}\n")
-    proc = subprocess.Popen(
-        [
-            "dnsmasq",
-            "--keep-in-foreground",
-            "--no-resolv",
-            "--no-hosts",
-            f"--addn-hosts={hosts}",
-            f"--listen-address={host}",
-            "--bind-interfaces",
-            f"--port={port}",
-            f"--local=/{UPSTREAM_ZONE}/",
-            "--local-ttl=30",
-            "--pid-file=",
-            "--user=root",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    argv = ["dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", f"--addn-hosts={hosts}"]
+    argv += [f"--listen-address={host}", "--bind-interfaces", f"--port={port}", f"--local=/{UPSTREAM_ZONE}/"]
+    argv += ["--local-ttl=30", "--pid-file=", "--user=root"]
+    with _serving(argv, host, port):
+        yield port
+
+
+@contextlib.contextmanager
+def _serving(argv: list[str], host: str, port: int) -> Iterator[None]:
+    """The DNS server ``argv`` until the block ends, once it answers on host:port."""
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         wait_answering(host, port, f"www.{UPSTREAM_ZONE}")
-        yield port
+        yield
     finally:
         proc.terminate()
         proc.wait(5)
         reap(proc)
+
+
+@contextlib.contextmanager
+def responder(
+    handler: Callable[[socket.socket, dns.message.Message, bytes, tuple[str, int]], None],
+    host: str = "127.0.0.1",
+) -> Iterator[tuple[str, list[dns.message.Message]]]:
+    """A Python UDP 'upstream' calling `handler` (socket, query, its bytes, the client) for every
+    query it gets, each in a thread of its own; yields its address and the queries seen."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((host, 0))
+    sock.settimeout(0.1)
+    seen: list[dns.message.Message] = []
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.is_set():
+            try:
+                data, peer = sock.recvfrom(65535)
+            except (TimeoutError, OSError):
+                continue
+            q = dns.message.from_wire(data)
+            seen.append(q)
+            threading.Thread(target=quietly, args=(sock, q, data, peer), daemon=True).start()
+
+    def quietly(*args: object) -> None:
+        # A late answer after the test closed the socket is not an error.
+        with contextlib.suppress(OSError):
+            handler(*args)  # type: ignore[arg-type]
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    try:
+        yield f"{host}:{sock.getsockname()[1]}", seen
+    finally:
+        stop.set()
+        t.join()
+        sock.close()
 
 
 @contextlib.contextmanager

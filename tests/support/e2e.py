@@ -1,8 +1,8 @@
 """The VM end-to-end mesh (tests/e2e/test_vm.py, test_vm_mtls.py, test_agent_root_change.py,
 test_vm_virtualservice.py): the service and its ports, the configuration documents (Service, Pod,
 the VM's WorkloadGroup), and the processes of a run in the two-namespace lab (support.netns): the
-control plane, the agent as its own user, HTTP peers and http_backend.py's HTTP and gRPC backends,
-with the checks the tests share."""
+control plane, the agent as its own user, HTTP peers (http_backend.py's backends are the lab's:
+``Lab.http_backends``), with the checks the tests share."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from support.netns import APP_UID, NET4, VM4, Lab, as_agent_user
-from support.peers import E2E_HTTP, HTTP_BACKEND
+from support.netns import APP_UID, NET4, VM4, Lab, start_agent
+from support.peers import E2E_HTTP
 from support.procs import Lines
 from support.wait import wait_until
 
@@ -85,26 +85,6 @@ class Mesh:
         self.lb.procs.append(p)
         assert p.stdout is not None and p.stdout.readline().strip() == "ready", f"HTTP server {tag} did not start"
 
-    def http_backends(self, ns: str, *specs: str, uid: int | None = None) -> None:
-        """tests/support/peers/http_backend.py serving ``specs`` ("KIND:TAG:HOST:PORT": echoing
-        HTTP/1.1, slow, resetting or gRPC listeners) in namespace ``ns`` until the lab's teardown."""
-        argv = [sys.executable, HTTP_BACKEND, "serve", *specs]
-        p = subprocess.Popen(
-            self.lb.cmd(ns, *argv, uid=uid),
-            stdin=subprocess.PIPE,  # it serves until stdin closes (the teardown's reap)
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=self.lb.env,
-        )
-        self.lb.procs.append(p)
-        assert p.stdout is not None
-        line = p.stdout.readline()
-        if line.strip() != "ready":
-            # At EOF it has exited, so its stderr ends too.
-            err = p.stderr.read() if p.stderr and not line else line
-            raise AssertionError(f"http_backend {specs} in {ns} did not start: {err}")
-
     # What a variant changes (tests/e2e/test_vm_mtls.py): the control plane's
     # listeners and the lines it prints once each is up, and agent flags.
     cp_banners: tuple[str, ...] = ("xds ",)
@@ -131,19 +111,11 @@ class Mesh:
 
     def start_agent(self) -> None:
         vm = self.d / "vm"
-        argv = [sys.executable, "-m", "pymesh", "agent", "--config-dir", str(vm), "--capture", self.backend]
+        argv = ["--config-dir", str(vm), "--capture", self.backend]
         argv += ["--outbound-listen", "127.0.0.1:15001", "--dns-listen", "127.0.0.1:15053"]
         argv += ["--status-listen", "127.0.0.1:15020", "--state-dir", str(self.d / "state"), "--pod-name", "vm-1"]
         argv += ["--backoff-max", "1", *self.agent_flags]
-        self.agent = subprocess.Popen(
-            as_agent_user(self.lb.cmd(self.lb.vm, *argv)),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=self.lb.env,
-        )
-        self.lb.procs.append(self.agent)
-        self.out = Lines(self.agent)
+        self.agent, self.out = start_agent(self.lb, *argv)
 
     def stop_agent(self) -> None:
         assert self.agent is not None and self.out is not None

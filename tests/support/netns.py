@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from support.paths import ROOT as _ROOT
-from support.peers import NETNS_PEER
-from support.procs import reap
+from support.peers import HTTP_BACKEND, NETNS_PEER
+from support.procs import Lines, reap
 from support.system import require_root, require_tools
+from support.wait import wait_until
 
 PEER = NETNS_PEER
 ROOT = str(_ROOT)
@@ -115,10 +116,21 @@ class Lab:
         result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
         return result
 
-    def start(self, ns: str, *args: str, uid: int | None = None) -> subprocess.Popen[str]:
-        """Starts a long-running peer; returns once it printed its first line."""
+    def http_client(self, *args: str, input: str | None = None) -> dict[str, Any]:
+        """peers/http_backend.py's raw or gRPC client (``args``) as the app in the vm namespace:
+        its JSON answer."""
+        out = self.run(self.vm, sys.executable, HTTP_BACKEND, *args, uid=APP_UID, input=input)
+        result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+        return result
+
+    def _launch(
+        self, ns: str, argv: list[str], what: str, uid: int | None, ready: str | None = None
+    ) -> subprocess.Popen[str]:
+        """Starts ``argv`` in namespace ``ns`` until the teardown (its stdin a pipe: a peer serves
+        until it closes, at the teardown's reap); returns once it printed its first line
+        (``ready``, when given), kept as ``first_line``."""
         p = subprocess.Popen(
-            self.cmd(ns, sys.executable, PEER, *args, uid=uid),
+            self.cmd(ns, *argv, uid=uid),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -128,14 +140,26 @@ class Lab:
         self.procs.append(p)
         assert p.stdout is not None
         line = p.stdout.readline()
-        if not line:
-            err = p.stderr.read() if p.stderr else ""
-            raise AssertionError(f"peer {args[:2]} in {ns} did not start: {err}")
+        if not line or (ready is not None and line.strip() != ready):
+            # At EOF it has exited, so its stderr ends too.
+            err = p.stderr.read() if p.stderr and not line else line
+            raise AssertionError(f"{what} in {ns} did not start: {err}")
         p.first_line = line  # type: ignore[attr-defined]
         return p
 
+    def start(self, ns: str, *args: str, uid: int | None = None) -> subprocess.Popen[str]:
+        """Starts a long-running peer; returns once it printed its first line."""
+        return self._launch(ns, [sys.executable, PEER, *args], f"peer {args[:2]}", uid)
+
     def serve(self, ns: str, tag: str, specs: Sequence[str], uid: int | None = None) -> subprocess.Popen[str]:
         return self.start(ns, "serve", tag, *specs, uid=uid)
+
+    def http_backends(self, ns: str, *specs: str, uid: int | None = None) -> None:
+        """peers/http_backend.py serving ``specs`` ("KIND:TAG:HOST:PORT": echoing HTTP/1.1, slow,
+        resetting or gRPC listeners) in namespace ``ns`` until the teardown; returns once every
+        listener is bound."""
+        argv = [sys.executable, HTTP_BACKEND, "serve", *specs]
+        self._launch(ns, argv, f"http_backend {specs}", uid, ready="ready")
 
     def tcp(self, host: str, port: int, uid: int = APP_UID) -> str:
         r = self.peer(self.vm, "tcp", host, str(port), uid=uid)
@@ -206,6 +230,28 @@ def as_agent_user(cmd: list[str]) -> list[str]:
     priv = ["setpriv", f"--reuid={PROXY_UID}", f"--regid={PROXY_UID}", "--clear-groups"]
     priv += [f"--inh-caps={caps}", f"--ambient-caps={caps}"]
     return [*cmd[:4], *priv, *cmd[4:]]
+
+
+def start_agent(lb: Lab, *args: str) -> tuple[subprocess.Popen[str], Lines]:
+    """``pymesh agent ARGS`` in the vm namespace as the agent's own user (``as_agent_user``),
+    stopped at the lab's teardown; and its output lines."""
+    argv = [sys.executable, "-m", "pymesh", "agent", *args]
+    p = subprocess.Popen(
+        as_agent_user(lb.cmd(lb.vm, *argv)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=lb.env
+    )
+    lb.procs.append(p)
+    return p, Lines(p)
+
+
+def wait_said(agent: subprocess.Popen[str], out: Lines, text: str, timeout: float) -> None:
+    """Until ``agent`` (``start_agent``'s) said ``text``; else it is killed, and the failure
+    shows what it printed."""
+    try:
+        wait_until(lambda: out.saw(text), timeout=timeout)
+    except AssertionError:
+        agent.kill()
+        err = agent.stderr.read()[-3000:] if agent.stderr else ""
+        raise AssertionError(f"agent output: {out.seen}\n{err}") from None
 
 
 def fetch_status(lb: Lab, path: str) -> str:

@@ -1,9 +1,11 @@
 """Control-plane replicas on one etcd prefix, as real ``pymesh controlplane`` processes
 (tests/unit/test_controlplane_replicas.py, test_controlplane_failover.py,
-tests/e2e/test_replicas_faults.py): started, their ``/debug/status`` read, killed or stopped."""
+tests/e2e/test_replicas_faults.py): started, their ``/debug/status`` read, killed or stopped;
+a set of them on a fresh prefix with the store they share."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import subprocess
@@ -11,7 +13,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from support.cp import pymesh_cli
+from pymesh.controlplane.backend import open_store
+from pymesh.controlplane.etcdstore import EtcdStore
+from support.cp import example_config, pymesh_cli
+from support.etcd import EtcdCluster
 from support.procs import reap
 
 TTL = 3  # --lease-ttl (etcd's minimum is 2 s)
@@ -83,3 +88,37 @@ class Replica:
             except subprocess.TimeoutExpired:
                 pass
         reap(self.proc)
+
+
+_prefixes = itertools.count()
+
+
+class ReplicaSet:
+    """Replicas (``start``) sharing a fresh prefix ``/pymesh/<name>-N`` of ``etcd`` and one mesh
+    configuration (``example_config`` on ``port``), and the store they share, as the test reads it."""
+
+    def __init__(self, etcd: EtcdCluster, tmp: Path, port: int, name: str) -> None:
+        self.url = etcd.url(f"/pymesh/{name}-{next(_prefixes)}")
+        self.cfg = example_config(tmp / "mesh", port)
+        self.tmp = tmp
+        self.replicas: list[Replica] = []
+        store = open_store(self.url)
+        assert isinstance(store, EtcdStore)
+        self.store = store
+
+    def start(self, name: str, *extra: str, listen: str = "127.0.0.1:0") -> Replica:
+        r = Replica(name, self.url, self.cfg, self.tmp, *extra, listen=listen)
+        self.replicas.append(r)
+        return r
+
+    def registered(self) -> dict[str, dict[str, Any]]:
+        """The WorkloadEntries in the store, by name."""
+        return {d["metadata"]["name"]: d for d in self.store.registered()}
+
+    def holders(self, name: str) -> set[str]:
+        """The replicas holding a connection of WorkloadEntry default/``name``."""
+        return self.store.connections().get(("default", name), set())
+
+    def close(self) -> None:
+        for r in self.replicas:
+            r.stop()

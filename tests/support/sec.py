@@ -12,15 +12,18 @@ import socketserver
 import subprocess
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
+from cryptography import x509
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from pymesh.controlplane import ControlPlane
 from pymesh.controlplane.ca.ca import CertificateAuthority
 from pymesh.controlplane.ca.service import SecurityOptions
+from pymesh.mesh.defaults import DEFAULT_TRUST_DOMAIN
 from pymesh.mesh.identity import identity
 from pymesh.mesh.pki import key_pem, make_csr, new_key
 from support.agent import write_vm_files
@@ -108,16 +111,45 @@ class Stream:
 # --- workload certificates and an echo app (the data-path tests) ---------------------------
 
 
-def workload(ca: CertificateAuthority, d: Path, sa: str, ttl: float = 3600) -> Path:
-    """A workload certificate for default/``sa`` from ``ca`` in ``d``, laid out as the agent
-    writes it (key.pem, cert-chain.pem, root-cert.pem)."""
-    key = new_key()
-    issued = ca.sign_csr(make_csr(key), identity("default", sa), ttl)
+@dataclass
+class Workload:
+    """An issued workload certificate: its directory and the PEM texts in it."""
+
+    dir: Path
+    chain: str
+    key: str
+    root: str
+    serial: int  # the leaf's
+
+    def args(self) -> tuple[str, str, str]:
+        """Chain, key and root: what the native relays' ``set_identity`` takes."""
+        return self.chain, self.key, self.root
+
+
+def issue(
+    ca: CertificateAuthority,
+    d: Path,
+    sa: str,
+    ttl: float = 3600,
+    kind: str = "ec",
+    trust_domain: str = DEFAULT_TRUST_DOMAIN,
+) -> Workload:
+    """A workload certificate for default/``sa`` (in ``trust_domain``) from ``ca``, on a fresh
+    ``kind`` key, laid out in ``d`` as the agent writes it (key.pem, cert-chain.pem, root-cert.pem)."""
+    key = new_key(kind)
+    issued = ca.sign_csr(make_csr(key), identity("default", sa, trust_domain), ttl)
+    chain, pem = "".join(issued.chain), key_pem(key)
     d.mkdir(parents=True, exist_ok=True)
-    (d / "key.pem").write_bytes(key_pem(key))
-    (d / "cert-chain.pem").write_text("".join(issued.chain))
+    (d / "key.pem").write_bytes(pem)
+    (d / "cert-chain.pem").write_text(chain)
     (d / "root-cert.pem").write_text(ca.root_pem)
-    return d
+    serial = x509.load_pem_x509_certificate(issued.chain[0].encode()).serial_number
+    return Workload(d, chain, pem.decode(), ca.root_pem, serial)
+
+
+def workload(ca: CertificateAuthority, d: Path, sa: str, ttl: float = 3600) -> Path:
+    """``issue``'s directory: a workload certificate for default/``sa`` from ``ca`` in ``d``."""
+    return issue(ca, d, sa, ttl).dir
 
 
 class Echo(socketserver.ThreadingTCPServer):

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import http.client
 import json
 import os
 import subprocess
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,13 +19,20 @@ from typing import Any
 
 import pytest
 
+from pymesh.agent.certs import Held, WorkloadCerts
 from pymesh.controlplane import ControlPlane
+from pymesh.controlplane.ca.service import SecurityOptions
+from pymesh.mesh.pki import load_certs
 from pymesh.mesh.xds import CDS, EDS, LDS
 from support.cp import AdsStream, example_config, pymesh_cli, vm_node
 from support.ports import free_port
+from support.procs import reap
+from support.sec import Stream
 from support.wait import wait_until
 
 PRODUCT = "product.default.svc.cluster.local"
+ENTRY = "product-vm-127.0.0.3"
+PROBE_FAILURE = "dial tcp 127.0.0.3:8080: connection refused"
 BAD_PORT = """\
 apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
@@ -101,6 +110,7 @@ def test_proxies_synced_stale_and_not_sent_with_the_last_nack(cp: ControlPlane, 
         assert (p["type"], p["namespace"], p["stream"], p["replica"]) == ("sidecar", "default", "sotw", "replica-a")
         assert p["ipAddresses"] == ["127.0.0.3"] and p["istioVersion"] == "1.29.0"
         assert p["connectedAt"].endswith("Z") and p["peer"].startswith("ipv4:127.0.0.1:")
+        assert p["certificate"] is None  # the plaintext listener: no client certificate
         wait_until(lambda: proxy(cp, "vm-1.default")["xds"]["EDS"]["status"] == "SYNCED")
         xds = proxy(cp, "vm-1.default")["xds"]
         assert set(xds) == {"CDS", "LDS", "EDS", "RDS", "NDS"}
@@ -171,6 +181,7 @@ def test_workload_entries_connection_and_health(cp: ControlPlane, vm: AdsStream)
     assert e["labels"] == {"app": "product", "version": "vm"}
     assert e["connected"] is True and e["controller"] == "replica-a" and e["connectedAt"].endswith("Z")
     assert e["disconnectedAt"] is None and e["connectedReplicas"] is None  # SQLite: no replicas
+    assert e["certificate"] is None  # its stream is on the plaintext listener
     # Health-checked (the proxy has a readinessProbe) and not reported yet: not an endpoint.
     assert e["healthChecked"] is True and e["healthy"] is None and e["health"] is None
     assert e["services"] == []
@@ -196,7 +207,7 @@ def test_workload_entries_connection_and_health(cp: ControlPlane, vm: AdsStream)
 
 def test_services_list_pods_and_vms_side_by_side(cp: ControlPlane, vm: AdsStream) -> None:
     vm.health(True)
-    wait_until(lambda: len(service(cp, PRODUCT)["endpoints"]) == 2)
+    wait_until(lambda: [e["health"] for e in service(cp, PRODUCT)["endpoints"]] == ["HEALTHY", "HEALTHY"])
     body = api(cp, "services")
     assert body["replica"] == "replica-a" and body["version"] >= 1
     svc = next(s for s in body["services"] if s["hostname"] == PRODUCT)
@@ -219,6 +230,7 @@ def test_services_list_pods_and_vms_side_by_side(cp: ControlPlane, vm: AdsStream
         "network": "",
         "locality": "",
         "health": "HEALTHY",
+        "healthMessage": "",
         "tlsMode": "disabled",  # no security.istio.io/tlsMode label
         "serviceAccount": "spiffe://cluster.local/ns/default/sa/product",
         "weight": 1,
@@ -314,8 +326,191 @@ def test_page_at_root_references_the_api(cp: ControlPlane) -> None:
     ):
         assert path in page
     assert "http://" not in page and "https://" not in page  # no external assets
+    assert "<th>CERTIFICATE</th>" in page  # the workload entries' certificates
     # The inline script runs by its hash in the page's Content-Security-Policy, nothing else does.
     script = page[page.index("<script>") + len("<script>") : page.index("</script>")]
     digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
     assert f"default-src 'none'; connect-src 'self'; style-src 'unsafe-inline'; script-src 'sha256-{digest}'" in page
     assert page.count("<script") == 1 and " on" + "click=" not in page
+
+
+def test_unhealthy_entries_are_listed_under_their_services(cp: ControlPlane, vm: AdsStream) -> None:
+    def vms() -> list[dict[str, Any]]:
+        return [e for e in service(cp, PRODUCT)["endpoints"] if e["kind"] == "WorkloadEntry"]
+
+    # Health-checked and not reported yet: left out of EDS, shown as UNHEALTHY without a message.
+    wait_until(lambda: [(e["name"], e["health"], e["healthMessage"]) for e in vms()] == [(ENTRY, "UNHEALTHY", "")])
+    vm.health(True)
+    wait_until(lambda: [(e["health"], e["healthMessage"]) for e in vms()] == [("HEALTHY", "")])
+    vm.health(False, PROBE_FAILURE)
+    wait_until(lambda: [e["health"] for e in vms()] == ["UNHEALTHY"])
+    (we,) = vms()
+    assert we == {
+        "kind": "WorkloadEntry",
+        "namespace": "default",
+        "name": ENTRY,
+        "address": "127.0.0.3",
+        "port": 8080,
+        "servicePort": 8080,
+        "network": "",
+        "locality": "",
+        "health": "UNHEALTHY",
+        "healthMessage": PROBE_FAILURE,  # the probe's last failure, from the Healthy condition
+        "tlsMode": "istio",
+        "serviceAccount": "spiffe://cluster.local/ns/default/sa/product",
+        "weight": 1,
+    }
+    # Listed after the served pod of the port, and still not served: not one of the entry's services.
+    assert [e["health"] for e in service(cp, PRODUCT)["endpoints"]] == ["HEALTHY", "UNHEALTHY"]
+    assert entry(cp, ENTRY)["services"] == []
+
+
+# --- the Host header (DNS rebinding) -------------------------------------------------------------
+
+
+def request(address: str, path: str, hosts: tuple[str, ...], method: str = "GET") -> tuple[int, str, str]:
+    """One request to ``address`` (host:port) with exactly these Host headers (none, one, two):
+    status, content type, body."""
+    host, _, port = address.rpartition(":")
+    conn = http.client.HTTPConnection(host.strip("[]"), int(port), timeout=10)
+    try:
+        conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+        for h in hosts:
+            conn.putheader("Host", h)
+        conn.endheaders()
+        r = conn.getresponse()
+        return r.status, r.getheader("Content-Type") or "", r.read().decode()
+    finally:
+        conn.close()
+
+
+def status(address: str, host: str, path: str = "/api/v1/proxies") -> int:
+    return request(address, path, (host,))[0]
+
+
+def test_only_local_and_bound_hosts_are_served(cp: ControlPlane) -> None:
+    address = cp.monitoring.address
+    port = address.rpartition(":")[2]
+    for host in (address, f"localhost:{port}", "localhost", "LocalHost:1", f"[::1]:{port}", "[0:0::1]", "127.0.0.1"):
+        for path in ("/", "/api/v1/services", "/metrics", "/debug/status"):
+            assert status(address, host, path) == 200, (host, path)
+    for host in (f"attacker.example:{port}", "attacker.example", f"127.0.0.2:{port}", "localhost.attacker.example"):
+        code, ctype, body = request(address, "/api/v1/workloadentries", (host,))
+        assert (code, ctype) == (403, "text/plain; charset=utf-8"), host
+        assert body == f"Host {host!r} is not allowed on this admin port (DNS rebinding protection)\n"
+        assert status(address, host, "/metrics") == 403 and status(address, host, "/no-such-page") == 403
+        assert request(address, "/", (host,), "HEAD")[:2] == (403, "text/plain; charset=utf-8")
+    # Not exactly one Host (RFC 9112 section 3.2), or not host[:port]: 400.
+    assert request(address, "/", ())[0] == 400
+    code, _, body = request(address, "/", (address, "attacker.example"))
+    assert code == 400 and body.startswith("2 Host headers")
+    assert request(address, "/", ("localhost:http",))[0] == 400
+
+
+def test_allowed_hosts_from_the_command_line(tmp_path: Path) -> None:
+    cfg = example_config(tmp_path / "mesh", 8080)
+    proc = subprocess.Popen(
+        [*pymesh_cli(), "controlplane", "--config", str(cfg), "--xds-listen", "127.0.0.1:0",
+         "--data-dir", str(tmp_path / "data"), "--monitoring-listen", "127.0.0.1:0",
+         "--monitoring-allowed-hosts", "Dash.example,[2001:db8::7]", "--monitoring-allowed-hosts", "cp.internal:15014"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        banner = dict(proc.stdout.readline().split(" ", 1) for _ in range(2))
+        address = banner["monitoring"].strip()
+        for host in ("dash.example:15014", "dash.example", "[2001:db8::7]:80", "cp.internal", address, "localhost"):
+            assert status(address, host) == 200, host
+        for host in ("attacker.example", "dash.example.attacker.example", "[2001:db8::8]"):
+            assert status(address, host) == 403, host
+    finally:
+        proc.terminate()
+        reap(proc, 10)
+
+
+@pytest.mark.parametrize("allowed", [(), ("dash.example",)])
+def test_a_wildcard_bind_serves_any_host_unless_names_are_given(tmp_path: Path, allowed: tuple[str, ...]) -> None:
+    c = ControlPlane(
+        example_config(tmp_path / "mesh", 8080),
+        xds_listen="127.0.0.1:0",
+        data_dir=tmp_path / "data",
+        monitoring_listen="0.0.0.0:0",
+        monitoring_allowed_hosts=allowed,
+    ).start()
+    try:
+        address = f"127.0.0.1:{c.monitoring.address.rpartition(':')[2]}"
+        for host in ("localhost", "0.0.0.0", *allowed):
+            assert status(address, host) == 200, host
+        assert status(address, "attacker.example") == (403 if allowed else 200)
+    finally:
+        c.stop()
+
+
+# --- certificates ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def secure(tmp_path: Path) -> Iterator[ControlPlane]:
+    """A control plane with its CA and TLS port only (no plaintext listener)."""
+    c = ControlPlane(
+        example_config(tmp_path / "mesh", 8080),
+        xds_listen="127.0.0.1:0",
+        data_dir=tmp_path / "data",
+        security=SecurityOptions(secure_listen="127.0.0.1:0"),
+        plaintext=False,
+        debounce=0.02,
+        monitoring_listen="127.0.0.1:0",
+    ).start()
+    yield c
+    c.stop()
+
+
+def workload_certs(cp: ControlPlane, d: Path, ttl: float, token: str | None = None) -> WorkloadCerts:
+    return WorkloadCerts(f"127.0.0.1:{cp.secure_port}", cp.security.ca.root_pem, d, token=lambda: token, ttl=ttl)
+
+
+def shows(cp: ControlPlane, held: Held) -> None:
+    """The entry and its proxy show ``held``'s leaf, field by field."""
+    leaf = load_certs(held.chain, "cert-chain.pem")[0]
+    not_after = leaf.not_valid_after_utc
+    serial = f"{leaf.serial_number:x}"  # lower-case hex, as Envoy's /certs
+
+    def both() -> list[Any] | None:
+        got = [entry(cp, ENTRY)["certificate"], proxy(cp, "vm-1.default")["certificate"]]
+        return got if all(c is not None and c["serial"] == serial for c in got) else None
+
+    for c in wait_until(both):
+        assert set(c) == {"serial", "notAfter", "expiresInSeconds"}
+        assert c["notAfter"] == not_after.strftime("%Y-%m-%dT%H:%M:%SZ")
+        left = not_after.timestamp() - time.time()
+        assert left - 2 <= c["expiresInSeconds"] <= left + 1, (c, left)
+
+
+def test_the_certificate_a_proxy_holds_from_its_csrs(secure: ControlPlane, tmp_path: Path) -> None:
+    cp = secure
+    # The first certificate, from a token; the VM's stream presents it.
+    wc = workload_certs(cp, tmp_path / "certs", 3600, cp.security.tokens.create("default", "product"))
+    first = wc.fetch()
+    s = Stream(wc.channel(), vm_node("127.0.0.3"))
+    try:
+        s.send(CDS)
+        assert s.recv().type_url == CDS
+        shows(cp, first)
+        assert 3500 < entry(cp, ENTRY)["certificate"]["expiresInSeconds"] <= 3600
+
+        # Renewed over mTLS with it (as istio-agent renews): the same stream's proxy now holds the new one.
+        renewed = wc.fetch()
+        assert renewed.chain != first.chain
+        shows(cp, renewed)
+
+        # A renewal for a second only (same key holder, same directory): shown, then expired.
+        short = workload_certs(cp, tmp_path / "certs", 1).fetch()
+        shows(cp, short)
+        wait_until(lambda: entry(cp, ENTRY)["certificate"]["expiresInSeconds"] < 0, timeout=5)
+    finally:
+        s.close()
+    # Its stream gone, this replica knows no certificate of it.
+    wait_until(lambda: entry(cp, ENTRY)["streamsHere"] == 0)
+    assert entry(cp, ENTRY)["certificate"] is None

@@ -244,6 +244,9 @@ def test_service_port_mapping_for_pods_and_workload_entries() -> None:
     admin = {(e.name, e.port) for e in reg.endpoints[(host, 9000)]}
     # Named targetPort: pods map it through container ports; entries through ports[<name>], else skipped.
     assert admin == {("web-0", 9901), ("vm-mapped", 19901)}
+    # The excluded entry, where it would serve (for the dashboard), with its condition's message (none).
+    assert [(e.name, e.port, message) for e, message in reg.unhealthy[(host, 80)]] == [("vm-unhealthy", 8080, "")]
+    assert (host, 9000) not in reg.unhealthy  # no ports[admin-port]: it would not serve that port either
     vm = next(e for e in reg.endpoints[(host, 80)] if e.name == "vm-mapped")
     assert vm.service_account == "spiffe://cluster.local/ns/ns1/sa/web" and vm.tls_mode == "istio"
     plain = next(e for e in reg.endpoints[(host, 80)] if e.name == "vm-plain")
@@ -303,6 +306,22 @@ def test_service_entry_selector_port_priority_and_inline_endpoints() -> None:
     assert reg.by_host["api.example.com"].auto_addresses == ("240.240.0.1", "2001:2::1")
     assert reg.by_host["b.example.com"].auto_addresses == ("240.240.0.2", "2001:2::2")
     assert reg.by_host["*.wild.example.com"].auto_addresses == ()  # wildcard, resolution NONE: no VIP
+
+
+def test_a_service_entry_keeps_its_unhealthy_entries_apart() -> None:
+    down = """
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: db-down, namespace: ns1, annotations: {proxy.istio.io/health-checks-enabled: "true"}}
+spec: {address: 10.0.2.3, labels: {app: db}, ports: {pg: 35432}}
+status: {conditions: [{type: Healthy, status: "False", message: "dial tcp 10.0.2.3:35432: refused"}]}
+"""
+    reg = build_registry(objs(SERVICE_ENTRIES + down), vips=VipAllocator())
+    assert {e.name for e in reg.endpoints[("db.internal", 5432)]} == {"db-vm", "db-vm2"}  # not in EDS
+    (e, message), *rest = reg.unhealthy[("db.internal", 5432)]
+    assert rest == [] and (e.name, e.address, e.port) == ("db-down", "10.0.2.3", 35432)
+    assert message == "dial tcp 10.0.2.3:35432: refused"
 
 
 def test_vips_are_stable_across_restarts(tmp_path: Path) -> None:

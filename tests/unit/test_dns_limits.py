@@ -24,7 +24,7 @@ import pytest
 from pymesh import ConfigError
 from pymesh.cli import build_parser
 from pymesh.dnsproxy import DnsProxy, DnsServer
-from support.dns import addresses, host_port, make_table, proxy, query, rcode_of
+from support.dns import addresses, host_port, make_table, proxy, query, rcode_of, responder
 from support.wait import wait_until
 
 CAP = 1232
@@ -34,36 +34,16 @@ CAP = 1232
 def big_upstream(records: int = 300, delay: float = 0.0) -> Iterator[str]:
     """A UDP upstream answering every A query with ``records`` addresses after ``delay``
     seconds, in one datagram whatever size was asked for (as a careless server would)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.settimeout(0.1)
-    stop = threading.Event()
 
-    def answer(data: bytes, peer: tuple[str, int]) -> None:
+    def answer(sock: socket.socket, q: dns.message.Message, data: bytes, peer: tuple[str, int]) -> None:
         time.sleep(delay)
-        q = dns.message.from_wire(data)
         r = dns.message.make_response(q)
         ips = [f"198.51.{i // 250}.{i % 250 + 1}" for i in range(records)]
         r.answer.append(dns.rrset.from_text_list(q.question[0].name, 60, "IN", "A", ips))
-        with contextlib.suppress(OSError):
-            sock.sendto(r.to_wire(max_size=65535), peer)
+        sock.sendto(r.to_wire(max_size=65535), peer)
 
-    def run() -> None:
-        while not stop.is_set():
-            try:
-                data, peer = sock.recvfrom(65535)
-            except (TimeoutError, OSError):
-                continue
-            threading.Thread(target=answer, args=(data, peer), daemon=True).start()
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    try:
-        yield f"127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        stop.set()
-        t.join()
-        sock.close()
+    with responder(answer) as (addr, _):
+        yield addr
 
 
 def _udp(addr: str, name: str, payload: int, source: str = "127.0.0.1") -> tuple[int, dns.message.Message]:

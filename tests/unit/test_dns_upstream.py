@@ -8,12 +8,10 @@ set (CI)."""
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from pathlib import Path
 
 import dns.flags
@@ -22,46 +20,9 @@ import dns.name
 import dns.rrset
 import pytest
 
-from support.dns import MANY, UPSTREAM_ZONE, addresses, dnsmasq, make_table, proxy, query, rcode_of, unbound
+from support.dns import MANY, UPSTREAM_ZONE, addresses, dnsmasq, make_table, proxy, query, rcode_of, responder, unbound
 
 WWW = f"www.{UPSTREAM_ZONE}"
-
-
-@contextmanager
-def responder(
-    handler: Callable[[socket.socket, dns.message.Message, bytes, tuple[str, int]], None],
-    host: str = "127.0.0.1",
-) -> Iterator[tuple[str, list[dns.message.Message]]]:
-    """A Python UDP 'upstream' calling `handler` for every query it gets."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind((host, 0))
-    sock.settimeout(0.1)
-    seen: list[dns.message.Message] = []
-    stop = threading.Event()
-
-    def run() -> None:
-        while not stop.is_set():
-            try:
-                data, peer = sock.recvfrom(65535)
-            except (TimeoutError, OSError):
-                continue
-            q = dns.message.from_wire(data)
-            seen.append(q)
-            threading.Thread(target=quietly, args=(sock, q, data, peer), daemon=True).start()
-
-    def quietly(*args: object) -> None:
-        # A late answer after the test closed the socket is not an error.
-        with contextlib.suppress(OSError):
-            handler(*args)  # type: ignore[arg-type]
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    try:
-        yield f"{host}:{sock.getsockname()[1]}", seen
-    finally:
-        stop.set()
-        t.join()
-        sock.close()
 
 
 @pytest.fixture

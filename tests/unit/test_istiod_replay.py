@@ -16,7 +16,6 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Iterator
-from concurrent import futures
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ import pytest
 from envoy.service.discovery.v3 import discovery_pb2
 
 from pymesh.mesh import xds
-from support.agent import make_agent, resolve, write_vm_files
+from support.agent import ads_server, make_agent, resolve, write_vm_files
 from support.ports import free_port
 from support.wait import wait_until
 
@@ -39,8 +38,6 @@ class FixtureAds:
     first request of a type, and again when the subscribed names change), and
     records what the agent sends: ACKs and NACKs by type."""
 
-    SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
-
     def __init__(self, scenario: str) -> None:
         self.responses: dict[str, Any] = {}
         for short, url in SHORT.items():
@@ -50,20 +47,7 @@ class FixtureAds:
         self.acks: dict[str, int] = {}
         self.nacks: list[tuple[str, str]] = []
         self.requests: queue.Queue[Any] = queue.Queue()
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-        handler = grpc.method_handlers_generic_handler(
-            self.SERVICE,
-            {
-                "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
-                    self._stream,
-                    request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
-                    response_serializer=discovery_pb2.DiscoveryResponse.SerializeToString,
-                )
-            },
-        )
-        self.server.add_generic_rpc_handlers((handler,))
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
-        self.server.start()
+        self.server, self.port = ads_server(self._stream)
 
     def _stream(self, requests: Iterator[Any], context: Any) -> Iterator[Any]:
         out: queue.Queue[Any] = queue.Queue()

@@ -21,9 +21,11 @@ use tokio::time::Instant;
 
 use super::accept::{connect_direct, relay, relay_tls, reset, secure, Ctx, Series};
 use super::admit::Phase;
+use super::http::Inbound as HttpInbound;
 use super::metrics::{inbound_labels, Flags, InboundPeer, Late, Opened};
 use super::outbound::negotiated_mx;
 use super::tls::pump::{with_deadline, HandshakeError};
+use super::tls::stream::TlsStream;
 use super::tls::{peer_spiffe, PeerAuthentication, TlsIdentity};
 
 /// Istio's inbound passthrough source addresses (`InboundPassthroughBindIpv4/6`):
@@ -186,6 +188,19 @@ pub(super) async fn detect(client: &TcpStream, silent_by: Instant, hello_by: Ins
     }
 }
 
+/// Whether the negotiated ALPN is one of HTTP, and which: Some(true) for
+/// HTTP/2. The inbound negotiates `h2` / `http/1.1` with a sidecar that
+/// offers Istio's HTTP values (istio `pilot/pkg/networking/core`
+/// `ALPNDownstreamWithMxc`: `istio-peer-exchange`, `h2`, `http/1.1`), and
+/// Istio's own values with a client offering nothing else.
+fn http_alpn(conn: &Connection) -> Option<bool> {
+    match conn.alpn_protocol()? {
+        b"h2" | b"istio-h2" => Some(true),
+        b"http/1.1" | b"istio-http/1.1" | b"istio-http/1.0" => Some(false),
+        _ => None,
+    }
+}
+
 /// The inbound mTLS side: handshake (the client's certificate and identity
 /// checked by the server config's verifier), then the app is connected to
 /// from 127.0.0.6 exactly as for plaintext, and the plaintext relayed.
@@ -216,6 +231,13 @@ async fn inbound_tls(ctx: Ctx<'_>, client: &TcpStream, orig: SocketAddr, identit
         ctx.log.with(|f| f.server_name = name);
     }
     let principal = peer_spiffe(&conn);
+    if let Some(h2) = http_alpn(&conn) {
+        // Istio's inbound HTTP filter chain (chosen by the client's HTTP
+        // ALPN): requests served and forwarded one by one.
+        let side = HttpInbound { principal, local_principal: Some(identity.uri().to_owned()) };
+        let io = TlsStream::new(client, conn, ctx.st);
+        return super::http::serve_inbound(ctx, client, io, orig, h2, side).await;
+    }
     let peer = InboundPeer { principal: principal.as_deref(), local_principal: Some(identity.uri()), mx: None };
     match connect_direct(ctx, client, orig).await {
         Some(up) if negotiated_mx(&conn) => {

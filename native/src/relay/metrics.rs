@@ -406,6 +406,7 @@ pub struct TcpValues {
 #[derive(Debug)]
 pub struct TcpMetrics {
     local: ArcSwap<LocalWorkload>,
+    peer_headers: ArcSwap<super::mx::PeerHeaders>,
     series: Mutex<HashMap<Arc<TcpLabels>, Arc<TcpSeries>>>,
     max: usize,
     dropped: AtomicU64,
@@ -427,6 +428,7 @@ impl TcpMetrics {
     pub fn new(max: usize) -> TcpMetrics {
         TcpMetrics {
             local: ArcSwap::from_pointee(LocalWorkload::default()),
+            peer_headers: ArcSwap::from_pointee(super::mx::PeerHeaders::new(&LocalWorkload::default())),
             series: Mutex::new(HashMap::new()),
             max,
             dropped: AtomicU64::new(0),
@@ -446,7 +448,13 @@ impl TcpMetrics {
 
     /// The local workload for connections from now on.
     pub fn set_local(&self, local: LocalWorkload) {
+        self.peer_headers.store(Arc::new(super::mx::PeerHeaders::new(&local)));
         self.local.store(Arc::new(local));
+    }
+
+    /// Our HTTP metadata exchange headers, encoded once per local workload.
+    pub fn peer_headers(&self) -> Arc<super::mx::PeerHeaders> {
+        self.peer_headers.load_full()
     }
 
     pub fn local(&self) -> Arc<LocalWorkload> {

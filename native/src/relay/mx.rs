@@ -35,8 +35,7 @@ pub const HEADER: usize = 8;
 /// Envoy reads whatever length the header says).
 pub const MAX_PAYLOAD: usize = 16 * 1024;
 const TYPE_URL: &str = "type.googleapis.com/google.protobuf.Struct";
-const METADATA: &str = "x-envoy-peer-metadata";
-const METADATA_ID: &str = "x-envoy-peer-metadata-id";
+use header::{METADATA, METADATA_ID};
 /// Canonical labels (istio `pkg/model/labels`, istio/proxy `metadata_object.h`).
 pub const CANONICAL_NAME: &str = "service.istio.io/canonical-name";
 pub const CANONICAL_REVISION: &str = "service.istio.io/canonical-revision";
@@ -102,9 +101,9 @@ fn structure(fields: &[(&str, Val<'_>)]) -> Vec<u8> {
     out
 }
 
-/// Our frame: header and payload, for this workload and node id. Empty
+/// The workload Struct's fields (`x-envoy-peer-metadata`'s value): empty
 /// values are left out (Envoy leaves unset fields out).
-pub fn frame(local: &LocalWorkload) -> Vec<u8> {
+fn workload_md(local: &LocalWorkload) -> Vec<(&str, Val<'_>)> {
     let mut labels: Vec<(&str, Val<'_>)> = Vec::new();
     for (k, v) in [
         ("app", &local.app),
@@ -130,7 +129,12 @@ pub fn frame(local: &LocalWorkload) -> Vec<u8> {
     if !labels.is_empty() {
         md.push(("LABELS", Val::Struct(labels)));
     }
-    let top = vec![(METADATA, Val::Struct(md)), (METADATA_ID, Val::Str(&local.node_id))];
+    md
+}
+
+/// Our frame: header and payload, for this workload and node id.
+pub fn frame(local: &LocalWorkload) -> Vec<u8> {
+    let top = vec![(METADATA, Val::Struct(workload_md(local))), (METADATA_ID, Val::Str(&local.node_id))];
     let mut any = Vec::new();
     bytes_field(&mut any, 1, TYPE_URL.as_bytes());
     bytes_field(&mut any, 2, &structure(&top));
@@ -139,6 +143,63 @@ pub fn frame(local: &LocalWorkload) -> Vec<u8> {
     out.extend_from_slice(&(any.len() as u32).to_be_bytes());
     out.extend_from_slice(&any);
     out
+}
+
+/// Istio's HTTP metadata exchange (istio/proxy
+/// `source/extensions/filters/http/peer_metadata/filter.cc`, `propagation`
+/// and `discovery` by headers): a sidecar sends its workload as
+/// `x-envoy-peer-metadata`, the base64 (RFC 4648 §4, padded) of the
+/// serialized workload Struct, and its node id as
+/// `x-envoy-peer-metadata-id`, on requests to in-mesh endpoints and on the
+/// inbound's responses to in-mesh clients; the receiver reads and removes
+/// both before the application sees the message.
+pub mod header {
+    /// The workload Struct, base64.
+    pub const METADATA: &str = "x-envoy-peer-metadata";
+    /// The node id.
+    pub const METADATA_ID: &str = "x-envoy-peer-metadata-id";
+    /// The largest encoded value read (a workload Struct is a few hundred
+    /// bytes; the frame's payload limit, in base64).
+    pub const MAX_ENCODED: usize = super::MAX_PAYLOAD / 3 * 4 + 4;
+}
+
+/// Our `x-envoy-peer-metadata` and `-id` values.
+#[derive(Debug, Clone)]
+pub struct PeerHeaders {
+    pub metadata: http::HeaderValue,
+    pub id: http::HeaderValue,
+    /// Whether there is anything to say: a relay not told its workload
+    /// sends no headers (its peers keep the endpoint's EDS metadata).
+    pub known: bool,
+}
+
+impl PeerHeaders {
+    pub fn new(local: &LocalWorkload) -> PeerHeaders {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(structure(&workload_md(local)));
+        PeerHeaders {
+            // Base64 is always a valid field value; a node id with bytes
+            // a field cannot hold is sent empty.
+            metadata: http::HeaderValue::from_str(&b64).unwrap_or(http::HeaderValue::from_static("")),
+            id: http::HeaderValue::from_str(&local.node_id).unwrap_or(http::HeaderValue::from_static("")),
+            known: !(local.workload.is_empty() && local.name.is_empty()),
+        }
+    }
+}
+
+/// A peer's `x-envoy-peer-metadata` (and `-id`) values, read; an encoding
+/// or protobuf error says what was wrong.
+pub fn parse_header(value: &[u8], id: &[u8]) -> Result<PeerInfo, &'static str> {
+    use base64::Engine as _;
+    if value.len() > header::MAX_ENCODED {
+        return Err("x-envoy-peer-metadata is too long");
+    }
+    let md =
+        base64::engine::general_purpose::STANDARD.decode(value).map_err(|_| "x-envoy-peer-metadata is not base64")?;
+    let mut info = PeerInfo::default();
+    workload_fields(&md, &mut info)?;
+    info.id = String::from_utf8_lossy(id).into_owned();
+    Ok(info)
 }
 
 // --- decoding ------------------------------------------------------------------------
@@ -378,6 +439,27 @@ mod tests {
                 canonical_revision: "vm".into(),
             }
         );
+    }
+
+    #[test]
+    fn http_headers_read_back_as_the_workload_and_bad_ones_are_errors() {
+        let h = PeerHeaders::new(&local());
+        let peer = parse_header(h.metadata.as_bytes(), h.id.as_bytes()).unwrap();
+        let framed = parse_payload(&frame(&local())[HEADER..]).unwrap();
+        assert_eq!(peer, framed, "the header carries what the frame carries");
+        // The value is the frame's workload Struct, base64.
+        use base64::Engine as _;
+        let md = base64::engine::general_purpose::STANDARD.decode(h.metadata.as_bytes()).unwrap();
+        let f = frame(&local());
+        assert!(f.windows(md.len()).any(|w| w == md.as_slice()));
+        assert_eq!(parse_header(b"%%% not base64", b"").unwrap_err(), "x-envoy-peer-metadata is not base64");
+        assert!(parse_header(b"AAECAwQFBgcICQ==", b"").is_err());
+        assert!(parse_header(&vec![b'A'; header::MAX_ENCODED + 4], b"").is_err());
+        // Empty: an empty Struct, nothing known.
+        assert_eq!(parse_header(b"", b"id").unwrap(), PeerInfo { id: "id".into(), ..PeerInfo::default() });
+        // A node id a header cannot hold is sent empty, never a panic.
+        let odd = LocalWorkload { node_id: "a\nb".into(), ..local() };
+        assert_eq!(PeerHeaders::new(&odd).id, "");
     }
 
     #[test]

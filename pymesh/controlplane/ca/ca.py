@@ -74,9 +74,26 @@ def _now() -> datetime.datetime:
 
 
 @dataclass(frozen=True)
+class Leaf:
+    """What the dashboard shows of a workload certificate: its serial and expiry."""
+
+    serial: int
+    not_after: float  # Unix time, whole seconds as the certificate holds it
+
+    @classmethod
+    def of(cls, cert: x509.Certificate) -> Leaf:
+        return cls(cert.serial_number, cert.not_valid_after_utc.timestamp())
+
+
+@dataclass(frozen=True)
 class Issued:
     chain: tuple[str, ...]  # PEM, leaf first, root last
     not_after: float  # Unix time
+    serial: int
+
+    @property
+    def leaf(self) -> Leaf:
+        return Leaf(self.serial, self.not_after)
 
 
 class CertificateAuthority:
@@ -235,8 +252,8 @@ class CertificateAuthority:
             .add_extension(self._aki, critical=False)
         )
         cert = builder.sign(self.key, hash_for(self.key))
-        leaf = cert_pem(cert).decode()
-        return Issued((leaf, *self._chain_tail), not_after.timestamp())
+        leaf = Leaf.of(cert)
+        return Issued((cert_pem(cert).decode(), *self._chain_tail), leaf.not_after, leaf.serial)
 
 
 def not_after(cert_chain_pem: bytes) -> float:

@@ -19,11 +19,20 @@ identity checks on xDS streams.
 - The serving certificate (``istiod.istio-system.svc`` and the listen host)
   is issued by the CA and renewed at half its life; handshakes after the
   renewal see the new one, open connections are untouched.
+- The certificate a proxy holds (the operators' API, :meth:`MeshSecurity.certificate`):
+  the one its xDS stream presented, then each renewal this replica signed for
+  a caller authenticated by the previous one (a :class:`Lineage`). istio-agent
+  renews over mTLS with the certificate it holds
+  (``security/pkg/nodeagent/cache/secretcache.go``), so a renewal is the same
+  key holder's; a certificate names an identity, which the VMs of a group
+  share, never a VM, so this is the one honest link from a CSR to a proxy.
+  Renewals signed by another replica are not seen here.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import os
 import time
@@ -34,7 +43,7 @@ from typing import Any
 import grpc
 
 from pymesh.controlplane.ca.authz import verify_proxy
-from pymesh.controlplane.ca.ca import DEFAULT_CERT_TTL, MAX_CERT_TTL, CertificateAuthority, write_private
+from pymesh.controlplane.ca.ca import DEFAULT_CERT_TTL, MAX_CERT_TTL, CertificateAuthority, Leaf, write_private
 from pymesh.controlplane.ca.errors import AuthError, CaError, SecurityError
 from pymesh.controlplane.ca.tlsfront import (
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -57,6 +66,17 @@ from pymesh.proto import ca as ca_pb
 log = logging.getLogger(__name__)
 
 DEFAULT_SECURE_LISTEN = f"0.0.0.0:{XDS_TLS_PORT}"
+# Live certificates whose lineage is kept (two per VM: the held one and its renewal).
+MAX_TRACKED = 100_000
+
+
+class Lineage:
+    """One key holder's certificates: the latest one this replica saw, shared by its streams."""
+
+    __slots__ = ("leaf",)
+
+    def __init__(self, leaf: Leaf) -> None:
+        self.leaf = leaf
 
 
 @dataclass
@@ -114,6 +134,11 @@ class MeshSecurity:
         # istiod counts them (security/pkg/server/ca/server.go, CreateCertificate).
         self.stats = {"issued": 0, "refused": 0, "server_cert_renewals": 0, "csr": 0, "authn_failures": 0}
         self.sign_errors: dict[str, int] = {}  # CSR_ERROR, CERT_GEN_ERROR (security/pkg/pki/error) -> count
+        # The lineage of each live certificate a stream presented or this CA signed as a renewal,
+        # by serial; one goes when its certificate expires (it authenticates nothing more), the
+        # soonest to expire first when MAX_TRACKED are held (a workload renewing in a loop).
+        self._lineages: dict[int, Lineage] = {}
+        self._expiry: list[tuple[float, int]] = []  # heap of (notAfter, serial)
         self._limiter = LogLimiter(log)  # refusals are the caller's doing: rate-limited
 
     # --- lifecycle (on the control plane's loop) ------------------------------------------
@@ -210,6 +235,7 @@ class MeshSecurity:
                 return  # the plaintext dev listener: unauthenticated, as istiod's 15010
             raise AuthError("connect through the control plane's TLS port")
         conn.attrs["tls_peer"] = peer.address
+        conn.attrs["lineage"] = None if peer.leaf is None else self._lineage(peer.leaf)
         ids = self._cert_identities(peer)
         if not ids and self.options.xds_auth == "token":
             tok = self._token_identity(context)
@@ -247,13 +273,33 @@ class MeshSecurity:
             },
         )
 
-    def caller(self, context: Any) -> Identity:
-        """The CA caller's identity: its certificate first (renewal), else its token."""
+    def certificate(self, conn: Any) -> Leaf | None:
+        """The certificate the proxy of a stream holds, as far as this replica knows: the one
+        the stream presented, or its latest renewal signed here (None: no client certificate)."""
+        lineage: Lineage | None = conn.attrs.get("lineage")
+        return None if lineage is None else lineage.leaf
+
+    def _lineage(self, leaf: Leaf) -> Lineage:
+        """The lineage of a live certificate presented here, started at it when none is known."""
+        lineage = self._lineages.get(leaf.serial)
+        return lineage if lineage is not None else self._track(leaf, Lineage(leaf))
+
+    def _track(self, leaf: Leaf, lineage: Lineage) -> Lineage:
+        now = time.time()
+        while self._expiry and (self._expiry[0][0] < now or len(self._lineages) >= MAX_TRACKED):
+            self._lineages.pop(heapq.heappop(self._expiry)[1], None)
+        self._lineages[leaf.serial] = lineage
+        heapq.heappush(self._expiry, (leaf.not_after, leaf.serial))
+        return lineage
+
+    def caller(self, context: Any) -> tuple[Identity, Leaf | None]:
+        """The CA caller's identity: its certificate first (renewal: the certificate too), else
+        its token."""
         peer = self._peer(context)
         if peer is not None:
             ids = self._cert_identities(peer)
             if ids:
-                return ids[0]
+                return ids[0], peer.leaf
         for key, value in context.invocation_metadata() or ():
             if key.lower() == "clusterid" and value and value != self.options.cluster_id:
                 raise AuthError(
@@ -262,7 +308,7 @@ class MeshSecurity:
                 )
         tok = self._token_identity(context)
         if tok is not None:
-            return tok
+            return tok, None
         raise AuthError("no credentials: present a mesh certificate (mTLS) or 'authorization: Bearer <istio-token>'")
 
     def _sign_error(self, kind: str) -> None:
@@ -277,7 +323,7 @@ class MeshSecurity:
         self.stats["csr"] += 1
         try:
             try:
-                ident = self.caller(context)
+                ident, renewing = self.caller(context)
             except AuthError:
                 self.stats["authn_failures"] += 1
                 raise
@@ -306,5 +352,9 @@ class MeshSecurity:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
             raise AssertionError("unreachable") from None
         self.stats["issued"] += 1
+        if renewing is not None:
+            lineage = self._lineage(renewing)
+            lineage.leaf = issued.leaf
+            self._track(issued.leaf, lineage)
         log.info("issued a certificate for %s until %.0f", ident.uri, issued.not_after)
         return ca_pb.IstioCertificateResponse(cert_chain=list(issued.chain))

@@ -51,6 +51,7 @@ from pathlib import Path
 
 from cryptography import x509
 
+from pymesh.controlplane.ca.ca import Leaf
 from pymesh.controlplane.lograte import LogLimiter
 from pymesh.mesh.errors import SecurityError
 from pymesh.mesh.pki import spiffe_ids
@@ -79,6 +80,7 @@ class Peer:
     address: str
     spiffe_ids: tuple[str, ...] = field(default_factory=tuple)
     has_cert: bool = False
+    leaf: Leaf | None = None  # the verified client certificate's serial and expiry
 
 
 def server_context(cert_file: Path, key_file: Path, root_pem: str) -> ssl.SSLContext:
@@ -280,9 +282,11 @@ class TlsFront:
         sslobj = writer.get_extra_info("ssl_object")
         der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
         ids: tuple[str, ...] = ()
+        leaf = None
         if der:
             self.stats["with_cert"] += 1
-            ids = tuple(spiffe_ids(x509.load_der_x509_certificate(der)))
+            cert = x509.load_der_x509_certificate(der)
+            ids, leaf = tuple(spiffe_ids(cert)), Leaf.of(cert)
         local: tuple[str, int] = ("", 0)
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.backend)
@@ -299,7 +303,7 @@ class TlsFront:
         try:
             name = up_writer.get_extra_info("sockname")
             local = (str(name[0]), int(name[1]))
-            self.peers[local] = Peer(address, ids, bool(der))
+            self.peers[local] = Peer(address, ids, bool(der), leaf)
             await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
         except asyncio.CancelledError:
             # stop(): the control plane's loop stops right after, so a graceful TLS close

@@ -39,6 +39,8 @@ struct Tee {
     bytes: usize,
     /// Every data byte read from the client (for `istio_request_bytes`).
     total: u64,
+    /// The gRPC messages in them, for a gRPC request.
+    messages: Option<GrpcMessages>,
     trailers: Option<HeaderMap>,
     ended: bool,
     failed: bool,
@@ -61,7 +63,8 @@ struct Shared {
 pub struct Replay(Arc<Shared>);
 
 impl Replay {
-    pub fn new(incoming: Incoming, cap: usize) -> Replay {
+    /// `grpc`: count the body's gRPC messages.
+    pub fn new(incoming: Incoming, cap: usize, grpc: bool) -> Replay {
         let hint = incoming.size_hint();
         let empty = incoming.is_end_stream();
         let tee = Tee {
@@ -71,6 +74,7 @@ impl Replay {
             base: 0,
             bytes: 0,
             total: 0,
+            messages: grpc.then(GrpcMessages::default),
             trailers: None,
             ended: empty,
             failed: false,
@@ -94,6 +98,11 @@ impl Replay {
     /// The body bytes read from the client so far.
     pub fn bytes_read(&self) -> u64 {
         self.lock().total
+    }
+
+    /// The gRPC messages read from the client so far (0 when not gRPC).
+    pub fn messages(&self) -> u64 {
+        self.lock().messages.as_ref().map_or(0, |m| m.count)
     }
 
     /// The client's body failed (a malformed chunk, a reset): its fault, not
@@ -186,6 +195,9 @@ impl Body for ReplayBody {
                     Ok(d) => {
                         t.count += 1;
                         t.total += d.len() as u64;
+                        if let Some(m) = t.messages.as_mut() {
+                            m.feed(&d);
+                        }
                         this.pos = t.count;
                         if !t.overflow {
                             if t.bytes + d.len() > sh.cap {
@@ -275,5 +287,44 @@ impl Body for Recorded {
 
     fn is_end_stream(&self) -> bool {
         self.data.is_empty() && self.trailers.is_none()
+    }
+}
+
+/// Counts the messages of a gRPC body as its bytes go by: each message is a
+/// 5-byte prefix (a compressed flag and a 4-byte big-endian length) and
+/// that many bytes (gRPC over HTTP/2, "Length-Prefixed-Message"; Envoy's
+/// `grpc_stats` filter counts the same for Istio's
+/// `istio_request_messages_total` / `istio_response_messages_total`). A
+/// message counts once its prefix is complete; data frames may split
+/// prefixes and messages anywhere.
+#[derive(Debug, Default, Clone)]
+pub struct GrpcMessages {
+    pub count: u64,
+    /// Bytes of the current message still to come.
+    left: u64,
+    prefix: [u8; 5],
+    have: usize,
+}
+
+impl GrpcMessages {
+    pub fn feed(&mut self, mut b: &[u8]) {
+        while !b.is_empty() {
+            if self.left > 0 {
+                let n = (self.left.min(b.len() as u64)) as usize;
+                self.left -= n as u64;
+                b = &b[n..];
+                continue;
+            }
+            let n = (5 - self.have).min(b.len());
+            self.prefix[self.have..self.have + n].copy_from_slice(&b[..n]);
+            self.have += n;
+            b = &b[n..];
+            if self.have == 5 {
+                self.count += 1;
+                self.have = 0;
+                let p = self.prefix;
+                self.left = u64::from(u32::from_be_bytes([p[1], p[2], p[3], p[4]]));
+            }
+        }
     }
 }

@@ -1,4 +1,5 @@
-//! Istio's HTTP metrics for the outbound HTTP path (`reporter="source"`):
+//! Istio's HTTP metrics of the HTTP paths, outbound (`reporter="source"`)
+//! and inbound (`reporter="destination"`):
 //! `istio_requests_total`, `istio_request_duration_milliseconds`,
 //! `istio_request_bytes` and `istio_response_bytes`, one series per label
 //! set of Istio's 25 labels (istio/proxy
@@ -21,7 +22,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::relay::metrics::{
-    escape_into, join, outbound_labels, Flags, LocalWorkload, OutboundPeer, Route, WORKLOAD_LABELS,
+    escape_into, inbound_labels, join, outbound_labels, Flags, InboundPeer, LocalWorkload, OutboundPeer, Route,
+    WORKLOAD_LABELS,
 };
 
 /// Istio's HTTP label names, in istio_stats.cc's order.
@@ -74,13 +76,24 @@ pub struct HttpSeries {
     pub duration_ms: Histogram,
     pub request_bytes: Histogram,
     pub response_bytes: Histogram,
+    /// gRPC messages each way (gRPC series only).
+    pub request_messages: AtomicU64,
+    pub response_messages: AtomicU64,
+}
+
+/// Which side counted a request, and what it knows of the other.
+#[derive(Debug, Clone, Copy)]
+pub enum Reporter<'a> {
+    /// The outbound (`reporter="source"`): the route and the upstream.
+    Source { route: Route<'a>, peer: OutboundPeer<'a> },
+    /// The inbound (`reporter="destination"`): the client.
+    Destination(InboundPeer<'a>),
 }
 
 /// What one request's labels are made of.
 #[derive(Debug, Clone, Copy)]
 pub struct Observed<'a> {
-    pub route: Route<'a>,
-    pub peer: OutboundPeer<'a>,
+    pub reporter: Reporter<'a>,
     /// The request's host, the destination service of a PassthroughCluster
     /// request (istio_stats.cc falls back to the Host header).
     pub host: &'a str,
@@ -110,29 +123,59 @@ impl HttpMetrics {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    /// Counts one finished request.
-    pub fn record(&self, local: &LocalWorkload, o: &Observed<'_>, ms: f64, request_bytes: u64, response_bytes: u64) {
+    /// Counts one finished request; `messages`: its gRPC messages each way.
+    pub fn record(&self, local: &LocalWorkload, o: &Observed<'_>, ms: f64, bytes: (u64, u64), messages: (u64, u64)) {
         let Some(s) = self.series(local, o) else { return };
         s.requests.fetch_add(1, Ordering::Relaxed);
         s.duration_ms.observe(ms);
-        s.request_bytes.observe(request_bytes as f64);
-        s.response_bytes.observe(response_bytes as f64);
+        s.request_bytes.observe(bytes.0 as f64);
+        s.response_bytes.observe(bytes.1 as f64);
+        if o.grpc {
+            s.request_messages.fetch_add(messages.0, Ordering::Relaxed);
+            s.response_messages.fetch_add(messages.1, Ordering::Relaxed);
+        }
     }
 
     fn series(&self, local: &LocalWorkload, o: &Observed<'_>) -> Option<Arc<HttpSeries>> {
         use std::fmt::Write as _;
         let mut key = String::with_capacity(160);
-        let cluster = match o.route {
-            Route::Cluster(c) => c,
-            Route::Passthrough => "",
+        let mx = match o.reporter {
+            Reporter::Source { route, peer } => {
+                let cluster = match route {
+                    Route::Cluster(c) => c,
+                    Route::Passthrough => "",
+                };
+                let host = if matches!(route, Route::Passthrough) { o.host } else { "" };
+                let _ = write!(
+                    key,
+                    "s\u{1f}{cluster}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{host}",
+                    peer.workload,
+                    peer.principal.unwrap_or_default(),
+                    peer.local_principal.unwrap_or_default(),
+                );
+                peer.mx
+            }
+            Reporter::Destination(peer) => {
+                let _ = write!(
+                    key,
+                    "d\u{1f}{}\u{1f}{}",
+                    peer.principal.unwrap_or_default(),
+                    peer.local_principal.unwrap_or_default()
+                );
+                peer.mx
+            }
         };
-        let host = if matches!(o.route, Route::Passthrough) { o.host } else { "" };
+        if let Some(m) = mx {
+            for v in
+                [&m.workload, &m.namespace, &m.app, &m.version, &m.canonical_service, &m.canonical_revision, &m.cluster]
+            {
+                key.push('\u{1f}');
+                key.push_str(v);
+            }
+        }
         let _ = write!(
             key,
-            "{cluster}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{host}",
-            o.peer.workload,
-            o.peer.principal.unwrap_or_default(),
-            o.peer.local_principal.unwrap_or_default(),
+            "\u{1e}{}\u{1f}{}\u{1f}{}\u{1f}{}",
             o.status,
             o.grpc_status.map_or(-1, i64::from),
             o.flags.bits(),
@@ -164,14 +207,16 @@ impl HttpMetrics {
 
 /// The 25 label values of a request.
 pub fn labels(local: &LocalWorkload, o: &Observed<'_>) -> [String; 25] {
-    let t = outbound_labels(local, o.route, &o.peer, o.flags).0;
+    let (t, passthrough) = match &o.reporter {
+        Reporter::Source { route, peer } => {
+            (outbound_labels(local, *route, peer, o.flags).0, matches!(route, Route::Passthrough))
+        }
+        Reporter::Destination(peer) => (inbound_labels(local, peer, o.flags).0, false),
+    };
     let [reporter, sw, swn, sp, sa, sv, scs, scr, sc, dw, dwn, dp, da, dv, ds, dsn, dsns, dcs, dcr, dc, _proto, flags, csp] =
         t;
-    let ds = if matches!(o.route, Route::Passthrough) && !o.host.is_empty() {
-        crate::relay::http::route::strip_port(o.host).to_owned()
-    } else {
-        ds
-    };
+    let ds =
+        if passthrough && !o.host.is_empty() { crate::relay::http::route::strip_port(o.host).to_owned() } else { ds };
     [
         reporter,
         sw,
@@ -226,6 +271,19 @@ pub fn render_text(registries: &[&HttpMetrics], out: &mut String) {
     let _ = writeln!(out, "# HELP {name} Total requests.\n# TYPE {name} counter");
     for ((_, s), l) in series.iter().zip(&labels) {
         let _ = writeln!(out, "{name}{{{l}}} {}", s.requests.load(Ordering::Relaxed));
+    }
+    // istio_stats.cc counts messages for gRPC only: the families hold the gRPC series.
+    let grpc_protocol = "request_protocol=\"grpc\"";
+    type Count = fn(&HttpSeries) -> &AtomicU64;
+    let counts: [(&str, &str, Count); 2] = [
+        ("istio_request_messages_total", "Total gRPC messages received from the client.", |s| &s.request_messages),
+        ("istio_response_messages_total", "Total gRPC messages sent to the client.", |s| &s.response_messages),
+    ];
+    for (name, help, pick) in counts {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for ((_, s), l) in series.iter().zip(&labels).filter(|(_, l)| l.contains(grpc_protocol)) {
+            let _ = writeln!(out, "{name}{{{l}}} {}", pick(s).load(Ordering::Relaxed));
+        }
     }
     type Pick = fn(&HttpSeries) -> &Histogram;
     let hists: [(&str, &str, Pick); 3] = [

@@ -57,6 +57,14 @@ pub enum Sender {
 }
 
 impl Sender {
+    /// The HTTP/1.1 connection, to go back to the pool after its response.
+    pub fn into_h1(self) -> Option<http1::SendRequest<HttpBody>> {
+        match self {
+            Sender::H1(s) => Some(s),
+            Sender::H2(_) => None,
+        }
+    }
+
     pub async fn send(&mut self, req: http::Request<HttpBody>) -> hyper::Result<http::Response<hyper::body::Incoming>> {
         match self {
             Sender::H1(s) => s.send_request(req).await,
@@ -120,8 +128,14 @@ impl Pool {
                 if s.is_closed() {
                     continue;
                 }
-                // Ready at once when idle; a connection whose last response
-                // is still being read is not idle and never here.
+                // Ready at once when idle (asked once, without arming a
+                // timer); a connection whose last response is still being
+                // read is not idle and never here.
+                match std::future::poll_fn(|cx| Poll::Ready(s.poll_ready(cx))).await {
+                    Poll::Ready(Ok(())) => return Ok((Sender::H1(s), true)),
+                    Poll::Ready(Err(_)) => continue,
+                    Poll::Pending => {}
+                }
                 match tokio::time::timeout(Duration::from_millis(50), s.ready()).await {
                     Ok(Ok(())) => return Ok((Sender::H1(s), true)),
                     _ => continue,

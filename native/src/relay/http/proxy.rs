@@ -47,9 +47,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::body::{self, BoxError, HttpBody, Replay, REPLAY_CAP};
-use super::metrics::Observed;
-use super::pool::{ConnectError, Downstream, Key, Sender};
+use super::body::{self, BoxError, GrpcMessages, HttpBody, Replay, REPLAY_CAP};
+use super::metrics::{Observed, Reporter};
+use super::pool::{ConnectError, Downstream, Key};
 use super::route::{
     Abort, Action, Forward, HashSpec, PortRoutes, Redirect, RetryOn, RetrySpec, Target, VirtualHost, MILLION,
 };
@@ -58,7 +58,8 @@ use crate::lb::{hash_key, EndpointState, LiveCluster, Outcome, Rng};
 use crate::relay::accept::Ctx;
 use crate::relay::accesslog::{Fields, HttpFields, RequestLog};
 use crate::relay::admit::Phase;
-use crate::relay::metrics::{Flags, OutboundPeer, Route};
+use crate::relay::metrics::{Flags, InboundPeer, OutboundPeer, Route};
+use crate::relay::mx::{self, PeerInfo};
 use crate::relay::outbound::{pick, Picked};
 use crate::relay::tls::{expected_identity, TlsIdentity};
 use crate::relay::{monotonic_ms, Routes, Shared};
@@ -85,6 +86,17 @@ struct Conn {
     /// This connection's requests in flight (an idle timeout never ends a
     /// connection with one).
     active: AtomicU64,
+    /// Served by the inbound: what its TLS handshake proved.
+    inbound: Option<Inbound>,
+}
+
+/// An inbound connection's side of its requests' metrics
+/// (`reporter="destination"`): the client's identity from its certificate
+/// and ours, when mTLS.
+#[derive(Debug, Default)]
+pub(crate) struct Inbound {
+    pub(crate) principal: Option<String>,
+    pub(crate) local_principal: Option<String>,
 }
 
 impl Conn {
@@ -104,6 +116,35 @@ pub(crate) async fn serve(
     tables: Arc<Routes>,
     h2: bool,
 ) {
+    let io = Downstream { socket: client, st: ctx.st };
+    serve_io(ctx, client, io, orig, port, tables, h2, None).await;
+}
+
+/// Serves the inbound's HTTP connection (`io`: the TLS connection, or the
+/// socket itself) to the local app at `orig`: every request forwarded to
+/// it with the inbound's one route (istiod's inbound route: any host, no
+/// timeout, no retry), counted with `reporter="destination"`.
+pub(crate) async fn serve_inbound<I>(ctx: Ctx<'_>, client: &TcpStream, io: I, orig: SocketAddr, h2: bool, side: Inbound)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+{
+    let tables = ctx.sh.routes.load_full();
+    serve_io(ctx, client, io, orig, super::route::PortRoutes::inbound(), tables, h2, Some(side)).await;
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve_io<I>(
+    ctx: Ctx<'_>,
+    client: &TcpStream,
+    io: I,
+    orig: SocketAddr,
+    port: Arc<PortRoutes>,
+    tables: Arc<Routes>,
+    h2: bool,
+    inbound: Option<Inbound>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+{
     let sh = ctx.sh;
     let c = &sh.http.counters;
     c.connections.fetch_add(1, Ordering::Relaxed);
@@ -124,13 +165,14 @@ pub(crate) async fn serve(
         seq: AtomicU64::new(0),
         seed: sh.seed ^ ctx.id.wrapping_mul(0x9e37_79b9_7f4a_7c15),
         active: AtomicU64::new(0),
+        inbound,
     });
     let watched = conn.clone();
     let svc = hyper::service::service_fn(move |req| {
         let conn = conn.clone();
         async move { Ok::<_, Infallible>(handle(conn, req).await) }
     });
-    let io = TokioIo::new(Downstream { socket: client, st: ctx.st });
+    let io = TokioIo::new(io);
     let idle = sh.cfg.idle_timeout;
     let serving = async {
         if h2 {
@@ -276,10 +318,12 @@ fn request_id(rng: &mut Rng) -> HeaderValue {
     HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
-async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<HttpBody> {
+async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<HttpBody> {
     let started = std::time::Instant::now();
+    // The client's metadata exchange (inbound): read, and never passed to the app.
+    let client_peer = if conn.inbound.is_some() { take_peer(req.headers_mut()) } else { None };
     let grpc = is_grpc(req.headers());
-    let head = head_bytes(req.headers()) + req.uri().to_string().len() as u64 + req.method().as_str().len() as u64;
+    let head = head_bytes(req.headers()) + uri_len(req.uri()) + req.method().as_str().len() as u64;
     let host = req
         .uri()
         .authority()
@@ -294,7 +338,11 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<HttpBody> {
             HttpFields {
                 method: req.method().as_str().to_owned(),
                 path: req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned(),
-                protocol: if conn.h2 { "HTTP/2" } else { "HTTP/1.1" },
+                protocol: match req.version() {
+                    http::Version::HTTP_2 => "HTTP/2",
+                    http::Version::HTTP_10 => "HTTP/1.0",
+                    _ => "HTTP/1.1",
+                },
                 forwarded_for: get("x-forwarded-for"),
                 user_agent: get("user-agent"),
                 authority: host.clone(),
@@ -302,7 +350,18 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<HttpBody> {
             },
         )
     });
-    let (resp, meta) = route_request(&conn, req, host.clone(), grpc).await;
+    let (mut resp, mut meta) = route_request(&conn, req, host.clone(), grpc).await;
+    if conn.inbound.is_some() {
+        // Our workload back to an in-mesh client (istio/proxy peer_metadata:
+        // the inbound propagates downstream when the client sent its own).
+        let theirs = resp.headers_mut();
+        theirs.remove(mx::header::METADATA);
+        theirs.remove(mx::header::METADATA_ID);
+        if client_peer.is_some() {
+            put_peer(&conn.sh, theirs);
+        }
+        meta.peer = client_peer;
+    }
     if resp.status().is_server_error() {
         conn.http().counters.responses_5xx.fetch_add(1, Ordering::Relaxed);
     }
@@ -323,6 +382,7 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<HttpBody> {
         request_head: head,
         response_bytes: resp_head,
         response_body: 0,
+        response_messages: grpc.then(GrpcMessages::default),
         host,
         log,
     };
@@ -349,6 +409,9 @@ struct Meta {
     transport_failure: String,
     service_time: Option<u64>,
     request_id: Option<HeaderValue>,
+    /// The other side's metadata exchange: the upstream's response
+    /// headers (outbound), the client's request headers (inbound).
+    peer: Option<PeerInfo>,
 }
 
 impl Meta {
@@ -360,6 +423,36 @@ impl Meta {
 /// The header bytes of a message, as HTTP/1.1 would write them (`name: value\r\n`).
 fn head_bytes(h: &HeaderMap) -> u64 {
     h.iter().map(|(n, v)| (n.as_str().len() + v.len() + 4) as u64).sum()
+}
+
+/// The length of a request target as written, without writing it.
+fn uri_len(u: &http::Uri) -> u64 {
+    let pq = u.path_and_query().map_or(0, |p| p.as_str().len());
+    let n = match (u.scheme_str(), u.authority()) {
+        (Some(s), Some(a)) => s.len() + 3 + a.as_str().len() + pq,
+        (None, Some(a)) => a.as_str().len() + pq,
+        _ => pq,
+    };
+    n as u64
+}
+
+/// Removes a peer's metadata exchange headers and reads them; a value that
+/// does not decode is counted and the peer stays unknown.
+fn take_peer(h: &mut HeaderMap) -> Option<PeerInfo> {
+    let value = h.remove(mx::header::METADATA);
+    let id = h.remove(mx::header::METADATA_ID);
+    let v = value?;
+    mx::parse_header(v.as_bytes(), id.as_ref().map_or(&b""[..], HeaderValue::as_bytes)).ok()
+}
+
+/// Adds our metadata exchange headers, when our workload is known.
+fn put_peer(sh: &Shared, h: &mut HeaderMap) {
+    let ours = sh.metrics.peer_headers();
+    if !ours.known {
+        return;
+    }
+    h.insert(mx::header::METADATA, ours.metadata.clone());
+    h.insert(mx::header::METADATA_ID, ours.id.clone());
 }
 
 fn grpc_status_in(h: &HeaderMap) -> Option<u32> {
@@ -477,6 +570,8 @@ struct Pending {
     request_head: u64,
     response_bytes: u64,
     response_body: u64,
+    /// The response's gRPC messages (gRPC requests).
+    response_messages: Option<GrpcMessages>,
     host: String,
     /// When the access log is on: the request's start and its fields.
     log: Option<(std::time::SystemTime, HttpFields)>,
@@ -490,14 +585,24 @@ impl Pending {
             (Some(c), false) => Route::Cluster(c),
             (None, false) => Route::Cluster(""),
         };
-        let o = Observed {
-            route,
-            peer: OutboundPeer {
-                workload: &m.workload,
-                principal: m.principal.as_deref(),
-                local_principal: m.local_principal.as_deref(),
-                mx: None,
+        let reporter = match &self.conn.inbound {
+            Some(i) => Reporter::Destination(InboundPeer {
+                principal: i.principal.as_deref(),
+                local_principal: i.local_principal.as_deref(),
+                mx: m.peer.as_ref(),
+            }),
+            None => Reporter::Source {
+                route,
+                peer: OutboundPeer {
+                    workload: &m.workload,
+                    principal: m.principal.as_deref(),
+                    local_principal: m.local_principal.as_deref(),
+                    mx: m.peer.as_ref(),
+                },
             },
+        };
+        let o = Observed {
+            reporter,
             host: &self.host,
             flags: m.flags,
             grpc: self.grpc,
@@ -509,7 +614,9 @@ impl Pending {
         let metrics = &self.conn.sh.metrics;
         if metrics.enabled() {
             let ms = elapsed.as_secs_f64() * 1000.0;
-            metrics.http.record(&metrics.local(), &o, ms, self.request_head + body_in, self.response_bytes);
+            let messages =
+                (m.replay.as_ref().map_or(0, Replay::messages), self.response_messages.as_ref().map_or(0, |g| g.count));
+            metrics.http.record(&metrics.local(), &o, ms, (self.request_head + body_in, self.response_bytes), messages);
         }
         let Some((wall, mut http)) = self.log else { return };
         let Some(al) = self.conn.sh.access_log.load_full() else { return };
@@ -520,6 +627,8 @@ impl Pending {
         http.route_name.clone_from(&m.route_name);
         http.request_id = m.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
         let cluster = match (&m.cluster, m.passthrough) {
+            // istiod's inbound cluster name.
+            _ if self.conn.inbound.is_some() => format!("inbound|{}||", self.conn.orig.port()),
             (_, true) => crate::relay::metrics::PASSTHROUGH_CLUSTER.to_owned(),
             (Some(c), false) => c.clone(),
             (None, false) => String::new(),
@@ -578,6 +687,9 @@ impl Body for Observe {
                 if let (Some(p), Some(d)) = (self.pending.as_mut(), f.data_ref()) {
                     p.response_bytes += d.len() as u64;
                     p.response_body += d.len() as u64;
+                    if let Some(m) = p.response_messages.as_mut() {
+                        m.feed(d);
+                    }
                 }
                 if let (Some(p), Some(t)) = (self.pending.as_mut(), f.trailers_ref()) {
                     p.grpc_status = grpc_status_in(t).or(p.grpc_status);
@@ -698,7 +810,7 @@ async fn forward(
     let start = Instant::now();
     let deadline = fwd.timeout.map(|t| start + t);
     let spec = fwd.retry.as_ref().or(vh.retry.as_ref()).unwrap_or(&NO_RETRY);
-    let replay = Replay::new(body, REPLAY_CAP);
+    let replay = Replay::new(body, REPLAY_CAP, req.grpc);
     let mut meta = Meta {
         cluster: Some(target.cluster.clone()),
         passthrough: target.cluster == PASSTHROUGH,
@@ -711,12 +823,17 @@ async fn forward(
     // The headers every attempt sends.
     let mut headers = std::mem::take(&mut parts.headers);
     strip_hop_by_hop(&mut headers);
+    // Ours are added per attempt, to in-mesh endpoints only; an app's own never pass.
+    headers.remove(mx::header::METADATA);
+    headers.remove(mx::header::METADATA_ID);
     if !headers.contains_key("x-request-id") {
         headers.insert("x-request-id", request_id(&mut rng));
     }
     meta_request_id = headers.get("x-request-id").cloned();
     if !headers.contains_key("x-forwarded-proto") {
-        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        // https when the client's connection was TLS (Envoy's scheme of the downstream).
+        let proto = if conn.inbound.as_ref().is_some_and(|i| i.local_principal.is_some()) { "https" } else { "http" };
+        headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
     }
     target.request_ops.apply(&mut headers);
     route.request_ops.apply(&mut headers);
@@ -812,6 +929,9 @@ async fn forward(
         if vh.attempt_count {
             h.insert("x-envoy-attempt-count", HeaderValue::from(attempt));
         }
+        if ep.tls.is_some() {
+            put_peer(&conn.sh, &mut h);
+        }
         let until = match (deadline, spec.per_try) {
             (Some(d), Some(p)) => Some(d.min(Instant::now() + p)),
             (Some(d), None) => Some(d),
@@ -844,8 +964,11 @@ async fn forward(
             }
         };
         match outcome {
-            Ok((resp, back)) => {
+            Ok((mut resp, back)) => {
                 let status = resp.status().as_u16();
+                if conn.inbound.is_none() {
+                    meta.peer = take_peer(resp.headers_mut());
+                }
                 report(Outcome::Http(status));
                 if retriable_response(spec, status, resp.headers()) && may_retry(st, spec, &replay, retries_done, &None)
                 {
@@ -1128,7 +1251,7 @@ async fn send_once(
     method: &http::Method,
     authority: &str,
     path: &str,
-    mut headers: HeaderMap,
+    headers: HeaderMap,
     replay: &Replay,
 ) -> Result<(Response<Incoming>, GiveBack), Failure> {
     let sh = &conn.sh;
@@ -1140,30 +1263,12 @@ async fn send_once(
     if reused {
         st.counters.pool_reused.fetch_add(1, Ordering::Relaxed);
     }
-    let uri = if key.h2 {
-        headers.remove(header::HOST);
-        format!("http://{authority}{path}")
-    } else {
-        if let Ok(v) = HeaderValue::from_str(authority) {
-            headers.insert(header::HOST, v);
-        }
-        path.to_owned()
+    let Some(req) = upstream_request(key, method.clone(), authority, path, headers, replay.attempt().boxed_unsync())
+    else {
+        return Err(Failure::Reset { refused: false, why: "invalid request target".into() });
     };
-    let mut req = Request::new(replay.attempt().boxed_unsync());
-    *req.method_mut() = method.clone();
-    *req.uri_mut() = match uri.parse() {
-        Ok(u) => u,
-        Err(_) => return Err(Failure::Reset { refused: false, why: "invalid request target".into() }),
-    };
-    *req.headers_mut() = headers;
     match sender.send(req).await {
-        Ok(resp) => {
-            let back = match sender {
-                Sender::H1(s) => Some(s),
-                Sender::H2(_) => None,
-            };
-            Ok((resp, back))
-        }
+        Ok(resp) => Ok((resp, sender.into_h1())),
         Err(_) if replay.client_failed() => Err(Failure::Downstream),
         Err(e) => {
             let refused = std::error::Error::source(&e)
@@ -1172,6 +1277,33 @@ async fn send_once(
             Err(Failure::Reset { refused, why: e.to_string() })
         }
     }
+}
+
+/// The request one attempt (or a mirror) sends on `key`'s connection:
+/// HTTP/2 carries the authority in the URI (`:authority`), HTTP/1.1 in
+/// `Host`. None: the target is not a valid URI.
+fn upstream_request(
+    key: &Key,
+    method: http::Method,
+    authority: &str,
+    path: &str,
+    mut headers: HeaderMap,
+    body: HttpBody,
+) -> Option<Request<HttpBody>> {
+    let uri = if key.h2 {
+        headers.remove(header::HOST);
+        format!("http://{authority}{path}").parse().ok()?
+    } else {
+        if let Ok(v) = HeaderValue::from_str(authority) {
+            headers.insert(header::HOST, v);
+        }
+        path.parse().ok()?
+    };
+    let mut req = Request::new(body);
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.headers_mut() = headers;
+    Some(req)
 }
 
 /// Ends an endpoint's active request (LEAST_REQUEST) when dropped.
@@ -1219,10 +1351,14 @@ impl Upstream {
     /// length all read), so this runs after every frame and on drop too.
     fn finish_if_ended(&mut self) {
         if self.inner.is_end_stream() {
-            if let Some(d) = self.done.take() {
-                if let Some(s) = d.back {
-                    d.conn.http().pool.give_back(&d.key, s);
-                }
+            self.give_back();
+        }
+    }
+
+    fn give_back(&mut self) {
+        if let Some(d) = self.done.take() {
+            if let Some(s) = d.back {
+                d.conn.http().pool.give_back(&d.key, s);
             }
         }
     }
@@ -1241,13 +1377,7 @@ impl Body for Upstream {
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let r = Pin::new(&mut self.inner).poll_frame(cx);
         match &r {
-            Poll::Ready(None) => {
-                if let Some(d) = self.done.take() {
-                    if let Some(s) = d.back {
-                        d.conn.http().pool.give_back(&d.key, s);
-                    }
-                }
-            }
+            Poll::Ready(None) => self.give_back(),
             Poll::Ready(Some(Err(_))) => {
                 self.done = None;
             }
@@ -1299,28 +1429,13 @@ async fn mirror(
         c.mirror_skipped.fetch_add(1, Ordering::Relaxed);
         return;
     };
-    let mut h = headers;
-    let uri = if key.h2 {
-        h.remove(header::HOST);
-        format!("http://{authority}{path}")
-    } else {
-        if let Ok(v) = HeaderValue::from_str(&authority) {
-            h.insert(header::HOST, v);
-        }
-        path
+    let Some(req) = upstream_request(&key, method, &authority, &path, headers, body::recorded(data, trailers)) else {
+        return;
     };
-    let mut req = Request::new(body::recorded(data, trailers));
-    *req.method_mut() = method;
-    let Ok(u) = uri.parse() else { return };
-    *req.uri_mut() = u;
-    *req.headers_mut() = h;
     c.mirrored.fetch_add(1, Ordering::Relaxed);
     let sent = tokio::time::timeout(sh.cfg.connect_timeout.max(Duration::from_secs(10)), sender.send(req)).await;
     if let Ok(Ok(resp)) = sent {
-        let back = match sender {
-            Sender::H1(s) => Some(s),
-            Sender::H2(_) => None,
-        };
+        let back = sender.into_h1();
         let mut b = Upstream {
             inner: resp.into_body(),
             done: Some(Done { conn: conn.clone(), key, back, _started: Finish(None) }),

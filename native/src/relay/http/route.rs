@@ -1074,6 +1074,37 @@ impl PortRoutes {
         })
     }
 
+    /// The inbound's routes: every host to the local app, no timeout
+    /// (istiod's inbound route configuration, `inbound|<port>||`: domains
+    /// `*`, prefix `/`, `timeout: 0s`, no retry policy). Compiled once.
+    pub fn inbound() -> Arc<PortRoutes> {
+        static INBOUND: std::sync::OnceLock<Arc<PortRoutes>> = std::sync::OnceLock::new();
+        INBOUND
+            .get_or_init(|| {
+                let rc: wire::RouteConfiguration = serde_json::from_str(
+                    r#"{"name": "inbound", "virtualHosts": [{"name": "inbound", "domains": ["*"],
+                        "routes": [{"name": "default", "match": {"prefix": "/"},
+                                    "route": {"cluster": "PassthroughCluster", "timeout": "0s"}}]}]}"#,
+                )
+                .unwrap_or_default();
+                Arc::new(PortRoutes::compile(&rc).unwrap_or_else(|_| PortRoutes::empty()))
+            })
+            .clone()
+    }
+
+    fn empty() -> PortRoutes {
+        PortRoutes {
+            name: String::new(),
+            vhosts: Vec::new(),
+            exact: HashMap::new(),
+            suffix: Vec::new(),
+            prefix: Vec::new(),
+            any: None,
+            request_ops: HeaderOps::default(),
+            response_ops: HeaderOps::default(),
+        }
+    }
+
     /// The virtual host for a request's host (its port ignored).
     pub fn virtual_host(&self, host: &str) -> Option<&VirtualHost> {
         let host = strip_port(host);

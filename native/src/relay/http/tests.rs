@@ -278,8 +278,9 @@ fn random_json_never_panics_the_compiler() {
 
 #[test]
 fn http_series_carry_istios_25_labels_and_envoys_buckets() {
-    use super::metrics::{labels, render_text, HttpMetrics, Observed, HTTP_LABELS};
-    use crate::relay::metrics::{Flags, LocalWorkload, OutboundPeer, Route};
+    use super::metrics::{labels, render_text, HttpMetrics, Observed, Reporter, HTTP_LABELS};
+    use crate::relay::metrics::{Flags, InboundPeer, LocalWorkload, OutboundPeer, Route};
+    use crate::relay::mx::PeerInfo;
     let local = LocalWorkload {
         workload: "client-vm".into(),
         namespace: "apps".into(),
@@ -291,12 +292,14 @@ fn http_series_carry_istios_25_labels_and_envoys_buckets() {
         ..Default::default()
     };
     let o = Observed {
-        route: Route::Cluster("outbound|9080|v2|reviews.default.svc.cluster.local"),
-        peer: OutboundPeer {
-            workload: "reviews-v2;default;reviews;v2;Kubernetes",
-            principal: Some("spiffe://cluster.local/ns/default/sa/reviews"),
-            local_principal: Some("spiffe://cluster.local/ns/apps/sa/client"),
-            mx: None,
+        reporter: Reporter::Source {
+            route: Route::Cluster("outbound|9080|v2|reviews.default.svc.cluster.local"),
+            peer: OutboundPeer {
+                workload: "reviews-v2;default;reviews;v2;Kubernetes",
+                principal: Some("spiffe://cluster.local/ns/default/sa/reviews"),
+                local_principal: Some("spiffe://cluster.local/ns/apps/sa/client"),
+                mx: None,
+            },
         },
         host: "reviews:9080",
         flags: Flags::NONE,
@@ -319,12 +322,11 @@ fn http_series_carry_istios_25_labels_and_envoys_buckets() {
     assert_eq!((m["response_flags"], m["connection_security_policy"]), ("-", "unknown"));
     // A passthrough request: the service is the Host header's.
     let pt = Observed {
-        route: Route::Passthrough,
+        reporter: Reporter::Source { route: Route::Passthrough, peer: OutboundPeer::default() },
         grpc: false,
         grpc_status: None,
         status: 503,
         flags: Flags::UPSTREAM_CONNECT_FAILURE.union(Flags::RETRY_LIMIT_EXCEEDED),
-        peer: OutboundPeer::default(),
         ..o
     };
     let l2 = labels(&local, &pt);
@@ -333,12 +335,46 @@ fn http_series_carry_istios_25_labels_and_envoys_buckets() {
     assert_eq!((m2["destination_service"], m2["destination_service_name"]), ("reviews", "PassthroughCluster"));
     assert_eq!((m2["response_code"], m2["grpc_response_status"], m2["response_flags"]), ("503", "", "UF,URX"));
 
+    // The inbound's side: the client from its metadata headers and
+    // certificate, this workload as the destination service.
+    let client = PeerInfo {
+        workload: "web".into(),
+        namespace: "front".into(),
+        app: "web".into(),
+        version: "v7".into(),
+        canonical_service: "web".into(),
+        canonical_revision: "v7".into(),
+        cluster: "east".into(),
+        ..PeerInfo::default()
+    };
+    let d = Observed {
+        reporter: Reporter::Destination(InboundPeer {
+            principal: Some("spiffe://cluster.local/ns/front/sa/web"),
+            local_principal: Some("spiffe://cluster.local/ns/apps/sa/client"),
+            mx: Some(&client),
+        }),
+        ..o
+    };
+    let l3 = labels(&local, &d);
+    let m3: std::collections::HashMap<&str, &str> =
+        HTTP_LABELS.iter().copied().zip(l3.iter().map(String::as_str)).collect();
+    assert_eq!((m3["reporter"], m3["source_workload"], m3["source_version"]), ("destination", "web", "v7"));
+    assert_eq!((m3["source_workload_namespace"], m3["source_cluster"]), ("front", "east"));
+    assert_eq!((m3["destination_workload"], m3["destination_service_name"]), ("client-vm", "client"));
+    assert_eq!((m3["request_protocol"], m3["connection_security_policy"]), ("grpc", "mutual_tls"));
+    let reg = HttpMetrics::new(8);
+    reg.record(&local, &o, 1.0, (1, 1), (0, 0));
+    reg.record(&local, &d, 1.0, (1, 1), (0, 0));
+    let anon = Observed { reporter: Reporter::Destination(InboundPeer { mx: None, ..InboundPeer::default() }), ..o };
+    reg.record(&local, &anon, 1.0, (1, 1), (0, 0));
+    assert_eq!(reg.snapshot().len(), 3, "each side and peer has its own series");
+
     let reg = HttpMetrics::new(2);
-    reg.record(&local, &o, 3.0, 120, 40);
-    reg.record(&local, &o, 700.0, 120, 40);
-    reg.record(&local, &pt, 1.0, 10, 0);
+    reg.record(&local, &o, 3.0, (120, 40), (1, 3));
+    reg.record(&local, &o, 700.0, (120, 40), (2, 2));
+    reg.record(&local, &pt, 1.0, (10, 0), (5, 5));
     // Cap: a third label set is dropped, counted.
-    reg.record(&local, &Observed { status: 404, ..pt }, 1.0, 10, 0);
+    reg.record(&local, &Observed { status: 404, ..pt }, 1.0, (10, 0), (0, 0));
     assert_eq!(reg.dropped(), 1);
     let mut text = String::new();
     render_text(&[&reg], &mut text);
@@ -369,4 +405,48 @@ fn http_series_carry_istios_25_labels_and_envoys_buckets() {
         ("0", "1", "1", "2", "2")
     );
     assert!(text.contains("istio_request_duration_milliseconds_sum{") && text.contains("} 703\n"));
+    // gRPC messages: the gRPC series only (the passthrough one is HTTP).
+    let msgs: Vec<&str> = text.lines().filter(|l| l.starts_with("istio_request_messages_total{")).collect();
+    assert_eq!(msgs.len(), 1, "{text}");
+    assert!(msgs[0].contains("request_protocol=\"grpc\"") && msgs[0].ends_with(" 3"), "{}", msgs[0]);
+    let resp = text.lines().find(|l| l.starts_with("istio_response_messages_total{")).unwrap();
+    assert!(resp.ends_with(" 5"), "{resp}");
+    assert_eq!(text.matches("# TYPE istio_response_messages_total counter").count(), 1);
+}
+
+#[test]
+fn grpc_messages_are_counted_across_any_frame_boundaries() {
+    use super::body::GrpcMessages;
+    // Three messages: 3 bytes, empty, 300 bytes (a length over one byte).
+    let mut wire = Vec::new();
+    for len in [3u32, 0, 300] {
+        wire.push(0u8);
+        wire.extend_from_slice(&len.to_be_bytes());
+        wire.extend(std::iter::repeat(7u8).take(len as usize));
+    }
+    for split in [1, 2, 4, 5, 6, 7, 64, wire.len()] {
+        let mut m = GrpcMessages::default();
+        for chunk in wire.chunks(split) {
+            m.feed(chunk);
+        }
+        assert_eq!(m.count, 3, "chunks of {split}");
+    }
+    // A prefix alone counts its message; a truncated stream never panics.
+    let mut m = GrpcMessages::default();
+    m.feed(&[0, 0xff, 0xff, 0xff, 0xff, 1, 2]);
+    assert_eq!(m.count, 1);
+}
+
+#[test]
+fn the_inbound_route_takes_every_host_and_path_to_the_app_with_no_timeout() {
+    let pr = super::route::PortRoutes::inbound();
+    let h = HeaderMap::new();
+    for (host, pq) in [("product", "/"), ("10.0.0.3:8080", "/a/b?c=d"), ("", "/x")] {
+        let vh = pr.virtual_host(host).expect("the inbound virtual host");
+        let v = view(host, pq, &h);
+        let rt = vh.routes.iter().find(|rt| rt.matches(&v, 0)).expect("the inbound route");
+        let Action::Forward(fwd) = &rt.action else { panic!("forwarded") };
+        assert_eq!(fwd.target(0).cluster, "PassthroughCluster");
+        assert!(fwd.timeout.is_none() && fwd.retry.is_none());
+    }
 }

@@ -29,6 +29,7 @@
 //!   task of the relay's event loop.
 
 pub(crate) mod pump;
+pub(crate) mod stream;
 pub mod verify;
 
 use std::collections::HashMap;

@@ -50,7 +50,7 @@ const CHUNK: usize = 256 * 1024;
 /// (`WouldBlock` clears the socket's readiness, so the next wait is real),
 /// retrying EINTR. Writes are `send`/`sendmsg` with MSG_NOSIGNAL (socket2): a
 /// peer that went away is an EPIPE error here, not a SIGPIPE.
-struct Sock<'a>(&'a TcpStream);
+pub(super) struct Sock<'a>(pub(super) &'a TcpStream);
 
 impl Read for Sock<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {

@@ -285,7 +285,7 @@ fn client_offering(
 #[test]
 fn inbound_alpn_is_negotiated_when_ours_is_offered_and_skipped_as_envoy_does_otherwise() {
     let server = mesh(PRODUCT, ROOT_A);
-    let cases: [(&[&str], Option<&[u8]>); 6] = [
+    let cases: [(&[&str], Option<&[u8]>); 11] = [
         // Only unknown protocols: rustls alone would send no_application_protocol;
         // Envoy (SSL_TLSEXT_ERR_NOACK) completes without ALPN, and so do we.
         (&["foo"], None),
@@ -294,6 +294,14 @@ fn inbound_alpn_is_negotiated_when_ours_is_offered_and_skipped_as_envoy_does_oth
         (&["foo", "istio"], Some(b"istio")),
         (&["h2", "istio-peer-exchange", "istio"], Some(b"istio-peer-exchange")),
         (&["foo", "http/1.1"], Some(b"http/1.1")),
+        // What sidecars offer (istio.alpn filter), answered as Envoy's
+        // inbound does: TCP gets the exchange, HTTP gets h2 or http/1.1
+        // (the inbound's HTTP path), Istio's values alone get themselves.
+        (&crate::mesh::alpn::OUTBOUND_TCP, Some(b"istio-peer-exchange")),
+        (&crate::mesh::alpn::HTTP_11, Some(b"http/1.1")),
+        (&crate::mesh::alpn::HTTP_10, Some(b"istio")),
+        (&crate::mesh::alpn::HTTP_H2, Some(b"h2")),
+        (&["istio-h2"], Some(b"istio-h2")),
         // No ALPN extension at all.
         (&[], None),
     ];

@@ -18,10 +18,11 @@ MTLS_HTTP10 = ("istio-http/1.0", "istio", "http/1.0")
 MTLS_HTTP = ("istio-http/1.0", "istio-http/1.1", "istio-h2")
 # What an inbound mTLS filter chain matches (istiod's virtualInbound).
 INBOUND_CHAIN_MATCH = ("istio-peer-exchange", "istio", "istio-http/1.0", "istio-http/1.1", "istio-h2")
-# What the native inbound selects, in order: the metadata exchange first, as Envoy's inbound
-# TLS context lists it (the native relay speaks it), then ``istio``, the HTTP markers and plain
-# HTTP's values.
-INBOUND_PREFERENCE = ("istio-peer-exchange", "istio", "istio-http/1.0", "istio-http/1.1", "istio-h2", "h2", "http/1.1")
+# What the native inbound selects, in order, as Envoy's inbound TLS context lists them
+# (``ALPNDownstreamWithMxc``): the metadata exchange (the native relay speaks it), then h2 and
+# http/1.1 (a sidecar offering Istio's HTTP markers offers one of them too: the inbound's HTTP
+# path), then ``istio`` and the markers themselves for clients offering only those.
+INBOUND_PREFERENCE = ("istio-peer-exchange", "h2", "http/1.1", "istio", "istio-http/1.0", "istio-http/1.1", "istio-h2")
 # The Python reference data path (pymesh.relay.pytls) does not speak the metadata exchange, so
 # it neither offers nor accepts ``istio-peer-exchange`` (an Envoy peer then sends no frame).
 PYTLS_TCP = ("istio",)

@@ -55,6 +55,9 @@ FLAKY = "outbound|80||flaky.default.svc.cluster.local"
 SLOWFAST = "outbound|80||slowfast.default.svc.cluster.local"
 MIRROR = "outbound|80||mirror.default.svc.cluster.local"
 H2 = "outbound|80||h2.default.svc.cluster.local"
+# The same backends with the upstream protocol set by the cluster, as istiod's CDS sets it.
+H2UP = "outbound|80||h2up.default.svc.cluster.local"
+H1DOWN = "outbound|80||h1down.default.svc.cluster.local"
 H2COLD = "outbound|80||h2cold.default.svc.cluster.local"
 OD = "outbound|80||ejectable.default.svc.cluster.local"
 HASHED = "outbound|80||sticky.default.svc.cluster.local"
@@ -105,6 +108,13 @@ def pct(percent: float) -> dict[str, Any]:
 
 def fault(**f: Any) -> dict[str, Any]:
     return {"envoy.filters.http.fault": {"@type": FAULT_TYPE, **f}}
+
+
+def http_options(explicit: str) -> dict[str, Any]:
+    """A cluster's upstream HTTP protocol as istiod's CDS sets it (HttpProtocolOptions)."""
+    t = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    opts = {"@type": f"type.googleapis.com/{t}", "explicitHttpConfig": {explicit: {}}}
+    return {"typedExtensionProtocolOptions": {t: opts}}
 
 
 def route(name: str, match: dict[str, Any], **action: Any) -> dict[str, Any]:
@@ -236,6 +246,8 @@ ROUTES_80 = {
         {"name": "suffix", "domains": ["*.example.com"], "routes": [direct("suffix", "suffix")]},
         {"name": "prefix", "domains": ["svc.*"], "routes": [direct("prefix", "prefix")]},
         {"name": "h2", "domains": ["h2svc"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": H2}}]},
+        {"name": "h2up", "domains": ["h2up"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": H2UP}}]},
+        {"name": "h1down", "domains": ["h1down"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": H1DOWN}}]},
         {"name": "h2cold", "domains": ["h2cold"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": H2COLD}}]},
         {
             "name": "allow_any",
@@ -283,6 +295,8 @@ CONFIG: dict[str, Any] = {
         cluster(SLOWFAST, "ROUND_ROBIN", [ep(f"{B}:8082"), ep(f"{A}:8080")]),
         cluster(MIRROR, "ROUND_ROBIN", [ep(f"{C}:8090")]),
         cluster(H2, "ROUND_ROBIN", [ep(f"{NGINX_H2C[0]}:{NGINX_H2C[1]}")]),
+        cluster(H2UP, "ROUND_ROBIN", [ep(f"{NGINX_H2C[0]}:{NGINX_H2C[1]}")], **http_options("http2ProtocolOptions")),
+        cluster(H1DOWN, "ROUND_ROBIN", [ep(f"{A}:8080")], **http_options("httpProtocolOptions")),
         cluster(H2COLD, "ROUND_ROBIN", [ep(f"{NGINX_H2C_COLD[0]}:{NGINX_H2C_COLD[1]}")]),
         cluster(HASHED, "MAGLEV", [ep(f"{a}:8080") for a in (A, B, C)]),
         # Two consecutive 5xx eject the one endpoint (Envoy's outlier detection).
@@ -891,6 +905,19 @@ def test_http2_prior_knowledge_reaches_an_h2c_backend_over_h2(mesh: Mesh) -> Non
     assert (proto, host, uri, rid) == ("HTTP/2.0", "h2svc", "/h2/one", "h2-id")
     after = mesh.http()
     assert delta(after, before, "http_connections_h2") == 1 and delta(after, before, "http_requests") == 1
+
+
+def test_the_clusters_protocol_options_pick_the_upstream_protocol(mesh: Mesh) -> None:
+    # HTTP/1.1 from the app, HTTP/2 to an h2c-only backend: the cluster says http2.
+    (r,) = mesh.many("-H", "Host: h2up", "-H", "x-request-id: up-id", f"http://{VIP}/h2/up")
+    assert r.code == 200, r
+    proto, host, uri, rid, _ = r.body.split()
+    assert (proto, host, uri, rid) == ("HTTP/2.0", "h2up", "/h2/up", "up-id")
+    # HTTP/2 from the app, HTTP/1.1 to an HTTP/1.1-only backend: the cluster says http1.
+    (r,) = mesh.many("--http2-prior-knowledge", "-H", "Host: h1down", f"http://{VIP}/down")
+    assert r.code == 200, r
+    seen = json.loads(r.body)
+    assert (seen["tag"], seen["path"], seen["host"]) == ("v1", "/down", "h1down")
 
 
 def test_http2_streams_are_multiplexed_on_one_upstream_connection(mesh: Mesh) -> None:

@@ -152,6 +152,9 @@ pub struct ClusterConfig {
     pub maglev_table_size: u64,
     pub least_request: LeastRequestConfig,
     pub outlier: Option<OutlierConfig>,
+    /// The HTTP protocol to the endpoints: Some(true) HTTP/2, Some(false)
+    /// HTTP/1.1, None the downstream's (`xds::cluster::upstream_protocol`).
+    pub upstream_h2: Option<bool>,
 }
 
 impl Default for ClusterConfig {
@@ -166,6 +169,7 @@ impl Default for ClusterConfig {
             maglev_table_size: MAGLEV_DEFAULT_TABLE_SIZE,
             least_request: LeastRequestConfig::default(),
             outlier: None,
+            upstream_h2: None,
         }
     }
 }

@@ -975,3 +975,29 @@ fn camel_case_names_without_an_upper_case_letter_are_read() {
     let specs = clusters_from_value(&json!([outlier_cluster(10, od)]), "t");
     assert!(specs.is_ok(), "{:?}", specs.err());
 }
+
+#[test]
+fn upstream_http_protocol_from_the_clusters_protocol_options() {
+    const OPTS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+    let with = |opts: Value| json!({"name": "c", "typedExtensionProtocolOptions": {OPTS: opts}});
+    let cases = [
+        // istiod's CDS for an http2/grpc port (and h2UpgradePolicy UPGRADE).
+        (
+            with(
+                json!({"@type": format!("type.googleapis.com/{OPTS}"), "explicitHttpConfig": {"http2ProtocolOptions": {}}}),
+            ),
+            Some(true),
+        ),
+        (with(json!({"explicit_http_config": {"http_protocol_options": {}}})), Some(false)),
+        (with(json!({"useDownstreamProtocolConfig": {}})), None),
+        (json!({"name": "c", "http2_protocol_options": {}}), Some(true)),
+        (json!({"name": "c"}), None),
+        // Other extensions or odd shapes decide nothing and refuse nothing.
+        (json!({"name": "c", "typedExtensionProtocolOptions": {"x": {}}}), None),
+        (json!({"name": "c", "typedExtensionProtocolOptions": {OPTS: "?"}}), None),
+    ];
+    for (c, want) in cases {
+        let specs = clusters_from_value(&json!([c.clone()]), "t").expect("valid cluster");
+        assert_eq!(specs[0].config.upstream_h2, want, "{c}");
+    }
+}

@@ -897,10 +897,11 @@ mod tests {
         assert!(text
             .lines()
             .any(|l| l.starts_with("istio_tcp_sent_bytes_total{reporter=\"source\"") && l.ends_with(" 10")));
-        // No series yet: the families are still typed (4 TCP, 4 HTTP).
+        // No series yet: the families are still typed (4 TCP, 6 HTTP and gRPC).
         let empty = render_text(&[&TcpMetrics::new(1)]);
-        assert_eq!(empty.lines().count(), 16);
+        assert_eq!(empty.lines().count(), 20);
         assert_eq!(empty.matches("# TYPE istio_requests_total counter\n").count(), 1);
+        assert_eq!(empty.matches("# TYPE istio_request_messages_total counter\n").count(), 1);
         drop((o1, o2));
     }
 

@@ -1,5 +1,6 @@
 //! The C ABI of pymesh's native core (`libpymesh`, header
-//! `native/include/pymesh.h`, generated from this crate by `build.rs`).
+//! `native/include/pymesh.h`, generated from this crate by cbindgen in the
+//! `header_is_up_to_date` test).
 //!
 //! A thin layer: it checks and converts C arguments (`args`), delegates to
 //! `pymesh-core`, and converts results (`answer`) and errors (`error`) back.

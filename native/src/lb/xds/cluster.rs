@@ -211,6 +211,7 @@ pub fn cluster_from_value(v: &Value, pos: usize) -> Result<ClusterSpec> {
     if let Some(v) = m.get("outlier_detection") {
         cfg.outlier = Some(outlier_detection(&ctx, &Msg::new(&ctx, v, "outlier_detection")?)?);
     }
+    cfg.upstream_h2 = upstream_protocol(&ctx, &m);
     let (groups, endpoints) = match m.get("load_assignment") {
         Some(v) => {
             let a = load_assignment(&ctx, &Msg::new(&ctx, v, "load_assignment")?)?;
@@ -271,6 +272,34 @@ pub(crate) fn finish_hash_keys(spec: &mut ClusterSpec) {
 /// Every cluster in a document: a list of clusters, one cluster, `{"clusters": [...]}`,
 /// an Envoy bootstrap (`static_resources.clusters`) or an xDS response
 /// (`resources`, each with `@type` Cluster).
+/// The protocol an HTTP request takes to this cluster's endpoints, when the
+/// cluster says: `typed_extension_protocol_options`
+/// `envoy.extensions.upstreams.http.v3.HttpProtocolOptions` with
+/// `explicit_http_config` (`http2_protocol_options`: HTTP/2, as istiod sets
+/// for `http2`/`grpc` ports and `h2UpgradePolicy: UPGRADE`;
+/// `http_protocol_options`: HTTP/1.1), or the deprecated top-level
+/// `http2_protocol_options`. None (no options, or `use_downstream_protocol_config`
+/// / `auto_config`): the downstream's protocol. Read leniently: the rest of
+/// these options do not change where a request goes.
+fn upstream_protocol(ctx: &Ctx<'_>, m: &Msg<'_>) -> Option<bool> {
+    if m.get("http2_protocol_options").is_some() {
+        return Some(true);
+    }
+    let all = Msg::new(ctx, m.get("typed_extension_protocol_options")?, "typed_extension_protocol_options").ok()?;
+    let opts = Msg::new(ctx, all.get(HTTP_PROTOCOL_OPTIONS)?, HTTP_PROTOCOL_OPTIONS).ok()?;
+    let explicit = Msg::new(ctx, opts.get("explicit_http_config")?, "explicit_http_config").ok()?;
+    if explicit.get("http2_protocol_options").is_some() {
+        Some(true)
+    } else if explicit.get("http_protocol_options").is_some() {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// The extension key (and type) of upstream HTTP protocol options.
+const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+
 pub fn clusters_from_value(v: &Value, source_name: &str) -> Result<Vec<ClusterSpec>> {
     let list: Vec<&Value> = match v {
         Value::Array(a) => a.iter().collect(),

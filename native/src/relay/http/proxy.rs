@@ -764,6 +764,15 @@ enum Dest {
     Dns(String, u16),
 }
 
+/// Whether requests to `dest` go over HTTP/2: as its cluster's protocol
+/// options say, else as the client's (`downstream_h2`).
+fn upstream_h2(dest: &Dest, downstream_h2: bool) -> bool {
+    match dest {
+        Dest::Cluster(cl) => cl.spec().config.upstream_h2.unwrap_or(downstream_h2),
+        Dest::Orig(_) | Dest::Dns(..) => downstream_h2,
+    }
+}
+
 /// One attempt's endpoint.
 struct Endpoint {
     addr: SocketAddr,
@@ -879,6 +888,7 @@ async fn forward(
         },
     };
     let sni = crate::mesh::outbound_sni(&target.cluster);
+    let up_h2 = upstream_h2(&dest, conn.h2);
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut identity: Option<Arc<TlsIdentity>> = None;
     let mut waited_identity = false;
@@ -938,7 +948,7 @@ async fn forward(
             (None, Some(p)) => Some(Instant::now() + p),
             (None, None) => None,
         };
-        let key = Key { addr: ep.addr, h2: conn.h2, tls: ep.tls.clone() };
+        let key = Key { addr: ep.addr, h2: up_h2, tls: ep.tls.clone() };
         if let Some((_, _, s)) = &ep.state {
             s.request_started();
         }
@@ -1417,13 +1427,13 @@ async fn mirror(
     let mut rng = Rng::new(conn.seed ^ conn.seq.fetch_add(1, Ordering::Relaxed).rotate_left(17));
     let (mut identity, mut waited) = (None, false);
     let sni = crate::mesh::outbound_sni(&cluster);
-    let Ok(ep) =
-        choose(&conn, &Dest::Cluster(cl), None, &mut rng, &[], sni.as_deref(), &mut identity, &mut waited).await
-    else {
+    let dest = Dest::Cluster(cl);
+    let up_h2 = upstream_h2(&dest, conn.h2);
+    let Ok(ep) = choose(&conn, &dest, None, &mut rng, &[], sni.as_deref(), &mut identity, &mut waited).await else {
         c.mirror_skipped.fetch_add(1, Ordering::Relaxed);
         return;
     };
-    let key = Key { addr: ep.addr, h2: conn.h2, tls: ep.tls };
+    let key = Key { addr: ep.addr, h2: up_h2, tls: ep.tls };
     let sh = &conn.sh;
     let Ok((mut sender, _)) = st.pool.take(&key, &sh.cfg, &sh.tls, identity.as_ref()).await else {
         c.mirror_skipped.fetch_add(1, Ordering::Relaxed);

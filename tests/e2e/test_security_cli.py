@@ -79,16 +79,17 @@ def test_vm_joins_over_mtls_through_the_cli(controlplane: tuple[int, Path], tmp_
         assert "product-vm-127.0.0.3" not in we(data)
     finally:
         wrong.terminate()
-        wrong.wait(10)
+        wrong.wait(30)
         reap(wrong)
     inbound = free_port("127.0.0.1")
     good = agent(tmp_path, port, data, "product", "--inbound-mtls", f"127.0.0.1:{inbound}=127.0.0.1:1")
     try:
+        # The entry, then its Connected condition (written once the stream is held).
         wait_until(lambda: "product-vm-127.0.0.3" in we(data), timeout=30)
-        assert "Connected" in we(data)
+        wait_until(lambda: "Connected" in we(data), timeout=10)
     finally:
         good.terminate()
-        out = good.communicate(timeout=10)[0]
+        out = good.communicate(timeout=30)[0]
         reap(good)
     assert f"(discoveryAddress istiod.istio-system.svc:{port}, mTLS)" in out
     assert f"inbound mTLS (STRICT) on 127.0.0.1:{inbound}" in out

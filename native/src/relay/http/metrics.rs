@@ -272,8 +272,9 @@ pub fn render_text(registries: &[&HttpMetrics], out: &mut String) {
     for ((_, s), l) in series.iter().zip(&labels) {
         let _ = writeln!(out, "{name}{{{l}}} {}", s.requests.load(Ordering::Relaxed));
     }
-    // istio_stats.cc counts messages for gRPC only: the families hold the gRPC series.
-    let grpc_protocol = "request_protocol=\"grpc\"";
+    // istio_stats.cc counts messages for gRPC only: the families hold the
+    // gRPC series (`request_protocol` follows the workload labels).
+    const PROTOCOL: usize = WORKLOAD_LABELS.len();
     type Count = fn(&HttpSeries) -> &AtomicU64;
     let counts: [(&str, &str, Count); 2] = [
         ("istio_request_messages_total", "Total gRPC messages received from the client.", |s| &s.request_messages),
@@ -281,7 +282,7 @@ pub fn render_text(registries: &[&HttpMetrics], out: &mut String) {
     ];
     for (name, help, pick) in counts {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-        for ((_, s), l) in series.iter().zip(&labels).filter(|(_, l)| l.contains(grpc_protocol)) {
+        for ((_, s), l) in series.iter().zip(&labels).filter(|((values, _), _)| values[PROTOCOL] == "grpc") {
             let _ = writeln!(out, "{name}{{{l}}} {}", pick(s).load(Ordering::Relaxed));
         }
     }

@@ -437,7 +437,7 @@ fn uri_len(u: &http::Uri) -> u64 {
 }
 
 /// Removes a peer's metadata exchange headers and reads them; a value that
-/// does not decode is counted and the peer stays unknown.
+/// does not decode leaves the peer unknown.
 fn take_peer(h: &mut HeaderMap) -> Option<PeerInfo> {
     let value = h.remove(mx::header::METADATA);
     let id = h.remove(mx::header::METADATA_ID);

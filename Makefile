@@ -59,7 +59,7 @@ lint: build ## clippy (warnings are errors), rustfmt, ruff, mypy, the import con
 
 test-rust: ## Rust unit, conformance and header tests; benches compiled and run once
 	cd $(NATIVE) && $(CARGO) test --workspace --release
-	cd $(NATIVE) && PYMESH_BENCH_SHORT=1 $(CARGO) test --release --benches
+	cd $(NATIVE) && PYMESH_BENCH_SHORT=1 $(CARGO) test --workspace --release --benches
 
 test-fast: build ## the fast Python tiers, no root: tests/unit + tests/conformance (the inner loop)
 	$(BIN)/pytest -q tests/unit tests/conformance

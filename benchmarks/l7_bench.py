@@ -26,7 +26,10 @@ or ``/1k`` (a 1 KiB static file). How each proxy talks to the backend:
   1.1``) to :8080 for both, because nginx's proxy module speaks only HTTP/1.x
   to upstreams (nginx.org/en/docs/http/ngx_http_proxy_module.html#proxy_http_version);
 - pymesh: pooled HTTP/1.1 keep-alive to :8080, h2 multiplexed to :8081 when the
-  client spoke h2 (the route's cluster per service port).
+  client spoke h2 (the route's cluster per service port);
+- pm-off: the same pymesh proxy with Istio's metrics off during its trials
+  (``set_tcp_metrics_enabled(False)``), so what the telemetry costs per request
+  (the target: at most 5% above off) is measured in the same run.
 
 Every proxy gets one worker (``workers=1``, ``nbthread 1``,
 ``worker_processes 1``) pinned to the same core (the last this process may
@@ -89,6 +92,7 @@ VM4, NET4 = "10.77.0.2", "10.77.0.1"
 VIP = "10.96.0.10"
 HOST = "bench.default.svc.cluster.local"
 PROTOS = ("h1", "h2")
+METRICS_OFF = "pm-off"  # the pymesh path again, Istio's metrics off during its trials
 SVC = {"h1": 80, "h2": 81}  # service ports on the VIP (captured)
 BACKEND = {"h1": 8080, "h2": 8081}  # nginx in the net namespace; excluded from capture
 HAPROXY = {"h1": 6080, "h2": 6081}
@@ -306,9 +310,13 @@ def start_pymesh() -> Pymesh | str:
         name = f"outbound|{port}||{HOST}"  # istio BuildSubsetKey
         services.append({"address": VIP, "port": port, "cluster": name})
         ep = {"endpoint": {"address": {"socket_address": {"address": NET4, "port_value": BACKEND[proto]}}}}
-        clusters.append(
-            {"name": name, "lb_policy": "ROUND_ROBIN", "load_assignment": {"endpoints": [{"lb_endpoints": [ep]}]}}
-        )
+        cluster = {"name": name, "lb_policy": "ROUND_ROBIN", "load_assignment": {"endpoints": [{"lb_endpoints": [ep]}]}}
+        if proto == "h2":
+            # istiod's CDS for an http2 port (setH2Options): HTTP/2 to the h2c backend.
+            t = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+            opts = {"@type": f"type.googleapis.com/{t}", "explicitHttpConfig": {"http2ProtocolOptions": {}}}
+            cluster["typedExtensionProtocolOptions"] = {t: opts}
+        clusters.append(cluster)
         routes.append((port, route_json(port, name)))
     lb = LbTable(seed=1)
     lb.load(clusters)
@@ -486,6 +494,7 @@ def main() -> int:
         paths: dict[str, dict[str, str]] = {"direct": {p: f"http://{NET4}:{BACKEND[p]}" for p in PROTOS}}
         meters: dict[str, Callable[[], int] | None] = {"direct": None}
         tasks: dict[str, Callable[[], list[int]]] = {}
+        toggles: dict[str, Callable[[bool], None]] = {}  # a path's setting, on for its trials only
         if env.haproxy():
             paths["haproxy"] = {p: f"http://127.0.0.1:{HAPROXY[p]}" for p in PROTOS}
             hp = env.haproxy_pid
@@ -515,6 +524,10 @@ def main() -> int:
             paths["pymesh"] = {p: f"http://{VIP}:{SVC[p]}" for p in PROTOS}
             meters["pymesh"] = lambda: cpu_ns(pid, pm.threads()) if pm else 0
             tasks["pymesh"] = lambda: sorted(pm.threads()) if pm else []
+            # The same proxy with Istio's metrics off: what the telemetry costs per request.
+            paths[METRICS_OFF] = paths["pymesh"]
+            meters[METRICS_OFF], tasks[METRICS_OFF] = meters["pymesh"], tasks["pymesh"]
+            toggles[METRICS_OFF] = lambda off: pm.proxy.set_tcp_metrics_enabled(not off) if pm else None
 
         def place(name: str, cpus: set[int]) -> None:
             # Every thread of the proxy, including any it started lazily.
@@ -558,6 +571,8 @@ def main() -> int:
                 for name, urls in paths.items():
                     s, meter, url = samples[wl][name], meters[name], urls[proto] + BODIES[body]
                     place(name, env.proxy_cpus)
+                    if name in toggles:
+                        toggles[name](True)
                     try:
                         a0, c0 = accepts(env.backend_pid), meter() if meter else 0
                         r = load(url)
@@ -579,6 +594,9 @@ def main() -> int:
                             errors[wl][name] += bad
                     except ToolError as e:
                         failures.setdefault(f"{wl} {name}", []).append(str(e))
+                    finally:
+                        if name in toggles:
+                            toggles[name](False)
         stats = {**pm.proxy.stats(), **pm.proxy.http_stats()} if pm else {}
         pm_info = {"threads_measured": len(pm.threads()), "client_2xx": sent["pymesh"]} if pm else {}
     finally:
@@ -624,6 +642,7 @@ def report(
         f"latency probe with the proxy {'on its own core' if args.probe_split else 'on the client and backend core'}"
     )
     print("conn/1k: connections the backend accepted per 1000 requests under load (the proxy's pool at work)")
+    print(f"{METRICS_OFF}: pymesh with Istio's metrics off (set_tcp_metrics_enabled(False)), the same proxy")
     summary: dict[str, float] = {}
     for w, by in results.items():
         proto, body = w.split()
@@ -660,6 +679,8 @@ def report(
                 if o := med(w, other, "cpu_us_per_req"):
                     summary[f"{w_}_pymesh_cpu_vs_{other}"] = cpu / o
             summary[f"{w_}_pymesh_cpu_vs_envoy_350us"] = cpu / ENVOY_US_PER_REQ
+            if off := med(w, METRICS_OFF, "cpu_us_per_req"):
+                summary[f"{w_}_pymesh_cpu_metrics_on_vs_off"] = cpu / off
         parts = [
             f"{k.removeprefix(w_ + '_pymesh_').replace('_', ' ')} {v:.2f}"
             for k, v in summary.items()

@@ -174,7 +174,13 @@ def relay_chart(doc: dict[str, Any]) -> Chart:
     )
 
 
-L7_PATHS = {"direct": "direct", "pymesh": "pymesh", "haproxy": "haproxy", "nginx": "nginx"}
+L7_PATHS = {
+    "direct": "direct",
+    "pymesh": "pymesh",
+    "pm-off": "pymesh, metrics off",
+    "haproxy": "haproxy",
+    "nginx": "nginx",
+}
 
 
 def l7_workload(w: str) -> str:

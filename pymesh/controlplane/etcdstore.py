@@ -686,12 +686,14 @@ class EtcdStore:
                 out[(_unpart(parts[0]), _unpart(parts[1]))] = int(kv["mod_revision"])
         return out
 
-    def put_registered_if_exists(self, doc: Mapping[str, Any]) -> bool:
-        """Rewrites an entry (its health) only if it still exists: never re-creates a swept one."""
+    def put_registered_if_exists(self, doc: Mapping[str, Any]) -> int:
+        """Rewrites an entry (its health) only if it still exists: never re-creates a swept one.
+        The store revision of the write, 0 when the entry was gone (nothing written)."""
         md = doc["metadata"]
         key = self._key("registered", md["namespace"], md["name"])
         body = json.dumps(doc, sort_keys=True).encode()
-        return self.client.txn([_put_op(key, body)], [_compare(key, "CREATE", "GREATER", 0)])
+        answer = self.client.txn_full([_compare(key, "CREATE", "GREATER", 0)], [_put_op(key, body)])
+        return _revision(answer) if answer.get("succeeded") else 0
 
     def registered_at(self) -> tuple[int, list[tuple[dict[str, Any], int]]]:
         """(store revision, [(entry, its mod revision)]), read at one revision."""

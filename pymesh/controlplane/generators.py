@@ -78,6 +78,7 @@ from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import duration_pb2, struct_pb2, wrappers_pb2
 
 from pymesh.controlplane import httproutes, protocol
@@ -415,12 +416,58 @@ def _merge(base: TrafficPolicy | None, over: TrafficPolicy | None) -> TrafficPol
         consistent_hash=over.consistent_hash if lb_set else base.consistent_hash,
         locality=over.locality if over.locality is not None else base.locality,
         outlier=over.outlier if over.outlier is not None else base.outlier,
+        h2_upgrade=over.h2_upgrade or base.h2_upgrade,
+        use_client_protocol=over.use_client_protocol
+        if over.use_client_protocol is not None
+        else base.use_client_protocol,
     )
 
 
-def _cluster(name: str, policy: TrafficPolicy | None, generator: str, dns_host: str = "", dns_port: int = 0) -> Any:
+HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+
+H2, CLIENTS = "h2", "client's"
+
+
+def _upstream_protocol(c: Any, port_protocol: str, generator: str, policy: TrafficPolicy | None) -> None:
+    """The upstream HTTP protocol as istiod sets it for sidecars (``pilot/pkg/networking/core``
+    ``cluster_builder.go setUpstreamProtocol``, then ``cluster_traffic_policy.go``
+    ``applyH2Upgrade`` and ``useClientProtocol``): HTTP/2 to the endpoints of
+    ``http2``/``grpc``/``grpc-web`` ports (``setH2Options``), the client's protocol for
+    ports of unknown protocol (``setUseDownstreamProtocol``: the proxy sniffed it), nothing
+    for the rest (Envoy's HTTP/1.1); then the DestinationRule's ``useClientProtocol`` makes
+    it the client's, else its ``h2UpgradePolicy: UPGRADE`` makes a port with nothing set
+    HTTP/2 (pymesh models no mesh-wide ``h2UpgradePolicy``: istiod's default, no upgrade).
+    gRPC clients get none of it, as from istiod's ``grpcgen``: they speak HTTP/2."""
+    if generator == GRPC:
+        return
+    mode = H2 if protocol.is_http2(port_protocol) else CLIENTS if port_protocol == protocol.AUTO else ""
+    if policy is not None and policy.use_client_protocol:
+        mode = CLIENTS
+    elif policy is not None and policy.h2_upgrade == "UPGRADE" and not mode:
+        mode = H2
+    opts = http_protocol_options_pb2.HttpProtocolOptions()
+    if mode == H2:
+        opts.explicit_http_config.http2_protocol_options.SetInParent()
+    elif mode == CLIENTS:
+        opts.use_downstream_protocol_config.http_protocol_options.SetInParent()
+        opts.use_downstream_protocol_config.http2_protocol_options.SetInParent()
+    else:
+        return
+    c.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].Pack(opts)
+
+
+def _cluster(
+    name: str,
+    policy: TrafficPolicy | None,
+    generator: str,
+    port_protocol: str,
+    dns_host: str = "",
+    dns_port: int = 0,
+) -> Any:
     lb = _lb(policy, generator)
     c = cluster_pb2.Cluster(name=name, lb_policy=lb.policy)
+    _upstream_protocol(c, port_protocol, generator, policy)
     c.connect_timeout.CopyFrom(_duration(10.0))
     if dns_host:
         # gRPC (A37) and Envoy resolve DNS ServiceEntries themselves.
@@ -468,10 +515,11 @@ def clusters(registry: Registry, generator: str) -> dict[str, Any]:
             if dns_host:
                 dns_port = registry.endpoints[(svc.hostname, p.number)][0].port
             name = cluster_name(svc.hostname, p.number)
-            out[name] = _cluster(name, base, generator, dns_host, dns_port)
+            out[name] = _cluster(name, base, generator, p.istio_protocol, dns_host, dns_port)
             for subset in dr.subsets if dr else ():
                 sname = cluster_name(svc.hostname, p.number, subset.name)
-                out[sname] = _cluster(sname, _merge(base, subset.policy), generator, dns_host, dns_port)
+                policy = _merge(base, subset.policy)
+                out[sname] = _cluster(sname, policy, generator, p.istio_protocol, dns_host, dns_port)
     return out
 
 

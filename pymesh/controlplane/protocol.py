@@ -76,6 +76,14 @@ def is_http(protocol: str) -> bool:
     return protocol in HTTP_CLASS
 
 
+# IsHTTP2: the ports whose clusters speak HTTP/2 to the endpoints.
+HTTP2_CLASS = frozenset((HTTP2, GRPC, GRPC_WEB))
+
+
+def is_http2(protocol: str) -> bool:
+    return protocol in HTTP2_CLASS
+
+
 def is_http_or_sniffed(protocol: str) -> bool:
     """``IsHTTPOrSniffed``: the port gets an HTTP listener and routes."""
     return protocol in HTTP_CLASS or protocol == AUTO

@@ -249,7 +249,8 @@ class ReplicaSession:
     def release(self, namespace: str, name: str) -> None:
         self._guarded(self.store.release_registered, namespace, name, self.replica)
 
-    def put_if_exists(self, doc: Mapping[str, Any]) -> bool:
+    def put_if_exists(self, doc: Mapping[str, Any]) -> int:
+        """The store revision of the write, 0 when the entry is no longer registered."""
         return self._guarded(self.store.put_registered_if_exists, doc)
 
     def delete_orphan(self, namespace: str, name: str) -> bool:
@@ -553,13 +554,15 @@ class SharedRegistrations(Registrations):
             return
         doc = healthmod.with_health(doc, healthy, message, self._clock())
         try:
-            written = await self._io(self.session.put_if_exists, doc)
+            rev = await self._io(self.session.put_if_exists, doc)
         except StoreError as e:
             log.error("%r: health report not recorded: %s", conn, e)
             return
-        if not written:
+        if not rev:
             log.info("%r: health report for %s/%s, which is no longer registered", conn, *key)
             return
+        # A poll that read the store before this write must not bring the old health back.
+        self._store_rev = max(self._store_rev, rev)
         self.entries[key] = doc
         self._parsed.pop(key, None)
         log.info("%r reports %s%s", conn, "healthy" if healthy else "unhealthy", f": {message}" if message else "")

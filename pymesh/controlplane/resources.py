@@ -219,6 +219,14 @@ class TrafficPolicy:
     consistent_hash: Mapping[str, Any] | None = None  # the raw consistentHash block
     locality: Mapping[str, Any] | None = None  # localityLbSetting
     outlier: OutlierDetection | None = None
+    # connectionPool.http: h2UpgradePolicy ("" unset, DEFAULT, DO_NOT_UPGRADE, UPGRADE) and
+    # useClientProtocol (None unset): the upstream HTTP protocol (generators._upstream_protocol).
+    h2_upgrade: str = ""
+    use_client_protocol: bool | None = None
+
+
+# ConnectionPoolSettings.HTTPSettings.H2UpgradePolicy (istio/api networking/v1alpha3/destination_rule.proto).
+H2_UPGRADE_POLICIES = ("DEFAULT", "DO_NOT_UPGRADE", "UPGRADE")
 
 
 @dataclass(frozen=True)
@@ -657,7 +665,24 @@ def _traffic_policy(raw: Any, f: str) -> TrafficPolicy | None:
         )
         if outlier.interval is not None and outlier.interval < 0.001:
             raise v.fail(f"{of}.interval", "must be at least 1ms")
-    return TrafficPolicy(simple=simple, consistent_hash=ch, locality=locality, outlier=outlier)
+    pool = v.mapping(tp.get("connectionPool"), f"{f}.connectionPool")
+    http = v.mapping(pool.get("http"), f"{f}.connectionPool.http")
+    h2_upgrade = ""
+    if http.get("h2UpgradePolicy") is not None:
+        h2_upgrade = v.one_of(
+            http["h2UpgradePolicy"], f"{f}.connectionPool.http.h2UpgradePolicy", H2_UPGRADE_POLICIES, default="DEFAULT"
+        )
+    use_client = http.get("useClientProtocol")
+    if use_client is not None and not isinstance(use_client, bool):
+        raise v.fail(f"{f}.connectionPool.http.useClientProtocol", f"expected true or false, got {use_client!r}")
+    return TrafficPolicy(
+        simple=simple,
+        consistent_hash=ch,
+        locality=locality,
+        outlier=outlier,
+        h2_upgrade=h2_upgrade,
+        use_client_protocol=use_client,
+    )
 
 
 def parse_destination_rule(doc: Mapping[str, Any]) -> DestinationRule:

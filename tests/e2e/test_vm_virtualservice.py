@@ -37,8 +37,8 @@ user in the vm namespace:
    edit is rejected by the control plane (``pymesh get`` names the field) and
    the previous routing keeps serving.
 
-Shares are checked against two-sided p = 0.001 bounds, so a correct mesh fails
-one by chance about once in a thousand runs.
+Shares are checked against two-sided p = 1e-6 bounds (support/shares.py), so a correct mesh
+fails one by chance about once in a million runs.
 
 Needs root (network namespaces, capture rules, fixed uids via setpriv), iproute2,
 nft, curl, prometheus and grpcio: without them it is skipped with the reason, or
@@ -68,7 +68,7 @@ from support.agent import write_vm_files
 from support.curl import Reply, curl_runs
 from support.e2e import SVC_PORT, VIP, XDS_PORT, Mesh, pod_yaml
 from support.netns import APP_UID, EXTRA4, NET4, VM4, fetch_status, inside, lab, require_root_tools
-from support.shares import CHI2_1DOF_001, chi_square, within_binomial
+from support.shares import CHI2_1DOF_BOUND, chi_square, within_binomial
 from support.system import require_module
 from support.wait import wait_until
 
@@ -299,7 +299,7 @@ def test_virtual_service_routes_each_request(vm: Vm) -> None:
     # Pearson's chi-square against 90/10, one degree of freedom; split per
     # connection, the one connection would have given 300/0 (chi-square 33.3 or 2700).
     chi2 = chi_square(tags, {"v1": 0.9 * n, "v2": 0.1 * n})
-    assert chi2 < CHI2_1DOF_001, (tags, chi2)
+    assert chi2 < CHI2_1DOF_BOUND, (tags, chi2)
     # The proxy's request id reached the backend, a new one per request; the client's is kept.
     ids = [s["headers"].get("x-request-id", "") for s in seen]
     assert all(UUID4.match(i) for i in ids), ids[:5]

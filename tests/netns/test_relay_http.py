@@ -12,8 +12,8 @@ Backends (tests/support/peers/http_backend.py: Python HTTP/1.1 servers that
 echo what they saw, a server that resets, grpcio servers; nginx for h2c) run in
 the net namespace; clients (curl, nghttp for multiplexed HTTP/2, grpcio, raw
 sockets) as the app uid in the vm namespace. Shares are checked against
-two-sided p = 0.001 bounds, so a correct proxy fails one by chance about once
-in a thousand runs.
+two-sided p = 1e-6 bounds (support/shares.py), so a correct proxy fails one by
+chance about once in a million runs.
 
 Needs root (network namespaces, nftables rules, the app and the proxy as fixed
 uids via setpriv), iproute2, nft, curl, nghttp (nghttp2-client), nginx and
@@ -36,9 +36,9 @@ from typing import Any
 import pytest
 
 from support.curl import CURL, Reply, curl_runs
-from support.lb import cluster, ep
+from support.lb import cluster, ep, http_options
 from support.netns import APP_UID, EXTRA4, PROXY_UID, Lab, inside, lab, nft_netns, require_root_tools
-from support.shares import CHI2_1DOF_001, chi_square, within_binomial
+from support.shares import CHI2_1DOF_BOUND, chi_square, within_binomial
 from support.system import require_module
 from support.wait import wait_until
 
@@ -108,13 +108,6 @@ def pct(percent: float) -> dict[str, Any]:
 
 def fault(**f: Any) -> dict[str, Any]:
     return {"envoy.filters.http.fault": {"@type": FAULT_TYPE, **f}}
-
-
-def http_options(explicit: str) -> dict[str, Any]:
-    """A cluster's upstream HTTP protocol as istiod's CDS sets it (HttpProtocolOptions)."""
-    t = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
-    opts = {"@type": f"type.googleapis.com/{t}", "explicitHttpConfig": {explicit: {}}}
-    return {"typedExtensionProtocolOptions": {t: opts}}
 
 
 def route(name: str, match: dict[str, Any], **action: Any) -> dict[str, Any]:
@@ -294,10 +287,10 @@ CONFIG: dict[str, Any] = {
         cluster(FLAKY, "ROUND_ROBIN", [ep(f"{C}:8081"), ep(f"{A}:8080")]),
         cluster(SLOWFAST, "ROUND_ROBIN", [ep(f"{B}:8082"), ep(f"{A}:8080")]),
         cluster(MIRROR, "ROUND_ROBIN", [ep(f"{C}:8090")]),
-        cluster(H2, "ROUND_ROBIN", [ep(f"{NGINX_H2C[0]}:{NGINX_H2C[1]}")]),
+        cluster(H2, "ROUND_ROBIN", [ep(f"{NGINX_H2C[0]}:{NGINX_H2C[1]}")], **http_options("clients")),
         cluster(H2UP, "ROUND_ROBIN", [ep(f"{NGINX_H2C[0]}:{NGINX_H2C[1]}")], **http_options("http2ProtocolOptions")),
         cluster(H1DOWN, "ROUND_ROBIN", [ep(f"{A}:8080")], **http_options("httpProtocolOptions")),
-        cluster(H2COLD, "ROUND_ROBIN", [ep(f"{NGINX_H2C_COLD[0]}:{NGINX_H2C_COLD[1]}")]),
+        cluster(H2COLD, "ROUND_ROBIN", [ep(f"{NGINX_H2C_COLD[0]}:{NGINX_H2C_COLD[1]}")], **http_options("clients")),
         cluster(HASHED, "MAGLEV", [ep(f"{a}:8080") for a in (A, B, C)]),
         # Two consecutive 5xx eject the one endpoint (Envoy's outlier detection).
         cluster(
@@ -306,7 +299,9 @@ CONFIG: dict[str, Any] = {
             [ep(f"{B}:8080")],
             outlier_detection={"consecutive_5xx": 2, "max_ejection_percent": 100, "interval": "60s"},
         ),
-        cluster(GRPC, "LEAST_REQUEST", [ep(f"{a}:{GRPC_PORT}") for a in (A, B, C)]),
+        cluster(
+            GRPC, "LEAST_REQUEST", [ep(f"{a}:{GRPC_PORT}") for a in (A, B, C)], **http_options("http2ProtocolOptions")
+        ),
         cluster(TCP, "ROUND_ROBIN", [ep(f"{TCP_ECHO[0]}:{TCP_ECHO[1]}")]),
     ],
     "redirect": {
@@ -465,7 +460,7 @@ def test_weighted_subsets_split_each_request_of_one_keepalive_connection(mesh: M
     # Pearson's chi-square against 90/10 (one degree of freedom). Split per
     # connection, the one connection would have given 500/0 (chi-square 55.6).
     chi2 = chi_square(tags, {"v1": 0.9 * n, "v2": 0.1 * n})
-    assert chi2 < CHI2_1DOF_001, (tags, chi2)
+    assert chi2 < CHI2_1DOF_BOUND, (tags, chi2)
     # Upstream connections are kept alive and reused across requests.
     assert delta(after, before, "http_pool_reused") >= n - 10
 
@@ -918,6 +913,11 @@ def test_the_clusters_protocol_options_pick_the_upstream_protocol(mesh: Mesh) ->
     assert r.code == 200, r
     seen = json.loads(r.body)
     assert (seen["tag"], seen["path"], seen["host"]) == ("v1", "/down", "h1down")
+    # HTTP/2 from the app to a cluster that says nothing (istiod's CDS for an http port):
+    # HTTP/1.1 as Envoy's default, so the HTTP/1.1-only backend can read it.
+    (r,) = mesh.many("--http2-prior-knowledge", f"http://{VIP}/timeout/h2")
+    assert r.code == 200, r
+    assert json.loads(r.body)["tag"] == "v1"
 
 
 def test_http2_streams_are_multiplexed_on_one_upstream_connection(mesh: Mesh) -> None:

@@ -20,6 +20,7 @@ PYMESH_REQUIRE_ROOT_TESTS is set (CI)."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import http.server
 import json
@@ -37,6 +38,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pymesh._native import tcp_metrics_text
 from pymesh.controlplane.ca.ca import CertificateAuthority
 from pymesh.relay import OutboundProxy, start_inbound_passthrough
+from support.lb import http_options
 from support.netns import inside, nft_netns
 from support.relays import tables
 from support.sec import issue
@@ -96,10 +98,12 @@ def cluster(host: str, port: int) -> dict[str, Any]:
             }
         },
     }
+    # istiod's CDS: HTTP/2 to a grpc port's endpoints, HTTP/1.1 (nothing said) to an http port's.
     return {
         "name": f"outbound|80||{host}",
         "lb_policy": "ROUND_ROBIN",
         "load_assignment": {"endpoints": [{"lb_endpoints": [ep]}]},
+        **(http_options("http2ProtocolOptions") if port == GRPC_PORT else {}),
     }
 
 
@@ -270,8 +274,11 @@ def test_http1_requests_cross_both_relays_with_metadata_exchanged_and_stripped(m
     assert labels["destination_service"] == "product.default.svc.cluster.local"
 
 
-def test_grpc_over_http2_is_served_per_rpc_by_the_inbound(mesh: Mesh) -> None:
-    grpc = require_module("grpc", "the inbound HTTP/2 test drives a grpcio client and server")
+@contextlib.contextmanager
+def grpc_echo() -> Iterator[list[dict[str, str]]]:
+    """A grpcio server on the app's gRPC port: test.Echo/Unary echoes, ``fail`` is NOT_FOUND;
+    yields the metadata of every call it got."""
+    grpc = require_module("grpc", "the inbound HTTP/2 tests drive a grpcio client and server")
     from concurrent import futures
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
@@ -288,15 +295,27 @@ def test_grpc_over_http2_is_served_per_rpc_by_the_inbound(mesh: Mesh) -> None:
     server.add_insecure_port(f"{APP}:{GRPC_PORT}")
     server.start()
     try:
-        with grpc.insecure_channel("127.1.0.2:80") as ch:
-            call = ch.unary_unary("/test.Echo/Unary")
-            for i in range(5):
-                assert call(f"m{i}".encode(), timeout=10) == f"echo m{i}".encode()
-            with pytest.raises(grpc.RpcError) as err:
-                call(b"fail", timeout=10)
-            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        yield seen
     finally:
         server.stop(0)
+
+
+def rpcs(target: str, n: int) -> None:
+    """``n`` echo calls and one that fails, on one channel to ``target``."""
+    import grpc
+
+    with grpc.insecure_channel(target) as ch:
+        call = ch.unary_unary("/test.Echo/Unary")
+        for i in range(n):
+            assert call(f"m{i}".encode(), timeout=10) == f"echo m{i}".encode()
+        with pytest.raises(grpc.RpcError) as err:
+            call(b"fail", timeout=10)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_grpc_over_http2_is_served_per_rpc_by_the_inbound(mesh: Mesh) -> None:
+    with grpc_echo() as seen:
+        rpcs("127.1.0.2:80", 5)
     assert len(seen) == 6
     assert not any(k.startswith("x-envoy-peer-metadata") for md in seen for k in md), seen
     settled(mesh, 4 + 6)
@@ -363,3 +382,73 @@ def test_garbage_metadata_from_a_client_leaves_the_peer_unknown_and_the_request_
     assert n == 2
     assert (labels["source_workload"], labels["source_app"]) == ("unknown", "unknown")
     assert labels["source_workload_namespace"] == "default"  # from the certificate
+
+
+def test_plaintext_http_from_outside_the_mesh_is_served_per_request(mesh: Mesh) -> None:
+    """PERMISSIVE: a client with no sidecar speaks plain HTTP/1.1 straight to the captured app
+    port. The inbound, having waited for its first bytes to tell TLS from plaintext, serves
+    the requests one by one as over mTLS (Istio's plaintext HTTP inbound chain): counted with
+    ``connection_security_policy="none"`` and no identity on either side."""
+    before, stats = sum(v for _, v in mesh.requests(mesh.inbound)), mesh.inbound.http_stats()
+    c = http.client.HTTPConnection(APP, HTTP_PORT, timeout=10)
+    try:
+        for i in range(3):
+            c.request("GET", f"/plain/{i}", headers={"x-envoy-peer-metadata": "Zm9yZ2Vk"})
+            r = c.getresponse()
+            body, headers = r.read(), {k.lower() for k, _ in r.getheaders()}
+            assert r.status == 200, body
+            # No metadata back to a client that sent none that decodes.
+            assert not any(k.startswith("x-envoy-peer-metadata") for k in headers), headers
+            seen = json.loads(body)
+            assert not any(k.startswith("x-envoy-peer-metadata") for k in seen), seen
+            assert (seen["x-forwarded-proto"], len(seen["x-request-id"])) == ("http", 36)
+    finally:
+        c.close()
+    settled_inbound(mesh, before + 3)
+    after = mesh.inbound.http_stats()
+    # One keep-alive connection, three requests.
+    assert (after["http_connections"] - stats["http_connections"], after["http_requests"] - stats["http_requests"]) == (
+        1,
+        3,
+    )
+    labels, n = mesh.series(mesh.inbound, connection_security_policy="none", request_protocol="http")
+    assert n == 3
+    assert labels["reporter"] == "destination" and labels["response_code"] == "200"
+    assert (labels["source_principal"], labels["destination_principal"]) == ("unknown", "unknown")
+    assert (labels["source_workload"], labels["destination_workload"]) == ("unknown", "product-v1")
+
+
+def test_plaintext_grpc_and_a_non_http_client_on_the_inbound(mesh: Mesh) -> None:
+    """The HTTP/2 preface in plaintext is served per RPC; bytes that are not HTTP are relayed
+    to the app as they are (the app's own answer comes back)."""
+    before, stats = sum(v for _, v in mesh.requests(mesh.inbound)), mesh.inbound.http_stats()
+    with grpc_echo() as seen:
+        rpcs(f"{APP}:{GRPC_PORT}", 4)
+    assert len(seen) == 5
+    settled_inbound(mesh, before + 5)
+    labels, n = mesh.series(
+        mesh.inbound, connection_security_policy="none", request_protocol="grpc", grpc_response_status="0"
+    )
+    assert n == 4 and labels["source_workload"] == "unknown"
+    plain_ok = {"connection_security_policy": "none", "grpc_response_status": "0"}
+    assert mesh.series(mesh.inbound, "istio_request_messages", **plain_ok)[1] == 4
+    mid = mesh.inbound.http_stats()
+    assert mid["http_connections_h2"] - stats["http_connections_h2"] >= 1
+
+    with socket.create_connection((APP, HTTP_PORT), timeout=10) as raw:
+        raw.sendall(b"PING\r\n")
+        reply = b""
+        while chunk := raw.recv(65536):
+            reply += chunk
+    # Python's http.server answering a line it cannot parse: the bytes reached the app untouched.
+    assert b"Bad request syntax ('PING')" in reply, reply
+    after = mesh.inbound.http_stats()
+    assert after["http_connections"] == mid["http_connections"]
+    assert after["http_not_http"] - mid["http_not_http"] == 1
+
+
+def settled_inbound(m: Mesh, want: int) -> None:
+    """The inbound's series, counted when a response stream ends (just after the client read it)."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and sum(v for _, v in m.requests(m.inbound)) < want:
+        time.sleep(0.02)

@@ -25,12 +25,14 @@ from typing import Any
 
 import pytest
 import yaml
+from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2, config_source_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from envoy.type.v3 import percent_pb2
 from google.protobuf import struct_pb2
@@ -44,7 +46,7 @@ from pymesh.controlplane.node import parse_node
 from pymesh.controlplane.registry import Registry, build_registry
 from pymesh.controlplane.resources import LoadResult, load_documents
 from pymesh.controlplane.snapshot import Snapshot, view_key
-from pymesh.mesh.xds import LDS, RDS
+from pymesh.mesh.xds import CDS, LDS, RDS
 from support.cp import AdsStream, vm_node
 from support.istiod import FIXTURES, config_dir
 
@@ -757,6 +759,90 @@ def test_a_route_change_is_pushed_only_to_whom_it_concerns(cp: ControlPlane) -> 
             s.close()
 
 
+# --- upstream protocol ----------------------------------------------------------------------------
+
+
+def upstream_protocol(c: Any) -> str:
+    """What a cluster tells Envoy (and the relay) to speak to its endpoints."""
+    a = c.typed_extension_protocol_options.get(gen.HTTP_PROTOCOL_OPTIONS)
+    if a is None:
+        return "http/1.1"
+    o = http_protocol_options_pb2.HttpProtocolOptions()
+    assert a.Unpack(o)
+    if o.HasField("use_downstream_protocol_config"):
+        return "client's"
+    assert o.explicit_http_config.HasField("http2_protocol_options"), o
+    return "h2"
+
+
+def test_each_ports_clusters_speak_the_protocol_istiod_sets() -> None:
+    reg = registry_of()
+    got = {n: upstream_protocol(c) for n, c in gen.clusters(reg, "envoy").items()}
+    want = {
+        f"outbound|80||{WEB}": "http/1.1",
+        f"outbound|5432||{WEB}": "http/1.1",  # TCP: nothing said, as istiod
+        f"outbound|9090||{WEB}": "h2",  # grpc-api
+        f"outbound|7000||{LEGACY}": "client's",  # unknown protocol: sniffed, so the client's
+        "outbound|7000||ext.example.com": "client's",
+        "outbound|7000||twin.example.com": "http/1.1",
+    }
+    assert {n: got[n] for n in want} == want
+    # Subsets get their port's protocol too.
+    assert got[f"outbound|9090|v1|{WEB}"] == "h2" and got[f"outbound|80|v2|{WEB}"] == "http/1.1"
+    # gRPC clients get no options at all (istiod's grpcgen): they speak HTTP/2 themselves.
+    assert {upstream_protocol(c) for c in gen.clusters(reg, gen.GRPC).values()} == {"http/1.1"}
+
+
+@pytest.mark.parametrize(
+    ("rule", "subset", "want"),
+    [
+        # h2UpgradePolicy UPGRADE: HTTP/2 for an http port; a sniffed or grpc port keeps its own.
+        ({"h2UpgradePolicy": "UPGRADE"}, {}, {80: "h2", 7000: "client's", 9090: "h2"}),
+        ({"h2UpgradePolicy": "DO_NOT_UPGRADE"}, {}, {80: "http/1.1", 7000: "client's", 9090: "h2"}),
+        # useClientProtocol wins over everything, even a grpc port's HTTP/2.
+        ({"useClientProtocol": True, "h2UpgradePolicy": "UPGRADE"}, {}, {80: "client's", 9090: "client's"}),
+        # A subset's connection pool overrides the rule's field by field.
+        ({"h2UpgradePolicy": "UPGRADE"}, {"useClientProtocol": True}, {80: "client's"}),
+        ({"useClientProtocol": True}, {"useClientProtocol": False}, {80: "http/1.1", 9090: "h2"}),
+    ],
+)
+def test_a_destination_rules_connection_pool_picks_the_upstream_protocol(
+    rule: dict[str, Any], subset: dict[str, Any], want: dict[int, str]
+) -> None:
+    hosts = {80: WEB, 9090: WEB, 7000: LEGACY}
+    no_rules = MESH[: MESH.index("---\napiVersion: networking.istio.io/v1\nkind: DestinationRule")]
+    docs = [
+        {
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "DestinationRule",
+            "metadata": {"name": h.split(".")[0], "namespace": "default"},
+            "spec": {
+                "host": h,
+                "trafficPolicy": {"connectionPool": {"http": rule}},
+                "subsets": [
+                    {"name": "s", "labels": {"version": "v1"}, "trafficPolicy": {"connectionPool": {"http": subset}}}
+                ],
+            },
+        }
+        for h in (WEB, LEGACY)
+    ]
+    res = LoadResult()
+    load_documents(no_rules + "".join("---\n" + yaml.safe_dump(d) for d in docs), "mesh.yaml", res)
+    assert res.errors == [], [str(e) for e in res.errors]
+    clusters = gen.clusters(build_registry(res.objects), "envoy")
+    assert {p: upstream_protocol(clusters[f"outbound|{p}|s|{hosts[p]}"]) for p in want} == want
+
+
+def test_an_unknown_h2_upgrade_policy_is_refused_naming_the_field() -> None:
+    res = LoadResult()
+    bad = MESH.replace(
+        "  subsets: [{name: v1",
+        "  trafficPolicy: {connectionPool: {http: {h2UpgradePolicy: SOMETIMES}}}\n  subsets: [{name: v1",
+    )
+    load_documents(bad, "mesh.yaml", res)
+    assert any("connectionPool.http.h2UpgradePolicy" in str(e) for e in res.errors), [str(e) for e in res.errors]
+
+
 # --- parity with istiod ---------------------------------------------------------------------------
 
 PARITY = ["plain", "subsets", "strict", "virtualservice", "accesslog", "multinetwork"]
@@ -816,6 +902,22 @@ def test_a_sidecars_outbound_http_listeners_and_routes_are_istiods(scenario: str
     finally:
         s.close()
         cp.stop()
+
+
+@pytest.mark.parametrize("scenario", ["virtualservice", "autoalloc"])
+def test_a_sidecars_clusters_speak_the_upstream_protocol_istiod_sets(scenario: str, tmp_path: Path) -> None:
+    theirs = {n: upstream_protocol(c) for n, c in recorded(scenario, "cds", cluster_pb2.Cluster).items()}
+    cp = ControlPlane(config_dir(scenario, tmp_path / "config"), xds_listen="127.0.0.1:0", persist=False)
+    cp.start()
+    s = AdsStream(cp.port, sidecar_node(scenario))
+    try:
+        ours = {n: upstream_protocol(c) for n, c in unpack(ask(s, CDS), cluster_pb2.Cluster).items()}
+    finally:
+        s.close()
+        cp.stop()
+    outbound = sorted(n for n in theirs if n.startswith("outbound|"))
+    assert outbound and sorted(n for n in ours if n.startswith("outbound|")) == outbound
+    assert {n: ours[n] for n in outbound} == {n: theirs[n] for n in outbound}
 
 
 def _chain_hcm(chain: Any) -> Any:

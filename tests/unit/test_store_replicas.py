@@ -94,9 +94,11 @@ def test_fenced_delete(store: EtcdStore) -> None:
     # Changed since the sweeper read it (a health report): not deleted with the old revision.
     changed = copy.deepcopy(doc())
     changed["status"] = {"conditions": [{"type": "Healthy", "status": "True"}]}
-    assert store.put_registered_if_exists(changed)
+    written = store.put_registered_if_exists(changed)
     assert not store.delete_registered_fenced("default", name, mod_revision=rev, leader_rev=leader)
     rev = mod_revision(store, name)
+    # The write's revision: what a replica compares later reads against.
+    assert written == rev
 
     # A deposed leader (its lease gone, B leads now): not deleted.
     store.lease_revoke(la)
@@ -110,7 +112,7 @@ def test_fenced_delete(store: EtcdStore) -> None:
     assert not store.delete_registered_fenced("default", name, mod_revision=rev, leader_rev=other)
 
     # A health write for a deleted entry never re-creates it; a connect does.
-    assert not store.put_registered_if_exists(changed)
+    assert store.put_registered_if_exists(changed) == 0
     assert store.registered() == []
     _, created, _ = store.claim_registered(doc(uid="again"), "b", lb)
     assert created and store.registered()[0]["metadata"]["uid"] == "again"

@@ -153,7 +153,8 @@ pub struct ClusterConfig {
     pub least_request: LeastRequestConfig,
     pub outlier: Option<OutlierConfig>,
     /// The HTTP protocol to the endpoints: Some(true) HTTP/2, Some(false)
-    /// HTTP/1.1, None the downstream's (`xds::cluster::upstream_protocol`).
+    /// HTTP/1.1 (Envoy's default), None the downstream's
+    /// (`xds::cluster::upstream_protocol`).
     pub upstream_h2: Option<bool>,
 }
 
@@ -169,7 +170,7 @@ impl Default for ClusterConfig {
             maglev_table_size: MAGLEV_DEFAULT_TABLE_SIZE,
             least_request: LeastRequestConfig::default(),
             outlier: None,
-            upstream_h2: None,
+            upstream_h2: Some(false),
         }
     }
 }

@@ -989,12 +989,16 @@ fn upstream_http_protocol_from_the_clusters_protocol_options() {
             Some(true),
         ),
         (with(json!({"explicit_http_config": {"http_protocol_options": {}}})), Some(false)),
-        (with(json!({"useDownstreamProtocolConfig": {}})), None),
+        // istiod's CDS for a port of unknown protocol on a sidecar, and Envoy's ALPN choice.
+        (with(json!({"useDownstreamProtocolConfig": {"httpProtocolOptions": {}, "http2ProtocolOptions": {}}})), None),
+        (with(json!({"auto_config": {}})), None),
         (json!({"name": "c", "http2_protocol_options": {}}), Some(true)),
-        (json!({"name": "c"}), None),
+        // Nothing said: HTTP/1.1 as Envoy (istiod's CDS for an http port).
+        (json!({"name": "c"}), Some(false)),
+        (with(json!({"commonHttpProtocolOptions": {"idleTimeout": "1s"}})), Some(false)),
         // Other extensions or odd shapes decide nothing and refuse nothing.
-        (json!({"name": "c", "typedExtensionProtocolOptions": {"x": {}}}), None),
-        (json!({"name": "c", "typedExtensionProtocolOptions": {OPTS: "?"}}), None),
+        (json!({"name": "c", "typedExtensionProtocolOptions": {"x": {}}}), Some(false)),
+        (json!({"name": "c", "typedExtensionProtocolOptions": {OPTS: "?"}}), Some(false)),
     ];
     for (c, want) in cases {
         let specs = clusters_from_value(&json!([c.clone()]), "t").expect("valid cluster");

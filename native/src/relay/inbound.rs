@@ -2,7 +2,12 @@
 //! connection goes to the local app it was for, from 127.0.0.6 / ::6;
 //! PeerAuthentication decides first whether it is plaintext passed through,
 //! mTLS to terminate (a TLS ClientHello is detected by peeking, as Envoy's
-//! tls_inspector does), or refused.
+//! tls_inspector does), or refused. HTTP (by ALPN over mTLS; by its first
+//! bytes in plaintext, when PERMISSIVE has already waited for them) is
+//! served per request (`http::serve_inbound`), everything else relayed.
+//! Plaintext with no inspection at all (DISABLE, or PERMISSIVE without an
+//! identity) stays a pure relay: waiting there for a client's first bytes
+//! would hold up server-first protocols (MySQL, SMTP) that never send any.
 //!
 //! Deadlines before the handshake: the ClientHello must have arrived within
 //! `hello_timeout` of accept (3 s by default; before the hardening, the whole 10 s
@@ -37,14 +42,35 @@ pub(super) const INBOUND_SOURCE_V6: Ipv6Addr = Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0
 /// An inbound connection to the local app at `orig`.
 pub(super) async fn serve(ctx: Ctx<'_>, client: &TcpStream, orig: SocketAddr) {
     let accepted = Instant::now();
-    match inbound_policy(ctx, client, accepted).await {
-        Inbound::Plaintext => {}
+    let inspected = match inbound_policy(ctx, client, accepted).await {
+        Inbound::Plaintext { inspected } => inspected,
         Inbound::Tls(identity) => return inbound_tls(ctx, client, orig, &identity, accepted).await,
         Inbound::Refused => return,
-    }
+    };
     // Every connection goes to the local app it was for (Istio's
     // InboundPassthroughCluster); no table applies.
     ctx.sh.counters.passthrough.fetch_add(1, Ordering::Relaxed);
+    if inspected {
+        // A plaintext client that spoke first (PERMISSIVE): HTTP is served
+        // per request as over mTLS (Istio's plaintext HTTP inbound chain),
+        // with no identity on either side; anything else is relayed.
+        let counters = &ctx.sh.http.counters;
+        let h2 = match super::http::detect(ctx, client).await {
+            super::http::Detected::Http1 => Some(false),
+            super::http::Detected::Http2 => Some(true),
+            super::http::Detected::Upgrade => {
+                counters.upgrades.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            super::http::Detected::Other => {
+                counters.not_http.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        };
+        if let Some(h2) = h2 {
+            return super::http::serve_inbound_plain(ctx, client, orig, h2).await;
+        }
+    }
     let none = InboundPeer::default();
     match connect_direct(ctx, client, orig).await {
         Some(up) => relay(ctx, client, &up.stream, &open(ctx, &none, Flags::NONE)).await,
@@ -83,8 +109,9 @@ const INBOUND_CLUSTER: &str = "InboundPassthroughCluster";
 const DETECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 enum Inbound {
-    /// Pass the bytes through to the app as they are.
-    Plaintext,
+    /// Pass the bytes through to the app, HTTP per request when `inspected`
+    /// (the client's first bytes have arrived and are not TLS).
+    Plaintext { inspected: bool },
     /// Terminate mTLS with this identity.
     Tls(Arc<TlsIdentity>),
     /// Closed (STRICT plaintext, no identity for STRICT, too slow, or the client left).
@@ -100,7 +127,7 @@ async fn inbound_policy(ctx: Ctx<'_>, client: &TcpStream, accepted: Instant) -> 
     let identity = sh.tls.identity();
     if mode == PeerAuthentication::Disable || (identity.is_none() && mode == PeerAuthentication::Permissive) {
         t.plaintext_passthrough.fetch_add(1, Ordering::Relaxed);
-        return Inbound::Plaintext;
+        return Inbound::Plaintext { inspected: false };
     }
     ctx.st.set_phase(Phase::Hello);
     let hello_by = accepted + sh.cfg.hello_timeout;
@@ -118,11 +145,11 @@ async fn inbound_policy(ctx: Ctx<'_>, client: &TcpStream, accepted: Instant) -> 
         },
         Detected::Silent if mode == PeerAuthentication::Permissive => {
             t.plaintext_passthrough.fetch_add(1, Ordering::Relaxed);
-            Inbound::Plaintext
+            Inbound::Plaintext { inspected: false }
         }
         Detected::Plain if mode == PeerAuthentication::Permissive => {
             t.plaintext_passthrough.fetch_add(1, Ordering::Relaxed);
-            Inbound::Plaintext
+            Inbound::Plaintext { inspected: true }
         }
         Detected::Plain => {
             t.plaintext_refused.fetch_add(1, Ordering::Relaxed);

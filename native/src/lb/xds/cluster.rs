@@ -272,29 +272,34 @@ pub(crate) fn finish_hash_keys(spec: &mut ClusterSpec) {
 /// Every cluster in a document: a list of clusters, one cluster, `{"clusters": [...]}`,
 /// an Envoy bootstrap (`static_resources.clusters`) or an xDS response
 /// (`resources`, each with `@type` Cluster).
-/// The protocol an HTTP request takes to this cluster's endpoints, when the
-/// cluster says: `typed_extension_protocol_options`
+/// The protocol an HTTP request takes to this cluster's endpoints, as
+/// Envoy decides it: `typed_extension_protocol_options`
 /// `envoy.extensions.upstreams.http.v3.HttpProtocolOptions` with
-/// `explicit_http_config` (`http2_protocol_options`: HTTP/2, as istiod sets
-/// for `http2`/`grpc` ports and `h2UpgradePolicy: UPGRADE`;
-/// `http_protocol_options`: HTTP/1.1), or the deprecated top-level
-/// `http2_protocol_options`. None (no options, or `use_downstream_protocol_config`
-/// / `auto_config`): the downstream's protocol. Read leniently: the rest of
-/// these options do not change where a request goes.
+/// `explicit_http_config.http2_protocol_options` (or the deprecated
+/// top-level `http2_protocol_options`): HTTP/2, as istiod sets for
+/// `http2`/`grpc` ports and `h2UpgradePolicy: UPGRADE` (istio
+/// `pilot/pkg/networking/core/cluster_builder.go setH2Options`);
+/// `use_downstream_protocol_config` or `auto_config`: None, the client's
+/// protocol, as istiod sets for ports of unknown protocol on sidecars
+/// (`setUseDownstreamProtocol`); anything else, including no options at
+/// all: HTTP/1.1, Envoy's default, which is what an `http` port gets from
+/// istiod, so an HTTP/2 client of an HTTP/1.1-only app is downgraded
+/// rather than sending the app a preface it cannot read. Read leniently:
+/// the rest of these options do not change where a request goes.
 fn upstream_protocol(ctx: &Ctx<'_>, m: &Msg<'_>) -> Option<bool> {
     if m.get("http2_protocol_options").is_some() {
         return Some(true);
     }
-    let all = Msg::new(ctx, m.get("typed_extension_protocol_options")?, "typed_extension_protocol_options").ok()?;
-    let opts = Msg::new(ctx, all.get(HTTP_PROTOCOL_OPTIONS)?, HTTP_PROTOCOL_OPTIONS).ok()?;
-    let explicit = Msg::new(ctx, opts.get("explicit_http_config")?, "explicit_http_config").ok()?;
-    if explicit.get("http2_protocol_options").is_some() {
-        Some(true)
-    } else if explicit.get("http_protocol_options").is_some() {
-        Some(false)
-    } else {
-        None
+    let opts = m
+        .get("typed_extension_protocol_options")
+        .and_then(|v| Msg::new(ctx, v, "typed_extension_protocol_options").ok())
+        .and_then(|all| all.get(HTTP_PROTOCOL_OPTIONS).and_then(|v| Msg::new(ctx, v, HTTP_PROTOCOL_OPTIONS).ok()));
+    let Some(opts) = opts else { return Some(false) };
+    if opts.get("use_downstream_protocol_config").is_some() || opts.get("auto_config").is_some() {
+        return None;
     }
+    let explicit = opts.get("explicit_http_config").and_then(|v| Msg::new(ctx, v, "explicit_http_config").ok());
+    Some(explicit.is_some_and(|e| e.get("http2_protocol_options").is_some()))
 }
 
 /// The extension key (and type) of upstream HTTP protocol options.

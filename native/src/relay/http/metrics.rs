@@ -14,9 +14,14 @@
 //!
 //! A request finds its series by a short key (cluster, endpoint workload,
 //! identities, status, flags) without building the labels; they are built
-//! once per new series. At most `max` series (the TCP metrics' cap); a
-//! request that would add one more is counted as dropped.
+//! once per new series. The key is written into a buffer of the worker
+//! thread and looked up in that thread's own cache first, so a request
+//! takes no lock and allocates nothing once its series is known to the
+//! thread (the registry's map is locked for a series new to the thread);
+//! the counters are relaxed atomics. At most `max` series (the TCP metrics'
+//! cap); a request that would add one more is counted as dropped.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -109,14 +114,35 @@ type Entry = (Arc<[String; 25]>, Arc<HttpSeries>);
 /// A relay's HTTP series.
 #[derive(Debug)]
 pub struct HttpMetrics {
+    /// Names this registry in the threads' caches (never reused).
+    id: u64,
     series: Mutex<HashMap<String, Entry>>,
     max: usize,
     dropped: AtomicU64,
 }
 
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// How many registries a thread keeps series of (a process runs one or two
+/// relays; tests and benchmarks start many one after another).
+const CACHED_REGISTRIES: usize = 8;
+
+/// A worker thread's key buffer and the series it has counted into, by
+/// registry id and key.
+#[derive(Default)]
+struct ThreadSeries {
+    key: String,
+    seen: HashMap<u64, HashMap<String, Arc<HttpSeries>>>,
+}
+
+thread_local! {
+    static THREAD_SERIES: RefCell<ThreadSeries> = RefCell::new(ThreadSeries::default());
+}
+
 impl HttpMetrics {
     pub fn new(max: usize) -> HttpMetrics {
-        HttpMetrics { series: Mutex::new(HashMap::new()), max, dropped: AtomicU64::new(0) }
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        HttpMetrics { id, series: Mutex::new(HashMap::new()), max, dropped: AtomicU64::new(0) }
     }
 
     pub fn dropped(&self) -> u64 {
@@ -137,52 +163,31 @@ impl HttpMetrics {
     }
 
     fn series(&self, local: &LocalWorkload, o: &Observed<'_>) -> Option<Arc<HttpSeries>> {
-        use std::fmt::Write as _;
-        let mut key = String::with_capacity(160);
-        let mx = match o.reporter {
-            Reporter::Source { route, peer } => {
-                let cluster = match route {
-                    Route::Cluster(c) => c,
-                    Route::Passthrough => "",
-                };
-                let host = if matches!(route, Route::Passthrough) { o.host } else { "" };
-                let _ = write!(
-                    key,
-                    "s\u{1f}{cluster}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{host}",
-                    peer.workload,
-                    peer.principal.unwrap_or_default(),
-                    peer.local_principal.unwrap_or_default(),
-                );
-                peer.mx
+        THREAD_SERIES.with(|t| {
+            let mut t = t.borrow_mut();
+            let ThreadSeries { key, seen } = &mut *t;
+            key.clear();
+            write_key(key, o);
+            if let Some(s) = seen.get(&self.id).and_then(|m| m.get(key.as_str())) {
+                return Some(s.clone());
             }
-            Reporter::Destination(peer) => {
-                let _ = write!(
-                    key,
-                    "d\u{1f}{}\u{1f}{}",
-                    peer.principal.unwrap_or_default(),
-                    peer.local_principal.unwrap_or_default()
-                );
-                peer.mx
+            let s = self.shared(local, o, key)?;
+            if !seen.contains_key(&self.id) && seen.len() >= CACHED_REGISTRIES {
+                seen.clear();
             }
-        };
-        if let Some(m) = mx {
-            for v in
-                [&m.workload, &m.namespace, &m.app, &m.version, &m.canonical_service, &m.canonical_revision, &m.cluster]
-            {
-                key.push('\u{1f}');
-                key.push_str(v);
+            let mine = seen.entry(self.id).or_default();
+            if mine.len() >= self.max {
+                mine.clear();
             }
-        }
-        let _ = write!(
-            key,
-            "\u{1e}{}\u{1f}{}\u{1f}{}\u{1f}{}",
-            o.status,
-            o.grpc_status.map_or(-1, i64::from),
-            o.flags.bits(),
-            u8::from(o.grpc),
-        );
+            mine.insert(key.clone(), s.clone());
+            Some(s)
+        })
+    }
+
+    /// The registry's series for `key`, created when there is room.
+    fn shared(&self, local: &LocalWorkload, o: &Observed<'_>, key: &str) -> Option<Arc<HttpSeries>> {
         let mut map = self.series.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, s)) = map.get(&key) {
+        if let Some((_, s)) = map.get(key) {
             return Some(s.clone());
         }
         if map.len() >= self.max {
@@ -191,7 +196,7 @@ impl HttpMetrics {
             return None;
         }
         let s = Arc::new(HttpSeries::default());
-        map.insert(key, (Arc::new(labels(local, o)), s.clone()));
+        map.insert(key.to_owned(), (Arc::new(labels(local, o)), s.clone()));
         Some(s)
     }
 
@@ -203,6 +208,54 @@ impl HttpMetrics {
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     }
+}
+
+/// A request's series key: what its labels are made of, beside the local
+/// workload (the same for every request of a registry).
+fn write_key(key: &mut String, o: &Observed<'_>) {
+    use std::fmt::Write as _;
+    let mx = match o.reporter {
+        Reporter::Source { route, peer } => {
+            let cluster = match route {
+                Route::Cluster(c) => c,
+                Route::Passthrough => "",
+            };
+            let host = if matches!(route, Route::Passthrough) { o.host } else { "" };
+            let _ = write!(
+                key,
+                "s\u{1f}{cluster}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{host}",
+                peer.workload,
+                peer.principal.unwrap_or_default(),
+                peer.local_principal.unwrap_or_default(),
+            );
+            peer.mx
+        }
+        Reporter::Destination(peer) => {
+            let _ = write!(
+                key,
+                "d\u{1f}{}\u{1f}{}",
+                peer.principal.unwrap_or_default(),
+                peer.local_principal.unwrap_or_default()
+            );
+            peer.mx
+        }
+    };
+    if let Some(m) = mx {
+        for v in
+            [&m.workload, &m.namespace, &m.app, &m.version, &m.canonical_service, &m.canonical_revision, &m.cluster]
+        {
+            key.push('\u{1f}');
+            key.push_str(v);
+        }
+    }
+    let _ = write!(
+        key,
+        "\u{1e}{}\u{1f}{}\u{1f}{}\u{1f}{}",
+        o.status,
+        o.grpc_status.map_or(-1, i64::from),
+        o.flags.bits(),
+        u8::from(o.grpc),
+    );
 }
 
 /// The 25 label values of a request.

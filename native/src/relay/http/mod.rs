@@ -41,7 +41,7 @@ pub use route::HttpRoutes;
 
 use super::accept::Ctx;
 use super::admit::Phase;
-pub(super) use proxy::{serve, serve_inbound, Inbound};
+pub(super) use proxy::{serve, serve_inbound, serve_inbound_plain, Inbound};
 
 /// The relay's HTTP state: routes, upstream pool, counters.
 #[derive(Debug, Default)]

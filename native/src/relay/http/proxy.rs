@@ -132,6 +132,14 @@ where
     serve_io(ctx, client, io, orig, super::route::PortRoutes::inbound(), tables, h2, Some(side)).await;
 }
 
+/// The inbound's plaintext HTTP connection: as [`serve_inbound`] on the
+/// socket itself, with no identity on either side
+/// (`connection_security_policy="none"`, `x-forwarded-proto: http`).
+pub(crate) async fn serve_inbound_plain(ctx: Ctx<'_>, client: &TcpStream, orig: SocketAddr, h2: bool) {
+    let io = Downstream { socket: client, st: ctx.st };
+    serve_inbound(ctx, client, io, orig, h2, Inbound::default()).await;
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn serve_io<I>(
     ctx: Ctx<'_>,

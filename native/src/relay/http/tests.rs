@@ -412,6 +412,31 @@ fn http_series_carry_istios_25_labels_and_envoys_buckets() {
     let resp = text.lines().find(|l| l.starts_with("istio_response_messages_total{")).unwrap();
     assert!(resp.ends_with(" 5"), "{resp}");
     assert_eq!(text.matches("# TYPE istio_response_messages_total counter").count(), 1);
+
+    // Threads count into one series through their own caches; two
+    // registries never share one through a thread's cache.
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    let reg = Arc::new(HttpMetrics::new(8));
+    let other = Arc::new(HttpMetrics::new(8));
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (reg, other, local) = (reg.clone(), other.clone(), local.clone());
+            let anon = Observed { reporter: Reporter::Destination(InboundPeer::default()), ..o };
+            std::thread::spawn(move || {
+                for _ in 0..1000 {
+                    reg.record(&local, &anon, 1.0, (1, 1), (0, 0));
+                }
+                other.record(&local, &anon, 1.0, (1, 1), (0, 0));
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    let count =
+        |r: &HttpMetrics| r.snapshot().iter().map(|(_, s)| s.requests.load(Ordering::Relaxed)).collect::<Vec<_>>();
+    assert_eq!((count(&reg), count(&other)), (vec![4000], vec![4]));
 }
 
 #[test]

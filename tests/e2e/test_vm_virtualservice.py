@@ -67,6 +67,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from support.agent import write_vm_files
 from support.curl import Reply, curl_runs
 from support.e2e import SVC_PORT, VIP, XDS_PORT, Mesh, pod_yaml
+from support.kiali import KIALI_HTTP_GROUP
 from support.netns import APP_UID, EXTRA4, NET4, VM4, fetch_status, inside, lab, require_root_tools
 from support.shares import CHI2_1DOF_BOUND, chi_square, within_binomial
 from support.system import require_module
@@ -81,14 +82,6 @@ GREETER = "greeter.default.svc.cluster.local"
 GROUP = "greeter-vm"  # the VM's WorkloadGroup: its workload name in telemetry
 URL = f"http://{VIP}:{SVC_PORT}"
 UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
-# Kiali's HTTP graph query groups by these (kiali graph/telemetry/istio/istio.go).
-KIALI_HTTP_GROUP = (
-    "source_cluster,source_workload_namespace,source_workload,source_canonical_service,"
-    "source_canonical_revision,destination_cluster,destination_service_namespace,destination_service,"
-    "destination_service_name,destination_workload_namespace,destination_workload,"
-    "destination_canonical_service,destination_canonical_revision,request_protocol,response_code,"
-    "grpc_response_status,response_flags"
-)
 
 
 def dest(subset: str, weight: int | None = None) -> dict[str, Any]:

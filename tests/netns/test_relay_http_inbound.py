@@ -38,11 +38,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from pymesh._native import tcp_metrics_text
 from pymesh.controlplane.ca.ca import CertificateAuthority
 from pymesh.relay import OutboundProxy, start_inbound_passthrough
+from support.kiali import KIALI_HTTP_GROUP
 from support.lb import http_options
 from support.netns import inside, nft_netns
 from support.relays import tables
 from support.sec import issue
 from support.system import require_module
+from support.wait import wait_until
 
 CLIENT = "spiffe://cluster.local/ns/default/sa/client"
 PRODUCT = "spiffe://cluster.local/ns/default/sa/product"
@@ -382,6 +384,56 @@ def test_garbage_metadata_from_a_client_leaves_the_peer_unknown_and_the_request_
     assert n == 2
     assert (labels["source_workload"], labels["source_app"]) == ("unknown", "unknown")
     assert labels["source_workload_namespace"] == "default"  # from the certificate
+
+
+def test_kialis_http_graph_sees_both_reporters_from_a_real_prometheus(mesh: Mesh, tmp_path: Path) -> None:
+    """The agent's /stats/prometheus rendering of both relays, scraped by Debian's Prometheus
+    while requests (200s and 503s) cross them: Kiali's HTTP graph query finds the edge from
+    each reporter with every label it groups by, the destination's marked mutual_tls."""
+    from pymesh.admin import PROMETHEUS_TEXT, AdminServer
+    from pymesh.agent.status import istio_tcp
+    from support.prometheus import prometheus
+
+    def page(_: str) -> tuple[int, str, bytes]:
+        return 200, PROMETHEUS_TEXT, istio_tcp([mesh.outbound, mesh.inbound]).encode()
+
+    server = AdminServer("127.0.0.1:0", {"/stats/prometheus": page}, name="t")
+    stop = threading.Event()
+
+    def traffic() -> None:
+        while not stop.is_set():
+            for path in ("/hello", "/hello", "/status/503"):
+                get("127.1.0.1", path)
+            time.sleep(0.1)
+
+    t = threading.Thread(target=traffic, daemon=True)
+    try:
+        with prometheus(tmp_path / "prom", {"vm": (server.address, "/stats/prometheus")}) as prom:
+            t.start()
+            by = f"{KIALI_HTTP_GROUP},connection_security_policy"
+
+            def edges(reporter: str) -> dict[str, dict[str, str]] | None:
+                sel = f'reporter="{reporter}",source_workload_namespace="default"'
+                rows = prom.query(f"sum(rate(istio_requests_total{{{sel}}}[1m])) by ({by}) > 0")
+                got = {r["metric"]["response_code"]: dict(r["metric"]) for r in rows}
+                return got if {"200", "503"} <= set(got) else None
+
+            for reporter in ("source", "destination"):
+                got = wait_until(lambda r=reporter: edges(r), timeout=30, interval=0.5)
+                for code, row in got.items():
+                    # Prometheus drops empty labels: gRPC's status on an HTTP series.
+                    assert set(by.split(",")) - {"grpc_response_status"} <= set(row), (reporter, row)
+                    assert (row["source_workload"], row["destination_workload"]) == ("client-vm", "product-v1"), row
+                    assert row["destination_canonical_revision"] == "v1" and row["request_protocol"] == "http"
+                    assert row["connection_security_policy"] == (
+                        "mutual_tls" if reporter == "destination" else "unknown"
+                    ), row
+                    assert row["response_flags"] == "-", (code, row)
+    finally:
+        stop.set()
+        if t.is_alive():
+            t.join(10)
+        server.stop()
 
 
 def test_plaintext_http_from_outside_the_mesh_is_served_per_request(mesh: Mesh) -> None:

@@ -29,6 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pymesh.agent.status import istio_tcp
 from pymesh.controlplane.ca.ca import CertificateAuthority
 from pymesh.relay import OutboundProxy, start_inbound_passthrough
+from support.kiali import KIALI_TCP_GROUP
 from support.netns import inside, nft_netns
 from support.relays import Apps, echo, exchange, settled, tables
 from support.sec import issue
@@ -273,16 +274,6 @@ def test_local_workload_is_checked(tmp_path: Path) -> None:
         assert proxy.tcp_metrics() == []
     finally:
         proxy.stop()
-
-
-# Kiali's graph groups TCP edges by these (kiali graph/telemetry/istio/istio.go); a series
-# missing any of them is skipped, so all must be present on both reporters.
-KIALI_TCP_GROUP = (
-    "source_cluster,source_workload_namespace,source_workload,source_canonical_service,"
-    "source_canonical_revision,destination_cluster,destination_service_namespace,destination_service,"
-    "destination_service_name,destination_workload_namespace,destination_workload,"
-    "destination_canonical_service,destination_canonical_revision,response_flags"
-)
 
 
 def test_kialis_tcp_graph_queries_see_the_edge_from_a_real_prometheus(

@@ -105,6 +105,7 @@ class DataPath:
 
                 self.inbound = start_inbound_passthrough(listen=list(c.inbound_listen), mark=o.capture_mark)
                 self.inbound.set_local_workload(local_workload(c))
+                set_inbound_clusters(self.inbound, tables)
                 log.info("inbound passthrough on %s", ", ".join(self.inbound.addresses))
                 if peer_authentication is not None:
                     self.apply_peer_authentication(peer_authentication)  # the saved policy
@@ -174,6 +175,8 @@ class DataPath:
         if self.proxy is not None:
             self.proxy.swap_tables(redirect=tables.redirect, lb=tables.lb, logical_dns=tables.logical_dns)
             set_http_routes(self.proxy, tables)
+        if self.inbound is not None:
+            set_inbound_clusters(self.inbound, tables)
         if self.gateway is not None:
             self.gateway.swap_tables(lb=tables.lb)
         if self.dns is not None and tables.names is not None:
@@ -238,6 +241,15 @@ def set_http_routes(proxy: Any, tables: Tables) -> None:
         proxy.set_http_routes(list(tables.http_routes), list(tables.http_tcp))
     except PymeshError as e:
         log.error("HTTP routes not applied, keeping the previous ones: %s", e)
+
+
+def set_inbound_clusters(inbound: Any, tables: Tables) -> None:
+    """istiod's inbound clusters to the inbound relay: the protocol it speaks to the app on
+    each port. A failure is logged and the previous ones stay."""
+    try:
+        inbound.set_inbound_clusters(list(tables.inbound_clusters))
+    except PymeshError as e:
+        log.error("inbound clusters not applied, keeping the previous ones: %s", e)
 
 
 def start_forward_spec(spec: str) -> tuple[str, Any]:

@@ -37,6 +37,7 @@ its ACK/NACK and persistence contract; kept together so the five handlers stay a
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -50,7 +51,7 @@ from pymesh.agent.outbound import BLACKHOLE, RouteTables, http_routes, read_list
 from pymesh.agent.persist import StateDir
 from pymesh.mesh import xds
 from pymesh.mesh.accesslog import access_log_of
-from pymesh.mesh.clusters import LB_TYPES, parse_cluster_name
+from pymesh.mesh.clusters import LB_TYPES, inbound_cluster_port, parse_cluster_name
 from pymesh.mesh.errors import XdsResourceError
 from pymesh.mesh.inbound import VIRTUAL_INBOUND, mode_of_listener
 from pymesh.mesh.xds import CDS, EDS, LDS, NDS, RDS
@@ -75,6 +76,9 @@ class Tables:
     # the "ip:port" destinations on those ports that stay TCP (OutboundProxy.set_http_routes).
     http_routes: tuple[tuple[int, str], ...] = ()
     http_tcp: tuple[str, ...] = ()
+    # istiod's inbound clusters (``inbound|<port>||``) as (port, cluster JSON): the upstream
+    # protocol the inbound speaks to the app on each port (OutboundProxy.set_inbound_clusters).
+    inbound_clusters: tuple[tuple[int, str], ...] = ()
 
 
 def _unpack(any_msg: Any, type_url: str, cls: Any) -> Any:
@@ -527,6 +531,11 @@ class MeshState:
             tuple(self.services),
             self.http[0],
             self.http[1],
+            tuple(
+                (port, json.dumps(c))
+                for name, c in sorted(self.clusters.items())
+                if (port := inbound_cluster_port(name)) is not None
+            ),
         )
         for cb in list(self._callbacks):
             try:

@@ -50,6 +50,16 @@ def cluster_name(host: str, port: int, subset: str = "", direction: str = "outbo
     return f"{direction}|{port}|{subset}|{host}"
 
 
+def inbound_cluster_port(name: str) -> int | None:
+    """The port of a sidecar's inbound cluster, ``inbound|<port>||`` (istiod's
+    ``BuildInboundSubsetKey``: no subset, no host), else None."""
+    direction, _, rest = name.partition("|")
+    port_text, sep, tail = rest.partition("|")
+    if direction != "inbound" or not sep or tail != "|":
+        return None
+    return _port(port_text)
+
+
 def parse_cluster_name(name: str) -> ClusterName | None:
     """The parts of an Istio cluster name, or None when ``name`` is not one."""
     direction, sep1, rest = name.partition("|")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from pymesh.mesh import alpn, xds
-from pymesh.mesh.clusters import ClusterName, cluster_name, parse_cluster_name, parse_sni, sni
+from pymesh.mesh.clusters import ClusterName, cluster_name, inbound_cluster_port, parse_cluster_name, parse_sni, sni
 from pymesh.mesh.errors import AuthError
 from pymesh.mesh.identity import parse_spiffe, spiffe_uri
 from support.paths import CASES as CASES_DIR
@@ -82,3 +82,23 @@ def test_case(lineno: int, directive: str, args: list[str], want: list[str]) -> 
 def test_every_directive_is_covered() -> None:
     kinds = {d for _, d, _, _ in _cases()}
     assert kinds == {"cluster", "build-cluster", "sni", "parse-sni", "spiffe", "parse-spiffe", "alpn", "metadata"}
+
+
+@pytest.mark.parametrize(
+    ("name", "port"),
+    [
+        ("inbound|9080||", 9080),
+        ("inbound|65535||", 65535),
+        ("inbound|9080|v1|", None),  # a subset: not istiod's sidecar inbound cluster
+        ("inbound|9080||reviews.default.svc.cluster.local", None),
+        ("outbound|9080||", None),
+        ("inbound|0||", None),
+        ("inbound|x||", None),
+        ("inbound|9080|", None),
+        ("InboundPassthroughCluster", None),
+    ],
+)
+def test_inbound_cluster_port(name: str, port: int | None) -> None:
+    """istiod's sidecar inbound clusters (``BuildInboundSubsetKey``) name only their port; the
+    agent reads the app's upstream protocol from them (pymesh.agent.state.Tables)."""
+    assert inbound_cluster_port(name) == port

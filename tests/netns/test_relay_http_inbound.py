@@ -87,6 +87,8 @@ SERVICES = {
     "127.1.0.1": ("product.default.svc.cluster.local", HTTP_PORT),
     "127.1.0.2": ("grpc.default.svc.cluster.local", GRPC_PORT),
     "127.1.0.3": ("down.default.svc.cluster.local", DOWN_PORT),
+    # The http app again, its outbound cluster upgraded to HTTP/2 (h2UpgradePolicy: UPGRADE).
+    "127.1.0.4": ("upgraded.default.svc.cluster.local", HTTP_PORT),
 }
 
 
@@ -100,12 +102,13 @@ def cluster(host: str, port: int) -> dict[str, Any]:
             }
         },
     }
-    # istiod's CDS: HTTP/2 to a grpc port's endpoints, HTTP/1.1 (nothing said) to an http port's.
+    # istiod's CDS: HTTP/2 to a grpc port's endpoints (and an upgraded http port's), HTTP/1.1
+    # (nothing said) to an http port's.
     return {
         "name": f"outbound|80||{host}",
         "lb_policy": "ROUND_ROBIN",
         "load_assignment": {"endpoints": [{"lb_endpoints": [ep]}]},
-        **(http_options("http2ProtocolOptions") if port == GRPC_PORT else {}),
+        **(http_options("http2ProtocolOptions") if port == GRPC_PORT or host.startswith("upgraded") else {}),
     }
 
 
@@ -384,6 +387,27 @@ def test_garbage_metadata_from_a_client_leaves_the_peer_unknown_and_the_request_
     assert n == 2
     assert (labels["source_workload"], labels["source_app"]) == ("unknown", "unknown")
     assert labels["source_workload_namespace"] == "default"  # from the certificate
+
+
+def test_the_inbound_speaks_the_protocol_istiods_inbound_cluster_names(mesh: Mesh) -> None:
+    """A client sidecar that upgrades to HTTP/2 (istio-h2 over mTLS) in front of an app that
+    speaks HTTP/1.1 only: istiod's ``inbound|<port>||`` cluster for an http port says nothing,
+    so Envoy's inbound speaks HTTP/1.1 to the app; told no cluster, the inbound speaks the
+    client's protocol, which this app cannot read."""
+    before = mesh.inbound.http_stats()["http_connections_h2"]
+    status, _, _ = get("127.1.0.4", "/upgraded")
+    assert status >= 500  # HTTP/2 to Python's HTTP/1.1 server
+    assert mesh.inbound.http_stats()["http_connections_h2"] > before  # the client's leg was HTTP/2
+    inbound_cluster = {"name": f"inbound|{HTTP_PORT}||", "type": "ORIGINAL_DST", "lbPolicy": "CLUSTER_PROVIDED"}
+    mesh.inbound.set_inbound_clusters([(HTTP_PORT, json.dumps(inbound_cluster))])
+    try:
+        for _ in range(2):
+            status, _, body = get("127.1.0.4", "/upgraded")
+            assert status == 200, body
+            seen = json.loads(body)
+            assert seen["host"] == "127.1.0.4" and not any(k.startswith("x-envoy-peer-metadata") for k in seen)
+    finally:
+        mesh.inbound.set_inbound_clusters([])
 
 
 def test_kialis_http_graph_sees_both_reporters_from_a_real_prometheus(mesh: Mesh, tmp_path: Path) -> None:

@@ -288,3 +288,25 @@ def test_istiods_http_routes_reach_the_relays_http_path(replay: tuple[FixtureAds
     assert fault["abort"]["httpStatus"] == 503 and fault["delay"]["fixedDelay"] == "0.100s"
     # The allow_any catch-all comes last: anything else on 8080 goes where it was going.
     assert rc["virtualHosts"][-1]["name"] == "allow_any"
+
+
+@pytest.mark.parametrize("replay", ["plain"], indirect=True)
+def test_istiods_inbound_clusters_name_the_protocol_to_the_app(replay: tuple[FixtureAds, Any, int]) -> None:
+    """istiod's ``inbound|9080||`` (ORIGINAL_DST, no HttpProtocolOptions: the app's port is
+    http) reaches the inbound relay's table, which the native reader takes as HTTP/1.1."""
+    import json
+
+    from pymesh.relay import start_inbound_passthrough
+
+    ads, agent, _ = replay
+    wait_until(lambda: _acked_all(ads), timeout=15)
+    clusters = dict(agent.tables.inbound_clusters)
+    assert list(clusters) == [9080], clusters
+    assert json.loads(clusters[9080])["name"] == "inbound|9080||"
+    inbound = start_inbound_passthrough(listen=["127.0.0.1:0"])
+    try:
+        inbound.set_inbound_clusters(list(agent.tables.inbound_clusters))
+        with pytest.raises(Exception, match="inbound cluster for port 9080: not JSON"):
+            inbound.set_inbound_clusters([(9080, "{")])
+    finally:
+        inbound.stop()

@@ -608,6 +608,12 @@ impl Relay {
         self.shared.http.routes.store(Arc::new(routes));
     }
 
+    /// The inbound's upstream HTTP protocol per local app port (istiod's
+    /// `inbound|<port>||` clusters), replacing the previous map.
+    pub fn set_inbound_protocols(&self, protocols: std::collections::HashMap<u16, Option<bool>>) {
+        self.shared.http.inbound_protocols.store(Arc::new(protocols));
+    }
+
     /// The HTTP routes serving now.
     pub fn http_routes(&self) -> Arc<http::HttpRoutes> {
         self.shared.http.routes.load_full()

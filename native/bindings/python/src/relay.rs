@@ -289,6 +289,24 @@ impl OutboundProxy {
         Ok(())
     }
 
+    /// The inbound's upstream HTTP protocol per local app port, from
+    /// istiod's inbound clusters: `(port, cluster as proto3 JSON)` pairs,
+    /// each cluster's `HttpProtocolOptions` read as the outbound reads a
+    /// cluster's (HTTP/2, HTTP/1.1 when nothing is said, or the client's).
+    /// Replaces the previous set; a port not listed gets the client's
+    /// protocol. A cluster that is not JSON raises `ConfigError` and
+    /// changes nothing.
+    fn set_inbound_clusters(&self, clusters: Vec<(u16, String)>) -> PyResult<()> {
+        let mut protocols = HashMap::with_capacity(clusters.len());
+        for (port, text) in &clusters {
+            let v: serde_json::Value = serde_json::from_str(text)
+                .map_err(|e| ConfigError::new_err(format!("inbound cluster for port {port}: not JSON: {e}")))?;
+            protocols.insert(*port, core_lb::xds::http_protocol_of(&v));
+        }
+        self.inner.set_inbound_protocols(protocols);
+        Ok(())
+    }
+
     /// The ports with HTTP routes.
     fn http_ports(&self) -> Vec<u16> {
         self.inner.http_routes().ports()

@@ -302,6 +302,19 @@ fn upstream_protocol(ctx: &Ctx<'_>, m: &Msg<'_>) -> Option<bool> {
     Some(explicit.is_some_and(|e| e.get("http2_protocol_options").is_some()))
 }
 
+/// The upstream HTTP protocol a cluster in proto3 JSON names, as
+/// [`upstream_protocol`] reads it, for a cluster the lbtable does not serve:
+/// istiod's inbound clusters (`inbound|<port>||`, ORIGINAL_DST), which say
+/// what the inbound speaks to the local app on that port. A value that is
+/// not an object says nothing: HTTP/1.1.
+pub fn http_protocol_of(v: &Value) -> Option<bool> {
+    let ctx = Ctx { cluster: "inbound" };
+    match Msg::new(&ctx, v, "cluster") {
+        Ok(m) => upstream_protocol(&ctx, &m),
+        Err(_) => Some(false),
+    }
+}
+
 /// The extension key (and type) of upstream HTTP protocol options.
 const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 

@@ -19,4 +19,6 @@ mod outlier;
 
 pub use assignment::{assignments_from_value, parse_assignments, read_assignments, ASSIGNMENT_TYPE, MAX_PRIORITY};
 pub(crate) use cluster::finish_hash_keys;
-pub use cluster::{cluster_from_value, clusters_from_value, parse_clusters, read_clusters, CLUSTER_TYPE};
+pub use cluster::{
+    cluster_from_value, clusters_from_value, http_protocol_of, parse_clusters, read_clusters, CLUSTER_TYPE,
+};

@@ -49,6 +49,11 @@ pub(crate) struct HttpState {
     pub(crate) routes: ArcSwap<HttpRoutes>,
     pub(crate) pool: pool::Pool,
     pub(crate) counters: HttpCounters,
+    /// The inbound's upstream protocol per local app port, from istiod's
+    /// `inbound|<port>||` clusters (`xds::http_protocol_of`: Some(true)
+    /// HTTP/2, Some(false) HTTP/1.1, None the client's); a port not listed
+    /// gets the client's.
+    pub(crate) inbound_protocols: ArcSwap<std::collections::HashMap<u16, Option<bool>>>,
     /// Requests in flight and retries in flight, for the retry budget.
     pub(crate) requests_active: AtomicU64,
     pub(crate) retries_active: AtomicU64,

@@ -773,11 +773,15 @@ enum Dest {
 }
 
 /// Whether requests to `dest` go over HTTP/2: as its cluster's protocol
-/// options say, else as the client's (`downstream_h2`).
-fn upstream_h2(dest: &Dest, downstream_h2: bool) -> bool {
+/// options say (on the inbound, the local app port's inbound cluster's),
+/// else as the client's.
+fn upstream_h2(conn: &Conn, dest: &Dest) -> bool {
     match dest {
-        Dest::Cluster(cl) => cl.spec().config.upstream_h2.unwrap_or(downstream_h2),
-        Dest::Orig(_) | Dest::Dns(..) => downstream_h2,
+        Dest::Cluster(cl) => cl.spec().config.upstream_h2.unwrap_or(conn.h2),
+        Dest::Orig(app) if conn.inbound.is_some() => {
+            conn.http().inbound_protocols.load().get(&app.port()).copied().flatten().unwrap_or(conn.h2)
+        }
+        Dest::Orig(_) | Dest::Dns(..) => conn.h2,
     }
 }
 
@@ -896,7 +900,7 @@ async fn forward(
         },
     };
     let sni = crate::mesh::outbound_sni(&target.cluster);
-    let up_h2 = upstream_h2(&dest, conn.h2);
+    let up_h2 = upstream_h2(conn, &dest);
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut identity: Option<Arc<TlsIdentity>> = None;
     let mut waited_identity = false;
@@ -1436,7 +1440,7 @@ async fn mirror(
     let (mut identity, mut waited) = (None, false);
     let sni = crate::mesh::outbound_sni(&cluster);
     let dest = Dest::Cluster(cl);
-    let up_h2 = upstream_h2(&dest, conn.h2);
+    let up_h2 = upstream_h2(&conn, &dest);
     let Ok(ep) = choose(&conn, &dest, None, &mut rng, &[], sni.as_deref(), &mut identity, &mut waited).await else {
         c.mirror_skipped.fetch_add(1, Ordering::Relaxed);
         return;

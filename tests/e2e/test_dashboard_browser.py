@@ -2,16 +2,17 @@
 Debian's chromedriver (nothing downloaded), against the VM end-to-end mesh of
 tests/support/e2e.py in its two namespaces:
 
-    "cluster" namespace (10.77.0.1): the control plane, its monitoring port (the dashboard)
-        on 10.77.0.1:15014, one pod backend; the browser runs here too (support.netns.inside)
-    "vm" namespace (10.77.0.2): `pymesh agent --capture nftables` with its status port on
-        10.77.0.2:15020 (so the control plane can read its metrics: no Prometheus here) and
-        the VM's workload, probed
+    "cluster" namespace (10.77.0.1): the control plane with its CA and TLS port, its
+        monitoring port (the dashboard) on 10.77.0.1:15014, one pod backend that only speaks
+        STRICT mTLS; the browser runs here too (support.netns.inside)
+    "vm" namespace (10.77.0.2): `pymesh agent --capture nftables --control-plane-auth
+        MUTUAL_TLS` with its status port on 10.77.0.2:15020 (so the control plane can read its
+        metrics: no Prometheus here) and the VM's workload, probed
 
 The page shows the VM with Healthy=True, then unhealthy within the refresh interval once its
 probe fails; a proxy that NACKs (an ADS stream opened by a subprocess in the cluster
 namespace) with its message; an invalid file with its field; and, after requests from the VM,
-an edge VM → product in the traffic graph. Screenshots go to build/ (CI's artifacts).
+an edge VM → product in the traffic graph, marked mTLS. Screenshots go to build/ (CI's artifacts).
 
 Needs root (network namespaces, capture rules, fixed uids via setpriv), iproute2, nft,
 chromium, chromedriver and selenium: without them it is skipped with the reason, or fails
@@ -30,15 +31,20 @@ from typing import Any
 
 import pytest
 
+from pymesh.controlplane.ca.ca import CertificateAuthority
+from pymesh.controlplane.ca.tokens import TokenAuthority
 from support.agent import write_vm_files
 from support.e2e import ENTRY, PROBE, SVC_PORT, VIP, XDS_PORT, Mesh, vm_group_yaml
 from support.netns import APP_UID, EXTRA4, NET4, VM4, Lab, inside, lab, require_root_tools
 from support.paths import ROOT, TESTS
+from support.peers import E2E_MTLS_PEER
+from support.sec import workload
 from support.system import require_module, require_tools
 
 pytestmark = pytest.mark.netns
 
 MONITORING = f"{NET4}:15014"
+SECURE_PORT = 15012  # the control plane's TLS port: xDS and certificates for MUTUAL_TLS agents
 REFRESH = 2.0  # the page's REFRESH_MS
 PRODUCT = "product.default.svc.cluster.local"
 NACK = "cluster outbound|18080||product.default.svc.cluster.local: bad circuit breaker"
@@ -64,19 +70,26 @@ sys.stdin.read()
 
 
 class DashboardMesh(Mesh):
-    cp_banners = ("xds ", "monitoring ")
+    """The control plane with its CA and TLS port (tests/e2e/test_vm_mtls.py's) and the
+    dashboard; the agent on MUTUAL_TLS, so its relay holds a workload identity and speaks mTLS
+    to the STRICT pod."""
+
+    cp_banners = ("xds ", "xds-tls ", "monitoring ")
     # istio-agent's status port on the VM's address: the control plane scrapes it for the graph.
-    agent_flags = ("--status-listen", f"{VM4}:15020")
+    agent_flags = ("--status-listen", f"{VM4}:15020", "--control-plane-auth", "MUTUAL_TLS")
 
     def cp_flags(self) -> list[str]:
-        return [*super().cp_flags(), "--monitoring-listen", MONITORING]
+        tls = ["--secure-listen", f"{NET4}:{SECURE_PORT}"]
+        return [*super().cp_flags(), *tls, "--monitoring-listen", MONITORING]
 
 
 def mesh_config(d: Path) -> None:
-    """product on a TCP port (its pod and the VM behind it): the relays count TCP connections
-    (istio_tcp_*); the agent's page has no istio_requests_total (docs/dashboard-api.md)."""
+    """product on a TCP port (its pod and the VM behind it, both with tlsMode istio and the
+    product account): the relays count TCP connections (istio_tcp_*), an edge in bytes/s."""
     d.mkdir(parents=True)
-    group = vm_group_yaml().replace(f"ports: {{http: {SVC_PORT}}}", f"ports: {{tcp: {SVC_PORT}}}")
+    group = vm_group_yaml(service_account="product").replace(
+        f"ports: {{http: {SVC_PORT}}}", f"ports: {{tcp: {SVC_PORT}}}"
+    )
     assert f"tcp: {SVC_PORT}" in group
     (d / "product.yaml").write_text(
         f"""apiVersion: v1
@@ -86,8 +99,8 @@ spec: {{clusterIP: {VIP}, selector: {{app: product}}, ports: [{{name: tcp, port:
 ---
 apiVersion: v1
 kind: Pod
-metadata: {{name: product-pod, namespace: default, labels: {{app: product}}}}
-spec: {{containers: [{{name: product, ports: [{{name: tcp, containerPort: {SVC_PORT}}}]}}]}}
+metadata: {{name: product-pod, namespace: default, labels: {{app: product, security.istio.io/tlsMode: istio}}}}
+spec: {{serviceAccountName: product, containers: [{{name: c, ports: [{{name: tcp, containerPort: {SVC_PORT}}}]}}]}}
 status: {{phase: Running, podIP: {EXTRA4[0]}, conditions: [{{type: Ready, status: "True"}}]}}
 {group}"""
     )
@@ -162,12 +175,24 @@ def test_dashboard_in_a_browser(shared_dir: Path) -> None:
     with lab() as lb:
         d = shared_dir
         m = DashboardMesh(lb, d, "nftables")
-        m.http_server(lb.net, "pod", f"{EXTRA4[0]}:{SVC_PORT}")
+        # The mesh CA and token keys in the control plane's data directory (as `pymesh token
+        # create --data-dir` makes them); the pod terminates STRICT mTLS with its certificate.
+        ca = CertificateAuthority(m.cp_dir / "ca")
+        token = TokenAuthority(m.cp_dir / "tokens").create("default", "product")
+        pod = subprocess.Popen(
+            lb.cmd(lb.net, sys.executable, E2E_MTLS_PEER, "pod", str(workload(ca, d / "pod", "product")), "pod",
+                   f"{EXTRA4[0]}:{SVC_PORT}"),
+            stdout=subprocess.PIPE, text=True, env=lb.env,
+        )  # fmt: skip
+        lb.procs.append(pod)
+        assert pod.stdout is not None and pod.stdout.readline().strip() == "ready", "the pod did not start"
         mesh_config(d / "mesh")
         m.start_cp()
         m.http_server(lb.vm, "vm", f"{VM4}:{SVC_PORT}", uid=APP_UID, failflag=str(m.failflag))
-        vm = write_vm_files(d / "vm", XDS_PORT, ip=VM4, probe=PROBE)
+        vm = write_vm_files(d / "vm", SECURE_PORT, ip=VM4, probe=PROBE)
         (vm / "hosts").write_text(f"{NET4} istiod.istio-system.svc\n")
+        (vm / "root-cert.pem").write_text(ca.root_pem)
+        (vm / "istio-token").write_text(token + "\n")
         (d / "state").mkdir(mode=0o777)
         (d / "state").chmod(0o777)
         m.start_agent()
@@ -221,7 +246,8 @@ def test_dashboard_in_a_browser(shared_dir: Path) -> None:
             # The NACKing proxy's address does not exist: that agent is unreachable.
             shows(driver, "the agent read", lambda: "(1 read, 1 unreachable)" in source(), timeout=15, detail=graph_doc)
             counts = m.requests(20)
-            assert sum(counts.values()) == 20, counts
+            # Both endpoints served over mTLS: the pod (its certificate is its Pod's account) and the VM.
+            assert sum(counts.values()) == 20 and set(counts) == {"pod", "vm"}, counts
 
             def vm_to_product() -> list[str] | None:
                 return next(
@@ -236,12 +262,17 @@ def test_dashboard_in_a_browser(shared_dir: Path) -> None:
             shows(driver, "an edge to product", lambda: vm_to_product() is not None, timeout=10, detail=graph_doc)
             edge = vm_to_product()
             assert edge is not None and edge[0] == "default/product-vm", edge
+            # Over mTLS (the VM's relay held its identity): marked so, in the table and the drawing.
+            assert edge[6] == "yes", edge
             drawn = driver.execute_script(
                 "return [...document.querySelectorAll('#graph g.edge')].map(g => [g.dataset.source, g.dataset.target,"
                 " g.textContent]);"
             )
             vm_node = "workload:default/product-vm"
-            assert any(s == vm_node and t == f"service:{PRODUCT}" and "B/s" in label for s, t, label in drawn), drawn
+            assert any(
+                s == vm_node and t == f"service:{PRODUCT}" and label.startswith("mTLS ") and "B/s" in label
+                for s, t, label in drawn
+            ), drawn
             shot(driver, "healthy")
 
             # The probe fails: unhealthy on the page within the probe's failures (1 s period) and

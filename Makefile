@@ -25,7 +25,7 @@ help: ## list the targets
 $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q "maturin>=1.7,<2" PyYAML pytest pytest-timeout hypothesis pytest-benchmark protobuf grpcio-tools grpcio xds-protos dnspython "cryptography>=42" \
+	$(BIN)/pip install -q "maturin>=1.7,<2" PyYAML pytest pytest-timeout pytest-xdist hypothesis pytest-benchmark protobuf grpcio-tools grpcio xds-protos dnspython "cryptography>=42" \
 		PyJWT prometheus_client ruff mypy types-PyYAML import-linter selenium
 	touch $@
 
@@ -64,8 +64,12 @@ test-rust: ## Rust unit, conformance and header tests; benches compiled and run 
 test-fast: build ## the fast Python tiers, no root: tests/unit + tests/conformance (the inner loop)
 	$(BIN)/pytest -q tests/unit tests/conformance
 
+# Two pytest-xdist workers: the unit and conformance tiers spread over both, the netns, e2e and
+# hostile tiers one at a time on one of them (tests/conftest.py: fixed namespaces and ports).
+PYTEST_WORKERS ?= 2
+
 test-python: build ## the whole Python suite, every tier (root tests fail, not skip, without root or tools)
-	PYMESH_REQUIRE_ROOT_TESTS=1 $(BIN)/pytest -q --durations=30 tests
+	PYMESH_REQUIRE_ROOT_TESTS=1 $(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadgroup --durations=30 tests
 
 test-c: ## build the C library through cargo and run the C consumers with ctest
 	cmake -S . -B $(BUILD_DIR) -G Ninja -DCMAKE_BUILD_TYPE=Release

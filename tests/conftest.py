@@ -34,6 +34,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         mark = TIER_MARKS.get(tier)
         if mark is not None:
             item.add_marker(mark)
+            # Run in parallel (pytest-xdist, ``--dist loadgroup``), these tiers still run one at
+            # a time on one worker: they share fixed namespace names, addresses and ports, and
+            # the floods and timings of one would be another's noise.
+            item.add_marker(pytest.mark.xdist_group("serial"))
 
 
 @pytest.fixture

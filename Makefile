@@ -99,7 +99,8 @@ bench-short: build ## benchmarks in short mode (CI); JSON and charts into build/
 	$(BIN)/python benchmarks/gateway_bench.py --short --json $(BENCH_OUT)/gateway.json
 	$(BIN)/python benchmarks/l7_bench.py --short --json $(BENCH_OUT)/l7.json
 	$(BIN)/python benchmarks/telemetry_bench.py --short --json $(BENCH_OUT)/telemetry.json
-	PYMESH_BENCH_SHORT=1 $(BIN)/pytest -q benchmarks --benchmark-columns=median,ops --benchmark-sort=name
+	PYMESH_BENCH_SHORT=1 $(BIN)/pytest -q benchmarks --benchmark-columns=median,ops --benchmark-sort=name \
+		--benchmark-max-time=0.25 --benchmark-min-rounds=3
 	$(BIN)/python benchmarks/plots.py $(BENCH_OUT) $(BENCH_OUT) --note "short run (make bench-short)"
 
 bench: build ## full benchmarks (criterion, pytest-benchmark, the comparisons); charts into docs/bench

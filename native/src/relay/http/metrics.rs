@@ -163,25 +163,35 @@ impl HttpMetrics {
     }
 
     fn series(&self, local: &LocalWorkload, o: &Observed<'_>) -> Option<Arc<HttpSeries>> {
-        THREAD_SERIES.with(|t| {
-            let mut t = t.borrow_mut();
-            let ThreadSeries { key, seen } = &mut *t;
-            key.clear();
-            write_key(key, o);
-            if let Some(s) = seen.get(&self.id).and_then(|m| m.get(key.as_str())) {
-                return Some(s.clone());
-            }
-            let s = self.shared(local, o, key)?;
-            if !seen.contains_key(&self.id) && seen.len() >= CACHED_REGISTRIES {
-                seen.clear();
-            }
-            let mine = seen.entry(self.id).or_default();
-            if mine.len() >= self.max {
-                mine.clear();
-            }
-            mine.insert(key.clone(), s.clone());
-            Some(s)
-        })
+        // A request counted while the thread's locals are being destroyed (a
+        // response body dropped at shutdown) goes straight to the registry.
+        THREAD_SERIES.try_with(|t| self.cached(t, local, o)).unwrap_or_else(|_| self.uncached(local, o))
+    }
+
+    fn cached(&self, t: &RefCell<ThreadSeries>, local: &LocalWorkload, o: &Observed<'_>) -> Option<Arc<HttpSeries>> {
+        let Ok(mut t) = t.try_borrow_mut() else { return self.uncached(local, o) };
+        let ThreadSeries { key, seen } = &mut *t;
+        key.clear();
+        write_key(key, o);
+        if let Some(s) = seen.get(&self.id).and_then(|m| m.get(key.as_str())) {
+            return Some(s.clone());
+        }
+        let s = self.shared(local, o, key)?;
+        if !seen.contains_key(&self.id) && seen.len() >= CACHED_REGISTRIES {
+            seen.clear();
+        }
+        let mine = seen.entry(self.id).or_default();
+        if mine.len() >= self.max {
+            mine.clear();
+        }
+        mine.insert(key.clone(), s.clone());
+        Some(s)
+    }
+
+    fn uncached(&self, local: &LocalWorkload, o: &Observed<'_>) -> Option<Arc<HttpSeries>> {
+        let mut key = String::new();
+        write_key(&mut key, o);
+        self.shared(local, o, &key)
     }
 
     /// The registry's series for `key`, created when there is room.

@@ -54,20 +54,7 @@ pub(super) async fn serve(ctx: Ctx<'_>, client: &TcpStream, orig: SocketAddr) {
         // A plaintext client that spoke first (PERMISSIVE): HTTP is served
         // per request as over mTLS (Istio's plaintext HTTP inbound chain),
         // with no identity on either side; anything else is relayed.
-        let counters = &ctx.sh.http.counters;
-        let h2 = match super::http::detect(ctx, client).await {
-            super::http::Detected::Http1 => Some(false),
-            super::http::Detected::Http2 => Some(true),
-            super::http::Detected::Upgrade => {
-                counters.upgrades.fetch_add(1, Ordering::Relaxed);
-                None
-            }
-            super::http::Detected::Other => {
-                counters.not_http.fetch_add(1, Ordering::Relaxed);
-                None
-            }
-        };
-        if let Some(h2) = h2 {
+        if let Some(h2) = super::http::detect_served(ctx, client).await {
             return super::http::serve_inbound_plain(ctx, client, orig, h2).await;
         }
     }

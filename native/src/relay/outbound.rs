@@ -80,15 +80,8 @@ pub(super) async fn serve(ctx: Ctx<'_>, client: &TcpStream, orig: SocketAddr) {
     if verdict != Verdict::Bypass {
         let port_routes = sh.http.routes.load().for_destination(orig).cloned();
         if let Some(pr) = port_routes {
-            match super::http::detect(ctx, client).await {
-                super::http::Detected::Http1 => return super::http::serve(ctx, client, orig, pr, routes, false).await,
-                super::http::Detected::Http2 => return super::http::serve(ctx, client, orig, pr, routes, true).await,
-                super::http::Detected::Upgrade => {
-                    sh.http.counters.upgrades.fetch_add(1, Ordering::Relaxed);
-                }
-                super::http::Detected::Other => {
-                    sh.http.counters.not_http.fetch_add(1, Ordering::Relaxed);
-                }
+            if let Some(h2) = super::http::detect_served(ctx, client).await {
+                return super::http::serve(ctx, client, orig, pr, routes, h2).await;
             }
         }
     }

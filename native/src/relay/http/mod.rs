@@ -209,5 +209,24 @@ pub(super) async fn detect(ctx: Ctx<'_>, client: &TcpStream) -> Detected {
     }
 }
 
+/// [`detect`] for a path that serves HTTP per request: Some(h2) when the
+/// client speaks HTTP/1.x (false) or HTTP/2 (true); None when the
+/// connection is to be relayed as TCP, counted as an upgrade or as not HTTP.
+pub(super) async fn detect_served(ctx: Ctx<'_>, client: &TcpStream) -> Option<bool> {
+    let c = &ctx.sh.http.counters;
+    match detect(ctx, client).await {
+        Detected::Http1 => Some(false),
+        Detected::Http2 => Some(true),
+        Detected::Upgrade => {
+            c.upgrades.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+        Detected::Other => {
+            c.not_http.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;
